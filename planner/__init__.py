@@ -1,0 +1,1 @@
+"""clusterplan planner: cost model, search and plans. Pure Python; never imports torch."""

@@ -1,0 +1,382 @@
+"""Hardware profiles: devices, nodes, links and clusters, parsed strictly from YAML.
+
+Profiles live in ``hardware_profiles/<name>.yaml`` (schema in ``hardware_profiles/README.md``).
+YAML uses readable units (TFLOP/s, GiB, GB/s, microseconds) named in each key; everything is
+converted to SI here (FLOP/s, bytes, bytes/s, seconds) and nothing else in the planner converts.
+"""
+from __future__ import annotations
+
+import bisect
+import dataclasses
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from planner.errors import InputError, reject_unknown_keys, require
+
+PROFILES_DIR = Path(__file__).resolve().parent.parent / "hardware_profiles"
+DTYPES = ("fp32", "tf32", "bf16", "fp16", "fp8")
+COLLECTIVE_OPS = ("all_reduce", "all_gather", "reduce_scatter", "send_recv", "all_to_all")
+GIB = 1024**3
+GB = 1e9
+TERA = 1e12
+MICRO = 1e-6
+
+
+@dataclass(frozen=True)
+class EfficiencyCurve:
+    """Achieved fraction of peak as a function of problem size.
+
+    ``points`` are (size, efficiency) pairs sorted by size; between points the efficiency is
+    interpolated linearly in log10(size), and clamped at the ends (roofline-with-efficiency, as in
+    Calculon's efficiency tables).
+    """
+
+    points: tuple[tuple[float, float], ...]
+
+    def __post_init__(self) -> None:
+        require(len(self.points) >= 1, "efficiency_curve", "needs at least one [size, efficiency] point")
+        sizes = [p[0] for p in self.points]
+        require(all(s > 0 for s in sizes), "efficiency_curve", "sizes must be > 0")
+        require(sizes == sorted(sizes), "efficiency_curve", "sizes must be increasing")
+        require(all(0 < p[1] <= 1.0 for p in self.points), "efficiency_curve",
+                "efficiencies must be in (0, 1]")
+
+    def __call__(self, size: float) -> float:
+        pts = self.points
+        if size <= pts[0][0]:
+            return pts[0][1]
+        if size >= pts[-1][0]:
+            return pts[-1][1]
+        sizes = [p[0] for p in pts]
+        i = bisect.bisect_right(sizes, size)
+        (x0, y0), (x1, y1) = pts[i - 1], pts[i]
+        t = (math.log10(size) - math.log10(x0)) / (math.log10(x1) - math.log10(x0))
+        return y0 + t * (y1 - y0)
+
+
+@dataclass(frozen=True)
+class LinkSpec:
+    """A link class seen by one GPU: intra-node fabric (NVLink/NVSwitch) or the node's NIC.
+
+    bandwidth_bytes_per_s: per GPU, one direction (line rate).
+    latency_s: per-message latency (alpha in the alpha-beta model).
+    bus_efficiency: achieved collective bus bandwidth / line rate (nccl-tests ``busbw``).
+    """
+
+    bandwidth_bytes_per_s: float
+    latency_s: float
+    bus_efficiency: float
+
+    def __post_init__(self) -> None:
+        require(self.bandwidth_bytes_per_s > 0, "bandwidth_gb_s", "must be > 0")
+        require(self.latency_s >= 0, "latency_us", "must be >= 0")
+        require(0 < self.bus_efficiency <= 1, "bus_efficiency", "must be in (0, 1]")
+
+    @property
+    def effective_bandwidth_bytes_per_s(self) -> float:
+        return self.bandwidth_bytes_per_s * self.bus_efficiency
+
+
+@dataclass(frozen=True)
+class MeasuredCollective:
+    """A measured collective (from ``clusterplan calibrate``) for one op and group size:
+    time(S) = latency_s + S_bus / bus_bandwidth_bytes_per_s, with S_bus the ring-corrected bytes."""
+
+    op: str
+    group_size: int
+    latency_s: float
+    bus_bandwidth_bytes_per_s: float
+
+    def __post_init__(self) -> None:
+        require(self.op in COLLECTIVE_OPS, "collectives.op", f"must be one of {COLLECTIVE_OPS}")
+        require(self.group_size >= 2, "collectives.group_size", "must be >= 2")
+        require(self.latency_s >= 0, "collectives.latency_us", "must be >= 0")
+        require(self.bus_bandwidth_bytes_per_s > 0, "collectives.bus_bandwidth_gb_s", "must be > 0")
+
+
+@dataclass(frozen=True)
+class DeviceSpec:
+    """One accelerator (or one CPU rank for the local profile).
+
+    peak_flops_per_s: dense peak per dtype as ((dtype, FLOP/s), ...); a dtype absent is unsupported.
+    hbm_bytes / hbm_bandwidth_bytes_per_s: device memory capacity and peak bandwidth.
+    matmul_efficiency: fraction of peak a GEMM reaches vs its FLOPs (2*m*n*k).
+    memory_bound_efficiency: fraction of peak bandwidth reached by elementwise/normalisation ops.
+    kernel_overhead_s: fixed cost per kernel / framework op (launch, dispatch).
+    reserved_bytes: memory the framework holds outside tensors (CUDA context, NCCL buffers).
+    fragmentation_fraction: allocator overhead as a fraction of tensor memory.
+    host_cores: CPU profiles only: cores shared by the ranks; a rank runs at
+        peak * min(1, host_cores / ranks_on_host). 0 for GPUs (no sharing).
+    """
+
+    name: str
+    peak_flops_per_s: tuple[tuple[str, float], ...]
+    hbm_bytes: float
+    hbm_bandwidth_bytes_per_s: float
+    matmul_efficiency: EfficiencyCurve
+    memory_bound_efficiency: float
+    kernel_overhead_s: float
+    reserved_bytes: float
+    fragmentation_fraction: float
+    host_cores: int = 0
+
+    def __post_init__(self) -> None:
+        require(len(self.peak_flops_per_s) > 0, "device.peak_tflops", "needs at least one dtype")
+        for dtype, flops in self.peak_flops_per_s:
+            require(dtype in DTYPES, f"device.peak_tflops.{dtype}", f"unknown dtype (allowed: {DTYPES})")
+            require(flops > 0, f"device.peak_tflops.{dtype}", "must be > 0")
+        require(self.hbm_bytes > 0, "device.hbm_gib", "must be > 0")
+        require(self.hbm_bandwidth_bytes_per_s > 0, "device.hbm_bandwidth_gb_s", "must be > 0")
+        require(0 < self.memory_bound_efficiency <= 1, "device.memory_bound_efficiency", "must be in (0, 1]")
+        require(self.kernel_overhead_s >= 0, "device.kernel_overhead_us", "must be >= 0")
+        require(self.reserved_bytes >= 0, "device.reserved_gib", "must be >= 0")
+        require(0 <= self.fragmentation_fraction < 1, "device.fragmentation_fraction", "must be in [0, 1)")
+        require(self.host_cores >= 0, "device.host_cores", "must be >= 0")
+
+    def peak_flops(self, dtype: str) -> float:
+        """Dense peak FLOP/s for ``dtype``; raises InputError if the device lacks it."""
+        for name, flops in self.peak_flops_per_s:
+            if name == dtype:
+                return flops
+        supported = ", ".join(name for name, _ in self.peak_flops_per_s)
+        raise InputError("precision", f"{self.name} has no {dtype} peak (profile lists: {supported})")
+
+    def supports(self, dtype: str) -> bool:
+        return any(name == dtype for name, _ in self.peak_flops_per_s)
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    """A node type: ``gpus_per_node`` devices joined by ``intra_node``, each with a NIC share
+    ``inter_node`` to the cluster fabric. ``collectives`` holds measured overrides (CPU profile)."""
+
+    name: str
+    description: str
+    device: DeviceSpec
+    gpus_per_node: int
+    intra_node: LinkSpec
+    inter_node: LinkSpec
+    collectives: tuple[MeasuredCollective, ...] = ()
+    measured_on: str = ""
+
+    def __post_init__(self) -> None:
+        require(self.gpus_per_node >= 1, "node.gpus_per_node", "must be >= 1")
+
+    def with_gpus_per_node(self, gpus_per_node: int) -> "NodeSpec":
+        require(gpus_per_node >= 1, "gpus_per_node", "must be >= 1")
+        return dataclasses.replace(self, gpus_per_node=gpus_per_node)
+
+    def measured_collective(self, op: str, group_size: int) -> MeasuredCollective | None:
+        """The measured entry for ``op`` at ``group_size`` (nearest measured size at or below,
+        else the smallest above), or None when the profile has none for ``op``."""
+        entries = sorted((c for c in self.collectives if c.op == op), key=lambda c: c.group_size)
+        if not entries:
+            return None
+        below = [c for c in entries if c.group_size <= group_size]
+        return below[-1] if below else entries[0]
+
+
+@dataclass(frozen=True)
+class NodeGroup:
+    node: NodeSpec
+    n_nodes: int
+
+    def __post_init__(self) -> None:
+        require(self.n_nodes >= 1, "nodes", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class ClusterSpec:
+    """Nodes of one or more types. Homogeneous clusters have one group; ranks are numbered
+    group by group, node by node."""
+
+    groups: tuple[NodeGroup, ...]
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        require(len(self.groups) >= 1, "cluster.nodes", "needs at least one node group")
+
+    @classmethod
+    def homogeneous(cls, node: NodeSpec, n_nodes: int) -> "ClusterSpec":
+        return cls(groups=(NodeGroup(node, n_nodes),), name=f"{n_nodes}x{node.name}")
+
+    @property
+    def is_homogeneous(self) -> bool:
+        return len(self.groups) == 1
+
+    @property
+    def node(self) -> NodeSpec:
+        """The node type of a homogeneous cluster."""
+        require(self.is_homogeneous, "cluster", "has several node types; use its groups")
+        return self.groups[0].node
+
+    @property
+    def n_nodes(self) -> int:
+        return sum(g.n_nodes for g in self.groups)
+
+    @property
+    def world_size(self) -> int:
+        return sum(g.n_nodes * g.node.gpus_per_node for g in self.groups)
+
+
+# ----- YAML parsing ---------------------------------------------------------------------------
+_TOP_KEYS = {"name", "description", "device", "node", "collectives", "measured_on"}
+_DEVICE_KEYS = {"name", "peak_tflops", "hbm_gib", "hbm_bandwidth_gb_s", "matmul_efficiency",
+                "memory_bound_efficiency", "kernel_overhead_us", "reserved_gib",
+                "fragmentation_fraction", "host_cores"}
+_NODE_KEYS = {"gpus_per_node", "intra_node", "inter_node"}
+_LINK_KEYS = {"bandwidth_gb_s", "latency_us", "bus_efficiency"}
+_COLLECTIVE_KEYS = {"op", "group_size", "latency_us", "bus_bandwidth_gb_s"}
+
+
+def _number(data: dict, key: str, where: str, *, optional: bool = False, default: float = 0.0) -> float:
+    if key not in data:
+        if optional:
+            return default
+        raise InputError(f"{where}.{key}", "missing")
+    value = data[key]
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InputError(f"{where}.{key}", f"must be a number, got {value!r}")
+    return float(value)
+
+
+def _mapping(data: Any, where: str) -> dict:
+    if not isinstance(data, dict):
+        raise InputError(where, f"must be a mapping, got {type(data).__name__}")
+    return data
+
+
+def _parse_link(data: Any, where: str) -> LinkSpec:
+    data = _mapping(data, where)
+    reject_unknown_keys(data, _LINK_KEYS, where)
+    try:
+        return LinkSpec(
+            bandwidth_bytes_per_s=_number(data, "bandwidth_gb_s", where) * GB,
+            latency_s=_number(data, "latency_us", where) * MICRO,
+            bus_efficiency=_number(data, "bus_efficiency", where),
+        )
+    except InputError as err:
+        if err.field.startswith(where):
+            raise
+        raise InputError(f"{where}.{err.field}", err.reason) from None
+
+
+def _parse_curve(data: Any, where: str) -> EfficiencyCurve:
+    if not isinstance(data, list) or not data:
+        raise InputError(where, "must be a non-empty list of [size, efficiency] pairs")
+    points = []
+    for i, point in enumerate(data):
+        if (not isinstance(point, list) or len(point) != 2
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in point)):
+            raise InputError(f"{where}[{i}]", f"must be [size, efficiency], got {point!r}")
+        points.append((float(point[0]), float(point[1])))
+    try:
+        return EfficiencyCurve(tuple(points))
+    except InputError as err:
+        raise InputError(where, err.reason) from None
+
+
+def _parse_device(data: Any) -> DeviceSpec:
+    where = "device"
+    data = _mapping(data, where)
+    reject_unknown_keys(data, _DEVICE_KEYS, where)
+    peaks = _mapping(data.get("peak_tflops"), f"{where}.peak_tflops")
+    reject_unknown_keys(peaks, set(DTYPES), f"{where}.peak_tflops")
+    peak_pairs = []
+    for dtype in DTYPES:
+        if dtype in peaks and peaks[dtype] is not None:
+            peak_pairs.append((dtype, _number(peaks, dtype, f"{where}.peak_tflops") * TERA))
+    if "matmul_efficiency" not in data:
+        raise InputError(f"{where}.matmul_efficiency", "missing")
+    host_cores = data.get("host_cores", 0)
+    if isinstance(host_cores, bool) or not isinstance(host_cores, int):
+        raise InputError(f"{where}.host_cores", f"must be an integer, got {host_cores!r}")
+    if not isinstance(data.get("name"), str):
+        raise InputError(f"{where}.name", "missing or not a string")
+    return DeviceSpec(
+        name=data["name"],
+        peak_flops_per_s=tuple(peak_pairs),
+        hbm_bytes=_number(data, "hbm_gib", where) * GIB,
+        hbm_bandwidth_bytes_per_s=_number(data, "hbm_bandwidth_gb_s", where) * GB,
+        matmul_efficiency=_parse_curve(data["matmul_efficiency"], f"{where}.matmul_efficiency"),
+        memory_bound_efficiency=_number(data, "memory_bound_efficiency", where),
+        kernel_overhead_s=_number(data, "kernel_overhead_us", where) * MICRO,
+        reserved_bytes=_number(data, "reserved_gib", where) * GIB,
+        fragmentation_fraction=_number(data, "fragmentation_fraction", where),
+        host_cores=host_cores,
+    )
+
+
+def _parse_collectives(data: Any) -> tuple[MeasuredCollective, ...]:
+    if data is None:
+        return ()
+    if not isinstance(data, list):
+        raise InputError("collectives", "must be a list")
+    out = []
+    for i, entry in enumerate(data):
+        where = f"collectives[{i}]"
+        entry = _mapping(entry, where)
+        reject_unknown_keys(entry, _COLLECTIVE_KEYS, where)
+        group = entry.get("group_size")
+        if isinstance(group, bool) or not isinstance(group, int):
+            raise InputError(f"{where}.group_size", f"must be an integer, got {group!r}")
+        out.append(MeasuredCollective(
+            op=str(entry.get("op")),
+            group_size=group,
+            latency_s=_number(entry, "latency_us", where) * MICRO,
+            bus_bandwidth_bytes_per_s=_number(entry, "bus_bandwidth_gb_s", where) * GB,
+        ))
+    return tuple(out)
+
+
+def parse_profile(data: Any, source: str = "profile") -> NodeSpec:
+    """Build a :class:`NodeSpec` from a parsed YAML mapping; errors name the field."""
+    data = _mapping(data, source)
+    reject_unknown_keys(data, _TOP_KEYS, "profile")
+    if not isinstance(data.get("name"), str):
+        raise InputError("profile.name", "missing or not a string")
+    node = _mapping(data.get("node"), "node")
+    reject_unknown_keys(node, _NODE_KEYS, "node")
+    gpus = node.get("gpus_per_node")
+    if isinstance(gpus, bool) or not isinstance(gpus, int):
+        raise InputError("node.gpus_per_node", f"must be an integer, got {gpus!r}")
+    return NodeSpec(
+        name=data["name"],
+        description=str(data.get("description", "")),
+        device=_parse_device(data.get("device")),
+        gpus_per_node=gpus,
+        intra_node=_parse_link(node.get("intra_node"), "node.intra_node"),
+        inter_node=_parse_link(node.get("inter_node"), "node.inter_node"),
+        collectives=_parse_collectives(data.get("collectives")),
+        measured_on=str(data.get("measured_on", "")),
+    )
+
+
+def available_profiles() -> list[str]:
+    return sorted(p.stem for p in PROFILES_DIR.glob("*.yaml"))
+
+
+def resolve_profile_path(name_or_path: str) -> Path:
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.exists():
+            raise InputError("hardware", f"profile file {name_or_path} does not exist")
+        return path
+    candidate = PROFILES_DIR / f"{name_or_path}.yaml"
+    if not candidate.exists():
+        raise InputError("hardware", f"unknown profile {name_or_path!r} (known: {', '.join(available_profiles())})")
+    return candidate
+
+
+def load_profile(name_or_path: str) -> NodeSpec:
+    """Load a profile by name (``hardware_profiles/<name>.yaml``) or path."""
+    path = resolve_profile_path(name_or_path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise InputError("hardware", f"{path} is not valid YAML ({str(err).splitlines()[0]})") from None
+    return parse_profile(data, source=str(path))

@@ -1,0 +1,333 @@
+"""Parallel configuration, rank layout and the versioned Plan file.
+
+The rank layout (which global rank holds which pp/dp/cp/tp coordinate) is defined once here:
+the cost model uses it to decide which groups cross nodes, and the executor builds its device
+mesh from it, so the predicted and the launched layout cannot drift apart.
+
+Default order is Megatron-LM's: tp varies fastest, then cp, then dp, then pp
+(``rank = ((pp_i * dp + dp_i) * cp + cp_i) * tp + tp_i``), which is also the row-major order of
+``init_device_mesh(shape=(pp, dp, cp, tp), mesh_dim_names=("pp", "dp", "cp", "tp"))``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from planner.errors import InputError, require
+from planner.io import atomic_write_text
+from planner.model import ModelSpec
+
+PLAN_VERSION = 1
+RECOMPUTE = ("none", "selective", "full")
+SHARDING = ("none", "zero1", "zero2", "zero3", "fsdp")
+PRECISIONS = ("fp32", "bf16", "fp16", "fp8")
+SCHEDULES = ("gpipe", "1f1b", "interleaved", "zb")
+AXES = ("tp", "cp", "dp", "pp")
+DEFAULT_ORDER = "tp-cp-dp-pp"
+
+
+@dataclass(frozen=True)
+class ParallelConfig:
+    """How one training step is split.
+
+    tp/pp/dp/cp: tensor, pipeline, data and context parallel degrees (world = tp*pp*dp*cp).
+    vpp: virtual pipeline stages per rank (interleaved schedule; 1 otherwise).
+    micro_batch: sequences per micro-batch per data-parallel rank.
+    global_batch: sequences per optimizer step over all dp ranks.
+    seq_len: tokens per sequence.
+    recompute: activation recomputation: none, selective (attention core), full (whole block).
+    sharding: none (DDP), zero1 (optimizer), zero2 (+grads), zero3 / fsdp (+weights) over dp.
+    sequence_parallel: Megatron sequence parallelism within the tp group.
+    precision: compute dtype (fp32 or mixed bf16/fp16/fp8 with fp32 master weights).
+    schedule: pipeline schedule gpipe, 1f1b, interleaved (needs vpp>1) or zb (zero-bubble ZB-H1).
+    stage_layers: transformer layers per pipeline stage (pp*vpp entries, in stage order, virtual
+        stage i on rank i % pp); empty for the balanced split.
+    order: rank-layout order, fastest-varying axis first (default Megatron ``tp-cp-dp-pp``).
+    """
+
+    tp: int = 1
+    pp: int = 1
+    dp: int = 1
+    cp: int = 1
+    vpp: int = 1
+    micro_batch: int = 1
+    global_batch: int = 1
+    seq_len: int = 2048
+    recompute: str = "none"
+    sharding: str = "none"
+    sequence_parallel: bool = False
+    precision: str = "bf16"
+    schedule: str = "1f1b"
+    stage_layers: tuple[int, ...] = ()
+    order: str = DEFAULT_ORDER
+
+    def __post_init__(self) -> None:
+        for field in ("tp", "pp", "dp", "cp", "vpp", "micro_batch", "global_batch", "seq_len"):
+            value = getattr(self, field)
+            require(isinstance(value, int) and not isinstance(value, bool) and value >= 1,
+                    field, f"must be a positive integer, got {value!r}")
+        require(self.recompute in RECOMPUTE, "recompute", f"must be one of {RECOMPUTE}, got {self.recompute!r}")
+        require(self.sharding in SHARDING, "sharding", f"must be one of {SHARDING}, got {self.sharding!r}")
+        require(self.precision in PRECISIONS, "precision", f"must be one of {PRECISIONS}, got {self.precision!r}")
+        require(self.schedule in SCHEDULES, "schedule", f"must be one of {SCHEDULES}, got {self.schedule!r}")
+        object.__setattr__(self, "stage_layers", tuple(self.stage_layers))
+        require(sorted(self.order.split("-")) == sorted(AXES), "order",
+                f"must be a permutation of {'-'.join(AXES)}, got {self.order!r}")
+        require(self.global_batch % (self.dp * self.micro_batch) == 0, "micro_batch",
+                f"dp*micro_batch = {self.dp}*{self.micro_batch} does not divide global_batch={self.global_batch}")
+        if self.schedule == "interleaved":
+            require(self.vpp >= 2, "vpp", "the interleaved schedule needs vpp >= 2")
+        else:
+            require(self.vpp == 1, "vpp", f"vpp > 1 needs --schedule interleaved (got {self.schedule})")
+        if self.stage_layers:
+            require(len(self.stage_layers) == self.pp * self.vpp, "stage_layers",
+                    f"has {len(self.stage_layers)} entries, expected pp*vpp = {self.pp * self.vpp}")
+            require(all(isinstance(n, int) and n >= 1 for n in self.stage_layers), "stage_layers",
+                    "every stage needs at least one layer")
+        if self.schedule == "interleaved" and self.pp > 1:
+            require(self.num_micro_batches % self.pp == 0, "micro_batch",
+                    f"interleaved schedule needs the number of micro-batches ({self.num_micro_batches}) "
+                    f"to be a multiple of pp={self.pp}")
+
+    @property
+    def world_size(self) -> int:
+        return self.tp * self.pp * self.dp * self.cp
+
+    @property
+    def num_micro_batches(self) -> int:
+        """Micro-batches per step per pipeline (gradient-accumulation steps)."""
+        return self.global_batch // (self.dp * self.micro_batch)
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.global_batch * self.seq_len
+
+    def layers_per_stage(self, n_layers: int) -> tuple[int, ...]:
+        """Layers of each (virtual) stage: ``stage_layers`` or the balanced split (earlier stages
+        take the remainder, as torchtitan's splitter does)."""
+        if self.stage_layers:
+            return self.stage_layers
+        stages = self.pp * self.vpp
+        base, extra = divmod(n_layers, stages)
+        return tuple(base + (1 if i < extra else 0) for i in range(stages))
+
+    def validate_for(self, model: ModelSpec) -> None:
+        """Raise InputError if this split cannot run ``model``."""
+        require(model.n_heads % self.tp == 0, "tp",
+                f"n_heads={model.n_heads} is not divisible by tp={self.tp}")
+        require(model.n_kv_heads % self.tp == 0 or self.tp % model.n_kv_heads == 0, "tp",
+                f"n_kv_heads={model.n_kv_heads} and tp={self.tp}: neither divides the other")
+        require(model.ffn_hidden_size % self.tp == 0, "tp",
+                f"ffn_hidden_size={model.ffn_hidden_size} is not divisible by tp={self.tp}")
+        require(self.seq_len % self.cp == 0, "cp", f"seq_len={self.seq_len} is not divisible by cp={self.cp}")
+        if self.sequence_parallel:
+            require(self.seq_len % (self.tp * self.cp) == 0, "sequence_parallel",
+                    f"seq_len={self.seq_len} is not divisible by tp*cp={self.tp * self.cp}")
+        stages = self.pp * self.vpp
+        require(stages <= model.n_layers, "pp",
+                f"pp*vpp={stages} stages exceed the model's {model.n_layers} layers")
+        if self.stage_layers:
+            require(sum(self.stage_layers) == model.n_layers, "stage_layers",
+                    f"sum {sum(self.stage_layers)} != the model's {model.n_layers} layers")
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["stage_layers"] = list(self.stage_layers)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ParallelConfig":
+        allowed = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - allowed)
+        if unknown:
+            raise InputError(f"parallel.{unknown[0]}", f"unknown key (allowed: {', '.join(sorted(allowed))})")
+        data = dict(data)
+        data["stage_layers"] = tuple(data.get("stage_layers", ()))
+        return cls(**data)
+
+    def megatron_notation(self) -> str:
+        """Short label, e.g. ``tp8 pp4 dp32 cp1 vpp2 mb1 full sp zero1 interleaved``."""
+        parts = [f"tp{self.tp}", f"pp{self.pp}", f"dp{self.dp}"]
+        if self.cp > 1:
+            parts.append(f"cp{self.cp}")
+        if self.vpp > 1:
+            parts.append(f"vpp{self.vpp}")
+        parts.append(f"mb{self.micro_batch}")
+        parts.append(self.recompute)
+        if self.sequence_parallel:
+            parts.append("sp")
+        if self.sharding != "none":
+            parts.append(self.sharding)
+        if self.pp > 1:
+            parts.append(self.schedule)
+        return " ".join(parts)
+
+
+# ----- rank layout ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RankCoord:
+    rank: int
+    pp: int
+    dp: int
+    cp: int
+    tp: int
+
+    def get(self, axis: str) -> int:
+        return getattr(self, axis)
+
+
+def mesh_dims(parallel: ParallelConfig) -> tuple[tuple[str, ...], tuple[int, ...]]:
+    """(mesh_dim_names, mesh_shape), slowest axis first: the arguments for ``init_device_mesh``."""
+    names = tuple(reversed(parallel.order.split("-")))
+    return names, tuple(getattr(parallel, n) for n in names)
+
+
+def rank_layout(parallel: ParallelConfig) -> tuple[RankCoord, ...]:
+    """Coordinate of every global rank (row-major over :func:`mesh_dims`)."""
+    names, shape = mesh_dims(parallel)
+    coords = []
+    for rank in range(parallel.world_size):
+        rem = rank
+        values = {}
+        for name, size in zip(reversed(names), reversed(shape)):
+            values[name] = rem % size
+            rem //= size
+        coords.append(RankCoord(rank=rank, **values))
+    return tuple(coords)
+
+
+def axis_groups(parallel: ParallelConfig, axis: str) -> list[list[int]]:
+    """The rank groups along ``axis`` (ranks that differ only in that coordinate)."""
+    require(axis in AXES, "axis", f"must be one of {AXES}")
+    groups: dict[tuple, list[int]] = {}
+    for coord in rank_layout(parallel):
+        key = tuple(coord.get(a) for a in AXES if a != axis)
+        groups.setdefault(key, []).append(coord.rank)
+    return list(groups.values())
+
+
+def axis_stride(parallel: ParallelConfig, axis: str) -> int:
+    """Distance in global rank between neighbours along ``axis``."""
+    stride = 1
+    for name in parallel.order.split("-"):
+        if name == axis:
+            return stride
+        stride *= getattr(parallel, name)
+    raise AssertionError(axis)
+
+
+def group_node_spread(parallel: ParallelConfig, axis: str, gpus_per_node: int) -> tuple[int, int]:
+    """(most ranks of one ``axis`` group on a node, nodes that group spans) under the rank layout.
+
+    Uses the group holding rank 0 (all groups have the same shape when the node size is a
+    multiple or a divisor of the inner axes' product, the usual case); O(size)."""
+    size = getattr(parallel, axis)
+    if size == 1:
+        return 1, 1
+    stride = axis_stride(parallel, axis)
+    per_node: dict[int, int] = {}
+    for i in range(size):
+        node = (i * stride) // gpus_per_node
+        per_node[node] = per_node.get(node, 0) + 1
+    return max(per_node.values()), len(per_node)
+
+
+# ----- the plan file --------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Plan:
+    """A model, a cluster and a split, with the prediction made for it.
+
+    The ``id`` is a content hash of everything but the prediction, so measurements carrying the
+    id join to the plan without parsing names.
+    """
+
+    model: ModelSpec
+    hardware: str
+    n_nodes: int
+    gpus_per_node: int
+    parallel: ParallelConfig
+    prediction: dict | None = None
+    version: int = PLAN_VERSION
+
+    def __post_init__(self) -> None:
+        require(self.n_nodes >= 1, "nodes", "must be >= 1")
+        require(self.gpus_per_node >= 1, "gpus_per_node", "must be >= 1")
+        require(self.parallel.world_size == self.n_nodes * self.gpus_per_node, "dp",
+                f"tp*pp*dp*cp = {self.parallel.tp}*{self.parallel.pp}*{self.parallel.dp}*{self.parallel.cp}"
+                f" = {self.parallel.world_size} != nodes*gpus_per_node = {self.n_nodes}*{self.gpus_per_node}"
+                f" = {self.n_nodes * self.gpus_per_node}")
+        require(self.parallel.seq_len <= self.model.seq_len or self.model.position != "learned",
+                "seq_len", f"{self.parallel.seq_len} exceeds the model's learned positions ({self.model.seq_len})")
+        self.parallel.validate_for(self.model)
+
+    @property
+    def world_size(self) -> int:
+        return self.parallel.world_size
+
+    def identity(self) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "model": self.model.to_dict(),
+            "hardware": self.hardware,
+            "n_nodes": self.n_nodes,
+            "gpus_per_node": self.gpus_per_node,
+            "parallel": self.parallel.to_dict(),
+        }
+
+    @property
+    def id(self) -> str:
+        blob = json.dumps(self.identity(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+    def to_dict(self) -> dict[str, Any]:
+        data = self.identity()
+        data["id"] = self.id
+        data["prediction"] = self.prediction
+        return data
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+
+    def save(self, path: str | Path) -> Path:
+        return atomic_write_text(path, self.to_json())
+
+    def with_prediction(self, prediction: dict | None) -> "Plan":
+        return dataclasses.replace(self, prediction=prediction)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Plan":
+        allowed = {"version", "model", "hardware", "n_nodes", "gpus_per_node", "parallel", "prediction", "id"}
+        unknown = sorted(set(data) - allowed)
+        if unknown:
+            raise InputError(f"plan.{unknown[0]}", f"unknown key (allowed: {', '.join(sorted(allowed))})")
+        for key in ("model", "hardware", "n_nodes", "gpus_per_node", "parallel"):
+            if key not in data:
+                raise InputError(f"plan.{key}", "missing")
+        version = data.get("version", PLAN_VERSION)
+        require(version == PLAN_VERSION, "plan.version", f"{version} is not supported (this is version {PLAN_VERSION})")
+        return cls(
+            model=ModelSpec.from_dict(data["model"]),
+            hardware=data["hardware"],
+            n_nodes=data["n_nodes"],
+            gpus_per_node=data["gpus_per_node"],
+            parallel=ParallelConfig.from_dict(data["parallel"]),
+            prediction=data.get("prediction"),
+            version=version,
+        )
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Plan":
+        path = Path(path)
+        if not path.exists():
+            raise InputError("plan", f"{path} does not exist")
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise InputError("plan", f"{path} is not valid JSON ({err.msg} at line {err.lineno})") from None
+        if not isinstance(data, dict):
+            raise InputError("plan", f"{path} must hold a JSON object")
+        return cls.from_dict(data)

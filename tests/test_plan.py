@@ -1,0 +1,60 @@
+import json
+
+import pytest
+
+from planner.errors import InputError
+from planner.model import ModelSpec
+from planner.plan import (ParallelConfig, Plan, axis_groups, group_node_spread, mesh_dims,
+                          rank_layout)
+
+TINY = ModelSpec("tiny", n_layers=4, hidden_size=64, n_heads=4, n_kv_heads=4,
+                 ffn_hidden_size=256, vocab_size=128, seq_len=32)
+
+
+def test_layout_is_megatron_order():
+    p = ParallelConfig(tp=2, pp=2, dp=2, global_batch=8, seq_len=32)
+    coords = rank_layout(p)
+    assert [(c.pp, c.dp, c.tp) for c in coords[:4]] == [(0, 0, 0), (0, 0, 1), (0, 1, 0), (0, 1, 1)]
+    assert coords[4].pp == 1
+    assert mesh_dims(p) == (("pp", "dp", "cp", "tp"), (2, 2, 1, 2))
+    assert axis_groups(p, "tp") == [[0, 1], [2, 3], [4, 5], [6, 7]]
+    assert axis_groups(p, "pp") == [[0, 4], [1, 5], [2, 6], [3, 7]]
+
+
+@pytest.mark.parametrize("gpn", [1, 2, 4, 8])
+@pytest.mark.parametrize("axis", ["tp", "dp", "pp"])
+def test_node_spread_matches_groups(axis, gpn):
+    p = ParallelConfig(tp=2, pp=2, dp=4, global_batch=16, seq_len=32)
+    group = axis_groups(p, axis)[0]
+    nodes = {r // gpn for r in group}
+    per_node = max(sum(1 for r in group if r // gpn == n) for n in nodes)
+    assert group_node_spread(p, axis, gpn) == (per_node, len(nodes))
+
+
+def test_plan_roundtrip_and_id(tmp_path):
+    plan = Plan(TINY, "local-cpu", 1, 4, ParallelConfig(tp=2, dp=2, global_batch=4, seq_len=32))
+    path = plan.save(tmp_path / "p.json")
+    again = Plan.load(path)
+    assert again == plan and again.id == plan.id
+    assert json.loads(path.read_text())["id"] == plan.id
+    other = Plan(TINY, "local-cpu", 1, 4, ParallelConfig(tp=2, dp=2, global_batch=8, seq_len=32))
+    assert other.id != plan.id
+
+
+@pytest.mark.parametrize("kwargs, field", [
+    (dict(tp=3, global_batch=4), "tp"),
+    (dict(dp=2, micro_batch=3, global_batch=4), "micro_batch"),
+    (dict(pp=8, global_batch=4), "pp"),
+    (dict(pp=2, stage_layers=(1, 2), global_batch=4), "stage_layers"),
+])
+def test_bad_splits_name_the_field(kwargs, field):
+    with pytest.raises(InputError) as err:
+        parallel = ParallelConfig(seq_len=32, **kwargs)
+        parallel.validate_for(TINY)
+    assert err.value.field == field
+
+
+def test_world_size_mismatch():
+    with pytest.raises(InputError) as err:
+        Plan(TINY, "local-cpu", 1, 4, ParallelConfig(tp=2, global_batch=4, seq_len=32))
+    assert "nodes*gpus_per_node" in str(err.value)
