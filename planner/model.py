@@ -40,6 +40,8 @@ class ModelSpec:
         n_experts: MoE experts per MoE layer; 0 for a dense model.
         top_k: experts each token is routed to (MoE only).
         expert_ffn_hidden_size: expert MLP width; 0 means ffn_hidden_size.
+        dropout: dropout probability used in training (Megatron GPTs 0.1; Llama 0). With dropout,
+            activation memory includes the 1-byte masks of Korthikanti et al. (2022).
     """
 
     name: str
@@ -59,6 +61,7 @@ class ModelSpec:
     n_experts: int = 0
     top_k: int = 0
     expert_ffn_hidden_size: int = 0
+    dropout: float = 0.0
 
     def __post_init__(self) -> None:
         for field in ("n_layers", "hidden_size", "n_heads", "n_kv_heads", "ffn_hidden_size",
@@ -76,6 +79,7 @@ class ModelSpec:
         if self.head_dim == 0:
             require(self.hidden_size % self.n_heads == 0, "n_heads",
                     f"{self.n_heads} does not divide hidden_size={self.hidden_size}")
+        require(0.0 <= self.dropout < 1.0, "dropout", f"must be in [0, 1), got {self.dropout!r}")
         require(self.n_experts >= 0, "n_experts", "must be >= 0")
         if self.n_experts > 0:
             require(1 <= self.top_k <= self.n_experts, "top_k",
