@@ -1,14 +1,18 @@
 """Model descriptions: :class:`ModelSpec` for decoder-only transformers.
 
 A spec is a frozen dataclass validated on construction. It is loaded from a preset name
-(:data:`PRESETS`) or a Hugging Face ``config.json`` (see :func:`load_model`); parameter counts
-follow the architecture exactly (GQA, SwiGLU/GELU MLP, tied embeddings, MoE), so presets can be
-checked against published counts.
+(:data:`PRESETS`, defined in :mod:`planner.presets`) or a Hugging Face ``config.json`` (parsed by
+:mod:`planner.hf_config`); see :func:`load_model`. Parameter counts follow the architecture exactly
+(GQA, SwiGLU/GELU MLP, tied embeddings, MoE, and the per-family quirks listed on the fields), so
+presets can be checked against published counts.
 """
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from planner.errors import InputError, require
@@ -42,6 +46,28 @@ class ModelSpec:
         expert_ffn_hidden_size: expert MLP width; 0 means ffn_hidden_size.
         dropout: dropout probability used in training (Megatron GPTs 0.1; Llama 0). With dropout,
             activation memory includes the 1-byte masks of Korthikanti et al. (2022).
+
+    Family quirks (all default to the plain GPT/Llama layout, so older specs are unchanged):
+        max_positions: rows of a learned position table; 0 means the table follows seq_len (as
+            Megatron sets --max-position-embeddings to --seq-length). A config's n_positions is
+            kept here, so the model can run at a shorter seq_len without changing its size.
+        position_offset: extra learned position rows (OPT reserves 2: ``OPTLearnedPositional
+            Embedding`` has ``max_position_embeddings + 2`` rows).
+        position_table: a learned position table exists besides ``position`` (MPT with
+            ``learned_pos_emb: true`` and ALiBi keeps ``wpe`` of max_seq_len rows).
+        embed_proj_dim: token-embedding width when it differs from hidden_size (OPT-350m's
+            ``word_embed_proj_dim`` 512): embedding and LM head are V x e, plus ``project_in`` and
+            ``project_out`` e x h matrices without bias. 0 means hidden_size.
+        embed_norm: a norm right after the token embedding (BLOOM's word_embeddings_layernorm).
+        final_norm: a norm before the LM head (OPT-350m has none: do_layer_norm_before false).
+        norm_bias: LayerNorms carry a bias (MPT with no_bias: weight only). Ignored for RMSNorm.
+        qkv_bias_only: Q, K and V projections carry biases, the output projection and the MLP do
+            not (Qwen2). Only meaningful with ``bias`` false.
+        parallel_residual: attention and MLP read the same input and are summed (GPT-J / NeoX
+            ``use_parallel_residual``); same parameters and FLOPs, different dependency graph.
+        activation: the MLP's pointwise activation as the source names it (``gelu``,
+            ``gelu_new``, ``relu``, ``silu``); empty means the ``mlp`` kind's usual one. A
+            ``gelu`` spec is any 2-matrix MLP with a pointwise activation (OPT's ReLU included).
     """
 
     name: str
@@ -62,6 +88,16 @@ class ModelSpec:
     top_k: int = 0
     expert_ffn_hidden_size: int = 0
     dropout: float = 0.0
+    max_positions: int = 0
+    position_offset: int = 0
+    position_table: bool = False
+    embed_proj_dim: int = 0
+    embed_norm: bool = False
+    final_norm: bool = True
+    norm_bias: bool = True
+    qkv_bias_only: bool = False
+    parallel_residual: bool = False
+    activation: str = ""
 
     def __post_init__(self) -> None:
         for field in ("n_layers", "hidden_size", "n_heads", "n_kv_heads", "ffn_hidden_size",
@@ -84,6 +120,15 @@ class ModelSpec:
         if self.n_experts > 0:
             require(1 <= self.top_k <= self.n_experts, "top_k",
                     f"must be in 1..n_experts={self.n_experts}, got {self.top_k}")
+        for field in ("max_positions", "position_offset", "embed_proj_dim", "expert_ffn_hidden_size"):
+            value = getattr(self, field)
+            require(isinstance(value, int) and not isinstance(value, bool) and value >= 0,
+                    field, f"must be an integer >= 0, got {value!r}")
+        require(not (self.bias and self.qkv_bias_only), "qkv_bias_only",
+                "needs bias=False (bias=True already puts biases on every linear layer)")
+        if self.has_position_table and self.max_positions:
+            require(self.seq_len <= self.max_positions, "seq_len",
+                    f"{self.seq_len} exceeds the model's {self.max_positions} learned positions")
 
     # ----- derived shapes -------------------------------------------------------------------
     @property
@@ -109,6 +154,23 @@ class ModelSpec:
         return self.expert_ffn_hidden_size or self.ffn_hidden_size
 
     @property
+    def embed_dim(self) -> int:
+        """Width of the token embedding and of the LM head's input (OPT's word_embed_proj_dim)."""
+        return self.embed_proj_dim or self.hidden_size
+
+    @property
+    def has_position_table(self) -> bool:
+        """A learned absolute position table exists (``learned`` position or an extra table)."""
+        return self.position == "learned" or self.position_table
+
+    @property
+    def position_rows(self) -> int:
+        """Rows of the learned position table (0 when there is none)."""
+        if not self.has_position_table:
+            return 0
+        return (self.max_positions or self.seq_len) + self.position_offset
+
+    @property
     def mlp_matrices(self) -> int:
         """Weight matrices in one MLP: 3 for SwiGLU, 2 for GELU."""
         return 3 if self.mlp == "swiglu" else 2
@@ -118,7 +180,12 @@ class ModelSpec:
         """Q, K, V and output projections (+ biases)."""
         h = self.hidden_size
         weights = h * self.q_dim + 2 * h * self.kv_dim + self.q_dim * h
-        biases = (self.q_dim + 2 * self.kv_dim + h) if self.bias else 0
+        if self.bias:
+            biases = self.q_dim + 2 * self.kv_dim + h
+        elif self.qkv_bias_only:
+            biases = self.q_dim + 2 * self.kv_dim
+        else:
+            biases = 0
         return weights + biases
 
     def mlp_params(self, ffn: int | None = None) -> int:
@@ -130,7 +197,10 @@ class ModelSpec:
         return weights + biases
 
     def norm_params(self) -> int:
-        return 2 * self.hidden_size if self.norm == "layernorm" else self.hidden_size
+        """One norm: weight (+ bias for a LayerNorm with bias)."""
+        if self.norm == "layernorm" and self.norm_bias:
+            return 2 * self.hidden_size
+        return self.hidden_size
 
     def layer_params(self) -> int:
         """All parameters of one transformer block (all experts of an MoE block)."""
@@ -148,14 +218,19 @@ class ModelSpec:
         return self.attention_params() + ffn + 2 * self.norm_params()
 
     def embedding_params(self) -> int:
-        """Token embedding (+ learned positions)."""
-        pos = self.seq_len * self.hidden_size if self.position == "learned" else 0
-        return self.vocab_size * self.hidden_size + pos
+        """Token embedding (+ learned positions, + OPT's project_in, + BLOOM's embedding norm)."""
+        tokens = self.vocab_size * self.embed_dim
+        positions = self.position_rows * self.hidden_size
+        project_in = self.embed_dim * self.hidden_size if self.embed_proj_dim else 0
+        norm = self.norm_params() if self.embed_norm else 0
+        return tokens + positions + project_in + norm
 
     def head_params(self) -> int:
-        """Final norm + LM head (the head is free when tied)."""
-        head = 0 if self.tied_embeddings else self.vocab_size * self.hidden_size
-        return self.norm_params() + head
+        """Final norm + OPT's project_out + LM head (the head is free when tied)."""
+        norm = self.norm_params() if self.final_norm else 0
+        project_out = self.embed_dim * self.hidden_size if self.embed_proj_dim else 0
+        head = 0 if self.tied_embeddings else self.vocab_size * self.embed_dim
+        return norm + project_out + head
 
     def total_params(self) -> int:
         return self.embedding_params() + self.n_layers * self.layer_params() + self.head_params()
@@ -168,6 +243,8 @@ class ModelSpec:
         return self.n_layers * self.layer_params()
 
     def with_seq_len(self, seq_len: int) -> "ModelSpec":
+        """The same model at ``seq_len``. A learned table with ``max_positions`` set keeps its
+        size (seq_len may not exceed it); with max_positions 0 the table follows seq_len."""
         return dataclasses.replace(self, seq_len=seq_len)
 
     def to_dict(self) -> dict[str, Any]:
@@ -180,3 +257,80 @@ class ModelSpec:
         if unknown:
             raise InputError(f"model.{unknown[0]}", f"unknown key (allowed: {', '.join(sorted(allowed))})")
         return cls(**data)
+
+
+# ----- loading ---------------------------------------------------------------------------------
+def __getattr__(name: str) -> Any:
+    """``PRESETS`` and ``PUBLISHED_MODEL_PRESETS`` live in :mod:`planner.presets` (which imports
+    this module); they are re-exported lazily so either module can be imported first."""
+    if name in ("PRESETS", "PUBLISHED_MODEL_PRESETS"):
+        from planner import presets
+        return getattr(presets, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def available_models() -> list[str]:
+    """Preset names, sorted."""
+    from planner.presets import PRESETS
+    return sorted(PRESETS)
+
+
+def preset_for_published_row(row_model_name: str) -> str | None:
+    """The preset for a ``model`` value of ``benchmarks/published_runs.csv``, or None when the
+    row gives no architecture (e.g. the Megatron v1.0 scaling models)."""
+    from planner.presets import PUBLISHED_MODEL_PRESETS
+    return PUBLISHED_MODEL_PRESETS.get(row_model_name)
+
+
+def _looks_like_path(name_or_path: str) -> bool:
+    return (name_or_path.endswith(".json") or "/" in name_or_path or "\\" in name_or_path
+            or name_or_path.startswith("."))
+
+
+def load_model(name_or_path: str, seq_len: int | None = None) -> ModelSpec:
+    """A :class:`ModelSpec` from a preset name or a Hugging Face ``config.json`` (a file, or a
+    directory holding one). ``seq_len`` overrides the default sequence length (the preset's
+    training length; for a config, the trained context it states). Bad input raises
+    :class:`InputError` naming the field: ``model`` for an unknown name or unreadable file,
+    ``config.<key>`` for a missing or malformed key, ``seq_len`` for a bad length."""
+    from planner.presets import PRESETS
+    if seq_len is not None and (isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len <= 0):
+        raise InputError("seq_len", f"must be a positive integer, got {seq_len!r}")
+    if not isinstance(name_or_path, str) or not name_or_path:
+        raise InputError("model", "needs a preset name or a path to a config.json")
+    if name_or_path in PRESETS:
+        spec = PRESETS[name_or_path]
+    else:
+        path = Path(name_or_path)
+        if path.is_dir():
+            path = path / "config.json"
+            if not path.is_file():
+                raise InputError("model", f"directory {name_or_path} has no config.json")
+        if path.is_file():
+            from planner.hf_config import read_hf_config
+            spec = read_hf_config(path)
+        elif _looks_like_path(name_or_path):
+            raise InputError("model", f"config file {name_or_path} does not exist")
+        else:
+            close = difflib.get_close_matches(name_or_path.lower(), list(PRESETS), n=4, cutoff=0.5)
+            listing = (f"did you mean {', '.join(close)}?" if close
+                       else f"known: {', '.join(sorted(PRESETS))}")
+            raise InputError("model", f"unknown preset {name_or_path!r} ({listing} "
+                                      "Or give a path to a config.json.)")
+    if seq_len is not None and seq_len != spec.seq_len:
+        try:
+            spec = spec.with_seq_len(seq_len)
+        except InputError as err:
+            raise InputError("seq_len", err.reason) from None
+    return spec
+
+
+def parse_json_config(text: str, source: str) -> dict[str, Any]:
+    """Parse a config.json's text; errors name the file as the ``model`` field."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise InputError("model", f"{source} is not valid JSON ({err.msg} at line {err.lineno})") from None
+    if not isinstance(data, dict):
+        raise InputError("model", f"{source} must hold a JSON object, got {type(data).__name__}")
+    return data

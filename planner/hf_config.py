@@ -1,0 +1,331 @@
+"""Hugging Face ``config.json`` -> :class:`ModelSpec`, without downloading anything.
+
+Supported ``model_type`` values: gpt2, llama, mistral, mixtral, qwen2, opt, gpt_neox, mpt; a
+composite config (llava-style: a vision model plus a language model) is read through its
+``text_config``. Each family's keys and quirks follow its ``transformers`` configuration and
+modeling code:
+
+- gpt2: ``n_embd``/``n_layer``/``n_head``, ``n_inner`` null -> 4*n_embd, ``n_positions`` learned
+  positions, tied head, biases, LayerNorm, GELU (``gelu_new``).
+- llama / mistral / mixtral / qwen2: RMSNorm, SwiGLU, RoPE, GQA via ``num_key_value_heads``,
+  untied head unless ``tie_word_embeddings``; llama's ``attention_bias``/``mlp_bias``; qwen2 has
+  Q/K/V biases but none on the output projection or MLP; mixtral's ``num_local_experts`` and
+  ``num_experts_per_tok`` (router h x E without bias).
+- opt: ``ffn_dim``; ``word_embed_proj_dim`` != hidden_size adds project_in/out (opt-350m);
+  learned positions with an offset of 2; ``do_layer_norm_before`` false drops the final norm;
+  ``enable_bias``; ReLU.
+- gpt_neox: rotary (``rotary_pct`` of each head), untied ``embed_out``, ``use_parallel_residual``,
+  biases (``attention_bias``), LayerNorm, GELU.
+- mpt: ``d_model``/``n_heads``/``n_layers``, ``expansion_ratio``, ``max_seq_len``, ``no_bias``
+  (no bias on linear layers or LayerNorms), ALiBi from ``attn_config.alibi``, and a learned
+  ``wpe`` table when ``learned_pos_emb`` (true in mosaicml/mpt-7b, alongside ALiBi: llm-foundry
+  builds ``wpe`` whenever it is set and adds it to the token embedding); RoPE from
+  ``attn_config.rope``; GQA/MQA from ``attn_type``; tied head.
+
+A top-level config must state the architecture keys (a missing one is an InputError naming it).
+Inside a nested ``text_config`` transformers fills absent keys with the sub-config class's
+defaults, and published llava configs rely on that (llava-1.5's text_config gives only
+vocab_size and max_position_embeddings); those defaults are reproduced for llama and mistral
+text configs only, from transformers' ``LlamaConfig`` and ``MistralConfig``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+from planner.errors import InputError
+from planner.model import ModelSpec, parse_json_config
+
+SUPPORTED_TYPES = ("gpt2", "llama", "mistral", "mixtral", "qwen2", "opt", "gpt_neox", "mpt")
+
+# transformers' LlamaConfig / MistralConfig __init__ defaults (architecture keys only).
+_TEXT_CONFIG_DEFAULTS: dict[str, dict[str, Any]] = {
+    "llama": {"vocab_size": 32000, "hidden_size": 4096, "intermediate_size": 11008,
+              "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": None,
+              "max_position_embeddings": 2048, "tie_word_embeddings": False,
+              "attention_bias": False, "mlp_bias": False},
+    "mistral": {"vocab_size": 32000, "hidden_size": 4096, "intermediate_size": 14336,
+                "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8,
+                "max_position_embeddings": 4096 * 32, "tie_word_embeddings": False},
+}
+
+
+class _Config:
+    """Typed, field-naming access to one config mapping."""
+
+    def __init__(self, data: dict[str, Any], where: str, defaults: dict[str, Any] | None = None):
+        self.data = data
+        self.where = where
+        self.defaults = defaults or {}
+
+    def _get(self, key: str) -> tuple[bool, Any]:
+        if key in self.data:
+            return True, self.data[key]
+        if key in self.defaults:
+            return True, self.defaults[key]
+        return False, None
+
+    def int(self, key: str, default: Any = ..., *, minimum: int = 1) -> Any:
+        found, value = self._get(key)
+        if not found:
+            if default is ...:
+                raise InputError(f"{self.where}.{key}", "missing")
+            return default
+        if value is None and default is not ...:
+            return default
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise InputError(f"{self.where}.{key}", f"must be an integer >= {minimum}, got {value!r}")
+        return value
+
+    def number(self, key: str, default: float) -> float:
+        found, value = self._get(key)
+        if not found or value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise InputError(f"{self.where}.{key}", f"must be a number, got {value!r}")
+        return float(value)
+
+    def bool(self, key: str, default: bool) -> bool:
+        found, value = self._get(key)
+        if not found or value is None:
+            return default
+        if not isinstance(value, bool):
+            raise InputError(f"{self.where}.{key}", f"must be true or false, got {value!r}")
+        return value
+
+    def str(self, key: str, default: str) -> str:
+        found, value = self._get(key)
+        if not found or value is None:
+            return default
+        if not isinstance(value, str):
+            raise InputError(f"{self.where}.{key}", f"must be a string, got {value!r}")
+        return value
+
+    def mapping(self, key: str) -> "_Config":
+        found, value = self._get(key)
+        if not found or value is None:
+            return _Config({}, f"{self.where}.{key}")
+        if not isinstance(value, dict):
+            raise InputError(f"{self.where}.{key}", f"must be a mapping, got {value!r}")
+        return _Config(value, f"{self.where}.{key}")
+
+
+def _trained_context(cfg: _Config, max_positions: int) -> int:
+    """Default seq_len: the context the model was trained with. Llama 3.1-style configs state
+    the pre-extension length in ``rope_scaling.original_max_position_embeddings``."""
+    scaling = cfg.mapping("rope_scaling")
+    original = scaling.int("original_max_position_embeddings", None)
+    return original if original else max_positions
+
+
+def _llama_like(cfg: _Config, name: str, model_type: str) -> ModelSpec:
+    hidden = cfg.int("hidden_size")
+    heads = cfg.int("num_attention_heads")
+    kv_default = {"llama": heads, "mistral": 8, "mixtral": 8, "qwen2": 32}[model_type]
+    kv_heads = cfg.int("num_key_value_heads", kv_default)
+    max_pos = cfg.int("max_position_embeddings")
+    attention_bias = cfg.bool("attention_bias", False)
+    mlp_bias = cfg.bool("mlp_bias", False)
+    if attention_bias != mlp_bias:
+        raise InputError(f"{cfg.where}.attention_bias",
+                         f"attention_bias={attention_bias} with mlp_bias={mlp_bias} is not supported "
+                         "(ModelSpec has biases on all linear layers or none)")
+    n_experts = top_k = 0
+    if model_type == "mixtral":
+        n_experts = cfg.int("num_local_experts")
+        top_k = cfg.int("num_experts_per_tok")
+    head_dim = cfg.int("head_dim", 0, minimum=0)
+    if head_dim == hidden // heads and hidden % heads == 0:
+        head_dim = 0
+    return ModelSpec(
+        name=name,
+        n_layers=cfg.int("num_hidden_layers"),
+        hidden_size=hidden,
+        n_heads=heads,
+        n_kv_heads=kv_heads,
+        ffn_hidden_size=cfg.int("intermediate_size"),
+        vocab_size=cfg.int("vocab_size"),
+        seq_len=_trained_context(cfg, max_pos),
+        mlp="swiglu", norm="rmsnorm", position="rope",
+        tied_embeddings=cfg.bool("tie_word_embeddings", False),
+        bias=attention_bias and mlp_bias,
+        qkv_bias_only=model_type == "qwen2",
+        head_dim=head_dim,
+        n_experts=n_experts, top_k=top_k,
+        dropout=cfg.number("attention_dropout", 0.0),
+        activation=cfg.str("hidden_act", "silu"),
+    )
+
+
+def _gpt2(cfg: _Config, name: str, model_type: str) -> ModelSpec:
+    hidden = cfg.int("n_embd")
+    n_pos = cfg.int("n_positions")
+    return ModelSpec(
+        name=name,
+        n_layers=cfg.int("n_layer"),
+        hidden_size=hidden,
+        n_heads=cfg.int("n_head"),
+        n_kv_heads=cfg.int("n_head"),
+        ffn_hidden_size=cfg.int("n_inner", 4 * hidden),
+        vocab_size=cfg.int("vocab_size"),
+        seq_len=n_pos,
+        max_positions=n_pos,
+        mlp="gelu", norm="layernorm", position="learned",
+        tied_embeddings=cfg.bool("tie_word_embeddings", True),
+        bias=True,
+        dropout=cfg.number("resid_pdrop", 0.1),
+        activation=cfg.str("activation_function", "gelu_new"),
+    )
+
+
+def _opt(cfg: _Config, name: str, model_type: str) -> ModelSpec:
+    hidden = cfg.int("hidden_size")
+    heads = cfg.int("num_attention_heads")
+    max_pos = cfg.int("max_position_embeddings")
+    embed = cfg.int("word_embed_proj_dim", hidden)
+    layer_norm_before = cfg.bool("do_layer_norm_before", True)
+    final_norm = layer_norm_before and not cfg.bool("_remove_final_layer_norm", False)
+    if not cfg.bool("layer_norm_elementwise_affine", True):
+        raise InputError(f"{cfg.where}.layer_norm_elementwise_affine",
+                         "false (LayerNorms without parameters) is not supported")
+    return ModelSpec(
+        name=name,
+        n_layers=cfg.int("num_hidden_layers"),
+        hidden_size=hidden,
+        n_heads=heads,
+        n_kv_heads=heads,
+        ffn_hidden_size=cfg.int("ffn_dim"),
+        vocab_size=cfg.int("vocab_size"),
+        seq_len=max_pos,
+        max_positions=max_pos,
+        position_offset=2,  # OPTLearnedPositionalEmbedding: num_embeddings + offset (2)
+        embed_proj_dim=0 if embed == hidden else embed,
+        final_norm=final_norm,
+        mlp="gelu", norm="layernorm", position="learned",
+        tied_embeddings=cfg.bool("tie_word_embeddings", True),
+        bias=cfg.bool("enable_bias", True),
+        dropout=cfg.number("dropout", 0.1),
+        activation=cfg.str("activation_function", "relu"),
+    )
+
+
+def _gpt_neox(cfg: _Config, name: str, model_type: str) -> ModelSpec:
+    heads = cfg.int("num_attention_heads")
+    max_pos = cfg.int("max_position_embeddings")
+    return ModelSpec(
+        name=name,
+        n_layers=cfg.int("num_hidden_layers"),
+        hidden_size=cfg.int("hidden_size"),
+        n_heads=heads,
+        n_kv_heads=heads,
+        ffn_hidden_size=cfg.int("intermediate_size"),
+        vocab_size=cfg.int("vocab_size"),
+        seq_len=max_pos,
+        mlp="gelu", norm="layernorm", position="rope",
+        tied_embeddings=cfg.bool("tie_word_embeddings", False),
+        bias=cfg.bool("attention_bias", True),
+        parallel_residual=cfg.bool("use_parallel_residual", True),
+        dropout=cfg.number("hidden_dropout", 0.0),
+        activation=cfg.str("hidden_act", "gelu"),
+    )
+
+
+def _mpt(cfg: _Config, name: str, model_type: str) -> ModelSpec:
+    hidden = cfg.int("d_model")
+    heads = cfg.int("n_heads")
+    max_seq = cfg.int("max_seq_len")
+    attn = cfg.mapping("attn_config")
+    alibi = attn.bool("alibi", False)
+    rope = attn.bool("rope", False)
+    learned = cfg.bool("learned_pos_emb", True)
+    if alibi and rope:
+        raise InputError(f"{attn.where}.rope", "true together with alibi true")
+    if not alibi and not learned and not rope:
+        raise InputError(f"{cfg.where}.learned_pos_emb",
+                         "false with attn_config.alibi and rope false leaves the model without positions")
+    attn_type = attn.str("attn_type", "multihead_attention")
+    if attn_type == "multihead_attention":
+        kv_heads = heads
+    elif attn_type == "multiquery_attention":
+        kv_heads = 1
+    elif attn_type == "grouped_query_attention":
+        kv_heads = attn.int("kv_n_heads")
+    else:
+        raise InputError(f"{attn.where}.attn_type", f"unknown attention type {attn_type!r}")
+    ratio = cfg.number("expansion_ratio", 4.0)
+    ffn = int(hidden * ratio)
+    if ffn <= 0 or ffn != hidden * ratio:
+        raise InputError(f"{cfg.where}.expansion_ratio", f"d_model x {ratio} is not a positive integer")
+    no_bias = cfg.bool("no_bias", True)
+    return ModelSpec(
+        name=name,
+        n_layers=cfg.int("n_layers"),
+        hidden_size=hidden,
+        n_heads=heads,
+        n_kv_heads=kv_heads,
+        ffn_hidden_size=ffn,
+        vocab_size=cfg.int("vocab_size"),
+        seq_len=max_seq,
+        max_positions=max_seq if learned else 0,
+        mlp="gelu", norm="layernorm",
+        position="alibi" if alibi else "rope" if rope else "learned",
+        position_table=learned and (alibi or rope),
+        tied_embeddings=True,  # SharedEmbedding: the LM head reuses wte
+        bias=not no_bias,
+        norm_bias=not no_bias,
+        dropout=cfg.number("resid_pdrop", 0.0),
+        activation="gelu",
+    )
+
+
+_PARSERS: dict[str, Callable[[_Config, str, str], ModelSpec]] = {
+    "gpt2": _gpt2, "llama": _llama_like, "mistral": _llama_like, "mixtral": _llama_like,
+    "qwen2": _llama_like, "opt": _opt, "gpt_neox": _gpt_neox, "mpt": _mpt,
+}
+
+
+def spec_from_hf_config(data: dict[str, Any], name: str | None = None) -> ModelSpec:
+    """A :class:`ModelSpec` from a parsed config.json mapping (nested ``text_config`` allowed)."""
+    if not isinstance(data, dict):
+        raise InputError("config", f"must be a JSON object, got {type(data).__name__}")
+    where, cfg_data, defaults = "config", data, None
+    top_type = data.get("model_type")
+    if "text_config" in data and data["text_config"] is not None:
+        text = data["text_config"]
+        if not isinstance(text, dict):
+            raise InputError("config.text_config", f"must be a mapping, got {text!r}")
+        where, cfg_data = "config.text_config", text
+        model_type = text.get("model_type")
+        if model_type is None:
+            raise InputError("config.text_config.model_type",
+                             f"missing (the top-level model_type is {top_type!r})")
+        defaults = _TEXT_CONFIG_DEFAULTS.get(model_type)
+    else:
+        model_type = top_type
+        if model_type is None:
+            raise InputError("config.model_type", f"missing (supported: {', '.join(SUPPORTED_TYPES)})")
+    if model_type not in _PARSERS:
+        raise InputError(f"{where}.model_type",
+                         f"unsupported model type {model_type!r} (supported: {', '.join(SUPPORTED_TYPES)})")
+    label = name or data.get("_name_or_path") or top_type or model_type
+    cfg = _Config(cfg_data, where, defaults)
+    try:
+        return _PARSERS[model_type](cfg, str(label), model_type)
+    except InputError as err:
+        if err.field.startswith("config"):
+            raise
+        # a ModelSpec invariant (e.g. heads not dividing hidden): say it came from this config
+        raise InputError(f"{where}:{err.field}", err.reason) from None
+
+
+def read_hf_config(path: str | Path) -> ModelSpec:
+    """Read ``path`` (a config.json) into a :class:`ModelSpec`; the name defaults to the
+    config's ``_name_or_path``, else its directory's name."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise InputError("model", f"cannot read {path}: {err.strerror}") from None
+    data = parse_json_config(text, str(path))
+    name = data.get("_name_or_path") if isinstance(data.get("_name_or_path"), str) else None
+    return spec_from_hf_config(data, name or path.parent.name or path.stem)

@@ -1,0 +1,172 @@
+"""Hardware profiles: every shipped profile loads with physical values; malformed profiles are
+one-line InputErrors naming the field."""
+from __future__ import annotations
+
+import copy
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from planner.errors import InputError
+from planner.hardware import (
+    GB, GIB, PROFILES_DIR, TERA, available_profiles, load_profile, parse_profile,
+)
+
+REQUIRED = [
+    "dgx2h-v100-32gb", "dgx-a100-40gb", "dgx-a100-80gb", "dgx-h100-80gb", "dgx-h200-141gb",
+    "dgx-b200-192gb", "gh200-96gb-quad", "mi300x-192gb-8x",
+]
+GPU_PROFILES = [name for name in available_profiles() if name != "local-cpu"]
+
+
+def _raw(name: str) -> dict:
+    return yaml.safe_load((PROFILES_DIR / f"{name}.yaml").read_text())
+
+
+def test_required_profiles_exist():
+    missing = sorted(set(REQUIRED) - set(available_profiles()))
+    assert not missing, f"missing profiles: {missing}"
+
+
+@pytest.mark.parametrize("name", available_profiles())
+def test_every_profile_loads(name):
+    node = load_profile(name)
+    assert node.name == name
+    assert node.gpus_per_node >= 1
+    assert node.device.hbm_bytes > 0
+    assert node.intra_node.bandwidth_bytes_per_s > 0
+
+
+@pytest.mark.parametrize("name", GPU_PROFILES)
+def test_gpu_profile_values_are_physical(name):
+    node = load_profile(name)
+    dev = node.device
+    # 16-bit tensor peak between V100 (~125) and B200 (2250) TFLOP/s
+    half = dev.peak_flops("fp16")
+    assert 100 * TERA <= half <= 2500 * TERA
+    if dev.supports("bf16"):
+        assert dev.peak_flops("bf16") == pytest.approx(half)
+    if dev.supports("fp8"):
+        assert dev.peak_flops("fp8") == pytest.approx(2 * half, rel=0.01)
+    assert dev.peak_flops("fp32") < half
+    assert 16 * GIB <= dev.hbm_bytes <= 200 * GIB
+    assert 800 * GB <= dev.hbm_bandwidth_bytes_per_s <= 8000 * GB
+    # curve non-decreasing in size and never above 0.95 of peak
+    effs = [e for _, e in dev.matmul_efficiency.points]
+    assert effs == sorted(effs) and max(effs) <= 0.95
+    assert dev.matmul_efficiency(1e7) <= dev.matmul_efficiency(1e13)
+    # intra-node fabric is faster than the NIC share of a GPU
+    assert node.intra_node.effective_bandwidth_bytes_per_s > node.inter_node.effective_bandwidth_bytes_per_s
+    assert node.inter_node.latency_s >= node.intra_node.latency_s
+
+
+def test_known_values_from_gpu_specs():
+    a100 = load_profile("dgx-a100-80gb")
+    assert a100.device.peak_flops("bf16") == pytest.approx(312e12)
+    assert a100.device.hbm_bandwidth_bytes_per_s == pytest.approx(2.039e12)
+    assert a100.intra_node.bandwidth_bytes_per_s == pytest.approx(300e9)
+    assert a100.intra_node.effective_bandwidth_bytes_per_s == pytest.approx(231e9)
+    assert not a100.device.supports("fp8")
+    h100 = load_profile("dgx-h100-80gb")
+    assert h100.device.peak_flops("bf16") == pytest.approx(989.4e12)
+    assert h100.inter_node.bandwidth_bytes_per_s == pytest.approx(50e9)
+    gh = load_profile("gh200-96gb-quad")
+    assert gh.gpus_per_node == 4
+    assert gh.device.hbm_bandwidth_bytes_per_s == pytest.approx(4e12)
+    assert gh.inter_node.bandwidth_bytes_per_s == pytest.approx(25e9)
+    v100 = load_profile("dgx2h-v100-32gb")
+    assert v100.gpus_per_node == 16
+    assert not v100.device.supports("bf16")
+    with pytest.raises(InputError) as err:
+        v100.device.peak_flops("bf16")
+    assert err.value.field == "precision"
+
+
+@pytest.mark.parametrize("name", GPU_PROFILES)
+def test_every_number_has_a_source_comment(name):
+    """Each line that sets a number carries a comment (on the line, or the comment block just
+    above it for multi-line explanations)."""
+    lines = (PROFILES_DIR / f"{name}.yaml").read_text().splitlines()
+    number = re.compile(r"^\s*[a-z0-9_]+:\s*(\[|[0-9])")
+    for i, line in enumerate(lines):
+        if number.match(line) and "#" not in line:
+            above = lines[i - 1].strip() if i else ""
+            assert above.startswith("#"), f"{name}.yaml line {i + 1} has no source comment: {line!r}"
+
+
+# ----- malformed profiles ----------------------------------------------------------------------
+def _mutated(mutate) -> dict:
+    data = copy.deepcopy(_raw("dgx-a100-80gb"))
+    mutate(data)
+    return data
+
+
+@pytest.mark.parametrize("mutate, field", [
+    (lambda d: d.__setitem__("colour", "green"), "profile.colour"),
+    (lambda d: d["device"].__setitem__("tflops", 1), "device.tflops"),
+    (lambda d: d["device"]["peak_tflops"].__setitem__("int8", 624), "device.peak_tflops.int8"),
+    (lambda d: d["node"]["intra_node"].__setitem__("bw", 1), "node.intra_node.bw"),
+    (lambda d: d["device"].pop("hbm_gib"), "device.hbm_gib"),
+    (lambda d: d["device"].pop("matmul_efficiency"), "device.matmul_efficiency"),
+    (lambda d: d["node"]["inter_node"].pop("latency_us"), "node.inter_node.latency_us"),
+    (lambda d: d.pop("name"), "profile.name"),
+    (lambda d: d["node"].pop("gpus_per_node"), "node.gpus_per_node"),
+    (lambda d: d["device"].__setitem__("hbm_gib", "eighty"), "device.hbm_gib"),
+    (lambda d: d["device"].__setitem__("hbm_gib", True), "device.hbm_gib"),
+    (lambda d: d["node"].__setitem__("gpus_per_node", 8.5), "node.gpus_per_node"),
+    (lambda d: d["node"]["intra_node"].__setitem__("bandwidth_gb_s", "300"),
+     "node.intra_node.bandwidth_gb_s"),
+    (lambda d: d["device"].__setitem__("matmul_efficiency", [[1e9, 0.5], "x"]),
+     "device.matmul_efficiency[1]"),
+    (lambda d: d["device"].__setitem__("matmul_efficiency", [[1e10, 0.5], [1e9, 0.6]]),
+     "device.matmul_efficiency"),
+    (lambda d: d["device"].__setitem__("matmul_efficiency", [[1e9, 1.5]]), "device.matmul_efficiency"),
+    (lambda d: d.__setitem__("node", [8]), "node"),
+    (lambda d: d["device"].__setitem__("memory_bound_efficiency", 1.2), "device.memory_bound_efficiency"),
+    (lambda d: d.__setitem__("collectives", [{"op": "all_reduce", "group_size": "two",
+                                               "latency_us": 1, "bus_bandwidth_gb_s": 1}]),
+     "collectives[0].group_size"),
+    (lambda d: d.__setitem__("collectives", [{"op": "broadcast", "group_size": 2,
+                                               "latency_us": 1, "bus_bandwidth_gb_s": 1}]),
+     "collectives.op"),
+])
+def test_malformed_profile_names_the_field(mutate, field):
+    with pytest.raises(InputError) as err:
+        parse_profile(_mutated(mutate))
+    assert err.value.field == field
+    assert "\n" not in str(err.value)
+
+
+def test_bad_yaml_file(tmp_path: Path):
+    path = tmp_path / "broken.yaml"
+    path.write_text("name: broken\ndevice: {name: x, peak_tflops: [1, 2\n")
+    with pytest.raises(InputError) as err:
+        load_profile(str(path))
+    assert err.value.field == "hardware"
+    assert "not valid YAML" in err.value.reason
+    assert "\n" not in str(err.value)
+
+
+def test_unsigned_exponent_is_rejected(tmp_path: Path):
+    """PyYAML reads 1.0e9 (no sign) as a string: the loader must say which point is wrong."""
+    text = (PROFILES_DIR / "dgx-a100-80gb.yaml").read_text().replace("1.0e+9", "1.0e9")
+    path = tmp_path / "p.yaml"
+    path.write_text(text)
+    with pytest.raises(InputError) as err:
+        load_profile(str(path))
+    assert err.value.field.startswith("device.matmul_efficiency[")
+
+
+def test_unknown_profile_lists_known_ones():
+    with pytest.raises(InputError) as err:
+        load_profile("dgx-a100-81gb")
+    assert err.value.field == "hardware"
+    assert "dgx-a100-80gb" in err.value.reason
+
+
+def test_missing_profile_file():
+    with pytest.raises(InputError) as err:
+        load_profile("/nonexistent/profile.yaml")
+    assert err.value.field == "hardware"
