@@ -1,0 +1,142 @@
+"""``clusterplan predict``: step time and memory of one plan.
+
+    clusterplan predict --model MODEL --hardware PROFILE --nodes N [--gpus-per-node G]
+        --tp T --pp P --dp D [--cp C] [--vpp V] [--micro-batch M] --global-batch B [--seq-len S]
+        [--recompute none|selective|full] [--sharding none|zero1|zero2|zero3|fsdp]
+        [--sequence-parallel] [--precision fp32|bf16|fp16|fp8] [--schedule gpipe|1f1b|interleaved|zb]
+        [--stage-layers 4,7,7,6] [--out PLAN.json] [--json]
+    clusterplan predict PLAN.json [--json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+
+from planner.errors import InputError
+
+_GIB = 1024**3
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("predict", help="predict step time and memory of one plan",
+                              description=__doc__.split("\n\n")[0])
+    p.add_argument("plan", nargs="?", help="a plan JSON file (instead of the flags)")
+    p.add_argument("--model", help="preset name or path to a Hugging Face config.json")
+    p.add_argument("--hardware", help="profile name in hardware_profiles/ or a YAML path")
+    p.add_argument("--nodes", type=int)
+    p.add_argument("--gpus-per-node", type=int, help="override the profile's node size")
+    p.add_argument("--tp", type=int)
+    p.add_argument("--pp", type=int)
+    p.add_argument("--dp", type=int)
+    p.add_argument("--cp", type=int, default=1)
+    p.add_argument("--vpp", type=int, default=1)
+    p.add_argument("--micro-batch", type=int, default=1)
+    p.add_argument("--global-batch", type=int)
+    p.add_argument("--seq-len", type=int, help="default: the model's sequence length")
+    p.add_argument("--recompute", choices=["none", "selective", "full"], default="none")
+    p.add_argument("--sharding", choices=["none", "zero1", "zero2", "zero3", "fsdp"], default="none")
+    p.add_argument("--sequence-parallel", action="store_true")
+    p.add_argument("--precision", choices=["fp32", "bf16", "fp16", "fp8"], default="bf16")
+    p.add_argument("--schedule", choices=["gpipe", "1f1b", "interleaved", "zb"], default=None,
+                   help="default: interleaved when --vpp > 1, else 1f1b")
+    p.add_argument("--stage-layers", help="transformer layers per (virtual) stage, e.g. 4,7,7,6")
+    p.add_argument("--runtime", default="default",
+                   help="framework behaviour preset (planner.cost.runtime.RUNTIME_PRESETS)")
+    p.add_argument("--out", help="write the plan with this prediction (versioned JSON)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=handler)
+
+
+def _parse_stage_layers(text: str | None) -> tuple[int, ...]:
+    if not text:
+        return ()
+    try:
+        values = tuple(int(x) for x in text.split(","))
+    except ValueError:
+        raise InputError("stage_layers", f"must be comma-separated integers, got {text!r}") from None
+    return values
+
+
+def plan_from_args(args: argparse.Namespace):
+    """Build a :class:`planner.plan.Plan` from the flag form (or load the file form)."""
+    from planner.hardware import load_profile
+    from planner.model import load_model
+    from planner.plan import ParallelConfig, Plan
+
+    if args.plan:
+        flags = [f for f in ("model", "hardware", "nodes", "tp", "pp", "dp", "global_batch")
+                 if getattr(args, f) is not None]
+        if flags:
+            raise InputError(flags[0], "give either a PLAN.json or the flags, not both")
+        return Plan.load(args.plan)
+    for name in ("model", "hardware", "nodes", "tp", "pp", "dp", "global_batch"):
+        if getattr(args, name) is None:
+            raise InputError(name, f"missing (--{name.replace('_', '-')} is required without a PLAN.json)")
+    model = load_model(args.model, args.seq_len)
+    node = load_profile(args.hardware)
+    gpus_per_node = args.gpus_per_node if args.gpus_per_node is not None else node.gpus_per_node
+    if gpus_per_node < 1:
+        raise InputError("gpus_per_node", "must be >= 1")
+    schedule = args.schedule or ("interleaved" if args.vpp > 1 else "1f1b")
+    parallel = ParallelConfig(
+        tp=args.tp, pp=args.pp, dp=args.dp, cp=args.cp, vpp=args.vpp,
+        micro_batch=args.micro_batch, global_batch=args.global_batch,
+        seq_len=args.seq_len or model.seq_len, recompute=args.recompute, sharding=args.sharding,
+        sequence_parallel=args.sequence_parallel, precision=args.precision, schedule=schedule,
+        stage_layers=_parse_stage_layers(args.stage_layers),
+    )
+    return Plan(model=model, hardware=args.hardware, n_nodes=args.nodes,
+                gpus_per_node=gpus_per_node, parallel=parallel)
+
+
+def format_table(plan, pred) -> str:
+    """Readable summary of a prediction."""
+    d = pred.to_dict()
+    t = d["breakdown"]["time"]
+    mem = d["breakdown"]["memory"]
+    comm = t["exposed_comm_s"]
+    P = plan.parallel
+    lines = [
+        f"plan {plan.id}: {plan.model.name} on {plan.n_nodes} x {plan.hardware} "
+        f"({plan.gpus_per_node} per node, {plan.world_size} ranks)",
+        f"  {P.megatron_notation()}  gbs {P.global_batch}  seq {P.seq_len}  {P.precision}  "
+        f"{pred.num_micro_batches} micro-batches",
+        "",
+        f"  step time            {d['step_time_s']:.4g} s",
+        f"  tokens/s             {d['tokens_per_s']:.4g}  ({d['tokens_per_s_per_gpu']:.4g} per GPU)",
+        f"  model TFLOP/s/GPU    {d['model_tflops_per_gpu']:.4g}   MFU {100 * d['mfu']:.1f}%",
+        f"  hw TFLOP/s/GPU       {d['hardware_tflops_per_gpu']:.4g}   HFU {100 * d['hfu']:.1f}%",
+        f"  peak memory          {d['peak_memory_bytes'] / _GIB:.2f} GiB of {d['hbm_bytes'] / _GIB:.1f} GiB"
+        f"  -> {'fits' if d['fits'] else 'DOES NOT FIT'}",
+        "",
+        "  time breakdown (critical stage)",
+        f"    forward {t['forward_s']:.4g} s   backward {t['backward_s']:.4g} s   "
+        f"recompute {t['recompute_s']:.4g} s   optimizer {t['optimizer_s']:.4g} s",
+        f"    exposed comm: tp {comm['tp']:.4g} s  cp {comm['cp']:.4g} s  dp {comm['dp']:.4g} s  "
+        f"pp {comm['pp']:.4g} s   bubble {t['bubble_s']:.4g} s",
+        "  memory breakdown (peak rank, GiB)",
+        "    " + "  ".join(f"{k.replace('_bytes', '')} {v / _GIB:.2f}" for k, v in mem.items()),
+        "",
+        "  stage  layers   time_s      memory_GiB",
+    ]
+    for st in d["per_stage"]:
+        lines.append(f"  {st['stage']:>5}  {st['layers']:>6}   {st['time_s']:<10.4g}  {st['memory_bytes'] / _GIB:.2f}")
+    lines.append("")
+    lines.append(f"  FLOPs: {d['flop_convention']}")
+    return "\n".join(lines)
+
+
+def handler(args: argparse.Namespace) -> int:
+    from planner.cost.runtime import get_runtime
+    from planner.cost.step import predict_plan
+
+    plan = plan_from_args(args)
+    runtime = get_runtime(args.runtime)
+    pred = predict_plan(plan, runtime)
+    if args.out:
+        plan.with_prediction(pred.to_dict()).save(args.out)
+    if args.json:
+        print(json.dumps(pred.to_dict(), sort_keys=True))
+    else:
+        print(format_table(plan, pred))
+    return 0

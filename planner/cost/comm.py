@@ -1,0 +1,92 @@
+"""Collective communication times: ring alpha-beta, hierarchical over intra- and inter-node links.
+
+Ring collectives on n ranks and S bytes (Thakur et al. 2005; Patarasuk & Yuan 2009; nccl-tests
+PERFORMANCE.md): all-reduce moves ``2(n-1)/n * S`` bytes per rank, all-gather and reduce-scatter
+``(n-1)/n * S`` (S = the full, gathered tensor), all-to-all ``(n-1)/n * S``; send/recv ``S``.
+nccl-tests call ``S/t`` the algorithm bandwidth and the ring-corrected figure the bus bandwidth.
+
+A group spanning several nodes runs hierarchically (intra-node reduce-scatter, inter-node
+collective on each GPU's 1/k slice over its own NIC -- the multi-rail ring NCCL builds -- then
+intra-node all-gather), so its bandwidth time is
+``intra(S) + inter(S/k)`` with k ranks of the group per node. Latency follows NCCL's ring model
+(src/graph/tuning.cc): ``n-1`` steps for all-gather/reduce-scatter (``2(n-1)`` for all-reduce), of
+which ``N-1`` (``2(N-1)``) cross the network at the inter-node per-step latency, the rest at the
+intra-node one.
+
+A profile's measured ``collectives`` entry for (op, group size) replaces the link formula:
+``time = latency + bus_bytes / bus_bandwidth`` (:meth:`NodeSpec.measured_collective`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from planner.errors import require
+from planner.hardware import COLLECTIVE_OPS, NodeSpec
+
+
+@dataclass(frozen=True)
+class GroupShape:
+    """Where a communication group lands: ``size`` ranks, at most ``ranks_per_node`` of them
+    on one node, spread over ``nodes`` nodes (from :func:`planner.plan.group_node_spread`)."""
+
+    size: int
+    ranks_per_node: int
+    nodes: int
+
+    def __post_init__(self) -> None:
+        require(self.size >= 1 and self.ranks_per_node >= 1 and self.nodes >= 1, "group",
+                "size, ranks_per_node and nodes must be >= 1")
+
+
+def ring_bus_factor(op: str, n: int) -> float:
+    """Bytes each rank moves per byte of S in a ring ``op`` over ``n`` ranks."""
+    require(op in COLLECTIVE_OPS, "op", f"must be one of {COLLECTIVE_OPS}")
+    if op == "send_recv":
+        return 1.0
+    if n <= 1:
+        return 0.0
+    if op == "all_reduce":
+        return 2.0 * (n - 1) / n
+    return (n - 1) / n
+
+
+def _ring_steps(op: str, n: int) -> int:
+    if op == "send_recv":
+        return 1
+    return 2 * (n - 1) if op == "all_reduce" else (n - 1)
+
+
+def collective_time(op: str, size_bytes: float, group: GroupShape, node: NodeSpec) -> float:
+    """Seconds for one ``op`` of ``size_bytes`` (the full tensor) over ``group`` on ``node`` links.
+
+    send_recv: one message between two ranks (intra-node when ``group.nodes == 1``).
+    """
+    n = group.size
+    if size_bytes <= 0 or (n <= 1 and op != "send_recv"):
+        return 0.0
+    measured = node.measured_collective(op, n if op != "send_recv" else 2)
+    if measured is not None:
+        return measured.latency_s + ring_bus_factor(op, n) * size_bytes / measured.bus_bandwidth_bytes_per_s
+    intra, inter = node.intra_node, node.inter_node
+    if op == "send_recv":
+        link = inter if group.nodes > 1 else intra
+        return link.latency_s + size_bytes / link.effective_bandwidth_bytes_per_s
+    k = min(group.ranks_per_node, n)
+    N = group.nodes
+    if N <= 1:
+        return (_ring_steps(op, n) * intra.latency_s
+                + ring_bus_factor(op, n) * size_bytes / intra.effective_bandwidth_bytes_per_s)
+    # hierarchical: intra-node part on S, inter-node part on S/k per NIC
+    inter_steps = 2 * (N - 1) if op == "all_reduce" else (N - 1)
+    intra_steps = max(0, _ring_steps(op, n) - inter_steps)
+    intra_factor = ring_bus_factor(op, k)  # all-reduce: RS + AG inside the node = 2(k-1)/k
+    inter_factor = ring_bus_factor(op, N)
+    bw_time = (intra_factor * size_bytes / intra.effective_bandwidth_bytes_per_s
+               + inter_factor * (size_bytes / k) / inter.effective_bandwidth_bytes_per_s)
+    return intra_steps * intra.latency_s + inter_steps * inter.latency_s + bw_time
+
+
+def p2p_time(size_bytes: float, crosses_nodes: bool, node: NodeSpec) -> float:
+    """One pipeline send/recv of ``size_bytes`` between neighbouring stages."""
+    return collective_time("send_recv", size_bytes, GroupShape(2, 1 if crosses_nodes else 2,
+                                                               2 if crosses_nodes else 1), node)

@@ -1,0 +1,223 @@
+"""Compute time of one transformer block (and of the embedding / LM head) on one rank.
+
+Every kernel is timed by the roofline with achieved efficiencies (Williams et al. 2009;
+Calculon, Isaev et al. SC'23): ``max(flops / (peak * eff(flops)), bytes / (hbm_bw * mem_eff))
++ kernel_overhead``, where ``eff`` is the profile's matmul efficiency curve at the GEMM's FLOPs
+and ``mem_eff`` its memory-bound efficiency. Element-wise ops (norms, bias-dropout-add,
+activations, softmax, RoPE) have no FLOPs in this model: they are pure memory traffic.
+
+On CPU profiles (``device.host_cores > 0``) ranks of one host share cores: every rate is scaled
+by ``min(1, host_cores / ranks_per_node)`` (measured in DESIGN.md: 4 ranks on 2 cores run at half).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+from planner.cost.flops import layer_forward_flops
+from planner.cost.runtime import Runtime
+from planner.hardware import DeviceSpec
+from planner.model import ModelSpec
+
+
+def compute_dtype(precision: str) -> str:
+    """Peak column used for matmuls: fp32 training uses the plain FP32 rate (PyTorch default
+    ``allow_tf32=False`` for matmuls), mixed precision its half-precision dtype."""
+    return precision
+
+
+def activation_bytes_per_element(precision: str) -> int:
+    """Activations are stored in the compute dtype: 4 bytes for fp32, 2 for bf16/fp16, and 2
+    for fp8 (FP8 training keeps activations in bf16; only GEMM inputs are cast)."""
+    return 4 if precision == "fp32" else 2
+
+
+@dataclass(frozen=True)
+class Rates:
+    """What one rank achieves: peak FLOP/s of the compute dtype, HBM bandwidth, per-op overhead,
+    all already scaled by the CPU-sharing factor."""
+
+    device: DeviceSpec
+    peak_flops: float
+    attention_peak_flops: float
+    mem_bw: float
+    overhead_s: float
+    share: float
+
+    def gemm(self, flops: float, bytes_moved: float, attention: bool = False) -> float:
+        peak = self.attention_peak_flops if attention else self.peak_flops
+        eff = self.device.matmul_efficiency(flops)
+        t_compute = flops / (peak * eff * self.share)
+        t_memory = bytes_moved / (self.mem_bw * self.share)
+        return (t_compute if t_compute > t_memory else t_memory) + self.overhead_s
+
+    def memory(self, bytes_moved: float, kernels: int = 1) -> float:
+        return bytes_moved / (self.mem_bw * self.share) + kernels * self.overhead_s
+
+
+def make_rates(device: DeviceSpec, precision: str, ranks_per_node: int) -> Rates:
+    share = 1.0
+    if device.host_cores > 0:
+        share = min(1.0, device.host_cores / max(1, ranks_per_node))
+    peak = device.peak_flops(compute_dtype(precision))
+    # FP8 recipes (Transformer Engine) run attention in bf16
+    attn_dtype = "bf16" if precision == "fp8" and device.supports("bf16") else compute_dtype(precision)
+    return Rates(device=device, peak_flops=peak, attention_peak_flops=device.peak_flops(attn_dtype),
+                 mem_bw=device.hbm_bandwidth_bytes_per_s * device.memory_bound_efficiency,
+                 overhead_s=device.kernel_overhead_s, share=share)
+
+
+@dataclass(frozen=True)
+class LayerTimes:
+    """One block, one micro-batch, one rank (seconds), TP/CP communication excluded.
+
+    fwd_s: forward. bwd_input_s: input-gradient part of backward (zero-bubble B).
+    bwd_weight_s: weight-gradient GEMMs (zero-bubble W). recompute_s: forward work redone in
+    backward (full: the forward; selective: the attention core). core_fwd_s: attention core
+    forward (what context-parallel K/V exchange overlaps with).
+    """
+
+    fwd_s: float
+    bwd_input_s: float
+    bwd_weight_s: float
+    recompute_s: float
+    core_fwd_s: float
+    core_bwd_s: float
+
+    @property
+    def bwd_s(self) -> float:
+        return self.bwd_input_s + self.bwd_weight_s
+
+
+def _gemm(rates: Rates, m: float, n: float, k: float, bpe: int) -> tuple[float, float]:
+    """(forward time, one backward GEMM time) of an m x k @ k x n GEMM; the two backward GEMMs
+    (dgrad, wgrad) have the same FLOPs and similar traffic."""
+    flops = 2.0 * m * n * k
+    bytes_moved = bpe * (m * k + k * n + m * n)
+    t = rates.gemm(flops, bytes_moved)
+    return t, t
+
+
+@lru_cache(maxsize=65536)
+def layer_times(model: ModelSpec, micro_batch: int, seq_len: int, tp: int, cp: int,
+                sequence_parallel: bool, recompute: str, precision: str, rates: Rates,
+                runtime: Runtime) -> LayerTimes:
+    """Per-block compute times (memoised: the search calls this with few distinct keys)."""
+    bpe = activation_bytes_per_element(precision)
+    h = model.hidden_size
+    s_local = seq_len / cp
+    T = micro_batch * s_local                 # tokens this rank computes
+    rows = T / tp if sequence_parallel else T  # tokens of the replicated element-wise ops
+    q, kv = model.q_dim, model.kv_dim
+    fwd = 0.0
+    bwd_in = 0.0
+    bwd_w = 0.0
+
+    # --- projection GEMMs (Megatron column/row parallel: N or K split by tp) ---
+    gemms = [(T, (q + 2 * kv) / tp, h), (T, h, q / tp)]
+    if model.is_moe:
+        tokens_per_expert = T * model.top_k / model.n_experts
+        f = model.expert_ffn
+        for _ in range(model.n_experts):
+            gemms.append((tokens_per_expert, (model.mlp_matrices - 1) * f / tp, h))
+            gemms.append((tokens_per_expert, h, f / tp))
+        gemms.append((T, model.n_experts, h))  # router (replicated)
+    else:
+        f = model.ffn_hidden_size
+        gemms.append((T, (model.mlp_matrices - 1) * f / tp, h))
+        gemms.append((T, h, f / tp))
+    for m_, n_, k_ in gemms:
+        tf, tb = _gemm(rates, m_, n_, k_, bpe)
+        fwd += tf
+        bwd_in += tb
+        bwd_w += tb
+
+    # --- attention core ---
+    heads = model.n_heads / tp
+    d = model.d_head
+    core_flops = layer_forward_flops(model, T, seq_len).core / tp
+    if runtime.attention == "flash":
+        # fused kernel; reads Q, K, V, writes O (no s x s traffic). Backward recomputes the
+        # scores: 5 matmuls vs 2 forward (Dao et al. 2022, Alg. 2/4) -> 2.5x forward FLOPs.
+        io = bpe * T * (q + 2 * kv) / tp * (1 + cp - 1) + bpe * T * q / tp
+        core_f = rates.gemm(core_flops, io, attention=True)
+        core_b = rates.gemm(2.5 * core_flops, 2 * io, attention=True)
+    else:
+        # QK^T and AV as batched GEMMs writing / reading the s x s scores, plus fused
+        # scale-mask-softmax and (with dropout) a dropout kernel over the scores.
+        scores = micro_batch * heads * s_local * seq_len  # elements
+        qk_f = rates.gemm(core_flops / 2, bpe * (scores + 2 * T * q / tp), attention=True)
+        av_f = rates.gemm(core_flops / 2, bpe * (scores + 2 * T * q / tp), attention=True)
+        softmax_f = rates.memory(2 * bpe * scores)
+        dropout_f = rates.memory((2 * bpe + 1) * scores) if model.dropout > 0 else 0.0
+        core_f = qk_f + av_f + softmax_f + dropout_f
+        softmax_b = rates.memory(3 * bpe * scores)
+        dropout_b = rates.memory((2 * bpe + 1) * scores) if model.dropout > 0 else 0.0
+        core_b = 2 * qk_f + 2 * av_f + softmax_b + dropout_b
+    del d
+    fwd += core_f
+    bwd_in += core_b
+
+    # --- element-wise ops (memory-bound) ---
+    mask = 1 if model.dropout > 0 else 0
+    ew_bytes = 0.0
+    kernels = 0
+    ew_bytes += 2 * (2 * bpe * rows * h)           # two norms: read x, write y
+    ew_bytes += 2 * ((3 * bpe + mask) * rows * h)  # two fused bias-dropout-add: x, bias/res, out (+mask)
+    kernels += 4
+    if model.mlp == "swiglu":
+        ew_bytes += 3 * bpe * T * f / tp * (model.top_k if model.is_moe else 1)
+    else:
+        ew_bytes += 2 * bpe * T * f / tp * (model.top_k if model.is_moe else 1)
+    kernels += 1
+    if model.position == "rope":
+        ew_bytes += 2 * bpe * T * (q + kv) / tp
+        kernels += 1
+    ew_f = rates.memory(ew_bytes, kernels)
+    ew_b = rates.memory(2 * ew_bytes, kernels)
+    fwd += ew_f
+    bwd_in += ew_b
+
+    if recompute == "full":
+        recompute_s = fwd
+    elif recompute == "selective":
+        recompute_s = core_f
+    else:
+        recompute_s = 0.0
+    return LayerTimes(fwd_s=fwd, bwd_input_s=bwd_in, bwd_weight_s=bwd_w, recompute_s=recompute_s,
+                      core_fwd_s=core_f, core_bwd_s=core_b)
+
+
+@lru_cache(maxsize=16384)
+def embedding_times(model: ModelSpec, micro_batch: int, seq_len: int, tp: int, cp: int,
+                    sequence_parallel: bool, precision: str, rates: Rates) -> tuple[float, float]:
+    """(forward, backward) of the token (+ position) embedding on the first stage: a gather of
+    T rows of h (memory-bound), embedding dropout; backward scatter-adds into the table."""
+    bpe = activation_bytes_per_element(precision)
+    T = micro_batch * seq_len / cp
+    h = model.hidden_size
+    pos = 2 if model.position == "learned" else 1
+    fwd = rates.memory((pos + 1) * bpe * T * h + (1 if model.dropout > 0 else 0) * T * h, 2)
+    bwd = rates.memory(2 * pos * bpe * T * h, 2)
+    return fwd, bwd
+
+
+@lru_cache(maxsize=16384)
+def head_times(model: ModelSpec, micro_batch: int, seq_len: int, tp: int, cp: int,
+               sequence_parallel: bool, precision: str, rates: Rates) -> tuple[float, float, float]:
+    """(forward, backward input-grad, backward weight-grad) of final norm + LM head + fp32
+    vocab-parallel cross-entropy on the last stage (Megatron: logits cast to fp32, softmax,
+    loss; backward writes the logits gradient)."""
+    bpe = activation_bytes_per_element(precision)
+    T = micro_batch * seq_len / cp
+    h = model.hidden_size
+    V = model.vocab_size
+    rows = T / tp if sequence_parallel else T
+    tf, tb = _gemm(rates, T, V / tp, h, bpe)
+    norm_f = rates.memory(2 * bpe * rows * h)
+    logits = T * V / tp
+    ce_f = rates.memory((bpe + 4 + 4) * logits, 3)   # cast to fp32, exp/sum, loss
+    ce_b = rates.memory((4 + bpe) * logits, 1)       # softmax - onehot -> grad in compute dtype
+    fwd = tf + norm_f + ce_f
+    bwd_in = tb + 2 * norm_f + ce_b
+    return fwd, bwd_in, tb

@@ -1,0 +1,95 @@
+"""What the training framework does, as far as the cost model needs it.
+
+These are structural facts of a framework version (which kernels it runs, what it overlaps),
+not fitted numbers. The default is a current stack (flash attention, DP gradient reduction
+overlapped with backward, FSDP/ZeRO-3 prefetch). Named presets describe the frameworks of the
+published runs in ``benchmarks/published_runs.csv``; ``clusterplan validate`` picks one from a
+row's ``framework`` column.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from planner.errors import InputError, require
+
+ATTENTION_KINDS = ("flash", "unfused")
+GATHER_GRANULARITY = ("per_layer", "per_tensor")
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Framework behaviour.
+
+    attention: ``flash`` (FlashAttention, Dao et al. 2022: fused, no s x s tensor in memory,
+        backward recomputes the scores: 2.5x the forward matmul work) or ``unfused``
+        (Megatron-LM 2021: QK^T and AV batched GEMMs with s x s scores written to memory, fused
+        scale-mask-softmax, attention dropout as separate kernels).
+    overlap_grad_reduce: DP gradient reduction overlapped with the backward pass (PyTorch DDP
+        buckets, Megatron-Core ``--overlap-grad-reduce``); only the part longer than one
+        micro-batch's backward on the stage is exposed. Otherwise it runs after backward.
+    overlap_param_gather: ZeRO-1/2 (distributed optimizer) parameter all-gather overlapped with
+        the next forward (Megatron-Core ``--overlap-param-gather``); otherwise exposed.
+    shard_prefetch: ZeRO-3/FSDP parameter all-gathers and gradient reduce-scatters run on a side
+        stream overlapped with the neighbouring layer's compute (FSDP forward/backward prefetch,
+        DeepSpeed ``overlap_comm``); only the excess over compute is exposed.
+    gather_granularity: ZeRO-3/FSDP collectives per layer: one flat parameter per block
+        (FSDP ``per_layer``) or one per parameter tensor (DeepSpeed ZeRO-3 ``per_tensor``;
+        each pays the ring latency).
+    recompute_gathers_again: ZeRO-3 with full recomputation gathers the parameters once more
+        for the recomputed forward (DeepSpeed's module hooks fire again; FSDP's backward
+        pre-hook gathers once for recompute + backward).
+    """
+
+    attention: str = "flash"
+    overlap_grad_reduce: bool = True
+    overlap_param_gather: bool = True
+    shard_prefetch: bool = True
+    gather_granularity: str = "per_layer"
+    recompute_gathers_again: bool = False
+
+    def __post_init__(self) -> None:
+        require(self.attention in ATTENTION_KINDS, "runtime.attention",
+                f"must be one of {ATTENTION_KINDS}, got {self.attention!r}")
+        require(self.gather_granularity in GATHER_GRANULARITY, "runtime.gather_granularity",
+                f"must be one of {GATHER_GRANULARITY}")
+
+    def to_dict(self) -> dict:
+        return {"attention": self.attention, "overlap_grad_reduce": self.overlap_grad_reduce,
+                "overlap_param_gather": self.overlap_param_gather,
+                "shard_prefetch": self.shard_prefetch,
+                "gather_granularity": self.gather_granularity,
+                "recompute_gathers_again": self.recompute_gathers_again}
+
+
+DEFAULT_RUNTIME = Runtime()
+
+RUNTIME_PRESETS: dict[str, Runtime] = {
+    # current PyTorch / Megatron-Core / torchtitan stacks
+    "default": DEFAULT_RUNTIME,
+    # Megatron-LM 2021-2022 (Narayanan et al. SC'21; Korthikanti et al. 2022): no flash attention
+    # (released May 2022), fused scale-mask-softmax; DDP all-reduce after the backward pass.
+    "megatron-lm-2021": Runtime(attention="unfused", overlap_grad_reduce=False,
+                                overlap_param_gather=False),
+    # Megatron-Core r0.8 (2024): TE flash attention, --overlap-grad-reduce --overlap-param-gather.
+    "megatron-core": Runtime(attention="flash", overlap_grad_reduce=True, overlap_param_gather=True),
+    # DeepSpeed ZeRO-3 inside Megatron (2021, SC'21 Table 2): per-parameter gathers issued by
+    # module hooks as the module runs (no prefetch across Megatron's fused blocks assumed: the
+    # SC'21 numbers scale with 1/compute at fixed communication), Megatron's unfused attention,
+    # gathers repeated for recomputation.
+    "deepspeed-zero3-2021": Runtime(attention="unfused", overlap_grad_reduce=False,
+                                    overlap_param_gather=False, shard_prefetch=False,
+                                    gather_granularity="per_tensor", recompute_gathers_again=True),
+    # Megatron-DeepSpeed (BLOOM tr11, 2022): Megatron fused softmax (no flash), DeepSpeed pipeline
+    # engine reduces gradients after the last micro-batch, ZeRO-1 BF16 optimizer.
+    "megatron-deepspeed": Runtime(attention="unfused", overlap_grad_reduce=False,
+                                  overlap_param_gather=False),
+    # MosaicML llm-foundry / Composer with PyTorch FSDP (2023): triton/flash attention, FSDP
+    # prefetch, one flat parameter per block.
+    "composer-fsdp": Runtime(attention="flash", shard_prefetch=True, gather_granularity="per_layer"),
+}
+
+
+def get_runtime(name: str) -> Runtime:
+    if name not in RUNTIME_PRESETS:
+        raise InputError("runtime", f"unknown runtime {name!r} (known: {', '.join(sorted(RUNTIME_PRESETS))})")
+    return RUNTIME_PRESETS[name]

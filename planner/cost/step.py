@@ -1,0 +1,371 @@
+"""One training step's time and memory: :func:`predict` -> :class:`Prediction`.
+
+Step time = simulated pipeline makespan (per-stage forward/backward built from per-block compute
+plus exposed TP/CP/ZeRO-3 communication, PP send/recv between stages; :mod:`planner.schedule`)
++ the exposed part of the data-parallel gradient reduction (overlapped with the last
+micro-batch's backward where the framework does, :class:`planner.cost.runtime.Runtime`)
++ the optimizer step (memory-bound over the local parameter shard).
+
+Tensor parallel (Shoeybi et al. 2019; Narayanan et al. SC'21 Sec. 3.3): 2 all-reduces of
+``b*s*h`` activations per block forward and 2 in backward (with sequence parallel, Korthikanti
+et al. 2022 Sec. 4.2.2: the same bytes as all-gather + reduce-scatter), not overlapped; full
+recomputation repeats the forward ones. Context parallel (ring attention, Liu et al. 2023):
+``cp-1`` K/V exchanges per block forward (K/V and their gradients backward), overlapped with the
+attention core. Pipeline: one ``b*s*h`` send per micro-batch and stage boundary (``/t`` with
+Megatron's scatter-gather optimisation, SC'21 Sec. 4.1).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from planner.cost.comm import GroupShape, collective_time, p2p_time
+from planner.cost.compute import (activation_bytes_per_element, embedding_times, head_times,
+                                  layer_times, make_rates)
+from planner.cost.flops import FLOP_CONVENTION, step_flops
+from planner.cost.memory import StageMemory, layer_activation_bytes, shard_divisors, stage_memory
+from planner.cost.runtime import DEFAULT_RUNTIME, Runtime
+from planner.errors import InputError, require
+from planner.hardware import ClusterSpec, NodeSpec
+from planner.model import ModelSpec
+from planner.plan import ParallelConfig, Plan, group_node_spread
+from planner.schedule import estimate
+
+OPTIMIZER_BYTES_PER_PARAM = 28.0
+"""Adam step traffic per local parameter: read fp32 master, m, v and the fp32 gradient (16),
+write master, m, v (12) -- the bf16 weight copy is written from the master in the same pass."""
+
+TIMELINE_TASK_LIMIT = 20000
+
+
+@dataclass(frozen=True)
+class StagePrediction:
+    stage: int
+    layers: int
+    time_s: float
+    memory_bytes: float
+    memory: StageMemory
+
+    def to_dict(self) -> dict:
+        return {"stage": self.stage, "layers": self.layers, "time_s": self.time_s,
+                "memory_bytes": self.memory_bytes}
+
+
+@dataclass(frozen=True)
+class TimeBreakdown:
+    forward_s: float
+    backward_s: float
+    recompute_s: float
+    optimizer_s: float
+    tp_s: float
+    cp_s: float
+    dp_s: float
+    pp_s: float
+    bubble_s: float
+
+    @property
+    def compute_s(self) -> float:
+        return self.forward_s + self.backward_s + self.recompute_s
+
+    def to_dict(self) -> dict:
+        return {"compute_s": self.compute_s, "forward_s": self.forward_s,
+                "backward_s": self.backward_s, "optimizer_s": self.optimizer_s,
+                "recompute_s": self.recompute_s,
+                "exposed_comm_s": {"tp": self.tp_s, "cp": self.cp_s, "dp": self.dp_s, "pp": self.pp_s},
+                "bubble_s": self.bubble_s}
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Predicted step of one plan. ``to_dict()`` is the JSON of ``clusterplan predict --json``."""
+
+    step_time_s: float
+    tokens_per_s: float
+    tokens_per_s_per_gpu: float
+    model_tflops_per_gpu: float
+    hardware_tflops_per_gpu: float
+    mfu: float
+    hfu: float
+    peak_memory_bytes: float
+    fits: bool
+    hbm_bytes: float
+    per_stage: tuple[StagePrediction, ...]
+    time: TimeBreakdown
+    memory: StageMemory
+    timeline: tuple = field(default=(), repr=False)
+    timeline_micro_batches: int = 0
+    num_micro_batches: int = 0
+    runtime: Runtime = DEFAULT_RUNTIME
+
+    def to_dict(self) -> dict:
+        return {
+            "step_time_s": self.step_time_s,
+            "tokens_per_s": self.tokens_per_s,
+            "tokens_per_s_per_gpu": self.tokens_per_s_per_gpu,
+            "model_tflops_per_gpu": self.model_tflops_per_gpu,
+            "hardware_tflops_per_gpu": self.hardware_tflops_per_gpu,
+            "mfu": self.mfu,
+            "hfu": self.hfu,
+            "peak_memory_bytes": self.peak_memory_bytes,
+            "hbm_bytes": self.hbm_bytes,
+            "fits": self.fits,
+            "num_micro_batches": self.num_micro_batches,
+            "per_stage": [s.to_dict() for s in self.per_stage],
+            "breakdown": {"time": self.time.to_dict(), "memory": self.memory.to_dict()},
+            "timeline": [t.to_dict() for t in self.timeline],
+            "timeline_micro_batches": self.timeline_micro_batches,
+            "runtime": self.runtime.to_dict(),
+            "flop_convention": FLOP_CONVENTION,
+        }
+
+
+def _param_tensors_per_layer(model: ModelSpec) -> int:
+    """Parameter tensors in one block (fused QKV as Megatron stores it): what ZeRO-3 gathers
+    one by one."""
+    per_linear = 2 if model.bias else 1
+    linears = 2 + (model.mlp_matrices if not model.is_moe else model.mlp_matrices * model.n_experts + 1)
+    norms = 2 * (2 if model.norm == "layernorm" else 1)
+    return linears * per_linear + norms
+
+
+def _validate(model: ModelSpec, cluster: ClusterSpec, parallel: ParallelConfig) -> NodeSpec:
+    require(cluster.is_homogeneous, "cluster", "the cost model handles one node type per cluster")
+    node = cluster.node
+    world = cluster.world_size
+    require(parallel.world_size == world, "dp",
+            f"tp*pp*dp*cp = {parallel.tp}*{parallel.pp}*{parallel.dp}*{parallel.cp} = "
+            f"{parallel.world_size} != nodes*gpus_per_node = {cluster.n_nodes}*{node.gpus_per_node} = {world}")
+    parallel.validate_for(model)
+    require(parallel.seq_len <= model.seq_len or model.position != "learned", "seq_len",
+            f"{parallel.seq_len} exceeds the model's learned positions ({model.seq_len})")
+    if not node.device.supports(parallel.precision):
+        node.device.peak_flops(parallel.precision)  # raises InputError naming precision
+    return node
+
+
+def predict(model: ModelSpec, cluster: ClusterSpec, parallel: ParallelConfig,
+            runtime: Runtime = DEFAULT_RUNTIME) -> Prediction:
+    """Predict step time and per-rank memory of ``parallel`` for ``model`` on ``cluster``.
+
+    Raises :class:`InputError` for impossible plans (degrees vs world size, heads vs tp, batch
+    divisibility, stage layers). A plan that does not fit in memory is a value: ``fits=False``.
+    """
+    node = _validate(model, cluster, parallel)
+    device = node.device
+    gpn = node.gpus_per_node
+    P = parallel
+    tp, pp, dp, cp, v = P.tp, P.pp, P.dp, P.cp, P.vpp
+    b, s = P.micro_batch, P.seq_len
+    m = P.num_micro_batches
+    bpe = activation_bytes_per_element(P.precision)
+    rates = make_rates(device, P.precision, min(gpn, P.world_size))
+
+    lt = layer_times(model, b, s, tp, cp, P.sequence_parallel, P.recompute, P.precision, rates, runtime)
+    emb_f, emb_b = embedding_times(model, b, s, tp, cp, P.sequence_parallel, P.precision, rates)
+    head_f, head_bin, head_bw = head_times(model, b, s, tp, cp, P.sequence_parallel, P.precision, rates)
+
+    def shape(axis: str) -> GroupShape:
+        per_node, nodes = group_node_spread(P, axis, gpn)
+        return GroupShape(getattr(P, axis), per_node, nodes)
+
+    # --- tensor parallel, per block and micro-batch (exposed) ---
+    act_bytes = bpe * b * (s / cp) * model.hidden_size
+    tp_f = tp_b = 0.0
+    if tp > 1:
+        g = shape("tp")
+        if P.sequence_parallel:
+            one = collective_time("all_gather", act_bytes, g, node) + collective_time("reduce_scatter", act_bytes, g, node)
+        else:
+            one = collective_time("all_reduce", act_bytes, g, node)
+        tp_f = 2 * one
+        tp_b = 2 * one
+    tp_rc = tp_f if P.recompute == "full" else 0.0
+
+    # --- context parallel: ring K/V exchange overlapped with the attention core ---
+    cp_f = cp_b = 0.0
+    if cp > 1:
+        g = shape("cp")
+        kv_bytes = 2 * bpe * b * (s / cp) * model.kv_dim / tp
+        hop = p2p_time(kv_bytes, g.nodes > 1, node)
+        cp_f = max(0.0, (cp - 1) * hop - lt.core_fwd_s)
+        cp_b = max(0.0, 2 * (cp - 1) * hop - lt.core_bwd_s)
+
+    # --- ZeRO-3 / FSDP: per block parameter all-gathers and gradient reduce-scatter ---
+    z3_f = z3_b = 0.0
+    w_bytes_pp = 4.0 if P.precision == "fp32" else 2.0
+    layer_params_rank = model.layer_params() / tp
+    if P.sharding in ("zero3", "fsdp") and dp > 1:
+        g = shape("dp")
+        size = layer_params_rank * w_bytes_pp
+        n_coll = _param_tensors_per_layer(model) if runtime.gather_granularity == "per_tensor" else 1
+
+        def coll(op: str) -> float:
+            lat = collective_time(op, 1.0, g, node)
+            return collective_time(op, size, g, node) + (n_coll - 1) * lat
+
+        ag = coll("all_gather")
+        rs = coll("reduce_scatter")
+        gathers_b = 1 + (1 if (runtime.recompute_gathers_again and P.recompute == "full") else 0)
+        comm_f = ag
+        comm_b = gathers_b * ag + rs
+        if runtime.shard_prefetch:
+            z3_f = max(0.0, comm_f - lt.fwd_s)
+            z3_b = max(0.0, comm_b - (lt.bwd_s + lt.recompute_s))
+        else:
+            z3_f, z3_b = comm_f, comm_b
+
+    # --- per virtual stage times ---
+    layers = P.layers_per_stage(model.n_layers)
+    n_vs = pp * v
+    per_layer_f = lt.fwd_s + tp_f + cp_f + z3_f
+    per_layer_b = lt.bwd_input_s + lt.recompute_s + tp_b + tp_rc + cp_b + z3_b
+    fwd_s, bwd_s, w_s = [], [], []
+    for k, n in enumerate(layers):
+        f = n * per_layer_f
+        bi = n * per_layer_b
+        w = n * lt.bwd_weight_s
+        if k == 0:
+            f += emb_f
+            bi += emb_b
+        if k == n_vs - 1:
+            f += head_f
+            bi += head_bin
+            w += head_bw
+        fwd_s.append(f)
+        bwd_s.append(bi)
+        w_s.append(w)
+    if P.schedule == "zb":
+        sched_b, sched_w = bwd_s, w_s
+    else:
+        sched_b, sched_w = [x + y for x, y in zip(bwd_s, w_s)], None
+    p2p = 0.0
+    if pp > 1:
+        p2p_bytes = act_bytes / tp  # scatter-gather: each tp rank sends 1/t
+        p2p = p2p_time(p2p_bytes, shape("pp").nodes > 1, node)
+    # a plain pp=1 step with v=1 is a single stage: any listed schedule runs the same order
+    sched = P.schedule if pp > 1 else ("interleaved" if v > 1 else "1f1b")
+    pipe = estimate(sched, pp, m, v, fwd_s, sched_b, sched_w, p2p)
+
+    # --- per physical stage: parameters and memory ---
+    tied_copy = model.tied_embeddings and pp > 1
+    emb_params = model.embedding_params() / tp
+    head_params = (model.head_params() + (model.vocab_size * model.hidden_size if tied_copy else 0)) / tp
+    w_div, g_div, o_div = shard_divisors(P.sharding, dp)
+    per_stage = []
+    stage_params = []
+    last_rank = (n_vs - 1) % pp
+    for r in range(pp):
+        chunks = [k for k in range(n_vs) if k % pp == r]
+        n_layers_r = sum(layers[k] for k in chunks)
+        params = n_layers_r * layer_params_rank
+        if r == 0:
+            params += emb_params
+        if r == last_rank:
+            params += head_params
+        stage_params.append(params)
+        per_chunk_act = [layers[k] * layer_activation_bytes(
+            model, b, s, tp, cp, P.sequence_parallel, P.recompute, P.precision, runtime.attention)
+            for k in chunks]
+        in_flight = pipe.peak_in_flight[r]
+        act = in_flight * (sum(per_chunk_act) / len(per_chunk_act))
+        if P.recompute == "full":
+            act += layer_activation_bytes(model, b, s, tp, cp, P.sequence_parallel, "none",
+                                          P.precision, runtime.attention)
+        logits = 0.0
+        if r == last_rank:
+            logits = (4 + bpe) * b * (s / cp) * model.vocab_size / tp
+        mem = stage_memory(params=params, layer_params=layer_params_rank, activation_bytes=act,
+                           logits_bytes=logits, precision=P.precision, sharding=P.sharding, dp=dp,
+                           device_reserved=device.reserved_bytes,
+                           fragmentation=device.fragmentation_fraction)
+        per_stage.append((r, n_layers_r, mem))
+
+    # --- data-parallel gradient reduction (non-ZeRO-3) and optimizer ---
+    crit = max(range(pp), key=lambda r: pipe.busy_s[r])
+    dp_exposed = 0.0
+    if dp > 1 and P.sharding not in ("zero3", "fsdp"):
+        g = shape("dp")
+        params_max = max(stage_params)
+        r_max = stage_params.index(params_max)
+        grad_bytes = params_max * (2.0 if P.precision in ("fp16", "fp8") else 4.0)
+        if P.sharding == "none":
+            red = collective_time("all_reduce", grad_bytes, g, node)
+            gather = 0.0
+        else:
+            red = collective_time("reduce_scatter", grad_bytes, g, node)
+            gather = collective_time("all_gather", params_max * w_bytes_pp, g, node)
+        window = 0.0
+        if runtime.overlap_grad_reduce:
+            chunks = [k for k in range(n_vs) if k % pp == r_max]
+            window = sum(sched_b[k] + (sched_w[k] if sched_w else 0.0) for k in chunks)
+        dp_exposed = max(0.0, red - window) + (0.0 if runtime.overlap_param_gather else gather)
+    opt_params = max(stage_params) / o_div
+    optimizer_s = rates.memory(opt_params * OPTIMIZER_BYTES_PER_PARAM, 2 * max(1, len(layers)))
+
+    step = pipe.makespan_s + dp_exposed + optimizer_s
+
+    # --- breakdown on the critical rank ---
+    chunks = [k for k in range(n_vs) if k % pp == crit]
+    n_crit = sum(layers[k] for k in chunks)
+    has_emb = 0 in chunks
+    has_head = (n_vs - 1) in chunks
+    fwd_c = m * (n_crit * lt.fwd_s + (emb_f if has_emb else 0.0) + (head_f if has_head else 0.0))
+    bwd_c = m * (n_crit * lt.bwd_s + (emb_b if has_emb else 0.0)
+                 + ((head_bin + head_bw) if has_head else 0.0))
+    rc_c = m * n_crit * lt.recompute_s
+    tp_c = m * n_crit * (tp_f + tp_b + tp_rc)
+    cp_c = m * n_crit * (cp_f + cp_b)
+    z3_c = m * n_crit * (z3_f + z3_b)
+    scale = pipe.busy_s[crit] / max(1e-30, fwd_c + bwd_c + rc_c + tp_c + cp_c + z3_c)
+    idle = max(0.0, pipe.makespan_s - pipe.busy_s[crit])
+    pp_c = min(idle, 2 * (n_vs - 1) * p2p) if pp > 1 else 0.0
+    time = TimeBreakdown(forward_s=fwd_c * scale, backward_s=bwd_c * scale, recompute_s=rc_c * scale,
+                         optimizer_s=optimizer_s, tp_s=tp_c * scale, cp_s=cp_c * scale,
+                         dp_s=z3_c * scale + dp_exposed, pp_s=pp_c, bubble_s=idle - pp_c)
+
+    model_flops, hw_flops = step_flops(model, P.global_batch, s, P.recompute)
+    world = P.world_size
+    peak = rates.peak_flops
+    tokens = P.global_batch * s
+    peak_stage = max(per_stage, key=lambda x: x[2].total_bytes)
+    peak_mem = peak_stage[2].total_bytes
+    timeline = pipe.timeline.tasks if len(pipe.timeline.tasks) <= TIMELINE_TASK_LIMIT else ()
+    return Prediction(
+        step_time_s=step,
+        tokens_per_s=tokens / step,
+        tokens_per_s_per_gpu=tokens / step / world,
+        model_tflops_per_gpu=model_flops / step / world / 1e12,
+        hardware_tflops_per_gpu=hw_flops / step / world / 1e12,
+        mfu=model_flops / step / world / peak,
+        hfu=hw_flops / step / world / peak,
+        peak_memory_bytes=peak_mem,
+        fits=bool(peak_mem <= device.hbm_bytes),
+        hbm_bytes=device.hbm_bytes,
+        per_stage=tuple(StagePrediction(r, n, pipe.busy_s[r], mem.total_bytes, mem) for r, n, mem in per_stage),
+        time=time,
+        memory=peak_stage[2],
+        timeline=timeline,
+        timeline_micro_batches=pipe.timeline.num_micro_batches if timeline else 0,
+        num_micro_batches=m,
+        runtime=runtime,
+    )
+
+
+def cluster_for(hardware: str, n_nodes: int, gpus_per_node: int | None = None) -> ClusterSpec:
+    """Homogeneous cluster of ``n_nodes`` of profile ``hardware`` (name or path), optionally
+    with the node size overridden."""
+    from planner.hardware import load_profile
+
+    node = load_profile(hardware)
+    if gpus_per_node is not None and gpus_per_node != node.gpus_per_node:
+        node = node.with_gpus_per_node(gpus_per_node)
+    return ClusterSpec.homogeneous(node, n_nodes)
+
+
+def predict_plan(plan: Plan, runtime: Runtime = DEFAULT_RUNTIME) -> Prediction:
+    """Predict a :class:`Plan`: loads ``plan.hardware`` with ``plan.gpus_per_node`` nodes."""
+    return predict(plan.model, cluster_for(plan.hardware, plan.n_nodes, plan.gpus_per_node),
+                   plan.parallel, runtime)
+
+
+__all__ = ["Prediction", "StagePrediction", "TimeBreakdown", "predict", "predict_plan",
+           "cluster_for", "InputError"]

@@ -1,0 +1,330 @@
+"""Predict the published training runs and compare, row by row (``clusterplan validate``).
+
+For every row of ``benchmarks/published_runs.csv`` the configuration is read as published. A row
+is *complete* when the architecture (a preset), tp/pp/dp, micro-batch, global batch, sequence
+length, recomputation and a GPU type with a profile are all stated; only complete rows count
+toward the headline error. Gaps are filled only from a documented default of the source's
+framework (Megatron-LM: no interleaving unless ``--num-layers-per-virtual-pipeline-stage`` is
+given, so "not stated" means v=1; "interleaved" with ``layers/pp`` having a single divisor > 1
+fixes v), never from a guess. Rows whose only gap is something the source does not state and
+that has no documented default (micro-batch, recomputation) are predicted under a stated
+assumption and reported apart (status ``assumed``); the others are skipped with the reason.
+
+One profile per GPU/node type and one framework-behaviour preset per framework
+(:mod:`planner.cost.runtime`); nothing depends on the row.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from planner.cost.runtime import get_runtime
+from planner.cost.step import Prediction, cluster_for, predict
+from planner.errors import InputError
+from planner.model import load_model, preset_for_published_row
+from planner.plan import ParallelConfig
+
+ASSUMED_MICRO_BATCH = 1
+
+
+def profile_for_gpu(gpu_type: str) -> str | None:
+    """Profile name for a ``gpu_type`` cell (one profile per GPU/node type)."""
+    g = gpu_type.upper()
+    if "A100" in g:
+        return "dgx-a100-40gb" if "40GB" in g else "dgx-a100-80gb"
+    if "H100" in g:
+        return "dgx-h100-80gb"
+    if "H200" in g:
+        return "dgx-h200-141gb"
+    if "B200" in g:
+        return "dgx-b200-192gb"
+    if "GH200" in g:
+        return "gh200-96gb-quad"
+    if "MI300X" in g:
+        return "mi300x-192gb-8x"
+    if "V100" in g:
+        return "dgx2h-v100-32gb"
+    return None
+
+
+def _other_node_type(gpu_type: str, interconnect: str) -> str:
+    """A row whose nodes are not the profile's node type (same GPU, different network)."""
+    text = (gpu_type + " " + interconnect).lower()
+    if "jean zay" in text or "omni-path" in text:
+        return "node type without a profile (Jean Zay: 4x 100 Gb/s Omni-Path per 8 GPUs, vs 8x 200 Gb/s)"
+    return ""
+
+
+def runtime_for_framework(framework: str) -> str:
+    f = framework.lower()
+    if "zero-3" in f and "deepspeed" in f:
+        return "deepspeed-zero3-2021"
+    if "megatron-deepspeed" in f:
+        return "megatron-deepspeed"
+    if "megatron-core" in f:
+        return "megatron-core"
+    if "composer" in f or "llm-foundry" in f:
+        return "composer-fsdp"
+    return "megatron-lm-2021"
+
+
+def _str(row: dict, key: str) -> str:
+    v = row.get(key)
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return ""
+    return str(v).strip()
+
+
+def _int(row: dict, key: str) -> int | None:
+    v = row.get(key)
+    if v is None or (isinstance(v, float) and math.isnan(v)) or v == "":
+        return None
+    return int(float(v))
+
+
+def _float(row: dict, key: str) -> float | None:
+    v = row.get(key)
+    if v is None or (isinstance(v, float) and math.isnan(v)) or v == "":
+        return None
+    return float(v)
+
+
+def _recompute(text: str) -> str | None:
+    t = text.lower()
+    if t.startswith("full"):
+        return "full"
+    if t.startswith("selective"):
+        return "selective"
+    if t.startswith("none"):
+        return "none"
+    return None
+
+
+def _precision(text: str) -> str | None:
+    t = text.lower()
+    if "bf16" in t and "fp16" not in t:
+        return "bf16"
+    if "fp16" in t:
+        # "mixed FP16/BF16" (SC'21 / Korthikanti): the A100 runs used 16-bit; both dtypes have the
+        # same A100 peak, fp16 chosen as the papers' "mixed precision" default.
+        return "fp16"
+    if t.startswith("mixed precision"):
+        return "fp16"
+    return None
+
+
+def _sharding(text: str) -> str:
+    t = text.lower()
+    if "zero-3" in t or "zero3" in t:
+        return "zero3"
+    if "fsdp" in t:
+        return "fsdp"
+    if "zero-1" in t or "overlap-param-gather" in t:
+        # Megatron-Core's --overlap-param-gather exists only with the distributed optimizer
+        return "zero1"
+    return "none"
+
+
+def _vpp(text: str, layers_per_stage: float, pp: int) -> tuple[int | None, str]:
+    """(v, note); v None when the row says interleaved but v cannot be derived."""
+    t = text.lower()
+    if pp == 1 or not t or t == "not stated":
+        return 1, ("" if pp == 1 or not t else "vpp not stated: Megatron default (no interleaving), v=1")
+    if "3 stages" in t:
+        return 3, "v=3 as the source's note states"
+    if t.startswith("interleaved"):
+        if layers_per_stage != int(layers_per_stage):
+            return None, "interleaved, v not stated (uneven layers per stage)"
+        lps = int(layers_per_stage)
+        divisors = [d for d in range(2, lps + 1) if lps % d == 0]
+        if len(divisors) == 1:
+            return divisors[0], f"interleaved with {lps} layers per stage: the only valid v is {divisors[0]}"
+        return None, f"interleaved, v not stated ({lps} layers per stage allow v in {divisors})"
+    return 1, ""
+
+
+@dataclass(frozen=True)
+class RowConfig:
+    status: str          # predicted | assumed | skipped
+    reason: str
+    preset: str = ""
+    profile: str = ""
+    runtime: str = ""
+    parallel: ParallelConfig | None = None
+    nodes: int = 0
+
+
+def row_config(row: dict) -> RowConfig:
+    """Read one CSV row into a plan, or say why it cannot be predicted."""
+    assumptions: list[str] = []
+    notes: list[str] = []
+    preset = preset_for_published_row(_str(row, "model"))
+    if preset is None:
+        return RowConfig("skipped", "architecture not given (no preset for this model)")
+    profile = profile_for_gpu(_str(row, "gpu_type"))
+    if profile is None:
+        return RowConfig("skipped", f"no profile for GPU type {_str(row, 'gpu_type')!r}")
+    other_node = _other_node_type(_str(row, "gpu_type"), _str(row, "interconnect"))
+    if other_node:
+        assumptions.append(other_node + f"; predicted on {profile}")
+    seq = _int(row, "seq_len")
+    if seq is None:
+        return RowConfig("skipped", "sequence length not stated", preset, profile)
+    tp, pp, dp = _int(row, "tp"), _int(row, "pp"), _int(row, "dp")
+    if None in (tp, pp, dp):
+        return RowConfig("skipped", "tp/pp/dp not all stated", preset, profile)
+    cp = _int(row, "cp") or 1
+    gbs = _int(row, "global_batch")
+    if gbs is None:
+        return RowConfig("skipped", "global batch not stated", preset, profile)
+    n_gpus = _int(row, "num_gpus")
+    if n_gpus is not None and n_gpus != tp * pp * dp * cp:
+        return RowConfig("skipped", f"tp*pp*dp*cp != num_gpus {n_gpus}", preset, profile)
+    try:
+        model = load_model(preset, seq_len=seq)
+    except InputError as err:
+        return RowConfig("skipped", f"model: {err}", preset, profile)
+    for col, attr in (("n_layers", "n_layers"), ("hidden_size", "hidden_size"), ("n_heads", "n_heads")):
+        val = _int(row, col)
+        if val is not None and val != getattr(model, attr):
+            return RowConfig("skipped", f"preset {preset} has {attr}={getattr(model, attr)}, row says {val}",
+                             preset, profile)
+    mb = _int(row, "micro_batch")
+    if mb is None:
+        mb = ASSUMED_MICRO_BATCH
+        assumptions.append(f"micro-batch not stated: assumed {mb}")
+    recompute = _recompute(_str(row, "activation_recompute"))
+    if recompute is None:
+        recompute = "none"
+        assumptions.append("recomputation not stated: assumed none (Megatron default)")
+    precision = _precision(_str(row, "precision"))
+    if precision is None:
+        if "bf16" in _str(row, "precision").lower():
+            precision = "bf16"
+        else:
+            precision = "bf16"
+            assumptions.append("precision not stated: assumed bf16")
+    v, vnote = _vpp(_str(row, "vpp_interleave"), model.n_layers / pp, pp)
+    if v is None:
+        v = 1
+        assumptions.append(vnote + ": assumed v=1 (1F1B)")
+    elif vnote:
+        notes.append(vnote)
+    sp = _str(row, "sequence_parallel").lower() == "yes"
+    sharding = _sharding(_str(row, "zero_or_fsdp"))
+    runtime = runtime_for_framework(_str(row, "framework"))
+    nodes_gpus = tp * pp * dp * cp
+    from planner.hardware import load_profile
+    gpn = load_profile(profile).gpus_per_node
+    if nodes_gpus % gpn != 0:
+        if nodes_gpus < gpn:
+            gpn_use = nodes_gpus
+        else:
+            return RowConfig("skipped", f"{nodes_gpus} GPUs is not a whole number of {gpn}-GPU nodes",
+                             preset, profile)
+    else:
+        gpn_use = gpn
+    try:
+        parallel = ParallelConfig(tp=tp, pp=pp, dp=dp, cp=cp, vpp=v, micro_batch=mb, global_batch=gbs,
+                                  seq_len=seq, recompute=recompute, sharding=sharding,
+                                  sequence_parallel=sp, precision=precision,
+                                  schedule="interleaved" if v > 1 else "1f1b")
+        parallel.validate_for(model)
+    except InputError as err:
+        return RowConfig("skipped", f"configuration invalid: {err}", preset, profile)
+    status = "assumed" if assumptions else "predicted"
+    return RowConfig(status, "; ".join(assumptions + notes), preset, profile, runtime, parallel,
+                     nodes_gpus // gpn_use if gpn_use == gpn else 1)
+
+
+def _published_metric(row: dict) -> tuple[str, float] | None:
+    """(metric, value) to compare, in the row's own convention; priority MFU, TFLOP/s, HFU,
+    tokens/s per GPU, step time."""
+    acct = _str(row, "flops_accounting").lower()
+    for key in ("mfu_pct", "tflops_per_gpu", "hfu_pct", "tokens_per_sec_per_gpu", "step_time_s"):
+        v = _float(row, key)
+        if v is None:
+            continue
+        if key == "tflops_per_gpu":
+            hfu_style = ("hfu" in acct or "recompute" in acct) and "mfu" not in acct
+            return ("hfu_tflops_per_gpu" if hfu_style else "mfu_tflops_per_gpu"), v
+        return key, v
+    return None
+
+
+def _predicted_value(metric: str, pred: Prediction) -> float:
+    return {
+        "mfu_pct": 100 * pred.mfu,
+        "hfu_pct": 100 * pred.hfu,
+        "hfu_tflops_per_gpu": pred.hardware_tflops_per_gpu,
+        "mfu_tflops_per_gpu": pred.model_tflops_per_gpu,
+        "tokens_per_sec_per_gpu": pred.tokens_per_s_per_gpu,
+        "step_time_s": pred.step_time_s,
+    }[metric]
+
+
+def _dominant(pred: Prediction) -> str:
+    t = pred.time
+    parts = {"tp comm": t.tp_s, "dp/zero comm": t.dp_s, "pipeline bubble": t.bubble_s,
+             "pp comm": t.pp_s, "cp comm": t.cp_s, "optimizer": t.optimizer_s}
+    name, val = max(parts.items(), key=lambda kv: kv[1])
+    share = val / pred.step_time_s
+    return f"compute {100 * t.compute_s / pred.step_time_s:.0f}%, largest other: {name} {100 * share:.0f}%"
+
+
+def validate(dataset: str | Path) -> pd.DataFrame:
+    """One row per CSV row: status, plan, published and predicted metric, relative error."""
+    path = Path(dataset)
+    if not path.exists():
+        raise InputError("dataset", f"{path} does not exist")
+    try:
+        table = pd.read_csv(path)
+    except Exception as err:  # pandas raises many types for malformed CSV
+        raise InputError("dataset", f"{path} is not a readable CSV ({type(err).__name__})") from None
+    for col in ("row_id", "model", "gpu_type", "tp", "pp", "dp", "global_batch", "seq_len"):
+        if col not in table.columns:
+            raise InputError(f"dataset.{col}", "column missing")
+    out = []
+    for row in table.to_dict("records"):
+        cfg = row_config(row)
+        rec = {"row_id": int(row["row_id"]), "source": _str(row, "source_table") or _str(row, "source"),
+               "model": _str(row, "model"), "gpu_type": _str(row, "gpu_type"),
+               "num_gpus": _int(row, "num_gpus"), "status": cfg.status, "note": cfg.reason,
+               "preset": cfg.preset, "profile": cfg.profile, "runtime": cfg.runtime,
+               "config": cfg.parallel.megatron_notation() if cfg.parallel else "",
+               "metric": "", "published": float("nan"), "predicted": float("nan"),
+               "error": float("nan"), "abs_error": float("nan"), "step_time_pred_s": float("nan"),
+               "step_time_pub_s": _float(row, "step_time_s") or float("nan"),
+               "mfu_pred_pct": float("nan"), "hfu_pred_pct": float("nan"), "fits": None,
+               "peak_memory_gib": float("nan"), "where_time_goes": ""}
+        if cfg.status != "skipped":
+            metric = _published_metric(row)
+            if metric is None:
+                rec["status"] = "skipped"
+                rec["note"] = "no published figure to compare"
+            else:
+                model = load_model(cfg.preset, seq_len=cfg.parallel.seq_len)
+                cluster = cluster_for(cfg.profile, cfg.nodes,
+                                      cfg.parallel.world_size // cfg.nodes)
+                pred = predict(model, cluster, cfg.parallel, get_runtime(cfg.runtime))
+                name, pub = metric
+                val = _predicted_value(name, pred)
+                rec.update(metric=name, published=pub, predicted=val, error=val / pub - 1,
+                           abs_error=abs(val / pub - 1), step_time_pred_s=pred.step_time_s,
+                           mfu_pred_pct=100 * pred.mfu, hfu_pred_pct=100 * pred.hfu,
+                           fits=pred.fits, peak_memory_gib=pred.peak_memory_bytes / 1024**3,
+                           where_time_goes=_dominant(pred))
+        out.append(rec)
+    return pd.DataFrame(out)
+
+
+def summary(df: pd.DataFrame, status: str = "predicted") -> dict:
+    sub = df[df["status"] == status]
+    if sub.empty:
+        return {"rows": 0, "mean_abs_error": float("nan"), "worst_abs_error": float("nan")}
+    return {"rows": int(len(sub)), "mean_abs_error": float(sub["abs_error"].mean()),
+            "worst_abs_error": float(sub["abs_error"].max()),
+            "worst_row": int(sub.loc[sub["abs_error"].idxmax(), "row_id"])}

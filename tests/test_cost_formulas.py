@@ -1,0 +1,81 @@
+"""Formula checks: FLOPs vs Megatron eq. 3, activations vs Korthikanti, ring collectives."""
+import pytest
+
+from planner.cost.comm import GroupShape, collective_time, ring_bus_factor
+from planner.cost.flops import megatron_eq3_flops, step_flops
+from planner.cost.memory import korthikanti_layer_bytes, layer_activation_bytes
+from planner.hardware import load_profile
+from planner.model import ModelSpec
+
+
+def gpt(l=24, h=2048, a=16, V=51200, s=2048):
+    # GPT as in eq. 3: ffn = 4h, no biases (eq. 3 ignores them), dropout 0.1
+    return ModelSpec(name="gpt", n_layers=l, hidden_size=h, n_heads=a, n_kv_heads=a,
+                     ffn_hidden_size=4 * h, vocab_size=V, seq_len=s, bias=False, dropout=0.1)
+
+
+@pytest.mark.parametrize("l,h,a,s", [(24, 2304, 24, 2048), (96, 12288, 96, 2048), (128, 25600, 160, 4096)])
+def test_eq3(l, h, a, s):
+    m = gpt(l, h, a, s=s)
+    B = 512
+    model_flops, hw_full = step_flops(m, B, s, "full")
+    assert hw_full == pytest.approx(megatron_eq3_flops(B, s, l, h, 51200, recompute=True), rel=1e-12)
+    assert model_flops == pytest.approx(megatron_eq3_flops(B, s, l, h, 51200, recompute=False), rel=1e-12)
+    _, hw_none = step_flops(m, B, s, "none")
+    assert hw_none == model_flops
+    _, hw_sel = step_flops(m, B, s, "selective")
+    assert model_flops < hw_sel < hw_full
+
+
+@pytest.mark.parametrize("t,sp,rc", [(1, False, "none"), (8, False, "none"), (8, True, "none"),
+                                     (1, False, "selective"), (4, False, "selective"),
+                                     (8, True, "selective"), (1, False, "full"), (8, True, "full"),
+                                     (8, False, "full")])
+def test_korthikanti_activations(t, sp, rc):
+    m = gpt(h=6144, a=48)
+    s, b = 2048, 4
+    got = layer_activation_bytes(m, b, s, t, 1, sp, rc, "bf16", attention="unfused")
+    assert got == pytest.approx(korthikanti_layer_bytes(s, b, 6144, 48, t, sp, rc), rel=1e-12)
+
+
+def test_korthikanti_closed_form_numbers():
+    s, b, h, a = 2048, 1, 12288, 96
+    assert korthikanti_layer_bytes(s, b, h, a) == pytest.approx(s * b * h * (34 + 5 * a * s / h))
+    assert korthikanti_layer_bytes(s, b, h, a, 8, True, "selective") == pytest.approx(s * b * h * 34 / 8)
+
+
+def test_activation_variants():
+    m = gpt(h=4096, a=32)
+    base = layer_activation_bytes(m, 2, 2048, 1, 1, False, "none", "bf16", "unfused")
+    assert layer_activation_bytes(m, 2, 2048, 1, 1, False, "none", "fp32", "unfused") == pytest.approx(2 * base, rel=0.2)
+    nodrop = ModelSpec(**{**m.to_dict(), "dropout": 0.0})
+    assert layer_activation_bytes(nodrop, 2, 2048, 1, 1, False, "none", "bf16", "unfused") < base
+    assert layer_activation_bytes(m, 2, 2048, 1, 1, False, "none", "bf16", "flash") < base
+
+
+def test_ring_factors():
+    assert ring_bus_factor("all_reduce", 8) == pytest.approx(2 * 7 / 8)
+    assert ring_bus_factor("all_gather", 8) == pytest.approx(7 / 8)
+    assert ring_bus_factor("reduce_scatter", 4) == pytest.approx(3 / 4)
+    assert ring_bus_factor("all_reduce", 1) == 0.0
+
+
+def test_collective_intra_node_formula():
+    node = load_profile("dgx-a100-80gb")
+    S = 1e9
+    t = collective_time("all_reduce", S, GroupShape(8, 8, 1), node)
+    link = node.intra_node
+    expect = 14 * link.latency_s + 2 * 7 / 8 * S / link.effective_bandwidth_bytes_per_s
+    assert t == pytest.approx(expect)
+    # all-gather moves half the bytes of all-reduce
+    ag = collective_time("all_gather", S, GroupShape(8, 8, 1), node)
+    assert ag < t
+
+
+def test_hierarchical_slower_than_intra_and_rail_aware():
+    node = load_profile("dgx-a100-80gb")
+    S = 4e9
+    intra = collective_time("all_reduce", S, GroupShape(8, 8, 1), node)
+    multi = collective_time("all_reduce", S, GroupShape(64, 8, 8), node)
+    one_per_node = collective_time("all_reduce", S, GroupShape(8, 1, 8), node)
+    assert intra < multi < one_per_node
