@@ -1,0 +1,395 @@
+"""A plan as other frameworks' configuration: Megatron-LM arguments, a torchtitan TOML, a
+DeepSpeed JSON config, and the torchrun / Slurm command lines that launch clusterplan's own
+executor on the plan.
+
+Every exporter is a pure function ``Plan -> str``. What a target cannot express (an MoE model for
+the DeepSpeed pipeline engine, ZeRO-2 in Megatron-LM, a schedule the framework lacks...) is said
+in a comment in the output (``#`` lines; a ``"_comment"`` list in the JSON) — never dropped
+silently. Batch arithmetic is the plan's: global batch = micro batch x micro-batches x dp.
+"""
+from __future__ import annotations
+
+import json
+import shlex
+
+from planner.errors import InputError
+from planner.plan import DEFAULT_ORDER, ParallelConfig, Plan
+
+FORMATS = ("megatron", "torchtitan", "deepspeed", "torchrun", "slurm")
+RDZV_PORT = 29500
+
+
+def _header(plan: Plan) -> list[str]:
+    p = plan.parallel
+    return [f"clusterplan plan {plan.id}: {plan.model.name} on {plan.n_nodes} x {plan.gpus_per_node} "
+            f"GPUs ({plan.hardware})",
+            f"split: {p.megatron_notation()}; global batch {p.global_batch} = micro batch "
+            f"{p.micro_batch} x {p.num_micro_batches} micro-batches x dp {p.dp}; seq {p.seq_len}"]
+
+
+def _uneven(p: ParallelConfig, n_layers: int) -> tuple[int, ...] | None:
+    """The stage split when it differs from the uniform one (None when uniform)."""
+    stages = p.layers_per_stage(n_layers)
+    return None if len(set(stages)) == 1 else stages
+
+
+# ----- Megatron-LM ------------------------------------------------------------------------------
+def megatron_args(plan: Plan) -> tuple[list[str], list[str]]:
+    """(arguments, notes) for Megatron-LM's ``pretrain_gpt.py`` (Megatron-Core argument names)."""
+    m, p = plan.model, plan.parallel
+    args: list[str] = []
+    notes: list[str] = []
+
+    def add(flag: str, value=None) -> None:
+        args.append(flag)
+        if value is not None:
+            args.append(str(value))
+
+    add("--tensor-model-parallel-size", p.tp)
+    add("--pipeline-model-parallel-size", p.pp)
+    add("--context-parallel-size", p.cp)
+    if p.sequence_parallel:
+        add("--sequence-parallel")
+    stages = p.layers_per_stage(m.n_layers)
+    uneven = _uneven(p, m.n_layers)
+    if p.vpp > 1 and uneven is None:
+        add("--num-layers-per-virtual-pipeline-stage", stages[0])
+    if uneven is not None:
+        middle = uneven[1:-1]
+        if p.vpp == 1 and len(uneven) >= 2 and len(set(middle)) <= 1:
+            add("--decoder-first-pipeline-num-layers", uneven[0])
+            add("--decoder-last-pipeline-num-layers", uneven[-1])
+        else:
+            # E = embedding, t = transformer layer, L = loss/LM head, | = next (virtual) stage.
+            parts = ["t" * n for n in uneven]
+            parts[0] = "E" + parts[0]
+            parts[-1] = parts[-1] + "L"
+            add("--pipeline-model-parallel-layout", "|".join(parts))
+            notes.append("uneven stages " + ",".join(map(str, uneven))
+                         + " use --pipeline-model-parallel-layout (recent Megatron-Core; virtual "
+                         "stages are read from it)")
+    if p.pp > 1 and p.schedule == "gpipe":
+        notes.append("Megatron-LM has no GPipe schedule: it runs 1F1B (same bubble, less activation memory)")
+    if p.pp > 1 and p.schedule == "zb":
+        notes.append("zero-bubble (ZB-H1) is not in Megatron-LM's mainline schedules: it runs 1F1B")
+    if p.order != DEFAULT_ORDER:
+        if p.order == "tp-cp-pp-dp":
+            add("--use-tp-pp-dp-mapping")
+        else:
+            notes.append(f"rank order {p.order} has no Megatron-LM flag; it uses tp-cp-ep-dp-pp")
+
+    add("--micro-batch-size", p.micro_batch)
+    add("--global-batch-size", p.global_batch)
+    add("--seq-length", p.seq_len)
+    add("--max-position-embeddings", max(m.seq_len, p.seq_len))
+    add("--num-layers", m.n_layers)
+    add("--hidden-size", m.hidden_size)
+    add("--ffn-hidden-size", m.ffn_hidden_size)
+    add("--num-attention-heads", m.n_heads)
+    if m.n_kv_heads != m.n_heads:
+        add("--group-query-attention")
+        add("--num-query-groups", m.n_kv_heads)
+    if m.head_dim and m.head_dim != m.hidden_size // m.n_heads:
+        add("--kv-channels", m.head_dim)
+    if m.mlp == "swiglu":
+        add("--swiglu")
+    if m.norm == "rmsnorm":
+        add("--normalization", "RMSNorm")
+    if m.position == "rope":
+        add("--position-embedding-type", "rope")
+    elif m.position == "learned":
+        add("--position-embedding-type", "learned_absolute")
+    else:
+        notes.append(f"position embedding {m.position!r} has no Megatron-LM equivalent here")
+    if not m.tied_embeddings:
+        add("--untie-embeddings-and-output-weights")
+    if not m.bias:
+        add("--disable-bias-linear")
+    add("--attention-dropout", m.dropout)
+    add("--hidden-dropout", m.dropout)
+    if m.is_moe:
+        add("--num-experts", m.n_experts)
+        add("--moe-router-topk", m.top_k)
+        if m.expert_ffn_hidden_size:
+            add("--moe-ffn-hidden-size", m.expert_ffn_hidden_size)
+        notes.append("MoE: the plan has no expert parallelism (--expert-model-parallel-size 1)")
+    notes.append(f"vocabulary {m.vocab_size}: comes from your tokenizer (NullTokenizer: --vocab-size {m.vocab_size})")
+
+    if p.recompute == "full":
+        add("--recompute-granularity", "full")
+        add("--recompute-method", "uniform")
+        add("--recompute-num-layers", 1)
+    elif p.recompute == "selective":
+        add("--recompute-granularity", "selective")
+
+    if p.sharding == "zero1":
+        add("--use-distributed-optimizer")
+    elif p.sharding == "zero2":
+        add("--use-distributed-optimizer")
+        notes.append("Megatron-LM has no ZeRO-2: the distributed optimizer shards optimizer state "
+                     "(ZeRO-1) and reduce-scatters gradients; gradient buffers stay whole")
+    elif p.sharding in ("zero3", "fsdp"):
+        add("--use-torch-fsdp2")
+        add("--no-gradient-accumulation-fusion")
+        notes.append("ZeRO-3/FSDP maps to Megatron's --use-torch-fsdp2 (PyTorch FSDP2)")
+    if p.dp > 1:
+        add("--overlap-grad-reduce")
+        if p.sharding in ("zero1", "zero2"):
+            add("--overlap-param-gather")
+
+    if p.precision == "bf16":
+        add("--bf16")
+    elif p.precision == "fp16":
+        add("--fp16")
+    elif p.precision == "fp8":
+        add("--bf16")
+        add("--fp8-format", "hybrid")
+        notes.append("fp8 needs Transformer Engine (--transformer-impl transformer_engine)")
+    return args, notes
+
+
+def to_megatron(plan: Plan) -> str:
+    """Megatron-LM arguments, one flag per line, ready to paste after ``pretrain_gpt.py``."""
+    args, notes = megatron_args(plan)
+    lines = [f"# {line}" for line in _header(plan)]
+    lines += [f"# NOTE: {n}" for n in notes]
+    pairs, i = [], 0
+    while i < len(args):
+        if i + 1 < len(args) and not args[i + 1].startswith("--"):
+            pairs.append(f"{args[i]} {shlex.quote(args[i + 1])}")
+            i += 2
+        else:
+            pairs.append(args[i])
+            i += 1
+    lines += [f"{pair} \\" for pair in pairs[:-1]] + [pairs[-1]]
+    return "\n".join(lines) + "\n"
+
+
+# ----- torchtitan -------------------------------------------------------------------------------
+_TITAN_SCHEDULES = {"gpipe": "GPipe", "1f1b": "1F1B", "interleaved": "Interleaved1F1B",
+                    "zb": "InterleavedZeroBubble"}
+
+
+def _toml_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return json.dumps(str(value))  # a JSON string is a valid TOML basic string
+
+
+def torchtitan_config(plan: Plan) -> tuple[dict[str, dict], list[str]]:
+    """({section: {key: value}}, notes) with torchtitan's JobConfig names
+    (torchtitan/config/job_config.py: [training], [parallelism], [activation_checkpoint])."""
+    m, p = plan.model, plan.parallel
+    notes: list[str] = []
+    local_batch = p.global_batch // p.dp  # per dp rank per step (all micro-batches)
+    training = {"seq_len": p.seq_len, "global_batch_size": p.global_batch}
+    parallelism: dict = {}
+    if p.pp > 1:
+        # torchtitan splits local_batch_size into micro-batches of pipeline_parallel_microbatch_size.
+        training["local_batch_size"] = local_batch
+    else:
+        # global > local * dp makes torchtitan accumulate gradients over the micro-batches.
+        training["local_batch_size"] = p.micro_batch
+    if p.precision in ("bf16", "fp8"):
+        training["mixed_precision_param"] = "bfloat16"
+        if p.precision == "fp8":
+            notes.append('fp8: add converters = ["float8"] under [model] (needs torchao)')
+    else:
+        training["mixed_precision_param"] = "float32"
+        if p.precision == "fp16":
+            notes.append("torchtitan has no fp16 mixed precision (bfloat16 or float32 only): float32 written")
+
+    if p.sharding == "none":
+        parallelism["data_parallel_replicate_degree"] = p.dp
+        parallelism["data_parallel_shard_degree"] = 1
+        if p.dp > 1 and (p.tp > 1 or p.pp > 1 or p.cp > 1):
+            notes.append("torchtitan's DDP does not compose with tp/pp/cp; consider "
+                         "data_parallel_shard_degree (FSDP) instead")
+    else:
+        parallelism["data_parallel_replicate_degree"] = 1
+        parallelism["data_parallel_shard_degree"] = p.dp
+        if p.sharding in ("zero1", "zero2"):
+            parallelism["fsdp_reshard_after_forward"] = "never"
+            notes.append(f"{p.sharding}: torchtitan has no ZeRO-1/2; FSDP2 with reshard_after_forward=never "
+                         "(weights stay gathered between forward and backward) is the nearest (ZeRO-2-like)")
+    parallelism["tensor_parallel_degree"] = p.tp
+    parallelism["enable_async_tensor_parallel"] = False
+    parallelism["pipeline_parallel_degree"] = p.pp
+    parallelism["context_parallel_degree"] = p.cp
+    if p.tp > 1 and not p.sequence_parallel:
+        notes.append("torchtitan's tensor parallel always shards norms and dropout along the "
+                     "sequence (sequence parallel); the plan has it off")
+    if p.pp > 1:
+        parallelism["pipeline_parallel_schedule"] = _TITAN_SCHEDULES[p.schedule]
+        parallelism["pipeline_parallel_microbatch_size"] = p.micro_batch
+        stages = p.layers_per_stage(m.n_layers)
+        if _uneven(p, m.n_layers) is None:
+            parallelism["pipeline_parallel_layers_per_stage"] = stages[0]
+        else:
+            points, acc = [], 0
+            for n in stages[:-1]:
+                acc += n
+                points.append(f"layers.{acc}")
+            parallelism["pipeline_parallel_split_points"] = points
+        if p.schedule == "zb" and p.vpp == 1:
+            notes.append("ZB-H1 with one stage per rank has no torchtitan schedule; InterleavedZeroBubble "
+                         "needs several stages per rank (set pipeline_parallel_layers_per_stage smaller)")
+    if m.is_moe:
+        notes.append("MoE: the plan has no expert parallelism (expert_parallel_degree = 1)")
+    ac = {"mode": p.recompute}
+    if p.recompute == "selective":
+        ac["selective_ac_option"] = "op"
+    model_note = (f"[model] name/flavor: pick the torchtitan flavor matching {m.name} "
+                  f"(layers {m.n_layers}, hidden {m.hidden_size}, heads {m.n_heads}/{m.n_kv_heads}, "
+                  f"ffn {m.ffn_hidden_size}, vocab {m.vocab_size})")
+    notes.append(model_note)
+    config = {"job": {"description": f"clusterplan plan {plan.id}: {m.name} {p.megatron_notation()}"},
+              "training": training, "parallelism": parallelism, "activation_checkpoint": ac}
+    return config, notes
+
+
+def to_torchtitan(plan: Plan) -> str:
+    """A torchtitan TOML (the sections the plan decides); merge into your train config."""
+    config, notes = torchtitan_config(plan)
+    lines = [f"# {line}" for line in _header(plan)] + [f"# NOTE: {n}" for n in notes]
+    for section, values in config.items():
+        lines.append("")
+        lines.append(f"[{section}]")
+        lines += [f"{key} = {_toml_value(value)}" for key, value in values.items()]
+    return "\n".join(lines) + "\n"
+
+
+# ----- DeepSpeed --------------------------------------------------------------------------------
+_ZERO_STAGE = {"none": 0, "zero1": 1, "zero2": 2, "zero3": 3, "fsdp": 3}
+
+
+def deepspeed_config(plan: Plan) -> dict:
+    """A DeepSpeed config dict (docs/_pages/config-json.md names). DeepSpeed's data-parallel size
+    is world / (pp * tp), so train_batch_size = micro x gradient_accumulation_steps x dp."""
+    m, p = plan.model, plan.parallel
+    notes: list[str] = []
+    config: dict = {
+        "train_batch_size": p.global_batch,
+        "train_micro_batch_size_per_gpu": p.micro_batch,
+        "gradient_accumulation_steps": p.num_micro_batches,
+        "zero_optimization": {"stage": _ZERO_STAGE[p.sharding]},
+    }
+    if p.sharding == "fsdp":
+        notes.append("fsdp maps to ZeRO stage 3")
+    if p.precision in ("bf16", "fp8"):
+        config["bf16"] = {"enabled": True}
+        if p.precision == "fp8":
+            notes.append("fp8: DeepSpeed has no fp8 switch in its config; use Transformer Engine layers; bf16 written")
+    elif p.precision == "fp16":
+        config["fp16"] = {"enabled": True, "loss_scale": 0}
+    if p.recompute != "none":
+        config["activation_checkpointing"] = {
+            "partition_activations": p.tp > 1,
+            "contiguous_memory_optimization": False,
+            "cpu_checkpointing": False,
+        }
+        if p.recompute == "selective":
+            notes.append("selective recomputation (attention core only) is chosen by the model code "
+                         "(e.g. Megatron-DeepSpeed --recompute-granularity selective), not this config")
+    if p.pp > 1:
+        config["pipeline"] = {
+            "stages": p.pp,
+            "partition": "uniform" if _uneven(p, m.n_layers) is None else "parameters",
+            "activation_checkpoint_interval": 1 if p.recompute == "full" else 0,
+        }
+        if _uneven(p, m.n_layers) is not None:
+            notes.append("uneven stages " + ",".join(map(str, p.layers_per_stage(m.n_layers)))
+                         + ": pass PipelineModule(partition_method='type:...') or explicit parts; the JSON "
+                         "cannot list layers per stage")
+        if p.sharding in ("zero2", "zero3", "fsdp"):
+            notes.append(f"DeepSpeed's pipeline engine supports ZeRO stage 0 or 1 only; the plan asks "
+                         f"for {p.sharding}")
+        if p.vpp > 1 or p.schedule in ("interleaved", "zb", "gpipe"):
+            notes.append(f"DeepSpeed's pipeline engine runs its own 1F1B-style schedule; "
+                         f"schedule {p.schedule} (vpp {p.vpp}) is not available")
+        if m.is_moe:
+            notes.append("MoE with DeepSpeed pipeline parallelism is not supported by the pipeline "
+                         "engine (DeepSpeed-MoE needs pp = 1)")
+    elif m.is_moe:
+        notes.append("MoE: build the model with deepspeed.moe.layer.MoE; the plan has no expert "
+                     "parallelism (ep_size = 1)")
+    if p.tp > 1:
+        config["tensor_parallel"] = {"autotp_size": p.tp}
+        notes.append("tensor parallel via DeepSpeed AutoTP training (tensor_parallel.autotp_size), or "
+                     "Megatron-DeepSpeed's --tensor-model-parallel-size with your mpu")
+    if p.cp > 1:
+        notes.append(f"context parallel {p.cp}: DeepSpeed has Ulysses sequence parallelism instead "
+                     "(a different scheme); not written")
+    if notes:
+        config["_comment"] = [*_header(plan), *notes]
+    else:
+        config["_comment"] = _header(plan)
+    return config
+
+
+def to_deepspeed(plan: Plan) -> str:
+    return json.dumps(deepspeed_config(plan), indent=2) + "\n"
+
+
+# ----- launching clusterplan's executor -----------------------------------------------------------
+def torchrun_command(plan: Plan, plan_path: str = "PLAN.json", *, master: str = "$MASTER_ADDR",
+                     port: int = RDZV_PORT, rdzv_id: str | None = None) -> str:
+    """The command to run on every node (torchrun's c10d rendezvous joins them)."""
+    parts = ["torchrun", "--nnodes", str(plan.n_nodes), "--nproc-per-node", str(plan.gpus_per_node),
+             "--rdzv-backend", "c10d", "--rdzv-endpoint", f"{master}:{port}",
+             "--rdzv-id", rdzv_id or plan.id, "-m", "executor", plan_path, "--out", f"runs/{plan.id}"]
+    out = []
+    for part in parts:
+        # keep $VARS expandable by the shell; quote everything else that needs it
+        out.append(part if part.startswith("$") or part == shlex.quote(part) else shlex.quote(part))
+    return " ".join(out)
+
+
+def to_torchrun(plan: Plan, plan_path: str = "PLAN.json") -> str:
+    lines = [f"# {line}" for line in _header(plan)]
+    lines.append(f"# Run on each of the {plan.n_nodes} node(s); MASTER_ADDR = the first node's address.")
+    lines.append(f"export MASTER_ADDR=${{MASTER_ADDR:-localhost}}")
+    lines.append(torchrun_command(plan, plan_path))
+    return "\n".join(lines) + "\n"
+
+
+def to_slurm(plan: Plan, plan_path: str = "PLAN.json") -> str:
+    """An sbatch script: one srun task per node, each running torchrun."""
+    run_dir = f"runs/{plan.id}"
+    cmd = torchrun_command(plan, plan_path, master="$MASTER_ADDR", rdzv_id="$SLURM_JOB_ID")
+    lines = [
+        "#!/bin/bash",
+        f"#SBATCH --job-name=clusterplan-{plan.id}",
+        f"#SBATCH --nodes={plan.n_nodes}",
+        "#SBATCH --ntasks-per-node=1",
+        f"#SBATCH --gpus-per-node={plan.gpus_per_node}",
+        "#SBATCH --exclusive",
+        f"#SBATCH --output=clusterplan-{plan.id}-%j.out",
+        *[f"# {line}" for line in _header(plan)],
+        "set -euo pipefail",
+        f"mkdir -p {run_dir}",
+        'MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)',
+        "export MASTER_ADDR",
+        f"srun --nodes={plan.n_nodes} --ntasks-per-node=1 {cmd}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def export_plan(plan: Plan, fmt: str, plan_path: str = "PLAN.json") -> str:
+    """The plan in format ``fmt`` (one of :data:`FORMATS`)."""
+    if fmt == "megatron":
+        return to_megatron(plan)
+    if fmt == "torchtitan":
+        return to_torchtitan(plan)
+    if fmt == "deepspeed":
+        return to_deepspeed(plan)
+    if fmt == "torchrun":
+        return to_torchrun(plan, plan_path)
+    if fmt == "slurm":
+        return to_slurm(plan, plan_path)
+    raise InputError("format", f"must be one of {', '.join(FORMATS)}, got {fmt!r}")
+

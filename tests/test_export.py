@@ -1,0 +1,204 @@
+import argparse
+import json
+import shlex
+import shutil
+import subprocess
+import tomllib
+
+import pytest
+
+from planner.cli import main
+from planner.export import FORMATS, export_plan, megatron_args, to_megatron
+from planner.model import ModelSpec
+from planner.plan import ParallelConfig, Plan
+
+LLAMA = ModelSpec("llama-ish", n_layers=8, hidden_size=512, n_heads=8, n_kv_heads=2, ffn_hidden_size=1536,
+                  vocab_size=32000, seq_len=2048, mlp="swiglu", norm="rmsnorm", position="rope",
+                  tied_embeddings=False, bias=False)
+GPT = ModelSpec("gpt", n_layers=12, hidden_size=768, n_heads=12, n_kv_heads=12, ffn_hidden_size=3072,
+                vocab_size=50304, seq_len=1024, dropout=0.1)
+MOE = ModelSpec("moe", n_layers=4, hidden_size=512, n_heads=8, n_kv_heads=8, ffn_hidden_size=1024,
+                vocab_size=32000, seq_len=1024, mlp="swiglu", norm="rmsnorm", position="rope",
+                n_experts=8, top_k=2)
+
+PLANS = {
+    "tp_pp_zero1_uneven": Plan(LLAMA, "dgx-h100-80gb", 2, 8, ParallelConfig(
+        tp=2, pp=2, dp=4, global_batch=32, seq_len=2048, recompute="full", sharding="zero1",
+        sequence_parallel=True, stage_layers=(3, 5))),
+    "interleaved": Plan(GPT, "dgx-a100-80gb", 2, 8, ParallelConfig(
+        tp=2, pp=2, dp=4, vpp=2, micro_batch=2, global_batch=64, seq_len=1024, schedule="interleaved",
+        recompute="selective", precision="fp16")),
+    "dp_only": Plan(GPT, "dgx-a100-80gb", 1, 8, ParallelConfig(dp=8, micro_batch=4, global_batch=64, seq_len=1024)),
+    "fsdp_cp": Plan(LLAMA, "dgx-h100-80gb", 1, 8, ParallelConfig(
+        dp=4, cp=2, micro_batch=1, global_batch=16, seq_len=2048, sharding="fsdp")),
+    "moe_pp": Plan(MOE, "dgx-h100-80gb", 1, 4, ParallelConfig(pp=2, dp=2, global_batch=8, seq_len=1024,
+                                                               stage_layers=(1, 3), vpp=1)),
+    "layout": Plan(GPT, "dgx-a100-80gb", 1, 4, ParallelConfig(pp=4, global_batch=8, seq_len=1024,
+                                                              stage_layers=(2, 4, 3, 3))),
+}
+
+
+def megatron_parser() -> argparse.ArgumentParser:
+    """The Megatron-LM flags the exporter may write (names as in megatron/training/arguments.py)."""
+    p = argparse.ArgumentParser(exit_on_error=False)
+    ints = ["--tensor-model-parallel-size", "--pipeline-model-parallel-size", "--context-parallel-size",
+            "--num-layers-per-virtual-pipeline-stage", "--decoder-first-pipeline-num-layers",
+            "--decoder-last-pipeline-num-layers", "--micro-batch-size", "--global-batch-size", "--seq-length",
+            "--max-position-embeddings", "--num-layers", "--hidden-size", "--ffn-hidden-size",
+            "--num-attention-heads", "--num-query-groups", "--kv-channels", "--recompute-num-layers",
+            "--num-experts", "--moe-router-topk", "--moe-ffn-hidden-size"]
+    for flag in ints:
+        p.add_argument(flag, type=int)
+    for flag in ["--attention-dropout", "--hidden-dropout"]:
+        p.add_argument(flag, type=float)
+    for flag in ["--normalization", "--position-embedding-type", "--recompute-granularity",
+                 "--recompute-method", "--fp8-format", "--pipeline-model-parallel-layout"]:
+        p.add_argument(flag)
+    for flag in ["--sequence-parallel", "--group-query-attention", "--swiglu",
+                 "--untie-embeddings-and-output-weights", "--disable-bias-linear", "--use-distributed-optimizer",
+                 "--use-torch-fsdp2", "--no-gradient-accumulation-fusion", "--overlap-grad-reduce",
+                 "--overlap-param-gather", "--bf16", "--fp16", "--use-tp-pp-dp-mapping"]:
+        p.add_argument(flag, action="store_true")
+    return p
+
+
+def parse_megatron(text: str) -> argparse.Namespace:
+    body = " ".join(line.rstrip("\\").strip() for line in text.splitlines() if not line.startswith("#"))
+    return megatron_parser().parse_args(shlex.split(body))
+
+
+@pytest.mark.parametrize("key", sorted(PLANS))
+def test_megatron_args_parse_and_batch_arithmetic(key):
+    plan = PLANS[key]
+    p, m = plan.parallel, plan.model
+    ns = parse_megatron(to_megatron(plan))
+    assert (ns.tensor_model_parallel_size, ns.pipeline_model_parallel_size, ns.context_parallel_size) == (p.tp, p.pp, p.cp)
+    world = plan.n_nodes * plan.gpus_per_node
+    dp = world // (ns.tensor_model_parallel_size * ns.pipeline_model_parallel_size * ns.context_parallel_size)
+    assert ns.global_batch_size % (ns.micro_batch_size * dp) == 0
+    assert ns.global_batch_size // (ns.micro_batch_size * dp) == p.num_micro_batches
+    assert (ns.num_layers, ns.hidden_size, ns.num_attention_heads, ns.ffn_hidden_size) == (
+        m.n_layers, m.hidden_size, m.n_heads, m.ffn_hidden_size)
+    assert ns.seq_length == p.seq_len
+    assert ns.group_query_attention == (m.n_kv_heads != m.n_heads)
+    if ns.group_query_attention:
+        assert ns.num_query_groups == m.n_kv_heads
+    assert ns.sequence_parallel == p.sequence_parallel
+    assert ns.use_distributed_optimizer == (p.sharding in ("zero1", "zero2"))
+    assert ns.bf16 == (p.precision in ("bf16", "fp8")) and ns.fp16 == (p.precision == "fp16")
+    granularity = {"none": None, "selective": "selective", "full": "full"}[p.recompute]
+    assert ns.recompute_granularity == granularity
+
+
+def test_megatron_stage_layouts():
+    ns = parse_megatron(to_megatron(PLANS["tp_pp_zero1_uneven"]))
+    assert (ns.decoder_first_pipeline_num_layers, ns.decoder_last_pipeline_num_layers) == (3, 5)
+    assert ns.recompute_method == "uniform" and ns.recompute_num_layers == 1
+    ns = parse_megatron(to_megatron(PLANS["interleaved"]))
+    assert ns.num_layers_per_virtual_pipeline_stage == 3  # 12 layers / (pp 2 * vpp 2)
+    ns = parse_megatron(to_megatron(PLANS["layout"]))
+    stages = ns.pipeline_model_parallel_layout.split("|")
+    assert [s.count("t") for s in stages] == [2, 4, 3, 3]
+    assert stages[0].startswith("E") and stages[-1].endswith("L")
+    args, notes = megatron_args(PLANS["moe_pp"])
+    assert "--num-experts" in args and any("expert parallelism" in n for n in notes)
+
+
+@pytest.mark.parametrize("key", sorted(PLANS))
+def test_torchtitan_toml(key):
+    plan = PLANS[key]
+    p = plan.parallel
+    cfg = tomllib.loads(export_plan(plan, "torchtitan"))
+    par, tr = cfg["parallelism"], cfg["training"]
+    dp = par["data_parallel_shard_degree"] * par["data_parallel_replicate_degree"]
+    assert dp == p.dp
+    assert dp * par["tensor_parallel_degree"] * par["pipeline_parallel_degree"] * par["context_parallel_degree"] == (
+        plan.n_nodes * plan.gpus_per_node)
+    assert par["enable_async_tensor_parallel"] is False
+    assert tr["seq_len"] == p.seq_len and tr["global_batch_size"] == p.global_batch
+    if p.pp > 1:
+        assert tr["local_batch_size"] * dp == p.global_batch
+        assert tr["local_batch_size"] // par["pipeline_parallel_microbatch_size"] == p.num_micro_batches
+        assert par["pipeline_parallel_schedule"] in ("GPipe", "1F1B", "Interleaved1F1B", "InterleavedZeroBubble")
+    else:
+        assert tr["global_batch_size"] // (tr["local_batch_size"] * dp) == p.num_micro_batches
+    assert cfg["activation_checkpoint"]["mode"] == p.recompute
+    assert tr["mixed_precision_param"] in ("bfloat16", "float32")
+    assert (par["data_parallel_shard_degree"] > 1) == (p.sharding != "none" and p.dp > 1)
+
+
+def test_torchtitan_split_points_and_notes():
+    text = export_plan(PLANS["tp_pp_zero1_uneven"], "torchtitan")
+    cfg = tomllib.loads(text)
+    assert cfg["parallelism"]["pipeline_parallel_split_points"] == ["layers.3"]
+    inter = tomllib.loads(export_plan(PLANS["interleaved"], "torchtitan"))["parallelism"]
+    assert inter["pipeline_parallel_layers_per_stage"] == 3
+    assert inter["pipeline_parallel_schedule"] == "Interleaved1F1B"
+    assert "# NOTE: torchtitan has no fp16" in export_plan(PLANS["interleaved"], "torchtitan")
+
+
+@pytest.mark.parametrize("key", sorted(PLANS))
+def test_deepspeed_json(key):
+    plan = PLANS[key]
+    p = plan.parallel
+    cfg = json.loads(export_plan(plan, "deepspeed"))
+    ds_dp = plan.n_nodes * plan.gpus_per_node // (p.tp * p.pp * p.cp)
+    assert cfg["train_batch_size"] == cfg["train_micro_batch_size_per_gpu"] * cfg["gradient_accumulation_steps"] * ds_dp
+    assert cfg["train_batch_size"] == p.global_batch
+    assert cfg["zero_optimization"]["stage"] == {"none": 0, "zero1": 1, "zero2": 2, "zero3": 3, "fsdp": 3}[p.sharding]
+    assert ("pipeline" in cfg) == (p.pp > 1)
+    if p.pp > 1:
+        assert cfg["pipeline"]["stages"] == p.pp
+    assert isinstance(cfg["_comment"], list) and plan.id in cfg["_comment"][0]
+
+
+def test_deepspeed_says_what_it_cannot_do():
+    moe = " ".join(json.loads(export_plan(PLANS["moe_pp"], "deepspeed"))["_comment"])
+    assert "MoE" in moe and "pipeline" in moe
+    cp = " ".join(json.loads(export_plan(PLANS["fsdp_cp"], "deepspeed"))["_comment"])
+    assert "context parallel" in cp
+    inter = json.loads(export_plan(PLANS["interleaved"], "deepspeed"))
+    assert inter["fp16"] == {"enabled": True, "loss_scale": 0}
+    assert any("schedule interleaved" in n for n in inter["_comment"])
+
+
+def test_torchrun_command():
+    plan = PLANS["tp_pp_zero1_uneven"]
+    text = export_plan(plan, "torchrun", plan_path="plans/my plan.json")
+    cmd = [line for line in text.splitlines() if line.startswith("torchrun")][0]
+    words = shlex.split(cmd)
+    assert words[words.index("--nnodes") + 1] == "2" and words[words.index("--nproc-per-node") + 1] == "8"
+    assert words[words.index("--rdzv-backend") + 1] == "c10d"
+    assert words[words.index("--rdzv-endpoint") + 1] == "$MASTER_ADDR:29500"
+    m = words.index("-m")
+    assert words[m + 1:m + 3] == ["executor", "plans/my plan.json"]
+    assert words[-2:] == ["--out", f"runs/{plan.id}"]
+
+
+def test_slurm_script():
+    plan = PLANS["tp_pp_zero1_uneven"]
+    text = export_plan(plan, "slurm")
+    lines = text.splitlines()
+    assert lines[0] == "#!/bin/bash"
+    assert "#SBATCH --nodes=2" in lines and "#SBATCH --gpus-per-node=8" in lines
+    srun = [line for line in lines if line.startswith("srun ")][0]
+    assert "torchrun --nnodes 2 --nproc-per-node 8" in srun and "-m executor PLAN.json" in srun
+    if shutil.which("bash"):
+        assert subprocess.run(["bash", "-n"], input=text, text=True).returncode == 0
+
+
+def test_cli_export(tmp_path, capsys):
+    plan = PLANS["dp_only"]
+    path = plan.save(tmp_path / "plan.json")
+    for fmt in FORMATS:
+        out = tmp_path / f"out.{fmt}"
+        assert main(["export", str(path), "--format", fmt, "--out", str(out)]) == 0
+        assert out.read_text() == export_plan(plan, fmt, plan_path=str(path))
+    assert main(["export", str(path), "--format", "deepspeed"]) == 0
+    assert json.loads(capsys.readouterr().out)["train_batch_size"] == 64
+    assert main(["export", str(tmp_path / "missing.json"), "--format", "megatron"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "plan" in err
+    with pytest.raises(SystemExit) as exit_:
+        main(["export", str(path), "--format", "nemo"])
+    assert exit_.value.code == 2
