@@ -1,0 +1,84 @@
+"""Megatron-style tensor parallelism with DTensor (Shoeybi et al., 2019; sequence parallel:
+Korthikanti et al., 2022).
+
+Per block: Q/K/V and the MLP's first matrices column-parallel, the attention output and the MLP's
+last matrix row-parallel: 2 all-reduces forward and 2 backward of s·b·h activations per layer, or
+with sequence parallelism the same bytes as all-gather + reduce-scatter, the norms then running
+on sequence shards (their weights become replicated DTensors whose gradients are reduced).
+The LM head is column-parallel over the vocabulary with replicated (all-gathered) logits; the
+embedding is replicated (under SP its output is split along the sequence). MoE experts are each
+column/row parallel; the router is replicated.
+"""
+from __future__ import annotations
+
+from torch.distributed.device_mesh import DeviceMesh
+from torch.distributed.tensor import Replicate, Shard
+from torch.distributed.tensor.parallel import (
+    ColwiseParallel,
+    PrepareModuleInput,
+    PrepareModuleOutput,
+    RowwiseParallel,
+    SequenceParallel,
+    parallelize_module,
+)
+
+from executor.model import MLP, MoE, Transformer
+
+
+def _mlp_plan(prefix: str, mlp: MLP, out_layout) -> dict:
+    plan = {f"{prefix}up_proj": ColwiseParallel(), f"{prefix}down_proj": RowwiseParallel(output_layouts=out_layout)}
+    if mlp.swiglu:
+        plan[f"{prefix}gate_proj"] = ColwiseParallel()
+    return plan
+
+
+def apply_tp(model: Transformer, tp_mesh: DeviceMesh, sequence_parallel: bool) -> Transformer:
+    """Shard ``model`` (a whole model or a pipeline stage) in place over ``tp_mesh``."""
+    sp = sequence_parallel
+    residual = Shard(1) if sp else Replicate()
+    if model.embed is not None and sp:
+        parallelize_module(model.embed, tp_mesh, PrepareModuleOutput(
+            output_layouts=Replicate(), desired_output_layouts=Shard(1), use_local_output=True))
+    for block in model.layers.values():
+        plan: dict = {
+            "attn.q_proj": ColwiseParallel(),
+            "attn.k_proj": ColwiseParallel(),
+            "attn.v_proj": ColwiseParallel(),
+            "attn.o_proj": RowwiseParallel(output_layouts=residual),
+        }
+        if sp:
+            plan["attn_norm"] = SequenceParallel(use_local_output=True)
+            plan["mlp_norm"] = SequenceParallel(use_local_output=True)
+            plan["attn"] = PrepareModuleInput(input_layouts=(Shard(1),), desired_input_layouts=(Replicate(),),
+                                              use_local_output=True)
+        if isinstance(block.mlp, MoE):
+            for e, expert in enumerate(block.mlp.experts):
+                plan.update(_mlp_plan(f"mlp.experts.{e}.", expert, Replicate()))
+            if sp:
+                plan["mlp"] = PrepareModuleInput(input_layouts=(Shard(1),), desired_input_layouts=(Replicate(),),
+                                                 use_local_output=True)
+        else:
+            plan.update(_mlp_plan("mlp.", block.mlp, residual))
+            if sp:
+                plan["mlp"] = PrepareModuleInput(input_layouts=(Shard(1),), desired_input_layouts=(Replicate(),),
+                                                 use_local_output=True)
+        parallelize_module(block, tp_mesh, plan)
+        if isinstance(block.mlp, MoE) and sp:
+            parallelize_module(block.mlp, tp_mesh, PrepareModuleOutput(
+                output_layouts=Replicate(), desired_output_layouts=Shard(1), use_local_output=True))
+    if model.final_norm is not None and sp:
+        parallelize_module(model.final_norm, tp_mesh, SequenceParallel(use_local_output=True))
+    if model.lm_head is not None:
+        parallelize_module(model.lm_head, tp_mesh, ColwiseParallel(
+            input_layouts=residual, output_layouts=Replicate(), use_local_output=True))
+    return model
+
+
+def check_tp(model_heads: int, kv_heads: int, tp: int) -> None:
+    from planner.errors import InputError
+
+    if kv_heads % tp:
+        raise InputError("tp", f"the executor shards K/V heads: n_kv_heads={kv_heads} must be divisible by tp={tp}")
+    if model_heads % tp:
+        raise InputError("tp", f"n_heads={model_heads} must be divisible by tp={tp}")
+

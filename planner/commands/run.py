@@ -1,0 +1,278 @@
+"""``clusterplan run PLAN.json``: execute a plan with torchrun and record what it measured.
+
+Torch-free: builds the ``torchrun`` command line (``python -m torch.distributed.run ... -m
+executor PLAN.json ...``), refuses a plan this machine cannot run before launching, streams the
+ranks' output, and afterwards makes sure ``summary.json`` says ``failed`` when torchrun failed
+(a rank killed by a signal cannot write it itself). Records schema: executor/README.md.
+
+Local limits (documented refusal rules):
+* CPU: local ranks x threads must not exceed ``MAX_OVERSUBSCRIPTION`` (4) x usable cores.
+* GPU: local ranks must not exceed the visible GPUs.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from planner.errors import InputError, require
+
+MAX_OVERSUBSCRIPTION = 4
+DEFAULT_PORT = 29500
+
+
+@dataclass(frozen=True)
+class LaunchConfig:
+    """How to launch. nnodes/node_rank/rdzv_endpoint: torchrun's multi-node options (nnodes=1 and
+    no endpoint = ``--standalone``). device: auto|cpu|cuda. threads: torch threads per rank."""
+
+    plan_path: str
+    out: str
+    steps: int = 10
+    warmup: int = 3
+    threads: int = 1
+    timeout_s: float = 30.0
+    nnodes: int = 1
+    node_rank: int = 0
+    rdzv_endpoint: str | None = None
+    device: str = "auto"
+    data: str | None = None
+    inject_fault: str | None = None
+    oversubscribe: bool = False
+
+
+def usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def visible_gpus() -> int:
+    """GPUs this process may use, without importing torch: CUDA_VISIBLE_DEVICES, else nvidia-smi."""
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is not None:
+        return len([d for d in env.split(",") if d.strip() and d.strip() != "-1"])
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return 0
+    try:
+        out = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return 0
+    return sum(1 for line in out.stdout.splitlines() if line.startswith("GPU "))
+
+
+def local_ranks(world_size: int, nnodes: int) -> int:
+    require(nnodes >= 1, "nnodes", "must be >= 1")
+    require(world_size % nnodes == 0, "nnodes", f"the plan's {world_size} ranks do not split over {nnodes} nodes")
+    return world_size // nnodes
+
+
+def check_machine(world_size: int, cfg: LaunchConfig, gpus: int | None = None, cores: int | None = None) -> str:
+    """The device kind to run on ('cpu' or 'cuda'); InputError when this machine cannot run it."""
+    n = local_ranks(world_size, cfg.nnodes)
+    gpus = visible_gpus() if gpus is None else gpus
+    kind = "cuda" if (cfg.device == "cuda" or (cfg.device == "auto" and gpus > 0)) else "cpu"
+    if kind == "cuda":
+        require(gpus >= n, "world_size", f"the plan needs {n} GPUs on this node, {gpus} are visible")
+        return kind
+    cores = usable_cores() if cores is None else cores
+    limit = MAX_OVERSUBSCRIPTION * cores
+    require(cfg.oversubscribe or n * cfg.threads <= limit, "world_size",
+            f"{n} local ranks x {cfg.threads} threads exceed {MAX_OVERSUBSCRIPTION} x {cores} usable cores "
+            f"= {limit} (pass --oversubscribe to run anyway)")
+    return kind
+
+
+def executor_args(cfg: LaunchConfig) -> list[str]:
+    args = [cfg.plan_path, "--out", cfg.out, "--steps", str(cfg.steps), "--warmup", str(cfg.warmup),
+            "--threads", str(cfg.threads), "--timeout-s", str(cfg.timeout_s), "--device", cfg.device]
+    if cfg.data:
+        args += ["--data", cfg.data]
+    if cfg.inject_fault:
+        args += ["--inject-fault", cfg.inject_fault]
+    return args
+
+
+def torchrun_command(world_size: int, cfg: LaunchConfig, python: str = sys.executable) -> list[str]:
+    n = local_ranks(world_size, cfg.nnodes)
+    cmd = [python, "-m", "torch.distributed.run"]
+    if cfg.nnodes == 1 and not cfg.rdzv_endpoint:
+        cmd += ["--standalone"]
+    else:
+        require(bool(cfg.rdzv_endpoint), "rdzv-endpoint", "multi-node runs need --rdzv-endpoint HOST:PORT")
+        cmd += ["--nnodes", str(cfg.nnodes), "--node-rank", str(cfg.node_rank),
+                "--rdzv-backend", "c10d", "--rdzv-endpoint", cfg.rdzv_endpoint]
+    cmd += ["--nproc-per-node", str(n), "-m", "executor", *executor_args(cfg)]
+    return cmd
+
+
+def srun_command(world_size: int, cfg: LaunchConfig) -> list[str]:
+    """One torchrun per node under Slurm; the rendezvous host is the first node of the job."""
+    n = local_ranks(world_size, cfg.nnodes)
+    endpoint = cfg.rdzv_endpoint or f"$(scontrol show hostnames $SLURM_JOB_NODELIST | head -n1):{DEFAULT_PORT}"
+    inner = ["python", "-m", "torch.distributed.run", "--nnodes", str(cfg.nnodes), "--nproc-per-node", str(n),
+             "--rdzv-backend", "c10d", "--rdzv-endpoint", endpoint, "-m", "executor", *executor_args(cfg)]
+    return ["srun", f"--nodes={cfg.nnodes}", "--ntasks-per-node=1", f"--cpus-per-task={max(1, n * cfg.threads)}",
+            *inner]
+
+
+def _join(cmd: list[str]) -> str:
+    return " ".join(part if part.startswith("$(") or ":$" in part else shlex.quote(part) for part in cmd)
+
+
+_ROOT = re.compile(r"Root Cause.*?rank\s*:\s*(\d+).*?exitcode\s*:\s*(-?\d+)", re.S)
+
+
+def root_cause(torchrun_output: str) -> tuple[int | None, int | None]:
+    """(global rank, exit code) of torchrun's 'Root Cause (first observed failure)' block."""
+    match = _ROOT.search(torchrun_output)
+    if not match:
+        return None, None
+    return int(match.group(1)), int(match.group(2))
+
+
+def _exit_text(code: int | None) -> str:
+    if code is None:
+        return "unknown exit"
+    if code < 0:
+        import signal
+
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
+
+
+def finalize(out: str | Path, plan, cfg: LaunchConfig, rc: int, output: str, command: list[str]) -> dict | None:
+    """After torchrun: keep the ranks' summary if it is consistent, otherwise write/patch a
+    failed one from the records so far. Returns the summary."""
+    from planner import records
+
+    summary = records.read_summary(out)
+    launcher = {"exit_code": rc, "command": command}
+    if rc == 0 and summary is not None:
+        return summary
+    rank, code = root_cause(output)
+    killed = code is not None and code < 0 and code != -15  # a signal torchrun did not send
+    if summary is not None and summary.get("status") == "failed" and summary.get("rank") is not None and not killed:
+        summary["launcher"] = launcher
+        records.write_summary(out, summary)
+        return summary
+    error = (f"rank {rank} {_exit_text(code)}" if rank is not None
+             else f"torchrun {_exit_text(rc)} before the ranks wrote a summary")
+    rank_errors = [r for r in records.read_records(out) if r["kind"] == "error" and r.get("signal") is None]
+    oom = any(r.get("oom") for r in rank_errors)
+    causes = [r for r in rank_errors if not r.get("peer_failure")]
+    if not killed and causes:  # a rank that raised said why
+        rank, error = causes[0]["rank"], causes[0]["error"]
+    elif rank is None and rank_errors:
+        rank, error = rank_errors[0]["rank"], rank_errors[0]["error"]
+    summary = records.summarize(records.read_records(out), plan.to_dict(), cfg.steps, cfg.warmup,
+                                records.plan_prediction(plan), status="failed", error=error, rank=rank, oom=oom)
+    summary["launcher"] = launcher
+    records.write_summary(out, summary)
+    return summary
+
+
+def launch(plan_path: str, cfg: LaunchConfig, echo=sys.stderr) -> tuple[int, dict | None]:
+    """Run the plan; returns (exit status, summary). Exit 0 ok/contended, 1 failed."""
+    from planner.plan import Plan
+
+    plan = Plan.load(plan_path)
+    require(cfg.steps >= 1 and 0 <= cfg.warmup < cfg.steps, "steps",
+            f"need steps >= 1 and 0 <= warmup < steps, got steps={cfg.steps} warmup={cfg.warmup}")
+    require(cfg.threads >= 1, "threads", "must be >= 1")
+    require(cfg.timeout_s > 0, "timeout-s", "must be > 0")
+    check_machine(plan.world_size, cfg)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for name in ("records.jsonl", "summary.json"):  # a run folder holds one run
+        (out / name).unlink(missing_ok=True)
+    cmd = torchrun_command(plan.world_size, cfg)
+    env = dict(os.environ, OMP_NUM_THREADS=str(cfg.threads), PYTHONUNBUFFERED="1")
+    root = str(Path(__file__).resolve().parents[2])  # so `-m executor` resolves from any cwd
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    captured: list[str] = []
+
+    def pump():
+        for line in proc.stdout:
+            captured.append(line)
+            if echo is not None:
+                echo.write(line)
+                echo.flush()
+
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
+    try:
+        rc = proc.wait()
+    except KeyboardInterrupt:
+        proc.terminate()
+        rc = proc.wait()
+    reader.join(timeout=5)
+    summary = finalize(out, plan, cfg, rc, "".join(captured), cmd)
+    status = (summary or {}).get("status")
+    return (0 if rc == 0 and status in ("ok", "contended") else 1), summary
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("run", help="execute a plan with torchrun (gloo on CPU, nccl on GPU) and record it",
+                                   description=__doc__.splitlines()[0])
+    parser.add_argument("plan", help="plan JSON")
+    parser.add_argument("--out", default=None, help="run folder (default runs/<plan id>)")
+    parser.add_argument("--steps", type=int, default=10, help="steps incl. warm-up (default 10)")
+    parser.add_argument("--warmup", type=int, default=3, help="warm-up steps (default 3)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per rank (default 1)")
+    parser.add_argument("--timeout-s", type=float, default=30.0, help="collective timeout (default 30 s)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--data", default=None, help="local text file for byte-level tokens")
+    parser.add_argument("--nnodes", type=int, default=1)
+    parser.add_argument("--node-rank", type=int, default=0)
+    parser.add_argument("--rdzv-endpoint", default=None, help="HOST:PORT for multi-node rendezvous")
+    parser.add_argument("--oversubscribe", action="store_true", help="run even with more ranks than the CPU limit")
+    parser.add_argument("--inject-fault", default=None, help=argparse_suppress())
+    parser.add_argument("--print-command", action="store_true", help="print the torchrun and srun lines and exit")
+    parser.set_defaults(func=handler)
+
+
+def argparse_suppress():
+    import argparse
+
+    return argparse.SUPPRESS
+
+
+def handler(args) -> int:
+    from planner.plan import Plan
+
+    plan = Plan.load(args.plan)
+    cfg = LaunchConfig(plan_path=args.plan, out=args.out or f"runs/{plan.id}", steps=args.steps,
+                       warmup=args.warmup, threads=args.threads, timeout_s=args.timeout_s, nnodes=args.nnodes,
+                       node_rank=args.node_rank, rdzv_endpoint=args.rdzv_endpoint, device=args.device,
+                       data=args.data, inject_fault=args.inject_fault, oversubscribe=args.oversubscribe)
+    if args.print_command:
+        print("torchrun: " + _join(torchrun_command(plan.world_size, cfg)))
+        print("srun:     " + _join(srun_command(plan.world_size, cfg)))
+        return 0
+    rc, summary = launch(args.plan, cfg)
+    if summary is not None:
+        m = summary.get("measured", {})
+        line = f"{summary['status']}: plan {summary['plan_id']} ({summary['parallel']})"
+        if m.get("step_time_s") is not None:
+            line += f", step {m['step_time_s']:.4f} s (p10 {m['step_time_s_p10']:.4f}, p90 {m['step_time_s_p90']:.4f})"
+            line += f", {m['tokens_per_s']:.0f} tokens/s"
+        if m.get("peak_memory_bytes") is not None:
+            line += f", peak {m['peak_memory_bytes'] / 2**20:.1f} MiB"
+        if summary.get("error"):
+            line += f"; error (rank {summary.get('rank')}): {summary['error']}"
+        print(line)
+        print(f"records: {Path(cfg.out) / 'records.jsonl'}  summary: {Path(cfg.out) / 'summary.json'}")
+    return rc

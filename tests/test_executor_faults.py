@@ -1,0 +1,60 @@
+"""A rank that raises, is killed, or runs out of memory ends the run within the timeout with a
+failed summary naming the rank, the records so far intact, and a non-zero exit."""
+import json
+import time
+
+import pytest
+
+from executor.testing import make_plan, tiny_spec
+from planner.commands.run import LaunchConfig, launch
+
+pytestmark = pytest.mark.distributed
+TIMEOUT_S = 20.0
+
+
+def _run(tmp_path, fault):
+    plan = make_plan(tiny_spec("gpt"), dp=2, global_batch=4)
+    path = plan.save(tmp_path / "plan.json")
+    out = tmp_path / "run"
+    cfg = LaunchConfig(plan_path=str(path), out=str(out), steps=5, warmup=1, timeout_s=TIMEOUT_S, device="cpu",
+                       inject_fault=fault)
+    start = time.monotonic()
+    rc, summary = launch(str(path), cfg, echo=None)
+    elapsed = time.monotonic() - start
+    lines = (out / "records.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines]  # every line intact
+    assert json.loads((out / "summary.json").read_text()) == summary
+    return rc, summary, records, elapsed, plan
+
+
+def _steps_before(records, step):
+    return {(r["rank"], r["step"]) for r in records if r["kind"] == "step" and r["step"] < step}
+
+
+def test_rank_raises(tmp_path):
+    rc, summary, records, elapsed, plan = _run(tmp_path, "raise:1:3")
+    assert rc == 1
+    assert summary["status"] == "failed" and summary["rank"] == 1
+    assert "injected fault" in summary["error"]
+    assert summary["plan_id"] == plan.id and not summary["oom"]
+    assert _steps_before(records, 3) == {(r, s) for r in (0, 1) for s in range(3)}
+    assert any(r["kind"] == "error" and r["rank"] == 1 for r in records)
+    assert elapsed < TIMEOUT_S + 30
+
+
+def test_rank_killed(tmp_path):
+    rc, summary, records, elapsed, _ = _run(tmp_path, "kill:1:2")
+    assert rc == 1
+    assert summary["status"] == "failed" and summary["rank"] == 1
+    assert "SIGKILL" in summary["error"], summary["error"]
+    assert summary["launcher"]["exit_code"] != 0
+    assert _steps_before(records, 2) == {(r, s) for r in (0, 1) for s in range(2)}
+    assert summary["measured"]["n_steps"] == 1  # step 1 was measured before the kill
+    assert elapsed < TIMEOUT_S + 30
+
+
+def test_out_of_memory_reported(tmp_path):
+    rc, summary, records, _, _ = _run(tmp_path, "oom:0:1")
+    assert rc == 1
+    assert summary["status"] == "failed" and summary["oom"] is True and summary["rank"] == 0
+    assert summary["error"].startswith("out of memory")

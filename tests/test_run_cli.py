@@ -1,0 +1,103 @@
+"""`clusterplan run`: refusal before launch, the printed torchrun/srun lines, torchrun failure
+parsing, and an end-to-end run that leaves records.jsonl and summary.json."""
+import json
+
+import pytest
+
+from executor.testing import make_plan, tiny_spec
+from planner.cli import main
+from planner.commands.run import LaunchConfig, check_machine, root_cause, srun_command, torchrun_command
+from planner.errors import InputError
+
+
+@pytest.fixture
+def plan_path(tmp_path):
+    return make_plan(tiny_spec("gpt"), dp=2, global_batch=4).save(tmp_path / "plan.json")
+
+
+def test_refuses_too_many_cpu_ranks(tmp_path, capsys):
+    big = make_plan(tiny_spec("gpt"), dp=64, global_batch=64).save(tmp_path / "big.json")
+    rc = main(["run", str(big), "--device", "cpu", "--out", str(tmp_path / "r")])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "world_size" in err and "usable cores" in err
+    assert not (tmp_path / "r").exists()  # refused before anything was launched or written
+
+
+def test_machine_limits():
+    cfg = LaunchConfig(plan_path="p", out="o", device="cpu")
+    assert check_machine(8, cfg, gpus=0, cores=2) == "cpu"
+    with pytest.raises(InputError, match="world_size"):
+        check_machine(9, cfg, gpus=0, cores=2)
+    with pytest.raises(InputError, match="threads"):
+        check_machine(4, LaunchConfig(plan_path="p", out="o", device="cpu", threads=4), gpus=0, cores=2)
+    assert check_machine(9, LaunchConfig(plan_path="p", out="o", device="cpu", oversubscribe=True), gpus=0, cores=2)
+    gpu = LaunchConfig(plan_path="p", out="o", device="auto")
+    assert check_machine(8, gpu, gpus=8) == "cuda"
+    with pytest.raises(InputError, match="GPUs"):
+        check_machine(16, gpu, gpus=8)
+    assert check_machine(16, LaunchConfig(plan_path="p", out="o", nnodes=2, rdzv_endpoint="h:1"), gpus=8) == "cuda"
+    with pytest.raises(InputError, match="nnodes"):
+        check_machine(6, LaunchConfig(plan_path="p", out="o", nnodes=4), gpus=8)
+
+
+def test_commands():
+    cfg = LaunchConfig(plan_path="plan.json", out="runs/x", steps=6, warmup=2)
+    cmd = torchrun_command(4, cfg, python="python")
+    assert cmd[:4] == ["python", "-m", "torch.distributed.run", "--standalone"]
+    assert cmd[cmd.index("--nproc-per-node") + 1] == "4"
+    assert cmd[cmd.index("-m", 3) + 1] == "executor" and "plan.json" in cmd
+    multi = LaunchConfig(plan_path="plan.json", out="o", nnodes=2, node_rank=1, rdzv_endpoint="head:29500")
+    cmd = torchrun_command(16, multi, python="python")
+    assert "--standalone" not in cmd
+    for flag, value in (("--nnodes", "2"), ("--node-rank", "1"), ("--rdzv-endpoint", "head:29500"),
+                        ("--nproc-per-node", "8")):
+        assert cmd[cmd.index(flag) + 1] == value
+    srun = srun_command(16, multi)
+    assert srun[0] == "srun" and "--nodes=2" in srun and "executor" in srun
+
+
+def test_print_command(plan_path, capsys):
+    assert main(["run", str(plan_path), "--print-command", "--steps", "6", "--out", "runs/x"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("torchrun: ") and "--nproc-per-node 2" in out[0] and "-m executor" in out[0]
+    assert out[1].startswith("srun: ") and "--steps 6" in out[1]
+
+
+def test_root_cause_parsing():
+    text = """
+Root Cause (first observed failure):
+[0]:
+  time      : 2026-01-01_00:00:00
+  host      : vm
+  rank      : 3 (local_rank: 3)
+  exitcode  : -9 (pid: 123)
+  error_file: <N/A>
+  traceback : Signal 9 (SIGKILL) received by PID 123
+"""
+    assert root_cause(text) == (3, -9)
+    assert root_cause("no failure here") == (None, None)
+
+
+@pytest.mark.distributed
+def test_end_to_end(plan_path, tmp_path, capsys):
+    out = tmp_path / "run"
+    rc = main(["run", str(plan_path), "--steps", "4", "--warmup", "1", "--out", str(out), "--device", "cpu"])
+    assert rc == 0
+    summary = json.loads((out / "summary.json").read_text())
+    records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
+    kinds = {(r["kind"], r["rank"]) for r in records}
+    for rank in (0, 1):
+        for kind in ("env", "step", "trace", "memory", "end"):
+            assert (kind, rank) in kinds
+    m = summary["measured"]
+    assert summary["status"] in ("ok", "contended")
+    assert m["n_steps"] == 3
+    assert m["step_time_s_p10"] <= m["step_time_s"] <= m["step_time_s_p90"]
+    assert m["tokens_per_s"] == pytest.approx(4 * 16 / m["step_time_s"])
+    assert m["peak_memory_bytes"] > 0 and m["peak_memory_source"] == "rss"
+    assert all(mem["params_bytes"] > 0 and mem["optimizer_bytes"] == 2 * mem["params_bytes"] for mem in m["memory"])
+    assert m["phases"]["forward_s"] > 0 and m["phases"]["backward_s"] > 0 and m["phases"]["optimizer_s"] > 0
+    assert set(summary["predicted"]) >= {"step_time_s", "peak_memory_bytes"}
+    assert summary["env"]["backend"] == "gloo" and summary["env"]["world_size"] == 2
+    assert "ok" in capsys.readouterr().out or summary["status"] == "contended"
