@@ -1,0 +1,111 @@
+"""Collective benchmarks on the process groups the executor uses (gloo on CPU).
+
+For each op, group size g and message size S (bytes of the full tensor: the all-reduce buffer,
+the all-gather output, the reduce-scatter input, the point-to-point message), every member times
+``inner`` back-to-back calls after a barrier; a sample is the slowest member's mean (a collective
+ends when its last rank does), and ``reps`` samples are kept. ``send_recv`` at g = 2 is a
+ping-pong (one-way time = round trip / 2); at g > 2 every member sends S to its successor and
+receives S from its predecessor at once (a pipeline's concurrent stage-to-stage transfers).
+"""
+from __future__ import annotations
+
+import statistics
+import time
+import warnings
+
+import torch
+import torch.distributed as dist
+
+OPS = ("all_reduce", "all_gather", "reduce_scatter", "send_recv")
+FULL_SIZES = tuple(4 ** i for i in range(1, 14))            # 4 B .. 64 MiB
+QUICK_SIZES = (4, 4096, 262144, 4 * 1024 ** 2, 16 * 1024 ** 2)
+
+warnings.filterwarnings("ignore", category=FutureWarning, module="torch.distributed")
+
+
+def _op_fn(op: str, size_bytes: int, group, g: int, rank_in_group: int, ranks: list[int]):
+    numel = max(1, size_bytes // 4)
+    numel = max(g, numel - numel % g) if op in ("all_gather", "reduce_scatter") else numel
+    if op == "all_reduce":
+        buf = torch.ones(numel)
+        return lambda: dist.all_reduce(buf, group=group)
+    if op == "all_gather":
+        shard = torch.ones(numel // g)
+        full = torch.empty(numel)
+        return lambda: dist.all_gather_into_tensor(full, shard, group=group)
+    if op == "reduce_scatter":
+        full = torch.ones(numel)
+        shard = torch.empty(numel // g)
+        return lambda: dist.reduce_scatter_tensor(shard, full, group=group)
+    if op == "send_recv":
+        send = torch.ones(numel)
+        recv = torch.empty(numel)
+        nxt, prv = ranks[(rank_in_group + 1) % g], ranks[(rank_in_group - 1) % g]
+        if g == 2:
+            peer = nxt
+            if rank_in_group == 0:
+                def ping():
+                    dist.send(send, peer, group=group)
+                    dist.recv(recv, peer, group=group)
+            else:
+                def ping():
+                    dist.recv(recv, peer, group=group)
+                    dist.send(send, peer, group=group)
+            return ping
+        def shift():
+            reqs = [dist.isend(send, nxt, group=group), dist.irecv(recv, prv, group=group)]
+            for r in reqs:
+                r.wait()
+        return shift
+    raise ValueError(op)
+
+
+def _per_call_times(fn, inner: int, group, reduce_op) -> list[float]:
+    """Time ``inner`` calls, each started right after a barrier, and combine each call's time over
+    the members with ``reduce_op`` (MIN: the last rank to arrive sees the collective's own time,
+    without the barrier-exit skew of the others)."""
+    times = []
+    for _ in range(inner):
+        dist.barrier(group=group)
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    buf = torch.tensor(times, dtype=torch.float64)
+    dist.all_reduce(buf, op=reduce_op, group=group)
+    return buf.tolist()
+
+
+def bench_group(group, ranks: list[int], *, sizes, reps: int, target_s: float = 0.15,
+                max_inner: int = 40) -> list[dict]:
+    """Time every op and size on ``group`` (called by its members only).
+
+    Calls are isolated (a barrier before each): gloo is several times slower for 1-256 KB messages
+    issued back to back than one at a time, and the executor's collectives are separated by
+    compute. A sample is the median over ``inner`` calls; ``reps`` samples are kept."""
+    g = len(ranks)
+    me = ranks.index(dist.get_rank())
+    out = []
+    for op in OPS:
+        ping_pong = op == "send_recv" and g == 2
+        reduce_op = dist.ReduceOp.MAX if ping_pong else dist.ReduceOp.MIN
+        seen = set()
+        for size in sizes:
+            numel = max(1, size // 4)
+            if op in ("all_gather", "reduce_scatter"):
+                numel = max(g, numel - numel % g)
+            if numel in seen:  # rounded up to one element per rank: already timed
+                continue
+            seen.add(numel)
+            fn = _op_fn(op, size, group, g, me, ranks)
+            first = _per_call_times(fn, 2, group, reduce_op)[-1]  # warm-up: connections, first touch
+            inner = max(3, min(max_inner, int(target_s / reps / max(first, 1e-7))))
+            box = torch.tensor([inner])  # every member must run the same count: take rank 0's
+            dist.broadcast(box, ranks[0], group=group)
+            inner = int(box.item())
+            times = []
+            for _ in range(reps):
+                calls = _per_call_times(fn, inner, group, reduce_op)
+                times.append(statistics.median(calls) / (2 if ping_pong else 1))
+            out.append({"op": op, "group_size": g, "bytes": numel * 4, "times_s": times,
+                        "median_s": statistics.median(times), "inner": inner})
+    return out

@@ -1,0 +1,752 @@
+"""Calibration: benchmark results -> hardware profile, and fitting a profile to measured runs.
+
+Torch-free. The benchmarks themselves live in :mod:`executor.bench` and run in a subprocess under
+torchrun (:func:`run_benchmarks`); :func:`build_profile` turns their JSON into a
+:class:`planner.hardware.NodeSpec` plus the comments that say what was measured, and
+:func:`profile_yaml` writes any NodeSpec back in the schema of ``hardware_profiles/`` (the
+calibrated CPU profile and the output of ``clusterplan fit`` use it).
+
+Models fitted here:
+
+* GEMM: rate = peak_dtype * matmul_efficiency(2*m*k*n) (roofline with an efficiency table, as
+  Calculon's system files do; Isaev et al., SC'23).
+* Memory-bound op: time = bytes_moved / (hbm_bandwidth * memory_bound_efficiency), bytes moved =
+  read + written (STREAM convention, McCalpin 1995).
+* Collective on n ranks (alpha-beta, Hockney 1994; ring bus-bandwidth correction of nccl-tests,
+  doc/PERFORMANCE.md): time(S) = latency + S_bus / bus_bandwidth with S_bus = 2(n-1)/n * S for
+  all-reduce, (n-1)/n * S for all-gather and reduce-scatter (S = the full tensor), S for
+  send/recv. Fitted by least squares on the relative residuals so that 4-byte and 64 MB
+  messages weigh alike.
+* Shared cores: a rank runs at rate_alone * min(1, host_cores / ranks_on_host).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import yaml
+
+from planner.errors import InputError, require
+from planner.hardware import (GB, GIB, MICRO, TERA, DeviceSpec, EfficiencyCurve, LinkSpec,
+                              MeasuredCollective, NodeSpec, PROFILES_DIR, parse_profile)
+from planner.io import atomic_write_text
+
+SCHEMA = "clusterplan-bench/1"  # executor.bench.SCHEMA (not imported: that package imports torch)
+DEFAULT_PROFILE_PATH = PROFILES_DIR / "local-cpu.yaml"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CONTENDED_CPU_RATIO = 0.8  # a rank that got less than this share of a core ran on a busy machine
+OVERHEAD_OPS = ("add", "mul", "gelu", "linear", "layernorm")
+
+
+# ----- alpha-beta fit ------------------------------------------------------------------------
+def bus_bytes(op: str, group_size: int, size_bytes: float) -> float:
+    """Ring-corrected bytes each rank moves (nccl-tests' bus-bandwidth convention)."""
+    n = group_size
+    if op == "all_reduce":
+        return 2.0 * (n - 1) / n * size_bytes
+    if op in ("all_gather", "reduce_scatter", "all_to_all"):
+        return (n - 1) / n * size_bytes
+    if op == "send_recv":
+        return float(size_bytes)
+    raise InputError("collectives.op", f"unknown op {op!r}")
+
+
+SMALL_MESSAGE_BYTES = 1024       # at or below: the time is the latency term
+LARGE_MESSAGE_BYTES = 1024 ** 2  # at or above: the bandwidth term dominates
+
+
+def fit_alpha_beta(bus_sizes: Iterable[float], times_s: Iterable[float],
+                   message_bytes: Iterable[float] | None = None) -> tuple[float, float]:
+    """(latency_s, bus_bandwidth_bytes_per_s) of time = a + S_bus / B.
+
+    With ``message_bytes`` (the raw sizes), the two regimes are fitted apart, as nccl-tests reads
+    latency off small messages and bus bandwidth off large ones: a = median time of messages
+    <= 1 KiB, then 1/B minimising sum(((a + S/B) - t) / t)^2 over messages >= 1 MiB (closed
+    form). gloo changes algorithm with the message size, so one line through all sizes would
+    trade the large-message bandwidth for the mid sizes. Without them (or when a regime has no
+    point): a >= 0 and 1/B > 0 minimising the relative residuals over all sizes (bounded linear
+    least squares)."""
+    from scipy.optimize import lsq_linear
+
+    s = np.asarray(list(bus_sizes), dtype=float)
+    t = np.asarray(list(times_s), dtype=float)
+    require(len(s) >= 2 and len(s) == len(t), "collectives", "need at least two sizes to fit")
+    require(bool(np.all(t > 0)), "collectives.times_s", "must be > 0")
+    if message_bytes is not None:
+        raw = np.asarray(list(message_bytes), dtype=float)
+        small, large = raw <= SMALL_MESSAGE_BYTES, raw >= LARGE_MESSAGE_BYTES
+        if small.any() and large.any():
+            latency = float(np.median(t[small]))
+            x = float(np.sum((s[large] / t[large]) * ((t[large] - latency) / t[large]))
+                      / np.sum((s[large] / t[large]) ** 2))
+            if x > 0:
+                return latency, 1.0 / x
+    a = np.stack([1.0 / t, s / t], axis=1)
+    res = lsq_linear(a, np.ones_like(t), bounds=([0.0, 1e-18], [np.inf, np.inf]))
+    latency, inv_bw = float(res.x[0]), float(res.x[1])
+    return latency, 1.0 / inv_bw
+
+
+# ----- results -> profile --------------------------------------------------------------------
+@dataclass(frozen=True)
+class Calibration:
+    """A calibrated profile: the NodeSpec, the comments that explain each number, warnings."""
+
+    node: NodeSpec
+    comments: dict[str, str]
+    header: tuple[str, ...]
+    warnings: tuple[str, ...]
+    contended: bool
+    summary: dict[str, Any]
+
+    def to_yaml(self) -> str:
+        return profile_yaml(self.node, header=self.header, comments=self.comments)
+
+
+def load_results(path: str | os.PathLike) -> dict:
+    path = Path(path)
+    if not path.exists():
+        raise InputError("results", f"{path} does not exist")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise InputError("results", f"{path} is not valid JSON ({err.msg})") from None
+    check_results(data)
+    return data
+
+
+def check_results(data: Any) -> None:
+    require(isinstance(data, dict), "results", "must be a JSON object")
+    require(data.get("schema") == SCHEMA, "results.schema", f"must be {SCHEMA!r}, got {data.get('schema')!r}")
+    for key in ("env", "matmul", "memory_bound", "overhead", "memory", "contention"):
+        require(key in data, f"results.{key}", "missing")
+    require(len(data["matmul"]) > 0, "results.matmul", "is empty")
+    require(len(data["memory_bound"]) > 0, "results.memory_bound", "is empty")
+
+
+def _efficiency_curve(rows: list[dict], peaks: dict[str, float]) -> tuple[EfficiencyCurve, dict]:
+    """Pool each GEMM's fraction of its dtype's peak, bin by half decades of FLOPs, take the
+    median per bin: the [flops, fraction] table of the profile."""
+    bins: dict[float, list[float]] = {}
+    per_dtype: dict[str, dict[float, list[float]]] = {}
+    for row in rows:
+        key = round(math.log10(row["flops"]) * 2) / 2
+        frac = min(1.0, row["flops_per_s"] / peaks[row["dtype"]])
+        bins.setdefault(key, []).append(frac)
+        per_dtype.setdefault(row["dtype"], {}).setdefault(key, []).append(frac)
+    points = tuple((10.0 ** k, float(statistics.median(v))) for k, v in sorted(bins.items()))
+    detail = {dt: [(10.0 ** k, statistics.median(v)) for k, v in sorted(b.items())] for dt, b in per_dtype.items()}
+    return EfficiencyCurve(points), detail
+
+
+def _fit_collectives(rows: list[dict]) -> tuple[list[MeasuredCollective], dict]:
+    groups: dict[tuple[str, int], list[dict]] = {}
+    for row in rows:
+        groups.setdefault((row["op"], int(row["group_size"])), []).append(row)
+    out, detail = [], {}
+    for (op, g), entries in sorted(groups.items()):
+        entries.sort(key=lambda r: r["bytes"])
+        sbus = [bus_bytes(op, g, r["bytes"]) for r in entries]
+        times = [r["median_s"] for r in entries]
+        latency, bw = fit_alpha_beta(sbus, times, [r["bytes"] for r in entries])
+        model = [latency + s / bw for s in sbus]
+        worst = max(abs(m - t) / t for m, t in zip(model, times))
+        out.append(MeasuredCollective(op=op, group_size=g, latency_s=latency, bus_bandwidth_bytes_per_s=bw))
+        small = entries[0]
+        large = entries[-1]
+        detail[(op, g)] = {
+            "worst_fit_error": worst,
+            "small": (small["bytes"], small["median_s"]),
+            "large": (large["bytes"], large["median_s"], bus_bytes(op, g, large["bytes"]) / large["median_s"]),
+            "sizes": len(entries),
+        }
+    return out, detail
+
+
+def _contention(rows: list[dict], affinity_cores: int) -> tuple[int, list[str], list[str]]:
+    """host_cores = effective cores (total GEMM rate of k concurrent ranks / one rank's rate,
+    maximised over k), and the check of rate*min(1, cores/k) against each k. A run where a rank got
+    less than 0.8 of its fair share of the ``affinity_cores`` is contended; if any is, the
+    scheduler's core count is used instead of the contaminated estimate."""
+    alone = next((r for r in rows if r["ranks"] == 1), None)
+    require(alone is not None and alone["per_rank"], "results.contention", "needs the 1-rank run")
+    rate1 = alone["per_rank"][0]["flops_per_s"]
+    cores = max(1, affinity_cores)
+    effective = max(sum(p["flops_per_s"] for p in r["per_rank"]) / rate1 for r in rows)
+    warnings = []
+    for r in sorted(rows, key=lambda r: r["ranks"]):
+        k = r["ranks"]
+        share = min(1.0, cores / k)
+        worst = min(p["cpu_ratio"] for p in r["per_rank"])
+        if worst < CONTENDED_CPU_RATIO * share:
+            warnings.append(f"contention bench with {k} rank(s): a rank got {worst:.2f} of a core "
+                            f"(fair share {share:.2f}) after {r.get('attempts', 1)} attempt(s)")
+    host_cores = max(1, min(int(round(effective)), cores))
+    if warnings and host_cores != cores:
+        warnings.append(f"measured {effective:.2f} effective cores on a busy machine: using the "
+                        f"{cores} cores the scheduler gives this process")
+        host_cores = cores
+    lines = [f"effective cores measured: {effective:.2f} (affinity {cores}) -> host_cores {host_cores}"]
+    for r in sorted(rows, key=lambda r: r["ranks"]):
+        k = r["ranks"]
+        rates = [p["flops_per_s"] for p in r["per_rank"]]
+        ratios = [p["cpu_ratio"] for p in r["per_rank"]]
+        model = rate1 * min(1.0, host_cores / k)
+        err = (statistics.median(rates) - model) / model
+        lines.append(f"{k} rank(s): per-rank {statistics.median(rates) / 1e9:.1f} GFLOP/s "
+                     f"(min {min(rates) / 1e9:.1f}), cpu share {min(ratios):.2f}-{max(ratios):.2f}; "
+                     f"model rate*min(1,{host_cores}/{k}) = {model / 1e9:.1f} ({err * 100:+.1f}%)")
+    return host_cores, lines, warnings
+
+
+def build_profile(results: dict, *, name: str = "local-cpu", gpus_per_node: int | None = None) -> Calibration:
+    """Turn benchmark results (``python -m executor.bench`` JSON) into a CPU hardware profile.
+
+    gpus_per_node: ranks per "node" (default: the effective host cores, so every rank has a core;
+    ``predict --gpus-per-node`` overrides it)."""
+    check_results(results)
+    env = results["env"]
+    warnings: list[str] = []
+
+    # GEMMs
+    mm = results["matmul"]
+    peaks = {}
+    for dtype in sorted({r["dtype"] for r in mm}):
+        peaks[dtype] = max(r["flops_per_s"] for r in mm if r["dtype"] == dtype)
+    low = [r for r in mm if r["cpu_ratio"] < CONTENDED_CPU_RATIO]
+    clean_mm = [r for r in mm if r["cpu_ratio"] >= CONTENDED_CPU_RATIO]
+    curve, curve_detail = _efficiency_curve(clean_mm or mm, peaks)
+    if low:
+        warnings.append(f"{len(low)} of {len(mm)} GEMM measurements got < {CONTENDED_CPU_RATIO} of a core"
+                        + (" (left out of the efficiency curve)" if clean_mm else ""))
+
+    # memory-bound ops
+    mb_all = results["memory_bound"]
+    low = [r for r in mb_all if r["cpu_ratio"] < CONTENDED_CPU_RATIO]
+    mb = [r for r in mb_all if r["cpu_ratio"] >= CONTENDED_CPU_RATIO] or mb_all
+    bw_peak = max(r["bytes_per_s"] for r in mb_all)
+    mb_eff = statistics.median(r["bytes_per_s"] / bw_peak for r in mb)
+    per_op: dict[tuple[str, str], list[float]] = {}
+    for r in mb:
+        per_op.setdefault((r["op"], r["dtype"]), []).append(r["bytes_per_s"])
+    if low:
+        warnings.append(f"{len(low)} of {len(mb_all)} memory-bound measurements got < {CONTENDED_CPU_RATIO} "
+                        f"of a core" + (" (left out of the efficiency)" if len(mb) < len(mb_all) else ""))
+
+    # per-op overhead
+    ov = {r["op"]: r["median_s"] for r in results["overhead"]}
+    simple = [ov[o] for o in OVERHEAD_OPS if o in ov]
+    require(bool(simple), "results.overhead", f"needs at least one of {OVERHEAD_OPS}")
+    kernel_overhead = statistics.median(simple)
+
+    # memory
+    mem = results["memory"]
+    reserved = max(0, mem["rss_after_warmup_bytes"] - mem["rss_after_init_bytes"])
+    alloc = mem["allocator"]
+    frag = max(0.0, min(0.5, alloc["rss_growth_bytes"] / alloc["peak_live_bytes"] - 1.0))
+
+    # cores
+    host_cores, contention_lines, contention_warn = _contention(results["contention"], env.get("affinity_cores", 1))
+    warnings += contention_warn
+    ranks = gpus_per_node or host_cores
+    hbm_bytes = env["mem_total_bytes"] / ranks
+
+    # collectives and links
+    coll_rows = results.get("collectives") or []
+    collectives, coll_detail = _fit_collectives(coll_rows) if coll_rows else ([], {})
+    p2p = next((c for c in collectives if c.op == "send_recv" and c.group_size == 2), None)
+    if p2p is None:
+        require(False, "results.collectives", "needs send_recv on 2 ranks (run with --nproc >= 2)")
+    ratios = [c.bus_bandwidth_bytes_per_s / p2p.bus_bandwidth_bytes_per_s
+              for c in collectives if c.op != "send_recv" and c.group_size == 2]
+    bus_eff = min(1.0, max(1e-3, statistics.median(ratios))) if ratios else 1.0
+    link = LinkSpec(bandwidth_bytes_per_s=p2p.bus_bandwidth_bytes_per_s, latency_s=p2p.latency_s,
+                    bus_efficiency=bus_eff)
+
+    contended = bool(warnings)
+    measured_on = (f"host={env['hostname']}; cpu={env['cpu_model']}; cores={env['cpu_count']} "
+                   f"(affinity {env.get('affinity_cores')}); torch={env['torch_version']}; "
+                   f"date={env['date']}; ranks={env['world_size']}; threads/rank={env['threads_per_rank']}"
+                   f"{'; quick' if results.get('quick') else ''}")
+    device = DeviceSpec(
+        name=f"cpu-rank ({env['cpu_model']}, 1 thread)",
+        peak_flops_per_s=tuple((dt, peaks[dt]) for dt in ("fp32", "tf32", "bf16", "fp16", "fp8") if dt in peaks),
+        hbm_bytes=hbm_bytes,
+        hbm_bandwidth_bytes_per_s=bw_peak,
+        matmul_efficiency=curve,
+        memory_bound_efficiency=mb_eff,
+        kernel_overhead_s=kernel_overhead,
+        reserved_bytes=float(reserved),
+        fragmentation_fraction=frag,
+        host_cores=host_cores,
+    )
+    node = NodeSpec(
+        name=name,
+        description=f"This machine's CPU, one thread per rank, gloo over loopback ({env['hostname']})",
+        device=device, gpus_per_node=ranks, intra_node=link, inter_node=link,
+        collectives=tuple(collectives), measured_on=measured_on,
+    )
+
+    reps = results.get("reps", 5)
+    comments = {
+        "peak_tflops.fp32": "best sustained single-thread GEMM rate over the transformer shapes (median of "
+                            f"{reps} samples each)",
+        "peak_tflops.bf16": "same, bf16",
+        "hbm_gib": f"host MemTotal {env['mem_total_bytes'] / GIB:.1f} GiB shared by {ranks} ranks",
+        "hbm_bandwidth_gb_s": "best elementwise/normalisation rate (bytes read + written) on 1-64 MB tensors",
+        "memory_bound_efficiency": "median rate / best over add, mul, gelu, layernorm x sizes x dtypes",
+        "kernel_overhead_us": "median eager op time on 8-element tensors (" +
+                              ", ".join(f"{o} {ov[o] / MICRO:.2f}" for o in OVERHEAD_OPS if o in ov) + " us)",
+        "reserved_gib": (f"RSS growth from after init_process_group to after a first GEMM + backward + "
+                         f"all_reduce ({reserved / 2**20:.1f} MiB); see the header"),
+        "fragmentation_fraction": (f"RSS high-water growth / peak live tensor bytes - 1 for an activation-like "
+                                   f"alloc/free pattern ({alloc['rss_growth_bytes'] / 2**20:.0f} MiB for "
+                                   f"{alloc['peak_live_bytes'] / 2**20:.0f} MiB live), clipped to [0, 0.5]"),
+        "host_cores": "effective cores from the contention bench (total rate of k ranks / 1 rank)",
+        "gpus_per_node": "default rank count: one rank per effective core (predict --gpus-per-node overrides)",
+        "intra_node": "send/recv ping-pong fit on 2 ranks; bus_efficiency = median collective busbw / p2p bw",
+        "inter_node": "one host: same as intra_node",
+        "matmul_efficiency": "pooled fp32+bf16 fraction of each dtype's peak, median per half decade of FLOPs",
+    }
+    header = [
+        f"Calibrated by `clusterplan calibrate{' --quick' if results.get('quick') else ''} --nproc "
+        f"{env['world_size']}` on {env['hostname']} ({env['cpu_model']}, {env['cpu_count']} cores), "
+        f"torch {env['torch_version']}, {env['date']}.",
+        "Regenerate: .venv/bin/clusterplan calibrate   (numbers are medians of repeated samples)",
+        f"contended: {'true' if contended else 'false'}"
+        + ("" if not warnings else "  (" + "; ".join(warnings) + ")"),
+        "",
+        "One 'device' is one CPU rank with one intra-op thread. Memory: the executor reports peak memory",
+        "as RSS high-water minus the rank's baseline RSS (taken after import torch + gloo init), so the",
+        "torch runtime itself is not counted. reserved_gib is therefore only what a training step adds",
+        "on top of that baseline besides tensors (autograd engine, gloo/GEMM buffers). For reference:",
+        f"  RSS before torch {mem['rss_before_torch_bytes'] / 2**20:.0f} MiB, after import torch "
+        f"{mem['rss_after_import_torch_bytes'] / 2**20:.0f} MiB, after gloo init "
+        f"{mem['rss_after_init_bytes'] / 2**20:.0f} MiB, after a warm-up step "
+        f"{mem['rss_after_warmup_bytes'] / 2**20:.0f} MiB.",
+        "",
+        "Compute rate when ranks share cores (fp32 GEMM 1024x512x2048 on k concurrent ranks):",
+        *[f"  {line}" for line in contention_lines],
+        "",
+        "GEMM efficiency per dtype (FLOPs: fraction of that dtype's peak):",
+        *[f"  {dt}: " + ", ".join(f"{f:.0e}: {e:.2f}" for f, e in pts) for dt, pts in sorted(curve_detail.items())],
+        "",
+        "Memory-bound rates, GB/s (median over sizes): " + ", ".join(
+            f"{op}/{dt} {statistics.median(v) / GB:.1f}" for (op, dt), v in sorted(per_op.items())),
+        "",
+        "Collectives: time = latency + S_bus / bus_bandwidth (S_bus ring-corrected): latency = median time of",
+        "messages <= 1 KiB, bandwidth fitted on relative error over messages >= 1 MiB (mid sizes are where gloo",
+        "switches algorithms: the worst error below is over all sizes). Calls are timed one at a time (gloo",
+        "is several times slower for 1-256 KB messages issued back to back).",
+        "send_recv on 2 ranks is a ping-pong (one-way time); on g > 2 ranks a concurrent ring shift.",
+        *[f"  {op} n={g}: {d['sizes']} sizes, {d['small'][0]} B {d['small'][1] / MICRO:.0f} us, "
+          f"{d['large'][0] / 2**20:.0f} MiB {d['large'][1] * 1e3:.1f} ms ({d['large'][2] / GB:.2f} GB/s bus), "
+          f"worst fit error {d['worst_fit_error'] * 100:.0f}%" for (op, g), d in sorted(coll_detail.items())],
+    ]
+    summary = {
+        "peak_gflops_per_s": {dt: p / 1e9 for dt, p in peaks.items()},
+        "hbm_bandwidth_gb_s": bw_peak / GB,
+        "memory_bound_efficiency": mb_eff,
+        "kernel_overhead_us": kernel_overhead / MICRO,
+        "reserved_mib": reserved / 2**20,
+        "fragmentation_fraction": frag,
+        "host_cores": host_cores,
+        "gpus_per_node": ranks,
+        "collectives": [{"op": c.op, "group_size": c.group_size, "latency_us": c.latency_s / MICRO,
+                         "bus_bandwidth_gb_s": c.bus_bandwidth_bytes_per_s / GB} for c in collectives],
+        "contention": contention_lines,
+        "warnings": warnings,
+        "bench_wall_s": results.get("bench_wall_s"),
+    }
+    return Calibration(node=node, comments=comments, header=tuple(header), warnings=tuple(warnings),
+                       contended=contended, summary=summary)
+
+
+# ----- NodeSpec -> YAML ----------------------------------------------------------------------
+def _num(x: float) -> str:
+    """A YAML float literal PyYAML reads back as a float (needs a '.', signed exponent)."""
+    x = float(x)
+    if x == 0:
+        return "0.0"
+    if 1e-3 <= abs(x) < 1e5:
+        text = f"{x:.6g}"
+        if "e" not in text:
+            return text if "." in text else text + ".0"
+    mant, exp = f"{x:.5e}".split("e")
+    return f"{mant}e{int(exp):+03d}"
+
+
+def _line(indent: int, key: str, value: str, comments: dict[str, str], ckey: str | None = None) -> str:
+    comment = comments.get(ckey or key)
+    text = f"{'  ' * indent}{key}: {value}"
+    return f"{text}  # {comment}" if comment else text
+
+
+def profile_yaml(node: NodeSpec, *, header: Iterable[str] = (), comments: dict[str, str] | None = None) -> str:
+    """Serialise a NodeSpec in the ``hardware_profiles/`` schema (readable units), with comments.
+    The text is checked to parse back (:func:`planner.hardware.parse_profile`) to the same node."""
+    c = comments or {}
+    d = node.device
+    out = [f"# {h}" if h else "#" for h in header]
+    out.append(f"name: {json.dumps(node.name)}")
+    out.append(f"description: {json.dumps(node.description)}")
+    if node.measured_on:
+        out.append(f"measured_on: {json.dumps(node.measured_on)}")
+    out.append("device:")
+    out.append(f"  name: {json.dumps(d.name)}")
+    out.append("  peak_tflops:")
+    for dtype, flops in d.peak_flops_per_s:
+        out.append(_line(2, dtype, _num(flops / TERA), c, f"peak_tflops.{dtype}"))
+    out.append(_line(1, "hbm_gib", _num(d.hbm_bytes / GIB), c))
+    out.append(_line(1, "hbm_bandwidth_gb_s", _num(d.hbm_bandwidth_bytes_per_s / GB), c))
+    if "matmul_efficiency" in c:
+        out.append(f"  # matmul_efficiency: {c['matmul_efficiency']}")
+    pts = ", ".join(f"[{_num(s)}, {_num(e)}]" for s, e in d.matmul_efficiency.points)
+    out.append(f"  matmul_efficiency: [{pts}]")
+    out.append(_line(1, "memory_bound_efficiency", _num(d.memory_bound_efficiency), c))
+    out.append(_line(1, "kernel_overhead_us", _num(d.kernel_overhead_s / MICRO), c))
+    out.append(_line(1, "reserved_gib", _num(d.reserved_bytes / GIB), c))
+    out.append(_line(1, "fragmentation_fraction", _num(d.fragmentation_fraction), c))
+    if d.host_cores:
+        out.append(_line(1, "host_cores", str(int(d.host_cores)), c))
+    out.append("node:")
+    out.append(_line(1, "gpus_per_node", str(int(node.gpus_per_node)), c))
+    for key, link in (("intra_node", node.intra_node), ("inter_node", node.inter_node)):
+        out.append(_line(1, key, "", c).replace(": ", ":", 1) if key in c else f"  {key}:")
+        out.append(f"    bandwidth_gb_s: {_num(link.bandwidth_bytes_per_s / GB)}")
+        out.append(f"    latency_us: {_num(link.latency_s / MICRO)}")
+        out.append(f"    bus_efficiency: {_num(link.bus_efficiency)}")
+    if node.collectives:
+        out.append("collectives:  # measured: time = latency + S_bus / bus_bandwidth")
+        for m in node.collectives:
+            out.append(f"  - {{op: {m.op}, group_size: {m.group_size}, latency_us: {_num(m.latency_s / MICRO)}, "
+                       f"bus_bandwidth_gb_s: {_num(m.bus_bandwidth_bytes_per_s / GB)}}}")
+    text = "\n".join(out) + "\n"
+    back = parse_profile(yaml.safe_load(text), source="generated profile")
+    _check_round_trip(node, back)
+    return text
+
+
+def _close(a: float, b: float) -> bool:
+    return math.isclose(a, b, rel_tol=1e-4, abs_tol=1e-15)
+
+
+def _check_round_trip(node: NodeSpec, back: NodeSpec) -> None:
+    d, e = node.device, back.device
+    pairs = [(d.hbm_bytes, e.hbm_bytes), (d.hbm_bandwidth_bytes_per_s, e.hbm_bandwidth_bytes_per_s),
+             (d.memory_bound_efficiency, e.memory_bound_efficiency), (d.kernel_overhead_s, e.kernel_overhead_s),
+             (d.reserved_bytes, e.reserved_bytes), (d.fragmentation_fraction, e.fragmentation_fraction),
+             (node.intra_node.bandwidth_bytes_per_s, back.intra_node.bandwidth_bytes_per_s)]
+    pairs += list(zip([f for _, f in d.peak_flops_per_s], [f for _, f in e.peak_flops_per_s]))
+    pairs += [(m.bus_bandwidth_bytes_per_s, n.bus_bandwidth_bytes_per_s) for m, n in zip(node.collectives, back.collectives)]
+    if not all(_close(a, b) for a, b in pairs) or len(node.collectives) != len(back.collectives):
+        raise AssertionError("profile_yaml: the written profile does not read back to the same numbers")
+
+
+def write_profile(node_or_calibration: NodeSpec | Calibration, path: str | os.PathLike, *,
+                  header: Iterable[str] = (), comments: dict[str, str] | None = None) -> Path:
+    """Write a profile YAML atomically (validated before the rename)."""
+    if isinstance(node_or_calibration, Calibration):
+        text = node_or_calibration.to_yaml()
+    else:
+        text = profile_yaml(node_or_calibration, header=header, comments=comments)
+    return atomic_write_text(path, text)
+
+
+# ----- running the benchmarks ----------------------------------------------------------------
+def bench_command(nproc: int, out_json: str | os.PathLike, *, quick: bool, parts: str | None = None) -> list[str]:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
+           "-m", "executor.bench", "--out", str(out_json)]
+    if quick:
+        cmd.append("--quick")
+    if parts:
+        cmd += ["--parts", parts]
+    return cmd
+
+
+def run_benchmarks(nproc: int = 4, *, quick: bool = False, timeout_s: float | None = None,
+                   progress=None) -> dict:
+    """Run ``executor.bench`` under torchrun in a subprocess; return its results (parsed JSON).
+    ``progress`` (callable taking a line) receives the benchmark's progress lines."""
+    require(isinstance(nproc, int) and nproc >= 2, "nproc", f"must be an integer >= 2, got {nproc!r}")
+    timeout_s = timeout_s or (120.0 if quick else 1200.0)
+    tmpdir = tempfile.mkdtemp(prefix="clusterplan-bench-")
+    out_json = Path(tmpdir) / "results.json"
+    env = dict(os.environ)
+    env["OMP_NUM_THREADS"] = "1"
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    env["PYTHONWARNINGS"] = "ignore::FutureWarning"
+    cmd = bench_command(nproc, out_json, quick=quick)
+    tail: list[str] = []
+    try:
+        proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, start_new_session=True)
+        try:
+            import threading
+
+            def pump():
+                for line in proc.stdout:
+                    line = line.rstrip("\n")
+                    tail.append(line)
+                    del tail[:-40]
+                    if line.startswith("[bench]") and progress:
+                        progress(line[len("[bench] "):])
+
+            reader = threading.Thread(target=pump, daemon=True)
+            reader.start()
+            rc = proc.wait(timeout=timeout_s)
+            reader.join(timeout=5)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 9)
+            proc.wait()
+            raise InputError("calibrate", f"benchmarks did not finish within {timeout_s:.0f} s") from None
+        if rc != 0 or not out_json.exists():
+            detail = " | ".join(l for l in tail[-6:] if l.strip())
+            raise InputError("calibrate", f"benchmark run failed (exit {rc}): {detail[-400:]}")
+        return load_results(out_json)
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+def calibrate(nproc: int = 4, *, quick: bool = False, out: str | os.PathLike | None = DEFAULT_PROFILE_PATH,
+              results_path: str | os.PathLike | None = None, save_results: str | os.PathLike | None = None,
+              name: str = "local-cpu", gpus_per_node: int | None = None, progress=None) -> Calibration:
+    """Measure this machine (or read recorded results) and write the profile (``out``; None: don't)."""
+    results = load_results(results_path) if results_path else run_benchmarks(nproc, quick=quick, progress=progress)
+    if save_results:
+        atomic_write_text(save_results, json.dumps(results, indent=1, sort_keys=True) + "\n")
+    cal = build_profile(results, name=name, gpus_per_node=gpus_per_node)
+    if out is not None:
+        write_profile(cal, out)
+    return cal
+
+
+# ----- fitting a profile to measured runs ----------------------------------------------------
+# Physical parameters, each applied to a NodeSpec by :func:`apply_params`:
+#   compute_scale          x peak FLOP/s of every dtype (= a uniform matmul-efficiency scale)
+#   kernel_overhead_s      per-op framework overhead (seconds)
+#   memory_bound_efficiency  fraction of the memory bandwidth elementwise ops reach
+#   latency_scale          x every collective / link latency
+#   bandwidth_scale        x every collective bus bandwidth / link bandwidth
+FIT_PARAMS = ("compute_scale", "kernel_overhead_s", "memory_bound_efficiency", "latency_scale",
+              "bandwidth_scale")
+_LOG_PARAMS = {"compute_scale", "latency_scale", "bandwidth_scale"}
+_BOUNDS = {"compute_scale": (0.2, 5.0), "kernel_overhead_s": (0.0, 1e-3), "memory_bound_efficiency": (0.01, 1.0),
+           "latency_scale": (0.05, 20.0), "bandwidth_scale": (0.05, 20.0)}
+_UNIT = {"kernel_overhead_s": 1e-6}  # optimise the overhead in microseconds (conditioning)
+
+
+def base_params(node: NodeSpec) -> dict[str, float]:
+    """The parameter values of ``node`` itself (scales 1)."""
+    return {"compute_scale": 1.0, "kernel_overhead_s": node.device.kernel_overhead_s,
+            "memory_bound_efficiency": node.device.memory_bound_efficiency,
+            "latency_scale": 1.0, "bandwidth_scale": 1.0}
+
+
+def apply_params(node: NodeSpec, params: dict[str, float]) -> NodeSpec:
+    """A copy of ``node`` with the given physical parameters (missing ones unchanged);
+    frozen specs are copied with ``dataclasses.replace``."""
+    unknown = sorted(set(params) - set(FIT_PARAMS))
+    require(not unknown, "params", f"unknown parameter {unknown[:1]} (allowed: {', '.join(FIT_PARAMS)})")
+    p = {**base_params(node), **params}
+    d = node.device
+    device = dataclasses.replace(
+        d,
+        peak_flops_per_s=tuple((dt, f * p["compute_scale"]) for dt, f in d.peak_flops_per_s),
+        kernel_overhead_s=p["kernel_overhead_s"],
+        memory_bound_efficiency=min(1.0, p["memory_bound_efficiency"]),
+    )
+    ls, bs = p["latency_scale"], p["bandwidth_scale"]
+
+    def link(l: LinkSpec) -> LinkSpec:
+        return dataclasses.replace(l, latency_s=l.latency_s * ls, bandwidth_bytes_per_s=l.bandwidth_bytes_per_s * bs)
+
+    colls = tuple(dataclasses.replace(c, latency_s=c.latency_s * ls,
+                                      bus_bandwidth_bytes_per_s=c.bus_bandwidth_bytes_per_s * bs)
+                  for c in node.collectives)
+    return dataclasses.replace(node, device=device, intra_node=link(node.intra_node),
+                               inter_node=link(node.inter_node), collectives=colls)
+
+
+@dataclass(frozen=True)
+class MeasuredRun:
+    """A plan and its measured median step time (seconds)."""
+
+    run_dir: str
+    plan: Any  # planner.plan.Plan
+    measured_step_time_s: float
+
+
+def find_plan(run_dir: str | os.PathLike, summary: dict, extra_plans: Iterable[str | os.PathLike] = ()):
+    """The Plan of a run: ``RUN_DIR/plan.json``, a ``plan`` object inside summary.json, a plan file
+    named on the launcher's command line, or one of ``extra_plans`` whose id matches."""
+    from planner.plan import Plan
+
+    run_dir = Path(run_dir)
+    want = summary.get("plan_id")
+    candidates: list[Any] = []
+    if (run_dir / "plan.json").exists():
+        candidates.append(run_dir / "plan.json")
+    if isinstance(summary.get("plan"), dict):
+        candidates.append(summary["plan"])
+    for arg in (summary.get("launcher") or {}).get("command") or []:
+        if isinstance(arg, str) and arg.endswith(".json") and Path(arg).exists():
+            candidates.append(Path(arg))
+    candidates += [Path(p) for p in extra_plans]
+    for cand in candidates:
+        try:
+            plan = Plan.from_dict(cand) if isinstance(cand, dict) else Plan.load(cand)
+        except InputError:
+            continue
+        if not want or plan.id == want:
+            return plan
+    raise InputError("run_dir", f"{run_dir}: no plan with id {want} (looked for plan.json, summary.plan, "
+                                f"the launcher's plan file{', --plan files' if extra_plans else ''})")
+
+
+def load_measured_runs(run_dirs: Iterable[str | os.PathLike],
+                       extra_plans: Iterable[str | os.PathLike] = ()) -> tuple[list[MeasuredRun], list[str]]:
+    """Runs usable for fitting (status ok, a measured step time, a plan), and the skipped ones
+    with the reason."""
+    runs, skipped = [], []
+    extra_plans = list(extra_plans)
+    for d in run_dirs:
+        path = Path(d) / "summary.json"
+        if not path.exists():
+            raise InputError("run_dir", f"{d} has no summary.json")
+        try:
+            summary = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise InputError("run_dir", f"{path} is not valid JSON ({err.msg})") from None
+        status = summary.get("status")
+        step = (summary.get("measured") or {}).get("step_time_s")
+        if status != "ok" or not isinstance(step, (int, float)) or step <= 0:
+            skipped.append(f"{d}: status {status}, measured step time {step}")
+            continue
+        runs.append(MeasuredRun(str(d), find_plan(d, summary, extra_plans), float(step)))
+    return runs, skipped
+
+
+def predict_step_time(plan, node: NodeSpec) -> float:
+    """Step time of ``plan`` on ``node`` (the plan's node count and ranks per node)."""
+    from planner.cost.step import predict
+    from planner.hardware import ClusterSpec
+
+    cluster = ClusterSpec.homogeneous(node.with_gpus_per_node(plan.gpus_per_node), plan.n_nodes)
+    return predict(plan.model, cluster, plan.parallel).step_time_s
+
+
+@dataclass(frozen=True)
+class FitResult:
+    """Fitted parameters, the fitted profile and its errors (percent, (pred - meas) / meas)."""
+
+    params: dict[str, float]
+    initial: dict[str, float]
+    node: NodeSpec
+    run_dirs: tuple[str, ...]
+    errors_before_pct: tuple[float, ...]
+    errors_after_pct: tuple[float, ...]
+    loo_errors_pct: tuple[float | None, ...]
+    success: bool
+    message: str
+    skipped: tuple[str, ...] = ()
+
+    @staticmethod
+    def _stats(errs) -> dict:
+        vals = [abs(e) for e in errs if e is not None]
+        return {"median_abs_error_pct": statistics.median(vals) if vals else None,
+                "max_abs_error_pct": max(vals) if vals else None}
+
+    def to_dict(self) -> dict:
+        return {
+            "params": self.params, "initial": self.initial, "success": self.success, "message": self.message,
+            "runs": [{"run_dir": r, "error_before_pct": b, "error_after_pct": a, "loo_error_pct": l}
+                     for r, b, a, l in zip(self.run_dirs, self.errors_before_pct, self.errors_after_pct,
+                                           self.loo_errors_pct)],
+            "before": self._stats(self.errors_before_pct), "in_sample": self._stats(self.errors_after_pct),
+            "leave_one_out": self._stats(self.loo_errors_pct), "skipped": list(self.skipped),
+        }
+
+
+def _to_x(name: str, value: float) -> float:
+    return math.log(value) if name in _LOG_PARAMS else value / _UNIT.get(name, 1.0)
+
+
+def _from_x(name: str, x: float) -> float:
+    return math.exp(x) if name in _LOG_PARAMS else x * _UNIT.get(name, 1.0)
+
+
+def _solve(runs: list[MeasuredRun], base: NodeSpec, names: tuple[str, ...]):
+    from scipy.optimize import least_squares
+
+    start = base_params(base)
+    lo = np.array([_to_x(n, max(_BOUNDS[n][0], 1e-12) if n in _LOG_PARAMS else _BOUNDS[n][0]) for n in names])
+    hi = np.array([_to_x(n, _BOUNDS[n][1]) for n in names])
+    x0 = np.clip(np.array([_to_x(n, start[n]) for n in names]), lo + 1e-9, hi - 1e-9)
+
+    def residuals(x):
+        node = apply_params(base, {n: _from_x(n, v) for n, v in zip(names, x)})
+        return np.array([predict_step_time(r.plan, node) / r.measured_step_time_s - 1.0 for r in runs])
+
+    res = least_squares(residuals, x0, bounds=(lo, hi), method="trf", diff_step=1e-4, xtol=1e-10,
+                        ftol=1e-12, gtol=1e-12, max_nfev=200 * (len(names) + 1))
+    fitted = {n: float(_from_x(n, float(v))) for n, v in zip(names, res.x)}
+    return fitted, bool(res.success), str(res.message)
+
+
+def fit_profile(runs: list[MeasuredRun], base: NodeSpec, *, params: Iterable[str] = FIT_PARAMS,
+                loo: bool = True, skipped: Iterable[str] = ()) -> FitResult:
+    """Fit the physical parameters of ``base`` to measured step times (bounded least squares on
+    relative errors, scipy.optimize.least_squares 'trf'), with leave-one-out errors."""
+    names = tuple(params)
+    for n in names:
+        require(n in FIT_PARAMS, "params", f"unknown parameter {n!r} (allowed: {', '.join(FIT_PARAMS)})")
+    require(len(names) >= 1, "params", "name at least one parameter")
+    require(len(runs) >= 1, "run_dir", "no usable run (status ok with a measured step time)")
+    fitted, ok, msg = _solve(runs, base, names)
+    node = apply_params(base, fitted)
+    before = tuple(100.0 * (predict_step_time(r.plan, base) / r.measured_step_time_s - 1) for r in runs)
+    after = tuple(100.0 * (predict_step_time(r.plan, node) / r.measured_step_time_s - 1) for r in runs)
+    loo_errs: list[float | None] = []
+    for i, r in enumerate(runs):
+        rest = runs[:i] + runs[i + 1:]
+        if not loo or not rest:
+            loo_errs.append(None)
+            continue
+        p_i, _, _ = _solve(rest, base, names)
+        loo_errs.append(100.0 * (predict_step_time(r.plan, apply_params(base, p_i)) / r.measured_step_time_s - 1))
+    initial = {n: base_params(base)[n] for n in names}
+    return FitResult(params=fitted, initial=initial, node=node, run_dirs=tuple(r.run_dir for r in runs),
+                     errors_before_pct=before, errors_after_pct=after, loo_errors_pct=tuple(loo_errs),
+                     success=ok, message=msg, skipped=tuple(skipped))
+
+
+def fitted_profile_yaml(result: FitResult, *, base_source: str, name: str | None = None) -> str:
+    node = dataclasses.replace(result.node, name=name) if name else result.node
+    d = result.to_dict()
+
+    def pct(x):
+        return "n/a" if x is None else f"{x:.1f}%"
+
+    header = [
+        f"Fitted by `clusterplan fit` from {base_source} on {len(result.run_dirs)} measured run(s).",
+        "Parameters (scipy.optimize.least_squares, bounded, on relative step-time errors):",
+        *[f"  {k}: {result.initial.get(k)} -> {v:.6g}" for k, v in result.params.items()],
+        f"median |error| before {pct(d['before']['median_abs_error_pct'])}, in-sample "
+        f"{pct(d['in_sample']['median_abs_error_pct'])} (max {pct(d['in_sample']['max_abs_error_pct'])}), "
+        f"leave-one-out {pct(d['leave_one_out']['median_abs_error_pct'])} "
+        f"(max {pct(d['leave_one_out']['max_abs_error_pct'])})",
+        "Runs: " + ", ".join(Path(r).name for r in result.run_dirs),
+    ]
+    return profile_yaml(node, header=header)

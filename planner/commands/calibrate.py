@@ -1,0 +1,69 @@
+"""``clusterplan calibrate``: microbenchmark this machine and write its hardware profile."""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "calibrate", help="measure this machine (GEMMs, memory-bound ops, overhead, gloo collectives) -> profile YAML",
+        description="Run torch microbenchmarks under torchrun (one thread per rank) and write a hardware "
+                    "profile in the hardware_profiles/ schema.")
+    p.add_argument("--nproc", type=int, default=4,
+                   help="ranks for the collective and contention benchmarks (group sizes 2, 4, ... up to N; default 4)")
+    p.add_argument("--quick", action="store_true", help="fewer shapes and sizes: under 60 s")
+    p.add_argument("--out", default=None, help="profile to write (default hardware_profiles/local-cpu.yaml)")
+    p.add_argument("--name", default="local-cpu", help="profile name (default local-cpu)")
+    p.add_argument("--gpus-per-node", type=int, default=None,
+                   help="default rank count written in the profile (default: the effective host cores)")
+    p.add_argument("--from-results", default=None, metavar="RESULTS.json",
+                   help="build the profile from recorded benchmark results instead of measuring")
+    p.add_argument("--save-results", default=None, metavar="RESULTS.json", help="also keep the raw results")
+    p.add_argument("--json", action="store_true", help="print the calibration summary as JSON")
+    p.set_defaults(func=handler)
+
+
+def handler(args: argparse.Namespace) -> int:
+    import json
+
+    from planner.calibrate import DEFAULT_PROFILE_PATH, calibrate
+    from planner.errors import require
+
+    require(args.nproc >= 2, "nproc", f"must be >= 2, got {args.nproc}")
+    if args.gpus_per_node is not None:
+        require(args.gpus_per_node >= 1, "gpus_per_node", f"must be >= 1, got {args.gpus_per_node}")
+    out = args.out or DEFAULT_PROFILE_PATH
+    t0 = time.perf_counter()
+
+    def progress(msg: str) -> None:
+        print(f"  [{time.perf_counter() - t0:5.1f} s] {msg}", file=sys.stderr, flush=True)
+
+    if not args.from_results:
+        print(f"calibrate: {'quick ' if args.quick else ''}benchmarks on {args.nproc} ranks ...", file=sys.stderr)
+    cal = calibrate(args.nproc, quick=args.quick, out=out, results_path=args.from_results,
+                    save_results=args.save_results, name=args.name, gpus_per_node=args.gpus_per_node,
+                    progress=progress)
+    s = cal.summary
+    if args.json:
+        print(json.dumps({"profile": str(out), "contended": cal.contended, **s}, indent=2, default=str))
+        return 0
+    print(f"wrote {out}  ({time.perf_counter() - t0:.1f} s)")
+    peaks = ", ".join(f"{dt} {v:.1f}" for dt, v in s["peak_gflops_per_s"].items())
+    print(f"  GEMM peak per rank (GFLOP/s): {peaks}")
+    print(f"  memory-bound: best {s['hbm_bandwidth_gb_s']:.1f} GB/s x efficiency {s['memory_bound_efficiency']:.2f}")
+    print(f"  per-op overhead {s['kernel_overhead_us']:.2f} us; reserved {s['reserved_mib']:.1f} MiB; "
+          f"fragmentation {s['fragmentation_fraction']:.2f}")
+    print(f"  host cores {s['host_cores']}; ranks per node {s['gpus_per_node']}")
+    for line in s["contention"]:
+        print(f"    {line}")
+    for c in s["collectives"]:
+        print(f"  {c['op']:<15} n={c['group_size']}: latency {c['latency_us']:8.1f} us, "
+              f"bus bandwidth {c['bus_bandwidth_gb_s']:.2f} GB/s")
+    for w in cal.warnings:
+        print(f"  warning: {w}", file=sys.stderr)
+    if cal.contended:
+        print("  contended: true (written in the profile header); rerun on a quiet machine for better numbers",
+              file=sys.stderr)
+    return 0

@@ -1,0 +1,147 @@
+"""calibrate: benchmark results -> profile (schema), alpha-beta fit, CLI, a tiny real bench."""
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from planner.calibrate import (SCHEMA, build_profile, bus_bytes, fit_alpha_beta, load_results,
+                               profile_yaml)
+from planner.cli import main
+from planner.hardware import GB, MICRO, load_profile, parse_profile
+
+FIXTURE = Path(__file__).parent / "fixtures" / "runs" / "bench" / "quick-results.json"
+
+
+@pytest.fixture(scope="module")
+def results():
+    return load_results(FIXTURE)
+
+
+def test_profile_schema_and_values(results, tmp_path):
+    cal = build_profile(results)
+    path = tmp_path / "local-cpu.yaml"
+    path.write_text(cal.to_yaml())
+    node = load_profile(str(path))
+    d = node.device
+    for dtype in ("fp32", "bf16"):
+        best = max(r["flops_per_s"] for r in results["matmul"] if r["dtype"] == dtype)
+        assert d.peak_flops(dtype) == pytest.approx(best, rel=1e-4)
+    assert d.hbm_bandwidth_bytes_per_s == pytest.approx(max(r["bytes_per_s"] for r in results["memory_bound"]), rel=1e-4)
+    assert 0 < d.memory_bound_efficiency <= 1
+    assert all(0 < e <= 1 for _, e in d.matmul_efficiency.points)
+    assert 0 < d.kernel_overhead_s < 1e-3
+    mem = results["memory"]
+    assert d.reserved_bytes == pytest.approx(mem["rss_after_warmup_bytes"] - mem["rss_after_init_bytes"], rel=1e-3)
+    assert d.host_cores == results["env"]["affinity_cores"]
+    assert node.gpus_per_node == d.host_cores
+    ops = {(c.op, c.group_size) for c in node.collectives}
+    assert ops == {(op, g) for op in ("all_reduce", "all_gather", "reduce_scatter", "send_recv") for g in (2, 4)}
+    p2p = node.measured_collective("send_recv", 2)
+    assert node.intra_node.bandwidth_bytes_per_s == pytest.approx(p2p.bus_bandwidth_bytes_per_s, rel=1e-4)
+    assert node.inter_node == node.intra_node
+    env = results["env"]
+    for part in (env["hostname"], env["cpu_model"], env["torch_version"], env["date"]):
+        assert part in node.measured_on
+    text = path.read_text()
+    # this recorded run was taken while other processes used the cores: it must say so
+    assert "contended: true" in text
+    assert cal.contended
+
+
+def test_quiet_run_is_not_flagged(results):
+    quiet = copy.deepcopy(results)
+    for section in ("matmul", "memory_bound"):
+        for r in quiet[section]:
+            r["cpu_ratio"] = 1.0
+    rate = quiet["contention"][0]["per_rank"][0]["flops_per_s"]
+    for row in quiet["contention"]:
+        k = row["ranks"]
+        for p in row["per_rank"]:
+            p["cpu_ratio"] = min(1.0, 2 / k)
+            p["flops_per_s"] = rate * min(1.0, 2 / k)
+    cal = build_profile(quiet)
+    assert not cal.contended
+    assert "contended: false" in cal.to_yaml()
+    assert cal.node.device.host_cores == 2
+
+
+def test_alpha_beta_fit_recovers_synthetic():
+    lat, bw = 150e-6, 1.3e9
+    sizes = [4 ** i for i in range(1, 14)]
+    times = [lat + s / bw for s in sizes]
+    got_lat, got_bw = fit_alpha_beta(sizes, times)
+    assert got_lat == pytest.approx(lat, rel=1e-6)
+    assert got_bw == pytest.approx(bw, rel=1e-6)
+    # two regimes: latency from <= 1 KiB, bandwidth from >= 1 MiB, even when mid sizes are off
+    times[5] *= 3  # a 4 KiB outlier
+    got_lat, got_bw = fit_alpha_beta(sizes, times, sizes)
+    assert got_lat == pytest.approx(lat, rel=1e-3)
+    assert got_bw == pytest.approx(bw, rel=1e-2)
+
+
+def test_bus_bytes_ring_correction():
+    assert bus_bytes("all_reduce", 4, 1000) == pytest.approx(1500)
+    assert bus_bytes("all_gather", 4, 1000) == pytest.approx(750)
+    assert bus_bytes("reduce_scatter", 2, 1000) == pytest.approx(500)
+    assert bus_bytes("send_recv", 2, 1000) == 1000
+
+
+def test_yaml_round_trip_of_a_gpu_profile():
+    node = load_profile("dgx-a100-80gb")
+    back = parse_profile(yaml.safe_load(profile_yaml(node)))
+    assert back.device.peak_flops("bf16") == pytest.approx(node.device.peak_flops("bf16"))
+    flat = [v for pt in node.device.matmul_efficiency.points for v in pt]
+    assert [v for pt in back.device.matmul_efficiency.points for v in pt] == pytest.approx(flat, rel=1e-5)
+    assert back.intra_node.latency_s == pytest.approx(node.intra_node.latency_s)
+
+
+def test_cli_from_results(tmp_path, capsys):
+    out = tmp_path / "p.yaml"
+    assert main(["calibrate", "--from-results", str(FIXTURE), "--out", str(out), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["host_cores"] == 2
+    node = load_profile(str(out))
+    assert node.name == "local-cpu"
+    assert [p.name for p in tmp_path.iterdir()] == ["p.yaml"]  # no temp file left behind
+
+
+def test_cli_bad_results(tmp_path, capsys):
+    bad = tmp_path / "r.json"
+    bad.write_text(json.dumps({"schema": "other"}))
+    out = tmp_path / "p.yaml"
+    assert main(["calibrate", "--from-results", str(bad), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "results.schema" in err[0]
+    assert not out.exists()
+    assert main(["calibrate", "--nproc", "1"]) == 2
+
+
+def test_tiny_real_compute_bench(results, tmp_path):
+    """The real GEMM / overhead benchmarks in-process (fp32, quick shapes) feed the builder."""
+    torch = pytest.importorskip("torch")
+    from executor.bench import SCHEMA as BENCH_SCHEMA
+    from executor.bench import compute
+
+    assert BENCH_SCHEMA == SCHEMA
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        rows = compute.matmul_bench(quick=True, reps=5, dtypes=("fp32",), hidden=(64, 256), tokens=(64, 1024))
+        overhead = compute.overhead_bench(reps=5)
+    finally:
+        torch.set_num_threads(threads)
+    assert all(r["flops"] == 2.0 * r["m"] * r["k"] * r["n"] and len(r["times_s"]) == 5 for r in rows)
+    assert all(1e8 < r["flops_per_s"] < 1e13 for r in rows)
+    mixed = copy.deepcopy(results)
+    mixed["matmul"] = rows
+    mixed["overhead"] = overhead
+    node = build_profile(mixed).node
+    assert node.device.peak_flops("fp32") == pytest.approx(max(r["flops_per_s"] for r in rows), rel=1e-9)
+    assert not node.device.supports("bf16")
+    path = tmp_path / "x.yaml"
+    path.write_text(profile_yaml(node))
+    assert load_profile(str(path)).device.kernel_overhead_s > 0
