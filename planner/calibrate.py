@@ -150,6 +150,13 @@ def _efficiency_curve(rows: list[dict], peaks: dict[str, float]) -> tuple[Effici
     return EfficiencyCurve(points), detail
 
 
+def _curves_by_dtype(detail: dict) -> tuple[tuple[str, EfficiencyCurve], ...]:
+    """One curve per measured dtype (fp32 first: the CPU executor's default precision)."""
+    order = sorted(detail, key=lambda dt: (dt != "fp32", dt))
+    return tuple((dt, EfficiencyCurve(tuple((float(x), float(max(1e-3, e))) for x, e in detail[dt])))
+                 for dt in order)
+
+
 def _fit_collectives(rows: list[dict]) -> tuple[list[MeasuredCollective], dict]:
     groups: dict[tuple[str, int], list[dict]] = {}
     for row in rows:
@@ -285,6 +292,7 @@ def build_profile(results: dict, *, name: str = "local-cpu", gpus_per_node: int 
         hbm_bytes=hbm_bytes,
         hbm_bandwidth_bytes_per_s=bw_peak,
         matmul_efficiency=curve,
+        matmul_efficiency_by_dtype=_curves_by_dtype(curve_detail),
         memory_bound_efficiency=mb_eff,
         kernel_overhead_s=kernel_overhead,
         reserved_bytes=float(reserved),
@@ -317,7 +325,7 @@ def build_profile(results: dict, *, name: str = "local-cpu", gpus_per_node: int 
         "gpus_per_node": "default rank count: one rank per effective core (predict --gpus-per-node overrides)",
         "intra_node": "send/recv ping-pong fit on 2 ranks; bus_efficiency = median collective busbw / p2p bw",
         "inter_node": "one host: same as intra_node",
-        "matmul_efficiency": "pooled fp32+bf16 fraction of each dtype's peak, median per half decade of FLOPs",
+        "matmul_efficiency": "per dtype: fraction of that dtype's peak, median per half decade of GEMM FLOPs",
     }
     header = [
         f"Calibrated by `clusterplan calibrate{' --quick' if results.get('quick') else ''} --nproc "
@@ -412,8 +420,15 @@ def profile_yaml(node: NodeSpec, *, header: Iterable[str] = (), comments: dict[s
     out.append(_line(1, "hbm_bandwidth_gb_s", _num(d.hbm_bandwidth_bytes_per_s / GB), c))
     if "matmul_efficiency" in c:
         out.append(f"  # matmul_efficiency: {c['matmul_efficiency']}")
-    pts = ", ".join(f"[{_num(s)}, {_num(e)}]" for s, e in d.matmul_efficiency.points)
-    out.append(f"  matmul_efficiency: [{pts}]")
+    def points(curve: EfficiencyCurve) -> str:
+        return "[" + ", ".join(f"[{_num(s)}, {_num(e)}]" for s, e in curve.points) + "]"
+
+    if d.matmul_efficiency_by_dtype:
+        out.append("  matmul_efficiency:")
+        for dtype, curve in d.matmul_efficiency_by_dtype:
+            out.append(f"    {dtype}: {points(curve)}")
+    else:
+        out.append(f"  matmul_efficiency: {points(d.matmul_efficiency)}")
     out.append(_line(1, "memory_bound_efficiency", _num(d.memory_bound_efficiency), c))
     out.append(_line(1, "kernel_overhead_us", _num(d.kernel_overhead_s / MICRO), c))
     out.append(_line(1, "reserved_gib", _num(d.reserved_bytes / GIB), c))

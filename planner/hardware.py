@@ -104,7 +104,9 @@ class DeviceSpec:
 
     peak_flops_per_s: dense peak per dtype as ((dtype, FLOP/s), ...); a dtype absent is unsupported.
     hbm_bytes / hbm_bandwidth_bytes_per_s: device memory capacity and peak bandwidth.
-    matmul_efficiency: fraction of peak a GEMM reaches vs its FLOPs (2*m*n*k).
+    matmul_efficiency: fraction of peak a GEMM reaches vs its FLOPs (2*m*n*k), any dtype.
+    matmul_efficiency_by_dtype: ((dtype, curve), ...) where a dtype has its own curve (a CPU's
+        fp32 and bf16 GEMMs scale differently); :meth:`matmul_curve` picks it.
     memory_bound_efficiency: fraction of peak bandwidth reached by elementwise/normalisation ops.
     kernel_overhead_s: fixed cost per kernel / framework op (launch, dispatch).
     reserved_bytes: memory the framework holds outside tensors (CUDA context, NCCL buffers).
@@ -123,8 +125,11 @@ class DeviceSpec:
     reserved_bytes: float
     fragmentation_fraction: float
     host_cores: int = 0
+    matmul_efficiency_by_dtype: tuple[tuple[str, EfficiencyCurve], ...] = ()
 
     def __post_init__(self) -> None:
+        for dtype, _ in self.matmul_efficiency_by_dtype:
+            require(dtype in DTYPES, f"device.matmul_efficiency.{dtype}", f"unknown dtype (allowed: {DTYPES})")
         require(len(self.peak_flops_per_s) > 0, "device.peak_tflops", "needs at least one dtype")
         for dtype, flops in self.peak_flops_per_s:
             require(dtype in DTYPES, f"device.peak_tflops.{dtype}", f"unknown dtype (allowed: {DTYPES})")
@@ -144,6 +149,13 @@ class DeviceSpec:
                 return flops
         supported = ", ".join(name for name, _ in self.peak_flops_per_s)
         raise InputError("precision", f"{self.name} has no {dtype} peak (profile lists: {supported})")
+
+    def matmul_curve(self, dtype: str) -> EfficiencyCurve:
+        """The GEMM efficiency curve for ``dtype``: its own if the profile has one, else the shared one."""
+        for name, curve in self.matmul_efficiency_by_dtype:
+            if name == dtype:
+                return curve
+        return self.matmul_efficiency
 
     def supports(self, dtype: str) -> bool:
         return any(name == dtype for name, _ in self.peak_flops_per_s)
@@ -292,6 +304,16 @@ def _parse_device(data: Any) -> DeviceSpec:
             peak_pairs.append((dtype, _number(peaks, dtype, f"{where}.peak_tflops") * TERA))
     if "matmul_efficiency" not in data:
         raise InputError(f"{where}.matmul_efficiency", "missing")
+    curve_data = data["matmul_efficiency"]
+    by_dtype: tuple[tuple[str, EfficiencyCurve], ...] = ()
+    if isinstance(curve_data, dict):  # one curve per dtype; the first listed is the default
+        reject_unknown_keys(curve_data, set(DTYPES), f"{where}.matmul_efficiency")
+        if not curve_data:
+            raise InputError(f"{where}.matmul_efficiency", "needs at least one dtype's curve")
+        by_dtype = tuple((dt, _parse_curve(c, f"{where}.matmul_efficiency.{dt}")) for dt, c in curve_data.items())
+        default_curve = by_dtype[0][1]
+    else:
+        default_curve = _parse_curve(curve_data, f"{where}.matmul_efficiency")
     host_cores = data.get("host_cores", 0)
     if isinstance(host_cores, bool) or not isinstance(host_cores, int):
         raise InputError(f"{where}.host_cores", f"must be an integer, got {host_cores!r}")
@@ -302,7 +324,8 @@ def _parse_device(data: Any) -> DeviceSpec:
         peak_flops_per_s=tuple(peak_pairs),
         hbm_bytes=_number(data, "hbm_gib", where) * GIB,
         hbm_bandwidth_bytes_per_s=_number(data, "hbm_bandwidth_gb_s", where) * GB,
-        matmul_efficiency=_parse_curve(data["matmul_efficiency"], f"{where}.matmul_efficiency"),
+        matmul_efficiency=default_curve,
+        matmul_efficiency_by_dtype=by_dtype,
         memory_bound_efficiency=_number(data, "memory_bound_efficiency", where),
         kernel_overhead_s=_number(data, "kernel_overhead_us", where) * MICRO,
         reserved_bytes=_number(data, "reserved_gib", where) * GIB,

@@ -170,3 +170,16 @@ def test_missing_profile_file():
     with pytest.raises(InputError) as err:
         load_profile("/nonexistent/profile.yaml")
     assert err.value.field == "hardware"
+
+
+def test_matmul_efficiency_per_dtype():
+    data = _raw("dgx-a100-80gb")
+    data["device"]["matmul_efficiency"] = {"fp32": [[1.0e+6, 0.5]], "bf16": [[1.0e+6, 0.25], [1.0e+9, 0.75]]}
+    device = parse_profile(data).device
+    assert device.matmul_curve("fp32")(1e6) == 0.5
+    assert device.matmul_curve("bf16")(1e9) == 0.75
+    assert device.matmul_curve("fp16") is device.matmul_efficiency  # default: the first listed
+    data["device"]["matmul_efficiency"] = {"int4": [[1.0e+6, 0.5]]}
+    with pytest.raises(InputError) as err:
+        parse_profile(data)
+    assert "matmul_efficiency.int4" in err.value.field

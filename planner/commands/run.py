@@ -197,6 +197,7 @@ def launch(plan_path: str, cfg: LaunchConfig, echo=sys.stderr) -> tuple[int, dic
     out.mkdir(parents=True, exist_ok=True)
     for name in ("records.jsonl", "summary.json"):  # a run folder holds one run
         (out / name).unlink(missing_ok=True)
+    plan.save(out / "plan.json")  # the run folder is self-contained: compare and fit read it
     cmd = torchrun_command(plan.world_size, cfg)
     env = dict(os.environ, OMP_NUM_THREADS=str(cfg.threads), PYTHONUNBUFFERED="1")
     root = str(Path(__file__).resolve().parents[2])  # so `-m executor` resolves from any cwd
