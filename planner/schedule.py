@@ -20,6 +20,7 @@ virtual stage (length p*v), so uneven stages are just unequal entries.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 from planner.errors import InputError, require
 
@@ -149,8 +150,13 @@ def schedule_order(schedule: str, pp: int, num_micro_batches: int, vpp: int = 1
     return [_mb_order_interleaved(r, pp, m, vpp) for r in range(pp)]
 
 
+@lru_cache(maxsize=4096)
+def _orders_cached(schedule: str, pp: int, m: int, vpp: int) -> tuple[tuple[tuple[str, int, int], ...], ...]:
+    return tuple(tuple(o) for o in schedule_order(schedule, pp, m, vpp))
+
+
 def _simulate_zb(pp: int, m: int, fwd: list[float], bwd: list[float], wgr: list[float],
-                 p2p_s: float, w_cap: list[int]) -> tuple[list[Task], list[float], list[float], list[int]]:
+                 p2p_s: float, w_cap: list[int], record: bool = True) -> tuple[list[Task], list[float], list[float], list[int]]:
     """ZB-H1 as a greedy list schedule (Qi et al. 2023, Sec. 3): whenever a rank is free it
     runs, in priority, a ready B (keeps the critical input-gradient chain moving), a ready F
     (while fewer than ``pp - rank`` micro-batches are in flight, 1F1B's memory limit), or a
@@ -212,7 +218,10 @@ def _simulate_zb(pp: int, m: int, fwd: list[float], bwd: list[float], wgr: list[
                 others_eq = [x for x in active if x != r and free[x] <= t]
                 if not others_eq:
                     raise InputError("schedule", f"zb schedule deadlocks for pp={pp}, m={m}")
-                nxt = t + 1e-12 * max(1.0, t)
+                # every other rank is also at (or before) t: wait for the earliest known
+                # readiness anywhere (a dependency in flight over the p2p hop), not by tiny steps
+                known = [e + hop for x in range(pp) for e in (f_end[x] + b_end[x]) if e + hop > t]
+                nxt = min(known) if known else t + 1e-12 * max(1.0, t)
             free[r] = nxt
             continue
         kind, j, ready = choice
@@ -235,14 +244,18 @@ def _simulate_zb(pp: int, m: int, fwd: list[float], bwd: list[float], wgr: list[
             done_w[r] += 1
         free[r] = start + dur
         busy[r] += dur
-        tasks.append(Task(r, j, kind, 0, start, start + dur))
+        if record:
+            tasks.append(Task(r, j, kind, 0, start, start + dur))
     return tasks, free, busy, peak
 
 
 def simulate(schedule: str, pp: int, num_micro_batches: int, vpp: int,
              stage_fwd_s: list[float], stage_bwd_s: list[float],
-             stage_wgrad_s: list[float] | None = None, p2p_s: float = 0.0) -> Timeline:
+             stage_wgrad_s: list[float] | None = None, p2p_s: float = 0.0,
+             record: bool = True) -> Timeline:
     """Run ``schedule`` with per-virtual-stage task times and return the timeline.
+
+    record=False skips building the task list (``tasks`` is empty); every other field is the same.
 
     stage_fwd_s / stage_bwd_s: per virtual stage (``pp*vpp`` entries; virtual stage k on rank
     k % pp), time of one micro-batch's forward / backward. For ``zb``, ``stage_bwd_s`` is the
@@ -272,13 +285,13 @@ def simulate(schedule: str, pp: int, num_micro_batches: int, vpp: int,
     if schedule == "zb":
         require(vpp == 1, "vpp", "zb has one chunk per rank")
         w_cap = [pp] * pp
-        tasks, free, busy, peak = _simulate_zb(pp, m, fwd, bwd, wgr, p2p_s, w_cap)
+        tasks, free, busy, peak = _simulate_zb(pp, m, fwd, bwd, wgr, p2p_s, w_cap, record)
         makespan = max(free)
         tasks.sort(key=lambda t: (t.start_s, t.stage))
         return Timeline(tasks=tuple(tasks), makespan_s=makespan, busy_s=tuple(busy),
                         bubble_s=max(0.0, makespan - max(busy)), peak_in_flight=tuple(peak),
                         num_micro_batches=m)
-    orders = schedule_order(schedule, pp, m, vpp)
+    orders = _orders_cached(schedule, pp, m, vpp)
 
     f_end = [[-1.0] * m for _ in range(stages)]
     b_end = [[-1.0] * m for _ in range(stages)]
@@ -334,7 +347,8 @@ def simulate(schedule: str, pp: int, num_micro_batches: int, vpp: int,
                 elif kind == "B":
                     b_end[vs][mb] = end
                     in_flight[r] -= 1
-                tasks.append(Task(r, mb, kind, chunk, start, end))
+                if record:
+                    tasks.append(Task(r, mb, kind, chunk, start, end))
                 pos[r] += 1
                 remaining -= 1
                 progressed = True
@@ -365,17 +379,106 @@ class PipelineEstimate:
     exact: bool
 
 
+def _p2p_count_1f1b(pp: int, m: int) -> int:
+    """Transfers on the critical path of the simulated 1F1B order with equal stages.
+
+    The warm-up and cool-down cross the ``p-1`` boundaries twice (``2(p-1)``); in the steady
+    state every further micro-batch adds one forward-and-backward round trip on the
+    neighbouring-stage dependency cycle (stage i runs one more warm-up forward than stage i+1),
+    except once every ``p`` micro-batches, when the cycle has a full stage of slack."""
+    if pp <= 1:
+        return 0
+    if m <= 1:
+        return 2 * (pp - 1)
+    return 2 * (pp - 1) + 2 * (m - 1) - 2 * ((m - 2) // pp + 1)
+
+
+def closed_form_makespan(schedule: str, pp: int, num_micro_batches: int, vpp: int,
+                         fwd_s: float, bwd_s: float, wgrad_s: float = 0.0,
+                         p2p_s: float = 0.0) -> float | None:
+    """Makespan of ``schedule`` with equal stages, in closed form, or None where no closed form
+    reproduces :func:`simulate` exactly.
+
+    fwd_s / bwd_s / wgrad_s: one micro-batch on one *virtual* stage (a chunk for interleaved);
+    wgrad_s is added to the backward (it is only split out for zb). With ``t = fwd + bwd``:
+
+    * GPipe (Huang et al. 2019): ``(m + p - 1) t + 2 (p - 1) c``.
+    * 1F1B (Narayanan et al. SC'21 Sec. 2.2.1): ``(m + p - 1) t + K(p, m) c`` with ``K`` from
+      :func:`_p2p_count_1f1b`; the bubble is the ``(p - 1)/m`` of Sec. 2.2.1 when ``c = 0``.
+    * Interleaved 1F1B (SC'21 Sec. 2.2.2): ``(m v + p - 1) t_chunk + 2 (p v - 1) c`` while the
+      transfer hides behind the other chunk's work (``c <= min(fwd, bwd)`` of a chunk, or
+      ``m == p``: all warm-up); otherwise None (the transfer enters the steady state).
+    * ZB-H1 (Qi et al. 2023): the simulated greedy list schedule only meets the paper's
+      ``m (F + B + W) + (p - 1)(F + B - W)`` when F = B = W and c = 0, so None.
+    """
+    p, m, v, c = pp, num_micro_batches, vpp, p2p_s
+    if p == 1:
+        c = 0.0
+    t = fwd_s + bwd_s + wgrad_s
+    if schedule == "gpipe":
+        return (m + p - 1) * t + 2 * (p - 1) * c
+    if schedule == "1f1b":
+        return (m + p - 1) * t + _p2p_count_1f1b(p, m) * c
+    if schedule == "interleaved":
+        if p == 1:
+            return m * v * t
+        if m % p:
+            return None
+        if m == p or c <= min(fwd_s, bwd_s + wgrad_s):
+            return (m * v + p - 1) * t + 2 * (p * v - 1) * c
+        return None
+    return None
+
+
+def closed_form_in_flight(schedule: str, pp: int, num_micro_batches: int, vpp: int = 1) -> tuple[int, ...]:
+    """Per rank, the most micro-batch activation sets held at once (as :func:`simulate` counts
+    them): GPipe m; 1F1B and ZB-H1 ``min(p - i, m)`` on rank i (SC'21 Sec. 2.2.1; Qi et al.
+    keep 1F1B's limit); interleaved: Megatron's warm-up forwards + 1, at most ``m v``."""
+    p, m, v = pp, num_micro_batches, vpp
+    if schedule == "gpipe":
+        return tuple(m for _ in range(p))
+    if schedule in ("1f1b", "zb"):
+        return tuple(min(p - r, m) for r in range(p))
+    if p == 1:
+        return (m * v,)
+    total = m * v
+    if m == p:
+        return tuple(total for _ in range(p))
+    return tuple(min(min((p - r - 1) * 2 + (v - 1) * p, total) + 1, total) for r in range(p))
+
+
+def _equal(values) -> bool:
+    first = values[0]
+    return all(x == first for x in values)
+
+
 def estimate(schedule: str, pp: int, num_micro_batches: int, vpp: int,
              stage_fwd_s: list[float], stage_bwd_s: list[float],
-             stage_wgrad_s: list[float] | None = None, p2p_s: float = 0.0) -> PipelineEstimate:
-    """Fast makespan for the cost model (see :class:`PipelineEstimate`)."""
+             stage_wgrad_s: list[float] | None = None, p2p_s: float = 0.0,
+             need_timeline: bool = True) -> PipelineEstimate:
+    """Fast makespan for the cost model (see :class:`PipelineEstimate`).
+
+    With equal virtual stages and a schedule that has an exact closed form
+    (:func:`closed_form_makespan`) and ``need_timeline=False``, no simulation runs; the
+    returned ``timeline`` is then empty (``num_micro_batches == 0``)."""
     m = num_micro_batches
+    if (not need_timeline and schedule != "zb" and _equal(stage_fwd_s) and _equal(stage_bwd_s)
+            and (stage_wgrad_s is None or _equal(stage_wgrad_s))):
+        f, b = stage_fwd_s[0], stage_bwd_s[0]
+        w = stage_wgrad_s[0] if stage_wgrad_s is not None else 0.0
+        mk = closed_form_makespan(schedule, pp, m, vpp, f, b, w, p2p_s)
+        if mk is not None:
+            busy = tuple(m * vpp * (f + b + w) for _ in range(pp))
+            empty = Timeline((), 0.0, tuple(0.0 for _ in range(pp)), 0.0, tuple(0 for _ in range(pp)), 0)
+            return PipelineEstimate(mk, busy, max(0.0, mk - busy[0]),
+                                    closed_form_in_flight(schedule, pp, m, vpp), empty, True)
+    rec = need_timeline
     if pp == 1 or m <= 3 * pp:
-        tl = simulate(schedule, pp, m, vpp, stage_fwd_s, stage_bwd_s, stage_wgrad_s, p2p_s)
+        tl = simulate(schedule, pp, m, vpp, stage_fwd_s, stage_bwd_s, stage_wgrad_s, p2p_s, rec)
         return PipelineEstimate(tl.makespan_s, tl.busy_s, tl.bubble_s, tl.peak_in_flight, tl, True)
     m1, m2 = 2 * pp, 3 * pp
-    t1 = simulate(schedule, pp, m1, vpp, stage_fwd_s, stage_bwd_s, stage_wgrad_s, p2p_s)
-    t2 = simulate(schedule, pp, m2, vpp, stage_fwd_s, stage_bwd_s, stage_wgrad_s, p2p_s)
+    t1 = simulate(schedule, pp, m1, vpp, stage_fwd_s, stage_bwd_s, stage_wgrad_s, p2p_s, False)
+    t2 = simulate(schedule, pp, m2, vpp, stage_fwd_s, stage_bwd_s, stage_wgrad_s, p2p_s, rec)
     scale = (m - m1) / (m2 - m1)
     makespan = t1.makespan_s + scale * (t2.makespan_s - t1.makespan_s)
     busy = tuple(b1 + scale * (b2 - b1) for b1, b2 in zip(t1.busy_s, t2.busy_s))

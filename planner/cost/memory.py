@@ -133,3 +133,73 @@ def stage_memory(*, params: float, layer_params: float, activation_bytes: float,
     tensors = weights + grads + optimizer + activation_bytes + logits_bytes
     reserved = device_reserved + fragmentation * tensors
     return StageMemory(weights, grads, optimizer, activation_bytes, logits_bytes, reserved)
+
+
+def stage_parameters(model: ModelSpec, parallel) -> list[float]:
+    """Parameters each pipeline rank holds per tp rank, before ZeRO sharding: its chunks'
+    blocks, the embedding on rank 0, the LM head on the last virtual stage's rank (plus the
+    tied embedding's copy there when pp > 1, as Megatron keeps it)."""
+    P = parallel
+    tp, pp, n_vs = P.tp, P.pp, P.pp * P.vpp
+    layers = P.layers_per_stage(model.n_layers)
+    tied_copy = model.tied_embeddings and pp > 1
+    emb = model.embedding_params() / tp
+    head = (model.head_params() + (model.vocab_size * model.hidden_size if tied_copy else 0)) / tp
+    per_layer = model.layer_params() / tp
+    last_rank = (n_vs - 1) % pp
+    out = []
+    for r in range(pp):
+        params = sum(layers[k] for k in range(r, n_vs, pp)) * per_layer
+        if r == 0:
+            params += emb
+        if r == last_rank:
+            params += head
+        out.append(params)
+    return out
+
+
+def stage_memories(model: ModelSpec, parallel, device, in_flight, attention: str) -> list:
+    """Per pipeline rank ``(rank, layers, StageMemory)`` given the micro-batches in flight per
+    rank (from the schedule)."""
+    P = parallel
+    tp, pp, n_vs = P.tp, P.pp, P.pp * P.vpp
+    b, s = P.micro_batch, P.seq_len
+    bpe = activation_bytes_per_element(P.precision)
+    layers = P.layers_per_stage(model.n_layers)
+    params_all = stage_parameters(model, P)
+    layer_params_rank = model.layer_params() / tp
+    last_rank = (n_vs - 1) % pp
+    one_layer = layer_activation_bytes(model, b, s, tp, P.cp, P.sequence_parallel, P.recompute,
+                                       P.precision, attention)
+    full_layer = (layer_activation_bytes(model, b, s, tp, P.cp, P.sequence_parallel, "none",
+                                         P.precision, attention) if P.recompute == "full" else 0.0)
+    out = []
+    for r in range(pp):
+        chunks = list(range(r, n_vs, pp))
+        n_layers_r = sum(layers[k] for k in chunks)
+        act = in_flight[r] * (sum(layers[k] * one_layer for k in chunks) / len(chunks)) + full_layer
+        logits = (4 + bpe) * b * (s / P.cp) * model.vocab_size / tp if r == last_rank else 0.0
+        mem = stage_memory(params=params_all[r], layer_params=layer_params_rank, activation_bytes=act,
+                           logits_bytes=logits, precision=P.precision, sharding=P.sharding, dp=P.dp,
+                           device_reserved=device.reserved_bytes,
+                           fragmentation=device.fragmentation_fraction)
+        out.append((r, n_layers_r, mem))
+    return out
+
+
+def peak_memory_bytes(model: ModelSpec, cluster, parallel, runtime=None) -> float:
+    """Peak bytes of the largest rank, without simulating the schedule (for pruning).
+
+    Equals ``predict(...).peak_memory_bytes`` for GPipe, 1F1B and interleaved (their
+    in-flight counts depend only on the order, :func:`planner.schedule.closed_form_in_flight`);
+    for ZB-H1 it uses 1F1B's limit ``p - i``, an upper bound of the simulated count."""
+    from planner.cost.runtime import DEFAULT_RUNTIME
+    from planner.schedule import closed_form_in_flight
+
+    runtime = runtime or DEFAULT_RUNTIME
+    P = parallel
+    P.validate_for(model)
+    sched = P.schedule if P.pp > 1 else ("interleaved" if P.vpp > 1 else "1f1b")
+    in_flight = closed_form_in_flight(sched, P.pp, P.num_micro_batches, P.vpp)
+    mems = stage_memories(model, P, cluster.node.device, in_flight, runtime.attention)
+    return max(mem.total_bytes for _, _, mem in mems)

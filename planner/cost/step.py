@@ -22,7 +22,7 @@ from planner.cost.comm import GroupShape, collective_time, p2p_time
 from planner.cost.compute import (activation_bytes_per_element, embedding_times, head_times,
                                   layer_times, make_rates)
 from planner.cost.flops import FLOP_CONVENTION, step_flops
-from planner.cost.memory import StageMemory, layer_activation_bytes, shard_divisors, stage_memory
+from planner.cost.memory import (StageMemory, shard_divisors, stage_memories, stage_parameters)
 from planner.cost.runtime import DEFAULT_RUNTIME, Runtime
 from planner.errors import InputError, require
 from planner.hardware import ClusterSpec, NodeSpec
@@ -142,30 +142,80 @@ def _validate(model: ModelSpec, cluster: ClusterSpec, parallel: ParallelConfig) 
     return node
 
 
-def predict(model: ModelSpec, cluster: ClusterSpec, parallel: ParallelConfig,
-            runtime: Runtime = DEFAULT_RUNTIME) -> Prediction:
-    """Predict step time and per-rank memory of ``parallel`` for ``model`` on ``cluster``.
+@dataclass(frozen=True)
+class _StageTimes:
+    """Per-virtual-stage task times of one plan (everything the pipeline schedule needs)."""
 
-    Raises :class:`InputError` for impossible plans (degrees vs world size, heads vs tp, batch
-    divisibility, stage layers). A plan that does not fit in memory is a value: ``fits=False``.
-    """
-    node = _validate(model, cluster, parallel)
-    device = node.device
+    fwd_s: tuple[float, ...]
+    sched_b: tuple[float, ...]
+    sched_w: tuple[float, ...] | None
+    p2p_s: float
+    schedule: str
+    lt: object
+    emb: tuple[float, float]
+    head: tuple[float, float, float]
+    per_layer_comm: tuple[float, float, float, float, float, float, float]  # tp_f tp_b tp_rc cp_f cp_b z3_f z3_b
+
+
+def _stage_times(model: ModelSpec, node: NodeSpec, P: ParallelConfig, runtime: Runtime,
+                 rates) -> _StageTimes:
+    """Per-virtual-stage forward / backward (/ weight-grad for zb) times and the p2p hop."""
     gpn = node.gpus_per_node
-    P = parallel
     tp, pp, dp, cp, v = P.tp, P.pp, P.dp, P.cp, P.vpp
     b, s = P.micro_batch, P.seq_len
-    m = P.num_micro_batches
     bpe = activation_bytes_per_element(P.precision)
-    rates = make_rates(device, P.precision, min(gpn, P.world_size))
-
     lt = layer_times(model, b, s, tp, cp, P.sequence_parallel, P.recompute, P.precision, rates, runtime)
     emb_f, emb_b = embedding_times(model, b, s, tp, cp, P.sequence_parallel, P.precision, rates)
     head_f, head_bin, head_bw = head_times(model, b, s, tp, cp, P.sequence_parallel, P.precision, rates)
+    comm = _layer_comm(model, node, P, runtime, lt)
+    tp_f, tp_b, tp_rc, cp_f, cp_b, z3_f, z3_b = comm
+    layers = P.layers_per_stage(model.n_layers)
+    n_vs = pp * v
+    per_layer_f = lt.fwd_s + tp_f + cp_f + z3_f
+    per_layer_b = lt.bwd_input_s + lt.recompute_s + tp_b + tp_rc + cp_b + z3_b
+    fwd_s, bwd_s, w_s = [], [], []
+    for k, n in enumerate(layers):
+        f = n * per_layer_f
+        bi = n * per_layer_b
+        w = n * lt.bwd_weight_s
+        if k == 0:
+            f += emb_f
+            bi += emb_b
+        if k == n_vs - 1:
+            f += head_f
+            bi += head_bin
+            w += head_bw
+        fwd_s.append(f)
+        bwd_s.append(bi)
+        w_s.append(w)
+    if P.schedule == "zb":
+        sched_b, sched_w = bwd_s, w_s
+    else:
+        sched_b, sched_w = [x + y for x, y in zip(bwd_s, w_s)], None
+    p2p = 0.0
+    if pp > 1:
+        act_bytes = bpe * b * (s / cp) * model.hidden_size
+        p2p = p2p_time(act_bytes / tp, _shape(P, "pp", gpn).nodes > 1, node)  # scatter-gather: 1/t each
+    # a plain pp=1 step with v=1 is a single stage: any listed schedule runs the same order
+    sched = P.schedule if pp > 1 else ("interleaved" if v > 1 else "1f1b")
+    return _StageTimes(tuple(fwd_s), tuple(sched_b), tuple(sched_w) if sched_w else None, p2p, sched,
+                       lt, (emb_f, emb_b), (head_f, head_bin, head_bw), comm)
+
+
+def _shape(P: ParallelConfig, axis: str, gpn: int) -> GroupShape:
+    per_node, nodes = group_node_spread(P, axis, gpn)
+    return GroupShape(getattr(P, axis), per_node, nodes)
+
+
+def _layer_comm(model: ModelSpec, node: NodeSpec, P: ParallelConfig, runtime: Runtime, lt):
+    """Exposed TP / CP / ZeRO-3 communication per block and micro-batch (see module doc)."""
+    gpn = node.gpus_per_node
+    tp, dp, cp = P.tp, P.dp, P.cp
+    b, s = P.micro_batch, P.seq_len
+    bpe = activation_bytes_per_element(P.precision)
 
     def shape(axis: str) -> GroupShape:
-        per_node, nodes = group_node_spread(P, axis, gpn)
-        return GroupShape(getattr(P, axis), per_node, nodes)
+        return _shape(P, axis, gpn)
 
     # --- tensor parallel, per block and micro-batch (exposed) ---
     act_bytes = bpe * b * (s / cp) * model.hidden_size
@@ -212,72 +262,72 @@ def predict(model: ModelSpec, cluster: ClusterSpec, parallel: ParallelConfig,
             z3_b = max(0.0, comm_b - (lt.bwd_s + lt.recompute_s))
         else:
             z3_f, z3_b = comm_f, comm_b
+    return (tp_f, tp_b, tp_rc, cp_f, cp_b, z3_f, z3_b)
 
-    # --- per virtual stage times ---
+
+def lower_bound_step_time_s(model: ModelSpec, cluster: ClusterSpec, parallel: ParallelConfig,
+                            runtime: Runtime = DEFAULT_RUNTIME) -> float:
+    """A cheap lower bound of ``predict(...).step_time_s`` for pruning (no schedule simulation).
+
+    The busiest pipeline rank must run all its tasks (``m`` micro-batches of each of its chunks,
+    exposed TP/CP/ZeRO-3 communication included) and then the optimizer step; the pipeline
+    bubble and the exposed DP reduction are >= 0. Raises InputError like :func:`predict`."""
+    node = _validate(model, cluster, parallel)
+    P = parallel
+    rates = make_rates(node.device, P.precision, min(node.gpus_per_node, P.world_size))
+    st = _stage_times(model, node, P, runtime, rates)
+    pp, m = P.pp, P.num_micro_batches
+    n_vs = len(st.fwd_s)
+    busy = [0.0] * pp
+    for k in range(n_vs):
+        busy[k % pp] += m * (st.fwd_s[k] + st.sched_b[k] + (st.sched_w[k] if st.sched_w else 0.0))
+    return max(busy) + _optimizer_s(model, P, rates)
+
+
+def _optimizer_s(model: ModelSpec, P: ParallelConfig, rates) -> float:
+    params = stage_parameters(model, P)
+    _, _, o_div = shard_divisors(P.sharding, P.dp)
+    n_vs = P.pp * P.vpp
+    return rates.memory(max(params) / o_div * OPTIMIZER_BYTES_PER_PARAM, 2 * max(1, n_vs))
+
+
+def predict(model: ModelSpec, cluster: ClusterSpec, parallel: ParallelConfig,
+            runtime: Runtime = DEFAULT_RUNTIME, *, timeline: bool = True) -> Prediction:
+    """Predict step time and per-rank memory of ``parallel`` for ``model`` on ``cluster``.
+
+    Raises :class:`InputError` for impossible plans (degrees vs world size, heads vs tp, batch
+    divisibility, stage layers). A plan that does not fit in memory is a value: ``fits=False``.
+    timeline=False (the search's fast path) leaves ``Prediction.timeline`` empty and lets equal
+    pipeline stages use the schedule's closed form; every other field is the same.
+    """
+    node = _validate(model, cluster, parallel)
+    device = node.device
+    gpn = node.gpus_per_node
+    P = parallel
+    tp, pp, dp, cp, v = P.tp, P.pp, P.dp, P.cp, P.vpp
+    b, s = P.micro_batch, P.seq_len
+    m = P.num_micro_batches
+    bpe = activation_bytes_per_element(P.precision)
+    rates = make_rates(device, P.precision, min(gpn, P.world_size))
+    st = _stage_times(model, node, P, runtime, rates)
+    lt = st.lt
+    emb_f, emb_b = st.emb
+    head_f, head_bin, head_bw = st.head
+    tp_f, tp_b, tp_rc, cp_f, cp_b, z3_f, z3_b = st.per_layer_comm
     layers = P.layers_per_stage(model.n_layers)
     n_vs = pp * v
-    per_layer_f = lt.fwd_s + tp_f + cp_f + z3_f
-    per_layer_b = lt.bwd_input_s + lt.recompute_s + tp_b + tp_rc + cp_b + z3_b
-    fwd_s, bwd_s, w_s = [], [], []
-    for k, n in enumerate(layers):
-        f = n * per_layer_f
-        bi = n * per_layer_b
-        w = n * lt.bwd_weight_s
-        if k == 0:
-            f += emb_f
-            bi += emb_b
-        if k == n_vs - 1:
-            f += head_f
-            bi += head_bin
-            w += head_bw
-        fwd_s.append(f)
-        bwd_s.append(bi)
-        w_s.append(w)
-    if P.schedule == "zb":
-        sched_b, sched_w = bwd_s, w_s
-    else:
-        sched_b, sched_w = [x + y for x, y in zip(bwd_s, w_s)], None
-    p2p = 0.0
-    if pp > 1:
-        p2p_bytes = act_bytes / tp  # scatter-gather: each tp rank sends 1/t
-        p2p = p2p_time(p2p_bytes, shape("pp").nodes > 1, node)
-    # a plain pp=1 step with v=1 is a single stage: any listed schedule runs the same order
-    sched = P.schedule if pp > 1 else ("interleaved" if v > 1 else "1f1b")
-    pipe = estimate(sched, pp, m, v, fwd_s, sched_b, sched_w, p2p)
+    w_bytes_pp = 4.0 if P.precision == "fp32" else 2.0
+    sched_b, sched_w, p2p = list(st.sched_b), (list(st.sched_w) if st.sched_w else None), st.p2p_s
+
+    def shape(axis: str) -> GroupShape:
+        return _shape(P, axis, gpn)
+
+    pipe = estimate(st.schedule, pp, m, v, list(st.fwd_s), sched_b, sched_w, p2p,
+                    need_timeline=timeline)
 
     # --- per physical stage: parameters and memory ---
-    tied_copy = model.tied_embeddings and pp > 1
-    emb_params = model.embedding_params() / tp
-    head_params = (model.head_params() + (model.vocab_size * model.hidden_size if tied_copy else 0)) / tp
-    w_div, g_div, o_div = shard_divisors(P.sharding, dp)
-    per_stage = []
-    stage_params = []
-    last_rank = (n_vs - 1) % pp
-    for r in range(pp):
-        chunks = [k for k in range(n_vs) if k % pp == r]
-        n_layers_r = sum(layers[k] for k in chunks)
-        params = n_layers_r * layer_params_rank
-        if r == 0:
-            params += emb_params
-        if r == last_rank:
-            params += head_params
-        stage_params.append(params)
-        per_chunk_act = [layers[k] * layer_activation_bytes(
-            model, b, s, tp, cp, P.sequence_parallel, P.recompute, P.precision, runtime.attention)
-            for k in chunks]
-        in_flight = pipe.peak_in_flight[r]
-        act = in_flight * (sum(per_chunk_act) / len(per_chunk_act))
-        if P.recompute == "full":
-            act += layer_activation_bytes(model, b, s, tp, cp, P.sequence_parallel, "none",
-                                          P.precision, runtime.attention)
-        logits = 0.0
-        if r == last_rank:
-            logits = (4 + bpe) * b * (s / cp) * model.vocab_size / tp
-        mem = stage_memory(params=params, layer_params=layer_params_rank, activation_bytes=act,
-                           logits_bytes=logits, precision=P.precision, sharding=P.sharding, dp=dp,
-                           device_reserved=device.reserved_bytes,
-                           fragmentation=device.fragmentation_fraction)
-        per_stage.append((r, n_layers_r, mem))
+    stage_params = stage_parameters(model, P)
+    per_stage = stage_memories(model, P, device, pipe.peak_in_flight, runtime.attention)
 
     # --- data-parallel gradient reduction (non-ZeRO-3) and optimizer ---
     crit = max(range(pp), key=lambda r: pipe.busy_s[r])
@@ -298,8 +348,7 @@ def predict(model: ModelSpec, cluster: ClusterSpec, parallel: ParallelConfig,
             chunks = [k for k in range(n_vs) if k % pp == r_max]
             window = sum(sched_b[k] + (sched_w[k] if sched_w else 0.0) for k in chunks)
         dp_exposed = max(0.0, red - window) + (0.0 if runtime.overlap_param_gather else gather)
-    opt_params = max(stage_params) / o_div
-    optimizer_s = rates.memory(opt_params * OPTIMIZER_BYTES_PER_PARAM, 2 * max(1, len(layers)))
+    optimizer_s = _optimizer_s(model, P, rates)
 
     step = pipe.makespan_s + dp_exposed + optimizer_s
 
@@ -328,7 +377,7 @@ def predict(model: ModelSpec, cluster: ClusterSpec, parallel: ParallelConfig,
     tokens = P.global_batch * s
     peak_stage = max(per_stage, key=lambda x: x[2].total_bytes)
     peak_mem = peak_stage[2].total_bytes
-    timeline = pipe.timeline.tasks if len(pipe.timeline.tasks) <= TIMELINE_TASK_LIMIT else ()
+    tasks = pipe.timeline.tasks if len(pipe.timeline.tasks) <= TIMELINE_TASK_LIMIT else ()
     return Prediction(
         step_time_s=step,
         tokens_per_s=tokens / step,
@@ -343,8 +392,8 @@ def predict(model: ModelSpec, cluster: ClusterSpec, parallel: ParallelConfig,
         per_stage=tuple(StagePrediction(r, n, pipe.busy_s[r], mem.total_bytes, mem) for r, n, mem in per_stage),
         time=time,
         memory=peak_stage[2],
-        timeline=timeline,
-        timeline_micro_batches=pipe.timeline.num_micro_batches if timeline else 0,
+        timeline=tasks,
+        timeline_micro_batches=pipe.timeline.num_micro_batches if tasks else 0,
         num_micro_batches=m,
         runtime=runtime,
     )
@@ -368,4 +417,4 @@ def predict_plan(plan: Plan, runtime: Runtime = DEFAULT_RUNTIME) -> Prediction:
 
 
 __all__ = ["Prediction", "StagePrediction", "TimeBreakdown", "predict", "predict_plan",
-           "cluster_for", "InputError"]
+           "cluster_for", "lower_bound_step_time_s", "InputError"]
