@@ -56,10 +56,12 @@ def _ring_steps(op: str, n: int) -> int:
     return 2 * (n - 1) if op == "all_reduce" else (n - 1)
 
 
-def collective_time(op: str, size_bytes: float, group: GroupShape, node: NodeSpec) -> float:
+def collective_time(op: str, size_bytes: float, group: GroupShape, node: NodeSpec,
+                    multi_rail: bool = True) -> float:
     """Seconds for one ``op`` of ``size_bytes`` (the full tensor) over ``group`` on ``node`` links.
 
     send_recv: one message between two ranks (intra-node when ``group.nodes == 1``).
+    multi_rail=False: the inter-node phase is not split over the node's k NICs (a flat ring).
     """
     n = group.size
     if size_bytes <= 0 or (n <= 1 and op != "send_recv"):
@@ -82,7 +84,7 @@ def collective_time(op: str, size_bytes: float, group: GroupShape, node: NodeSpe
     intra_factor = ring_bus_factor(op, k)  # all-reduce: RS + AG inside the node = 2(k-1)/k
     inter_factor = ring_bus_factor(op, N)
     bw_time = (intra_factor * size_bytes / intra.effective_bandwidth_bytes_per_s
-               + inter_factor * (size_bytes / k) / inter.effective_bandwidth_bytes_per_s)
+               + inter_factor * (size_bytes / (k if multi_rail else 1)) / inter.effective_bandwidth_bytes_per_s)
     return intra_steps * intra.latency_s + inter_steps * inter.latency_s + bw_time
 
 

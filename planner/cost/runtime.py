@@ -35,6 +35,21 @@ class Runtime:
     gather_granularity: ZeRO-3/FSDP collectives per layer: one flat parameter per block
         (FSDP ``per_layer``) or one per parameter tensor (DeepSpeed ZeRO-3 ``per_tensor``;
         each pays the ring latency).
+    shard_overlap_fraction: without ``shard_prefetch``, the fraction of the shorter of ZeRO-3
+        communication and compute that still overlaps (DeepSpeed ``overlap_comm`` runs the
+        collectives on a side stream, but its 2021 ``_allgather_param`` calls
+        ``torch.cuda.synchronize()`` before each gather, so only part of it hides).
+    multi_rail: a group spanning nodes splits its inter-node traffic over the node's NICs
+        (NCCL's hierarchical multi-rail rings: each NIC carries 1/k of the data). False: every
+        rank's full share crosses its own NIC (a flat ring in rank order, as DeepSpeed-2021
+        ZeRO-3's per-parameter list all-gathers over the whole data-parallel group run).
+    list_collective_copies: the ZeRO-3 collectives go through torch.distributed's list-based
+        all_gather / reduce_scatter (DeepSpeed 2021 ``_allgather_param``), for which
+        ProcessGroupNCCL copies each of the n per-rank tensors in its own kernel: n extra
+        kernel launches (``device.kernel_overhead_s`` each) per collective.
+    param_persistence_threshold: with per-tensor gathers, parameter tensors of at most this many
+        elements stay resident and are not gathered (DeepSpeed
+        ``stage3_param_persistence_threshold``, default 1e5); 0 gathers every tensor.
     recompute_gathers_again: ZeRO-3 with full recomputation gathers the parameters once more
         for the recomputed forward (DeepSpeed's module hooks fire again; FSDP's backward
         pre-hook gathers once for recompute + backward).
@@ -46,8 +61,14 @@ class Runtime:
     shard_prefetch: bool = True
     gather_granularity: str = "per_layer"
     recompute_gathers_again: bool = False
+    shard_overlap_fraction: float = 0.0
+    multi_rail: bool = True
+    list_collective_copies: bool = False
+    param_persistence_threshold: int = 0
 
     def __post_init__(self) -> None:
+        require(0.0 <= self.shard_overlap_fraction <= 1.0, "runtime.shard_overlap_fraction",
+                "must be in [0, 1]")
         require(self.attention in ATTENTION_KINDS, "runtime.attention",
                 f"must be one of {ATTENTION_KINDS}, got {self.attention!r}")
         require(self.gather_granularity in GATHER_GRANULARITY, "runtime.gather_granularity",
@@ -58,7 +79,11 @@ class Runtime:
                 "overlap_param_gather": self.overlap_param_gather,
                 "shard_prefetch": self.shard_prefetch,
                 "gather_granularity": self.gather_granularity,
-                "recompute_gathers_again": self.recompute_gathers_again}
+                "recompute_gathers_again": self.recompute_gathers_again,
+                "shard_overlap_fraction": self.shard_overlap_fraction,
+                "multi_rail": self.multi_rail,
+                "list_collective_copies": self.list_collective_copies,
+                "param_persistence_threshold": self.param_persistence_threshold}
 
 
 DEFAULT_RUNTIME = Runtime()
@@ -77,8 +102,9 @@ RUNTIME_PRESETS: dict[str, Runtime] = {
     # SC'21 numbers scale with 1/compute at fixed communication), Megatron's unfused attention,
     # gathers repeated for recomputation.
     "deepspeed-zero3-2021": Runtime(attention="unfused", overlap_grad_reduce=False,
-                                    overlap_param_gather=False, shard_prefetch=False,
-                                    gather_granularity="per_tensor", recompute_gathers_again=True),
+                                    overlap_param_gather=False, shard_prefetch=True,
+                                    gather_granularity="per_tensor", recompute_gathers_again=True,
+                                    param_persistence_threshold=100_000, multi_rail=False),
     # Megatron-DeepSpeed (BLOOM tr11, 2022): Megatron fused softmax (no flash), DeepSpeed pipeline
     # engine reduces gradients after the last micro-batch, ZeRO-1 BF16 optimizer.
     "megatron-deepspeed": Runtime(attention="unfused", overlap_grad_reduce=False,

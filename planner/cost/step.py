@@ -118,13 +118,32 @@ class Prediction:
         }
 
 
-def _param_tensors_per_layer(model: ModelSpec) -> int:
-    """Parameter tensors in one block (fused QKV as Megatron stores it): what ZeRO-3 gathers
-    one by one."""
-    per_linear = 2 if model.bias else 1
-    linears = 2 + (model.mlp_matrices if not model.is_moe else model.mlp_matrices * model.n_experts + 1)
-    norms = 2 * (2 if model.norm == "layernorm" else 1)
-    return linears * per_linear + norms
+def _param_tensor_sizes(model: ModelSpec, tp: int) -> list[int]:
+    """Elements of each parameter tensor of one block on one tp rank (fused QKV as Megatron
+    stores it): what per-tensor ZeRO-3 gathers one by one."""
+    h = model.hidden_size
+    qkv_out = (model.q_dim + 2 * model.kv_dim) // tp
+    experts = model.n_experts if model.is_moe else 1
+    ffn = model.expert_ffn if model.is_moe else model.ffn_hidden_size
+    up_out = (model.mlp_matrices - 1) * ffn // tp
+    sizes = [h * qkv_out, (model.q_dim // tp) * h]
+    sizes += experts * [h * up_out, (ffn // tp) * h]
+    if model.bias:
+        sizes += [qkv_out, h] + experts * [up_out, h]
+    if model.is_moe:
+        sizes.append(h * model.n_experts)
+    norm_tensors = 2 if model.norm == "layernorm" else 1
+    sizes += 2 * norm_tensors * [h]
+    return sizes
+
+
+def _gathered_tensors_per_layer(model: ModelSpec, tp: int, runtime: Runtime) -> int:
+    """Collectives per block and direction for ZeRO-3/FSDP: 1 flat parameter per block, or one
+    per tensor above DeepSpeed's persistence threshold."""
+    if runtime.gather_granularity != "per_tensor":
+        return 1
+    sizes = _param_tensor_sizes(model, tp)
+    return max(1, sum(1 for n in sizes if n > runtime.param_persistence_threshold))
 
 
 def _validate(model: ModelSpec, cluster: ClusterSpec, parallel: ParallelConfig) -> NodeSpec:
@@ -246,11 +265,13 @@ def _layer_comm(model: ModelSpec, node: NodeSpec, P: ParallelConfig, runtime: Ru
     if P.sharding in ("zero3", "fsdp") and dp > 1:
         g = shape("dp")
         size = layer_params_rank * w_bytes_pp
-        n_coll = _param_tensors_per_layer(model) if runtime.gather_granularity == "per_tensor" else 1
+        n_coll = _gathered_tensors_per_layer(model, tp, runtime)
+        copies_s = dp * node.device.kernel_overhead_s if runtime.list_collective_copies else 0.0
 
         def coll(op: str) -> float:
             lat = collective_time(op, 1.0, g, node)
-            return collective_time(op, size, g, node) + (n_coll - 1) * lat
+            return (collective_time(op, size, g, node, runtime.multi_rail) + (n_coll - 1) * lat
+                    + n_coll * copies_s)
 
         ag = coll("all_gather")
         rs = coll("reduce_scatter")
@@ -260,8 +281,10 @@ def _layer_comm(model: ModelSpec, node: NodeSpec, P: ParallelConfig, runtime: Ru
         if runtime.shard_prefetch:
             z3_f = max(0.0, comm_f - lt.fwd_s)
             z3_b = max(0.0, comm_b - (lt.bwd_s + lt.recompute_s))
-        else:
-            z3_f, z3_b = comm_f, comm_b
+        else:  # partial overlap: a fraction of the shorter of comm and compute hides
+            eta = runtime.shard_overlap_fraction
+            z3_f = comm_f - eta * min(comm_f, lt.fwd_s)
+            z3_b = comm_b - eta * min(comm_b, lt.bwd_s + lt.recompute_s)
     return (tp_f, tp_b, tp_rc, cp_f, cp_b, z3_f, z3_b)
 
 
