@@ -257,6 +257,8 @@ def _number(data: dict, key: str, where: str, *, optional: bool = False, default
 
 
 def _mapping(data: Any, where: str) -> dict:
+    if data is None:
+        raise InputError(where, "missing")
     if not isinstance(data, dict):
         raise InputError(where, f"must be a mapping, got {type(data).__name__}")
     return data
