@@ -1,0 +1,1039 @@
+"""Plan search: enumerate, prune, evaluate, rank.
+
+The space is every ``ParallelConfig`` of the cluster's world size: tp, cp, pp (dp the rest),
+micro-batch (divisors of the global batch), recompute none/selective/full, sharding
+none/zero1/zero2/zero3, sequence parallel on/off, schedule gpipe/1f1b/zb/interleaved (vpp 2..8)
+and the layout order (tp then cp innermost, Megatron-LM's rule, Narayanan et al. SC'21 Sec. 3.3;
+then either dp or pp inside the remaining node span: ``tp-cp-dp-pp`` or ``tp-cp-pp-dp``).
+
+How it stays fast without losing the optimum (branch and bound, best first):
+
+1. **Divisibility** (heads/ffn by tp, seq by cp and tp*cp, global batch by dp*micro-batch,
+   micro-batches by pp for interleaving, stages <= layers) rejects whole subtrees in O(1); options
+   that produce an identical plan (sequence parallel with tp=1, ZeRO with dp=1, a schedule or
+   layout order with pp=1) are counted as ``redundant``.
+2. **Memory** first (cheap): per "core" node (tp, cp, pp, dp, micro-batch, recompute, sp) the
+   least memory any of its leaves can need (the best sharding, 1F1B's in-flight count) is
+   computed from the cost model's own pieces (:func:`planner.cost.memory.stage_memory`,
+   :func:`planner.cost.memory.layer_activation_bytes`); above the device memory the whole subtree
+   is rejected as out of memory, with the stage and the bytes it needs.
+3. **Lower bounds** on the step time: for every rank r of a pipeline, any schedule must run r
+   forward stages before r can start and (except ZB, whose last tasks may be deferred weight
+   gradients) r backward stages after it ends, and rank r itself is busy ``m * sum of its chunk
+   times``:  ``T >= sum_{j<r} (F_j + B_j) + 2 r t_p2p + m * sum_{k on r} (F_k + B_k)`` — tight
+   for 1F1B with equal stages ((m + p - 1)(F + B), Narayanan et al. SC'21 Sec. 2.2) — plus the
+   optimizer step. Per-layer F/B are the cost model's (:func:`planner.cost.compute.layer_times`
+   plus the exposed TP / CP / ZeRO-3 communication as :func:`planner.cost.step.predict` adds
+   it). Nodes are expanded in order of their bound; the full cost model
+   (:func:`planner.cost.step.predict`) runs only on leaves whose bound is below the K-th best
+   step time found so far, so the top K are exactly those of brute force over the same space.
+4. **Uneven stages**: for the top candidates with pp > 1 the exact chain DP
+   (:func:`planner.partition.partition_chain`) re-cuts the layers with the cost model's per-layer
+   times and memories (embedding and LM head as first/last-stage extras); the cut is kept when
+   the cost model predicts it faster.
+
+Every candidate lands in exactly one bucket: rejected (with a reason), pruned by the bound,
+or evaluated; :class:`SearchResult` keeps the counts.
+"""
+from __future__ import annotations
+
+import dataclasses
+import heapq
+import math
+import time
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any, Callable
+
+from planner.cost.comm import GroupShape, collective_time, p2p_time
+from planner.cost.compute import (activation_bytes_per_element, embedding_times, head_times,
+                                  layer_times, make_rates)
+from planner.cost.memory import layer_activation_bytes, shard_divisors, state_bytes_per_param
+from planner.cost.runtime import DEFAULT_RUNTIME, Runtime
+from planner.cost.step import OPTIMIZER_BYTES_PER_PARAM, Prediction, predict
+from planner.errors import InputError, require
+from planner.hardware import ClusterSpec, NodeSpec
+from planner.model import ModelSpec
+from planner.plan import PRECISIONS, RECOMPUTE, ParallelConfig, Plan
+
+GIB = 1024.0**3
+ORDERS = ("tp-cp-dp-pp", "tp-cp-pp-dp")
+SHARDINGS = ("none", "zero1", "zero2", "zero3")
+VPP_OPTIONS = (2, 3, 4, 5, 6, 7, 8)
+PLAIN_SCHEDULES = ("1f1b", "zb", "gpipe")
+MAX_MICRO_BATCH = 64
+REFINE_TOP = 5
+
+FIX_KEYS = {"tp": "tp", "pp": "pp", "dp": "dp", "cp": "cp", "vpp": "vpp",
+            "mb": "micro_batch", "micro_batch": "micro_batch", "micro-batch": "micro_batch",
+            "recompute": "recompute", "sharding": "sharding", "zero": "sharding",
+            "sp": "sequence_parallel", "sequence_parallel": "sequence_parallel",
+            "sequence-parallel": "sequence_parallel", "schedule": "schedule", "order": "order"}
+
+REASON_TEXT = {
+    "out_of_memory": "out of memory",
+    "not_divisible": "not divisible",
+    "too_many_stages": "more stages than layers",
+    "tp_crosses_nodes": "tp wider than a node",
+    "redundant": "same plan as another candidate",
+    "bound": "cannot beat the top K (lower bound)",
+}
+
+
+# ----- results ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Rejected:
+    """Why a candidate (or a whole subtree of candidates) was not ranked.
+
+    reason: short code (``out_of_memory``, ``not_divisible``, ``too_many_stages``,
+    ``tp_crosses_nodes``, ``redundant``, ``bound``); detail: for a person; need_bytes / stage:
+    out of memory only — the least memory the candidate needs on its fullest stage."""
+
+    reason: str
+    detail: str = ""
+    need_bytes: float = math.nan
+    stage: int = -1
+
+
+@dataclass
+class RejectionCount:
+    """All rejections with one reason: how many, a typical detail per sub-reason, and for
+    out-of-memory the least memory any of them needs (and on which stage)."""
+
+    reason: str
+    count: int = 0
+    details: dict[str, int] = field(default_factory=dict)
+    min_need_bytes: float = math.inf
+    min_need_stage: int = -1
+    by_stage: dict[str, int] = field(default_factory=dict)
+
+    def add(self, rej: Rejected, n: int) -> None:
+        self.count += n
+        if rej.detail:
+            self.details[rej.detail] = self.details.get(rej.detail, 0) + n
+        if rej.reason == "out_of_memory":
+            key = "stage 0" if rej.stage == 0 else ("last stage" if rej.stage > 0 else "stage ?")
+            self.by_stage[key] = self.by_stage.get(key, 0) + n
+            if rej.need_bytes < self.min_need_bytes:
+                self.min_need_bytes = rej.need_bytes
+                self.min_need_stage = rej.stage
+
+    def to_dict(self) -> dict:
+        return {"reason": self.reason, "count": self.count, "details": dict(self.details),
+                "min_need_bytes": None if math.isinf(self.min_need_bytes) else self.min_need_bytes,
+                "by_stage": dict(self.by_stage)}
+
+
+@dataclass(frozen=True)
+class RankedPlan:
+    """One evaluated plan: its configuration, the cost model's prediction and how it was found."""
+
+    parallel: ParallelConfig
+    prediction: Prediction
+    lower_bound_s: float
+    note: str = ""
+
+    @property
+    def step_time_s(self) -> float:
+        return self.prediction.step_time_s
+
+
+@dataclass
+class SearchResult:
+    """What :func:`search` found.
+
+    ranked: the top K fitting plans, fastest first. rejections: reason -> :class:`RejectionCount`.
+    closest: when nothing fits, the evaluated plan needing the least memory (else None).
+    total_candidates: size of the space searched; evaluated: cost-model calls; bounded: lower
+    bounds computed; elapsed_s: wall time of the search.
+    """
+
+    model: ModelSpec
+    cluster: ClusterSpec
+    hardware: str
+    global_batch: int
+    ranked: list[RankedPlan]
+    rejections: dict[str, RejectionCount]
+    total_candidates: int
+    evaluated: int
+    bounded: int
+    elapsed_s: float
+    closest: RankedPlan | None = None
+    fixed: dict = field(default_factory=dict)
+
+    @property
+    def fits(self) -> bool:
+        return bool(self.ranked)
+
+    @property
+    def gpus_per_node(self) -> int:
+        return self.cluster.groups[0].node.gpus_per_node
+
+    def plan_for(self, entry: RankedPlan) -> Plan:
+        return Plan(model=self.model, hardware=self.hardware, n_nodes=self.cluster.n_nodes,
+                    gpus_per_node=self.gpus_per_node, parallel=entry.parallel,
+                    prediction=entry.prediction.to_dict())
+
+    @property
+    def best_plans(self) -> list[Plan]:
+        """The ranked plans as :class:`planner.plan.Plan` objects carrying their prediction."""
+        return [self.plan_for(e) for e in self.ranked]
+
+    def rows(self) -> list[dict]:
+        return [ranked_row(i + 1, e, self.plan_for(e).id) for i, e in enumerate(self.ranked)]
+
+    @property
+    def table(self):
+        """The ranked plans as a pandas DataFrame (one row per plan)."""
+        import pandas as pd
+
+        return pd.DataFrame(self.rows())
+
+    def rejection_summary(self) -> str:
+        return rejection_summary(self)
+
+    def to_dict(self) -> dict:
+        return {"model": self.model.name, "cluster": self.hardware, "world_size": self.cluster.world_size,
+                "global_batch": self.global_batch, "fits": self.fits, "ranked": self.rows(),
+                "rejections": {k: v.to_dict() for k, v in self.rejections.items()},
+                "total_candidates": self.total_candidates, "evaluated": self.evaluated,
+                "bounded": self.bounded, "elapsed_s": self.elapsed_s,
+                "closest": None if self.closest is None else ranked_row(0, self.closest, self.plan_for(self.closest).id)
+                if self.closest.parallel.world_size == self.cluster.world_size else None}
+
+
+def ranked_row(rank: int, e: RankedPlan, plan_id: str) -> dict:
+    p = e.prediction
+    t = p.time
+    step = p.step_time_s
+    exposed = t.tp_s + t.cp_s + t.dp_s + t.pp_s
+    return {
+        "rank": rank, "id": plan_id, "plan": e.parallel.megatron_notation(),
+        "step_time_s": step, "tokens_per_s_per_gpu": p.tokens_per_s_per_gpu, "mfu": p.mfu,
+        "peak_memory_gib": p.peak_memory_bytes / GIB,
+        "headroom_gib": (p.hbm_bytes - p.peak_memory_bytes) / GIB,
+        "bubble_pct": 100.0 * t.bubble_s / step if step > 0 else 0.0,
+        "exposed_comm_pct": 100.0 * exposed / step if step > 0 else 0.0,
+        "fits": p.fits, "order": e.parallel.order,
+        "stage_layers": list(e.parallel.stage_layers), "note": e.note,
+        "parallel": e.parallel.to_dict(),
+    }
+
+
+def rejection_summary(result: SearchResult) -> str:
+    """``N candidates: X out of memory (on stage 0 needing at least Y GiB), Z not divisible ...``."""
+    parts = []
+    order = ("out_of_memory", "not_divisible", "too_many_stages", "tp_crosses_nodes", "redundant", "bound")
+    for key in order:
+        rc = result.rejections.get(key)
+        if not rc or not rc.count:
+            continue
+        text = f"{rc.count:,} {REASON_TEXT[key]}"
+        if key == "out_of_memory" and not math.isinf(rc.min_need_bytes):
+            where = "stage 0" if rc.min_need_stage == 0 else "the last stage"
+            stages = ", ".join(f"{n:,} on {s}" for s, n in sorted(rc.by_stage.items()))
+            text += f" ({stages}; the smallest needs at least {rc.min_need_bytes / GIB:.1f} GiB on {where})"
+        elif rc.details and key in ("not_divisible", "too_many_stages"):
+            top = sorted(rc.details.items(), key=lambda kv: -kv[1])[:3]
+            text += " (" + "; ".join(f"{n:,} {d}" for d, n in top) + ")"
+        parts.append(text)
+    n_ok = result.total_candidates - sum(rc.count for rc in result.rejections.values())
+    head = (f"{result.total_candidates:,} candidates: {n_ok:,} evaluated and fit"
+            f" ({result.evaluated:,} cost-model calls, {result.bounded:,} lower bounds)")
+    return head + ("; " + ", ".join(parts) if parts else "")
+
+
+# ----- per-layer costs (the cost model's pieces) ---------------------------------------------------
+@lru_cache(maxsize=65536)
+def _spread(size: int, stride: int, gpn: int) -> tuple[int, int]:
+    """planner.plan.group_node_spread for a group of ``size`` ranks ``stride`` apart."""
+    if size == 1:
+        return 1, 1
+    if stride >= gpn and stride % gpn == 0:
+        return 1, size
+    if stride < gpn and gpn % stride == 0:
+        per = min(size, gpn // stride)
+        return per, -(-size // per)
+    per_node: dict[int, int] = {}
+    for i in range(size):
+        node = (i * stride) // gpn
+        per_node[node] = per_node.get(node, 0) + 1
+    return max(per_node.values()), len(per_node)
+
+
+@dataclass(frozen=True)
+class LayerCost:
+    """One block and one micro-batch on one rank, as predict() assembles them (seconds):
+    f forward, bi backward input-grad (+ recompute, + exposed TP/CP), w weight-grad; z3_f/z3_b
+    the exposed ZeRO-3 parts (added only under zero3); emb/head extras."""
+
+    f: float
+    bi: float
+    w: float
+    z3_f_per_dp: Any
+    emb_f: float
+    emb_b: float
+    head_f: float
+    head_bi: float
+    head_w: float
+    act_bytes: float      # b*s/cp*h*bpe: the pipeline send
+    layer_act: float      # activation bytes kept per layer per micro-batch
+    layer_act_full: float  # full recompute: one block's activations live in its backward
+
+
+class _Costs:
+    """Memoised per-layer costs for one model / node type / runtime."""
+
+    def __init__(self, model: ModelSpec, node: NodeSpec, world: int, seq_len: int, precision: str,
+                 runtime: Runtime):
+        self.model, self.node, self.seq, self.prec, self.rt = model, node, seq_len, precision, runtime
+        self.gpn = node.gpus_per_node
+        self.rates = make_rates(node.device, precision, min(self.gpn, world))
+        self.bpe = activation_bytes_per_element(precision)
+        self.w_bytes = 4.0 if precision == "fp32" else 2.0
+        self._layer: dict = {}
+        self._z3: dict = {}
+        self._p2p: dict = {}
+        self._dp: dict = {}
+        m = model
+        per_linear = 2 if m.bias else 1
+        linears = 2 + (m.mlp_matrices if not m.is_moe else m.mlp_matrices * m.n_experts + 1)
+        norms = 2 * (2 if m.norm == "layernorm" else 1)
+        self.param_tensors = linears * per_linear + norms
+        self.layer_params = float(m.layer_params())
+        self.embedding_params = float(m.embedding_params())
+        self.head_params = float(m.head_params() + m.vocab_size * m.hidden_size)  # + tied copy (pp > 1)
+        self.head_params_untied = float(m.head_params())
+        self._coll: dict = {}
+
+    def dp_collective(self, op: str, size: float, dp: int, stride: int) -> float:
+        key = (op, size, dp, stride)
+        hit = self._coll.get(key)
+        if hit is None:
+            hit = self._coll[key] = collective_time(op, size, GroupShape(dp, *_spread(dp, stride, self.gpn)), self.node)
+        return hit
+
+    def layer(self, tp: int, cp: int, mb: int, rc: str, sp: bool) -> LayerCost:
+        key = (tp, cp, mb, rc, sp)
+        hit = self._layer.get(key)
+        if hit is not None:
+            return hit
+        m, node, s = self.model, self.node, self.seq
+        lt = layer_times(m, mb, s, tp, cp, sp, rc, self.prec, self.rates, self.rt)
+        ef, eb = embedding_times(m, mb, s, tp, cp, sp, self.prec, self.rates)
+        hf, hbi, hbw = head_times(m, mb, s, tp, cp, sp, self.prec, self.rates)
+        act = self.bpe * mb * (s / cp) * m.hidden_size
+        tp_f = tp_b = 0.0
+        if tp > 1:
+            g = GroupShape(tp, *_spread(tp, 1, self.gpn))
+            if sp:
+                one = collective_time("all_gather", act, g, node) + collective_time("reduce_scatter", act, g, node)
+            else:
+                one = collective_time("all_reduce", act, g, node)
+            tp_f = tp_b = 2 * one
+        tp_rc = tp_f if rc == "full" else 0.0
+        cp_f = cp_b = 0.0
+        if cp > 1:
+            per, nodes = _spread(cp, tp, self.gpn)
+            kv_bytes = 2 * self.bpe * mb * (s / cp) * m.kv_dim / tp
+            hop = p2p_time(kv_bytes, nodes > 1, node)
+            cp_f = max(0.0, (cp - 1) * hop - lt.core_fwd_s)
+            cp_b = max(0.0, 2 * (cp - 1) * hop - lt.core_bwd_s)
+        la = layer_activation_bytes(m, mb, s, tp, cp, sp, rc, self.prec, self.rt.attention)
+        la_full = (layer_activation_bytes(m, mb, s, tp, cp, sp, "none", self.prec, self.rt.attention)
+                   if rc == "full" else 0.0)
+        cost = LayerCost(f=lt.fwd_s + tp_f + cp_f, bi=lt.bwd_input_s + lt.recompute_s + tp_b + tp_rc + cp_b,
+                         w=lt.bwd_weight_s, z3_f_per_dp=lt, emb_f=ef, emb_b=eb, head_f=hf, head_bi=hbi,
+                         head_w=hbw, act_bytes=act, layer_act=la, layer_act_full=la_full)
+        self._layer[key] = cost
+        return cost
+
+    def z3(self, lc: LayerCost, tp: int, dp: int, dp_stride: int, rc: str) -> tuple[float, float]:
+        """Exposed ZeRO-3 (forward, backward) per layer, as predict() computes them."""
+        key = (id(lc), tp, dp, dp_stride, rc)
+        hit = self._z3.get(key)
+        if hit is not None:
+            return hit
+        lt, node, rt = lc.z3_f_per_dp, self.node, self.rt
+        g = GroupShape(dp, *_spread(dp, dp_stride, self.gpn))
+        size = self.model.layer_params() / tp * self.w_bytes
+        n_coll = self.param_tensors if rt.gather_granularity == "per_tensor" else 1
+
+        def coll(op: str) -> float:
+            lat = collective_time(op, 1.0, g, node)
+            return collective_time(op, size, g, node) + (n_coll - 1) * lat
+
+        ag, rs = coll("all_gather"), coll("reduce_scatter")
+        gathers_b = 1 + (1 if (rt.recompute_gathers_again and rc == "full") else 0)
+        cf, cb = ag, gathers_b * ag + rs
+        if rt.shard_prefetch:
+            out = (max(0.0, cf - lt.fwd_s), max(0.0, cb - (lt.bwd_s + lt.recompute_s)))
+        else:
+            out = (cf, cb)
+        self._z3[key] = out
+        return out
+
+    def p2p(self, act: float, tp: int, pp: int, pp_stride: int) -> float:
+        key = (act, tp, pp, pp_stride)
+        hit = self._p2p.get(key)
+        if hit is None:
+            hit = 0.0
+            if pp > 1:
+                _, nodes = _spread(pp, pp_stride, self.gpn)
+                hit = p2p_time(act / tp, nodes > 1, self.node)
+            self._p2p[key] = hit
+        return hit
+
+
+def _balanced(n_layers: int, stages: int) -> list[int]:
+    base, extra = divmod(n_layers, stages)
+    return [base + (1 if i < extra else 0) for i in range(stages)]
+
+
+@lru_cache(maxsize=4096)
+def _rank_layers(n_layers: int, pp: int, v: int) -> tuple[int, ...]:
+    """Layers held by rank 0 and (pp > 1) rank pp-1 under the balanced split of pp*v chunks."""
+    n_vs = pp * v
+    layers = _balanced(n_layers, n_vs)
+    ranks = (0, pp - 1) if pp > 1 else (0,)
+    return tuple(sum(layers[k] for k in range(r, n_vs, pp)) for r in ranks)
+
+
+@lru_cache(maxsize=4096)
+def _rank_layers_min(n_layers: int, pp: int, vs: tuple[int, ...]) -> tuple[int, ...]:
+    """Per end rank, the fewest layers over the vpp options ``vs`` (a memory lower bound)."""
+    per_v = [_rank_layers(n_layers, pp, v) for v in vs]
+    return tuple(min(x[i] for x in per_v) for i in range(len(per_v[0])))
+
+
+@lru_cache(maxsize=4096)
+def _core_shape(n_layers: int, pp: int, vs: tuple[int, ...]) -> tuple[tuple[int, int, int], ...]:
+    """Per vpp option: (layers on rank 0, layers on rank pp-1, layers of the virtual stages
+    before rank pp-1's first chunk)."""
+    out = []
+    for v in vs:
+        ends = _rank_layers(n_layers, pp, v)
+        layers = _balanced(n_layers, pp * v)
+        out.append((ends[0], ends[-1], sum(layers[: pp - 1])))
+    return tuple(out)
+
+
+def _least_memory_shardings(present: set[str]) -> list[str]:
+    """The shardings that can need the least memory: zero2 <= zero1 <= none always (same
+    weights, fewer gradient / optimizer bytes); zero3 vs zero2 depends on the stage size."""
+    out = [s for s in ("zero3",) if s in present]
+    for s in ("zero2", "zero1", "none"):
+        if s in present:
+            out.append(s)
+            break
+    return out
+
+
+def _strides(order: str, tp: int, cp: int, pp: int, dp: int) -> tuple[int, int]:
+    """(dp stride, pp stride) for the two layout orders."""
+    if order == "tp-cp-dp-pp":
+        return tp * cp, tp * cp * dp
+    return tp * cp * pp, tp * cp
+
+
+# ----- the search -----------------------------------------------------------------------------------
+def _divisors(n: int) -> list[int]:
+    small = [d for d in range(1, int(math.isqrt(n)) + 1) if n % d == 0]
+    return sorted(set(small + [n // d for d in small]))
+
+
+def normalise_fixed(fixed: dict) -> dict[str, Any]:
+    """Map ``--fix`` style keys (tp, mb, sp, ...) to ParallelConfig fields and check the values."""
+    out: dict[str, Any] = {}
+    for key, value in (fixed or {}).items():
+        name = FIX_KEYS.get(str(key))
+        if name is None:
+            raise InputError("fix", f"unknown key {key!r} (allowed: {', '.join(sorted(set(FIX_KEYS)))})")
+        if name in ("tp", "pp", "dp", "cp", "vpp", "micro_batch"):
+            try:
+                v = int(value)
+            except (TypeError, ValueError):
+                raise InputError("fix", f"{key}={value!r}: must be a positive integer") from None
+            if isinstance(value, bool) or v < 1 or (isinstance(value, float) and v != value):
+                raise InputError("fix", f"{key}={value!r}: must be a positive integer")
+            out[name] = v
+        elif name == "recompute":
+            require(value in RECOMPUTE, "fix", f"recompute={value!r}: must be one of {', '.join(RECOMPUTE)}")
+            out[name] = value
+        elif name == "sharding":
+            value = "zero3" if value == "fsdp" else value
+            require(value in SHARDINGS, "fix", f"sharding={value!r}: must be one of {', '.join(SHARDINGS)} (or fsdp)")
+            out[name] = value
+        elif name == "sequence_parallel":
+            if isinstance(value, bool):
+                out[name] = value
+            elif str(value).lower() in ("on", "true", "1", "yes"):
+                out[name] = True
+            elif str(value).lower() in ("off", "false", "0", "no"):
+                out[name] = False
+            else:
+                raise InputError("fix", f"sp={value!r}: must be on or off")
+        elif name == "schedule":
+            require(value in ("gpipe", "1f1b", "interleaved", "zb"), "fix",
+                    f"schedule={value!r}: must be one of gpipe, 1f1b, interleaved, zb")
+            out[name] = value
+        elif name == "order":
+            parts = str(value).split("-")
+            require(sorted(parts) == sorted(["tp", "cp", "dp", "pp"]), "fix",
+                    f"order={value!r}: must be a permutation of tp-cp-dp-pp")
+            out[name] = str(value)
+    return out
+
+
+def parse_fix(items: list[str] | None) -> dict[str, Any]:
+    """``["tp=8", "recompute=full"]`` -> a normalised fixed dict; bad items raise InputError."""
+    raw: dict[str, Any] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise InputError("fix", f"{item!r}: expected KEY=VALUE, e.g. tp=8")
+        k, v = item.split("=", 1)
+        raw[k.strip()] = v.strip()
+    return normalise_fixed(raw)
+
+
+@dataclass(frozen=True)
+class _LeafInfo:
+    vs: tuple[int, ...]
+    shs: tuple[str, ...]
+    o_min: int
+
+
+@dataclass
+class _Space:
+    tp: list[int]
+    cp: list[int]
+    pp: list[int]
+    dp: list[int] | None
+    mb: list[int]
+    rc: list[str]
+    sp: list[bool]
+    sh: list[str]
+    sched: list[tuple[str, int]]
+    orders: list[str]
+
+
+def _space(model: ModelSpec, world: int, gbs: int, fixed: dict) -> _Space:
+    divs = _divisors(world)
+    mb = [d for d in _divisors(gbs) if d <= MAX_MICRO_BATCH]
+    sched = [(s, 1) for s in PLAIN_SCHEDULES] + [("interleaved", v) for v in VPP_OPTIONS]
+    sp = [False, True]
+    sh = list(SHARDINGS)
+    orders = list(ORDERS)
+    sp_ = _Space(tp=divs, cp=divs, pp=divs, dp=None, mb=mb, rc=list(RECOMPUTE), sp=sp, sh=sh,
+                 sched=sched, orders=orders)
+    for name, attr in (("tp", "tp"), ("cp", "cp"), ("pp", "pp")):
+        if name in fixed:
+            setattr(sp_, attr, [fixed[name]])
+    if "dp" in fixed:
+        sp_.dp = [fixed["dp"]]
+    if "micro_batch" in fixed:
+        sp_.mb = [fixed["micro_batch"]]
+    if "recompute" in fixed:
+        sp_.rc = [fixed["recompute"]]
+    if "sequence_parallel" in fixed:
+        sp_.sp = [fixed["sequence_parallel"]]
+    if "sharding" in fixed:
+        sp_.sh = [fixed["sharding"]]
+    if "schedule" in fixed:
+        sp_.sched = [x for x in sp_.sched if x[0] == fixed["schedule"]]
+    if "vpp" in fixed:
+        v = fixed["vpp"]
+        sp_.sched = [x for x in sp_.sched if x[1] == v] or (
+            [("interleaved", v)] if v > 1 and fixed.get("schedule", "interleaved") == "interleaved" else [])
+        if not sp_.sched:
+            raise InputError("fix", f"vpp={v} needs the interleaved schedule (vpp=1 otherwise)")
+    if "order" in fixed:
+        sp_.orders = [fixed["order"]]
+    return sp_
+
+
+class _Search:
+    def __init__(self, model, cluster, gbs, seq, precision, fixed, top_k, progress, runtime):
+        self.model, self.cluster, self.gbs, self.seq, self.prec = model, cluster, gbs, seq, precision
+        self.k = top_k
+        self.progress = progress
+        self.rt = runtime
+        self.node = cluster.node
+        self.world = cluster.world_size
+        self.gpn = self.node.gpus_per_node
+        self.hbm = self.node.device.hbm_bytes
+        self.costs = _Costs(model, self.node, self.world, seq, precision, runtime)
+        self.space = _space(model, self.world, gbs, fixed)
+        self.rej: dict[str, RejectionCount] = {}
+        self.total = 0
+        self.evaluated = 0
+        self.bounded = 0
+        self.top: list[RankedPlan] = []
+        self.closest: tuple[float, RankedPlan] | None = None
+        self._leafsets: dict = {}
+        self.n_leaf_per_core = len(self.space.sh) * len(self.space.sched) * len(self.space.orders)
+        self._maxparams: dict = {}
+        self.state_bytes = state_bytes_per_param(precision)
+        self.frag = self.node.device.fragmentation_fraction
+        self.reserved = self.node.device.reserved_bytes
+
+    def reject(self, rej: Rejected, n: int) -> None:
+        if n <= 0:
+            return
+        rc = self.rej.get(rej.reason)
+        if rc is None:
+            rc = self.rej[rej.reason] = RejectionCount(rej.reason)
+        rc.add(rej, n)
+
+    # --- leaf sets per (pp, dp, m) --------------------------------------------------------------
+    def leafset(self, pp: int, dp: int, m: int):
+        """Valid (sharding, schedule, vpp, order) for a core node; counts the others."""
+        key = (pp, dp, m)
+        hit = self._leafsets.get(key)
+        if hit is None:
+            valid, rejected = [], []
+            L = self.model.n_layers
+            for sh in self.space.sh:
+                for sched, v in self.space.sched:
+                    for order in self.space.orders:
+                        r = None
+                        if dp == 1 and sh != "none":
+                            r = Rejected("redundant", "ZeRO with dp=1")
+                        elif pp == 1 and (sched != "1f1b" or v > 1):
+                            r = Rejected("redundant", "pipeline schedule with pp=1")
+                        elif order != ORDERS[0] and (pp == 1 or dp == 1):
+                            r = Rejected("redundant", "layout order with pp=1 or dp=1")
+                        elif sched == "interleaved" and pp * v > L:
+                            r = Rejected("too_many_stages", "pp*vpp exceeds the layers")
+                        elif sched == "interleaved" and m % pp != 0:
+                            r = Rejected("not_divisible", "interleaving needs micro-batches divisible by pp")
+                        if r is None:
+                            valid.append((sh, sched, v, order))
+                        else:
+                            rejected.append(r)
+            counts: dict[Rejected, int] = {}
+            for r in rejected:
+                counts[r] = counts.get(r, 0) + 1
+            rejected = list(counts.items())
+            info = _LeafInfo(vs=tuple(sorted({x[2] for x in valid})),
+                             shs=tuple(_least_memory_shardings({x[0] for x in valid})),
+                             o_min=max((shard_divisors(x[0], dp)[2] for x in valid), default=1))
+            self._leafsets[key] = (valid, rejected, info)
+            hit = self._leafsets[key]
+        return hit
+
+    # --- memory ---------------------------------------------------------------------------------
+    def rank_params(self, tp: int, pp: int, layers_r: int, r: int) -> float:
+        c = self.costs
+        p = layers_r * c.layer_params
+        if r == 0:
+            p += c.embedding_params
+        if r == pp - 1:
+            p += c.head_params if (self.model.tied_embeddings and pp > 1) else c.head_params_untied
+        return p / tp
+
+    def memory(self, lc: LayerCost, tp: int, cp: int, pp: int, dp: int, mb: int, m: int, sh: str,
+               sched: str, v: int, vs: tuple[int, ...] = ()) -> tuple[float, int]:
+        """(peak bytes lower bound, its stage) over ranks 0 and pp-1: the arithmetic of
+        planner.cost.memory.stage_memory (exact for non-interleaved schedules; interleaved is
+        charged 1F1B's in-flight count, a lower bound)."""
+        mdl = self.model
+        ends = _rank_layers(mdl.n_layers, pp, v) if v else _rank_layers_min(mdl.n_layers, pp, vs)
+        w_b, g_b, o_b = self.state_bytes
+        w_div, g_div, o_div = shard_divisors(sh, dp)
+        per_param = w_b / w_div + g_b / g_div + o_b / o_div
+        gathered = 2 * self.costs.layer_params / tp * w_b if w_div > 1 else 0.0
+        best, stage = 0.0, 0
+        r = 0
+        for n_r in ends:
+            params = self.rank_params(tp, pp, n_r, r)
+            flight = m if sched == "gpipe" else min(pp - r, m)
+            tensors = params * per_param + gathered + flight * n_r * lc.layer_act + lc.layer_act_full
+            if r == pp - 1:
+                tensors += (4 + self.costs.bpe) * mb * (self.seq / cp) * mdl.vocab_size / tp
+            total = tensors * (1 + self.frag) + self.reserved
+            if total > best:
+                best, stage = total, r
+            r = pp - 1
+        return best, stage
+
+    # --- time bounds ----------------------------------------------------------------------------
+    def max_rank_params(self, tp: int, pp: int, v: int) -> tuple[float, int]:
+        """(largest parameter count of a pipeline rank, that rank) as predict() finds it."""
+        key = (tp, pp, v)
+        hit = self._maxparams.get(key)
+        if hit is None:
+            layers = _balanced(self.model.n_layers, pp * v)
+            per = [self.rank_params(tp, pp, sum(layers[k] for k in range(r, pp * v, pp)), r) for r in range(pp)]
+            best = max(per)
+            hit = self._maxparams[key] = (best, per.index(best))
+        return hit
+
+    def optimizer_s(self, tp: int, pp: int, v: int, o_div: int) -> float:
+        most, _ = self.max_rank_params(tp, pp, v)
+        return self.costs.rates.memory(most / o_div * OPTIMIZER_BYTES_PER_PARAM, 2 * max(1, pp * v))
+
+    def dp_exposed(self, tp: int, pp: int, dp: int, v: int, sh: str, dp_stride: int,
+                   window_of_rank) -> float:
+        """Exposed data-parallel gradient reduction (non-ZeRO-3) as predict() charges it."""
+        if dp == 1 or sh == "zero3":
+            return 0.0
+        params, r_max = self.max_rank_params(tp, pp, v)
+        grad_bytes = params * (2.0 if self.prec in ("fp16", "fp8") else 4.0)
+        c = self.costs
+        if sh == "none":
+            red = c.dp_collective("all_reduce", grad_bytes, dp, dp_stride)
+            gather = 0.0
+        else:
+            red = c.dp_collective("reduce_scatter", grad_bytes, dp, dp_stride)
+            gather = c.dp_collective("all_gather", params * c.w_bytes, dp, dp_stride)
+        window = window_of_rank(r_max) if self.rt.overlap_grad_reduce else 0.0
+        return max(0.0, red - window) + (0.0 if self.rt.overlap_param_gather else gather)
+
+    def leaf_bound(self, lc: LayerCost, tp, cp, pp, dp, m, rc, sh, sched, v, order) -> float:
+        f, bi, w = lc.f, lc.bi, lc.w
+        dp_stride, pp_stride = _strides(order, tp, cp, pp, dp)
+        if sh == "zero3" and dp > 1:
+            zf, zb = self.costs.z3(lc, tp, dp, dp_stride, rc)
+            f, bi = f + zf, bi + zb
+        p2p = self.costs.p2p(lc.act_bytes, tp, pp, pp_stride)
+        n_vs = pp * v
+        layers = _balanced(self.model.n_layers, n_vs)
+        F = [n * f for n in layers]
+        B = [n * bi for n in layers]
+        W = [n * w for n in layers]
+        F[0] += lc.emb_f
+        B[0] += lc.emb_b
+        F[-1] += lc.head_f
+        B[-1] += lc.head_bi
+        W[-1] += lc.head_w
+        best = 0.0
+        pre = 0.0
+        for r in range(pp):
+            busy = m * sum(F[k] + B[k] + W[k] for k in range(r, n_vs, pp))
+            t = pre + busy
+            if t > best:
+                best = t
+            if sched == "zb":
+                pre += F[r] + p2p
+            else:
+                pre += F[r] + B[r] + W[r] + 2 * p2p
+        o_div = shard_divisors(sh, dp)[2]
+
+        def window(r: int) -> float:
+            return sum(B[k] + W[k] for k in range(r, n_vs, pp))
+
+        return best + self.optimizer_s(tp, pp, v, o_div) + self.dp_exposed(tp, pp, dp, v, sh, dp_stride, window)
+
+    def core_bound(self, lc: LayerCost, tp, cp, pp, dp, m, info) -> float:
+        """Below every leaf_bound of this core node: no ZeRO-3 / p2p / dp terms, the smallest
+        pipeline fill over the node's vpp options, the best optimizer sharding."""
+        f = lc.f
+        per = lc.f + lc.bi + lc.w
+        emb = lc.emb_f + lc.emb_b
+        head = lc.head_f + lc.head_bi + lc.head_w
+        best = math.inf
+        for n0, nl, pre_l in _core_shape(self.model.n_layers, pp, info.vs):
+            if pp == 1:
+                t = m * (n0 * per + emb + head)
+            else:
+                t0 = m * (n0 * per + emb)
+                tl = pre_l * f + m * (nl * per + head)
+                t = t0 if t0 > tl else tl
+            if t < best:
+                best = t
+        return best + min(self.optimizer_s(tp, pp, v, info.o_min) for v in info.vs)
+
+    # --- main loop ------------------------------------------------------------------------------
+    def run(self) -> None:
+        mdl, S = self.model, self.space
+        L = mdl.n_layers
+        t_start = time.perf_counter()
+        n_sub_core = len(S.rc) * len(S.sp) * self.n_leaf_per_core
+        heap: list = []
+        seq_counter = 0
+        cores = []
+        for tp in S.tp:
+            for cp in S.cp:
+                if self.world % (tp * cp):
+                    continue
+                for pp in S.pp:
+                    if self.world % (tp * cp * pp):
+                        continue
+                    dp = self.world // (tp * cp * pp)
+                    if S.dp is not None and dp not in S.dp:
+                        continue
+                    n_here = len(S.mb) * n_sub_core
+                    self.total += n_here
+                    r = None
+                    if tp > self.gpn:
+                        r = Rejected("tp_crosses_nodes", f"tp > {self.gpn} GPUs per node")
+                    elif mdl.n_heads % tp or mdl.ffn_hidden_size % tp or not (
+                            mdl.n_kv_heads % tp == 0 or tp % mdl.n_kv_heads == 0):
+                        r = Rejected("not_divisible", "tp does not divide heads / kv heads / ffn")
+                    elif self.seq % cp:
+                        r = Rejected("not_divisible", "cp does not divide the sequence length")
+                    elif pp > L:
+                        r = Rejected("too_many_stages", "pp exceeds the layers")
+                    elif self.gbs % dp:
+                        r = Rejected("not_divisible", "dp does not divide the global batch")
+                    if r is not None:
+                        self.reject(r, n_here)
+                        continue
+                    for mb in S.mb:
+                        if self.gbs % (dp * mb):
+                            self.reject(Rejected("not_divisible", "dp*micro-batch does not divide the global batch"),
+                                        n_sub_core)
+                            continue
+                        m = self.gbs // (dp * mb)
+                        leaves, rejected, info = self.leafset(pp, dp, m)
+                        for sp in S.sp:
+                            n_rc = len(S.rc) * self.n_leaf_per_core
+                            if sp and tp == 1:
+                                self.reject(Rejected("redundant", "sequence parallel with tp=1"), n_rc)
+                                continue
+                            if sp and self.seq % (tp * cp):
+                                self.reject(Rejected("not_divisible", "sequence parallel needs seq divisible by tp*cp"), n_rc)
+                                continue
+                            for rj, n in rejected:
+                                self.reject(rj, n * len(S.rc))
+                            if not leaves:
+                                continue
+                            for rc in S.rc:
+                                cores.append((tp, cp, pp, dp, mb, m, sp, rc, leaves, info))
+        n_cores = len(cores)
+        for i, (tp, cp, pp, dp, mb, m, sp, rc, leaves, info) in enumerate(cores):
+            if self.progress and i % 2048 == 0:
+                self.progress(0.5 * i / max(1, n_cores))
+            lc = self.costs.layer(tp, cp, mb, rc, sp)
+            # memory first: least memory over the node's shardings with 1F1B's in-flight count
+            mem, stage = min(self.memory(lc, tp, cp, pp, dp, mb, m, sh, "1f1b", 0, info.vs) for sh in info.shs)
+            if mem > self.hbm:
+                self.reject(Rejected("out_of_memory", "", mem, stage), len(leaves))
+                self._near_miss(mem, lc, (tp, cp, pp, dp, mb, m, sp, rc, leaves))
+                continue
+            self.bounded += 1
+            lb = self.core_bound(lc, tp, cp, pp, dp, m, info)
+            heap.append((lb, seq_counter, 0, (tp, cp, pp, dp, mb, m, sp, rc, leaves)))
+            seq_counter += 1
+        heapq.heapify(heap)
+        n_heap0 = max(1, len(heap))
+        popped = 0
+        while heap:
+            lb, _, kind, item = heapq.heappop(heap)
+            popped += 1
+            if self.progress and popped % 256 == 0:
+                self.progress(min(0.99, 0.5 + 0.5 * popped / n_heap0))
+            if len(self.top) >= self.k and lb >= self.top[-1].step_time_s:
+                heapq.heappush(heap, (lb, 0, kind, item))
+                break
+            if kind == 0:
+                tp, cp, pp, dp, mb, m, sp, rc, leaves = item
+                lc = self.costs.layer(tp, cp, mb, rc, sp)
+                for sh, sched, v, order in leaves:
+                    mem, stage = self.memory(lc, tp, cp, pp, dp, mb, m, sh, sched, v)
+                    if mem > self.hbm:
+                        self.reject(Rejected("out_of_memory", "", mem, stage), 1)
+                        continue
+                    self.bounded += 1
+                    b = self.leaf_bound(lc, tp, cp, pp, dp, m, rc, sh, sched, v, order)
+                    heapq.heappush(heap, (b, seq_counter, 1, (tp, cp, pp, dp, mb, sp, rc, sh, sched, v, order)))
+                    seq_counter += 1
+            else:
+                self.evaluate(lb, item)
+        # whatever is left cannot beat the K-th best
+        left = 0
+        for lb, _, kind, item in heap:
+            left += len(item[-1]) if kind == 0 else 1
+        self.reject(Rejected("bound", "lower bound above the K-th best"), left)
+        self.elapsed = time.perf_counter() - t_start
+
+    def config(self, item) -> ParallelConfig:
+        tp, cp, pp, dp, mb, sp, rc, sh, sched, v, order = item
+        return ParallelConfig(tp=tp, pp=pp, dp=dp, cp=cp, vpp=v, micro_batch=mb, global_batch=self.gbs,
+                              seq_len=self.seq, recompute=rc, sharding=sh, sequence_parallel=sp,
+                              precision=self.prec, schedule=sched if pp > 1 else "1f1b", order=order)
+
+    def evaluate(self, lb: float, item) -> None:
+        P = self.config(item)
+        pred = predict(self.model, self.cluster, P, self.rt)
+        self.evaluated += 1
+        entry = RankedPlan(P, pred, lb)
+        if not pred.fits:
+            stage = max(pred.per_stage, key=lambda s: s.memory_bytes).stage
+            self.reject(Rejected("out_of_memory", "", pred.peak_memory_bytes, stage), 1)
+            if self.closest is None or pred.peak_memory_bytes < self.closest[0]:
+                self.closest = (pred.peak_memory_bytes, entry)
+            return
+        self.top.append(entry)
+        self.top.sort(key=lambda e: e.step_time_s)
+        if len(self.top) > self.k:
+            self.top.pop()
+
+    def _near_miss(self, mem: float, lc, core) -> None:
+        """Remember the core node needing the least memory (for 'what is closest')."""
+        if self.closest is not None and self.closest[0] <= mem:
+            return
+        tp, cp, pp, dp, mb, m, sp, rc, leaves = core
+        sh = max(leaves, key=lambda x: shard_divisors(x[0], dp)[0] + shard_divisors(x[0], dp)[2])[0]
+        sched = "1f1b" if pp > 1 else "1f1b"
+        order = next((x[3] for x in leaves), ORDERS[0])
+        P = self.config((tp, cp, pp, dp, mb, sp, rc, sh, sched, 1, order))
+        pred = predict(self.model, self.cluster, P, self.rt)
+        self.evaluated += 1
+        self.closest = (min(mem, pred.peak_memory_bytes), RankedPlan(P, pred, math.nan))
+
+
+# ----- uneven stages --------------------------------------------------------------------------------
+def uneven_split(model: ModelSpec, cluster: ClusterSpec, P: ParallelConfig,
+                 runtime: Runtime = DEFAULT_RUNTIME) -> tuple[int, ...] | None:
+    """The exact chain-DP cut (planner.partition.partition_chain) of ``model``'s layers for
+    ``P`` (vpp == 1), with the cost model's per-layer time and memory and the embedding / LM
+    head as first / last stage extras; None when it equals the balanced split or fails."""
+    from planner.partition import StageCut, partition_chain
+
+    if P.pp == 1 or P.vpp != 1:
+        return None
+    node = cluster.node
+    costs = _Costs(model, node, cluster.world_size, P.seq_len, P.precision, runtime)
+    lc = costs.layer(P.tp, P.cp, P.micro_batch, P.recompute, P.sequence_parallel)
+    f, bi = lc.f, lc.bi
+    if P.sharding == "zero3" or P.sharding == "fsdp":
+        dp_stride, _ = _strides(P.order if P.order in ORDERS else ORDERS[0], P.tp, P.cp, P.pp, P.dp)
+        zf, zb = costs.z3(lc, P.tp, P.dp, dp_stride, P.recompute)
+        f, bi = f + zf, bi + zb
+    per_layer = f + bi + lc.w
+    pp, m, L = P.pp, P.num_micro_batches, model.n_layers
+    w_b = {"fp32": 16.0}.get(P.precision, 16.0)
+    w_div, g_div, o_div = shard_divisors(P.sharding, P.dp)
+    wb, gb, ob = (4.0, 4.0, 8.0) if P.precision == "fp32" else (2.0, 2.0, 12.0)
+    state = wb / w_div + gb / g_div + ob / o_div
+    del w_b
+    lp = model.layer_params() / P.tp
+    flight = [float(m) if P.schedule == "gpipe" else float(min(pp - k, m)) for k in range(pp)]
+    mem = [[lp * state + lc.layer_act * flight[k]] * L for k in range(pp)]
+    dev = node.device
+    limits = [(dev.hbm_bytes - dev.reserved_bytes) / (1 + dev.fragmentation_fraction)
+              - lc.layer_act_full - (2 * lp * wb if w_div > 1 else 0.0)] * pp
+    emb_p = model.embedding_params() / P.tp
+    head_p = (model.head_params() + (model.vocab_size * model.hidden_size if model.tied_embeddings else 0)) / P.tp
+    logits = (4 + costs.bpe) * P.micro_batch * (P.seq_len / P.cp) * model.vocab_size / P.tp
+    cut = partition_chain([per_layer] * L, mem, pp, limits,
+                          first_extra=(lc.emb_f + lc.emb_b, emb_p * state),
+                          last_extra=(lc.head_f + lc.head_bi + lc.head_w, head_p * state + logits))
+    if not isinstance(cut, StageCut):
+        return None
+    split = tuple(cut.layers_per_stage)
+    if split == tuple(P.layers_per_stage(L)):
+        return None
+    return split
+
+
+def refine_uneven(result_top: list[RankedPlan], model, cluster, runtime, n: int = REFINE_TOP) -> tuple[list[RankedPlan], int]:
+    """Try the chain-DP cut on the first ``n`` plans; keep each where predict says faster."""
+    out, calls = [], 0
+    for i, e in enumerate(result_top):
+        if i >= n or e.parallel.pp == 1 or e.parallel.vpp != 1:
+            out.append(e)
+            continue
+        split = uneven_split(model, cluster, e.parallel, runtime)
+        if split is None:
+            out.append(e)
+            continue
+        P2 = dataclasses.replace(e.parallel, stage_layers=split)
+        pred = predict(model, cluster, P2, runtime)
+        calls += 1
+        if pred.fits and pred.step_time_s < e.step_time_s:
+            gain = 100 * (1 - pred.step_time_s / e.step_time_s)
+            out.append(RankedPlan(P2, pred, e.lower_bound_s,
+                                  f"uneven stages {','.join(map(str, split))} ({gain:.1f}% faster than balanced)"))
+        else:
+            out.append(e)
+    out.sort(key=lambda e: e.step_time_s)
+    return out, calls
+
+
+def search(model: ModelSpec, cluster: ClusterSpec, global_batch: int, seq_len: int | None = None,
+           precision: str = "bf16", fixed: dict | None = None, top_k: int = 10,
+           progress: Callable[[float], None] | None = None, runtime: Runtime = DEFAULT_RUNTIME,
+           hardware: str | None = None, refine: bool = True) -> SearchResult:
+    """Search the full space (module docstring) for ``model`` on ``cluster`` (homogeneous; see
+    :mod:`planner.hetero` for mixed clusters) and return the ``top_k`` fastest fitting plans.
+
+    fixed: options held fixed, ``{"tp": 8, "recompute": "full", "sp": True, ...}`` (keys as
+    ``--fix``: tp pp dp cp vpp mb recompute sharding sp schedule order). progress: called with
+    a fraction in [0, 1] now and then. hardware: the profile name stored in the plans.
+    """
+    t0 = time.perf_counter()
+    require(isinstance(global_batch, int) and global_batch >= 1, "global_batch", "must be a positive integer")
+    require(isinstance(top_k, int) and top_k >= 1, "top", "must be >= 1")
+    require(precision in PRECISIONS, "precision", f"must be one of {PRECISIONS}")
+    require(cluster.is_homogeneous, "cluster", "has several node types: use planner.hetero.search_hetero")
+    seq = seq_len or model.seq_len
+    require(seq <= model.seq_len or model.position != "learned", "seq_len",
+            f"{seq} exceeds the model's learned positions ({model.seq_len})")
+    if not cluster.node.device.supports(precision):
+        cluster.node.device.peak_flops(precision)
+    fixed_n = normalise_fixed(fixed or {})
+    s = _Search(model, cluster, global_batch, seq, precision, fixed_n, top_k, progress, runtime)
+    s.run()
+    top = s.top
+    if refine and top:
+        top, calls = refine_uneven(top, model, cluster, runtime)
+        s.evaluated += calls
+    if progress:
+        progress(1.0)
+    closest = s.closest[1] if (s.closest and not top) else None
+    return SearchResult(model=model, cluster=cluster, hardware=hardware or cluster.node.name,
+                        global_batch=global_batch, ranked=top, rejections=s.rej, total_candidates=s.total,
+                        evaluated=s.evaluated, bounded=s.bounded, elapsed_s=time.perf_counter() - t0,
+                        closest=closest, fixed=fixed_n)
+
+
+def brute_force(model: ModelSpec, cluster: ClusterSpec, global_batch: int, seq_len: int | None = None,
+                precision: str = "bf16", fixed: dict | None = None,
+                runtime: Runtime = DEFAULT_RUNTIME) -> list[tuple[ParallelConfig, Prediction]]:
+    """Every valid candidate of the same space through predict() (for tests and small cases):
+    fitting plans, fastest first."""
+    seq = seq_len or model.seq_len
+    S = _space(model, cluster.world_size, global_batch, normalise_fixed(fixed or {}))
+    out = []
+    world = cluster.world_size
+    for tp in S.tp:
+        for cp in S.cp:
+            for pp in S.pp:
+                if world % (tp * cp * pp) or tp > cluster.node.gpus_per_node:
+                    continue
+                dp = world // (tp * cp * pp)
+                if S.dp is not None and dp not in S.dp:
+                    continue
+                for mb in S.mb:
+                    for rc in S.rc:
+                        for sp in S.sp:
+                            if sp and tp == 1:
+                                continue
+                            for sh in S.sh:
+                                if dp == 1 and sh != "none":
+                                    continue
+                                for sched, v in S.sched:
+                                    if pp == 1 and (sched != "1f1b" or v > 1):
+                                        continue
+                                    for order in S.orders:
+                                        if order != ORDERS[0] and (pp == 1 or dp == 1):
+                                            continue
+                                        try:
+                                            P = ParallelConfig(tp=tp, pp=pp, dp=dp, cp=cp, vpp=v, micro_batch=mb,
+                                                               global_batch=global_batch, seq_len=seq, recompute=rc,
+                                                               sharding=sh, sequence_parallel=sp, precision=precision,
+                                                               schedule=sched, order=order)
+                                            pred = predict(model, cluster, P, runtime)
+                                        except InputError:
+                                            continue
+                                        if pred.fits:
+                                            out.append((P, pred))
+    out.sort(key=lambda x: x[1].step_time_s)
+    return out
+
+
+__all__ = ["Rejected", "RejectionCount", "RankedPlan", "SearchResult", "search", "brute_force",
+           "parse_fix", "normalise_fixed", "uneven_split", "rejection_summary", "FIX_KEYS"]

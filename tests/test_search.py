@@ -1,0 +1,145 @@
+"""The plan search: optimality against brute force, rejection counting, --fix, nothing fits."""
+import dataclasses
+import math
+
+import pytest
+
+from planner.cost.step import cluster_for, predict
+from planner.errors import InputError
+from planner.model import load_model
+from planner.plan import ParallelConfig
+from planner.search import _Search, brute_force, normalise_fixed, parse_fix, search
+
+FIX = {"recompute": "selective", "sharding": "zero1"}
+
+
+@pytest.fixture(scope="module")
+def small():
+    model = load_model("llama3-8b", seq_len=2048)
+    cluster = cluster_for("dgx-a100-80gb", 1, 4)
+    return model, cluster
+
+
+def test_best_equals_brute_force(small):
+    model, cluster = small
+    res = search(model, cluster, 8, fixed=FIX, top_k=3, refine=False)
+    brute = brute_force(model, cluster, 8, fixed=FIX)
+    assert res.ranked and brute
+    assert [round(e.step_time_s, 9) for e in res.ranked] == [round(p.step_time_s, 9) for _, p in brute[:3]]
+    # the search evaluated far fewer candidates than brute force
+    assert res.evaluated < len(brute)
+
+
+def test_counts_add_up(small):
+    model, cluster = small
+    res = search(model, cluster, 8, fixed=FIX, top_k=3, refine=False)
+    n_rejected = sum(rc.count for rc in res.rejections.values())
+    fitting = res.total_candidates - n_rejected
+    assert fitting >= len(res.ranked)
+    # every evaluated-and-fitting candidate is one predict() call that fit
+    assert fitting <= res.evaluated
+    # tp > 4 GPUs per node does not exist on 4 GPUs; tp=4 divides 32 heads and 8 kv heads
+    assert "tp_crosses_nodes" not in res.rejections
+    assert res.rejections["out_of_memory"].count > 0
+
+
+def test_rejection_reasons_counted_exactly():
+    # tiny-gpt has 4 heads: on 8 GPUs per node, tp=8 cannot split the heads.
+    model = load_model("tiny-gpt")
+    cluster = cluster_for("dgx-a100-80gb", 1)
+    fixed = {"recompute": "none", "sharding": "none", "sp": False, "schedule": "1f1b", "mb": 1,
+             "order": "tp-cp-dp-pp"}
+    res = search(model, cluster, 8, fixed=fixed, top_k=1, refine=False)
+    # space: (tp, cp, pp) with tp*cp*pp | 8 -> 10 ordered factorizations of 8 into 4 factors x 1 leaf...
+    # ordered 4-factor factorizations of 8 = C(3+3, 3) = 20
+    assert res.total_candidates == 20
+    nd = res.rejections["not_divisible"]
+    # tp=8: (cp, pp, dp) with product 1 -> 1 candidate; cp does not divide... seq 256 is divisible by all
+    assert nd.details["tp does not divide heads / kv heads / ffn"] == 1
+    # pp=8 > 4 layers: (tp, cp) with tp*cp = 1 -> 1; pp=8 only once
+    assert res.rejections["too_many_stages"].count == 1
+    # dp must divide the global batch 8: always true here; mb=1 fixed
+    assert sum(rc.count for rc in res.rejections.values()) + res.evaluated - len(res.ranked) >= 0
+
+
+def test_fix_is_honoured(small):
+    model, cluster = small
+    res = search(model, cluster, 8, fixed={"tp": 2, "sp": "on", "recompute": "full"}, top_k=5, refine=False)
+    assert res.ranked
+    for e in res.ranked:
+        assert e.parallel.tp == 2 and e.parallel.sequence_parallel and e.parallel.recompute == "full"
+
+
+def test_parse_fix_errors():
+    assert parse_fix(["tp=8", "mb=2", "sp=off", "sharding=fsdp"]) == {
+        "tp": 8, "micro_batch": 2, "sequence_parallel": False, "sharding": "zero3"}
+    for bad in (["tp"], ["foo=1"], ["tp=x"], ["tp=0"], ["recompute=some"], ["schedule=fast"], ["sp=maybe"]):
+        with pytest.raises(InputError) as err:
+            parse_fix(bad)
+        assert err.value.field == "fix"
+
+
+def test_nothing_fits():
+    model = load_model("gpt3-175b")
+    cluster = cluster_for("dgx-a100-80gb", 1)
+    res = search(model, cluster, 16, top_k=3)
+    assert not res.fits and not res.ranked
+    oom = res.rejections["out_of_memory"]
+    assert oom.count > 0 and oom.min_need_bytes > cluster.node.device.hbm_bytes
+    assert res.closest is not None and not res.closest.prediction.fits
+    assert "out of memory" in res.rejection_summary()
+
+
+def test_bounds_below_predict(small):
+    """The leaf lower bound never exceeds predict(); the memory bound never exceeds its peak."""
+    model, cluster = small
+    s = _Search(model, cluster, 8, 2048, "bf16", normalise_fixed({}), 3, None, predict.__defaults__[0])
+    checked = 0
+    for tp, pp, dp in ((1, 1, 4), (2, 2, 1), (1, 4, 1), (2, 1, 2), (1, 2, 2)):
+        for mb in (1, 2):
+            m = 8 // (dp * mb)
+            for rc in ("none", "selective", "full"):
+                for sp in ((False, True) if tp > 1 else (False,)):
+                    lc = s.costs.layer(tp, 1, mb, rc, sp)
+                    for sh in (("none", "zero1", "zero2", "zero3") if dp > 1 else ("none",)):
+                        for sched, v in (("1f1b", 1), ("gpipe", 1), ("zb", 1), ("interleaved", 2)):
+                            if pp == 1 and sched != "1f1b":
+                                continue
+                            if sched == "interleaved" and m % pp:
+                                continue
+                            for order in (("tp-cp-dp-pp", "tp-cp-pp-dp") if pp > 1 and dp > 1 else ("tp-cp-dp-pp",)):
+                                P = ParallelConfig(tp=tp, pp=pp, dp=dp, vpp=v, micro_batch=mb, global_batch=8,
+                                                   seq_len=2048, recompute=rc, sharding=sh, sequence_parallel=sp,
+                                                   schedule=sched, order=order)
+                                pred = predict(model, cluster, P)
+                                lb = s.leaf_bound(lc, tp, 1, pp, dp, m, rc, sh, sched, v, order)
+                                mem, _ = s.memory(lc, tp, 1, pp, dp, mb, m, sh, sched, v)
+                                assert lb <= pred.step_time_s * (1 + 1e-9), (P, lb, pred.step_time_s)
+                                assert mem <= pred.peak_memory_bytes * (1 + 1e-9), (P, mem, pred.peak_memory_bytes)
+                                checked += 1
+    assert checked > 100
+
+
+def test_uneven_stages_kept_only_when_faster():
+    model = load_model("gpt3-175b")
+    cluster = cluster_for("dgx-a100-80gb", 16)
+    res = search(model, cluster, 256, fixed={"tp": 8, "pp": 8, "schedule": "1f1b"}, top_k=3)
+    assert res.ranked
+    for e in res.ranked:
+        if e.parallel.stage_layers:
+            balanced = dataclasses.replace(e.parallel, stage_layers=())
+            assert e.step_time_s < predict(model, cluster, balanced).step_time_s
+            assert sum(e.parallel.stage_layers) == model.n_layers
+
+
+def test_table_and_plans(small):
+    model, cluster = small
+    res = search(model, cluster, 8, top_k=3, hardware="dgx-a100-80gb")
+    df = res.table
+    assert list(df["rank"]) == [1, 2, 3]
+    assert {"step_time_s", "tokens_per_s_per_gpu", "mfu", "peak_memory_gib", "headroom_gib",
+            "bubble_pct", "exposed_comm_pct", "plan"} <= set(df.columns)
+    assert df["step_time_s"].is_monotonic_increasing
+    plans = res.best_plans
+    assert plans[0].prediction["step_time_s"] == pytest.approx(df["step_time_s"][0])
+    assert plans[0].hardware == "dgx-a100-80gb" and not math.isnan(plans[0].prediction["mfu"])
