@@ -235,6 +235,18 @@ def resolve_cluster_path(name_or_path: str | Path) -> Path:
     return candidate
 
 
+def is_cluster_file(name_or_path: str | Path) -> bool:
+    """True for a cluster file (a YAML mapping with ``groups``), False for a hardware profile."""
+    path = Path(name_or_path)
+    if path.suffix not in (".yaml", ".yml") or not path.exists():
+        return False
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError:
+        return False
+    return isinstance(data, dict) and "groups" in data
+
+
 def load_cluster(path: str | Path) -> Cluster:
     """Load a cluster file (a path, or a name in ``clusters/``) into a :class:`Cluster`."""
     path = resolve_cluster_path(path)

@@ -434,7 +434,14 @@ def cluster_for(hardware: str, n_nodes: int, gpus_per_node: int | None = None) -
 
 
 def predict_plan(plan: Plan, runtime: Runtime = DEFAULT_RUNTIME) -> Prediction:
-    """Predict a :class:`Plan`: loads ``plan.hardware`` with ``plan.gpus_per_node`` nodes."""
+    """Predict a :class:`Plan`: loads ``plan.hardware`` with ``plan.gpus_per_node`` nodes; a plan
+    on a heterogeneous cluster file goes to :func:`planner.hetero.predict_hetero_plan`."""
+    from planner.cluster import is_cluster_file
+
+    if is_cluster_file(plan.hardware):
+        from planner.hetero import predict_hetero_plan
+
+        return predict_hetero_plan(plan, runtime)
     return predict(plan.model, cluster_for(plan.hardware, plan.n_nodes, plan.gpus_per_node),
                    plan.parallel, runtime)
 
