@@ -5,8 +5,6 @@ import argparse
 
 
 def register(subparsers) -> None:
-    from planner.calibrate import FIT_PARAMS
-
     p = subparsers.add_parser(
         "fit", help="fit a hardware profile's physical parameters to measured runs (least squares)",
         description="Re-predict each run's plan under modified profile parameters and fit them to the measured "
@@ -14,8 +12,9 @@ def register(subparsers) -> None:
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     p.add_argument("--profile", required=True, help="profile name or path to start from")
     p.add_argument("--out", default=None, metavar="P2.yaml", help="write the fitted profile (same schema)")
-    p.add_argument("--params", default=",".join(FIT_PARAMS),
-                   help=f"comma-separated parameters to fit (default all: {','.join(FIT_PARAMS)})")
+    p.add_argument("--params", default=None,
+                   help="comma-separated parameters to fit (default all: compute_scale, kernel_overhead_s, "
+                        "memory_bound_efficiency, latency_scale, bandwidth_scale; planner.calibrate.FIT_PARAMS)")
     p.add_argument("--plan", action="append", default=[], metavar="PLAN.json",
                    help="plan files to match runs by plan id (when a run dir holds no plan.json)")
     p.add_argument("--no-loo", action="store_true", help="skip the leave-one-out refits")
@@ -27,12 +26,12 @@ def handler(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from planner.calibrate import fit_profile, fitted_profile_yaml, load_measured_runs
+    from planner.calibrate import FIT_PARAMS, fit_profile, fitted_profile_yaml, load_measured_runs
     from planner.hardware import load_profile, resolve_profile_path
     from planner.io import atomic_write_text
 
     base = load_profile(args.profile)
-    names = [n.strip() for n in args.params.split(",") if n.strip()]
+    names = [n.strip() for n in (args.params or ",".join(FIT_PARAMS)).split(",") if n.strip()]
     runs, skipped = load_measured_runs(args.run_dirs, args.plan)
     result = fit_profile(runs, base, params=names, loo=not args.no_loo, skipped=skipped)
     if args.out:
