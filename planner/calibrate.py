@@ -40,7 +40,7 @@ import yaml
 from planner.errors import InputError, require
 from planner.hardware import (GB, GIB, MICRO, TERA, DeviceSpec, EfficiencyCurve, LinkSpec,
                               MeasuredCollective, NodeSpec, PROFILES_DIR, parse_profile)
-from planner.io import atomic_write_text
+from planner.io import atomic_write_text, read_json_object
 
 SCHEMA = "clusterplan-bench/1"  # executor.bench.SCHEMA (not imported: that package imports torch)
 DEFAULT_PROFILE_PATH = PROFILES_DIR / "local-cpu.yaml"
@@ -115,13 +115,7 @@ class Calibration:
 
 
 def load_results(path: str | os.PathLike) -> dict:
-    path = Path(path)
-    if not path.exists():
-        raise InputError("results", f"{path} does not exist")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise InputError("results", f"{path} is not valid JSON ({err.msg})") from None
+    data = read_json_object(path, "results")
     check_results(data)
     return data
 
@@ -637,13 +631,7 @@ def load_measured_runs(run_dirs: Iterable[str | os.PathLike],
     runs, skipped = [], []
     extra_plans = list(extra_plans)
     for d in run_dirs:
-        path = Path(d) / "summary.json"
-        if not path.exists():
-            raise InputError("run_dir", f"{d} has no summary.json")
-        try:
-            summary = json.loads(path.read_text())
-        except json.JSONDecodeError as err:
-            raise InputError("run_dir", f"{path} is not valid JSON ({err.msg})") from None
+        summary = read_json_object(Path(d) / "summary.json", "run_dir", f"{d} has no summary.json")
         status = summary.get("status")
         step = (summary.get("measured") or {}).get("step_time_s")
         if status != "ok" or not isinstance(step, (int, float)) or step <= 0:

@@ -66,3 +66,21 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
 
 def write_lines_atomically(path: str | os.PathLike, lines: Iterable[str]) -> Path:
     return atomic_write_text(path, "".join(f"{line}\n" for line in lines))
+
+
+def read_json_object(path: str | os.PathLike, field: str, missing: str | None = None) -> dict:
+    """Read a file holding one JSON object; bad input raises InputError naming ``field``.
+
+    ``missing`` is the message when the file does not exist (default "<path> does not exist")."""
+    from planner.errors import InputError
+
+    path = Path(path)
+    if not path.exists():
+        raise InputError(field, missing or f"{path} does not exist")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise InputError(field, f"{path} is not valid JSON ({err.msg} at line {err.lineno})") from None
+    if not isinstance(data, dict):
+        raise InputError(field, f"{path} must hold a JSON object")
+    return data

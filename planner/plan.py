@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from planner.errors import InputError, require
-from planner.io import atomic_write_text
+from planner.io import atomic_write_text, read_json_object
 from planner.model import ModelSpec
 
 PLAN_VERSION = 1
@@ -321,13 +321,4 @@ class Plan:
 
     @classmethod
     def load(cls, path: str | Path) -> "Plan":
-        path = Path(path)
-        if not path.exists():
-            raise InputError("plan", f"{path} does not exist")
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as err:
-            raise InputError("plan", f"{path} is not valid JSON ({err.msg} at line {err.lineno})") from None
-        if not isinstance(data, dict):
-            raise InputError("plan", f"{path} must hold a JSON object")
-        return cls.from_dict(data)
+        return cls.from_dict(read_json_object(path, "plan"))

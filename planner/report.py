@@ -16,7 +16,6 @@ apart), compared with the predicted exposed communication plus bubble.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import statistics
@@ -24,8 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from planner.errors import InputError
-from planner.io import atomic_write_bytes, atomic_write_text, read_jsonl
+from planner.io import atomic_write_bytes, atomic_write_text, read_json_object, read_jsonl
 
 PHASES = ("forward", "backward", "optimizer", "comm_bubble")
 MIN_FIELDS = ("predicted.step_time_s", "measured.step_time_s", "measured.step_time_s_p10",
@@ -59,15 +57,7 @@ class Run:
 
 def load_run(run_dir: str | os.PathLike) -> Run:
     run_dir = Path(run_dir)
-    path = run_dir / "summary.json"
-    if not path.exists():
-        raise InputError("run_dir", f"{run_dir} has no summary.json")
-    try:
-        summary = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise InputError("run_dir", f"{path} is not valid JSON ({err.msg})") from None
-    if not isinstance(summary, dict):
-        raise InputError("run_dir", f"{path} must hold a JSON object")
+    summary = read_json_object(run_dir / "summary.json", "run_dir", f"{run_dir} has no summary.json")
     rec_path = run_dir / "records.jsonl"
     records = tuple(read_jsonl(rec_path)) if rec_path.exists() else ()
     return Run(run_dir=run_dir, summary=summary, records=records)
