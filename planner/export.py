@@ -352,7 +352,7 @@ def torchrun_command(plan: Plan, plan_path: str = "PLAN.json", *, master: str = 
 def to_torchrun(plan: Plan, plan_path: str = "PLAN.json") -> str:
     lines = [f"# {line}" for line in _header(plan)]
     lines.append(f"# Run on each of the {plan.n_nodes} node(s); MASTER_ADDR = the first node's address.")
-    lines.append(f"export MASTER_ADDR=${{MASTER_ADDR:-localhost}}")
+    lines.append("export MASTER_ADDR=${MASTER_ADDR:-localhost}")
     lines.append(torchrun_command(plan, plan_path))
     return "\n".join(lines) + "\n"
 

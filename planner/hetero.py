@@ -27,12 +27,12 @@ from planner.cost.comm import GroupShape, collective_time, p2p_time
 from planner.cost.memory import StageMemory, shard_divisors, state_bytes_per_param
 from planner.cost.runtime import DEFAULT_RUNTIME, Runtime
 from planner.cost.step import OPTIMIZER_BYTES_PER_PARAM, Prediction, StagePrediction, TimeBreakdown
-from planner.cost.flops import FLOP_CONVENTION, step_flops  # noqa: F401  (FLOP convention printed by callers)
+from planner.cost.flops import step_flops
 from planner.errors import InputError, require
 from planner.model import ModelSpec
 from planner.plan import ParallelConfig, Plan
 from planner.schedule import estimate
-from planner.search import (GIB, RankedPlan, Rejected, RejectionCount, SearchResult, _Costs, _divisors,
+from planner.search import (RankedPlan, Rejected, RejectionCount, SearchResult, _Costs, _divisors,
                             _spread, normalise_fixed)
 
 
@@ -92,7 +92,6 @@ def evaluate(model: ModelSpec, cluster: Cluster, cfg: HeteroConfig, seq: int, pr
     runs = _type_runs(cluster)
     costs = costs if costs is not None else {}
     world = cluster.world_size
-    L = model.n_layers
     pp = sum(cfg.pps)
     layers = stage_layers or cfg.stage_layers
     m = gbs // (cfg.dp * cfg.micro_batch)

@@ -21,7 +21,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from planner.errors import InputError, require
+from planner.errors import require
 
 MAX_OVERSUBSCRIPTION = 4
 DEFAULT_PORT = 29500
