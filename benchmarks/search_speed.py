@@ -3,8 +3,8 @@
     .venv/bin/python benchmarks/search_speed.py [--runs 3] [--out reports/search-speed.md]
 
 One warm-up run, then the median of ``--runs`` runs (min and max recorded) for the two targets
-(GPT-3 175B on 1024 dgx-a100-80gb GPUs, Llama-3 405B on 16384 dgx-h100-80gb GPUs) and for GPT-3
-175B on 64..16384 GPUs (growth with cluster size). Wall time and the child's CPU time are both
+(GPT-3 175B on 1024 dgx-a100-80gb GPUs, Llama-3 405B on 16384 dgx-h100-80gb GPUs) and for both
+models on 64..16384 GPUs (growth with cluster size). Wall time and the child's CPU time are both
 recorded: on a shared 2-core machine wall time includes waiting for a core.
 """
 from __future__ import annotations
@@ -63,10 +63,11 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--out", default=str(ROOT / "reports" / "search-speed.md"))
     a = ap.parse_args()
+    load0 = os.getloadavg()
     lines = ["# Search speed: `clusterplan plan`", "",
              "Regenerate: `.venv/bin/python benchmarks/search_speed.py --runs 3` (writes this file).", "",
              f"Machine: {os.cpu_count()} cores, shared with other jobs (load average at start "
-             f"{os.getloadavg()[0]:.1f}). Each row: one warm-up, then the median of {a.runs} fresh processes "
+             f"{load0[0]:.1f}; at the end LOAD_END). Each row: one warm-up, then the median of {a.runs} fresh processes "
              "(`python -m planner.cli plan ... --json`: start-up, imports and JSON output included); "
              "wall min-max is the spread; CPU is the child's user+system time (what a quiet machine's wall "
              "time approaches). `search` is the search alone inside the process. Candidates is the full "
@@ -81,23 +82,29 @@ def main() -> int:
                      f"| {r['cpu_median_s']:.2f} s | {r['search_s']:.2f} s | {r['candidates']:,} | {r['bounds']:,} | "
                      f"{r['cost_model_calls']:,} | {r['candidates'] / r['search_s']:,.0f} | {r['best']} |")
         print(lines[-1], flush=True)
-    lines += ["", "## Growth with cluster size (GPT-3 175B, global batch 1536, seq 2048, dgx-a100-80gb)", "",
-              "| GPUs | wall median (min-max) | CPU | search | candidates | lower bounds | cost-model calls | best |",
-              "|---|---|---|---|---|---|---|---|"]
-    for nodes in SCALING:
-        args = ["--model", "gpt3-175b", "--hardware", "dgx-a100-80gb", "--nodes", str(nodes),
-                "--global-batch", "1536", "--seq-len", "2048"]
-        r = measure(args, a.runs)
-        lines.append(f"| {nodes * 8} | {r['wall_median_s']:.2f} s ({r['wall_min_s']:.2f}-{r['wall_max_s']:.2f}) | "
-                     f"{r['cpu_median_s']:.2f} s | {r['search_s']:.2f} s | {r['candidates']:,} | {r['bounds']:,} | "
-                     f"{r['cost_model_calls']:,} | {r['best']} |")
-        print(lines[-1], flush=True)
+    growth = [("GPT-3 175B", "gpt3-175b", "dgx-a100-80gb", "1536", "2048"),
+              ("Llama-3 405B", "llama3-405b", "dgx-h100-80gb", "2048", "8192")]
+    for title, model, hw, gbs, seq in growth:
+        lines += ["", f"## Growth with cluster size ({title}, global batch {gbs}, seq {seq}, {hw})", "",
+                  "| GPUs | wall median (min-max) | CPU | search | candidates | lower bounds | cost-model calls "
+                  "| candidates/s | best |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for nodes in SCALING:
+            args = ["--model", model, "--hardware", hw, "--nodes", str(nodes), "--global-batch", gbs,
+                    "--seq-len", seq]
+            r = measure(args, a.runs)
+            lines.append(f"| {nodes * 8} | {r['wall_median_s']:.2f} s ({r['wall_min_s']:.2f}-{r['wall_max_s']:.2f}) | "
+                         f"{r['cpu_median_s']:.2f} s | {r['search_s']:.2f} s | {r['candidates']:,} | {r['bounds']:,} | "
+                         f"{r['cost_model_calls']:,} | {r['candidates'] / max(r['search_s'], 1e-9):,.0f} | {r['best']} |")
+            print(lines[-1], flush=True)
     lines += ["", "The space grows with the number of divisors of the world size (ordered factorisations "
               "into tp x cp x pp x dp) times the micro-batch divisors; the work grows with the core nodes "
               "that survive divisibility and memory (each gets one lower bound) and with the leaves of the "
               "nodes whose bound is below the K-th best (one bound each); the cost model itself runs only "
-              "a few dozen times.", ""]
-    Path(a.out).write_text("\n".join(lines))
+              "a few dozen to a hundred times. candidates/s = candidates covered (rejected, pruned or evaluated) "
+              "per second of search.", ""]
+    text = "\n".join(lines).replace("LOAD_END", f"{os.getloadavg()[0]:.1f}")
+    Path(a.out).write_text(text)
     print(f"wrote {a.out}")
     return 0
 

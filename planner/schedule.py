@@ -161,91 +161,130 @@ def _simulate_zb(pp: int, m: int, fwd: list[float], bwd: list[float], wgr: list[
     runs, in priority, a ready B (keeps the critical input-gradient chain moving), a ready F
     (while fewer than ``pp - rank`` micro-batches are in flight, 1F1B's memory limit), or a
     deferred W; W is forced first once more than ``w_cap[rank]`` (= pp) are pending, which
-    bounds the extra memory held for deferred weight gradients. Events are taken in
-    time order, so every dependency that could be ready at a rank's free time is known."""
-    f_end = [[-1.0] * m for _ in range(pp)]
-    b_end = [[-1.0] * m for _ in range(pp)]
+    bounds the extra memory held for deferred weight gradients. A rank with nothing ready
+    waits exactly until the earliest time one of its next B / F becomes ready (its
+    neighbour's task end plus the p2p hop) and then chooses again by the same priority.
+
+    Event simulation in time order, O(p m log p): a heap of (time, rank) decision events,
+    flat per-(rank, micro-batch) end-time arrays, the pending-W FIFO as two counters (B and
+    W both run in micro-batch order). A waiting rank has no event until a neighbour's task
+    makes one of its dependencies known (then it is woken at that dependency's ready time),
+    so idle ranks are never polled. Decisions at one instant are independent (F and B take
+    time > 0, so a task started at t makes nothing ready before t); ties go to the lower
+    rank."""
+    from heapq import heappop, heappush
+
+    inf = float("inf")
+    hop = p2p_s if pp > 1 else 0.0
+    last = pp - 1
+    f_end = [-1.0] * (pp * m)   # index r*m + j; -1: not scheduled yet
+    b_end = [-1.0] * (pp * m)
     next_f = [0] * pp
     next_b = [0] * pp
-    pending: list[list[int]] = [[] for _ in range(pp)]
+    done_w = [0] * pp            # pending W = micro-batches done_w .. next_b-1
     free = [0.0] * pp
     busy = [0.0] * pp
-    in_flight = [0] * pp
     peak = [0] * pp
-    done_w = [0] * pp
-    tasks: list[Task] = []
-    hop = p2p_s if pp > 1 else 0.0
-    while True:
-        active = [r for r in range(pp) if done_w[r] < m]
-        if not active:
-            break
-        r = min(active, key=lambda x: (free[x], x))
-        t = free[r]
-        choice = None
-        later = []
-        if next_b[r] < m and next_b[r] < next_f[r]:
-            j = next_b[r]
-            if r == pp - 1:
-                ready = f_end[r][j]
+    stamp = [0] * pp             # only a rank's newest heap entry is live
+    waiting = [False] * pp
+    limit = [pp - r for r in range(pp)]
+    heap = [(0.0, r, 0) for r in range(pp)]   # sorted, hence a valid heap
+    log: list[tuple[int, int, str, float, float]] = []
+
+    def wake_time(r: int) -> float:
+        """Earliest known ready time of rank r's next B or F (inf: neither known yet)."""
+        nb, nf, base = next_b[r], next_f[r], r * m
+        best = inf
+        if nb < nf:
+            if r == last:
+                best = f_end[base + nb]
             else:
-                dep = b_end[r + 1][j]
-                ready = dep + hop if dep >= 0 else -1.0
-            if ready >= 0:
-                if ready <= t:
-                    choice = ("B", j, ready)
-                else:
-                    later.append(ready)
-        if len(pending[r]) > w_cap[r]:
-            choice = ("W", pending[r][0], t)
-        if choice is None and next_f[r] < m and in_flight[r] < pp - r:
-            j = next_f[r]
+                d = b_end[base + m + nb]
+                if d >= 0:
+                    best = d + hop
+        if nf < m and nf - nb < limit[r]:
             if r == 0:
-                ready = 0.0
+                best = 0.0
             else:
-                dep = f_end[r - 1][j]
-                ready = dep + hop if dep >= 0 else -1.0
-            if ready >= 0:
-                if ready <= t:
-                    choice = ("F", j, ready)
-                else:
-                    later.append(ready)
-        if choice is None and pending[r]:
-            choice = ("W", pending[r][0], t)
-        if choice is None:
-            others = [free[x] for x in active if x != r and free[x] > t]
-            nxt = min(later + others) if (later or others) else None
-            if nxt is None:
-                others_eq = [x for x in active if x != r and free[x] <= t]
-                if not others_eq:
-                    raise InputError("schedule", f"zb schedule deadlocks for pp={pp}, m={m}")
-                # every other rank is also at (or before) t: wait for the earliest known
-                # readiness anywhere (a dependency in flight over the p2p hop), not by tiny steps
-                known = [e + hop for x in range(pp) for e in (f_end[x] + b_end[x]) if e + hop > t]
-                nxt = min(known) if known else t + 1e-12 * max(1.0, t)
-            free[r] = nxt
+                d = f_end[base - m + nf]
+                if d >= 0 and d + hop < best:
+                    best = d + hop
+        return best
+
+    while heap:
+        t, r, s = heappop(heap)
+        if s != stamp[r]:
             continue
-        kind, j, ready = choice
-        start = max(t, ready)
-        if kind == "F":
+        waiting[r] = False
+        base = r * m
+        nb = next_b[r]
+        nf = next_f[r]
+        kind = 0  # 1 F, 2 B, 3 W
+        if nb < nf:
+            if r == last:
+                kind = 2
+            else:
+                d = b_end[base + m + nb]
+                if d >= 0 and d + hop <= t:
+                    kind = 2
+        if nb - done_w[r] > w_cap[r]:
+            kind = 3
+        if kind == 0 and nf < m and nf - nb < limit[r]:
+            if r == 0:
+                kind = 1
+            else:
+                d = f_end[base - m + nf]
+                if d >= 0 and d + hop <= t:
+                    kind = 1
+        if kind == 0 and nb > done_w[r]:
+            kind = 3
+        if kind == 0:  # nothing ready: wait for the next known readiness (or a neighbour)
+            waiting[r] = True
+            stamp[r] += 1
+            w = wake_time(r)
+            if w < inf:
+                heappush(heap, (w if w > t else t, r, stamp[r]))
+            continue
+        if kind == 1:
             dur = fwd[r]
-            f_end[r][j] = start + dur
-            next_f[r] += 1
-            in_flight[r] += 1
-            peak[r] = max(peak[r], in_flight[r])
-        elif kind == "B":
+            e = t + dur
+            f_end[base + nf] = e
+            next_f[r] = nf + 1
+            if nf + 1 - nb > peak[r]:
+                peak[r] = nf + 1 - nb
+            nbr = r + 1
+            if record:
+                log.append((r, nf, "F", t, e))
+        elif kind == 2:
             dur = bwd[r]
-            b_end[r][j] = start + dur
-            next_b[r] += 1
-            in_flight[r] -= 1
-            pending[r].append(j)
+            e = t + dur
+            b_end[base + nb] = e
+            next_b[r] = nb + 1
+            nbr = r - 1
+            if record:
+                log.append((r, nb, "B", t, e))
         else:
             dur = wgr[r]
-            pending[r].pop(0)
-            done_w[r] += 1
-        free[r] = start + dur
+            e = t + dur
+            j = done_w[r]
+            done_w[r] = j + 1
+            nbr = -1
+            if record:
+                log.append((r, j, "W", t, e))
+        free[r] = e
         busy[r] += dur
-        if record:
-            tasks.append(Task(r, j, kind, 0, start, start + dur))
+        stamp[r] += 1
+        if kind != 3 or done_w[r] < m:
+            heappush(heap, (e, r, stamp[r]))
+        if 0 <= nbr < pp and waiting[nbr]:
+            w = wake_time(nbr)
+            if w < inf:
+                stamp[nbr] += 1
+                fr = free[nbr]
+                heappush(heap, (w if w > fr else fr, nbr, stamp[nbr]))
+    if any(d < m for d in done_w):
+        raise InputError("schedule", f"zb schedule deadlocks for pp={pp}, m={m}")
+    tasks = [Task(r, j, k, 0, s, e) for r, j, k, s, e in log] if record else []
     return tasks, free, busy, peak
 
 
@@ -367,8 +406,11 @@ class PipelineEstimate:
 
     For m above ``3*pp`` the schedule is simulated at two micro-batch counts in its steady
     state (m1 = 2*pp, m2 = 3*pp; both multiples of pp) and the makespan extended linearly
-    (the steady state repeats with a fixed period per micro-batch). ``timeline`` is the
-    simulation at ``timeline.num_micro_batches`` (== m when exact).
+    (the steady state repeats with a fixed period per micro-batch). ZB-H1 is simulated at
+    the exact m up to ``pp * m <= ZB_EXACT_LIMIT`` (it is not periodic), beyond that extended
+    from the two latest affordable multiples of pp. ``timeline`` is the simulation at
+    ``timeline.num_micro_batches`` (m when m <= 3*pp, else 3*pp; empty without a timeline).
+    ``exact``: the numbers are the simulation at m.
     """
 
     makespan_s: float
@@ -447,6 +489,14 @@ def closed_form_in_flight(schedule: str, pp: int, num_micro_batches: int, vpp: i
     return tuple(min(min((p - r - 1) * 2 + (v - 1) * p, total) + 1, total) for r in range(p))
 
 
+ZB_EXACT_LIMIT = 65536
+""":func:`estimate` simulates ZB-H1 at the exact m while ``pp * m`` is at most this (about
+``3 * 65536`` tasks, ~0.2 s). The greedy ZB-H1 list schedule is not periodic in m (its
+per-micro-batch increments keep changing with uneven F/B/W and the p2p hop), so the 2p/3p
+linear extension the other schedules use misses it by up to ~10% (tests/test_schedule.py);
+beyond the limit the extension uses the two latest affordable multiples of pp instead."""
+
+
 def _equal(values) -> bool:
     first = values[0]
     return all(x == first for x in values)
@@ -461,6 +511,28 @@ def estimate(schedule: str, pp: int, num_micro_batches: int, vpp: int,
     With equal virtual stages and a schedule that has an exact closed form
     (:func:`closed_form_makespan`) and ``need_timeline=False``, no simulation runs; the
     returned ``timeline`` is then empty (``num_micro_batches == 0``)."""
+    if not need_timeline:
+        return _estimate_no_timeline(schedule, pp, num_micro_batches, vpp, tuple(stage_fwd_s),
+                                     tuple(stage_bwd_s),
+                                     None if stage_wgrad_s is None else tuple(stage_wgrad_s), p2p_s)
+    return _estimate(schedule, pp, num_micro_batches, vpp, stage_fwd_s, stage_bwd_s, stage_wgrad_s,
+                     p2p_s, True)
+
+
+@lru_cache(maxsize=2048)
+def _estimate_no_timeline(schedule: str, pp: int, m: int, vpp: int, fwd: tuple, bwd: tuple,
+                          wgr: tuple | None, p2p_s: float) -> PipelineEstimate:
+    """:func:`estimate` without a timeline, memoised on the exact stage times: the search
+    meets the same pipeline many times (leaves differing only in ZeRO stage 0-2 or layout
+    order have identical stage times), and the result is immutable."""
+    return _estimate(schedule, pp, m, vpp, list(fwd), list(bwd), None if wgr is None else list(wgr),
+                     p2p_s, False)
+
+
+def _estimate(schedule: str, pp: int, num_micro_batches: int, vpp: int,
+              stage_fwd_s: list[float], stage_bwd_s: list[float],
+              stage_wgrad_s: list[float] | None, p2p_s: float,
+              need_timeline: bool, zb_exact_limit: int = ZB_EXACT_LIMIT) -> PipelineEstimate:
     m = num_micro_batches
     if (not need_timeline and schedule != "zb" and _equal(stage_fwd_s) and _equal(stage_bwd_s)
             and (stage_wgrad_s is None or _equal(stage_wgrad_s))):
@@ -476,9 +548,21 @@ def estimate(schedule: str, pp: int, num_micro_batches: int, vpp: int,
     if pp == 1 or m <= 3 * pp:
         tl = simulate(schedule, pp, m, vpp, stage_fwd_s, stage_bwd_s, stage_wgrad_s, p2p_s, rec)
         return PipelineEstimate(tl.makespan_s, tl.busy_s, tl.bubble_s, tl.peak_in_flight, tl, True)
+    if schedule == "zb" and pp * m <= zb_exact_limit:
+        # the greedy ZB-H1 schedule is not periodic in m (see ZB_EXACT_LIMIT): simulate all m
+        ex = simulate(schedule, pp, m, vpp, stage_fwd_s, stage_bwd_s, stage_wgrad_s, p2p_s, False)
+        tl = simulate(schedule, pp, 3 * pp, vpp, stage_fwd_s, stage_bwd_s, stage_wgrad_s, p2p_s, True) if rec else ex
+        return PipelineEstimate(ex.makespan_s, ex.busy_s, ex.bubble_s, ex.peak_in_flight, tl, True)
     m1, m2 = 2 * pp, 3 * pp
+    if schedule == "zb" and zb_exact_limit // (pp * pp) >= 4:
+        m2 = pp * (zb_exact_limit // (pp * pp))   # the latest affordable period: transients settled
+        m1 = m2 - pp
     t1 = simulate(schedule, pp, m1, vpp, stage_fwd_s, stage_bwd_s, stage_wgrad_s, p2p_s, False)
-    t2 = simulate(schedule, pp, m2, vpp, stage_fwd_s, stage_bwd_s, stage_wgrad_s, p2p_s, rec)
+    t2 = simulate(schedule, pp, m2, vpp, stage_fwd_s, stage_bwd_s, stage_wgrad_s, p2p_s, rec and m2 == 3 * pp)
+    if rec and m2 != 3 * pp:
+        t2_tl = simulate(schedule, pp, 3 * pp, vpp, stage_fwd_s, stage_bwd_s, stage_wgrad_s, p2p_s, True)
+    else:
+        t2_tl = t2
     scale = (m - m1) / (m2 - m1)
     makespan = t1.makespan_s + scale * (t2.makespan_s - t1.makespan_s)
     busy = tuple(b1 + scale * (b2 - b1) for b1, b2 in zip(t1.busy_s, t2.busy_s))
@@ -486,4 +570,4 @@ def estimate(schedule: str, pp: int, num_micro_batches: int, vpp: int,
         peak = tuple(m for _ in range(pp))
     else:
         peak = tuple(max(a, b) for a, b in zip(t1.peak_in_flight, t2.peak_in_flight))
-    return PipelineEstimate(makespan, busy, max(0.0, makespan - max(busy)), peak, t2, False)
+    return PipelineEstimate(makespan, busy, max(0.0, makespan - max(busy)), peak, t2_tl, False)

@@ -22,11 +22,15 @@ How it stays fast without losing the optimum (branch and bound, best first):
    gradients) r backward stages after it ends, and rank r itself is busy ``m * sum of its chunk
    times``:  ``T >= sum_{j<r} (F_j + B_j) + 2 r t_p2p + m * sum_{k on r} (F_k + B_k)`` — tight
    for 1F1B with equal stages ((m + p - 1)(F + B), Narayanan et al. SC'21 Sec. 2.2) — plus the
-   optimizer step. Per-layer F/B are the cost model's (:func:`planner.cost.compute.layer_times`
+   optimizer step. ZB-H1 gets its own bound (:func:`_zb_bound`): the head above, plus the
+   drain chain of the last micro-batch's input gradients down to rank 0 and the W the schedule
+   must have run before it (within one W of Qi et al.'s (p-1)(F+B-W) bubble with equal stages). Per-layer F/B are the cost model's (:func:`planner.cost.compute.layer_times`
    plus the exposed TP / CP / ZeRO-3 communication as :func:`planner.cost.step.predict` adds
    it). Nodes are expanded in order of their bound; the full cost model
    (:func:`planner.cost.step.predict`) runs only on leaves whose bound is below the K-th best
    step time found so far, so the top K are exactly those of brute force over the same space.
+   predict() runs with ``timeline=False`` (same numbers; the ranked plans get their task
+   timeline afterwards) and planner.schedule memoises pipelines with identical stage times.
 4. **Uneven stages**: for the top candidates with pp > 1 the exact chain DP
    (:func:`planner.partition.partition_chain`) re-cuts the layers with the cost model's per-layer
    times and memories (embedding and LM head as first/last-stage extras); the cut is kept when
@@ -50,7 +54,7 @@ from planner.cost.compute import (activation_bytes_per_element, embedding_times,
                                   layer_times, make_rates)
 from planner.cost.memory import layer_activation_bytes, shard_divisors, state_bytes_per_param
 from planner.cost.runtime import DEFAULT_RUNTIME, Runtime
-from planner.cost.step import OPTIMIZER_BYTES_PER_PARAM, Prediction, predict
+from planner.cost.step import OPTIMIZER_BYTES_PER_PARAM, TIMELINE_TASK_LIMIT, Prediction, predict
 from planner.errors import InputError, require
 from planner.hardware import ClusterSpec, NodeSpec
 from planner.model import ModelSpec
@@ -429,6 +433,38 @@ def _least_memory_shardings(present: set[str]) -> list[str]:
     return out
 
 
+def _zb_bound(F: list[float], B: list[float], W: list[float], m: int, c: float, pp: int) -> float:
+    """Lower bound of the ZB-H1 makespan (:func:`planner.schedule.simulate`, ``"zb"``) with
+    per-stage times F (forward), B (input gradient), W (weight gradient) and p2p hop ``c``.
+
+    Rank r cannot start before ``head_r = sum_{j<r} (F_j + c)`` (micro-batch 0's forward
+    chain). (1) It is then busy ``m (F_r + B_r + W_r)``. (2) Its last B (micro-batch m-1) comes
+    after all its m forwards, its other m-1 B and at least ``m-1-p`` W (the schedule forces a W
+    once more than p are pending), so it ends no earlier than
+    ``own_r = head_r + m (F_r + B_r) + max(0, m-1-p) W_r``; it also waits for the last B on rank
+    r+1 and the hop: ``E_r = max(own_r, E_{r+1} + c + B_r)``; that micro-batch's W follows on
+    rank r: ``T >= E_r + W_r``. With equal stages and c = 0 this is
+    ``m (F+B+W) + (p-1)(F+B-W) - W`` for large m, one W below ZB-H1's makespan
+    (Qi et al. 2023, Sec. 3: bubble (p-1)(F+B-W))."""
+    head = 0.0
+    heads = []
+    best = 0.0
+    extra_w = max(0, m - 1 - pp)
+    for r in range(pp):
+        heads.append(head)
+        t = head + m * (F[r] + B[r] + W[r])
+        if t > best:
+            best = t
+        head += F[r] + c
+    e = -math.inf
+    for r in range(pp - 1, -1, -1):
+        own = heads[r] + m * (F[r] + B[r]) + extra_w * W[r]
+        e = own if own > e + c + B[r] else e + c + B[r]
+        if e + W[r] > best:
+            best = e + W[r]
+    return best
+
+
 def _strides(order: str, tp: int, cp: int, pp: int, dp: int) -> tuple[int, int]:
     """(dp stride, pp stride) for the two layout orders."""
     if order == "tp-cp-dp-pp":
@@ -709,14 +745,14 @@ class _Search:
         W[-1] += lc.head_w
         best = 0.0
         pre = 0.0
-        for r in range(pp):
-            busy = m * sum(F[k] + B[k] + W[k] for k in range(r, n_vs, pp))
-            t = pre + busy
-            if t > best:
-                best = t
-            if sched == "zb":
-                pre += F[r] + p2p
-            else:
+        if sched == "zb":
+            best = _zb_bound(F, B, W, m, p2p, pp)
+        else:
+            for r in range(pp):
+                busy = m * sum(F[k] + B[k] + W[k] for k in range(r, n_vs, pp))
+                t = pre + busy
+                if t > best:
+                    best = t
                 pre += F[r] + B[r] + W[r] + 2 * p2p
         o_div = shard_divisors(sh, dp)[2]
 
@@ -856,7 +892,7 @@ class _Search:
 
     def evaluate(self, lb: float, item) -> None:
         P = self.config(item)
-        pred = predict(self.model, self.cluster, P, self.rt)
+        pred = predict(self.model, self.cluster, P, self.rt, timeline=False)
         self.evaluated += 1
         entry = RankedPlan(P, pred, lb)
         if not pred.fits:
@@ -879,7 +915,7 @@ class _Search:
         sched = "1f1b" if pp > 1 else "1f1b"
         order = next((x[3] for x in leaves), ORDERS[0])
         P = self.config((tp, cp, pp, dp, mb, sp, rc, sh, sched, 1, order))
-        pred = predict(self.model, self.cluster, P, self.rt)
+        pred = predict(self.model, self.cluster, P, self.rt, timeline=False)
         self.evaluated += 1
         self.closest = (min(mem, pred.peak_memory_bytes), RankedPlan(P, pred, math.nan))
 
@@ -941,7 +977,7 @@ def refine_uneven(result_top: list[RankedPlan], model, cluster, runtime, n: int 
             out.append(e)
             continue
         P2 = dataclasses.replace(e.parallel, stage_layers=split)
-        pred = predict(model, cluster, P2, runtime)
+        pred = predict(model, cluster, P2, runtime, timeline=False)
         calls += 1
         if pred.fits and pred.step_time_s < e.step_time_s:
             gain = 100 * (1 - pred.step_time_s / e.step_time_s)
@@ -951,6 +987,24 @@ def refine_uneven(result_top: list[RankedPlan], model, cluster, runtime, n: int 
             out.append(e)
     out.sort(key=lambda e: e.step_time_s)
     return out, calls
+
+
+def _timeline_tasks(P: ParallelConfig) -> int:
+    """Tasks in the timeline predict() would simulate for ``P`` (planner.schedule.estimate:
+    all m micro-batches up to 3*pp, else 3*pp)."""
+    m = P.num_micro_batches
+    m_sim = m if (P.pp == 1 or m <= 3 * P.pp) else 3 * P.pp
+    kinds = 3 if (P.schedule == "zb" and P.pp > 1) else 2
+    return kinds * P.pp * P.vpp * m_sim
+
+
+def _with_timeline(e: RankedPlan, model: ModelSpec, cluster: ClusterSpec, runtime: Runtime) -> RankedPlan:
+    """The search evaluates with ``predict(..., timeline=False)`` (same numbers, no task list);
+    a ranked plan gets the task timeline predict() would attach (none above
+    planner.cost.step.TIMELINE_TASK_LIMIT tasks, so then nothing is recomputed)."""
+    if e.prediction.timeline or _timeline_tasks(e.parallel) > TIMELINE_TASK_LIMIT:
+        return e
+    return dataclasses.replace(e, prediction=predict(model, cluster, e.parallel, runtime))
 
 
 def search(model: ModelSpec, cluster: ClusterSpec, global_batch: int, seq_len: int | None = None,
@@ -981,6 +1035,7 @@ def search(model: ModelSpec, cluster: ClusterSpec, global_batch: int, seq_len: i
     if refine and top:
         top, calls = refine_uneven(top, model, cluster, runtime)
         s.evaluated += calls
+    top = [_with_timeline(e, model, cluster, runtime) for e in top]
     if progress:
         progress(1.0)
     closest = s.closest[1] if (s.closest and not top) else None

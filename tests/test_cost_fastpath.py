@@ -1,5 +1,6 @@
 """Fast path for the search: closed-form schedules, lower bound, memory without simulation."""
 import itertools
+import math
 
 import pytest
 
@@ -96,3 +97,55 @@ def test_fast_predict_same_output_and_bounds():
             assert mem >= full.peak_memory_bytes * (1 - 1e-12)
         else:
             assert mem == pytest.approx(full.peak_memory_bytes, rel=1e-12)
+
+
+def _captured_pipeline(monkeypatch, P):
+    """predict(P) with planner.cost.step.estimate spied: (prediction, the stage times it passed)."""
+    import planner.cost.step as step
+
+    seen = []
+    real = step.estimate
+
+    def spy(*args, **kw):
+        seen.append(args)
+        return real(*args, **kw)
+
+    monkeypatch.setattr(step, "estimate", spy)
+    pred = predict(GPT, A100, P)
+    fast = predict(GPT, A100, P, timeline=False)
+    monkeypatch.setattr(step, "estimate", real)
+    assert len(seen) == 2 and seen[0] == seen[1]
+    return pred, fast, seen[0]
+
+
+def test_predict_zb_pipeline_equals_reference_simulation(monkeypatch):
+    """predict()'s ZB-H1 pipeline is the reference greedy schedule (tests/test_schedule.py) on
+    the stage times predict() hands to planner.schedule.estimate: same tasks, makespan and
+    per-stage busy time, with and without the timeline; for m > 3 pp the exact simulation
+    at m (no extension) and a timeline of 3 pp micro-batches."""
+    from tests.test_schedule import reference_zb
+
+    checked = 0
+    for pp, mb, gm, rc in ((2, 1, 3, "none"), (4, 1, 2, "full"), (8, 2, 1, "selective"), (4, 2, 3, "none"),
+                           (4, 1, 7, "none"), (2, 1, 11, "selective")):
+        dp = 128 // (8 * pp)
+        P = ParallelConfig(tp=8, pp=pp, dp=dp, schedule="zb", micro_batch=mb, global_batch=dp * mb * pp * gm,
+                           recompute=rc)
+        pred, fast, args = _captured_pipeline(monkeypatch, P)
+        sched, p_, m, v, F, B, W, hop = args
+        assert (sched, p_, m, v) == ("zb", pp, P.num_micro_batches, 1)
+        mk, busy, peak, ref = reference_zb(pp, m, F, B, W, hop)
+        assert [s.time_s for s in pred.per_stage] == pytest.approx(busy, rel=1e-9)
+        assert fast.step_time_s == pred.step_time_s
+        crit = max(range(pp), key=lambda r: busy[r])
+        assert pred.time.bubble_s + pred.time.pp_s == pytest.approx(mk - busy[crit], rel=1e-9, abs=1e-12)
+        tasks = pred.timeline
+        if m <= 3 * pp:
+            mine = sorted((t.stage, t.micro_batch, t.kind, t.start_s) for t in tasks)
+            theirs = sorted((r, j, k, s) for r, j, k, s, _ in ref)
+            assert [x[:3] for x in mine] == [x[:3] for x in theirs]
+            assert [x[3] for x in mine] == pytest.approx([x[3] for x in theirs], rel=1e-9, abs=1e-12)
+        else:
+            assert pred.timeline_micro_batches == 3 * pp and len(tasks) == 3 * pp * 3 * pp
+        checked += 1
+    assert checked == 6
