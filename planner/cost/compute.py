@@ -7,7 +7,9 @@ and ``mem_eff`` its memory-bound efficiency. Element-wise ops (norms, bias-dropo
 activations, softmax, RoPE) have no FLOPs in this model: they are pure memory traffic.
 
 On CPU profiles (``device.host_cores > 0``) ranks of one host share cores: every rate is scaled
-by ``min(1, host_cores / ranks_per_node)`` (measured in DESIGN.md: 4 ranks on 2 cores run at half).
+by ``min(1, host_cores / ranks_per_node)`` (measured in DESIGN.md: 4 ranks on 2 cores run at half),
+GEMMs use the profile's efficiency curve of their own dtype (``DeviceSpec.matmul_curve``), and the
+CPU flash-attention kernel pays one element-wise pass over the scores for its online softmax.
 """
 from __future__ import annotations
 
@@ -43,10 +45,14 @@ class Rates:
     mem_bw: float
     overhead_s: float
     share: float
+    dtype: str = ""
+    attention_dtype: str = ""
 
     def gemm(self, flops: float, bytes_moved: float, attention: bool = False) -> float:
         peak = self.attention_peak_flops if attention else self.peak_flops
-        eff = self.device.matmul_efficiency(flops)
+        dtype = self.attention_dtype if attention else self.dtype
+        # the profile's GEMM efficiency curve of the dtype the GEMM runs in (pooled curve if none)
+        eff = self.device.matmul_curve(dtype)(flops) if dtype else self.device.matmul_efficiency(flops)
         t_compute = flops / (peak * eff * self.share)
         t_memory = bytes_moved / (self.mem_bw * self.share)
         return (t_compute if t_compute > t_memory else t_memory) + self.overhead_s
@@ -64,7 +70,8 @@ def make_rates(device: DeviceSpec, precision: str, ranks_per_node: int) -> Rates
     attn_dtype = "bf16" if precision == "fp8" and device.supports("bf16") else compute_dtype(precision)
     return Rates(device=device, peak_flops=peak, attention_peak_flops=device.peak_flops(attn_dtype),
                  mem_bw=device.hbm_bandwidth_bytes_per_s * device.memory_bound_efficiency,
-                 overhead_s=device.kernel_overhead_s, share=share)
+                 overhead_s=device.kernel_overhead_s, share=share, dtype=compute_dtype(precision),
+                 attention_dtype=attn_dtype)
 
 
 @dataclass(frozen=True)
@@ -142,6 +149,16 @@ def layer_times(model: ModelSpec, micro_batch: int, seq_len: int, tp: int, cp: i
         io = bpe * T * (q + 2 * kv) / tp * (1 + cp - 1) + bpe * T * q / tp
         core_f = rates.gemm(core_flops, io, attention=True)
         core_b = rates.gemm(2.5 * core_flops, 2 * io, attention=True)
+        if rates.device.host_cores > 0:
+            # CPU flash kernel (PyTorch _scaled_dot_product_flash_attention_for_cpu): the online
+            # softmax (scale, max, exp, sum, rescale) over every score tile runs on the same
+            # vector units as the tile GEMMs instead of hiding under tensor-core math: one
+            # element-wise pass over the b*heads*s_local*s scores (read + write, fp32
+            # accumulators) forward, again in the backward's recomputation (x2.5 like the GEMMs).
+            scores = micro_batch * heads * s_local * seq_len
+            softmax = rates.memory(2 * 4 * scores, 0)
+            core_f += softmax
+            core_b += 2.5 * softmax
     else:
         # QK^T and AV as batched GEMMs writing / reading the s x s scores, plus fused
         # scale-mask-softmax and (with dropout) a dropout kernel over the scores.

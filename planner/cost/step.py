@@ -6,6 +6,10 @@ plus exposed TP/CP/ZeRO-3 communication, PP send/recv between stages; :mod:`plan
 micro-batch's backward where the framework does, :class:`planner.cost.runtime.Runtime`)
 + the optimizer step (memory-bound over the local parameter shard).
 
+On a CPU host whose ranks occupy every core the framework's overlap does not exist: gloo's
+copies and reductions run on the same cores as the compute, so DP / ZeRO / FSDP communication is
+exposed in full (:func:`effective_runtime`).
+
 Tensor parallel (Shoeybi et al. 2019; Narayanan et al. SC'21 Sec. 3.3): 2 all-reduces of
 ``b*s*h`` activations per block forward and 2 in backward (with sequence parallel, Korthikanti
 et al. 2022 Sec. 4.2.2: the same bytes as all-gather + reduce-scatter), not overlapped; full
@@ -16,6 +20,7 @@ Megatron's scatter-gather optimisation, SC'21 Sec. 4.1).
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 from planner.cost.comm import GroupShape, collective_time, p2p_time
@@ -297,6 +302,8 @@ def lower_bound_step_time_s(model: ModelSpec, cluster: ClusterSpec, parallel: Pa
     bubble and the exposed DP reduction are >= 0. Raises InputError like :func:`predict`."""
     node = _validate(model, cluster, parallel)
     P = parallel
+    runtime = effective_runtime(runtime, node.device,
+                                min(node.gpus_per_node, P.world_size) if P.world_size > 1 else 0)
     rates = make_rates(node.device, P.precision, min(node.gpus_per_node, P.world_size))
     st = _stage_times(model, node, P, runtime, rates)
     pp, m = P.pp, P.num_micro_batches
@@ -312,6 +319,27 @@ def _optimizer_s(model: ModelSpec, P: ParallelConfig, rates) -> float:
     _, _, o_div = shard_divisors(P.sharding, P.dp)
     n_vs = P.pp * P.vpp
     return rates.memory(max(params) / o_div * OPTIMIZER_BYTES_PER_PARAM, 2 * max(1, n_vs))
+
+
+def collectives_share_cores(device, ranks_per_node: int) -> bool:
+    """True on a CPU host whose ranks occupy every core (``ranks >= host_cores``).
+
+    gloo runs a collective's copies and reductions on CPU threads of the calling process
+    (Gloo ``allreduce_ring_chunked``, PyTorch ``ProcessGroupGloo`` work threads), so on CPU a
+    collective "overlapped" with backward (DDP buckets, Li et al. VLDB 2020; FSDP prefetch,
+    Zhao et al. VLDB 2023) competes with the compute thread for the same core instead of
+    running on a separate engine as NCCL does on a GPU: with no idle core the communication
+    time adds to the step. (A rank *waiting* for its peers uses no CPU; DESIGN.md.)"""
+    return device.host_cores > 0 and ranks_per_node >= device.host_cores
+
+
+def effective_runtime(runtime: Runtime, device, ranks_per_node: int) -> Runtime:
+    """``runtime`` as it can behave on this device: no comm/compute overlap where the
+    collectives share the cores with compute (:func:`collectives_share_cores`)."""
+    if not collectives_share_cores(device, ranks_per_node):
+        return runtime
+    return dataclasses.replace(runtime, overlap_grad_reduce=False, overlap_param_gather=False,
+                               shard_prefetch=False, shard_overlap_fraction=0.0)
 
 
 def predict(model: ModelSpec, cluster: ClusterSpec, parallel: ParallelConfig,
@@ -331,6 +359,7 @@ def predict(model: ModelSpec, cluster: ClusterSpec, parallel: ParallelConfig,
     b, s = P.micro_batch, P.seq_len
     m = P.num_micro_batches
     bpe = activation_bytes_per_element(P.precision)
+    runtime = effective_runtime(runtime, device, min(gpn, P.world_size) if P.world_size > 1 else 0)
     rates = make_rates(device, P.precision, min(gpn, P.world_size))
     st = _stage_times(model, node, P, runtime, rates)
     lt = st.lt
