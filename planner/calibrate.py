@@ -38,8 +38,9 @@ import numpy as np
 import yaml
 
 from planner.errors import InputError, require
-from planner.hardware import (GB, GIB, MICRO, TERA, DeviceSpec, EfficiencyCurve, LinkSpec,
-                              MeasuredCollective, NodeSpec, PROFILES_DIR, parse_profile)
+from planner.hardware import (_FRAMEWORK_YAML, GB, GIB, MICRO, TERA, DeviceSpec, EfficiencyCurve,
+                              FrameworkSpec, LinkSpec, MeasuredCollective, NodeSpec, PROFILES_DIR,
+                              parse_profile)
 from planner.io import atomic_write_text, read_json_object
 
 SCHEMA = "clusterplan-bench/1"  # executor.bench.SCHEMA (not imported: that package imports torch)
@@ -356,6 +357,15 @@ def build_profile(results: dict, *, name: str = "local-cpu", gpus_per_node: int 
           f"{d['large'][0] / 2**20:.0f} MiB {d['large'][1] * 1e3:.1f} ms ({d['large'][2] / GB:.2f} GB/s bus), "
           f"worst fit error {d['worst_fit_error'] * 100:.0f}%" for (op, g), d in sorted(coll_detail.items())],
     ]
+    if results.get("framework"):
+        spec, fcomments, flines = build_framework(results["framework"], node)
+        node = dataclasses.replace(node, framework=spec)
+        comments.update(fcomments)
+        header += ["", "Framework (the executor's building blocks, executor/bench/framework.py, 2 ranks):",
+                   *[f"  {line}" for line in flines]]
+    else:
+        header += ["", "No framework section (results without executor building blocks): the cost model "
+                       "uses kernel_overhead_us and no wrapper costs."]
     summary = {
         "peak_gflops_per_s": {dt: p / 1e9 for dt, p in peaks.items()},
         "hbm_bandwidth_gb_s": bw_peak / GB,
@@ -370,6 +380,7 @@ def build_profile(results: dict, *, name: str = "local-cpu", gpus_per_node: int 
         "contention": contention_lines,
         "warnings": warnings,
         "bench_wall_s": results.get("bench_wall_s"),
+        "framework": ({f: getattr(node.framework, f) for f in _FRAMEWORK_YAML} if node.framework else None),
     }
     return Calibration(node=node, comments=comments, header=tuple(header), warnings=tuple(warnings),
                        contended=contended, summary=summary)
@@ -441,6 +452,10 @@ def profile_yaml(node: NodeSpec, *, header: Iterable[str] = (), comments: dict[s
         for m in node.collectives:
             out.append(f"  - {{op: {m.op}, group_size: {m.group_size}, latency_us: {_num(m.latency_s / MICRO)}, "
                        f"bus_bandwidth_gb_s: {_num(m.bus_bandwidth_bytes_per_s / GB)}}}")
+    if node.framework is not None:
+        out.append(_line(0, "framework", "", c).replace(": ", ":", 1) if "framework" in c else "framework:")
+        for field, (key, factor) in _FRAMEWORK_YAML.items():
+            out.append(_line(1, key, _num(getattr(node.framework, field) / factor), c, f"framework.{key}"))
     text = "\n".join(out) + "\n"
     back = parse_profile(yaml.safe_load(text), source="generated profile")
     _check_round_trip(node, back)
@@ -459,6 +474,10 @@ def _check_round_trip(node: NodeSpec, back: NodeSpec) -> None:
              (node.intra_node.bandwidth_bytes_per_s, back.intra_node.bandwidth_bytes_per_s)]
     pairs += list(zip([f for _, f in d.peak_flops_per_s], [f for _, f in e.peak_flops_per_s]))
     pairs += [(m.bus_bandwidth_bytes_per_s, n.bus_bandwidth_bytes_per_s) for m, n in zip(node.collectives, back.collectives)]
+    if (node.framework is None) != (back.framework is None):
+        raise AssertionError("profile_yaml: the framework section did not round-trip")
+    if node.framework is not None:
+        pairs += [(getattr(node.framework, f), getattr(back.framework, f)) for f in _FRAMEWORK_YAML]
     if not all(_close(a, b) for a, b in pairs) or len(node.collectives) != len(back.collectives):
         raise AssertionError("profile_yaml: the written profile does not read back to the same numbers")
 
@@ -485,8 +504,9 @@ def bench_command(nproc: int, out_json: str | os.PathLike, *, quick: bool, parts
 
 
 def run_benchmarks(nproc: int = 4, *, quick: bool = False, timeout_s: float | None = None,
-                   progress=None) -> dict:
+                   progress=None, framework: bool = True) -> dict:
     """Run ``executor.bench`` under torchrun in a subprocess; return its results (parsed JSON).
+    framework: also run the executor's building blocks (``--parts framework``) on 2 ranks.
     ``progress`` (callable taking a line) receives the benchmark's progress lines."""
     require(isinstance(nproc, int) and nproc >= 2, "nproc", f"must be an integer >= 2, got {nproc!r}")
     timeout_s = timeout_s or (120.0 if quick else 1200.0)
@@ -499,33 +519,44 @@ def run_benchmarks(nproc: int = 4, *, quick: bool = False, timeout_s: float | No
     cmd = bench_command(nproc, out_json, quick=quick)
     tail: list[str] = []
     try:
-        proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True, start_new_session=True)
-        try:
-            import threading
-
-            def pump():
-                for line in proc.stdout:
-                    line = line.rstrip("\n")
-                    tail.append(line)
-                    del tail[:-40]
-                    if line.startswith("[bench]") and progress:
-                        progress(line[len("[bench] "):])
-
-            reader = threading.Thread(target=pump, daemon=True)
-            reader.start()
-            rc = proc.wait(timeout=timeout_s)
-            reader.join(timeout=5)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, 9)
-            proc.wait()
-            raise InputError("calibrate", f"benchmarks did not finish within {timeout_s:.0f} s") from None
-        if rc != 0 or not out_json.exists():
-            detail = " | ".join(l for l in tail[-6:] if l.strip())
-            raise InputError("calibrate", f"benchmark run failed (exit {rc}): {detail[-400:]}")
-        return load_results(out_json)
+        results = _run_bench(cmd, out_json, env, timeout_s, tail, progress)
+        if framework:
+            fw_json = Path(tmpdir) / "framework.json"
+            fw_cmd = bench_command(2, fw_json, quick=quick, parts="framework")
+            results["framework"] = _run_bench(fw_cmd, fw_json, env, timeout_s, tail, progress,
+                                              check=False)["framework"]
+        return results
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+def _run_bench(cmd, out_json, env, timeout_s, tail, progress, check: bool = True) -> dict:
+    """One torchrun of ``executor.bench``; its JSON (checked as full results when ``check``)."""
+    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+    try:
+        import threading
+
+        def pump():
+            for line in proc.stdout:
+                line = line.rstrip("\n")
+                tail.append(line)
+                del tail[:-40]
+                if line.startswith("[bench]") and progress:
+                    progress(line[len("[bench] "):])
+
+        reader = threading.Thread(target=pump, daemon=True)
+        reader.start()
+        rc = proc.wait(timeout=timeout_s)
+        reader.join(timeout=5)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, 9)
+        proc.wait()
+        raise InputError("calibrate", f"benchmarks did not finish within {timeout_s:.0f} s") from None
+    if rc != 0 or not out_json.exists():
+        detail = " | ".join(l for l in tail[-6:] if l.strip())
+        raise InputError("calibrate", f"benchmark run failed (exit {rc}): {detail[-400:]}")
+    return load_results(out_json) if check else read_json_object(out_json, "results")
 
 
 def calibrate(nproc: int = 4, *, quick: bool = False, out: str | os.PathLike | None = DEFAULT_PROFILE_PATH,
@@ -753,3 +784,154 @@ def fitted_profile_yaml(result: FitResult, *, base_source: str, name: str | None
         "Runs: " + ", ".join(Path(r).name for r in result.run_dirs),
     ]
     return profile_yaml(node, header=header)
+
+
+# ----- framework: the executor's building blocks -> FrameworkSpec ----------------------------
+def _reference_prediction(model, node: NodeSpec, parallel) -> dict[str, float]:
+    """Per-phase prediction (one micro-batch forward, backward, optimizer) of the reference
+    step with ``node``'s framework terms, DP gradient all-reduce in backward (DDP hooks) and
+    ZeRO-1's parameter broadcast in the optimizer, as the executor's phases fall."""
+    from planner.cost.comm import collective_time
+    from planner.cost.compute import make_rates
+    from planner.cost.runtime import DEFAULT_RUNTIME
+    from planner.cost.step import _optimizer_s, _shape, _stage_times, effective_runtime
+    from planner.cost.memory import stage_parameters
+
+    P = parallel
+    world = P.world_size
+    runtime = effective_runtime(DEFAULT_RUNTIME, node.device, min(node.gpus_per_node, world) if world > 1 else 0)
+    rates = make_rates(node.device, P.precision, min(node.gpus_per_node, world), node.framework)
+    st = _stage_times(model, node, P, runtime, rates)
+    fwd, bwd, opt = st.fwd_s[0], st.sched_b[0], _optimizer_s(model, P, rates)
+    if P.dp > 1 and P.sharding in ("none", "zero1") and P.tp == 1:
+        g = _shape(P, "dp", node.gpus_per_node)
+        params = max(stage_parameters(model, P))
+        bwd += collective_time("all_reduce", 4.0 * params, g, node)
+        if P.sharding == "zero1":
+            opt += collective_time("all_gather", 4.0 * params, g, node)
+    return {"forward": fwd, "backward": bwd, "optimizer": opt}
+
+
+def build_framework(fw_results: dict, node: NodeSpec) -> tuple[FrameworkSpec, dict[str, str], list[str]]:
+    """The profile's ``framework:`` section from ``executor.bench.framework`` results.
+
+    Per-op costs: phase time / dispatched aten ops at a degenerate shape (pooled over the GPT
+    and Llama blocks). Wrapper costs: at the reference shape, the measured phase minus the cost
+    model's prediction of the same step (with the per-op costs, the profile's collectives) minus
+    the plain step's own residual (scaled to the rank's share of the work), divided by the units
+    the executor runs: TP linears per micro-batch, FSDP2 units per micro-batch, parameter
+    tensors per optimizer step (ZeRO-1: the whole step's residual). Memory: RSS high-water
+    minus baseline of real steps at two batch sizes against the model's live tensor bytes:
+    slope - 1 is the fragmentation, the intercept the per-process training overhead.
+    Negative residuals (within noise) are clipped to 0. Returns (spec, comments, header lines)."""
+    from planner.cost import framework as fw
+    from planner.cost.memory import stage_memories
+    from planner.model import ModelSpec
+    from planner.plan import ParallelConfig
+
+    ops = fw_results["ops"]
+    per_op = {}
+    for phase in ("forward", "backward", "optimizer"):
+        per_op[phase] = sum(o["median_s"][phase] for o in ops) / sum(o["ops"][phase] for o in ops)
+    zero = {f.name: 0.0 for f in dataclasses.fields(FrameworkSpec)}
+    base = FrameworkSpec(**{**zero, "op_forward_s": per_op["forward"], "op_backward_s": per_op["backward"],
+                            "op_optimizer_s": per_op["optimizer"]})
+    refs = {r["case"]: r for r in fw_results["reference"] if r.get("median_s")}
+    require("plain" in refs, "results.framework.reference", "needs the plain reference step")
+    plain = refs["plain"]
+    model = ModelSpec.from_dict(plain["model"])
+    ref = plain["reference"]
+    b, s = ref["micro_batch"], ref["seq_len"]
+
+    def config(tp: int, dp: int, sharding: str) -> ParallelConfig:
+        return ParallelConfig(tp=tp, dp=dp, micro_batch=b, global_batch=b * dp, seq_len=s,
+                              precision="fp32", sharding=sharding)
+
+    def predicted(case: str, fr: FrameworkSpec) -> dict[str, float]:
+        tp, dp = (2, 1) if case == "tp" else ((1, 2) if case != "plain" else (1, 1))
+        sharding = {"zero1": "zero1", "fsdp": "fsdp"}.get(case, "none")
+        n = dataclasses.replace(node, framework=fr).with_gpus_per_node(tp * dp)
+        return _reference_prediction(model, n, config(tp, dp, sharding))
+
+    phases = ("forward", "backward", "optimizer")
+    p_plain = predicted("plain", base)
+    plain_res = {ph: plain["median_s"][ph] - p_plain[ph] for ph in phases}
+
+    def residual(case: str, share: float) -> dict[str, float]:
+        pred = predicted(case, base)
+        return {ph: refs[case]["median_s"][ph] - pred[ph] - share * plain_res[ph] for ph in phases}
+
+    values = dataclasses.asdict(base)
+    lines = [f"plain reference step: measured fwd/bwd/opt {plain['median_s']['forward'] * 1e3:.2f}/"
+             f"{plain['median_s']['backward'] * 1e3:.2f}/{plain['median_s']['optimizer'] * 1e3:.2f} ms, "
+             f"cost model {p_plain['forward'] * 1e3:.2f}/{p_plain['backward'] * 1e3:.2f}/"
+             f"{p_plain['optimizer'] * 1e3:.2f} ms (residual subtracted from the wrapper cases)"]
+    comments: dict[str, str] = {}
+    L = model.n_layers
+    tensors = L * fw.block_param_tensors(model) + sum(fw.edge_param_tensors(model, False))
+    defaults = []
+    if "tp" in refs:
+        res = residual("tp", 0.5)
+        linears = L * fw.linears_per_block(model) + 1
+        values["tp_linear_forward_s"] = max(0.0, res["forward"]) / linears
+        values["tp_linear_backward_s"] = max(0.0, res["backward"]) / linears
+        values["tp_optimizer_param_s"] = max(0.0, res["optimizer"]) / tensors
+        lines.append(f"tp=2: residual fwd/bwd/opt {res['forward'] * 1e3:.2f}/{res['backward'] * 1e3:.2f}/"
+                     f"{res['optimizer'] * 1e3:.2f} ms over {linears} TP linears, {tensors} parameter tensors")
+    else:
+        defaults.append("tp")
+    if "fsdp" in refs:
+        res = residual("fsdp", 1.0)
+        units = fw.fsdp_units(model, L, True, True, False)
+        values["fsdp_unit_forward_s"] = max(0.0, res["forward"]) / units
+        values["fsdp_unit_backward_s"] = max(0.0, res["backward"]) / units
+        values["fsdp_optimizer_param_s"] = max(0.0, res["optimizer"]) / tensors
+        lines.append(f"fsdp dp=2: residual fwd/bwd/opt {res['forward'] * 1e3:.2f}/{res['backward'] * 1e3:.2f}/"
+                     f"{res['optimizer'] * 1e3:.2f} ms over {units} units, {tensors} parameter tensors")
+    else:
+        defaults.append("fsdp")
+    if "zero1" in refs:
+        res = residual("zero1", 1.0)
+        total = sum(res.values())
+        values["zero1_param_s"] = max(0.0, total) / tensors
+        lines.append(f"zero1 dp=2: residual of the whole step {total * 1e3:.2f} ms over {tensors} parameter tensors")
+    else:
+        defaults.append("zero1")
+    if "ddp" in refs:
+        res = residual("ddp", 1.0)
+        lines.append(f"ddp dp=2 (no parameter; for reference): residual fwd/bwd/opt {res['forward'] * 1e3:.2f}/"
+                     f"{res['backward'] * 1e3:.2f}/{res['optimizer'] * 1e3:.2f} ms")
+    # memory: fit RSS growth = (1 + frag) * tensors + overhead on the two batch sizes
+    mem = sorted(fw_results.get("memory") or [], key=lambda m: m["micro_batch"])
+    if len(mem) >= 2:
+        no_mem = FrameworkSpec(**{**values, "fragmentation_fraction": 0.0, "training_overhead_bytes": 0.0})
+        pts = []
+        for m in mem:
+            cfg = ParallelConfig(micro_batch=m["micro_batch"], global_batch=m["micro_batch"], seq_len=s,
+                                 precision="fp32")
+            (_, _, sm), = stage_memories(model, cfg, node.device, [1], "flash", framework=no_mem)
+            pts.append((sm.total_bytes, float(m["peak_minus_baseline_bytes"])))
+        (t1, m1), (t2, m2) = pts[0], pts[-1]
+        slope = (m2 - m1) / (t2 - t1) if t2 > t1 else 1.0
+        frag = min(0.9, max(0.0, slope - 1.0))
+        values["fragmentation_fraction"] = frag
+        values["training_overhead_bytes"] = max(0.0, m1 - (1.0 + frag) * t1)
+        lines.append("training-step memory (RSS high-water - baseline vs live tensors): " + ", ".join(
+            f"mb {m['micro_batch']}: {mm / 2**20:.1f} MiB for {t / 2**20:.1f} MiB" for m, (t, mm) in zip(mem, pts)))
+    else:
+        defaults.append("memory")
+    spec = FrameworkSpec(**values)
+    r = fw_results["reference"][0]["reference"]
+    comments["framework"] = (f"executor building blocks; per-op costs at h=16, wrappers at h={r['hidden_size']}, "
+                             f"{r['n_layers']} layers, s={r['seq_len']}, micro-batch {r['micro_batch']}"
+                             + (f"; not measured (kept 0): {', '.join(defaults)}" if defaults else ""))
+    counts = "; ".join(f"{o['style']}: " + ", ".join(f"{k} {o['ops'][k]} ops {o['median_s'][k] * 1e6 / o['ops'][k]:.2f} us"
+                                                     for k in phases) for o in ops)
+    comments["framework.op_forward_us"] = "per aten op under autograd, whole model at h=16 (" + counts + ")"
+    comments["framework.tp_linear_forward_us"] = "TP=2 reference residual / TP linears per micro-batch (header)"
+    comments["framework.fsdp_unit_forward_us"] = "FSDP2 dp=2 reference residual / fully_shard units (header)"
+    comments["framework.zero1_param_us"] = "ZeRO-1 dp=2 reference step residual / parameter tensors (header)"
+    comments["framework.fragmentation_fraction"] = ("slope - 1 of RSS high-water growth vs live tensor bytes over "
+                                                    "real training steps at two batch sizes (header)")
+    comments["framework.training_overhead_mib"] = "intercept of that fit (per-process training overhead)"
+    return spec, comments, lines

@@ -162,9 +162,62 @@ class DeviceSpec:
 
 
 @dataclass(frozen=True)
+class FrameworkSpec:
+    """Costs of the executor's own building blocks on this machine (``clusterplan calibrate``
+    measures them on the executor's real modules at a small reference shape; optional: GPU
+    profiles have none and predict without it). Seconds and bytes.
+
+    op_forward_s: per aten op of a forward under autograd (dispatch + autograd graph recording),
+        replacing ``kernel_overhead_s`` for the ops the executor's blocks run.
+    op_backward_s: per aten op the autograd engine runs in backward.
+    op_optimizer_s: per aten op of ``AdamW(foreach=False).step`` (about 10 per parameter tensor).
+    tp_linear_forward_s / tp_linear_backward_s: DTensor cost per tensor-parallel linear
+        (ColwiseParallel / RowwiseParallel) per micro-batch, beyond its local GEMM and the
+        profile's collective times (``from_local`` / ``redistribute`` dispatch, functional
+        collectives and their waits on gloo).
+    tp_optimizer_param_s: extra optimizer time per DTensor parameter tensor (per-op DTensor
+        dispatch of the AdamW update).
+    fsdp_unit_forward_s / fsdp_unit_backward_s: FSDP2 ``fully_shard`` cost per wrapped unit per
+        micro-batch (pre/post hooks, copy-in/copy-out of the flat all-gather and
+        reduce-scatter buffers) beyond the profile's collective times.
+    fsdp_optimizer_param_s: extra optimizer time per FSDP2 (DTensor) parameter tensor.
+    zero1_param_s: ZeroRedundancyOptimizer cost per parameter tensor per step beyond the
+        AdamW update of its shard (per-parameter broadcast bookkeeping and waits).
+    fragmentation_fraction: resident memory a training step holds per byte of live tensors
+        minus one (allocator caching: memory freed between ops is not returned to the OS),
+        from the RSS high-water of real training steps at two batch sizes.
+    training_overhead_bytes: resident memory of a training step beyond its tensors (autograd
+        engine, optimizer bookkeeping, lazily loaded kernels), the intercept of that fit.
+    """
+
+    op_forward_s: float
+    op_backward_s: float
+    op_optimizer_s: float
+    tp_linear_forward_s: float
+    tp_linear_backward_s: float
+    tp_optimizer_param_s: float
+    fsdp_unit_forward_s: float
+    fsdp_unit_backward_s: float
+    fsdp_optimizer_param_s: float
+    zero1_param_s: float
+    fragmentation_fraction: float
+    training_overhead_bytes: float
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            key = f"framework.{_FRAMEWORK_YAML.get(f.name, (f.name,))[0]}"
+            require(isinstance(value, (int, float)) and math.isfinite(value), key, "must be a finite number")
+            require(value >= 0, key, "must be >= 0")
+        require(self.fragmentation_fraction < 1, "framework.fragmentation_fraction", "must be in [0, 1)")
+
+
+@dataclass(frozen=True)
 class NodeSpec:
     """A node type: ``gpus_per_node`` devices joined by ``intra_node``, each with a NIC share
-    ``inter_node`` to the cluster fabric. ``collectives`` holds measured overrides (CPU profile)."""
+    ``inter_node`` to the cluster fabric. ``collectives`` holds measured overrides (CPU profile);
+    ``framework`` the calibrated costs of the executor's building blocks (CPU profile; None
+    elsewhere, and then nothing in the cost model changes)."""
 
     name: str
     description: str
@@ -174,6 +227,7 @@ class NodeSpec:
     inter_node: LinkSpec
     collectives: tuple[MeasuredCollective, ...] = ()
     measured_on: str = ""
+    framework: FrameworkSpec | None = None
 
     def __post_init__(self) -> None:
         require(self.gpus_per_node >= 1, "node.gpus_per_node", "must be >= 1")
@@ -236,7 +290,22 @@ class ClusterSpec:
 
 
 # ----- YAML parsing ---------------------------------------------------------------------------
-_TOP_KEYS = {"name", "description", "device", "node", "collectives", "measured_on"}
+_TOP_KEYS = {"name", "description", "device", "node", "collectives", "measured_on", "framework"}
+# FrameworkSpec field -> (YAML key, factor from the YAML unit to SI)
+_FRAMEWORK_YAML: dict[str, tuple[str, float]] = {
+    "op_forward_s": ("op_forward_us", MICRO),
+    "op_backward_s": ("op_backward_us", MICRO),
+    "op_optimizer_s": ("op_optimizer_us", MICRO),
+    "tp_linear_forward_s": ("tp_linear_forward_us", MICRO),
+    "tp_linear_backward_s": ("tp_linear_backward_us", MICRO),
+    "tp_optimizer_param_s": ("tp_optimizer_param_us", MICRO),
+    "fsdp_unit_forward_s": ("fsdp_unit_forward_us", MICRO),
+    "fsdp_unit_backward_s": ("fsdp_unit_backward_us", MICRO),
+    "fsdp_optimizer_param_s": ("fsdp_optimizer_param_us", MICRO),
+    "zero1_param_s": ("zero1_param_us", MICRO),
+    "fragmentation_fraction": ("fragmentation_fraction", 1.0),
+    "training_overhead_bytes": ("training_overhead_mib", float(2**20)),
+}
 _DEVICE_KEYS = {"name", "peak_tflops", "hbm_gib", "hbm_bandwidth_gb_s", "matmul_efficiency",
                 "memory_bound_efficiency", "kernel_overhead_us", "reserved_gib",
                 "fragmentation_fraction", "host_cores"}
@@ -358,6 +427,17 @@ def _parse_collectives(data: Any) -> tuple[MeasuredCollective, ...]:
     return tuple(out)
 
 
+def _parse_framework(data: Any) -> FrameworkSpec | None:
+    """The optional ``framework:`` section: every key of :data:`_FRAMEWORK_YAML` required."""
+    if data is None:
+        return None
+    where = "framework"
+    data = _mapping(data, where)
+    reject_unknown_keys(data, {k for k, _ in _FRAMEWORK_YAML.values()}, where)
+    values = {field: _number(data, key, where) * factor for field, (key, factor) in _FRAMEWORK_YAML.items()}
+    return FrameworkSpec(**values)
+
+
 def parse_profile(data: Any, source: str = "profile") -> NodeSpec:
     """Build a :class:`NodeSpec` from a parsed YAML mapping; errors name the field."""
     data = _mapping(data, source)
@@ -378,6 +458,7 @@ def parse_profile(data: Any, source: str = "profile") -> NodeSpec:
         inter_node=_parse_link(node.get("inter_node"), "node.inter_node"),
         collectives=_parse_collectives(data.get("collectives")),
         measured_on=str(data.get("measured_on", "")),
+        framework=_parse_framework(data.get("framework")) if "framework" in data else None,
     )
 
 

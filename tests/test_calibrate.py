@@ -145,3 +145,101 @@ def test_tiny_real_compute_bench(results, tmp_path):
     path = tmp_path / "x.yaml"
     path.write_text(profile_yaml(node))
     assert load_profile(str(path)).device.kernel_overhead_s > 0
+
+
+# ----- framework section: the executor's building blocks -------------------------------------
+def _quiet(results):
+    quiet = copy.deepcopy(results)
+    for section in ("matmul", "memory_bound"):
+        for r in quiet[section]:
+            r["cpu_ratio"] = 1.0
+    rate = quiet["contention"][0]["per_rank"][0]["flops_per_s"]
+    for row in quiet["contention"]:
+        for p in row["per_rank"]:
+            p["cpu_ratio"] = min(1.0, 2 / row["ranks"])
+            p["flops_per_s"] = rate * min(1.0, 2 / row["ranks"])
+    return quiet
+
+
+def _synthetic_framework(node, planted):
+    """Bench results a machine with the ``planted`` FrameworkSpec would give: op timings from
+    counts, reference steps as the cost model predicts them with the planted costs, memory as
+    (1 + fragmentation) * tensors + overhead."""
+    import dataclasses as dc
+
+    from planner.calibrate import _reference_prediction
+    from planner.cost.memory import stage_memories
+    from planner.model import ModelSpec
+    from planner.plan import ParallelConfig
+
+    ref = {"hidden_size": 128, "n_layers": 2, "seq_len": 128, "micro_batch": 4, "vocab_size": 512}
+    model = ModelSpec(name="ref", n_layers=2, hidden_size=128, n_heads=4, n_kv_heads=4, ffn_hidden_size=512,
+                      vocab_size=512, seq_len=128, mlp="gelu", norm="layernorm", position="learned",
+                      tied_embeddings=False, bias=True, dropout=0.0, activation="gelu")
+    counts = {"forward": 93, "backward": 208, "optimizer": 372}
+    ops = [{"style": st, "ops": counts, "cpu_ratio": 1.0, "params": 37,
+            "median_s": {"forward": 93 * planted.op_forward_s, "backward": 208 * planted.op_backward_s,
+                         "optimizer": 372 * planted.op_optimizer_s}} for st in ("gpt", "llama")]
+    reference = []
+    for case, tp, dp, sharding in (("plain", 1, 1, "none"), ("tp", 2, 1, "none"), ("ddp", 1, 2, "none"),
+                                   ("zero1", 1, 2, "zero1"), ("fsdp", 1, 2, "fsdp")):
+        cfg = ParallelConfig(tp=tp, dp=dp, micro_batch=4, global_batch=4 * dp, seq_len=128, precision="fp32",
+                             sharding=sharding)
+        n = dc.replace(node, framework=planted).with_gpus_per_node(tp * dp)
+        reference.append({"case": case, "tp": tp, "dp": dp, "model": model.to_dict(), "reference": ref,
+                          "median_s": _reference_prediction(model, n, cfg), "cpu_ratio": 1.0, "steps": 5})
+    no_mem = dc.replace(planted, fragmentation_fraction=0.0, training_overhead_bytes=0.0)
+    memory = []
+    for b in (2, 8):
+        cfg = ParallelConfig(micro_batch=b, global_batch=b, seq_len=128, precision="fp32")
+        (_, _, sm), = stage_memories(model, cfg, node.device, [1], "flash", framework=no_mem)
+        memory.append({"micro_batch": b, "peak_minus_baseline_bytes":
+                       (1 + planted.fragmentation_fraction) * sm.total_bytes + planted.training_overhead_bytes})
+    return {"ops": ops, "reference": reference, "memory": memory}
+
+
+def test_framework_section_recovers_planted_costs(results, tmp_path):
+    from planner.hardware import FrameworkSpec
+
+    quiet = _quiet(results)
+    node = build_profile(quiet).node
+    assert node.framework is None
+    planted = FrameworkSpec(op_forward_s=4e-6, op_backward_s=3e-6, op_optimizer_s=2.5e-6,
+                            tp_linear_forward_s=300e-6, tp_linear_backward_s=200e-6, tp_optimizer_param_s=50e-6,
+                            fsdp_unit_forward_s=400e-6, fsdp_unit_backward_s=700e-6, fsdp_optimizer_param_s=60e-6,
+                            zero1_param_s=150e-6, fragmentation_fraction=0.45, training_overhead_bytes=9e6)
+    quiet["framework"] = _synthetic_framework(node, planted)
+    cal = build_profile(quiet)
+    got = cal.node.framework
+    for f in ("op_forward_s", "op_backward_s", "op_optimizer_s", "tp_linear_forward_s", "tp_linear_backward_s",
+              "tp_optimizer_param_s", "fsdp_unit_forward_s", "fsdp_unit_backward_s", "fsdp_optimizer_param_s",
+              "zero1_param_s", "fragmentation_fraction", "training_overhead_bytes"):
+        assert getattr(got, f) == pytest.approx(getattr(planted, f), rel=1e-6, abs=1e-12), f
+    # the written profile reads back with the same section, with its comments
+    path = tmp_path / "p.yaml"
+    path.write_text(cal.to_yaml())
+    back = load_profile(str(path))
+    assert back.framework is not None
+    assert back.framework.tp_linear_forward_s == pytest.approx(got.tp_linear_forward_s, rel=1e-5)
+    text = path.read_text()
+    assert "framework:" in text and "tp=2: residual" in text
+
+
+def test_framework_residuals_below_zero_clip_to_zero(results):
+    from planner.hardware import FrameworkSpec
+
+    quiet = _quiet(results)
+    node = build_profile(quiet).node
+    planted = FrameworkSpec(**{k: 0.0 for k in ("op_forward_s", "op_backward_s", "op_optimizer_s",
+                                                "tp_linear_forward_s", "tp_linear_backward_s",
+                                                "tp_optimizer_param_s", "fsdp_unit_forward_s",
+                                                "fsdp_unit_backward_s", "fsdp_optimizer_param_s",
+                                                "zero1_param_s", "fragmentation_fraction",
+                                                "training_overhead_bytes")})
+    fw_results = _synthetic_framework(node, planted)
+    for r in fw_results["reference"]:
+        if r["case"] == "tp":
+            r["median_s"] = {k: 0.5 * v for k, v in r["median_s"].items()}  # faster than predicted
+    quiet["framework"] = fw_results
+    got = build_profile(quiet).node.framework
+    assert got.tp_linear_forward_s == 0.0 and got.tp_linear_backward_s == 0.0

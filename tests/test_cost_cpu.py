@@ -93,3 +93,84 @@ def test_gemm_uses_the_curve_of_its_dtype():
     ratio = t32.time.compute_s / t16.time.compute_s
     assert 1.0 < ratio < 2.0 * 0.6 / 0.9 + 0.05
     assert isinstance(node.device.matmul_curve("bf16"), EfficiencyCurve)
+
+
+# ----- calibrated framework section: the executor's building blocks --------------------------
+from planner.cost import framework as fw  # noqa: E402
+from planner.hardware import FrameworkSpec  # noqa: E402
+
+ZERO_FW = {f.name: 0.0 for f in dataclasses.fields(FrameworkSpec)}
+
+
+def _fw_node(gpus: int = 2, **fw_values):
+    return dataclasses.replace(_node(), framework=FrameworkSpec(**{**ZERO_FW, **fw_values})).with_gpus_per_node(gpus)
+
+
+def _cfg(**kw):
+    base = dict(micro_batch=4, global_batch=8, seq_len=256, precision="fp32")
+    return ParallelConfig(**{**base, **kw})
+
+
+def test_op_costs_replace_the_kernel_overhead():
+    """Per-op costs: every counted op of the executor's blocks and edges pays them, per micro-batch."""
+    cfg = _cfg(global_batch=8)  # 2 micro-batches
+    base = predict(MODEL, ClusterSpec.homogeneous(_fw_node(1), 1), cfg)
+    with_ops = predict(MODEL, ClusterSpec.homogeneous(_fw_node(1, op_forward_s=5e-6, op_backward_s=3e-6), 1), cfg)
+    f, b = fw.block_ops(MODEL, "none")
+    ef, eb = fw.edge_ops(MODEL)
+    expected = 2 * (MODEL.n_layers * (5e-6 * f + 3e-6 * b) + 5e-6 * ef + 3e-6 * eb)
+    assert with_ops.step_time_s - base.step_time_s == pytest.approx(expected, rel=1e-6)
+
+
+def test_tp_pays_dtensor_cost_per_linear_and_the_executor_collectives():
+    cfg = _cfg(tp=2)
+    cl0 = ClusterSpec.homogeneous(_fw_node(), 1)
+    cl1 = ClusterSpec.homogeneous(_fw_node(tp_linear_forward_s=100e-6, tp_linear_backward_s=50e-6), 1)
+    t0, t1 = predict(MODEL, cl0, cfg), predict(MODEL, cl1, cfg)
+    linears = MODEL.n_layers * fw.linears_per_block(MODEL) + 1
+    assert t1.step_time_s - t0.step_time_s == pytest.approx(2 * linears * 150e-6, rel=1e-6)
+    # the executor all-reduces once per column-parallel linear in backward (4 for GELU), Megatron 2
+    gpu_like = predict(MODEL, ClusterSpec.homogeneous(_node(), 1), cfg)
+    assert t0.time.tp_s > gpu_like.time.tp_s
+
+
+def test_framework_wrapper_costs_are_charged_where_the_executor_runs_them():
+    dp = _cfg(dp=2)
+    base = predict(MODEL, ClusterSpec.homogeneous(_fw_node(), 1), _cfg(dp=2, sharding="fsdp"))
+    fsdp = predict(MODEL, ClusterSpec.homogeneous(_fw_node(fsdp_unit_forward_s=1e-3), 1), _cfg(dp=2, sharding="fsdp"))
+    units = fw.fsdp_units(MODEL, MODEL.n_layers, True, True, fw.executor_tied(MODEL, 1, 1))
+    m = _cfg(dp=2, sharding="fsdp").num_micro_batches  # 1: 4 sequences per rank
+    assert fsdp.step_time_s - base.step_time_s == pytest.approx(m * units * 1e-3, rel=1e-6)
+    z0 = predict(MODEL, ClusterSpec.homogeneous(_fw_node(), 1), _cfg(dp=2, sharding="zero1"))
+    z1 = predict(MODEL, ClusterSpec.homogeneous(_fw_node(zero1_param_s=1e-4), 1), _cfg(dp=2, sharding="zero1"))
+    tensors = MODEL.n_layers * fw.block_param_tensors(MODEL) + sum(fw.edge_param_tensors(MODEL, True))
+    assert z1.step_time_s - z0.step_time_s == pytest.approx(tensors * 1e-4, rel=1e-6)
+    # DDP pays neither
+    d0 = predict(MODEL, ClusterSpec.homogeneous(_fw_node(), 1), dp)
+    d1 = predict(MODEL, ClusterSpec.homogeneous(_fw_node(zero1_param_s=1e-4, fsdp_unit_forward_s=1e-3), 1), dp)
+    assert d1.step_time_s == pytest.approx(d0.step_time_s, rel=1e-12)
+
+
+def test_framework_memory_fragmentation_and_overhead():
+    cfg = _cfg(global_batch=4)
+    cl = lambda **kw: ClusterSpec.homogeneous(_fw_node(1, **kw), 1)  # noqa: E731
+    m0 = predict(MODEL, cl(), cfg).memory
+    m1 = predict(MODEL, cl(fragmentation_fraction=0.5, training_overhead_bytes=10e6), cfg).memory
+    tensors = m0.total_bytes - m0.reserved_bytes
+    assert m0.reserved_bytes == 0.0
+    assert m1.total_bytes == pytest.approx(1.5 * tensors + 10e6, rel=1e-9)
+
+
+def test_gpu_predictions_ignore_the_framework_model():
+    """A profile without the section predicts as before: same numbers as the Megatron-style model."""
+    node = load_profile("dgx-a100-80gb")
+    assert node.framework is None
+    cfg = ParallelConfig(tp=8, dp=1, micro_batch=1, global_batch=8, seq_len=2048, precision="bf16")
+    big = ModelSpec(name="g", n_layers=8, hidden_size=4096, n_heads=32, n_kv_heads=32, ffn_hidden_size=16384,
+                    vocab_size=51200, seq_len=2048, mlp="gelu", norm="layernorm", position="learned",
+                    tied_embeddings=True, bias=True, dropout=0.0, activation="gelu")
+    p = predict(big, ClusterSpec.homogeneous(node, 1), cfg)
+    # Megatron's 2 + 2 all-reduces per block, not the executor's per-linear ones
+    g = GroupShape(8, 8, 1)
+    one = collective_time("all_reduce", 2 * 1 * 2048 * 4096, g, node)
+    assert p.time.tp_s == pytest.approx(8 * big.n_layers * 4 * one, rel=1e-6)

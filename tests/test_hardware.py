@@ -183,3 +183,55 @@ def test_matmul_efficiency_per_dtype():
     with pytest.raises(InputError) as err:
         parse_profile(data)
     assert "matmul_efficiency.int4" in err.value.field
+
+
+# ----- the optional framework section (calibrated CPU profiles) --------------------------------
+FRAMEWORK = {"op_forward_us": 4.0, "op_backward_us": 3.0, "op_optimizer_us": 3.0,
+             "tp_linear_forward_us": 500.0, "tp_linear_backward_us": 400.0, "tp_optimizer_param_us": 80.0,
+             "fsdp_unit_forward_us": 600.0, "fsdp_unit_backward_us": 900.0, "fsdp_optimizer_param_us": 100.0,
+             "zero1_param_us": 300.0, "fragmentation_fraction": 0.4, "training_overhead_mib": 12.0}
+
+
+def test_gpu_profiles_have_no_framework_section():
+    for name in GPU_PROFILES:
+        assert load_profile(name).framework is None
+
+
+def test_framework_section_parses_to_si():
+    data = copy.deepcopy(_raw("dgx-a100-80gb"))
+    data["framework"] = dict(FRAMEWORK)
+    fw = parse_profile(data).framework
+    assert fw.op_forward_s == pytest.approx(4.0e-6)
+    assert fw.tp_linear_backward_s == pytest.approx(400e-6)
+    assert fw.zero1_param_s == pytest.approx(300e-6)
+    assert fw.fragmentation_fraction == pytest.approx(0.4)
+    assert fw.training_overhead_bytes == pytest.approx(12 * 2**20)
+    # everything else parses exactly as without the section
+    plain = parse_profile(_raw("dgx-a100-80gb"))
+    assert plain.framework is None
+    assert parse_profile(data).device == plain.device
+
+
+@pytest.mark.parametrize("mutate, field", [
+    (lambda f: f.__setitem__("op_forward_ms", 1.0), "framework.op_forward_ms"),
+    (lambda f: f.pop("zero1_param_us"), "framework.zero1_param_us"),
+    (lambda f: f.__setitem__("tp_linear_forward_us", "fast"), "framework.tp_linear_forward_us"),
+    (lambda f: f.__setitem__("fsdp_unit_backward_us", -1.0), "framework.fsdp_unit_backward_us"),
+    (lambda f: f.__setitem__("fragmentation_fraction", 1.5), "framework.fragmentation_fraction"),
+    (lambda f: f.__setitem__("training_overhead_mib", True), "framework.training_overhead_mib"),
+])
+def test_malformed_framework_names_the_field(mutate, field):
+    data = copy.deepcopy(_raw("dgx-a100-80gb"))
+    data["framework"] = dict(FRAMEWORK)
+    mutate(data["framework"])
+    with pytest.raises(InputError) as err:
+        parse_profile(data)
+    assert err.value.field == field
+
+
+def test_framework_must_be_a_mapping():
+    data = copy.deepcopy(_raw("dgx-a100-80gb"))
+    data["framework"] = [1, 2]
+    with pytest.raises(InputError) as err:
+        parse_profile(data)
+    assert err.value.field == "framework"

@@ -18,7 +18,8 @@ from functools import lru_cache
 
 from planner.cost.flops import layer_forward_flops
 from planner.cost.runtime import Runtime
-from planner.hardware import DeviceSpec
+from planner.cost import framework as fw
+from planner.hardware import DeviceSpec, FrameworkSpec
 from planner.model import ModelSpec
 
 
@@ -47,6 +48,11 @@ class Rates:
     share: float
     dtype: str = ""
     attention_dtype: str = ""
+    framework: FrameworkSpec | None = None
+
+    def ops(self, n_ops: float, per_op_s: float) -> float:
+        """Framework time of ``n_ops`` ops at ``per_op_s`` each (CPU time: scaled by the share)."""
+        return n_ops * per_op_s / self.share
 
     def gemm(self, flops: float, bytes_moved: float, attention: bool = False) -> float:
         peak = self.attention_peak_flops if attention else self.peak_flops
@@ -61,7 +67,11 @@ class Rates:
         return bytes_moved / (self.mem_bw * self.share) + kernels * self.overhead_s
 
 
-def make_rates(device: DeviceSpec, precision: str, ranks_per_node: int) -> Rates:
+def make_rates(device: DeviceSpec, precision: str, ranks_per_node: int,
+               framework: FrameworkSpec | None = None) -> Rates:
+    """Per-rank rates. With a calibrated ``framework`` (CPU profile) the per-kernel overhead is
+    not added per GEMM / element-wise kernel: the executor's counted ops pay the framework's
+    per-op costs instead (:mod:`planner.cost.framework`)."""
     share = 1.0
     if device.host_cores > 0:
         share = min(1.0, device.host_cores / max(1, ranks_per_node))
@@ -70,8 +80,8 @@ def make_rates(device: DeviceSpec, precision: str, ranks_per_node: int) -> Rates
     attn_dtype = "bf16" if precision == "fp8" and device.supports("bf16") else compute_dtype(precision)
     return Rates(device=device, peak_flops=peak, attention_peak_flops=device.peak_flops(attn_dtype),
                  mem_bw=device.hbm_bandwidth_bytes_per_s * device.memory_bound_efficiency,
-                 overhead_s=device.kernel_overhead_s, share=share, dtype=compute_dtype(precision),
-                 attention_dtype=attn_dtype)
+                 overhead_s=0.0 if framework is not None else device.kernel_overhead_s, share=share,
+                 dtype=compute_dtype(precision), attention_dtype=attn_dtype, framework=framework)
 
 
 @dataclass(frozen=True)
@@ -201,6 +211,17 @@ def layer_times(model: ModelSpec, micro_batch: int, seq_len: int, tp: int, cp: i
         recompute_s = core_f
     else:
         recompute_s = 0.0
+    frame = rates.framework
+    if frame is not None:
+        # the executor's aten ops of this block (recomputed ones are in the backward count)
+        # and, under TP, the DTensor cost of each sharded linear
+        n_f, n_b = fw.block_ops(model, recompute)
+        fwd += rates.ops(n_f, frame.op_forward_s)
+        bwd_in += rates.ops(n_b, frame.op_backward_s)
+        if tp > 1:
+            lin = fw.linears_per_block(model)
+            fwd += rates.ops(lin, frame.tp_linear_forward_s)
+            bwd_in += rates.ops(lin, frame.tp_linear_backward_s)
     return LayerTimes(fwd_s=fwd, bwd_input_s=bwd_in, bwd_weight_s=bwd_w, recompute_s=recompute_s,
                       core_fwd_s=core_f, core_bwd_s=core_b)
 
@@ -232,9 +253,18 @@ def head_times(model: ModelSpec, micro_batch: int, seq_len: int, tp: int, cp: in
     rows = T / tp if sequence_parallel else T
     tf, tb = _gemm(rates, T, V / tp, h, bpe)
     norm_f = rates.memory(2 * bpe * rows * h)
-    logits = T * V / tp
+    frame = rates.framework
+    # the executor gathers the logits and every TP rank computes the full-vocabulary loss
+    logits = T * V if (frame is not None and tp > 1) else T * V / tp
     ce_f = rates.memory((bpe + 4 + 4) * logits, 3)   # cast to fp32, exp/sum, loss
     ce_b = rates.memory((4 + bpe) * logits, 1)       # softmax - onehot -> grad in compute dtype
     fwd = tf + norm_f + ce_f
     bwd_in = tb + 2 * norm_f + ce_b
+    if frame is not None:
+        n_f, n_b = fw.edge_ops(model)  # embedding + final norm + head + loss, counted here
+        fwd += rates.ops(n_f, frame.op_forward_s)
+        bwd_in += rates.ops(n_b, frame.op_backward_s)
+        if tp > 1:
+            fwd += rates.ops(1, frame.tp_linear_forward_s)
+            bwd_in += rates.ops(1, frame.tp_linear_backward_s)
     return fwd, bwd_in, tb

@@ -158,9 +158,15 @@ def stage_parameters(model: ModelSpec, parallel) -> list[float]:
     return out
 
 
-def stage_memories(model: ModelSpec, parallel, device, in_flight, attention: str) -> list:
+def stage_memories(model: ModelSpec, parallel, device, in_flight, attention: str,
+                   framework=None) -> list:
     """Per pipeline rank ``(rank, layers, StageMemory)`` given the micro-batches in flight per
-    rank (from the schedule)."""
+    rank (from the schedule).
+
+    framework: a calibrated :class:`planner.hardware.FrameworkSpec` (CPU profile): its
+    measured fragmentation and per-process training overhead replace the device's, and under
+    TP the logits are the executor's (a local shard plus the all-gathered full-vocabulary
+    logits every rank computes the loss on)."""
     P = parallel
     tp, pp, n_vs = P.tp, P.pp, P.pp * P.vpp
     b, s = P.micro_batch, P.seq_len
@@ -178,11 +184,17 @@ def stage_memories(model: ModelSpec, parallel, device, in_flight, attention: str
         chunks = list(range(r, n_vs, pp))
         n_layers_r = sum(layers[k] for k in chunks)
         act = in_flight[r] * (sum(layers[k] * one_layer for k in chunks) / len(chunks)) + full_layer
-        logits = (4 + bpe) * b * (s / P.cp) * model.vocab_size / tp if r == last_rank else 0.0
+        tokens = b * (s / P.cp)
+        if framework is not None and tp > 1:
+            logits = ((4 + bpe) * tokens * model.vocab_size + bpe * tokens * model.vocab_size / tp
+                      if r == last_rank else 0.0)
+        else:
+            logits = (4 + bpe) * tokens * model.vocab_size / tp if r == last_rank else 0.0
+        reserved = device.reserved_bytes if framework is None else framework.training_overhead_bytes
+        frag = device.fragmentation_fraction if framework is None else framework.fragmentation_fraction
         mem = stage_memory(params=params_all[r], layer_params=layer_params_rank, activation_bytes=act,
                            logits_bytes=logits, precision=P.precision, sharding=P.sharding, dp=P.dp,
-                           device_reserved=device.reserved_bytes,
-                           fragmentation=device.fragmentation_fraction)
+                           device_reserved=reserved, fragmentation=frag)
         out.append((r, n_layers_r, mem))
     return out
 
@@ -201,5 +213,6 @@ def peak_memory_bytes(model: ModelSpec, cluster, parallel, runtime=None) -> floa
     P.validate_for(model)
     sched = P.schedule if P.pp > 1 else ("interleaved" if P.vpp > 1 else "1f1b")
     in_flight = closed_form_in_flight(sched, P.pp, P.num_micro_batches, P.vpp)
-    mems = stage_memories(model, P, cluster.node.device, in_flight, runtime.attention)
+    mems = stage_memories(model, P, cluster.node.device, in_flight, runtime.attention,
+                          framework=cluster.node.framework)
     return max(mem.total_bytes for _, _, mem in mems)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+from planner.cost import framework as fw
 from planner.cost.comm import GroupShape, collective_time, p2p_time
 from planner.cost.compute import (activation_bytes_per_element, embedding_times, head_times,
                                   layer_times, make_rates)
@@ -197,6 +198,10 @@ def _stage_times(model: ModelSpec, node: NodeSpec, P: ParallelConfig, runtime: R
     n_vs = pp * v
     per_layer_f = lt.fwd_s + tp_f + cp_f + z3_f
     per_layer_b = lt.bwd_input_s + lt.recompute_s + tp_b + tp_rc + cp_b + z3_b
+    if node.framework is not None:
+        ef, eb, hf, hb = _executor_edge_costs(model, node, P, rates)
+        emb_f, emb_b = emb_f + ef, emb_b + eb
+        head_f, head_bin = head_f + hf, head_bin + hb
     fwd_s, bwd_s, w_s = [], [], []
     for k, n in enumerate(layers):
         f = n * per_layer_f
@@ -226,6 +231,48 @@ def _stage_times(model: ModelSpec, node: NodeSpec, P: ParallelConfig, runtime: R
                        lt, (emb_f, emb_b), (head_f, head_bin, head_bw), comm)
 
 
+def _executor_edge_costs(model: ModelSpec, node: NodeSpec, P: ParallelConfig, rates):
+    """Framework profiles: per micro-batch costs outside the blocks that the executor adds
+    (:mod:`planner.cost.framework`): (embedding fwd, bwd, head fwd, bwd) extra seconds.
+
+    TP: the LM head all-gathers the logits (forward) and all-reduces its input gradient
+    (backward). FSDP2: the root unit (and the untied embedding's unit) gather their parameters
+    before forward (again before backward when resharding) and reduce-scatter the gradients,
+    plus each unit's per-micro-batch cost."""
+    frame = node.framework
+    gpn = node.gpus_per_node
+    tp, dp = P.tp, P.dp
+    bpe = activation_bytes_per_element(P.precision)
+    T = P.micro_batch * P.seq_len / P.cp
+    ef = eb = hf = hb = 0.0
+    if tp > 1:
+        g = _shape(P, "tp", gpn)
+        hf += collective_time("all_gather", bpe * T * model.vocab_size, g, node)
+        hb += collective_time("all_reduce", bpe * T * model.hidden_size, g, node)
+    if fw.uses_fsdp(P.sharding, tp, dp):
+        g = _shape(P, "dp", gpn)
+        w_b = 4.0 if P.precision == "fp32" else 2.0
+        tied = fw.executor_tied(model, tp, P.pp)
+        reshard = P.sharding in ("zero3", "fsdp")
+
+        def unit(params: float) -> tuple[float, float]:
+            ag = collective_time("all_gather", params * w_b, g, node)
+            rs = collective_time("reduce_scatter", params * w_b, g, node)
+            return (ag + rates.ops(1, frame.fsdp_unit_forward_s),
+                    (ag if reshard else 0.0) + rs + rates.ops(1, frame.fsdp_unit_backward_s))
+
+        emb_params = model.embedding_params() / tp
+        head_params = (model.head_params() if not tied else model.hidden_size * (2 if model.bias else 1)) / tp
+        if not tied:
+            ef, eb = unit(emb_params)
+            f, b = unit(head_params)
+        else:
+            f, b = unit(emb_params + head_params)
+        hf += f
+        hb += b
+    return ef, eb, hf, hb
+
+
 def _shape(P: ParallelConfig, axis: str, gpn: int) -> GroupShape:
     per_node, nodes = group_node_spread(P, axis, gpn)
     return GroupShape(getattr(P, axis), per_node, nodes)
@@ -244,7 +291,23 @@ def _layer_comm(model: ModelSpec, node: NodeSpec, P: ParallelConfig, runtime: Ru
     # --- tensor parallel, per block and micro-batch (exposed) ---
     act_bytes = bpe * b * (s / cp) * model.hidden_size
     tp_f = tp_b = 0.0
-    if tp > 1:
+    frame = node.framework
+    if tp > 1 and frame is not None:
+        # the executor (executor/parallel/tp.py): 2 forward all-reduces (SP: all-gather +
+        # reduce-scatter each); backward one input-gradient all-reduce per column-parallel
+        # linear (Q, K, V, up, gate are separate), with SP also the forward reduce-scatters'
+        # all-gathers
+        g = shape("tp")
+        ar = collective_time("all_reduce", act_bytes, g, node)
+        if P.sequence_parallel:
+            ag = collective_time("all_gather", act_bytes, g, node)
+            rs = collective_time("reduce_scatter", act_bytes, g, node)
+            tp_f = 2 * (ag + rs)
+            tp_b = fw.colwise_per_block(model) * ar + 2 * ag
+        else:
+            tp_f = 2 * ar
+            tp_b = fw.colwise_per_block(model) * ar
+    elif tp > 1:
         g = shape("tp")
         if P.sequence_parallel:
             one = collective_time("all_gather", act_bytes, g, node) + collective_time("reduce_scatter", act_bytes, g, node)
@@ -267,7 +330,21 @@ def _layer_comm(model: ModelSpec, node: NodeSpec, P: ParallelConfig, runtime: Ru
     z3_f = z3_b = 0.0
     w_bytes_pp = 4.0 if P.precision == "fp32" else 2.0
     layer_params_rank = model.layer_params() / tp
-    if P.sharding in ("zero3", "fsdp") and dp > 1:
+    if frame is not None and fw.uses_fsdp(P.sharding, tp, dp):
+        # executor FSDP2: one unit per block; every collective exposed on a CPU host
+        g = shape("dp")
+        size = layer_params_rank * w_bytes_pp
+        ag = collective_time("all_gather", size, g, node)
+        rs = collective_time("reduce_scatter", size, g, node)
+        reshard = P.sharding in ("zero3", "fsdp")
+        comm_f = ag + frame.fsdp_unit_forward_s
+        comm_b = (ag if reshard else 0.0) + rs + frame.fsdp_unit_backward_s
+        if runtime.shard_prefetch:
+            z3_f = max(0.0, comm_f - lt.fwd_s)
+            z3_b = max(0.0, comm_b - (lt.bwd_s + lt.recompute_s))
+        else:
+            z3_f, z3_b = comm_f, comm_b
+    elif P.sharding in ("zero3", "fsdp") and dp > 1:
         g = shape("dp")
         size = layer_params_rank * w_bytes_pp
         n_coll = _gathered_tensors_per_layer(model, tp, runtime)
@@ -304,7 +381,7 @@ def lower_bound_step_time_s(model: ModelSpec, cluster: ClusterSpec, parallel: Pa
     P = parallel
     runtime = effective_runtime(runtime, node.device,
                                 min(node.gpus_per_node, P.world_size) if P.world_size > 1 else 0)
-    rates = make_rates(node.device, P.precision, min(node.gpus_per_node, P.world_size))
+    rates = make_rates(node.device, P.precision, min(node.gpus_per_node, P.world_size), node.framework)
     st = _stage_times(model, node, P, runtime, rates)
     pp, m = P.pp, P.num_micro_batches
     n_vs = len(st.fwd_s)
@@ -314,11 +391,43 @@ def lower_bound_step_time_s(model: ModelSpec, cluster: ClusterSpec, parallel: Pa
     return max(busy) + _optimizer_s(model, P, rates)
 
 
+def _param_tensors(model: ModelSpec, P: ParallelConfig) -> int:
+    """Parameter tensors of the busiest pipeline rank in the executor."""
+    layers = P.layers_per_stage(model.n_layers)
+    n_vs, pp = P.pp * P.vpp, P.pp
+    first, last = fw.edge_param_tensors(model, fw.executor_tied(model, P.tp, pp))
+    best = 0
+    for r in range(pp):
+        ks = list(range(r, n_vs, pp))
+        n = sum(layers[k] for k in ks) * fw.block_param_tensors(model)
+        n += (first if 0 in ks else 0) + (last if n_vs - 1 in ks else 0)
+        best = max(best, n)
+    return best
+
+
 def _optimizer_s(model: ModelSpec, P: ParallelConfig, rates) -> float:
+    """AdamW over the local shard: memory-bound traffic plus, with a framework profile, the
+    executor's per-op costs (AdamW(foreach=False): ~10 ops per parameter tensor; DTensor
+    parameters under TP / FSDP2, ZeroRedundancyOptimizer's per-parameter bookkeeping)."""
     params = stage_parameters(model, P)
     _, _, o_div = shard_divisors(P.sharding, P.dp)
     n_vs = P.pp * P.vpp
-    return rates.memory(max(params) / o_div * OPTIMIZER_BYTES_PER_PARAM, 2 * max(1, n_vs))
+    frame = rates.framework
+    if frame is None:
+        return rates.memory(max(params) / o_div * OPTIMIZER_BYTES_PER_PARAM, 2 * max(1, n_vs))
+    tensors = _param_tensors(model, P)
+    fsdp = fw.uses_fsdp(P.sharding, P.tp, P.dp)
+    zero1 = P.sharding == "zero1" and P.dp > 1 and not fsdp
+    stepped = tensors / P.dp if zero1 else tensors  # ZeRO-1 partitions whole tensors over dp
+    t = rates.memory(max(params) / o_div * OPTIMIZER_BYTES_PER_PARAM, 0)
+    t += rates.ops(stepped * fw.ADAM_OPS_PER_PARAM, frame.op_optimizer_s)
+    if P.tp > 1:
+        t += rates.ops(tensors, frame.tp_optimizer_param_s)
+    elif fsdp:
+        t += rates.ops(tensors, frame.fsdp_optimizer_param_s)
+    if zero1:
+        t += rates.ops(tensors, frame.zero1_param_s)
+    return t
 
 
 def collectives_share_cores(device, ranks_per_node: int) -> bool:
@@ -360,7 +469,7 @@ def predict(model: ModelSpec, cluster: ClusterSpec, parallel: ParallelConfig,
     m = P.num_micro_batches
     bpe = activation_bytes_per_element(P.precision)
     runtime = effective_runtime(runtime, device, min(gpn, P.world_size) if P.world_size > 1 else 0)
-    rates = make_rates(device, P.precision, min(gpn, P.world_size))
+    rates = make_rates(device, P.precision, min(gpn, P.world_size), node.framework)
     st = _stage_times(model, node, P, runtime, rates)
     lt = st.lt
     emb_f, emb_b = st.emb
@@ -379,12 +488,14 @@ def predict(model: ModelSpec, cluster: ClusterSpec, parallel: ParallelConfig,
 
     # --- per physical stage: parameters and memory ---
     stage_params = stage_parameters(model, P)
-    per_stage = stage_memories(model, P, device, pipe.peak_in_flight, runtime.attention)
+    per_stage = stage_memories(model, P, device, pipe.peak_in_flight, runtime.attention,
+                               framework=node.framework)
 
     # --- data-parallel gradient reduction (non-ZeRO-3) and optimizer ---
     crit = max(range(pp), key=lambda r: pipe.busy_s[r])
     dp_exposed = 0.0
-    if dp > 1 and P.sharding not in ("zero3", "fsdp"):
+    executor_fsdp = node.framework is not None and fw.uses_fsdp(P.sharding, tp, dp)
+    if dp > 1 and P.sharding not in ("zero3", "fsdp") and not executor_fsdp:
         g = shape("dp")
         params_max = max(stage_params)
         r_max = stage_params.index(params_max)
@@ -392,6 +503,9 @@ def predict(model: ModelSpec, cluster: ClusterSpec, parallel: ParallelConfig,
         if P.sharding == "none":
             red = collective_time("all_reduce", grad_bytes, g, node)
             gather = 0.0
+        elif node.framework is not None:  # executor ZeRO-1: DDP all-reduce + parameter broadcasts
+            red = collective_time("all_reduce", grad_bytes, g, node)
+            gather = collective_time("all_gather", params_max * w_bytes_pp, g, node)
         else:
             red = collective_time("reduce_scatter", grad_bytes, g, node)
             gather = collective_time("all_gather", params_max * w_bytes_pp, g, node)

@@ -1,0 +1,220 @@
+"""The executor's own building blocks, timed on this machine (``--parts framework``, 2 ranks).
+
+What ``planner.calibrate`` turns into the profile's ``framework:`` section:
+
+* per-op cost under autograd: the executor's whole model (``executor.model``, both block
+  styles: GPT and Llama) at a degenerate shape (h=16, s=8, one sequence) where the arithmetic
+  is negligible; each phase's time divided by the aten ops it dispatched (counted with a
+  ``TorchDispatchMode``): forward, backward, ``AdamW(foreach=False).step``.
+* reference steps at a small shape (h=128, 2 layers, s=128; not any sweep shape) built from the
+  executor's real wrappers: plain (one rank), tensor parallel (``executor.parallel.tp``),
+  DDP (``executor.parallel.dp``), ZeRO-1 (``executor.parallel.zero``) and FSDP2
+  (``executor.parallel.fsdp``) on 2 ranks; per phase the slowest rank's time, median over
+  steps. The calibration subtracts what the cost model predicts for the same step and
+  divides the rest by the units the executor runs (TP linears, FSDP units, parameter tensors).
+* memory: fresh processes (``python -m executor.bench.memstep``) run real training steps of
+  the reference model at two batch sizes and report RSS high-water minus the baseline the
+  executor uses (after ``init_process_group``).
+"""
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+import torch.distributed as dist
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from planner.model import ModelSpec
+
+REFERENCE = {"hidden_size": 128, "n_layers": 2, "seq_len": 128, "micro_batch": 4, "vocab_size": 512}
+"""The reference shape of the wrapper measurements (small: overheads are a large share)."""
+MEMORY_BATCHES = (2, 8)
+"""Batch sizes of the memory fit (slope: fragmentation, intercept: training overhead)."""
+
+
+def reference_spec(style: str = "gpt", *, hidden: int = 128, layers: int = 2, seq: int = 128,
+                   vocab: int = 512) -> ModelSpec:
+    """A GPT-style (LayerNorm, GELU, learned positions, biases) or Llama-style (RMSNorm,
+    SwiGLU, RoPE, GQA, no biases) model with the executor's block layout."""
+    heads = max(2, hidden // 32)
+    if style == "gpt":
+        return ModelSpec(name=f"ref-gpt-h{hidden}", n_layers=layers, hidden_size=hidden, n_heads=heads,
+                         n_kv_heads=heads, ffn_hidden_size=4 * hidden, vocab_size=vocab, seq_len=seq,
+                         mlp="gelu", norm="layernorm", position="learned", tied_embeddings=False,
+                         bias=True, dropout=0.0, activation="gelu")
+    return ModelSpec(name=f"ref-llama-h{hidden}", n_layers=layers, hidden_size=hidden, n_heads=heads,
+                     n_kv_heads=max(1, heads // 2), ffn_hidden_size=3 * hidden, vocab_size=vocab,
+                     seq_len=seq, mlp="swiglu", norm="rmsnorm", position="rope", tied_embeddings=False,
+                     bias=False, dropout=0.0, activation="silu")
+
+
+class OpCounter(TorchDispatchMode):
+    """Counts the aten ops dispatched while active."""
+
+    def __init__(self):
+        super().__init__()
+        self.n = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.n += 1
+        return func(*args, **(kwargs or {}))
+
+
+def _phases(model, opt, x, y, loss_fn):
+    t0 = time.perf_counter()
+    loss = loss_fn(model(x), y)
+    t1 = time.perf_counter()
+    loss.backward()
+    t2 = time.perf_counter()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    t3 = time.perf_counter()
+    return t1 - t0, t2 - t1, t3 - t2
+
+
+def op_overhead_bench(*, reps: int) -> list[dict]:
+    """Per-op forward / backward / optimizer cost of the executor's model at a degenerate shape."""
+    from executor.model import build_model, lm_loss
+
+    out = []
+    for style in ("gpt", "llama"):
+        spec = reference_spec(style, hidden=16, layers=2, seq=8, vocab=32)
+        model = build_model(spec)
+        opt = torch.optim.AdamW(model.parameters(), foreach=False)
+        gen = torch.Generator().manual_seed(5)
+        x = torch.randint(0, spec.vocab_size, (1, spec.seq_len), generator=gen)
+        y = torch.randint(0, spec.vocab_size, (1, spec.seq_len), generator=gen)
+        _phases(model, opt, x, y, lm_loss)
+        counts = []
+        for _ in range(1):
+            cf, cb, co = OpCounter(), OpCounter(), OpCounter()
+            with cf:
+                loss = lm_loss(model(x), y)
+            with cb:
+                loss.backward()
+            with co:
+                opt.step()
+            opt.zero_grad(set_to_none=True)
+            counts = [cf.n, cb.n, co.n]
+        samples = [[], [], []]
+        cpu0, wall0 = time.process_time(), time.perf_counter()
+        inner = 20
+        for _ in range(max(5, reps)):
+            acc = [0.0, 0.0, 0.0]
+            for _ in range(inner):
+                for i, t in enumerate(_phases(model, opt, x, y, lm_loss)):
+                    acc[i] += t
+            for i in range(3):
+                samples[i].append(acc[i] / inner)
+        ratio = (time.process_time() - cpu0) / max(1e-9, time.perf_counter() - wall0)
+        med = [statistics.median(s) for s in samples]
+        out.append({"style": style, "ops": {"forward": counts[0], "backward": counts[1], "optimizer": counts[2]},
+                    "median_s": {"forward": med[0], "backward": med[1], "optimizer": med[2]},
+                    "params": len(list(model.parameters())), "cpu_ratio": ratio})
+    return out
+
+
+def _time_steps(build, x, y, *, steps: int, warmup: int, active: bool) -> dict | None:
+    """Run ``steps`` + ``warmup`` steps of the model ``build()`` returns on every rank of the
+    world (``active``: this rank takes part); per phase the slowest active rank, median."""
+    from executor.model import lm_loss
+
+    model = opt = None
+    if active:
+        model, opt = build()
+    rows = []
+    for step in range(warmup + steps):
+        dist.barrier()
+        c0 = time.process_time()
+        w0 = time.perf_counter()
+        mine = _phases(model, opt, x, y, lm_loss) if active else None
+        wall = time.perf_counter() - w0
+        cpu = time.process_time() - c0
+        gathered = [None] * dist.get_world_size()
+        dist.all_gather_object(gathered, (mine, cpu / wall if (active and wall > 0) else None))
+        if step >= warmup:
+            rows.append([g for g in gathered if g[0] is not None])
+    del model, opt
+    if not rows:
+        return None
+    med = {}
+    for i, name in enumerate(("forward", "backward", "optimizer")):
+        med[name] = statistics.median(max(r[0][i] for r in row) for row in rows)
+    ratio = min(min(r[1] for r in row) for row in rows)
+    return {"median_s": med, "cpu_ratio": ratio, "steps": steps}
+
+
+def reference_bench(*, quick: bool) -> list[dict]:
+    """The reference step plain (rank 0), TP=2, DDP, ZeRO-1, FSDP2 (2 ranks each)."""
+    from torch.distributed.device_mesh import init_device_mesh
+
+    from executor.model import build_model
+    from executor.parallel import dp as dp_mod, fsdp as fsdp_mod, tp as tp_mod, zero as zero_mod
+
+    rank, world = dist.get_rank(), dist.get_world_size()
+    ref = REFERENCE
+    spec = reference_spec("gpt", hidden=ref["hidden_size"], layers=ref["n_layers"], seq=ref["seq_len"],
+                          vocab=ref["vocab_size"])
+    gen = torch.Generator().manual_seed(7 + rank)
+    b = ref["micro_batch"]
+    x = torch.randint(0, spec.vocab_size, (b, spec.seq_len), generator=gen)
+    y = torch.randint(0, spec.vocab_size, (b, spec.seq_len), generator=gen)
+    steps, warmup = (4, 2) if quick else (10, 3)
+    mesh = init_device_mesh("cpu", (2,), mesh_dim_names=("x",)) if world == 2 else None
+
+    def adam(model):
+        return torch.optim.AdamW(model.parameters(), foreach=False)
+
+    def plain():
+        m = build_model(spec)
+        return m, adam(m)
+
+    def tp():
+        m = tp_mod.apply_tp(build_model(spec), mesh["x"], False)
+        return m, adam(m)
+
+    def ddp():
+        m = dp_mod.apply_ddp(build_model(spec), mesh["x"], torch.device("cpu"))
+        return m, adam(m)
+
+    def zero1():
+        m = dp_mod.apply_ddp(build_model(spec), mesh["x"], torch.device("cpu"))
+        return m, zero_mod.zero1_optimizer(m.parameters(), mesh["x"], lr=1e-3, eps=1e-8, weight_decay=0.0)
+
+    def fsdp():
+        m = fsdp_mod.apply_fsdp(build_model(spec), mesh["x"], reshard_after_forward=True)
+        return m, adam(m)
+
+    cases = [("plain", plain, rank == 0, 1, 1)]
+    if mesh is not None:
+        cases += [("tp", tp, True, 2, 1), ("ddp", ddp, True, 1, 2), ("zero1", zero1, True, 1, 2),
+                  ("fsdp", fsdp, True, 1, 2)]
+    out = []
+    for name, build, active, tp_deg, dp_deg in cases:
+        r = _time_steps(build, x, y, steps=steps, warmup=warmup, active=active)
+        out.append({"case": name, "tp": tp_deg, "dp": dp_deg, "model": spec.to_dict(),
+                    "reference": dict(ref), **(r or {})})
+    return out
+
+
+def memory_bench(*, timeout_s: float = 120.0) -> list[dict]:
+    """RSS high-water minus baseline of real training steps, each batch size in a fresh process."""
+    out = []
+    env = dict(os.environ)
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "LOCAL_WORLD_SIZE",
+                "GROUP_RANK", "ROLE_RANK", "TORCHELASTIC_RUN_ID"):
+        env.pop(key, None)
+    env["OMP_NUM_THREADS"] = "1"
+    for b in MEMORY_BATCHES:
+        proc = subprocess.run([sys.executable, "-m", "executor.bench.memstep", "--micro-batch", str(b)],
+                              capture_output=True, text=True, timeout=timeout_s, env=env)
+        if proc.returncode != 0:
+            raise RuntimeError(f"memstep failed: {proc.stderr[-400:]}")
+        out.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    return out
+

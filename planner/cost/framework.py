@@ -1,0 +1,131 @@
+"""The executor's own structure, for profiles with a calibrated ``framework:`` section.
+
+Where the local executor (``executor/``) does something a production stack does not, the cost
+model follows the executor as it is, but only for profiles that carry
+:class:`planner.hardware.FrameworkSpec` (the CPU profile ``clusterplan calibrate`` writes); GPU
+profiles have none and keep the Megatron-style model of :mod:`planner.cost.compute` and
+:mod:`planner.cost.step` unchanged.
+
+Facts of the executor's code (torch 2.13) used here:
+
+* aten ops per transformer block and for embedding + final norm + LM head + loss, forward and
+  backward, per recompute mode (:data:`BLOCK_OPS`, :data:`EDGE_OPS`): counted with a
+  ``TorchDispatchMode`` on ``executor.model`` (``executor/bench/framework.py`` counts them again
+  at calibration and the profile notes both). Each op pays ``op_forward_s`` / ``op_backward_s``.
+* ``AdamW(foreach=False)``: :data:`ADAM_OPS_PER_PARAM` ops per parameter tensor.
+* Tensor parallel (``executor/parallel/tp.py``): Q, K, V are three ColwiseParallel linears and
+  the MLP's up (and gate) too, each wrapping the same replicated input as its own DTensor, so the
+  backward all-reduces the input gradient once per column-parallel linear (Megatron fuses QKV:
+  one); the LM head is column-parallel with replicated output: an all-gather of the logits
+  forward and the full-vocabulary cross entropy on every TP rank, one input-gradient all-reduce
+  backward.
+* FSDP2 (``executor/parallel/fsdp.py``): one ``fully_shard`` unit per block, one for the
+  untied embedding, one for the root module; ZeRO-2 is FSDP2 without reshard after forward
+  (no second all-gather in backward), ZeRO-3/FSDP with it.
+"""
+from __future__ import annotations
+
+from planner.model import ModelSpec
+
+ADAM_OPS_PER_PARAM = 10
+"""aten ops of one parameter's ``torch.optim.AdamW(foreach=False)`` update (counted)."""
+
+# (mlp, norm, position, bias, recompute) -> (forward ops, backward ops) of one block
+BLOCK_OPS: dict[tuple[str, str, str, bool, str], tuple[int, int]] = {}
+# (norm, position) -> (forward, backward) ops of embedding + final norm + LM head + loss
+EDGE_OPS: dict[tuple[str, str], tuple[int, int]] = {
+    ("layernorm", "learned"): (15, 22), ("layernorm", "rope"): (11, 19),
+    ("rmsnorm", "learned"): (21, 37), ("rmsnorm", "rope"): (17, 34),
+}
+_COUNTS = """
+gelu layernorm learned 1 39 93 38 101 38 173
+gelu layernorm learned 0 39 73 38 81 38 149
+gelu layernorm rope 1 69 119 68 127 68 229
+gelu layernorm rope 0 69 99 68 107 68 205
+gelu rmsnorm learned 1 51 123 50 131 48 223
+gelu rmsnorm learned 0 51 105 50 113 48 205
+gelu rmsnorm rope 1 81 149 80 157 78 279
+gelu rmsnorm rope 0 81 131 80 139 78 261
+swiglu layernorm learned 1 44 108 43 116 43 201
+swiglu layernorm learned 0 44 85 43 93 43 174
+swiglu layernorm rope 1 74 134 73 142 73 257
+swiglu layernorm rope 0 74 111 73 119 73 230
+swiglu rmsnorm learned 1 56 138 55 146 53 251
+swiglu rmsnorm learned 0 56 117 55 125 53 230
+swiglu rmsnorm rope 1 86 164 85 172 83 307
+swiglu rmsnorm rope 0 86 143 85 151 83 286
+"""
+for _line in _COUNTS.strip().splitlines():
+    _mlp, _norm, _pos, _bias, *_n = _line.split()
+    _n = [int(v) for v in _n]
+    for _i, _rc in enumerate(("none", "selective", "full")):
+        BLOCK_OPS[(_mlp, _norm, _pos, _bias == "1", _rc)] = (_n[2 * _i], _n[2 * _i + 1])
+
+
+def _key_parts(model: ModelSpec) -> tuple[str, str, str]:
+    mlp = "swiglu" if model.mlp == "swiglu" else "gelu"
+    norm = "rmsnorm" if model.norm == "rmsnorm" else "layernorm"
+    pos = "rope" if model.position == "rope" else "learned"
+    return mlp, norm, pos
+
+
+def block_ops(model: ModelSpec, recompute: str) -> tuple[int, int]:
+    """(forward, backward) aten ops of one executor block per micro-batch. MoE blocks: the
+    dense block's count plus one expert MLP's per routed expert (an estimate)."""
+    mlp, norm, pos = _key_parts(model)
+    rc = recompute if recompute in ("none", "selective", "full") else "none"
+    f, b = BLOCK_OPS[(mlp, norm, pos, bool(model.bias), rc)]
+    if model.is_moe:
+        mlp_f, mlp_b = (13, 26) if mlp == "swiglu" else (8, 18)
+        f += model.n_experts * mlp_f + 12
+        b += model.n_experts * mlp_b + 12
+    return f, b
+
+
+def edge_ops(model: ModelSpec) -> tuple[int, int]:
+    """(forward, backward) ops of embedding + final norm + head + loss (whole model)."""
+    _, norm, pos = _key_parts(model)
+    return EDGE_OPS[(norm, pos)]
+
+
+def linears_per_block(model: ModelSpec) -> int:
+    """nn.Linear modules of one block (Q, K, V, O + the MLP's matrices, per expert for MoE)."""
+    experts = model.n_experts if model.is_moe else 1
+    return 4 + experts * model.mlp_matrices
+
+
+def colwise_per_block(model: ModelSpec) -> int:
+    """Column-parallel linears of one block: Q, K, V and the MLP's up (and gate)."""
+    experts = model.n_experts if model.is_moe else 1
+    return 3 + experts * (model.mlp_matrices - 1)
+
+
+def block_param_tensors(model: ModelSpec) -> int:
+    """Parameter tensors of one block (weights, biases, norm weights / biases, router)."""
+    norm_tensors = 2 if (model.norm == "layernorm" and model.bias) else 1
+    router = 1 if model.is_moe else 0
+    return linears_per_block(model) * (2 if model.bias else 1) + 2 * norm_tensors + router
+
+
+def edge_param_tensors(model: ModelSpec, tied: bool) -> tuple[int, int]:
+    """(first stage, last stage) parameter tensors outside the blocks: token (+ position)
+    embedding; final norm (+ bias) and the LM head unless tied."""
+    first = 2 if model.position == "learned" else 1
+    norm_tensors = 2 if (model.norm == "layernorm" and model.bias) else 1
+    last = norm_tensors + (0 if tied else 1)
+    return first, last
+
+
+def executor_tied(model: ModelSpec, tp: int, pp: int) -> bool:
+    """The executor ties the head to the embedding only without PP and TP (executor/train.py)."""
+    return bool(model.tied_embeddings) and pp == 1 and tp == 1
+
+
+def fsdp_units(model: ModelSpec, layers: int, first: bool, last: bool, tied: bool) -> int:
+    """``fully_shard`` units of a stage: its blocks, the untied embedding, the root module."""
+    return layers + (1 if (first and not tied) else 0) + 1
+
+
+def uses_fsdp(sharding: str, tp: int, dp: int) -> bool:
+    """The executor runs FSDP2 over dp for zero2/zero3/fsdp, and for any sharding when tp > 1."""
+    return dp > 1 and (sharding in ("zero2", "zero3", "fsdp") or tp > 1)
