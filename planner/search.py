@@ -49,6 +49,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Callable
 
+from planner.cost import framework as fw
 from planner.cost.comm import GroupShape, collective_time, p2p_time
 from planner.cost.compute import (activation_bytes_per_element, embedding_times, head_times,
                                   layer_times, make_rates)
@@ -292,7 +293,10 @@ class _Costs:
                  runtime: Runtime):
         self.model, self.node, self.seq, self.prec, self.rt = model, node, seq_len, precision, runtime
         self.gpn = node.gpus_per_node
-        self.rates = make_rates(node.device, precision, min(self.gpn, world))
+        # the node's calibrated framework section (CPU profile) as predict() uses it, so the
+        # bounds below charge the same per-op / TP-linear costs the prediction does
+        self.fw = node.framework
+        self.rates = make_rates(node.device, precision, min(self.gpn, world), self.fw)
         self.bpe = activation_bytes_per_element(precision)
         self.w_bytes = 4.0 if precision == "fp32" else 2.0
         self._layer: dict = {}
@@ -328,7 +332,22 @@ class _Costs:
         hf, hbi, hbw = head_times(m, mb, s, tp, cp, sp, self.prec, self.rates)
         act = self.bpe * mb * (s / cp) * m.hidden_size
         tp_f = tp_b = 0.0
-        if tp > 1:
+        if tp > 1 and self.fw is not None:
+            # as predict() charges the executor's TP (planner.cost.step._layer_comm): backward
+            # one all-reduce per column-parallel linear; the LM head all-gathers the logits and
+            # all-reduces its input gradient (_executor_edge_costs)
+            g = GroupShape(tp, *_spread(tp, 1, self.gpn))
+            ar = collective_time("all_reduce", act, g, node)
+            if sp:
+                ag = collective_time("all_gather", act, g, node)
+                tp_f = 2 * (ag + collective_time("reduce_scatter", act, g, node))
+                tp_b = fw.colwise_per_block(m) * ar + 2 * ag
+            else:
+                tp_f, tp_b = 2 * ar, fw.colwise_per_block(m) * ar
+            tokens = mb * s / cp
+            hf += collective_time("all_gather", self.bpe * tokens * m.vocab_size, g, node)
+            hbi += collective_time("all_reduce", self.bpe * tokens * m.hidden_size, g, node)
+        elif tp > 1:
             g = GroupShape(tp, *_spread(tp, 1, self.gpn))
             if sp:
                 one = collective_time("all_gather", act, g, node) + collective_time("reduce_scatter", act, g, node)
@@ -352,15 +371,31 @@ class _Costs:
         self._layer[key] = cost
         return cost
 
-    def z3(self, lc: LayerCost, tp: int, dp: int, dp_stride: int, rc: str) -> tuple[float, float]:
-        """Exposed ZeRO-3 (forward, backward) per layer, as predict() computes them."""
-        key = (id(lc), tp, dp, dp_stride, rc)
+    def z3(self, lc: LayerCost, tp: int, dp: int, dp_stride: int, rc: str,
+           sharding: str = "zero3") -> tuple[float, float]:
+        """Exposed ZeRO-3 (forward, backward) per layer, as predict() computes them; with a
+        framework profile the executor's FSDP2 unit per block (``sharding`` decides whether
+        it gathers again before backward)."""
+        key = (id(lc), tp, dp, dp_stride, rc, sharding if self.fw is not None else "")
         hit = self._z3.get(key)
         if hit is not None:
             return hit
         lt, node, rt = lc.z3_f_per_dp, self.node, self.rt
         g = GroupShape(dp, *_spread(dp, dp_stride, self.gpn))
         size = self.model.layer_params() / tp * self.w_bytes
+        if self.fw is not None:
+            # the executor's FSDP2 unit per block (zero2/zero3, any sharding under TP), as
+            # predict() charges it (planner.cost.step._layer_comm)
+            ag = collective_time("all_gather", size, g, node)
+            rs = collective_time("reduce_scatter", size, g, node)
+            cf = ag + self.fw.fsdp_unit_forward_s
+            cb = (ag if sharding in ("zero3", "fsdp") else 0.0) + rs + self.fw.fsdp_unit_backward_s
+            if rt.shard_prefetch:
+                out = (max(0.0, cf - lt.fwd_s), max(0.0, cb - (lt.bwd_s + lt.recompute_s)))
+            else:
+                out = (cf, cb)
+            self._z3[key] = out
+            return out
         n_coll = self.param_tensors if rt.gather_granularity == "per_tensor" else 1
 
         def coll(op: str) -> float:
@@ -376,6 +411,13 @@ class _Costs:
             out = (cf, cb)
         self._z3[key] = out
         return out
+
+    def fsdp_blocks(self, sharding: str, tp: int, dp: int) -> bool:
+        """Whether predict() charges per-block parameter gathers (ZeRO-3; with a framework
+        profile the executor's FSDP2, :func:`planner.cost.framework.uses_fsdp`)."""
+        if self.fw is not None:
+            return fw.uses_fsdp(sharding, tp, dp)
+        return sharding in ("zero3", "fsdp") and dp > 1
 
     def p2p(self, act: float, tp: int, pp: int, pp_stride: int) -> float:
         key = (act, tp, pp, pp_stride)
@@ -610,8 +652,9 @@ class _Search:
         self.n_leaf_per_core = len(self.space.sh) * len(self.space.sched) * len(self.space.orders)
         self._maxparams: dict = {}
         self.state_bytes = state_bytes_per_param(precision)
-        self.frag = self.node.device.fragmentation_fraction
-        self.reserved = self.node.device.reserved_bytes
+        frame = self.node.framework  # its measured fragmentation / overhead, as stage_memories()
+        self.frag = self.node.device.fragmentation_fraction if frame is None else frame.fragmentation_fraction
+        self.reserved = self.node.device.reserved_bytes if frame is None else frame.training_overhead_bytes
 
     def reject(self, rej: Rejected, n: int) -> None:
         if n <= 0:
@@ -712,7 +755,7 @@ class _Search:
     def dp_exposed(self, tp: int, pp: int, dp: int, v: int, sh: str, dp_stride: int,
                    window_of_rank) -> float:
         """Exposed data-parallel gradient reduction (non-ZeRO-3) as predict() charges it."""
-        if dp == 1 or sh == "zero3":
+        if dp == 1 or sh == "zero3" or self.costs.fsdp_blocks(sh, tp, dp):
             return 0.0
         params, r_max = self.max_rank_params(tp, pp, v)
         grad_bytes = params * (2.0 if self.prec in ("fp16", "fp8") else 4.0)
@@ -720,6 +763,9 @@ class _Search:
         if sh == "none":
             red = c.dp_collective("all_reduce", grad_bytes, dp, dp_stride)
             gather = 0.0
+        elif c.fw is not None:  # executor ZeRO-1: DDP all-reduce + parameter broadcasts
+            red = c.dp_collective("all_reduce", grad_bytes, dp, dp_stride)
+            gather = c.dp_collective("all_gather", params * c.w_bytes, dp, dp_stride)
         else:
             red = c.dp_collective("reduce_scatter", grad_bytes, dp, dp_stride)
             gather = c.dp_collective("all_gather", params * c.w_bytes, dp, dp_stride)
@@ -729,8 +775,8 @@ class _Search:
     def leaf_bound(self, lc: LayerCost, tp, cp, pp, dp, m, rc, sh, sched, v, order) -> float:
         f, bi, w = lc.f, lc.bi, lc.w
         dp_stride, pp_stride = _strides(order, tp, cp, pp, dp)
-        if sh == "zero3" and dp > 1:
-            zf, zb = self.costs.z3(lc, tp, dp, dp_stride, rc)
+        if self.costs.fsdp_blocks(sh, tp, dp):
+            zf, zb = self.costs.z3(lc, tp, dp, dp_stride, rc, sh)
             f, bi = f + zf, bi + zb
         p2p = self.costs.p2p(lc.act_bytes, tp, pp, pp_stride)
         n_vs = pp * v
@@ -934,9 +980,9 @@ def uneven_split(model: ModelSpec, cluster: ClusterSpec, P: ParallelConfig,
     costs = _Costs(model, node, cluster.world_size, P.seq_len, P.precision, runtime)
     lc = costs.layer(P.tp, P.cp, P.micro_batch, P.recompute, P.sequence_parallel)
     f, bi = lc.f, lc.bi
-    if P.sharding == "zero3" or P.sharding == "fsdp":
+    if costs.fsdp_blocks(P.sharding, P.tp, P.dp) or (costs.fw is None and P.sharding in ("zero3", "fsdp")):
         dp_stride, _ = _strides(P.order if P.order in ORDERS else ORDERS[0], P.tp, P.cp, P.pp, P.dp)
-        zf, zb = costs.z3(lc, P.tp, P.dp, dp_stride, P.recompute)
+        zf, zb = costs.z3(lc, P.tp, P.dp, dp_stride, P.recompute, P.sharding)
         f, bi = f + zf, bi + zb
     per_layer = f + bi + lc.w
     pp, m, L = P.pp, P.num_micro_batches, model.n_layers
@@ -949,7 +995,10 @@ def uneven_split(model: ModelSpec, cluster: ClusterSpec, P: ParallelConfig,
     flight = [float(m) if P.schedule == "gpipe" else float(min(pp - k, m)) for k in range(pp)]
     mem = [[lp * state + lc.layer_act * flight[k]] * L for k in range(pp)]
     dev = node.device
-    limits = [(dev.hbm_bytes - dev.reserved_bytes) / (1 + dev.fragmentation_fraction)
+    frame = node.framework
+    reserved = dev.reserved_bytes if frame is None else frame.training_overhead_bytes
+    frag = dev.fragmentation_fraction if frame is None else frame.fragmentation_fraction
+    limits = [(dev.hbm_bytes - reserved) / (1 + frag)
               - lc.layer_act_full - (2 * lp * wb if w_div > 1 else 0.0)] * pp
     emb_p = model.embedding_params() / P.tp
     head_p = (model.head_params() + (model.vocab_size * model.hidden_size if model.tied_embeddings else 0)) / P.tp

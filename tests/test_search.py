@@ -193,3 +193,56 @@ def test_zb_leaf_bound_below_predict_on_a_large_cluster():
                 assert lb >= (0.999 if pp <= 16 else 0.85) * pred.step_time_s, (P, lb, pred.step_time_s)
                 n += 1
     assert n == 20
+
+
+def test_bounds_below_predict_with_framework_profile():
+    """On the calibrated CPU profile (its ``framework:`` section) the search's rates, TP,
+    FSDP2 and ZeRO-1 terms are predict()'s: leaf bounds and memory bounds stay below predict()
+    and the bound of a plain DP plan is within a few percent of it."""
+    from planner.cost.runtime import DEFAULT_RUNTIME
+
+    model = load_model("tiny-llama")
+    cluster = cluster_for("local-cpu", 1, 4)
+    assert cluster.node.framework is not None
+    seq = model.seq_len
+    s = _Search(model, cluster, 8, seq, "fp32", normalise_fixed({}), 3, None, DEFAULT_RUNTIME)
+    assert s.costs.rates.framework is cluster.node.framework
+    checked = 0
+    ratios = []
+    for tp, pp, dp in ((1, 1, 4), (2, 2, 1), (1, 4, 1), (2, 1, 2), (1, 2, 2), (4, 1, 1)):
+        for mb in (1, 2):
+            m = 8 // (dp * mb)
+            for rc in ("none", "selective", "full"):
+                for sp in ((False, True) if tp > 1 else (False,)):
+                    lc = s.costs.layer(tp, 1, mb, rc, sp)
+                    for sh in (("none", "zero1", "zero2", "zero3") if dp > 1 else ("none",)):
+                        for sched, v in (("1f1b", 1), ("gpipe", 1), ("zb", 1), ("interleaved", 2)):
+                            if pp == 1 and sched != "1f1b":
+                                continue
+                            if sched == "interleaved" and (m % pp or pp * v > model.n_layers):
+                                continue
+                            P = ParallelConfig(tp=tp, pp=pp, dp=dp, vpp=v, micro_batch=mb, global_batch=8,
+                                               seq_len=seq, recompute=rc, sharding=sh, sequence_parallel=sp,
+                                               schedule=sched, precision="fp32")
+                            pred = predict(model, cluster, P)
+                            lb = s.leaf_bound(lc, tp, 1, pp, dp, m, rc, sh, sched, v, "tp-cp-dp-pp")
+                            mem, _ = s.memory(lc, tp, 1, pp, dp, mb, m, sh, sched, v)
+                            assert lb <= pred.step_time_s * (1 + 1e-9), (P, lb, pred.step_time_s)
+                            assert mem <= pred.peak_memory_bytes * (1 + 1e-9), (P, mem, pred.peak_memory_bytes)
+                            if pp == 1 and tp == 1 and sh == "none":
+                                ratios.append(lb / pred.step_time_s)
+                            checked += 1
+    assert checked > 60
+    # the framework's per-op costs are in the bound: a pp=1 DP plan's bound is nearly its prediction
+    assert min(ratios) > 0.9, ratios
+
+
+def test_best_equals_brute_force_on_framework_profile():
+    """With the framework-aware bounds the search still returns brute force's top plans on
+    the calibrated CPU profile, evaluating fewer of them."""
+    model = load_model("tiny-llama")
+    cluster = cluster_for("local-cpu", 1, 4)
+    res = search(model, cluster, 8, precision="fp32", fixed={"cp": 1}, top_k=5, refine=False)
+    brute = brute_force(model, cluster, 8, precision="fp32", fixed={"cp": 1})
+    assert [round(e.step_time_s, 9) for e in res.ranked] == [round(p.step_time_s, 9) for _, p in brute[:5]]
+    assert res.evaluated < len(brute) / 10
