@@ -32,6 +32,7 @@ import yaml
 
 from planner.errors import InputError, reject_unknown_keys
 from planner.hardware import GB, MICRO, ClusterSpec, LinkSpec, NodeGroup, NodeSpec, load_profile
+from planner.io import resolve_named_yaml
 
 CLUSTERS_DIR = Path(__file__).resolve().parent.parent / "clusters"
 _TOP_KEYS = {"name", "description", "groups", "fabric"}
@@ -223,16 +224,7 @@ def parse_cluster(data: Any, *, source: str = "cluster", base_dir: Path | None =
 
 def resolve_cluster_path(name_or_path: str | Path) -> Path:
     """A cluster file path, or a name in ``clusters/``."""
-    path = Path(name_or_path)
-    if path.suffix in (".yaml", ".yml") or path.exists():
-        if not path.exists():
-            raise InputError("cluster", f"cluster file {name_or_path} does not exist")
-        return path
-    candidate = CLUSTERS_DIR / f"{name_or_path}.yaml"
-    if not candidate.exists():
-        known = ", ".join(sorted(p.stem for p in CLUSTERS_DIR.glob("*.yaml")))
-        raise InputError("cluster", f"unknown cluster {str(name_or_path)!r} (known: {known})")
-    return candidate
+    return resolve_named_yaml(name_or_path, CLUSTERS_DIR, field="cluster", kind="cluster")
 
 
 def is_cluster_file(name_or_path: str | Path) -> bool:

@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from planner.errors import InputError, reject_unknown_keys, require
+from planner.io import resolve_named_yaml
 
 PROFILES_DIR = Path(__file__).resolve().parent.parent / "hardware_profiles"
 DTYPES = ("fp32", "tf32", "bf16", "fp16", "fp8")
@@ -467,15 +468,8 @@ def available_profiles() -> list[str]:
 
 
 def resolve_profile_path(name_or_path: str) -> Path:
-    path = Path(name_or_path)
-    if path.suffix in (".yaml", ".yml") or path.exists():
-        if not path.exists():
-            raise InputError("hardware", f"profile file {name_or_path} does not exist")
-        return path
-    candidate = PROFILES_DIR / f"{name_or_path}.yaml"
-    if not candidate.exists():
-        raise InputError("hardware", f"unknown profile {name_or_path!r} (known: {', '.join(available_profiles())})")
-    return candidate
+    """A profile YAML path, or a name in ``hardware_profiles/``."""
+    return resolve_named_yaml(name_or_path, PROFILES_DIR, field="hardware", kind="profile")
 
 
 def load_profile(name_or_path: str) -> NodeSpec:

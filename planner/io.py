@@ -84,3 +84,20 @@ def read_json_object(path: str | os.PathLike, field: str, missing: str | None = 
     if not isinstance(data, dict):
         raise InputError(field, f"{path} must hold a JSON object")
     return data
+
+
+def resolve_named_yaml(name_or_path: str | os.PathLike, folder: Path, *, field: str, kind: str) -> Path:
+    """A YAML path as given, or ``folder/<name>.yaml`` for a bare name; InputError naming
+    ``field`` (and listing the known names) otherwise. Used for profiles and cluster files."""
+    from planner.errors import InputError
+
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.exists():
+            raise InputError(field, f"{kind} file {name_or_path} does not exist")
+        return path
+    candidate = folder / f"{name_or_path}.yaml"
+    if not candidate.exists():
+        known = ", ".join(sorted(p.stem for p in folder.glob("*.yaml")))
+        raise InputError(field, f"unknown {kind} {str(name_or_path)!r} (known: {known})")
+    return candidate
