@@ -158,6 +158,13 @@ class DeviceSpec:
                 return curve
         return self.matmul_efficiency
 
+    def default_precision(self) -> str:
+        """The training dtype a user gets without asking: bf16, else fp16 (V100), else fp32 (CPU)."""
+        for dtype in ("bf16", "fp16", "fp32"):
+            if self.supports(dtype):
+                return dtype
+        return self.peak_flops_per_s[0][0]
+
     def supports(self, dtype: str) -> bool:
         return any(name == dtype for name, _ in self.peak_flops_per_s)
 

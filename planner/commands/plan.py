@@ -26,7 +26,8 @@ def register(subparsers) -> None:
     p.add_argument("--cluster", help="cluster file (clusters/NAME.yaml or a path), e.g. mixed node types")
     p.add_argument("--global-batch", type=int, required=True)
     p.add_argument("--seq-len", type=int, help="default: the model's sequence length")
-    p.add_argument("--precision", choices=["fp32", "bf16", "fp16", "fp8"], default="bf16")
+    p.add_argument("--precision", choices=["fp32", "bf16", "fp16", "fp8"], default=None,
+                   help="default: bf16 where the device has it, else fp16")
     p.add_argument("--top", type=int, default=10, help="how many plans to rank (default 10)")
     p.add_argument("--fix", action="append", default=[], metavar="KEY=VALUE",
                    help="hold an option fixed: tp pp dp cp vpp mb recompute sharding sp schedule order")
@@ -168,6 +169,8 @@ def handler(args: argparse.Namespace) -> int:
     model = load_model(args.model, args.seq_len)
     runtime = get_runtime(args.runtime)
     cluster, label = _cluster_from_args(args)
+    if args.precision is None:
+        args.precision = cluster.groups[0].node.device.default_precision()
     bar = _Bar(enabled=not args.json or sys.stderr.isatty())
     hetero = not cluster.is_homogeneous
     try:

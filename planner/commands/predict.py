@@ -36,7 +36,8 @@ def register(subparsers) -> None:
     p.add_argument("--recompute", choices=["none", "selective", "full"], default="none")
     p.add_argument("--sharding", choices=["none", "zero1", "zero2", "zero3", "fsdp"], default="none")
     p.add_argument("--sequence-parallel", action="store_true")
-    p.add_argument("--precision", choices=["fp32", "bf16", "fp16", "fp8"], default="bf16")
+    p.add_argument("--precision", choices=["fp32", "bf16", "fp16", "fp8"], default=None,
+                   help="default: bf16 where the device has it, else fp16")
     p.add_argument("--schedule", choices=["gpipe", "1f1b", "interleaved", "zb"], default=None,
                    help="default: interleaved when --vpp > 1, else 1f1b")
     p.add_argument("--stage-layers", help="transformer layers per (virtual) stage, e.g. 4,7,7,6")
@@ -82,7 +83,8 @@ def plan_from_args(args: argparse.Namespace):
         tp=args.tp, pp=args.pp, dp=args.dp, cp=args.cp, vpp=args.vpp,
         micro_batch=args.micro_batch, global_batch=args.global_batch,
         seq_len=args.seq_len or model.seq_len, recompute=args.recompute, sharding=args.sharding,
-        sequence_parallel=args.sequence_parallel, precision=args.precision, schedule=schedule,
+        sequence_parallel=args.sequence_parallel,
+        precision=args.precision or node.device.default_precision(), schedule=schedule,
         stage_layers=_parse_stage_layers(args.stage_layers),
     )
     return Plan(model=model, hardware=args.hardware, n_nodes=args.nodes,
