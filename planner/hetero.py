@@ -30,10 +30,10 @@ from planner.cost.step import OPTIMIZER_BYTES_PER_PARAM, Prediction, StagePredic
 from planner.cost.flops import step_flops
 from planner.errors import InputError, require
 from planner.model import ModelSpec
-from planner.plan import ParallelConfig, Plan
+from planner.plan import ParallelConfig, Plan, strided_group_spread
 from planner.schedule import estimate
 from planner.search import (RankedPlan, Rejected, RejectionCount, SearchResult, _Costs, _divisors,
-                            _spread, normalise_fixed)
+                            normalise_fixed)
 
 
 @dataclass(frozen=True)
@@ -158,7 +158,7 @@ def evaluate(model: ModelSpec, cluster: Cluster, cfg: HeteroConfig, seq: int, pr
         if ratio > peak_ratio:
             peak_ratio, peak_mem, hbm_at_peak = ratio, mem, dev.hbm_bytes
         if cfg.dp > 1:
-            g = GroupShape(cfg.dp, *_spread(cfg.dp, tp * 1, node.gpus_per_node))
+            g = GroupShape(cfg.dp, *strided_group_spread(cfg.dp, tp * 1, node.gpus_per_node))
             grad_bytes = params * (2.0 if precision in ("fp16", "fp8") else 4.0)
             if cfg.sharding == "none":
                 red, gather = collective_time("all_reduce", grad_bytes, g, node), 0.0

@@ -14,6 +14,7 @@ import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -225,10 +226,20 @@ def group_node_spread(parallel: ParallelConfig, axis: str, gpus_per_node: int) -
 
     Uses the group holding rank 0 (all groups have the same shape when the node size is a
     multiple or a divisor of the inner axes' product, the usual case); O(size)."""
-    size = getattr(parallel, axis)
+    return strided_group_spread(getattr(parallel, axis), axis_stride(parallel, axis), gpus_per_node)
+
+
+@lru_cache(maxsize=65536)
+def strided_group_spread(size: int, stride: int, gpus_per_node: int) -> tuple[int, int]:
+    """(most ranks on a node, nodes spanned) of ``size`` ranks ``stride`` apart from rank 0;
+    arithmetic when stride and node size divide each other, else counted (the search's hot path)."""
     if size == 1:
         return 1, 1
-    stride = axis_stride(parallel, axis)
+    if stride >= gpus_per_node and stride % gpus_per_node == 0:
+        return 1, size
+    if stride < gpus_per_node and gpus_per_node % stride == 0:
+        per = min(size, gpus_per_node // stride)
+        return per, -(-size // per)
     per_node: dict[int, int] = {}
     for i in range(size):
         node = (i * stride) // gpus_per_node

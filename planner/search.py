@@ -59,7 +59,7 @@ from planner.cost.step import OPTIMIZER_BYTES_PER_PARAM, TIMELINE_TASK_LIMIT, Pr
 from planner.errors import InputError, require
 from planner.hardware import ClusterSpec, NodeSpec
 from planner.model import ModelSpec
-from planner.plan import PRECISIONS, RECOMPUTE, ParallelConfig, Plan
+from planner.plan import PRECISIONS, RECOMPUTE, ParallelConfig, Plan, strided_group_spread
 
 GIB = 1024.0**3
 ORDERS = ("tp-cp-dp-pp", "tp-cp-pp-dp")
@@ -249,23 +249,6 @@ def rejection_summary(result: SearchResult) -> str:
 
 
 # ----- per-layer costs (the cost model's pieces) ---------------------------------------------------
-@lru_cache(maxsize=65536)
-def _spread(size: int, stride: int, gpn: int) -> tuple[int, int]:
-    """planner.plan.group_node_spread for a group of ``size`` ranks ``stride`` apart."""
-    if size == 1:
-        return 1, 1
-    if stride >= gpn and stride % gpn == 0:
-        return 1, size
-    if stride < gpn and gpn % stride == 0:
-        per = min(size, gpn // stride)
-        return per, -(-size // per)
-    per_node: dict[int, int] = {}
-    for i in range(size):
-        node = (i * stride) // gpn
-        per_node[node] = per_node.get(node, 0) + 1
-    return max(per_node.values()), len(per_node)
-
-
 @dataclass(frozen=True)
 class LayerCost:
     """One block and one micro-batch on one rank, as predict() assembles them (seconds):
@@ -318,7 +301,7 @@ class _Costs:
         key = (op, size, dp, stride)
         hit = self._coll.get(key)
         if hit is None:
-            hit = self._coll[key] = collective_time(op, size, GroupShape(dp, *_spread(dp, stride, self.gpn)), self.node)
+            hit = self._coll[key] = collective_time(op, size, GroupShape(dp, *strided_group_spread(dp, stride, self.gpn)), self.node)
         return hit
 
     def layer(self, tp: int, cp: int, mb: int, rc: str, sp: bool) -> LayerCost:
@@ -336,7 +319,7 @@ class _Costs:
             # as predict() charges the executor's TP (planner.cost.step._layer_comm): backward
             # one all-reduce per column-parallel linear; the LM head all-gathers the logits and
             # all-reduces its input gradient (_executor_edge_costs)
-            g = GroupShape(tp, *_spread(tp, 1, self.gpn))
+            g = GroupShape(tp, *strided_group_spread(tp, 1, self.gpn))
             ar = collective_time("all_reduce", act, g, node)
             if sp:
                 ag = collective_time("all_gather", act, g, node)
@@ -348,7 +331,7 @@ class _Costs:
             hf += collective_time("all_gather", self.bpe * tokens * m.vocab_size, g, node)
             hbi += collective_time("all_reduce", self.bpe * tokens * m.hidden_size, g, node)
         elif tp > 1:
-            g = GroupShape(tp, *_spread(tp, 1, self.gpn))
+            g = GroupShape(tp, *strided_group_spread(tp, 1, self.gpn))
             if sp:
                 one = collective_time("all_gather", act, g, node) + collective_time("reduce_scatter", act, g, node)
             else:
@@ -357,7 +340,7 @@ class _Costs:
         tp_rc = tp_f if rc == "full" else 0.0
         cp_f = cp_b = 0.0
         if cp > 1:
-            per, nodes = _spread(cp, tp, self.gpn)
+            per, nodes = strided_group_spread(cp, tp, self.gpn)
             kv_bytes = 2 * self.bpe * mb * (s / cp) * m.kv_dim / tp
             hop = p2p_time(kv_bytes, nodes > 1, node)
             cp_f = max(0.0, (cp - 1) * hop - lt.core_fwd_s)
@@ -381,7 +364,7 @@ class _Costs:
         if hit is not None:
             return hit
         lt, node, rt = lc.z3_f_per_dp, self.node, self.rt
-        g = GroupShape(dp, *_spread(dp, dp_stride, self.gpn))
+        g = GroupShape(dp, *strided_group_spread(dp, dp_stride, self.gpn))
         size = self.model.layer_params() / tp * self.w_bytes
         if self.fw is not None:
             # the executor's FSDP2 unit per block (zero2/zero3, any sharding under TP), as
@@ -425,7 +408,7 @@ class _Costs:
         if hit is None:
             hit = 0.0
             if pp > 1:
-                _, nodes = _spread(pp, pp_stride, self.gpn)
+                _, nodes = strided_group_spread(pp, pp_stride, self.gpn)
                 hit = p2p_time(act / tp, nodes > 1, self.node)
             self._p2p[key] = hit
         return hit

@@ -58,3 +58,13 @@ def test_world_size_mismatch():
     with pytest.raises(InputError) as err:
         Plan(TINY, "local-cpu", 1, 4, ParallelConfig(tp=2, global_batch=4, seq_len=32))
     assert "nodes*gpus_per_node" in str(err.value)
+
+
+def test_strided_spread_fast_paths_match_counting():
+    from planner.plan import strided_group_spread
+    for size in (1, 2, 3, 4, 8, 16):
+        for stride in (1, 2, 3, 4, 8, 16):
+            for gpn in (1, 2, 4, 8):
+                nodes = [(i * stride) // gpn for i in range(size)]
+                expect = (max(nodes.count(n) for n in set(nodes)), len(set(nodes)))
+                assert strided_group_spread(size, stride, gpn) == expect, (size, stride, gpn)
