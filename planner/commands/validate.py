@@ -90,18 +90,24 @@ def render_markdown(df, dataset: str) -> str:
 
 MISS_NOTES = """Why the misses happen (model limitations, not row quirks):
 
-- **DeepSpeed ZeRO-3 at 384-2240 GPUs (SC'21 Table 2)**. The `deepspeed-zero3-2021` runtime
-  gathers each weight tensor separately (biases and norms stay resident below DeepSpeed's
-  `stage3_param_persistence_threshold` of 1e5 elements), three all-gathers (forward, recomputed
-  forward, backward) and one reduce-scatter per step, overlapped with compute (`overlap_comm`),
-  with every rank's share crossing its own NIC (a flat ring, `multi_rail=False`). This
-  reproduces the published plateau: for 175B the step time stops falling between 768 and 1536
-  GPUs (published 66.7 s at both; the model is communication-bound at ~8 bytes/param over one
-  200 Gb/s NIC). It leaves the compute-bound ends (384 and 640 GPUs, micro-batch 4) predicted
-  ~20% too fast and the largest groups ~15% too slow: DeepSpeed 2021's per-parameter
-  `torch.cuda.synchronize()` and Python hooks cost compute time the model does not charge, and
-  the NIC-bound time is over-estimated at the largest groups. The multi-rail alternative
-  (NCCL's hierarchical rings) predicts these rows +10% to +46% too fast.
+- **DeepSpeed ZeRO-3 at 384-2240 GPUs (SC'21 Table 2)**, rows 11-16. The
+  `deepspeed-zero3-2021` runtime simulates DeepSpeed's 2021 stage-3 parameter coordinator
+  module by module: each weight tensor above `stage3_param_persistence_threshold` (1e5) is
+  gathered by its module's hook, which waits for it (`torch.cuda.synchronize()`) and then
+  prefetches only the next tensor (each is larger than `stage3_prefetch_bucket_size` 5e7), so
+  a module's compute hides at most the next tensor's gather; the last forward module stays
+  gathered into its backward (`stage3_max_reuse_distance` 1e9); gradients are reduce-scattered
+  per tensor on the same network; every rank's share crosses its own 200 Gb/s NIC (a flat ring,
+  `multi_rail=False`). This reproduces the published shape: the step time falls from micro-batch
+  4 to 2 (compute and the next gather mismatch per module: 3h^2 of QKV compute against the h^2
+  gather, h^2 against 4h^2, ...) and stops falling from 2 to 1 (communication-bound). The
+  175B rows are uniformly 7-8% too slow; the 530B rows at 1120 and 2240 GPUs 10-16% too slow
+  (the ~8 bytes/param over one NIC per step is over-estimated there). `stage3_max_live_parameters`
+  is not applied: its 1e9 default is below one 530B MLP weight and would expose 3 of 4 gathers,
+  predicting an ~11% shorter step at 2240 than at 1120 GPUs where the paper measured the same.
+  This is an assumption about an unpublished setting, inferred from the published plateau: with
+  DeepSpeed's default limit the headline would be mean 8.9%, worst 31.7% (rows 14-16 -22% to
+  -32%); `Runtime(max_live_parameters=1_000_000_000)` in planner/cost/runtime.py reproduces it.
 - **MosaicML rows without recomputation** (111, 112) reach less of the A100 than the same stack
   with full recomputation (59-64% MFU vs 71-74% HFU); the model has one efficiency per GEMM size
   and predicts about the same hardware efficiency for both.

@@ -268,3 +268,28 @@ def head_times(model: ModelSpec, micro_batch: int, seq_len: int, tp: int, cp: in
             fwd += rates.ops(1, frame.tp_linear_forward_s)
             bwd_in += rates.ops(1, frame.tp_linear_backward_s)
     return fwd, bwd_in, tb
+
+
+def block_gemm_forward_times(model: ModelSpec, micro_batch: int, seq_len: int, tp: int, cp: int,
+                             precision: str, rates: Rates) -> tuple[float, ...]:
+    """Forward time of each projection GEMM of one block, in execution order (QKV, output
+    projection, then per expert the up (+gate) and down projections, then the MoE router):
+    the same GEMMs :func:`layer_times` sums, one per weight tensor (each backward GEMM, dgrad
+    and wgrad, takes the same time)."""
+    bpe = activation_bytes_per_element(precision)
+    h = model.hidden_size
+    T = micro_batch * seq_len / cp
+    q, kv = model.q_dim, model.kv_dim
+    gemms = [(T, (q + 2 * kv) / tp, h), (T, h, q / tp)]
+    if model.is_moe:
+        tokens_per_expert = T * model.top_k / model.n_experts
+        f = model.expert_ffn
+        for _ in range(model.n_experts):
+            gemms.append((tokens_per_expert, (model.mlp_matrices - 1) * f / tp, h))
+            gemms.append((tokens_per_expert, h, f / tp))
+        gemms.append((T, model.n_experts, h))
+    else:
+        f = model.ffn_hidden_size
+        gemms.append((T, (model.mlp_matrices - 1) * f / tp, h))
+        gemms.append((T, h, f / tp))
+    return tuple(_gemm(rates, m_, n_, k_, bpe)[0] for m_, n_, k_ in gemms)

@@ -31,7 +31,9 @@ class Runtime:
         the next forward (Megatron-Core ``--overlap-param-gather``); otherwise exposed.
     shard_prefetch: ZeRO-3/FSDP parameter all-gathers and gradient reduce-scatters run on a side
         stream overlapped with the neighbouring layer's compute (FSDP forward/backward prefetch,
-        DeepSpeed ``overlap_comm``); only the excess over compute is exposed.
+        DeepSpeed ``overlap_comm``); only the excess over compute is exposed (per block for
+        ``per_layer``; with ``per_tensor``, module by module as DeepSpeed's 2021 coordinator
+        does, see the prefetch fields below).
     gather_granularity: ZeRO-3/FSDP collectives per layer: one flat parameter per block
         (FSDP ``per_layer``) or one per parameter tensor (DeepSpeed ZeRO-3 ``per_tensor``;
         each pays the ring latency).
@@ -50,6 +52,15 @@ class Runtime:
     param_persistence_threshold: with per-tensor gathers, parameter tensors of at most this many
         elements stay resident and are not gathered (DeepSpeed
         ``stage3_param_persistence_threshold``, default 1e5); 0 gathers every tensor.
+    prefetch_bucket_numel, max_live_parameters, max_reuse_distance: with ``per_tensor`` gathers
+        and ``shard_prefetch``, the DeepSpeed-2021 stage-3 parameter coordinator is simulated
+        module by module (:func:`planner.cost.step._per_tensor_prefetch_exposed`): each prefetch
+        gathers the next not-gathered tensors of the trace up to ``prefetch_bucket_numel``
+        elements (``stage3_prefetch_bucket_size``, default 5e7; at least one tensor), only
+        while fewer than ``max_live_parameters`` elements are gathered
+        (``stage3_max_live_parameters``; 0 = no limit), and a module's parameters stay gathered
+        when it runs again within ``max_reuse_distance`` elements of trace
+        (``stage3_max_reuse_distance``, default 1e9).
     recompute_gathers_again: ZeRO-3 with full recomputation gathers the parameters once more
         for the recomputed forward (DeepSpeed's module hooks fire again; FSDP's backward
         pre-hook gathers once for recompute + backward).
@@ -65,12 +76,18 @@ class Runtime:
     multi_rail: bool = True
     list_collective_copies: bool = False
     param_persistence_threshold: int = 0
+    prefetch_bucket_numel: int = 50_000_000
+    max_live_parameters: int = 0
+    max_reuse_distance: int = 1_000_000_000
 
     def __post_init__(self) -> None:
         require(0.0 <= self.shard_overlap_fraction <= 1.0, "runtime.shard_overlap_fraction",
                 "must be in [0, 1]")
         require(self.attention in ATTENTION_KINDS, "runtime.attention",
                 f"must be one of {ATTENTION_KINDS}, got {self.attention!r}")
+        require(self.prefetch_bucket_numel >= 0 and self.max_live_parameters >= 0
+                and self.max_reuse_distance >= 0, "runtime.prefetch_bucket_numel",
+                "prefetch bucket, live-parameter limit and reuse distance must be >= 0")
         require(self.gather_granularity in GATHER_GRANULARITY, "runtime.gather_granularity",
                 f"must be one of {GATHER_GRANULARITY}")
 
@@ -83,7 +100,10 @@ class Runtime:
                 "shard_overlap_fraction": self.shard_overlap_fraction,
                 "multi_rail": self.multi_rail,
                 "list_collective_copies": self.list_collective_copies,
-                "param_persistence_threshold": self.param_persistence_threshold}
+                "param_persistence_threshold": self.param_persistence_threshold,
+                "prefetch_bucket_numel": self.prefetch_bucket_numel,
+                "max_live_parameters": self.max_live_parameters,
+                "max_reuse_distance": self.max_reuse_distance}
 
 
 DEFAULT_RUNTIME = Runtime()
@@ -98,13 +118,21 @@ RUNTIME_PRESETS: dict[str, Runtime] = {
     # Megatron-Core r0.8 (2024): TE flash attention, --overlap-grad-reduce --overlap-param-gather.
     "megatron-core": Runtime(attention="flash", overlap_grad_reduce=True, overlap_param_gather=True),
     # DeepSpeed ZeRO-3 inside Megatron (2021, SC'21 Table 2): per-parameter gathers issued by
-    # module hooks as the module runs (no prefetch across Megatron's fused blocks assumed: the
-    # SC'21 numbers scale with 1/compute at fixed communication), Megatron's unfused attention,
-    # gathers repeated for recomputation.
+    # module hooks (DeepSpeed v0.3.13-v0.5 stage3.py): each sub-module's hook waits for its
+    # tensor (torch.cuda.synchronize) and prefetches the next one, so compute overlaps one
+    # tensor's gather at a time; defaults stage3_prefetch_bucket_size 5e7,
+    # stage3_max_reuse_distance 1e9, stage3_param_persistence_threshold 1e5. Megatron's unfused
+    # attention, gathers repeated for recomputation. stage3_max_live_parameters is not applied
+    # (0): its 1e9 default is below one 530B MLP weight (1.68e9 elements) and would leave 3 of 4
+    # gathers per block unhidden, which contradicts the published flat step time from 1120 to
+    # 2240 GPUs (SC'21 Table 2: 98 -> 48 TFLOP/s at twice the GPUs) -- so those runs did not
+    # run with that limit binding.
     "deepspeed-zero3-2021": Runtime(attention="unfused", overlap_grad_reduce=False,
                                     overlap_param_gather=False, shard_prefetch=True,
                                     gather_granularity="per_tensor", recompute_gathers_again=True,
-                                    param_persistence_threshold=100_000, multi_rail=False),
+                                    param_persistence_threshold=100_000, multi_rail=False,
+                                    prefetch_bucket_numel=50_000_000, max_live_parameters=0,
+                                    max_reuse_distance=1_000_000_000),
     # Megatron-DeepSpeed (BLOOM tr11, 2022): Megatron fused softmax (no flash), DeepSpeed pipeline
     # engine reduces gradients after the last micro-batch, ZeRO-1 BF16 optimizer.
     "megatron-deepspeed": Runtime(attention="unfused", overlap_grad_reduce=False,
