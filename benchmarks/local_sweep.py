@@ -344,6 +344,19 @@ def _fmt(x, spec=".3g"):
     return format(x, spec)
 
 
+def _rss_note(runs) -> str:
+    """How the process view (RSS growth) compares with the allocator peak the targets use."""
+    ok = runs[(runs["status"] == "ok") & runs["measured_rss_peak_memory_bytes"].notna()
+              & runs["measured_peak_memory_bytes"].notna()] if "measured_rss_peak_memory_bytes" in runs else runs[:0]
+    if ok.empty:
+        return "RSS growth was not recorded for these runs."
+    ratio = (ok["measured_rss_peak_memory_bytes"] / ok["measured_peak_memory_bytes"]).median()
+    err = (100 * (ok["predicted_peak_memory_bytes"] / ok["measured_rss_peak_memory_bytes"] - 1)).abs().median()
+    return (f"The process view, RSS high-water minus the rank's baseline, is a median {ratio:.2f}x the "
+            f"allocator peak for world size <= 2 (it adds the torch runtime's and glibc's own memory, "
+            f"which has no GPU counterpart); against it the prediction's median |error| is {err:.1f}%.")
+
+
 def _verdict(value, target, higher_is_better=False):
     if value is None:
         return "not measured"
@@ -395,8 +408,10 @@ def write_reports(comp, names: dict, results: dict, search: dict | None, report:
           f"Profile: `{args.profile}` (`clusterplan calibrate`). Each plan was predicted from it and the "
           "prediction stored in the plan file *before* it ran with "
           f"`clusterplan run PLAN --steps {args.steps} --warmup {args.warmup}`; the measured step time is the "
-          "median over the measured steps of the slowest rank's wall time; memory is the peak RSS minus the "
-          "rank's baseline (executor/README.md) against the predicted per-rank peak. Precision fp32, gloo, "
+          "median over the measured steps of the slowest rank's wall time; memory is the largest rank's peak "
+          "of live bytes in the CPU tensor allocator from model build through two warm-up steps (the CPU "
+          "counterpart of `torch.cuda.max_memory_allocated`; executor/README.md) against the predicted "
+          "per-rank peak. Precision fp32, gloo, "
           "one torch thread per rank. error = (predicted − measured) / measured. Statistics count runs "
           "with status `ok`; `contended` runs (a rank waited for a CPU more than 20% of the step beyond the "
           "plan's own oversubscription, 1 − cores/ranks) were rerun once and are shown but not counted if "
@@ -420,6 +435,7 @@ def write_reports(comp, names: dict, results: dict, search: dict | None, report:
           f"All {st_all['n_ok']} ok runs together: median |error| {_fmt(st_all['median_abs_error_pct'], '.1f')}%, "
           f"worst {_fmt(st_all['max_abs_error_pct'], '.1f')}%, Spearman {_fmt(st_all['spearman'], '.3f')}, "
           f"memory median {_fmt(st_all['median_abs_memory_error_pct'], '.1f')}%.", ""]
+    L_ += [_rss_note(small), ""]
     L_ += ["## Search check", ""]
     if search is None:
         L_ += ["`planner.search` was not available when this report was made: not checked.", ""]

@@ -8,6 +8,7 @@ executor/README.md. Exit status: 0 ok/contended, 1 a rank failed, 2 bad input.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import socket
 import sys
@@ -15,6 +16,8 @@ import traceback
 from pathlib import Path
 
 from planner.errors import InputError
+
+ALLOCATOR_PROBE_STEPS = 2  # warm-up steps measured by executor.measure.AllocatorPeak on CPU
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -109,10 +112,7 @@ def _train(args, plan, rank, world, local_rank, writer, timeout, fault) -> int:
     import torch.distributed as dist
 
     from executor import measure
-    from planner import records
-    from executor.data import Batches
     from executor.mesh import build_mesh, check_mesh
-    from executor.train import OptimConfig, Trainer
 
     use_cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
     if use_cuda:
@@ -126,6 +126,30 @@ def _train(args, plan, rank, world, local_rank, writer, timeout, fault) -> int:
     baseline = measure.rss_bytes()
     mesh = build_mesh(plan.parallel, device.type)
     check_mesh(mesh, plan.parallel, rank)
+    # CPU: live tensor bytes from model build through the first ALLOCATOR_PROBE_STEPS warm-up
+    # steps (the second step is the first with optimizer state, i.e. the steady-state peak)
+    probe = measure.AllocatorPeak() if not use_cuda and args.warmup >= ALLOCATOR_PROBE_STEPS else None
+    probe_ctx = contextlib.ExitStack()
+    if probe is not None:
+        probe_ctx.enter_context(probe)
+    try:
+        return _steps(args, plan, rank, world, local_rank, writer, fault, device, backend, baseline, mesh,
+                      probe, probe_ctx)
+    finally:
+        probe_ctx.close()
+
+
+def _steps(args, plan, rank, world, local_rank, writer, fault, device, backend, baseline, mesh,
+           probe, probe_ctx) -> int:
+    """Build the trainer, run the steps and the traced step, write the records and summary."""
+    import torch
+    import torch.distributed as dist
+
+    from executor import measure
+    from planner import records
+    from executor.data import Batches
+    from executor.train import OptimConfig, Trainer
+
     trainer = Trainer(plan, mesh, rank, device, optim=OptimConfig(lr=args.lr), seed=args.seed)
     coord = trainer.coord
     writer.write("env", world_size=world, local_rank=local_rank, backend=backend, device=str(device),
@@ -138,7 +162,7 @@ def _train(args, plan, rank, world, local_rank, writer, timeout, fault) -> int:
     meter = measure.SavedActivationMeter(trainer.params)
 
     def barrier():
-        dist.barrier(device_ids=[device.index]) if use_cuda else dist.barrier()
+        dist.barrier(device_ids=[device.index]) if device.type == "cuda" else dist.barrier()
 
     for step in range(args.steps + 1):
         tokens = batches.global_batch(step)
@@ -159,6 +183,8 @@ def _train(args, plan, rank, world, local_rank, writer, timeout, fault) -> int:
         else:
             writer.write("step", step=step, warmup=step < args.warmup, wall_s=wall, process_s=cpu,
                          cpu_ratio=cpu / wall if wall > 0 else None, run_queue_wait_s=timer.last_wait_s, tokens=p.tokens_per_step, loss=loss)
+        if step == ALLOCATOR_PROBE_STEPS - 1:
+            probe_ctx.close()
     alloc, reserved = measure.cuda_memory(device)
     peak = measure.rss_peak_bytes()
     mem = trainer.memory_breakdown()
@@ -166,6 +192,7 @@ def _train(args, plan, rank, world, local_rank, writer, timeout, fault) -> int:
     writer.write("memory", rss_baseline_bytes=baseline, rss_peak_bytes=peak, ru_maxrss_bytes=measure.ru_maxrss_bytes(),
                  rss_peak_minus_baseline_bytes=(peak - baseline) if (peak is not None and baseline is not None) else None,
                  accounted_bytes=sum(mem.values()), cuda_max_allocated_bytes=alloc, cuda_max_reserved_bytes=reserved,
+                 cpu_allocator_peak_bytes=probe.peak_bytes if probe is not None else None,
                  **mem)
     gathered = [None] * world if rank == 0 else None
     dist.gather_object(writer.written, gathered, dst=0)

@@ -198,6 +198,52 @@ class PhaseTracer:
                                 "start_s": start, "end_s": self._now()})
 
 
+class AllocatorPeak:
+    """Peak bytes live in the CPU tensor allocator while the context is active: the CPU
+    counterpart of ``torch.cuda.max_memory_allocated``, which is what the cost model predicts
+    (tensors, not the process's RSS with its interpreter, libraries and heap fragmentation).
+
+    It runs ``torch.profiler`` with ``profile_memory=True``: every allocation and free of the
+    c10 CPU allocator is reported with the running total of bytes allocated since profiling
+    began (``ProfiledCPUMemoryReporter``). Start it before the model is built, so that every
+    tensor a rank owns is allocated inside it; the peak of that running total is the rank's
+    peak live tensor bytes. Memory the allocator does not serve (gloo's buffers) is not seen,
+    as NCCL's buffers are not in ``max_memory_allocated``. Profiler overhead makes the steps
+    it covers slower, so only warm-up steps are run under it."""
+
+    def __init__(self) -> None:
+        self.peak_bytes: int | None = None
+        self._prof = None
+
+    def __enter__(self) -> "AllocatorPeak":
+        from torch.profiler import ProfilerActivity, profile
+
+        self._prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
+        self._prof.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        prof, self._prof = self._prof, None
+        prof.__exit__(*exc)
+        if exc[0] is None:
+            self.peak_bytes = allocation_peak_bytes(prof)
+
+
+def allocation_peak_bytes(prof) -> int:
+    """Largest running total of CPU bytes allocated during a ``profile_memory`` profile."""
+    from torch._C._profiler import _EventType
+
+    peak, stack = 0, list(prof.profiler.kineto_results.experimental_event_tree())
+    while stack:
+        node = stack.pop()
+        if node.tag == _EventType.Allocation:
+            fields = node.extra_fields
+            if fields.device.type == "cpu":
+                peak = max(peak, int(fields.total_allocated))
+        stack.extend(node.children)
+    return peak
+
+
 def cuda_memory(device: torch.device) -> tuple[int | None, int | None]:
     if device.type != "cuda":
         return None, None

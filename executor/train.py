@@ -3,7 +3,7 @@ parallel wrappers the plan asks for, the optimizer, and the step itself.
 
 Composition (all on the mesh from :mod:`executor.mesh`):
 
-* tp > 1: DTensor TP (+SP) on the ``tp`` dim (:mod:`executor.parallel.tp`).
+* tp > 1: DTensor TP (+SP) on the ``tp`` dim, vocabulary-parallel loss (:mod:`executor.parallel.tp`).
 * dp > 1: DDP (``none``), DDP + ZeroRedundancyOptimizer (``zero1``), FSDP2 (``zero2``: no
   reshard after forward, ``zero3``/``fsdp``: reshard) on the ``dp`` dim; with tp > 1 always FSDP2.
 * pp > 1: pipeline stages + schedule over the ``pp`` dim, each stage wrapped as above.
@@ -164,7 +164,7 @@ class Trainer:
             ym = y[m * p.micro_batch:(m + 1) * p.micro_batch]
             last = m == n_micro - 1
             sync = model.no_sync() if (self.dp_kind in ("ddp", "zero1") and not last) else contextlib.nullcontext()
-            with sync:
+            with sync, tp_mod.loss_context(p.tp):
                 with span("forward", m, 0):
                     with self._autocast():
                         loss = lm_loss(model(xm), ym) / n_micro
@@ -181,7 +181,7 @@ class Trainer:
         args = (x,) if self.has_first else ()
         restore = _instrument(self, tracer) if tracer is not None else None
         try:
-            with self._autocast():
+            with self._autocast(), tp_mod.loss_context(self.parallel.tp):
                 self.schedule.step(*args, **kwargs)
         finally:
             if restore is not None:

@@ -812,6 +812,11 @@ def _reference_prediction(model, node: NodeSpec, parallel) -> dict[str, float]:
     return {"forward": fwd, "backward": bwd, "optimizer": opt}
 
 
+def _measured_step_memory(result: dict) -> int:
+    """What the executor reports as a rank's peak on CPU: the allocator peak when measured."""
+    return result.get("allocator_peak_bytes") or result["peak_minus_baseline_bytes"]
+
+
 def build_framework(fw_results: dict, node: NodeSpec) -> tuple[FrameworkSpec, dict[str, str], list[str]]:
     """The profile's ``framework:`` section from ``executor.bench.framework`` results.
 
@@ -819,10 +824,11 @@ def build_framework(fw_results: dict, node: NodeSpec) -> tuple[FrameworkSpec, di
     and Llama blocks). Wrapper costs: at the reference shape, the measured phase minus the cost
     model's prediction of the same step (with the per-op costs, the profile's collectives) minus
     the plain step's own residual (scaled to the rank's share of the work), divided by the units
-    the executor runs: TP linears per micro-batch, FSDP2 units per micro-batch, parameter
-    tensors per optimizer step (ZeRO-1: the whole step's residual). Memory: RSS high-water
-    minus baseline of real steps at two batch sizes against the model's live tensor bytes:
-    slope - 1 is the fragmentation, the intercept the per-process training overhead.
+    the executor runs: TP modules (linears, embedding, head) per micro-batch, FSDP2 units per
+    micro-batch, parameter tensors per optimizer step (ZeRO-1: the whole step's residual). Memory: the peak the executor
+    reports (CPU allocator peak live bytes; RSS high-water minus baseline for results without
+    it) of real steps at two batch sizes against the cost model's tensor bytes: slope - 1 is the
+    allocator / transient-tensor overhead, the intercept the per-process training overhead.
     Negative residuals (within noise) are clipped to 0. Returns (spec, comments, header lines)."""
     from planner.cost import framework as fw
     from planner.cost.memory import stage_memories
@@ -872,12 +878,12 @@ def build_framework(fw_results: dict, node: NodeSpec) -> tuple[FrameworkSpec, di
     defaults = []
     if "tp" in refs:
         res = residual("tp", 0.5)
-        linears = L * fw.linears_per_block(model) + 1
+        linears = fw.tp_modules(model, L)
         values["tp_linear_forward_s"] = max(0.0, res["forward"]) / linears
         values["tp_linear_backward_s"] = max(0.0, res["backward"]) / linears
         values["tp_optimizer_param_s"] = max(0.0, res["optimizer"]) / tensors
         lines.append(f"tp=2: residual fwd/bwd/opt {res['forward'] * 1e3:.2f}/{res['backward'] * 1e3:.2f}/"
-                     f"{res['optimizer'] * 1e3:.2f} ms over {linears} TP linears, {tensors} parameter tensors")
+                     f"{res['optimizer'] * 1e3:.2f} ms over {linears} TP modules, {tensors} parameter tensors")
     else:
         defaults.append("tp")
     if "fsdp" in refs:
@@ -910,13 +916,14 @@ def build_framework(fw_results: dict, node: NodeSpec) -> tuple[FrameworkSpec, di
             cfg = ParallelConfig(micro_batch=m["micro_batch"], global_batch=m["micro_batch"], seq_len=s,
                                  precision="fp32")
             (_, _, sm), = stage_memories(model, cfg, node.device, [1], "flash", framework=no_mem)
-            pts.append((sm.total_bytes, float(m["peak_minus_baseline_bytes"])))
+            pts.append((sm.total_bytes, float(_measured_step_memory(m))))
         (t1, m1), (t2, m2) = pts[0], pts[-1]
         slope = (m2 - m1) / (t2 - t1) if t2 > t1 else 1.0
         frag = min(0.9, max(0.0, slope - 1.0))
         values["fragmentation_fraction"] = frag
         values["training_overhead_bytes"] = max(0.0, m1 - (1.0 + frag) * t1)
-        lines.append("training-step memory (RSS high-water - baseline vs live tensors): " + ", ".join(
+        source = "CPU allocator peak" if all(m.get("allocator_peak_bytes") for m in mem) else "RSS high-water - baseline"
+        lines.append(f"training-step memory ({source} vs the cost model's tensors): " + ", ".join(
             f"mb {m['micro_batch']}: {mm / 2**20:.1f} MiB for {t / 2**20:.1f} MiB" for m, (t, mm) in zip(mem, pts)))
     else:
         defaults.append("memory")
@@ -928,10 +935,10 @@ def build_framework(fw_results: dict, node: NodeSpec) -> tuple[FrameworkSpec, di
     counts = "; ".join(f"{o['style']}: " + ", ".join(f"{k} {o['ops'][k]} ops {o['median_s'][k] * 1e6 / o['ops'][k]:.2f} us"
                                                      for k in phases) for o in ops)
     comments["framework.op_forward_us"] = "per aten op under autograd, whole model at h=16 (" + counts + ")"
-    comments["framework.tp_linear_forward_us"] = "TP=2 reference residual / TP linears per micro-batch (header)"
+    comments["framework.tp_linear_forward_us"] = "TP=2 reference residual / TP modules (linears, embedding, head) per micro-batch (header)"
     comments["framework.fsdp_unit_forward_us"] = "FSDP2 dp=2 reference residual / fully_shard units (header)"
     comments["framework.zero1_param_us"] = "ZeRO-1 dp=2 reference step residual / parameter tensors (header)"
-    comments["framework.fragmentation_fraction"] = ("slope - 1 of RSS high-water growth vs live tensor bytes over "
-                                                    "real training steps at two batch sizes (header)")
+    comments["framework.fragmentation_fraction"] = ("slope - 1 of measured training-step memory vs the cost model's "
+                                                    "tensor bytes at two batch sizes (header)")
     comments["framework.training_overhead_mib"] = "intercept of that fit (per-process training overhead)"
     return spec, comments, lines

@@ -135,18 +135,17 @@ def summarize(records: Iterable[dict], plan: dict, steps: int, warmup: int,
     mems = sorted((r for r in records if r["kind"] == "memory"), key=lambda r: r["rank"])
     measured["memory"] = [_strip(r) for r in mems]
     measured["peak_memory_bytes"] = measured["peak_memory_rank"] = measured["peak_memory_source"] = None
-    if mems:
-        cuda = [r for r in mems if r.get("cuda_max_allocated_bytes") is not None]
-        if cuda:
-            top = max(cuda, key=lambda r: r["cuda_max_allocated_bytes"])
-            measured.update(peak_memory_bytes=top["cuda_max_allocated_bytes"], peak_memory_rank=top["rank"],
-                            peak_memory_source="cuda_allocated")
-        else:
-            rss = [r for r in mems if r.get("rss_peak_minus_baseline_bytes") is not None]
-            if rss:
-                top = max(rss, key=lambda r: r["rss_peak_minus_baseline_bytes"])
-                measured.update(peak_memory_bytes=top["rss_peak_minus_baseline_bytes"],
-                                peak_memory_rank=top["rank"], peak_memory_source="rss")
+    # the first source every rank reports: CUDA max allocated, CPU allocator peak, RSS growth
+    for key, source in (("cuda_max_allocated_bytes", "cuda_allocated"),
+                        ("cpu_allocator_peak_bytes", "cpu_allocated"),
+                        ("rss_peak_minus_baseline_bytes", "rss")):
+        have = [r for r in mems if r.get(key) is not None]
+        if have and len(have) == len(mems):
+            top = max(have, key=lambda r: r[key])
+            measured.update(peak_memory_bytes=top[key], peak_memory_rank=top["rank"], peak_memory_source=source)
+            break
+    rss = [r["rss_peak_minus_baseline_bytes"] for r in mems if r.get("rss_peak_minus_baseline_bytes") is not None]
+    measured["rss_peak_memory_bytes"] = max(rss) if rss else None
 
     per_rank: dict[str, dict[str, float]] = {}
     for r in records:

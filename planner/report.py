@@ -156,6 +156,8 @@ def _row(run: Run) -> dict:
         "tokens_per_s_error_pct": error_pct(p_tps, m_tps),
         "predicted_peak_memory_bytes": p_mem, "measured_peak_memory_bytes": m_mem,
         "memory_error_pct": error_pct(p_mem, m_mem),
+        "measured_memory_source": _get(s, "measured.peak_memory_source"),
+        "measured_rss_peak_memory_bytes": _num(_get(s, "measured.rss_peak_memory_bytes")),
         "measured_n_steps": _get(s, "measured.n_steps"),
     }
     pp, mp = predicted_phases(pred), measured_phases(run)

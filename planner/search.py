@@ -53,7 +53,8 @@ from planner.cost import framework as fw
 from planner.cost.comm import GroupShape, collective_time, p2p_time
 from planner.cost.compute import (activation_bytes_per_element, embedding_times, head_times,
                                   layer_times, make_rates)
-from planner.cost.memory import layer_activation_bytes, shard_divisors, state_bytes_per_param
+from planner.cost.memory import (executor_untied_head_params, layer_activation_bytes, logits_bytes_per_token,
+                                 peak_transients, shard_divisors, state_bytes_per_param)
 from planner.cost.runtime import DEFAULT_RUNTIME, Runtime
 from planner.cost.step import OPTIMIZER_BYTES_PER_PARAM, TIMELINE_TASK_LIMIT, Prediction, predict
 from planner.errors import InputError, require
@@ -317,8 +318,8 @@ class _Costs:
         tp_f = tp_b = 0.0
         if tp > 1 and self.fw is not None:
             # as predict() charges the executor's TP (planner.cost.step._layer_comm): backward
-            # one all-reduce per column-parallel linear; the LM head all-gathers the logits and
-            # all-reduces its input gradient (_executor_edge_costs)
+            # one all-reduce per column-parallel linear; embedding, loss and LM head as
+            # planner.cost.framework.tp_edge_comm_s
             g = GroupShape(tp, *strided_group_spread(tp, 1, self.gpn))
             ar = collective_time("all_reduce", act, g, node)
             if sp:
@@ -327,9 +328,8 @@ class _Costs:
                 tp_b = fw.colwise_per_block(m) * ar + 2 * ag
             else:
                 tp_f, tp_b = 2 * ar, fw.colwise_per_block(m) * ar
-            tokens = mb * s / cp
-            hf += collective_time("all_gather", self.bpe * tokens * m.vocab_size, g, node)
-            hbi += collective_time("all_reduce", self.bpe * tokens * m.hidden_size, g, node)
+            e_f, h_f, h_b = fw.tp_edge_comm_s(m, mb * s / cp, self.bpe, g, node)
+            ef, hf, hbi = ef + e_f, hf + h_f, hbi + h_b
         elif tp > 1:
             g = GroupShape(tp, *strided_group_spread(tp, 1, self.gpn))
             if sp:
@@ -345,8 +345,9 @@ class _Costs:
             hop = p2p_time(kv_bytes, nodes > 1, node)
             cp_f = max(0.0, (cp - 1) * hop - lt.core_fwd_s)
             cp_b = max(0.0, 2 * (cp - 1) * hop - lt.core_bwd_s)
-        la = layer_activation_bytes(m, mb, s, tp, cp, sp, rc, self.prec, self.rt.attention)
-        la_full = (layer_activation_bytes(m, mb, s, tp, cp, sp, "none", self.prec, self.rt.attention)
+        executor = self.fw is not None
+        la = layer_activation_bytes(m, mb, s, tp, cp, sp, rc, self.prec, self.rt.attention, executor)
+        la_full = (layer_activation_bytes(m, mb, s, tp, cp, sp, "none", self.prec, self.rt.attention, executor)
                    if rc == "full" else 0.0)
         cost = LayerCost(f=lt.fwd_s + tp_f + cp_f, bi=lt.bwd_input_s + lt.recompute_s + tp_b + tp_rc + cp_b,
                          w=lt.bwd_weight_s, z3_f_per_dp=lt, emb_f=ef, emb_b=eb, head_f=hf, head_bi=hbi,
@@ -705,14 +706,18 @@ class _Search:
         w_div, g_div, o_div = shard_divisors(sh, dp)
         per_param = w_b / w_div + g_b / g_div + o_b / o_div
         gathered = 2 * self.costs.layer_params / tp * w_b if w_div > 1 else 0.0
+        executor = self.costs.fw is not None
         best, stage = 0.0, 0
         r = 0
         for n_r in ends:
             params = self.rank_params(tp, pp, n_r, r)
-            flight = m if sched == "gpipe" else min(pp - r, m)
-            tensors = params * per_param + gathered + flight * n_r * lc.layer_act + lc.layer_act_full
+            logits = 0.0
             if r == pp - 1:
-                tensors += (4 + self.costs.bpe) * mb * (self.seq / cp) * mdl.vocab_size / tp
+                params += executor_untied_head_params(mdl, tp, pp, executor)
+                logits = logits_bytes_per_token(mdl, tp, self.prec, executor) * mb * (self.seq / cp)
+            flight = m if sched == "gpipe" else min(pp - r, m)
+            tensors = params * per_param + flight * n_r * lc.layer_act + sum(
+                peak_transients(logits, gathered, lc.layer_act_full))
             total = tensors * (1 + self.frag) + self.reserved
             if total > best:
                 best, stage = total, r
@@ -985,7 +990,10 @@ def uneven_split(model: ModelSpec, cluster: ClusterSpec, P: ParallelConfig,
               - lc.layer_act_full - (2 * lp * wb if w_div > 1 else 0.0)] * pp
     emb_p = model.embedding_params() / P.tp
     head_p = (model.head_params() + (model.vocab_size * model.hidden_size if model.tied_embeddings else 0)) / P.tp
-    logits = (4 + costs.bpe) * P.micro_batch * (P.seq_len / P.cp) * model.vocab_size / P.tp
+    # conservative: the logits are charged on top of the block working set (predict() takes the
+    # larger of the two, planner.cost.memory.peak_transients)
+    logits = (logits_bytes_per_token(model, P.tp, P.precision, frame is not None)
+              * P.micro_batch * (P.seq_len / P.cp))
     cut = partition_chain([per_layer] * L, mem, pp, limits,
                           first_extra=(lc.emb_f + lc.emb_b, emb_p * state),
                           last_extra=(lc.head_f + lc.head_bi + lc.head_w, head_p * state + logits))

@@ -127,7 +127,8 @@ def test_tp_pays_dtensor_cost_per_linear_and_the_executor_collectives():
     cl0 = ClusterSpec.homogeneous(_fw_node(), 1)
     cl1 = ClusterSpec.homogeneous(_fw_node(tp_linear_forward_s=100e-6, tp_linear_backward_s=50e-6), 1)
     t0, t1 = predict(MODEL, cl0, cfg), predict(MODEL, cl1, cfg)
-    linears = MODEL.n_layers * fw.linears_per_block(MODEL) + 1
+    linears = fw.tp_modules(MODEL, MODEL.n_layers)  # block linears + embedding + head
+    assert linears == MODEL.n_layers * fw.linears_per_block(MODEL) + 2
     assert t1.step_time_s - t0.step_time_s == pytest.approx(2 * linears * 150e-6, rel=1e-6)
     # the executor all-reduces once per column-parallel linear in backward (4 for GELU), Megatron 2
     gpu_like = predict(MODEL, ClusterSpec.homogeneous(_node(), 1), cfg)

@@ -90,3 +90,19 @@ def test_bad_plan_for_executor(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "executor", str(path), "--out", str(tmp_path / "o")],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "precision" in proc.stderr
+
+
+def test_allocator_peak_counts_live_tensor_bytes():
+    """AllocatorPeak reports the largest total of bytes live at once inside it (frees count)."""
+    import torch
+
+    from executor.measure import AllocatorPeak
+
+    mib = 2**20
+    with AllocatorPeak() as probe:
+        a = torch.empty(4 * mib, dtype=torch.uint8)
+        b = torch.empty(8 * mib, dtype=torch.uint8)
+        del a
+        c = torch.empty(2 * mib, dtype=torch.uint8)
+        del b, c
+    assert 12 * mib <= probe.peak_bytes < 12 * mib + 64 * 1024

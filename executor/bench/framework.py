@@ -13,8 +13,8 @@ What ``planner.calibrate`` turns into the profile's ``framework:`` section:
   steps. The calibration subtracts what the cost model predicts for the same step and
   divides the rest by the units the executor runs (TP linears, FSDP units, parameter tensors).
 * memory: fresh processes (``python -m executor.bench.memstep``) run real training steps of
-  the reference model at two batch sizes and report RSS high-water minus the baseline the
-  executor uses (after ``init_process_group``).
+  the reference model at two batch sizes and report the CPU allocator's peak live tensor bytes
+  (what the executor reports on CPU) and the RSS high-water minus the baseline.
 """
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
 """One fresh process: real training steps of the reference model on one rank, reporting the
-RSS high-water minus the baseline the executor uses (``executor/__main__.py``: VmRSS after
-``init_process_group``, before the model is built). Prints one JSON line.
+peak live tensor bytes of the CPU allocator from model build on (``executor.measure.AllocatorPeak``,
+what the executor reports on CPU) and the RSS high-water minus the baseline the executor also
+records (VmRSS after ``init_process_group``, before the model is built). Prints one JSON line.
 
     python -m executor.bench.memstep --micro-batch B [--steps 3]
 """
@@ -34,19 +35,21 @@ def main(argv=None) -> int:
     ref = REFERENCE
     spec = reference_spec("gpt", hidden=ref["hidden_size"], layers=ref["n_layers"], seq=ref["seq_len"],
                           vocab=ref["vocab_size"])
-    model = build_model(spec)
-    opt = torch.optim.AdamW(model.parameters(), foreach=False)
-    gen = torch.Generator().manual_seed(11)
-    for _ in range(args.steps):
-        x = torch.randint(0, spec.vocab_size, (args.micro_batch, spec.seq_len), generator=gen)
-        y = torch.randint(0, spec.vocab_size, (args.micro_batch, spec.seq_len), generator=gen)
-        lm_loss(model(x), y).backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+    with measure.AllocatorPeak() as allocator:
+        model = build_model(spec)
+        opt = torch.optim.AdamW(model.parameters(), foreach=False)
+        gen = torch.Generator().manual_seed(11)
+        for _ in range(args.steps):
+            x = torch.randint(0, spec.vocab_size, (args.micro_batch, spec.seq_len), generator=gen)
+            y = torch.randint(0, spec.vocab_size, (args.micro_batch, spec.seq_len), generator=gen)
+            lm_loss(model(x), y).backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
     peak = measure.rss_peak_bytes()
     dist.destroy_process_group()
     print(json.dumps({"micro_batch": args.micro_batch, "steps": args.steps, "baseline_rss_bytes": baseline,
                       "rss_peak_bytes": peak, "peak_minus_baseline_bytes": peak - baseline,
+                      "allocator_peak_bytes": allocator.peak_bytes,
                       "reference": dict(ref)}))
     return 0
 

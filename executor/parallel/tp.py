@@ -5,11 +5,17 @@ Per block: Q/K/V and the MLP's first matrices column-parallel, the attention out
 last matrix row-parallel: 2 all-reduces forward and 2 backward of s·b·h activations per layer, or
 with sequence parallelism the same bytes as all-gather + reduce-scatter, the norms then running
 on sequence shards (their weights become replicated DTensors whose gradients are reduced).
-The LM head is column-parallel over the vocabulary with replicated (all-gathered) logits; the
-embedding is replicated (under SP its output is split along the sequence). MoE experts are each
-column/row parallel; the router is replicated.
+The token embedding is row-parallel over the vocabulary (Megatron's VocabParallelEmbedding: one
+all-reduce of ``b*s*h`` forward; learned positions stay replicated; under SP its output is then
+split along the sequence). The LM head is column-parallel over the vocabulary and its logits stay
+sharded: the loss is the vocabulary-parallel cross entropy (Megatron-LM's
+``vocab_parallel_cross_entropy``; here ``torch.distributed.tensor.parallel.loss_parallel``,
+:func:`loss_context`), which all-reduces per-token maxima, sums and target logits instead of
+gathering ``b*s*V`` logits. MoE experts are each column/row parallel; the router is replicated.
 """
 from __future__ import annotations
+
+import contextlib
 
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.tensor import Replicate, Shard
@@ -19,6 +25,7 @@ from torch.distributed.tensor.parallel import (
     PrepareModuleOutput,
     RowwiseParallel,
     SequenceParallel,
+    loss_parallel,
     parallelize_module,
 )
 
@@ -36,6 +43,11 @@ def apply_tp(model: Transformer, tp_mesh: DeviceMesh, sequence_parallel: bool) -
     """Shard ``model`` (a whole model or a pipeline stage) in place over ``tp_mesh``."""
     sp = sequence_parallel
     residual = Shard(1) if sp else Replicate()
+    if model.embed is not None:
+        # vocabulary-parallel token embedding (Megatron's VocabParallelEmbedding): each rank
+        # looks up its vocabulary rows, the partial sums are all-reduced
+        parallelize_module(model.embed.tok, tp_mesh, RowwiseParallel(
+            input_layouts=Replicate(), output_layouts=Replicate(), use_local_output=True))
     if model.embed is not None and sp:
         parallelize_module(model.embed, tp_mesh, PrepareModuleOutput(
             output_layouts=Replicate(), desired_output_layouts=Shard(1), use_local_output=True))
@@ -70,8 +82,14 @@ def apply_tp(model: Transformer, tp_mesh: DeviceMesh, sequence_parallel: bool) -
         parallelize_module(model.final_norm, tp_mesh, SequenceParallel(use_local_output=True))
     if model.lm_head is not None:
         parallelize_module(model.lm_head, tp_mesh, ColwiseParallel(
-            input_layouts=residual, output_layouts=Replicate(), use_local_output=True))
+            input_layouts=residual, output_layouts=Shard(-1), use_local_output=False))
     return model
+
+
+def loss_context(tp: int):
+    """Where the loss is computed and back-propagated: vocabulary-parallel cross entropy on the
+    head's vocab-sharded logits when tp > 1."""
+    return loss_parallel() if tp > 1 else contextlib.nullcontext()
 
 
 def check_tp(model_heads: int, kv_heads: int, tp: int) -> None:

@@ -237,6 +237,10 @@ def embedding_times(model: ModelSpec, micro_batch: int, seq_len: int, tp: int, c
     pos = 2 if model.position == "learned" else 1
     fwd = rates.memory((pos + 1) * bpe * T * h + (1 if model.dropout > 0 else 0) * T * h, 2)
     bwd = rates.memory(2 * pos * bpe * T * h, 2)
+    frame = rates.framework
+    if frame is not None and tp > 1:  # the executor's vocabulary-parallel embedding is a TP module
+        fwd += rates.ops(1, frame.tp_linear_forward_s)
+        bwd += rates.ops(1, frame.tp_linear_backward_s)
     return fwd, bwd
 
 
@@ -254,8 +258,7 @@ def head_times(model: ModelSpec, micro_batch: int, seq_len: int, tp: int, cp: in
     tf, tb = _gemm(rates, T, V / tp, h, bpe)
     norm_f = rates.memory(2 * bpe * rows * h)
     frame = rates.framework
-    # the executor gathers the logits and every TP rank computes the full-vocabulary loss
-    logits = T * V if (frame is not None and tp > 1) else T * V / tp
+    logits = T * V / tp
     ce_f = rates.memory((bpe + 4 + 4) * logits, 3)   # cast to fp32, exp/sum, loss
     ce_b = rates.memory((4 + bpe) * logits, 1)       # softmax - onehot -> grad in compute dtype
     fwd = tf + norm_f + ce_f

@@ -16,15 +16,18 @@ Facts of the executor's code (torch 2.13) used here:
 * Tensor parallel (``executor/parallel/tp.py``): Q, K, V are three ColwiseParallel linears and
   the MLP's up (and gate) too, each wrapping the same replicated input as its own DTensor, so the
   backward all-reduces the input gradient once per column-parallel linear (Megatron fuses QKV:
-  one); the LM head is column-parallel with replicated output: an all-gather of the logits
-  forward and the full-vocabulary cross entropy on every TP rank, one input-gradient all-reduce
-  backward.
+  one); the token embedding is row-parallel and the LM head column-parallel over the
+  vocabulary (two more TP modules, :func:`tp_modules`), the loss vocabulary-parallel
+  (``loss_parallel``: three per-token all-reduces forward, a local backward), the head's input
+  gradient all-reduced once backward.
 * FSDP2 (``executor/parallel/fsdp.py``): one ``fully_shard`` unit per block, one for the
   untied embedding, one for the root module; ZeRO-2 is FSDP2 without reshard after forward
   (no second all-gather in backward), ZeRO-3/FSDP with it.
 """
 from __future__ import annotations
 
+from planner.cost.comm import GroupShape, collective_time
+from planner.hardware import NodeSpec
 from planner.model import ModelSpec
 
 ADAM_OPS_PER_PARAM = 10
@@ -94,6 +97,12 @@ def linears_per_block(model: ModelSpec) -> int:
     return 4 + experts * model.mlp_matrices
 
 
+def tp_modules(model: ModelSpec, layers: int) -> int:
+    """TP-sharded modules of the whole executor model: every block's linears, the
+    vocabulary-parallel embedding and LM head."""
+    return layers * linears_per_block(model) + 2
+
+
 def colwise_per_block(model: ModelSpec) -> int:
     """Column-parallel linears of one block: Q, K, V and the MLP's up (and gate)."""
     experts = model.n_experts if model.is_moe else 1
@@ -129,3 +138,15 @@ def fsdp_units(model: ModelSpec, layers: int, first: bool, last: bool, tied: boo
 def uses_fsdp(sharding: str, tp: int, dp: int) -> bool:
     """The executor runs FSDP2 over dp for zero2/zero3/fsdp, and for any sharding when tp > 1."""
     return dp > 1 and (sharding in ("zero2", "zero3", "fsdp") or tp > 1)
+
+
+def tp_edge_comm_s(model: ModelSpec, tokens: float, bytes_per_element: float, group: GroupShape,
+                   node: NodeSpec) -> tuple[float, float, float]:
+    """(embedding forward, head forward, head backward) TP communication per micro-batch of the
+    executor: the vocabulary-parallel embedding's output all-reduce, ``loss_parallel``'s three
+    per-token fp32 all-reduces (max, sum of exponentials, target logit), the LM head's
+    input-gradient all-reduce."""
+    act = bytes_per_element * tokens * model.hidden_size
+    return (collective_time("all_reduce", act, group, node),
+            3 * collective_time("all_reduce", 4.0 * tokens, group, node),
+            collective_time("all_reduce", act, group, node))

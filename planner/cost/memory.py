@@ -15,12 +15,14 @@
   stage i; GPipe: m; interleaved per Narayanan et al. SC'21 Sec. 2.2.2).
 * The last stage holds the fp32 logits of one micro-batch: ``b*s*V*4/t`` (plus their gradient
   in the compute dtype); with full recomputation one block's full activations are live during
-  its backward.
+  its backward. The two are not live at once (the head's backward ends before the first
+  block's starts): the peak takes the larger (:func:`stage_memory`).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from planner.cost import framework as fw
 from planner.cost.compute import activation_bytes_per_element
 from planner.model import ModelSpec
 
@@ -45,7 +47,7 @@ def shard_divisors(sharding: str, dp: int) -> tuple[int, int, int]:
 
 def layer_activation_bytes(model: ModelSpec, micro_batch: int, seq_len: int, tp: int, cp: int,
                            sequence_parallel: bool, recompute: str, precision: str,
-                           attention: str = "unfused") -> float:
+                           attention: str = "unfused", executor: bool = False) -> float:
     """Activation bytes one block keeps for its backward, per micro-batch and rank.
 
     Korthikanti et al. 2022 Sec. 4.1 itemised (bpe = bytes per element, 2 for fp16/bf16):
@@ -53,6 +55,13 @@ def layer_activation_bytes(model: ModelSpec, micro_batch: int, seq_len: int, tp:
     bpe*sbh, two dropout masks 1*sbh; tp-split: Q, K, V, attention output, MLP activations
     (4h + 4h for GELU, 3x f for SwiGLU); the attention core: softmax output bpe*a*s^2*b, dropout
     mask 1*a*s^2*b and dropout output bpe*a*s^2*b (``5*a*s^2*b`` at 2 bytes).
+
+    executor: the local executor's modules as written (executor/model.py, parallel/tp.py, counted
+    with ``SavedActivationMeter``): under SP the column-parallel linears keep their all-gathered
+    input (``b*s*h``, not ``/t``), as DTensor's SP does (Megatron keeps the shard and gathers
+    again in backward, Korthikanti Sec. 4.2.2); the unfused RMSNorm also keeps its normalised
+    output before the weight (one more sbh per norm); SwiGLU keeps the SiLU output besides
+    the gate, up and product tensors (4 f instead of 3 f).
     """
     bpe = activation_bytes_per_element(precision)
     h = model.hidden_size
@@ -62,7 +71,9 @@ def layer_activation_bytes(model: ModelSpec, micro_batch: int, seq_len: int, tp:
     if recompute == "full":
         return bpe * sbh / rep_div
     mask = 1 if model.dropout > 0 else 0
-    replicated = (2 * bpe + bpe + bpe + 2 * mask) * sbh / rep_div
+    linear_inputs_div = 1 if executor else rep_div
+    norm_inputs = 2 * (2 if executor and model.norm == "rmsnorm" else 1)
+    replicated = (norm_inputs * bpe + 2 * mask) * sbh / rep_div + (bpe + bpe) * sbh / linear_inputs_div
     tokens = micro_batch * s_local
     q, kv = model.q_dim, model.kv_dim
     attn_split = bpe * tokens * (q + kv) + bpe * tokens * kv + bpe * tokens * q
@@ -72,7 +83,8 @@ def layer_activation_bytes(model: ModelSpec, micro_batch: int, seq_len: int, tp:
     else:
         f = model.ffn_hidden_size
         mult = 1
-    mlp_split = bpe * tokens * f * (3 if model.mlp == "swiglu" else 2) * mult
+    mlp_tensors = (4 if executor else 3) if model.mlp == "swiglu" else 2
+    mlp_split = bpe * tokens * f * mlp_tensors * mult
     split = (attn_split + mlp_split) / tp
     core = 0.0
     if recompute != "selective" and attention == "unfused":
@@ -90,6 +102,34 @@ def korthikanti_layer_bytes(s: int, b: int, h: int, a: int, t: int = 1, sp: bool
     if sp:
         return s * b * h / t * (34 + attn)
     return s * b * h * (10 + 24.0 / t + attn / t)
+
+
+def logits_bytes_per_token(model: ModelSpec, tp: int, precision: str, executor: bool) -> float:
+    """Bytes the loss needs per token on the last stage. Megatron's fused vocab-parallel cross
+    entropy: the fp32 logits and their gradient in the compute dtype. The executor
+    (F.cross_entropy, or loss_parallel under TP): the fp32 log-softmax output plus two fp32
+    buffers of the same size in its backward (the NLL gradient / exp, then the input gradient)."""
+    per_vocab = 3 * 4.0 if executor else 4.0 + activation_bytes_per_element(precision)
+    return per_vocab * model.vocab_size / tp
+
+
+def executor_untied_head_params(model: ModelSpec, tp: int, pp: int, executor: bool) -> float:
+    """Head parameters per tp rank the executor adds by untying a tied head under TP without
+    PP (executor/train.py ``tie_embeddings``; with PP the copy is already counted)."""
+    if executor and model.tied_embeddings and pp == 1 and not fw.executor_tied(model, tp, pp):
+        return model.vocab_size * model.hidden_size / tp
+    return 0.0
+
+
+def peak_transients(logits_bytes: float, gathered_bytes: float, block_working_bytes: float
+                    ) -> tuple[float, float, float]:
+    """(logits, gathered, block working set) at the rank's peak: the logits live from the end of
+    the forward through the head's backward, before any block's backward starts, so the peak
+    holds either them or a block's backward working set (its gathered ZeRO-3 parameters, its
+    recomputed activations), whichever is larger."""
+    if logits_bytes > gathered_bytes + block_working_bytes:
+        return logits_bytes, 0.0, 0.0
+    return 0.0, gathered_bytes, block_working_bytes
 
 
 @dataclass(frozen=True)
@@ -116,18 +156,24 @@ class StageMemory:
 
 def stage_memory(*, params: float, layer_params: float, activation_bytes: float, logits_bytes: float,
                  precision: str, sharding: str, dp: int, device_reserved: float,
-                 fragmentation: float) -> StageMemory:
+                 fragmentation: float, block_working_bytes: float = 0.0) -> StageMemory:
     """Combine states and activations of one rank.
 
     params: parameters this rank holds before ZeRO sharding (its stage's share of layers,
     embedding/head, already divided by tp). layer_params: one block's parameters on this rank
     (ZeRO-3/FSDP keep two gathered blocks: the one computing and the one prefetched).
+    activation_bytes: what the in-flight micro-batches keep for backward. block_working_bytes:
+    what a block's backward needs on top (its full activations under full recomputation).
+    The logits or the block working set, whichever is larger, is in the peak
+    (:func:`peak_transients`); the other is reported as 0.
     """
     w_b, g_b, o_b = state_bytes_per_param(precision)
     w_div, g_div, o_div = shard_divisors(sharding, dp)
     weights = params * w_b / w_div
-    if w_div > 1:
-        weights += 2 * layer_params * w_b
+    logits_bytes, gathered, block_working_bytes = peak_transients(
+        logits_bytes, 2 * layer_params * w_b if w_div > 1 else 0.0, block_working_bytes)
+    weights += gathered
+    activation_bytes += block_working_bytes
     grads = params * g_b / g_div
     optimizer = params * o_b / o_div
     tensors = weights + grads + optimizer + activation_bytes + logits_bytes
@@ -164,37 +210,37 @@ def stage_memories(model: ModelSpec, parallel, device, in_flight, attention: str
     rank (from the schedule).
 
     framework: a calibrated :class:`planner.hardware.FrameworkSpec` (CPU profile): its
-    measured fragmentation and per-process training overhead replace the device's, and under
-    TP the logits are the executor's (a local shard plus the all-gathered full-vocabulary
-    logits every rank computes the loss on)."""
+    measured fragmentation and per-process training overhead replace the device's, and the
+    executor's own structure applies (DTensor SP keeps gathered linear inputs, its loss
+    buffers, a tied head untied under TP)."""
     P = parallel
     tp, pp, n_vs = P.tp, P.pp, P.pp * P.vpp
     b, s = P.micro_batch, P.seq_len
-    bpe = activation_bytes_per_element(P.precision)
     layers = P.layers_per_stage(model.n_layers)
     params_all = stage_parameters(model, P)
     layer_params_rank = model.layer_params() / tp
     last_rank = (n_vs - 1) % pp
+    executor = framework is not None
     one_layer = layer_activation_bytes(model, b, s, tp, P.cp, P.sequence_parallel, P.recompute,
-                                       P.precision, attention)
+                                       P.precision, attention, executor=executor)
     full_layer = (layer_activation_bytes(model, b, s, tp, P.cp, P.sequence_parallel, "none",
-                                         P.precision, attention) if P.recompute == "full" else 0.0)
+                                         P.precision, attention, executor=executor)
+                  if P.recompute == "full" else 0.0)
+    tokens = b * (s / P.cp)
+    logits_per_token = logits_bytes_per_token(model, tp, P.precision, executor)
+    untied_head = executor_untied_head_params(model, tp, pp, executor)
     out = []
     for r in range(pp):
         chunks = list(range(r, n_vs, pp))
         n_layers_r = sum(layers[k] for k in chunks)
-        act = in_flight[r] * (sum(layers[k] * one_layer for k in chunks) / len(chunks)) + full_layer
-        tokens = b * (s / P.cp)
-        if framework is not None and tp > 1:
-            logits = ((4 + bpe) * tokens * model.vocab_size + bpe * tokens * model.vocab_size / tp
-                      if r == last_rank else 0.0)
-        else:
-            logits = (4 + bpe) * tokens * model.vocab_size / tp if r == last_rank else 0.0
+        act = in_flight[r] * (sum(layers[k] * one_layer for k in chunks) / len(chunks))
+        logits = logits_per_token * tokens if r == last_rank else 0.0
         reserved = device.reserved_bytes if framework is None else framework.training_overhead_bytes
         frag = device.fragmentation_fraction if framework is None else framework.fragmentation_fraction
-        mem = stage_memory(params=params_all[r], layer_params=layer_params_rank, activation_bytes=act,
+        mem = stage_memory(params=params_all[r] + (untied_head if r == last_rank else 0.0),
+                           layer_params=layer_params_rank, activation_bytes=act,
                            logits_bytes=logits, precision=P.precision, sharding=P.sharding, dp=P.dp,
-                           device_reserved=reserved, fragmentation=frag)
+                           device_reserved=reserved, fragmentation=frag, block_working_bytes=full_layer)
         out.append((r, n_layers_r, mem))
     return out
 

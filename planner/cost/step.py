@@ -235,8 +235,10 @@ def _executor_edge_costs(model: ModelSpec, node: NodeSpec, P: ParallelConfig, ra
     """Framework profiles: per micro-batch costs outside the blocks that the executor adds
     (:mod:`planner.cost.framework`): (embedding fwd, bwd, head fwd, bwd) extra seconds.
 
-    TP: the LM head all-gathers the logits (forward) and all-reduces its input gradient
-    (backward). FSDP2: the root unit (and the untied embedding's unit) gather their parameters
+    TP (executor/parallel/tp.py): the vocabulary-parallel embedding all-reduces its output
+    (forward); the vocabulary-parallel loss all-reduces three fp32 values per token (maximum,
+    sum of exponentials, target logit; its backward is local); the LM head all-reduces its
+    input gradient (backward). FSDP2: the root unit (and the untied embedding's unit) gather their parameters
     before forward (again before backward when resharding) and reduce-scatter the gradients,
     plus each unit's per-micro-batch cost."""
     frame = node.framework
@@ -247,8 +249,8 @@ def _executor_edge_costs(model: ModelSpec, node: NodeSpec, P: ParallelConfig, ra
     ef = eb = hf = hb = 0.0
     if tp > 1:
         g = _shape(P, "tp", gpn)
-        hf += collective_time("all_gather", bpe * T * model.vocab_size, g, node)
-        hb += collective_time("all_reduce", bpe * T * model.hidden_size, g, node)
+        e_f, h_f, h_b = fw.tp_edge_comm_s(model, T, bpe, g, node)
+        ef, hf, hb = ef + e_f, hf + h_f, hb + h_b
     if fw.uses_fsdp(P.sharding, tp, dp):
         g = _shape(P, "dp", gpn)
         w_b = 4.0 if P.precision == "fp32" else 2.0
