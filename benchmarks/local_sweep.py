@@ -2,13 +2,15 @@
 
     .venv/bin/python benchmarks/local_sweep.py [--profile hardware_profiles/local-cpu.yaml]
         [--out-dir runs/local-sweep] [--report reports/local-validation.md] [--steps 8 --warmup 3]
-        [--only NAME,NAME] [--no-search] [--predict-only]
+        [--rounds 3] [--only NAME,NAME] [--no-search] [--predict-only]
 
 For every plan of :data:`SWEEP` (two model shapes, world sizes 1, 2 and 4, dp / tp / sp / pp with
 four schedules, DDP / ZeRO-1 / ZeRO-2 / FSDP, recompute none / selective / full, micro-batch
 sizes): predict it from the calibrated profile and store the prediction in the plan file, THEN
 run it with ``clusterplan run PLAN --steps S --warmup W --out DIR`` (the executor copies the
-prediction into ``summary.json``). A run whose summary says ``contended`` is run once more. Then
+prediction into ``summary.json``). A run whose summary says ``contended`` is run once more. The
+list runs ``--rounds`` times, round after round, and each plan keeps its median run (a burst of
+load from outside this process hits one round of a plan, rarely all). Then
 ``planner.report.compare_runs`` (what ``clusterplan compare`` prints) joins all runs, and the
 search check runs the top five plans of one ``planner.search.search`` on this machine.
 
@@ -172,6 +174,31 @@ def run_all(prepared, out_dir: Path, steps: int, warmup: int, wait_s: float = 0.
             f"  ({time.perf_counter() - t0:.0f} s, {attempts} run(s), others' cores {others})")
         results[e.name] = (run_dir, summary, attempts, busy)
     return results
+
+
+def _step_s(summary) -> float | None:
+    return ((summary or {}).get("measured") or {}).get("step_time_s")
+
+
+def run_rounds(todo, out_dir: Path, rounds: int, steps: int, warmup: int, wait_s: float = 0.0, log=print):
+    """Run the whole list ``rounds`` times, one round after the other (so a burst of load from
+    outside hits one run of a plan, not all of them), each round under ``out_dir/round{k}``
+    (``out_dir`` itself for one round). Per plan the run with the median step time over the
+    rounds that measured one is kept. Returns (results as :func:`run_all`, {name: step times
+    of every round})."""
+    per_round = []
+    for k in range(1, rounds + 1):
+        if rounds > 1:
+            log(f"round {k}/{rounds}")
+        per_round.append(run_all(todo, out_dir / f"round{k}" if rounds > 1 else out_dir, steps, warmup,
+                                 wait_s, log=log))
+    results, times = {}, {}
+    for e, _, _ in todo:
+        runs = [r[e.name] for r in per_round]
+        measured = sorted((x for x in runs if _step_s(x[1]) is not None), key=lambda x: _step_s(x[1]))
+        results[e.name] = measured[(len(measured) - 1) // 2] if measured else runs[0]
+        times[e.name] = [_step_s(x[1]) for x in runs]
+    return results, times
 
 
 # ----- search check ---------------------------------------------------------------------------
@@ -365,7 +392,7 @@ def _verdict(value, target, higher_is_better=False):
 
 
 def write_reports(comp, names: dict, results: dict, search: dict | None, report: Path, args, t_total: float,
-                  busy_before: list[str], profiles: list[dict] = ()) -> None:
+                  busy_before: list[str], profiles: list[dict] = (), round_times: dict | None = None) -> None:
     import pandas as pd
 
     from planner.io import atomic_write_text
@@ -400,15 +427,16 @@ def write_reports(comp, names: dict, results: dict, search: dict | None, report:
 
     cmd = ".venv/bin/python benchmarks/local_sweep.py" + (f" --profile {args.profile}" if args.profile_given else "")
     for flag, default in (("out_dir", "runs/local-sweep"), ("report", "reports/local-validation.md"),
-                          ("steps", 8), ("warmup", 3)):
+                          ("steps", 8), ("warmup", 3), ("rounds", 3)):
         if getattr(args, flag) != default:
             cmd += f" --{flag.replace('_', '-')} {getattr(args, flag)}"
     L_ = ["# Local validation: predicted vs measured on this machine", "",
           f"Regenerate: `{cmd}` (≈{t_total / 60:.0f} min; runs under `{args.out_dir}/`, git-ignored).", "",
           f"Profile: `{args.profile}` (`clusterplan calibrate`). Each plan was predicted from it and the "
           "prediction stored in the plan file *before* it ran with "
-          f"`clusterplan run PLAN --steps {args.steps} --warmup {args.warmup}`; the measured step time is the "
-          "median over the measured steps of the slowest rank's wall time; memory is the largest rank's peak "
+          f"`clusterplan run PLAN --steps {args.steps} --warmup {args.warmup}`, the whole list {args.rounds} "
+          "time(s), round after round; the measured step time is the median over the measured steps of the "
+          "slowest rank's wall time, of the round with the median such time (all rounds in 'rounds (s)'); memory is the largest rank's peak "
           "of live bytes in the CPU tensor allocator from model build through two warm-up steps (the CPU "
           "counterpart of `torch.cuda.max_memory_allocated`; executor/README.md) against the predicted "
           "per-rank peak. Precision fp32, gloo, "
@@ -449,9 +477,10 @@ def write_reports(comp, names: dict, results: dict, search: dict | None, report:
         L_ += ["", f"The first plan measures {_fmt(search['first_vs_best_pct'], '+.1f')}% against the best of the "
                f"five (target: best or within 5%): {'**met**' if search['met'] else '**not met**'}.", ""]
     L_ += ["## Per plan", "",
-           "| name | ws | parallel | status | others' cores | pred (s) | meas (s) [p10–p90] | error | pred mem (MiB) | "
-           "meas mem (MiB) | mem error | fwd pred/meas | bwd pred/meas | opt pred/meas | comm+bubble pred/meas |",
-           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+           "| name | ws | parallel | status | others' cores | pred (s) | meas (s) [p10–p90] | rounds (s) | error | "
+           "pred mem (MiB) | meas mem (MiB) | mem error | fwd pred/meas | bwd pred/meas | opt pred/meas | "
+           "comm+bubble pred/meas |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in df.sort_values(["world_size", "name"]).to_dict(orient="records"):
         status = r["status"] + (" (own oversubscription)" if r["oversubscribed"] else "") + \
             (f" (run {r['attempts']}x)" if r["attempts"] > 1 else "")
@@ -462,6 +491,7 @@ def write_reports(comp, names: dict, results: dict, search: dict | None, report:
                   f"{_fmt(r['others_cores'], '.1f')} | "
                   f"{_fmt(r['predicted_step_time_s'], '.4f')} | {_fmt(r['measured_step_time_s'], '.4f')} "
                   f"[{_fmt(r['measured_step_time_s_p10'], '.3f')}–{_fmt(r['measured_step_time_s_p90'], '.3f')}] | "
+                  f"{' / '.join(_fmt(t, '.3f') for t in (round_times or {}).get(r['name'], []))} | "
                   f"{_fmt(r['error_pct'], '+.1f')}% | {_fmt(r['predicted_peak_memory_bytes'] / 2**20, '.1f')} | "
                   f"{_fmt(r['measured_peak_memory_bytes'] / 2**20, '.1f')} | {_fmt(r['memory_error_pct'], '+.1f')}% | "
                   f"{ph('forward')} | {ph('backward')} | {ph('optimizer')} | {ph('comm_bubble')} |")
@@ -517,7 +547,9 @@ def main(argv=None) -> int:
     ap.add_argument("--op-profile", nargs=2, metavar=("MODEL", "MICRO_BATCH"), default=None,
                     help="internal: print one rank's op-class profile as JSON and exit")
     ap.add_argument("--no-op-profile", action="store_true", help="skip the one-rank op-class profile")
-    ap.add_argument("--reuse", action="store_true", help="keep existing ok runs of the same plan id")
+    ap.add_argument("--reuse", action="store_true", help="keep existing ok runs of the same plan id (one round)")
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="run the list this many times, one round after another; per plan the median run")
     ap.add_argument("--wait-quiet", type=float, default=20.0,
                     help="before each run wait up to this many seconds for other processes to go idle")
     args = ap.parse_args(argv)
@@ -552,6 +584,9 @@ def main(argv=None) -> int:
     print(f"local sweep: {len(prepared)} plans, profile {args.profile}, {len(busy_before)} other busy processes, "
           f"others use {_fmt(cpu_busy_cores(1.0), '.1f')} cores now", flush=True)
     t0 = time.perf_counter()
+    if args.rounds < 1 or (args.reuse and args.rounds != 1):
+        print("local_sweep: error: --rounds must be >= 1 (and 1 with --reuse)", file=sys.stderr)
+        return 2
     if args.reuse:
         from planner.records import read_summary
         def reusable(name, plan):
@@ -562,7 +597,8 @@ def main(argv=None) -> int:
         todo = [x for x in prepared if x[0].name not in keep]
     else:
         todo = list(prepared)
-    results = run_all(todo, out_dir, args.steps, args.warmup, args.wait_quiet, log=lambda s: print(s, flush=True))
+    results, round_times = run_rounds(todo, out_dir, args.rounds, args.steps, args.warmup, args.wait_quiet,
+                                      log=lambda s: print(s, flush=True))
     for e, plan, _ in prepared:
         if e.name not in results:
             from planner.records import read_summary
@@ -574,7 +610,8 @@ def main(argv=None) -> int:
     comp = compare_runs(dirs)
     names = {str(results[e.name][0]): e.name for e, _, _ in prepared}
     report = Path(args.report)
-    write_reports(comp, names, results, search, report, args, time.perf_counter() - t0, busy_before, profiles)
+    write_reports(comp, names, results, search, report, args, time.perf_counter() - t0, busy_before, profiles,
+                  round_times)
     st = comp.stats
     print(f"wrote {report}  (all ok runs: median |err| {_fmt(st['median_abs_error_pct'], '.1f')}%, "
           f"max {_fmt(st['max_abs_error_pct'], '.1f')}%, spearman {_fmt(st['spearman'], '.3f')})")

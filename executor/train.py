@@ -150,6 +150,8 @@ class Trainer:
         if tracer is not None:  # gradients are freed by zero_grad: count them now
             self.last_grads_bytes = measure.grads_bytes(self.params)
         with span("optimizer"):
+            if self.parallel.sequence_parallel and self.parallel.tp > 1:
+                tp_mod.reduce_partial_grads(self.params)
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
         return loss
@@ -182,7 +184,9 @@ class Trainer:
         restore = _instrument(self, tracer) if tracer is not None else None
         try:
             with self._autocast(), tp_mod.loss_context(self.parallel.tp):
-                self.schedule.step(*args, **kwargs)
+                # return_outputs=False: the last stage does not keep every micro-batch's logits
+                # to merge them after the step (only the losses are used)
+                self.schedule.step(*args, return_outputs=False, **kwargs)
         finally:
             if restore is not None:
                 restore()

@@ -849,17 +849,32 @@ def build_framework(fw_results: dict, node: NodeSpec) -> tuple[FrameworkSpec, di
     ref = plain["reference"]
     b, s = ref["micro_batch"], ref["seq_len"]
 
-    def config(tp: int, dp: int, sharding: str) -> ParallelConfig:
+    def config(tp: int, dp: int, sharding: str, sp: bool = False) -> ParallelConfig:
         return ParallelConfig(tp=tp, dp=dp, micro_batch=b, global_batch=b * dp, seq_len=s,
-                              precision="fp32", sharding=sharding)
+                              precision="fp32", sharding=sharding, sequence_parallel=sp)
 
     def predicted(case: str, fr: FrameworkSpec) -> dict[str, float]:
-        tp, dp = (2, 1) if case == "tp" else ((1, 2) if case != "plain" else (1, 1))
+        tp, dp = (2, 1) if case in ("tp", "tp_sp") else ((1, 2) if case != "plain" else (1, 1))
         sharding = {"zero1": "zero1", "fsdp": "fsdp"}.get(case, "none")
         n = dataclasses.replace(node, framework=fr).with_gpus_per_node(tp * dp)
-        return _reference_prediction(model, n, config(tp, dp, sharding))
+        return _reference_prediction(model, n, config(tp, dp, sharding, sp=case == "tp_sp"))
 
     phases = ("forward", "backward", "optimizer")
+    defaults: list[str] = []
+    conc = refs.get("plain_concurrent")
+    if conc is not None:
+        # the slowdown falls on the non-GEMM part (memory-bound ops, per-op costs): measured
+        # solo step minus the cost model's GEMM time (infinite memory bandwidth, free ops);
+        # alone and at once were measured interleaved step by step when both are present
+        alone = refs.get("plain_alone_interleaved", plain)
+        solo_s = sum(alone["median_s"][ph] for ph in phases)
+        gemm_node = dataclasses.replace(
+            node, device=dataclasses.replace(node.device, hbm_bandwidth_bytes_per_s=1e30),
+            framework=FrameworkSpec(**zero)).with_gpus_per_node(1)
+        gemm_s = sum(_reference_prediction(model, gemm_node, config(1, 1, "none")).values())
+        non_gemm_s = max(0.1 * solo_s, solo_s - gemm_s)
+        slowdown = max(0.0, (sum(conc["median_s"][ph] for ph in phases) - solo_s) / non_gemm_s)
+        base = dataclasses.replace(base, concurrent_slowdown=slowdown)
     p_plain = predicted("plain", base)
     plain_res = {ph: plain["median_s"][ph] - p_plain[ph] for ph in phases}
 
@@ -868,14 +883,22 @@ def build_framework(fw_results: dict, node: NodeSpec) -> tuple[FrameworkSpec, di
         return {ph: refs[case]["median_s"][ph] - pred[ph] - share * plain_res[ph] for ph in phases}
 
     values = dataclasses.asdict(base)
-    lines = [f"plain reference step: measured fwd/bwd/opt {plain['median_s']['forward'] * 1e3:.2f}/"
+    lines = []
+    if conc is not None:
+        lines.append(f"plain reference step on both ranks at once: fwd/bwd/opt "
+                     f"{conc['median_s']['forward'] * 1e3:.2f}/{conc['median_s']['backward'] * 1e3:.2f}/"
+                     f"{conc['median_s']['optimizer'] * 1e3:.2f} ms vs alone: the non-GEMM part "
+                     f"({non_gemm_s * 1e3:.2f} ms of {solo_s * 1e3:.2f} ms) {100 * base.concurrent_slowdown:.1f}% "
+                     f"slower (concurrent_slowdown)")
+    else:
+        defaults.append("concurrent")
+    lines += [f"plain reference step: measured fwd/bwd/opt {plain['median_s']['forward'] * 1e3:.2f}/"
              f"{plain['median_s']['backward'] * 1e3:.2f}/{plain['median_s']['optimizer'] * 1e3:.2f} ms, "
              f"cost model {p_plain['forward'] * 1e3:.2f}/{p_plain['backward'] * 1e3:.2f}/"
              f"{p_plain['optimizer'] * 1e3:.2f} ms (residual subtracted from the wrapper cases)"]
     comments: dict[str, str] = {}
     L = model.n_layers
     tensors = L * fw.block_param_tensors(model) + sum(fw.edge_param_tensors(model, False))
-    defaults = []
     if "tp" in refs:
         res = residual("tp", 0.5)
         linears = fw.tp_modules(model, L)
@@ -886,6 +909,17 @@ def build_framework(fw_results: dict, node: NodeSpec) -> tuple[FrameworkSpec, di
                      f"{res['optimizer'] * 1e3:.2f} ms over {linears} TP modules, {tensors} parameter tensors")
     else:
         defaults.append("tp")
+    if "tp_sp" in refs and "tp" in refs:
+        # sequence parallelism on top: what the TP+SP step costs beyond the TP modules, per block
+        fr = FrameworkSpec(**values)
+        pred = predicted("tp_sp", fr)
+        res = {ph: refs["tp_sp"]["median_s"][ph] - pred[ph] - 0.5 * plain_res[ph] for ph in phases}
+        values["sp_block_forward_s"] = max(0.0, res["forward"]) / L
+        values["sp_block_backward_s"] = max(0.0, res["backward"]) / L
+        lines.append(f"tp=2 + sp: residual beyond the TP modules fwd/bwd/opt {res['forward'] * 1e3:.2f}/"
+                     f"{res['backward'] * 1e3:.2f}/{res['optimizer'] * 1e3:.2f} ms over {L} blocks")
+    else:
+        defaults.append("sp")
     if "fsdp" in refs:
         res = residual("fsdp", 1.0)
         units = fw.fsdp_units(model, L, True, True, False)
@@ -936,9 +970,13 @@ def build_framework(fw_results: dict, node: NodeSpec) -> tuple[FrameworkSpec, di
                                                      for k in phases) for o in ops)
     comments["framework.op_forward_us"] = "per aten op under autograd, whole model at h=16 (" + counts + ")"
     comments["framework.tp_linear_forward_us"] = "TP=2 reference residual / TP modules (linears, embedding, head) per micro-batch (header)"
+    comments["framework.sp_block_forward_us"] = "TP=2+SP reference residual beyond the TP modules / blocks (header)"
     comments["framework.fsdp_unit_forward_us"] = "FSDP2 dp=2 reference residual / fully_shard units (header)"
     comments["framework.zero1_param_us"] = "ZeRO-1 dp=2 reference step residual / parameter tensors (header)"
     comments["framework.fragmentation_fraction"] = ("slope - 1 of measured training-step memory vs the cost model's "
                                                     "tensor bytes at two batch sizes (header)")
     comments["framework.training_overhead_mib"] = "intercept of that fit (per-process training overhead)"
+    comments["framework.concurrent_slowdown"] = ("extra time of the plain reference step on both ranks at "
+                                                 "once over its non-GEMM part alone (shared caches and memory "
+                                                 "bandwidth; header)")
     return spec, comments, lines

@@ -185,6 +185,9 @@ class FrameworkSpec:
         collectives and their waits on gloo).
     tp_optimizer_param_s: extra optimizer time per DTensor parameter tensor (per-op DTensor
         dispatch of the AdamW update).
+    sp_block_forward_s / sp_block_backward_s: with sequence parallelism, the extra cost per
+        block per micro-batch beyond its TP linears (the norms' ``SequenceParallel`` and the
+        inputs' ``Shard(1)`` -> ``Replicate`` redistributions); optional (0).
     fsdp_unit_forward_s / fsdp_unit_backward_s: FSDP2 ``fully_shard`` cost per wrapped unit per
         micro-batch (pre/post hooks, copy-in/copy-out of the flat all-gather and
         reduce-scatter buffers) beyond the profile's collective times.
@@ -196,6 +199,11 @@ class FrameworkSpec:
         from the RSS high-water of real training steps at two batch sizes.
     training_overhead_bytes: resident memory of a training step beyond its tensors (autograd
         engine, optimizer bookkeeping, lazily loaded kernels), the intercept of that fit.
+    concurrent_slowdown: how much longer a rank's memory-bound and per-op work takes while
+        several ranks run at once on the host (shared caches and memory bandwidth) than alone,
+        minus one: the reference training step on every rank at once (no communication)
+        against the same step on one rank, over its non-GEMM part. Applies when more than one
+        rank shares the host; optional (0).
     """
 
     op_forward_s: float
@@ -210,6 +218,9 @@ class FrameworkSpec:
     zero1_param_s: float
     fragmentation_fraction: float
     training_overhead_bytes: float
+    concurrent_slowdown: float = 0.0
+    sp_block_forward_s: float = 0.0
+    sp_block_backward_s: float = 0.0
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -313,7 +324,11 @@ _FRAMEWORK_YAML: dict[str, tuple[str, float]] = {
     "zero1_param_s": ("zero1_param_us", MICRO),
     "fragmentation_fraction": ("fragmentation_fraction", 1.0),
     "training_overhead_bytes": ("training_overhead_mib", float(2**20)),
+    "concurrent_slowdown": ("concurrent_slowdown", 1.0),
+    "sp_block_forward_s": ("sp_block_forward_us", MICRO),
+    "sp_block_backward_s": ("sp_block_backward_us", MICRO),
 }
+_FRAMEWORK_OPTIONAL = {"concurrent_slowdown", "sp_block_forward_s", "sp_block_backward_s"}
 _DEVICE_KEYS = {"name", "peak_tflops", "hbm_gib", "hbm_bandwidth_gb_s", "matmul_efficiency",
                 "memory_bound_efficiency", "kernel_overhead_us", "reserved_gib",
                 "fragmentation_fraction", "host_cores"}
@@ -436,13 +451,15 @@ def _parse_collectives(data: Any) -> tuple[MeasuredCollective, ...]:
 
 
 def _parse_framework(data: Any) -> FrameworkSpec | None:
-    """The optional ``framework:`` section: every key of :data:`_FRAMEWORK_YAML` required."""
+    """The optional ``framework:`` section: every key of :data:`_FRAMEWORK_YAML` required but
+    those in :data:`_FRAMEWORK_OPTIONAL` (their dataclass default when absent)."""
     if data is None:
         return None
     where = "framework"
     data = _mapping(data, where)
     reject_unknown_keys(data, {k for k, _ in _FRAMEWORK_YAML.values()}, where)
-    values = {field: _number(data, key, where) * factor for field, (key, factor) in _FRAMEWORK_YAML.items()}
+    values = {field: _number(data, key, where) * factor for field, (key, factor) in _FRAMEWORK_YAML.items()
+              if not (field in _FRAMEWORK_OPTIONAL and key not in data)}
     return FrameworkSpec(**values)
 
 

@@ -18,6 +18,7 @@ What ``planner.calibrate`` turns into the profile's ``framework:`` section:
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import statistics
@@ -65,12 +66,15 @@ class OpCounter(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def _phases(model, opt, x, y, loss_fn):
-    t0 = time.perf_counter()
-    loss = loss_fn(model(x), y)
-    t1 = time.perf_counter()
-    loss.backward()
-    t2 = time.perf_counter()
+def _phases(model, opt, x, y, loss_fn, loss_context=contextlib.nullcontext, before_step=None):
+    with loss_context():
+        t0 = time.perf_counter()
+        loss = loss_fn(model(x), y)
+        t1 = time.perf_counter()
+        loss.backward()
+        t2 = time.perf_counter()
+    if before_step is not None:
+        before_step(model)
     opt.step()
     opt.zero_grad(set_to_none=True)
     t3 = time.perf_counter()
@@ -119,10 +123,16 @@ def op_overhead_bench(*, reps: int) -> list[dict]:
     return out
 
 
-def _time_steps(build, x, y, *, steps: int, warmup: int, active: bool) -> dict | None:
+def _time_steps(build, x, y, *, steps: int, warmup: int, active: bool, tp: int = 1) -> dict | None:
     """Run ``steps`` + ``warmup`` steps of the model ``build()`` returns on every rank of the
-    world (``active``: this rank takes part); per phase the slowest active rank, median."""
+    world (``active``: this rank takes part); per phase the slowest active rank, median. With
+    ``tp`` > 1 the loss is the executor's vocabulary-parallel one and SP's partial gradients
+    are reduced before the optimizer, as ``executor.train`` does."""
     from executor.model import lm_loss
+    from executor.parallel.tp import loss_context, reduce_partial_grads
+
+    def before_step(model):
+        reduce_partial_grads(list(model.parameters()))
 
     model = opt = None
     if active:
@@ -132,7 +142,8 @@ def _time_steps(build, x, y, *, steps: int, warmup: int, active: bool) -> dict |
         dist.barrier()
         c0 = time.process_time()
         w0 = time.perf_counter()
-        mine = _phases(model, opt, x, y, lm_loss) if active else None
+        mine = (_phases(model, opt, x, y, lm_loss, lambda: loss_context(tp), before_step if tp > 1 else None)
+                if active else None)
         wall = time.perf_counter() - w0
         cpu = time.process_time() - c0
         gathered = [None] * dist.get_world_size()
@@ -149,8 +160,36 @@ def _time_steps(build, x, y, *, steps: int, warmup: int, active: bool) -> dict |
     return {"median_s": med, "cpu_ratio": ratio, "steps": steps}
 
 
+def _time_concurrency(build, x, y, *, steps: int, warmup: int) -> tuple[dict, dict]:
+    """The plain step on rank 0 alone and on every rank at once, alternating step by step (so
+    drift of the machine's speed falls on both alike). Returns (alone, at once) like
+    :func:`_time_steps`, both from rank 0's phases (the other ranks' at once are the same
+    work)."""
+    from executor.model import lm_loss
+
+    model, opt = build()
+    rank = dist.get_rank()
+    alone, together = [], []
+    for step in range(warmup + steps):
+        for sink, active in ((alone, rank == 0), (together, True)):
+            dist.barrier()
+            mine = _phases(model, opt, x, y, lm_loss) if active else None
+            gathered = [None] * dist.get_world_size()
+            dist.all_gather_object(gathered, mine)
+            if step >= warmup:
+                sink.append(gathered[0])
+    del model, opt
+
+    def med(rows):
+        return {"median_s": {name: statistics.median(r[i] for r in rows)
+                             for i, name in enumerate(("forward", "backward", "optimizer"))}, "steps": steps}
+
+    return med(alone), med(together)
+
+
 def reference_bench(*, quick: bool) -> list[dict]:
-    """The reference step plain (rank 0), TP=2, DDP, ZeRO-1, FSDP2 (2 ranks each)."""
+    """The reference step plain (rank 0), TP=2, TP=2 with SP, DDP, ZeRO-1, FSDP2 (2 ranks each),
+    and plain alone / on both ranks at once, interleaved step by step."""
     from torch.distributed.device_mesh import init_device_mesh
 
     from executor.model import build_model
@@ -164,7 +203,7 @@ def reference_bench(*, quick: bool) -> list[dict]:
     b = ref["micro_batch"]
     x = torch.randint(0, spec.vocab_size, (b, spec.seq_len), generator=gen)
     y = torch.randint(0, spec.vocab_size, (b, spec.seq_len), generator=gen)
-    steps, warmup = (4, 2) if quick else (10, 3)
+    steps, warmup = (4, 2) if quick else (40, 5)
     mesh = init_device_mesh("cpu", (2,), mesh_dim_names=("x",)) if world == 2 else None
 
     def adam(model):
@@ -176,6 +215,10 @@ def reference_bench(*, quick: bool) -> list[dict]:
 
     def tp():
         m = tp_mod.apply_tp(build_model(spec), mesh["x"], False)
+        return m, adam(m)
+
+    def tp_sp():
+        m = tp_mod.apply_tp(build_model(spec), mesh["x"], True)
         return m, adam(m)
 
     def ddp():
@@ -192,13 +235,19 @@ def reference_bench(*, quick: bool) -> list[dict]:
 
     cases = [("plain", plain, rank == 0, 1, 1)]
     if mesh is not None:
-        cases += [("tp", tp, True, 2, 1), ("ddp", ddp, True, 1, 2), ("zero1", zero1, True, 1, 2),
+        cases += [("tp", tp, True, 2, 1), ("tp_sp", tp_sp, True, 2, 1), ("ddp", ddp, True, 1, 2), ("zero1", zero1, True, 1, 2),
                   ("fsdp", fsdp, True, 1, 2)]
     out = []
     for name, build, active, tp_deg, dp_deg in cases:
-        r = _time_steps(build, x, y, steps=steps, warmup=warmup, active=active)
+        r = _time_steps(build, x, y, steps=steps, warmup=warmup, active=active, tp=tp_deg)
         out.append({"case": name, "tp": tp_deg, "dp": dp_deg, "model": spec.to_dict(),
                     "reference": dict(ref), **(r or {})})
+    if mesh is not None:
+        # the same step alone and on both ranks at once (no communication), interleaved: what
+        # sharing the host costs
+        alone, together = _time_concurrency(plain, x, y, steps=steps, warmup=warmup)
+        for name, r in (("plain_alone_interleaved", alone), ("plain_concurrent", together)):
+            out.append({"case": name, "tp": 1, "dp": 1, "model": spec.to_dict(), "reference": dict(ref), **r})
     return out
 
 

@@ -15,9 +15,10 @@ def apply_ddp(module: nn.Module, dp_mesh: DeviceMesh, device) -> DistributedData
     ids = [device.index] if device.type == "cuda" else None
     with warnings.catch_warnings():  # broadcast_buffers is deprecated but its replacement still syncs at init
         warnings.simplefilter("ignore", FutureWarning)
-        # buffers (RoPE tables) are identical on every rank: no per-forward broadcast
+        # buffers (RoPE tables) are identical on every rank: no per-forward broadcast;
+        # gradients are views into the all-reduce buckets (no second copy of the gradients)
         return DistributedDataParallel(module, device_ids=ids, process_group=dp_mesh.get_group(),
-                                       broadcast_buffers=False)
+                                       broadcast_buffers=False, gradient_as_bucket_view=True)
 
 
 def allreduce_grads(params, dp_mesh: DeviceMesh) -> None:

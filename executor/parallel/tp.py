@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import contextlib
 
+import torch
+import torch.distributed as dist
 from torch.distributed.device_mesh import DeviceMesh
-from torch.distributed.tensor import Replicate, Shard
+from torch.distributed.tensor import DTensor, Replicate, Shard
 from torch.distributed.tensor.parallel import (
     ColwiseParallel,
     PrepareModuleInput,
@@ -100,3 +102,25 @@ def check_tp(model_heads: int, kv_heads: int, tp: int) -> None:
     if model_heads % tp:
         raise InputError("tp", f"n_heads={model_heads} must be divisible by tp={tp}")
 
+
+
+def reduce_partial_grads(params) -> None:
+    """Sequence parallelism leaves the replicated norm weights with ``Partial`` gradients (each
+    rank's sum over its sequence shard). All-reduce them once, in one coalesced collective per
+    mesh, before the optimizer (Megatron-LM ``finalize_model_grads`` all-reduces the SP
+    layer-norm gradients the same way); otherwise every optimizer op on such a gradient
+    redistributes it again."""
+    by_mesh: dict = {}
+    for p in params:
+        g = p.grad
+        if isinstance(g, DTensor) and g.device_mesh.ndim == 1 and g.placements[0].is_partial():
+            by_mesh.setdefault(g.device_mesh, []).append(p)
+    for mesh, group in by_mesh.items():
+        locals_ = [p.grad.to_local() for p in group]
+        flat = torch.cat([t.reshape(-1) for t in locals_])
+        dist.all_reduce(flat, group=mesh.get_group())
+        offset = 0
+        for p, t in zip(group, locals_):
+            chunk = flat[offset:offset + t.numel()].view_as(t)
+            offset += t.numel()
+            p.grad = DTensor.from_local(chunk, mesh, [Replicate()], run_check=False)

@@ -38,7 +38,9 @@ def activation_bytes_per_element(precision: str) -> int:
 @dataclass(frozen=True)
 class Rates:
     """What one rank achieves: peak FLOP/s of the compute dtype, HBM bandwidth, per-op overhead,
-    all already scaled by the CPU-sharing factor."""
+    all already scaled by the CPU-sharing factor ``share``; memory-bound work and per-op
+    framework costs also by ``concurrent`` (>= 1: ranks running at once share caches and
+    memory bandwidth; GEMMs, compute-bound, do not slow down measurably)."""
 
     device: DeviceSpec
     peak_flops: float
@@ -49,10 +51,11 @@ class Rates:
     dtype: str = ""
     attention_dtype: str = ""
     framework: FrameworkSpec | None = None
+    concurrent: float = 1.0
 
     def ops(self, n_ops: float, per_op_s: float) -> float:
         """Framework time of ``n_ops`` ops at ``per_op_s`` each (CPU time: scaled by the share)."""
-        return n_ops * per_op_s / self.share
+        return n_ops * per_op_s * self.concurrent / self.share
 
     def gemm(self, flops: float, bytes_moved: float, attention: bool = False) -> float:
         peak = self.attention_peak_flops if attention else self.peak_flops
@@ -60,28 +63,34 @@ class Rates:
         # the profile's GEMM efficiency curve of the dtype the GEMM runs in (pooled curve if none)
         eff = self.device.matmul_curve(dtype)(flops) if dtype else self.device.matmul_efficiency(flops)
         t_compute = flops / (peak * eff * self.share)
-        t_memory = bytes_moved / (self.mem_bw * self.share)
+        t_memory = bytes_moved * self.concurrent / (self.mem_bw * self.share)
         return (t_compute if t_compute > t_memory else t_memory) + self.overhead_s
 
     def memory(self, bytes_moved: float, kernels: int = 1) -> float:
-        return bytes_moved / (self.mem_bw * self.share) + kernels * self.overhead_s
+        return bytes_moved * self.concurrent / (self.mem_bw * self.share) + kernels * self.overhead_s
 
 
 def make_rates(device: DeviceSpec, precision: str, ranks_per_node: int,
                framework: FrameworkSpec | None = None) -> Rates:
-    """Per-rank rates. With a calibrated ``framework`` (CPU profile) the per-kernel overhead is
-    not added per GEMM / element-wise kernel: the executor's counted ops pay the framework's
-    per-op costs instead (:mod:`planner.cost.framework`)."""
-    share = 1.0
+    """Per-rank rates. CPU hosts: a rank gets ``min(1, host_cores / ranks)`` of a core; its
+    memory-bound and per-op work is slowed further by the framework's measured
+    ``concurrent_slowdown`` when ranks run at once. With a
+    calibrated ``framework`` (CPU profile) the per-kernel overhead is not added per GEMM /
+    element-wise kernel: the executor's counted ops pay the framework's per-op costs instead
+    (:mod:`planner.cost.framework`)."""
+    share = concurrent = 1.0
     if device.host_cores > 0:
         share = min(1.0, device.host_cores / max(1, ranks_per_node))
+        if framework is not None and ranks_per_node > 1:  # ranks running at once share caches
+            concurrent = 1.0 + framework.concurrent_slowdown
     peak = device.peak_flops(compute_dtype(precision))
     # FP8 recipes (Transformer Engine) run attention in bf16
     attn_dtype = "bf16" if precision == "fp8" and device.supports("bf16") else compute_dtype(precision)
     return Rates(device=device, peak_flops=peak, attention_peak_flops=device.peak_flops(attn_dtype),
                  mem_bw=device.hbm_bandwidth_bytes_per_s * device.memory_bound_efficiency,
                  overhead_s=0.0 if framework is not None else device.kernel_overhead_s, share=share,
-                 dtype=compute_dtype(precision), attention_dtype=attn_dtype, framework=framework)
+                 dtype=compute_dtype(precision), attention_dtype=attn_dtype, framework=framework,
+                 concurrent=concurrent)
 
 
 @dataclass(frozen=True)
@@ -222,6 +231,9 @@ def layer_times(model: ModelSpec, micro_batch: int, seq_len: int, tp: int, cp: i
             lin = fw.linears_per_block(model)
             fwd += rates.ops(lin, frame.tp_linear_forward_s)
             bwd_in += rates.ops(lin, frame.tp_linear_backward_s)
+            if sequence_parallel:
+                fwd += rates.ops(1, frame.sp_block_forward_s)
+                bwd_in += rates.ops(1, frame.sp_block_backward_s)
     return LayerTimes(fwd_s=fwd, bwd_input_s=bwd_in, bwd_weight_s=bwd_w, recompute_s=recompute_s,
                       core_fwd_s=core_f, core_bwd_s=core_b)
 

@@ -106,10 +106,14 @@ def korthikanti_layer_bytes(s: int, b: int, h: int, a: int, t: int = 1, sp: bool
 
 def logits_bytes_per_token(model: ModelSpec, tp: int, precision: str, executor: bool) -> float:
     """Bytes the loss needs per token on the last stage. Megatron's fused vocab-parallel cross
-    entropy: the fp32 logits and their gradient in the compute dtype. The executor
-    (F.cross_entropy, or loss_parallel under TP): the fp32 log-softmax output plus two fp32
-    buffers of the same size in its backward (the NLL gradient / exp, then the input gradient)."""
-    per_vocab = 3 * 4.0 if executor else 4.0 + activation_bytes_per_element(precision)
+    entropy: the fp32 logits and their gradient in the compute dtype. The executor: with
+    F.cross_entropy the fp32 log-softmax output plus two fp32 buffers of the same size in its
+    backward (the NLL gradient, then the input gradient); with ``loss_parallel`` (TP) one more
+    (its fused backward's zero-initialised gradient besides the exp and the result)."""
+    if executor:
+        per_vocab = (4 if tp > 1 else 3) * 4.0
+    else:
+        per_vocab = 4.0 + activation_bytes_per_element(precision)
     return per_vocab * model.vocab_size / tp
 
 
