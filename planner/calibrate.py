@@ -871,7 +871,11 @@ def build_framework(fw_results: dict, node: NodeSpec) -> tuple[FrameworkSpec, di
         gemm_node = dataclasses.replace(
             node, device=dataclasses.replace(node.device, hbm_bandwidth_bytes_per_s=1e30),
             framework=FrameworkSpec(**zero)).with_gpus_per_node(1)
-        gemm_s = sum(_reference_prediction(model, gemm_node, config(1, 1, "none")).values())
+        c_model = ModelSpec.from_dict(alone["model"])
+        c_ref = alone["reference"]
+        c_cfg = ParallelConfig(micro_batch=c_ref["micro_batch"], global_batch=c_ref["micro_batch"],
+                               seq_len=c_ref["seq_len"], precision="fp32")
+        gemm_s = sum(_reference_prediction(c_model, gemm_node, c_cfg).values())
         non_gemm_s = max(0.1 * solo_s, solo_s - gemm_s)
         slowdown = max(0.0, (sum(conc["median_s"][ph] for ph in phases) - solo_s) / non_gemm_s)
         base = dataclasses.replace(base, concurrent_slowdown=slowdown)
@@ -885,7 +889,8 @@ def build_framework(fw_results: dict, node: NodeSpec) -> tuple[FrameworkSpec, di
     values = dataclasses.asdict(base)
     lines = []
     if conc is not None:
-        lines.append(f"plain reference step on both ranks at once: fwd/bwd/opt "
+        lines.append(f"plain step at h={alone['reference']['hidden_size']}, s={alone['reference']['seq_len']}, "
+                     f"micro-batch {alone['reference']['micro_batch']} on both ranks at once: fwd/bwd/opt "
                      f"{conc['median_s']['forward'] * 1e3:.2f}/{conc['median_s']['backward'] * 1e3:.2f}/"
                      f"{conc['median_s']['optimizer'] * 1e3:.2f} ms vs alone: the non-GEMM part "
                      f"({non_gemm_s * 1e3:.2f} ms of {solo_s * 1e3:.2f} ms) {100 * base.concurrent_slowdown:.1f}% "
@@ -976,7 +981,7 @@ def build_framework(fw_results: dict, node: NodeSpec) -> tuple[FrameworkSpec, di
     comments["framework.fragmentation_fraction"] = ("slope - 1 of measured training-step memory vs the cost model's "
                                                     "tensor bytes at two batch sizes (header)")
     comments["framework.training_overhead_mib"] = "intercept of that fit (per-process training overhead)"
-    comments["framework.concurrent_slowdown"] = ("extra time of the plain reference step on both ranks at "
+    comments["framework.concurrent_slowdown"] = ("extra time of a plain step (h=256, s=256) on both ranks at "
                                                  "once over its non-GEMM part alone (shared caches and memory "
                                                  "bandwidth; header)")
     return spec, comments, lines

@@ -194,11 +194,10 @@ class FrameworkSpec:
     fsdp_optimizer_param_s: extra optimizer time per FSDP2 (DTensor) parameter tensor.
     zero1_param_s: ZeroRedundancyOptimizer cost per parameter tensor per step beyond the
         AdamW update of its shard (per-parameter broadcast bookkeeping and waits).
-    fragmentation_fraction: resident memory a training step holds per byte of live tensors
-        minus one (allocator caching: memory freed between ops is not returned to the OS),
-        from the RSS high-water of real training steps at two batch sizes.
-    training_overhead_bytes: resident memory of a training step beyond its tensors (autograd
-        engine, optimizer bookkeeping, lazily loaded kernels), the intercept of that fit.
+    fragmentation_fraction: a training step's measured peak (the CPU allocator's live bytes, as
+        the executor reports it) per byte of the cost model's tensors, minus one (transient
+        tensors the model does not itemise), from real training steps at two batch sizes.
+    training_overhead_bytes: the intercept of that fit (memory beyond the tensors).
     concurrent_slowdown: how much longer a rank's memory-bound and per-op work takes while
         several ranks run at once on the host (shared caches and memory bandwidth) than alone,
         minus one: the reference training step on every rank at once (no communication)

@@ -34,6 +34,10 @@ from planner.model import ModelSpec
 
 REFERENCE = {"hidden_size": 128, "n_layers": 2, "seq_len": 128, "micro_batch": 4, "vocab_size": 512}
 """The reference shape of the wrapper measurements (small: overheads are a large share)."""
+CONCURRENCY_REFERENCE = {"hidden_size": 256, "n_layers": 2, "seq_len": 256, "micro_batch": 4, "vocab_size": 2048}
+"""The shape of the alone / at-once measurement: a working set (~40 MiB of activations per rank)
+beyond the last-level cache, where ranks sharing the host contend for memory bandwidth (at the
+small wrapper shape they do not measurably)."""
 MEMORY_BATCHES = (2, 8)
 """Batch sizes of the memory fit (slope: fragmentation, intercept: training overhead)."""
 
@@ -160,25 +164,29 @@ def _time_steps(build, x, y, *, steps: int, warmup: int, active: bool, tp: int =
     return {"median_s": med, "cpu_ratio": ratio, "steps": steps}
 
 
-def _time_concurrency(build, x, y, *, steps: int, warmup: int) -> tuple[dict, dict]:
-    """The plain step on rank 0 alone and on every rank at once, alternating step by step (so
-    drift of the machine's speed falls on both alike). Returns (alone, at once) like
-    :func:`_time_steps`, both from rank 0's phases (the other ranks' at once are the same
-    work)."""
+def _time_concurrency(build, x, y, *, steps: int, warmup: int, blocks: int) -> tuple[dict, dict]:
+    """The plain step on rank 0 alone and on every rank at once, in alternating blocks of
+    ``steps`` steps (``blocks`` of each): sustained load, as a run is, while drift of the
+    machine's speed falls on both alike. Returns (alone, at once) like :func:`_time_steps`, both
+    from rank 0's phases (the other ranks' at once are the same work); the first ``warmup``
+    steps of every block are left out."""
     from executor.model import lm_loss
 
     model, opt = build()
     rank = dist.get_rank()
     alone, together = [], []
-    for step in range(warmup + steps):
+    for _ in range(blocks):
         for sink, active in ((alone, rank == 0), (together, True)):
             dist.barrier()
-            mine = _phases(model, opt, x, y, lm_loss) if active else None
-            gathered = [None] * dist.get_world_size()
-            dist.all_gather_object(gathered, mine)
-            if step >= warmup:
-                sink.append(gathered[0])
+            for step in range(warmup + steps):
+                mine = _phases(model, opt, x, y, lm_loss) if active else None
+                if step >= warmup and rank == 0:
+                    sink.append(mine)
+            dist.barrier()
     del model, opt
+    gathered = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, (alone, together))
+    alone, together = gathered[0]
 
     def med(rows):
         return {"median_s": {name: statistics.median(r[i] for r in rows)
@@ -243,11 +251,22 @@ def reference_bench(*, quick: bool) -> list[dict]:
         out.append({"case": name, "tp": tp_deg, "dp": dp_deg, "model": spec.to_dict(),
                     "reference": dict(ref), **(r or {})})
     if mesh is not None:
-        # the same step alone and on both ranks at once (no communication), interleaved: what
-        # sharing the host costs
-        alone, together = _time_concurrency(plain, x, y, steps=steps, warmup=warmup)
+        # a larger step alone and on both ranks at once (no communication), interleaved step by
+        # step: what sharing the host costs
+        cref = CONCURRENCY_REFERENCE
+        cspec = reference_spec("gpt", hidden=cref["hidden_size"], layers=cref["n_layers"], seq=cref["seq_len"],
+                               vocab=cref["vocab_size"])
+        cx = torch.randint(0, cspec.vocab_size, (cref["micro_batch"], cspec.seq_len), generator=gen)
+        cy = torch.randint(0, cspec.vocab_size, (cref["micro_batch"], cspec.seq_len), generator=gen)
+
+        def plain_large():
+            m = build_model(cspec)
+            return m, adam(m)
+
+        c_steps, c_warmup, c_blocks = (3, 1, 1) if quick else (8, 1, 3)
+        alone, together = _time_concurrency(plain_large, cx, cy, steps=c_steps, warmup=c_warmup, blocks=c_blocks)
         for name, r in (("plain_alone_interleaved", alone), ("plain_concurrent", together)):
-            out.append({"case": name, "tp": 1, "dp": 1, "model": spec.to_dict(), "reference": dict(ref), **r})
+            out.append({"case": name, "tp": 1, "dp": 1, "model": cspec.to_dict(), "reference": dict(cref), **r})
     return out
 
 
