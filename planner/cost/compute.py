@@ -140,19 +140,8 @@ def layer_times(model: ModelSpec, micro_batch: int, seq_len: int, tp: int, cp: i
     bwd_w = 0.0
 
     # --- projection GEMMs (Megatron column/row parallel: N or K split by tp) ---
-    gemms = [(T, (q + 2 * kv) / tp, h), (T, h, q / tp)]
-    if model.is_moe:
-        tokens_per_expert = T * model.top_k / model.n_experts
-        f = model.expert_ffn
-        for _ in range(model.n_experts):
-            gemms.append((tokens_per_expert, (model.mlp_matrices - 1) * f / tp, h))
-            gemms.append((tokens_per_expert, h, f / tp))
-        gemms.append((T, model.n_experts, h))  # router (replicated)
-    else:
-        f = model.ffn_hidden_size
-        gemms.append((T, (model.mlp_matrices - 1) * f / tp, h))
-        gemms.append((T, h, f / tp))
-    for m_, n_, k_ in gemms:
+    f = model.expert_ffn if model.is_moe else model.ffn_hidden_size
+    for m_, n_, k_ in block_gemm_shapes(model, T, tp):
         tf, tb = _gemm(rates, m_, n_, k_, bpe)
         fwd += tf
         bwd_in += tb
@@ -292,8 +281,16 @@ def block_gemm_forward_times(model: ModelSpec, micro_batch: int, seq_len: int, t
     the same GEMMs :func:`layer_times` sums, one per weight tensor (each backward GEMM, dgrad
     and wgrad, takes the same time)."""
     bpe = activation_bytes_per_element(precision)
-    h = model.hidden_size
     T = micro_batch * seq_len / cp
+    return tuple(_gemm(rates, m_, n_, k_, bpe)[0] for m_, n_, k_ in block_gemm_shapes(model, T, tp))
+
+
+def block_gemm_shapes(model: ModelSpec, tokens: float, tp: int) -> list[tuple[float, float, float]]:
+    """(M, N, K) of each projection GEMM of one block on one tp rank, in execution order: QKV
+    and the output projection, then per expert the up (+gate) and down projections and the
+    (replicated) MoE router (Megatron column / row parallel: N or K split by tp)."""
+    h = model.hidden_size
+    T = tokens
     q, kv = model.q_dim, model.kv_dim
     gemms = [(T, (q + 2 * kv) / tp, h), (T, h, q / tp)]
     if model.is_moe:
@@ -307,4 +304,4 @@ def block_gemm_forward_times(model: ModelSpec, micro_batch: int, seq_len: int, t
         f = model.ffn_hidden_size
         gemms.append((T, (model.mlp_matrices - 1) * f / tp, h))
         gemms.append((T, h, f / tp))
-    return tuple(_gemm(rates, m_, n_, k_, bpe)[0] for m_, n_, k_ in gemms)
+    return gemms
