@@ -367,6 +367,16 @@ class _Costs:
         lt, node, rt = lc.z3_f_per_dp, self.node, self.rt
         g = GroupShape(dp, *strided_group_spread(dp, dp_stride, self.gpn))
         size = self.model.layer_params() / tp * self.w_bytes
+
+        def exposed(comm_f: float, comm_b: float) -> tuple[float, float]:
+            """What of the gathers / reduce-scatters the neighbouring compute does not hide."""
+            if rt.shard_prefetch:
+                out = (max(0.0, comm_f - lt.fwd_s), max(0.0, comm_b - (lt.bwd_s + lt.recompute_s)))
+            else:
+                out = (comm_f, comm_b)
+            self._z3[key] = out
+            return out
+
         if self.fw is not None:
             # the executor's FSDP2 unit per block (zero2/zero3, any sharding under TP), as
             # predict() charges it (planner.cost.step._layer_comm)
@@ -374,12 +384,7 @@ class _Costs:
             rs = collective_time("reduce_scatter", size, g, node)
             cf = ag + self.fw.fsdp_unit_forward_s
             cb = (ag if sharding in ("zero3", "fsdp") else 0.0) + rs + self.fw.fsdp_unit_backward_s
-            if rt.shard_prefetch:
-                out = (max(0.0, cf - lt.fwd_s), max(0.0, cb - (lt.bwd_s + lt.recompute_s)))
-            else:
-                out = (cf, cb)
-            self._z3[key] = out
-            return out
+            return exposed(cf, cb)
         n_coll = self.param_tensors if rt.gather_granularity == "per_tensor" else 1
 
         def coll(op: str) -> float:
@@ -388,13 +393,7 @@ class _Costs:
 
         ag, rs = coll("all_gather"), coll("reduce_scatter")
         gathers_b = 1 + (1 if (rt.recompute_gathers_again and rc == "full") else 0)
-        cf, cb = ag, gathers_b * ag + rs
-        if rt.shard_prefetch:
-            out = (max(0.0, cf - lt.fwd_s), max(0.0, cb - (lt.bwd_s + lt.recompute_s)))
-        else:
-            out = (cf, cb)
-        self._z3[key] = out
-        return out
+        return exposed(ag, gathers_b * ag + rs)
 
     def fsdp_blocks(self, sharding: str, tp: int, dp: int) -> bool:
         """Whether predict() charges per-block parameter gathers (ZeRO-3; with a framework
