@@ -553,6 +553,9 @@ def main(argv=None) -> int:
     ap.add_argument("--wait-quiet", type=float, default=20.0,
                     help="before each run wait up to this many seconds for other processes to go idle")
     args = ap.parse_args(argv)
+    if args.rounds < 1 or (args.reuse and args.rounds != 1):
+        print("local_sweep: error: --rounds must be >= 1 (and 1 with --reuse)", file=sys.stderr)
+        return 2
     if args.op_profile:
         import json
         print(json.dumps(op_profile(args.op_profile[0], int(args.op_profile[1]))))
@@ -584,9 +587,6 @@ def main(argv=None) -> int:
     print(f"local sweep: {len(prepared)} plans, profile {args.profile}, {len(busy_before)} other busy processes, "
           f"others use {_fmt(cpu_busy_cores(1.0), '.1f')} cores now", flush=True)
     t0 = time.perf_counter()
-    if args.rounds < 1 or (args.reuse and args.rounds != 1):
-        print("local_sweep: error: --rounds must be >= 1 (and 1 with --reuse)", file=sys.stderr)
-        return 2
     if args.reuse:
         from planner.records import read_summary
         def reusable(name, plan):
