@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/local_sweep.py [--profile hardware_profiles/local-cpu.yaml]
         [--out-dir runs/local-sweep] [--report reports/local-validation.md] [--steps 8 --warmup 3]
-        [--rounds 3] [--only NAME,NAME] [--no-search] [--predict-only]
+        [--rounds 3] [--calibrate REPEAT] [--only NAME,NAME] [--no-search] [--predict-only]
 
 For every plan of :data:`SWEEP` (two model shapes, world sizes 1, 2 and 4, dp / tp / sp / pp with
 four schedules, DDP / ZeRO-1 / ZeRO-2 / FSDP, recompute none / selective / full, micro-batch
@@ -391,6 +391,17 @@ def _verdict(value, target, higher_is_better=False):
     return "**met**" if ok else "**not met**"
 
 
+def _round_spread(df, names: dict, round_times: dict) -> tuple[float, float] | None:
+    """(median, max) over the plans of ``df`` with two or more measured rounds of the rounds'
+    range (slowest - fastest) / median round, in percent; None without such plans."""
+    per_plan = []
+    for d in df["run_dir"]:
+        times = [t for t in round_times.get(names.get(d, d), []) if t]
+        if len(times) >= 2:
+            per_plan.append(100.0 * (max(times) - min(times)) / statistics.median(times))
+    return (statistics.median(per_plan), max(per_plan)) if per_plan else None
+
+
 def write_reports(comp, names: dict, results: dict, search: dict | None, report: Path, args, t_total: float,
                   busy_before: list[str], profiles: list[dict] = (), round_times: dict | None = None) -> None:
     import pandas as pd
@@ -427,12 +438,16 @@ def write_reports(comp, names: dict, results: dict, search: dict | None, report:
 
     cmd = ".venv/bin/python benchmarks/local_sweep.py" + (f" --profile {args.profile}" if args.profile_given else "")
     for flag, default in (("out_dir", "runs/local-sweep"), ("report", "reports/local-validation.md"),
-                          ("steps", 8), ("warmup", 3), ("rounds", 3)):
+                          ("steps", 8), ("warmup", 3), ("rounds", 3), ("calibrate", 0)):
         if getattr(args, flag) != default:
             cmd += f" --{flag.replace('_', '-')} {getattr(args, flag)}"
     L_ = ["# Local validation: predicted vs measured on this machine", "",
           f"Regenerate: `{cmd}` (≈{t_total / 60:.0f} min; runs under `{args.out_dir}/`, git-ignored).", "",
-          f"Profile: `{args.profile}` (`clusterplan calibrate`). Each plan was predicted from it and the "
+          f"Profile: `{args.profile}` ("
+          + (f"measured by this sweep just before its first run: `clusterplan calibrate --repeat {args.calibrate}`, "
+             f"{args.calibrated_s / 60:.0f} min"
+             if getattr(args, "calibrated_s", None) else "`clusterplan calibrate`")
+          + "). Each plan was predicted from it and the "
           "prediction stored in the plan file *before* it ran with "
           f"`clusterplan run PLAN --steps {args.steps} --warmup {args.warmup}`, the whole list {args.rounds} "
           "time(s), round after round; the measured step time is the median over the measured steps of the "
@@ -464,6 +479,11 @@ def write_reports(comp, names: dict, results: dict, search: dict | None, report:
           f"worst {_fmt(st_all['max_abs_error_pct'], '.1f')}%, Spearman {_fmt(st_all['spearman'], '.3f')}, "
           f"memory median {_fmt(st_all['median_abs_memory_error_pct'], '.1f')}%.", ""]
     L_ += [_rss_note(small), ""]
+    spread = _round_spread(small, names, round_times or {})
+    if spread is not None:
+        L_ += [f"Run-to-run spread (the noise floor of these numbers): per plan, (slowest − fastest round) / "
+               f"median round; over the world size ≤ 2 plans its median is {spread[0]:.1f}% and its largest "
+               f"{spread[1]:.1f}% (the same plan, minutes apart, on this shared machine).", ""]
     L_ += ["## Search check", ""]
     if search is None:
         L_ += ["`planner.search` was not available when this report was made: not checked.", ""]
@@ -548,6 +568,8 @@ def main(argv=None) -> int:
                     help="internal: print one rank's op-class profile as JSON and exit")
     ap.add_argument("--no-op-profile", action="store_true", help="skip the one-rank op-class profile")
     ap.add_argument("--reuse", action="store_true", help="keep existing ok runs of the same plan id (one round)")
+    ap.add_argument("--calibrate", type=int, default=0, metavar="REPEAT",
+                    help="first run `clusterplan calibrate --repeat REPEAT --out PROFILE` (0: use the profile as it is)")
     ap.add_argument("--rounds", type=int, default=3,
                     help="run the list this many times, one round after another; per plan the median run")
     ap.add_argument("--wait-quiet", type=float, default=20.0,
@@ -567,6 +589,20 @@ def main(argv=None) -> int:
     from planner.hardware import load_profile
     from planner.report import compare_runs
 
+    if args.calibrate < 0:
+        print("local_sweep: error: --calibrate must be >= 0", file=sys.stderr)
+        return 2
+    args.calibrated_s = None
+    if args.calibrate and not args.predict_only:
+        t_cal = time.perf_counter()
+        print(f"calibrating: clusterplan calibrate --repeat {args.calibrate} --out {args.profile}", flush=True)
+        import subprocess
+        proc = subprocess.run([sys.executable, "-m", "planner.cli", "calibrate", "--repeat", str(args.calibrate),
+                               "--out", args.profile], cwd=ROOT)
+        if proc.returncode != 0:
+            print(f"local_sweep: error: calibrate failed (exit {proc.returncode})", file=sys.stderr)
+            return 2
+        args.calibrated_s = time.perf_counter() - t_cal
     try:
         load_profile(args.profile)
     except InputError as err:

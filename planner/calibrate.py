@@ -152,6 +152,14 @@ def _curves_by_dtype(detail: dict) -> tuple[tuple[str, EfficiencyCurve], ...]:
                  for dt in order)
 
 
+def _table(entries: list[dict]) -> tuple[tuple[float, float], ...]:
+    """(bytes, median seconds) per measured size, ascending; a repeated size keeps its median."""
+    by_size: dict[float, list[float]] = {}
+    for r in entries:
+        by_size.setdefault(float(r["bytes"]), []).append(float(r["median_s"]))
+    return tuple((b, float(statistics.median(v))) for b, v in sorted(by_size.items()))
+
+
 def _fit_collectives(rows: list[dict]) -> tuple[list[MeasuredCollective], dict]:
     groups: dict[tuple[str, int], list[dict]] = {}
     for row in rows:
@@ -164,7 +172,8 @@ def _fit_collectives(rows: list[dict]) -> tuple[list[MeasuredCollective], dict]:
         latency, bw = fit_alpha_beta(sbus, times, [r["bytes"] for r in entries])
         model = [latency + s / bw for s in sbus]
         worst = max(abs(m - t) / t for m, t in zip(model, times))
-        out.append(MeasuredCollective(op=op, group_size=g, latency_s=latency, bus_bandwidth_bytes_per_s=bw))
+        out.append(MeasuredCollective(op=op, group_size=g, latency_s=latency, bus_bandwidth_bytes_per_s=bw,
+                                      times_s=_table(entries)))
         small = entries[0]
         large = entries[-1]
         detail[(op, g)] = {
@@ -323,7 +332,8 @@ def build_profile(results: dict, *, name: str = "local-cpu", gpus_per_node: int 
         "matmul_efficiency": "per dtype: fraction of that dtype's peak, median per half decade of GEMM FLOPs",
     }
     header = [
-        f"Calibrated by `clusterplan calibrate{' --quick' if results.get('quick') else ''} --nproc "
+        f"Calibrated by `clusterplan calibrate{' --quick' if results.get('quick') else ''}"
+        f"{' --repeat %d' % results['repeat'] if results.get('repeat', 1) > 1 else ''} --nproc "
         f"{env['world_size']}` on {env['hostname']} ({env['cpu_model']}, {env['cpu_count']} cores), "
         f"torch {env['torch_version']}, {env['date']}.",
         "Regenerate: .venv/bin/clusterplan calibrate   (numbers are medians of repeated samples)",
@@ -348,10 +358,12 @@ def build_profile(results: dict, *, name: str = "local-cpu", gpus_per_node: int 
         "Memory-bound rates, GB/s (median over sizes): " + ", ".join(
             f"{op}/{dt} {statistics.median(v) / GB:.1f}" for (op, dt), v in sorted(per_op.items())),
         "",
-        "Collectives: time = latency + S_bus / bus_bandwidth (S_bus ring-corrected): latency = median time of",
-        "messages <= 1 KiB, bandwidth fitted on relative error over messages >= 1 MiB (mid sizes are where gloo",
-        "switches algorithms: the worst error below is over all sizes). Calls are timed one at a time (gloo",
-        "is several times slower for 1-256 KB messages issued back to back).",
+        "Collectives: the measured time of every size is kept (times_us) and the cost model interpolates it",
+        "in log-log; beyond the largest size time = latency + S_bus / bus_bandwidth (S_bus ring-corrected):",
+        "latency = median time of messages <= 1 KiB, bandwidth fitted on relative error over messages >= 1 MiB",
+        "(mid sizes are where gloo switches algorithms: the worst error below is that line's over all sizes,",
+        "which the table avoids). Calls are timed one at a time (gloo is several times slower for 1-256 KB",
+        "messages issued back to back).",
         "send_recv on 2 ranks is a ping-pong (one-way time); on g > 2 ranks a concurrent ring shift.",
         *[f"  {op} n={g}: {d['sizes']} sizes, {d['small'][0]} B {d['small'][1] / MICRO:.0f} us, "
           f"{d['large'][0] / 2**20:.0f} MiB {d['large'][1] * 1e3:.1f} ms ({d['large'][2] / GB:.2f} GB/s bus), "
@@ -448,10 +460,14 @@ def profile_yaml(node: NodeSpec, *, header: Iterable[str] = (), comments: dict[s
         out.append(f"    latency_us: {_num(link.latency_s / MICRO)}")
         out.append(f"    bus_efficiency: {_num(link.bus_efficiency)}")
     if node.collectives:
-        out.append("collectives:  # measured: time = latency + S_bus / bus_bandwidth")
+        out.append("collectives:  # measured: times_us [[bytes, us], ...] interpolated in log-log; "
+                   "beyond it time = latency + S_bus / bus_bandwidth")
         for m in node.collectives:
+            table = ""
+            if m.times_s:
+                table = ", times_us: [" + ", ".join(f"[{int(b)}, {_num(t / MICRO)}]" for b, t in m.times_s) + "]"
             out.append(f"  - {{op: {m.op}, group_size: {m.group_size}, latency_us: {_num(m.latency_s / MICRO)}, "
-                       f"bus_bandwidth_gb_s: {_num(m.bus_bandwidth_bytes_per_s / GB)}}}")
+                       f"bus_bandwidth_gb_s: {_num(m.bus_bandwidth_bytes_per_s / GB)}{table}}}")
     if node.framework is not None:
         out.append(_line(0, "framework", "", c).replace(": ", ":", 1) if "framework" in c else "framework:")
         for field, (key, factor) in _FRAMEWORK_YAML.items():
@@ -474,6 +490,8 @@ def _check_round_trip(node: NodeSpec, back: NodeSpec) -> None:
              (node.intra_node.bandwidth_bytes_per_s, back.intra_node.bandwidth_bytes_per_s)]
     pairs += list(zip([f for _, f in d.peak_flops_per_s], [f for _, f in e.peak_flops_per_s]))
     pairs += [(m.bus_bandwidth_bytes_per_s, n.bus_bandwidth_bytes_per_s) for m, n in zip(node.collectives, back.collectives)]
+    pairs += [(t, u) for m, n in zip(node.collectives, back.collectives)
+              for (_, t), (_, u) in zip(m.times_s, n.times_s)]
     if (node.framework is None) != (back.framework is None):
         raise AssertionError("profile_yaml: the framework section did not round-trip")
     if node.framework is not None:
@@ -559,14 +577,72 @@ def _run_bench(cmd, out_json, env, timeout_s, tail, progress, check: bool = True
     return load_results(out_json) if check else read_json_object(out_json, "results")
 
 
+def median_results(passes: list[Any]) -> Any:
+    """Element-wise median of benchmark passes of the same structure (``calibrate --repeat``):
+    every number that differs between passes becomes the median over them (each measurement of
+    each pass is itself a median of repeated samples), flags are true if any pass set them, any
+    other value is the first pass's. A machine whose speed drifts over minutes (a shared VM)
+    then gives its typical state rather than the state of one moment."""
+    first = passes[0]
+    if len(passes) == 1:
+        return first
+    if isinstance(first, dict) and all(isinstance(p, dict) for p in passes):
+        return {k: (median_results([p[k] for p in passes]) if all(k in p for p in passes) else v)
+                for k, v in first.items()}
+    if isinstance(first, list) and all(isinstance(p, list) and len(p) == len(first) for p in passes):
+        return [median_results(list(items)) for items in zip(*passes)]
+    if isinstance(first, bool):
+        return any(bool(p) for p in passes)
+    if (isinstance(first, (int, float)) and all(isinstance(p, (int, float)) and not isinstance(p, bool)
+                                                for p in passes)):
+        return first if all(p == first for p in passes) else float(statistics.median(passes))
+    return first
+
+
+def _pass_spread_lines(passes: list[dict], name: str, gpus_per_node: int | None) -> list[str]:
+    """Header lines: the main numbers of each pass, so the profile shows the machine's drift."""
+    rows = []
+    for results in passes:
+        c = build_profile(results, name=name, gpus_per_node=gpus_per_node)
+        s = c.summary
+        ar = next((x for x in s["collectives"] if x["op"] == "all_reduce" and x["group_size"] == 2), None)
+        f = s["framework"] or {}
+        rows.append({"fp32 GEMM peak GFLOP/s": s["peak_gflops_per_s"].get("fp32", math.nan),
+                     "per-op forward us": 1e6 * f.get("op_forward_s", math.nan),
+                     "TP module forward us": 1e6 * f.get("tp_linear_forward_s", math.nan),
+                     "FSDP unit forward us": 1e6 * f.get("fsdp_unit_forward_s", math.nan),
+                     "concurrent slowdown": f.get("concurrent_slowdown", math.nan),
+                     "all_reduce n=2 GB/s": ar["bus_bandwidth_gb_s"] if ar else math.nan})
+    return [f"  {key}: " + " / ".join(f"{r[key]:.3g}" for r in rows) for key in rows[0]]
+
+
 def calibrate(nproc: int = 4, *, quick: bool = False, out: str | os.PathLike | None = DEFAULT_PROFILE_PATH,
               results_path: str | os.PathLike | None = None, save_results: str | os.PathLike | None = None,
-              name: str = "local-cpu", gpus_per_node: int | None = None, progress=None) -> Calibration:
-    """Measure this machine (or read recorded results) and write the profile (``out``; None: don't)."""
-    results = load_results(results_path) if results_path else run_benchmarks(nproc, quick=quick, progress=progress)
+              name: str = "local-cpu", gpus_per_node: int | None = None, progress=None,
+              repeat: int = 1) -> Calibration:
+    """Measure this machine (or read recorded results) and write the profile (``out``; None: don't).
+    repeat: run the whole benchmark suite that many times and keep the element-wise median
+    (:func:`median_results`); the profile header lists each pass's main numbers."""
+    require(isinstance(repeat, int) and repeat >= 1, "repeat", f"must be an integer >= 1, got {repeat!r}")
+    if results_path:
+        results = load_results(results_path)
+    else:
+        passes = []
+        for i in range(repeat):
+            if progress and repeat > 1:
+                progress(f"pass {i + 1}/{repeat}")
+            passes.append(run_benchmarks(nproc, quick=quick, progress=progress))
+        results = median_results(passes)
+        if repeat > 1:
+            results = {**results, "repeat": repeat, "passes": passes}
     if save_results:
         atomic_write_text(save_results, json.dumps(results, indent=1, sort_keys=True) + "\n")
     cal = build_profile(results, name=name, gpus_per_node=gpus_per_node)
+    if results.get("passes"):
+        spread = _pass_spread_lines(results["passes"], name, gpus_per_node)
+        cal = dataclasses.replace(cal, header=cal.header + (
+            "", f"Each number above is the median over {len(results['passes'])} passes of the whole suite; "
+                "per pass:", *spread))
     if out is not None:
         write_profile(cal, out)
     return cal
@@ -612,8 +688,13 @@ def apply_params(node: NodeSpec, params: dict[str, float]) -> NodeSpec:
     def link(l: LinkSpec) -> LinkSpec:
         return dataclasses.replace(l, latency_s=l.latency_s * ls, bandwidth_bytes_per_s=l.bandwidth_bytes_per_s * bs)
 
+    def table(c) -> tuple[tuple[float, float], ...]:
+        # each measured time: its latency part scaled by ls, the rest by 1/bs
+        return tuple((b, ls * min(t, c.latency_s) + max(0.0, t - c.latency_s) / bs) for b, t in c.times_s)
+
     colls = tuple(dataclasses.replace(c, latency_s=c.latency_s * ls,
-                                      bus_bandwidth_bytes_per_s=c.bus_bandwidth_bytes_per_s * bs)
+                                      bus_bandwidth_bytes_per_s=c.bus_bandwidth_bytes_per_s * bs,
+                                      times_s=table(c))
                   for c in node.collectives)
     return dataclasses.replace(node, device=device, intra_node=link(node.intra_node),
                                inter_node=link(node.inter_node), collectives=colls)

@@ -85,18 +85,46 @@ class LinkSpec:
 @dataclass(frozen=True)
 class MeasuredCollective:
     """A measured collective (from ``clusterplan calibrate``) for one op and group size:
-    time(S) = latency_s + S_bus / bus_bandwidth_bytes_per_s, with S_bus the ring-corrected bytes."""
+    time(S) = latency_s + S_bus / bus_bandwidth_bytes_per_s, with S_bus the ring-corrected bytes.
+
+    times_s: optional measured ((message bytes S, seconds), ...), S ascending. Within their range
+    the time is interpolated between the two neighbouring sizes, linearly in log(S) and log(t)
+    (gloo and NCCL switch algorithms with the size, so a single alpha-beta line misses mid
+    sizes; ASTRA-sim and Calculon likewise read collective efficiency off measured tables);
+    below the smallest size it is the smallest size's time (latency-bound), above the largest
+    the line continues from the largest point with the bus bandwidth."""
 
     op: str
     group_size: int
     latency_s: float
     bus_bandwidth_bytes_per_s: float
+    times_s: tuple[tuple[float, float], ...] = ()
 
     def __post_init__(self) -> None:
         require(self.op in COLLECTIVE_OPS, "collectives.op", f"must be one of {COLLECTIVE_OPS}")
         require(self.group_size >= 2, "collectives.group_size", "must be >= 2")
         require(self.latency_s >= 0, "collectives.latency_us", "must be >= 0")
         require(self.bus_bandwidth_bytes_per_s > 0, "collectives.bus_bandwidth_gb_s", "must be > 0")
+        sizes = [b for b, _ in self.times_s]
+        require(all(b > 0 and t > 0 for b, t in self.times_s), "collectives.times_us",
+                "sizes and times must be > 0")
+        require(all(a < b for a, b in zip(sizes, sizes[1:])), "collectives.times_us",
+                "sizes must be strictly ascending")
+
+    def time_s(self, size_bytes: float, bus_factor: float) -> float:
+        """Seconds for a message of ``size_bytes`` (the full tensor); ``bus_factor``: bytes each
+        rank moves per byte of S (:func:`planner.cost.comm.ring_bus_factor`)."""
+        pts = self.times_s
+        if len(pts) < 2:
+            return self.latency_s + bus_factor * size_bytes / self.bus_bandwidth_bytes_per_s
+        if size_bytes <= pts[0][0]:
+            return pts[0][1]
+        if size_bytes >= pts[-1][0]:
+            return pts[-1][1] + bus_factor * (size_bytes - pts[-1][0]) / self.bus_bandwidth_bytes_per_s
+        i = bisect.bisect_right([b for b, _ in pts], size_bytes)
+        (b0, t0), (b1, t1) = pts[i - 1], pts[i]
+        w = math.log(size_bytes / b0) / math.log(b1 / b0)
+        return math.exp(math.log(t0) + w * (math.log(t1) - math.log(t0)))
 
 
 @dataclass(frozen=True)
@@ -333,7 +361,7 @@ _DEVICE_KEYS = {"name", "peak_tflops", "hbm_gib", "hbm_bandwidth_gb_s", "matmul_
                 "fragmentation_fraction", "host_cores"}
 _NODE_KEYS = {"gpus_per_node", "intra_node", "inter_node"}
 _LINK_KEYS = {"bandwidth_gb_s", "latency_us", "bus_efficiency"}
-_COLLECTIVE_KEYS = {"op", "group_size", "latency_us", "bus_bandwidth_gb_s"}
+_COLLECTIVE_KEYS = {"op", "group_size", "latency_us", "bus_bandwidth_gb_s", "times_us"}
 
 
 def _number(data: dict, key: str, where: str, *, optional: bool = False, default: float = 0.0) -> float:
@@ -427,6 +455,22 @@ def _parse_device(data: Any) -> DeviceSpec:
     )
 
 
+def _parse_times(data: Any, where: str) -> tuple[tuple[float, float], ...]:
+    """A collective's optional ``times_us: [[bytes, microseconds], ...]`` table."""
+    if data is None:
+        return ()
+    if not isinstance(data, list):
+        raise InputError(where, "must be a list of [bytes, microseconds] pairs")
+    out = []
+    for i, pair in enumerate(data):
+        ok = (isinstance(pair, list) and len(pair) == 2
+              and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in pair))
+        if not ok:
+            raise InputError(f"{where}[{i}]", f"must be [bytes, microseconds] (two numbers), got {pair!r}")
+        out.append((float(pair[0]), float(pair[1]) * MICRO))
+    return tuple(out)
+
+
 def _parse_collectives(data: Any) -> tuple[MeasuredCollective, ...]:
     if data is None:
         return ()
@@ -445,6 +489,7 @@ def _parse_collectives(data: Any) -> tuple[MeasuredCollective, ...]:
             group_size=group,
             latency_s=_number(entry, "latency_us", where) * MICRO,
             bus_bandwidth_bytes_per_s=_number(entry, "bus_bandwidth_gb_s", where) * GB,
+            times_s=_parse_times(entry.get("times_us"), f"{where}.times_us"),
         ))
     return tuple(out)
 

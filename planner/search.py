@@ -53,7 +53,8 @@ from planner.cost import framework as fw
 from planner.cost.comm import GroupShape, collective_time, p2p_time
 from planner.cost.compute import (activation_bytes_per_element, embedding_times, head_times,
                                   layer_times, make_rates)
-from planner.cost.memory import (executor_untied_head_params, layer_activation_bytes, logits_bytes_per_token,
+from planner.cost.memory import (executor_saved_logits_bytes_per_token, executor_untied_head_params,
+                                 layer_activation_bytes, logits_bytes_per_token,
                                  peak_transients, shard_divisors, state_bytes_per_param)
 from planner.cost.runtime import DEFAULT_RUNTIME, Runtime
 from planner.cost.step import OPTIMIZER_BYTES_PER_PARAM, TIMELINE_TASK_LIMIT, Prediction, predict
@@ -713,9 +714,18 @@ class _Search:
             logits = 0.0
             if r == pp - 1:
                 params += executor_untied_head_params(mdl, tp, pp, executor)
-                logits = logits_bytes_per_token(mdl, tp, self.prec, executor) * mb * (self.seq / cp)
-            flight = m if sched == "gpipe" else min(pp - r, m)
-            tensors = params * per_param + flight * n_r * lc.layer_act + sum(
+            if sched == "gpipe":
+                flight = m
+            elif sched == "zb" and executor:  # the executor's ZB holds graphs from F to W
+                flight = fw.zb_in_flight(pp, m)[r]
+            else:
+                flight = min(pp - r, m)
+            saved_loss = 0.0
+            if r == pp - 1:
+                tokens = mb * (self.seq / cp)
+                logits = logits_bytes_per_token(mdl, tp, self.prec, executor) * tokens
+                saved_loss = max(0, flight - 1) * executor_saved_logits_bytes_per_token(mdl, tp, executor) * tokens
+            tensors = params * per_param + flight * n_r * lc.layer_act + saved_loss + sum(
                 peak_transients(logits, gathered, lc.layer_act_full))
             total = tensors * (1 + self.frag) + self.reserved
             if total > best:

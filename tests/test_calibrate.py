@@ -243,3 +243,25 @@ def test_framework_residuals_below_zero_clip_to_zero(results):
     quiet["framework"] = fw_results
     got = build_profile(quiet).node.framework
     assert got.tp_linear_forward_s == 0.0 and got.tp_linear_backward_s == 0.0
+
+
+def test_median_results_takes_each_measurement_median_over_passes():
+    from planner.calibrate import median_results
+
+    passes = [{"env": {"date": d}, "quick": False, "contended": c,
+               "rows": [{"case": "tp", "median_s": t, "steps": 40}, {"case": "fsdp", "median_s": 2 * t, "steps": 40}]}
+              for d, c, t in (("a", False, 1.0), ("b", True, 3.0), ("c", False, 2.0))]
+    merged = median_results(passes)
+    assert merged["env"] == {"date": "a"}              # strings: the first pass's
+    assert merged["contended"] is True                  # flags: any pass
+    assert [r["median_s"] for r in merged["rows"]] == [2.0, 4.0]
+    assert merged["rows"][0]["steps"] == 40 and merged["rows"][0]["case"] == "tp"
+    assert median_results(passes[:1]) is passes[0]
+
+
+def test_calibrate_rejects_repeat_below_one(tmp_path):
+    from planner.calibrate import calibrate
+    from planner.errors import InputError
+
+    with pytest.raises(InputError, match="repeat"):
+        calibrate(2, repeat=0, out=None)

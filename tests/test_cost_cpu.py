@@ -175,3 +175,57 @@ def test_gpu_predictions_ignore_the_framework_model():
     g = GroupShape(8, 8, 1)
     one = collective_time("all_reduce", 2 * 1 * 2048 * 4096, g, node)
     assert p.time.tp_s == pytest.approx(8 * big.n_layers * 4 * one, rel=1e-6)
+
+
+def _torch_zb_live_graphs(pp: int, m: int) -> list[int]:
+    """Per rank, the most micro-batches between their F and W in torch's own zero-bubble order."""
+    sch = pytest.importorskip("torch.distributed.pipelining.schedules")
+    C = sch._ComputationType
+    out = []
+    for r in range(pp):
+        rounds = max(1, m // pp)
+        warm = sch._get_warmup_ops(r, 1, m // rounds, pp, m, multiply_factor=1)
+        ops = sch._get_1f1b_rank_ops(1, pp, warm, m - warm, warm, r, lambda step: r, lambda step: r, r,
+                                     enable_zero_bubble=True)
+        live = peak = 0
+        for a in ops:
+            if a is not None and a.computation_type == C.FORWARD:
+                live += 1
+                peak = max(peak, live)
+            elif a is not None and a.computation_type == C.BACKWARD_WEIGHT:
+                live -= 1
+        out.append(peak)
+    return out
+
+
+@pytest.mark.parametrize("pp,m", [(2, 1), (2, 4), (4, 2), (4, 3), (4, 8)])
+def test_executor_zero_bubble_holds_graphs_from_forward_to_weight_grad(pp, m):
+    assert list(fw.zb_in_flight(pp, m)) == _torch_zb_live_graphs(pp, m)
+
+
+def test_executor_zero_bubble_memory_counts_its_in_flight_graphs():
+    """With a framework profile the last rank of a ZB pipeline holds min(p, m) activation sets
+    (1F1B: one); a GPU profile keeps ZB-H1's count."""
+    cfg = _cfg(pp=2, micro_batch=2, global_batch=8, schedule="zb")
+    cl = ClusterSpec.homogeneous(_fw_node(2), 1)
+    zb = predict(MODEL, cl, cfg)
+    one_f1b = predict(MODEL, cl, dataclasses.replace(cfg, schedule="1f1b"))
+    assert zb.per_stage[0].memory.activations_bytes == one_f1b.per_stage[0].memory.activations_bytes
+    saved_loss = 4.0 * MODEL.vocab_size * 2 * 256  # the second micro-batch's log-softmax output
+    assert zb.per_stage[1].memory.activations_bytes == pytest.approx(
+        2 * one_f1b.per_stage[1].memory.activations_bytes + saved_loss)
+    from planner.cost.memory import peak_memory_bytes
+    assert peak_memory_bytes(MODEL, cl, cfg) == pytest.approx(zb.peak_memory_bytes, rel=1e-9)
+
+
+def test_executor_last_stage_keeps_the_loss_state_of_every_micro_batch_in_flight():
+    """GPipe's last rank holds all m micro-batches: with a framework profile each one past the
+    first adds its fp32 log-softmax output (4 bytes per vocabulary entry and token)."""
+    cfg = _cfg(pp=2, micro_batch=2, global_batch=8, schedule="gpipe")  # m = 4
+    fw_mem = predict(MODEL, ClusterSpec.homogeneous(_fw_node(2), 1), cfg).per_stage[1].memory
+    one = predict(MODEL, ClusterSpec.homogeneous(_fw_node(2), 1), dataclasses.replace(cfg, global_batch=2)).per_stage[1].memory
+    tokens = 2 * 256
+    assert fw_mem.activations_bytes - 4 * one.activations_bytes == pytest.approx(3 * 4.0 * MODEL.vocab_size * tokens)
+    gpu = predict(MODEL, ClusterSpec.homogeneous(_node(), 1), cfg).per_stage[1].memory
+    gpu_one = predict(MODEL, ClusterSpec.homogeneous(_node(), 1), dataclasses.replace(cfg, global_batch=2)).per_stage[1].memory
+    assert gpu.activations_bytes == pytest.approx(4 * gpu_one.activations_bytes)

@@ -235,3 +235,42 @@ def test_framework_must_be_a_mapping():
     with pytest.raises(InputError) as err:
         parse_profile(data)
     assert err.value.field == "framework"
+
+
+def _with_table(times_us):
+    data = copy.deepcopy(_raw("dgx-a100-80gb"))
+    data["collectives"] = [{"op": "all_reduce", "group_size": 2, "latency_us": 100.0, "bus_bandwidth_gb_s": 1.0,
+                            "times_us": times_us}]
+    return data
+
+
+def test_measured_collective_table_is_interpolated_in_log_log():
+    from planner.cost.comm import GroupShape, collective_time
+
+    node = parse_profile(_with_table([[1024, 100.0], [1048576, 1600.0], [4194304, 6000.0]]))
+    g = GroupShape(2, 2, 1)
+    # at a measured size: the measured time
+    assert collective_time("all_reduce", 1048576, g, node) == pytest.approx(1600e-6)
+    # between two sizes: the geometric mean at the geometric middle (log-log line)
+    assert collective_time("all_reduce", 2097152, g, node) == pytest.approx((1600e-6 * 6000e-6) ** 0.5)
+    # below the table: the smallest size's time; above: the bus bandwidth from the last point
+    assert collective_time("all_reduce", 8, g, node) == pytest.approx(100e-6)
+    beyond = collective_time("all_reduce", 2 * 4194304, g, node)
+    assert beyond == pytest.approx(6000e-6 + 1.0 * 4194304 / 1e9)
+    # without a table: the alpha-beta line
+    plain = parse_profile(_with_table(None) | {"collectives": [{"op": "all_reduce", "group_size": 2,
+                                                               "latency_us": 100.0, "bus_bandwidth_gb_s": 1.0}]})
+    assert collective_time("all_reduce", 1048576, g, plain) == pytest.approx(100e-6 + 1048576 / 1e9)
+
+
+@pytest.mark.parametrize("times, field", [
+    ("fast", "collectives[0].times_us"),
+    ([[1024, "x"]], "collectives[0].times_us[0]"),
+    ([[1024]], "collectives[0].times_us[0]"),
+    ([[4096, 10.0], [1024, 5.0]], "collectives.times_us"),
+    ([[1024, 0.0], [4096, 5.0]], "collectives.times_us"),
+])
+def test_malformed_collective_table_names_the_field(times, field):
+    with pytest.raises(InputError) as err:
+        parse_profile(_with_table(times))
+    assert err.value.field == field

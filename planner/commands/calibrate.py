@@ -21,6 +21,9 @@ def register(subparsers) -> None:
     p.add_argument("--from-results", default=None, metavar="RESULTS.json",
                    help="build the profile from recorded benchmark results instead of measuring")
     p.add_argument("--save-results", default=None, metavar="RESULTS.json", help="also keep the raw results")
+    p.add_argument("--repeat", type=int, default=1,
+                   help="run the whole suite N times and keep the median of each measurement (a machine "
+                        "whose speed drifts: its typical state; the header lists every pass)")
     p.add_argument("--json", action="store_true", help="print the calibration summary as JSON")
     p.set_defaults(func=handler)
 
@@ -32,6 +35,7 @@ def handler(args: argparse.Namespace) -> int:
     from planner.errors import require
 
     require(args.nproc >= 2, "nproc", f"must be >= 2, got {args.nproc}")
+    require(args.repeat >= 1, "repeat", f"must be >= 1, got {args.repeat}")
     if args.gpus_per_node is not None:
         require(args.gpus_per_node >= 1, "gpus_per_node", f"must be >= 1, got {args.gpus_per_node}")
     out = args.out or DEFAULT_PROFILE_PATH
@@ -44,7 +48,7 @@ def handler(args: argparse.Namespace) -> int:
         print(f"calibrate: {'quick ' if args.quick else ''}benchmarks on {args.nproc} ranks ...", file=sys.stderr)
     cal = calibrate(args.nproc, quick=args.quick, out=out, results_path=args.from_results,
                     save_results=args.save_results, name=args.name, gpus_per_node=args.gpus_per_node,
-                    progress=progress)
+                    progress=progress, repeat=args.repeat)
     s = cal.summary
     if args.json:
         print(json.dumps({"profile": str(out), "contended": cal.contended, **s}, indent=2, default=str))

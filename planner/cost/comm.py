@@ -14,7 +14,9 @@ which ``N-1`` (``2(N-1)``) cross the network at the inter-node per-step latency,
 intra-node one.
 
 A profile's measured ``collectives`` entry for (op, group size) replaces the link formula:
-``time = latency + bus_bytes / bus_bandwidth`` (:meth:`NodeSpec.measured_collective`).
+``time = latency + bus_bytes / bus_bandwidth`` (:meth:`NodeSpec.measured_collective`), or, where
+the entry carries its measured table, the table interpolated in log-log
+(:meth:`planner.hardware.MeasuredCollective.time_s`).
 """
 from __future__ import annotations
 
@@ -68,7 +70,7 @@ def collective_time(op: str, size_bytes: float, group: GroupShape, node: NodeSpe
         return 0.0
     measured = node.measured_collective(op, n if op != "send_recv" else 2)
     if measured is not None:
-        return measured.latency_s + ring_bus_factor(op, n) * size_bytes / measured.bus_bandwidth_bytes_per_s
+        return measured.time_s(size_bytes, ring_bus_factor(op, n))
     intra, inter = node.intra_node, node.inter_node
     if op == "send_recv":
         link = inter if group.nodes > 1 else intra

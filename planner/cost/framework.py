@@ -20,6 +20,10 @@ Facts of the executor's code (torch 2.13) used here:
   vocabulary (two more TP modules, :func:`tp_modules`), the loss vocabulary-parallel
   (``loss_parallel``: three per-token all-reduces forward, a local backward), the head's input
   gradient all-reduced once backward.
+* Zero bubble (``executor/parallel/pp.py``: ``ScheduleInterleavedZeroBubble``, one stage per
+  rank): the input-gradient step B keeps the micro-batch's autograd graph for its weight-gradient
+  step W, so activations live from F to W; torch's order holds ``min(p, m)`` of them on every
+  rank (:func:`zb_in_flight`), where ZB-H1's own accounting (Qi et al. 2024) frees them at B.
 * FSDP2 (``executor/parallel/fsdp.py``): one ``fully_shard`` unit per block, one for the
   untied embedding, one for the root module; ZeRO-2 is FSDP2 without reshard after forward
   (no second all-gather in backward), ZeRO-3/FSDP with it.
@@ -133,6 +137,16 @@ def executor_tied(model: ModelSpec, tp: int, pp: int) -> bool:
 def fsdp_units(model: ModelSpec, layers: int, first: bool, last: bool, tied: bool) -> int:
     """``fully_shard`` units of a stage: its blocks, the untied embedding, the root module."""
     return layers + (1 if (first and not tied) else 0) + 1
+
+
+def zb_in_flight(pp: int, num_micro_batches: int) -> tuple[int, ...]:
+    """Per rank, the micro-batches whose autograd graph the executor's zero-bubble schedule holds
+    at once (F to W). torch 2.13 ``ScheduleInterleavedZeroBubble`` with one stage per rank
+    (``_get_1f1b_rank_ops(enable_zero_bubble=True)``): rank r runs ``p - 1 - r`` warm-up forwards,
+    then F and B pairs, its first W after ``r`` of them, so ``p - 1 - r + r + 1 = p`` graphs are
+    live before the first W frees one; at most m. (tests/test_executor_pp.py checks this
+    against torch's own order.)"""
+    return tuple(min(pp, num_micro_batches) for _ in range(pp))
 
 
 def uses_fsdp(sharding: str, tp: int, dp: int) -> bool:

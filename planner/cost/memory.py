@@ -117,6 +117,15 @@ def logits_bytes_per_token(model: ModelSpec, tp: int, precision: str, executor: 
     return per_vocab * model.vocab_size / tp
 
 
+def executor_saved_logits_bytes_per_token(model: ModelSpec, tp: int, executor: bool) -> float:
+    """Bytes per token the executor's loss keeps for backward of every micro-batch in flight on
+    the last stage besides the one at the peak: ``F.cross_entropy``'s fp32 log-softmax output
+    (``loss_parallel``: its fp32 exp), 4 bytes per vocabulary entry of the tp rank. Under 1F1B
+    the last stage holds one micro-batch, so this counts only for GPipe, interleaved and the
+    executor's zero-bubble schedule."""
+    return 4.0 * model.vocab_size / tp if executor else 0.0
+
+
 def executor_untied_head_params(model: ModelSpec, tp: int, pp: int, executor: bool) -> float:
     """Head parameters per tp rank the executor adds by untying a tied head under TP without
     PP (executor/train.py ``tie_embeddings``; with PP the copy is already counted)."""
@@ -239,6 +248,9 @@ def stage_memories(model: ModelSpec, parallel, device, in_flight, attention: str
         n_layers_r = sum(layers[k] for k in chunks)
         act = in_flight[r] * (sum(layers[k] * one_layer for k in chunks) / len(chunks))
         logits = logits_per_token * tokens if r == last_rank else 0.0
+        if r == last_rank:  # the loss state of the other micro-batches in flight (executor)
+            others_in_flight = max(0.0, in_flight[r] / len(chunks) - 1.0)
+            act += others_in_flight * executor_saved_logits_bytes_per_token(model, tp, executor) * tokens
         reserved = device.reserved_bytes if framework is None else framework.training_overhead_bytes
         frag = device.fragmentation_fraction if framework is None else framework.fragmentation_fraction
         mem = stage_memory(params=params_all[r] + (untied_head if r == last_rank else 0.0),
@@ -254,7 +266,8 @@ def peak_memory_bytes(model: ModelSpec, cluster, parallel, runtime=None) -> floa
 
     Equals ``predict(...).peak_memory_bytes`` for GPipe, 1F1B and interleaved (their
     in-flight counts depend only on the order, :func:`planner.schedule.closed_form_in_flight`);
-    for ZB-H1 it uses 1F1B's limit ``p - i``, an upper bound of the simulated count."""
+    for ZB-H1 it uses 1F1B's limit ``p - i``, an upper bound of the simulated count (the
+    executor's zero-bubble schedule: :func:`planner.cost.framework.zb_in_flight`, as predict())."""
     from planner.cost.runtime import DEFAULT_RUNTIME
     from planner.schedule import closed_form_in_flight
 
@@ -262,7 +275,10 @@ def peak_memory_bytes(model: ModelSpec, cluster, parallel, runtime=None) -> floa
     P = parallel
     P.validate_for(model)
     sched = P.schedule if P.pp > 1 else ("interleaved" if P.vpp > 1 else "1f1b")
-    in_flight = closed_form_in_flight(sched, P.pp, P.num_micro_batches, P.vpp)
+    if cluster.node.framework is not None and sched == "zb":
+        in_flight = fw.zb_in_flight(P.pp, P.num_micro_batches)
+    else:
+        in_flight = closed_form_in_flight(sched, P.pp, P.num_micro_batches, P.vpp)
     mems = stage_memories(model, P, cluster.node.device, in_flight, runtime.attention,
                           framework=cluster.node.framework)
     return max(mem.total_bytes for _, _, mem in mems)

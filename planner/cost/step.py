@@ -632,7 +632,9 @@ def predict(model: ModelSpec, cluster: ClusterSpec, parallel: ParallelConfig,
 
     # --- per physical stage: parameters and memory ---
     stage_params = stage_parameters(model, P)
-    per_stage = stage_memories(model, P, device, pipe.peak_in_flight, runtime.attention,
+    in_flight = (fw.zb_in_flight(pp, m) if node.framework is not None and st.schedule == "zb"
+                 else pipe.peak_in_flight)
+    per_stage = stage_memories(model, P, device, in_flight, runtime.attention,
                                framework=node.framework)
 
     # --- data-parallel gradient reduction (non-ZeRO-3) and optimizer ---
