@@ -898,6 +898,19 @@ def _measured_step_memory(result: dict) -> int:
     return result.get("allocator_peak_bytes") or result["peak_minus_baseline_bytes"]
 
 
+def two_point_line(x1: float, y1: float, x2: float, y2: float) -> tuple[float, float]:
+    """(intercept, slope), both >= 0, of the line through (x1, y1) and (x2, y2), x1 < x2: where
+    the exact line has a negative slope the data show no growth (intercept: the mean, slope 0);
+    where it has a negative intercept, the least-squares line through the origin."""
+    slope = (y2 - y1) / (x2 - x1)
+    const = y1 - slope * x1
+    if slope < 0:
+        return max(0.0, 0.5 * (y1 + y2)), 0.0
+    if const < 0:
+        return 0.0, max(0.0, (x1 * y1 + x2 * y2) / (x1 * x1 + x2 * x2))
+    return const, slope
+
+
 def build_framework(fw_results: dict, node: NodeSpec) -> tuple[FrameworkSpec, dict[str, str], list[str]]:
     """The profile's ``framework:`` section from ``executor.bench.framework`` results.
 
@@ -993,6 +1006,32 @@ def build_framework(fw_results: dict, node: NodeSpec) -> tuple[FrameworkSpec, di
         values["tp_optimizer_param_s"] = max(0.0, res["optimizer"]) / tensors
         lines.append(f"tp=2: residual fwd/bwd/opt {res['forward'] * 1e3:.2f}/{res['backward'] * 1e3:.2f}/"
                      f"{res['optimizer'] * 1e3:.2f} ms over {linears} TP modules, {tensors} parameter tensors")
+        if "tp_wide" in refs and "plain_wide" in refs:
+            # the same at a wider shape: per TP module, constant + per-byte of its activation
+            wm = ModelSpec.from_dict(refs["tp_wide"]["model"])
+            wr = refs["tp_wide"]["reference"]
+
+            def wide(tp: int) -> dict[str, float]:
+                cfg = ParallelConfig(tp=tp, micro_batch=wr["micro_batch"], global_batch=wr["micro_batch"],
+                                     seq_len=wr["seq_len"], precision="fp32")
+                return _reference_prediction(wm, dataclasses.replace(node, framework=base).with_gpus_per_node(tp), cfg)
+
+            wp, wt = wide(1), wide(2)
+            wres = {ph: refs["tp_wide"]["median_s"][ph] - wt[ph]
+                    - 0.5 * (refs["plain_wide"]["median_s"][ph] - wp[ph]) for ph in phases}
+            w_linears = fw.tp_modules(wm, wm.n_layers)
+            x_ref = 4.0 * b * s * model.hidden_size
+            x_wide = 4.0 * wr["micro_batch"] * wr["seq_len"] * wm.hidden_size
+            for ph, key in (("forward", "tp_linear_forward_s"), ("backward", "tp_linear_backward_s")):
+                const, slope = two_point_line(x_ref, res[ph] / linears, x_wide, wres[ph] / w_linears)
+                values[key], values[key + "_per_byte"] = const, slope
+            lines.append(f"tp=2 at h={wm.hidden_size}, s={wr['seq_len']}, micro-batch {wr['micro_batch']}: residual "
+                         f"fwd/bwd {wres['forward'] * 1e3:.2f}/{wres['backward'] * 1e3:.2f} ms over {w_linears} "
+                         f"TP modules; per module {1e6 * values['tp_linear_forward_s']:.0f} us + "
+                         f"{1e6 * values['tp_linear_forward_s_per_byte'] * 2**20:.0f} us/MiB forward, "
+                         f"{1e6 * values['tp_linear_backward_s']:.0f} us + "
+                         f"{1e6 * values['tp_linear_backward_s_per_byte'] * 2**20:.0f} us/MiB backward "
+                         f"(activation {x_ref / 2**20:.2f} and {x_wide / 2**20:.2f} MiB)")
     else:
         defaults.append("tp")
     if "tp_sp" in refs and "tp" in refs:
@@ -1056,6 +1095,8 @@ def build_framework(fw_results: dict, node: NodeSpec) -> tuple[FrameworkSpec, di
                                                      for k in phases) for o in ops)
     comments["framework.op_forward_us"] = "per aten op under autograd, whole model at h=16 (" + counts + ")"
     comments["framework.tp_linear_forward_us"] = "TP=2 reference residual / TP modules (linears, embedding, head) per micro-batch (header)"
+    comments["framework.tp_linear_forward_us_per_mib"] = ("growth of that per MiB of the module's activation, "
+                                                          "from the TP reference at two widths (header)")
     comments["framework.sp_block_forward_us"] = "TP=2+SP reference residual beyond the TP modules / blocks (header)"
     comments["framework.fsdp_unit_forward_us"] = "FSDP2 dp=2 reference residual / fully_shard units (header)"
     comments["framework.zero1_param_us"] = "ZeRO-1 dp=2 reference step residual / parameter tensors (header)"

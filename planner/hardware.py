@@ -210,7 +210,10 @@ class FrameworkSpec:
     tp_linear_forward_s / tp_linear_backward_s: DTensor cost per tensor-parallel linear
         (ColwiseParallel / RowwiseParallel) per micro-batch, beyond its local GEMM and the
         profile's collective times (``from_local`` / ``redistribute`` dispatch, functional
-        collectives and their waits on gloo).
+        collectives and their waits on gloo); the constant part.
+    tp_linear_forward_s_per_byte / tp_linear_backward_s_per_byte: the part that grows with the
+        module's activation (tokens x hidden x bytes per element), from the TP reference at two
+        widths; optional (0). :meth:`tp_module_s` adds both.
     tp_optimizer_param_s: extra optimizer time per DTensor parameter tensor (per-op DTensor
         dispatch of the AdamW update).
     sp_block_forward_s / sp_block_backward_s: with sequence parallelism, the extra cost per
@@ -248,6 +251,15 @@ class FrameworkSpec:
     concurrent_slowdown: float = 0.0
     sp_block_forward_s: float = 0.0
     sp_block_backward_s: float = 0.0
+    tp_linear_forward_s_per_byte: float = 0.0
+    tp_linear_backward_s_per_byte: float = 0.0
+
+    def tp_module_s(self, activation_bytes: float) -> tuple[float, float]:
+        """(forward, backward) DTensor cost of one TP module per micro-batch whose activation
+        (tokens x hidden) has ``activation_bytes``: a per-module constant plus a per-byte term
+        (its redistribute copies and the gloo collectives' CPU work grow with the tensor)."""
+        return (self.tp_linear_forward_s + self.tp_linear_forward_s_per_byte * activation_bytes,
+                self.tp_linear_backward_s + self.tp_linear_backward_s_per_byte * activation_bytes)
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -354,8 +366,11 @@ _FRAMEWORK_YAML: dict[str, tuple[str, float]] = {
     "concurrent_slowdown": ("concurrent_slowdown", 1.0),
     "sp_block_forward_s": ("sp_block_forward_us", MICRO),
     "sp_block_backward_s": ("sp_block_backward_us", MICRO),
+    "tp_linear_forward_s_per_byte": ("tp_linear_forward_us_per_mib", MICRO / 2**20),
+    "tp_linear_backward_s_per_byte": ("tp_linear_backward_us_per_mib", MICRO / 2**20),
 }
-_FRAMEWORK_OPTIONAL = {"concurrent_slowdown", "sp_block_forward_s", "sp_block_backward_s"}
+_FRAMEWORK_OPTIONAL = {"concurrent_slowdown", "sp_block_forward_s", "sp_block_backward_s",
+                       "tp_linear_forward_s_per_byte", "tp_linear_backward_s_per_byte"}
 _DEVICE_KEYS = {"name", "peak_tflops", "hbm_gib", "hbm_bandwidth_gb_s", "matmul_efficiency",
                 "memory_bound_efficiency", "kernel_overhead_us", "reserved_gib",
                 "fragmentation_fraction", "host_cores"}

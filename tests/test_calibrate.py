@@ -265,3 +265,12 @@ def test_calibrate_rejects_repeat_below_one(tmp_path):
 
     with pytest.raises(InputError, match="repeat"):
         calibrate(2, repeat=0, out=None)
+
+
+def test_two_point_line_keeps_intercept_and_slope_non_negative():
+    from planner.calibrate import two_point_line
+
+    assert two_point_line(1.0, 3.0, 3.0, 7.0) == pytest.approx((1.0, 2.0))
+    assert two_point_line(1.0, 5.0, 3.0, 3.0) == pytest.approx((4.0, 0.0))    # no growth: the mean
+    const, slope = two_point_line(1.0, 1.0, 2.0, 4.0)                           # through the origin
+    assert const == 0.0 and slope == pytest.approx((1 * 1 + 2 * 4) / 5)

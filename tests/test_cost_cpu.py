@@ -229,3 +229,13 @@ def test_executor_last_stage_keeps_the_loss_state_of_every_micro_batch_in_flight
     gpu = predict(MODEL, ClusterSpec.homogeneous(_node(), 1), cfg).per_stage[1].memory
     gpu_one = predict(MODEL, ClusterSpec.homogeneous(_node(), 1), dataclasses.replace(cfg, global_batch=2)).per_stage[1].memory
     assert gpu.activations_bytes == pytest.approx(4 * gpu_one.activations_bytes)
+
+
+def test_tp_module_cost_grows_with_its_activation_bytes():
+    cfg = _cfg(tp=2)
+    cl0 = ClusterSpec.homogeneous(_fw_node(tp_linear_forward_s=100e-6), 1)
+    cl1 = ClusterSpec.homogeneous(_fw_node(tp_linear_forward_s=100e-6, tp_linear_forward_s_per_byte=1e-9), 1)
+    t0, t1 = predict(MODEL, cl0, cfg), predict(MODEL, cl1, cfg)
+    modules = fw.tp_modules(MODEL, MODEL.n_layers)
+    act_bytes = 4.0 * 4 * 256 * MODEL.hidden_size  # fp32, micro-batch 4 x 256 tokens x h
+    assert t1.step_time_s - t0.step_time_s == pytest.approx(2 * modules * 1e-9 * act_bytes, rel=1e-6)

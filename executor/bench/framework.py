@@ -34,6 +34,9 @@ from planner.model import ModelSpec
 
 REFERENCE = {"hidden_size": 128, "n_layers": 2, "seq_len": 128, "micro_batch": 4, "vocab_size": 512}
 """The reference shape of the wrapper measurements (small: overheads are a large share)."""
+REFERENCE_WIDE = {"hidden_size": 256, "n_layers": 2, "seq_len": 128, "micro_batch": 8, "vocab_size": 512}
+"""A second, wider shape for the TP reference (4x the activation bytes per module, not a sweep
+shape): with :data:`REFERENCE` it separates the per-module constant from the per-byte part."""
 CONCURRENCY_REFERENCE = {"hidden_size": 256, "n_layers": 2, "seq_len": 256, "micro_batch": 4, "vocab_size": 2048}
 """The shape of the alone / at-once measurement: a working set (~40 MiB of activations per rank)
 beyond the last-level cache, where ranks sharing the host contend for memory bandwidth (at the
@@ -250,6 +253,27 @@ def reference_bench(*, quick: bool) -> list[dict]:
         r = _time_steps(build, x, y, steps=steps, warmup=warmup, active=active, tp=tp_deg)
         out.append({"case": name, "tp": tp_deg, "dp": dp_deg, "model": spec.to_dict(),
                     "reference": dict(ref), **(r or {})})
+    if mesh is not None:
+        # plain and TP at the wider shape (the per-byte part of the TP modules' cost)
+        wref = REFERENCE_WIDE
+        wspec = reference_spec("gpt", hidden=wref["hidden_size"], layers=wref["n_layers"], seq=wref["seq_len"],
+                               vocab=wref["vocab_size"])
+        wx = torch.randint(0, wspec.vocab_size, (wref["micro_batch"], wspec.seq_len), generator=gen)
+        wy = torch.randint(0, wspec.vocab_size, (wref["micro_batch"], wspec.seq_len), generator=gen)
+
+        def plain_wide():
+            m = build_model(wspec)
+            return m, adam(m)
+
+        def tp_wide():
+            m = tp_mod.apply_tp(build_model(wspec), mesh["x"], False)
+            return m, adam(m)
+
+        w_steps, w_warmup = (3, 1) if quick else (16, 3)
+        for name, build, active, tp_deg in (("plain_wide", plain_wide, rank == 0, 1), ("tp_wide", tp_wide, True, 2)):
+            r = _time_steps(build, wx, wy, steps=w_steps, warmup=w_warmup, active=active, tp=tp_deg)
+            out.append({"case": name, "tp": tp_deg, "dp": 1, "model": wspec.to_dict(),
+                        "reference": dict(wref), **(r or {})})
     if mesh is not None:
         # a larger step alone and on both ranks at once (no communication), interleaved step by
         # step: what sharing the host costs

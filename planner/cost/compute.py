@@ -218,8 +218,9 @@ def layer_times(model: ModelSpec, micro_batch: int, seq_len: int, tp: int, cp: i
         bwd_in += rates.ops(n_b, frame.op_backward_s)
         if tp > 1:
             lin = fw.linears_per_block(model)
-            fwd += rates.ops(lin, frame.tp_linear_forward_s)
-            bwd_in += rates.ops(lin, frame.tp_linear_backward_s)
+            tp_f, tp_b = frame.tp_module_s(bpe * T * h)
+            fwd += rates.ops(lin, tp_f)
+            bwd_in += rates.ops(lin, tp_b)
             if sequence_parallel:
                 fwd += rates.ops(1, frame.sp_block_forward_s)
                 bwd_in += rates.ops(1, frame.sp_block_backward_s)
@@ -240,8 +241,9 @@ def embedding_times(model: ModelSpec, micro_batch: int, seq_len: int, tp: int, c
     bwd = rates.memory(2 * pos * bpe * T * h, 2)
     frame = rates.framework
     if frame is not None and tp > 1:  # the executor's vocabulary-parallel embedding is a TP module
-        fwd += rates.ops(1, frame.tp_linear_forward_s)
-        bwd += rates.ops(1, frame.tp_linear_backward_s)
+        tp_f, tp_b = frame.tp_module_s(bpe * T * h)
+        fwd += rates.ops(1, tp_f)
+        bwd += rates.ops(1, tp_b)
     return fwd, bwd
 
 
@@ -269,8 +271,9 @@ def head_times(model: ModelSpec, micro_batch: int, seq_len: int, tp: int, cp: in
         fwd += rates.ops(n_f, frame.op_forward_s)
         bwd_in += rates.ops(n_b, frame.op_backward_s)
         if tp > 1:
-            fwd += rates.ops(1, frame.tp_linear_forward_s)
-            bwd_in += rates.ops(1, frame.tp_linear_backward_s)
+            tp_f, tp_b = frame.tp_module_s(bpe * T * h)
+            fwd += rates.ops(1, tp_f)
+            bwd_in += rates.ops(1, tp_b)
     return fwd, bwd_in, tb
 
 
