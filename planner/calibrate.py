@@ -936,7 +936,7 @@ def build_framework(fw_results: dict, node: NodeSpec) -> tuple[FrameworkSpec, di
     zero = {f.name: 0.0 for f in dataclasses.fields(FrameworkSpec)}
     base = FrameworkSpec(**{**zero, "op_forward_s": per_op["forward"], "op_backward_s": per_op["backward"],
                             "op_optimizer_s": per_op["optimizer"]})
-    refs = {r["case"]: r for r in fw_results["reference"] if r.get("median_s")}
+    refs = {r["case"]: r for r in fw_results["reference"] if r.get("median_s") or r.get("step_s")}
     require("plain" in refs, "results.framework.reference", "needs the plain reference step")
     plain = refs["plain"]
     model = ModelSpec.from_dict(plain["model"])
@@ -1066,6 +1066,28 @@ def build_framework(fw_results: dict, node: NodeSpec) -> tuple[FrameworkSpec, di
         res = residual("ddp", 1.0)
         lines.append(f"ddp dp=2 (no parameter; for reference): residual fwd/bwd/opt {res['forward'] * 1e3:.2f}/"
                      f"{res['backward'] * 1e3:.2f}/{res['optimizer'] * 1e3:.2f} ms")
+    if "pp" in refs:
+        # the pipelining runtime: the pp=2 1F1B reference step beyond everything above, per
+        # action; the cost model's step is linear in it (slope k from a trial value)
+        from planner.cost.step import predict
+        from planner.hardware import ClusterSpec
+
+        pr = refs["pp"]
+        par = ParallelConfig.from_dict(pr["parallel"])
+        fr = FrameworkSpec(**values)
+
+        def pp_step(action_s: float) -> float:
+            n = dataclasses.replace(node, framework=dataclasses.replace(fr, pp_action_s=action_s))
+            return predict(model, ClusterSpec.homogeneous(n.with_gpus_per_node(par.world_size), 1), par).step_time_s
+
+        p0 = pp_step(0.0)
+        k = (pp_step(1e-3) - p0) / 1e-3
+        values["pp_action_s"] = max(0.0, (pr["step_s"] - p0) / k)
+        lines.append(f"pp=2 1F1B, {par.num_micro_batches} micro-batches: step measured {pr['step_s'] * 1e3:.2f} ms, "
+                     f"cost model {p0 * 1e3:.2f} ms without the pipelining runtime; "
+                     f"{1e6 * values['pp_action_s']:.0f} us per schedule action")
+    else:
+        defaults.append("pp")
     # memory: fit RSS growth = (1 + frag) * tensors + overhead on the two batch sizes
     mem = sorted(fw_results.get("memory") or [], key=lambda m: m["micro_batch"])
     if len(mem) >= 2:
@@ -1095,6 +1117,7 @@ def build_framework(fw_results: dict, node: NodeSpec) -> tuple[FrameworkSpec, di
                                                      for k in phases) for o in ops)
     comments["framework.op_forward_us"] = "per aten op under autograd, whole model at h=16 (" + counts + ")"
     comments["framework.tp_linear_forward_us"] = "TP=2 reference residual / TP modules (linears, embedding, head) per micro-batch (header)"
+    comments["framework.pp_action_us"] = "pp=2 1F1B reference step residual per schedule action (header)"
     comments["framework.tp_linear_forward_us_per_mib"] = ("growth of that per MiB of the module's activation, "
                                                           "from the TP reference at two widths (header)")
     comments["framework.sp_block_forward_us"] = "TP=2+SP reference residual beyond the TP modules / blocks (header)"

@@ -239,3 +239,16 @@ def test_tp_module_cost_grows_with_its_activation_bytes():
     modules = fw.tp_modules(MODEL, MODEL.n_layers)
     act_bytes = 4.0 * 4 * 256 * MODEL.hidden_size  # fp32, micro-batch 4 x 256 tokens x h
     assert t1.step_time_s - t0.step_time_s == pytest.approx(2 * modules * 1e-9 * act_bytes, rel=1e-6)
+
+
+def test_pipelining_runtime_pays_its_cost_on_every_schedule_action():
+    """pp=2 1F1B, m micro-batches, equal stages: the makespan is (m + p - 1)(F + B) + hops, so
+    a per-action cost a adds 2 a (m + p - 1); without pipelining it adds nothing."""
+    cfg = _cfg(pp=2, micro_batch=2, global_batch=8, schedule="1f1b")  # m = 4
+    t0 = predict(MODEL, ClusterSpec.homogeneous(_fw_node(2), 1), cfg)
+    t1 = predict(MODEL, ClusterSpec.homogeneous(_fw_node(2, pp_action_s=1e-3), 1), cfg)
+    m, p = cfg.num_micro_batches, cfg.pp
+    assert t1.step_time_s - t0.step_time_s == pytest.approx(2 * (m + p - 1) * 1e-3, rel=0.05)
+    flat = _cfg(dp=2)
+    assert (predict(MODEL, ClusterSpec.homogeneous(_fw_node(2, pp_action_s=1e-3), 1), flat).step_time_s
+            == pytest.approx(predict(MODEL, ClusterSpec.homogeneous(_fw_node(2), 1), flat).step_time_s, rel=1e-12))

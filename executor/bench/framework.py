@@ -198,6 +198,40 @@ def _time_concurrency(build, x, y, *, steps: int, warmup: int, blocks: int) -> t
     return med(alone), med(together)
 
 
+PP_MICRO_BATCHES = 4
+"""Micro-batches of the pipeline reference (pp=2, 1F1B, at :data:`REFERENCE`)."""
+
+
+def _time_pipeline(spec: ModelSpec, micro_batch: int, *, steps: int, warmup: int) -> dict:
+    """Whole training steps of the executor's own ``Trainer`` on a pp=2 1F1B plan of ``spec``
+    (every rank of the 2-rank world): per step the slowest rank's wall time after a barrier,
+    as ``executor`` records it; the median over ``steps`` after ``warmup``."""
+    from executor.data import Batches
+    from executor.mesh import build_mesh
+    from executor.train import Trainer
+    from planner.plan import ParallelConfig, Plan
+
+    par = ParallelConfig(pp=2, micro_batch=micro_batch, global_batch=PP_MICRO_BATCHES * micro_batch,
+                         seq_len=spec.seq_len, precision="fp32", schedule="1f1b")
+    plan = Plan(model=spec, hardware="local-cpu", n_nodes=1, gpus_per_node=2, parallel=par)
+    trainer = Trainer(plan, build_mesh(par, "cpu"), dist.get_rank(), torch.device("cpu"))
+    batches = Batches(spec.vocab_size, par.global_batch, par.seq_len, seed=0)
+    walls = []
+    for step in range(warmup + steps):
+        tokens = batches.global_batch(step)
+        dist.barrier()
+        t0 = time.perf_counter()
+        trainer.step(tokens)
+        wall = time.perf_counter() - t0
+        gathered = [None] * dist.get_world_size()
+        dist.all_gather_object(gathered, wall)
+        if step >= warmup:
+            walls.append(max(gathered))
+    del trainer
+    return {"step_s": statistics.median(walls), "steps": steps, "micro_batches": PP_MICRO_BATCHES,
+            "parallel": par.to_dict()}
+
+
 def reference_bench(*, quick: bool) -> list[dict]:
     """The reference step plain (rank 0), TP=2, TP=2 with SP, DDP, ZeRO-1, FSDP2 (2 ranks each),
     and plain alone / on both ranks at once, interleaved step by step."""
@@ -254,6 +288,10 @@ def reference_bench(*, quick: bool) -> list[dict]:
         out.append({"case": name, "tp": tp_deg, "dp": dp_deg, "model": spec.to_dict(),
                     "reference": dict(ref), **(r or {})})
     if mesh is not None:
+        # the pipeline runtime: a pp=2 1F1B step of the reference model (whole step only)
+        p_steps, p_warmup = (3, 1) if quick else (20, 3)
+        r = _time_pipeline(spec, ref["micro_batch"], steps=p_steps, warmup=p_warmup)
+        out.append({"case": "pp", "tp": 1, "dp": 1, "model": spec.to_dict(), "reference": dict(ref), **r})
         # plain and TP at the wider shape (the per-byte part of the TP modules' cost)
         wref = REFERENCE_WIDE
         wspec = reference_spec("gpt", hidden=wref["hidden_size"], layers=wref["n_layers"], seq=wref["seq_len"],
