@@ -180,18 +180,33 @@ def _step_s(summary) -> float | None:
     return ((summary or {}).get("measured") or {}).get("step_time_s")
 
 
+def round_order(todo: list, k: int) -> list:
+    """Round k's order of the plans: the list as given (round 1), reversed (round 2), then a
+    fixed shuffle per round (seeded by k, so a rerun keeps the order)."""
+    if k == 1:
+        return list(todo)
+    if k == 2:
+        return list(reversed(todo))
+    import random
+    order = list(todo)
+    random.Random(k).shuffle(order)
+    return order
+
+
 def run_rounds(todo, out_dir: Path, rounds: int, steps: int, warmup: int, wait_s: float = 0.0, log=print):
     """Run the whole list ``rounds`` times, one round after the other (so a burst of load from
     outside hits one run of a plan, not all of them), each round under ``out_dir/round{k}``
-    (``out_dir`` itself for one round). Per plan the run with the median step time over the
-    rounds that measured one is kept. Returns (results as :func:`run_all`, {name: step times
-    of every round})."""
+    (``out_dir`` itself for one round) and in its own order (:func:`round_order`: a slow spell
+    of the machine lasting minutes then falls on different plans in each round, not on the
+    same neighbours). Per plan the run with the median step time over the rounds that
+    measured one is kept. Returns (results as :func:`run_all`, {name: step times of every
+    round})."""
     per_round = []
     for k in range(1, rounds + 1):
         if rounds > 1:
             log(f"round {k}/{rounds}")
-        per_round.append(run_all(todo, out_dir / f"round{k}" if rounds > 1 else out_dir, steps, warmup,
-                                 wait_s, log=log))
+        per_round.append(run_all(round_order(todo, k), out_dir / f"round{k}" if rounds > 1 else out_dir, steps,
+                                 warmup, wait_s, log=log))
     results, times = {}, {}
     for e, _, _ in todo:
         runs = [r[e.name] for r in per_round]
@@ -450,7 +465,8 @@ def write_reports(comp, names: dict, results: dict, search: dict | None, report:
           + "). Each plan was predicted from it and the "
           "prediction stored in the plan file *before* it ran with "
           f"`clusterplan run PLAN --steps {args.steps} --warmup {args.warmup}`, the whole list {args.rounds} "
-          "time(s), round after round; the measured step time is the median over the measured steps of the "
+          "time(s), round after round (round 1 in the listed order, round 2 reversed, later rounds shuffled, so a slow spell "
+          "of the machine falls on different plans each round); the measured step time is the median over the measured steps of the "
           "slowest rank's wall time, of the round with the median such time (all rounds in 'rounds (s)'); memory is the largest rank's peak "
           "of live bytes in the CPU tensor allocator from model build through two warm-up steps (the CPU "
           "counterpart of `torch.cuda.max_memory_allocated`; executor/README.md) against the predicted "

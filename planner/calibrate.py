@@ -888,6 +888,8 @@ def _reference_prediction(model, node: NodeSpec, parallel) -> dict[str, float]:
         g = _shape(P, "dp", node.gpus_per_node)
         params = max(stage_parameters(model, P))
         bwd += collective_time("all_reduce", 4.0 * params, g, node)
+        if node.framework is not None:
+            bwd += rates.ops(1, node.framework.ddp_grad_s_per_byte * 4.0 * params)
         if P.sharding == "zero1":
             opt += collective_time("all_gather", 4.0 * params, g, node)
     return {"forward": fwd, "backward": bwd, "optimizer": opt}
@@ -980,6 +982,19 @@ def build_framework(fw_results: dict, node: NodeSpec) -> tuple[FrameworkSpec, di
         pred = predicted(case, base)
         return {ph: refs[case]["median_s"][ph] - pred[ph] - share * plain_res[ph] for ph in phases}
 
+    ddp_line = None
+    if "ddp" in refs:
+        # DDP's reducer beyond its all-reduce, per gradient byte (no TP/FSDP case uses DDP)
+        from planner.cost.memory import stage_parameters
+
+        res = residual("ddp", 1.0)
+        grad_bytes = 4.0 * max(stage_parameters(model, config(1, 2, "none")))
+        base = dataclasses.replace(base, ddp_grad_s_per_byte=max(0.0, sum(res.values())) / grad_bytes)
+        ddp_line = (f"ddp dp=2: residual fwd/bwd/opt {res['forward'] * 1e3:.2f}/{res['backward'] * 1e3:.2f}/"
+                    f"{res['optimizer'] * 1e3:.2f} ms for {grad_bytes / 2**20:.2f} MiB of gradients: "
+                    f"{1e6 * base.ddp_grad_s_per_byte * 2**20:.0f} us/MiB")
+    else:
+        defaults.append("ddp")
     values = dataclasses.asdict(base)
     lines = []
     if conc is not None:
@@ -1062,10 +1077,8 @@ def build_framework(fw_results: dict, node: NodeSpec) -> tuple[FrameworkSpec, di
         lines.append(f"zero1 dp=2: residual of the whole step {total * 1e3:.2f} ms over {tensors} parameter tensors")
     else:
         defaults.append("zero1")
-    if "ddp" in refs:
-        res = residual("ddp", 1.0)
-        lines.append(f"ddp dp=2 (no parameter; for reference): residual fwd/bwd/opt {res['forward'] * 1e3:.2f}/"
-                     f"{res['backward'] * 1e3:.2f}/{res['optimizer'] * 1e3:.2f} ms")
+    if ddp_line:
+        lines.append(ddp_line)
     if "pp" in refs:
         # the pipelining runtime: the pp=2 1F1B reference step beyond everything above, per
         # action; the cost model's step is linear in it (slope k from a trial value)
@@ -1117,6 +1130,7 @@ def build_framework(fw_results: dict, node: NodeSpec) -> tuple[FrameworkSpec, di
                                                      for k in phases) for o in ops)
     comments["framework.op_forward_us"] = "per aten op under autograd, whole model at h=16 (" + counts + ")"
     comments["framework.tp_linear_forward_us"] = "TP=2 reference residual / TP modules (linears, embedding, head) per micro-batch (header)"
+    comments["framework.ddp_grad_us_per_mib"] = "DDP dp=2 reference step residual per MiB of gradients (header)"
     comments["framework.pp_action_us"] = "pp=2 1F1B reference step residual per schedule action (header)"
     comments["framework.tp_linear_forward_us_per_mib"] = ("growth of that per MiB of the module's activation, "
                                                           "from the TP reference at two widths (header)")

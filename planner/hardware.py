@@ -218,6 +218,9 @@ class FrameworkSpec:
         backward or weight-gradient step of one micro-batch on one stage: the stage's input
         and output bookkeeping, ``autograd.backward`` on the stage outputs, posting its
         sends / receives), from a pp=2 1F1B reference step; optional (0).
+    ddp_grad_s_per_byte: DDP's reducer beyond its all-reduce time, per gradient byte per step
+        (autograd hooks, bucketing, and the gloo transfer's own CPU work, which with every core
+        running a rank comes out of compute), from the DDP reference step; optional (0).
     tp_optimizer_param_s: extra optimizer time per DTensor parameter tensor (per-op DTensor
         dispatch of the AdamW update).
     sp_block_forward_s / sp_block_backward_s: with sequence parallelism, the extra cost per
@@ -258,6 +261,7 @@ class FrameworkSpec:
     tp_linear_forward_s_per_byte: float = 0.0
     tp_linear_backward_s_per_byte: float = 0.0
     pp_action_s: float = 0.0
+    ddp_grad_s_per_byte: float = 0.0
 
     def tp_module_s(self, activation_bytes: float) -> tuple[float, float]:
         """(forward, backward) DTensor cost of one TP module per micro-batch whose activation
@@ -374,9 +378,11 @@ _FRAMEWORK_YAML: dict[str, tuple[str, float]] = {
     "tp_linear_forward_s_per_byte": ("tp_linear_forward_us_per_mib", MICRO / 2**20),
     "tp_linear_backward_s_per_byte": ("tp_linear_backward_us_per_mib", MICRO / 2**20),
     "pp_action_s": ("pp_action_us", MICRO),
+    "ddp_grad_s_per_byte": ("ddp_grad_us_per_mib", MICRO / 2**20),
 }
 _FRAMEWORK_OPTIONAL = {"concurrent_slowdown", "sp_block_forward_s", "sp_block_backward_s",
-                       "tp_linear_forward_s_per_byte", "tp_linear_backward_s_per_byte", "pp_action_s"}
+                       "tp_linear_forward_s_per_byte", "tp_linear_backward_s_per_byte", "pp_action_s",
+                       "ddp_grad_s_per_byte"}
 _DEVICE_KEYS = {"name", "peak_tflops", "hbm_gib", "hbm_bandwidth_gb_s", "matmul_efficiency",
                 "memory_bound_efficiency", "kernel_overhead_us", "reserved_gib",
                 "fragmentation_fraction", "host_cores"}

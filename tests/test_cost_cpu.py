@@ -252,3 +252,16 @@ def test_pipelining_runtime_pays_its_cost_on_every_schedule_action():
     flat = _cfg(dp=2)
     assert (predict(MODEL, ClusterSpec.homogeneous(_fw_node(2, pp_action_s=1e-3), 1), flat).step_time_s
             == pytest.approx(predict(MODEL, ClusterSpec.homogeneous(_fw_node(2), 1), flat).step_time_s, rel=1e-12))
+
+
+def test_executor_ddp_reducer_costs_per_gradient_byte_only_where_ddp_runs():
+    cl = lambda **kw: ClusterSpec.homogeneous(_fw_node(2, **kw), 1)  # noqa: E731
+    ddp = _cfg(dp=2)
+    extra = predict(MODEL, cl(ddp_grad_s_per_byte=1e-9), ddp).step_time_s - predict(MODEL, cl(), ddp).step_time_s
+    from planner.cost.memory import stage_parameters
+
+    grads = 4.0 * max(stage_parameters(MODEL, ddp))
+    assert extra == pytest.approx(1e-9 * grads, rel=1e-6)
+    for other in (_cfg(dp=2, sharding="fsdp"), _cfg(tp=2), _cfg(pp=2, dp=1, micro_batch=2, global_batch=8)):
+        assert (predict(MODEL, cl(ddp_grad_s_per_byte=1e-9), other).step_time_s
+                == pytest.approx(predict(MODEL, cl(), other).step_time_s, rel=1e-12))

@@ -12,6 +12,10 @@ What ``planner.calibrate`` turns into the profile's ``framework:`` section:
   (``executor.parallel.fsdp``) on 2 ranks; per phase the slowest rank's time, median over
   steps. The calibration subtracts what the cost model predicts for the same step and
   divides the rest by the units the executor runs (TP linears, FSDP units, parameter tensors).
+  Plain and TP also run at a wider shape (:data:`REFERENCE_WIDE`, 4x the activation per TP
+  module): TP's cost per module is a constant plus a per-byte part.
+* a pp=2 1F1B step of the reference model through the executor's own ``Trainer`` (whole
+  steps): what ``torch.distributed.pipelining`` costs per schedule action.
 * memory: fresh processes (``python -m executor.bench.memstep``) run real training steps of
   the reference model at two batch sizes and report the CPU allocator's peak live tensor bytes
   (what the executor reports on CPU) and the RSS high-water minus the baseline.

@@ -667,6 +667,8 @@ def predict(model: ModelSpec, cluster: ClusterSpec, parallel: ParallelConfig,
             chunks = [k for k in range(n_vs) if k % pp == r_max]
             window = sum(sched_b[k] + (sched_w[k] if sched_w else 0.0) for k in chunks)
         dp_exposed = max(0.0, red - window) + (0.0 if runtime.overlap_param_gather else gather)
+        if node.framework is not None and pp == 1:  # the executor's DDP reducer (hooks, buckets)
+            dp_exposed += rates.ops(1, node.framework.ddp_grad_s_per_byte * grad_bytes)
     optimizer_s = _optimizer_s(model, P, rates)
 
     step = pipe.makespan_s + dp_exposed + optimizer_s
