@@ -336,7 +336,9 @@ def build_profile(results: dict, *, name: str = "local-cpu", gpus_per_node: int 
         f"{' --repeat %d' % results['repeat'] if results.get('repeat', 1) > 1 else ''} --nproc "
         f"{env['world_size']}` on {env['hostname']} ({env['cpu_model']}, {env['cpu_count']} cores), "
         f"torch {env['torch_version']}, {env['date']}.",
-        "Regenerate: .venv/bin/clusterplan calibrate   (numbers are medians of repeated samples)",
+        f"Regenerate: .venv/bin/clusterplan calibrate"
+        f"{' --repeat %d' % results['repeat'] if results.get('repeat', 1) > 1 else ''}"
+        "   (numbers are medians of repeated samples)",
         f"contended: {'true' if contended else 'false'}"
         + ("" if not warnings else "  (" + "; ".join(warnings) + ")"),
         "",
