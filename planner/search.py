@@ -767,7 +767,10 @@ class _Search:
             red = c.dp_collective("reduce_scatter", grad_bytes, dp, dp_stride)
             gather = c.dp_collective("all_gather", params * c.w_bytes, dp, dp_stride)
         window = window_of_rank(r_max) if self.rt.overlap_grad_reduce else 0.0
-        return max(0.0, red - window) + (0.0 if self.rt.overlap_param_gather else gather)
+        reducer = 0.0
+        if c.fw is not None and pp == 1:  # the executor's DDP reducer, as predict() charges it
+            reducer = c.rates.ops(1, c.fw.ddp_grad_s_per_byte * grad_bytes)
+        return max(0.0, red - window) + (0.0 if self.rt.overlap_param_gather else gather) + reducer
 
     def leaf_bound(self, lc: LayerCost, tp, cp, pp, dp, m, rc, sh, sched, v, order) -> float:
         f, bi, w = lc.f, lc.bi, lc.w
@@ -786,6 +789,12 @@ class _Search:
         F[-1] += lc.head_f
         B[-1] += lc.head_bi
         W[-1] += lc.head_w
+        if self.costs.fw is not None and pp > 1:  # the pipelining runtime, as _stage_times adds it
+            action = self.costs.rates.ops(1, self.costs.fw.pp_action_s)
+            F = [x + action for x in F]
+            B = [x + action for x in B]
+            if sched == "zb":  # W is its own action (the other schedules fold it into B)
+                W = [x + action for x in W]
         best = 0.0
         pre = 0.0
         if sched == "zb":
