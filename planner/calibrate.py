@@ -187,7 +187,7 @@ def _fit_collectives(rows: list[dict]) -> tuple[list[MeasuredCollective], dict]:
 
 def _contention(rows: list[dict], affinity_cores: int) -> tuple[int, list[str], list[str]]:
     """host_cores = effective cores (total GEMM rate of k concurrent ranks / one rank's rate,
-    maximised over k), and the check of rate*min(1, cores/k) against each k. A run where a rank got
+    maximised over k; rounded up from a quarter above an integer), and the check of rate*min(1, cores/k) against each k. A run where a rank got
     less than 0.8 of its fair share of the ``affinity_cores`` is contended; if any is, the
     scheduler's core count is used instead of the contaminated estimate."""
     alone = next((r for r in rows if r["ranks"] == 1), None)
@@ -203,7 +203,10 @@ def _contention(rows: list[dict], affinity_cores: int) -> tuple[int, list[str], 
         if worst < CONTENDED_CPU_RATIO * share:
             warnings.append(f"contention bench with {k} rank(s): a rank got {worst:.2f} of a core "
                             f"(fair share {share:.2f}) after {r.get('attempts', 1)} attempt(s)")
-    host_cores = max(1, min(int(round(effective)), cores))
+    # rounded up from a quarter above an integer: a short sample on a machine whose speed
+    # drifts reads low (1.33 cores seen for 2 idle ones in a --quick run), and charging one
+    # core where the scheduler gives two doubles every multi-rank prediction
+    host_cores = max(1, min(math.ceil(effective - 0.25), cores))
     if warnings and host_cores != cores:
         warnings.append(f"measured {effective:.2f} effective cores on a busy machine: using the "
                         f"{cores} cores the scheduler gives this process")

@@ -274,3 +274,13 @@ def test_two_point_line_keeps_intercept_and_slope_non_negative():
     assert two_point_line(1.0, 5.0, 3.0, 3.0) == pytest.approx((4.0, 0.0))    # no growth: the mean
     const, slope = two_point_line(1.0, 1.0, 2.0, 4.0)                           # through the origin
     assert const == 0.0 and slope == pytest.approx((1 * 1 + 2 * 4) / 5)
+
+
+@pytest.mark.parametrize("rate2, expected", [(1.33, 2), (1.1, 1), (2.05, 2)])
+def test_effective_cores_round_up_from_a_quarter(rate2, expected):
+    from planner.calibrate import _contention
+
+    rows = [{"ranks": 1, "per_rank": [{"flops_per_s": 1.0, "cpu_ratio": 1.0}]},
+            {"ranks": 2, "per_rank": [{"flops_per_s": rate2 / 2, "cpu_ratio": 1.0}] * 2}]
+    host_cores, _, _ = _contention(rows, 2)
+    assert host_cores == expected
