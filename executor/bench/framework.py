@@ -236,6 +236,16 @@ def _time_pipeline(spec: ModelSpec, micro_batch: int, *, steps: int, warmup: int
             "parallel": par.to_dict()}
 
 
+def _shape_inputs(shape: dict, gen: torch.Generator) -> tuple[ModelSpec, torch.Tensor, torch.Tensor]:
+    """The GPT-style reference model of a shape dict (:data:`REFERENCE` and the others) and one
+    micro-batch of random inputs and targets for it."""
+    spec = reference_spec("gpt", hidden=shape["hidden_size"], layers=shape["n_layers"], seq=shape["seq_len"],
+                          vocab=shape["vocab_size"])
+    x = torch.randint(0, spec.vocab_size, (shape["micro_batch"], spec.seq_len), generator=gen)
+    y = torch.randint(0, spec.vocab_size, (shape["micro_batch"], spec.seq_len), generator=gen)
+    return spec, x, y
+
+
 def reference_bench(*, quick: bool) -> list[dict]:
     """The reference step plain (rank 0), TP=2, TP=2 with SP, DDP, ZeRO-1, FSDP2 (2 ranks each),
     and plain alone / on both ranks at once, interleaved step by step."""
@@ -298,10 +308,7 @@ def reference_bench(*, quick: bool) -> list[dict]:
         out.append({"case": "pp", "tp": 1, "dp": 1, "model": spec.to_dict(), "reference": dict(ref), **r})
         # plain and TP at the wider shape (the per-byte part of the TP modules' cost)
         wref = REFERENCE_WIDE
-        wspec = reference_spec("gpt", hidden=wref["hidden_size"], layers=wref["n_layers"], seq=wref["seq_len"],
-                               vocab=wref["vocab_size"])
-        wx = torch.randint(0, wspec.vocab_size, (wref["micro_batch"], wspec.seq_len), generator=gen)
-        wy = torch.randint(0, wspec.vocab_size, (wref["micro_batch"], wspec.seq_len), generator=gen)
+        wspec, wx, wy = _shape_inputs(wref, gen)
 
         def plain_wide():
             m = build_model(wspec)
@@ -320,10 +327,7 @@ def reference_bench(*, quick: bool) -> list[dict]:
         # a larger step alone and on both ranks at once (no communication), interleaved step by
         # step: what sharing the host costs
         cref = CONCURRENCY_REFERENCE
-        cspec = reference_spec("gpt", hidden=cref["hidden_size"], layers=cref["n_layers"], seq=cref["seq_len"],
-                               vocab=cref["vocab_size"])
-        cx = torch.randint(0, cspec.vocab_size, (cref["micro_batch"], cspec.seq_len), generator=gen)
-        cy = torch.randint(0, cspec.vocab_size, (cref["micro_batch"], cspec.seq_len), generator=gen)
+        cspec, cx, cy = _shape_inputs(cref, gen)
 
         def plain_large():
             m = build_model(cspec)
