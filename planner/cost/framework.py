@@ -144,7 +144,7 @@ def zb_in_flight(pp: int, num_micro_batches: int) -> tuple[int, ...]:
     at once (F to W). torch 2.13 ``ScheduleInterleavedZeroBubble`` with one stage per rank
     (``_get_1f1b_rank_ops(enable_zero_bubble=True)``): rank r runs ``p - 1 - r`` warm-up forwards,
     then F and B pairs, its first W after ``r`` of them, so ``p - 1 - r + r + 1 = p`` graphs are
-    live before the first W frees one; at most m. (tests/test_executor_pp.py checks this
+    live before the first W frees one; at most m. (tests/test_cost_cpu.py checks this
     against torch's own order.)"""
     return tuple(min(pp, num_micro_batches) for _ in range(pp))
 
