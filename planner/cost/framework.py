@@ -149,6 +149,16 @@ def zb_in_flight(pp: int, num_micro_batches: int) -> tuple[int, ...]:
     return tuple(min(pp, num_micro_batches) for _ in range(pp))
 
 
+def executor_in_flight(framework, schedule: str, pp: int, num_micro_batches: int,
+                       counted: tuple[int, ...]) -> tuple[int, ...]:
+    """The in-flight counts the memory model uses: the executor's zero-bubble graphs
+    (:func:`zb_in_flight`) for a profile with a ``framework:`` section, else ``counted`` (the
+    schedule's own count)."""
+    if framework is not None and schedule == "zb":
+        return zb_in_flight(pp, num_micro_batches)
+    return counted
+
+
 def uses_fsdp(sharding: str, tp: int, dp: int) -> bool:
     """The executor runs FSDP2 over dp for zero2/zero3/fsdp, and for any sharding when tp > 1."""
     return dp > 1 and (sharding in ("zero2", "zero3", "fsdp") or tp > 1)

@@ -275,10 +275,8 @@ def peak_memory_bytes(model: ModelSpec, cluster, parallel, runtime=None) -> floa
     P = parallel
     P.validate_for(model)
     sched = P.schedule if P.pp > 1 else ("interleaved" if P.vpp > 1 else "1f1b")
-    if cluster.node.framework is not None and sched == "zb":
-        in_flight = fw.zb_in_flight(P.pp, P.num_micro_batches)
-    else:
-        in_flight = closed_form_in_flight(sched, P.pp, P.num_micro_batches, P.vpp)
+    in_flight = fw.executor_in_flight(cluster.node.framework, sched, P.pp, P.num_micro_batches,
+                                      closed_form_in_flight(sched, P.pp, P.num_micro_batches, P.vpp))
     mems = stage_memories(model, P, cluster.node.device, in_flight, runtime.attention,
                           framework=cluster.node.framework)
     return max(mem.total_bytes for _, _, mem in mems)

@@ -639,8 +639,7 @@ def predict(model: ModelSpec, cluster: ClusterSpec, parallel: ParallelConfig,
 
     # --- per physical stage: parameters and memory ---
     stage_params = stage_parameters(model, P)
-    in_flight = (fw.zb_in_flight(pp, m) if node.framework is not None and st.schedule == "zb"
-                 else pipe.peak_in_flight)
+    in_flight = fw.executor_in_flight(node.framework, st.schedule, pp, m, pipe.peak_in_flight)
     per_stage = stage_memories(model, P, device, in_flight, runtime.attention,
                                framework=node.framework)
 
