@@ -880,7 +880,7 @@ def _reference_prediction(model, node: NodeSpec, parallel) -> dict[str, float]:
     from planner.cost.comm import collective_time
     from planner.cost.compute import make_rates
     from planner.cost.runtime import DEFAULT_RUNTIME
-    from planner.cost.step import _optimizer_s, _shape, _stage_times, effective_runtime
+    from planner.cost.step import _optimizer_s, _param_tensors, _shape, _stage_times, effective_runtime
     from planner.cost.memory import stage_parameters
 
     P = parallel
@@ -894,7 +894,7 @@ def _reference_prediction(model, node: NodeSpec, parallel) -> dict[str, float]:
         params = max(stage_parameters(model, P))
         bwd += collective_time("all_reduce", 4.0 * params, g, node)
         if node.framework is not None:
-            bwd += rates.ops(1, node.framework.ddp_grad_s_per_byte * 4.0 * params)
+            bwd += rates.ops(1, node.framework.ddp_reducer_s(_param_tensors(model, P), 4.0 * params))
         if P.sharding == "zero1":
             opt += collective_time("all_gather", 4.0 * params, g, node)
     return {"forward": fwd, "backward": bwd, "optimizer": opt}
@@ -903,6 +903,16 @@ def _reference_prediction(model, node: NodeSpec, parallel) -> dict[str, float]:
 def _measured_step_memory(result: dict) -> int:
     """What the executor reports as a rank's peak on CPU: the allocator peak when measured."""
     return result.get("allocator_peak_bytes") or result["peak_minus_baseline_bytes"]
+
+
+def _wide_config(reference: dict, tp: int, dp: int, sharding: str = "none"):
+    """The ParallelConfig of a reference-shape dict (``reference`` of a bench result): one
+    micro-batch per rank, fp32."""
+    from planner.plan import ParallelConfig
+
+    b = reference["micro_batch"]
+    return ParallelConfig(tp=tp, dp=dp, micro_batch=b, global_batch=b * dp, seq_len=reference["seq_len"],
+                          precision="fp32", sharding=sharding)
 
 
 def two_point_line(x1: float, y1: float, x2: float, y2: float) -> tuple[float, float]:
@@ -916,6 +926,19 @@ def two_point_line(x1: float, y1: float, x2: float, y2: float) -> tuple[float, f
     if const < 0:
         return 0.0, max(0.0, (x1 * y1 + x2 * y2) / (x1 * x1 + x2 * x2))
     return const, slope
+
+
+def _constant_and_per_byte(values: dict, prefix: str, narrow: tuple, wide: tuple) -> str:
+    """Set ``values[prefix_{forward,backward}_s]`` and ``..._s_per_byte`` to the two-point line
+    through the per-unit residuals of the narrow and the wide reference, each given as
+    (bytes per unit, residual per phase, units); returns the fit in words."""
+    words = []
+    for ph in ("forward", "backward"):
+        key = f"{prefix}_{ph}_s"
+        (x1, r1, n1), (x2, r2, n2) = narrow, wide
+        values[key], values[key + "_per_byte"] = two_point_line(x1, r1[ph] / n1, x2, r2[ph] / n2)
+        words.append(f"{1e6 * values[key]:.0f} us + {1e6 * values[key + '_per_byte'] * 2**20:.0f} us/MiB {ph}")
+    return ", ".join(words)
 
 
 def build_framework(fw_results: dict, node: NodeSpec) -> tuple[FrameworkSpec, dict[str, str], list[str]]:
@@ -989,15 +1012,36 @@ def build_framework(fw_results: dict, node: NodeSpec) -> tuple[FrameworkSpec, di
 
     ddp_line = None
     if "ddp" in refs:
-        # DDP's reducer beyond its all-reduce, per gradient byte (no TP/FSDP case uses DDP)
+        # DDP's reducer beyond its all-reduce (no TP/FSDP case uses DDP): per gradient byte,
+        # and with the wider reference also per parameter tensor (the two-point line's
+        # intercept over the same tensor count)
         from planner.cost.memory import stage_parameters
 
-        res = residual("ddp", 1.0)
+        res = sum(residual("ddp", 1.0).values())
         grad_bytes = 4.0 * max(stage_parameters(model, config(1, 2, "none")))
-        base = dataclasses.replace(base, ddp_grad_s_per_byte=max(0.0, sum(res.values())) / grad_bytes)
-        ddp_line = (f"ddp dp=2: residual fwd/bwd/opt {res['forward'] * 1e3:.2f}/{res['backward'] * 1e3:.2f}/"
-                    f"{res['optimizer'] * 1e3:.2f} ms for {grad_bytes / 2**20:.2f} MiB of gradients: "
-                    f"{1e6 * base.ddp_grad_s_per_byte * 2**20:.0f} us/MiB")
+        n_tensors = fw.block_param_tensors(model) * model.n_layers + sum(fw.edge_param_tensors(model, False))
+        wide_refs = ("ddp_wide" in refs and "plain_wide" in refs
+                     and refs["ddp_wide"]["model"]["n_layers"] == model.n_layers)
+        if wide_refs:
+            wm = ModelSpec.from_dict(refs["ddp_wide"]["model"])
+            wr = refs["ddp_wide"]["reference"]
+            wp = _reference_prediction(wm, dataclasses.replace(node, framework=base).with_gpus_per_node(1),
+                                       _wide_config(wr, 1, 1))
+            wd = _reference_prediction(wm, dataclasses.replace(node, framework=base).with_gpus_per_node(2),
+                                       _wide_config(wr, 1, 2))
+            w_res = sum(refs["ddp_wide"]["median_s"][ph] - wd[ph] - (refs["plain_wide"]["median_s"][ph] - wp[ph])
+                        for ph in phases)
+            w_grad = 4.0 * max(stage_parameters(wm, _wide_config(wr, 1, 2)))
+            const, slope = two_point_line(grad_bytes, res, w_grad, w_res)
+            base = dataclasses.replace(base, ddp_param_s=const / n_tensors, ddp_grad_s_per_byte=slope)
+            ddp_line = (f"ddp dp=2: residual of the step {res * 1e3:.2f} ms for {grad_bytes / 2**20:.2f} MiB of "
+                        f"gradients, {w_res * 1e3:.2f} ms for {w_grad / 2**20:.2f} MiB at h={wm.hidden_size}: "
+                        f"{1e6 * base.ddp_param_s:.0f} us per parameter tensor ({n_tensors}) + "
+                        f"{1e6 * base.ddp_grad_s_per_byte * 2**20:.0f} us/MiB")
+        else:
+            base = dataclasses.replace(base, ddp_grad_s_per_byte=max(0.0, res) / grad_bytes)
+            ddp_line = (f"ddp dp=2: residual of the step {res * 1e3:.2f} ms for {grad_bytes / 2**20:.2f} MiB of "
+                        f"gradients: {1e6 * base.ddp_grad_s_per_byte * 2**20:.0f} us/MiB")
     else:
         defaults.append("ddp")
     values = dataclasses.asdict(base)
@@ -1032,9 +1076,8 @@ def build_framework(fw_results: dict, node: NodeSpec) -> tuple[FrameworkSpec, di
             wr = refs["tp_wide"]["reference"]
 
             def wide(tp: int) -> dict[str, float]:
-                cfg = ParallelConfig(tp=tp, micro_batch=wr["micro_batch"], global_batch=wr["micro_batch"],
-                                     seq_len=wr["seq_len"], precision="fp32")
-                return _reference_prediction(wm, dataclasses.replace(node, framework=base).with_gpus_per_node(tp), cfg)
+                return _reference_prediction(wm, dataclasses.replace(node, framework=base).with_gpus_per_node(tp),
+                                             _wide_config(wr, tp, 1))
 
             wp, wt = wide(1), wide(2)
             wres = {ph: refs["tp_wide"]["median_s"][ph] - wt[ph]
@@ -1042,16 +1085,10 @@ def build_framework(fw_results: dict, node: NodeSpec) -> tuple[FrameworkSpec, di
             w_linears = fw.tp_modules(wm, wm.n_layers)
             x_ref = 4.0 * b * s * model.hidden_size
             x_wide = 4.0 * wr["micro_batch"] * wr["seq_len"] * wm.hidden_size
-            for ph, key in (("forward", "tp_linear_forward_s"), ("backward", "tp_linear_backward_s")):
-                const, slope = two_point_line(x_ref, res[ph] / linears, x_wide, wres[ph] / w_linears)
-                values[key], values[key + "_per_byte"] = const, slope
+            fit = _constant_and_per_byte(values, "tp_linear", (x_ref, res, linears), (x_wide, wres, w_linears))
             lines.append(f"tp=2 at h={wm.hidden_size}, s={wr['seq_len']}, micro-batch {wr['micro_batch']}: residual "
                          f"fwd/bwd {wres['forward'] * 1e3:.2f}/{wres['backward'] * 1e3:.2f} ms over {w_linears} "
-                         f"TP modules; per module {1e6 * values['tp_linear_forward_s']:.0f} us + "
-                         f"{1e6 * values['tp_linear_forward_s_per_byte'] * 2**20:.0f} us/MiB forward, "
-                         f"{1e6 * values['tp_linear_backward_s']:.0f} us + "
-                         f"{1e6 * values['tp_linear_backward_s_per_byte'] * 2**20:.0f} us/MiB backward "
-                         f"(activation {x_ref / 2**20:.2f} and {x_wide / 2**20:.2f} MiB)")
+                         f"TP modules; per module {fit} (activation {x_ref / 2**20:.2f} and {x_wide / 2**20:.2f} MiB)")
     else:
         defaults.append("tp")
     if "tp_sp" in refs and "tp" in refs:
@@ -1073,6 +1110,24 @@ def build_framework(fw_results: dict, node: NodeSpec) -> tuple[FrameworkSpec, di
         values["fsdp_optimizer_param_s"] = max(0.0, res["optimizer"]) / tensors
         lines.append(f"fsdp dp=2: residual fwd/bwd/opt {res['forward'] * 1e3:.2f}/{res['backward'] * 1e3:.2f}/"
                      f"{res['optimizer'] * 1e3:.2f} ms over {units} units, {tensors} parameter tensors")
+        if "fsdp_wide" in refs and "plain_wide" in refs:
+            # the same at the wider shape (same units, more bytes each): per unit, a constant
+            # plus a part per byte of its parameters; the residual is units x constant +
+            # slope x all parameter bytes, so the line runs through the per-unit means
+            wm = ModelSpec.from_dict(refs["fsdp_wide"]["model"])
+            wr = refs["fsdp_wide"]["reference"]
+            w_node = dataclasses.replace(node, framework=base)
+            wp = _reference_prediction(wm, w_node.with_gpus_per_node(1), _wide_config(wr, 1, 1))
+            wf = _reference_prediction(wm, w_node.with_gpus_per_node(2), _wide_config(wr, 1, 2, "fsdp"))
+            wres = {ph: refs["fsdp_wide"]["median_s"][ph] - wf[ph] - (refs["plain_wide"]["median_s"][ph] - wp[ph])
+                    for ph in phases}
+            w_units = fw.fsdp_units(wm, wm.n_layers, True, True, False)
+            x_ref = 4.0 * model.total_params() / units
+            x_wide = 4.0 * wm.total_params() / w_units
+            fit = _constant_and_per_byte(values, "fsdp_unit", (x_ref, res, units), (x_wide, wres, w_units))
+            lines.append(f"fsdp dp=2 at h={wm.hidden_size}: residual fwd/bwd {wres['forward'] * 1e3:.2f}/"
+                         f"{wres['backward'] * 1e3:.2f} ms over {w_units} units; per unit {fit} "
+                         f"(parameters {x_ref / 2**20:.2f} and {x_wide / 2**20:.2f} MiB per unit)")
     else:
         defaults.append("fsdp")
     if "zero1" in refs:
@@ -1136,11 +1191,15 @@ def build_framework(fw_results: dict, node: NodeSpec) -> tuple[FrameworkSpec, di
     comments["framework.op_forward_us"] = "per aten op under autograd, whole model at h=16 (" + counts + ")"
     comments["framework.tp_linear_forward_us"] = "TP=2 reference residual / TP modules (linears, embedding, head) per micro-batch (header)"
     comments["framework.ddp_grad_us_per_mib"] = "DDP dp=2 reference step residual per MiB of gradients (header)"
+    comments["framework.ddp_param_us"] = ("per parameter tensor: the intercept of that residual at two widths "
+                                          "(header)")
     comments["framework.pp_action_us"] = "pp=2 1F1B reference step residual per schedule action (header)"
     comments["framework.tp_linear_forward_us_per_mib"] = ("growth of that per MiB of the module's activation, "
                                                           "from the TP reference at two widths (header)")
     comments["framework.sp_block_forward_us"] = "TP=2+SP reference residual beyond the TP modules / blocks (header)"
     comments["framework.fsdp_unit_forward_us"] = "FSDP2 dp=2 reference residual / fully_shard units (header)"
+    comments["framework.fsdp_unit_forward_us_per_mib"] = ("growth of that per MiB of the unit's parameters, from "
+                                                          "the FSDP2 reference at two widths (header)")
     comments["framework.zero1_param_us"] = "ZeRO-1 dp=2 reference step residual / parameter tensors (header)"
     comments["framework.fragmentation_fraction"] = ("slope - 1 of measured training-step memory vs the cost model's "
                                                     "tensor bytes at two batch sizes (header)")

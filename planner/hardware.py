@@ -219,8 +219,11 @@ class FrameworkSpec:
         and output bookkeeping, ``autograd.backward`` on the stage outputs, posting its
         sends / receives), from a pp=2 1F1B reference step; optional (0).
     ddp_grad_s_per_byte: DDP's reducer beyond its all-reduce time, per gradient byte per step
-        (autograd hooks, bucketing, and the gloo transfer's own CPU work, which with every core
-        running a rank comes out of compute), from the DDP reference step; optional (0).
+        (bucketing, and the gloo transfer's own CPU work, which with every core running a rank
+        comes out of compute); optional (0).
+    ddp_param_s: DDP's reducer cost per parameter tensor per step (its autograd hook marks the
+        gradient ready and books it into a bucket); with ``ddp_grad_s_per_byte`` the constant and
+        the slope of the DDP reference step's residual at two widths; optional (0).
     tp_optimizer_param_s: extra optimizer time per DTensor parameter tensor (per-op DTensor
         dispatch of the AdamW update).
     sp_block_forward_s / sp_block_backward_s: with sequence parallelism, the extra cost per
@@ -229,6 +232,10 @@ class FrameworkSpec:
     fsdp_unit_forward_s / fsdp_unit_backward_s: FSDP2 ``fully_shard`` cost per wrapped unit per
         micro-batch (pre/post hooks, copy-in/copy-out of the flat all-gather and
         reduce-scatter buffers) beyond the profile's collective times.
+    fsdp_unit_forward_s_per_byte / fsdp_unit_backward_s_per_byte: the part of that cost that
+        grows with the unit's parameter bytes (copy-in to the all-gather buffer and copy-out to
+        the unsharded parameters, the gradients' reduce-scatter buffers), from the FSDP2
+        reference at two widths; optional (0). :meth:`fsdp_unit_s` adds both.
     fsdp_optimizer_param_s: extra optimizer time per FSDP2 (DTensor) parameter tensor.
     zero1_param_s: ZeroRedundancyOptimizer cost per parameter tensor per step beyond the
         AdamW update of its shard (per-parameter broadcast bookkeeping and waits).
@@ -262,6 +269,19 @@ class FrameworkSpec:
     tp_linear_backward_s_per_byte: float = 0.0
     pp_action_s: float = 0.0
     ddp_grad_s_per_byte: float = 0.0
+    ddp_param_s: float = 0.0
+    fsdp_unit_forward_s_per_byte: float = 0.0
+    fsdp_unit_backward_s_per_byte: float = 0.0
+
+    def fsdp_unit_s(self, param_bytes: float) -> tuple[float, float]:
+        """(forward, backward) FSDP2 cost of one ``fully_shard`` unit per micro-batch holding
+        ``param_bytes`` of (unsharded) parameters, beyond its collectives."""
+        return (self.fsdp_unit_forward_s + self.fsdp_unit_forward_s_per_byte * param_bytes,
+                self.fsdp_unit_backward_s + self.fsdp_unit_backward_s_per_byte * param_bytes)
+
+    def ddp_reducer_s(self, param_tensors: int, grad_bytes: float) -> float:
+        """DDP's reducer beyond its all-reduce, per step: hooks per tensor plus per-byte work."""
+        return self.ddp_param_s * param_tensors + self.ddp_grad_s_per_byte * grad_bytes
 
     def tp_module_s(self, activation_bytes: float) -> tuple[float, float]:
         """(forward, backward) DTensor cost of one TP module per micro-batch whose activation
@@ -379,10 +399,14 @@ _FRAMEWORK_YAML: dict[str, tuple[str, float]] = {
     "tp_linear_backward_s_per_byte": ("tp_linear_backward_us_per_mib", MICRO / 2**20),
     "pp_action_s": ("pp_action_us", MICRO),
     "ddp_grad_s_per_byte": ("ddp_grad_us_per_mib", MICRO / 2**20),
+    "ddp_param_s": ("ddp_param_us", MICRO),
+    "fsdp_unit_forward_s_per_byte": ("fsdp_unit_forward_us_per_mib", MICRO / 2**20),
+    "fsdp_unit_backward_s_per_byte": ("fsdp_unit_backward_us_per_mib", MICRO / 2**20),
 }
 _FRAMEWORK_OPTIONAL = {"concurrent_slowdown", "sp_block_forward_s", "sp_block_backward_s",
                        "tp_linear_forward_s_per_byte", "tp_linear_backward_s_per_byte", "pp_action_s",
-                       "ddp_grad_s_per_byte"}
+                       "ddp_grad_s_per_byte", "ddp_param_s", "fsdp_unit_forward_s_per_byte",
+                       "fsdp_unit_backward_s_per_byte"}
 _DEVICE_KEYS = {"name", "peak_tflops", "hbm_gib", "hbm_bandwidth_gb_s", "matmul_efficiency",
                 "memory_bound_efficiency", "kernel_overhead_us", "reserved_gib",
                 "fragmentation_fraction", "host_cores"}

@@ -281,7 +281,12 @@ class _Costs:
         # the node's calibrated framework section (CPU profile) as predict() uses it, so the
         # bounds below charge the same per-op / TP-linear costs the prediction does
         self.fw = node.framework
-        self.rates = make_rates(node.device, precision, min(self.gpn, world), self.fw)
+        # an oversubscribed CPU host: predict() gives a busy rank up to a whole core while
+        # others wait (its busy-fraction fixed point); a bound may not assume less
+        ranks = min(self.gpn, world)
+        if node.device.host_cores > 0:
+            ranks = min(ranks, node.device.host_cores)
+        self.rates = make_rates(node.device, precision, ranks, self.fw)
         self.bpe = activation_bytes_per_element(precision)
         self.w_bytes = 4.0 if precision == "fp32" else 2.0
         self._layer: dict = {}
@@ -383,8 +388,9 @@ class _Costs:
             # predict() charges it (planner.cost.step._layer_comm)
             ag = collective_time("all_gather", size, g, node)
             rs = collective_time("reduce_scatter", size, g, node)
-            cf = ag + self.fw.fsdp_unit_forward_s
-            cb = (ag if sharding in ("zero3", "fsdp") else 0.0) + rs + self.fw.fsdp_unit_backward_s
+            unit_f, unit_b = self.fw.fsdp_unit_s(size)
+            cf = ag + unit_f
+            cb = (ag if sharding in ("zero3", "fsdp") else 0.0) + rs + unit_b
             return exposed(cf, cb)
         n_coll = self.param_tensors if rt.gather_granularity == "per_tensor" else 1
 
@@ -769,7 +775,10 @@ class _Search:
         window = window_of_rank(r_max) if self.rt.overlap_grad_reduce else 0.0
         reducer = 0.0
         if c.fw is not None and pp == 1:  # the executor's DDP reducer, as predict() charges it
-            reducer = c.rates.ops(1, c.fw.ddp_grad_s_per_byte * grad_bytes)
+            m = self.model
+            tensors = m.n_layers * fw.block_param_tensors(m) + sum(
+                fw.edge_param_tensors(m, fw.executor_tied(m, tp, pp)))
+            reducer = c.rates.ops(1, c.fw.ddp_reducer_s(tensors, grad_bytes))
         return max(0.0, red - window) + (0.0 if self.rt.overlap_param_gather else gather) + reducer
 
     def leaf_bound(self, lc: LayerCost, tp, cp, pp, dp, m, rc, sh, sched, v, order) -> float:

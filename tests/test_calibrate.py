@@ -161,7 +161,7 @@ def _quiet(results):
     return quiet
 
 
-def _synthetic_framework(node, planted):
+def _synthetic_framework(node, planted, wide: bool = False):
     """Bench results a machine with the ``planted`` FrameworkSpec would give: op timings from
     counts, reference steps as the cost model predicts them with the planted costs, memory as
     (1 + fragmentation) * tensors + overhead."""
@@ -188,6 +188,15 @@ def _synthetic_framework(node, planted):
         n = dc.replace(node, framework=planted).with_gpus_per_node(tp * dp)
         reference.append({"case": case, "tp": tp, "dp": dp, "model": model.to_dict(), "reference": ref,
                           "median_s": _reference_prediction(model, n, cfg), "cpu_ratio": 1.0, "steps": 5})
+    if wide:  # plain, DDP and FSDP2 at the wider reference shape
+        wref = {"hidden_size": 256, "n_layers": 2, "seq_len": 128, "micro_batch": 8, "vocab_size": 512}
+        wmodel = dc.replace(model, name="ref-wide", hidden_size=256, ffn_hidden_size=1024)
+        for case, dp, sharding in (("plain_wide", 1, "none"), ("ddp_wide", 2, "none"), ("fsdp_wide", 2, "fsdp")):
+            cfg = ParallelConfig(dp=dp, micro_batch=8, global_batch=8 * dp, seq_len=128, precision="fp32",
+                                 sharding=sharding)
+            n = dc.replace(node, framework=planted).with_gpus_per_node(dp)
+            reference.append({"case": case, "tp": 1, "dp": dp, "model": wmodel.to_dict(), "reference": wref,
+                              "median_s": _reference_prediction(wmodel, n, cfg), "cpu_ratio": 1.0, "steps": 5})
     no_mem = dc.replace(planted, fragmentation_fraction=0.0, training_overhead_bytes=0.0)
     memory = []
     for b in (2, 8):
@@ -223,6 +232,32 @@ def test_framework_section_recovers_planted_costs(results, tmp_path):
     assert back.framework.tp_linear_forward_s == pytest.approx(got.tp_linear_forward_s, rel=1e-5)
     text = path.read_text()
     assert "framework:" in text and "tp=2: residual" in text
+
+
+def test_framework_ddp_and_fsdp_split_constant_and_per_byte_with_the_wide_reference(results):
+    """DDP and FSDP2 at two widths (same parameter tensors and units, 3.4x the bytes) recover
+    both planted terms of each; with the narrow DDP step alone all of its residual is charged
+    per byte."""
+    import dataclasses as dc
+
+    from planner.hardware import FrameworkSpec
+
+    quiet = _quiet(results)
+    node = build_profile(quiet).node
+    zero = {f.name: 0.0 for f in dc.fields(FrameworkSpec)}
+    planted = FrameworkSpec(**{**zero, "op_forward_s": 4e-6, "op_backward_s": 3e-6, "op_optimizer_s": 2.5e-6,
+                               "ddp_param_s": 80e-6, "ddp_grad_s_per_byte": 1e-9,
+                               "fsdp_unit_forward_s": 300e-6, "fsdp_unit_backward_s": 500e-6,
+                               "fsdp_unit_forward_s_per_byte": 0.5e-9, "fsdp_unit_backward_s_per_byte": 2e-9})
+    quiet["framework"] = _synthetic_framework(node, planted, wide=True)
+    got = build_profile(quiet).node.framework
+    for f in ("ddp_param_s", "ddp_grad_s_per_byte", "fsdp_unit_forward_s", "fsdp_unit_backward_s",
+              "fsdp_unit_forward_s_per_byte", "fsdp_unit_backward_s_per_byte"):
+        assert getattr(got, f) == pytest.approx(getattr(planted, f), rel=1e-6), f
+    narrow = [r for r in quiet["framework"]["reference"] if r["case"] != "ddp_wide"]
+    quiet["framework"] = {**quiet["framework"], "reference": narrow}
+    only_bytes = build_profile(quiet).node.framework
+    assert only_bytes.ddp_param_s == 0.0 and only_bytes.ddp_grad_s_per_byte > 1e-9
 
 
 def test_framework_residuals_below_zero_clip_to_zero(results):

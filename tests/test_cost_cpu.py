@@ -262,6 +262,55 @@ def test_executor_ddp_reducer_costs_per_gradient_byte_only_where_ddp_runs():
 
     grads = 4.0 * max(stage_parameters(MODEL, ddp))
     assert extra == pytest.approx(1e-9 * grads, rel=1e-6)
+    from planner.cost.step import _param_tensors
+
+    per_tensor = predict(MODEL, cl(ddp_param_s=1e-4), ddp).step_time_s - predict(MODEL, cl(), ddp).step_time_s
+    assert per_tensor == pytest.approx(1e-4 * _param_tensors(MODEL, ddp), rel=1e-6)
     for other in (_cfg(dp=2, sharding="fsdp"), _cfg(tp=2), _cfg(pp=2, dp=1, micro_batch=2, global_batch=8)):
-        assert (predict(MODEL, cl(ddp_grad_s_per_byte=1e-9), other).step_time_s
+        assert (predict(MODEL, cl(ddp_grad_s_per_byte=1e-9, ddp_param_s=1e-4), other).step_time_s
                 == pytest.approx(predict(MODEL, cl(), other).step_time_s, rel=1e-12))
+
+
+def test_executor_fsdp_unit_cost_grows_with_each_units_parameter_bytes():
+    """FSDP2's per-unit cost per byte: every unit (the blocks and the root, which holds the tied
+    embedding and the final norm) pays it on its unsharded parameter bytes, forward and backward,
+    once per micro-batch; with every core running a rank nothing hides it."""
+    cl = lambda **kw: ClusterSpec.homogeneous(_fw_node(2, **kw), 1)  # noqa: E731
+    fsdp = _cfg(dp=2, sharding="fsdp", global_batch=16)  # 2 micro-batches per rank
+    base = predict(MODEL, cl(), fsdp).step_time_s
+    fwd = predict(MODEL, cl(fsdp_unit_forward_s_per_byte=1e-9), fsdp).step_time_s - base
+    bwd = predict(MODEL, cl(fsdp_unit_backward_s_per_byte=1e-9), fsdp).step_time_s - base
+    expected = fsdp.num_micro_batches * 1e-9 * 4.0 * MODEL.total_params()
+    assert fwd == pytest.approx(expected, rel=1e-3)
+    assert bwd == pytest.approx(expected, rel=1e-3)
+    assert predict(MODEL, cl(fsdp_unit_forward_s_per_byte=1e-9), _cfg(dp=2)).step_time_s == pytest.approx(
+        predict(MODEL, cl(), _cfg(dp=2)).step_time_s, rel=1e-12)
+
+
+def test_oversubscribed_host_gives_busy_ranks_the_cores_waiting_ranks_leave():
+    """4 ranks on 2 cores: a pipeline rank waiting for its peer sleeps, so the busy ranks get
+    more than half a core. The step lies between all four computing at once and each busy rank
+    on a whole core, at the fixed point busy ranks = max(cores, ranks x busy fraction)."""
+    from planner.cost.memory import stage_parameters
+    from planner.cost.runtime import DEFAULT_RUNTIME
+    from planner.cost.step import _timed_step, effective_runtime
+
+    node = _fw_node(4, op_forward_s=3e-6, op_backward_s=3e-6, op_optimizer_s=3e-6)
+    assert node.device.host_cores == 2
+    cfg = _cfg(pp=4, micro_batch=1, global_batch=8)
+    got = predict(MODEL, ClusterSpec.homogeneous(node, 1), cfg).step_time_s
+    runtime = effective_runtime(DEFAULT_RUNTIME, node.device, 4)
+    params = stage_parameters(MODEL, cfg)
+
+    def at(busy):
+        return _timed_step(MODEL, node, cfg, runtime, params, busy, True)
+
+    assert at(2.0).step_s < got < at(4.0).step_s
+    fixed = [t for t in (at(b / 100) for b in range(200, 401)) if abs(t.step_s - got) < 2e-3 * got]
+    assert fixed and any(abs(max(2.0, 4 * t.busy_fraction) - t.ranks_busy) < 0.02 for t in fixed)
+    # a core per rank: nothing to iterate, the prediction is the plain one
+    two = _fw_node(2, op_forward_s=3e-6, op_backward_s=3e-6, op_optimizer_s=3e-6)
+    p2 = _cfg(pp=2, micro_batch=1, global_batch=8)
+    assert predict(MODEL, ClusterSpec.homogeneous(two, 1), p2).step_time_s == pytest.approx(
+        _timed_step(MODEL, two, p2, effective_runtime(DEFAULT_RUNTIME, two.device, 2),
+                    stage_parameters(MODEL, p2), 2, True).step_s, rel=1e-12)

@@ -10,10 +10,13 @@ What ``planner.calibrate`` turns into the profile's ``framework:`` section:
   executor's real wrappers: plain (one rank), tensor parallel (``executor.parallel.tp``),
   DDP (``executor.parallel.dp``), ZeRO-1 (``executor.parallel.zero``) and FSDP2
   (``executor.parallel.fsdp``) on 2 ranks; per phase the slowest rank's time, median over
-  steps. The calibration subtracts what the cost model predicts for the same step and
+  steps. Every case (and the pipeline step below) is timed in short blocks, interleaved over
+  several rounds (:func:`_interleaved`), so a slow spell of the machine falls on all alike.
+  The calibration subtracts what the cost model predicts for the same step and
   divides the rest by the units the executor runs (TP linears, FSDP units, parameter tensors).
-  Plain and TP also run at a wider shape (:data:`REFERENCE_WIDE`, 4x the activation per TP
-  module): TP's cost per module is a constant plus a per-byte part.
+  Plain, TP, DDP and FSDP2 also run at a wider shape (:data:`REFERENCE_WIDE`, 4x the
+  activation per TP module, 3.4x the parameter bytes): TP's cost per module, DDP's reducer cost
+  and FSDP2's cost per unit are each a constant plus a per-byte part.
 * a pp=2 1F1B step of the reference model through the executor's own ``Trainer`` (whole
   steps): what ``torch.distributed.pipelining`` costs per schedule action.
 * memory: fresh processes (``python -m executor.bench.memstep``) run real training steps of
@@ -39,8 +42,9 @@ from planner.model import ModelSpec
 REFERENCE = {"hidden_size": 128, "n_layers": 2, "seq_len": 128, "micro_batch": 4, "vocab_size": 512}
 """The reference shape of the wrapper measurements (small: overheads are a large share)."""
 REFERENCE_WIDE = {"hidden_size": 256, "n_layers": 2, "seq_len": 128, "micro_batch": 8, "vocab_size": 512}
-"""A second, wider shape for the TP reference (4x the activation bytes per module, not a sweep
-shape): with :data:`REFERENCE` it separates the per-module constant from the per-byte part."""
+"""A second, wider shape for the TP and DDP references (4x the activation bytes per TP module,
+3.4x the gradient bytes, the same parameter tensors; not a sweep shape): with :data:`REFERENCE`
+it separates the per-module (per-tensor) constant from the per-byte part."""
 CONCURRENCY_REFERENCE = {"hidden_size": 256, "n_layers": 2, "seq_len": 256, "micro_batch": 4, "vocab_size": 2048}
 """The shape of the alone / at-once measurement: a working set (~40 MiB of activations per rank)
 beyond the last-level cache, where ranks sharing the host contend for memory bandwidth (at the
@@ -134,41 +138,64 @@ def op_overhead_bench(*, reps: int) -> list[dict]:
     return out
 
 
-def _time_steps(build, x, y, *, steps: int, warmup: int, active: bool, tp: int = 1) -> dict | None:
-    """Run ``steps`` + ``warmup`` steps of the model ``build()`` returns on every rank of the
-    world (``active``: this rank takes part); per phase the slowest active rank, median. With
-    ``tp`` > 1 the loss is the executor's vocabulary-parallel one and SP's partial gradients
-    are reduced before the optimizer, as ``executor.train`` does."""
+def _step_runner(build, x, y, *, active: bool, tp: int = 1):
+    """A function running one training step of the model ``build()`` returns on this rank
+    (None where the rank does not take part) and returning its (forward, backward, optimizer)
+    seconds. With ``tp`` > 1 the loss is the executor's vocabulary-parallel one and SP's partial
+    gradients are reduced before the optimizer, as ``executor.train`` does."""
     from executor.model import lm_loss
     from executor.parallel.tp import loss_context, reduce_partial_grads
 
-    def before_step(model):
-        reduce_partial_grads(list(model.parameters()))
+    if not active:
+        return lambda: None
+    model, opt = build()
 
-    model = opt = None
-    if active:
-        model, opt = build()
-    rows = []
-    for step in range(warmup + steps):
-        dist.barrier()
-        c0 = time.process_time()
-        w0 = time.perf_counter()
-        mine = (_phases(model, opt, x, y, lm_loss, lambda: loss_context(tp), before_step if tp > 1 else None)
-                if active else None)
-        wall = time.perf_counter() - w0
-        cpu = time.process_time() - c0
-        gathered = [None] * dist.get_world_size()
-        dist.all_gather_object(gathered, (mine, cpu / wall if (active and wall > 0) else None))
-        if step >= warmup:
-            rows.append([g for g in gathered if g[0] is not None])
-    del model, opt
-    if not rows:
-        return None
-    med = {}
-    for i, name in enumerate(("forward", "backward", "optimizer")):
-        med[name] = statistics.median(max(r[0][i] for r in row) for row in rows)
-    ratio = min(min(r[1] for r in row) for row in rows)
-    return {"median_s": med, "cpu_ratio": ratio, "steps": steps}
+    def before_step(m):
+        reduce_partial_grads(list(m.parameters()))
+
+    def run():
+        return _phases(model, opt, x, y, lm_loss, lambda: loss_context(tp), before_step if tp > 1 else None)
+
+    return run
+
+
+def _interleaved(cases: dict, *, rounds: int, warmup: int) -> dict[str, list[list[tuple]]]:
+    """Time the ``cases`` ({name: (runner, steps per block)}, every rank calls every runner) in
+    ``rounds`` rounds of one block each, the order rotated every round, so that the machine's
+    drift (its speed moves by 10-20% within minutes) falls on every case alike and the
+    differences between cases, which the calibration turns into wrapper costs, are measured
+    under the same conditions. Each block starts with one untimed step (caches after the
+    switch); every timed step starts after a barrier. Returns per case, per timed step, what
+    each taking-part rank's runner returned with its CPU-time / wall ratio."""
+    names = list(cases)
+    for name in names:
+        for _ in range(warmup):
+            dist.barrier()
+            cases[name][0]()
+    rows: dict[str, list[list[tuple]]] = {name: [] for name in names}
+    world = dist.get_world_size()
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            run, steps = cases[name]
+            dist.barrier()
+            run()
+            for _ in range(steps):
+                dist.barrier()
+                c0, w0 = time.process_time(), time.perf_counter()
+                mine = run()
+                wall = time.perf_counter() - w0
+                cpu = time.process_time() - c0
+                gathered = [None] * world
+                dist.all_gather_object(gathered, (mine, cpu / wall if (mine is not None and wall > 0) else None))
+                rows[name].append([g for g in gathered if g[0] is not None])
+    return rows
+
+
+def _phase_summary(rows: list[list[tuple]]) -> dict:
+    """Per phase the slowest taking-part rank of each step, median over the steps."""
+    med = {name: statistics.median(max(r[0][i] for r in row) for row in rows)
+           for i, name in enumerate(("forward", "backward", "optimizer"))}
+    return {"median_s": med, "cpu_ratio": min(min(r[1] for r in row) for row in rows), "steps": len(rows)}
 
 
 def _time_concurrency(build, x, y, *, steps: int, warmup: int, blocks: int) -> tuple[dict, dict]:
@@ -206,10 +233,10 @@ PP_MICRO_BATCHES = 4
 """Micro-batches of the pipeline reference (pp=2, 1F1B, at :data:`REFERENCE`)."""
 
 
-def _time_pipeline(spec: ModelSpec, micro_batch: int, *, steps: int, warmup: int) -> dict:
-    """Whole training steps of the executor's own ``Trainer`` on a pp=2 1F1B plan of ``spec``
-    (every rank of the 2-rank world): per step the slowest rank's wall time after a barrier,
-    as ``executor`` records it; the median over ``steps`` after ``warmup``."""
+def _pipeline_runner(spec: ModelSpec, micro_batch: int):
+    """(runner, parallel config) of whole training steps of the executor's own ``Trainer`` on
+    a pp=2 1F1B plan of ``spec`` (every rank of the 2-rank world); the runner returns the
+    step's wall seconds, as ``executor`` records a step."""
     from executor.data import Batches
     from executor.mesh import build_mesh
     from executor.train import Trainer
@@ -220,20 +247,16 @@ def _time_pipeline(spec: ModelSpec, micro_batch: int, *, steps: int, warmup: int
     plan = Plan(model=spec, hardware="local-cpu", n_nodes=1, gpus_per_node=2, parallel=par)
     trainer = Trainer(plan, build_mesh(par, "cpu"), dist.get_rank(), torch.device("cpu"))
     batches = Batches(spec.vocab_size, par.global_batch, par.seq_len, seed=0)
-    walls = []
-    for step in range(warmup + steps):
-        tokens = batches.global_batch(step)
-        dist.barrier()
+    count = [0]
+
+    def run():
+        tokens = batches.global_batch(count[0])
+        count[0] += 1
         t0 = time.perf_counter()
         trainer.step(tokens)
-        wall = time.perf_counter() - t0
-        gathered = [None] * dist.get_world_size()
-        dist.all_gather_object(gathered, wall)
-        if step >= warmup:
-            walls.append(max(gathered))
-    del trainer
-    return {"step_s": statistics.median(walls), "steps": steps, "micro_batches": PP_MICRO_BATCHES,
-            "parallel": par.to_dict()}
+        return (time.perf_counter() - t0,)
+
+    return run, par
 
 
 def _shape_inputs(shape: dict, gen: torch.Generator) -> tuple[ModelSpec, torch.Tensor, torch.Tensor]:
@@ -247,94 +270,81 @@ def _shape_inputs(shape: dict, gen: torch.Generator) -> tuple[ModelSpec, torch.T
 
 
 def reference_bench(*, quick: bool) -> list[dict]:
-    """The reference step plain (rank 0), TP=2, TP=2 with SP, DDP, ZeRO-1, FSDP2 (2 ranks each),
-    and plain alone / on both ranks at once, interleaved step by step."""
+    """The reference step plain (rank 0), TP=2, TP=2 with SP, DDP, ZeRO-1, FSDP2, a pp=2 1F1B
+    step, and plain, TP and DDP at the wider shape (2 ranks each), interleaved block by block
+    (:func:`_interleaved`); then the plain step alone / on both ranks at once."""
     from torch.distributed.device_mesh import init_device_mesh
 
     from executor.model import build_model
     from executor.parallel import dp as dp_mod, fsdp as fsdp_mod, tp as tp_mod, zero as zero_mod
 
     rank, world = dist.get_rank(), dist.get_world_size()
-    ref = REFERENCE
-    spec = reference_spec("gpt", hidden=ref["hidden_size"], layers=ref["n_layers"], seq=ref["seq_len"],
-                          vocab=ref["vocab_size"])
     gen = torch.Generator().manual_seed(7 + rank)
-    b = ref["micro_batch"]
-    x = torch.randint(0, spec.vocab_size, (b, spec.seq_len), generator=gen)
-    y = torch.randint(0, spec.vocab_size, (b, spec.seq_len), generator=gen)
-    steps, warmup = (4, 2) if quick else (40, 5)
+    ref, wref = REFERENCE, REFERENCE_WIDE
+    spec, x, y = _shape_inputs(ref, gen)
+    wspec, wx, wy = _shape_inputs(wref, gen)
     mesh = init_device_mesh("cpu", (2,), mesh_dim_names=("x",)) if world == 2 else None
+    # rounds, untimed warm-up steps, timed steps per block: reference shape, wide shape, pipeline
+    rounds, warmup, (n_ref, n_wide, n_pp) = (1, 1, (3, 2, 2)) if quick else (8, 2, (5, 2, 3))
 
     def adam(model):
         return torch.optim.AdamW(model.parameters(), foreach=False)
 
-    def plain():
-        m = build_model(spec)
-        return m, adam(m)
+    def plain(s):
+        return lambda: (lambda m: (m, adam(m)))(build_model(s))
 
-    def tp():
-        m = tp_mod.apply_tp(build_model(spec), mesh["x"], False)
-        return m, adam(m)
+    def tp(s, sp):
+        return lambda: (lambda m: (m, adam(m)))(tp_mod.apply_tp(build_model(s), mesh["x"], sp))
 
-    def tp_sp():
-        m = tp_mod.apply_tp(build_model(spec), mesh["x"], True)
-        return m, adam(m)
-
-    def ddp():
-        m = dp_mod.apply_ddp(build_model(spec), mesh["x"], torch.device("cpu"))
-        return m, adam(m)
+    def ddp(s):
+        return lambda: (lambda m: (m, adam(m)))(dp_mod.apply_ddp(build_model(s), mesh["x"], torch.device("cpu")))
 
     def zero1():
         m = dp_mod.apply_ddp(build_model(spec), mesh["x"], torch.device("cpu"))
         return m, zero_mod.zero1_optimizer(m.parameters(), mesh["x"], lr=1e-3, eps=1e-8, weight_decay=0.0)
 
-    def fsdp():
-        m = fsdp_mod.apply_fsdp(build_model(spec), mesh["x"], reshard_after_forward=True)
-        return m, adam(m)
+    def fsdp(s):
+        return lambda: (lambda m: (m, adam(m)))(fsdp_mod.apply_fsdp(build_model(s), mesh["x"],
+                                                                    reshard_after_forward=True))
 
-    cases = [("plain", plain, rank == 0, 1, 1)]
+    # (name, tp, dp, shape, build, this rank takes part, timed steps per block)
+    table = [("plain", 1, 1, ref, plain(spec), rank == 0, n_ref)]
     if mesh is not None:
-        cases += [("tp", tp, True, 2, 1), ("tp_sp", tp_sp, True, 2, 1), ("ddp", ddp, True, 1, 2), ("zero1", zero1, True, 1, 2),
-                  ("fsdp", fsdp, True, 1, 2)]
+        table += [("tp", 2, 1, ref, tp(spec, False), True, n_ref), ("tp_sp", 2, 1, ref, tp(spec, True), True, n_ref),
+                  ("ddp", 1, 2, ref, ddp(spec), True, n_ref), ("zero1", 1, 2, ref, zero1, True, n_ref),
+                  ("fsdp", 1, 2, ref, fsdp(spec), True, n_ref),
+                  ("plain_wide", 1, 1, wref, plain(wspec), rank == 0, n_wide),
+                  ("tp_wide", 2, 1, wref, tp(wspec, False), True, n_wide),
+                  ("ddp_wide", 1, 2, wref, ddp(wspec), True, n_wide),
+                  ("fsdp_wide", 1, 2, wref, fsdp(wspec), True, n_wide)]
+    cases, meta = {}, {}
+    for name, tp_deg, dp_deg, shape, build, active, steps in table:
+        xs, ys = (x, y) if shape is ref else (wx, wy)
+        cases[name] = (_step_runner(build, xs, ys, active=active, tp=tp_deg), steps)
+        meta[name] = {"case": name, "tp": tp_deg, "dp": dp_deg,
+                      "model": (spec if shape is ref else wspec).to_dict(), "reference": dict(shape)}
+    if mesh is not None:
+        # the pipeline runtime: whole pp=2 1F1B steps of the reference model
+        run, par = _pipeline_runner(spec, ref["micro_batch"])
+        cases["pp"] = (run, n_pp)
+        meta["pp"] = {"case": "pp", "tp": 1, "dp": 1, "model": spec.to_dict(), "reference": dict(ref),
+                      "micro_batches": PP_MICRO_BATCHES, "parallel": par.to_dict()}
+    rows = _interleaved(cases, rounds=rounds, warmup=warmup)
     out = []
-    for name, build, active, tp_deg, dp_deg in cases:
-        r = _time_steps(build, x, y, steps=steps, warmup=warmup, active=active, tp=tp_deg)
-        out.append({"case": name, "tp": tp_deg, "dp": dp_deg, "model": spec.to_dict(),
-                    "reference": dict(ref), **(r or {})})
+    for name, steps in rows.items():
+        if name == "pp":
+            walls = [max(r[0][0] for r in row) for row in steps]
+            out.append({**meta[name], "step_s": statistics.median(walls), "steps": len(walls)})
+        else:
+            out.append({**meta[name], **_phase_summary(steps)})
+    del cases
     if mesh is not None:
-        # the pipeline runtime: a pp=2 1F1B step of the reference model (whole step only)
-        p_steps, p_warmup = (3, 1) if quick else (20, 3)
-        r = _time_pipeline(spec, ref["micro_batch"], steps=p_steps, warmup=p_warmup)
-        out.append({"case": "pp", "tp": 1, "dp": 1, "model": spec.to_dict(), "reference": dict(ref), **r})
-        # plain and TP at the wider shape (the per-byte part of the TP modules' cost)
-        wref = REFERENCE_WIDE
-        wspec, wx, wy = _shape_inputs(wref, gen)
-
-        def plain_wide():
-            m = build_model(wspec)
-            return m, adam(m)
-
-        def tp_wide():
-            m = tp_mod.apply_tp(build_model(wspec), mesh["x"], False)
-            return m, adam(m)
-
-        w_steps, w_warmup = (3, 1) if quick else (16, 3)
-        for name, build, active, tp_deg in (("plain_wide", plain_wide, rank == 0, 1), ("tp_wide", tp_wide, True, 2)):
-            r = _time_steps(build, wx, wy, steps=w_steps, warmup=w_warmup, active=active, tp=tp_deg)
-            out.append({"case": name, "tp": tp_deg, "dp": 1, "model": wspec.to_dict(),
-                        "reference": dict(wref), **(r or {})})
-    if mesh is not None:
-        # a larger step alone and on both ranks at once (no communication), interleaved step by
-        # step: what sharing the host costs
+        # a larger step alone and on both ranks at once (no communication), interleaved block
+        # by block: what sharing the host costs
         cref = CONCURRENCY_REFERENCE
         cspec, cx, cy = _shape_inputs(cref, gen)
-
-        def plain_large():
-            m = build_model(cspec)
-            return m, adam(m)
-
         c_steps, c_warmup, c_blocks = (3, 1, 1) if quick else (8, 1, 3)
-        alone, together = _time_concurrency(plain_large, cx, cy, steps=c_steps, warmup=c_warmup, blocks=c_blocks)
+        alone, together = _time_concurrency(plain(cspec), cx, cy, steps=c_steps, warmup=c_warmup, blocks=c_blocks)
         for name, r in (("plain_alone_interleaved", alone), ("plain_concurrent", together)):
             out.append({"case": name, "tp": 1, "dp": 1, "model": cspec.to_dict(), "reference": dict(cref), **r})
     return out

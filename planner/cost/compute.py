@@ -70,9 +70,10 @@ class Rates:
         return bytes_moved * self.concurrent / (self.mem_bw * self.share) + kernels * self.overhead_s
 
 
-def make_rates(device: DeviceSpec, precision: str, ranks_per_node: int,
+def make_rates(device: DeviceSpec, precision: str, ranks_per_node: float,
                framework: FrameworkSpec | None = None) -> Rates:
-    """Per-rank rates. CPU hosts: a rank gets ``min(1, host_cores / ranks)`` of a core; its
+    """Per-rank rates. CPU hosts: a rank gets ``min(1, host_cores / ranks)`` of a core
+    (``ranks_per_node``: the ranks computing at once, fractional where some of them wait); its
     memory-bound and per-op work is slowed further by the framework's measured
     ``concurrent_slowdown`` when ranks run at once. With a
     calibrated ``framework`` (CPU profile) the per-kernel overhead is not added per GEMM /

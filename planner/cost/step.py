@@ -186,7 +186,7 @@ def _stage_times(model: ModelSpec, node: NodeSpec, P: ParallelConfig, runtime: R
                  rates) -> _StageTimes:
     """Per-virtual-stage forward / backward (/ weight-grad for zb) times and the p2p hop."""
     gpn = node.gpus_per_node
-    tp, pp, dp, cp, v = P.tp, P.pp, P.dp, P.cp, P.vpp
+    tp, pp, cp, v = P.tp, P.pp, P.cp, P.vpp
     b, s = P.micro_batch, P.seq_len
     bpe = activation_bytes_per_element(P.precision)
     lt = layer_times(model, b, s, tp, cp, P.sequence_parallel, P.recompute, P.precision, rates, runtime)
@@ -267,8 +267,8 @@ def _executor_edge_costs(model: ModelSpec, node: NodeSpec, P: ParallelConfig, ra
         def unit(params: float) -> tuple[float, float]:
             ag = collective_time("all_gather", params * w_b, g, node)
             rs = collective_time("reduce_scatter", params * w_b, g, node)
-            return (ag + rates.ops(1, frame.fsdp_unit_forward_s),
-                    (ag if reshard else 0.0) + rs + rates.ops(1, frame.fsdp_unit_backward_s))
+            unit_f, unit_b = frame.fsdp_unit_s(params * w_b)
+            return (ag + rates.ops(1, unit_f), (ag if reshard else 0.0) + rs + rates.ops(1, unit_b))
 
         emb_params = model.embedding_params() / tp
         head_params = (model.head_params() if not tied else model.hidden_size * (2 if model.bias else 1)) / tp
@@ -346,8 +346,9 @@ def _layer_comm(model: ModelSpec, node: NodeSpec, P: ParallelConfig, runtime: Ru
         ag = collective_time("all_gather", size, g, node)
         rs = collective_time("reduce_scatter", size, g, node)
         reshard = P.sharding in ("zero3", "fsdp")
-        comm_f = ag + frame.fsdp_unit_forward_s
-        comm_b = (ag if reshard else 0.0) + rs + frame.fsdp_unit_backward_s
+        unit_f, unit_b = frame.fsdp_unit_s(size)
+        comm_f = ag + unit_f
+        comm_b = (ag if reshard else 0.0) + rs + unit_b
         if runtime.shard_prefetch:
             z3_f = max(0.0, comm_f - lt.fwd_s)
             z3_b = max(0.0, comm_b - (lt.bwd_s + lt.recompute_s))
@@ -602,6 +603,84 @@ def effective_runtime(runtime: Runtime, device, ranks_per_node: int) -> Runtime:
                                shard_prefetch=False, shard_overlap_fraction=0.0)
 
 
+BUSY_FIXED_POINT_ITERATIONS = 8
+"""At most this many re-evaluations of an oversubscribed CPU host's busy fraction (it settles
+to 0.1% in two or three: the idle share of a pipeline scales with its compute)."""
+
+
+@dataclass(frozen=True)
+class _Timed:
+    """The rate-dependent part of a prediction, for ``ranks_busy`` ranks computing at once on
+    a host (``make_rates``)."""
+
+    ranks_busy: float
+    rates: object
+    st: _StageTimes
+    pipe: object
+    dp_exposed_s: float
+    optimizer_s: float
+    step_s: float
+
+    @property
+    def busy_fraction(self) -> float:
+        """Mean over the pipeline ranks of the time they compute (stage work and the
+        optimizer) per step; the rest they wait for a peer or a collective."""
+        busy = sum(self.pipe.busy_s) / len(self.pipe.busy_s) + self.optimizer_s
+        return min(1.0, busy / self.step_s)
+
+
+def _timed_step(model: ModelSpec, node: NodeSpec, P: ParallelConfig, runtime: Runtime,
+                stage_params: list, ranks_busy: float, timeline: bool) -> _Timed:
+    """Stage times, the pipeline schedule, exposed DP reduction, optimizer and step time with
+    ``ranks_busy`` ranks sharing the host's cores.
+
+    Oversubscribed CPU host (ranks > host_cores): a rank blocked in a receive or a collective
+    sleeps, so the others share the cores among fewer; with a mean busy fraction u over the
+    ranks, each busy rank gets min(1, host_cores / (ranks x u)) of a core (processor sharing;
+    :func:`predict` iterates u to its fixed point)."""
+    rates = make_rates(node.device, P.precision, ranks_busy, node.framework)
+    st = _stage_times(model, node, P, runtime, rates)
+    pipe = estimate(st.schedule, P.pp, P.num_micro_batches, P.vpp, list(st.fwd_s), list(st.sched_b),
+                    list(st.sched_w) if st.sched_w else None, st.p2p_s, need_timeline=timeline)
+    dp_exposed = _dp_exposed_s(model, node, P, runtime, rates, st, stage_params)
+    optimizer_s = _optimizer_s(model, P, rates)
+    return _Timed(ranks_busy, rates, st, pipe, dp_exposed, optimizer_s,
+                  pipe.makespan_s + dp_exposed + optimizer_s)
+
+
+def _dp_exposed_s(model: ModelSpec, node: NodeSpec, P: ParallelConfig, runtime: Runtime, rates,
+                  st: _StageTimes, stage_params: list) -> float:
+    """Data-parallel gradient reduction (non-ZeRO-3) not hidden behind the last backward (and
+    ZeRO's parameter all-gather unless overlapped); with a framework profile the executor's
+    ZeRO-1 (DDP all-reduce + parameter broadcasts) and DDP reducer cost."""
+    tp, pp, dp = P.tp, P.pp, P.dp
+    executor_fsdp = node.framework is not None and fw.uses_fsdp(P.sharding, tp, dp)
+    if dp == 1 or P.sharding in ("zero3", "fsdp") or executor_fsdp:
+        return 0.0
+    g = _shape(P, "dp", node.gpus_per_node)
+    w_bytes_pp = 4.0 if P.precision == "fp32" else 2.0
+    params_max = max(stage_params)
+    r_max = stage_params.index(params_max)
+    grad_bytes = params_max * (2.0 if P.precision in ("fp16", "fp8") else 4.0)
+    if P.sharding == "none":
+        red = collective_time("all_reduce", grad_bytes, g, node)
+        gather = 0.0
+    elif node.framework is not None:  # executor ZeRO-1: DDP all-reduce + parameter broadcasts
+        red = collective_time("all_reduce", grad_bytes, g, node)
+        gather = collective_time("all_gather", params_max * w_bytes_pp, g, node)
+    else:
+        red = collective_time("reduce_scatter", grad_bytes, g, node)
+        gather = collective_time("all_gather", params_max * w_bytes_pp, g, node)
+    window = 0.0
+    if runtime.overlap_grad_reduce:
+        chunks = [k for k in range(pp * P.vpp) if k % pp == r_max]
+        window = sum(st.sched_b[k] + (st.sched_w[k] if st.sched_w else 0.0) for k in chunks)
+    exposed = max(0.0, red - window) + (0.0 if runtime.overlap_param_gather else gather)
+    if node.framework is not None and pp == 1:  # the executor's DDP reducer (hooks, buckets)
+        exposed += rates.ops(1, node.framework.ddp_reducer_s(_param_tensors(model, P), grad_bytes))
+    return exposed
+
+
 def predict(model: ModelSpec, cluster: ClusterSpec, parallel: ParallelConfig,
             runtime: Runtime = DEFAULT_RUNTIME, *, timeline: bool = True) -> Prediction:
     """Predict step time and per-rank memory of ``parallel`` for ``model`` on ``cluster``.
@@ -615,62 +694,36 @@ def predict(model: ModelSpec, cluster: ClusterSpec, parallel: ParallelConfig,
     device = node.device
     gpn = node.gpus_per_node
     P = parallel
-    tp, pp, dp, cp, v = P.tp, P.pp, P.dp, P.cp, P.vpp
-    b, s = P.micro_batch, P.seq_len
+    pp, v = P.pp, P.vpp
+    s = P.seq_len
     m = P.num_micro_batches
-    bpe = activation_bytes_per_element(P.precision)
-    runtime = effective_runtime(runtime, device, min(gpn, P.world_size) if P.world_size > 1 else 0)
-    rates = make_rates(device, P.precision, min(gpn, P.world_size), node.framework)
-    st = _stage_times(model, node, P, runtime, rates)
+    ranks_on_host = min(gpn, P.world_size)
+    runtime = effective_runtime(runtime, device, ranks_on_host if P.world_size > 1 else 0)
+    stage_params = stage_parameters(model, P)
+    timed = _timed_step(model, node, P, runtime, stage_params, ranks_on_host, timeline)
+    if device.host_cores > 0 and ranks_on_host > device.host_cores:
+        # oversubscribed CPU host: a rank waiting in a receive or a collective sleeps, so the
+        # busy ones get more than host_cores / ranks of a core; iterate on the busy fraction
+        for _ in range(BUSY_FIXED_POINT_ITERATIONS):
+            busy = max(device.host_cores, ranks_on_host * timed.busy_fraction)
+            if abs(busy - timed.ranks_busy) <= 1e-3 * busy:
+                break
+            timed = _timed_step(model, node, P, runtime, stage_params, busy, timeline)
+    rates, st, pipe = timed.rates, timed.st, timed.pipe
+    dp_exposed, optimizer_s, step = timed.dp_exposed_s, timed.optimizer_s, timed.step_s
     lt = st.lt
     emb_f, emb_b = st.emb
     head_f, head_bin, head_bw = st.head
     tp_f, tp_b, tp_rc, cp_f, cp_b, z3_f, z3_b = st.per_layer_comm
     layers = P.layers_per_stage(model.n_layers)
     n_vs = pp * v
-    w_bytes_pp = 4.0 if P.precision == "fp32" else 2.0
-    sched_b, sched_w, p2p = list(st.sched_b), (list(st.sched_w) if st.sched_w else None), st.p2p_s
+    p2p = st.p2p_s
 
-    def shape(axis: str) -> GroupShape:
-        return _shape(P, axis, gpn)
-
-    pipe = estimate(st.schedule, pp, m, v, list(st.fwd_s), sched_b, sched_w, p2p,
-                    need_timeline=timeline)
-
-    # --- per physical stage: parameters and memory ---
-    stage_params = stage_parameters(model, P)
+    # --- per physical stage: memory ---
     in_flight = fw.executor_in_flight(node.framework, st.schedule, pp, m, pipe.peak_in_flight)
     per_stage = stage_memories(model, P, device, in_flight, runtime.attention,
                                framework=node.framework)
-
-    # --- data-parallel gradient reduction (non-ZeRO-3) and optimizer ---
     crit = max(range(pp), key=lambda r: pipe.busy_s[r])
-    dp_exposed = 0.0
-    executor_fsdp = node.framework is not None and fw.uses_fsdp(P.sharding, tp, dp)
-    if dp > 1 and P.sharding not in ("zero3", "fsdp") and not executor_fsdp:
-        g = shape("dp")
-        params_max = max(stage_params)
-        r_max = stage_params.index(params_max)
-        grad_bytes = params_max * (2.0 if P.precision in ("fp16", "fp8") else 4.0)
-        if P.sharding == "none":
-            red = collective_time("all_reduce", grad_bytes, g, node)
-            gather = 0.0
-        elif node.framework is not None:  # executor ZeRO-1: DDP all-reduce + parameter broadcasts
-            red = collective_time("all_reduce", grad_bytes, g, node)
-            gather = collective_time("all_gather", params_max * w_bytes_pp, g, node)
-        else:
-            red = collective_time("reduce_scatter", grad_bytes, g, node)
-            gather = collective_time("all_gather", params_max * w_bytes_pp, g, node)
-        window = 0.0
-        if runtime.overlap_grad_reduce:
-            chunks = [k for k in range(n_vs) if k % pp == r_max]
-            window = sum(sched_b[k] + (sched_w[k] if sched_w else 0.0) for k in chunks)
-        dp_exposed = max(0.0, red - window) + (0.0 if runtime.overlap_param_gather else gather)
-        if node.framework is not None and pp == 1:  # the executor's DDP reducer (hooks, buckets)
-            dp_exposed += rates.ops(1, node.framework.ddp_grad_s_per_byte * grad_bytes)
-    optimizer_s = _optimizer_s(model, P, rates)
-
-    step = pipe.makespan_s + dp_exposed + optimizer_s
 
     # --- breakdown on the critical rank ---
     chunks = [k for k in range(n_vs) if k % pp == crit]
