@@ -636,8 +636,10 @@ def _timed_step(model: ModelSpec, node: NodeSpec, P: ParallelConfig, runtime: Ru
 
     Oversubscribed CPU host (ranks > host_cores): a rank blocked in a receive or a collective
     sleeps, so the others share the cores among fewer; with a mean busy fraction u over the
-    ranks, each busy rank gets min(1, host_cores / (ranks x u)) of a core (processor sharing;
-    :func:`predict` iterates u to its fixed point)."""
+    ranks, each busy rank gets min(1, host_cores / (ranks x u)) of a core (egalitarian
+    processor sharing: the runnable jobs share the servers equally; Kleinrock, "Time-shared
+    systems: a theoretical treatment", J. ACM 14(2), 1967; :func:`predict` iterates u to its
+    fixed point). The measured waits are taken to use no CPU (a blocked gloo receive sleeps)."""
     rates = make_rates(node.device, P.precision, ranks_busy, node.framework)
     st = _stage_times(model, node, P, runtime, rates)
     pipe = estimate(st.schedule, P.pp, P.num_micro_batches, P.vpp, list(st.fwd_s), list(st.sched_b),
