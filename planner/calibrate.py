@@ -1010,6 +1010,7 @@ def build_framework(fw_results: dict, node: NodeSpec) -> tuple[FrameworkSpec, di
         pred = predicted(case, base)
         return {ph: refs[case]["median_s"][ph] - pred[ph] - share * plain_res[ph] for ph in phases}
 
+    tensors = fw.model_param_tensors(model, False)
     ddp_line = None
     if "ddp" in refs:
         # DDP's reducer beyond its all-reduce (no TP/FSDP case uses DDP): per gradient byte,
@@ -1019,7 +1020,6 @@ def build_framework(fw_results: dict, node: NodeSpec) -> tuple[FrameworkSpec, di
 
         res = sum(residual("ddp", 1.0).values())
         grad_bytes = 4.0 * max(stage_parameters(model, config(1, 2, "none")))
-        n_tensors = fw.block_param_tensors(model) * model.n_layers + sum(fw.edge_param_tensors(model, False))
         wide_refs = ("ddp_wide" in refs and "plain_wide" in refs
                      and refs["ddp_wide"]["model"]["n_layers"] == model.n_layers)
         if wide_refs:
@@ -1033,10 +1033,10 @@ def build_framework(fw_results: dict, node: NodeSpec) -> tuple[FrameworkSpec, di
                         for ph in phases)
             w_grad = 4.0 * max(stage_parameters(wm, _wide_config(wr, 1, 2)))
             const, slope = two_point_line(grad_bytes, res, w_grad, w_res)
-            base = dataclasses.replace(base, ddp_param_s=const / n_tensors, ddp_grad_s_per_byte=slope)
+            base = dataclasses.replace(base, ddp_param_s=const / tensors, ddp_grad_s_per_byte=slope)
             ddp_line = (f"ddp dp=2: residual of the step {res * 1e3:.2f} ms for {grad_bytes / 2**20:.2f} MiB of "
                         f"gradients, {w_res * 1e3:.2f} ms for {w_grad / 2**20:.2f} MiB at h={wm.hidden_size}: "
-                        f"{1e6 * base.ddp_param_s:.0f} us per parameter tensor ({n_tensors}) + "
+                        f"{1e6 * base.ddp_param_s:.0f} us per parameter tensor ({tensors}) + "
                         f"{1e6 * base.ddp_grad_s_per_byte * 2**20:.0f} us/MiB")
         else:
             base = dataclasses.replace(base, ddp_grad_s_per_byte=max(0.0, res) / grad_bytes)
@@ -1061,7 +1061,6 @@ def build_framework(fw_results: dict, node: NodeSpec) -> tuple[FrameworkSpec, di
              f"{p_plain['optimizer'] * 1e3:.2f} ms (residual subtracted from the wrapper cases)"]
     comments: dict[str, str] = {}
     L = model.n_layers
-    tensors = L * fw.block_param_tensors(model) + sum(fw.edge_param_tensors(model, False))
     if "tp" in refs:
         res = residual("tp", 0.5)
         linears = fw.tp_modules(model, L)

@@ -775,9 +775,7 @@ class _Search:
         window = window_of_rank(r_max) if self.rt.overlap_grad_reduce else 0.0
         reducer = 0.0
         if c.fw is not None and pp == 1:  # the executor's DDP reducer, as predict() charges it
-            m = self.model
-            tensors = m.n_layers * fw.block_param_tensors(m) + sum(
-                fw.edge_param_tensors(m, fw.executor_tied(m, tp, pp)))
+            tensors = fw.model_param_tensors(self.model, fw.executor_tied(self.model, tp, pp))
             reducer = c.rates.ops(1, c.fw.ddp_reducer_s(tensors, grad_bytes))
         return max(0.0, red - window) + (0.0 if self.rt.overlap_param_gather else gather) + reducer
 

@@ -129,6 +129,11 @@ def edge_param_tensors(model: ModelSpec, tied: bool) -> tuple[int, int]:
     return first, last
 
 
+def model_param_tensors(model: ModelSpec, tied: bool) -> int:
+    """Parameter tensors of the whole executor model (every block and both edges)."""
+    return model.n_layers * block_param_tensors(model) + sum(edge_param_tensors(model, tied))
+
+
 def executor_tied(model: ModelSpec, tp: int, pp: int) -> bool:
     """The executor ties the head to the embedding only without PP and TP (executor/train.py)."""
     return bool(model.tied_embeddings) and pp == 1 and tp == 1
