@@ -13,6 +13,9 @@ list runs ``--rounds`` times, round after round, and each plan keeps its median 
 load from outside this process hits one round of a plan, rarely all). Then
 ``planner.report.compare_runs`` (what ``clusterplan compare`` prints) joins all runs, and the
 search check runs the top five plans of one ``planner.search.search`` on this machine.
+``--calibrate REPEAT`` first measures the profile itself (``clusterplan calibrate --repeat REPEAT``)
+and keeps the raw results next to the report (``<profile stem>-calibration.json``), from which
+``clusterplan calibrate --from-results`` rebuilds the profile.
 
 Writes ``reports/local-validation.md`` (+ ``.csv``, ``local-validation-scatter.png``,
 ``local-validation-breakdown.png``); run outputs stay under ``--out-dir`` (git-ignored).
@@ -459,8 +462,8 @@ def write_reports(comp, names: dict, results: dict, search: dict | None, report:
     L_ = ["# Local validation: predicted vs measured on this machine", "",
           f"Regenerate: `{cmd}` (≈{t_total / 60:.0f} min; runs under `{args.out_dir}/`, git-ignored).", "",
           f"Profile: `{args.profile}` ("
-          + (f"measured by this sweep just before its first run: `clusterplan calibrate --repeat {args.calibrate}`, "
-             f"{args.calibrated_s / 60:.0f} min"
+          + (f"measured by this sweep just before its first run: `clusterplan calibrate --repeat {args.calibrate} "
+             f"--save-results {args.calibration_results}`, {args.calibrated_s / 60:.0f} min"
              if getattr(args, "calibrated_s", None) else "`clusterplan calibrate`")
           + "). Each plan was predicted from it and the "
           "prediction stored in the plan file *before* it ran with "
@@ -613,8 +616,10 @@ def main(argv=None) -> int:
         t_cal = time.perf_counter()
         print(f"calibrating: clusterplan calibrate --repeat {args.calibrate} --out {args.profile}", flush=True)
         import subprocess
+        # the raw results go next to the report, so `calibrate --from-results` rebuilds the profile
+        args.calibration_results = str(Path(args.report).with_name(Path(args.profile).stem + "-calibration.json"))
         proc = subprocess.run([sys.executable, "-m", "planner.cli", "calibrate", "--repeat", str(args.calibrate),
-                               "--out", args.profile], cwd=ROOT)
+                               "--out", args.profile, "--save-results", args.calibration_results], cwd=ROOT)
         if proc.returncode != 0:
             print(f"local_sweep: error: calibrate failed (exit {proc.returncode})", file=sys.stderr)
             return 2
