@@ -1005,6 +1005,13 @@ def build_framework(fw_results: dict, node: NodeSpec) -> tuple[FrameworkSpec, di
         base = dataclasses.replace(base, concurrent_slowdown=slowdown)
     p_plain = predicted("plain", base)
     plain_res = {ph: plain["median_s"][ph] - p_plain[ph] for ph in phases}
+    wide_res = None  # the same at the wide shape, for its TP, DDP and FSDP2 cases
+    if "plain_wide" in refs:
+        pw = refs["plain_wide"]
+        wp = _reference_prediction(ModelSpec.from_dict(pw["model"]),
+                                   dataclasses.replace(node, framework=base).with_gpus_per_node(1),
+                                   _wide_config(pw["reference"], 1, 1))
+        wide_res = {ph: pw["median_s"][ph] - wp[ph] for ph in phases}
 
     def residual(case: str, share: float) -> dict[str, float]:
         pred = predicted(case, base)
@@ -1025,12 +1032,9 @@ def build_framework(fw_results: dict, node: NodeSpec) -> tuple[FrameworkSpec, di
         if wide_refs:
             wm = ModelSpec.from_dict(refs["ddp_wide"]["model"])
             wr = refs["ddp_wide"]["reference"]
-            wp = _reference_prediction(wm, dataclasses.replace(node, framework=base).with_gpus_per_node(1),
-                                       _wide_config(wr, 1, 1))
             wd = _reference_prediction(wm, dataclasses.replace(node, framework=base).with_gpus_per_node(2),
                                        _wide_config(wr, 1, 2))
-            w_res = sum(refs["ddp_wide"]["median_s"][ph] - wd[ph] - (refs["plain_wide"]["median_s"][ph] - wp[ph])
-                        for ph in phases)
+            w_res = sum(refs["ddp_wide"]["median_s"][ph] - wd[ph] - wide_res[ph] for ph in phases)
             w_grad = 4.0 * max(stage_parameters(wm, _wide_config(wr, 1, 2)))
             const, slope = two_point_line(grad_bytes, res, w_grad, w_res)
             base = dataclasses.replace(base, ddp_param_s=const / tensors, ddp_grad_s_per_byte=slope)
@@ -1074,13 +1078,9 @@ def build_framework(fw_results: dict, node: NodeSpec) -> tuple[FrameworkSpec, di
             wm = ModelSpec.from_dict(refs["tp_wide"]["model"])
             wr = refs["tp_wide"]["reference"]
 
-            def wide(tp: int) -> dict[str, float]:
-                return _reference_prediction(wm, dataclasses.replace(node, framework=base).with_gpus_per_node(tp),
-                                             _wide_config(wr, tp, 1))
-
-            wp, wt = wide(1), wide(2)
-            wres = {ph: refs["tp_wide"]["median_s"][ph] - wt[ph]
-                    - 0.5 * (refs["plain_wide"]["median_s"][ph] - wp[ph]) for ph in phases}
+            wt = _reference_prediction(wm, dataclasses.replace(node, framework=base).with_gpus_per_node(2),
+                                       _wide_config(wr, 2, 1))
+            wres = {ph: refs["tp_wide"]["median_s"][ph] - wt[ph] - 0.5 * wide_res[ph] for ph in phases}
             w_linears = fw.tp_modules(wm, wm.n_layers)
             x_ref = 4.0 * b * s * model.hidden_size
             x_wide = 4.0 * wr["micro_batch"] * wr["seq_len"] * wm.hidden_size
@@ -1115,11 +1115,9 @@ def build_framework(fw_results: dict, node: NodeSpec) -> tuple[FrameworkSpec, di
             # slope x all parameter bytes, so the line runs through the per-unit means
             wm = ModelSpec.from_dict(refs["fsdp_wide"]["model"])
             wr = refs["fsdp_wide"]["reference"]
-            w_node = dataclasses.replace(node, framework=base)
-            wp = _reference_prediction(wm, w_node.with_gpus_per_node(1), _wide_config(wr, 1, 1))
-            wf = _reference_prediction(wm, w_node.with_gpus_per_node(2), _wide_config(wr, 1, 2, "fsdp"))
-            wres = {ph: refs["fsdp_wide"]["median_s"][ph] - wf[ph] - (refs["plain_wide"]["median_s"][ph] - wp[ph])
-                    for ph in phases}
+            wf = _reference_prediction(wm, dataclasses.replace(node, framework=base).with_gpus_per_node(2),
+                                       _wide_config(wr, 1, 2, "fsdp"))
+            wres = {ph: refs["fsdp_wide"]["median_s"][ph] - wf[ph] - wide_res[ph] for ph in phases}
             w_units = fw.fsdp_units(wm, wm.n_layers, True, True, False)
             x_ref = 4.0 * model.total_params() / units
             x_wide = 4.0 * wm.total_params() / w_units
