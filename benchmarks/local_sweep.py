@@ -230,7 +230,6 @@ def search_check(profile: str, out_dir: Path, steps: int, warmup: int, wait_s: f
         plans = _search_top(load_model(L), profile, 2, 8, 5)
     except ImportError:
         return None
-    from planner.errors import InputError  # noqa: F401
     rows = []
     for i, plan in enumerate(plans, 1):
         path = plan.save(out_dir / "search" / "plans" / f"rank{i}-{plan.id}.json")
@@ -422,8 +421,6 @@ def _round_spread(df, names: dict, round_times: dict) -> tuple[float, float] | N
 
 def write_reports(comp, names: dict, results: dict, search: dict | None, report: Path, args, t_total: float,
                   busy_before: list[str], profiles: list[dict] = (), round_times: dict | None = None) -> None:
-    import pandas as pd
-
     from planner.io import atomic_write_text
     from planner.report import plot_breakdown, plot_scatter
 
@@ -507,7 +504,7 @@ def write_reports(comp, names: dict, results: dict, search: dict | None, report:
     if search is None:
         L_ += ["`planner.search` was not available when this report was made: not checked.", ""]
     else:
-        L_ += [f"One search (`planner.search.search`, tiny-llama, 2 local ranks, global batch 8); its top five "
+        L_ += ["One search (`planner.search.search`, tiny-llama, 2 local ranks, global batch 8); its top five "
                "plans run the same way:", "",
                "| rank | plan | parallel | predicted (s) | measured (s) | status |", "|---|---|---|---|---|---|"]
         for r in search["rows"]:
@@ -614,10 +611,11 @@ def main(argv=None) -> int:
     args.calibrated_s = None
     if args.calibrate and not args.predict_only:
         t_cal = time.perf_counter()
-        print(f"calibrating: clusterplan calibrate --repeat {args.calibrate} --out {args.profile}", flush=True)
         import subprocess
         # the raw results go next to the report, so `calibrate --from-results` rebuilds the profile
         args.calibration_results = str(Path(args.report).with_name(Path(args.profile).stem + "-calibration.json"))
+        print(f"calibrating: clusterplan calibrate --repeat {args.calibrate} --out {args.profile} "
+              f"--save-results {args.calibration_results}", flush=True)
         proc = subprocess.run([sys.executable, "-m", "planner.cli", "calibrate", "--repeat", str(args.calibrate),
                                "--out", args.profile, "--save-results", args.calibration_results], cwd=ROOT)
         if proc.returncode != 0:
@@ -644,8 +642,9 @@ def main(argv=None) -> int:
     print(f"local sweep: {len(prepared)} plans, profile {args.profile}, {len(busy_before)} other busy processes, "
           f"others use {_fmt(cpu_busy_cores(1.0), '.1f')} cores now", flush=True)
     t0 = time.perf_counter()
+    from planner.records import read_summary
+
     if args.reuse:
-        from planner.records import read_summary
         def reusable(name, plan):
             summary = read_summary(out_dir / name) or {}
             return (summary.get("plan_id") == plan.id and summary.get("status") in ("ok", "contended")
@@ -658,7 +657,6 @@ def main(argv=None) -> int:
                                       log=lambda s: print(s, flush=True))
     for e, plan, _ in prepared:
         if e.name not in results:
-            from planner.records import read_summary
             results[e.name] = (out_dir / e.name, read_summary(out_dir / e.name), 1, [])
     search = None if args.no_search else search_check(args.profile, out_dir, args.steps, args.warmup,
                                                       args.wait_quiet, log=lambda s: print(s, flush=True))
