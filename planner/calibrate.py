@@ -617,6 +617,7 @@ def _pass_spread_lines(passes: list[dict], name: str, gpus_per_node: int | None)
                      "TP module forward us": 1e6 * f.get("tp_linear_forward_s", math.nan),
                      "FSDP unit forward us": 1e6 * f.get("fsdp_unit_forward_s", math.nan),
                      "concurrent slowdown": f.get("concurrent_slowdown", math.nan),
+                     "concurrent GEMM slowdown": f.get("concurrent_gemm_slowdown", math.nan),
                      "all_reduce n=2 GB/s": ar["bus_bandwidth_gb_s"] if ar else math.nan})
     return [f"  {key}: " + " / ".join(f"{r[key]:.3g}" for r in rows) for key in rows[0]]
 
@@ -873,10 +874,12 @@ def fitted_profile_yaml(result: FitResult, *, base_source: str, name: str | None
 
 
 # ----- framework: the executor's building blocks -> FrameworkSpec ----------------------------
-def _reference_prediction(model, node: NodeSpec, parallel) -> dict[str, float]:
+def _reference_prediction(model, node: NodeSpec, parallel, ranks_busy: int | None = None) -> dict[str, float]:
     """Per-phase prediction (one micro-batch forward, backward, optimizer) of the reference
     step with ``node``'s framework terms, DP gradient all-reduce in backward (DDP hooks) and
-    ZeRO-1's parameter broadcast in the optimizer, as the executor's phases fall."""
+    ZeRO-1's parameter broadcast in the optimizer, as the executor's phases fall.
+    ``ranks_busy``: ranks computing at once on the host (default: the plan's ranks on it), e.g.
+    2 for a one-rank plan run on both ranks at once."""
     from planner.cost.comm import collective_time
     from planner.cost.compute import make_rates
     from planner.cost.runtime import DEFAULT_RUNTIME
@@ -886,7 +889,8 @@ def _reference_prediction(model, node: NodeSpec, parallel) -> dict[str, float]:
     P = parallel
     world = P.world_size
     runtime = effective_runtime(DEFAULT_RUNTIME, node.device, min(node.gpus_per_node, world) if world > 1 else 0)
-    rates = make_rates(node.device, P.precision, min(node.gpus_per_node, world), node.framework)
+    busy = min(node.gpus_per_node, world) if ranks_busy is None else ranks_busy
+    rates = make_rates(node.device, P.precision, busy, node.framework)
     st = _stage_times(model, node, P, runtime, rates)
     fwd, bwd, opt = st.fwd_s[0], st.sched_b[0], _optimizer_s(model, P, rates)
     if P.dp > 1 and P.sharding in ("none", "zero1") and P.tp == 1:
@@ -941,6 +945,63 @@ def _constant_and_per_byte(values: dict, prefix: str, narrow: tuple, wide: tuple
     return ", ".join(words)
 
 
+CONCURRENCY_PAIRS = (("reference shape", "plain", "plain_both"),
+                     ("wide shape", "plain_wide", "plain_wide_both"),
+                     ("concurrency shape", "plain_alone_interleaved", "plain_concurrent"))
+"""(label, alone case, at-once case) of the framework bench: the plain step on one rank and on
+both ranks at once, at shapes whose GEMM share of the step differs (the first two measured in
+the wrappers' interleaved rounds, the third in alternating blocks of its own)."""
+
+
+def _fit_concurrency(pairs: list[tuple[str, dict, dict]], node: NodeSpec,
+                     base: FrameworkSpec) -> tuple[FrameworkSpec, list[str]]:
+    """``base`` with ``concurrent_gemm_slowdown`` and ``concurrent_slowdown`` fitted so that the
+    cost model's step on two ranks at once over the same step on one rank matches each pair's
+    measured ratio (bounded least squares, scipy; both in [0, 2]). With one pair only the
+    non-GEMM slowdown is fitted (GEMMs unchanged). The ratio leaves out what the model misses
+    of the one-rank step itself (the plain residual, charged to the wrappers apart)."""
+    from scipy.optimize import least_squares
+
+    from planner.model import ModelSpec
+
+    phases = ("forward", "backward", "optimizer")
+    rows = []
+    for label, alone, together in pairs:
+        model = ModelSpec.from_dict(alone["model"])
+        cfg = _wide_config(alone["reference"], 1, 1)
+        solo_pred = sum(_reference_prediction(
+            model, dataclasses.replace(node, framework=base).with_gpus_per_node(1), cfg).values())
+        ratio = sum(together["median_s"][ph] for ph in phases) / sum(alone["median_s"][ph] for ph in phases)
+        rows.append((label, model, cfg, solo_pred, ratio, alone, together))
+
+    def with_slowdowns(x) -> FrameworkSpec:
+        gemm, other = (x[0], x[1]) if len(x) == 2 else (0.0, x[0])
+        return dataclasses.replace(base, concurrent_gemm_slowdown=float(gemm), concurrent_slowdown=float(other))
+
+    def at_once_ratios(x) -> list[float]:
+        n = dataclasses.replace(node, framework=with_slowdowns(x)).with_gpus_per_node(2)
+        return [sum(_reference_prediction(model, n, cfg, ranks_busy=2).values()) / solo
+                for _, model, cfg, solo, _, _, _ in rows]
+
+    x0 = [0.05, 0.1] if len(rows) >= 2 else [0.1]
+    fit = least_squares(lambda x: np.array(at_once_ratios(x)) - [r[4] for r in rows], x0,
+                        bounds=(0.0, 2.0), method="trf")
+    fitted = with_slowdowns(fit.x)
+    predicted = at_once_ratios(fit.x)
+    lines = []
+    for (label, _, _, _, ratio, alone, together), pred in zip(rows, predicted):
+        ref = alone["reference"]
+        lines.append(f"plain step at {label} (h={ref['hidden_size']}, s={ref['seq_len']}, micro-batch "
+                     f"{ref['micro_batch']}) alone / on both ranks at once: "
+                     f"{1e3 * sum(alone['median_s'][ph] for ph in phases):.2f} / "
+                     f"{1e3 * sum(together['median_s'][ph] for ph in phases):.2f} ms "
+                     f"(x{ratio:.3f}, fitted model x{pred:.3f})")
+    lines.append(f"ranks at once: GEMMs {100 * fitted.concurrent_gemm_slowdown:.1f}% slower "
+                 f"(concurrent_gemm_slowdown), memory-bound and per-op work "
+                 f"{100 * fitted.concurrent_slowdown:.1f}% slower (concurrent_slowdown)")
+    return fitted, lines
+
+
 def build_framework(fw_results: dict, node: NodeSpec) -> tuple[FrameworkSpec, dict[str, str], list[str]]:
     """The profile's ``framework:`` section from ``executor.bench.framework`` results.
 
@@ -985,24 +1046,10 @@ def build_framework(fw_results: dict, node: NodeSpec) -> tuple[FrameworkSpec, di
 
     phases = ("forward", "backward", "optimizer")
     defaults: list[str] = []
-    conc = refs.get("plain_concurrent")
-    if conc is not None:
-        # the slowdown falls on the non-GEMM part (memory-bound ops, per-op costs): measured
-        # solo step minus the cost model's GEMM time (infinite memory bandwidth, free ops);
-        # alone and at once were measured interleaved step by step when both are present
-        alone = refs.get("plain_alone_interleaved", plain)
-        solo_s = sum(alone["median_s"][ph] for ph in phases)
-        gemm_node = dataclasses.replace(
-            node, device=dataclasses.replace(node.device, hbm_bandwidth_bytes_per_s=1e30),
-            framework=FrameworkSpec(**zero)).with_gpus_per_node(1)
-        c_model = ModelSpec.from_dict(alone["model"])
-        c_ref = alone["reference"]
-        c_cfg = ParallelConfig(micro_batch=c_ref["micro_batch"], global_batch=c_ref["micro_batch"],
-                               seq_len=c_ref["seq_len"], precision="fp32")
-        gemm_s = sum(_reference_prediction(c_model, gemm_node, c_cfg).values())
-        non_gemm_s = max(0.1 * solo_s, solo_s - gemm_s)
-        slowdown = max(0.0, (sum(conc["median_s"][ph] for ph in phases) - solo_s) / non_gemm_s)
-        base = dataclasses.replace(base, concurrent_slowdown=slowdown)
+    pairs = [(label, refs[a], refs[t]) for label, a, t in CONCURRENCY_PAIRS if a in refs and t in refs]
+    conc_lines: list[str] = []
+    if pairs:
+        base, conc_lines = _fit_concurrency(pairs, node, base)
     p_plain = predicted("plain", base)
     plain_res = {ph: plain["median_s"][ph] - p_plain[ph] for ph in phases}
     wide_res = None  # the same at the wide shape, for its TP, DDP and FSDP2 cases
@@ -1013,9 +1060,13 @@ def build_framework(fw_results: dict, node: NodeSpec) -> tuple[FrameworkSpec, di
                                    _wide_config(pw["reference"], 1, 1))
         wide_res = {ph: pw["median_s"][ph] - wp[ph] for ph in phases}
 
+    # a 2-rank case's framework costs are charged as rates.ops (x this while ranks run at
+    # once), so its residual is divided by it before it is shared out per unit
+    at_once = 1.0 + base.concurrent_slowdown
+
     def residual(case: str, share: float) -> dict[str, float]:
         pred = predicted(case, base)
-        return {ph: refs[case]["median_s"][ph] - pred[ph] - share * plain_res[ph] for ph in phases}
+        return {ph: (refs[case]["median_s"][ph] - pred[ph] - share * plain_res[ph]) / at_once for ph in phases}
 
     tensors = fw.model_param_tensors(model, False)
     ddp_line = None
@@ -1034,7 +1085,7 @@ def build_framework(fw_results: dict, node: NodeSpec) -> tuple[FrameworkSpec, di
             wr = refs["ddp_wide"]["reference"]
             wd = _reference_prediction(wm, dataclasses.replace(node, framework=base).with_gpus_per_node(2),
                                        _wide_config(wr, 1, 2))
-            w_res = sum(refs["ddp_wide"]["median_s"][ph] - wd[ph] - wide_res[ph] for ph in phases)
+            w_res = sum(refs["ddp_wide"]["median_s"][ph] - wd[ph] - wide_res[ph] for ph in phases) / at_once
             w_grad = 4.0 * max(stage_parameters(wm, _wide_config(wr, 1, 2)))
             const, slope = two_point_line(grad_bytes, res, w_grad, w_res)
             base = dataclasses.replace(base, ddp_param_s=const / tensors, ddp_grad_s_per_byte=slope)
@@ -1049,15 +1100,8 @@ def build_framework(fw_results: dict, node: NodeSpec) -> tuple[FrameworkSpec, di
     else:
         defaults.append("ddp")
     values = dataclasses.asdict(base)
-    lines = []
-    if conc is not None:
-        lines.append(f"plain step at h={alone['reference']['hidden_size']}, s={alone['reference']['seq_len']}, "
-                     f"micro-batch {alone['reference']['micro_batch']} on both ranks at once: fwd/bwd/opt "
-                     f"{conc['median_s']['forward'] * 1e3:.2f}/{conc['median_s']['backward'] * 1e3:.2f}/"
-                     f"{conc['median_s']['optimizer'] * 1e3:.2f} ms vs alone: the non-GEMM part "
-                     f"({non_gemm_s * 1e3:.2f} ms of {solo_s * 1e3:.2f} ms) {100 * base.concurrent_slowdown:.1f}% "
-                     f"slower (concurrent_slowdown)")
-    else:
+    lines = list(conc_lines)
+    if not pairs:
         defaults.append("concurrent")
     lines += [f"plain reference step: measured fwd/bwd/opt {plain['median_s']['forward'] * 1e3:.2f}/"
              f"{plain['median_s']['backward'] * 1e3:.2f}/{plain['median_s']['optimizer'] * 1e3:.2f} ms, "
@@ -1080,7 +1124,7 @@ def build_framework(fw_results: dict, node: NodeSpec) -> tuple[FrameworkSpec, di
 
             wt = _reference_prediction(wm, dataclasses.replace(node, framework=base).with_gpus_per_node(2),
                                        _wide_config(wr, 2, 1))
-            wres = {ph: refs["tp_wide"]["median_s"][ph] - wt[ph] - 0.5 * wide_res[ph] for ph in phases}
+            wres = {ph: (refs["tp_wide"]["median_s"][ph] - wt[ph] - 0.5 * wide_res[ph]) / at_once for ph in phases}
             w_linears = fw.tp_modules(wm, wm.n_layers)
             x_ref = 4.0 * b * s * model.hidden_size
             x_wide = 4.0 * wr["micro_batch"] * wr["seq_len"] * wm.hidden_size
@@ -1094,7 +1138,7 @@ def build_framework(fw_results: dict, node: NodeSpec) -> tuple[FrameworkSpec, di
         # sequence parallelism on top: what the TP+SP step costs beyond the TP modules, per block
         fr = FrameworkSpec(**values)
         pred = predicted("tp_sp", fr)
-        res = {ph: refs["tp_sp"]["median_s"][ph] - pred[ph] - 0.5 * plain_res[ph] for ph in phases}
+        res = {ph: (refs["tp_sp"]["median_s"][ph] - pred[ph] - 0.5 * plain_res[ph]) / at_once for ph in phases}
         values["sp_block_forward_s"] = max(0.0, res["forward"]) / L
         values["sp_block_backward_s"] = max(0.0, res["backward"]) / L
         lines.append(f"tp=2 + sp: residual beyond the TP modules fwd/bwd/opt {res['forward'] * 1e3:.2f}/"
@@ -1117,7 +1161,7 @@ def build_framework(fw_results: dict, node: NodeSpec) -> tuple[FrameworkSpec, di
             wr = refs["fsdp_wide"]["reference"]
             wf = _reference_prediction(wm, dataclasses.replace(node, framework=base).with_gpus_per_node(2),
                                        _wide_config(wr, 1, 2, "fsdp"))
-            wres = {ph: refs["fsdp_wide"]["median_s"][ph] - wf[ph] - wide_res[ph] for ph in phases}
+            wres = {ph: (refs["fsdp_wide"]["median_s"][ph] - wf[ph] - wide_res[ph]) / at_once for ph in phases}
             w_units = fw.fsdp_units(wm, wm.n_layers, True, True, False)
             x_ref = 4.0 * model.total_params() / units
             x_wide = 4.0 * wm.total_params() / w_units
@@ -1201,7 +1245,8 @@ def build_framework(fw_results: dict, node: NodeSpec) -> tuple[FrameworkSpec, di
     comments["framework.fragmentation_fraction"] = ("slope - 1 of measured training-step memory vs the cost model's "
                                                     "tensor bytes at two batch sizes (header)")
     comments["framework.training_overhead_mib"] = "intercept of that fit (per-process training overhead)"
-    comments["framework.concurrent_slowdown"] = ("extra time of a plain step (h=256, s=256) on both ranks at "
-                                                 "once over its non-GEMM part alone (shared caches and memory "
-                                                 "bandwidth; header)")
+    comments["framework.concurrent_slowdown"] = ("memory-bound and per-op work on both ranks at once over alone, "
+                                                 "minus one: fitted with concurrent_gemm_slowdown to the plain step alone / at "
+                                                 "once at up to three shapes (shared caches, memory bandwidth; header)")
+    comments["framework.concurrent_gemm_slowdown"] = "the same for the GEMMs' arithmetic (header)"
     return spec, comments, lines

@@ -248,6 +248,10 @@ class FrameworkSpec:
         minus one: the reference training step on every rank at once (no communication)
         against the same step on one rank, over its non-GEMM part. Applies when more than one
         rank shares the host; optional (0).
+    concurrent_gemm_slowdown: the same for the GEMMs' arithmetic (two ranks on the cores of
+        one host share its last-level cache and, on a VM, possibly the physical cores under
+        the virtual ones); fitted together with ``concurrent_slowdown`` from the alone / at
+        once steps at several shapes, whose GEMM shares differ; optional (0).
     """
 
     op_forward_s: float
@@ -272,6 +276,7 @@ class FrameworkSpec:
     ddp_param_s: float = 0.0
     fsdp_unit_forward_s_per_byte: float = 0.0
     fsdp_unit_backward_s_per_byte: float = 0.0
+    concurrent_gemm_slowdown: float = 0.0
 
     def fsdp_unit_s(self, param_bytes: float) -> tuple[float, float]:
         """(forward, backward) FSDP2 cost of one ``fully_shard`` unit per micro-batch holding
@@ -393,6 +398,7 @@ _FRAMEWORK_YAML: dict[str, tuple[str, float]] = {
     "fragmentation_fraction": ("fragmentation_fraction", 1.0),
     "training_overhead_bytes": ("training_overhead_mib", float(2**20)),
     "concurrent_slowdown": ("concurrent_slowdown", 1.0),
+    "concurrent_gemm_slowdown": ("concurrent_gemm_slowdown", 1.0),
     "sp_block_forward_s": ("sp_block_forward_us", MICRO),
     "sp_block_backward_s": ("sp_block_backward_us", MICRO),
     "tp_linear_forward_s_per_byte": ("tp_linear_forward_us_per_mib", MICRO / 2**20),
@@ -403,7 +409,8 @@ _FRAMEWORK_YAML: dict[str, tuple[str, float]] = {
     "fsdp_unit_forward_s_per_byte": ("fsdp_unit_forward_us_per_mib", MICRO / 2**20),
     "fsdp_unit_backward_s_per_byte": ("fsdp_unit_backward_us_per_mib", MICRO / 2**20),
 }
-_FRAMEWORK_OPTIONAL = {"concurrent_slowdown", "sp_block_forward_s", "sp_block_backward_s",
+_FRAMEWORK_OPTIONAL = {"concurrent_slowdown", "concurrent_gemm_slowdown", "sp_block_forward_s",
+                       "sp_block_backward_s",
                        "tp_linear_forward_s_per_byte", "tp_linear_backward_s_per_byte", "pp_action_s",
                        "ddp_grad_s_per_byte", "ddp_param_s", "fsdp_unit_forward_s_per_byte",
                        "fsdp_unit_backward_s_per_byte"}

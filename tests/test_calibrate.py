@@ -161,10 +161,11 @@ def _quiet(results):
     return quiet
 
 
-def _synthetic_framework(node, planted, wide: bool = False):
+def _synthetic_framework(node, planted, wide: bool = False, concurrency: bool = False):
     """Bench results a machine with the ``planted`` FrameworkSpec would give: op timings from
     counts, reference steps as the cost model predicts them with the planted costs, memory as
-    (1 + fragmentation) * tensors + overhead."""
+    (1 + fragmentation) * tensors + overhead; with ``concurrency`` the plain step also on both
+    ranks at once at the reference, wide and concurrency shapes."""
     import dataclasses as dc
 
     from planner.calibrate import _reference_prediction
@@ -188,8 +189,8 @@ def _synthetic_framework(node, planted, wide: bool = False):
         n = dc.replace(node, framework=planted).with_gpus_per_node(tp * dp)
         reference.append({"case": case, "tp": tp, "dp": dp, "model": model.to_dict(), "reference": ref,
                           "median_s": _reference_prediction(model, n, cfg), "cpu_ratio": 1.0, "steps": 5})
+    wref = {"hidden_size": 256, "n_layers": 2, "seq_len": 128, "micro_batch": 8, "vocab_size": 512}
     if wide:  # plain, DDP and FSDP2 at the wider reference shape
-        wref = {"hidden_size": 256, "n_layers": 2, "seq_len": 128, "micro_batch": 8, "vocab_size": 512}
         wmodel = dc.replace(model, name="ref-wide", hidden_size=256, ffn_hidden_size=1024)
         for case, dp, sharding in (("plain_wide", 1, "none"), ("ddp_wide", 2, "none"), ("fsdp_wide", 2, "fsdp")):
             cfg = ParallelConfig(dp=dp, micro_batch=8, global_batch=8 * dp, seq_len=128, precision="fp32",
@@ -197,6 +198,22 @@ def _synthetic_framework(node, planted, wide: bool = False):
             n = dc.replace(node, framework=planted).with_gpus_per_node(dp)
             reference.append({"case": case, "tp": 1, "dp": dp, "model": wmodel.to_dict(), "reference": wref,
                               "median_s": _reference_prediction(wmodel, n, cfg), "cpu_ratio": 1.0, "steps": 5})
+    if concurrency:
+        shapes = (("plain", "plain_both", model, ref),
+                  ("plain_wide", "plain_wide_both", dc.replace(model, name="ref-wide", hidden_size=256,
+                                                               ffn_hidden_size=1024), wref),
+                  ("plain_alone_interleaved", "plain_concurrent",
+                   dc.replace(model, name="ref-conc", hidden_size=256, ffn_hidden_size=1024, seq_len=256,
+                              vocab_size=2048),
+                   {"hidden_size": 256, "n_layers": 2, "seq_len": 256, "micro_batch": 4, "vocab_size": 2048}))
+        for alone, together, m, shape in shapes:
+            cfg = ParallelConfig(micro_batch=shape["micro_batch"], global_batch=shape["micro_batch"],
+                                 seq_len=shape["seq_len"], precision="fp32")
+            for case, ranks in ((alone, 1), (together, 2)):
+                n = dc.replace(node, framework=planted).with_gpus_per_node(ranks)
+                row = {"case": case, "tp": 1, "dp": 1, "model": m.to_dict(), "reference": shape,
+                       "median_s": _reference_prediction(m, n, cfg, ranks_busy=ranks), "cpu_ratio": 1.0, "steps": 5}
+                reference = [r for r in reference if r["case"] != case] + [row]
     no_mem = dc.replace(planted, fragmentation_fraction=0.0, training_overhead_bytes=0.0)
     memory = []
     for b in (2, 8):
@@ -258,6 +275,40 @@ def test_framework_ddp_and_fsdp_split_constant_and_per_byte_with_the_wide_refere
     quiet["framework"] = {**quiet["framework"], "reference": narrow}
     only_bytes = build_profile(quiet).node.framework
     assert only_bytes.ddp_param_s == 0.0 and only_bytes.ddp_grad_s_per_byte > 1e-9
+
+
+def test_framework_fits_both_concurrency_slowdowns_and_keeps_them_out_of_the_wrappers(results):
+    """The plain step alone and on both ranks at once at three shapes recover the planted GEMM
+    and non-GEMM slowdowns of ranks at once; the 2-rank wrapper cases, predicted with those
+    slowdowns, leave DDP, FSDP2 and TP their planted costs (nothing of the slowdown in them)."""
+    import dataclasses as dc
+
+    from planner.hardware import FrameworkSpec
+
+    quiet = _quiet(results)
+    node = build_profile(quiet).node
+    zero = {f.name: 0.0 for f in dc.fields(FrameworkSpec)}
+    planted = FrameworkSpec(**{**zero, "op_forward_s": 4e-6, "op_backward_s": 3e-6, "op_optimizer_s": 2.5e-6,
+                               "concurrent_gemm_slowdown": 0.12, "concurrent_slowdown": 0.3,
+                               "ddp_param_s": 80e-6, "ddp_grad_s_per_byte": 1e-9,
+                               "tp_linear_forward_s": 300e-6, "tp_linear_backward_s": 200e-6,
+                               "fsdp_unit_forward_s": 300e-6, "fsdp_unit_backward_s": 500e-6,
+                               "fsdp_unit_forward_s_per_byte": 0.5e-9, "fsdp_unit_backward_s_per_byte": 2e-9})
+    quiet["framework"] = _synthetic_framework(node, planted, wide=True, concurrency=True)
+    cal = build_profile(quiet)
+    got = cal.node.framework
+    assert got.concurrent_gemm_slowdown == pytest.approx(0.12, rel=1e-3)
+    assert got.concurrent_slowdown == pytest.approx(0.3, rel=1e-3)
+    for f in ("ddp_param_s", "ddp_grad_s_per_byte", "tp_linear_forward_s", "tp_linear_backward_s",
+              "fsdp_unit_forward_s", "fsdp_unit_backward_s", "fsdp_unit_forward_s_per_byte",
+              "fsdp_unit_backward_s_per_byte"):
+        assert getattr(got, f) == pytest.approx(getattr(planted, f), rel=1e-3, abs=1e-12), f
+    assert "concurrent_gemm_slowdown" in cal.to_yaml()
+    # one pair only: the GEMMs are taken as unslowed, the non-GEMM part carries it all
+    one = [r for r in quiet["framework"]["reference"] if r["case"] not in ("plain_both", "plain_wide_both")]
+    quiet["framework"] = {**quiet["framework"], "reference": one}
+    single = build_profile(quiet).node.framework
+    assert single.concurrent_gemm_slowdown == 0.0 and single.concurrent_slowdown > 0.3
 
 
 def test_framework_residuals_below_zero_clip_to_zero(results):

@@ -16,7 +16,9 @@ What ``planner.calibrate`` turns into the profile's ``framework:`` section:
   divides the rest by the units the executor runs (TP linears, FSDP units, parameter tensors).
   Plain, TP, DDP and FSDP2 also run at a wider shape (:data:`REFERENCE_WIDE`, 4x the
   activation per TP module, 3.4x the parameter bytes): TP's cost per module, DDP's reducer cost
-  and FSDP2's cost per unit are each a constant plus a per-byte part.
+  and FSDP2's cost per unit are each a constant plus a per-byte part. The plain step also runs
+  on both ranks at once at both shapes (``plain_both``, ``plain_wide_both``): with the alone /
+  at-once pair below, what two ranks computing together cost (GEMMs and the rest apart).
 * a pp=2 1F1B step of the reference model through the executor's own ``Trainer`` (whole
   steps): what ``torch.distributed.pipelining`` costs per schedule action.
 * memory: fresh processes (``python -m executor.bench.memstep``) run real training steps of
@@ -201,9 +203,10 @@ def _phase_summary(rows: list[list[tuple]]) -> dict:
 def _time_concurrency(build, x, y, *, steps: int, warmup: int, blocks: int) -> tuple[dict, dict]:
     """The plain step on rank 0 alone and on every rank at once, in alternating blocks of
     ``steps`` steps (``blocks`` of each): sustained load, as a run is, while drift of the
-    machine's speed falls on both alike. Returns (alone, at once) like :func:`_time_steps`, both
-    from rank 0's phases (the other ranks' at once are the same work); the first ``warmup``
-    steps of every block are left out."""
+    machine's speed falls on both alike. Returns (alone, at once), each {"median_s", "steps"}:
+    rank 0's phases alone, and at once per phase the slowest rank's median (what a step that
+    waits for every rank sees, as the interleaved ``plain_both`` cases report it); the first
+    ``warmup`` steps of every block are left out."""
     from executor.model import lm_loss
 
     model, opt = build()
@@ -214,19 +217,20 @@ def _time_concurrency(build, x, y, *, steps: int, warmup: int, blocks: int) -> t
             dist.barrier()
             for step in range(warmup + steps):
                 mine = _phases(model, opt, x, y, lm_loss) if active else None
-                if step >= warmup and rank == 0:
+                if step >= warmup and mine is not None:
                     sink.append(mine)
             dist.barrier()
     del model, opt
     gathered = [None] * dist.get_world_size()
     dist.all_gather_object(gathered, (alone, together))
-    alone, together = gathered[0]
+    phases = ("forward", "backward", "optimizer")
 
     def med(rows):
-        return {"median_s": {name: statistics.median(r[i] for r in rows)
-                             for i, name in enumerate(("forward", "backward", "optimizer"))}, "steps": steps}
+        return {name: statistics.median(r[i] for r in rows) for i, name in enumerate(phases)}
 
-    return med(alone), med(together)
+    per_rank = [med(g[1]) for g in gathered]
+    slowest = {name: max(m[name] for m in per_rank) for name in phases}
+    return {"median_s": med(gathered[0][0]), "steps": steps}, {"median_s": slowest, "steps": steps}
 
 
 PP_MICRO_BATCHES = 4
@@ -316,7 +320,11 @@ def reference_bench(*, quick: bool) -> list[dict]:
                   ("plain_wide", 1, 1, wref, plain(wspec), rank == 0, n_wide),
                   ("tp_wide", 2, 1, wref, tp(wspec, False), True, n_wide),
                   ("ddp_wide", 1, 2, wref, ddp(wspec), True, n_wide),
-                  ("fsdp_wide", 1, 2, wref, fsdp(wspec), True, n_wide)]
+                  ("fsdp_wide", 1, 2, wref, fsdp(wspec), True, n_wide),
+                  # the plain steps on both ranks at once (no communication), in the same rounds
+                  # as the wrappers: what two ranks computing together cost in this spell
+                  ("plain_both", 1, 1, ref, plain(spec), True, n_ref),
+                  ("plain_wide_both", 1, 1, wref, plain(wspec), True, n_wide)]
     cases, meta = {}, {}
     for name, tp_deg, dp_deg, shape, build, active, steps in table:
         xs, ys = (x, y) if shape is ref else (wx, wy)

@@ -40,7 +40,8 @@ class Rates:
     """What one rank achieves: peak FLOP/s of the compute dtype, HBM bandwidth, per-op overhead,
     all already scaled by the CPU-sharing factor ``share``; memory-bound work and per-op
     framework costs also by ``concurrent`` (>= 1: ranks running at once share caches and
-    memory bandwidth; GEMMs, compute-bound, do not slow down measurably)."""
+    memory bandwidth), the GEMMs' arithmetic by ``gemm_concurrent`` (>= 1, measured apart:
+    less than the memory-bound work, not zero on a shared host)."""
 
     device: DeviceSpec
     peak_flops: float
@@ -52,6 +53,7 @@ class Rates:
     attention_dtype: str = ""
     framework: FrameworkSpec | None = None
     concurrent: float = 1.0
+    gemm_concurrent: float = 1.0
 
     def ops(self, n_ops: float, per_op_s: float) -> float:
         """Framework time of ``n_ops`` ops at ``per_op_s`` each (CPU time: scaled by the share)."""
@@ -62,7 +64,7 @@ class Rates:
         dtype = self.attention_dtype if attention else self.dtype
         # the profile's GEMM efficiency curve of the dtype the GEMM runs in (pooled curve if none)
         eff = self.device.matmul_curve(dtype)(flops) if dtype else self.device.matmul_efficiency(flops)
-        t_compute = flops / (peak * eff * self.share)
+        t_compute = flops * self.gemm_concurrent / (peak * eff * self.share)
         t_memory = bytes_moved * self.concurrent / (self.mem_bw * self.share)
         return (t_compute if t_compute > t_memory else t_memory) + self.overhead_s
 
@@ -75,15 +77,16 @@ def make_rates(device: DeviceSpec, precision: str, ranks_per_node: float,
     """Per-rank rates. CPU hosts: a rank gets ``min(1, host_cores / ranks)`` of a core
     (``ranks_per_node``: the ranks computing at once, fractional where some of them wait); its
     memory-bound and per-op work is slowed further by the framework's measured
-    ``concurrent_slowdown`` when ranks run at once. With a
+    ``concurrent_slowdown`` when ranks run at once, its GEMMs by ``concurrent_gemm_slowdown``. With a
     calibrated ``framework`` (CPU profile) the per-kernel overhead is not added per GEMM /
     element-wise kernel: the executor's counted ops pay the framework's per-op costs instead
     (:mod:`planner.cost.framework`)."""
-    share = concurrent = 1.0
+    share = concurrent = gemm_concurrent = 1.0
     if device.host_cores > 0:
         share = min(1.0, device.host_cores / max(1, ranks_per_node))
         if framework is not None and ranks_per_node > 1:  # ranks running at once share caches
             concurrent = 1.0 + framework.concurrent_slowdown
+            gemm_concurrent = 1.0 + framework.concurrent_gemm_slowdown
     peak = device.peak_flops(compute_dtype(precision))
     # FP8 recipes (Transformer Engine) run attention in bf16
     attn_dtype = "bf16" if precision == "fp8" and device.supports("bf16") else compute_dtype(precision)
@@ -91,7 +94,7 @@ def make_rates(device: DeviceSpec, precision: str, ranks_per_node: float,
                  mem_bw=device.hbm_bandwidth_bytes_per_s * device.memory_bound_efficiency,
                  overhead_s=0.0 if framework is not None else device.kernel_overhead_s, share=share,
                  dtype=compute_dtype(precision), attention_dtype=attn_dtype, framework=framework,
-                 concurrent=concurrent)
+                 concurrent=concurrent, gemm_concurrent=gemm_concurrent)
 
 
 @dataclass(frozen=True)

@@ -192,7 +192,7 @@ def _stage_times(model: ModelSpec, node: NodeSpec, P: ParallelConfig, runtime: R
     lt = layer_times(model, b, s, tp, cp, P.sequence_parallel, P.recompute, P.precision, rates, runtime)
     emb_f, emb_b = embedding_times(model, b, s, tp, cp, P.sequence_parallel, P.precision, rates)
     head_f, head_bin, head_bw = head_times(model, b, s, tp, cp, P.sequence_parallel, P.precision, rates)
-    comm = _layer_comm(model, node, P, runtime, lt)
+    comm = _layer_comm(model, node, P, runtime, lt, rates)
     tp_f, tp_b, tp_rc, cp_f, cp_b, z3_f, z3_b = comm
     layers = P.layers_per_stage(model.n_layers)
     n_vs = pp * v
@@ -287,8 +287,9 @@ def _shape(P: ParallelConfig, axis: str, gpn: int) -> GroupShape:
     return GroupShape(getattr(P, axis), per_node, nodes)
 
 
-def _layer_comm(model: ModelSpec, node: NodeSpec, P: ParallelConfig, runtime: Runtime, lt):
-    """Exposed TP / CP / ZeRO-3 communication per block and micro-batch (see module doc)."""
+def _layer_comm(model: ModelSpec, node: NodeSpec, P: ParallelConfig, runtime: Runtime, lt, rates):
+    """Exposed TP / CP / ZeRO-3 communication per block and micro-batch (see module doc); the
+    executor's FSDP2 per-unit CPU work at ``rates`` (as the embedding and head units')."""
     gpn = node.gpus_per_node
     tp, dp, cp = P.tp, P.dp, P.cp
     b, s = P.micro_batch, P.seq_len
@@ -347,8 +348,8 @@ def _layer_comm(model: ModelSpec, node: NodeSpec, P: ParallelConfig, runtime: Ru
         rs = collective_time("reduce_scatter", size, g, node)
         reshard = P.sharding in ("zero3", "fsdp")
         unit_f, unit_b = frame.fsdp_unit_s(size)
-        comm_f = ag + unit_f
-        comm_b = (ag if reshard else 0.0) + rs + unit_b
+        comm_f = ag + rates.ops(1, unit_f)
+        comm_b = (ag if reshard else 0.0) + rs + rates.ops(1, unit_b)
         if runtime.shard_prefetch:
             z3_f = max(0.0, comm_f - lt.fwd_s)
             z3_b = max(0.0, comm_b - (lt.bwd_s + lt.recompute_s))
