@@ -154,6 +154,16 @@ def zb_in_flight(pp: int, num_micro_batches: int) -> tuple[int, ...]:
     return tuple(min(pp, num_micro_batches) for _ in range(pp))
 
 
+def zb_pending_weight_passes(pp: int, num_micro_batches: int) -> tuple[int, ...]:
+    """Per rank, the micro-batches whose input-gradient pass (B) is done and whose weight pass
+    (W) is not yet, at the executor's zero-bubble peak (the B that runs while :func:`zb_in_flight`
+    graphs are live). In torch 2.13's one-stage-per-rank order rank r's first W follows r F/B
+    pairs, so the B of pair r + 1 runs with r weight passes pending: the last rank r = p - 1
+    holds p - 1, rank 0 none (at most m - 1). (tests/test_cost_cpu.py checks this against
+    torch's own order.)"""
+    return tuple(min(r, max(0, num_micro_batches - 1)) for r in range(pp))
+
+
 def executor_in_flight(framework, schedule: str, pp: int, num_micro_batches: int,
                        counted: tuple[int, ...]) -> tuple[int, ...]:
     """The in-flight counts the memory model uses: the executor's zero-bubble graphs

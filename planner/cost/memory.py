@@ -126,6 +126,27 @@ def executor_saved_logits_bytes_per_token(model: ModelSpec, tp: int, executor: b
     return 4.0 * model.vocab_size / tp if executor else 0.0
 
 
+def executor_zb_held_grad_bytes_per_token(model: ModelSpec, n_layers: int, last_stage: bool, tp: int,
+                                          sequence_parallel: bool, precision: str) -> float:
+    """Bytes per token of one micro-batch that the executor's zero-bubble schedule keeps from its
+    input-gradient pass to its weight pass: torch's ``stage_backward_input``
+    (torch/distributed/pipelining/_backward.py) puts a pre-hook on every autograd node where a
+    weight's path branches off the input path and stores the gradient arriving there
+    (``param_groups[...]["grads"]``) until ``stage_backward_weight`` (Qi et al., "Zero Bubble
+    Pipeline Parallelism", ICLR 2024, sec. 2: W needs the output gradient of each weight's op).
+    That gradient is each op's output: per block every linear's (q, k, v, the MLP's first
+    matrices per tp rank; the output projection and the last MLP matrix whole, per tp rank
+    with SP) and both norms'; on the last stage also the final norm's and the LM head's
+    logits (vocabulary per tp rank)."""
+    bpe = activation_bytes_per_element(precision)
+    h = model.hidden_size
+    rows = tp if sequence_parallel else 1
+    mlp_in = (2 if model.mlp == "swiglu" else 1) * model.ffn_hidden_size
+    per_block = (model.q_dim + 2 * model.kv_dim + mlp_in) / tp + 2 * h / rows + 2 * h / rows
+    head = (h / rows + model.vocab_size / tp) if last_stage else 0.0
+    return bpe * (n_layers * per_block + head)
+
+
 def executor_untied_head_params(model: ModelSpec, tp: int, pp: int, executor: bool) -> float:
     """Head parameters per tp rank the executor adds by untying a tied head under TP without
     PP (executor/train.py ``tie_embeddings``; with PP the copy is already counted)."""
@@ -242,6 +263,8 @@ def stage_memories(model: ModelSpec, parallel, device, in_flight, attention: str
     tokens = b * (s / P.cp)
     logits_per_token = logits_bytes_per_token(model, tp, P.precision, executor)
     untied_head = executor_untied_head_params(model, tp, pp, executor)
+    zb_pending = (fw.zb_pending_weight_passes(pp, P.num_micro_batches)
+                  if executor and pp > 1 and P.schedule == "zb" else None)
     out = []
     for r in range(pp):
         chunks = list(range(r, n_vs, pp))
@@ -251,6 +274,9 @@ def stage_memories(model: ModelSpec, parallel, device, in_flight, attention: str
         if r == last_rank:  # the loss state of the other micro-batches in flight (executor)
             others_in_flight = max(0.0, in_flight[r] / len(chunks) - 1.0)
             act += others_in_flight * executor_saved_logits_bytes_per_token(model, tp, executor) * tokens
+        if zb_pending:  # output gradients held from B to W of the micro-batches pending W
+            act += zb_pending[r] * tokens * executor_zb_held_grad_bytes_per_token(
+                model, n_layers_r, r == last_rank, tp, P.sequence_parallel, P.precision)
         reserved = device.reserved_bytes if framework is None else framework.training_overhead_bytes
         frag = device.fragmentation_fraction if framework is None else framework.fragmentation_fraction
         mem = stage_memory(params=params_all[r] + (untied_head if r == last_rank else 0.0),
