@@ -347,18 +347,30 @@ def op_profiles(profile: str, log=print) -> list[dict]:
     return out
 
 
-def op_profile_lines(profiles: list[dict]) -> list[str]:
+def op_profile_lines(profiles: list[dict], start: list[dict] = ()) -> list[str]:
+    """The op profiles after the sweep (``profiles``) against the cost model, with the same
+    profile taken before the first round (``start``) where there is one: the same work on one
+    rank minutes apart, i.e. how far the machine's speed moved during the sweep."""
     if not profiles:
         return []
+    before = {p["model"]: p for p in start}
     lines = ["", "One rank, one thread, one micro-batch of 4 (thread CPU time, so other processes do not "
              "inflate it; `python benchmarks/local_sweep.py --op-profile MODEL 4`): the cost model against "
              "the executor's own modules, and where the measured forward+backward time goes by op class "
-             "(torch.profiler self time):", "",
-             "| model | phase | predicted (ms) | measured (ms) | error |", "|---|---|---|---|---|"]
+             "(torch.profiler self time)" + (", measured after the last round and, for the machine's drift "
+             "during the sweep, before the first:" if before else ":"), ""]
+    if before:
+        lines += ["| model | phase | predicted (ms) | measured before (ms) | error before | measured after (ms) | "
+                  "error after |", "|---|---|---|---|---|---|---|"]
+    else:
+        lines += ["| model | phase | predicted (ms) | measured (ms) | error |", "|---|---|---|---|---|"]
     for p in profiles:
         for ph in ("forward_s", "backward_s", "optimizer_s"):
             pr, me = p["predicted"][ph], p[ph]
-            lines.append(f"| {p['model']} | {ph[:-2]} | {pr * 1e3:.1f} | {me * 1e3:.1f} | "
+            first = before.get(p["model"])
+            cells = (f"{first[ph] * 1e3:.1f} | {100 * (pr - first[ph]) / first[ph]:+.1f}% | " if first else
+                     ("– | – | " if before else ""))
+            lines.append(f"| {p['model']} | {ph[:-2]} | {pr * 1e3:.1f} | {cells}{me * 1e3:.1f} | "
                          f"{100 * (pr - me) / me:+.1f}% |")
     lines += ["", "| op class | " + " | ".join(f"{p['model']} (ms, share)" for p in profiles) + " |",
               "|---|" + "---|" * len(profiles)]
@@ -420,7 +432,8 @@ def _round_spread(df, names: dict, round_times: dict) -> tuple[float, float] | N
 
 
 def write_reports(comp, names: dict, results: dict, search: dict | None, report: Path, args, t_total: float,
-                  busy_before: list[str], profiles: list[dict] = (), round_times: dict | None = None) -> None:
+                  busy_before: list[str], profiles: list[dict] = (), round_times: dict | None = None,
+                  profiles_start: list[dict] = ()) -> None:
     from planner.io import atomic_write_text
     from planner.report import plot_breakdown, plot_scatter
 
@@ -537,7 +550,7 @@ def write_reports(comp, names: dict, results: dict, search: dict | None, report:
     contended = [r for r in df.to_dict(orient="records") if r["status"] == "contended"]
     if contended:
         L_ += ["", "Contended after the rerun (not counted): " + ", ".join(r["name"] for r in contended)]
-    L_ += ["", "## Where the error comes from", "", *attribution(df), *op_profile_lines(list(profiles)), "",
+    L_ += ["", "## Where the error comes from", "", *attribution(df), *op_profile_lines(list(profiles), list(profiles_start)), "",
            f"![scatter]({scatter.name})", "", f"![breakdown, world size ≤ 2]({breakdown.name})", ""]
     atomic_write_text(report, "\n".join(L_) + "\n")
 
@@ -653,6 +666,8 @@ def main(argv=None) -> int:
         todo = [x for x in prepared if x[0].name not in keep]
     else:
         todo = list(prepared)
+    # the op profile before the first round too: with the one after the last, the machine's drift
+    profiles_start = [] if args.no_op_profile else op_profiles(args.profile, log=lambda s: print(s, flush=True))
     results, round_times = run_rounds(todo, out_dir, args.rounds, args.steps, args.warmup, args.wait_quiet,
                                       log=lambda s: print(s, flush=True))
     for e, plan, _ in prepared:
@@ -666,7 +681,7 @@ def main(argv=None) -> int:
     names = {str(results[e.name][0]): e.name for e, _, _ in prepared}
     report = Path(args.report)
     write_reports(comp, names, results, search, report, args, time.perf_counter() - t0, busy_before, profiles,
-                  round_times)
+                  round_times, profiles_start)
     st = comp.stats
     print(f"wrote {report}  (all ok runs: median |err| {_fmt(st['median_abs_error_pct'], '.1f')}%, "
           f"max {_fmt(st['max_abs_error_pct'], '.1f')}%, spearman {_fmt(st['spearman'], '.3f')})")

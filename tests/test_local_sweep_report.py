@@ -1,0 +1,41 @@
+"""benchmarks/local_sweep.py report pieces that need no run: the op-profile table."""
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+_PATH = Path(__file__).resolve().parent.parent / "benchmarks" / "local_sweep.py"
+
+
+@pytest.fixture(scope="module")
+def sweep():
+    spec = importlib.util.spec_from_file_location("local_sweep", _PATH)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["local_sweep"] = mod  # its dataclasses look their module up while being built
+    spec.loader.exec_module(mod)
+    yield mod
+    sys.modules.pop("local_sweep", None)
+
+
+def _profile(model: str, fwd: float) -> dict:
+    return {"model": model, "forward_s": fwd, "backward_s": 2 * fwd, "optimizer_s": 0.01,
+            "predicted": {"forward_s": 0.1, "backward_s": 0.2, "optimizer_s": 0.01},
+            "classes_s": {"gemm": 2.0 * fwd, "other": fwd}}
+
+
+def test_op_profile_table_shows_before_and_after_with_their_errors(sweep):
+    lines = sweep.op_profile_lines([_profile("tiny-gpt", 0.125)], [_profile("tiny-gpt", 0.1)])
+    row = next(line for line in lines if line.startswith("| tiny-gpt | forward"))
+    # predicted 100 ms; before 100 ms (+0.0%); after 125 ms (-20.0%)
+    assert row == "| tiny-gpt | forward | 100.0 | 100.0 | +0.0% | 125.0 | -20.0% |"
+    assert any("before the first" in line for line in lines)
+
+
+def test_op_profile_table_without_a_start_profile_keeps_one_measured_column(sweep):
+    lines = sweep.op_profile_lines([_profile("tiny-gpt", 0.125)])
+    row = next(line for line in lines if line.startswith("| tiny-gpt | forward"))
+    assert row == "| tiny-gpt | forward | 100.0 | 125.0 | -20.0% |"
+    assert sweep.op_profile_lines([]) == []
