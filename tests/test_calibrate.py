@@ -311,6 +311,40 @@ def test_framework_fits_both_concurrency_slowdowns_and_keeps_them_out_of_the_wra
     assert single.concurrent_gemm_slowdown == 0.0 and single.concurrent_slowdown > 0.3
 
 
+def test_concurrency_fit_is_robust_to_one_outlying_pair(results):
+    """One pair measured in a burst of outside load (the at-once step 1.5x its planted value)
+    moves the soft-L1 fit less than a plain least-squares fit (here by about a third)."""
+    import dataclasses as dc
+
+    import planner.calibrate as cal
+    from planner.calibrate import _fit_concurrency
+    from planner.hardware import FrameworkSpec
+
+    quiet = _quiet(results)
+    node = build_profile(quiet).node
+    zero = {f.name: 0.0 for f in dc.fields(FrameworkSpec)}
+    planted = FrameworkSpec(**{**zero, "op_forward_s": 4e-6, "op_backward_s": 3e-6, "op_optimizer_s": 2.5e-6,
+                               "concurrent_gemm_slowdown": 0.12, "concurrent_slowdown": 0.3})
+    refs = {r["case"]: r for r in _synthetic_framework(node, planted, wide=True, concurrency=True)["reference"]}
+    burst = {**refs["plain_concurrent"], "median_s": {k: 1.5 * v for k, v in refs["plain_concurrent"]["median_s"].items()}}
+    pairs = [("reference shape", refs["plain"], refs["plain_both"]),
+             ("wide shape", refs["plain_wide"], refs["plain_wide_both"]),
+             ("concurrency shape", refs["plain_alone_interleaved"], burst)]
+    base = dc.replace(planted, concurrent_gemm_slowdown=0.0, concurrent_slowdown=0.0)
+    robust, lines = _fit_concurrency(pairs, node, base)
+    scale = cal.CONCURRENCY_FIT_SCALE
+    try:
+        cal.CONCURRENCY_FIT_SCALE = 1e3  # soft-L1 with a huge scale is plain least squares
+        plain, _ = _fit_concurrency(pairs, node, base)
+    finally:
+        cal.CONCURRENCY_FIT_SCALE = scale
+
+    def off(f):
+        return abs(f.concurrent_gemm_slowdown - 0.12) + abs(f.concurrent_slowdown - 0.3)
+    assert off(robust) < 0.8 * off(plain), (off(robust), off(plain))
+    assert any("concurrency shape" in line for line in lines)
+
+
 def test_framework_residuals_below_zero_clip_to_zero(results):
     from planner.hardware import FrameworkSpec
 
