@@ -963,9 +963,9 @@ def _fit_concurrency(pairs: list[tuple[str, dict, dict]], node: NodeSpec,
                      base: FrameworkSpec) -> tuple[FrameworkSpec, list[str]]:
     """``base`` with ``concurrent_gemm_slowdown`` and ``concurrent_slowdown`` fitted so that the
     cost model's step on two ranks at once over the same step on one rank matches each pair's
-    measured ratio (bounded least squares with a soft-L1 loss, scipy; both in [0, 2]). With one pair only the
-    non-GEMM slowdown is fitted (GEMMs unchanged). The ratio leaves out what the model misses
-    of the one-rank step itself (the plain residual, charged to the wrappers apart)."""
+    measured ratio (bounded least squares with a soft-L1 loss, scipy; both in [0, 2]). With one
+    pair only the non-GEMM slowdown is fitted (GEMMs unchanged). The ratio leaves out what the
+    model misses of the one-rank step itself (the plain residual, charged to the wrappers apart)."""
     from scipy.optimize import least_squares
 
     from planner.model import ModelSpec
