@@ -188,24 +188,28 @@ def layer_times(model: ModelSpec, micro_batch: int, seq_len: int, tp: int, cp: i
     bwd_in += core_b
 
     # --- element-wise ops (memory-bound) ---
-    mask = 1 if model.dropout > 0 else 0
-    ew_bytes = 0.0
-    kernels = 0
-    ew_bytes += 2 * (2 * bpe * rows * h)           # two norms: read x, write y
-    ew_bytes += 2 * ((3 * bpe + mask) * rows * h)  # two fused bias-dropout-add: x, bias/res, out (+mask)
-    kernels += 4
-    if model.mlp == "swiglu":
-        ew_bytes += 3 * bpe * T * f / tp * (model.top_k if model.is_moe else 1)
-    else:
-        ew_bytes += 2 * bpe * T * f / tp * (model.top_k if model.is_moe else 1)
-    kernels += 1
-    if model.position == "rope":
-        ew_bytes += 2 * bpe * T * (q + kv) / tp
+    frame = rates.framework
+    if frame is not None:  # the executor's own eager ops, counted (their per-op costs below)
+        ew_fwd_bytes, ew_bwd_bytes = fw.block_elementwise_bytes(model, T, rows, tp, bpe)
+        fwd += rates.memory(ew_fwd_bytes, 0)
+        bwd_in += rates.memory(ew_bwd_bytes, 0)
+    else:  # Megatron's fused kernels (Korthikanti et al. 2022, sec. 4)
+        mask = 1 if model.dropout > 0 else 0
+        ew_bytes = 0.0
+        kernels = 0
+        ew_bytes += 2 * (2 * bpe * rows * h)           # two norms: read x, write y
+        ew_bytes += 2 * ((3 * bpe + mask) * rows * h)  # two fused bias-dropout-add: x, bias/res, out (+mask)
+        kernels += 4
+        if model.mlp == "swiglu":
+            ew_bytes += 3 * bpe * T * f / tp * (model.top_k if model.is_moe else 1)
+        else:
+            ew_bytes += 2 * bpe * T * f / tp * (model.top_k if model.is_moe else 1)
         kernels += 1
-    ew_f = rates.memory(ew_bytes, kernels)
-    ew_b = rates.memory(2 * ew_bytes, kernels)
-    fwd += ew_f
-    bwd_in += ew_b
+        if model.position == "rope":
+            ew_bytes += 2 * bpe * T * (q + kv) / tp
+            kernels += 1
+        fwd += rates.memory(ew_bytes, kernels)
+        bwd_in += rates.memory(2 * ew_bytes, kernels)
 
     if recompute == "full":
         recompute_s = fwd
@@ -213,7 +217,6 @@ def layer_times(model: ModelSpec, micro_batch: int, seq_len: int, tp: int, cp: i
         recompute_s = core_f
     else:
         recompute_s = 0.0
-    frame = rates.framework
     if frame is not None:
         # the executor's aten ops of this block (recomputed ones are in the backward count)
         # and, under TP, the DTensor cost of each sharded linear
@@ -263,13 +266,19 @@ def head_times(model: ModelSpec, micro_batch: int, seq_len: int, tp: int, cp: in
     V = model.vocab_size
     rows = T / tp if sequence_parallel else T
     tf, tb = _gemm(rates, T, V / tp, h, bpe)
-    norm_f = rates.memory(2 * bpe * rows * h)
     frame = rates.framework
+    if frame is not None:  # the executor's final norm (eager RMSNorm or fused LayerNorm)
+        norm_fwd_bytes, norm_bwd_bytes = fw.norm_bytes_per_element(model, bpe)
+        norm_f = rates.memory(norm_fwd_bytes * rows * h)
+        norm_b = rates.memory(norm_bwd_bytes * rows * h)
+    else:
+        norm_f = rates.memory(2 * bpe * rows * h)
+        norm_b = 2 * norm_f
     logits = T * V / tp
     ce_f = rates.memory((bpe + 4 + 4) * logits, 3)   # cast to fp32, exp/sum, loss
     ce_b = rates.memory((4 + bpe) * logits, 1)       # softmax - onehot -> grad in compute dtype
     fwd = tf + norm_f + ce_f
-    bwd_in = tb + 2 * norm_f + ce_b
+    bwd_in = tb + norm_b + ce_b
     if frame is not None:
         n_f, n_b = fw.edge_ops(model)  # embedding + final norm + head + loss, counted here
         fwd += rates.ops(n_f, frame.op_forward_s)

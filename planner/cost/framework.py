@@ -13,6 +13,12 @@ Facts of the executor's code (torch 2.13) used here:
   ``TorchDispatchMode`` on ``executor.model`` (``executor/bench/framework.py`` counts them again
   at calibration and the profile notes both). Each op pays ``op_forward_s`` / ``op_backward_s``.
 * ``AdamW(foreach=False)``: :data:`ADAM_OPS_PER_PARAM` ops per parameter tensor.
+* Element-wise traffic (:func:`block_elementwise_bytes`): the executor's RMSNorm and RoPE are
+  eager chains of aten ops in fp32 (``executor/model.py``), SwiGLU is ``silu(gate) * up``
+  (two kernels), there is no fused bias-dropout-add, and backward adds the input gradients of
+  every tensor read twice (the residual stream, the Q/K/V input, the gate/up input) and sums
+  each bias gradient. Bytes read + written per element, counted with a ``TorchDispatchMode``
+  (tests/test_cost_cpu.py counts them again on the executor's block).
 * Tensor parallel (``executor/parallel/tp.py``): Q, K, V are three ColwiseParallel linears and
   the MLP's up (and gate) too, each wrapping the same replicated input as its own DTensor, so the
   backward all-reduces the input gradient once per column-parallel linear (Megatron fuses QKV:
@@ -67,6 +73,58 @@ for _line in _COUNTS.strip().splitlines():
     _n = [int(v) for v in _n]
     for _i, _rc in enumerate(("none", "selective", "full")):
         BLOCK_OPS[(_mlp, _norm, _pos, _bias == "1", _rc)] = (_n[2 * _i], _n[2 * _i + 1])
+
+
+RMSNORM_FP32_BYTES = (28, 96)
+"""(forward, backward) bytes per element of the executor's RMSNorm in fp32: forward pow, mean,
+two muls (7 fp32 passes), backward 24 passes (the muls' and pow's gradients, the mean's
+expansion, the accumulation of x's two gradient paths)."""
+ROPE_FP32_BYTES = (36, 56)
+"""(forward, backward) bytes per rotated element of the executor's ``apply_rope`` in fp32: four
+half-width muls, a sub, an add and the stack (9 passes); backward 14."""
+FP32_CAST_BYTES = 12
+"""An eager fp32 chain on half-precision input casts in (2 + 4 bytes) and out (4 + 2), each way."""
+
+
+def norm_bytes_per_element(model: ModelSpec, bpe: int) -> tuple[int, int]:
+    """(forward, backward) bytes per element of one executor norm: the eager fp32 RMSNorm, or the
+    fused ``native_layer_norm`` (read x, write y; backward read dy and x, write dx)."""
+    if model.norm == "rmsnorm":
+        cast = FP32_CAST_BYTES if bpe != 4 else 0
+        return RMSNORM_FP32_BYTES[0] + cast, RMSNORM_FP32_BYTES[1] + cast
+    return 2 * bpe, 3 * bpe
+
+
+def block_elementwise_bytes(model: ModelSpec, tokens: float, rows: float, tp: int,
+                            bpe: int) -> tuple[float, float]:
+    """(forward, backward) bytes read + written by the element-wise ops of one executor block on
+    one tp rank: the two norms and residual adds over ``rows`` (``tokens / tp`` under sequence
+    parallelism), the activation over the tp rank's FFN columns, RoPE over its Q and K, bias
+    gradients and gradient accumulations in backward. ``bpe``: bytes of an activation."""
+    h, q, kv = model.hidden_size, model.q_dim, model.kv_dim
+    routed = model.top_k if model.is_moe else 1
+    ffn = (model.expert_ffn if model.is_moe else model.ffn_hidden_size) / tp * routed
+    cast = FP32_CAST_BYTES if bpe != 4 else 0
+    norm_f, norm_b = norm_bytes_per_element(model, bpe)
+    fwd = 2 * norm_f * rows * h + 2 * 3 * bpe * rows * h       # two norms, two residual adds
+    bwd = 2 * norm_b * rows * h + 2 * 3 * bpe * rows * h       # + the residual stream's two sums
+    bwd += 2 * 3 * bpe * tokens * h                             # Q, K, V input gradients summed
+    if model.mlp == "swiglu":  # silu(gate), * up; backward silu_backward and the mul's two grads
+        fwd += 5 * bpe * tokens * ffn
+        bwd += 9 * bpe * tokens * ffn + 3 * bpe * tokens * h    # + gate and up input grads summed
+    else:                      # gelu; gelu_backward
+        fwd += 2 * bpe * tokens * ffn
+        bwd += 3 * bpe * tokens * ffn
+    if model.position == "rope":
+        rope_f, rope_b = ROPE_FP32_BYTES[0] + cast, ROPE_FP32_BYTES[1] + cast
+        fwd += rope_f * tokens * (q + kv) / tp
+        bwd += rope_b * tokens * (q + kv) / tp
+    if model.bias:  # each bias gradient: a sum over the tokens of its output gradient
+        bwd += bpe * tokens * ((q + 2 * kv) / tp + (model.mlp_matrices - 1) * ffn + 2 * h)
+    if model.dropout > 0:  # two dropouts (attention output, MLP output): x, out, a byte mask
+        fwd += 2 * (2 * bpe + 1) * rows * h
+        bwd += 2 * (2 * bpe + 1) * rows * h
+    return fwd, bwd
 
 
 def _key_parts(model: ModelSpec) -> tuple[str, str, str]:

@@ -1,0 +1,54 @@
+"""The cost model's element-wise traffic of one executor block against the bytes its aten ops
+read and write, counted with a TorchDispatchMode (planner/cost/framework.py)."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+
+from executor.model import Block
+from planner.cost import framework as fw
+from planner.presets import PRESETS
+
+# GEMMs and the attention kernel are timed apart; _unsafe_view moves no data
+NOT_ELEMENTWISE = {"mm", "addmm", "bmm", "_unsafe_view", "_scaled_dot_product_flash_attention_for_cpu",
+                   "_scaled_dot_product_flash_attention_for_cpu_backward"}
+
+
+class ByteTally(TorchDispatchMode):
+    """Bytes of every tensor argument and result of the element-wise aten ops dispatched."""
+
+    def __init__(self):
+        super().__init__()
+        self.bytes = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func.is_view or func._overloadpacket.__name__ in NOT_ELEMENTWISE:
+            return out
+        tensors = [t for t in tree_flatten((args, kwargs, out))[0] if isinstance(t, torch.Tensor)]
+        self.bytes += sum(t.numel() * t.element_size() for t in tensors)
+        return out
+
+
+@pytest.mark.parametrize("name", ["tiny-gpt", "tiny-llama"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_block_elementwise_bytes_match_the_executor_block(name, dtype):
+    spec = PRESETS[name]
+    torch.manual_seed(0)
+    block = Block(spec).to(dtype)
+    micro_batch = 2
+    x = torch.randn(micro_batch, spec.seq_len, spec.hidden_size, dtype=dtype, requires_grad=True)
+    forward, backward = ByteTally(), ByteTally()
+    with forward:
+        y = block(x)
+    grad = torch.randn_like(y)
+    with backward:
+        y.backward(grad)
+    tokens = micro_batch * spec.seq_len
+    bpe = torch.finfo(dtype).bits // 8
+    predicted_fwd, predicted_bwd = fw.block_elementwise_bytes(spec, tokens, tokens, 1, bpe)
+    # the small tables (RoPE cos/sin, norm weights, per-row statistics) are not itemised
+    assert forward.bytes == pytest.approx(predicted_fwd, rel=0.01)
+    assert backward.bytes == pytest.approx(predicted_bwd, rel=0.01)
