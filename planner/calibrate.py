@@ -359,6 +359,7 @@ def build_profile(results: dict, *, name: str = "local-cpu", gpus_per_node: int 
         "",
         "GEMM efficiency per dtype (FLOPs: fraction of that dtype's peak):",
         *[f"  {dt}: " + ", ".join(f"{f:.0e}: {e:.2f}" for f, e in pts) for dt, pts in sorted(curve_detail.items())],
+        *_matmul_budget_lines(mm),
         "",
         "Memory-bound rates, GB/s (median over sizes): " + ", ".join(
             f"{op}/{dt} {statistics.median(v) / GB:.1f}" for (op, dt), v in sorted(per_op.items())),
@@ -604,6 +605,38 @@ def median_results(passes: list[Any]) -> Any:
     return first
 
 
+def _matmul_budget_lines(rows: list[dict]) -> list[str]:
+    """A header line per dtype whose GEMMs stopped at the bench's time budget before the largest
+    shape another dtype reached (the curve holds its last point beyond)."""
+    largest = max(r["flops"] for r in rows)
+    out = []
+    for dtype in sorted({r["dtype"] for r in rows}):
+        mine = [r for r in rows if r["dtype"] == dtype]
+        top = max(r["flops"] for r in mine)
+        if top < largest:
+            budget = mine[0].get("budget_s")
+            within = f"within the bench's {budget:.0f} s budget" if budget else "recorded"
+            out.append(f"  {dtype}: {len(mine)} GEMMs {within}, up to {top:.1e} FLOPs "
+                       f"(best {max(r['flops_per_s'] for r in mine) / 1e9:.1f} GFLOP/s; the largest shapes would "
+                       f"take longer)")
+    return out
+
+
+def _matmul_key(row: dict) -> tuple:
+    return row["dtype"], row["kind"], row["op"], row["tokens"], row["hidden"]
+
+
+def common_matmul_shapes(passes: list[dict]) -> list[dict]:
+    """The passes with their GEMM rows cut to the shapes every pass measured, in the first
+    pass's order: under its time budget a pass may stop a slow dtype one shape earlier than
+    another (``executor.bench.compute.matmul_bench``), and :func:`median_results` takes
+    medians row by row."""
+    if len(passes) < 2 or not all(isinstance(p.get("matmul"), list) for p in passes):
+        return passes
+    common = set.intersection(*({_matmul_key(r) for r in p["matmul"]} for p in passes))
+    return [{**p, "matmul": [r for r in p["matmul"] if _matmul_key(r) in common]} for p in passes]
+
+
 def _pass_spread_lines(passes: list[dict], name: str, gpus_per_node: int | None) -> list[str]:
     """Header lines: the main numbers of each pass, so the profile shows the machine's drift."""
     rows = []
@@ -638,6 +671,7 @@ def calibrate(nproc: int = 4, *, quick: bool = False, out: str | os.PathLike | N
             if progress and repeat > 1:
                 progress(f"pass {i + 1}/{repeat}")
             passes.append(run_benchmarks(nproc, quick=quick, progress=progress))
+        passes = common_matmul_shapes(passes)
         results = median_results(passes)
         if repeat > 1:
             results = {**results, "repeat": repeat, "passes": passes}

@@ -147,6 +147,32 @@ def test_tiny_real_compute_bench(results, tmp_path):
     assert load_profile(str(path)).device.kernel_overhead_s > 0
 
 
+def test_matmul_bench_stops_a_dtype_at_its_time_budget():
+    """Shapes run in ascending FLOPs; with no time left after the first, only the smallest runs."""
+    pytest.importorskip("torch")
+    from executor.bench import compute
+
+    rows = compute.matmul_bench(quick=True, reps=5, dtypes=("fp32",), hidden=(64, 256), tokens=(64, 1024),
+                                budget_s=0.0)
+    smallest = min(2.0 * t * i * o for t, _, _, i, o in compute._matmul_shapes((64, 256), (64, 1024),
+                                                                               ("proj", "mlp_up", "mlp_down")))
+    assert [r["flops"] for r in rows] == [smallest]
+    assert rows[0]["budget_s"] == 0.0
+
+
+def test_repeated_passes_keep_the_gemm_shapes_every_pass_measured(results):
+    """A pass that stopped a dtype one shape earlier: the medians are over the common shapes."""
+    from planner.calibrate import common_matmul_shapes, median_results
+
+    short = copy.deepcopy(results)
+    short["matmul"] = short["matmul"][:-1]
+    passes = common_matmul_shapes([copy.deepcopy(results), short, copy.deepcopy(results)])
+    assert all(len(p["matmul"]) == len(results["matmul"]) - 1 for p in passes)
+    merged = median_results(passes)
+    assert merged["matmul"] == results["matmul"][:-1]
+    build_profile(merged)
+
+
 # ----- framework section: the executor's building blocks -------------------------------------
 def _quiet(results):
     quiet = copy.deepcopy(results)

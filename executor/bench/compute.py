@@ -29,44 +29,65 @@ def _randn(shape, dtype, gen):
     return torch.randn(*shape, generator=gen, dtype=torch.float32).to(dtype)
 
 
+MATMUL_BUDGET_S = {False: 120.0, True: 3.0}
+"""Seconds the GEMMs of one dtype may take (full, ``--quick``). Shapes run in ascending FLOPs and
+stop where the next one would pass the budget: a host without native bf16 (AVX2 only) emulates
+it at ~1 GFLOP/s, where the full grid alone would take over half an hour a pass."""
+
+
+def _matmul_shapes(hidden, tokens, kinds) -> list[tuple[int, int, str, int, int]]:
+    """(tokens, hidden, kind, in, out) of every timed linear layer, ascending in FLOPs."""
+    shapes = [(t, h, kind, fi * h, fo * h) for h in hidden for t in tokens
+              for kind, (fi, fo) in LINEAR_KINDS.items() if kind in kinds]
+    return sorted(shapes, key=lambda sh: (sh[0] * sh[3] * sh[4], sh[1], sh[0]))
+
+
 def matmul_bench(*, quick: bool, reps: int, dtypes=("fp32", "bf16"), kinds=("proj", "mlp_up", "mlp_down"),
-                 hidden: tuple[int, ...] | None = None, tokens: tuple[int, ...] | None = None) -> list[dict]:
+                 hidden: tuple[int, ...] | None = None, tokens: tuple[int, ...] | None = None,
+                 budget_s: float | None = None) -> list[dict]:
     """GEMM throughput of the linear layers of a transformer step.
 
     For each token count t, width h and layer kind (in, out): forward ``F.linear`` (t x in x out),
     input gradient ``g @ W`` (t x out x in) and weight gradient ``g^T @ x`` (out x t x in), the three
-    GEMMs of one linear layer's training step; ``--quick`` times the forward GEMM only.
+    GEMMs of one linear layer's training step; ``--quick`` times the forward GEMM only. Per dtype
+    the shapes run in ascending FLOPs within ``budget_s`` (default :data:`MATMUL_BUDGET_S`): a
+    shape runs only if its estimated time at the rate of the last one measured fits what is
+    left, so a slow dtype is measured over its smaller shapes (rows carry ``budget_s``).
     """
     gen = torch.Generator().manual_seed(0)
     hidden = hidden or (QUICK_HIDDEN if quick else FULL_HIDDEN)
     tokens = tokens or (QUICK_TOKENS if quick else FULL_TOKENS)
+    budget_s = MATMUL_BUDGET_S[quick] if budget_s is None else budget_s
     ops = ("fwd",) if quick else ("fwd", "dgrad", "wgrad")
+    target_s = 0.03
     out = []
     for dtype_name in dtypes:
         dtype = DTYPES[dtype_name]
-        for h in hidden:
-            for t in tokens:
-                for kind, (fi, fo) in LINEAR_KINDS.items():
-                    if kind not in kinds:  # qkv (h, 3h) lies between proj and mlp_up: timed on request
-                        continue
-                    d_in, d_out = fi * h, fo * h
-                    x = _randn((t, d_in), dtype, gen)
-                    w = _randn((d_out, d_in), dtype, gen)
-                    g = _randn((t, d_out), dtype, gen)
-                    for op in ops:
-                        if op == "fwd":
-                            fn, (m, k, n) = (lambda: F.linear(x, w)), (t, d_in, d_out)
-                        elif op == "dgrad":
-                            fn, (m, k, n) = (lambda: torch.matmul(g, w)), (t, d_out, d_in)
-                        else:
-                            gt = g.t()
-                            fn, (m, k, n) = (lambda: torch.matmul(gt, x)), (d_out, t, d_in)
-                        s = measure(fn, reps=reps, target_s=0.03)
-                        flops = 2.0 * m * k * n
-                        out.append({"dtype": dtype_name, "kind": kind, "op": op, "tokens": t, "hidden": h,
-                                    "m": m, "k": k, "n": n, "flops": flops,
-                                    "flops_per_s": flops / s.median_s, **s.to_dict()})
-                    del x, w, g
+        t_start = time.perf_counter()
+        rate = None  # FLOP/s of the last shape measured
+        for t, h, kind, d_in, d_out in _matmul_shapes(hidden, tokens, kinds):
+            flops = 2.0 * t * d_in * d_out
+            if rate is not None:  # a warm-up call and the samples, each at least target_s
+                estimate_s = len(ops) * max((reps + 1) * flops / rate, reps * target_s)
+                if time.perf_counter() - t_start + estimate_s > budget_s:
+                    break
+            x = _randn((t, d_in), dtype, gen)
+            w = _randn((d_out, d_in), dtype, gen)
+            g = _randn((t, d_out), dtype, gen)
+            for op in ops:
+                if op == "fwd":
+                    fn, (m, k, n) = (lambda: F.linear(x, w)), (t, d_in, d_out)
+                elif op == "dgrad":
+                    fn, (m, k, n) = (lambda: torch.matmul(g, w)), (t, d_out, d_in)
+                else:
+                    gt = g.t()
+                    fn, (m, k, n) = (lambda: torch.matmul(gt, x)), (d_out, t, d_in)
+                s = measure(fn, reps=reps, target_s=target_s)
+                rate = flops / s.median_s
+                out.append({"dtype": dtype_name, "kind": kind, "op": op, "tokens": t, "hidden": h,
+                            "m": m, "k": k, "n": n, "flops": flops, "flops_per_s": rate,
+                            "budget_s": budget_s, **s.to_dict()})
+            del x, w, g
     return out
 
 
