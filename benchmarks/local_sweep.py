@@ -23,6 +23,7 @@ Writes ``reports/local-validation.md`` (+ ``.csv``, ``local-validation-scatter.p
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import statistics
@@ -148,25 +149,55 @@ def externally_contended(summary: dict | None) -> bool:
     return max(waits) - own > RUN_QUEUE_LIMIT
 
 
+SPEED_PROBE_S = 1.0
+"""Seconds of the machine-speed probe before each run (:func:`machine_speed_flops`)."""
+
+
+def machine_speed_flops(duration_s: float = SPEED_PROBE_S) -> float:
+    """The machine's speed now: one thread's fp32 GEMM rate on the calibration's one-rank
+    contention GEMM (``executor.bench.compute.contention_matmul``), FLOP/s. Against the same
+    number in the calibration results it says how far the machine has drifted since the
+    profile was measured; the predictions never see it."""
+    import torch
+
+    from executor.bench.compute import contention_matmul
+
+    torch.set_num_threads(1)
+    return contention_matmul(duration_s)["flops_per_s"]
+
+
+def calibrated_speed_flops(results_path: Path) -> float | None:
+    """That GEMM's one-rank rate in recorded calibration results (median over passes), or None."""
+    try:
+        results = json.loads(Path(results_path).read_text())
+        row = next(r for r in results["contention"] if r["ranks"] == 1)
+        return float(row["per_rank"][0]["flops_per_s"])
+    except (OSError, ValueError, KeyError, IndexError, StopIteration, TypeError):
+        return None
+
+
 def run_one(path, run_dir: Path, log_path: Path, steps: int, warmup: int, wait_s: float):
-    """Run a plan (once more if contended). Returns (summary, attempts, others' cores per attempt)."""
-    attempts, busy_seen, summary = 0, [], None
+    """Run a plan (once more if contended). Returns (summary, attempts, others' cores per attempt,
+    machine speed in FLOP/s just before each attempt)."""
+    attempts, busy_seen, speed_seen, summary = 0, [], [], None
     while attempts < 2:
         attempts += 1
         busy_seen.append(wait_quiet(wait_s))
+        speed_seen.append(machine_speed_flops())
         summary = execute(path, run_dir, steps=steps, warmup=warmup, log_path=log_path)
         if not externally_contended(summary):
             break
-    return summary, attempts, busy_seen
+    return summary, attempts, busy_seen, speed_seen
 
 
 def run_all(prepared, out_dir: Path, steps: int, warmup: int, wait_s: float = 0.0, log=print):
-    """Run each plan; rerun a contended one once. Returns {name: (run_dir, summary, attempts, busy)}."""
+    """Run each plan; rerun a contended one once. Returns {name: (run_dir, summary, attempts, busy,
+    speed)}."""
     results = {}
     for i, (e, plan, path) in enumerate(prepared, 1):
         run_dir = out_dir / e.name
         t0 = time.perf_counter()
-        summary, attempts, busy = run_one(path, run_dir, out_dir / f"{e.name}.log", steps, warmup, wait_s)
+        summary, attempts, busy, speed = run_one(path, run_dir, out_dir / f"{e.name}.log", steps, warmup, wait_s)
         status = (summary or {}).get("status", "failed")
         meas = ((summary or {}).get("measured") or {}).get("step_time_s")
         pred = plan.prediction["step_time_s"]
@@ -174,8 +205,9 @@ def run_all(prepared, out_dir: Path, steps: int, warmup: int, wait_s: float = 0.
         others = ", ".join("?" if b is None else f"{b:.1f}" for b in busy)
         log(f"[{i:2d}/{len(prepared)}] {e.name:<20} {plan.parallel.megatron_notation():<34} "
             f"pred {pred:.4f}  meas {'n/a' if meas is None else f'{meas:.4f}'}  {err}  {status}"
-            f"  ({time.perf_counter() - t0:.0f} s, {attempts} run(s), others' cores {others})")
-        results[e.name] = (run_dir, summary, attempts, busy)
+            f"  ({time.perf_counter() - t0:.0f} s, {attempts} run(s), others' cores {others}, "
+            f"GEMM {speed[-1] / 1e9:.1f} GF/s)")
+        results[e.name] = (run_dir, summary, attempts, busy, speed)
     return results
 
 
@@ -234,7 +266,7 @@ def search_check(profile: str, out_dir: Path, steps: int, warmup: int, wait_s: f
     for i, plan in enumerate(plans, 1):
         path = plan.save(out_dir / "search" / "plans" / f"rank{i}-{plan.id}.json")
         run_dir = out_dir / "search" / f"rank{i}-{plan.id}"
-        summary, _, _ = run_one(path, run_dir, out_dir / "search" / f"rank{i}.log", steps, warmup, wait_s)
+        summary = run_one(path, run_dir, out_dir / "search" / f"rank{i}.log", steps, warmup, wait_s)[0]
         meas = ((summary or {}).get("measured") or {}).get("step_time_s")
         rows.append({"rank": i, "plan_id": plan.id, "parallel": plan.parallel.megatron_notation(),
                      "predicted_step_time_s": plan.prediction["step_time_s"], "measured_step_time_s": meas,
@@ -413,6 +445,36 @@ def _rss_note(runs) -> str:
             f"which has no GPU counterpart); against it the prediction's median |error| is {err:.1f}%.")
 
 
+SPEED_BAND = 0.05
+"""Runs whose machine speed was within this fraction of the calibration's count as 'near'."""
+
+
+def speed_lines(df, reference_flops: float | None) -> list[str]:
+    """Report lines on the machine's drift: the speed probe before each kept run against the
+    calibration's, and the step-time error of the ok runs made near the calibrated speed apart
+    from the others (a diagnostic: the targets count every ok run)."""
+    if not reference_flops or "speed_vs_calibration" not in df or df["speed_vs_calibration"].isna().all():
+        return []
+    ok = df[(df["status"] == "ok") & df["speed_vs_calibration"].notna()]
+    if ok.empty:
+        return []
+    ratio = ok["speed_vs_calibration"]
+    near = ok[(ratio - 1.0).abs() <= SPEED_BAND]
+    far = ok[(ratio - 1.0).abs() > SPEED_BAND]
+
+    def errors(sub):
+        if sub.empty:
+            return "none"
+        e = sub["error_pct"].abs()
+        return f"{len(sub)}, median \\|error\\| {e.median():.1f}% (worst {e.max():.1f}%)"
+    return [f"Machine speed (drift since the profile was measured): just before each run the sweep timed "
+            f"one thread's fp32 GEMM (the calibration's one-rank contention GEMM, {reference_flops / 1e9:.1f} "
+            f"GFLOP/s there; `machine_speed_flops`). Over the world size ≤ 2 runs kept it was "
+            f"x{ratio.median():.2f} the calibration's (range x{ratio.min():.2f}–x{ratio.max():.2f}; per plan in "
+            f"the last column). Runs made within ±{100 * SPEED_BAND:.0f}% of the calibrated speed: "
+            f"{errors(near)}; the others: {errors(far)}. The predictions never see this probe.", ""]
+
+
 def _verdict(value, target, higher_is_better=False):
     if value is None:
         return "not measured"
@@ -450,6 +512,11 @@ def write_reports(comp, names: dict, results: dict, search: dict | None, report:
         vals = [b for b in (results[names[d]][3] if d in names else []) if b is not None]
         return max(vals) if vals else float("nan")
     df["others_cores"] = [others(d) for d in df["run_dir"]]
+    df["speed_flops"] = [(results[names[d]][4] or [math.nan])[-1] if d in names else math.nan
+                         for d in df["run_dir"]]
+    reference = calibrated_speed_flops(getattr(args, "calibration_results", None) or Path(args.report).with_name(
+        Path(args.profile).stem + "-calibration.json"))
+    df["speed_vs_calibration"] = df["speed_flops"] / reference if reference else math.nan
     small = df[df["world_size"].astype(float) <= 2]
     big = df[df["world_size"].astype(float) == 4]
     st_small, st_big, st_all = _stats(small), _stats(big), _stats(df)
@@ -513,6 +580,7 @@ def write_reports(comp, names: dict, results: dict, search: dict | None, report:
         L_ += [f"Run-to-run spread (the noise floor of these numbers): per plan, (slowest − fastest round) / "
                f"median round; over the world size ≤ 2 plans its median is {spread[0]:.1f}% and its largest "
                f"{spread[1]:.1f}% (the same plan, minutes apart, on this shared machine).", ""]
+    L_ += speed_lines(small, reference)
     L_ += ["## Search check", ""]
     if search is None:
         L_ += ["`planner.search` was not available when this report was made: not checked.", ""]
@@ -528,8 +596,8 @@ def write_reports(comp, names: dict, results: dict, search: dict | None, report:
     L_ += ["## Per plan", "",
            "| name | ws | parallel | status | others' cores | pred (s) | meas (s) [p10–p90] | rounds (s) | error | "
            "pred mem (MiB) | meas mem (MiB) | mem error | fwd pred/meas | bwd pred/meas | opt pred/meas | "
-           "comm+bubble pred/meas |",
-           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+           "comm+bubble pred/meas | speed vs cal. |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in df.sort_values(["world_size", "name"]).to_dict(orient="records"):
         status = r["status"] + (" (own oversubscription)" if r["oversubscribed"] else "") + \
             (f" (run {r['attempts']}x)" if r["attempts"] > 1 else "")
@@ -543,7 +611,8 @@ def write_reports(comp, names: dict, results: dict, search: dict | None, report:
                   f"{' / '.join(_fmt(t, '.3f') for t in (round_times or {}).get(r['name'], []))} | "
                   f"{_fmt(r['error_pct'], '+.1f')}% | {_fmt(r['predicted_peak_memory_bytes'] / 2**20, '.1f')} | "
                   f"{_fmt(r['measured_peak_memory_bytes'] / 2**20, '.1f')} | {_fmt(r['memory_error_pct'], '+.1f')}% | "
-                  f"{ph('forward')} | {ph('backward')} | {ph('optimizer')} | {ph('comm_bubble')} |")
+                  f"{ph('forward')} | {ph('backward')} | {ph('optimizer')} | {ph('comm_bubble')} | "
+                  f"{_fmt(r['speed_vs_calibration'], '.2f')} |")
     if comp.failed:
         L_ += ["", "Failed runs:", ""] + [f"- {names.get(f['run_dir'], f['run_dir'])} ({f['parallel']}): {f['error']}"
                                          for f in comp.failed]
@@ -672,7 +741,7 @@ def main(argv=None) -> int:
                                       log=lambda s: print(s, flush=True))
     for e, plan, _ in prepared:
         if e.name not in results:
-            results[e.name] = (out_dir / e.name, read_summary(out_dir / e.name), 1, [])
+            results[e.name] = (out_dir / e.name, read_summary(out_dir / e.name), 1, [], [])
     search = None if args.no_search else search_check(args.profile, out_dir, args.steps, args.warmup,
                                                       args.wait_quiet, log=lambda s: print(s, flush=True))
     profiles = [] if args.no_op_profile else op_profiles(args.profile, log=lambda s: print(s, flush=True))

@@ -39,3 +39,23 @@ def test_op_profile_table_without_a_start_profile_keeps_one_measured_column(swee
     row = next(line for line in lines if line.startswith("| tiny-gpt | forward"))
     assert row == "| tiny-gpt | forward | 100.0 | 125.0 | -20.0% |"
     assert sweep.op_profile_lines([]) == []
+
+
+def test_speed_lines_split_the_error_by_the_machine_speed_before_each_run(sweep):
+    import pandas as pd
+
+    df = pd.DataFrame({"status": ["ok", "ok", "ok", "contended"],
+                       "speed_vs_calibration": [1.02, 0.97, 1.30, 1.0],
+                       "error_pct": [2.0, -4.0, 25.0, 50.0]})
+    (line, blank) = sweep.speed_lines(df, 80e9)
+    assert blank == ""
+    assert "80.0 GFLOP/s" in line and "x1.02 the calibration's (range x0.97–x1.30" in line
+    assert "calibrated speed: 2, median \\|error\\| 3.0% (worst 4.0%); the others: 1, median \\|error\\| 25.0%" in line
+    assert sweep.speed_lines(df, None) == []
+
+
+def test_calibrated_speed_reads_the_one_rank_contention_gemm(sweep, tmp_path):
+    path = tmp_path / "cal.json"
+    path.write_text('{"contention": [{"ranks": 1, "per_rank": [{"flops_per_s": 5e10}]}]}')
+    assert sweep.calibrated_speed_flops(path) == 5e10
+    assert sweep.calibrated_speed_flops(tmp_path / "missing.json") is None
