@@ -359,18 +359,27 @@ def reference_bench(*, quick: bool) -> list[dict]:
 
 
 def memory_bench(*, timeout_s: float = 120.0) -> list[dict]:
-    """RSS high-water minus baseline of real training steps, each batch size in a fresh process."""
-    out = []
+    """RSS high-water minus baseline of real training steps, each batch size in a fresh process
+    (all at once: what they measure is bytes, not time)."""
     env = dict(os.environ)
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "LOCAL_WORLD_SIZE",
                 "GROUP_RANK", "ROLE_RANK", "TORCHELASTIC_RUN_ID"):
         env.pop(key, None)
     env["OMP_NUM_THREADS"] = "1"
-    for b in MEMORY_BATCHES:
-        proc = subprocess.run([sys.executable, "-m", "executor.bench.memstep", "--micro-batch", str(b)],
-                              capture_output=True, text=True, timeout=timeout_s, env=env)
-        if proc.returncode != 0:
-            raise RuntimeError(f"memstep failed: {proc.stderr[-400:]}")
-        out.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    procs = [subprocess.Popen([sys.executable, "-m", "executor.bench.memstep", "--micro-batch", str(b)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+             for b in MEMORY_BATCHES]
+    out = []
+    try:
+        for proc in procs:
+            stdout, stderr = proc.communicate(timeout=timeout_s)
+            if proc.returncode != 0:
+                raise RuntimeError(f"memstep failed: {stderr[-400:]}")
+            out.append(json.loads(stdout.strip().splitlines()[-1]))
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
     return out
 
