@@ -18,7 +18,7 @@ Facts of the executor's code (torch 2.13) used here:
   (two kernels), there is no fused bias-dropout-add, and backward adds the input gradients of
   every tensor read twice (the residual stream, the Q/K/V input, the gate/up input) and sums
   each bias gradient. Bytes read + written per element, counted with a ``TorchDispatchMode``
-  (tests/test_cost_cpu.py counts them again on the executor's block).
+  (tests/test_elementwise_bytes.py counts them again on the executor's block).
 * Tensor parallel (``executor/parallel/tp.py``): Q, K, V are three ColwiseParallel linears and
   the MLP's up (and gate) too, each wrapping the same replicated input as its own DTensor, so the
   backward all-reduces the input gradient once per column-parallel linear (Megatron fuses QKV:
@@ -86,11 +86,16 @@ FP32_CAST_BYTES = 12
 """An eager fp32 chain on half-precision input casts in (2 + 4 bytes) and out (4 + 2), each way."""
 
 
+def _fp32_cast_bytes(bpe: int) -> int:
+    """Cast bytes per element of an eager fp32 chain on activations of ``bpe`` bytes."""
+    return FP32_CAST_BYTES if bpe != 4 else 0
+
+
 def norm_bytes_per_element(model: ModelSpec, bpe: int) -> tuple[int, int]:
     """(forward, backward) bytes per element of one executor norm: the eager fp32 RMSNorm, or the
     fused ``native_layer_norm`` (read x, write y; backward read dy and x, write dx)."""
     if model.norm == "rmsnorm":
-        cast = FP32_CAST_BYTES if bpe != 4 else 0
+        cast = _fp32_cast_bytes(bpe)
         return RMSNORM_FP32_BYTES[0] + cast, RMSNORM_FP32_BYTES[1] + cast
     return 2 * bpe, 3 * bpe
 
@@ -104,7 +109,6 @@ def block_elementwise_bytes(model: ModelSpec, tokens: float, rows: float, tp: in
     h, q, kv = model.hidden_size, model.q_dim, model.kv_dim
     routed = model.top_k if model.is_moe else 1
     ffn = (model.expert_ffn if model.is_moe else model.ffn_hidden_size) / tp * routed
-    cast = FP32_CAST_BYTES if bpe != 4 else 0
     norm_f, norm_b = norm_bytes_per_element(model, bpe)
     fwd = 2 * norm_f * rows * h + 2 * 3 * bpe * rows * h       # two norms, two residual adds
     bwd = 2 * norm_b * rows * h + 2 * 3 * bpe * rows * h       # + the residual stream's two sums
@@ -116,6 +120,7 @@ def block_elementwise_bytes(model: ModelSpec, tokens: float, rows: float, tp: in
         fwd += 2 * bpe * tokens * ffn
         bwd += 3 * bpe * tokens * ffn
     if model.position == "rope":
+        cast = _fp32_cast_bytes(bpe)
         rope_f, rope_b = ROPE_FP32_BYTES[0] + cast, ROPE_FP32_BYTES[1] + cast
         fwd += rope_f * tokens * (q + kv) / tp
         bwd += rope_b * tokens * (q + kv) / tp
