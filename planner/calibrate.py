@@ -38,8 +38,8 @@ import numpy as np
 import yaml
 
 from planner.errors import InputError, require
-from planner.hardware import (_FRAMEWORK_YAML, GB, GIB, MICRO, TERA, DeviceSpec, EfficiencyCurve,
-                              FrameworkSpec, LinkSpec, MeasuredCollective, NodeSpec, PROFILES_DIR,
+from planner.hardware import (_FRAMEWORK_YAML, ELEMENTWISE_YAML_KEY, GB, GIB, MICRO, TERA, DeviceSpec,
+                              EfficiencyCurve, FrameworkSpec, LinkSpec, MeasuredCollective, NodeSpec, PROFILES_DIR,
                               parse_profile)
 from planner.io import atomic_write_text, read_json_object
 
@@ -478,10 +478,26 @@ def profile_yaml(node: NodeSpec, *, header: Iterable[str] = (), comments: dict[s
         out.append(_line(0, "framework", "", c).replace(": ", ":", 1) if "framework" in c else "framework:")
         for field, (key, factor) in _FRAMEWORK_YAML.items():
             out.append(_line(1, key, _num(getattr(node.framework, field) / factor), c, f"framework.{key}"))
+        out += _elementwise_yaml(node.framework, c)
     text = "\n".join(out) + "\n"
     back = parse_profile(yaml.safe_load(text), source="generated profile")
     _check_round_trip(node, back)
     return text
+
+
+def _elementwise_yaml(framework: FrameworkSpec, comments: dict[str, str]) -> list[str]:
+    """The ``framework.elementwise_gb_s`` lines: per kind and dtype [[call MiB, fwd, bwd GB/s]]."""
+    if not framework.elementwise_rates:
+        return []
+    out = [_line(1, ELEMENTWISE_YAML_KEY, "", comments, f"framework.{ELEMENTWISE_YAML_KEY}").replace(": ", ":", 1)]
+    kinds = list(dict.fromkeys(kind for kind, _, _ in framework.elementwise_rates))
+    for kind in kinds:
+        out.append(f"    {kind}:")
+        for k, dtype, points in framework.elementwise_rates:
+            if k == kind:
+                out.append(f"      {dtype}: [" + ", ".join(
+                    f"[{_num(b / 2**20)}, {_num(f / GB)}, {_num(w / GB)}]" for b, f, w in points) + "]")
+    return out
 
 
 def _close(a: float, b: float) -> bool:
@@ -502,6 +518,10 @@ def _check_round_trip(node: NodeSpec, back: NodeSpec) -> None:
         raise AssertionError("profile_yaml: the framework section did not round-trip")
     if node.framework is not None:
         pairs += [(getattr(node.framework, f), getattr(back.framework, f)) for f in _FRAMEWORK_YAML]
+        mine, theirs = node.framework.elementwise_rates, back.framework.elementwise_rates
+        if [(k, d, len(p)) for k, d, p in mine] != [(k, d, len(p)) for k, d, p in theirs]:
+            raise AssertionError("profile_yaml: the element-wise rates did not round-trip")
+        pairs += [(a, b) for (_, _, p), (_, _, q) in zip(mine, theirs) for u, v in zip(p, q) for a, b in zip(u, v)]
     if not all(_close(a, b) for a, b in pairs) or len(node.collectives) != len(back.collectives):
         raise AssertionError("profile_yaml: the written profile does not read back to the same numbers")
 
@@ -1042,6 +1062,38 @@ def _fit_concurrency(pairs: list[tuple[str, dict, dict]], node: NodeSpec,
     return fitted, lines
 
 
+def elementwise_rates(rows: list[dict], per_op_s: dict[str, float]) -> tuple[tuple, list[str]]:
+    """:attr:`FrameworkSpec.elementwise_rates` from ``executor.bench.elementwise`` rows and the
+    per-op costs (``per_op_s["forward"]``, ``["backward"]``): each row's bytes (the cost model's
+    count per element, :func:`planner.cost.framework.elementwise_bytes_per_element`, times its
+    elements) over its time less its counted ops' per-op cost (the cost model charges that per
+    op; at most 3/4 of the time is taken off, so a noisy small case cannot go to zero). The add
+    has no backward kernel: its forward rate stands for the backward's gradient sums. Returns
+    (rates, header lines)."""
+    from planner.cost.framework import elementwise_bytes_per_element
+
+    rate: dict[tuple[str, str, int], dict[str, float]] = {}
+    for row in rows:
+        bpe = 4 if row["dtype"] == "fp32" else 2
+        fwd_bpe, bwd_bpe = elementwise_bytes_per_element(row["kind"], bpe)
+        per_element = fwd_bpe if row["direction"] == "forward" else bwd_bpe
+        data_s = max(0.25 * row["median_s"], row["median_s"] - row["ops"] * per_op_s[row["direction"]])
+        key = (row["kind"], row["dtype"], row["elements"] * fwd_bpe)
+        rate.setdefault(key, {})[row["direction"]] = per_element * row["elements"] / data_s
+    by_kind: dict[tuple[str, str], list[tuple[float, float, float]]] = {}
+    for (kind, dtype, call_bytes), r in sorted(rate.items()):
+        by_kind.setdefault((kind, dtype), []).append(
+            (float(call_bytes), r["forward"], r.get("backward", r["forward"])))
+    lines = []
+    if by_kind:
+        lines.append("element-wise rates of the executor's code, GB/s forward / backward over the "
+                     "sizes of one call (executor/bench/elementwise.py; per-op costs taken off):")
+        for (kind, dtype), pts in by_kind.items():
+            lines.append(f"  {kind}/{dtype}: " + ", ".join(
+                f"{b / 2**20:.2g} MiB {f / GB:.1f}/{w / GB:.1f}" for b, f, w in pts))
+    return tuple((kind, dtype, tuple(pts)) for (kind, dtype), pts in by_kind.items()), lines
+
+
 def build_framework(fw_results: dict, node: NodeSpec) -> tuple[FrameworkSpec, dict[str, str], list[str]]:
     """The profile's ``framework:`` section from ``executor.bench.framework`` results.
 
@@ -1064,9 +1116,10 @@ def build_framework(fw_results: dict, node: NodeSpec) -> tuple[FrameworkSpec, di
     per_op = {}
     for phase in ("forward", "backward", "optimizer"):
         per_op[phase] = sum(o["median_s"][phase] for o in ops) / sum(o["ops"][phase] for o in ops)
-    zero = {f.name: 0.0 for f in dataclasses.fields(FrameworkSpec)}
+    zero = dict.fromkeys(FrameworkSpec.number_fields(), 0.0)
+    ew_rates, ew_lines = elementwise_rates(fw_results.get("elementwise") or [], per_op)
     base = FrameworkSpec(**{**zero, "op_forward_s": per_op["forward"], "op_backward_s": per_op["backward"],
-                            "op_optimizer_s": per_op["optimizer"]})
+                            "op_optimizer_s": per_op["optimizer"]}, elementwise_rates=ew_rates)
     refs = {r["case"]: r for r in fw_results["reference"] if r.get("median_s") or r.get("step_s")}
     require("plain" in refs, "results.framework.reference", "needs the plain reference step")
     plain = refs["plain"]
@@ -1140,7 +1193,7 @@ def build_framework(fw_results: dict, node: NodeSpec) -> tuple[FrameworkSpec, di
     else:
         defaults.append("ddp")
     values = dataclasses.asdict(base)
-    lines = list(conc_lines)
+    lines = list(conc_lines) + ew_lines
     if not pairs:
         defaults.append("concurrent")
     lines += [f"plain reference step: measured fwd/bwd/opt {plain['median_s']['forward'] * 1e3:.2f}/"

@@ -121,10 +121,7 @@ class MeasuredCollective:
             return pts[0][1]
         if size_bytes >= pts[-1][0]:
             return pts[-1][1] + bus_factor * (size_bytes - pts[-1][0]) / self.bus_bandwidth_bytes_per_s
-        i = bisect.bisect_right([b for b, _ in pts], size_bytes)
-        (b0, t0), (b1, t1) = pts[i - 1], pts[i]
-        w = math.log(size_bytes / b0) / math.log(b1 / b0)
-        return math.exp(math.log(t0) + w * (math.log(t1) - math.log(t0)))
+        return _loglog(pts, size_bytes, 1)
 
 
 @dataclass(frozen=True)
@@ -197,6 +194,16 @@ class DeviceSpec:
         return any(name == dtype for name, _ in self.peak_flops_per_s)
 
 
+ELEMENTWISE_CLASSES = ("arith", "rmsnorm", "layernorm", "gelu", "swiglu", "rope")
+"""Kinds of the executor's element-wise work that run at their own rate on a CPU (one thread,
+eager): ``arith`` the plain binary ops (residual adds, the gradient sums of tensors read twice,
+bias-gradient sums, dropout), the two norms, the two activations (per FFN element; SwiGLU is
+``silu(gate) * up``) and RoPE (per rotated element). ``executor/bench/elementwise.py`` times each
+on the executor's own code; the profile keeps a forward and a backward rate per class and dtype
+(``framework.elementwise_gb_s``); ``planner.cost.framework.elementwise_bytes_per_element``
+counts their bytes."""
+
+
 @dataclass(frozen=True)
 class FrameworkSpec:
     """Costs of the executor's own building blocks on this machine (``clusterplan calibrate``
@@ -252,6 +259,12 @@ class FrameworkSpec:
         one host share its last-level cache and, on a VM, possibly the physical cores under
         the virtual ones); fitted together with ``concurrent_slowdown`` from the alone / at
         once steps at several shapes, whose GEMM shares differ; optional (0).
+    elementwise_rates: per kind of element-wise work (:data:`ELEMENTWISE_CLASSES`) and
+        activation dtype, (kind, dtype, points): each point (bytes of one call's forward,
+        forward bytes/s, backward bytes/s), bytes read + written as ``planner.cost.framework``
+        counts them, measured on the executor's own code at several sizes with the counted ops'
+        per-op cost taken off (it is charged apart); :meth:`elementwise_rate` interpolates.
+        Optional (empty: the device's pooled ``memory_bound_efficiency`` for all of them).
     """
 
     op_forward_s: float
@@ -277,6 +290,21 @@ class FrameworkSpec:
     fsdp_unit_forward_s_per_byte: float = 0.0
     fsdp_unit_backward_s_per_byte: float = 0.0
     concurrent_gemm_slowdown: float = 0.0
+    elementwise_rates: tuple[tuple[str, str, tuple[tuple[float, float, float], ...]], ...] = ()
+
+    @staticmethod
+    def number_fields() -> tuple[str, ...]:
+        """The fields that hold one number (all but :attr:`elementwise_rates`)."""
+        return tuple(f.name for f in dataclasses.fields(FrameworkSpec) if f.name != "elementwise_rates")
+
+    def elementwise_rate(self, kind: str, dtype: str, call_bytes: float) -> tuple[float, float] | None:
+        """(forward, backward) bytes/s of ``kind`` on ``dtype`` activations for calls moving
+        ``call_bytes`` forward: log-log interpolation between the measured sizes, the end
+        point's rate outside them; None if unmeasured."""
+        for k, d, points in self.elementwise_rates:
+            if k == kind and d == dtype:
+                return tuple(_loglog(points, call_bytes, column) for column in (1, 2))
+        return None
 
     def fsdp_unit_s(self, param_bytes: float) -> tuple[float, float]:
         """(forward, backward) FSDP2 cost of one ``fully_shard`` unit per micro-batch holding
@@ -296,9 +324,20 @@ class FrameworkSpec:
                 self.tp_linear_backward_s + self.tp_linear_backward_s_per_byte * activation_bytes)
 
     def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            key = f"framework.{_FRAMEWORK_YAML.get(f.name, (f.name,))[0]}"
+        for kind, dtype, points in self.elementwise_rates:
+            key = f"framework.elementwise_gb_s.{kind}.{dtype}"
+            require(kind in ELEMENTWISE_CLASSES, key, f"unknown kind (one of {', '.join(ELEMENTWISE_CLASSES)})")
+            require(dtype in ("fp32", "bf16"), key, "dtype must be fp32 or bf16")
+            require(len(points) >= 1, key, "needs at least one [call MiB, forward GB/s, backward GB/s]")
+            for point in points:
+                require(len(point) == 3 and all(isinstance(v, (int, float)) and math.isfinite(v) and v > 0
+                                                for v in point), key,
+                        "each point must be three finite numbers > 0 [call MiB, forward GB/s, backward GB/s]")
+            sizes = [pt[0] for pt in points]
+            require(sizes == sorted(set(sizes)), key, "points must have strictly increasing call sizes")
+        for name in self.number_fields():
+            value = getattr(self, name)
+            key = f"framework.{_FRAMEWORK_YAML.get(name, (name,))[0]}"
             require(isinstance(value, (int, float)) and math.isfinite(value), key, "must be a finite number")
             require(value >= 0, key, "must be >= 0")
         require(self.fragmentation_fraction < 1, "framework.fragmentation_fraction", "must be in [0, 1)")
@@ -559,10 +598,47 @@ def _parse_framework(data: Any) -> FrameworkSpec | None:
         return None
     where = "framework"
     data = _mapping(data, where)
-    reject_unknown_keys(data, {k for k, _ in _FRAMEWORK_YAML.values()}, where)
+    reject_unknown_keys(data, {k for k, _ in _FRAMEWORK_YAML.values()} | {ELEMENTWISE_YAML_KEY}, where)
     values = {field: _number(data, key, where) * factor for field, (key, factor) in _FRAMEWORK_YAML.items()
               if not (field in _FRAMEWORK_OPTIONAL and key not in data)}
+    if ELEMENTWISE_YAML_KEY in data:
+        values["elementwise_rates"] = _parse_elementwise(data[ELEMENTWISE_YAML_KEY])
     return FrameworkSpec(**values)
+
+
+ELEMENTWISE_YAML_KEY = "elementwise_gb_s"
+"""``framework.elementwise_gb_s``: ``{kind: {dtype: [[call MiB, forward GB/s, backward GB/s], ...]}}``."""
+
+
+def _parse_elementwise(data: Any) -> tuple[tuple[str, str, tuple[tuple[float, float, float], ...]], ...]:
+    """``framework.elementwise_gb_s`` into :attr:`FrameworkSpec.elementwise_rates` (bytes, bytes/s)."""
+    where = f"framework.{ELEMENTWISE_YAML_KEY}"
+    out = []
+    for kind, per_dtype in _mapping(data, where).items():
+        for dtype, points in _mapping(per_dtype, f"{where}.{kind}").items():
+            key = f"{where}.{kind}.{dtype}"
+            require(isinstance(points, list) and all(
+                isinstance(pt, list) and len(pt) == 3
+                and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in pt) for pt in points),
+                key, "must be a list of [call MiB, forward GB/s, backward GB/s]")
+            out.append((str(kind), str(dtype),
+                        tuple((float(mib) * 2**20, float(f) * GB, float(b) * GB) for mib, f, b in points)))
+    return tuple(out)
+
+
+def _loglog(points, x: float, column: int) -> float:
+    """``points[i][column]`` interpolated in log-log at ``x`` over ``points[i][0]`` (sorted),
+    the end values outside."""
+    xs = [pt[0] for pt in points]
+    if x <= xs[0]:
+        return points[0][column]
+    if x >= xs[-1]:
+        return points[-1][column]
+    i = bisect.bisect_right(xs, x)
+    (x0, *r0), (x1, *r1) = points[i - 1], points[i]
+    y0, y1 = r0[column - 1], r1[column - 1]
+    w = math.log(x / x0) / math.log(x1 / x0)
+    return math.exp(math.log(y0) + w * (math.log(y1) - math.log(y0)))
 
 
 def parse_profile(data: Any, source: str = "profile") -> NodeSpec:

@@ -287,7 +287,7 @@ def test_framework_ddp_and_fsdp_split_constant_and_per_byte_with_the_wide_refere
 
     quiet = _quiet(results)
     node = build_profile(quiet).node
-    zero = {f.name: 0.0 for f in dc.fields(FrameworkSpec)}
+    zero = dict.fromkeys(FrameworkSpec.number_fields(), 0.0)
     planted = FrameworkSpec(**{**zero, "op_forward_s": 4e-6, "op_backward_s": 3e-6, "op_optimizer_s": 2.5e-6,
                                "ddp_param_s": 80e-6, "ddp_grad_s_per_byte": 1e-9,
                                "fsdp_unit_forward_s": 300e-6, "fsdp_unit_backward_s": 500e-6,
@@ -313,7 +313,7 @@ def test_framework_fits_both_concurrency_slowdowns_and_keeps_them_out_of_the_wra
 
     quiet = _quiet(results)
     node = build_profile(quiet).node
-    zero = {f.name: 0.0 for f in dc.fields(FrameworkSpec)}
+    zero = dict.fromkeys(FrameworkSpec.number_fields(), 0.0)
     planted = FrameworkSpec(**{**zero, "op_forward_s": 4e-6, "op_backward_s": 3e-6, "op_optimizer_s": 2.5e-6,
                                "concurrent_gemm_slowdown": 0.12, "concurrent_slowdown": 0.3,
                                "ddp_param_s": 80e-6, "ddp_grad_s_per_byte": 1e-9,
@@ -348,7 +348,7 @@ def test_concurrency_fit_is_robust_to_one_outlying_pair(results):
 
     quiet = _quiet(results)
     node = build_profile(quiet).node
-    zero = {f.name: 0.0 for f in dc.fields(FrameworkSpec)}
+    zero = dict.fromkeys(FrameworkSpec.number_fields(), 0.0)
     planted = FrameworkSpec(**{**zero, "op_forward_s": 4e-6, "op_backward_s": 3e-6, "op_optimizer_s": 2.5e-6,
                                "concurrent_gemm_slowdown": 0.12, "concurrent_slowdown": 0.3})
     refs = {r["case"]: r for r in _synthetic_framework(node, planted, wide=True, concurrency=True)["reference"]}

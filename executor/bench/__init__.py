@@ -9,8 +9,9 @@ runs, with one thread per rank:
 * ``collectives``: all_reduce, all_gather, reduce_scatter and send_recv on gloo for each group size;
 * ``contention``: the same GEMM on 1, 2, 4, ... concurrent ranks (how ranks share the cores);
 * ``framework`` (on request; ``clusterplan calibrate`` runs it on 2 ranks): the executor's own
-  building blocks (per-op cost under autograd, TP / DDP / ZeRO-1 / FSDP2 reference steps,
-  training-step memory), :mod:`executor.bench.framework`.
+  building blocks (per-op cost under autograd, the element-wise work of its code per kind,
+  :mod:`executor.bench.elementwise`, TP / DDP / ZeRO-1 / FSDP2 reference steps, training-step
+  memory), :mod:`executor.bench.framework`.
 
 Rank 0 writes one JSON document (schema :data:`SCHEMA`, described in ``executor/bench/README``
 of :mod:`planner.calibrate`) that the torch-free planner turns into a hardware profile.

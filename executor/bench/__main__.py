@@ -24,7 +24,7 @@ RSS_AFTER_IMPORT = rss_bytes()
 import torch.distributed as dist  # noqa: E402
 
 from executor.bench import SCHEMA  # noqa: E402
-from executor.bench import collectives, compute, framework, timing  # noqa: E402
+from executor.bench import collectives, compute, elementwise, framework, timing  # noqa: E402
 
 
 def _cpu_model() -> str:
@@ -128,13 +128,16 @@ def main(argv: list[str] | None = None) -> int:
         if rank == 0:
             _log("framework: per-op cost under autograd")
             ops = framework.op_overhead_bench(reps=reps)
+            _log("framework: element-wise work of the executor's code, per kind")
+            ew = elementwise.elementwise_bench(quick=args.quick, reps=reps)
         dist.barrier()
         if rank == 0:
             _log("framework: reference steps (plain, tp, ddp, zero1, fsdp)")
         ref = framework.reference_bench(quick=args.quick)
         if rank == 0:
             _log("framework: memory of training steps (fresh processes)")
-            result["framework"] = {"ops": ops, "reference": ref, "memory": framework.memory_bench()}
+            result["framework"] = {"ops": ops, "elementwise": ew, "reference": ref,
+                                   "memory": framework.memory_bench()}
         dist.barrier()
 
     if "collectives" in parts and world >= 2:

@@ -71,6 +71,22 @@ class Rates:
     def memory(self, bytes_moved: float, kernels: int = 1) -> float:
         return bytes_moved * self.concurrent / (self.mem_bw * self.share) + kernels * self.overhead_s
 
+    def elementwise(self, bytes_by_kind: dict[str, tuple[float, float, float]], bpe: int) -> tuple[float, float]:
+        """(forward, backward) time of element-wise work given per kind of
+        ``ELEMENTWISE_CLASSES`` as (forward bytes, backward bytes, forward bytes of one call) on
+        activations of ``bpe`` bytes: each kind at the framework's rate measured for it at that
+        call size (fp32, or bf16 for half-precision activations), the pooled memory-bound rate
+        where the profile has none. No kernel overhead: the executor's counted ops pay the
+        framework's per-op costs."""
+        dtype = "fp32" if bpe == 4 else "bf16"
+        fwd = bwd = 0.0
+        for kind, (fwd_bytes, bwd_bytes, call_bytes) in bytes_by_kind.items():
+            rate = self.framework.elementwise_rate(kind, dtype, call_bytes) if self.framework else None
+            fwd_bw, bwd_bw = rate if rate is not None else (self.mem_bw, self.mem_bw)
+            fwd += fwd_bytes * self.concurrent / (fwd_bw * self.share)
+            bwd += bwd_bytes * self.concurrent / (bwd_bw * self.share)
+        return fwd, bwd
+
 
 def make_rates(device: DeviceSpec, precision: str, ranks_per_node: float,
                framework: FrameworkSpec | None = None) -> Rates:
@@ -190,9 +206,9 @@ def layer_times(model: ModelSpec, micro_batch: int, seq_len: int, tp: int, cp: i
     # --- element-wise ops (memory-bound) ---
     frame = rates.framework
     if frame is not None:  # the executor's own eager ops, counted (their per-op costs below)
-        ew_fwd_bytes, ew_bwd_bytes = fw.block_elementwise_bytes(model, T, rows, tp, bpe)
-        fwd += rates.memory(ew_fwd_bytes, 0)
-        bwd_in += rates.memory(ew_bwd_bytes, 0)
+        ew_fwd_s, ew_bwd_s = rates.elementwise(fw.block_elementwise_bytes(model, T, rows, tp, bpe), bpe)
+        fwd += ew_fwd_s
+        bwd_in += ew_bwd_s
     else:  # Megatron's fused kernels (Korthikanti et al. 2022, sec. 4)
         mask = 1 if model.dropout > 0 else 0
         ew_bytes = 0.0
@@ -269,8 +285,8 @@ def head_times(model: ModelSpec, micro_batch: int, seq_len: int, tp: int, cp: in
     frame = rates.framework
     if frame is not None:  # the executor's final norm (eager RMSNorm or fused LayerNorm)
         norm_fwd_bytes, norm_bwd_bytes = fw.norm_bytes_per_element(model, bpe)
-        norm_f = rates.memory(norm_fwd_bytes * rows * h)
-        norm_b = rates.memory(norm_bwd_bytes * rows * h)
+        norm_f, norm_b = rates.elementwise({fw.norm_kind(model): (
+            norm_fwd_bytes * rows * h, norm_bwd_bytes * rows * h, norm_fwd_bytes * rows * h)}, bpe)
     else:
         norm_f = rates.memory(2 * bpe * rows * h)
         norm_b = 2 * norm_f

@@ -18,7 +18,10 @@ Facts of the executor's code (torch 2.13) used here:
   (two kernels), there is no fused bias-dropout-add, and backward adds the input gradients of
   every tensor read twice (the residual stream, the Q/K/V input, the gate/up input) and sums
   each bias gradient. Bytes read + written per element, counted with a ``TorchDispatchMode``
-  (tests/test_elementwise_bytes.py counts them again on the executor's block).
+  (tests/test_elementwise_bytes.py counts them again on the executor's block). Each kind of
+  :data:`ELEMENTWISE_CLASSES` runs at its own calibrated rate where the profile has one
+  (``FrameworkSpec.elementwise_rates``; one eager thread runs an add at ~25 GB/s and a tanh
+  GELU at ~2), else at the device's pooled memory-bound rate.
 * Tensor parallel (``executor/parallel/tp.py``): Q, K, V are three ColwiseParallel linears and
   the MLP's up (and gate) too, each wrapping the same replicated input as its own DTensor, so the
   backward all-reduces the input gradient once per column-parallel linear (Megatron fuses QKV:
@@ -37,7 +40,7 @@ Facts of the executor's code (torch 2.13) used here:
 from __future__ import annotations
 
 from planner.cost.comm import GroupShape, collective_time
-from planner.hardware import NodeSpec
+from planner.hardware import ELEMENTWISE_CLASSES, NodeSpec  # noqa: F401 (re-exported)
 from planner.model import ModelSpec
 
 ADAM_OPS_PER_PARAM = 10
@@ -91,45 +94,68 @@ def _fp32_cast_bytes(bpe: int) -> int:
     return FP32_CAST_BYTES if bpe != 4 else 0
 
 
+def elementwise_bytes_per_element(kind: str, bpe: int) -> tuple[int, int]:
+    """(forward, backward) bytes read + written per element of one ``kind`` of
+    :data:`ELEMENTWISE_CLASSES` on activations of ``bpe`` bytes: the counts behind
+    :func:`block_elementwise_bytes` (and the calibration's conversion of times into rates)."""
+    cast = _fp32_cast_bytes(bpe)
+    table = {
+        "arith": (3 * bpe, 3 * bpe),  # read two, write one (a gradient sum in backward)
+        "rmsnorm": (RMSNORM_FP32_BYTES[0] + cast, RMSNORM_FP32_BYTES[1] + cast),
+        "layernorm": (2 * bpe, 3 * bpe),  # fused native_layer_norm: read x, write y; dy, x -> dx
+        "gelu": (2 * bpe, 3 * bpe),       # gelu; gelu_backward reads dy and x, writes dx
+        "swiglu": (5 * bpe, 9 * bpe),     # silu(gate), * up; silu_backward and the mul's two grads
+        "rope": (ROPE_FP32_BYTES[0] + cast, ROPE_FP32_BYTES[1] + cast),
+    }
+    return table[kind]
+
+
 def norm_bytes_per_element(model: ModelSpec, bpe: int) -> tuple[int, int]:
     """(forward, backward) bytes per element of one executor norm: the eager fp32 RMSNorm, or the
     fused ``native_layer_norm`` (read x, write y; backward read dy and x, write dx)."""
-    if model.norm == "rmsnorm":
-        cast = _fp32_cast_bytes(bpe)
-        return RMSNORM_FP32_BYTES[0] + cast, RMSNORM_FP32_BYTES[1] + cast
-    return 2 * bpe, 3 * bpe
+    return elementwise_bytes_per_element(norm_kind(model), bpe)
+
+
+def norm_kind(model: ModelSpec) -> str:
+    """The :data:`ELEMENTWISE_CLASSES` entry of the model's norm."""
+    return "rmsnorm" if model.norm == "rmsnorm" else "layernorm"
 
 
 def block_elementwise_bytes(model: ModelSpec, tokens: float, rows: float, tp: int,
-                            bpe: int) -> tuple[float, float]:
-    """(forward, backward) bytes read + written by the element-wise ops of one executor block on
-    one tp rank: the two norms and residual adds over ``rows`` (``tokens / tp`` under sequence
-    parallelism), the activation over the tp rank's FFN columns, RoPE over its Q and K, bias
-    gradients and gradient accumulations in backward. ``bpe``: bytes of an activation."""
+                            bpe: int) -> dict[str, tuple[float, float, float]]:
+    """Per kind of :data:`ELEMENTWISE_CLASSES`, (forward bytes, backward bytes, forward bytes of
+    one call) read + written by the element-wise ops of one executor block on one tp rank: the
+    two norms and residual adds over ``rows`` (``tokens / tp`` under sequence parallelism), the
+    activation over the tp rank's FFN columns, RoPE over its Q and K, bias gradients and
+    gradient accumulations in backward. One call's size (what the measured rate depends on):
+    a norm's, the activation's, the mean of RoPE's Q and K calls, a residual add's.
+    ``bpe``: bytes of an activation."""
     h, q, kv = model.hidden_size, model.q_dim, model.kv_dim
     routed = model.top_k if model.is_moe else 1
     ffn = (model.expert_ffn if model.is_moe else model.ffn_hidden_size) / tp * routed
+    add = 3 * bpe
+    arith_f = 2 * add * rows * h                 # two residual adds
+    arith_b = 2 * add * rows * h                 # the residual stream's two gradient sums
+    arith_b += 2 * add * tokens * h              # Q, K, V input gradients summed
+    out: dict[str, tuple[float, float, float]] = {}
     norm_f, norm_b = norm_bytes_per_element(model, bpe)
-    fwd = 2 * norm_f * rows * h + 2 * 3 * bpe * rows * h       # two norms, two residual adds
-    bwd = 2 * norm_b * rows * h + 2 * 3 * bpe * rows * h       # + the residual stream's two sums
-    bwd += 2 * 3 * bpe * tokens * h                             # Q, K, V input gradients summed
-    if model.mlp == "swiglu":  # silu(gate), * up; backward silu_backward and the mul's two grads
-        fwd += 5 * bpe * tokens * ffn
-        bwd += 9 * bpe * tokens * ffn + 3 * bpe * tokens * h    # + gate and up input grads summed
-    else:                      # gelu; gelu_backward
-        fwd += 2 * bpe * tokens * ffn
-        bwd += 3 * bpe * tokens * ffn
+    out[norm_kind(model)] = (2 * norm_f * rows * h, 2 * norm_b * rows * h, norm_f * rows * h)
+    act = "swiglu" if model.mlp == "swiglu" else "gelu"
+    act_f, act_b = elementwise_bytes_per_element(act, bpe)
+    out[act] = (act_f * tokens * ffn, act_b * tokens * ffn, act_f * tokens * ffn)
+    if act == "swiglu":
+        arith_b += add * tokens * h              # gate and up input gradients summed
     if model.position == "rope":
-        cast = _fp32_cast_bytes(bpe)
-        rope_f, rope_b = ROPE_FP32_BYTES[0] + cast, ROPE_FP32_BYTES[1] + cast
-        fwd += rope_f * tokens * (q + kv) / tp
-        bwd += rope_b * tokens * (q + kv) / tp
+        rope_f, rope_b = elementwise_bytes_per_element("rope", bpe)
+        rotated = tokens * (q + kv) / tp
+        out["rope"] = (rope_f * rotated, rope_b * rotated, rope_f * rotated / 2)
     if model.bias:  # each bias gradient: a sum over the tokens of its output gradient
-        bwd += bpe * tokens * ((q + 2 * kv) / tp + (model.mlp_matrices - 1) * ffn + 2 * h)
+        arith_b += bpe * tokens * ((q + 2 * kv) / tp + (model.mlp_matrices - 1) * ffn + 2 * h)
     if model.dropout > 0:  # two dropouts (attention output, MLP output): x, out, a byte mask
-        fwd += 2 * (2 * bpe + 1) * rows * h
-        bwd += 2 * (2 * bpe + 1) * rows * h
-    return fwd, bwd
+        arith_f += 2 * (2 * bpe + 1) * rows * h
+        arith_b += 2 * (2 * bpe + 1) * rows * h
+    out["arith"] = (arith_f, arith_b, add * rows * h)
+    return out
 
 
 def _key_parts(model: ModelSpec) -> tuple[str, str, str]:

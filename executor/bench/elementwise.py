@@ -1,0 +1,93 @@
+"""Element-wise work of the executor's own code, per kind, timed forward and backward.
+
+One eager thread runs a residual add at tens of GB/s and a tanh GELU at a few: a single pooled
+memory-bound rate cannot price both. For each kind of ``planner.cost.framework``'s
+``ELEMENTWISE_CLASSES`` this times the executor's code (``executor.model``: the fp32 RMSNorm
+chain, ``apply_rope``, ``F.gelu(approximate="tanh")``, ``silu(gate) * up``, ``nn.LayerNorm``, a
+residual add) at the tiny presets' widths for two micro-batch sizes, forward and backward
+(``autograd.grad`` on a retained graph: backward alone), and counts the aten ops each runs. The
+planner turns a time into a rate with its own byte count per element, after taking off the
+counted ops' per-op cost (which the cost model charges apart, per op); the rate depends on the
+size (caches), so the profile keeps one per size. bf16 runs under CPU autocast, as the executor
+trains it.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import torch.nn.functional as F
+
+from executor.bench.framework import OpCounter
+from executor.bench.timing import measure
+from executor.model import RMSNorm, apply_rope, rope_tables
+from planner.hardware import ELEMENTWISE_CLASSES
+
+SEQ_LEN, HIDDEN, FFN, HEADS = 256, 256, 1024, 8
+"""The tiny presets' sequence, hidden and FFN widths; RoPE over 8 heads of 32."""
+BATCHES = (1, 2, 4, 8)
+"""Micro-batch sizes timed: 0.25-2 MiB fp32 residual tensors, 1-8 MiB FFN tensors."""
+QUICK_BATCHES = (2, 8)
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def _case(kind: str, batch: int, dtype: torch.dtype, gen: torch.Generator):
+    """(forward function, tensors whose gradients backward computes, elements of the kind's
+    counting unit): residual-width tensors for the add and the norms, FFN-width for the
+    activations, (batch, seq, heads, d_head) for RoPE."""
+    def leaf(*shape):
+        return torch.randn(*shape, generator=gen).to(dtype).requires_grad_(True)
+
+    rows = (batch, SEQ_LEN, HIDDEN)
+    if kind == "arith":
+        a, b = leaf(*rows), leaf(*rows)
+        return (lambda: a + b), [a, b], a.numel()
+    if kind == "rmsnorm":
+        norm, x = RMSNorm(HIDDEN), leaf(*rows)
+        return (lambda: norm(x)), [x, norm.weight], x.numel()
+    if kind == "layernorm":
+        norm, x = torch.nn.LayerNorm(HIDDEN), leaf(*rows)
+        return (lambda: norm(x)), [x, norm.weight, norm.bias], x.numel()
+    if kind == "gelu":
+        x = leaf(batch, SEQ_LEN, FFN)
+        return (lambda: F.gelu(x, approximate="tanh")), [x], x.numel()
+    if kind == "swiglu":
+        gate, up = leaf(batch, SEQ_LEN, FFN), leaf(batch, SEQ_LEN, FFN)
+        return (lambda: F.silu(gate) * up), [gate, up], gate.numel()
+    if kind == "rope":
+        d_head = HIDDEN // HEADS
+        cos, sin = rope_tables(SEQ_LEN, d_head)
+        x = leaf(batch, SEQ_LEN, HEADS, d_head)
+        return (lambda: apply_rope(x, cos, sin)), [x], x.numel()
+    raise ValueError(f"unknown element-wise kind {kind!r}")
+
+
+def elementwise_bench(*, quick: bool, reps: int) -> list[dict]:
+    """Rows of (kind, dtype, direction, micro-batch, elements, aten ops, samples) for every kind,
+    dtype and micro-batch size of :data:`BATCHES` (``quick``: fp32 at :data:`QUICK_BATCHES`)."""
+    gen = torch.Generator().manual_seed(3)
+    target_s = 0.01 if quick else 0.04
+    out = []
+    for dtype_name in (("fp32",) if quick else tuple(DTYPES)):
+        dtype = DTYPES[dtype_name]
+        autocast = (torch.autocast("cpu", dtype=torch.bfloat16) if dtype == torch.bfloat16
+                    else contextlib.nullcontext())
+        for kind in ELEMENTWISE_CLASSES:  # the add's backward runs no kernel: see the planner
+            for batch in (QUICK_BATCHES if quick else BATCHES):
+                with autocast:
+                    forward, inputs, elements = _case(kind, batch, dtype, gen)
+                    y = forward()
+                    grad = torch.randn(y.shape, generator=gen).to(y.dtype)
+                    timed = {"forward": forward}
+                    if kind != "arith":
+                        timed["backward"] = lambda: torch.autograd.grad(y, inputs, grad, retain_graph=True)
+                    for direction, fn in timed.items():
+                        counter = OpCounter()
+                        with counter:
+                            fn()
+                        s = measure(fn, reps=reps, target_s=target_s)
+                        out.append({"kind": kind, "dtype": dtype_name, "direction": direction,
+                                    "micro_batch": batch, "elements": elements, "ops": counter.n,
+                                    **s.to_dict()})
+                del y, inputs
+    return out
