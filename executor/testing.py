@@ -1,5 +1,6 @@
-"""Helpers for the distributed tests: spawn gloo ranks with a file store and a timeout, and the
-equivalence job (a plan's parameters after a few steps vs the single-process reference)."""
+"""Helpers for the tests: spawn gloo ranks with a file store and a timeout, the equivalence job
+(a plan's parameters after a few steps vs the single-process reference), and a tally of the
+bytes element-wise aten ops read and write."""
 from __future__ import annotations
 
 import json
@@ -12,6 +13,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 from planner.model import ModelSpec
 from planner.plan import ParallelConfig, Plan
@@ -123,3 +126,24 @@ def _initial(plan: Plan) -> dict[str, torch.Tensor]:
 
     model = build_model(plan.model, tie_embeddings=tie_embeddings(plan), seed=0)
     return {n: q.detach() for n, q in model.named_parameters()}
+
+
+# GEMMs and the attention kernel are timed apart; _unsafe_view moves no data
+NOT_ELEMENTWISE = {"mm", "addmm", "bmm", "_unsafe_view", "_scaled_dot_product_flash_attention_for_cpu",
+                   "_scaled_dot_product_flash_attention_for_cpu_backward"}
+
+
+class ByteTally(TorchDispatchMode):
+    """Bytes of every tensor argument and result of the element-wise aten ops dispatched."""
+
+    def __init__(self):
+        super().__init__()
+        self.bytes = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func.is_view or func._overloadpacket.__name__ in NOT_ELEMENTWISE:
+            return out
+        tensors = [t for t in tree_flatten((args, kwargs, out))[0] if isinstance(t, torch.Tensor)]
+        self.bytes += sum(t.numel() * t.element_size() for t in tensors)
+        return out

@@ -11,7 +11,7 @@ import yaml
 from planner.calibrate import (SCHEMA, build_profile, bus_bytes, fit_alpha_beta, load_results,
                                profile_yaml)
 from planner.cli import main
-from planner.hardware import GB, MICRO, load_profile, parse_profile
+from planner.hardware import GB, load_profile, parse_profile
 
 FIXTURE = Path(__file__).parent / "fixtures" / "runs" / "bench" / "quick-results.json"
 
@@ -281,8 +281,6 @@ def test_framework_ddp_and_fsdp_split_constant_and_per_byte_with_the_wide_refere
     """DDP and FSDP2 at two widths (same parameter tensors and units, 3.4x the bytes) recover
     both planted terms of each; with the narrow DDP step alone all of its residual is charged
     per byte."""
-    import dataclasses as dc
-
     from planner.hardware import FrameworkSpec
 
     quiet = _quiet(results)
@@ -307,8 +305,6 @@ def test_framework_fits_both_concurrency_slowdowns_and_keeps_them_out_of_the_wra
     """The plain step alone and on both ranks at once at three shapes recover the planted GEMM
     and non-GEMM slowdowns of ranks at once; the 2-rank wrapper cases, predicted with those
     slowdowns, leave DDP, FSDP2 and TP their planted costs (nothing of the slowdown in them)."""
-    import dataclasses as dc
-
     from planner.hardware import FrameworkSpec
 
     quiet = _quiet(results)
@@ -430,3 +426,92 @@ def test_effective_cores_round_up_from_a_quarter(rate2, expected):
             {"ranks": 2, "per_rank": [{"flops_per_s": rate2 / 2, "cpu_ratio": 1.0}] * 2}]
     host_cores, _, _ = _contention(rows, 2)
     assert host_cores == expected
+
+
+def _elementwise_rows(planted, rate_gb_s):
+    """executor.bench.elementwise rows a machine with per-kind rates ``rate_gb_s[kind](call_bytes)``
+    (forward, backward GB/s) and ``planted``'s per-op costs would give: bytes / rate + ops x cost."""
+    from planner.cost.framework import ELEMENTWISE_CLASSES, elementwise_bytes_per_element
+
+    rows = []
+    for kind in ELEMENTWISE_CLASSES:
+        fwd_bpe, bwd_bpe = elementwise_bytes_per_element(kind, 4)
+        for batch in (1, 2, 4, 8):
+            elements = batch * 256 * 256
+            fwd_gb_s, bwd_gb_s = rate_gb_s(kind, elements * fwd_bpe)
+            directions = [("forward", fwd_bpe, fwd_gb_s, 3, planted.op_forward_s)]
+            if kind != "arith":
+                directions.append(("backward", bwd_bpe, bwd_gb_s, 7, planted.op_backward_s))
+            for direction, per_element, gb_s, ops, op_s in directions:
+                t = per_element * elements / (gb_s * GB) + ops * op_s
+                rows.append({"kind": kind, "dtype": "fp32", "direction": direction, "micro_batch": batch,
+                             "elements": elements, "ops": ops, "times_s": [t] * 5, "median_s": t,
+                             "cpu_ratio": 1.0, "inner": 1, "attempts": 1})
+    return rows
+
+
+def test_elementwise_rates_are_recovered_per_kind_and_size_and_written(results, tmp_path):
+    """Per-kind rates that fall with the call's size: calibrate takes the planted per-op cost off
+    each time, keeps one point per size, and the profile reads back with them; the add's
+    backward (no kernel of its own) takes its forward rate."""
+    import math
+
+    from planner.cost.framework import elementwise_bytes_per_element
+    from planner.hardware import FrameworkSpec
+
+    quiet = _quiet(results)
+    node = build_profile(quiet).node
+    planted = FrameworkSpec(**{**dict.fromkeys(FrameworkSpec.number_fields(), 0.0), "op_forward_s": 2e-6,
+                               "op_backward_s": 1.5e-6, "op_optimizer_s": 1e-6})
+    base = {"arith": 80.0, "rmsnorm": 50.0, "layernorm": 15.0, "gelu": 4.0, "swiglu": 20.0, "rope": 7.0}
+
+    def rate(kind, call_bytes):  # 20% slower per quadrupling of the call size
+        scale = 0.8 ** math.log(call_bytes / 2**20, 4)
+        return base[kind] * scale, 0.5 * base[kind] * scale
+
+    fw_results = _synthetic_framework(node, planted)
+    fw_results["elementwise"] = _elementwise_rows(planted, rate)
+    quiet["framework"] = fw_results
+    cal = build_profile(quiet)
+    got = cal.node.framework
+    # at every measured size exactly, and clamped outside them
+    for kind in base:
+        per = elementwise_bytes_per_element(kind, 4)[0]
+        for batch in (1, 2, 4, 8):
+            call = batch * 256 * 256 * per
+            fwd, bwd = got.elementwise_rate(kind, "fp32", call)
+            want_f, want_b = rate(kind, call)
+            assert fwd / GB == pytest.approx(want_f, rel=1e-6)
+            assert bwd / GB == pytest.approx(want_f if kind == "arith" else want_b, rel=1e-6)
+        assert got.elementwise_rate(kind, "fp32", 1.0) == got.elementwise_rate(kind, "fp32", 256 * 256 * per)
+    assert got.elementwise_rate("gelu", "bf16", 2**20) is None
+    path = tmp_path / "p.yaml"
+    path.write_text(cal.to_yaml())
+    text = path.read_text()
+    assert "elementwise_gb_s:" in text and "element-wise rates of the executor's code" in text
+    back = load_profile(str(path)).framework
+    assert back.elementwise_rate("rope", "fp32", 3e6) == pytest.approx(got.elementwise_rate("rope", "fp32", 3e6),
+                                                                        rel=1e-5)
+
+
+@pytest.mark.parametrize("value, reason", [
+    ("{gelu: {fp32: [[1.0, 4.0]]}}", "call MiB, forward GB/s, backward GB/s"),
+    ("{gelu: {fp32: [[1.0, 4.0, -5.0]]}}", "> 0"),
+    ("{gelu: {fp32: [[4.0, 4.0, 5.0], [1.0, 4.0, 5.0]]}}", "increasing"),
+    ("{softmax: {fp32: [[1.0, 4.0, 5.0]]}}", "unknown kind"),
+    ("{gelu: {fp16: [[1.0, 4.0, 5.0]]}}", "fp32 or bf16"),
+])
+def test_malformed_elementwise_rates_name_the_field(results, value, reason):
+    from planner.errors import InputError
+    from planner.hardware import FrameworkSpec
+
+    quiet = _quiet(results)
+    node = build_profile(quiet).node
+    planted = FrameworkSpec(**{**dict.fromkeys(FrameworkSpec.number_fields(), 0.0), "op_forward_s": 1e-5,
+                               "op_backward_s": 1e-5, "op_optimizer_s": 1e-6})
+    quiet["framework"] = _synthetic_framework(node, planted)
+    data = yaml.safe_load(build_profile(quiet).to_yaml())
+    data["framework"]["elementwise_gb_s"] = yaml.safe_load(value)
+    with pytest.raises(InputError) as err:
+        parse_profile(data, "p.yaml")
+    assert "framework.elementwise_gb_s" in str(err.value) and reason in str(err.value)

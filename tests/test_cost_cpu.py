@@ -330,3 +330,32 @@ def test_oversubscribed_host_gives_busy_ranks_the_cores_waiting_ranks_leave():
     assert predict(MODEL, ClusterSpec.homogeneous(two, 1), p2).step_time_s == pytest.approx(
         _timed_step(MODEL, two, p2, effective_runtime(DEFAULT_RUNTIME, two.device, 2),
                     stage_parameters(MODEL, p2), 2, True).step_s, rel=1e-12)
+
+
+def test_elementwise_kinds_run_at_their_own_measured_rate():
+    """A profile's rate for one kind (GELU) changes that kind's time only: forward and backward
+    bytes of every block at its rate instead of the pooled memory-bound one (50 GB/s x 0.3)."""
+    cfg = _cfg(global_batch=8)  # 2 micro-batches of 4 x 256 tokens
+    gelu_gb_s = (3.0, 6.0)
+    rates = (("gelu", "fp32", ((1.0, gelu_gb_s[0] * 1e9, gelu_gb_s[1] * 1e9),)),)
+    pooled = predict(MODEL, ClusterSpec.homogeneous(_fw_node(1), 1), cfg)
+    measured = predict(MODEL, ClusterSpec.homogeneous(_fw_node(1, elementwise_rates=rates), 1), cfg)
+    fwd_bytes, bwd_bytes, _ = fw.block_elementwise_bytes(MODEL, 1024, 1024, 1, 4)["gelu"]
+    pooled_bw = 50e9 * 0.3
+    per_block = (fwd_bytes / (gelu_gb_s[0] * 1e9) + bwd_bytes / (gelu_gb_s[1] * 1e9)
+                 - (fwd_bytes + bwd_bytes) / pooled_bw)
+    expected = 2 * MODEL.n_layers * per_block
+    assert measured.step_time_s - pooled.step_time_s == pytest.approx(expected, rel=1e-6)
+    # bf16 activations look up the bf16 rate: none here, so the pooled rate again
+    bf16 = _cfg(global_batch=8, precision="bf16")
+    assert predict(MODEL, ClusterSpec.homogeneous(_fw_node(1, elementwise_rates=rates), 1), bf16).step_time_s == \
+        pytest.approx(predict(MODEL, ClusterSpec.homogeneous(_fw_node(1), 1), bf16).step_time_s, rel=1e-9)
+
+
+def test_elementwise_rate_interpolates_in_log_log_between_sizes():
+    spec = FrameworkSpec(**{**ZERO_FW, "elementwise_rates": (
+        ("rope", "fp32", ((1e6, 8e9, 16e9), (4e6, 2e9, 4e9))),)})
+    assert spec.elementwise_rate("rope", "fp32", 2e6) == pytest.approx((4e9, 8e9), rel=1e-9)  # geometric middle
+    assert spec.elementwise_rate("rope", "fp32", 1e3) == (8e9, 16e9)   # below: the first point
+    assert spec.elementwise_rate("rope", "fp32", 1e9) == (2e9, 4e9)    # above: the last
+    assert spec.elementwise_rate("gelu", "fp32", 2e6) is None

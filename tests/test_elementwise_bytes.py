@@ -4,33 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten
 
 from executor.model import Block
+from executor.testing import ByteTally
 from planner.cost import framework as fw
 from planner.presets import PRESETS
-
-# GEMMs and the attention kernel are timed apart; _unsafe_view moves no data
-NOT_ELEMENTWISE = {"mm", "addmm", "bmm", "_unsafe_view", "_scaled_dot_product_flash_attention_for_cpu",
-                   "_scaled_dot_product_flash_attention_for_cpu_backward"}
-
-
-class ByteTally(TorchDispatchMode):
-    """Bytes of every tensor argument and result of the element-wise aten ops dispatched."""
-
-    def __init__(self):
-        super().__init__()
-        self.bytes = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        if func.is_view or func._overloadpacket.__name__ in NOT_ELEMENTWISE:
-            return out
-        tensors = [t for t in tree_flatten((args, kwargs, out))[0] if isinstance(t, torch.Tensor)]
-        self.bytes += sum(t.numel() * t.element_size() for t in tensors)
-        return out
-
 
 @pytest.mark.parametrize("name", ["tiny-gpt", "tiny-llama"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

@@ -149,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
             if rank in ranks:
                 if rank == 0:
                     _log(f"collectives on {g} ranks")
-                rows += collectives.bench_group(group, ranks, sizes=sizes, reps=reps)
+                rows += collectives.bench_group(group, ranks, sizes=sizes, reps=reps,
+                                                **({"target_s": collectives.QUICK_TARGET_S} if args.quick else {}))
             dist.barrier()
         if rank == 0:
             result["collectives"] = rows

@@ -80,7 +80,8 @@ def elementwise_bench(*, quick: bool, reps: int) -> list[dict]:
                     grad = torch.randn(y.shape, generator=gen).to(y.dtype)
                     timed = {"forward": forward}
                     if kind != "arith":
-                        timed["backward"] = lambda: torch.autograd.grad(y, inputs, grad, retain_graph=True)
+                        timed["backward"] = (lambda y=y, inputs=inputs, grad=grad:
+                                             torch.autograd.grad(y, inputs, grad, retain_graph=True))
                     for direction, fn in timed.items():
                         counter = OpCounter()
                         with counter:
@@ -89,5 +90,4 @@ def elementwise_bench(*, quick: bool, reps: int) -> list[dict]:
                         out.append({"kind": kind, "dtype": dtype_name, "direction": direction,
                                     "micro_batch": batch, "elements": elements, "ops": counter.n,
                                     **s.to_dict()})
-                del y, inputs
     return out

@@ -1,0 +1,41 @@
+"""executor/bench/elementwise.py times the executor's own element-wise code; the planner turns
+its times into rates with its own byte counts per element, so each case must move exactly those
+bytes (counted here with a TorchDispatchMode, as tests/test_elementwise_bytes.py counts a block)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from executor.bench import elementwise as ew
+from executor.testing import ByteTally
+from planner.cost import framework as fw
+
+
+@pytest.mark.parametrize("kind", fw.ELEMENTWISE_CLASSES)
+def test_each_case_moves_the_bytes_the_cost_model_counts(kind):
+    forward, inputs, elements = ew._case(kind, 2, torch.float32, torch.Generator().manual_seed(0))
+    tally_f, tally_b = ByteTally(), ByteTally()
+    with tally_f:
+        y = forward()
+    grad = torch.randn_like(y)
+    with tally_b:
+        torch.autograd.grad(y, inputs, grad)
+    fwd_bpe, bwd_bpe = fw.elementwise_bytes_per_element(kind, 4)
+    # small tables (RoPE cos/sin, norm weights, per-row statistics) are not itemised
+    assert tally_f.bytes == pytest.approx(fwd_bpe * elements, rel=0.02)
+    if kind != "arith":  # the add's backward passes the gradient through: no kernel
+        assert tally_b.bytes == pytest.approx(bwd_bpe * elements, rel=0.02)
+
+
+def test_quick_bench_rows_cover_every_kind_and_size():
+    torch.set_num_threads(1)
+    rows = ew.elementwise_bench(quick=True, reps=5)
+    keys = {(r["kind"], r["direction"], r["micro_batch"]) for r in rows}
+    for kind in fw.ELEMENTWISE_CLASSES:
+        for batch in ew.QUICK_BATCHES:
+            assert (kind, "forward", batch) in keys
+            assert ((kind, "backward", batch) in keys) == (kind != "arith")
+    for r in rows:
+        assert r["dtype"] == "fp32" and r["ops"] >= 1 and r["median_s"] > 0 and len(r["times_s"]) == 5
+        assert r["elements"] == r["micro_batch"] * ew.SEQ_LEN * (
+            ew.FFN if r["kind"] in ("gelu", "swiglu") else ew.HIDDEN)
