@@ -1068,18 +1068,20 @@ def elementwise_rates(rows: list[dict], per_op_s: dict[str, float]) -> tuple[tup
     count per element, :func:`planner.cost.framework.elementwise_bytes_per_element`, times its
     elements) over its time less its counted ops' per-op cost (the cost model charges that per
     op; at most 3/4 of the time is taken off, so a noisy small case cannot go to zero). The add
-    has no backward kernel: its forward rate stands for the backward's gradient sums. Returns
-    (rates, header lines)."""
+    has no backward kernel: its forward rate stands for the backward's gradient sums; the AdamW
+    step (direction ``optimizer``, its per-op cost ``per_op_s["optimizer"]``) has one rate, kept
+    as both. Returns (rates, header lines)."""
     from planner.cost.framework import elementwise_bytes_per_element
 
     rate: dict[tuple[str, str, int], dict[str, float]] = {}
     for row in rows:
         bpe = 4 if row["dtype"] == "fp32" else 2
         fwd_bpe, bwd_bpe = elementwise_bytes_per_element(row["kind"], bpe)
-        per_element = fwd_bpe if row["direction"] == "forward" else bwd_bpe
+        per_element = bwd_bpe if row["direction"] == "backward" else fwd_bpe
         data_s = max(0.25 * row["median_s"], row["median_s"] - row["ops"] * per_op_s[row["direction"]])
         key = (row["kind"], row["dtype"], row["elements"] * fwd_bpe)
-        rate.setdefault(key, {})[row["direction"]] = per_element * row["elements"] / data_s
+        stored = "backward" if row["direction"] == "backward" else "forward"  # optimizer: its one rate
+        rate.setdefault(key, {})[stored] = per_element * row["elements"] / data_s
     by_kind: dict[tuple[str, str], list[tuple[float, float, float]]] = {}
     for (kind, dtype, call_bytes), r in sorted(rate.items()):
         by_kind.setdefault((kind, dtype), []).append(

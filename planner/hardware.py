@@ -194,11 +194,13 @@ class DeviceSpec:
         return any(name == dtype for name, _ in self.peak_flops_per_s)
 
 
-ELEMENTWISE_CLASSES = ("arith", "rmsnorm", "layernorm", "gelu", "swiglu", "rope")
+ELEMENTWISE_CLASSES = ("arith", "rmsnorm", "layernorm", "gelu", "swiglu", "rope", "adamw")
 """Kinds of the executor's element-wise work that run at their own rate on a CPU (one thread,
 eager): ``arith`` the plain binary ops (residual adds, the gradient sums of tensors read twice,
 bias-gradient sums, dropout), the two norms, the two activations (per FFN element; SwiGLU is
-``silu(gate) * up``) and RoPE (per rotated element). ``executor/bench/elementwise.py`` times each
+``silu(gate) * up``), RoPE (per rotated element) and the optimizer's ``AdamW(foreach=False)``
+update (per parameter, fp32 master weights in both precisions; one rate, its "forward").
+``executor/bench/elementwise.py`` times each
 on the executor's own code; the profile keeps a forward and a backward rate per class and dtype
 (``framework.elementwise_gb_s``); ``planner.cost.framework.elementwise_bytes_per_element``
 counts their bytes."""

@@ -439,8 +439,9 @@ def _elementwise_rows(planted, rate_gb_s):
         for batch in (1, 2, 4, 8):
             elements = batch * 256 * 256
             fwd_gb_s, bwd_gb_s = rate_gb_s(kind, elements * fwd_bpe)
-            directions = [("forward", fwd_bpe, fwd_gb_s, 3, planted.op_forward_s)]
-            if kind != "arith":
+            directions = [("optimizer" if kind == "adamw" else "forward", fwd_bpe, fwd_gb_s, 3,
+                           planted.op_optimizer_s if kind == "adamw" else planted.op_forward_s)]
+            if kind not in ("arith", "adamw"):
                 directions.append(("backward", bwd_bpe, bwd_gb_s, 7, planted.op_backward_s))
             for direction, per_element, gb_s, ops, op_s in directions:
                 t = per_element * elements / (gb_s * GB) + ops * op_s
@@ -462,8 +463,9 @@ def test_elementwise_rates_are_recovered_per_kind_and_size_and_written(results, 
     quiet = _quiet(results)
     node = build_profile(quiet).node
     planted = FrameworkSpec(**{**dict.fromkeys(FrameworkSpec.number_fields(), 0.0), "op_forward_s": 2e-6,
-                               "op_backward_s": 1.5e-6, "op_optimizer_s": 1e-6})
-    base = {"arith": 80.0, "rmsnorm": 50.0, "layernorm": 15.0, "gelu": 4.0, "swiglu": 20.0, "rope": 7.0}
+                               "op_backward_s": 1.5e-6, "op_optimizer_s": 2.5e-6})
+    base = {"arith": 80.0, "rmsnorm": 50.0, "layernorm": 15.0, "gelu": 4.0, "swiglu": 20.0, "rope": 7.0,
+            "adamw": 30.0}
 
     def rate(kind, call_bytes):  # 20% slower per quadrupling of the call size
         scale = 0.8 ** math.log(call_bytes / 2**20, 4)
@@ -482,7 +484,7 @@ def test_elementwise_rates_are_recovered_per_kind_and_size_and_written(results, 
             fwd, bwd = got.elementwise_rate(kind, "fp32", call)
             want_f, want_b = rate(kind, call)
             assert fwd / GB == pytest.approx(want_f, rel=1e-6)
-            assert bwd / GB == pytest.approx(want_f if kind == "arith" else want_b, rel=1e-6)
+            assert bwd / GB == pytest.approx(want_f if kind in ("arith", "adamw") else want_b, rel=1e-6)
         assert got.elementwise_rate(kind, "fp32", 1.0) == got.elementwise_rate(kind, "fp32", 256 * 256 * per)
     assert got.elementwise_rate("gelu", "bf16", 2**20) is None
     path = tmp_path / "p.yaml"

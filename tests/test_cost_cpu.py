@@ -359,3 +359,20 @@ def test_elementwise_rate_interpolates_in_log_log_between_sizes():
     assert spec.elementwise_rate("rope", "fp32", 1e3) == (8e9, 16e9)   # below: the first point
     assert spec.elementwise_rate("rope", "fp32", 1e9) == (2e9, 4e9)    # above: the last
     assert spec.elementwise_rate("gelu", "fp32", 2e6) is None
+
+
+def test_optimizer_uses_the_measured_adamw_rate():
+    """With an ``adamw`` rate the optimizer step is the executor's AdamW(foreach=False) traffic
+    (84 bytes per parameter) at that rate, plus the per-op costs, instead of the fused 28 bytes
+    at the pooled memory-bound rate."""
+    from planner.cost.step import _optimizer_s, stage_parameters
+    from planner.cost.compute import make_rates
+
+    cfg = _cfg(global_batch=8)
+    rates_adamw = (("adamw", "fp32", ((1.0, 30e9, 30e9),)),)
+    node = _fw_node(1, op_optimizer_s=4e-6, elementwise_rates=rates_adamw)
+    rates = make_rates(node.device, "fp32", 1, node.framework)
+    params = max(stage_parameters(MODEL, cfg))
+    tensors = fw.model_param_tensors(MODEL, fw.executor_tied(MODEL, 1, 1))
+    expected = fw.ADAMW_BYTES_PER_PARAM * params / 30e9 + tensors * fw.ADAM_OPS_PER_PARAM * 4e-6
+    assert _optimizer_s(MODEL, cfg, rates) == pytest.approx(expected, rel=1e-9)

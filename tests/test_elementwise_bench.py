@@ -17,14 +17,15 @@ def test_each_case_moves_the_bytes_the_cost_model_counts(kind):
     tally_f, tally_b = ByteTally(), ByteTally()
     with tally_f:
         y = forward()
+    fwd_bpe, bwd_bpe = fw.elementwise_bytes_per_element(kind, 4)
+    # small tables (RoPE cos/sin, norm weights, per-row statistics, Adam's step count) are not itemised
+    assert tally_f.bytes == pytest.approx(fwd_bpe * elements, rel=0.02)
+    if kind in ("arith", "adamw"):  # the add's backward passes the gradient through; AdamW has none
+        return
     grad = torch.randn_like(y)
     with tally_b:
         torch.autograd.grad(y, inputs, grad)
-    fwd_bpe, bwd_bpe = fw.elementwise_bytes_per_element(kind, 4)
-    # small tables (RoPE cos/sin, norm weights, per-row statistics) are not itemised
-    assert tally_f.bytes == pytest.approx(fwd_bpe * elements, rel=0.02)
-    if kind != "arith":  # the add's backward passes the gradient through: no kernel
-        assert tally_b.bytes == pytest.approx(bwd_bpe * elements, rel=0.02)
+    assert tally_b.bytes == pytest.approx(bwd_bpe * elements, rel=0.02)
 
 
 def test_quick_bench_rows_cover_every_kind_and_size():
@@ -33,8 +34,8 @@ def test_quick_bench_rows_cover_every_kind_and_size():
     keys = {(r["kind"], r["direction"], r["micro_batch"]) for r in rows}
     for kind in fw.ELEMENTWISE_CLASSES:
         for batch in ew.QUICK_BATCHES:
-            assert (kind, "forward", batch) in keys
-            assert ((kind, "backward", batch) in keys) == (kind != "arith")
+            assert (kind, "optimizer" if kind == "adamw" else "forward", batch) in keys
+            assert ((kind, "backward", batch) in keys) == (kind not in ("arith", "adamw"))
     for r in rows:
         assert r["dtype"] == "fp32" and r["ops"] >= 1 and r["median_s"] > 0 and len(r["times_s"]) == 5
         assert r["elements"] == r["micro_batch"] * ew.SEQ_LEN * (

@@ -4,7 +4,7 @@ One eager thread runs a residual add at tens of GB/s and a tanh GELU at a few: a
 memory-bound rate cannot price both. For each kind of ``planner.cost.framework``'s
 ``ELEMENTWISE_CLASSES`` this times the executor's code (``executor.model``: the fp32 RMSNorm
 chain, ``apply_rope``, ``F.gelu(approximate="tanh")``, ``silu(gate) * up``, ``nn.LayerNorm``, a
-residual add) at the tiny presets' widths for two micro-batch sizes, forward and backward
+residual add; and ``AdamW(foreach=False).step`` on one parameter tensor) at the tiny presets' widths for two micro-batch sizes, forward and backward
 (``autograd.grad`` on a retained graph: backward alone), and counts the aten ops each runs. The
 planner turns a time into a rate with its own byte count per element, after taking off the
 counted ops' per-op cost (which the cost model charges apart, per op); the rate depends on the
@@ -54,6 +54,12 @@ def _case(kind: str, batch: int, dtype: torch.dtype, gen: torch.Generator):
     if kind == "swiglu":
         gate, up = leaf(batch, SEQ_LEN, FFN), leaf(batch, SEQ_LEN, FFN)
         return (lambda: F.silu(gate) * up), [gate, up], gate.numel()
+    if kind == "adamw":  # one parameter tensor of batch x 256 rows of 256 (0.25-2 MiB, as the presets')
+        param = torch.nn.Parameter(torch.randn(batch * SEQ_LEN, HIDDEN, generator=gen))
+        param.grad = torch.randn(param.shape, generator=gen)
+        opt = torch.optim.AdamW([param], lr=1e-3, foreach=False)
+        opt.step()  # the moments exist from here on
+        return opt.step, [], param.numel()
     if kind == "rope":
         d_head = HIDDEN // HEADS
         cos, sin = rope_tables(SEQ_LEN, d_head)
@@ -64,7 +70,8 @@ def _case(kind: str, batch: int, dtype: torch.dtype, gen: torch.Generator):
 
 def elementwise_bench(*, quick: bool, reps: int) -> list[dict]:
     """Rows of (kind, dtype, direction, micro-batch, elements, aten ops, samples) for every kind,
-    dtype and micro-batch size of :data:`BATCHES` (``quick``: fp32 at :data:`QUICK_BATCHES`)."""
+    dtype and micro-batch size of :data:`BATCHES` (``quick``: fp32 at :data:`QUICK_BATCHES`);
+    ``direction`` is forward or backward, ``optimizer`` for the AdamW step (fp32 only)."""
     gen = torch.Generator().manual_seed(3)
     target_s = 0.01 if quick else 0.04
     out = []
@@ -73,13 +80,18 @@ def elementwise_bench(*, quick: bool, reps: int) -> list[dict]:
         autocast = (torch.autocast("cpu", dtype=torch.bfloat16) if dtype == torch.bfloat16
                     else contextlib.nullcontext())
         for kind in ELEMENTWISE_CLASSES:  # the add's backward runs no kernel: see the planner
+            if kind == "adamw" and dtype_name != "fp32":
+                continue  # fp32 master weights and states in either precision
             for batch in (QUICK_BATCHES if quick else BATCHES):
                 with autocast:
                     forward, inputs, elements = _case(kind, batch, dtype, gen)
-                    y = forward()
-                    grad = torch.randn(y.shape, generator=gen).to(y.dtype)
-                    timed = {"forward": forward}
-                    if kind != "arith":
+                    if kind == "adamw":
+                        timed = {"optimizer": forward}
+                    else:
+                        y = forward()
+                        grad = torch.randn(y.shape, generator=gen).to(y.dtype)
+                        timed = {"forward": forward}
+                    if kind not in ("arith", "adamw"):
                         timed["backward"] = (lambda y=y, inputs=inputs, grad=grad:
                                              torch.autograd.grad(y, inputs, grad, retain_graph=True))
                     for direction, fn in timed.items():

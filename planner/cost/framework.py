@@ -12,7 +12,8 @@ Facts of the executor's code (torch 2.13) used here:
   backward, per recompute mode (:data:`BLOCK_OPS`, :data:`EDGE_OPS`): counted with a
   ``TorchDispatchMode`` on ``executor.model`` (``executor/bench/framework.py`` counts them again
   at calibration and the profile notes both). Each op pays ``op_forward_s`` / ``op_backward_s``.
-* ``AdamW(foreach=False)``: :data:`ADAM_OPS_PER_PARAM` ops per parameter tensor.
+* ``AdamW(foreach=False)``: :data:`ADAM_OPS_PER_PARAM` ops per parameter tensor and
+  :data:`ADAMW_BYTES_PER_PARAM` bytes per parameter (at the profile's ``adamw`` rate).
 * Element-wise traffic (:func:`block_elementwise_bytes`): the executor's RMSNorm and RoPE are
   eager chains of aten ops in fp32 (``executor/model.py``), SwiGLU is ``silu(gate) * up``
   (two kernels), there is no fused bias-dropout-add, and backward adds the input gradients of
@@ -85,6 +86,10 @@ expansion, the accumulation of x's two gradient paths)."""
 ROPE_FP32_BYTES = (36, 56)
 """(forward, backward) bytes per rotated element of the executor's ``apply_rope`` in fp32: four
 half-width muls, a sub, an add and the stack (9 passes); backward 14."""
+ADAMW_BYTES_PER_PARAM = 84
+"""Bytes read + written per parameter by one ``AdamW(foreach=False)`` step in fp32 (weight decay,
+the two moment updates, the bias-corrected denominator, the ``addcdiv_``): 21 passes, counted
+with a ``TorchDispatchMode`` (tests/test_elementwise_bench.py)."""
 FP32_CAST_BYTES = 12
 """An eager fp32 chain on half-precision input casts in (2 + 4 bytes) and out (4 + 2), each way."""
 
@@ -106,6 +111,7 @@ def elementwise_bytes_per_element(kind: str, bpe: int) -> tuple[int, int]:
         "gelu": (2 * bpe, 3 * bpe),       # gelu; gelu_backward reads dy and x, writes dx
         "swiglu": (5 * bpe, 9 * bpe),     # silu(gate), * up; silu_backward and the mul's two grads
         "rope": (ROPE_FP32_BYTES[0] + cast, ROPE_FP32_BYTES[1] + cast),
+        "adamw": (ADAMW_BYTES_PER_PARAM, ADAMW_BYTES_PER_PARAM),  # fp32 master weights and states
     }
     return table[kind]
 

@@ -572,7 +572,14 @@ def _optimizer_s(model: ModelSpec, P: ParallelConfig, rates) -> float:
     fsdp = fw.uses_fsdp(P.sharding, P.tp, P.dp)
     zero1 = P.sharding == "zero1" and P.dp > 1 and not fsdp
     stepped = tensors / P.dp if zero1 else tensors  # ZeRO-1 partitions whole tensors over dp
-    t = rates.memory(max(params) / o_div * OPTIMIZER_BYTES_PER_PARAM, 0)
+    local = max(params) / o_div
+    if frame.elementwise_rate("adamw", "fp32", 1.0) is not None:
+        # the executor's AdamW(foreach=False) traffic at its measured rate for the rank's mean
+        # stepped tensor (planner.cost.framework.ADAMW_BYTES_PER_PARAM)
+        per_tensor = fw.ADAMW_BYTES_PER_PARAM * local / max(1, stepped)
+        t = rates.elementwise({"adamw": (fw.ADAMW_BYTES_PER_PARAM * local, 0.0, per_tensor)}, 4)[0]
+    else:
+        t = rates.memory(local * OPTIMIZER_BYTES_PER_PARAM, 0)
     t += rates.ops(stepped * fw.ADAM_OPS_PER_PARAM, frame.op_optimizer_s)
     if P.tp > 1:
         t += rates.ops(tensors, frame.tp_optimizer_param_s)
