@@ -4,8 +4,9 @@ One eager thread runs a residual add at tens of GB/s and a tanh GELU at a few: a
 memory-bound rate cannot price both. For each kind of ``planner.cost.framework``'s
 ``ELEMENTWISE_CLASSES`` this times the executor's code (``executor.model``: the fp32 RMSNorm
 chain, ``apply_rope``, ``F.gelu(approximate="tanh")``, ``silu(gate) * up``, ``nn.LayerNorm``, a
-residual add; and ``AdamW(foreach=False).step`` on one parameter tensor) at the tiny presets' widths for two micro-batch sizes, forward and backward
-(``autograd.grad`` on a retained graph: backward alone), and counts the aten ops each runs. The
+residual add; and ``AdamW(foreach=False).step`` on one parameter tensor) at the tiny presets'
+widths for four micro-batch sizes, forward and backward (``autograd.grad`` on a retained graph:
+backward alone), and counts the aten ops each runs. The
 planner turns a time into a rate with its own byte count per element, after taking off the
 counted ops' per-op cost (which the cost model charges apart, per op); the rate depends on the
 size (caches), so the profile keeps one per size. bf16 runs under CPU autocast, as the executor
