@@ -57,7 +57,8 @@ from planner.cost.memory import (executor_saved_logits_bytes_per_token, executor
                                  layer_activation_bytes, logits_bytes_per_token,
                                  peak_transients, shard_divisors, state_bytes_per_param)
 from planner.cost.runtime import DEFAULT_RUNTIME, Runtime
-from planner.cost.step import OPTIMIZER_BYTES_PER_PARAM, TIMELINE_TASK_LIMIT, Prediction, predict
+from planner.cost.step import (OPTIMIZER_BYTES_PER_PARAM, TIMELINE_TASK_LIMIT, Prediction, optimizer_traffic_s,
+                               predict)
 from planner.errors import InputError, require
 from planner.hardware import ClusterSpec, NodeSpec
 from planner.model import ModelSpec
@@ -753,7 +754,10 @@ class _Search:
 
     def optimizer_s(self, tp: int, pp: int, v: int, o_div: int) -> float:
         most, _ = self.max_rank_params(tp, pp, v)
-        return self.costs.rates.memory(most / o_div * OPTIMIZER_BYTES_PER_PARAM, 2 * max(1, pp * v))
+        rates = self.costs.rates
+        if rates.framework is not None:  # predict's traffic at its fastest size (per-op costs are >= 0)
+            return optimizer_traffic_s(rates, most / o_div, None)
+        return rates.memory(most / o_div * OPTIMIZER_BYTES_PER_PARAM, 2 * max(1, pp * v))
 
     def dp_exposed(self, tp: int, pp: int, dp: int, v: int, sh: str, dp_stride: int,
                    window_of_rank) -> float:

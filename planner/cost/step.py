@@ -558,6 +558,21 @@ def _param_tensors(model: ModelSpec, P: ParallelConfig) -> int:
     return best
 
 
+def optimizer_traffic_s(rates, local_params: float, params_per_tensor: float | None) -> float:
+    """Memory traffic of the optimizer step over ``local_params``: with a framework ``adamw``
+    rate, the executor's AdamW(foreach=False) bytes
+    (:data:`planner.cost.framework.ADAMW_BYTES_PER_PARAM`) at its rate for tensors of
+    ``params_per_tensor`` (None: the fastest measured size, a lower bound for the search); else
+    the fused :data:`OPTIMIZER_BYTES_PER_PARAM` at the pooled memory-bound rate."""
+    frame = rates.framework
+    if frame is None or frame.elementwise_rate("adamw", "fp32", 1.0) is None:
+        return rates.memory(local_params * OPTIMIZER_BYTES_PER_PARAM, 0)
+    points = next(pts for kind, dtype, pts in frame.elementwise_rates if (kind, dtype) == ("adamw", "fp32"))
+    call_bytes = (max(points, key=lambda pt: pt[1])[0] if params_per_tensor is None
+                  else fw.ADAMW_BYTES_PER_PARAM * params_per_tensor)
+    return rates.elementwise({"adamw": (fw.ADAMW_BYTES_PER_PARAM * local_params, 0.0, call_bytes)}, 4)[0]
+
+
 def _optimizer_s(model: ModelSpec, P: ParallelConfig, rates) -> float:
     """AdamW over the local shard: memory-bound traffic plus, with a framework profile, the
     executor's per-op costs (AdamW(foreach=False): ~10 ops per parameter tensor; DTensor
@@ -573,13 +588,7 @@ def _optimizer_s(model: ModelSpec, P: ParallelConfig, rates) -> float:
     zero1 = P.sharding == "zero1" and P.dp > 1 and not fsdp
     stepped = tensors / P.dp if zero1 else tensors  # ZeRO-1 partitions whole tensors over dp
     local = max(params) / o_div
-    if frame.elementwise_rate("adamw", "fp32", 1.0) is not None:
-        # the executor's AdamW(foreach=False) traffic at its measured rate for the rank's mean
-        # stepped tensor (planner.cost.framework.ADAMW_BYTES_PER_PARAM)
-        per_tensor = fw.ADAMW_BYTES_PER_PARAM * local / max(1, stepped)
-        t = rates.elementwise({"adamw": (fw.ADAMW_BYTES_PER_PARAM * local, 0.0, per_tensor)}, 4)[0]
-    else:
-        t = rates.memory(local * OPTIMIZER_BYTES_PER_PARAM, 0)
+    t = optimizer_traffic_s(rates, local, local / max(1, stepped))
     t += rates.ops(stepped * fw.ADAM_OPS_PER_PARAM, frame.op_optimizer_s)
     if P.tp > 1:
         t += rates.ops(tensors, frame.tp_optimizer_param_s)
