@@ -200,10 +200,9 @@ eager): ``arith`` the plain binary ops (residual adds, the gradient sums of tens
 bias-gradient sums, dropout), the two norms, the two activations (per FFN element; SwiGLU is
 ``silu(gate) * up``), RoPE (per rotated element) and the optimizer's ``AdamW(foreach=False)``
 update (per parameter, fp32 master weights in both precisions; one rate, its "forward").
-``executor/bench/elementwise.py`` times each
-on the executor's own code; the profile keeps a forward and a backward rate per class and dtype
-(``framework.elementwise_gb_s``); ``planner.cost.framework.elementwise_bytes_per_element``
-counts their bytes."""
+``executor/bench/elementwise.py`` times each on the executor's own code; the profile keeps a
+forward and a backward rate per class, dtype and size (``framework.elementwise_gb_s``);
+``planner.cost.framework.elementwise_bytes_per_element`` counts their bytes."""
 
 
 @dataclass(frozen=True)
@@ -299,14 +298,20 @@ class FrameworkSpec:
         """The fields that hold one number (all but :attr:`elementwise_rates`)."""
         return tuple(f.name for f in dataclasses.fields(FrameworkSpec) if f.name != "elementwise_rates")
 
+    def elementwise_points(self, kind: str, dtype: str) -> tuple[tuple[float, float, float], ...] | None:
+        """The measured (call bytes, forward bytes/s, backward bytes/s) of ``kind`` on ``dtype``
+        activations, None if unmeasured."""
+        for k, d, points in self.elementwise_rates:
+            if k == kind and d == dtype:
+                return points
+        return None
+
     def elementwise_rate(self, kind: str, dtype: str, call_bytes: float) -> tuple[float, float] | None:
         """(forward, backward) bytes/s of ``kind`` on ``dtype`` activations for calls moving
         ``call_bytes`` forward: log-log interpolation between the measured sizes, the end
         point's rate outside them; None if unmeasured."""
-        for k, d, points in self.elementwise_rates:
-            if k == kind and d == dtype:
-                return tuple(_loglog(points, call_bytes, column) for column in (1, 2))
-        return None
+        points = self.elementwise_points(kind, dtype)
+        return None if points is None else tuple(_loglog(points, call_bytes, column) for column in (1, 2))
 
     def fsdp_unit_s(self, param_bytes: float) -> tuple[float, float]:
         """(forward, backward) FSDP2 cost of one ``fully_shard`` unit per micro-batch holding

@@ -564,10 +564,9 @@ def optimizer_traffic_s(rates, local_params: float, params_per_tensor: float | N
     (:data:`planner.cost.framework.ADAMW_BYTES_PER_PARAM`) at its rate for tensors of
     ``params_per_tensor`` (None: the fastest measured size, a lower bound for the search); else
     the fused :data:`OPTIMIZER_BYTES_PER_PARAM` at the pooled memory-bound rate."""
-    frame = rates.framework
-    if frame is None or frame.elementwise_rate("adamw", "fp32", 1.0) is None:
+    points = rates.framework.elementwise_points("adamw", "fp32") if rates.framework else None
+    if points is None:
         return rates.memory(local_params * OPTIMIZER_BYTES_PER_PARAM, 0)
-    points = next(pts for kind, dtype, pts in frame.elementwise_rates if (kind, dtype) == ("adamw", "fp32"))
     call_bytes = (max(points, key=lambda pt: pt[1])[0] if params_per_tensor is None
                   else fw.ADAMW_BYTES_PER_PARAM * params_per_tensor)
     return rates.elementwise({"adamw": (fw.ADAMW_BYTES_PER_PARAM * local_params, 0.0, call_bytes)}, 4)[0]
