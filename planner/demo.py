@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from planner.errors import InputError, require
+from planner.errors import require
 from planner.model import ModelSpec
 from planner.plan import ParallelConfig, Plan
 

@@ -431,7 +431,8 @@ def test_effective_cores_round_up_from_a_quarter(rate2, expected):
 def _elementwise_rows(planted, rate_gb_s):
     """executor.bench.elementwise rows a machine with per-kind rates ``rate_gb_s[kind](call_bytes)``
     (forward, backward GB/s) and ``planted``'s per-op costs would give: bytes / rate + ops x cost."""
-    from planner.cost.framework import ELEMENTWISE_CLASSES, elementwise_bytes_per_element
+    from planner.cost.framework import elementwise_bytes_per_element
+    from planner.hardware import ELEMENTWISE_CLASSES
 
     rows = []
     for kind in ELEMENTWISE_CLASSES:

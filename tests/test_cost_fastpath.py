@@ -1,6 +1,5 @@
 """Fast path for the search: closed-form schedules, lower bound, memory without simulation."""
 import itertools
-import math
 
 import pytest
 

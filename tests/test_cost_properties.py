@@ -6,7 +6,7 @@ import pytest
 
 from planner.cost.step import cluster_for, predict
 from planner.errors import InputError
-from planner.hardware import ClusterSpec, EfficiencyCurve
+from planner.hardware import ClusterSpec
 from planner.model import ModelSpec
 from planner.plan import ParallelConfig
 

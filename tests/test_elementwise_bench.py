@@ -9,9 +9,10 @@ import torch
 from executor.bench import elementwise as ew
 from executor.testing import ByteTally
 from planner.cost import framework as fw
+from planner.hardware import ELEMENTWISE_CLASSES
 
 
-@pytest.mark.parametrize("kind", fw.ELEMENTWISE_CLASSES)
+@pytest.mark.parametrize("kind", ELEMENTWISE_CLASSES)
 def test_each_case_moves_the_bytes_the_cost_model_counts(kind):
     forward, inputs, elements = ew._case(kind, 2, torch.float32, torch.Generator().manual_seed(0))
     tally_f, tally_b = ByteTally(), ByteTally()
@@ -32,7 +33,7 @@ def test_quick_bench_rows_cover_every_kind_and_size():
     torch.set_num_threads(1)
     rows = ew.elementwise_bench(quick=True, reps=5)
     keys = {(r["kind"], r["direction"], r["micro_batch"]) for r in rows}
-    for kind in fw.ELEMENTWISE_CLASSES:
+    for kind in ELEMENTWISE_CLASSES:
         for batch in ew.QUICK_BATCHES:
             assert (kind, "optimizer" if kind == "adamw" else "forward", batch) in keys
             assert ((kind, "backward", batch) in keys) == (kind not in ("arith", "adamw"))
