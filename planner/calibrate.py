@@ -670,6 +670,7 @@ def _pass_spread_lines(passes: list[dict], name: str, gpus_per_node: int | None)
                      "TP module forward us": 1e6 * f.get("tp_linear_forward_s", math.nan),
                      "FSDP unit forward us": 1e6 * f.get("fsdp_unit_forward_s", math.nan),
                      "concurrent slowdown": f.get("concurrent_slowdown", math.nan),
+                     "in-step forward slowdown": f.get("step_forward_slowdown", math.nan),
                      "concurrent GEMM slowdown": f.get("concurrent_gemm_slowdown", math.nan),
                      "all_reduce n=2 GB/s": ar["bus_bandwidth_gb_s"] if ar else math.nan})
     return [f"  {key}: " + " / ".join(f"{r[key]:.3g}" for r in rows) for key in rows[0]]
@@ -1013,6 +1014,41 @@ by more than this (one block in a burst of outside load: x1.73 seen in a --quick
 other two pairs said x1.03 and x1.15) weighs linearly, not quadratically."""
 
 
+STEP_SHAPES = tuple(alone for _, alone, _ in CONCURRENCY_PAIRS)
+"""The plain one-rank reference steps the in-step slowdowns are fitted to."""
+
+
+def _fit_step_slowdowns(alone: list[dict], node: NodeSpec,
+                        base: FrameworkSpec) -> tuple[FrameworkSpec, list[str]]:
+    """``base`` with ``step_{forward,backward,optimizer}_slowdown``: per phase, the plain
+    one-rank reference steps' measured time less the cost model's per-op costs, over the cost
+    model's compute time of the same steps (summed over the shapes, so the largest weighs
+    most), minus one; clipped to [0, 2] (a model that over-predicts keeps its rates). The
+    per-op costs are measured inside autograd already and stay as they are."""
+    from planner.model import ModelSpec
+
+    phases = ("forward", "backward", "optimizer")
+    no_ops = dataclasses.replace(base, op_forward_s=0.0, op_backward_s=0.0, op_optimizer_s=0.0)
+    measured = dict.fromkeys(phases, 0.0)
+    compute = dict.fromkeys(phases, 0.0)
+    for case in alone:
+        model = ModelSpec.from_dict(case["model"])
+        cfg = _wide_config(case["reference"], 1, 1)
+        with_ops = _reference_prediction(model, dataclasses.replace(node, framework=base).with_gpus_per_node(1), cfg)
+        bare = _reference_prediction(model, dataclasses.replace(node, framework=no_ops).with_gpus_per_node(1), cfg)
+        for ph in phases:
+            measured[ph] += case["median_s"][ph] - (with_ops[ph] - bare[ph])
+            compute[ph] += bare[ph]
+    slow = {ph: min(2.0, max(0.0, measured[ph] / compute[ph] - 1.0)) if compute[ph] > 0 else 0.0 for ph in phases}
+    fitted = dataclasses.replace(base, **{f"step_{ph}_slowdown": slow[ph] for ph in phases})
+    shapes = ", ".join(f"h={c['reference']['hidden_size']} s={c['reference']['seq_len']} "
+                       f"mb={c['reference']['micro_batch']}" for c in alone)
+    lines = [f"in-step compute: the plain one-rank step ({shapes}) less its per-op costs over the cost model's "
+             f"compute: forward x{1 + slow['forward']:.3f}, backward x{1 + slow['backward']:.3f}, optimizer "
+             f"x{1 + slow['optimizer']:.3f} (step_*_slowdown)"]
+    return fitted, lines
+
+
 def _fit_concurrency(pairs: list[tuple[str, dict, dict]], node: NodeSpec,
                      base: FrameworkSpec) -> tuple[FrameworkSpec, list[str]]:
     """``base`` with ``concurrent_gemm_slowdown`` and ``concurrent_slowdown`` fitted so that the
@@ -1067,7 +1103,9 @@ def elementwise_rates(rows: list[dict], per_op_s: dict[str, float]) -> tuple[tup
     per-op costs (``per_op_s["forward"]``, ``["backward"]``): each row's bytes (the cost model's
     count per element, :func:`planner.cost.framework.elementwise_bytes_per_element`, times its
     elements) over its time less its counted ops' per-op cost (the cost model charges that per
-    op; at most 3/4 of the time is taken off, so a noisy small case cannot go to zero). The add
+    op; at most 3/4 of the time is taken off, so a noisy small case cannot go to zero), kept at
+    the size of one call (a row's ``elements`` over its ``calls``: the AdamW case steps many
+    tensors of one size). The add
     has no backward kernel: its forward rate stands for the backward's gradient sums; the AdamW
     step (direction ``optimizer``, its per-op cost ``per_op_s["optimizer"]``) has one rate, kept
     as both. Returns (rates, header lines)."""
@@ -1079,7 +1117,7 @@ def elementwise_rates(rows: list[dict], per_op_s: dict[str, float]) -> tuple[tup
         fwd_bpe, bwd_bpe = elementwise_bytes_per_element(row["kind"], bpe)
         per_element = bwd_bpe if row["direction"] == "backward" else fwd_bpe
         data_s = max(0.25 * row["median_s"], row["median_s"] - row["ops"] * per_op_s[row["direction"]])
-        key = (row["kind"], row["dtype"], row["elements"] * fwd_bpe)
+        key = (row["kind"], row["dtype"], row["elements"] / row.get("calls", 1) * fwd_bpe)  # one call's bytes
         stored = "backward" if row["direction"] == "backward" else "forward"  # optimizer: its one rate
         rate.setdefault(key, {})[stored] = per_element * row["elements"] / data_s
     by_kind: dict[tuple[str, str], list[tuple[float, float, float]]] = {}
@@ -1141,6 +1179,12 @@ def build_framework(fw_results: dict, node: NodeSpec) -> tuple[FrameworkSpec, di
 
     phases = ("forward", "backward", "optimizer")
     defaults: list[str] = []
+    step_lines: list[str] = []
+    alone = [refs[c] for c in STEP_SHAPES if c in refs and refs[c].get("median_s")]
+    if alone:
+        base, step_lines = _fit_step_slowdowns(alone, node, base)
+    else:
+        defaults.append("step")
     pairs = [(label, refs[a], refs[t]) for label, a, t in CONCURRENCY_PAIRS if a in refs and t in refs]
     conc_lines: list[str] = []
     if pairs:
@@ -1195,7 +1239,7 @@ def build_framework(fw_results: dict, node: NodeSpec) -> tuple[FrameworkSpec, di
     else:
         defaults.append("ddp")
     values = dataclasses.asdict(base)
-    lines = list(conc_lines) + ew_lines
+    lines = list(conc_lines) + ew_lines + step_lines
     if not pairs:
         defaults.append("concurrent")
     lines += [f"plain reference step: measured fwd/bwd/opt {plain['median_s']['forward'] * 1e3:.2f}/"
@@ -1344,4 +1388,6 @@ def build_framework(fw_results: dict, node: NodeSpec) -> tuple[FrameworkSpec, di
                                                  "minus one: fitted with concurrent_gemm_slowdown to the plain step alone / at "
                                                  "once at up to three shapes (shared caches, memory bandwidth; header)")
     comments["framework.concurrent_gemm_slowdown"] = "the same for the GEMMs' arithmetic (header)"
+    comments["framework.step_forward_slowdown"] = ("the plain one-rank step's compute over the benches' rates, "
+                                                   "minus one, per phase: forward, backward, optimizer (header)")
     return spec, comments, lines

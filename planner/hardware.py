@@ -260,6 +260,12 @@ class FrameworkSpec:
         one host share its last-level cache and, on a VM, possibly the physical cores under
         the virtual ones); fitted together with ``concurrent_slowdown`` from the alone / at
         once steps at several shapes, whose GEMM shares differ; optional (0).
+    step_forward_slowdown / step_backward_slowdown / step_optimizer_slowdown: how much longer
+        the compute of a training step's forward, backward and optimizer step (GEMMs, attention,
+        element-wise and optimizer traffic; not the per-op costs) takes in the executor's own
+        plain step than the microbenchmarks' rates predict, minus one: operands a tight loop
+        keeps in the core's caches come from further away between a step's other work. From
+        the plain reference step at up to three shapes (none of them a sweep shape); optional (0).
     elementwise_rates: per kind of element-wise work (:data:`ELEMENTWISE_CLASSES`) and
         activation dtype, (kind, dtype, points): each point (bytes of one call's forward,
         forward bytes/s, backward bytes/s), bytes read + written as ``planner.cost.framework``
@@ -291,6 +297,9 @@ class FrameworkSpec:
     fsdp_unit_forward_s_per_byte: float = 0.0
     fsdp_unit_backward_s_per_byte: float = 0.0
     concurrent_gemm_slowdown: float = 0.0
+    step_forward_slowdown: float = 0.0
+    step_backward_slowdown: float = 0.0
+    step_optimizer_slowdown: float = 0.0
     elementwise_rates: tuple[tuple[str, str, tuple[tuple[float, float, float], ...]], ...] = ()
 
     @staticmethod
@@ -312,6 +321,11 @@ class FrameworkSpec:
         point's rate outside them; None if unmeasured."""
         points = self.elementwise_points(kind, dtype)
         return None if points is None else tuple(_loglog(points, call_bytes, column) for column in (1, 2))
+
+    def step_scale(self, phase: str) -> float:
+        """The factor on a step's compute time in ``phase`` (forward, backward, optimizer):
+        one plus its measured ``step_*_slowdown``."""
+        return 1.0 + getattr(self, f"step_{phase}_slowdown")
 
     def fsdp_unit_s(self, param_bytes: float) -> tuple[float, float]:
         """(forward, backward) FSDP2 cost of one ``fully_shard`` unit per micro-batch holding
@@ -445,6 +459,9 @@ _FRAMEWORK_YAML: dict[str, tuple[str, float]] = {
     "training_overhead_bytes": ("training_overhead_mib", float(2**20)),
     "concurrent_slowdown": ("concurrent_slowdown", 1.0),
     "concurrent_gemm_slowdown": ("concurrent_gemm_slowdown", 1.0),
+    "step_forward_slowdown": ("step_forward_slowdown", 1.0),
+    "step_backward_slowdown": ("step_backward_slowdown", 1.0),
+    "step_optimizer_slowdown": ("step_optimizer_slowdown", 1.0),
     "sp_block_forward_s": ("sp_block_forward_us", MICRO),
     "sp_block_backward_s": ("sp_block_backward_us", MICRO),
     "tp_linear_forward_s_per_byte": ("tp_linear_forward_us_per_mib", MICRO / 2**20),
@@ -459,7 +476,8 @@ _FRAMEWORK_OPTIONAL = {"concurrent_slowdown", "concurrent_gemm_slowdown", "sp_bl
                        "sp_block_backward_s",
                        "tp_linear_forward_s_per_byte", "tp_linear_backward_s_per_byte", "pp_action_s",
                        "ddp_grad_s_per_byte", "ddp_param_s", "fsdp_unit_forward_s_per_byte",
-                       "fsdp_unit_backward_s_per_byte"}
+                       "fsdp_unit_backward_s_per_byte", "step_forward_slowdown", "step_backward_slowdown",
+                       "step_optimizer_slowdown"}
 _DEVICE_KEYS = {"name", "peak_tflops", "hbm_gib", "hbm_bandwidth_gb_s", "matmul_efficiency",
                 "memory_bound_efficiency", "kernel_overhead_us", "reserved_gib",
                 "fragmentation_fraction", "host_cores"}

@@ -333,6 +333,33 @@ def test_framework_fits_both_concurrency_slowdowns_and_keeps_them_out_of_the_wra
     assert single.concurrent_gemm_slowdown == 0.0 and single.concurrent_slowdown > 0.3
 
 
+def test_framework_recovers_the_planted_in_step_slowdowns(results):
+    """A machine whose training step computes 30% / 15% / 40% slower (forward, backward,
+    optimizer) than its benches' rates, with per-op costs on top: the plain one-rank steps at
+    the three shapes give those slowdowns back, per-op costs and wrapper costs untouched; with
+    no slowdown planted the fit finds none."""
+    from planner.hardware import FrameworkSpec
+
+    quiet = _quiet(results)
+    node = build_profile(quiet).node
+    zero = dict.fromkeys(FrameworkSpec.number_fields(), 0.0)
+    plain = {**zero, "op_forward_s": 4e-6, "op_backward_s": 3e-6, "op_optimizer_s": 2.5e-6,
+             "concurrent_gemm_slowdown": 0.12, "concurrent_slowdown": 0.3, "ddp_grad_s_per_byte": 1e-9}
+    planted = FrameworkSpec(**{**plain, "step_forward_slowdown": 0.3, "step_backward_slowdown": 0.15,
+                               "step_optimizer_slowdown": 0.4})
+    quiet["framework"] = _synthetic_framework(node, planted, wide=True, concurrency=True)
+    cal = build_profile(quiet)
+    got = cal.node.framework
+    for phase, want in (("forward", 0.3), ("backward", 0.15), ("optimizer", 0.4)):
+        assert getattr(got, f"step_{phase}_slowdown") == pytest.approx(want, rel=1e-3), phase
+    assert got.concurrent_slowdown == pytest.approx(0.3, rel=1e-3)
+    assert got.ddp_grad_s_per_byte == pytest.approx(1e-9, rel=1e-3)
+    assert "in-step compute" in cal.to_yaml() and "step_forward_slowdown: 0.3" in cal.to_yaml()
+    quiet["framework"] = _synthetic_framework(node, FrameworkSpec(**plain), wide=True, concurrency=True)
+    none = build_profile(quiet).node.framework
+    assert max(none.step_forward_slowdown, none.step_backward_slowdown, none.step_optimizer_slowdown) < 1e-9
+
+
 def test_concurrency_fit_is_robust_to_one_outlying_pair(results):
     """One pair measured in a burst of outside load (the at-once step 1.5x its planted value)
     moves the soft-L1 fit less than a plain least-squares fit (here by about a third)."""

@@ -376,3 +376,27 @@ def test_optimizer_uses_the_measured_adamw_rate():
     tensors = fw.model_param_tensors(MODEL, fw.executor_tied(MODEL, 1, 1))
     expected = fw.ADAMW_BYTES_PER_PARAM * params / 30e9 + tensors * fw.ADAM_OPS_PER_PARAM * 4e-6
     assert _optimizer_s(MODEL, cfg, rates) == pytest.approx(expected, rel=1e-9)
+
+
+def test_in_step_slowdowns_scale_each_phase_compute_not_the_per_op_costs():
+    """``step_*_slowdown``: forward compute x1.3, backward x1.2, the optimizer's traffic x1.5;
+    the per-op costs (measured inside autograd) stay as they are."""
+    from planner.cost.compute import make_rates
+    from planner.cost.step import _optimizer_s
+
+    cfg = _cfg(global_batch=4)
+    rates_adamw = (("adamw", "fp32", ((1.0, 30e9, 30e9),)),)
+    ops = dict(op_forward_s=5e-6, op_backward_s=3e-6, op_optimizer_s=4e-6, elementwise_rates=rates_adamw)
+    slow = dict(step_forward_slowdown=0.3, step_backward_slowdown=0.2, step_optimizer_slowdown=0.5)
+
+    def phases(**fw_values):
+        node = _fw_node(1, **fw_values)
+        t = predict(MODEL, ClusterSpec.homogeneous(node, 1), cfg).to_dict()["breakdown"]["time"]
+        opt = _optimizer_s(MODEL, cfg, make_rates(node.device, "fp32", 1, node.framework))
+        return t["forward_s"], t["backward_s"], opt
+
+    bare, bare_slow = phases(elementwise_rates=rates_adamw), phases(elementwise_rates=rates_adamw, **slow)
+    with_ops, with_ops_slow = phases(**ops), phases(**ops, **slow)
+    for i, scale in enumerate((1.3, 1.2, 1.5)):
+        assert bare_slow[i] == pytest.approx(scale * bare[i], rel=1e-9)
+        assert with_ops_slow[i] - bare_slow[i] == pytest.approx(with_ops[i] - bare[i], rel=1e-9)

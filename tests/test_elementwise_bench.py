@@ -14,7 +14,8 @@ from planner.hardware import ELEMENTWISE_CLASSES
 
 @pytest.mark.parametrize("kind", ELEMENTWISE_CLASSES)
 def test_each_case_moves_the_bytes_the_cost_model_counts(kind):
-    forward, inputs, elements = ew._case(kind, 2, torch.float32, torch.Generator().manual_seed(0))
+    forward, inputs, elements, calls = ew._case(kind, 2, torch.float32, torch.Generator().manual_seed(0))
+    assert (calls > 1) == (kind == "adamw")
     tally_f, tally_b = ByteTally(), ByteTally()
     with tally_f:
         y = forward()
@@ -39,5 +40,9 @@ def test_quick_bench_rows_cover_every_kind_and_size():
             assert ((kind, "backward", batch) in keys) == (kind not in ("arith", "adamw"))
     for r in rows:
         assert r["dtype"] == "fp32" and r["ops"] >= 1 and r["median_s"] > 0 and len(r["times_s"]) == 5
-        assert r["elements"] == r["micro_batch"] * ew.SEQ_LEN * (
+        assert r["elements"] / r["calls"] == r["micro_batch"] * ew.SEQ_LEN * (
             ew.FFN if r["kind"] in ("gelu", "swiglu") else ew.HIDDEN)
+        if r["kind"] == "adamw":  # a model's worth of parameters, each tensor stepped once
+            assert r["elements"] >= ew.ADAMW_POOL_PARAMS - r["elements"] / r["calls"]
+            # 10 ops per tensor, and a couple per step (the step's own bookkeeping)
+            assert 0 <= r["ops"] - r["calls"] * fw.ADAM_OPS_PER_PARAM <= 4

@@ -4,8 +4,8 @@ One eager thread runs a residual add at tens of GB/s and a tanh GELU at a few: a
 memory-bound rate cannot price both. For each kind of ``planner.cost.framework``'s
 ``ELEMENTWISE_CLASSES`` this times the executor's code (``executor.model``: the fp32 RMSNorm
 chain, ``apply_rope``, ``F.gelu(approximate="tanh")``, ``silu(gate) * up``, ``nn.LayerNorm``, a
-residual add; and ``AdamW(foreach=False).step`` on one parameter tensor) at the tiny presets'
-widths for four micro-batch sizes, forward and backward (``autograd.grad`` on a retained graph:
+residual add; and ``AdamW(foreach=False).step`` over a model's worth of parameter tensors of one
+size, :data:`ADAMW_POOL_PARAMS`) at the tiny presets' widths for four micro-batch sizes, forward and backward (``autograd.grad`` on a retained graph:
 backward alone), and counts the aten ops each runs. The
 planner turns a time into a rate with its own byte count per element, after taking off the
 counted ops' per-op cost (which the cost model charges apart, per op); the rate depends on the
@@ -30,47 +30,58 @@ BATCHES = (1, 2, 4, 8)
 """Micro-batch sizes timed: 0.25-2 MiB fp32 residual tensors, 1-8 MiB FFN tensors."""
 QUICK_BATCHES = (2, 8)
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+ADAMW_POOL_PARAMS = 4 * 2**20
+"""Parameters the AdamW case steps over, in tensors of the timed size: 64 MiB of weights,
+gradients and moments, the order of the tiny presets' (3.7 M parameters). A model's optimizer
+step walks every tensor once, so each tensor's state arrives from beyond the core's caches; one
+tensor stepped again and again stays in them (a 1 MiB tensor's 4 MiB of state in a 2 MiB L2
+ran 1.6x faster than a model's step on one host)."""
 
 
 def _case(kind: str, batch: int, dtype: torch.dtype, gen: torch.Generator):
     """(forward function, tensors whose gradients backward computes, elements of the kind's
-    counting unit): residual-width tensors for the add and the norms, FFN-width for the
-    activations, (batch, seq, heads, d_head) for RoPE."""
+    counting unit, calls the function makes): residual-width tensors for the add and the norms,
+    FFN-width for the activations, (batch, seq, heads, d_head) for RoPE; AdamW: one step over
+    :data:`ADAMW_POOL_PARAMS` in parameter tensors of ``batch`` x 256 rows of 256, one update
+    per tensor."""
     def leaf(*shape):
         return torch.randn(*shape, generator=gen).to(dtype).requires_grad_(True)
 
     rows = (batch, SEQ_LEN, HIDDEN)
     if kind == "arith":
         a, b = leaf(*rows), leaf(*rows)
-        return (lambda: a + b), [a, b], a.numel()
+        return (lambda: a + b), [a, b], a.numel(), 1
     if kind == "rmsnorm":
         norm, x = RMSNorm(HIDDEN), leaf(*rows)
-        return (lambda: norm(x)), [x, norm.weight], x.numel()
+        return (lambda: norm(x)), [x, norm.weight], x.numel(), 1
     if kind == "layernorm":
         norm, x = torch.nn.LayerNorm(HIDDEN), leaf(*rows)
-        return (lambda: norm(x)), [x, norm.weight, norm.bias], x.numel()
+        return (lambda: norm(x)), [x, norm.weight, norm.bias], x.numel(), 1
     if kind == "gelu":
         x = leaf(batch, SEQ_LEN, FFN)
-        return (lambda: F.gelu(x, approximate="tanh")), [x], x.numel()
+        return (lambda: F.gelu(x, approximate="tanh")), [x], x.numel(), 1
     if kind == "swiglu":
         gate, up = leaf(batch, SEQ_LEN, FFN), leaf(batch, SEQ_LEN, FFN)
-        return (lambda: F.silu(gate) * up), [gate, up], gate.numel()
-    if kind == "adamw":  # one parameter tensor of batch x 256 rows of 256 (0.25-2 MiB, as the presets')
-        param = torch.nn.Parameter(torch.randn(batch * SEQ_LEN, HIDDEN, generator=gen))
-        param.grad = torch.randn(param.shape, generator=gen)
-        opt = torch.optim.AdamW([param], lr=1e-3, foreach=False)
+        return (lambda: F.silu(gate) * up), [gate, up], gate.numel(), 1
+    if kind == "adamw":  # parameter tensors of batch x 256 rows of 256 (0.25-2 MiB, as the presets')
+        shape = (batch * SEQ_LEN, HIDDEN)
+        params = [torch.nn.Parameter(torch.randn(shape, generator=gen))
+                  for _ in range(max(1, ADAMW_POOL_PARAMS // (shape[0] * shape[1])))]
+        for param in params:
+            param.grad = torch.randn(shape, generator=gen)
+        opt = torch.optim.AdamW(params, lr=1e-3, foreach=False)
         opt.step()  # the moments exist from here on
-        return opt.step, [], param.numel()
+        return opt.step, [], sum(param.numel() for param in params), len(params)
     if kind == "rope":
         d_head = HIDDEN // HEADS
         cos, sin = rope_tables(SEQ_LEN, d_head)
         x = leaf(batch, SEQ_LEN, HEADS, d_head)
-        return (lambda: apply_rope(x, cos, sin)), [x], x.numel()
+        return (lambda: apply_rope(x, cos, sin)), [x], x.numel(), 1
     raise ValueError(f"unknown element-wise kind {kind!r}")
 
 
 def elementwise_bench(*, quick: bool, reps: int) -> list[dict]:
-    """Rows of (kind, dtype, direction, micro-batch, elements, aten ops, samples) for every kind,
+    """Rows of (kind, dtype, direction, micro-batch, elements, calls, aten ops, samples) for every kind,
     dtype and micro-batch size of :data:`BATCHES` (``quick``: fp32 at :data:`QUICK_BATCHES`);
     ``direction`` is forward or backward, ``optimizer`` for the AdamW step (fp32 only)."""
     gen = torch.Generator().manual_seed(3)
@@ -85,7 +96,7 @@ def elementwise_bench(*, quick: bool, reps: int) -> list[dict]:
                 continue  # fp32 master weights and states in either precision
             for batch in (QUICK_BATCHES if quick else BATCHES):
                 with autocast:
-                    forward, inputs, elements = _case(kind, batch, dtype, gen)
+                    forward, inputs, elements, calls = _case(kind, batch, dtype, gen)
                     if kind == "adamw":
                         timed = {"optimizer": forward}
                     else:
@@ -101,6 +112,7 @@ def elementwise_bench(*, quick: bool, reps: int) -> list[dict]:
                             fn()
                         s = measure(fn, reps=reps, target_s=target_s)
                         out.append({"kind": kind, "dtype": dtype_name, "direction": direction,
-                                    "micro_batch": batch, "elements": elements, "ops": counter.n,
+                                    "micro_batch": batch, "elements": elements, "calls": calls,
+                                    "ops": counter.n,
                                     **s.to_dict()})
     return out

@@ -10,6 +10,9 @@ On CPU profiles (``device.host_cores > 0``) ranks of one host share cores: every
 by ``min(1, host_cores / ranks_per_node)`` (measured in DESIGN.md: 4 ranks on 2 cores run at half),
 GEMMs use the profile's efficiency curve of their own dtype (``DeviceSpec.matmul_curve``), and the
 CPU flash-attention kernel pays one element-wise pass over the scores for its online softmax.
+With a calibrated ``framework:`` section each phase's compute (not the per-op costs) is scaled by
+the profile's in-step factor, ``FrameworkSpec.step_scale``: the executor's own plain step
+measured against these rates at the calibration's reference shapes.
 """
 from __future__ import annotations
 
@@ -227,6 +230,9 @@ def layer_times(model: ModelSpec, micro_batch: int, seq_len: int, tp: int, cp: i
         fwd += rates.memory(ew_bytes, kernels)
         bwd_in += rates.memory(2 * ew_bytes, kernels)
 
+    if frame is not None:  # the executor's compute runs slower inside its step than in the benches
+        sf, sb = frame.step_scale("forward"), frame.step_scale("backward")
+        fwd, bwd_in, bwd_w, core_f, core_b = fwd * sf, bwd_in * sb, bwd_w * sb, core_f * sf, core_b * sb
     if recompute == "full":
         recompute_s = fwd
     elif recompute == "selective":
@@ -263,6 +269,8 @@ def embedding_times(model: ModelSpec, micro_batch: int, seq_len: int, tp: int, c
     fwd = rates.memory((pos + 1) * bpe * T * h + (1 if model.dropout > 0 else 0) * T * h, 2)
     bwd = rates.memory(2 * pos * bpe * T * h, 2)
     frame = rates.framework
+    if frame is not None:
+        fwd, bwd = fwd * frame.step_scale("forward"), bwd * frame.step_scale("backward")
     if frame is not None and tp > 1:  # the executor's vocabulary-parallel embedding is a TP module
         tp_f, tp_b = frame.tp_module_s(bpe * T * h)
         fwd += rates.ops(1, tp_f)
@@ -296,6 +304,8 @@ def head_times(model: ModelSpec, micro_batch: int, seq_len: int, tp: int, cp: in
     fwd = tf + norm_f + ce_f
     bwd_in = tb + norm_b + ce_b
     if frame is not None:
+        sf, sb = frame.step_scale("forward"), frame.step_scale("backward")
+        fwd, bwd_in, tb = fwd * sf, bwd_in * sb, tb * sb
         n_f, n_b = fw.edge_ops(model)  # embedding + final norm + head + loss, counted here
         fwd += rates.ops(n_f, frame.op_forward_s)
         bwd_in += rates.ops(n_b, frame.op_backward_s)

@@ -562,14 +562,19 @@ def optimizer_traffic_s(rates, local_params: float, params_per_tensor: float | N
     """Memory traffic of the optimizer step over ``local_params``: with a framework ``adamw``
     rate, the executor's AdamW(foreach=False) bytes
     (:data:`planner.cost.framework.ADAMW_BYTES_PER_PARAM`) at its rate for tensors of
-    ``params_per_tensor`` (None: the fastest measured size, a lower bound for the search); else
-    the fused :data:`OPTIMIZER_BYTES_PER_PARAM` at the pooled memory-bound rate."""
-    points = rates.framework.elementwise_points("adamw", "fp32") if rates.framework else None
+    ``params_per_tensor`` (None: the fastest measured size, a lower bound for the search), times
+    the profile's in-step factor (:meth:`planner.hardware.FrameworkSpec.step_scale`); else
+    the fused :data:`OPTIMIZER_BYTES_PER_PARAM` at the pooled memory-bound rate (times that
+    factor too with a framework profile)."""
+    frame = rates.framework
+    points = frame.elementwise_points("adamw", "fp32") if frame else None
     if points is None:
-        return rates.memory(local_params * OPTIMIZER_BYTES_PER_PARAM, 0)
-    call_bytes = (max(points, key=lambda pt: pt[1])[0] if params_per_tensor is None
-                  else fw.ADAMW_BYTES_PER_PARAM * params_per_tensor)
-    return rates.elementwise({"adamw": (fw.ADAMW_BYTES_PER_PARAM * local_params, 0.0, call_bytes)}, 4)[0]
+        traffic_s = rates.memory(local_params * OPTIMIZER_BYTES_PER_PARAM, 0)
+    else:
+        call_bytes = (max(points, key=lambda pt: pt[1])[0] if params_per_tensor is None
+                      else fw.ADAMW_BYTES_PER_PARAM * params_per_tensor)
+        traffic_s = rates.elementwise({"adamw": (fw.ADAMW_BYTES_PER_PARAM * local_params, 0.0, call_bytes)}, 4)[0]
+    return traffic_s * frame.step_scale("optimizer") if frame else traffic_s
 
 
 def _optimizer_s(model: ModelSpec, P: ParallelConfig, rates) -> float:
