@@ -263,8 +263,9 @@ class FrameworkSpec:
     step_forward_slowdown / step_backward_slowdown / step_optimizer_slowdown: how much longer
         the compute of a training step's forward, backward and optimizer step (GEMMs, attention,
         element-wise and optimizer traffic; not the per-op costs) takes in the executor's own
-        plain step than the microbenchmarks' rates predict, minus one: operands a tight loop
-        keeps in the core's caches come from further away between a step's other work. From
+        plain step than the microbenchmarks' rates predict, minus one (among other causes,
+        operands a tight loop keeps in the core's caches come from further away between a
+        step's other work: GEMMs 5-10% slower over a pool of operands on one host). From
         the plain reference step at up to three shapes (none of them a sweep shape); optional (0).
     elementwise_rates: per kind of element-wise work (:data:`ELEMENTWISE_CLASSES`) and
         activation dtype, (kind, dtype, points): each point (bytes of one call's forward,
