@@ -7,10 +7,10 @@ chain, ``apply_rope``, ``F.gelu(approximate="tanh")``, ``silu(gate) * up``, ``nn
 residual add; and ``AdamW(foreach=False).step`` over a model's worth of parameter tensors of one
 size, :data:`ADAMW_POOL_PARAMS`) at the tiny presets' widths for four micro-batch sizes, forward
 and backward (``autograd.grad`` on a retained graph: backward alone), and counts the aten ops
-each runs. The planner turns a time into a rate with its own byte count per element, after taking off the
-counted ops' per-op cost (which the cost model charges apart, per op); the rate depends on the
-size (caches), so the profile keeps one per size. bf16 runs under CPU autocast, as the executor
-trains it.
+each runs. The planner turns a time into a rate with its own byte count per element, after
+taking off the counted ops' per-op cost (which the cost model charges apart, per op); the rate
+depends on the size (caches), so the profile keeps one per size. bf16 runs under CPU autocast,
+as the executor trains it.
 """
 from __future__ import annotations
 
