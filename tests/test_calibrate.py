@@ -479,6 +479,25 @@ def _elementwise_rows(planted, rate_gb_s):
     return rows
 
 
+def test_a_pooled_adamw_row_keeps_its_rate_at_one_tensor_size():
+    """The AdamW case steps many tensors of one size (``calls``): its rate is the whole pool's
+    bytes over its time, kept at the bytes of one tensor's update."""
+    from planner.calibrate import elementwise_rates
+    from planner.cost.framework import ADAMW_BYTES_PER_PARAM
+
+    per_tensor, calls, op_s = 65536, 64, 2e-6
+    elements = per_tensor * calls
+    ops = 10 * calls + 2
+    t = ADAMW_BYTES_PER_PARAM * elements / (30 * GB) + ops * op_s
+    row = {"kind": "adamw", "dtype": "fp32", "direction": "optimizer", "micro_batch": 1,
+           "elements": elements, "calls": calls, "ops": ops, "median_s": t}
+    (kind, dtype, points), = elementwise_rates([row], {"optimizer": op_s})[0]
+    (call_bytes, fwd, bwd), = points
+    assert (kind, dtype) == ("adamw", "fp32")
+    assert call_bytes == ADAMW_BYTES_PER_PARAM * per_tensor
+    assert fwd / GB == pytest.approx(30.0, rel=1e-9) and bwd == fwd
+
+
 def test_elementwise_rates_are_recovered_per_kind_and_size_and_written(results, tmp_path):
     """Per-kind rates that fall with the call's size: calibrate takes the planted per-op cost off
     each time, keeps one point per size, and the profile reads back with them; the add's
