@@ -252,9 +252,12 @@ def run_rounds(todo, out_dir: Path, rounds: int, steps: int, warmup: int, wait_s
 
 
 # ----- search check ---------------------------------------------------------------------------
-def search_check(profile: str, out_dir: Path, steps: int, warmup: int, wait_s: float = 0.0, log=print):
-    """One search on this machine (tiny-llama, 2 ranks); run its top five. Returns a dict or
-    None when ``planner.search`` is not available."""
+def search_check(profile: str, out_dir: Path, steps: int, warmup: int, wait_s: float = 0.0, rounds: int = 1,
+                 log=print):
+    """One search on this machine (tiny-llama, 2 ranks); run its top five as the sweep runs its
+    plans (:func:`run_rounds`: ``rounds`` rounds, each plan's median round kept; its five
+    predictions lie within a few percent, so one run each would rank them by the machine's
+    noise). Returns a dict or None when ``planner.search`` is not available."""
     try:
         from planner.demo import _search_top
         from planner.model import load_model
@@ -262,17 +265,19 @@ def search_check(profile: str, out_dir: Path, steps: int, warmup: int, wait_s: f
         plans = _search_top(load_model(L), profile, 2, 8, 5)
     except ImportError:
         return None
-    rows = []
+    todo = []
     for i, plan in enumerate(plans, 1):
-        path = plan.save(out_dir / "search" / "plans" / f"rank{i}-{plan.id}.json")
-        run_dir = out_dir / "search" / f"rank{i}-{plan.id}"
-        summary = run_one(path, run_dir, out_dir / "search" / f"rank{i}.log", steps, warmup, wait_s)[0]
-        meas = ((summary or {}).get("measured") or {}).get("step_time_s")
+        entry = SweepPlan(f"rank{i}-{plan.id}", L, {})
+        todo.append((entry, plan, plan.save(out_dir / "search" / "plans" / f"{entry.name}.json")))
+    log("search check: its top five plans")
+    results, times = run_rounds(todo, out_dir / "search", rounds, steps, warmup, wait_s, log=log)
+    rows = []
+    for i, (entry, plan, _) in enumerate(todo, 1):
+        run_dir, summary = results[entry.name][:2]
         rows.append({"rank": i, "plan_id": plan.id, "parallel": plan.parallel.megatron_notation(),
-                     "predicted_step_time_s": plan.prediction["step_time_s"], "measured_step_time_s": meas,
-                     "status": (summary or {}).get("status", "failed"), "run_dir": str(run_dir)})
-        log(f"  search #{i} {rows[-1]['parallel']:<32} pred {rows[-1]['predicted_step_time_s']:.4f} "
-            f"meas {meas}  {rows[-1]['status']}")
+                     "predicted_step_time_s": plan.prediction["step_time_s"], "measured_step_time_s": _step_s(summary),
+                     "rounds_s": times[entry.name], "status": (summary or {}).get("status", "failed"),
+                     "run_dir": str(run_dir)})
     measured = [r["measured_step_time_s"] for r in rows if r["measured_step_time_s"]]
     best = min(measured) if measured else None
     first = rows[0]["measured_step_time_s"] if rows else None
@@ -586,11 +591,13 @@ def write_reports(comp, names: dict, results: dict, search: dict | None, report:
         L_ += ["`planner.search` was not available when this report was made: not checked.", ""]
     else:
         L_ += ["One search (`planner.search.search`, tiny-llama, 2 local ranks, global batch 8); its top five "
-               "plans run the same way:", "",
-               "| rank | plan | parallel | predicted (s) | measured (s) | status |", "|---|---|---|---|---|---|"]
+               "plans run the same way (the same rounds, each plan's median round kept):", "",
+               "| rank | plan | parallel | predicted (s) | measured (s) | rounds (s) | status |",
+               "|---|---|---|---|---|---|---|"]
         for r in search["rows"]:
+            rounds_cell = " / ".join(_fmt(t, ".3f") for t in r.get("rounds_s") or [])
             L_.append(f"| {r['rank']} | `{r['plan_id']}` | {r['parallel']} | {_fmt(r['predicted_step_time_s'], '.4f')}"
-                      f" | {_fmt(r['measured_step_time_s'], '.4f')} | {r['status']} |")
+                      f" | {_fmt(r['measured_step_time_s'], '.4f')} | {rounds_cell or '–'} | {r['status']} |")
         L_ += ["", f"The first plan measures {_fmt(search['first_vs_best_pct'], '+.1f')}% against the best of the "
                f"five (target: best or within 5%): {'**met**' if search['met'] else '**not met**'}.", ""]
     L_ += ["## Per plan", "",
@@ -743,7 +750,8 @@ def main(argv=None) -> int:
         if e.name not in results:
             results[e.name] = (out_dir / e.name, read_summary(out_dir / e.name), 1, [], [])
     search = None if args.no_search else search_check(args.profile, out_dir, args.steps, args.warmup,
-                                                      args.wait_quiet, log=lambda s: print(s, flush=True))
+                                                      args.wait_quiet, args.rounds,
+                                                      log=lambda s: print(s, flush=True))
     profiles = [] if args.no_op_profile else op_profiles(args.profile, log=lambda s: print(s, flush=True))
     dirs = [str(results[e.name][0]) for e, _, _ in prepared]
     comp = compare_runs(dirs)
