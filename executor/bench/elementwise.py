@@ -7,10 +7,15 @@ chain, ``apply_rope``, ``F.gelu(approximate="tanh")``, ``silu(gate) * up``, ``nn
 residual add; and ``AdamW(foreach=False).step`` over a model's worth of parameter tensors of one
 size, :data:`ADAMW_POOL_PARAMS`) at the tiny presets' widths for four micro-batch sizes, forward
 and backward (``autograd.grad`` on a retained graph: backward alone), and counts the aten ops
-each runs. The planner turns a time into a rate with its own byte count per element, after
-taking off the counted ops' per-op cost (which the cost model charges apart, per op); the rate
-depends on the size (caches), so the profile keeps one per size. bf16 runs under CPU autocast,
-as the executor trains it.
+each runs. Each call reads its own inputs, from a pool of :data:`ELEMENTWISE_POOL_BYTES`: in a
+training step a tensor is read once, after the other ops of its layer have passed through the
+core's caches, where one tensor timed again and again stays in L2 (on an Intel host with 2 MiB
+of L2 per core: a 0.75 MiB fp32 add 275 GB/s, a 1.75 MiB RMSNorm 157 GB/s, at 3-7 MiB 32-34
+GB/s: a cache bonus a step's small micro-batches do not get). The planner turns a time into a
+rate with its own byte count per element, after taking off the counted ops' per-op cost (which
+the cost model charges apart, per op); the rate still depends on the size (per-call costs, the
+outer caches), so the profile keeps one per size. bf16 runs under CPU autocast, as the executor
+trains it.
 """
 from __future__ import annotations
 
@@ -30,6 +35,9 @@ BATCHES = (1, 2, 4, 8)
 """Micro-batch sizes timed: 0.25-2 MiB fp32 residual tensors, 1-8 MiB FFN tensors."""
 QUICK_BATCHES = (2, 8)
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+ELEMENTWISE_POOL_BYTES = 16 * 2**20
+"""Input bytes the forward / backward cases cycle through, one call per set of inputs: 8 times a
+core's L2 on the host this was written on, so each call's inputs come from beyond it."""
 ADAMW_POOL_PARAMS = 4 * 2**20
 """Parameters the AdamW case steps over, in tensors of the timed size: 64 MiB of weights,
 gradients and moments, the order of the tiny presets' (3.7 M parameters). A model's optimizer
@@ -39,12 +47,27 @@ tensor stepped again and again stays nearer (on an Intel host with 2 MiB of L2 p
 pool's rate says 11.5 ms: the rest is the in-step factor, ``FrameworkSpec.step_scale``)."""
 
 
+def _pooled(kind: str, batch: int, dtype: torch.dtype, gen: torch.Generator):
+    """(forward function returning its outputs, tensors whose gradients backward computes,
+    elements of the kind's counting unit, calls the function makes) of ``kind``: one call per
+    set of inputs, as many sets as fit :data:`ELEMENTWISE_POOL_BYTES` (at least one); AdamW as
+    :func:`_case` (its own pool)."""
+    forward, inputs, elements, calls = _case(kind, batch, dtype, gen)
+    if kind == "adamw":
+        return forward, inputs, elements, calls
+    set_bytes = sum(t.numel() * t.element_size() for t in inputs)
+    cases = [(forward, inputs)] + [_case(kind, batch, dtype, gen)[:2]
+                                   for _ in range(max(1, ELEMENTWISE_POOL_BYTES // set_bytes) - 1)]
+    every_input = [t for _, ins in cases for t in ins]
+    return (lambda: [fn() for fn, _ in cases]), every_input, elements * len(cases), len(cases)
+
+
 def _case(kind: str, batch: int, dtype: torch.dtype, gen: torch.Generator):
     """(forward function, tensors whose gradients backward computes, elements of the kind's
-    counting unit, calls the function makes): residual-width tensors for the add and the norms,
-    FFN-width for the activations, (batch, seq, heads, d_head) for RoPE; AdamW: one step over
-    :data:`ADAMW_POOL_PARAMS` in parameter tensors of ``batch`` x 256 rows of 256, one update
-    per tensor."""
+    counting unit, calls the function makes) of one call: residual-width tensors for the add and
+    the norms, FFN-width for the activations, (batch, seq, heads, d_head) for RoPE; AdamW: one
+    step over :data:`ADAMW_POOL_PARAMS` in parameter tensors of ``batch`` x 256 rows of 256, one
+    update per tensor."""
     def leaf(*shape):
         return torch.randn(*shape, generator=gen).to(dtype).requires_grad_(True)
 
@@ -97,16 +120,16 @@ def elementwise_bench(*, quick: bool, reps: int) -> list[dict]:
                 continue  # fp32 master weights and states in either precision
             for batch in (QUICK_BATCHES if quick else BATCHES):
                 with autocast:
-                    forward, inputs, elements, calls = _case(kind, batch, dtype, gen)
+                    forward, inputs, elements, calls = _pooled(kind, batch, dtype, gen)
                     if kind == "adamw":
                         timed = {"optimizer": forward}
                     else:
-                        y = forward()
-                        grad = torch.randn(y.shape, generator=gen).to(y.dtype)
+                        ys = forward()
+                        grads = [torch.randn(y.shape, generator=gen).to(y.dtype) for y in ys]
                         timed = {"forward": forward}
                     if kind not in ("arith", "adamw"):
-                        timed["backward"] = (lambda y=y, inputs=inputs, grad=grad:
-                                             torch.autograd.grad(y, inputs, grad, retain_graph=True))
+                        timed["backward"] = (lambda ys=ys, inputs=inputs, grads=grads:
+                                             torch.autograd.grad(ys, inputs, grads, retain_graph=True))
                     for direction, fn in timed.items():
                         counter = OpCounter()
                         with counter:
