@@ -78,6 +78,12 @@ class Embedding(nn.Module):
         return F.dropout(h, self.dropout, self.training)
 
 
+def attention_core(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float = 0.0) -> torch.Tensor:
+    """Causal scaled dot-product attention over (batch, heads, seq, d_head) Q, K, V; K/V may
+    have fewer heads than Q (grouped-query attention)."""
+    return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout_p, enable_gqa=True)
+
+
 class Attention(nn.Module):
     """Causal multi-head / grouped-query attention; the score·softmax·value core is the part
     selective recomputation checkpoints (Korthikanti et al., 2022, sec. 5)."""
@@ -99,8 +105,7 @@ class Attention(nn.Module):
             self.register_buffer("rope_sin", sin, persistent=False)
 
     def core(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        p = self.dropout if self.training else 0.0
-        return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=p, enable_gqa=True)
+        return attention_core(q, k, v, self.dropout if self.training else 0.0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, s, _ = x.shape

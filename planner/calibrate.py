@@ -38,8 +38,9 @@ import numpy as np
 import yaml
 
 from planner.errors import InputError, require
-from planner.hardware import (_FRAMEWORK_YAML, ELEMENTWISE_YAML_KEY, GB, GIB, MICRO, TERA, DeviceSpec,
+from planner.hardware import (_FRAMEWORK_YAML, RATE_TABLES, GB, GIB, MICRO, TERA, DeviceSpec,
                               EfficiencyCurve, FrameworkSpec, LinkSpec, MeasuredCollective, NodeSpec, PROFILES_DIR,
+                              RateTable,
                               parse_profile)
 from planner.io import atomic_write_text, read_json_object
 
@@ -478,25 +479,27 @@ def profile_yaml(node: NodeSpec, *, header: Iterable[str] = (), comments: dict[s
         out.append(_line(0, "framework", "", c).replace(": ", ":", 1) if "framework" in c else "framework:")
         for field, (key, factor) in _FRAMEWORK_YAML.items():
             out.append(_line(1, key, _num(getattr(node.framework, field) / factor), c, f"framework.{key}"))
-        out += _elementwise_yaml(node.framework, c)
+        for table in RATE_TABLES:
+            out += _rate_table_yaml(table, node.framework, c)
     text = "\n".join(out) + "\n"
     back = parse_profile(yaml.safe_load(text), source="generated profile")
     _check_round_trip(node, back)
     return text
 
 
-def _elementwise_yaml(framework: FrameworkSpec, comments: dict[str, str]) -> list[str]:
-    """The ``framework.elementwise_gb_s`` lines: per kind and dtype [[call MiB, fwd, bwd GB/s]]."""
-    if not framework.elementwise_rates:
+def _rate_table_yaml(table: RateTable, framework: FrameworkSpec, comments: dict[str, str]) -> list[str]:
+    """The ``framework.<table.yaml_key>`` lines: per kind and dtype [[x, forward, backward]]."""
+    rows = getattr(framework, table.field)
+    if not rows:
         return []
-    out = [_line(1, ELEMENTWISE_YAML_KEY, "", comments, f"framework.{ELEMENTWISE_YAML_KEY}").replace(": ", ":", 1)]
-    kinds = list(dict.fromkeys(kind for kind, _, _ in framework.elementwise_rates))
-    for kind in kinds:
+    out = [_line(1, table.yaml_key, "", comments, f"framework.{table.yaml_key}").replace(": ", ":", 1)]
+    for kind in dict.fromkeys(kind for kind, _, _ in rows):
         out.append(f"    {kind}:")
-        for k, dtype, points in framework.elementwise_rates:
+        for k, dtype, points in rows:
             if k == kind:
                 out.append(f"      {dtype}: [" + ", ".join(
-                    f"[{_num(b / 2**20)}, {_num(f / GB)}, {_num(w / GB)}]" for b, f, w in points) + "]")
+                    f"[{_num(x / table.x_unit)}, {_num(f / table.rate_unit)}, {_num(w / table.rate_unit)}]"
+                    for x, f, w in points) + "]")
     return out
 
 
@@ -518,10 +521,11 @@ def _check_round_trip(node: NodeSpec, back: NodeSpec) -> None:
         raise AssertionError("profile_yaml: the framework section did not round-trip")
     if node.framework is not None:
         pairs += [(getattr(node.framework, f), getattr(back.framework, f)) for f in _FRAMEWORK_YAML]
-        mine, theirs = node.framework.elementwise_rates, back.framework.elementwise_rates
-        if [(k, d, len(p)) for k, d, p in mine] != [(k, d, len(p)) for k, d, p in theirs]:
-            raise AssertionError("profile_yaml: the element-wise rates did not round-trip")
-        pairs += [(a, b) for (_, _, p), (_, _, q) in zip(mine, theirs) for u, v in zip(p, q) for a, b in zip(u, v)]
+        for table in RATE_TABLES:
+            mine, theirs = getattr(node.framework, table.field), getattr(back.framework, table.field)
+            if [(k, d, len(p)) for k, d, p in mine] != [(k, d, len(p)) for k, d, p in theirs]:
+                raise AssertionError(f"profile_yaml: framework.{table.yaml_key} did not round-trip")
+            pairs += [(a, b) for (_, _, p), (_, _, q) in zip(mine, theirs) for u, v in zip(p, q) for a, b in zip(u, v)]
     if not all(_close(a, b) for a, b in pairs) or len(node.collectives) != len(back.collectives):
         raise AssertionError("profile_yaml: the written profile does not read back to the same numbers")
 
@@ -1014,8 +1018,9 @@ by more than this (one block in a burst of outside load: x1.73 seen in a --quick
 other two pairs said x1.03 and x1.15) weighs linearly, not quadratically."""
 
 
-STEP_SHAPES = tuple(alone for _, alone, _ in CONCURRENCY_PAIRS)
-"""The plain one-rank reference steps the in-step slowdowns are fitted to."""
+STEP_SHAPES = tuple(alone for _, alone, _ in CONCURRENCY_PAIRS) + ("plain_llama",)
+"""The plain one-rank reference steps the in-step slowdowns are fitted to: the GPT-style ones
+of the concurrency pairs and a Llama-style one (its norms, activation, RoPE and GQA attention)."""
 
 
 def _fit_step_slowdowns(alone: list[dict], node: NodeSpec,
@@ -1041,7 +1046,7 @@ def _fit_step_slowdowns(alone: list[dict], node: NodeSpec,
             compute[ph] += bare[ph]
     slow = {ph: min(2.0, max(0.0, measured[ph] / compute[ph] - 1.0)) if compute[ph] > 0 else 0.0 for ph in phases}
     fitted = dataclasses.replace(base, **{f"step_{ph}_slowdown": slow[ph] for ph in phases})
-    shapes = ", ".join(f"h={c['reference']['hidden_size']} s={c['reference']['seq_len']} "
+    shapes = ", ".join(f"{c['model'].get('name', 'ref')} s={c['reference']['seq_len']} "
                        f"mb={c['reference']['micro_batch']}" for c in alone)
     lines = [f"in-step compute: the plain one-rank step ({shapes}) less its per-op costs over the cost model's "
              f"compute: forward x{1 + slow['forward']:.3f}, backward x{1 + slow['backward']:.3f}, optimizer "
@@ -1134,6 +1139,31 @@ def elementwise_rates(rows: list[dict], per_op_s: dict[str, float]) -> tuple[tup
     return tuple((kind, dtype, tuple(pts)) for (kind, dtype), pts in by_kind.items()), lines
 
 
+def attention_rates(rows: list[dict], per_op_s: dict[str, float]) -> tuple[tuple, list[str]]:
+    """:attr:`FrameworkSpec.attention_rates` from ``executor.bench.attention`` rows and the
+    per-op costs: each row's counted forward FLOPs (the cost model's ``4 b s^2 (heads d_head)``
+    per call, :func:`planner.cost.flops.layer_forward_flops`, no causal discount) over its time
+    less its counted ops' per-op cost (at most 3/4 of the time taken off), forward and backward
+    alike, per kind and head width (``gqa_d32``), dtype and length. Returns (rates, header lines)."""
+    rate: dict[tuple[str, str, int], dict[str, float]] = {}
+    for row in rows:
+        data_s = max(0.25 * row["median_s"], row["median_s"] - row["ops"] * per_op_s[row["direction"]])
+        flops = row["calls"] * 4.0 * row["batch"] * row["seq_len"] ** 2 * row["heads"] * row["d_head"]
+        key = (f"{row['kind']}_d{row['d_head']}", row["dtype"], row["seq_len"])
+        rate.setdefault(key, {})[row["direction"]] = flops / data_s
+    by_kind: dict[tuple[str, str], list[tuple[float, float, float]]] = {}
+    for (kind, dtype, seq_len), r in sorted(rate.items()):
+        if "forward" in r and "backward" in r:
+            by_kind.setdefault((kind, dtype), []).append((float(seq_len), r["forward"], r["backward"]))
+    lines = []
+    if by_kind:
+        lines.append("attention core (the executor's causal SDPA call), GFLOP/s forward / backward per counted "
+                     "forward FLOP (4 b s^2 heads d_head; executor/bench/attention.py; per-op costs taken off):")
+        for (kind, dtype), pts in by_kind.items():
+            lines.append(f"  {kind}/{dtype}: " + ", ".join(f"s={s:.0f} {f / 1e9:.1f}/{w / 1e9:.1f}" for s, f, w in pts))
+    return tuple((kind, dtype, tuple(pts)) for (kind, dtype), pts in by_kind.items()), lines
+
+
 def build_framework(fw_results: dict, node: NodeSpec) -> tuple[FrameworkSpec, dict[str, str], list[str]]:
     """The profile's ``framework:`` section from ``executor.bench.framework`` results.
 
@@ -1158,8 +1188,11 @@ def build_framework(fw_results: dict, node: NodeSpec) -> tuple[FrameworkSpec, di
         per_op[phase] = sum(o["median_s"][phase] for o in ops) / sum(o["ops"][phase] for o in ops)
     zero = dict.fromkeys(FrameworkSpec.number_fields(), 0.0)
     ew_rates, ew_lines = elementwise_rates(fw_results.get("elementwise") or [], per_op)
+    attn_rates, attn_lines = attention_rates(fw_results.get("attention") or [], per_op)
+    ew_lines += attn_lines
     base = FrameworkSpec(**{**zero, "op_forward_s": per_op["forward"], "op_backward_s": per_op["backward"],
-                            "op_optimizer_s": per_op["optimizer"]}, elementwise_rates=ew_rates)
+                            "op_optimizer_s": per_op["optimizer"]}, elementwise_rates=ew_rates,
+                         attention_rates=attn_rates)
     refs = {r["case"]: r for r in fw_results["reference"] if r.get("median_s") or r.get("step_s")}
     require("plain" in refs, "results.framework.reference", "needs the plain reference step")
     plain = refs["plain"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import bisect
 import dataclasses
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ DTYPES = ("fp32", "tf32", "bf16", "fp16", "fp8")
 COLLECTIVE_OPS = ("all_reduce", "all_gather", "reduce_scatter", "send_recv", "all_to_all")
 GIB = 1024**3
 GB = 1e9
+GIGA = 1e9
 TERA = 1e12
 MICRO = 1e-6
 
@@ -204,6 +206,13 @@ update (per parameter, fp32 master weights in both precisions; one rate, its "fo
 forward and a backward rate per class, dtype and size (``framework.elementwise_gb_s``);
 ``planner.cost.framework.elementwise_bytes_per_element`` counts their bytes."""
 
+ATTENTION_CLASSES = ("mha", "gqa")
+"""Kinds of the executor's attention core (``F.scaled_dot_product_attention``, causal) timed
+apart: every query head with its own K/V (``mha``) and grouped-query K/V (``gqa``, fewer K/V
+heads than query heads, ``enable_gqa``). ``executor/bench/attention.py`` times both at several
+head widths; the profile keeps a forward and a backward rate per kind and head width (``mha_d64``),
+dtype and sequence length (``framework.attention_gflops``)."""
+
 
 @dataclass(frozen=True)
 class FrameworkSpec:
@@ -273,6 +282,12 @@ class FrameworkSpec:
         counts them, measured on the executor's own code at several sizes with the counted ops'
         per-op cost taken off (it is charged apart); :meth:`elementwise_rate` interpolates.
         Optional (empty: the device's pooled ``memory_bound_efficiency`` for all of them).
+    attention_rates: per kind of attention core (:data:`ATTENTION_CLASSES`) and dtype, (kind,
+        dtype, points): each point (sequence length, forward FLOP/s, backward FLOP/s), both
+        rates per counted forward FLOP (the cost model's full ``4 s^2 d`` per head and sequence,
+        ``planner.cost.flops``: a causal kernel that skips masked tiles shows as a higher rate),
+        measured on the executor's own SDPA call with its per-op cost taken off;
+        :meth:`attention_rate` interpolates. Optional (empty: the GEMM curve and a softmax pass).
     """
 
     op_forward_s: float
@@ -302,11 +317,25 @@ class FrameworkSpec:
     step_backward_slowdown: float = 0.0
     step_optimizer_slowdown: float = 0.0
     elementwise_rates: tuple[tuple[str, str, tuple[tuple[float, float, float], ...]], ...] = ()
+    attention_rates: tuple[tuple[str, str, tuple[tuple[float, float, float], ...]], ...] = ()
 
     @staticmethod
     def number_fields() -> tuple[str, ...]:
-        """The fields that hold one number (all but :attr:`elementwise_rates`)."""
-        return tuple(f.name for f in dataclasses.fields(FrameworkSpec) if f.name != "elementwise_rates")
+        """The fields that hold one number (all but the rate tables)."""
+        return tuple(f.name for f in dataclasses.fields(FrameworkSpec)
+                     if f.name not in ("elementwise_rates", "attention_rates"))
+
+    def attention_rate(self, kind: str, d_head: float, dtype: str, seq_len: float) -> tuple[float, float] | None:
+        """(forward, backward) FLOP/s per counted forward FLOP of the ``kind`` attention core
+        (:data:`ATTENTION_CLASSES`) with heads of ``d_head`` on ``dtype`` at ``seq_len``: the
+        measured head width nearest ``d_head`` (in ratio), log-log interpolation between its
+        measured lengths, the end point's rate outside them; None if the kind is unmeasured."""
+        widths = [(abs(math.log(int(k.rsplit("_d", 1)[1]) / d_head)), points)
+                  for k, d, points in self.attention_rates if k.rsplit("_d", 1)[0] == kind and d == dtype]
+        if not widths:
+            return None
+        points = min(widths, key=lambda w: w[0])[1]
+        return tuple(_loglog(points, seq_len, column) for column in (1, 2))
 
     def elementwise_points(self, kind: str, dtype: str) -> tuple[tuple[float, float, float], ...] | None:
         """The measured (call bytes, forward bytes/s, backward bytes/s) of ``kind`` on ``dtype``
@@ -346,17 +375,18 @@ class FrameworkSpec:
                 self.tp_linear_backward_s + self.tp_linear_backward_s_per_byte * activation_bytes)
 
     def __post_init__(self) -> None:
-        for kind, dtype, points in self.elementwise_rates:
-            key = f"framework.elementwise_gb_s.{kind}.{dtype}"
-            require(kind in ELEMENTWISE_CLASSES, key, f"unknown kind (one of {', '.join(ELEMENTWISE_CLASSES)})")
-            require(dtype in ("fp32", "bf16"), key, "dtype must be fp32 or bf16")
-            require(len(points) >= 1, key, "needs at least one [call MiB, forward GB/s, backward GB/s]")
-            for point in points:
-                require(len(point) == 3 and all(isinstance(v, (int, float)) and math.isfinite(v) and v > 0
-                                                for v in point), key,
-                        "each point must be three finite numbers > 0 [call MiB, forward GB/s, backward GB/s]")
-            sizes = [pt[0] for pt in points]
-            require(sizes == sorted(set(sizes)), key, "points must have strictly increasing call sizes")
+        for table in RATE_TABLES:
+            for kind, dtype, points in getattr(self, table.field):
+                key = f"framework.{table.yaml_key}.{kind}.{dtype}"
+                require(re.fullmatch(table.kind_pattern, kind) is not None, key, f"unknown kind ({table.kinds_text})")
+                require(dtype in ("fp32", "bf16"), key, "dtype must be fp32 or bf16")
+                require(len(points) >= 1, key, f"needs at least one {table.point}")
+                for point in points:
+                    require(len(point) == 3 and all(isinstance(v, (int, float)) and math.isfinite(v) and v > 0
+                                                    for v in point), key,
+                            f"each point must be three finite numbers > 0 {table.point}")
+                sizes = [pt[0] for pt in points]
+                require(sizes == sorted(set(sizes)), key, f"points must have strictly increasing {table.x_name}")
         for name in self.number_fields():
             value = getattr(self, name)
             key = f"framework.{_FRAMEWORK_YAML.get(name, (name,))[0]}"
@@ -624,21 +654,45 @@ def _parse_framework(data: Any) -> FrameworkSpec | None:
         return None
     where = "framework"
     data = _mapping(data, where)
-    reject_unknown_keys(data, {k for k, _ in _FRAMEWORK_YAML.values()} | {ELEMENTWISE_YAML_KEY}, where)
+    reject_unknown_keys(data, {k for k, _ in _FRAMEWORK_YAML.values()} | {t.yaml_key for t in RATE_TABLES}, where)
     values = {field: _number(data, key, where) * factor for field, (key, factor) in _FRAMEWORK_YAML.items()
               if not (field in _FRAMEWORK_OPTIONAL and key not in data)}
-    if ELEMENTWISE_YAML_KEY in data:
-        values["elementwise_rates"] = _parse_elementwise(data[ELEMENTWISE_YAML_KEY])
+    for table in RATE_TABLES:
+        if table.yaml_key in data:
+            values[table.field] = _parse_rate_table(table, data[table.yaml_key])
     return FrameworkSpec(**values)
 
 
-ELEMENTWISE_YAML_KEY = "elementwise_gb_s"
-"""``framework.elementwise_gb_s``: ``{kind: {dtype: [[call MiB, forward GB/s, backward GB/s], ...]}}``."""
+@dataclass(frozen=True)
+class RateTable:
+    """How one of the framework's measured rate tables is spelt in YAML: ``framework.<yaml_key>:
+    {kind: {dtype: [[x, forward rate, backward rate], ...]}}``, ``x`` in units of ``x_unit``,
+    rates in units of ``rate_unit``, held in :class:`FrameworkSpec` ``field``."""
+
+    field: str
+    yaml_key: str
+    kind_pattern: str
+    kinds_text: str
+    x_unit: float
+    rate_unit: float
+    x_name: str
+    point: str
 
 
-def _parse_elementwise(data: Any) -> tuple[tuple[str, str, tuple[tuple[float, float, float], ...]], ...]:
-    """``framework.elementwise_gb_s`` into :attr:`FrameworkSpec.elementwise_rates` (bytes, bytes/s)."""
-    where = f"framework.{ELEMENTWISE_YAML_KEY}"
+RATE_TABLES = (
+    RateTable("elementwise_rates", "elementwise_gb_s", "|".join(ELEMENTWISE_CLASSES),
+              f"one of {', '.join(ELEMENTWISE_CLASSES)}", 2**20, GB, "call sizes",
+              "[call MiB, forward GB/s, backward GB/s]"),
+    RateTable("attention_rates", "attention_gflops", rf"({'|'.join(ATTENTION_CLASSES)})_d[1-9][0-9]*",
+              f"{' or '.join(ATTENTION_CLASSES)} and the head width, as mha_d64", 1.0, GIGA, "sequence lengths",
+              "[sequence length, forward GFLOP/s, backward GFLOP/s]"),
+)
+ELEMENTWISE_YAML_KEY = RATE_TABLES[0].yaml_key
+
+
+def _parse_rate_table(table: RateTable, data: Any) -> tuple[tuple[str, str, tuple[tuple[float, float, float], ...]], ...]:
+    """``framework.<table.yaml_key>`` into ``FrameworkSpec.<table.field>`` (SI units)."""
+    where = f"framework.{table.yaml_key}"
     out = []
     for kind, per_dtype in _mapping(data, where).items():
         for dtype, points in _mapping(per_dtype, f"{where}.{kind}").items():
@@ -646,9 +700,10 @@ def _parse_elementwise(data: Any) -> tuple[tuple[str, str, tuple[tuple[float, fl
             require(isinstance(points, list) and all(
                 isinstance(pt, list) and len(pt) == 3
                 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in pt) for pt in points),
-                key, "must be a list of [call MiB, forward GB/s, backward GB/s]")
-            out.append((str(kind), str(dtype),
-                        tuple((float(mib) * 2**20, float(f) * GB, float(b) * GB) for mib, f, b in points)))
+                key, f"must be a list of {table.point}")
+            out.append((str(kind), str(dtype), tuple(
+                (float(x) * table.x_unit, float(f) * table.rate_unit, float(b) * table.rate_unit)
+                for x, f, b in points)))
     return tuple(out)
 
 

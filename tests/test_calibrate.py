@@ -240,6 +240,15 @@ def _synthetic_framework(node, planted, wide: bool = False, concurrency: bool = 
                 row = {"case": case, "tp": 1, "dp": 1, "model": m.to_dict(), "reference": shape,
                        "median_s": _reference_prediction(m, n, cfg, ranks_busy=ranks), "cpu_ratio": 1.0, "steps": 5}
                 reference = [r for r in reference if r["case"] != case] + [row]
+        # the Llama-style plain step (one of the in-step fit's shapes)
+        lmodel = ModelSpec(name="ref-llama", n_layers=2, hidden_size=256, n_heads=8, n_kv_heads=4,
+                           ffn_hidden_size=768, vocab_size=512, seq_len=128, mlp="swiglu", norm="rmsnorm",
+                           position="rope", tied_embeddings=False, bias=False, dropout=0.0, activation="silu")
+        cfg = ParallelConfig(micro_batch=8, global_batch=8, seq_len=128, precision="fp32")
+        reference.append({"case": "plain_llama", "tp": 1, "dp": 1, "model": lmodel.to_dict(), "reference": wref,
+                          "median_s": _reference_prediction(lmodel, dc.replace(node, framework=planted)
+                                                            .with_gpus_per_node(1), cfg),
+                          "cpu_ratio": 1.0, "steps": 5})
     no_mem = dc.replace(planted, fragmentation_fraction=0.0, training_overhead_bytes=0.0)
     memory = []
     for b in (2, 8):
@@ -336,7 +345,7 @@ def test_framework_fits_both_concurrency_slowdowns_and_keeps_them_out_of_the_wra
 def test_framework_recovers_the_planted_in_step_slowdowns(results):
     """A machine whose training step computes 30% / 15% / 40% slower (forward, backward,
     optimizer) than its benches' rates, with per-op costs on top: the plain one-rank steps at
-    the three shapes give those slowdowns back, per-op costs and wrapper costs untouched; with
+    the three GPT-style shapes and the Llama-style one give those slowdowns back, per-op costs and wrapper costs untouched; with
     no slowdown planted the fit finds none."""
     from planner.hardware import FrameworkSpec
 
@@ -355,6 +364,7 @@ def test_framework_recovers_the_planted_in_step_slowdowns(results):
     assert got.concurrent_slowdown == pytest.approx(0.3, rel=1e-3)
     assert got.ddp_grad_s_per_byte == pytest.approx(1e-9, rel=1e-3)
     assert "in-step compute" in cal.to_yaml() and "step_forward_slowdown: 0.3" in cal.to_yaml()
+    assert "ref-llama s=128 mb=8" in cal.to_yaml()
     quiet["framework"] = _synthetic_framework(node, FrameworkSpec(**plain), wide=True, concurrency=True)
     none = build_profile(quiet).node.framework
     assert max(none.step_forward_slowdown, none.step_backward_slowdown, none.step_optimizer_slowdown) < 1e-9
@@ -543,14 +553,19 @@ def test_elementwise_rates_are_recovered_per_kind_and_size_and_written(results, 
                                                                         rel=1e-5)
 
 
-@pytest.mark.parametrize("value, reason", [
-    ("{gelu: {fp32: [[1.0, 4.0]]}}", "call MiB, forward GB/s, backward GB/s"),
-    ("{gelu: {fp32: [[1.0, 4.0, -5.0]]}}", "> 0"),
-    ("{gelu: {fp32: [[4.0, 4.0, 5.0], [1.0, 4.0, 5.0]]}}", "increasing"),
-    ("{softmax: {fp32: [[1.0, 4.0, 5.0]]}}", "unknown kind"),
-    ("{gelu: {fp16: [[1.0, 4.0, 5.0]]}}", "fp32 or bf16"),
+@pytest.mark.parametrize("key, value, reason", [
+    ("elementwise_gb_s", "{gelu: {fp32: [[1.0, 4.0]]}}", "call MiB, forward GB/s, backward GB/s"),
+    ("elementwise_gb_s", "{gelu: {fp32: [[1.0, 4.0, -5.0]]}}", "> 0"),
+    ("elementwise_gb_s", "{gelu: {fp32: [[4.0, 4.0, 5.0], [1.0, 4.0, 5.0]]}}", "increasing call sizes"),
+    ("elementwise_gb_s", "{softmax: {fp32: [[1.0, 4.0, 5.0]]}}", "unknown kind"),
+    ("elementwise_gb_s", "{gelu: {fp16: [[1.0, 4.0, 5.0]]}}", "fp32 or bf16"),
+    ("attention_gflops", "{mha_d32: {fp32: [[256, 40.0]]}}", "sequence length, forward GFLOP/s, backward GFLOP/s"),
+    ("attention_gflops", "{mha_d32: {fp32: [[256, 40.0, 0.0]]}}", "> 0"),
+    ("attention_gflops", "{mha_d32: {fp32: [[256, 4.0, 5.0], [128, 4.0, 5.0]]}}", "increasing sequence lengths"),
+    ("attention_gflops", "{mha: {fp32: [[256, 4.0, 5.0]]}}", "unknown kind"),
+    ("attention_gflops", "{mqa_d32: {fp32: [[256, 4.0, 5.0]]}}", "unknown kind"),
 ])
-def test_malformed_elementwise_rates_name_the_field(results, value, reason):
+def test_malformed_rate_tables_name_the_field(results, key, value, reason):
     from planner.errors import InputError
     from planner.hardware import FrameworkSpec
 
@@ -560,7 +575,69 @@ def test_malformed_elementwise_rates_name_the_field(results, value, reason):
                                "op_backward_s": 1e-5, "op_optimizer_s": 1e-6})
     quiet["framework"] = _synthetic_framework(node, planted)
     data = yaml.safe_load(build_profile(quiet).to_yaml())
-    data["framework"]["elementwise_gb_s"] = yaml.safe_load(value)
+    data["framework"][key] = yaml.safe_load(value)
     with pytest.raises(InputError) as err:
         parse_profile(data, "p.yaml")
-    assert "framework.elementwise_gb_s" in str(err.value) and reason in str(err.value)
+    assert f"framework.{key}" in str(err.value) and reason in str(err.value)
+
+
+def _attention_rows(planted, gflops):
+    """executor.bench.attention rows a machine whose SDPA call runs at ``gflops(kind, d_head,
+    seq_len)`` (forward, backward GFLOP/s per counted forward FLOP) with ``planted``'s per-op
+    costs would give: counted FLOPs / rate + ops x cost, over two pooled calls."""
+    rows = []
+    for kind in ("mha", "gqa"):
+        for d_head in (32, 64):
+            for seq_len in (128, 256, 512):
+                batch, heads, calls = 1024 // seq_len, 256 // d_head, 2
+                flops = calls * 4.0 * batch * seq_len ** 2 * heads * d_head
+                for direction, rate, ops, op_s in (("forward", gflops(kind, d_head, seq_len)[0], 6, planted.op_forward_s),
+                                                   ("backward", gflops(kind, d_head, seq_len)[1], 9, planted.op_backward_s)):
+                    t = flops / (rate * 1e9) + ops * op_s
+                    rows.append({"kind": kind, "dtype": "fp32", "direction": direction, "d_head": d_head,
+                                 "heads": heads, "kv_heads": heads if kind == "mha" else heads // 4,
+                                 "seq_len": seq_len, "batch": batch, "calls": calls, "ops": ops,
+                                 "times_s": [t] * 5, "median_s": t, "cpu_ratio": 1.0, "inner": 1, "attempts": 1})
+    return rows
+
+
+def test_attention_rates_are_recovered_per_kind_width_and_length_and_written(results, tmp_path):
+    """Planted SDPA rates (per counted forward FLOP; GQA slower, wider heads and longer
+    sequences faster): calibrate takes the per-op cost off, keeps one point per length under
+    ``<kind>_d<width>``, and the profile reads back with them; a width between the measured ones
+    takes the nearer one's rates."""
+    from planner.hardware import FrameworkSpec
+
+    quiet = _quiet(results)
+    node = build_profile(quiet).node
+    planted = FrameworkSpec(**{**dict.fromkeys(FrameworkSpec.number_fields(), 0.0), "op_forward_s": 2e-6,
+                               "op_backward_s": 1.5e-6, "op_optimizer_s": 2.5e-6})
+
+    def gflops(kind, d_head, seq_len):
+        f = (60.0 if kind == "mha" else 45.0) * (d_head / 32) ** 0.3 * (seq_len / 256) ** 0.2
+        return f, 0.4 * f
+
+    fw_results = _synthetic_framework(node, planted)
+    fw_results["attention"] = _attention_rows(planted, gflops)
+    quiet["framework"] = fw_results
+    cal = build_profile(quiet)
+    got = cal.node.framework
+    assert sorted(k for k, _, _ in got.attention_rates) == ["gqa_d32", "gqa_d64", "mha_d32", "mha_d64"]
+    for kind in ("mha", "gqa"):
+        for d_head in (32, 64):
+            for seq_len in (128, 256, 512):
+                fwd, bwd = got.attention_rate(kind, d_head, "fp32", seq_len)
+                want_f, want_b = gflops(kind, d_head, seq_len)
+                assert fwd / 1e9 == pytest.approx(want_f, rel=1e-6) and bwd / 1e9 == pytest.approx(want_b, rel=1e-6)
+    assert got.attention_rate("mha", 40, "fp32", 256) == got.attention_rate("mha", 32, "fp32", 256)
+    assert got.attention_rate("mha", 56, "fp32", 256) == got.attention_rate("mha", 64, "fp32", 256)
+    assert got.attention_rate("gqa", 32, "fp32", 64) == got.attention_rate("gqa", 32, "fp32", 128)
+    assert got.attention_rate("gqa", 32, "bf16", 256) is None
+    path = tmp_path / "p.yaml"
+    path.write_text(cal.to_yaml())
+    text = path.read_text()
+    assert "attention_gflops:" in text and "attention core (the executor's causal SDPA call)" in text
+    back = load_profile(str(path)).framework
+    assert back.attention_rate("gqa", 64, "fp32", 300) == pytest.approx(got.attention_rate("gqa", 64, "fp32", 300),
+                                                                         rel=1e-5)
+

@@ -352,6 +352,28 @@ def test_elementwise_kinds_run_at_their_own_measured_rate():
         pytest.approx(predict(MODEL, ClusterSpec.homogeneous(_fw_node(1), 1), bf16).step_time_s, rel=1e-9)
 
 
+def test_the_attention_core_runs_at_the_measured_rate_of_its_kind_and_width():
+    """With a measured SDPA rate for the model's kind (MHA here) and head width, each block's
+    core takes its counted forward FLOPs over the forward and backward rates, in place of the
+    GEMM curve and softmax pass; a rate for the other kind (GQA) changes nothing."""
+    from planner.cost.flops import layer_forward_flops
+
+    cfg = _cfg(global_batch=8)  # 2 micro-batches of 4 x 256 tokens
+    d = f"mha_d{MODEL.d_head}"
+    rates = ((d, "fp32", ((128.0, 30e9, 12e9), (512.0, 60e9, 24e9))),)
+    slower = ((d, "fp32", ((128.0, 15e9, 6e9), (512.0, 30e9, 12e9))),)
+    base, fast, slow = (predict(MODEL, ClusterSpec.homogeneous(_fw_node(1, attention_rates=r), 1), cfg)
+                        for r in ((), rates, slower))
+    flops = layer_forward_flops(MODEL, 1024, 256).core
+    f_rate, b_rate = 30e9 * 2 ** 0.5, 12e9 * 2 ** 0.5  # 256: the geometric middle of 128 and 512
+    assert slow.step_time_s - fast.step_time_s == pytest.approx(
+        2 * MODEL.n_layers * (flops / f_rate + flops / b_rate), rel=1e-6)
+    assert fast.step_time_s != pytest.approx(base.step_time_s, rel=1e-3)
+    other = ((f"gqa_d{MODEL.d_head}", "fp32", rates[0][2]),)
+    assert predict(MODEL, ClusterSpec.homogeneous(_fw_node(1, attention_rates=other), 1), cfg).step_time_s == \
+        pytest.approx(base.step_time_s, rel=1e-12)
+
+
 def test_elementwise_rate_interpolates_in_log_log_between_sizes():
     spec = FrameworkSpec(**{**ZERO_FW, "elementwise_rates": (
         ("rope", "fp32", ((1e6, 8e9, 16e9), (4e6, 2e9, 4e9))),)})

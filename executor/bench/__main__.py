@@ -24,7 +24,7 @@ RSS_AFTER_IMPORT = rss_bytes()
 import torch.distributed as dist  # noqa: E402
 
 from executor.bench import SCHEMA  # noqa: E402
-from executor.bench import collectives, compute, elementwise, framework, timing  # noqa: E402
+from executor.bench import attention, collectives, compute, elementwise, framework, timing  # noqa: E402
 
 
 def _cpu_model() -> str:
@@ -130,13 +130,15 @@ def main(argv: list[str] | None = None) -> int:
             ops = framework.op_overhead_bench(reps=reps)
             _log("framework: element-wise work of the executor's code, per kind")
             ew = elementwise.elementwise_bench(quick=args.quick, reps=reps)
+            _log("framework: the attention core (causal SDPA), per kind, head width and length")
+            attn = attention.attention_bench(quick=args.quick, reps=reps)
         dist.barrier()
         if rank == 0:
             _log("framework: reference steps (plain, tp, ddp, zero1, fsdp)")
         ref = framework.reference_bench(quick=args.quick)
         if rank == 0:
             _log("framework: memory of training steps (fresh processes)")
-            result["framework"] = {"ops": ops, "elementwise": ew, "reference": ref,
+            result["framework"] = {"ops": ops, "elementwise": ew, "attention": attn, "reference": ref,
                                    "memory": framework.memory_bench()}
         dist.barrier()
 

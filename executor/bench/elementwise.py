@@ -104,6 +104,15 @@ def _case(kind: str, batch: int, dtype: torch.dtype, gen: torch.Generator):
     raise ValueError(f"unknown element-wise kind {kind!r}")
 
 
+def dtype_runs(quick: bool):
+    """(dtype name, torch dtype, the context it trains under) of each activation dtype timed:
+    fp32 only when ``quick``; bf16 under CPU autocast, as the executor trains it."""
+    for name in (("fp32",) if quick else tuple(DTYPES)):
+        dtype = DTYPES[name]
+        yield name, dtype, (torch.autocast("cpu", dtype=torch.bfloat16) if dtype == torch.bfloat16
+                            else contextlib.nullcontext())
+
+
 def elementwise_bench(*, quick: bool, reps: int) -> list[dict]:
     """Rows of (kind, dtype, direction, micro-batch, elements, calls, aten ops, samples) for every kind,
     dtype and micro-batch size of :data:`BATCHES` (``quick``: fp32 at :data:`QUICK_BATCHES`);
@@ -111,10 +120,7 @@ def elementwise_bench(*, quick: bool, reps: int) -> list[dict]:
     gen = torch.Generator().manual_seed(3)
     target_s = 0.01 if quick else 0.04
     out = []
-    for dtype_name in (("fp32",) if quick else tuple(DTYPES)):
-        dtype = DTYPES[dtype_name]
-        autocast = (torch.autocast("cpu", dtype=torch.bfloat16) if dtype == torch.bfloat16
-                    else contextlib.nullcontext())
+    for dtype_name, dtype, autocast in dtype_runs(quick):
         for kind in ELEMENTWISE_CLASSES:  # the add's backward runs no kernel: see the planner
             if kind == "adamw" and dtype_name != "fp32":
                 continue  # fp32 master weights and states in either precision

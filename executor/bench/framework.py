@@ -51,6 +51,10 @@ CONCURRENCY_REFERENCE = {"hidden_size": 256, "n_layers": 2, "seq_len": 256, "mic
 """The shape of the alone / at-once measurement: a working set (~40 MiB of activations per rank)
 beyond the last-level cache, where ranks sharing the host contend for memory bandwidth (at the
 small wrapper shape they do not measurably)."""
+REFERENCE_LLAMA = {"hidden_size": 256, "n_layers": 2, "seq_len": 128, "micro_batch": 8, "vocab_size": 512}
+"""The Llama-style plain step's shape (RMSNorm, SwiGLU, RoPE, GQA: element-wise kinds and an
+attention kind the GPT-style references do not run; the wide shape's size, not a sweep shape):
+one of the steps the in-step factors are fitted to."""
 MEMORY_BATCHES = (2, 8)
 """Batch sizes of the memory fit (slope: fragmentation, intercept: training overhead)."""
 
@@ -263,10 +267,11 @@ def _pipeline_runner(spec: ModelSpec, micro_batch: int):
     return run, par
 
 
-def _shape_inputs(shape: dict, gen: torch.Generator) -> tuple[ModelSpec, torch.Tensor, torch.Tensor]:
-    """The GPT-style reference model of a shape dict (:data:`REFERENCE` and the others) and one
-    micro-batch of random inputs and targets for it."""
-    spec = reference_spec("gpt", hidden=shape["hidden_size"], layers=shape["n_layers"], seq=shape["seq_len"],
+def _shape_inputs(shape: dict, gen: torch.Generator,
+                  style: str = "gpt") -> tuple[ModelSpec, torch.Tensor, torch.Tensor]:
+    """The reference model (GPT-style unless ``style`` says llama) of a shape dict
+    (:data:`REFERENCE` and the others) and one micro-batch of random inputs and targets for it."""
+    spec = reference_spec(style, hidden=shape["hidden_size"], layers=shape["n_layers"], seq=shape["seq_len"],
                           vocab=shape["vocab_size"])
     x = torch.randint(0, spec.vocab_size, (shape["micro_batch"], spec.seq_len), generator=gen)
     y = torch.randint(0, spec.vocab_size, (shape["micro_batch"], spec.seq_len), generator=gen)
@@ -275,8 +280,9 @@ def _shape_inputs(shape: dict, gen: torch.Generator) -> tuple[ModelSpec, torch.T
 
 def reference_bench(*, quick: bool) -> list[dict]:
     """The reference step plain (rank 0), TP=2, TP=2 with SP, DDP, ZeRO-1, FSDP2, a pp=2 1F1B
-    step, and plain, TP and DDP at the wider shape (2 ranks each), interleaved block by block
-    (:func:`_interleaved`); then the plain step alone / on both ranks at once."""
+    step, plain, TP and DDP at the wider shape (2 ranks each) and the Llama-style plain step
+    (rank 0), interleaved block by block (:func:`_interleaved`); then the plain step alone / on
+    both ranks at once."""
     from torch.distributed.device_mesh import init_device_mesh
 
     from executor.model import build_model
@@ -284,9 +290,11 @@ def reference_bench(*, quick: bool) -> list[dict]:
 
     rank, world = dist.get_rank(), dist.get_world_size()
     gen = torch.Generator().manual_seed(7 + rank)
-    ref, wref = REFERENCE, REFERENCE_WIDE
+    ref, wref, lref = REFERENCE, REFERENCE_WIDE, REFERENCE_LLAMA
     spec, x, y = _shape_inputs(ref, gen)
     wspec, wx, wy = _shape_inputs(wref, gen)
+    lspec, lx, ly = _shape_inputs(lref, gen, style="llama")
+    shapes = {"ref": (ref, spec, x, y), "wide": (wref, wspec, wx, wy), "llama": (lref, lspec, lx, ly)}
     mesh = init_device_mesh("cpu", (2,), mesh_dim_names=("x",)) if world == 2 else None
     # rounds, untimed warm-up steps, timed steps per block: reference shape, wide shape, pipeline
     rounds, warmup, (n_ref, n_wide, n_pp) = (1, 1, (3, 2, 2)) if quick else (8, 2, (5, 2, 3))
@@ -312,25 +320,26 @@ def reference_bench(*, quick: bool) -> list[dict]:
                                                                     reshard_after_forward=True))
 
     # (name, tp, dp, shape, build, this rank takes part, timed steps per block)
-    table = [("plain", 1, 1, ref, plain(spec), rank == 0, n_ref)]
+    table = [("plain", 1, 1, "ref", plain(spec), rank == 0, n_ref),
+             ("plain_llama", 1, 1, "llama", plain(lspec), rank == 0, n_wide)]
     if mesh is not None:
-        table += [("tp", 2, 1, ref, tp(spec, False), True, n_ref), ("tp_sp", 2, 1, ref, tp(spec, True), True, n_ref),
-                  ("ddp", 1, 2, ref, ddp(spec), True, n_ref), ("zero1", 1, 2, ref, zero1, True, n_ref),
-                  ("fsdp", 1, 2, ref, fsdp(spec), True, n_ref),
-                  ("plain_wide", 1, 1, wref, plain(wspec), rank == 0, n_wide),
-                  ("tp_wide", 2, 1, wref, tp(wspec, False), True, n_wide),
-                  ("ddp_wide", 1, 2, wref, ddp(wspec), True, n_wide),
-                  ("fsdp_wide", 1, 2, wref, fsdp(wspec), True, n_wide),
+        table += [("tp", 2, 1, "ref", tp(spec, False), True, n_ref), ("tp_sp", 2, 1, "ref", tp(spec, True), True, n_ref),
+                  ("ddp", 1, 2, "ref", ddp(spec), True, n_ref), ("zero1", 1, 2, "ref", zero1, True, n_ref),
+                  ("fsdp", 1, 2, "ref", fsdp(spec), True, n_ref),
+                  ("plain_wide", 1, 1, "wide", plain(wspec), rank == 0, n_wide),
+                  ("tp_wide", 2, 1, "wide", tp(wspec, False), True, n_wide),
+                  ("ddp_wide", 1, 2, "wide", ddp(wspec), True, n_wide),
+                  ("fsdp_wide", 1, 2, "wide", fsdp(wspec), True, n_wide),
                   # the plain steps on both ranks at once (no communication), in the same rounds
                   # as the wrappers: what two ranks computing together cost in this spell
-                  ("plain_both", 1, 1, ref, plain(spec), True, n_ref),
-                  ("plain_wide_both", 1, 1, wref, plain(wspec), True, n_wide)]
+                  ("plain_both", 1, 1, "ref", plain(spec), True, n_ref),
+                  ("plain_wide_both", 1, 1, "wide", plain(wspec), True, n_wide)]
     cases, meta = {}, {}
-    for name, tp_deg, dp_deg, shape, build, active, steps in table:
-        xs, ys = (x, y) if shape is ref else (wx, wy)
+    for name, tp_deg, dp_deg, shape_name, build, active, steps in table:
+        shape, model_spec, xs, ys = shapes[shape_name]
         cases[name] = (_step_runner(build, xs, ys, active=active, tp=tp_deg), steps)
         meta[name] = {"case": name, "tp": tp_deg, "dp": dp_deg,
-                      "model": (spec if shape is ref else wspec).to_dict(), "reference": dict(shape)}
+                      "model": model_spec.to_dict(), "reference": dict(shape)}
     if mesh is not None:
         # the pipeline runtime: whole pp=2 1F1B steps of the reference model
         run, par = _pipeline_runner(spec, ref["micro_batch"])

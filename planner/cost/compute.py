@@ -10,9 +10,11 @@ On CPU profiles (``device.host_cores > 0``) ranks of one host share cores: every
 by ``min(1, host_cores / ranks_per_node)`` (measured in DESIGN.md: 4 ranks on 2 cores run at half),
 GEMMs use the profile's efficiency curve of their own dtype (``DeviceSpec.matmul_curve``), and the
 CPU flash-attention kernel pays one element-wise pass over the scores for its online softmax.
-With a calibrated ``framework:`` section each phase's compute (not the per-op costs) is scaled by
-the profile's in-step factor, ``FrameworkSpec.step_scale``: the executor's own plain step
-measured against these rates at the calibration's reference shapes.
+With a calibrated ``framework:`` section the attention core runs at the measured rate of the
+executor's own SDPA call where the profile has one (``FrameworkSpec.attention_rate``), and each
+phase's compute (not the per-op costs) is scaled by the profile's in-step factor,
+``FrameworkSpec.step_scale``: the executor's own plain step measured against these rates at the
+calibration's reference shapes.
 """
 from __future__ import annotations
 
@@ -70,6 +72,21 @@ class Rates:
         t_compute = flops * self.gemm_concurrent / (peak * eff * self.share)
         t_memory = bytes_moved * self.concurrent / (self.mem_bw * self.share)
         return (t_compute if t_compute > t_memory else t_memory) + self.overhead_s
+
+    def attention_core(self, model: ModelSpec, seq_len: float, flops: float) -> tuple[float, float] | None:
+        """(forward, backward) time of an attention core of ``flops`` counted forward FLOPs at
+        the framework's measured rate of the executor's own SDPA call (kind, head width,
+        dtype, length: :meth:`FrameworkSpec.attention_rate`); its tiles are GEMMs, so ranks at
+        once slow it as they slow the GEMMs. None where the profile has no such rate."""
+        if self.framework is None:
+            return None
+        kind = "gqa" if model.n_kv_heads < model.n_heads else "mha"
+        dtype = "fp32" if self.attention_dtype == "fp32" else "bf16"
+        rate = self.framework.attention_rate(kind, model.d_head, dtype, seq_len)
+        if rate is None:
+            return None
+        scale = self.gemm_concurrent / self.share
+        return flops * scale / rate[0], flops * scale / rate[1]
 
     def memory(self, bytes_moved: float, kernels: int = 1) -> float:
         return bytes_moved * self.concurrent / (self.mem_bw * self.share) + kernels * self.overhead_s
@@ -174,7 +191,10 @@ def layer_times(model: ModelSpec, micro_batch: int, seq_len: int, tp: int, cp: i
     heads = model.n_heads / tp
     d = model.d_head
     core_flops = layer_forward_flops(model, T, seq_len).core / tp
-    if runtime.attention == "flash":
+    measured_core = rates.attention_core(model, seq_len, core_flops) if runtime.attention == "flash" else None
+    if measured_core is not None:  # the executor's own SDPA call, timed by calibrate
+        core_f, core_b = measured_core
+    elif runtime.attention == "flash":
         # fused kernel; reads Q, K, V, writes O (no s x s traffic). Backward recomputes the
         # scores: 5 matmuls vs 2 forward (Dao et al. 2022, Alg. 2/4) -> 2.5x forward FLOPs.
         io = bpe * T * (q + 2 * kv) / tp * (1 + cp - 1) + bpe * T * q / tp
