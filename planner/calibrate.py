@@ -40,8 +40,7 @@ import yaml
 from planner.errors import InputError, require
 from planner.hardware import (_FRAMEWORK_YAML, RATE_TABLES, GB, GIB, MICRO, TERA, DeviceSpec,
                               EfficiencyCurve, FrameworkSpec, LinkSpec, MeasuredCollective, NodeSpec, PROFILES_DIR,
-                              RateTable,
-                              parse_profile)
+                              RateTable, parse_profile)
 from planner.io import atomic_write_text, read_json_object
 
 SCHEMA = "clusterplan-bench/1"  # executor.bench.SCHEMA (not imported: that package imports torch)

@@ -687,7 +687,6 @@ RATE_TABLES = (
               f"{' or '.join(ATTENTION_CLASSES)} and the head width, as mha_d64", 1.0, GIGA, "sequence lengths",
               "[sequence length, forward GFLOP/s, backward GFLOP/s]"),
 )
-ELEMENTWISE_YAML_KEY = RATE_TABLES[0].yaml_key
 
 
 def _parse_rate_table(table: RateTable, data: Any) -> tuple[tuple[str, str, tuple[tuple[float, float, float], ...]], ...]:

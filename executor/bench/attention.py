@@ -74,9 +74,8 @@ def attention_bench(*, quick: bool, reps: int) -> list[dict]:
                             with counter:
                                 fn()
                             s = measure(fn, reps=reps, target_s=target_s)
-                            heads = Q_DIM // d_head
                             out.append({"kind": kind, "dtype": dtype_name, "direction": direction,
-                                        "d_head": d_head, "heads": heads, "kv_heads": inputs[1].shape[1],
+                                        "d_head": d_head, "heads": inputs[0].shape[1], "kv_heads": inputs[1].shape[1],
                                         "seq_len": seq_len, "batch": inputs[0].shape[0], "calls": calls,
                                         "ops": counter.n, **s.to_dict()})
     return out
