@@ -1003,6 +1003,60 @@ def _constant_and_per_byte(values: dict, prefix: str, narrow: tuple, wide: tuple
     return ", ".join(words)
 
 
+PIPELINE_1F1B_CASES = ("pp", "pp_wide")
+"""The pp=2 1F1B reference steps (reference and wide shape) the pipelining runtime is fitted to."""
+
+
+def _fit_pipeline(refs: dict, node: NodeSpec, values: dict) -> list[str]:
+    """Fit the executor's pipelining runtime (:func:`planner.cost.framework.pipeline_actions`)
+    to the pp=2 reference steps, setting ``values``; returns the fit in words.
+
+    The cost model's step is linear in the runtime's terms (makespan of fixed task orders),
+    each slope from a trial value: with 1F1B steps at two shapes the per-action constant
+    ``pp_action_s`` and the proportional ``pp_compute_slowdown`` are the non-negative least-squares
+    solution (scipy ``nnls``; one shape: the constant alone); then the zero-bubble step's
+    residual over its split backward's slope gives ``zb_split_slowdown``."""
+    from scipy.optimize import nnls
+
+    from planner.cost.step import predict
+    from planner.hardware import ClusterSpec
+    from planner.model import ModelSpec
+    from planner.plan import ParallelConfig
+
+    fr = FrameworkSpec(**values)
+
+    def step_s(case: str, **terms: float) -> float:
+        par = ParallelConfig.from_dict(refs[case]["parallel"])
+        n = dataclasses.replace(node, framework=dataclasses.replace(fr, **terms))
+        model = ModelSpec.from_dict(refs[case]["model"])
+        return predict(model, ClusterSpec.homogeneous(n.with_gpus_per_node(par.world_size), 1), par).step_time_s
+
+    zero = {"pp_action_s": 0.0, "pp_compute_slowdown": 0.0, "zb_split_slowdown": 0.0}
+    cases = [c for c in PIPELINE_1F1B_CASES if c in refs]
+    rows, residuals, words = [], [], []
+    for case in cases:
+        p0 = step_s(case, **zero)
+        per_action = (step_s(case, **{**zero, "pp_action_s": 1e-3}) - p0) / 1e-3
+        per_slowdown = (step_s(case, **{**zero, "pp_compute_slowdown": 0.1}) - p0) / 0.1
+        rows.append([per_action, per_slowdown if len(cases) > 1 else 0.0])
+        residuals.append(refs[case]["step_s"] - p0)
+        words.append(f"{case}: measured {refs[case]['step_s'] * 1e3:.2f} ms, cost model {p0 * 1e3:.2f} ms "
+                     "without the pipelining runtime")
+    (action_s, slowdown), _ = nnls(np.array(rows), np.array(residuals))
+    values["pp_action_s"], values["pp_compute_slowdown"] = float(action_s), float(slowdown)
+    lines = [f"pp=2 1F1B ({'; '.join(words)}): {1e6 * action_s:.0f} us per schedule action + "
+             f"{100 * slowdown:.1f}% of its work"]
+    if "pp_zb" in refs:
+        fitted = {"pp_action_s": values["pp_action_s"], "pp_compute_slowdown": values["pp_compute_slowdown"]}
+        p0 = step_s("pp_zb", **fitted, zb_split_slowdown=0.0)
+        slope = (step_s("pp_zb", **fitted, zb_split_slowdown=0.1) - p0) / 0.1
+        values["zb_split_slowdown"] = max(0.0, (refs["pp_zb"]["step_s"] - p0) / slope) if slope > 0 else 0.0
+        lines.append(f"pp=2 zero bubble: measured {refs['pp_zb']['step_s'] * 1e3:.2f} ms, cost model "
+                     f"{p0 * 1e3:.2f} ms with a fused backward's cost; split backward "
+                     f"+{100 * values['zb_split_slowdown']:.1f}% of the fused one")
+    return lines
+
+
 CONCURRENCY_PAIRS = (("reference shape", "plain", "plain_both"),
                      ("wide shape", "plain_wide", "plain_wide_both"),
                      ("concurrency shape", "plain_alone_interleaved", "plain_concurrent"))
@@ -1352,25 +1406,7 @@ def build_framework(fw_results: dict, node: NodeSpec) -> tuple[FrameworkSpec, di
     if ddp_line:
         lines.append(ddp_line)
     if "pp" in refs:
-        # the pipelining runtime: the pp=2 1F1B reference step beyond everything above, per
-        # action; the cost model's step is linear in it (slope k from a trial value)
-        from planner.cost.step import predict
-        from planner.hardware import ClusterSpec
-
-        pr = refs["pp"]
-        par = ParallelConfig.from_dict(pr["parallel"])
-        fr = FrameworkSpec(**values)
-
-        def pp_step(action_s: float) -> float:
-            n = dataclasses.replace(node, framework=dataclasses.replace(fr, pp_action_s=action_s))
-            return predict(model, ClusterSpec.homogeneous(n.with_gpus_per_node(par.world_size), 1), par).step_time_s
-
-        p0 = pp_step(0.0)
-        k = (pp_step(1e-3) - p0) / 1e-3
-        values["pp_action_s"] = max(0.0, (pr["step_s"] - p0) / k)
-        lines.append(f"pp=2 1F1B, {par.num_micro_batches} micro-batches: step measured {pr['step_s'] * 1e3:.2f} ms, "
-                     f"cost model {p0 * 1e3:.2f} ms without the pipelining runtime; "
-                     f"{1e6 * values['pp_action_s']:.0f} us per schedule action")
+        lines += _fit_pipeline(refs, node, values)
     else:
         defaults.append("pp")
     # memory: fit RSS growth = (1 + frag) * tensors + overhead on the two batch sizes
@@ -1405,7 +1441,11 @@ def build_framework(fw_results: dict, node: NodeSpec) -> tuple[FrameworkSpec, di
     comments["framework.ddp_grad_us_per_mib"] = "DDP dp=2 reference step residual per MiB of gradients (header)"
     comments["framework.ddp_param_us"] = ("per parameter tensor: the intercept of that residual at two widths "
                                           "(header)")
-    comments["framework.pp_action_us"] = "pp=2 1F1B reference step residual per schedule action (header)"
+    comments["framework.pp_action_us"] = ("pp=2 1F1B reference steps at two shapes: residual per schedule "
+                                          "action (intercept; header)")
+    comments["framework.pp_compute_slowdown"] = "the same residual's part proportional to each action's work"
+    comments["framework.zb_split_slowdown"] = ("pp=2 zero-bubble reference step: split backward over the fused "
+                                               "one, minus one (header)")
     comments["framework.tp_linear_forward_us_per_mib"] = ("growth of that per MiB of the module's activation, "
                                                           "from the TP reference at two widths (header)")
     comments["framework.sp_block_forward_us"] = "TP=2+SP reference residual beyond the TP modules / blocks (header)"

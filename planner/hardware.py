@@ -234,7 +234,16 @@ class FrameworkSpec:
     pp_action_s: ``torch.distributed.pipelining``'s own cost per schedule action (one forward,
         backward or weight-gradient step of one micro-batch on one stage: the stage's input
         and output bookkeeping, ``autograd.backward`` on the stage outputs, posting its
-        sends / receives), from a pp=2 1F1B reference step; optional (0).
+        sends / receives); the constant part, from pp=2 1F1B reference steps at two shapes;
+        optional (0).
+    pp_compute_slowdown: how much longer a stage's work takes inside a pipeline action than
+        the same work in the plain step, minus one (the part of the pipelining runtime's cost
+        that grows with the action: its autograd calls on the stage outputs, the stage's inputs
+        and outputs kept and freed per micro-batch); with ``pp_action_s`` the slope and
+        intercept of the 1F1B reference residual at two shapes; optional (0).
+    zb_split_slowdown: the zero-bubble schedule's split backward (input gradients, then weight
+        gradients from the retained graph) over the fused backward of the same stage, minus
+        one, from a pp=2 zero-bubble reference step; optional (0).
     ddp_grad_s_per_byte: DDP's reducer beyond its all-reduce time, per gradient byte per step
         (bucketing, and the gloo transfer's own CPU work, which with every core running a rank
         comes out of compute); optional (0).
@@ -308,6 +317,8 @@ class FrameworkSpec:
     tp_linear_forward_s_per_byte: float = 0.0
     tp_linear_backward_s_per_byte: float = 0.0
     pp_action_s: float = 0.0
+    pp_compute_slowdown: float = 0.0
+    zb_split_slowdown: float = 0.0
     ddp_grad_s_per_byte: float = 0.0
     ddp_param_s: float = 0.0
     fsdp_unit_forward_s_per_byte: float = 0.0
@@ -498,6 +509,8 @@ _FRAMEWORK_YAML: dict[str, tuple[str, float]] = {
     "tp_linear_forward_s_per_byte": ("tp_linear_forward_us_per_mib", MICRO / 2**20),
     "tp_linear_backward_s_per_byte": ("tp_linear_backward_us_per_mib", MICRO / 2**20),
     "pp_action_s": ("pp_action_us", MICRO),
+    "pp_compute_slowdown": ("pp_compute_slowdown", 1.0),
+    "zb_split_slowdown": ("zb_split_slowdown", 1.0),
     "ddp_grad_s_per_byte": ("ddp_grad_us_per_mib", MICRO / 2**20),
     "ddp_param_s": ("ddp_param_us", MICRO),
     "fsdp_unit_forward_s_per_byte": ("fsdp_unit_forward_us_per_mib", MICRO / 2**20),
@@ -506,6 +519,7 @@ _FRAMEWORK_YAML: dict[str, tuple[str, float]] = {
 _FRAMEWORK_OPTIONAL = {"concurrent_slowdown", "concurrent_gemm_slowdown", "sp_block_forward_s",
                        "sp_block_backward_s",
                        "tp_linear_forward_s_per_byte", "tp_linear_backward_s_per_byte", "pp_action_s",
+                       "pp_compute_slowdown", "zb_split_slowdown",
                        "ddp_grad_s_per_byte", "ddp_param_s", "fsdp_unit_forward_s_per_byte",
                        "fsdp_unit_backward_s_per_byte", "step_forward_slowdown", "step_backward_slowdown",
                        "step_optimizer_slowdown"}

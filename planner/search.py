@@ -800,12 +800,8 @@ class _Search:
         F[-1] += lc.head_f
         B[-1] += lc.head_bi
         W[-1] += lc.head_w
-        if self.costs.fw is not None and pp > 1:  # the pipelining runtime, as _stage_times adds it
-            action = self.costs.rates.ops(1, self.costs.fw.pp_action_s)
-            F = [x + action for x in F]
-            B = [x + action for x in B]
-            if sched == "zb":  # W is its own action (the other schedules fold it into B)
-                W = [x + action for x in W]
+        if pp > 1:  # the pipelining runtime, as _stage_times adds it
+            F, B, W = fw.pipeline_actions(F, B, W, self.costs.fw, self.costs.rates, sched)
         best = 0.0
         pre = 0.0
         if sched == "zb":

@@ -187,11 +187,12 @@ def _quiet(results):
     return quiet
 
 
-def _synthetic_framework(node, planted, wide: bool = False, concurrency: bool = False):
+def _synthetic_framework(node, planted, wide: bool = False, concurrency: bool = False, pipeline: bool = False):
     """Bench results a machine with the ``planted`` FrameworkSpec would give: op timings from
     counts, reference steps as the cost model predicts them with the planted costs, memory as
     (1 + fragmentation) * tensors + overhead; with ``concurrency`` the plain step also on both
-    ranks at once at the reference, wide and concurrency shapes."""
+    ranks at once at the reference, wide and concurrency shapes; with ``pipeline`` the pp=2 steps
+    (1F1B at the reference and wide shapes, zero bubble at the wide one) as predicted."""
     import dataclasses as dc
 
     from planner.calibrate import _reference_prediction
@@ -249,6 +250,20 @@ def _synthetic_framework(node, planted, wide: bool = False, concurrency: bool = 
                           "median_s": _reference_prediction(lmodel, dc.replace(node, framework=planted)
                                                             .with_gpus_per_node(1), cfg),
                           "cpu_ratio": 1.0, "steps": 5})
+    if pipeline:
+        from planner.cost.step import predict
+        from planner.hardware import ClusterSpec
+
+        wmodel = dc.replace(model, name="ref-wide", hidden_size=256, ffn_hidden_size=1024)
+        for case, m, shape, schedule in (("pp", model, ref, "1f1b"), ("pp_wide", wmodel, wref, "1f1b"),
+                                         ("pp_zb", wmodel, wref, "zb")):
+            b = shape["micro_batch"]
+            par = ParallelConfig(pp=2, micro_batch=b, global_batch=4 * b, seq_len=128, precision="fp32",
+                                 schedule=schedule)
+            n = dc.replace(node, framework=planted).with_gpus_per_node(2)
+            reference.append({"case": case, "tp": 1, "dp": 1, "model": m.to_dict(), "reference": shape,
+                              "micro_batches": 4, "parallel": par.to_dict(), "steps": 3,
+                              "step_s": predict(m, ClusterSpec.homogeneous(n, 1), par).step_time_s})
     no_mem = dc.replace(planted, fragmentation_fraction=0.0, training_overhead_bytes=0.0)
     memory = []
     for b in (2, 8):
@@ -402,6 +417,37 @@ def test_concurrency_fit_is_robust_to_one_outlying_pair(results):
         return abs(f.concurrent_gemm_slowdown - 0.12) + abs(f.concurrent_slowdown - 0.3)
     assert off(robust) < 0.8 * off(plain), (off(robust), off(plain))
     assert any("concurrency shape" in line for line in lines)
+
+
+def test_framework_recovers_the_pipelining_runtime_from_the_pp_steps(results, tmp_path):
+    """1F1B at two shapes separate the per-action constant from the part proportional to the
+    action's work; the zero-bubble step then gives the split backward's extra share; all three
+    are written to the profile and read back."""
+    from planner.hardware import FrameworkSpec
+
+    quiet = _quiet(results)
+    node = build_profile(quiet).node
+    planted = FrameworkSpec(op_forward_s=4e-6, op_backward_s=3e-6, op_optimizer_s=2.5e-6,
+                            tp_linear_forward_s=0.0, tp_linear_backward_s=0.0, tp_optimizer_param_s=0.0,
+                            fsdp_unit_forward_s=0.0, fsdp_unit_backward_s=0.0, fsdp_optimizer_param_s=0.0,
+                            zero1_param_s=0.0, fragmentation_fraction=0.1, training_overhead_bytes=1e6,
+                            pp_action_s=400e-6, pp_compute_slowdown=0.08, zb_split_slowdown=0.12)
+    quiet["framework"] = _synthetic_framework(node, planted, pipeline=True)
+    cal = build_profile(quiet)
+    got = cal.node.framework
+    for f in ("pp_action_s", "pp_compute_slowdown", "zb_split_slowdown"):
+        assert getattr(got, f) == pytest.approx(getattr(planted, f), rel=1e-3), f
+    path = tmp_path / "p.yaml"
+    path.write_text(cal.to_yaml())
+    back = load_profile(str(path)).framework
+    for f in ("pp_action_s", "pp_compute_slowdown", "zb_split_slowdown"):
+        assert getattr(back, f) == pytest.approx(getattr(got, f), rel=1e-5), f
+    # the reference-shape 1F1B step alone: the whole residual is read as the per-action constant
+    quiet["framework"]["reference"] = [r for r in quiet["framework"]["reference"]
+                                       if r["case"] not in ("pp_wide", "pp_zb")]
+    alone = build_profile(quiet).node.framework
+    assert alone.pp_compute_slowdown == 0.0 and alone.zb_split_slowdown == 0.0
+    assert alone.pp_action_s > planted.pp_action_s
 
 
 def test_framework_residuals_below_zero_clip_to_zero(results):

@@ -270,6 +270,35 @@ def test_pipelining_runtime_pays_its_cost_on_every_schedule_action():
             == pytest.approx(predict(MODEL, ClusterSpec.homogeneous(_fw_node(2), 1), flat).step_time_s, rel=1e-12))
 
 
+def test_pipelining_runtime_slows_each_action_by_its_fraction():
+    """pp=2 1F1B, equal stages: a slowdown f of every action's work adds f (m + p - 1)(F + B),
+    i.e. f times the pipelined part of the step (the optimizer and the hops stay)."""
+    cfg = _cfg(pp=2, micro_batch=2, global_batch=8, schedule="1f1b")
+    t0 = predict(MODEL, ClusterSpec.homogeneous(_fw_node(2), 1), cfg)
+    t1 = predict(MODEL, ClusterSpec.homogeneous(_fw_node(2, pp_compute_slowdown=0.1), 1), cfg)
+    pipelined = t0.step_time_s - t0.time.optimizer_s - t0.time.pp_s
+    assert t1.step_time_s - t0.step_time_s == pytest.approx(0.1 * pipelined, rel=0.05)
+
+
+def test_zero_bubble_first_stage_runs_its_whole_backward_as_w_and_others_pay_the_split():
+    """The executor's first stage has no input gradient: its B holds only the runtime's per-action
+    cost and its W the fused backward; a later stage's W carries the split's extra share of its
+    fused backward; 1F1B folds W into B and never pays the split."""
+    from planner.cost.compute import make_rates
+
+    spec = FrameworkSpec(**{**ZERO_FW, "pp_action_s": 1e-3, "pp_compute_slowdown": 0.5, "zb_split_slowdown": 0.2})
+    rates = make_rates(_node().device, "fp32", 2, spec)
+    a = rates.ops(1, 1e-3)
+    assert a > 0
+    f, b, w = fw.pipeline_actions([10.0, 20.0], [4.0, 6.0], [3.0, 5.0], spec, rates, "zb")
+    assert f == pytest.approx([15 + a, 30 + a])
+    assert b == pytest.approx([a, 9 + a])
+    assert w == pytest.approx([1.5 * 7 + a, 1.5 * (5 + 0.2 * 11) + a])
+    f, b, w = fw.pipeline_actions([10.0, 20.0], [4.0, 6.0], [3.0, 5.0], spec, rates, "1f1b")
+    assert b == pytest.approx([6 + a, 9 + a]) and w == pytest.approx([4.5, 7.5])
+    assert fw.pipeline_actions([1.0], [2.0], [3.0], None, rates, "zb") == ([1.0], [2.0], [3.0])
+
+
 def test_executor_ddp_reducer_costs_per_gradient_byte_only_where_ddp_runs():
     cl = lambda **kw: ClusterSpec.homogeneous(_fw_node(2, **kw), 1)  # noqa: E731
     ddp = _cfg(dp=2)

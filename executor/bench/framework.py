@@ -19,8 +19,10 @@ What ``planner.calibrate`` turns into the profile's ``framework:`` section:
   and FSDP2's cost per unit are each a constant plus a per-byte part. The plain step also runs
   on both ranks at once at both shapes (``plain_both``, ``plain_wide_both``): with the alone /
   at-once pair below, what two ranks computing together cost (GEMMs and the rest apart).
-* a pp=2 1F1B step of the reference model through the executor's own ``Trainer`` (whole
-  steps): what ``torch.distributed.pipelining`` costs per schedule action.
+* pp=2 steps through the executor's own ``Trainer`` (whole steps): 1F1B at the reference and
+  the wide shape (what ``torch.distributed.pipelining`` costs per schedule action, a constant
+  and a part growing with the action's work) and zero bubble at the wide shape (what its split
+  backward costs over the fused one).
 * memory: fresh processes (``python -m executor.bench.memstep``) run real training steps of
   the reference model at two batch sizes and report the CPU allocator's peak live tensor bytes
   (what the executor reports on CPU) and the RSS high-water minus the baseline.
@@ -238,20 +240,23 @@ def _time_concurrency(build, x, y, *, steps: int, warmup: int, blocks: int) -> t
 
 
 PP_MICRO_BATCHES = 4
-"""Micro-batches of the pipeline reference (pp=2, 1F1B, at :data:`REFERENCE`)."""
+"""Micro-batches of the pipeline references (pp=2)."""
+PIPELINE_CASES = (("pp", "ref", "1f1b"), ("pp_wide", "wide", "1f1b"), ("pp_zb", "wide", "zb"))
+"""(case, shape, schedule) of the pp=2 pipeline reference steps."""
+PIPELINE_NAMES = tuple(case for case, _, _ in PIPELINE_CASES)
 
 
-def _pipeline_runner(spec: ModelSpec, micro_batch: int):
+def _pipeline_runner(spec: ModelSpec, micro_batch: int, schedule: str = "1f1b"):
     """(runner, parallel config) of whole training steps of the executor's own ``Trainer`` on
-    a pp=2 1F1B plan of ``spec`` (every rank of the 2-rank world); the runner returns the
-    step's wall seconds, as ``executor`` records a step."""
+    a pp=2 plan of ``spec`` under ``schedule`` (every rank of the 2-rank world); the runner
+    returns the step's wall seconds, as ``executor`` records a step."""
     from executor.data import Batches
     from executor.mesh import build_mesh
     from executor.train import Trainer
     from planner.plan import ParallelConfig, Plan
 
     par = ParallelConfig(pp=2, micro_batch=micro_batch, global_batch=PP_MICRO_BATCHES * micro_batch,
-                         seq_len=spec.seq_len, precision="fp32", schedule="1f1b")
+                         seq_len=spec.seq_len, precision="fp32", schedule=schedule)
     plan = Plan(model=spec, hardware="local-cpu", n_nodes=1, gpus_per_node=2, parallel=par)
     trainer = Trainer(plan, build_mesh(par, "cpu"), dist.get_rank(), torch.device("cpu"))
     batches = Batches(spec.vocab_size, par.global_batch, par.seq_len, seed=0)
@@ -279,8 +284,8 @@ def _shape_inputs(shape: dict, gen: torch.Generator,
 
 
 def reference_bench(*, quick: bool) -> list[dict]:
-    """The reference step plain (rank 0), TP=2, TP=2 with SP, DDP, ZeRO-1, FSDP2, a pp=2 1F1B
-    step, plain, TP and DDP at the wider shape (2 ranks each) and the Llama-style plain step
+    """The reference step plain (rank 0), TP=2, TP=2 with SP, DDP, ZeRO-1, FSDP2, pp=2 steps
+    (1F1B at two shapes, zero bubble), plain, TP and DDP at the wider shape (2 ranks each) and the Llama-style plain step
     (rank 0), interleaved block by block (:func:`_interleaved`); then the plain step alone / on
     both ranks at once."""
     from torch.distributed.device_mesh import init_device_mesh
@@ -341,15 +346,19 @@ def reference_bench(*, quick: bool) -> list[dict]:
         meta[name] = {"case": name, "tp": tp_deg, "dp": dp_deg,
                       "model": model_spec.to_dict(), "reference": dict(shape)}
     if mesh is not None:
-        # the pipeline runtime: whole pp=2 1F1B steps of the reference model
-        run, par = _pipeline_runner(spec, ref["micro_batch"])
-        cases["pp"] = (run, n_pp)
-        meta["pp"] = {"case": "pp", "tp": 1, "dp": 1, "model": spec.to_dict(), "reference": dict(ref),
-                      "micro_batches": PP_MICRO_BATCHES, "parallel": par.to_dict()}
+        # the pipeline runtime: whole pp=2 steps, 1F1B at the reference and the wide shape (a
+        # per-action constant and a part growing with the action's work), zero bubble at the
+        # wide shape (its split backward)
+        for name, shape_name, schedule in PIPELINE_CASES:
+            shape, model_spec = shapes[shape_name][:2]
+            run, par = _pipeline_runner(model_spec, shape["micro_batch"], schedule)
+            cases[name] = (run, n_pp)
+            meta[name] = {"case": name, "tp": 1, "dp": 1, "model": model_spec.to_dict(), "reference": dict(shape),
+                          "micro_batches": PP_MICRO_BATCHES, "parallel": par.to_dict()}
     rows = _interleaved(cases, rounds=rounds, warmup=warmup)
     out = []
     for name, steps in rows.items():
-        if name == "pp":
+        if name in PIPELINE_NAMES:
             walls = [max(r[0][0] for r in row) for row in steps]
             out.append({**meta[name], "step_s": statistics.median(walls), "steps": len(walls)})
         else:

@@ -259,6 +259,33 @@ def zb_pending_weight_passes(pp: int, num_micro_batches: int) -> tuple[int, ...]
     return tuple(min(r, max(0, num_micro_batches - 1)) for r in range(pp))
 
 
+def pipeline_actions(fwd_s: list[float], bwd_s: list[float], w_s: list[float], framework, rates,
+                     schedule: str) -> tuple[list[float], list[float], list[float]]:
+    """Per virtual stage, the (forward, backward-input, weight-gradient) action times under the
+    executor's pipelining runtime (``torch.distributed.pipelining``) from the stages' work at the
+    plain step's rates (backward-input and weight-gradient work apart): each action costs
+    ``1 + pp_compute_slowdown`` times its work plus ``pp_action_s`` (the runtime's bookkeeping).
+
+    Zero bubble (the weight-gradient pass W is an action of its own): the first stage's input
+    needs no gradient, so its B does nothing and its W runs the whole (fused) backward; every
+    other stage splits it (``stage_backward_input``, then ``stage_backward_weight`` walking the
+    retained graph again), which costs ``zb_split_slowdown`` of the fused backward more, booked
+    on W. Other schedules fold W into B. Without a framework section (GPU profiles) the work is
+    returned unchanged. ``predict`` and the search's bound both use it."""
+    if framework is None:
+        return fwd_s, bwd_s, w_s
+    scale = 1.0 + framework.pp_compute_slowdown
+    action = rates.ops(1, framework.pp_action_s)
+    fwd = [scale * f + action for f in fwd_s]
+    if schedule != "zb":
+        return fwd, [scale * b + action for b in bwd_s], [scale * w for w in w_s]
+    split = framework.zb_split_slowdown
+    bwd = [action] + [scale * b + action for b in bwd_s[1:]]
+    wgt = [scale * (bwd_s[0] + w_s[0]) + action] + [scale * (w + split * (b + w)) + action
+                                                     for b, w in zip(bwd_s[1:], w_s[1:])]
+    return fwd, bwd, wgt
+
+
 def executor_in_flight(framework, schedule: str, pp: int, num_micro_batches: int,
                        counted: tuple[int, ...]) -> tuple[int, ...]:
     """The in-flight counts the memory model uses: the executor's zero-bubble graphs

@@ -217,13 +217,8 @@ def _stage_times(model: ModelSpec, node: NodeSpec, P: ParallelConfig, runtime: R
         fwd_s.append(f)
         bwd_s.append(bi)
         w_s.append(w)
-    if node.framework is not None and pp > 1:
-        # the executor's pipelining runtime pays its per-action cost on every F, B (and W)
-        action = rates.ops(1, node.framework.pp_action_s)
-        fwd_s = [f + action for f in fwd_s]
-        bwd_s = [bi + action for bi in bwd_s]
-        if P.schedule == "zb":
-            w_s = [w + action for w in w_s]
+    if pp > 1:  # the executor's pipelining runtime on every F, B (and W) action
+        fwd_s, bwd_s, w_s = fw.pipeline_actions(fwd_s, bwd_s, w_s, node.framework, rates, P.schedule)
     if P.schedule == "zb":
         sched_b, sched_w = bwd_s, w_s
     else:
