@@ -19,8 +19,7 @@ from __future__ import annotations
 import torch
 
 from executor.bench.elementwise import ELEMENTWISE_POOL_BYTES, dtype_runs
-from executor.bench.framework import OpCounter
-from executor.bench.timing import measure
+from executor.bench.framework import counted_timing
 from executor.model import attention_core
 from planner.hardware import ATTENTION_CLASSES
 
@@ -70,12 +69,8 @@ def attention_bench(*, quick: bool, reps: int) -> list[dict]:
                         timed = {"forward": forward,
                                  "backward": lambda: torch.autograd.grad(ys, inputs, grads, retain_graph=True)}
                         for direction, fn in timed.items():
-                            counter = OpCounter()
-                            with counter:
-                                fn()
-                            s = measure(fn, reps=reps, target_s=target_s)
                             out.append({"kind": kind, "dtype": dtype_name, "direction": direction,
                                         "d_head": d_head, "heads": inputs[0].shape[1], "kv_heads": inputs[1].shape[1],
                                         "seq_len": seq_len, "batch": inputs[0].shape[0], "calls": calls,
-                                        "ops": counter.n, **s.to_dict()})
+                                        **counted_timing(fn, reps=reps, target_s=target_s)})
     return out

@@ -24,8 +24,7 @@ import contextlib
 import torch
 import torch.nn.functional as F
 
-from executor.bench.framework import OpCounter
-from executor.bench.timing import measure
+from executor.bench.framework import counted_timing
 from executor.model import RMSNorm, apply_rope, rope_tables
 from planner.hardware import ELEMENTWISE_CLASSES
 
@@ -137,12 +136,7 @@ def elementwise_bench(*, quick: bool, reps: int) -> list[dict]:
                         timed["backward"] = (lambda ys=ys, inputs=inputs, grads=grads:
                                              torch.autograd.grad(ys, inputs, grads, retain_graph=True))
                     for direction, fn in timed.items():
-                        counter = OpCounter()
-                        with counter:
-                            fn()
-                        s = measure(fn, reps=reps, target_s=target_s)
                         out.append({"kind": kind, "dtype": dtype_name, "direction": direction,
                                     "micro_batch": batch, "elements": elements, "calls": calls,
-                                    "ops": counter.n,
-                                    **s.to_dict()})
+                                    **counted_timing(fn, reps=reps, target_s=target_s)})
     return out

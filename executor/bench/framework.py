@@ -41,6 +41,7 @@ import torch
 import torch.distributed as dist
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from executor.bench.timing import measure
 from planner.model import ModelSpec
 
 REFERENCE = {"hidden_size": 128, "n_layers": 2, "seq_len": 128, "micro_batch": 4, "vocab_size": 512}
@@ -87,6 +88,16 @@ class OpCounter(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         self.n += 1
         return func(*args, **(kwargs or {}))
+
+
+def counted_timing(fn, *, reps: int, target_s: float) -> dict:
+    """One call of ``fn`` under :class:`OpCounter`, then ``fn`` timed (``timing.measure``): the
+    timing's fields with ``ops``, the aten ops one call dispatches (the per-op cost calibrate
+    takes off the element-wise and attention benches' times)."""
+    counter = OpCounter()
+    with counter:
+        fn()
+    return {"ops": counter.n, **measure(fn, reps=reps, target_s=target_s).to_dict()}
 
 
 def _phases(model, opt, x, y, loss_fn, loss_context=contextlib.nullcontext, before_step=None):
