@@ -99,6 +99,26 @@ SWEEP: tuple[SweepPlan, ...] = (
 
 
 # ----- running --------------------------------------------------------------------------------
+class SweepError(Exception):
+    """A step of the sweep that cannot go on (a calibration that failed)."""
+
+
+def calibrate_pass(repeat: int, profile: str | Path, results: str | Path, quick: bool = False) -> float:
+    """``clusterplan calibrate --repeat REPEAT --out PROFILE --save-results RESULTS [--quick]`` in
+    a subprocess (its progress on this terminal); returns its seconds."""
+    import subprocess
+
+    t0 = time.perf_counter()
+    Path(profile).parent.mkdir(parents=True, exist_ok=True)
+    cmd = ["calibrate", "--repeat", str(repeat), "--out", str(profile), "--save-results", str(results)]
+    cmd += ["--quick"] if quick else []
+    print(f"calibrating: clusterplan {' '.join(cmd)}", flush=True)
+    proc = subprocess.run([sys.executable, "-m", "planner.cli", *cmd], cwd=ROOT)
+    if proc.returncode != 0:
+        raise SweepError(f"calibrate failed (exit {proc.returncode})")
+    return time.perf_counter() - t0
+
+
 def prepare(entries, profile: str, plan_dir: Path):
     """Predict every entry and save its plan (prediction inside) before anything runs."""
     from planner.model import load_model
@@ -215,6 +235,23 @@ def _step_s(summary) -> float | None:
     return ((summary or {}).get("measured") or {}).get("step_time_s")
 
 
+def _error_pct(summary) -> float | None:
+    """(predicted - measured) / measured of a run's step time, percent; None without both."""
+    meas = _step_s(summary)
+    pred = ((summary or {}).get("predicted") or {}).get("step_time_s")
+    return None if not meas or pred is None else 100.0 * (pred - meas) / meas
+
+
+def median_run(runs: list):
+    """Of one plan's runs (one per round, each as :func:`run_all` keeps them) the one with the
+    median error (the lower middle for an even count), among those with an error; the first run
+    when none has one. With the same prediction in every round that is the median step time; with
+    a prediction per round (``--calibrate-each-round``) the plan's error is the median of its
+    rounds' errors."""
+    measured = sorted((r for r in runs if _error_pct(r[1]) is not None), key=lambda r: _error_pct(r[1]))
+    return measured[(len(measured) - 1) // 2] if measured else runs[0]
+
+
 def round_order(todo: list, k: int) -> list:
     """Round k's order of the plans: the list as given (round 1), reversed (round 2), then a
     fixed shuffle per round (seeded by k, so a rerun keeps the order)."""
@@ -228,27 +265,30 @@ def round_order(todo: list, k: int) -> list:
     return order
 
 
-def run_rounds(todo, out_dir: Path, rounds: int, steps: int, warmup: int, wait_s: float = 0.0, log=print):
+def run_rounds(todo, out_dir: Path, rounds: int, steps: int, warmup: int, wait_s: float = 0.0, log=print,
+               before_round=None):
     """Run the whole list ``rounds`` times, one round after the other (so a burst of load from
     outside hits one run of a plan, not all of them), each round under ``out_dir/round{k}``
     (``out_dir`` itself for one round) and in its own order (:func:`round_order`: a slow spell
     of the machine lasting minutes then falls on different plans in each round, not on the
-    same neighbours). Per plan the run with the median step time over the rounds that
-    measured one is kept. Returns (results as :func:`run_all`, {name: step times of every
-    round})."""
+    same neighbours). ``before_round(k)``, when given, returns round k's list (the same plans,
+    predicted anew just before the round). Per plan the run of :func:`median_run` is kept.
+    Returns (results as :func:`run_all`, {name: step times of every round}, {name: errors (%)
+    of every round})."""
     per_round = []
     for k in range(1, rounds + 1):
         if rounds > 1:
             log(f"round {k}/{rounds}")
-        per_round.append(run_all(round_order(todo, k), out_dir / f"round{k}" if rounds > 1 else out_dir, steps,
+        todo_k = before_round(k) if before_round else todo
+        per_round.append(run_all(round_order(todo_k, k), out_dir / f"round{k}" if rounds > 1 else out_dir, steps,
                                  warmup, wait_s, log=log))
-    results, times = {}, {}
+    results, times, errors = {}, {}, {}
     for e, _, _ in todo:
         runs = [r[e.name] for r in per_round]
-        measured = sorted((x for x in runs if _step_s(x[1]) is not None), key=lambda x: _step_s(x[1]))
-        results[e.name] = measured[(len(measured) - 1) // 2] if measured else runs[0]
+        results[e.name] = median_run(runs)
         times[e.name] = [_step_s(x[1]) for x in runs]
-    return results, times
+        errors[e.name] = [_error_pct(x[1]) for x in runs]
+    return results, times, errors
 
 
 # ----- search check ---------------------------------------------------------------------------
@@ -270,7 +310,7 @@ def search_check(profile: str, out_dir: Path, steps: int, warmup: int, wait_s: f
         entry = SweepPlan(f"rank{i}-{plan.id}", L, {})
         todo.append((entry, plan, plan.save(out_dir / "search" / "plans" / f"{entry.name}.json")))
     log("search check: its top five plans")
-    results, times = run_rounds(todo, out_dir / "search", rounds, steps, warmup, wait_s, log=log)
+    results, times, _ = run_rounds(todo, out_dir / "search", rounds, steps, warmup, wait_s, log=log)
     rows = []
     for i, (entry, plan, _) in enumerate(todo, 1):
         run_dir, summary = results[entry.name][:2]
@@ -454,7 +494,7 @@ SPEED_BAND = 0.05
 """Runs whose machine speed was within this fraction of the calibration's count as 'near'."""
 
 
-def speed_lines(df, reference_flops: float | None) -> list[str]:
+def speed_lines(df, reference_flops: float | None, per_round: bool = False) -> list[str]:
     """Report lines on the machine's drift: the speed probe before each kept run against the
     calibration's, and the step-time error of the ok runs made near the calibrated speed apart
     from the others (a diagnostic: the targets count every ok run)."""
@@ -472,9 +512,10 @@ def speed_lines(df, reference_flops: float | None) -> list[str]:
             return "none"
         e = sub["error_pct"].abs()
         return f"{len(sub)}, median \\|error\\| {e.median():.1f}% (worst {e.max():.1f}%)"
+    there = "median over the rounds' passes, each run against its own round's" if per_round else "there"
     return [f"Machine speed (drift since the profile was measured): just before each run the sweep timed "
             f"one thread's fp32 GEMM (the calibration's one-rank contention GEMM, {reference_flops / 1e9:.1f} "
-            f"GFLOP/s there; `machine_speed_flops`). Over the world size ≤ 2 runs kept it was "
+            f"GFLOP/s {there}; `machine_speed_flops`). Over the world size ≤ 2 runs kept it was "
             f"x{ratio.median():.2f} the calibration's (range x{ratio.min():.2f}–x{ratio.max():.2f}; per plan in "
             f"the last column). Runs made within ±{100 * SPEED_BAND:.0f}% of the calibrated speed: "
             f"{errors(near)}; the others: {errors(far)}. The predictions never see this probe.", ""]
@@ -500,7 +541,7 @@ def _round_spread(df, names: dict, round_times: dict) -> tuple[float, float] | N
 
 def write_reports(comp, names: dict, results: dict, search: dict | None, report: Path, args, t_total: float,
                   busy_before: list[str], profiles: list[dict] = (), round_times: dict | None = None,
-                  profiles_start: list[dict] = ()) -> None:
+                  profiles_start: list[dict] = (), round_errors: dict | None = None) -> None:
     from planner.io import atomic_write_text
     from planner.report import plot_breakdown, plot_scatter
 
@@ -519,9 +560,18 @@ def write_reports(comp, names: dict, results: dict, search: dict | None, report:
     df["others_cores"] = [others(d) for d in df["run_dir"]]
     df["speed_flops"] = [(results[names[d]][4] or [math.nan])[-1] if d in names else math.nan
                          for d in df["run_dir"]]
-    reference = calibrated_speed_flops(getattr(args, "calibration_results", None) or Path(args.report).with_name(
-        Path(args.profile).stem + "-calibration.json"))
-    df["speed_vs_calibration"] = df["speed_flops"] / reference if reference else math.nan
+    if getattr(args, "calibrate_each_round", False):
+        # each run against the calibration pass its prediction came from (in its round's folder)
+        per_run = [calibrated_speed_flops(Path(d).parent / "calibration.json") for d in df["run_dir"]]
+        df["speed_vs_calibration"] = [f / r if r else math.nan for f, r in zip(df["speed_flops"], per_run)]
+        known = [r for r in per_run if r]
+        reference = statistics.median(known) if known else None
+    else:
+        reference = calibrated_speed_flops(getattr(args, "calibration_results", None) or Path(args.report).with_name(
+            Path(args.profile).stem + "-calibration.json"))
+        df["speed_vs_calibration"] = df["speed_flops"] / reference if reference else math.nan
+    df["rounds_error_pct"] = [" / ".join(_fmt(x, "+.1f") for x in (round_errors or {}).get(n, []))
+                              for n in df["name"]]
     small = df[df["world_size"].astype(float) <= 2]
     big = df[df["world_size"].astype(float) == 4]
     st_small, st_big, st_all = _stats(small), _stats(big), _stats(df)
@@ -541,18 +591,32 @@ def write_reports(comp, names: dict, results: dict, search: dict | None, report:
                           ("steps", 8), ("warmup", 3), ("rounds", 3), ("calibrate", 0)):
         if getattr(args, flag) != default:
             cmd += f" --{flag.replace('_', '-')} {getattr(args, flag)}"
+    each_round = getattr(args, "calibrate_each_round", False)
+    if each_round:
+        cmd += " --calibrate-each-round"
+    if getattr(args, "quick_calibration", False):
+        cmd += " --quick-calibration"
+        pass_min = " / ".join(f"{t / 60:.1f}" for t in getattr(args, "pass_s", []))
+        profile_note = (f"measured by this sweep, one pass just before each round (`clusterplan calibrate "
+                        f"--out {args.out_dir}/round<k>/profile.yaml --save-results …/calibration.json`, "
+                        f"{pass_min} min): each round's plans were predicted from their own round's pass. "
+                        f"`{args.profile}` is the median over the passes (what `calibrate --repeat {args.rounds}` "
+                        f"writes; raw results in `{args.calibration_results}`) and serves the search check below")
+    elif getattr(args, "calibrated_s", None):
+        profile_note = (f"measured by this sweep just before its first run: `clusterplan calibrate --repeat "
+                        f"{args.calibrate} --save-results {args.calibration_results}`, {args.calibrated_s / 60:.0f} min")
+    else:
+        profile_note = "`clusterplan calibrate`"
     L_ = ["# Local validation: predicted vs measured on this machine", "",
           f"Regenerate: `{cmd}` (≈{t_total / 60:.0f} min; runs under `{args.out_dir}/`, git-ignored).", "",
-          f"Profile: `{args.profile}` ("
-          + (f"measured by this sweep just before its first run: `clusterplan calibrate --repeat {args.calibrate} "
-             f"--save-results {args.calibration_results}`, {args.calibrated_s / 60:.0f} min"
-             if getattr(args, "calibrated_s", None) else "`clusterplan calibrate`")
-          + "). Each plan was predicted from it and the "
+          f"Profile: `{args.profile}` ({profile_note}). Each plan was predicted from "
+          + ("its round's profile" if each_round else "it") + " and the "
           "prediction stored in the plan file *before* it ran with "
           f"`clusterplan run PLAN --steps {args.steps} --warmup {args.warmup}`, the whole list {args.rounds} "
           "time(s), round after round (round 1 in the listed order, round 2 reversed, later rounds shuffled, so a slow spell "
           "of the machine falls on different plans each round); the measured step time is the median over the measured steps of the "
-          "slowest rank's wall time, of the round with the median such time (all rounds in 'rounds (s)'); memory is the largest rank's peak "
+          "slowest rank's wall time, of the round with the median error (all rounds in 'rounds (s)' with their errors; with one "
+          "prediction for all rounds that is the round of the median time); memory is the largest rank's peak "
           "of live bytes in the CPU tensor allocator from model build through two warm-up steps (the CPU "
           "counterpart of `torch.cuda.max_memory_allocated`; executor/README.md) against the predicted "
           "per-rank peak. Precision fp32, gloo, "
@@ -585,7 +649,7 @@ def write_reports(comp, names: dict, results: dict, search: dict | None, report:
         L_ += [f"Run-to-run spread (the noise floor of these numbers): per plan, (slowest − fastest round) / "
                f"median round; over the world size ≤ 2 plans its median is {spread[0]:.1f}% and its largest "
                f"{spread[1]:.1f}% (the same plan, minutes apart, on this shared machine).", ""]
-    L_ += speed_lines(small, reference)
+    L_ += speed_lines(small, reference, each_round)
     L_ += ["## Search check", ""]
     if search is None:
         L_ += ["`planner.search` was not available when this report was made: not checked.", ""]
@@ -615,7 +679,8 @@ def write_reports(comp, names: dict, results: dict, search: dict | None, report:
                   f"{_fmt(r['others_cores'], '.1f')} | "
                   f"{_fmt(r['predicted_step_time_s'], '.4f')} | {_fmt(r['measured_step_time_s'], '.4f')} "
                   f"[{_fmt(r['measured_step_time_s_p10'], '.3f')}–{_fmt(r['measured_step_time_s_p90'], '.3f')}] | "
-                  f"{' / '.join(_fmt(t, '.3f') for t in (round_times or {}).get(r['name'], []))} | "
+                  f"{' / '.join(_fmt(t, '.3f') for t in (round_times or {}).get(r['name'], []))}"
+                  f"{' (' + r['rounds_error_pct'] + ')' if r['rounds_error_pct'] else ''} | "
                   f"{_fmt(r['error_pct'], '+.1f')}% | {_fmt(r['predicted_peak_memory_bytes'] / 2**20, '.1f')} | "
                   f"{_fmt(r['measured_peak_memory_bytes'] / 2**20, '.1f')} | {_fmt(r['memory_error_pct'], '+.1f')}% | "
                   f"{ph('forward')} | {ph('backward')} | {ph('optimizer')} | {ph('comm_bubble')} | "
@@ -675,16 +740,21 @@ def main(argv=None) -> int:
     ap.add_argument("--reuse", action="store_true", help="keep existing ok runs of the same plan id (one round)")
     ap.add_argument("--calibrate", type=int, default=0, metavar="REPEAT",
                     help="first run `clusterplan calibrate --repeat REPEAT --out PROFILE` (0: use the profile as it is)")
+    ap.add_argument("--calibrate-each-round", action="store_true",
+                    help="one calibration pass just before each round, the round's plans predicted from it; "
+                         "PROFILE is then the median over the passes")
+    ap.add_argument("--quick-calibration", action="store_true",
+                    help="calibrate with `--quick` (a smoke run of the sweep, not a validation)")
     ap.add_argument("--rounds", type=int, default=3,
                     help="run the list this many times, one round after another; per plan the median run")
     ap.add_argument("--wait-quiet", type=float, default=20.0,
                     help="before each run wait up to this many seconds for other processes to go idle")
     args = ap.parse_args(argv)
+    t_start = time.perf_counter()
     if args.rounds < 1 or (args.reuse and args.rounds != 1):
         print("local_sweep: error: --rounds must be >= 1 (and 1 with --reuse)", file=sys.stderr)
         return 2
     if args.op_profile:
-        import json
         print(json.dumps(op_profile(args.op_profile[0], int(args.op_profile[1]))))
         return 0
     os.chdir(ROOT)  # relative paths (plans, run folders, report) are the repository's
@@ -697,31 +767,45 @@ def main(argv=None) -> int:
     if args.calibrate < 0:
         print("local_sweep: error: --calibrate must be >= 0", file=sys.stderr)
         return 2
-    args.calibrated_s = None
-    if args.calibrate and not args.predict_only:
-        t_cal = time.perf_counter()
-        import subprocess
-        # the raw results go next to the report, so `calibrate --from-results` rebuilds the profile
-        args.calibration_results = str(Path(args.report).with_name(Path(args.profile).stem + "-calibration.json"))
-        print(f"calibrating: clusterplan calibrate --repeat {args.calibrate} --out {args.profile} "
-              f"--save-results {args.calibration_results}", flush=True)
-        proc = subprocess.run([sys.executable, "-m", "planner.cli", "calibrate", "--repeat", str(args.calibrate),
-                               "--out", args.profile, "--save-results", args.calibration_results], cwd=ROOT)
-        if proc.returncode != 0:
-            print(f"local_sweep: error: calibrate failed (exit {proc.returncode})", file=sys.stderr)
-            return 2
-        args.calibrated_s = time.perf_counter() - t_cal
-    try:
-        load_profile(args.profile)
-    except InputError as err:
-        print(f"local_sweep: error: {err} (run `clusterplan calibrate` first)", file=sys.stderr)
+    if args.calibrate_each_round and (args.calibrate or args.reuse):
+        print("local_sweep: error: --calibrate-each-round goes without --calibrate and --reuse", file=sys.stderr)
         return 2
+    # the raw results go next to the report, so `calibrate --from-results` rebuilds the profile
+    args.calibration_results = str(Path(args.report).with_name(Path(args.profile).stem + "-calibration.json"))
+    args.calibrated_s = None
+    out_dir = Path(args.out_dir)
     entries = SWEEP
     if args.only:
         want = set(args.only.split(","))
         entries = tuple(e for e in SWEEP if e.name in want)
-    out_dir = Path(args.out_dir)
-    prepared = prepare(entries, args.profile, out_dir / "plans")
+    before_round = None
+    try:
+        if args.calibrate_each_round and not args.predict_only:
+            args.pass_s = []
+
+            def round_dir(k: int) -> Path:
+                return out_dir / f"round{k}" if args.rounds > 1 else out_dir
+
+            def calibrated_round(k: int) -> list:
+                """Round k's plans, predicted from a calibration pass made just before it."""
+                profile, results = round_dir(k) / "profile.yaml", round_dir(k) / "calibration.json"
+                args.pass_s.append(calibrate_pass(1, profile, results, quick=args.quick_calibration))
+                return prepare(entries, str(profile), round_dir(k) / "plans")
+
+            prepared = calibrated_round(1)
+            before_round = lambda k: prepared if k == 1 else calibrated_round(k)  # noqa: E731
+        else:
+            if args.calibrate and not args.predict_only:
+                args.calibrated_s = calibrate_pass(args.calibrate, args.profile, args.calibration_results,
+                                                   quick=args.quick_calibration)
+            load_profile(args.profile)
+            prepared = prepare(entries, args.profile, out_dir / "plans")
+    except InputError as err:
+        print(f"local_sweep: error: {err} (run `clusterplan calibrate` first)", file=sys.stderr)
+        return 2
+    except SweepError as err:
+        print(f"local_sweep: error: {err}", file=sys.stderr)
+        return 2
     if args.predict_only:
         for e, plan, _ in prepared:
             print(f"{e.name:<20} ws{plan.world_size} {plan.parallel.megatron_notation():<32} "
@@ -730,7 +814,7 @@ def main(argv=None) -> int:
     busy_before = busy_processes()
     print(f"local sweep: {len(prepared)} plans, profile {args.profile}, {len(busy_before)} other busy processes, "
           f"others use {_fmt(cpu_busy_cores(1.0), '.1f')} cores now", flush=True)
-    t0 = time.perf_counter()
+    t0 = t_start if args.calibrate_each_round else time.perf_counter()  # the report's total: with its passes
     from planner.records import read_summary
 
     if args.reuse:
@@ -743,9 +827,25 @@ def main(argv=None) -> int:
     else:
         todo = list(prepared)
     # the op profile before the first round too: with the one after the last, the machine's drift
-    profiles_start = [] if args.no_op_profile else op_profiles(args.profile, log=lambda s: print(s, flush=True))
-    results, round_times = run_rounds(todo, out_dir, args.rounds, args.steps, args.warmup, args.wait_quiet,
-                                      log=lambda s: print(s, flush=True))
+    start_profile = prepared[0][1].hardware if args.calibrate_each_round and prepared else args.profile
+    profiles_start = [] if args.no_op_profile else op_profiles(start_profile, log=lambda s: print(s, flush=True))
+    try:
+        results, round_times, round_errors = run_rounds(todo, out_dir, args.rounds, args.steps, args.warmup,
+                                                        args.wait_quiet, log=lambda s: print(s, flush=True),
+                                                        before_round=before_round)
+    except SweepError as err:
+        print(f"local_sweep: error: {err}", file=sys.stderr)
+        return 2
+    if args.calibrate_each_round:
+        # the profile the search check, the op profile and the committed file use: the median
+        # over the rounds' passes, i.e. what `calibrate --repeat ROUNDS` would have written
+        from planner.calibrate import calibrate, combine_passes, load_results
+        from planner.io import atomic_write_text
+
+        passes = [load_results((out_dir / f"round{k}" if args.rounds > 1 else out_dir) / "calibration.json")
+                  for k in range(1, args.rounds + 1)]
+        atomic_write_text(args.calibration_results, json.dumps(combine_passes(passes), indent=1, sort_keys=True) + "\n")
+        calibrate(results_path=args.calibration_results, out=args.profile)
     for e, plan, _ in prepared:
         if e.name not in results:
             results[e.name] = (out_dir / e.name, read_summary(out_dir / e.name), 1, [], [])
@@ -758,7 +858,7 @@ def main(argv=None) -> int:
     names = {str(results[e.name][0]): e.name for e, _, _ in prepared}
     report = Path(args.report)
     write_reports(comp, names, results, search, report, args, time.perf_counter() - t0, busy_before, profiles,
-                  round_times, profiles_start)
+                  round_times, profiles_start, round_errors)
     st = comp.stats
     print(f"wrote {report}  (all ok runs: median |err| {_fmt(st['median_abs_error_pct'], '.1f')}%, "
           f"max {_fmt(st['max_abs_error_pct'], '.1f')}%, spearman {_fmt(st['spearman'], '.3f')})")

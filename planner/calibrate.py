@@ -660,6 +660,15 @@ def common_matmul_shapes(passes: list[dict]) -> list[dict]:
     return [{**p, "matmul": [r for r in p["matmul"] if _matmul_key(r) in common]} for p in passes]
 
 
+def combine_passes(passes: list[dict]) -> dict:
+    """Benchmark passes as one result (what ``calibrate --repeat N`` records): the element-wise
+    median over the GEMM shapes every pass measured (:func:`common_matmul_shapes`,
+    :func:`median_results`), with the passes kept under ``passes`` when there are several."""
+    passes = common_matmul_shapes(passes)
+    results = median_results(passes)
+    return {**results, "repeat": len(passes), "passes": passes} if len(passes) > 1 else results
+
+
 def _pass_spread_lines(passes: list[dict], name: str, gpus_per_node: int | None) -> list[str]:
     """Header lines: the main numbers of each pass, so the profile shows the machine's drift."""
     rows = []
@@ -695,10 +704,7 @@ def calibrate(nproc: int = 4, *, quick: bool = False, out: str | os.PathLike | N
             if progress and repeat > 1:
                 progress(f"pass {i + 1}/{repeat}")
             passes.append(run_benchmarks(nproc, quick=quick, progress=progress))
-        passes = common_matmul_shapes(passes)
-        results = median_results(passes)
-        if repeat > 1:
-            results = {**results, "repeat": repeat, "passes": passes}
+        results = combine_passes(passes)
     if save_results:
         atomic_write_text(save_results, json.dumps(results, indent=1, sort_keys=True) + "\n")
     cal = build_profile(results, name=name, gpus_per_node=gpus_per_node)

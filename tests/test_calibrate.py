@@ -162,7 +162,7 @@ def test_matmul_bench_stops_a_dtype_at_its_time_budget():
 
 def test_repeated_passes_keep_the_gemm_shapes_every_pass_measured(results):
     """A pass that stopped a dtype one shape earlier: the medians are over the common shapes."""
-    from planner.calibrate import common_matmul_shapes, median_results
+    from planner.calibrate import combine_passes, common_matmul_shapes, median_results
 
     short = copy.deepcopy(results)
     short["matmul"] = short["matmul"][:-1]
@@ -171,6 +171,11 @@ def test_repeated_passes_keep_the_gemm_shapes_every_pass_measured(results):
     merged = median_results(passes)
     assert merged["matmul"] == results["matmul"][:-1]
     build_profile(merged)
+    # what `calibrate --repeat 3` records (and the sweep builds from one pass per round)
+    combined = combine_passes([copy.deepcopy(results), short, copy.deepcopy(results)])
+    assert combined["repeat"] == 3 and len(combined["passes"]) == 3
+    assert combined["matmul"] == results["matmul"][:-1]
+    assert combine_passes([results]) is results
 
 
 # ----- framework section: the executor's building blocks -------------------------------------

@@ -59,3 +59,46 @@ def test_calibrated_speed_reads_the_one_rank_contention_gemm(sweep, tmp_path):
     path.write_text('{"contention": [{"ranks": 1, "per_rank": [{"flops_per_s": 5e10}]}]}')
     assert sweep.calibrated_speed_flops(path) == 5e10
     assert sweep.calibrated_speed_flops(tmp_path / "missing.json") is None
+
+
+def _run(pred_s: float | None, meas_s: float | None, tag: str):
+    summary = {"measured": {"step_time_s": meas_s}, "predicted": {"step_time_s": pred_s}}
+    return (f"runs/{tag}", summary, 1, [], [])
+
+
+def test_median_run_keeps_the_round_with_the_median_error(sweep):
+    # per-round predictions (a calibration pass per round): errors +10%, -20%, +0%
+    runs = [_run(1.1, 1.0, "a"), _run(0.8, 1.0, "b"), _run(2.0, 2.0, "c")]
+    assert sweep.median_run(runs)[0] == "runs/c"
+    # one prediction for all rounds: the median error is the median step time
+    runs = [_run(1.0, 1.3, "slow"), _run(1.0, 0.9, "fast"), _run(1.0, 1.1, "mid")]
+    assert sweep.median_run(runs)[0] == "runs/mid"
+    # a round without a measurement does not count; none measured: the first run
+    assert sweep.median_run([_run(1.0, None, "x"), _run(1.0, 1.2, "y")])[0] == "runs/y"
+    assert sweep.median_run([_run(1.0, None, "x"), _run(None, 1.0, "z")])[0] == "runs/x"
+
+
+def test_run_rounds_predicts_each_round_anew_and_keeps_its_median_error(sweep, monkeypatch, tmp_path):
+    """``before_round(k)`` supplies round k's plans (re-predicted from that round's calibration);
+    the kept run carries its own round's prediction."""
+    entry = sweep.SweepPlan("p", "tiny-gpt", {})
+    measured = {1: 1.0, 2: 1.5, 3: 1.2}       # the machine slows down, then recovers a little
+    predicted = {1: 1.0, 2: 1.8, 3: 1.08}      # each round's own calibration
+    called = []
+
+    def before_round(k):
+        called.append(k)
+        return [(entry, predicted[k], None)]
+
+    def fake_run_all(todo, out_dir, steps, warmup, wait_s, log=print):
+        (e, pred, _), = todo
+        k = int(out_dir.name.removeprefix("round"))
+        return {e.name: _run(pred, measured[k], f"round{k}")}
+
+    monkeypatch.setattr(sweep, "run_all", fake_run_all)
+    results, times, errors = sweep.run_rounds([(entry, None, None)], tmp_path, 3, 1, 0, log=lambda s: None,
+                                              before_round=before_round)
+    assert called == [1, 2, 3]
+    assert times["p"] == [1.0, 1.5, 1.2]
+    assert [round(x, 6) for x in errors["p"]] == [0.0, 20.0, -10.0]
+    assert results["p"][0] == "runs/round1"   # the median error (0%), not the median time (1.2 s, round 3)
