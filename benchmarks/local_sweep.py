@@ -2,7 +2,8 @@
 
     .venv/bin/python benchmarks/local_sweep.py [--profile hardware_profiles/local-cpu.yaml]
         [--out-dir runs/local-sweep] [--report reports/local-validation.md] [--steps 8 --warmup 3]
-        [--rounds 3] [--calibrate REPEAT] [--only NAME,NAME] [--no-search] [--predict-only]
+        [--rounds 3] [--calibrate REPEAT | --calibrate-each-round] [--only NAME,NAME] [--no-search]
+        [--predict-only]
 
 For every plan of :data:`SWEEP` (two model shapes, world sizes 1, 2 and 4, dp / tp / sp / pp with
 four schedules, DDP / ZeRO-1 / ZeRO-2 / FSDP, recompute none / selective / full, micro-batch
@@ -15,7 +16,12 @@ load from outside this process hits one round of a plan, rarely all). Then
 search check runs the top five plans of one ``planner.search.search`` on this machine.
 ``--calibrate REPEAT`` first measures the profile itself (``clusterplan calibrate --repeat REPEAT``)
 and keeps the raw results next to the report (``<profile stem>-calibration.json``), from which
-``clusterplan calibrate --from-results`` rebuilds the profile.
+``clusterplan calibrate --from-results`` rebuilds the profile. ``--calibrate-each-round`` instead
+measures one calibration pass just before each round and predicts that round's plans from it (the
+predictions still come before the runs, from a calibration, never from the runs; on a shared VM
+whose speed drifts by 10% within the half hour of a sweep they come from the machine's state of a
+few minutes before rather than half an hour before); each plan keeps its round of median error,
+and the profile written is the median over the passes (what ``calibrate --repeat ROUNDS`` writes).
 
 Writes ``reports/local-validation.md`` (+ ``.csv``, ``local-validation-scatter.png``,
 ``local-validation-breakdown.png``); run outputs stay under ``--out-dir`` (git-ignored).
@@ -539,6 +545,21 @@ def _round_spread(df, names: dict, round_times: dict) -> tuple[float, float] | N
     return (statistics.median(per_plan), max(per_plan)) if per_plan else None
 
 
+def profile_source(args) -> str:
+    """The report's words on where the profile came from (the sweep's calibration mode)."""
+    if getattr(args, "calibrate_each_round", False):
+        pass_min = " / ".join(f"{t / 60:.1f}" for t in getattr(args, "pass_s", []))
+        return (f"measured by this sweep, one pass just before each round (`clusterplan calibrate "
+                f"--out {args.out_dir}/round<k>/profile.yaml --save-results …/calibration.json`, "
+                f"{pass_min} min): each round's plans were predicted from their own round's pass. "
+                f"`{args.profile}` is the median over the passes (what `calibrate --repeat {args.rounds}` "
+                f"writes; raw results in `{args.calibration_results}`) and serves the search check below")
+    if getattr(args, "calibrated_s", None):
+        return (f"measured by this sweep just before its first run: `clusterplan calibrate --repeat "
+                f"{args.calibrate} --save-results {args.calibration_results}`, {args.calibrated_s / 60:.0f} min")
+    return "`clusterplan calibrate`"
+
+
 def write_reports(comp, names: dict, results: dict, search: dict | None, report: Path, args, t_total: float,
                   busy_before: list[str], profiles: list[dict] = (), round_times: dict | None = None,
                   profiles_start: list[dict] = (), round_errors: dict | None = None) -> None:
@@ -592,21 +613,11 @@ def write_reports(comp, names: dict, results: dict, search: dict | None, report:
         if getattr(args, flag) != default:
             cmd += f" --{flag.replace('_', '-')} {getattr(args, flag)}"
     each_round = getattr(args, "calibrate_each_round", False)
-    if each_round:
-        cmd += " --calibrate-each-round"
     if getattr(args, "quick_calibration", False):
         cmd += " --quick-calibration"
-        pass_min = " / ".join(f"{t / 60:.1f}" for t in getattr(args, "pass_s", []))
-        profile_note = (f"measured by this sweep, one pass just before each round (`clusterplan calibrate "
-                        f"--out {args.out_dir}/round<k>/profile.yaml --save-results …/calibration.json`, "
-                        f"{pass_min} min): each round's plans were predicted from their own round's pass. "
-                        f"`{args.profile}` is the median over the passes (what `calibrate --repeat {args.rounds}` "
-                        f"writes; raw results in `{args.calibration_results}`) and serves the search check below")
-    elif getattr(args, "calibrated_s", None):
-        profile_note = (f"measured by this sweep just before its first run: `clusterplan calibrate --repeat "
-                        f"{args.calibrate} --save-results {args.calibration_results}`, {args.calibrated_s / 60:.0f} min")
-    else:
-        profile_note = "`clusterplan calibrate`"
+    if each_round:
+        cmd += " --calibrate-each-round"
+    profile_note = profile_source(args)
     L_ = ["# Local validation: predicted vs measured on this machine", "",
           f"Regenerate: `{cmd}` (≈{t_total / 60:.0f} min; runs under `{args.out_dir}/`, git-ignored).", "",
           f"Profile: `{args.profile}` ({profile_note}). Each plan was predicted from "

@@ -102,3 +102,18 @@ def test_run_rounds_predicts_each_round_anew_and_keeps_its_median_error(sweep, m
     assert times["p"] == [1.0, 1.5, 1.2]
     assert [round(x, 6) for x in errors["p"]] == [0.0, 20.0, -10.0]
     assert results["p"][0] == "runs/round1"   # the median error (0%), not the median time (1.2 s, round 3)
+
+
+def test_profile_source_names_the_calibration_mode(sweep):
+    from types import SimpleNamespace as NS
+
+    each = NS(calibrate_each_round=True, pass_s=[250.0, 254.0, 248.0], out_dir="runs/x", rounds=3,
+              profile="hardware_profiles/local-cpu.yaml", calibration_results="reports/local-cpu-calibration.json",
+              quick_calibration=True)
+    text = sweep.profile_source(each)
+    assert "one pass just before each round" in text and "4.2 / 4.2 / 4.1 min" in text
+    assert "`calibrate --repeat 3`" in text
+    once = NS(calibrate_each_round=False, calibrated_s=840.0, calibrate=3,
+              calibration_results="reports/local-cpu-calibration.json")
+    assert "--repeat 3 --save-results reports/local-cpu-calibration.json`, 14 min" in sweep.profile_source(once)
+    assert sweep.profile_source(NS(calibrate_each_round=False, calibrated_s=None)) == "`clusterplan calibrate`"
