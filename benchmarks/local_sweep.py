@@ -271,6 +271,11 @@ def round_order(todo: list, k: int) -> list:
     return order
 
 
+def round_dir(out_dir: Path, rounds: int, k: int) -> Path:
+    """Round k's folder: ``out_dir/round{k}``, or ``out_dir`` itself when there is one round."""
+    return out_dir / f"round{k}" if rounds > 1 else out_dir
+
+
 def run_rounds(todo, out_dir: Path, rounds: int, steps: int, warmup: int, wait_s: float = 0.0, log=print,
                before_round=None):
     """Run the whole list ``rounds`` times, one round after the other (so a burst of load from
@@ -286,8 +291,8 @@ def run_rounds(todo, out_dir: Path, rounds: int, steps: int, warmup: int, wait_s
         if rounds > 1:
             log(f"round {k}/{rounds}")
         todo_k = before_round(k) if before_round else todo
-        per_round.append(run_all(round_order(todo_k, k), out_dir / f"round{k}" if rounds > 1 else out_dir, steps,
-                                 warmup, wait_s, log=log))
+        per_round.append(run_all(round_order(todo_k, k), round_dir(out_dir, rounds, k), steps, warmup, wait_s,
+                                 log=log))
     results, times, errors = {}, {}, {}
     for e, _, _ in todo:
         runs = [r[e.name] for r in per_round]
@@ -794,14 +799,12 @@ def main(argv=None) -> int:
         if args.calibrate_each_round and not args.predict_only:
             args.pass_s = []
 
-            def round_dir(k: int) -> Path:
-                return out_dir / f"round{k}" if args.rounds > 1 else out_dir
-
             def calibrated_round(k: int) -> list:
                 """Round k's plans, predicted from a calibration pass made just before it."""
-                profile, results = round_dir(k) / "profile.yaml", round_dir(k) / "calibration.json"
-                args.pass_s.append(calibrate_pass(1, profile, results, quick=args.quick_calibration))
-                return prepare(entries, str(profile), round_dir(k) / "plans")
+                here = round_dir(out_dir, args.rounds, k)
+                args.pass_s.append(calibrate_pass(1, here / "profile.yaml", here / "calibration.json",
+                                                  quick=args.quick_calibration))
+                return prepare(entries, str(here / "profile.yaml"), here / "plans")
 
             prepared = calibrated_round(1)
             before_round = lambda k: prepared if k == 1 else calibrated_round(k)  # noqa: E731
@@ -853,7 +856,7 @@ def main(argv=None) -> int:
         from planner.calibrate import calibrate, combine_passes, load_results
         from planner.io import atomic_write_text
 
-        passes = [load_results((out_dir / f"round{k}" if args.rounds > 1 else out_dir) / "calibration.json")
+        passes = [load_results(round_dir(out_dir, args.rounds, k) / "calibration.json")
                   for k in range(1, args.rounds + 1)]
         atomic_write_text(args.calibration_results, json.dumps(combine_passes(passes), indent=1, sort_keys=True) + "\n")
         calibrate(results_path=args.calibration_results, out=args.profile)
