@@ -456,8 +456,12 @@ def op_profile_lines(profiles: list[dict], start: list[dict] = ()) -> list[str]:
         for ph in ("forward_s", "backward_s", "optimizer_s"):
             pr, me = p["predicted"][ph], p[ph]
             first = before.get(p["model"])
-            cells = (f"{first[ph] * 1e3:.1f} | {100 * (pr - first[ph]) / first[ph]:+.1f}% | " if first else
-                     ("– | – | " if before else ""))
+            cells = "– | – | " if before else ""
+            if first:
+                # against the prediction of the profile in use then (a per-round pass may differ)
+                pr0 = first.get("predicted", p["predicted"])[ph]
+                own = "" if abs(pr0 - pr) <= 1e-9 * max(pr, 1e-30) else f" (predicted then {pr0 * 1e3:.1f})"
+                cells = f"{first[ph] * 1e3:.1f}{own} | {100 * (pr0 - first[ph]) / first[ph]:+.1f}% | "
             lines.append(f"| {p['model']} | {ph[:-2]} | {pr * 1e3:.1f} | {cells}{me * 1e3:.1f} | "
                          f"{100 * (pr - me) / me:+.1f}% |")
     lines += ["", "| op class | " + " | ".join(f"{p['model']} (ms, share)" for p in profiles) + " |",

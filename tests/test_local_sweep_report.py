@@ -117,3 +117,13 @@ def test_profile_source_names_the_calibration_mode(sweep):
               calibration_results="reports/local-cpu-calibration.json")
     assert "--repeat 3 --save-results reports/local-cpu-calibration.json`, 14 min" in sweep.profile_source(once)
     assert sweep.profile_source(NS(calibrate_each_round=False, calibrated_s=None)) == "`clusterplan calibrate`"
+
+
+def test_op_profile_table_compares_the_start_profile_with_its_own_prediction(sweep):
+    """With a calibration pass per round the profile before the first round is round 1's: its
+    error is against round 1's prediction, shown beside the measurement."""
+    start = _profile("tiny-gpt", 0.1)
+    start["predicted"] = {**start["predicted"], "forward_s": 0.11}
+    lines = sweep.op_profile_lines([_profile("tiny-gpt", 0.125)], [start])
+    row = next(line for line in lines if line.startswith("| tiny-gpt | forward"))
+    assert row == "| tiny-gpt | forward | 100.0 | 100.0 (predicted then 110.0) | +10.0% | 125.0 | -20.0% |"
