@@ -590,7 +590,8 @@ def write_reports(comp, names: dict, results: dict, search: dict | None, report:
     df["others_cores"] = [others(d) for d in df["run_dir"]]
     df["speed_flops"] = [(results[names[d]][4] or [math.nan])[-1] if d in names else math.nan
                          for d in df["run_dir"]]
-    if getattr(args, "calibrate_each_round", False):
+    each_round = getattr(args, "calibrate_each_round", False)
+    if each_round:
         # each run against the calibration pass its prediction came from (in its round's folder)
         per_run = [calibrated_speed_flops(Path(d).parent / "calibration.json") for d in df["run_dir"]]
         df["speed_vs_calibration"] = [f / r if r else math.nan for f, r in zip(df["speed_flops"], per_run)]
@@ -621,7 +622,6 @@ def write_reports(comp, names: dict, results: dict, search: dict | None, report:
                           ("steps", 8), ("warmup", 3), ("rounds", 3), ("calibrate", 0)):
         if getattr(args, flag) != default:
             cmd += f" --{flag.replace('_', '-')} {getattr(args, flag)}"
-    each_round = getattr(args, "calibrate_each_round", False)
     if getattr(args, "quick_calibration", False):
         cmd += " --quick-calibration"
     if each_round:
