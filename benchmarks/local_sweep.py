@@ -127,7 +127,7 @@ def calibrate_pass(repeat: int, profile: str | Path, results: str | Path, quick:
 
 def prepare(entries, profile: str, plan_dir: Path):
     """Predict every entry and save its plan (prediction inside) before anything runs."""
-    from planner.model import load_model
+    from planner.catalog import load_model
 
     out = []
     for e in entries:
@@ -310,10 +310,10 @@ def search_check(profile: str, out_dir: Path, steps: int, warmup: int, wait_s: f
     predictions lie within a few percent, so one run each would rank them by the machine's
     noise). Returns a dict or None when ``planner.search`` is not available."""
     try:
-        from planner.demo import _search_top
-        from planner.model import load_model
+        from planner.demo import search_top
+        from planner.catalog import load_model
 
-        plans = _search_top(load_model(L), profile, 2, 8, 5)
+        plans = search_top(load_model(L), profile, 2, 8, 5)
     except ImportError:
         return None
     todo = []
@@ -369,7 +369,7 @@ def op_profile(model_name: str, micro_batch: int) -> dict:
     from torch.profiler import ProfilerActivity, profile
 
     from executor.model import build_model, lm_loss
-    from planner.model import load_model
+    from planner.catalog import load_model
 
     torch.set_num_threads(1)
     spec = load_model(model_name)
@@ -410,7 +410,7 @@ def op_profiles(profile: str, log=print) -> list[dict]:
     import subprocess
 
     from planner.cost.step import predict_plan
-    from planner.model import load_model
+    from planner.catalog import load_model
     from planner.plan import Plan
 
     out = []

@@ -93,7 +93,7 @@ def run(args) -> int:
             if existing is None or existing.get("status") != "failed" or (existing.get("rank") is None and not peer):
                 error = f"{line} (seen by rank {rank}: a peer failed or hung)" if peer else line
                 summary = records.summarize(records.read_records(out), plan.to_dict(), args.steps, args.warmup,
-                                            records.plan_prediction(plan), status="failed", error=error,
+                                            plan.prediction, status="failed", error=error,
                                             rank=None if peer else rank, oom=oom)
                 records.write_summary(out, summary)
         print(f"executor rank {rank}: {line}", file=sys.stderr)
@@ -199,7 +199,7 @@ def _steps(args, plan, rank, world, local_rank, writer, fault, device, backend, 
     if rank == 0:
         everything = [r for part in gathered for r in part]
         summary = records.summarize(everything, plan.to_dict(), args.steps, args.warmup,
-                                    records.plan_prediction(plan), contention_factor=args.contention_factor)
+                                    plan.prediction, contention_factor=args.contention_factor)
         records.write_summary(args.out, summary)
     writer.write("end", status="ok")
     barrier()

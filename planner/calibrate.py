@@ -38,7 +38,7 @@ import numpy as np
 import yaml
 
 from planner.errors import InputError, require
-from planner.hardware import (_FRAMEWORK_YAML, RATE_TABLES, GB, GIB, MICRO, TERA, DeviceSpec,
+from planner.hardware import (FRAMEWORK_YAML, RATE_TABLES, GB, GIB, MICRO, TERA, DeviceSpec,
                               EfficiencyCurve, FrameworkSpec, LinkSpec, MeasuredCollective, NodeSpec, PROFILES_DIR,
                               RateTable, parse_profile)
 from planner.io import atomic_write_text, read_json_object
@@ -398,7 +398,7 @@ def build_profile(results: dict, *, name: str = "local-cpu", gpus_per_node: int 
         "contention": contention_lines,
         "warnings": warnings,
         "bench_wall_s": results.get("bench_wall_s"),
-        "framework": ({f: getattr(node.framework, f) for f in _FRAMEWORK_YAML} if node.framework else None),
+        "framework": ({f: getattr(node.framework, f) for f in FRAMEWORK_YAML} if node.framework else None),
     }
     return Calibration(node=node, comments=comments, header=tuple(header), warnings=tuple(warnings),
                        contended=contended, summary=summary)
@@ -476,7 +476,7 @@ def profile_yaml(node: NodeSpec, *, header: Iterable[str] = (), comments: dict[s
                        f"bus_bandwidth_gb_s: {_num(m.bus_bandwidth_bytes_per_s / GB)}{table}}}")
     if node.framework is not None:
         out.append(_line(0, "framework", "", c).replace(": ", ":", 1) if "framework" in c else "framework:")
-        for field, (key, factor) in _FRAMEWORK_YAML.items():
+        for field, (key, factor) in FRAMEWORK_YAML.items():
             out.append(_line(1, key, _num(getattr(node.framework, field) / factor), c, f"framework.{key}"))
         for table in RATE_TABLES:
             out += _rate_table_yaml(table, node.framework, c)
@@ -519,7 +519,7 @@ def _check_round_trip(node: NodeSpec, back: NodeSpec) -> None:
     if (node.framework is None) != (back.framework is None):
         raise AssertionError("profile_yaml: the framework section did not round-trip")
     if node.framework is not None:
-        pairs += [(getattr(node.framework, f), getattr(back.framework, f)) for f in _FRAMEWORK_YAML]
+        pairs += [(getattr(node.framework, f), getattr(back.framework, f)) for f in FRAMEWORK_YAML]
         for table in RATE_TABLES:
             mine, theirs = getattr(node.framework, table.field), getattr(back.framework, table.field)
             if [(k, d, len(p)) for k, d, p in mine] != [(k, d, len(p)) for k, d, p in theirs]:
@@ -947,22 +947,27 @@ def _reference_prediction(model, node: NodeSpec, parallel, ranks_busy: int | Non
     from planner.cost.comm import collective_time
     from planner.cost.compute import make_rates
     from planner.cost.runtime import DEFAULT_RUNTIME
-    from planner.cost.step import _optimizer_s, _param_tensors, _shape, _stage_times, effective_runtime
+    from planner.cost.block import group_shape
     from planner.cost.memory import stage_parameters
+    from planner.cost.optimizer import optimizer_s, param_tensors
+    from planner.cost.runtime import effective_runtime
+    from planner.cost.step import plan_sites, stage_times
+    from planner.hardware import ClusterSpec
 
     P = parallel
     world = P.world_size
     runtime = effective_runtime(DEFAULT_RUNTIME, node.device, min(node.gpus_per_node, world) if world > 1 else 0)
     busy = min(node.gpus_per_node, world) if ranks_busy is None else ranks_busy
     rates = make_rates(node.device, P.precision, busy, node.framework)
-    st = _stage_times(model, node, P, runtime, rates)
-    fwd, bwd, opt = st.fwd_s[0], st.sched_b[0], _optimizer_s(model, P, rates)
+    cluster = ClusterSpec.homogeneous(node, 1)  # one node type: the layout comes from P
+    st = stage_times(model, cluster, plan_sites(cluster, P), (runtime,), (rates,))
+    fwd, bwd, opt = st.fwd_s[0], st.sched_b[0], optimizer_s(model, P, rates)
     if P.dp > 1 and P.sharding in ("none", "zero1") and P.tp == 1:
-        g = _shape(P, "dp", node.gpus_per_node)
+        g = group_shape(P, "dp", node.gpus_per_node)
         params = max(stage_parameters(model, P))
         bwd += collective_time("all_reduce", 4.0 * params, g, node)
         if node.framework is not None:
-            bwd += rates.ops(1, node.framework.ddp_reducer_s(_param_tensors(model, P), 4.0 * params))
+            bwd += rates.ops(1, node.framework.ddp_reducer_s(param_tensors(model, P), 4.0 * params))
         if P.sharding == "zero1":
             opt += collective_time("all_gather", 4.0 * params, g, node)
     return {"forward": fwd, "backward": bwd, "optimizer": opt}

@@ -132,7 +132,7 @@ class DemoResult:
     wall_s: float = 0.0
 
 
-def _search_top(model: ModelSpec, profile: str, world: int, global_batch: int, top: int) -> list[Plan]:
+def search_top(model: ModelSpec, profile: str, world: int, global_batch: int, top: int) -> list[Plan]:
     """The ``top`` best plans of :func:`planner.search.search` for ``model`` on one node of
     ``world`` ranks of ``profile`` (fp32, cp = 1: what the CPU executor runs), each carrying its
     prediction."""
@@ -153,7 +153,7 @@ def run_demo(out_dir: str | os.PathLike = "runs/demo", *, quick: bool = True,
     ``model_name`` on ``world`` local ranks, execute the ``top`` plans, compare, and write
     ``out_dir/report.md`` with plots. Returns where everything went."""
     from planner.calibrate import calibrate
-    from planner.model import load_model
+    from planner.catalog import load_model
     from planner.report import aggregate, compare_runs, markdown, write_report
     from planner.io import atomic_write_text
 
@@ -181,7 +181,7 @@ def run_demo(out_dir: str | os.PathLike = "runs/demo", *, quick: bool = True,
     if busy:
         say(f"    note: {len(busy)} other executor/benchmark/test processes are running: timings will be noisy")
     say(f"2/4 searching plans for {model.name} on {world} local ranks (global batch {global_batch})")
-    plans = _search_top(model, str(prof_path), world, global_batch, top)
+    plans = search_top(model, str(prof_path), world, global_batch, top)
     if not plans:
         raise DemoError(f"the search found no feasible plan for {model.name} on {world} ranks")
     for i, p in enumerate(plans, 1):

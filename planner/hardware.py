@@ -400,7 +400,7 @@ class FrameworkSpec:
                 require(sizes == sorted(set(sizes)), key, f"points must have strictly increasing {table.x_name}")
         for name in self.number_fields():
             value = getattr(self, name)
-            key = f"framework.{_FRAMEWORK_YAML.get(name, (name,))[0]}"
+            key = f"framework.{FRAMEWORK_YAML.get(name, (name,))[0]}"
             require(isinstance(value, (int, float)) and math.isfinite(value), key, "must be a finite number")
             require(value >= 0, key, "must be >= 0")
         require(self.fragmentation_fraction < 1, "framework.fragmentation_fraction", "must be in [0, 1)")
@@ -486,7 +486,7 @@ class ClusterSpec:
 # ----- YAML parsing ---------------------------------------------------------------------------
 _TOP_KEYS = {"name", "description", "device", "node", "collectives", "measured_on", "framework"}
 # FrameworkSpec field -> (YAML key, factor from the YAML unit to SI)
-_FRAMEWORK_YAML: dict[str, tuple[str, float]] = {
+FRAMEWORK_YAML: dict[str, tuple[str, float]] = {
     "op_forward_s": ("op_forward_us", MICRO),
     "op_backward_s": ("op_backward_us", MICRO),
     "op_optimizer_s": ("op_optimizer_us", MICRO),
@@ -662,14 +662,14 @@ def _parse_collectives(data: Any) -> tuple[MeasuredCollective, ...]:
 
 
 def _parse_framework(data: Any) -> FrameworkSpec | None:
-    """The optional ``framework:`` section: every key of :data:`_FRAMEWORK_YAML` required but
+    """The optional ``framework:`` section: every key of :data:`FRAMEWORK_YAML` required but
     those in :data:`_FRAMEWORK_OPTIONAL` (their dataclass default when absent)."""
     if data is None:
         return None
     where = "framework"
     data = _mapping(data, where)
-    reject_unknown_keys(data, {k for k, _ in _FRAMEWORK_YAML.values()} | {t.yaml_key for t in RATE_TABLES}, where)
-    values = {field: _number(data, key, where) * factor for field, (key, factor) in _FRAMEWORK_YAML.items()
+    reject_unknown_keys(data, {k for k, _ in FRAMEWORK_YAML.values()} | {t.yaml_key for t in RATE_TABLES}, where)
+    values = {field: _number(data, key, where) * factor for field, (key, factor) in FRAMEWORK_YAML.items()
               if not (field in _FRAMEWORK_OPTIONAL and key not in data)}
     for table in RATE_TABLES:
         if table.yaml_key in data:

@@ -9,10 +9,8 @@ presets can be checked against published counts.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from planner.errors import InputError, require
@@ -257,72 +255,6 @@ class ModelSpec:
         if unknown:
             raise InputError(f"model.{unknown[0]}", f"unknown key (allowed: {', '.join(sorted(allowed))})")
         return cls(**data)
-
-
-# ----- loading ---------------------------------------------------------------------------------
-def __getattr__(name: str) -> Any:
-    """``PRESETS`` and ``PUBLISHED_MODEL_PRESETS`` live in :mod:`planner.presets` (which imports
-    this module); they are re-exported lazily so either module can be imported first."""
-    if name in ("PRESETS", "PUBLISHED_MODEL_PRESETS"):
-        from planner import presets
-        return getattr(presets, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def available_models() -> list[str]:
-    """Preset names, sorted."""
-    from planner.presets import PRESETS
-    return sorted(PRESETS)
-
-
-def preset_for_published_row(row_model_name: str) -> str | None:
-    """The preset for a ``model`` value of ``benchmarks/published_runs.csv``, or None when the
-    row gives no architecture (e.g. the Megatron v1.0 scaling models)."""
-    from planner.presets import PUBLISHED_MODEL_PRESETS
-    return PUBLISHED_MODEL_PRESETS.get(row_model_name)
-
-
-def _looks_like_path(name_or_path: str) -> bool:
-    return (name_or_path.endswith(".json") or "/" in name_or_path or "\\" in name_or_path
-            or name_or_path.startswith("."))
-
-
-def load_model(name_or_path: str, seq_len: int | None = None) -> ModelSpec:
-    """A :class:`ModelSpec` from a preset name or a Hugging Face ``config.json`` (a file, or a
-    directory holding one). ``seq_len`` overrides the default sequence length (the preset's
-    training length; for a config, the trained context it states). Bad input raises
-    :class:`InputError` naming the field: ``model`` for an unknown name or unreadable file,
-    ``config.<key>`` for a missing or malformed key, ``seq_len`` for a bad length."""
-    from planner.presets import PRESETS
-    if seq_len is not None and (isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len <= 0):
-        raise InputError("seq_len", f"must be a positive integer, got {seq_len!r}")
-    if not isinstance(name_or_path, str) or not name_or_path:
-        raise InputError("model", "needs a preset name or a path to a config.json")
-    if name_or_path in PRESETS:
-        spec = PRESETS[name_or_path]
-    else:
-        path = Path(name_or_path)
-        if path.is_dir():
-            path = path / "config.json"
-            if not path.is_file():
-                raise InputError("model", f"directory {name_or_path} has no config.json")
-        if path.is_file():
-            from planner.hf_config import read_hf_config
-            spec = read_hf_config(path)
-        elif _looks_like_path(name_or_path):
-            raise InputError("model", f"config file {name_or_path} does not exist")
-        else:
-            close = difflib.get_close_matches(name_or_path.lower(), list(PRESETS), n=4, cutoff=0.5)
-            listing = (f"did you mean {', '.join(close)}?" if close
-                       else f"known: {', '.join(sorted(PRESETS))}")
-            raise InputError("model", f"unknown preset {name_or_path!r} ({listing} "
-                                      "Or give a path to a config.json.)")
-    if seq_len is not None and seq_len != spec.seq_len:
-        try:
-            spec = spec.with_seq_len(seq_len)
-        except InputError as err:
-            raise InputError("seq_len", err.reason) from None
-    return spec
 
 
 def parse_json_config(text: str, source: str) -> dict[str, Any]:

@@ -48,6 +48,9 @@ class ParallelConfig:
     stage_layers: transformer layers per pipeline stage (pp*vpp entries, in stage order, virtual
         stage i on rank i % pp); empty for the balanced split.
     order: rank-layout order, fastest-varying axis first (default Megatron ``tp-cp-dp-pp``).
+    stage_tp: a tensor-parallel degree per pipeline stage (pp entries; ``tp`` is then the widest),
+        for a pipeline over node types of a mixed cluster (Metis, Um et al. ATC'24); empty when
+        every stage uses ``tp``. Stage r holds ``dp*cp*stage_tp[r]`` consecutive GPUs.
     """
 
     tp: int = 1
@@ -65,6 +68,7 @@ class ParallelConfig:
     schedule: str = "1f1b"
     stage_layers: tuple[int, ...] = ()
     order: str = DEFAULT_ORDER
+    stage_tp: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         for field in ("tp", "pp", "dp", "cp", "vpp", "micro_batch", "global_batch", "seq_len"):
@@ -76,6 +80,16 @@ class ParallelConfig:
         require(self.precision in PRECISIONS, "precision", f"must be one of {PRECISIONS}, got {self.precision!r}")
         require(self.schedule in SCHEDULES, "schedule", f"must be one of {SCHEDULES}, got {self.schedule!r}")
         object.__setattr__(self, "stage_layers", tuple(self.stage_layers))
+        object.__setattr__(self, "stage_tp", tuple(self.stage_tp))
+        if self.stage_tp:
+            require(len(self.stage_tp) == self.pp and all(
+                isinstance(t, int) and not isinstance(t, bool) and t >= 1 for t in self.stage_tp), "stage_tp",
+                    f"needs pp={self.pp} positive integers, got {list(self.stage_tp)}")
+            require(self.tp == max(self.stage_tp), "tp", f"must be the widest stage's tp ({max(self.stage_tp)})")
+            require(self.order == DEFAULT_ORDER, "order", f"a tp per stage needs {DEFAULT_ORDER} (pp outermost)")
+            require(self.vpp == 1, "vpp", "a tp per stage cannot be interleaved")
+            if len(set(self.stage_tp)) == 1:
+                object.__setattr__(self, "stage_tp", ())
         require(sorted(self.order.split("-")) == sorted(AXES), "order",
                 f"must be a permutation of {'-'.join(AXES)}, got {self.order!r}")
         require(self.global_batch % (self.dp * self.micro_batch) == 0, "micro_batch",
@@ -96,7 +110,16 @@ class ParallelConfig:
 
     @property
     def world_size(self) -> int:
+        if self.stage_tp:
+            return sum(self.stage_tp) * self.dp * self.cp
         return self.tp * self.pp * self.dp * self.cp
+
+    def stage_config(self, stage: int) -> "ParallelConfig":
+        """The split as pipeline stage ``stage``'s ranks run it (their own tp)."""
+        if not self.stage_tp or self.stage_tp[stage] == self.tp:
+            return dataclasses.replace(self, stage_tp=()) if self.stage_tp else self
+        tp = self.stage_tp[stage]
+        return dataclasses.replace(self, tp=tp, stage_tp=(), sequence_parallel=self.sequence_parallel and tp > 1)
 
     @property
     def num_micro_batches(self) -> int:
@@ -118,6 +141,8 @@ class ParallelConfig:
 
     def validate_for(self, model: ModelSpec) -> None:
         """Raise InputError if this split cannot run ``model``."""
+        for tp in sorted(set(self.stage_tp) - {self.tp}):
+            self.stage_config(self.stage_tp.index(tp)).validate_for(model)
         require(model.n_heads % self.tp == 0, "tp",
                 f"n_heads={model.n_heads} is not divisible by tp={self.tp}")
         require(model.n_kv_heads % self.tp == 0 or self.tp % model.n_kv_heads == 0, "tp",
@@ -138,6 +163,10 @@ class ParallelConfig:
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["stage_layers"] = list(self.stage_layers)
+        if self.stage_tp:
+            data["stage_tp"] = list(self.stage_tp)
+        else:
+            del data["stage_tp"]  # plans without it keep the ids they had before the field
         return data
 
     @classmethod
@@ -148,11 +177,13 @@ class ParallelConfig:
             raise InputError(f"parallel.{unknown[0]}", f"unknown key (allowed: {', '.join(sorted(allowed))})")
         data = dict(data)
         data["stage_layers"] = tuple(data.get("stage_layers", ()))
+        data["stage_tp"] = tuple(data.get("stage_tp", ()))
         return cls(**data)
 
     def megatron_notation(self) -> str:
         """Short label, e.g. ``tp8 pp4 dp32 cp1 vpp2 mb1 full sp zero1 interleaved``."""
-        parts = [f"tp{self.tp}", f"pp{self.pp}", f"dp{self.dp}"]
+        tp = "/".join(map(str, self.stage_tp)) if self.stage_tp else str(self.tp)
+        parts = [f"tp{tp}", f"pp{self.pp}", f"dp{self.dp}"]
         if self.cp > 1:
             parts.append(f"cp{self.cp}")
         if self.vpp > 1:
@@ -183,6 +214,7 @@ class RankCoord:
 
 def mesh_dims(parallel: ParallelConfig) -> tuple[tuple[str, ...], tuple[int, ...]]:
     """(mesh_dim_names, mesh_shape), slowest axis first: the arguments for ``init_device_mesh``."""
+    require(not parallel.stage_tp, "stage_tp", "a tp per pipeline stage has no single device mesh")
     names = tuple(reversed(parallel.order.split("-")))
     return names, tuple(getattr(parallel, n) for n in names)
 
@@ -252,8 +284,10 @@ def strided_group_spread(size: int, stride: int, gpus_per_node: int) -> tuple[in
 class Plan:
     """A model, a cluster and a split, with the prediction made for it.
 
-    The ``id`` is a content hash of everything but the prediction, so measurements carrying the
-    id join to the plan without parsing names.
+    The machine is either ``hardware`` (a profile name or YAML path: ``n_nodes`` nodes of it,
+    ``gpus_per_node`` each) or ``cluster`` (a cluster file, possibly of several node types),
+    never both. The ``id`` is a content hash of everything but the prediction, so measurements
+    carrying the id join to the plan without parsing names.
     """
 
     model: ModelSpec
@@ -263,8 +297,13 @@ class Plan:
     parallel: ParallelConfig
     prediction: dict | None = None
     version: int = PLAN_VERSION
+    cluster: str = ""
 
     def __post_init__(self) -> None:
+        require(isinstance(self.hardware, str) and isinstance(self.cluster, str), "hardware",
+                "hardware and cluster must be strings")
+        require(bool(self.hardware) != bool(self.cluster), "hardware",
+                "a plan names a hardware profile or a cluster file (exactly one)")
         require(self.n_nodes >= 1, "nodes", "must be >= 1")
         require(self.gpus_per_node >= 1, "gpus_per_node", "must be >= 1")
         require(self.parallel.world_size == self.n_nodes * self.gpus_per_node, "dp",
@@ -279,8 +318,13 @@ class Plan:
     def world_size(self) -> int:
         return self.parallel.world_size
 
+    @property
+    def machine(self) -> str:
+        """What the plan runs on, for people: the cluster file or the profile."""
+        return self.cluster or self.hardware
+
     def identity(self) -> dict[str, Any]:
-        return {
+        data = {
             "version": self.version,
             "model": self.model.to_dict(),
             "hardware": self.hardware,
@@ -288,6 +332,9 @@ class Plan:
             "gpus_per_node": self.gpus_per_node,
             "parallel": self.parallel.to_dict(),
         }
+        if self.cluster:
+            data["cluster"] = self.cluster
+        return data
 
     @property
     def id(self) -> str:
@@ -311,18 +358,20 @@ class Plan:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Plan":
-        allowed = {"version", "model", "hardware", "n_nodes", "gpus_per_node", "parallel", "prediction", "id"}
+        allowed = {"version", "model", "hardware", "cluster", "n_nodes", "gpus_per_node", "parallel", "prediction",
+                   "id"}
         unknown = sorted(set(data) - allowed)
         if unknown:
             raise InputError(f"plan.{unknown[0]}", f"unknown key (allowed: {', '.join(sorted(allowed))})")
-        for key in ("model", "hardware", "n_nodes", "gpus_per_node", "parallel"):
+        for key in ("model", "n_nodes", "gpus_per_node", "parallel") + (() if data.get("cluster") else ("hardware",)):
             if key not in data:
                 raise InputError(f"plan.{key}", "missing")
         version = data.get("version", PLAN_VERSION)
         require(version == PLAN_VERSION, "plan.version", f"{version} is not supported (this is version {PLAN_VERSION})")
         return cls(
             model=ModelSpec.from_dict(data["model"]),
-            hardware=data["hardware"],
+            hardware=data.get("hardware", ""),
+            cluster=data.get("cluster", ""),
             n_nodes=data["n_nodes"],
             gpus_per_node=data["gpus_per_node"],
             parallel=ParallelConfig.from_dict(data["parallel"]),

@@ -234,20 +234,3 @@ def read_summary(out_dir: str | os.PathLike) -> dict | None:
         return json.loads(path.read_text())
     except json.JSONDecodeError:
         return None
-
-
-def plan_prediction(plan) -> dict | None:
-    """The plan's prediction, or one computed now by the cost model when it is importable."""
-    if plan.prediction is not None:
-        return plan.prediction
-    try:
-        from planner.cost.step import predict_plan  # written by the cost-model work
-        from planner.errors import InputError
-    except ImportError:
-        return None
-    try:
-        result = predict_plan(plan)
-    except (InputError, ValueError, KeyError, FileNotFoundError):
-        return None
-    to_dict = getattr(result, "to_dict", None)
-    return to_dict() if callable(to_dict) else (result if isinstance(result, dict) else None)

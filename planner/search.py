@@ -50,15 +50,17 @@ from functools import lru_cache
 from typing import Any, Callable
 
 from planner.cost import framework as fw
-from planner.cost.comm import GroupShape, collective_time, p2p_time
-from planner.cost.compute import (activation_bytes_per_element, embedding_times, head_times,
-                                  layer_times, make_rates)
+from planner.cost.block import block_cost, shard_comm_s, shards_per_block
+from planner.cost.comm import GroupShape, p2p_time
+from planner.cost.compute import LayerTimes, activation_bytes_per_element, make_rates
+from planner.cost.data_parallel import dp_exposed_s
 from planner.cost.memory import (executor_saved_logits_bytes_per_token, executor_untied_head_params,
                                  layer_activation_bytes, logits_bytes_per_token,
                                  peak_transients, shard_divisors, state_bytes_per_param)
-from planner.cost.runtime import DEFAULT_RUNTIME, Runtime
-from planner.cost.step import (OPTIMIZER_BYTES_PER_PARAM, TIMELINE_TASK_LIMIT, Prediction, optimizer_traffic_s,
-                               predict)
+from planner.cost.runtime import DEFAULT_RUNTIME, Runtime, effective_runtime
+from planner.cost.optimizer import fused_optimizer_s, optimizer_traffic_s
+from planner.cost.prediction import Prediction
+from planner.cost.step import TIMELINE_TASK_LIMIT, predict
 from planner.errors import InputError, require
 from planner.hardware import ClusterSpec, NodeSpec
 from planner.model import ModelSpec
@@ -254,14 +256,16 @@ def rejection_summary(result: SearchResult) -> str:
 # ----- per-layer costs (the cost model's pieces) ---------------------------------------------------
 @dataclass(frozen=True)
 class LayerCost:
-    """One block and one micro-batch on one rank, as predict() assembles them (seconds):
-    f forward, bi backward input-grad (+ recompute, + exposed TP/CP), w weight-grad; z3_f/z3_b
-    the exposed ZeRO-3 parts (added only under zero3); emb/head extras."""
+    """One block and one micro-batch on one rank (:class:`planner.cost.block.BlockCost`, seconds):
+    f forward, bi backward input-grad (+ recompute, + exposed TP/CP), w weight-grad; lt its
+    compute; emb/head extras; the activation bytes the memory bound needs."""
 
     f: float
     bi: float
     w: float
-    z3_f_per_dp: Any
+    lt: LayerTimes
+    cp: int
+    mb: int
     emb_f: float
     emb_b: float
     head_f: float
@@ -272,12 +276,14 @@ class LayerCost:
     layer_act_full: float  # full recompute: one block's activations live in its backward
 
 
-class _Costs:
+class Costs:
     """Memoised per-layer costs for one model / node type / runtime."""
 
     def __init__(self, model: ModelSpec, node: NodeSpec, world: int, seq_len: int, precision: str,
                  runtime: Runtime):
-        self.model, self.node, self.seq, self.prec, self.rt = model, node, seq_len, precision, runtime
+        self.model, self.node, self.seq, self.prec = model, node, seq_len, precision
+        # the runtime as predict() applies it on this host (no overlap where gloo shares the cores)
+        self.rt = effective_runtime(runtime, node.device, min(node.gpus_per_node, world) if world > 1 else 0)
         self.gpn = node.gpus_per_node
         # the node's calibrated framework section (CPU profile) as predict() uses it, so the
         # bounds below charge the same per-op / TP-linear costs the prediction does
@@ -289,126 +295,54 @@ class _Costs:
             ranks = min(ranks, node.device.host_cores)
         self.rates = make_rates(node.device, precision, ranks, self.fw)
         self.bpe = activation_bytes_per_element(precision)
-        self.w_bytes = 4.0 if precision == "fp32" else 2.0
         self._layer: dict = {}
         self._z3: dict = {}
         self._p2p: dict = {}
-        self._dp: dict = {}
         m = model
-        per_linear = 2 if m.bias else 1
-        linears = 2 + (m.mlp_matrices if not m.is_moe else m.mlp_matrices * m.n_experts + 1)
-        norms = 2 * (2 if m.norm == "layernorm" else 1)
-        self.param_tensors = linears * per_linear + norms
         self.layer_params = float(m.layer_params())
         self.embedding_params = float(m.embedding_params())
         self.head_params = float(m.head_params() + m.vocab_size * m.hidden_size)  # + tied copy (pp > 1)
         self.head_params_untied = float(m.head_params())
-        self._coll: dict = {}
 
-    def dp_collective(self, op: str, size: float, dp: int, stride: int) -> float:
-        key = (op, size, dp, stride)
-        hit = self._coll.get(key)
-        if hit is None:
-            hit = self._coll[key] = collective_time(op, size, GroupShape(dp, *strided_group_spread(dp, stride, self.gpn)), self.node)
-        return hit
+    def dp_group(self, dp: int, stride: int) -> GroupShape:
+        return GroupShape(dp, *strided_group_spread(dp, stride, self.gpn))
 
     def layer(self, tp: int, cp: int, mb: int, rc: str, sp: bool) -> LayerCost:
         key = (tp, cp, mb, rc, sp)
         hit = self._layer.get(key)
         if hit is not None:
             return hit
-        m, node, s = self.model, self.node, self.seq
-        lt = layer_times(m, mb, s, tp, cp, sp, rc, self.prec, self.rates, self.rt)
-        ef, eb = embedding_times(m, mb, s, tp, cp, sp, self.prec, self.rates)
-        hf, hbi, hbw = head_times(m, mb, s, tp, cp, sp, self.prec, self.rates)
-        act = self.bpe * mb * (s / cp) * m.hidden_size
-        tp_f = tp_b = 0.0
-        if tp > 1 and self.fw is not None:
-            # as predict() charges the executor's TP (planner.cost.step._layer_comm): backward
-            # one all-reduce per column-parallel linear; embedding, loss and LM head as
-            # planner.cost.framework.tp_edge_comm_s
-            g = GroupShape(tp, *strided_group_spread(tp, 1, self.gpn))
-            ar = collective_time("all_reduce", act, g, node)
-            if sp:
-                ag = collective_time("all_gather", act, g, node)
-                tp_f = 2 * (ag + collective_time("reduce_scatter", act, g, node))
-                tp_b = fw.colwise_per_block(m) * ar + 2 * ag
-            else:
-                tp_f, tp_b = 2 * ar, fw.colwise_per_block(m) * ar
-            e_f, h_f, h_b = fw.tp_edge_comm_s(m, mb * s / cp, self.bpe, g, node)
-            ef, hf, hbi = ef + e_f, hf + h_f, hbi + h_b
-        elif tp > 1:
-            g = GroupShape(tp, *strided_group_spread(tp, 1, self.gpn))
-            if sp:
-                one = collective_time("all_gather", act, g, node) + collective_time("reduce_scatter", act, g, node)
-            else:
-                one = collective_time("all_reduce", act, g, node)
-            tp_f = tp_b = 2 * one
-        tp_rc = tp_f if rc == "full" else 0.0
-        cp_f = cp_b = 0.0
-        if cp > 1:
-            per, nodes = strided_group_spread(cp, tp, self.gpn)
-            kv_bytes = 2 * self.bpe * mb * (s / cp) * m.kv_dim / tp
-            hop = p2p_time(kv_bytes, nodes > 1, node)
-            cp_f = max(0.0, (cp - 1) * hop - lt.core_fwd_s)
-            cp_b = max(0.0, 2 * (cp - 1) * hop - lt.core_bwd_s)
+        m, s = self.model, self.seq
+        bc = block_cost(m, self.node, self.rt, self.rates, tp=tp, cp=cp, micro_batch=mb, seq_len=s,
+                        recompute=rc, sequence_parallel=sp, precision=self.prec,
+                        tp_group=GroupShape(tp, *strided_group_spread(tp, 1, self.gpn)),
+                        cp_group=GroupShape(cp, *strided_group_spread(cp, tp, self.gpn)))
         executor = self.fw is not None
         la = layer_activation_bytes(m, mb, s, tp, cp, sp, rc, self.prec, self.rt.attention, executor)
         la_full = (layer_activation_bytes(m, mb, s, tp, cp, sp, "none", self.prec, self.rt.attention, executor)
                    if rc == "full" else 0.0)
-        cost = LayerCost(f=lt.fwd_s + tp_f + cp_f, bi=lt.bwd_input_s + lt.recompute_s + tp_b + tp_rc + cp_b,
-                         w=lt.bwd_weight_s, z3_f_per_dp=lt, emb_f=ef, emb_b=eb, head_f=hf, head_bi=hbi,
-                         head_w=hbw, act_bytes=act, layer_act=la, layer_act_full=la_full)
+        cost = LayerCost(f=bc.fwd_s, bi=bc.bwd_input_s, w=bc.bwd_weight_s, lt=bc.lt, cp=cp, mb=mb,
+                         emb_f=bc.emb_f, emb_b=bc.emb_b, head_f=bc.head_f, head_bi=bc.head_bi,
+                         head_w=bc.head_bw, act_bytes=bc.act_bytes, layer_act=la, layer_act_full=la_full)
         self._layer[key] = cost
         return cost
 
     def z3(self, lc: LayerCost, tp: int, dp: int, dp_stride: int, rc: str,
            sharding: str = "zero3") -> tuple[float, float]:
-        """Exposed ZeRO-3 (forward, backward) per layer, as predict() computes them; with a
-        framework profile the executor's FSDP2 unit per block (``sharding`` decides whether
-        it gathers again before backward)."""
-        key = (id(lc), tp, dp, dp_stride, rc, sharding if self.fw is not None else "")
+        """Exposed ZeRO-3 / FSDP (forward, backward) per layer over a dp group ``dp_stride``
+        ranks apart (:func:`planner.cost.block.shard_comm_s`, as predict() charges it)."""
+        key = (id(lc), tp, dp, dp_stride, rc, sharding)
         hit = self._z3.get(key)
-        if hit is not None:
-            return hit
-        lt, node, rt = lc.z3_f_per_dp, self.node, self.rt
-        g = GroupShape(dp, *strided_group_spread(dp, dp_stride, self.gpn))
-        size = self.model.layer_params() / tp * self.w_bytes
-
-        def exposed(comm_f: float, comm_b: float) -> tuple[float, float]:
-            """What of the gathers / reduce-scatters the neighbouring compute does not hide."""
-            if rt.shard_prefetch:
-                out = (max(0.0, comm_f - lt.fwd_s), max(0.0, comm_b - (lt.bwd_s + lt.recompute_s)))
-            else:
-                out = (comm_f, comm_b)
-            self._z3[key] = out
-            return out
-
-        if self.fw is not None:
-            # the executor's FSDP2 unit per block (zero2/zero3, any sharding under TP), as
-            # predict() charges it (planner.cost.step._layer_comm)
-            ag = collective_time("all_gather", size, g, node)
-            rs = collective_time("reduce_scatter", size, g, node)
-            unit_f, unit_b = self.fw.fsdp_unit_s(size)
-            cf = ag + unit_f
-            cb = (ag if sharding in ("zero3", "fsdp") else 0.0) + rs + unit_b
-            return exposed(cf, cb)
-        n_coll = self.param_tensors if rt.gather_granularity == "per_tensor" else 1
-
-        def coll(op: str) -> float:
-            lat = collective_time(op, 1.0, g, node)
-            return collective_time(op, size, g, node) + (n_coll - 1) * lat
-
-        ag, rs = coll("all_gather"), coll("reduce_scatter")
-        gathers_b = 1 + (1 if (rt.recompute_gathers_again and rc == "full") else 0)
-        return exposed(ag, gathers_b * ag + rs)
+        if hit is None:
+            g = GroupShape(dp, *strided_group_spread(dp, dp_stride, self.gpn))
+            hit = self._z3[key] = shard_comm_s(self.model, self.node, self.rt, lc.lt, self.rates, g, tp=tp,
+                                               cp=lc.cp, micro_batch=lc.mb, seq_len=self.seq,
+                                               precision=self.prec, sharding=sharding, recompute=rc)
+        return hit
 
     def fsdp_blocks(self, sharding: str, tp: int, dp: int) -> bool:
-        """Whether predict() charges per-block parameter gathers (ZeRO-3; with a framework
-        profile the executor's FSDP2, :func:`planner.cost.framework.uses_fsdp`)."""
-        if self.fw is not None:
-            return fw.uses_fsdp(sharding, tp, dp)
-        return sharding in ("zero3", "fsdp") and dp > 1
+        """Whether predict() charges per-block parameter gathers (:func:`planner.cost.block.shards_per_block`)."""
+        return shards_per_block(self.fw, sharding, tp, dp)
 
     def p2p(self, act: float, tp: int, pp: int, pp_stride: int) -> float:
         key = (act, tp, pp, pp_stride)
@@ -506,7 +440,7 @@ def _strides(order: str, tp: int, cp: int, pp: int, dp: int) -> tuple[int, int]:
 
 
 # ----- the search -----------------------------------------------------------------------------------
-def _divisors(n: int) -> list[int]:
+def divisors(n: int) -> list[int]:
     small = [d for d in range(1, int(math.isqrt(n)) + 1) if n % d == 0]
     return sorted(set(small + [n // d for d in small]))
 
@@ -587,8 +521,8 @@ class _Space:
 
 
 def _space(model: ModelSpec, world: int, gbs: int, fixed: dict) -> _Space:
-    divs = _divisors(world)
-    mb = [d for d in _divisors(gbs) if d <= MAX_MICRO_BATCH]
+    divs = divisors(world)
+    mb = [d for d in divisors(gbs) if d <= MAX_MICRO_BATCH]
     sched = [(s, 1) for s in PLAIN_SCHEDULES] + [("interleaved", v) for v in VPP_OPTIONS]
     sp = [False, True]
     sh = list(SHARDINGS)
@@ -631,7 +565,7 @@ class _Search:
         self.world = cluster.world_size
         self.gpn = self.node.gpus_per_node
         self.hbm = self.node.device.hbm_bytes
-        self.costs = _Costs(model, self.node, self.world, seq, precision, runtime)
+        self.costs = Costs(model, self.node, self.world, seq, precision, runtime)
         self.space = _space(model, self.world, gbs, fixed)
         self.rej: dict[str, RejectionCount] = {}
         self.total = 0
@@ -757,31 +691,20 @@ class _Search:
         rates = self.costs.rates
         if rates.framework is not None:  # predict's traffic at its fastest size (per-op costs are >= 0)
             return optimizer_traffic_s(rates, most / o_div, None)
-        return rates.memory(most / o_div * OPTIMIZER_BYTES_PER_PARAM, 2 * max(1, pp * v))
+        return fused_optimizer_s(rates, most / o_div, pp * v)
 
     def dp_exposed(self, tp: int, pp: int, dp: int, v: int, sh: str, dp_stride: int,
                    window_of_rank) -> float:
-        """Exposed data-parallel gradient reduction (non-ZeRO-3) as predict() charges it."""
-        if dp == 1 or sh == "zero3" or self.costs.fsdp_blocks(sh, tp, dp):
+        """Exposed data-parallel gradient reduction (non-ZeRO-3) as predict() charges it
+        (:func:`planner.cost.data_parallel.dp_exposed_s`)."""
+        if dp == 1:
             return 0.0
         params, r_max = self.max_rank_params(tp, pp, v)
-        grad_bytes = params * (2.0 if self.prec in ("fp16", "fp8") else 4.0)
         c = self.costs
-        if sh == "none":
-            red = c.dp_collective("all_reduce", grad_bytes, dp, dp_stride)
-            gather = 0.0
-        elif c.fw is not None:  # executor ZeRO-1: DDP all-reduce + parameter broadcasts
-            red = c.dp_collective("all_reduce", grad_bytes, dp, dp_stride)
-            gather = c.dp_collective("all_gather", params * c.w_bytes, dp, dp_stride)
-        else:
-            red = c.dp_collective("reduce_scatter", grad_bytes, dp, dp_stride)
-            gather = c.dp_collective("all_gather", params * c.w_bytes, dp, dp_stride)
-        window = window_of_rank(r_max) if self.rt.overlap_grad_reduce else 0.0
-        reducer = 0.0
-        if c.fw is not None and pp == 1:  # the executor's DDP reducer, as predict() charges it
-            tensors = fw.model_param_tensors(self.model, fw.executor_tied(self.model, tp, pp))
-            reducer = c.rates.ops(1, c.fw.ddp_reducer_s(tensors, grad_bytes))
-        return max(0.0, red - window) + (0.0 if self.rt.overlap_param_gather else gather) + reducer
+        g = c.dp_group(dp, dp_stride)
+        tensors = fw.model_param_tensors(self.model, fw.executor_tied(self.model, tp, pp))
+        return dp_exposed_s(self.node, c.rt, c.rates, g, precision=self.prec, sharding=sh, tp=tp, pp=pp,
+                            params=params, window_s=window_of_rank(r_max), param_tensors=tensors)
 
     def leaf_bound(self, lc: LayerCost, tp, cp, pp, dp, m, rc, sh, sched, v, order) -> float:
         f, bi, w = lc.f, lc.bi, lc.w
@@ -990,10 +913,10 @@ def uneven_split(model: ModelSpec, cluster: ClusterSpec, P: ParallelConfig,
     if P.pp == 1 or P.vpp != 1:
         return None
     node = cluster.node
-    costs = _Costs(model, node, cluster.world_size, P.seq_len, P.precision, runtime)
+    costs = Costs(model, node, cluster.world_size, P.seq_len, P.precision, runtime)
     lc = costs.layer(P.tp, P.cp, P.micro_batch, P.recompute, P.sequence_parallel)
     f, bi = lc.f, lc.bi
-    if costs.fsdp_blocks(P.sharding, P.tp, P.dp) or (costs.fw is None and P.sharding in ("zero3", "fsdp")):
+    if costs.fsdp_blocks(P.sharding, P.tp, P.dp):
         dp_stride, _ = _strides(P.order if P.order in ORDERS else ORDERS[0], P.tp, P.cp, P.pp, P.dp)
         zf, zb = costs.z3(lc, P.tp, P.dp, dp_stride, P.recompute, P.sharding)
         f, bi = f + zf, bi + zb

@@ -24,7 +24,7 @@ import pandas as pd
 from planner.cost.runtime import get_runtime
 from planner.cost.step import Prediction, cluster_for, predict
 from planner.errors import InputError
-from planner.model import load_model, preset_for_published_row
+from planner.catalog import load_model, preset_for_published_row
 from planner.plan import ParallelConfig
 
 ASSUMED_MICRO_BATCH = 1

@@ -7,8 +7,8 @@ import dataclasses
 import pytest
 
 from planner.cost.comm import GroupShape, collective_time
-from planner.cost.runtime import DEFAULT_RUNTIME
-from planner.cost.step import collectives_share_cores, effective_runtime, predict
+from planner.cost.runtime import DEFAULT_RUNTIME, collectives_share_cores, effective_runtime
+from planner.cost.step import predict
 from planner.hardware import ClusterSpec, EfficiencyCurve, load_profile, parse_profile
 from planner.model import ModelSpec
 from planner.plan import ParallelConfig
@@ -230,8 +230,8 @@ def test_executor_zero_bubble_memory_counts_its_in_flight_graphs():
     held = 4.0 * tokens * ((MODEL.n_layers // 2) * per_block + h + MODEL.vocab_size)
     assert zb.per_stage[1].memory.activations_bytes == pytest.approx(
         2 * one_f1b.per_stage[1].memory.activations_bytes + saved_loss + held)
-    from planner.cost.memory import peak_memory_bytes
-    assert peak_memory_bytes(MODEL, cl, cfg) == pytest.approx(zb.peak_memory_bytes, rel=1e-9)
+    from planner.cost.step import peak_memory
+    assert peak_memory(MODEL, cl, cfg).peak_bytes == pytest.approx(zb.peak_memory_bytes, rel=1e-9)
 
 
 def test_executor_last_stage_keeps_the_loss_state_of_every_micro_batch_in_flight():
@@ -307,10 +307,10 @@ def test_executor_ddp_reducer_costs_per_gradient_byte_only_where_ddp_runs():
 
     grads = 4.0 * max(stage_parameters(MODEL, ddp))
     assert extra == pytest.approx(1e-9 * grads, rel=1e-6)
-    from planner.cost.step import _param_tensors
+    from planner.cost.optimizer import param_tensors
 
     per_tensor = predict(MODEL, cl(ddp_param_s=1e-4), ddp).step_time_s - predict(MODEL, cl(), ddp).step_time_s
-    assert per_tensor == pytest.approx(1e-4 * _param_tensors(MODEL, ddp), rel=1e-6)
+    assert per_tensor == pytest.approx(1e-4 * param_tensors(MODEL, ddp), rel=1e-6)
     for other in (_cfg(dp=2, sharding="fsdp"), _cfg(tp=2), _cfg(pp=2, dp=1, micro_batch=2, global_batch=8)):
         assert (predict(MODEL, cl(ddp_grad_s_per_byte=1e-9, ddp_param_s=1e-4), other).step_time_s
                 == pytest.approx(predict(MODEL, cl(), other).step_time_s, rel=1e-12))
@@ -338,7 +338,7 @@ def test_oversubscribed_host_gives_busy_ranks_the_cores_waiting_ranks_leave():
     on a whole core, at the fixed point busy ranks = max(cores, ranks x busy fraction)."""
     from planner.cost.memory import stage_parameters
     from planner.cost.runtime import DEFAULT_RUNTIME
-    from planner.cost.step import _timed_step, effective_runtime
+    from planner.cost.step import plan_sites, timed_step
 
     node = _fw_node(4, op_forward_s=3e-6, op_backward_s=3e-6, op_optimizer_s=3e-6)
     assert node.device.host_cores == 2
@@ -348,7 +348,8 @@ def test_oversubscribed_host_gives_busy_ranks_the_cores_waiting_ranks_leave():
     params = stage_parameters(MODEL, cfg)
 
     def at(busy):
-        return _timed_step(MODEL, node, cfg, runtime, params, busy, True)
+        cluster = ClusterSpec.homogeneous(node, 1)
+        return timed_step(MODEL, cluster, plan_sites(cluster, cfg), (runtime,), [params], busy, True)
 
     assert at(2.0).step_s < got < at(4.0).step_s
     fixed = [t for t in (at(b / 100) for b in range(200, 401)) if abs(t.step_s - got) < 2e-3 * got]
@@ -357,8 +358,9 @@ def test_oversubscribed_host_gives_busy_ranks_the_cores_waiting_ranks_leave():
     two = _fw_node(2, op_forward_s=3e-6, op_backward_s=3e-6, op_optimizer_s=3e-6)
     p2 = _cfg(pp=2, micro_batch=1, global_batch=8)
     assert predict(MODEL, ClusterSpec.homogeneous(two, 1), p2).step_time_s == pytest.approx(
-        _timed_step(MODEL, two, p2, effective_runtime(DEFAULT_RUNTIME, two.device, 2),
-                    stage_parameters(MODEL, p2), 2, True).step_s, rel=1e-12)
+        timed_step(MODEL, ClusterSpec.homogeneous(two, 1), plan_sites(ClusterSpec.homogeneous(two, 1), p2),
+                   (effective_runtime(DEFAULT_RUNTIME, two.device, 2),), [stage_parameters(MODEL, p2)], 2,
+                   True).step_s, rel=1e-12)
 
 
 def test_elementwise_kinds_run_at_their_own_measured_rate():
@@ -416,7 +418,8 @@ def test_optimizer_uses_the_measured_adamw_rate():
     """With an ``adamw`` rate the optimizer step is the executor's AdamW(foreach=False) traffic
     (84 bytes per parameter) at that rate, plus the per-op costs, instead of the fused 28 bytes
     at the pooled memory-bound rate."""
-    from planner.cost.step import _optimizer_s, stage_parameters
+    from planner.cost.memory import stage_parameters
+    from planner.cost.optimizer import optimizer_s
     from planner.cost.compute import make_rates
 
     cfg = _cfg(global_batch=8)
@@ -426,14 +429,14 @@ def test_optimizer_uses_the_measured_adamw_rate():
     params = max(stage_parameters(MODEL, cfg))
     tensors = fw.model_param_tensors(MODEL, fw.executor_tied(MODEL, 1, 1))
     expected = fw.ADAMW_BYTES_PER_PARAM * params / 30e9 + tensors * fw.ADAM_OPS_PER_PARAM * 4e-6
-    assert _optimizer_s(MODEL, cfg, rates) == pytest.approx(expected, rel=1e-9)
+    assert optimizer_s(MODEL, cfg, rates) == pytest.approx(expected, rel=1e-9)
 
 
 def test_in_step_slowdowns_scale_each_phase_compute_not_the_per_op_costs():
     """``step_*_slowdown``: forward compute x1.3, backward x1.2, the optimizer's traffic x1.5;
     the per-op costs (measured inside autograd) stay as they are."""
     from planner.cost.compute import make_rates
-    from planner.cost.step import _optimizer_s
+    from planner.cost.optimizer import optimizer_s
 
     cfg = _cfg(global_batch=4)
     rates_adamw = (("adamw", "fp32", ((1.0, 30e9, 30e9),)),)
@@ -443,7 +446,7 @@ def test_in_step_slowdowns_scale_each_phase_compute_not_the_per_op_costs():
     def phases(**fw_values):
         node = _fw_node(1, **fw_values)
         t = predict(MODEL, ClusterSpec.homogeneous(node, 1), cfg).to_dict()["breakdown"]["time"]
-        opt = _optimizer_s(MODEL, cfg, make_rates(node.device, "fp32", 1, node.framework))
+        opt = optimizer_s(MODEL, cfg, make_rates(node.device, "fp32", 1, node.framework))
         return t["forward_s"], t["backward_s"], opt
 
     bare, bare_slow = phases(elementwise_rates=rates_adamw), phases(elementwise_rates=rates_adamw, **slow)

@@ -3,10 +3,9 @@ import itertools
 
 import pytest
 
-from planner.cost.memory import peak_memory_bytes
 from planner.cost.runtime import RUNTIME_PRESETS
-from planner.cost.step import cluster_for, lower_bound_step_time_s, predict
-from planner.model import load_model
+from planner.cost.step import cluster_for, lower_bound_step_time_s, peak_memory, predict
+from planner.catalog import load_model
 from planner.plan import ParallelConfig
 from planner.schedule import closed_form_in_flight, closed_form_makespan, estimate, simulate
 
@@ -91,7 +90,7 @@ def test_fast_predict_same_output_and_bounds():
             a.pop(key), b.pop(key)
         _close(a, b, P)
         assert lower_bound_step_time_s(GPT, A100, P, rt) <= full.step_time_s * (1 + 1e-12)
-        mem = peak_memory_bytes(GPT, A100, P, rt)
+        mem = peak_memory(GPT, A100, P, rt).peak_bytes
         if P.schedule == "zb" and P.pp > 1:
             assert mem >= full.peak_memory_bytes * (1 - 1e-12)
         else:

@@ -105,7 +105,7 @@ def test_demo_pipeline_writes_report_and_prints_its_path(tmp_path, capsys, monke
     plans = _three_plans(profile)
     measured = {p.id: p.prediction["step_time_s"] * f for p, f in zip(plans, (1.10, 0.95, 1.30))}
     assert len(measured) == 3
-    monkeypatch.setattr(demo, "_search_top", lambda model, prof, world, gbs, top: plans[:top])
+    monkeypatch.setattr(demo, "search_top", lambda model, prof, world, gbs, top: plans[:top])
     monkeypatch.setattr(demo, "execute", _fake_execute(measured))
     out = tmp_path / "demo"
     rc = main(["demo", "--out", str(out), "--profile", profile, "--steps", "4", "--warmup", "1"])
@@ -135,7 +135,7 @@ def test_demo_run_failure_is_one_line_nonzero(tmp_path, capsys, monkeypatch, pro
         write_summary(out_dir, summary)
         return summary
 
-    monkeypatch.setattr(demo, "_search_top", lambda *a: plans)
+    monkeypatch.setattr(demo, "search_top", lambda *a: plans)
     monkeypatch.setattr(demo, "execute", failing)
     rc = main(["demo", "--out", str(tmp_path / "d"), "--profile", profile])
     err = [l for l in capsys.readouterr().err.splitlines() if "failed" in l]

@@ -5,7 +5,7 @@ import pytest
 
 from planner.cli import main
 from planner.hardware import available_profiles, load_profile
-from planner.model import PRESETS
+from planner.presets import PRESETS
 
 
 def _tp_for(model, gpus_per_node):

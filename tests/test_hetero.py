@@ -2,8 +2,9 @@
 import pytest
 
 from planner.cluster import load_cluster
-from planner.hetero import predict_hetero_plan, search_hetero
-from planner.model import load_model
+from planner.cost.step import predict_plan
+from planner.hetero import search_hetero
+from planner.catalog import load_model
 
 
 @pytest.fixture(scope="module")
@@ -35,10 +36,10 @@ def test_plan_file_records_cluster_path(result, tmp_path):
     plans = result.best_plans
     assert plans
     plan = plans[0]
-    assert plan.hardware == "clusters/mixed-a100-h100.yaml"
+    assert plan.cluster == "clusters/mixed-a100-h100.yaml" and plan.hardware == ""
     path = plan.save(tmp_path / "p.json")
     from planner.plan import Plan
 
     again = Plan.load(path)
-    pred = predict_hetero_plan(again)
+    pred = predict_plan(again)
     assert pred.step_time_s == pytest.approx(plan.prediction["step_time_s"], rel=1e-9)

@@ -11,10 +11,9 @@ import pytest
 
 from planner.errors import InputError
 from planner.hf_config import spec_from_hf_config
-from planner.model import (
-    PRESETS, PUBLISHED_MODEL_PRESETS, ModelSpec, available_models, load_model,
-    preset_for_published_row,
-)
+from planner.model import ModelSpec
+from planner.catalog import available_models, load_model, preset_for_published_row
+from planner.presets import PRESETS, PUBLISHED_MODEL_PRESETS
 
 FIXTURES = Path(__file__).parent / "fixtures" / "hf"
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks" / "published_runs.csv"

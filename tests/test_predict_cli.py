@@ -79,7 +79,7 @@ def test_heads_not_divisible(capsys):
 
 def test_every_preset_on_every_profile():
     from planner.cost.step import cluster_for, predict
-    from planner.model import load_model
+    from planner.catalog import load_model
     from planner.plan import ParallelConfig
     from planner.presets import PRESETS
 

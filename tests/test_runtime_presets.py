@@ -2,10 +2,11 @@
 import dataclasses
 
 from planner.cost.comm import GroupShape, collective_time
+from planner.catalog import load_model
 from planner.cost.runtime import Runtime
-from planner.cost.step import _gathered_tensors_per_layer, cluster_for, predict
+from planner.cost.step import cluster_for, predict
+from planner.cost.zero3_prefetch import block_modules, gathered_tensors_per_layer
 from planner.hardware import load_profile
-from planner.model import load_model
 from planner.plan import ParallelConfig
 
 
@@ -24,9 +25,9 @@ def test_persistence_threshold_keeps_small_tensors_resident():
     model = load_model("gpt3-175b")
     every = Runtime(gather_granularity="per_tensor")
     kept = dataclasses.replace(every, param_persistence_threshold=100_000)
-    assert _gathered_tensors_per_layer(model, 1, every) == 12  # 4 weights, 4 biases, 2 LayerNorms x 2
-    assert _gathered_tensors_per_layer(model, 1, kept) == 4    # only the four weight matrices
-    assert _gathered_tensors_per_layer(model, 1, Runtime()) == 1  # FSDP: one flat parameter
+    assert gathered_tensors_per_layer(model, 1, every) == 12  # 4 weights, 4 biases, 2 LayerNorms x 2
+    assert gathered_tensors_per_layer(model, 1, kept) == 4    # only the four weight matrices
+    assert gathered_tensors_per_layer(model, 1, Runtime()) == 1  # FSDP: one flat parameter
 
 
 def test_less_overlap_is_never_faster():
@@ -42,10 +43,18 @@ def test_less_overlap_is_never_faster():
 
 # --- DeepSpeed-2021 ZeRO-3 parameter coordinator, simulated module by module ---
 
+def _exposed(model, node, P, rt, lt, g):
+    from planner.cost.compute import make_rates
+    from planner.cost.zero3_prefetch import per_tensor_prefetch_exposed
+    rates = make_rates(node.device, P.precision, 8, None)
+    return per_tensor_prefetch_exposed(model, node, rt, lt, rates, g, 0.0, tp=P.tp, cp=P.cp,
+                                       micro_batch=P.micro_batch, seq_len=P.seq_len,
+                                       precision=P.precision, recompute=P.recompute)
+
 def _ds_case(mb=4, dp=384, **overrides):
     from planner.cost.compute import layer_times, make_rates
     from planner.cost.runtime import get_runtime
-    from planner.cost.step import _shape
+    from planner.cost.block import group_shape
     model = load_model("gpt3-175b")
     node = load_profile("dgx-a100-80gb")
     P = ParallelConfig(dp=dp, micro_batch=mb, global_batch=dp * mb, seq_len=2048,
@@ -53,46 +62,41 @@ def _ds_case(mb=4, dp=384, **overrides):
     rt = dataclasses.replace(get_runtime("deepspeed-zero3-2021"), **overrides)
     rates = make_rates(node.device, P.precision, 8, None)
     lt = layer_times(model, mb, 2048, 1, 1, False, "full", "fp16", rates, rt)
-    return model, node, P, rt, lt, _shape(P, "dp", 8)
+    return model, node, P, rt, lt, group_shape(P, "dp", 8)
 
 
 def test_block_modules_are_the_four_weights_above_the_persistence_threshold():
-    from planner.cost.step import _block_modules
     model = load_model("gpt3-175b")
     h = model.hidden_size
-    assert _block_modules(model, 1, 100_000) == [3 * h * h, h * h, 4 * h * h, 4 * h * h]
-    assert _block_modules(model, 1, 0) == [3 * h * h + 3 * h, h * h + h, 4 * h * h + 4 * h, 4 * h * h + h]
+    assert block_modules(model, 1, 100_000) == [3 * h * h, h * h, 4 * h * h, 4 * h * h]
+    assert block_modules(model, 1, 0) == [3 * h * h + 3 * h, h * h + h, 4 * h * h + 4 * h, 4 * h * h + h]
 
 
 def test_no_prefetch_exposes_every_gather_in_full():
     """max_live_parameters below one tensor: nothing is prefetched, each module's hook gathers
     its tensor and waits: the forward exposes exactly the sum of the four gathers."""
-    from planner.cost.step import _block_modules, _per_tensor_prefetch_exposed
     model, node, P, rt, lt, g = _ds_case(max_live_parameters=1)
-    z3_f, _ = _per_tensor_prefetch_exposed(model, node, P, rt, lt, g, 0.0)
+    z3_f, _ = _exposed(model, node, P, rt, lt, g)
     gathers = sum(collective_time("all_gather", 2.0 * n, g, node, multi_rail=False)
-                  for n in _block_modules(model, 1, rt.param_persistence_threshold))
+                  for n in block_modules(model, 1, rt.param_persistence_threshold))
     assert abs(z3_f - gathers) <= 1e-9 * gathers
 
 
 def test_depth_one_prefetch_is_between_block_overlap_and_no_overlap():
     """Per module max(compute_j, gather_{j+1}) is never better than overlapping the block's
     total compute with its total gathers, and never worse than no overlap."""
-    from planner.cost.step import _block_modules, _per_tensor_prefetch_exposed
     for mb in (1, 2, 4):
         model, node, P, rt, lt, g = _ds_case(mb=mb, dp=1536 // mb)
-        z3_f, _ = _per_tensor_prefetch_exposed(model, node, P, rt, lt, g, 0.0)
+        z3_f, _ = _exposed(model, node, P, rt, lt, g)
         gathers = sum(collective_time("all_gather", 2.0 * n, g, node, multi_rail=False)
-                      for n in _block_modules(model, 1, rt.param_persistence_threshold))
+                      for n in block_modules(model, 1, rt.param_persistence_threshold))
         assert max(0.0, gathers - lt.fwd_s) - 1e-12 <= z3_f <= gathers + 1e-12
 
 
 def test_keeping_reused_parameters_never_adds_time():
-    from planner.cost.step import _per_tensor_prefetch_exposed
     model, node, P, rt, lt, g = _ds_case()
-    _, kept = _per_tensor_prefetch_exposed(model, node, P, rt, lt, g, 0.0)
-    _, released = _per_tensor_prefetch_exposed(model, node, P, dataclasses.replace(rt, max_reuse_distance=0),
-                                               lt, g, 0.0)
+    _, kept = _exposed(model, node, P, rt, lt, g)
+    _, released = _exposed(model, node, P, dataclasses.replace(rt, max_reuse_distance=0), lt, g)
     assert kept < released
 
 

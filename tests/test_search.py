@@ -6,7 +6,7 @@ import pytest
 
 from planner.cost.step import cluster_for, predict
 from planner.errors import InputError
-from planner.model import load_model
+from planner.catalog import load_model
 from planner.plan import ParallelConfig
 from planner.search import _Search, brute_force, normalise_fixed, parse_fix, search
 

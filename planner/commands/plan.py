@@ -158,7 +158,7 @@ def what_would_fit(model, cluster, args, fixed, runtime, hetero: bool) -> list[s
 
 def handler(args: argparse.Namespace) -> int:
     from planner.cost.runtime import get_runtime
-    from planner.model import load_model
+    from planner.catalog import load_model
     from planner.search import parse_fix
 
     if args.top < 1:

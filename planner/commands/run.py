@@ -11,6 +11,7 @@ Local limits (documented refusal rules):
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import shlex
@@ -21,7 +22,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from planner.errors import require
+from planner.errors import InputError, require
 
 MAX_OVERSUBSCRIPTION = 4
 DEFAULT_PORT = 29500
@@ -177,10 +178,23 @@ def finalize(out: str | Path, plan, cfg: LaunchConfig, rc: int, output: str, com
     elif rank is None and rank_errors:
         rank, error = rank_errors[0]["rank"], rank_errors[0]["error"]
     summary = records.summarize(records.read_records(out), plan.to_dict(), cfg.steps, cfg.warmup,
-                                records.plan_prediction(plan), status="failed", error=error, rank=rank, oom=oom)
+                                plan.prediction, status="failed", error=error, rank=rank, oom=oom)
     summary["launcher"] = launcher
     records.write_summary(out, summary)
     return summary
+
+
+def with_prediction(plan):
+    """``plan`` carrying the cost model's prediction (computed here when the file has none, so
+    the executor only copies it); a plan the cost model cannot price keeps none."""
+    if plan.prediction is not None:
+        return plan
+    from planner.cost.step import predict_plan
+
+    try:
+        return plan.with_prediction(predict_plan(plan).to_dict())
+    except (InputError, ValueError):
+        return plan
 
 
 def launch(plan_path: str, cfg: LaunchConfig, echo=sys.stderr) -> tuple[int, dict | None]:
@@ -197,7 +211,9 @@ def launch(plan_path: str, cfg: LaunchConfig, echo=sys.stderr) -> tuple[int, dic
     out.mkdir(parents=True, exist_ok=True)
     for name in ("records.jsonl", "summary.json"):  # a run folder holds one run
         (out / name).unlink(missing_ok=True)
-    plan.save(out / "plan.json")  # the run folder is self-contained: compare and fit read it
+    plan = with_prediction(plan)
+    plan_copy = plan.save(out / "plan.json")  # the run folder is self-contained: compare and fit read it
+    cfg = dataclasses.replace(cfg, plan_path=str(plan_copy))  # the ranks copy its prediction
     cmd = torchrun_command(plan.world_size, cfg)
     env = dict(os.environ, OMP_NUM_THREADS=str(cfg.threads), PYTHONUNBUFFERED="1")
     root = str(Path(__file__).resolve().parents[2])  # so `-m executor` resolves from any cwd

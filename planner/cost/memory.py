@@ -285,24 +285,3 @@ def stage_memories(model: ModelSpec, parallel, device, in_flight, attention: str
                            device_reserved=reserved, fragmentation=frag, block_working_bytes=full_layer)
         out.append((r, n_layers_r, mem))
     return out
-
-
-def peak_memory_bytes(model: ModelSpec, cluster, parallel, runtime=None) -> float:
-    """Peak bytes of the largest rank, without simulating the schedule (for pruning).
-
-    Equals ``predict(...).peak_memory_bytes`` for GPipe, 1F1B and interleaved (their
-    in-flight counts depend only on the order, :func:`planner.schedule.closed_form_in_flight`);
-    for ZB-H1 it uses 1F1B's limit ``p - i``, an upper bound of the simulated count (the
-    executor's zero-bubble schedule: :func:`planner.cost.framework.zb_in_flight`, as predict())."""
-    from planner.cost.runtime import DEFAULT_RUNTIME
-    from planner.schedule import closed_form_in_flight
-
-    runtime = runtime or DEFAULT_RUNTIME
-    P = parallel
-    P.validate_for(model)
-    sched = P.schedule if P.pp > 1 else ("interleaved" if P.vpp > 1 else "1f1b")
-    in_flight = fw.executor_in_flight(cluster.node.framework, sched, P.pp, P.num_micro_batches,
-                                      closed_form_in_flight(sched, P.pp, P.num_micro_batches, P.vpp))
-    mems = stage_memories(model, P, cluster.node.device, in_flight, runtime.attention,
-                          framework=cluster.node.framework)
-    return max(mem.total_bytes for _, _, mem in mems)

@@ -8,6 +8,7 @@ row's ``framework`` column.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from planner.errors import InputError, require
@@ -147,3 +148,24 @@ def get_runtime(name: str) -> Runtime:
     if name not in RUNTIME_PRESETS:
         raise InputError("runtime", f"unknown runtime {name!r} (known: {', '.join(sorted(RUNTIME_PRESETS))})")
     return RUNTIME_PRESETS[name]
+
+
+def collectives_share_cores(device, ranks_per_node: int) -> bool:
+    """True on a CPU host whose ranks occupy every core (``ranks >= host_cores``).
+
+    gloo runs a collective's copies and reductions on CPU threads of the calling process
+    (Gloo ``allreduce_ring_chunked``, PyTorch ``ProcessGroupGloo`` work threads), so on CPU a
+    collective "overlapped" with backward (DDP buckets, Li et al. VLDB 2020; FSDP prefetch,
+    Zhao et al. VLDB 2023) competes with the compute thread for the same core instead of
+    running on a separate engine as NCCL does on a GPU: with no idle core the communication
+    time adds to the step. (A rank *waiting* for its peers uses no CPU; DESIGN.md.)"""
+    return device.host_cores > 0 and ranks_per_node >= device.host_cores
+
+
+def effective_runtime(runtime: Runtime, device, ranks_per_node: int) -> Runtime:
+    """``runtime`` as it can behave on this device: no comm/compute overlap where the
+    collectives share the cores with compute (:func:`collectives_share_cores`)."""
+    if not collectives_share_cores(device, ranks_per_node):
+        return runtime
+    return dataclasses.replace(runtime, overlap_grad_reduce=False, overlap_param_gather=False,
+                               shard_prefetch=False, shard_overlap_fraction=0.0)

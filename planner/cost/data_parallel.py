@@ -1,0 +1,45 @@
+"""The data-parallel gradient reduction (and ZeRO-1/2's parameter all-gather) not hidden behind
+the backward pass. ZeRO-3 / FSDP reduce block by block instead (:mod:`planner.cost.block`)."""
+from __future__ import annotations
+
+from planner.cost.block import shards_per_block, weight_bytes_per_param
+from planner.cost.comm import GroupShape, collective_time
+from planner.cost.compute import Rates
+from planner.cost.runtime import Runtime
+from planner.hardware import NodeSpec
+
+
+def grad_bytes_per_param(precision: str) -> float:
+    """Bytes per gradient element reduced over dp: fp16 / fp8 runs reduce in half precision,
+    fp32 and bf16 (Megatron's fp32 gradient accumulation) in fp32."""
+    return 2.0 if precision in ("fp16", "fp8") else 4.0
+
+
+def dp_exposed_s(node: NodeSpec, runtime: Runtime, rates: Rates, g: GroupShape, *, precision: str,
+                 sharding: str, tp: int, pp: int, params: float, window_s: float, param_tensors: int) -> float:
+    """Exposed reduction of the rank holding ``params`` parameters over its dp group ``g``.
+
+    Overlapped with the backward (DDP buckets, Li et al. VLDB 2020; Megatron-Core
+    ``--overlap-grad-reduce``), only the part longer than ``window_s`` (that rank's last
+    micro-batch's backward) shows; ZeRO's parameter all-gather shows unless the runtime overlaps
+    it with the next forward. Under the executor's runtime (a ``framework:`` section) ZeRO-1 is
+    DDP's all-reduce plus parameter broadcasts, and without pipelining DDP's reducer (hooks,
+    buckets over ``param_tensors`` tensors) costs its calibrated time."""
+    frame = node.framework
+    if g.size == 1 or sharding in ("zero3", "fsdp") or shards_per_block(frame, sharding, tp, g.size):
+        return 0.0
+    grad_bytes = params * grad_bytes_per_param(precision)
+    if sharding == "none":
+        red = collective_time("all_reduce", grad_bytes, g, node)
+        gather = 0.0
+    elif frame is not None:
+        red = collective_time("all_reduce", grad_bytes, g, node)
+        gather = collective_time("all_gather", params * weight_bytes_per_param(precision), g, node)
+    else:
+        red = collective_time("reduce_scatter", grad_bytes, g, node)
+        gather = collective_time("all_gather", params * weight_bytes_per_param(precision), g, node)
+    window = window_s if runtime.overlap_grad_reduce else 0.0
+    exposed = max(0.0, red - window) + (0.0 if runtime.overlap_param_gather else gather)
+    if frame is not None and pp == 1:
+        exposed += rates.ops(1, frame.ddp_reducer_s(param_tensors, grad_bytes))
+    return exposed
