@@ -18,6 +18,7 @@ import torch
 from torch.distributed.device_mesh import DeviceMesh
 
 from planner.errors import InputError
+from planner.executor_rules import dp_kind, reshards_after_forward, ties_embeddings
 from planner.plan import Plan
 
 from executor import data, measure
@@ -46,8 +47,8 @@ class OptimConfig:
 
 
 def tie_embeddings(plan: Plan) -> bool:
-    """Tied only without PP and TP (a tie cannot span stages or a vocab-sharded head)."""
-    return plan.model.tied_embeddings and plan.parallel.pp == 1 and plan.parallel.tp == 1
+    """Tied only without PP and TP (:func:`planner.executor_rules.ties_embeddings`)."""
+    return ties_embeddings(plan.model, plan.parallel.tp, plan.parallel.pp)
 
 
 def check_supported(plan: Plan) -> None:
@@ -96,13 +97,9 @@ class Trainer:
     # ----- setup ------------------------------------------------------------------------------
     @property
     def dp_kind(self) -> str:
-        """How gradients are synchronised over dp: none | ddp | zero1 | fsdp."""
+        """How gradients are synchronised over dp (:func:`planner.executor_rules.dp_kind`)."""
         p = self.parallel
-        if p.dp == 1:
-            return "none"
-        if p.tp > 1 or p.sharding in ("zero2", "zero3", "fsdp"):
-            return "fsdp"
-        return "zero1" if p.sharding == "zero1" else "ddp"
+        return dp_kind(p.sharding, p.tp, p.dp)
 
     def _wrap(self, module: Transformer):
         p = self.parallel
@@ -112,7 +109,7 @@ class Trainer:
         kind = self.dp_kind
         if kind == "fsdp":
             return fsdp_mod.apply_fsdp(module, self.mesh["dp"],
-                                       reshard_after_forward=p.sharding in ("zero3", "fsdp"))
+                                       reshard_after_forward=reshards_after_forward(p.sharding))
         if kind in ("ddp", "zero1") and p.pp == 1:
             return dp_mod.apply_ddp(module, self.mesh["dp"], self.device)
         return module

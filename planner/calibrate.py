@@ -42,6 +42,7 @@ from planner.hardware import (FRAMEWORK_YAML, RATE_TABLES, GB, GIB, MICRO, TERA,
                               EfficiencyCurve, FrameworkSpec, LinkSpec, MeasuredCollective, NodeSpec, PROFILES_DIR,
                               RateTable, parse_profile)
 from planner.io import atomic_write_text, read_json_object
+from planner.executor_rules import fsdp_units
 
 SCHEMA = "clusterplan-bench/1"  # executor.bench.SCHEMA (not imported: that package imports torch)
 DEFAULT_PROFILE_PATH = PROFILES_DIR / "local-cpu.yaml"
@@ -946,17 +947,16 @@ def _reference_prediction(model, node: NodeSpec, parallel, ranks_busy: int | Non
     2 for a one-rank plan run on both ranks at once."""
     from planner.cost.comm import collective_time
     from planner.cost.compute import make_rates
-    from planner.cost.runtime import DEFAULT_RUNTIME
     from planner.cost.block import group_shape
     from planner.cost.memory import stage_parameters
     from planner.cost.optimizer import optimizer_s, param_tensors
-    from planner.cost.runtime import effective_runtime
+    from planner.cost.runtime import EXECUTOR_RUNTIME, effective_runtime
     from planner.cost.step import plan_sites, stage_times
     from planner.hardware import ClusterSpec
 
     P = parallel
     world = P.world_size
-    runtime = effective_runtime(DEFAULT_RUNTIME, node.device, min(node.gpus_per_node, world) if world > 1 else 0)
+    runtime = effective_runtime(EXECUTOR_RUNTIME, node.device, min(node.gpus_per_node, world) if world > 1 else 0)
     busy = min(node.gpus_per_node, world) if ranks_busy is None else ranks_busy
     rates = make_rates(node.device, P.precision, busy, node.framework)
     cluster = ClusterSpec.homogeneous(node, 1)  # one node type: the layout comes from P
@@ -1383,7 +1383,7 @@ def build_framework(fw_results: dict, node: NodeSpec) -> tuple[FrameworkSpec, di
         defaults.append("sp")
     if "fsdp" in refs:
         res = residual("fsdp", 1.0)
-        units = fw.fsdp_units(model, L, True, True, False)
+        units = fsdp_units(L, True, False)
         values["fsdp_unit_forward_s"] = max(0.0, res["forward"]) / units
         values["fsdp_unit_backward_s"] = max(0.0, res["backward"]) / units
         values["fsdp_optimizer_param_s"] = max(0.0, res["optimizer"]) / tensors
@@ -1398,7 +1398,7 @@ def build_framework(fw_results: dict, node: NodeSpec) -> tuple[FrameworkSpec, di
             wf = _reference_prediction(wm, dataclasses.replace(node, framework=base).with_gpus_per_node(2),
                                        _wide_config(wr, 1, 2, "fsdp"))
             wres = {ph: (refs["fsdp_wide"]["median_s"][ph] - wf[ph] - wide_res[ph]) / at_once for ph in phases}
-            w_units = fw.fsdp_units(wm, wm.n_layers, True, True, False)
+            w_units = fsdp_units(wm.n_layers, True, False)
             x_ref = 4.0 * model.total_params() / units
             x_wide = 4.0 * wm.total_params() / w_units
             fit = _constant_and_per_byte(values, "fsdp_unit", (x_ref, res, units), (x_wide, wres, w_units))

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from planner.cluster import Cluster, as_cluster
 from planner.cost.memory import shard_divisors, state_bytes_per_param
 from planner.cost.prediction import Prediction
-from planner.cost.runtime import DEFAULT_RUNTIME, Runtime
+from planner.cost.runtime import Runtime, bind_runtime
 from planner.cost.step import peak_memory, predict
 from planner.errors import require
 from planner.model import ModelSpec
@@ -100,7 +100,7 @@ def hetero_parallel(cfg: HeteroConfig, global_batch: int, seq_len: int, precisio
 
 
 def evaluate(model: ModelSpec, cluster: Cluster, cfg: HeteroConfig, seq: int, precision: str,
-             gbs: int, runtime: Runtime = DEFAULT_RUNTIME) -> Prediction:
+             gbs: int, runtime: Runtime | None = None) -> Prediction:
     """Predict one heterogeneous plan with the one assembler (:func:`planner.cost.step.predict`)."""
     return predict(model, cluster, hetero_parallel(cfg, gbs, seq, precision), runtime, timeline=False)
 
@@ -222,7 +222,7 @@ def _space(model: ModelSpec, runs, global_batch: int, fx: dict, reject) -> tuple
 
 def search_hetero(model: ModelSpec, cluster, global_batch: int, seq_len: int | None = None,
                   precision: str = "bf16", fixed: dict | None = None, top_k: int = 10, progress=None,
-                  runtime: Runtime = DEFAULT_RUNTIME, cluster_path: str = "") -> SearchResult:
+                  runtime: Runtime | None = None, cluster_path: str = "") -> SearchResult:
     """Rank heterogeneous plans (uneven layers, tp per node type) and the homogeneous-split
     baseline; ``result.gain_text`` says how much the best beats the best homogeneous split.
 
@@ -231,7 +231,7 @@ def search_hetero(model: ModelSpec, cluster, global_batch: int, seq_len: int | N
     bound reaches the K-th best step time (and, for one-tp candidates, the best balanced one's:
     the baseline), so the top K are those of pricing every candidate."""
     t0 = time.perf_counter()
-    cluster = as_cluster(cluster)
+    cluster, runtime = bind_runtime(as_cluster(cluster), runtime)
     runs = _type_runs(cluster)
     seq = seq_len or model.seq_len
     fx = normalise_fixed(fixed or {})

@@ -57,7 +57,7 @@ from planner.cost.data_parallel import dp_exposed_s
 from planner.cost.memory import (executor_saved_logits_bytes_per_token, executor_untied_head_params,
                                  layer_activation_bytes, logits_bytes_per_token,
                                  peak_transients, shard_divisors, state_bytes_per_param)
-from planner.cost.runtime import DEFAULT_RUNTIME, Runtime, effective_runtime
+from planner.cost.runtime import Runtime, bind_runtime, effective_runtime
 from planner.cost.optimizer import fused_optimizer_s, optimizer_traffic_s
 from planner.cost.prediction import Prediction
 from planner.cost.step import TIMELINE_TASK_LIMIT, predict
@@ -65,6 +65,7 @@ from planner.errors import InputError, require
 from planner.hardware import ClusterSpec, NodeSpec
 from planner.model import ModelSpec
 from planner.plan import PRECISIONS, RECOMPUTE, ParallelConfig, Plan, strided_group_spread
+from planner.executor_rules import ties_embeddings
 
 GIB = 1024.0**3
 ORDERS = ("tp-cp-dp-pp", "tp-cp-pp-dp")
@@ -702,7 +703,7 @@ class _Search:
         params, r_max = self.max_rank_params(tp, pp, v)
         c = self.costs
         g = c.dp_group(dp, dp_stride)
-        tensors = fw.model_param_tensors(self.model, fw.executor_tied(self.model, tp, pp))
+        tensors = fw.model_param_tensors(self.model, ties_embeddings(self.model, tp, pp))
         return dp_exposed_s(self.node, c.rt, c.rates, g, precision=self.prec, sharding=sh, tp=tp, pp=pp,
                             params=params, window_s=window_of_rank(r_max), param_tensors=tensors)
 
@@ -904,7 +905,7 @@ class _Search:
 
 # ----- uneven stages --------------------------------------------------------------------------------
 def uneven_split(model: ModelSpec, cluster: ClusterSpec, P: ParallelConfig,
-                 runtime: Runtime = DEFAULT_RUNTIME) -> tuple[int, ...] | None:
+                 runtime: Runtime | None = None) -> tuple[int, ...] | None:
     """The exact chain-DP cut (planner.partition.partition_chain) of ``model``'s layers for
     ``P`` (vpp == 1), with the cost model's per-layer time and memory and the embedding / LM
     head as first / last stage extras; None when it equals the balanced split or fails."""
@@ -912,6 +913,7 @@ def uneven_split(model: ModelSpec, cluster: ClusterSpec, P: ParallelConfig,
 
     if P.pp == 1 or P.vpp != 1:
         return None
+    cluster, runtime = bind_runtime(cluster, runtime)
     node = cluster.node
     costs = Costs(model, node, cluster.world_size, P.seq_len, P.precision, runtime)
     lc = costs.layer(P.tp, P.cp, P.micro_batch, P.recompute, P.sequence_parallel)
@@ -997,7 +999,7 @@ def _with_timeline(e: RankedPlan, model: ModelSpec, cluster: ClusterSpec, runtim
 
 def search(model: ModelSpec, cluster: ClusterSpec, global_batch: int, seq_len: int | None = None,
            precision: str = "bf16", fixed: dict | None = None, top_k: int = 10,
-           progress: Callable[[float], None] | None = None, runtime: Runtime = DEFAULT_RUNTIME,
+           progress: Callable[[float], None] | None = None, runtime: Runtime | None = None,
            hardware: str | None = None, refine: bool = True) -> SearchResult:
     """Search the full space (module docstring) for ``model`` on ``cluster`` (homogeneous; see
     :mod:`planner.hetero` for mixed clusters) and return the ``top_k`` fastest fitting plans.
@@ -1007,6 +1009,7 @@ def search(model: ModelSpec, cluster: ClusterSpec, global_batch: int, seq_len: i
     a fraction in [0, 1] now and then. hardware: the profile name stored in the plans.
     """
     t0 = time.perf_counter()
+    cluster, runtime = bind_runtime(cluster, runtime)
     require(isinstance(global_batch, int) and global_batch >= 1, "global_batch", "must be a positive integer")
     require(isinstance(top_k, int) and top_k >= 1, "top", "must be >= 1")
     require(precision in PRECISIONS, "precision", f"must be one of {PRECISIONS}")
@@ -1035,10 +1038,11 @@ def search(model: ModelSpec, cluster: ClusterSpec, global_batch: int, seq_len: i
 
 def brute_force(model: ModelSpec, cluster: ClusterSpec, global_batch: int, seq_len: int | None = None,
                 precision: str = "bf16", fixed: dict | None = None,
-                runtime: Runtime = DEFAULT_RUNTIME) -> list[tuple[ParallelConfig, Prediction]]:
+                runtime: Runtime | None = None) -> list[tuple[ParallelConfig, Prediction]]:
     """Every valid candidate of the same space through predict() (for tests and small cases):
     fitting plans, fastest first."""
     seq = seq_len or model.seq_len
+    cluster, runtime = bind_runtime(cluster, runtime)
     S = _space(model, cluster.world_size, global_batch, normalise_fixed(fixed or {}))
     out = []
     world = cluster.world_size

@@ -98,6 +98,7 @@ def test_gemm_uses_the_curve_of_its_dtype():
 # ----- calibrated framework section: the executor's building blocks --------------------------
 from planner.cost import framework as fw  # noqa: E402
 from planner.hardware import FrameworkSpec  # noqa: E402
+from planner.executor_rules import fsdp_units, ties_embeddings
 
 ZERO_FW = dict.fromkeys(FrameworkSpec.number_fields(), 0.0)
 
@@ -139,7 +140,7 @@ def test_framework_wrapper_costs_are_charged_where_the_executor_runs_them():
     dp = _cfg(dp=2)
     base = predict(MODEL, ClusterSpec.homogeneous(_fw_node(), 1), _cfg(dp=2, sharding="fsdp"))
     fsdp = predict(MODEL, ClusterSpec.homogeneous(_fw_node(fsdp_unit_forward_s=1e-3), 1), _cfg(dp=2, sharding="fsdp"))
-    units = fw.fsdp_units(MODEL, MODEL.n_layers, True, True, fw.executor_tied(MODEL, 1, 1))
+    units = fsdp_units(MODEL.n_layers, True, ties_embeddings(MODEL, 1, 1))
     m = _cfg(dp=2, sharding="fsdp").num_micro_batches  # 1: 4 sequences per rank
     assert fsdp.step_time_s - base.step_time_s == pytest.approx(m * units * 1e-3, rel=1e-6)
     z0 = predict(MODEL, ClusterSpec.homogeneous(_fw_node(), 1), _cfg(dp=2, sharding="zero1"))
@@ -427,7 +428,7 @@ def test_optimizer_uses_the_measured_adamw_rate():
     node = _fw_node(1, op_optimizer_s=4e-6, elementwise_rates=rates_adamw)
     rates = make_rates(node.device, "fp32", 1, node.framework)
     params = max(stage_parameters(MODEL, cfg))
-    tensors = fw.model_param_tensors(MODEL, fw.executor_tied(MODEL, 1, 1))
+    tensors = fw.model_param_tensors(MODEL, ties_embeddings(MODEL, 1, 1))
     expected = fw.ADAMW_BYTES_PER_PARAM * params / 30e9 + tensors * fw.ADAM_OPS_PER_PARAM * 4e-6
     assert optimizer_s(MODEL, cfg, rates) == pytest.approx(expected, rel=1e-9)
 

@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parent.parent
 LAYERS = (
     ("spec", ("planner.errors", "planner.io", "planner.model", "planner.presets", "planner.hf_config",
               "planner.catalog", "planner.hardware", "planner.cluster")),
-    ("plan", ("planner.plan", "planner.partition", "planner.schedule")),
+    ("plan", ("planner.plan", "planner.executor_rules", "planner.partition", "planner.schedule")),
     ("cost", ("planner.cost",)),
     ("search", ("planner.search", "planner.hetero")),
     ("side", ("planner.calibrate", "planner.records", "planner.report", "planner.validation", "planner.export",

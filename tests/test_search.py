@@ -7,6 +7,7 @@ import pytest
 from planner.cost.step import cluster_for, predict
 from planner.errors import InputError
 from planner.catalog import load_model
+from planner.cost.runtime import DEFAULT_RUNTIME
 from planner.plan import ParallelConfig
 from planner.search import _Search, brute_force, normalise_fixed, parse_fix, search
 
@@ -93,7 +94,7 @@ def test_nothing_fits():
 def test_bounds_below_predict(small):
     """The leaf lower bound never exceeds predict(); the memory bound never exceeds its peak."""
     model, cluster = small
-    s = _Search(model, cluster, 8, 2048, "bf16", normalise_fixed({}), 3, None, predict.__defaults__[0])
+    s = _Search(model, cluster, 8, 2048, "bf16", normalise_fixed({}), 3, None, DEFAULT_RUNTIME)
     checked = 0
     for tp, pp, dp in ((1, 1, 4), (2, 2, 1), (1, 4, 1), (2, 1, 2), (1, 2, 2)):
         for mb in (1, 2):
@@ -175,7 +176,7 @@ def test_zb_leaf_bound_below_predict_on_a_large_cluster():
     predict() and is close to it."""
     model = load_model("llama3-70b", seq_len=4096)
     cluster = cluster_for("dgx-h100-80gb", 64)
-    s = _Search(model, cluster, 512, 4096, "bf16", normalise_fixed({}), 3, None, predict.__defaults__[0])
+    s = _Search(model, cluster, 512, 4096, "bf16", normalise_fixed({}), 3, None, DEFAULT_RUNTIME)
     n = 0
     for tp, pp, mb in ((8, 8, 1), (4, 16, 1), (8, 16, 2), (2, 32, 1), (8, 32, 1)):
         dp = 512 // (tp * pp)
@@ -199,13 +200,13 @@ def test_bounds_below_predict_with_framework_profile():
     """On the calibrated CPU profile (its ``framework:`` section) the search's rates, TP,
     FSDP2 and ZeRO-1 terms are predict()'s: leaf bounds and memory bounds stay below predict()
     and the bound of a plain DP plan is within a few percent of it."""
-    from planner.cost.runtime import DEFAULT_RUNTIME
+    from planner.cost.runtime import EXECUTOR_RUNTIME
 
     model = load_model("tiny-llama")
     cluster = cluster_for("local-cpu", 1, 4)
     assert cluster.node.framework is not None
     seq = model.seq_len
-    s = _Search(model, cluster, 8, seq, "fp32", normalise_fixed({}), 3, None, DEFAULT_RUNTIME)
+    s = _Search(model, cluster, 8, seq, "fp32", normalise_fixed({}), 3, None, EXECUTOR_RUNTIME)
     assert s.costs.rates.framework is cluster.node.framework
     checked = 0
     ratios = []

@@ -31,7 +31,9 @@ def register(subparsers) -> None:
     p.add_argument("--top", type=int, default=10, help="how many plans to rank (default 10)")
     p.add_argument("--fix", action="append", default=[], metavar="KEY=VALUE",
                    help="hold an option fixed: tp pp dp cp vpp mb recompute sharding sp schedule order")
-    p.add_argument("--runtime", default="default", help="framework behaviour preset")
+    p.add_argument("--runtime", default=None,
+                   help="the stack modelled: a preset of planner.cost.runtime.RUNTIME_PRESETS (default: executor "
+                        "on a profile clusterplan calibrate measured, else default)")
     p.add_argument("--out", help="write the best plan (with its prediction) here")
     p.add_argument("--out-dir", help="write the top K plans as DIR/rank-01-<id>.json ...")
     p.add_argument("--json", action="store_true", help="print the ranked list as JSON")

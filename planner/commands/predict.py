@@ -25,9 +25,9 @@ def register(subparsers) -> None:
     p.add_argument("--hardware", help="profile name in hardware_profiles/ or a YAML path")
     p.add_argument("--nodes", type=int)
     p.add_argument("--gpus-per-node", type=int, help="override the profile's node size")
-    p.add_argument("--tp", type=int)
-    p.add_argument("--pp", type=int)
-    p.add_argument("--dp", type=int)
+    p.add_argument("--tp", type=int, help="default 1")
+    p.add_argument("--pp", type=int, help="default 1")
+    p.add_argument("--dp", type=int, help="default: the GPUs left, nodes*gpus_per_node / (tp*pp*cp)")
     p.add_argument("--cp", type=int, default=1)
     p.add_argument("--vpp", type=int, default=1)
     p.add_argument("--micro-batch", type=int, default=1)
@@ -41,8 +41,9 @@ def register(subparsers) -> None:
     p.add_argument("--schedule", choices=["gpipe", "1f1b", "interleaved", "zb"], default=None,
                    help="default: interleaved when --vpp > 1, else 1f1b")
     p.add_argument("--stage-layers", help="transformer layers per (virtual) stage, e.g. 4,7,7,6")
-    p.add_argument("--runtime", default="default",
-                   help="framework behaviour preset (planner.cost.runtime.RUNTIME_PRESETS)")
+    p.add_argument("--runtime", default=None,
+                   help="the stack modelled: a preset of planner.cost.runtime.RUNTIME_PRESETS (default: executor "
+                        "on a profile clusterplan calibrate measured, else default)")
     p.add_argument("--out", help="write the plan with this prediction (versioned JSON)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=handler)
@@ -70,7 +71,7 @@ def plan_from_args(args: argparse.Namespace):
         if flags:
             raise InputError(flags[0], "give either a PLAN.json or the flags, not both")
         return Plan.load(args.plan)
-    for name in ("model", "hardware", "nodes", "tp", "pp", "dp", "global_batch"):
+    for name in ("model", "hardware", "nodes", "global_batch"):
         if getattr(args, name) is None:
             raise InputError(name, f"missing (--{name.replace('_', '-')} is required without a PLAN.json)")
     model = load_model(args.model, args.seq_len)
@@ -79,8 +80,15 @@ def plan_from_args(args: argparse.Namespace):
     if gpus_per_node < 1:
         raise InputError("gpus_per_node", "must be >= 1")
     schedule = args.schedule or ("interleaved" if args.vpp > 1 else "1f1b")
+    tp, pp = (1 if args.tp is None else args.tp), (1 if args.pp is None else args.pp)
+    dp = args.dp
+    if dp is None:  # Megatron's rule: data parallel takes the GPUs the other degrees leave
+        inner, world = tp * pp * args.cp, args.nodes * gpus_per_node
+        if inner < 1 or world % inner:
+            raise InputError("dp", f"tp*pp*cp = {inner} does not divide the {world} GPUs; give --dp")
+        dp = world // inner
     parallel = ParallelConfig(
-        tp=args.tp, pp=args.pp, dp=args.dp, cp=args.cp, vpp=args.vpp,
+        tp=tp, pp=pp, dp=dp, cp=args.cp, vpp=args.vpp,
         micro_batch=args.micro_batch, global_batch=args.global_batch,
         seq_len=args.seq_len or model.seq_len, recompute=args.recompute, sharding=args.sharding,
         sequence_parallel=args.sequence_parallel,

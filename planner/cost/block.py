@@ -23,6 +23,7 @@ from planner.cost.zero3_prefetch import gathered_tensors_per_layer, per_tensor_p
 from planner.hardware import NodeSpec
 from planner.model import ModelSpec
 from planner.plan import ParallelConfig, group_node_spread
+from planner.executor_rules import ties_embeddings, uses_fsdp
 
 
 def weight_bytes_per_param(precision: str) -> float:
@@ -41,7 +42,7 @@ def shards_per_block(framework, sharding: str, tp: int, dp: int) -> bool:
     executor's runtime (a profile's ``framework:`` section) its FSDP2 for any sharding the
     executor runs with FSDP2 (:func:`planner.cost.framework.uses_fsdp`)."""
     if framework is not None:
-        return fw.uses_fsdp(sharding, tp, dp)
+        return uses_fsdp(sharding, tp, dp)
     return sharding in ("zero3", "fsdp") and dp > 1
 
 
@@ -134,10 +135,10 @@ def fsdp_edge_s(model: ModelSpec, node: NodeSpec, rates: Rates, g: GroupShape, *
     gather their parameters before forward (again before backward when resharding) and
     reduce-scatter the gradients, plus each unit's per-micro-batch cost."""
     frame = node.framework
-    if frame is None or not fw.uses_fsdp(sharding, tp, g.size):
+    if frame is None or not uses_fsdp(sharding, tp, g.size):
         return 0.0, 0.0, 0.0, 0.0
     w_b = weight_bytes_per_param(precision)
-    tied = fw.executor_tied(model, tp, pp)
+    tied = ties_embeddings(model, tp, pp)
     reshard = sharding in ("zero3", "fsdp")
 
     def unit(params: float) -> tuple[float, float]:

@@ -229,16 +229,6 @@ def model_param_tensors(model: ModelSpec, tied: bool) -> int:
     return model.n_layers * block_param_tensors(model) + sum(edge_param_tensors(model, tied))
 
 
-def executor_tied(model: ModelSpec, tp: int, pp: int) -> bool:
-    """The executor ties the head to the embedding only without PP and TP (executor/train.py)."""
-    return bool(model.tied_embeddings) and pp == 1 and tp == 1
-
-
-def fsdp_units(model: ModelSpec, layers: int, first: bool, last: bool, tied: bool) -> int:
-    """``fully_shard`` units of a stage: its blocks, the untied embedding, the root module."""
-    return layers + (1 if (first and not tied) else 0) + 1
-
-
 def zb_in_flight(pp: int, num_micro_batches: int) -> tuple[int, ...]:
     """Per rank, the micro-batches whose autograd graph the executor's zero-bubble schedule holds
     at once (F to W). torch 2.13 ``ScheduleInterleavedZeroBubble`` with one stage per rank
@@ -294,11 +284,6 @@ def executor_in_flight(framework, schedule: str, pp: int, num_micro_batches: int
     if framework is not None and schedule == "zb":
         return zb_in_flight(pp, num_micro_batches)
     return counted
-
-
-def uses_fsdp(sharding: str, tp: int, dp: int) -> bool:
-    """The executor runs FSDP2 over dp for zero2/zero3/fsdp, and for any sharding when tp > 1."""
-    return dp > 1 and (sharding in ("zero2", "zero3", "fsdp") or tp > 1)
 
 
 def tp_edge_comm_s(model: ModelSpec, tokens: float, bytes_per_element: float, group: GroupShape,

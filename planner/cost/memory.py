@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from planner.cost import framework as fw
 from planner.cost.compute import activation_bytes_per_element
 from planner.model import ModelSpec
+from planner.executor_rules import ties_embeddings
 
 
 def state_bytes_per_param(precision: str) -> tuple[float, float, float]:
@@ -150,7 +151,7 @@ def executor_zb_held_grad_bytes_per_token(model: ModelSpec, n_layers: int, last_
 def executor_untied_head_params(model: ModelSpec, tp: int, pp: int, executor: bool) -> float:
     """Head parameters per tp rank the executor adds by untying a tied head under TP without
     PP (executor/train.py ``tie_embeddings``; with PP the copy is already counted)."""
-    if executor and model.tied_embeddings and pp == 1 and not fw.executor_tied(model, tp, pp):
+    if executor and model.tied_embeddings and pp == 1 and not ties_embeddings(model, tp, pp):
         return model.vocab_size * model.hidden_size / tp
     return 0.0
 

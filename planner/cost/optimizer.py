@@ -7,6 +7,7 @@ from planner.cost.compute import Rates
 from planner.cost.memory import shard_divisors, stage_parameters
 from planner.model import ModelSpec
 from planner.plan import ParallelConfig
+from planner.executor_rules import ties_embeddings, uses_fsdp
 
 OPTIMIZER_BYTES_PER_PARAM = 28.0
 """Adam step traffic per local parameter: read fp32 master, m, v and the fp32 gradient (16),
@@ -17,7 +18,7 @@ def param_tensors(model: ModelSpec, P: ParallelConfig, ranks: tuple[int, ...] | 
     """Parameter tensors of the busiest pipeline rank (of ``ranks``, default all) in the executor."""
     layers = P.layers_per_stage(model.n_layers)
     n_vs, pp = P.pp * P.vpp, P.pp
-    first, last = fw.edge_param_tensors(model, fw.executor_tied(model, P.tp, pp))
+    first, last = fw.edge_param_tensors(model, ties_embeddings(model, P.tp, pp))
     best = 0
     for r in (range(pp) if ranks is None else ranks):
         ks = list(range(r, n_vs, pp))
@@ -64,7 +65,7 @@ def optimizer_s(model: ModelSpec, P: ParallelConfig, rates: Rates, ranks: tuple[
     if frame is None:
         return fused_optimizer_s(rates, most / o_div, P.pp * P.vpp)
     tensors = param_tensors(model, P, ranks)
-    fsdp = fw.uses_fsdp(P.sharding, P.tp, P.dp)
+    fsdp = uses_fsdp(P.sharding, P.tp, P.dp)
     zero1 = P.sharding == "zero1" and P.dp > 1 and not fsdp
     stepped = tensors / P.dp if zero1 else tensors  # ZeRO-1 partitions whole tensors over dp
     local = most / o_div

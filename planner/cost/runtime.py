@@ -1,10 +1,13 @@
-"""What the training framework does, as far as the cost model needs it.
+"""What the training framework does, as far as the cost model needs it: the one object that
+names the stack being modelled.
 
 These are structural facts of a framework version (which kernels it runs, what it overlaps),
 not fitted numbers. The default is a current stack (flash attention, DP gradient reduction
 overlapped with backward, FSDP/ZeRO-3 prefetch). Named presets describe the frameworks of the
-published runs in ``benchmarks/published_runs.csv``; ``clusterplan validate`` picks one from a
-row's ``framework`` column.
+published runs in ``benchmarks/published_runs.csv`` (``clusterplan validate`` picks one from a
+row's ``framework`` column) and this project's own executor (``executor``), whose measured
+costs come from a profile that ``clusterplan calibrate`` wrote (its ``framework:`` section).
+:func:`bind_runtime` is where a runtime meets a cluster: every pricing entry point calls it.
 """
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from planner.errors import InputError, require
+from planner.hardware import ClusterSpec, NodeSpec
 
 ATTENTION_KINDS = ("flash", "unfused")
 GATHER_GRANULARITY = ("per_layer", "per_tensor")
@@ -21,6 +25,11 @@ GATHER_GRANULARITY = ("per_layer", "per_tensor")
 class Runtime:
     """Framework behaviour.
 
+    name: the preset's name (what a prediction reports it was made for).
+    executor: this project's executor (``executor/``): its own structure (eager element-wise
+        ops, one all-reduce per column-parallel linear, FSDP2 units, ...: :mod:`planner.cost.framework`)
+        at the costs measured into the profile's ``framework:`` section; otherwise a fused
+        production stack priced from the device's rates alone.
     attention: ``flash`` (FlashAttention, Dao et al. 2022: fused, no s x s tensor in memory,
         backward recomputes the scores: 2.5x the forward matmul work) or ``unfused``
         (Megatron-LM 2021: QK^T and AV batched GEMMs with s x s scores written to memory, fused
@@ -67,6 +76,8 @@ class Runtime:
         pre-hook gathers once for recompute + backward).
     """
 
+    name: str = "default"
+    executor: bool = False
     attention: str = "flash"
     overlap_grad_reduce: bool = True
     overlap_param_gather: bool = True
@@ -93,7 +104,7 @@ class Runtime:
                 f"must be one of {GATHER_GRANULARITY}")
 
     def to_dict(self) -> dict:
-        return {"attention": self.attention, "overlap_grad_reduce": self.overlap_grad_reduce,
+        return {"name": self.name, "executor": self.executor, "attention": self.attention, "overlap_grad_reduce": self.overlap_grad_reduce,
                 "overlap_param_gather": self.overlap_param_gather,
                 "shard_prefetch": self.shard_prefetch,
                 "gather_granularity": self.gather_granularity,
@@ -108,16 +119,17 @@ class Runtime:
 
 
 DEFAULT_RUNTIME = Runtime()
+EXECUTOR_RUNTIME = Runtime(name="executor", executor=True)
 
 RUNTIME_PRESETS: dict[str, Runtime] = {
     # current PyTorch / Megatron-Core / torchtitan stacks
     "default": DEFAULT_RUNTIME,
     # Megatron-LM 2021-2022 (Narayanan et al. SC'21; Korthikanti et al. 2022): no flash attention
     # (released May 2022), fused scale-mask-softmax; DDP all-reduce after the backward pass.
-    "megatron-lm-2021": Runtime(attention="unfused", overlap_grad_reduce=False,
+    "megatron-lm-2021": Runtime(name="megatron-lm-2021", attention="unfused", overlap_grad_reduce=False,
                                 overlap_param_gather=False),
     # Megatron-Core r0.8 (2024): TE flash attention, --overlap-grad-reduce --overlap-param-gather.
-    "megatron-core": Runtime(attention="flash", overlap_grad_reduce=True, overlap_param_gather=True),
+    "megatron-core": Runtime(name="megatron-core", attention="flash", overlap_grad_reduce=True, overlap_param_gather=True),
     # DeepSpeed ZeRO-3 inside Megatron (2021, SC'21 Table 2): per-parameter gathers issued by
     # module hooks (DeepSpeed v0.3.13-v0.5 stage3.py): each sub-module's hook waits for its
     # tensor (torch.cuda.synchronize) and prefetches the next one, so compute overlaps one
@@ -128,7 +140,7 @@ RUNTIME_PRESETS: dict[str, Runtime] = {
     # gathers per block unhidden, which contradicts the published flat step time from 1120 to
     # 2240 GPUs (SC'21 Table 2: 98 -> 48 TFLOP/s at twice the GPUs) -- so those runs did not
     # run with that limit binding.
-    "deepspeed-zero3-2021": Runtime(attention="unfused", overlap_grad_reduce=False,
+    "deepspeed-zero3-2021": Runtime(name="deepspeed-zero3-2021", attention="unfused", overlap_grad_reduce=False,
                                     overlap_param_gather=False, shard_prefetch=True,
                                     gather_granularity="per_tensor", recompute_gathers_again=True,
                                     param_persistence_threshold=100_000, multi_rail=False,
@@ -136,15 +148,21 @@ RUNTIME_PRESETS: dict[str, Runtime] = {
                                     max_reuse_distance=1_000_000_000),
     # Megatron-DeepSpeed (BLOOM tr11, 2022): Megatron fused softmax (no flash), DeepSpeed pipeline
     # engine reduces gradients after the last micro-batch, ZeRO-1 BF16 optimizer.
-    "megatron-deepspeed": Runtime(attention="unfused", overlap_grad_reduce=False,
+    "megatron-deepspeed": Runtime(name="megatron-deepspeed", attention="unfused", overlap_grad_reduce=False,
                                   overlap_param_gather=False),
     # MosaicML llm-foundry / Composer with PyTorch FSDP (2023): triton/flash attention, FSDP
     # prefetch, one flat parameter per block.
-    "composer-fsdp": Runtime(attention="flash", shard_prefetch=True, gather_granularity="per_layer"),
+    "composer-fsdp": Runtime(name="composer-fsdp", attention="flash", shard_prefetch=True, gather_granularity="per_layer"),
+    # this project's executor (executor/): torch SDPA, DDP buckets overlapped with backward, FSDP2
+    # prefetch; on a CPU host whose ranks take every core nothing overlaps (effective_runtime)
+    "executor": EXECUTOR_RUNTIME,
 }
 
 
-def get_runtime(name: str) -> Runtime:
+def get_runtime(name: str | None) -> Runtime | None:
+    """The preset ``name``; None stays None (each cluster's default, :func:`bind_runtime`)."""
+    if name is None:
+        return None
     if name not in RUNTIME_PRESETS:
         raise InputError("runtime", f"unknown runtime {name!r} (known: {', '.join(sorted(RUNTIME_PRESETS))})")
     return RUNTIME_PRESETS[name]
@@ -169,3 +187,29 @@ def effective_runtime(runtime: Runtime, device, ranks_per_node: int) -> Runtime:
         return runtime
     return dataclasses.replace(runtime, overlap_grad_reduce=False, overlap_param_gather=False,
                                shard_prefetch=False, shard_overlap_fraction=0.0)
+
+
+def default_runtime(node: NodeSpec) -> Runtime:
+    """The runtime a profile is priced with when none is named: the executor for a profile that
+    ``clusterplan calibrate`` measured it on (it carries the executor's costs), else the default
+    current stack."""
+    return EXECUTOR_RUNTIME if node.framework is not None else DEFAULT_RUNTIME
+
+
+def bind_runtime(cluster: ClusterSpec, runtime: Runtime | None) -> tuple[ClusterSpec, Runtime]:
+    """``cluster`` as ``runtime`` sees it, and the runtime (None: :func:`default_runtime` of the
+    first node type). Only the executor runtime reads a profile's ``framework:`` section (and
+    needs one); any other runtime gets the nodes without it, so the cost model's executor
+    branches (``node.framework is not None``) mean exactly "the executor runtime"."""
+    if runtime is None:
+        runtime = default_runtime(cluster.groups[0].node)
+    if runtime.executor:
+        for g in cluster.groups:
+            require(g.node.framework is not None, "runtime",
+                    f"the executor runtime needs a profile measured by clusterplan calibrate (a framework: "
+                    f"section); {g.node.name} has none")
+        return cluster, runtime
+    if all(g.node.framework is None for g in cluster.groups):
+        return cluster, runtime
+    groups = tuple(dataclasses.replace(g, node=dataclasses.replace(g.node, framework=None)) for g in cluster.groups)
+    return dataclasses.replace(cluster, groups=groups), runtime

@@ -30,7 +30,7 @@ from planner.cost.flops import step_flops
 from planner.cost.memory import StageMemory, stage_memories, stage_parameters
 from planner.cost.optimizer import optimizer_s, param_tensors
 from planner.cost.prediction import Prediction, StagePrediction, TimeBreakdown
-from planner.cost.runtime import DEFAULT_RUNTIME, Runtime, effective_runtime
+from planner.cost.runtime import Runtime, bind_runtime, effective_runtime
 from planner.errors import InputError, require
 from planner.hardware import ClusterSpec, NodeSpec, load_profile
 from planner.model import ModelSpec
@@ -269,9 +269,12 @@ def timed_step(model: ModelSpec, cluster: ClusterSpec, sites: tuple[Site, ...], 
 
 
 def predict(model: ModelSpec, cluster: ClusterSpec, parallel: ParallelConfig,
-            runtime: Runtime = DEFAULT_RUNTIME, *, timeline: bool = True) -> Prediction:
+            runtime: Runtime | None = None, *, timeline: bool = True) -> Prediction:
     """Predict step time and per-rank memory of ``parallel`` for ``model`` on ``cluster``
     (homogeneous or mixed, a tp per pipeline stage too: :func:`plan_sites`).
+
+    runtime: the stack modelled (:mod:`planner.cost.runtime`; None: the profile's default,
+    :func:`planner.cost.runtime.bind_runtime`).
 
     Raises :class:`InputError` for impossible plans (degrees vs world size, heads vs tp, batch
     divisibility, stage layers). A plan that does not fit in memory is a value: ``fits=False``.
@@ -279,6 +282,7 @@ def predict(model: ModelSpec, cluster: ClusterSpec, parallel: ParallelConfig,
     pipeline stages use the schedule's closed form; every other field is the same.
     """
     P = parallel
+    cluster, runtime = bind_runtime(cluster, runtime)
     sites = _validate(model, cluster, P)
     device = sites[0].node.device
     world = cluster.world_size
@@ -360,11 +364,12 @@ class MemoryPeak:
 
 
 def peak_memory(model: ModelSpec, cluster: ClusterSpec, parallel: ParallelConfig,
-                runtime: Runtime = DEFAULT_RUNTIME) -> MemoryPeak:
+                runtime: Runtime | None = None) -> MemoryPeak:
     """The plan's memory without pricing time: what :func:`predict` says for GPipe, 1F1B and interleaved, whose in-flight
     counts depend only on the order (:func:`planner.schedule.closed_form_in_flight`); for ZB-H1
     1F1B's count ``p - i``, an upper bound of the simulated one."""
     P = parallel
+    cluster, runtime = bind_runtime(cluster, runtime)
     sites = _validate(model, cluster, P)
     world = cluster.world_size
     ranks = min(sites[0].node.gpus_per_node, world)
@@ -406,11 +411,12 @@ def _breakdown(model: ModelSpec, P: ParallelConfig, timed: TimedStep) -> TimeBre
 
 
 def lower_bound_step_time_s(model: ModelSpec, cluster: ClusterSpec, parallel: ParallelConfig,
-                            runtime: Runtime = DEFAULT_RUNTIME) -> float:
+                            runtime: Runtime | None = None) -> float:
     """A cheap lower bound of ``predict(...).step_time_s`` (no schedule simulation): the busiest
     pipeline rank must run all its tasks (``m`` micro-batches of each of its chunks) and then
     the optimizer step; the bubble and the exposed DP reduction are >= 0."""
     P = parallel
+    cluster, runtime = bind_runtime(cluster, runtime)
     sites = _validate(model, cluster, P)
     world = cluster.world_size
     ranks = min(sites[0].node.gpus_per_node, world)
@@ -432,7 +438,7 @@ def cluster_for(hardware: str, n_nodes: int, gpus_per_node: int | None = None) -
     return ClusterSpec.homogeneous(node, n_nodes)
 
 
-def predict_plan(plan: Plan, runtime: Runtime = DEFAULT_RUNTIME) -> Prediction:
+def predict_plan(plan: Plan, runtime: Runtime | None = None) -> Prediction:
     """Predict a :class:`Plan` on its cluster file or on ``plan.n_nodes`` nodes of its hardware
     profile (``plan.gpus_per_node`` GPUs each)."""
     if plan.cluster:

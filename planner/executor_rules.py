@@ -1,0 +1,42 @@
+"""What this project's executor (``executor/``) does with a plan, torch-free: which data-parallel
+wrapper it uses, whether it ties the LM head to the embedding, how many FSDP2 units a stage has.
+The executor (``executor/train.py``) and the cost model (:mod:`planner.cost.framework`) both read
+these rules here, so the priced structure is the launched one."""
+from __future__ import annotations
+
+from planner.model import ModelSpec
+
+DP_KINDS = ("none", "ddp", "zero1", "fsdp")
+
+
+def dp_kind(sharding: str, tp: int, dp: int) -> str:
+    """How gradients are synchronised over dp: ``none`` (dp = 1), ``ddp`` (DistributedDataParallel),
+    ``zero1`` (DDP + ZeroRedundancyOptimizer) or ``fsdp`` (FSDP2 ``fully_shard``: zero2 without
+    resharding after forward, zero3 / fsdp with it, and every sharding when tp > 1, since DDP does
+    not take DTensor parameters)."""
+    if dp == 1:
+        return "none"
+    if tp > 1 or sharding in ("zero2", "zero3", "fsdp"):
+        return "fsdp"
+    return "zero1" if sharding == "zero1" else "ddp"
+
+
+def uses_fsdp(sharding: str, tp: int, dp: int) -> bool:
+    """The executor runs FSDP2 over dp (:func:`dp_kind` is ``fsdp``)."""
+    return dp_kind(sharding, tp, dp) == "fsdp"
+
+
+def reshards_after_forward(sharding: str) -> bool:
+    """FSDP2 frees the gathered parameters after forward (and gathers again for backward)."""
+    return sharding in ("zero3", "fsdp")
+
+
+def ties_embeddings(model: ModelSpec, tp: int, pp: int) -> bool:
+    """The LM head shares the embedding's weight only without PP and TP: a tie cannot span
+    stages or a vocabulary-sharded head."""
+    return bool(model.tied_embeddings) and pp == 1 and tp == 1
+
+
+def fsdp_units(layers: int, first: bool, tied: bool) -> int:
+    """``fully_shard`` units of a stage: its blocks, the untied embedding (first stage), the root."""
+    return layers + (1 if (first and not tied) else 0) + 1
