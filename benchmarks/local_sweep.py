@@ -781,7 +781,7 @@ def main(argv=None) -> int:
     args.profile_given = args.profile is not None
     args.profile = args.profile or "hardware_profiles/local-cpu.yaml"
     from planner.errors import InputError
-    from planner.hardware import load_profile
+    from planner.profile_yaml import load_profile
     from planner.report import compare_runs
 
     if args.calibrate < 0:
@@ -857,7 +857,8 @@ def main(argv=None) -> int:
     if args.calibrate_each_round:
         # the profile the search check, the op profile and the committed file use: the median
         # over the rounds' passes, i.e. what `calibrate --repeat ROUNDS` would have written
-        from planner.calibrate import calibrate, combine_passes, load_results
+        from planner.calibrate.profile import load_results
+        from planner.calibrate.runner import calibrate, combine_passes
         from planner.io import atomic_write_text
 
         passes = [load_results(round_dir(out_dir, args.rounds, k) / "calibration.json")

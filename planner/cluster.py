@@ -31,7 +31,8 @@ from typing import Any
 import yaml
 
 from planner.errors import InputError, reject_unknown_keys
-from planner.hardware import GB, MICRO, ClusterSpec, LinkSpec, NodeGroup, NodeSpec, load_profile
+from planner.hardware import GB, MICRO, ClusterSpec, LinkSpec, NodeGroup, NodeSpec
+from planner.profile_yaml import load_profile
 from planner.io import resolve_named_yaml
 
 CLUSTERS_DIR = Path(__file__).resolve().parent.parent / "clusters"

@@ -152,7 +152,7 @@ def run_demo(out_dir: str | os.PathLike = "runs/demo", *, quick: bool = True,
     """Calibrate (``--quick``) into ``out_dir/local-cpu.yaml`` (or use ``profile``), search
     ``model_name`` on ``world`` local ranks, execute the ``top`` plans, compare, and write
     ``out_dir/report.md`` with plots. Returns where everything went."""
-    from planner.calibrate import calibrate
+    from planner.calibrate.runner import calibrate
     from planner.catalog import load_model
     from planner.report import aggregate, compare_runs, markdown, write_report
     from planner.io import atomic_write_text

@@ -1,9 +1,5 @@
-"""Hardware profiles: devices, nodes, links and clusters, parsed strictly from YAML.
-
-Profiles live in ``hardware_profiles/<name>.yaml`` (schema in ``hardware_profiles/README.md``).
-YAML uses readable units (TFLOP/s, GiB, GB/s, microseconds) named in each key; everything is
-converted to SI here (FLOP/s, bytes, bytes/s, seconds) and nothing else in the planner converts.
-"""
+"""Hardware specs: devices, nodes, links and clusters, in SI units (FLOP/s, bytes, bytes/s,
+seconds). Profiles are read from and written to YAML by :mod:`planner.profile_yaml`."""
 from __future__ import annotations
 
 import bisect
@@ -12,12 +8,8 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import yaml
-
-from planner.errors import InputError, reject_unknown_keys, require
-from planner.io import resolve_named_yaml
+from planner.errors import InputError, require
 
 PROFILES_DIR = Path(__file__).resolve().parent.parent / "hardware_profiles"
 DTYPES = ("fp32", "tf32", "bf16", "fp16", "fp8")
@@ -123,7 +115,7 @@ class MeasuredCollective:
             return pts[0][1]
         if size_bytes >= pts[-1][0]:
             return pts[-1][1] + bus_factor * (size_bytes - pts[-1][0]) / self.bus_bandwidth_bytes_per_s
-        return _loglog(pts, size_bytes, 1)
+        return loglog_interpolate(pts, size_bytes, 1)
 
 
 @dataclass(frozen=True)
@@ -212,6 +204,39 @@ apart: every query head with its own K/V (``mha``) and grouped-query K/V (``gqa`
 heads than query heads, ``enable_gqa``). ``executor/bench/attention.py`` times both at several
 head widths; the profile keeps a forward and a backward rate per kind and head width (``mha_d64``),
 dtype and sequence length (``framework.attention_gflops``)."""
+
+
+# FrameworkSpec field -> (YAML key, factor from the YAML unit to SI)
+FRAMEWORK_YAML: dict[str, tuple[str, float]] = {
+    "op_forward_s": ("op_forward_us", MICRO),
+    "op_backward_s": ("op_backward_us", MICRO),
+    "op_optimizer_s": ("op_optimizer_us", MICRO),
+    "tp_linear_forward_s": ("tp_linear_forward_us", MICRO),
+    "tp_linear_backward_s": ("tp_linear_backward_us", MICRO),
+    "tp_optimizer_param_s": ("tp_optimizer_param_us", MICRO),
+    "fsdp_unit_forward_s": ("fsdp_unit_forward_us", MICRO),
+    "fsdp_unit_backward_s": ("fsdp_unit_backward_us", MICRO),
+    "fsdp_optimizer_param_s": ("fsdp_optimizer_param_us", MICRO),
+    "zero1_param_s": ("zero1_param_us", MICRO),
+    "fragmentation_fraction": ("fragmentation_fraction", 1.0),
+    "training_overhead_bytes": ("training_overhead_mib", float(2**20)),
+    "concurrent_slowdown": ("concurrent_slowdown", 1.0),
+    "concurrent_gemm_slowdown": ("concurrent_gemm_slowdown", 1.0),
+    "step_forward_slowdown": ("step_forward_slowdown", 1.0),
+    "step_backward_slowdown": ("step_backward_slowdown", 1.0),
+    "step_optimizer_slowdown": ("step_optimizer_slowdown", 1.0),
+    "sp_block_forward_s": ("sp_block_forward_us", MICRO),
+    "sp_block_backward_s": ("sp_block_backward_us", MICRO),
+    "tp_linear_forward_s_per_byte": ("tp_linear_forward_us_per_mib", MICRO / 2**20),
+    "tp_linear_backward_s_per_byte": ("tp_linear_backward_us_per_mib", MICRO / 2**20),
+    "pp_action_s": ("pp_action_us", MICRO),
+    "pp_compute_slowdown": ("pp_compute_slowdown", 1.0),
+    "zb_split_slowdown": ("zb_split_slowdown", 1.0),
+    "ddp_grad_s_per_byte": ("ddp_grad_us_per_mib", MICRO / 2**20),
+    "ddp_param_s": ("ddp_param_us", MICRO),
+    "fsdp_unit_forward_s_per_byte": ("fsdp_unit_forward_us_per_mib", MICRO / 2**20),
+    "fsdp_unit_backward_s_per_byte": ("fsdp_unit_backward_us_per_mib", MICRO / 2**20),
+}
 
 
 @dataclass(frozen=True)
@@ -346,7 +371,7 @@ class FrameworkSpec:
         if not widths:
             return None
         points = min(widths, key=lambda w: w[0])[1]
-        return tuple(_loglog(points, seq_len, column) for column in (1, 2))
+        return tuple(loglog_interpolate(points, seq_len, column) for column in (1, 2))
 
     def elementwise_points(self, kind: str, dtype: str) -> tuple[tuple[float, float, float], ...] | None:
         """The measured (call bytes, forward bytes/s, backward bytes/s) of ``kind`` on ``dtype``
@@ -361,7 +386,7 @@ class FrameworkSpec:
         ``call_bytes`` forward: log-log interpolation between the measured sizes, the end
         point's rate outside them; None if unmeasured."""
         points = self.elementwise_points(kind, dtype)
-        return None if points is None else tuple(_loglog(points, call_bytes, column) for column in (1, 2))
+        return None if points is None else tuple(loglog_interpolate(points, call_bytes, column) for column in (1, 2))
 
     def step_scale(self, phase: str) -> float:
         """The factor on a step's compute time in ``phase`` (forward, backward, optimizer):
@@ -483,200 +508,6 @@ class ClusterSpec:
         return sum(g.n_nodes * g.node.gpus_per_node for g in self.groups)
 
 
-# ----- YAML parsing ---------------------------------------------------------------------------
-_TOP_KEYS = {"name", "description", "device", "node", "collectives", "measured_on", "framework"}
-# FrameworkSpec field -> (YAML key, factor from the YAML unit to SI)
-FRAMEWORK_YAML: dict[str, tuple[str, float]] = {
-    "op_forward_s": ("op_forward_us", MICRO),
-    "op_backward_s": ("op_backward_us", MICRO),
-    "op_optimizer_s": ("op_optimizer_us", MICRO),
-    "tp_linear_forward_s": ("tp_linear_forward_us", MICRO),
-    "tp_linear_backward_s": ("tp_linear_backward_us", MICRO),
-    "tp_optimizer_param_s": ("tp_optimizer_param_us", MICRO),
-    "fsdp_unit_forward_s": ("fsdp_unit_forward_us", MICRO),
-    "fsdp_unit_backward_s": ("fsdp_unit_backward_us", MICRO),
-    "fsdp_optimizer_param_s": ("fsdp_optimizer_param_us", MICRO),
-    "zero1_param_s": ("zero1_param_us", MICRO),
-    "fragmentation_fraction": ("fragmentation_fraction", 1.0),
-    "training_overhead_bytes": ("training_overhead_mib", float(2**20)),
-    "concurrent_slowdown": ("concurrent_slowdown", 1.0),
-    "concurrent_gemm_slowdown": ("concurrent_gemm_slowdown", 1.0),
-    "step_forward_slowdown": ("step_forward_slowdown", 1.0),
-    "step_backward_slowdown": ("step_backward_slowdown", 1.0),
-    "step_optimizer_slowdown": ("step_optimizer_slowdown", 1.0),
-    "sp_block_forward_s": ("sp_block_forward_us", MICRO),
-    "sp_block_backward_s": ("sp_block_backward_us", MICRO),
-    "tp_linear_forward_s_per_byte": ("tp_linear_forward_us_per_mib", MICRO / 2**20),
-    "tp_linear_backward_s_per_byte": ("tp_linear_backward_us_per_mib", MICRO / 2**20),
-    "pp_action_s": ("pp_action_us", MICRO),
-    "pp_compute_slowdown": ("pp_compute_slowdown", 1.0),
-    "zb_split_slowdown": ("zb_split_slowdown", 1.0),
-    "ddp_grad_s_per_byte": ("ddp_grad_us_per_mib", MICRO / 2**20),
-    "ddp_param_s": ("ddp_param_us", MICRO),
-    "fsdp_unit_forward_s_per_byte": ("fsdp_unit_forward_us_per_mib", MICRO / 2**20),
-    "fsdp_unit_backward_s_per_byte": ("fsdp_unit_backward_us_per_mib", MICRO / 2**20),
-}
-_FRAMEWORK_OPTIONAL = {"concurrent_slowdown", "concurrent_gemm_slowdown", "sp_block_forward_s",
-                       "sp_block_backward_s",
-                       "tp_linear_forward_s_per_byte", "tp_linear_backward_s_per_byte", "pp_action_s",
-                       "pp_compute_slowdown", "zb_split_slowdown",
-                       "ddp_grad_s_per_byte", "ddp_param_s", "fsdp_unit_forward_s_per_byte",
-                       "fsdp_unit_backward_s_per_byte", "step_forward_slowdown", "step_backward_slowdown",
-                       "step_optimizer_slowdown"}
-_DEVICE_KEYS = {"name", "peak_tflops", "hbm_gib", "hbm_bandwidth_gb_s", "matmul_efficiency",
-                "memory_bound_efficiency", "kernel_overhead_us", "reserved_gib",
-                "fragmentation_fraction", "host_cores"}
-_NODE_KEYS = {"gpus_per_node", "intra_node", "inter_node"}
-_LINK_KEYS = {"bandwidth_gb_s", "latency_us", "bus_efficiency"}
-_COLLECTIVE_KEYS = {"op", "group_size", "latency_us", "bus_bandwidth_gb_s", "times_us"}
-
-
-def _number(data: dict, key: str, where: str, *, optional: bool = False, default: float = 0.0) -> float:
-    if key not in data:
-        if optional:
-            return default
-        raise InputError(f"{where}.{key}", "missing")
-    value = data[key]
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise InputError(f"{where}.{key}", f"must be a number, got {value!r}")
-    return float(value)
-
-
-def _mapping(data: Any, where: str) -> dict:
-    if data is None:
-        raise InputError(where, "missing")
-    if not isinstance(data, dict):
-        raise InputError(where, f"must be a mapping, got {type(data).__name__}")
-    return data
-
-
-def _parse_link(data: Any, where: str) -> LinkSpec:
-    data = _mapping(data, where)
-    reject_unknown_keys(data, _LINK_KEYS, where)
-    try:
-        return LinkSpec(
-            bandwidth_bytes_per_s=_number(data, "bandwidth_gb_s", where) * GB,
-            latency_s=_number(data, "latency_us", where) * MICRO,
-            bus_efficiency=_number(data, "bus_efficiency", where),
-        )
-    except InputError as err:
-        if err.field.startswith(where):
-            raise
-        raise InputError(f"{where}.{err.field}", err.reason) from None
-
-
-def _parse_curve(data: Any, where: str) -> EfficiencyCurve:
-    if not isinstance(data, list) or not data:
-        raise InputError(where, "must be a non-empty list of [size, efficiency] pairs")
-    points = []
-    for i, point in enumerate(data):
-        if (not isinstance(point, list) or len(point) != 2
-                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in point)):
-            raise InputError(f"{where}[{i}]", f"must be [size, efficiency], got {point!r}")
-        points.append((float(point[0]), float(point[1])))
-    try:
-        return EfficiencyCurve(tuple(points))
-    except InputError as err:
-        raise InputError(where, err.reason) from None
-
-
-def _parse_device(data: Any) -> DeviceSpec:
-    where = "device"
-    data = _mapping(data, where)
-    reject_unknown_keys(data, _DEVICE_KEYS, where)
-    peaks = _mapping(data.get("peak_tflops"), f"{where}.peak_tflops")
-    reject_unknown_keys(peaks, set(DTYPES), f"{where}.peak_tflops")
-    peak_pairs = []
-    for dtype in DTYPES:
-        if dtype in peaks and peaks[dtype] is not None:
-            peak_pairs.append((dtype, _number(peaks, dtype, f"{where}.peak_tflops") * TERA))
-    if "matmul_efficiency" not in data:
-        raise InputError(f"{where}.matmul_efficiency", "missing")
-    curve_data = data["matmul_efficiency"]
-    by_dtype: tuple[tuple[str, EfficiencyCurve], ...] = ()
-    if isinstance(curve_data, dict):  # one curve per dtype; the first listed is the default
-        reject_unknown_keys(curve_data, set(DTYPES), f"{where}.matmul_efficiency")
-        if not curve_data:
-            raise InputError(f"{where}.matmul_efficiency", "needs at least one dtype's curve")
-        by_dtype = tuple((dt, _parse_curve(c, f"{where}.matmul_efficiency.{dt}")) for dt, c in curve_data.items())
-        default_curve = by_dtype[0][1]
-    else:
-        default_curve = _parse_curve(curve_data, f"{where}.matmul_efficiency")
-    host_cores = data.get("host_cores", 0)
-    if isinstance(host_cores, bool) or not isinstance(host_cores, int):
-        raise InputError(f"{where}.host_cores", f"must be an integer, got {host_cores!r}")
-    if not isinstance(data.get("name"), str):
-        raise InputError(f"{where}.name", "missing or not a string")
-    return DeviceSpec(
-        name=data["name"],
-        peak_flops_per_s=tuple(peak_pairs),
-        hbm_bytes=_number(data, "hbm_gib", where) * GIB,
-        hbm_bandwidth_bytes_per_s=_number(data, "hbm_bandwidth_gb_s", where) * GB,
-        matmul_efficiency=default_curve,
-        matmul_efficiency_by_dtype=by_dtype,
-        memory_bound_efficiency=_number(data, "memory_bound_efficiency", where),
-        kernel_overhead_s=_number(data, "kernel_overhead_us", where) * MICRO,
-        reserved_bytes=_number(data, "reserved_gib", where) * GIB,
-        fragmentation_fraction=_number(data, "fragmentation_fraction", where),
-        host_cores=host_cores,
-    )
-
-
-def _parse_times(data: Any, where: str) -> tuple[tuple[float, float], ...]:
-    """A collective's optional ``times_us: [[bytes, microseconds], ...]`` table."""
-    if data is None:
-        return ()
-    if not isinstance(data, list):
-        raise InputError(where, "must be a list of [bytes, microseconds] pairs")
-    out = []
-    for i, pair in enumerate(data):
-        ok = (isinstance(pair, list) and len(pair) == 2
-              and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in pair))
-        if not ok:
-            raise InputError(f"{where}[{i}]", f"must be [bytes, microseconds] (two numbers), got {pair!r}")
-        out.append((float(pair[0]), float(pair[1]) * MICRO))
-    return tuple(out)
-
-
-def _parse_collectives(data: Any) -> tuple[MeasuredCollective, ...]:
-    if data is None:
-        return ()
-    if not isinstance(data, list):
-        raise InputError("collectives", "must be a list")
-    out = []
-    for i, entry in enumerate(data):
-        where = f"collectives[{i}]"
-        entry = _mapping(entry, where)
-        reject_unknown_keys(entry, _COLLECTIVE_KEYS, where)
-        group = entry.get("group_size")
-        if isinstance(group, bool) or not isinstance(group, int):
-            raise InputError(f"{where}.group_size", f"must be an integer, got {group!r}")
-        out.append(MeasuredCollective(
-            op=str(entry.get("op")),
-            group_size=group,
-            latency_s=_number(entry, "latency_us", where) * MICRO,
-            bus_bandwidth_bytes_per_s=_number(entry, "bus_bandwidth_gb_s", where) * GB,
-            times_s=_parse_times(entry.get("times_us"), f"{where}.times_us"),
-        ))
-    return tuple(out)
-
-
-def _parse_framework(data: Any) -> FrameworkSpec | None:
-    """The optional ``framework:`` section: every key of :data:`FRAMEWORK_YAML` required but
-    those in :data:`_FRAMEWORK_OPTIONAL` (their dataclass default when absent)."""
-    if data is None:
-        return None
-    where = "framework"
-    data = _mapping(data, where)
-    reject_unknown_keys(data, {k for k, _ in FRAMEWORK_YAML.values()} | {t.yaml_key for t in RATE_TABLES}, where)
-    values = {field: _number(data, key, where) * factor for field, (key, factor) in FRAMEWORK_YAML.items()
-              if not (field in _FRAMEWORK_OPTIONAL and key not in data)}
-    for table in RATE_TABLES:
-        if table.yaml_key in data:
-            values[table.field] = _parse_rate_table(table, data[table.yaml_key])
-    return FrameworkSpec(**values)
-
-
 @dataclass(frozen=True)
 class RateTable:
     """How one of the framework's measured rate tables is spelt in YAML: ``framework.<yaml_key>:
@@ -703,24 +534,7 @@ RATE_TABLES = (
 )
 
 
-def _parse_rate_table(table: RateTable, data: Any) -> tuple[tuple[str, str, tuple[tuple[float, float, float], ...]], ...]:
-    """``framework.<table.yaml_key>`` into ``FrameworkSpec.<table.field>`` (SI units)."""
-    where = f"framework.{table.yaml_key}"
-    out = []
-    for kind, per_dtype in _mapping(data, where).items():
-        for dtype, points in _mapping(per_dtype, f"{where}.{kind}").items():
-            key = f"{where}.{kind}.{dtype}"
-            require(isinstance(points, list) and all(
-                isinstance(pt, list) and len(pt) == 3
-                and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in pt) for pt in points),
-                key, f"must be a list of {table.point}")
-            out.append((str(kind), str(dtype), tuple(
-                (float(x) * table.x_unit, float(f) * table.rate_unit, float(b) * table.rate_unit)
-                for x, f, b in points)))
-    return tuple(out)
-
-
-def _loglog(points, x: float, column: int) -> float:
+def loglog_interpolate(points, x: float, column: int) -> float:
     """``points[i][column]`` interpolated in log-log at ``x`` over ``points[i][0]`` (sorted),
     the end values outside."""
     xs = [pt[0] for pt in points]
@@ -733,46 +547,3 @@ def _loglog(points, x: float, column: int) -> float:
     y0, y1 = r0[column - 1], r1[column - 1]
     w = math.log(x / x0) / math.log(x1 / x0)
     return math.exp(math.log(y0) + w * (math.log(y1) - math.log(y0)))
-
-
-def parse_profile(data: Any, source: str = "profile") -> NodeSpec:
-    """Build a :class:`NodeSpec` from a parsed YAML mapping; errors name the field."""
-    data = _mapping(data, source)
-    reject_unknown_keys(data, _TOP_KEYS, "profile")
-    if not isinstance(data.get("name"), str):
-        raise InputError("profile.name", "missing or not a string")
-    node = _mapping(data.get("node"), "node")
-    reject_unknown_keys(node, _NODE_KEYS, "node")
-    gpus = node.get("gpus_per_node")
-    if isinstance(gpus, bool) or not isinstance(gpus, int):
-        raise InputError("node.gpus_per_node", f"must be an integer, got {gpus!r}")
-    return NodeSpec(
-        name=data["name"],
-        description=str(data.get("description", "")),
-        device=_parse_device(data.get("device")),
-        gpus_per_node=gpus,
-        intra_node=_parse_link(node.get("intra_node"), "node.intra_node"),
-        inter_node=_parse_link(node.get("inter_node"), "node.inter_node"),
-        collectives=_parse_collectives(data.get("collectives")),
-        measured_on=str(data.get("measured_on", "")),
-        framework=_parse_framework(data.get("framework")) if "framework" in data else None,
-    )
-
-
-def available_profiles() -> list[str]:
-    return sorted(p.stem for p in PROFILES_DIR.glob("*.yaml"))
-
-
-def resolve_profile_path(name_or_path: str) -> Path:
-    """A profile YAML path, or a name in ``hardware_profiles/``."""
-    return resolve_named_yaml(name_or_path, PROFILES_DIR, field="hardware", kind="profile")
-
-
-def load_profile(name_or_path: str) -> NodeSpec:
-    """Load a profile by name (``hardware_profiles/<name>.yaml``) or path."""
-    path = resolve_profile_path(name_or_path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise InputError("hardware", f"{path} is not valid YAML ({str(err).splitlines()[0]})") from None
-    return parse_profile(data, source=str(path))

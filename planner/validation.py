@@ -217,7 +217,7 @@ def row_config(row: dict) -> RowConfig:
     sharding = _sharding(_str(row, "zero_or_fsdp"))
     runtime = runtime_for_framework(_str(row, "framework"))
     nodes_gpus = tp * pp * dp * cp
-    from planner.hardware import load_profile
+    from planner.profile_yaml import load_profile
     gpn = load_profile(profile).gpus_per_node
     if nodes_gpus % gpn != 0:
         if nodes_gpus < gpn:

@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from planner.calibrate import (SCHEMA, build_profile, bus_bytes, fit_alpha_beta, load_results,
-                               profile_yaml)
+from planner.calibrate.profile import SCHEMA, build_profile, bus_bytes, fit_alpha_beta, load_results
+from planner.profile_yaml import profile_yaml
 from planner.cli import main
-from planner.hardware import GB, load_profile, parse_profile
+from planner.hardware import GB
+from planner.profile_yaml import load_profile, parse_profile
 
 FIXTURE = Path(__file__).parent / "fixtures" / "runs" / "bench" / "quick-results.json"
 
@@ -162,7 +163,7 @@ def test_matmul_bench_stops_a_dtype_at_its_time_budget():
 
 def test_repeated_passes_keep_the_gemm_shapes_every_pass_measured(results):
     """A pass that stopped a dtype one shape earlier: the medians are over the common shapes."""
-    from planner.calibrate import combine_passes, common_matmul_shapes, median_results
+    from planner.calibrate.runner import combine_passes, common_matmul_shapes, median_results
 
     short = copy.deepcopy(results)
     short["matmul"] = short["matmul"][:-1]
@@ -200,7 +201,7 @@ def _synthetic_framework(node, planted, wide: bool = False, concurrency: bool = 
     (1F1B at the reference and wide shapes, zero bubble at the wide one) as predicted."""
     import dataclasses as dc
 
-    from planner.calibrate import _reference_prediction
+    from planner.calibrate.executor_fits import reference_prediction
     from planner.cost.memory import stage_memories
     from planner.model import ModelSpec
     from planner.plan import ParallelConfig
@@ -220,7 +221,7 @@ def _synthetic_framework(node, planted, wide: bool = False, concurrency: bool = 
                              sharding=sharding)
         n = dc.replace(node, framework=planted).with_gpus_per_node(tp * dp)
         reference.append({"case": case, "tp": tp, "dp": dp, "model": model.to_dict(), "reference": ref,
-                          "median_s": _reference_prediction(model, n, cfg), "cpu_ratio": 1.0, "steps": 5})
+                          "median_s": reference_prediction(model, n, cfg), "cpu_ratio": 1.0, "steps": 5})
     wref = {"hidden_size": 256, "n_layers": 2, "seq_len": 128, "micro_batch": 8, "vocab_size": 512}
     if wide:  # plain, DDP and FSDP2 at the wider reference shape
         wmodel = dc.replace(model, name="ref-wide", hidden_size=256, ffn_hidden_size=1024)
@@ -229,7 +230,7 @@ def _synthetic_framework(node, planted, wide: bool = False, concurrency: bool = 
                                  sharding=sharding)
             n = dc.replace(node, framework=planted).with_gpus_per_node(dp)
             reference.append({"case": case, "tp": 1, "dp": dp, "model": wmodel.to_dict(), "reference": wref,
-                              "median_s": _reference_prediction(wmodel, n, cfg), "cpu_ratio": 1.0, "steps": 5})
+                              "median_s": reference_prediction(wmodel, n, cfg), "cpu_ratio": 1.0, "steps": 5})
     if concurrency:
         shapes = (("plain", "plain_both", model, ref),
                   ("plain_wide", "plain_wide_both", dc.replace(model, name="ref-wide", hidden_size=256,
@@ -244,7 +245,7 @@ def _synthetic_framework(node, planted, wide: bool = False, concurrency: bool = 
             for case, ranks in ((alone, 1), (together, 2)):
                 n = dc.replace(node, framework=planted).with_gpus_per_node(ranks)
                 row = {"case": case, "tp": 1, "dp": 1, "model": m.to_dict(), "reference": shape,
-                       "median_s": _reference_prediction(m, n, cfg, ranks_busy=ranks), "cpu_ratio": 1.0, "steps": 5}
+                       "median_s": reference_prediction(m, n, cfg, ranks_busy=ranks), "cpu_ratio": 1.0, "steps": 5}
                 reference = [r for r in reference if r["case"] != case] + [row]
         # the Llama-style plain step (one of the in-step fit's shapes)
         lmodel = ModelSpec(name="ref-llama", n_layers=2, hidden_size=256, n_heads=8, n_kv_heads=4,
@@ -252,7 +253,7 @@ def _synthetic_framework(node, planted, wide: bool = False, concurrency: bool = 
                            position="rope", tied_embeddings=False, bias=False, dropout=0.0, activation="silu")
         cfg = ParallelConfig(micro_batch=8, global_batch=8, seq_len=128, precision="fp32")
         reference.append({"case": "plain_llama", "tp": 1, "dp": 1, "model": lmodel.to_dict(), "reference": wref,
-                          "median_s": _reference_prediction(lmodel, dc.replace(node, framework=planted)
+                          "median_s": reference_prediction(lmodel, dc.replace(node, framework=planted)
                                                             .with_gpus_per_node(1), cfg),
                           "cpu_ratio": 1.0, "steps": 5})
     if pipeline:
@@ -395,8 +396,8 @@ def test_concurrency_fit_is_robust_to_one_outlying_pair(results):
     moves the soft-L1 fit less than a plain least-squares fit (here by about a third)."""
     import dataclasses as dc
 
-    import planner.calibrate as cal
-    from planner.calibrate import _fit_concurrency
+    import planner.calibrate.executor_fits as cal
+    from planner.calibrate.executor_fits import fit_concurrency
     from planner.hardware import FrameworkSpec
 
     quiet = _quiet(results)
@@ -410,11 +411,11 @@ def test_concurrency_fit_is_robust_to_one_outlying_pair(results):
              ("wide shape", refs["plain_wide"], refs["plain_wide_both"]),
              ("concurrency shape", refs["plain_alone_interleaved"], burst)]
     base = dc.replace(planted, concurrent_gemm_slowdown=0.0, concurrent_slowdown=0.0)
-    robust, lines = _fit_concurrency(pairs, node, base)
+    robust, lines = fit_concurrency(pairs, node, base)
     scale = cal.CONCURRENCY_FIT_SCALE
     try:
         cal.CONCURRENCY_FIT_SCALE = 1e3  # soft-L1 with a huge scale is plain least squares
-        plain, _ = _fit_concurrency(pairs, node, base)
+        plain, _ = fit_concurrency(pairs, node, base)
     finally:
         cal.CONCURRENCY_FIT_SCALE = scale
 
@@ -476,7 +477,7 @@ def test_framework_residuals_below_zero_clip_to_zero(results):
 
 
 def test_median_results_takes_each_measurement_median_over_passes():
-    from planner.calibrate import median_results
+    from planner.calibrate.runner import median_results
 
     passes = [{"env": {"date": d}, "quick": False, "contended": c,
                "rows": [{"case": "tp", "median_s": t, "steps": 40}, {"case": "fsdp", "median_s": 2 * t, "steps": 40}]}
@@ -490,7 +491,7 @@ def test_median_results_takes_each_measurement_median_over_passes():
 
 
 def test_calibrate_rejects_repeat_below_one(tmp_path):
-    from planner.calibrate import calibrate
+    from planner.calibrate.runner import calibrate
     from planner.errors import InputError
 
     with pytest.raises(InputError, match="repeat"):
@@ -498,7 +499,7 @@ def test_calibrate_rejects_repeat_below_one(tmp_path):
 
 
 def test_two_point_line_keeps_intercept_and_slope_non_negative():
-    from planner.calibrate import two_point_line
+    from planner.calibrate.executor_fits import two_point_line
 
     assert two_point_line(1.0, 3.0, 3.0, 7.0) == pytest.approx((1.0, 2.0))
     assert two_point_line(1.0, 5.0, 3.0, 3.0) == pytest.approx((4.0, 0.0))    # no growth: the mean
@@ -508,11 +509,11 @@ def test_two_point_line_keeps_intercept_and_slope_non_negative():
 
 @pytest.mark.parametrize("rate2, expected", [(1.33, 2), (1.1, 1), (2.05, 2)])
 def test_effective_cores_round_up_from_a_quarter(rate2, expected):
-    from planner.calibrate import _contention
+    from planner.calibrate.profile import contention
 
     rows = [{"ranks": 1, "per_rank": [{"flops_per_s": 1.0, "cpu_ratio": 1.0}]},
             {"ranks": 2, "per_rank": [{"flops_per_s": rate2 / 2, "cpu_ratio": 1.0}] * 2}]
-    host_cores, _, _ = _contention(rows, 2)
+    host_cores, _, _ = contention(rows, 2)
     assert host_cores == expected
 
 
@@ -543,7 +544,7 @@ def _elementwise_rows(planted, rate_gb_s):
 def test_a_pooled_adamw_row_keeps_its_rate_at_one_tensor_size():
     """The AdamW case steps many tensors of one size (``calls``): its rate is the whole pool's
     bytes over its time, kept at the bytes of one tensor's update."""
-    from planner.calibrate import elementwise_rates
+    from planner.calibrate.executor_costs import elementwise_rates
     from planner.cost.framework import ADAMW_BYTES_PER_PARAM
 
     per_tensor, calls, op_s = 65536, 64, 2e-6

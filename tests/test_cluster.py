@@ -5,7 +5,8 @@ import yaml
 
 from planner.cluster import Cluster, FabricSpec, load_cluster, parse_cluster
 from planner.errors import InputError
-from planner.hardware import GB, ClusterSpec, load_profile
+from planner.hardware import GB, ClusterSpec
+from planner.profile_yaml import load_profile
 
 ROOT = Path(__file__).resolve().parent.parent
 PROFILES = ROOT / "hardware_profiles"

@@ -9,7 +9,8 @@ import pytest
 from planner.cost.comm import GroupShape, collective_time
 from planner.cost.runtime import DEFAULT_RUNTIME, collectives_share_cores, effective_runtime
 from planner.cost.step import predict
-from planner.hardware import ClusterSpec, EfficiencyCurve, load_profile, parse_profile
+from planner.hardware import ClusterSpec, EfficiencyCurve
+from planner.profile_yaml import load_profile, parse_profile
 from planner.model import ModelSpec
 from planner.plan import ParallelConfig
 

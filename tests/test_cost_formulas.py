@@ -4,7 +4,7 @@ import pytest
 from planner.cost.comm import GroupShape, collective_time, ring_bus_factor
 from planner.cost.flops import megatron_eq3_flops, step_flops
 from planner.cost.memory import korthikanti_layer_bytes, layer_activation_bytes
-from planner.hardware import load_profile
+from planner.profile_yaml import load_profile
 from planner.model import ModelSpec
 
 

@@ -4,7 +4,7 @@ import json
 import pytest
 
 from planner.cli import main
-from planner.hardware import available_profiles, load_profile
+from planner.profile_yaml import available_profiles, load_profile
 from planner.presets import PRESETS
 
 

@@ -6,10 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from planner.calibrate import (FIT_PARAMS, apply_params, build_profile, fit_profile, load_measured_runs,
-                               load_results, predict_step_time, profile_yaml)
+from planner.calibrate.fit_runs import (FIT_PARAMS, apply_params, fit_profile, load_measured_runs,
+                                        predict_step_time)
+from planner.calibrate.profile import build_profile, load_results
+from planner.profile_yaml import profile_yaml
 from planner.cli import main
-from planner.hardware import load_profile
+from planner.profile_yaml import load_profile
 from planner.model import ModelSpec
 from planner.plan import ParallelConfig, Plan
 

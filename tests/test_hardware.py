@@ -10,9 +10,8 @@ import pytest
 import yaml
 
 from planner.errors import InputError
-from planner.hardware import (
-    GB, GIB, PROFILES_DIR, TERA, available_profiles, load_profile, parse_profile,
-)
+from planner.hardware import GB, GIB, PROFILES_DIR, TERA
+from planner.profile_yaml import available_profiles, load_profile, parse_profile
 
 REQUIRED = [
     "dgx2h-v100-32gb", "dgx-a100-40gb", "dgx-a100-80gb", "dgx-h100-80gb", "dgx-h200-141gb",

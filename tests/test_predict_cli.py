@@ -3,7 +3,7 @@ import json
 import pytest
 
 from planner.cli import main
-from planner.hardware import available_profiles
+from planner.profile_yaml import available_profiles
 
 KEYS = {"step_time_s", "tokens_per_s", "tokens_per_s_per_gpu", "model_tflops_per_gpu",
         "hardware_tflops_per_gpu", "mfu", "hfu", "peak_memory_bytes", "fits", "per_stage",

@@ -6,7 +6,7 @@ from planner.catalog import load_model
 from planner.cost.runtime import Runtime
 from planner.cost.step import cluster_for, predict
 from planner.cost.zero3_prefetch import block_modules, gathered_tensors_per_layer
-from planner.hardware import load_profile
+from planner.profile_yaml import load_profile
 from planner.plan import ParallelConfig
 
 

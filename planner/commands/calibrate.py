@@ -31,7 +31,8 @@ def register(subparsers) -> None:
 def handler(args: argparse.Namespace) -> int:
     import json
 
-    from planner.calibrate import DEFAULT_PROFILE_PATH, calibrate
+    from planner.calibrate.profile import DEFAULT_PROFILE_PATH
+    from planner.calibrate.runner import calibrate
     from planner.errors import require
 
     require(args.nproc >= 2, "nproc", f"must be >= 2, got {args.nproc}")

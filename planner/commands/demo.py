@@ -32,7 +32,7 @@ def register(subparsers) -> None:
 def handler(args: argparse.Namespace) -> int:
     from planner.demo import DEMO_MODEL, DemoError, run_demo
     from planner.errors import InputError
-    from planner.hardware import load_profile
+    from planner.profile_yaml import load_profile
 
     if args.profile is not None:
         load_profile(args.profile)  # bad path: one line, exit 2, before anything runs

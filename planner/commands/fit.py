@@ -14,7 +14,7 @@ def register(subparsers) -> None:
     p.add_argument("--out", default=None, metavar="P2.yaml", help="write the fitted profile (same schema)")
     p.add_argument("--params", default=None,
                    help="comma-separated parameters to fit (default all: compute_scale, kernel_overhead_s, "
-                        "memory_bound_efficiency, latency_scale, bandwidth_scale; planner.calibrate.FIT_PARAMS)")
+                        "memory_bound_efficiency, latency_scale, bandwidth_scale; planner.calibrate.fit_runs.FIT_PARAMS)")
     p.add_argument("--plan", action="append", default=[], metavar="PLAN.json",
                    help="plan files to match runs by plan id (when a run dir holds no plan.json)")
     p.add_argument("--no-loo", action="store_true", help="skip the leave-one-out refits")
@@ -26,8 +26,8 @@ def handler(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from planner.calibrate import FIT_PARAMS, fit_profile, fitted_profile_yaml, load_measured_runs
-    from planner.hardware import load_profile, resolve_profile_path
+    from planner.calibrate.fit_runs import FIT_PARAMS, fit_profile, fitted_profile_yaml, load_measured_runs
+    from planner.profile_yaml import load_profile, resolve_profile_path
     from planner.io import atomic_write_text
 
     base = load_profile(args.profile)

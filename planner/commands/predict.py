@@ -61,7 +61,7 @@ def _parse_stage_layers(text: str | None) -> tuple[int, ...]:
 
 def plan_from_args(args: argparse.Namespace):
     """Build a :class:`planner.plan.Plan` from the flag form (or load the file form)."""
-    from planner.hardware import load_profile
+    from planner.profile_yaml import load_profile
     from planner.catalog import load_model
     from planner.plan import ParallelConfig, Plan
 

@@ -32,7 +32,8 @@ from planner.cost.optimizer import optimizer_s, param_tensors
 from planner.cost.prediction import Prediction, StagePrediction, TimeBreakdown
 from planner.cost.runtime import Runtime, bind_runtime, effective_runtime
 from planner.errors import InputError, require
-from planner.hardware import ClusterSpec, NodeSpec, load_profile
+from planner.hardware import ClusterSpec, NodeSpec
+from planner.profile_yaml import load_profile
 from planner.model import ModelSpec
 from planner.plan import DEFAULT_ORDER, ParallelConfig, Plan
 from planner.schedule import PipelineEstimate, closed_form_in_flight, estimate

@@ -1,0 +1,376 @@
+"""Hardware profiles in YAML: parsed strictly (:func:`load_profile`, errors name the field) and
+written back (:func:`profile_yaml`, checked to parse to the same node).
+
+Profiles live in ``hardware_profiles/<name>.yaml`` (schema in ``hardware_profiles/README.md``).
+YAML uses readable units (TFLOP/s, GiB, GB/s, microseconds) named in each key; everything is
+converted to SI here and nothing else in the planner converts.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Iterable
+
+import yaml
+
+from planner.errors import InputError, reject_unknown_keys, require
+from planner.hardware import (FRAMEWORK_YAML, DTYPES, GB, GIB, MICRO, PROFILES_DIR, RATE_TABLES, TERA,
+                              DeviceSpec, EfficiencyCurve, FrameworkSpec, LinkSpec, MeasuredCollective,
+                              NodeSpec, RateTable)
+from planner.io import atomic_write_text, resolve_named_yaml
+
+
+# ----- YAML parsing ---------------------------------------------------------------------------
+_TOP_KEYS = {"name", "description", "device", "node", "collectives", "measured_on", "framework"}
+_FRAMEWORK_OPTIONAL = {"concurrent_slowdown", "concurrent_gemm_slowdown", "sp_block_forward_s",
+                       "sp_block_backward_s",
+                       "tp_linear_forward_s_per_byte", "tp_linear_backward_s_per_byte", "pp_action_s",
+                       "pp_compute_slowdown", "zb_split_slowdown",
+                       "ddp_grad_s_per_byte", "ddp_param_s", "fsdp_unit_forward_s_per_byte",
+                       "fsdp_unit_backward_s_per_byte", "step_forward_slowdown", "step_backward_slowdown",
+                       "step_optimizer_slowdown"}
+_DEVICE_KEYS = {"name", "peak_tflops", "hbm_gib", "hbm_bandwidth_gb_s", "matmul_efficiency",
+                "memory_bound_efficiency", "kernel_overhead_us", "reserved_gib",
+                "fragmentation_fraction", "host_cores"}
+_NODE_KEYS = {"gpus_per_node", "intra_node", "inter_node"}
+_LINK_KEYS = {"bandwidth_gb_s", "latency_us", "bus_efficiency"}
+_COLLECTIVE_KEYS = {"op", "group_size", "latency_us", "bus_bandwidth_gb_s", "times_us"}
+
+
+def _number(data: dict, key: str, where: str, *, optional: bool = False, default: float = 0.0) -> float:
+    if key not in data:
+        if optional:
+            return default
+        raise InputError(f"{where}.{key}", "missing")
+    value = data[key]
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InputError(f"{where}.{key}", f"must be a number, got {value!r}")
+    return float(value)
+
+
+def _mapping(data: Any, where: str) -> dict:
+    if data is None:
+        raise InputError(where, "missing")
+    if not isinstance(data, dict):
+        raise InputError(where, f"must be a mapping, got {type(data).__name__}")
+    return data
+
+
+def _parse_link(data: Any, where: str) -> LinkSpec:
+    data = _mapping(data, where)
+    reject_unknown_keys(data, _LINK_KEYS, where)
+    try:
+        return LinkSpec(
+            bandwidth_bytes_per_s=_number(data, "bandwidth_gb_s", where) * GB,
+            latency_s=_number(data, "latency_us", where) * MICRO,
+            bus_efficiency=_number(data, "bus_efficiency", where),
+        )
+    except InputError as err:
+        if err.field.startswith(where):
+            raise
+        raise InputError(f"{where}.{err.field}", err.reason) from None
+
+
+def _parse_curve(data: Any, where: str) -> EfficiencyCurve:
+    if not isinstance(data, list) or not data:
+        raise InputError(where, "must be a non-empty list of [size, efficiency] pairs")
+    points = []
+    for i, point in enumerate(data):
+        if (not isinstance(point, list) or len(point) != 2
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in point)):
+            raise InputError(f"{where}[{i}]", f"must be [size, efficiency], got {point!r}")
+        points.append((float(point[0]), float(point[1])))
+    try:
+        return EfficiencyCurve(tuple(points))
+    except InputError as err:
+        raise InputError(where, err.reason) from None
+
+
+def _parse_device(data: Any) -> DeviceSpec:
+    where = "device"
+    data = _mapping(data, where)
+    reject_unknown_keys(data, _DEVICE_KEYS, where)
+    peaks = _mapping(data.get("peak_tflops"), f"{where}.peak_tflops")
+    reject_unknown_keys(peaks, set(DTYPES), f"{where}.peak_tflops")
+    peak_pairs = []
+    for dtype in DTYPES:
+        if dtype in peaks and peaks[dtype] is not None:
+            peak_pairs.append((dtype, _number(peaks, dtype, f"{where}.peak_tflops") * TERA))
+    if "matmul_efficiency" not in data:
+        raise InputError(f"{where}.matmul_efficiency", "missing")
+    curve_data = data["matmul_efficiency"]
+    by_dtype: tuple[tuple[str, EfficiencyCurve], ...] = ()
+    if isinstance(curve_data, dict):  # one curve per dtype; the first listed is the default
+        reject_unknown_keys(curve_data, set(DTYPES), f"{where}.matmul_efficiency")
+        if not curve_data:
+            raise InputError(f"{where}.matmul_efficiency", "needs at least one dtype's curve")
+        by_dtype = tuple((dt, _parse_curve(c, f"{where}.matmul_efficiency.{dt}")) for dt, c in curve_data.items())
+        default_curve = by_dtype[0][1]
+    else:
+        default_curve = _parse_curve(curve_data, f"{where}.matmul_efficiency")
+    host_cores = data.get("host_cores", 0)
+    if isinstance(host_cores, bool) or not isinstance(host_cores, int):
+        raise InputError(f"{where}.host_cores", f"must be an integer, got {host_cores!r}")
+    if not isinstance(data.get("name"), str):
+        raise InputError(f"{where}.name", "missing or not a string")
+    return DeviceSpec(
+        name=data["name"],
+        peak_flops_per_s=tuple(peak_pairs),
+        hbm_bytes=_number(data, "hbm_gib", where) * GIB,
+        hbm_bandwidth_bytes_per_s=_number(data, "hbm_bandwidth_gb_s", where) * GB,
+        matmul_efficiency=default_curve,
+        matmul_efficiency_by_dtype=by_dtype,
+        memory_bound_efficiency=_number(data, "memory_bound_efficiency", where),
+        kernel_overhead_s=_number(data, "kernel_overhead_us", where) * MICRO,
+        reserved_bytes=_number(data, "reserved_gib", where) * GIB,
+        fragmentation_fraction=_number(data, "fragmentation_fraction", where),
+        host_cores=host_cores,
+    )
+
+
+def _parse_times(data: Any, where: str) -> tuple[tuple[float, float], ...]:
+    """A collective's optional ``times_us: [[bytes, microseconds], ...]`` table."""
+    if data is None:
+        return ()
+    if not isinstance(data, list):
+        raise InputError(where, "must be a list of [bytes, microseconds] pairs")
+    out = []
+    for i, pair in enumerate(data):
+        ok = (isinstance(pair, list) and len(pair) == 2
+              and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in pair))
+        if not ok:
+            raise InputError(f"{where}[{i}]", f"must be [bytes, microseconds] (two numbers), got {pair!r}")
+        out.append((float(pair[0]), float(pair[1]) * MICRO))
+    return tuple(out)
+
+
+def _parse_collectives(data: Any) -> tuple[MeasuredCollective, ...]:
+    if data is None:
+        return ()
+    if not isinstance(data, list):
+        raise InputError("collectives", "must be a list")
+    out = []
+    for i, entry in enumerate(data):
+        where = f"collectives[{i}]"
+        entry = _mapping(entry, where)
+        reject_unknown_keys(entry, _COLLECTIVE_KEYS, where)
+        group = entry.get("group_size")
+        if isinstance(group, bool) or not isinstance(group, int):
+            raise InputError(f"{where}.group_size", f"must be an integer, got {group!r}")
+        out.append(MeasuredCollective(
+            op=str(entry.get("op")),
+            group_size=group,
+            latency_s=_number(entry, "latency_us", where) * MICRO,
+            bus_bandwidth_bytes_per_s=_number(entry, "bus_bandwidth_gb_s", where) * GB,
+            times_s=_parse_times(entry.get("times_us"), f"{where}.times_us"),
+        ))
+    return tuple(out)
+
+
+def _parse_framework(data: Any) -> FrameworkSpec | None:
+    """The optional ``framework:`` section: every key of :data:`FRAMEWORK_YAML` required but
+    those in :data:`_FRAMEWORK_OPTIONAL` (their dataclass default when absent)."""
+    if data is None:
+        return None
+    where = "framework"
+    data = _mapping(data, where)
+    reject_unknown_keys(data, {k for k, _ in FRAMEWORK_YAML.values()} | {t.yaml_key for t in RATE_TABLES}, where)
+    values = {field: _number(data, key, where) * factor for field, (key, factor) in FRAMEWORK_YAML.items()
+              if not (field in _FRAMEWORK_OPTIONAL and key not in data)}
+    for table in RATE_TABLES:
+        if table.yaml_key in data:
+            values[table.field] = _parse_rate_table(table, data[table.yaml_key])
+    return FrameworkSpec(**values)
+
+
+def _parse_rate_table(table: RateTable, data: Any) -> tuple[tuple[str, str, tuple[tuple[float, float, float], ...]], ...]:
+    """``framework.<table.yaml_key>`` into ``FrameworkSpec.<table.field>`` (SI units)."""
+    where = f"framework.{table.yaml_key}"
+    out = []
+    for kind, per_dtype in _mapping(data, where).items():
+        for dtype, points in _mapping(per_dtype, f"{where}.{kind}").items():
+            key = f"{where}.{kind}.{dtype}"
+            require(isinstance(points, list) and all(
+                isinstance(pt, list) and len(pt) == 3
+                and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in pt) for pt in points),
+                key, f"must be a list of {table.point}")
+            out.append((str(kind), str(dtype), tuple(
+                (float(x) * table.x_unit, float(f) * table.rate_unit, float(b) * table.rate_unit)
+                for x, f, b in points)))
+    return tuple(out)
+
+
+def parse_profile(data: Any, source: str = "profile") -> NodeSpec:
+    """Build a :class:`NodeSpec` from a parsed YAML mapping; errors name the field."""
+    data = _mapping(data, source)
+    reject_unknown_keys(data, _TOP_KEYS, "profile")
+    if not isinstance(data.get("name"), str):
+        raise InputError("profile.name", "missing or not a string")
+    node = _mapping(data.get("node"), "node")
+    reject_unknown_keys(node, _NODE_KEYS, "node")
+    gpus = node.get("gpus_per_node")
+    if isinstance(gpus, bool) or not isinstance(gpus, int):
+        raise InputError("node.gpus_per_node", f"must be an integer, got {gpus!r}")
+    return NodeSpec(
+        name=data["name"],
+        description=str(data.get("description", "")),
+        device=_parse_device(data.get("device")),
+        gpus_per_node=gpus,
+        intra_node=_parse_link(node.get("intra_node"), "node.intra_node"),
+        inter_node=_parse_link(node.get("inter_node"), "node.inter_node"),
+        collectives=_parse_collectives(data.get("collectives")),
+        measured_on=str(data.get("measured_on", "")),
+        framework=_parse_framework(data.get("framework")) if "framework" in data else None,
+    )
+
+
+def available_profiles() -> list[str]:
+    return sorted(p.stem for p in PROFILES_DIR.glob("*.yaml"))
+
+
+def resolve_profile_path(name_or_path: str) -> Path:
+    """A profile YAML path, or a name in ``hardware_profiles/``."""
+    return resolve_named_yaml(name_or_path, PROFILES_DIR, field="hardware", kind="profile")
+
+
+def load_profile(name_or_path: str) -> NodeSpec:
+    """Load a profile by name (``hardware_profiles/<name>.yaml``) or path."""
+    path = resolve_profile_path(name_or_path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise InputError("hardware", f"{path} is not valid YAML ({str(err).splitlines()[0]})") from None
+    return parse_profile(data, source=str(path))
+
+
+# ----- NodeSpec -> YAML ----------------------------------------------------------------------
+def _num(x: float) -> str:
+    """A YAML float literal PyYAML reads back as a float (needs a '.', signed exponent)."""
+    x = float(x)
+    if x == 0:
+        return "0.0"
+    if 1e-3 <= abs(x) < 1e5:
+        text = f"{x:.6g}"
+        if "e" not in text:
+            return text if "." in text else text + ".0"
+    mant, exp = f"{x:.5e}".split("e")
+    return f"{mant}e{int(exp):+03d}"
+
+
+def _line(indent: int, key: str, value: str, comments: dict[str, str], ckey: str | None = None) -> str:
+    comment = comments.get(ckey or key)
+    text = f"{'  ' * indent}{key}: {value}"
+    return f"{text}  # {comment}" if comment else text
+
+
+def profile_yaml(node: NodeSpec, *, header: Iterable[str] = (), comments: dict[str, str] | None = None) -> str:
+    """Serialise a NodeSpec in the ``hardware_profiles/`` schema (readable units), with comments.
+    The text is checked to parse back (:func:`planner.hardware.parse_profile`) to the same node."""
+    c = comments or {}
+    d = node.device
+    out = [f"# {h}" if h else "#" for h in header]
+    out.append(f"name: {json.dumps(node.name)}")
+    out.append(f"description: {json.dumps(node.description)}")
+    if node.measured_on:
+        out.append(f"measured_on: {json.dumps(node.measured_on)}")
+    out.append("device:")
+    out.append(f"  name: {json.dumps(d.name)}")
+    out.append("  peak_tflops:")
+    for dtype, flops in d.peak_flops_per_s:
+        out.append(_line(2, dtype, _num(flops / TERA), c, f"peak_tflops.{dtype}"))
+    out.append(_line(1, "hbm_gib", _num(d.hbm_bytes / GIB), c))
+    out.append(_line(1, "hbm_bandwidth_gb_s", _num(d.hbm_bandwidth_bytes_per_s / GB), c))
+    if "matmul_efficiency" in c:
+        out.append(f"  # matmul_efficiency: {c['matmul_efficiency']}")
+    def points(curve: EfficiencyCurve) -> str:
+        return "[" + ", ".join(f"[{_num(s)}, {_num(e)}]" for s, e in curve.points) + "]"
+
+    if d.matmul_efficiency_by_dtype:
+        out.append("  matmul_efficiency:")
+        for dtype, curve in d.matmul_efficiency_by_dtype:
+            out.append(f"    {dtype}: {points(curve)}")
+    else:
+        out.append(f"  matmul_efficiency: {points(d.matmul_efficiency)}")
+    out.append(_line(1, "memory_bound_efficiency", _num(d.memory_bound_efficiency), c))
+    out.append(_line(1, "kernel_overhead_us", _num(d.kernel_overhead_s / MICRO), c))
+    out.append(_line(1, "reserved_gib", _num(d.reserved_bytes / GIB), c))
+    out.append(_line(1, "fragmentation_fraction", _num(d.fragmentation_fraction), c))
+    if d.host_cores:
+        out.append(_line(1, "host_cores", str(int(d.host_cores)), c))
+    out.append("node:")
+    out.append(_line(1, "gpus_per_node", str(int(node.gpus_per_node)), c))
+    for key, link in (("intra_node", node.intra_node), ("inter_node", node.inter_node)):
+        out.append(_line(1, key, "", c).replace(": ", ":", 1) if key in c else f"  {key}:")
+        out.append(f"    bandwidth_gb_s: {_num(link.bandwidth_bytes_per_s / GB)}")
+        out.append(f"    latency_us: {_num(link.latency_s / MICRO)}")
+        out.append(f"    bus_efficiency: {_num(link.bus_efficiency)}")
+    if node.collectives:
+        out.append("collectives:  # measured: times_us [[bytes, us], ...] interpolated in log-log; "
+                   "beyond it time = latency + S_bus / bus_bandwidth")
+        for m in node.collectives:
+            table = ""
+            if m.times_s:
+                table = ", times_us: [" + ", ".join(f"[{int(b)}, {_num(t / MICRO)}]" for b, t in m.times_s) + "]"
+            out.append(f"  - {{op: {m.op}, group_size: {m.group_size}, latency_us: {_num(m.latency_s / MICRO)}, "
+                       f"bus_bandwidth_gb_s: {_num(m.bus_bandwidth_bytes_per_s / GB)}{table}}}")
+    if node.framework is not None:
+        out.append(_line(0, "framework", "", c).replace(": ", ":", 1) if "framework" in c else "framework:")
+        for field, (key, factor) in FRAMEWORK_YAML.items():
+            out.append(_line(1, key, _num(getattr(node.framework, field) / factor), c, f"framework.{key}"))
+        for table in RATE_TABLES:
+            out += _rate_table_yaml(table, node.framework, c)
+    text = "\n".join(out) + "\n"
+    back = parse_profile(yaml.safe_load(text), source="generated profile")
+    _check_round_trip(node, back)
+    return text
+
+
+def _rate_table_yaml(table: RateTable, framework: FrameworkSpec, comments: dict[str, str]) -> list[str]:
+    """The ``framework.<table.yaml_key>`` lines: per kind and dtype [[x, forward, backward]]."""
+    rows = getattr(framework, table.field)
+    if not rows:
+        return []
+    out = [_line(1, table.yaml_key, "", comments, f"framework.{table.yaml_key}").replace(": ", ":", 1)]
+    for kind in dict.fromkeys(kind for kind, _, _ in rows):
+        out.append(f"    {kind}:")
+        for k, dtype, points in rows:
+            if k == kind:
+                out.append(f"      {dtype}: [" + ", ".join(
+                    f"[{_num(x / table.x_unit)}, {_num(f / table.rate_unit)}, {_num(w / table.rate_unit)}]"
+                    for x, f, w in points) + "]")
+    return out
+
+
+def _close(a: float, b: float) -> bool:
+    return math.isclose(a, b, rel_tol=1e-4, abs_tol=1e-15)
+
+
+def _check_round_trip(node: NodeSpec, back: NodeSpec) -> None:
+    d, e = node.device, back.device
+    pairs = [(d.hbm_bytes, e.hbm_bytes), (d.hbm_bandwidth_bytes_per_s, e.hbm_bandwidth_bytes_per_s),
+             (d.memory_bound_efficiency, e.memory_bound_efficiency), (d.kernel_overhead_s, e.kernel_overhead_s),
+             (d.reserved_bytes, e.reserved_bytes), (d.fragmentation_fraction, e.fragmentation_fraction),
+             (node.intra_node.bandwidth_bytes_per_s, back.intra_node.bandwidth_bytes_per_s)]
+    pairs += list(zip([f for _, f in d.peak_flops_per_s], [f for _, f in e.peak_flops_per_s]))
+    pairs += [(m.bus_bandwidth_bytes_per_s, n.bus_bandwidth_bytes_per_s) for m, n in zip(node.collectives, back.collectives)]
+    pairs += [(t, u) for m, n in zip(node.collectives, back.collectives)
+              for (_, t), (_, u) in zip(m.times_s, n.times_s)]
+    if (node.framework is None) != (back.framework is None):
+        raise AssertionError("profile_yaml: the framework section did not round-trip")
+    if node.framework is not None:
+        pairs += [(getattr(node.framework, f), getattr(back.framework, f)) for f in FRAMEWORK_YAML]
+        for table in RATE_TABLES:
+            mine, theirs = getattr(node.framework, table.field), getattr(back.framework, table.field)
+            if [(k, d, len(p)) for k, d, p in mine] != [(k, d, len(p)) for k, d, p in theirs]:
+                raise AssertionError(f"profile_yaml: framework.{table.yaml_key} did not round-trip")
+            pairs += [(a, b) for (_, _, p), (_, _, q) in zip(mine, theirs) for u, v in zip(p, q) for a, b in zip(u, v)]
+    if not all(_close(a, b) for a, b in pairs) or len(node.collectives) != len(back.collectives):
+        raise AssertionError("profile_yaml: the written profile does not read back to the same numbers")
+
+
+def write_profile(node: NodeSpec, path: str | os.PathLike, *, header: Iterable[str] = (),
+                  comments: dict[str, str] | None = None) -> Path:
+    """Write a profile YAML atomically (validated before the rename)."""
+    return atomic_write_text(path, profile_yaml(node, header=header, comments=comments))
