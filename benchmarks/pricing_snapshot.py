@@ -50,7 +50,7 @@ def _ranked(result) -> list[dict]:
 
 def snapshot(quick: bool = False) -> dict:
     from planner.cluster import load_cluster
-    from planner.hetero import search_hetero
+    from planner.search.hetero import search_hetero
     from planner.search import brute_force, search
 
     out: dict = {}

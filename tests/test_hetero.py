@@ -3,7 +3,7 @@ import pytest
 
 from planner.cluster import load_cluster
 from planner.cost.step import predict_plan
-from planner.hetero import search_hetero
+from planner.search.hetero import search_hetero
 from planner.catalog import load_model
 
 

@@ -17,7 +17,7 @@ LAYERS = (
               "planner.catalog", "planner.hardware", "planner.profile_yaml", "planner.cluster")),
     ("plan", ("planner.plan", "planner.executor_rules", "planner.partition", "planner.schedule")),
     ("cost", ("planner.cost",)),
-    ("search", ("planner.search", "planner.hetero")),
+    ("search", ("planner.search",)),
     ("side", ("planner.calibrate", "planner.records", "planner.report", "planner.validation", "planner.export",
               "planner.demo")),
     ("commands", ("planner.commands", "planner.cli", "planner")),

@@ -9,7 +9,9 @@ from planner.errors import InputError
 from planner.catalog import load_model
 from planner.cost.runtime import DEFAULT_RUNTIME
 from planner.plan import ParallelConfig
-from planner.search import _Search, brute_force, normalise_fixed, parse_fix, search
+from planner.search import brute_force, search
+from planner.search.branch_bound import BranchAndBound
+from planner.search.space import normalise_fixed, parse_fix
 
 FIX = {"recompute": "selective", "sharding": "zero1"}
 
@@ -94,7 +96,7 @@ def test_nothing_fits():
 def test_bounds_below_predict(small):
     """The leaf lower bound never exceeds predict(); the memory bound never exceeds its peak."""
     model, cluster = small
-    s = _Search(model, cluster, 8, 2048, "bf16", normalise_fixed({}), 3, None, DEFAULT_RUNTIME)
+    s = BranchAndBound(model, cluster, 8, 2048, "bf16", normalise_fixed({}), 3, None, DEFAULT_RUNTIME)
     checked = 0
     for tp, pp, dp in ((1, 1, 4), (2, 2, 1), (1, 4, 1), (2, 1, 2), (1, 2, 2)):
         for mb in (1, 2):
@@ -147,12 +149,12 @@ def test_table_and_plans(small):
 
 
 def test_zb_bound_below_simulation_and_tight():
-    """planner.search._zb_bound never exceeds the simulated ZB-H1 makespan, and with equal
+    """planner.search.zb_bound never exceeds the simulated ZB-H1 makespan, and with equal
     stages (F = B = W, no hop, m >= p) it is within one W of it (Qi et al.'s (p-1)(F+B-W))."""
     import random
 
     from planner.schedule import simulate
-    from planner.search import _zb_bound
+    from planner.search.costs import zb_bound
 
     rng = random.Random(3)
     for p in range(2, 9):
@@ -165,10 +167,10 @@ def test_zb_bound_below_simulation_and_tight():
                               [base * rng.uniform(0.5, 1.25) for _ in range(p)], rng.choice([0.0, 0.01, 0.1])))
             for F, B, W, c in cases:
                 mk = simulate("zb", p, m, 1, F, B, W, c, record=False).makespan_s
-                lb = _zb_bound(F, B, W, m, c, p)
+                lb = zb_bound(F, B, W, m, c, p)
                 assert lb <= mk * (1 + 1e-12), (p, m, F, B, W, c, lb, mk)
             if m >= p:
-                assert _zb_bound([1.0] * p, [1.0] * p, [1.0] * p, m, 0.0, p) >= 3 * m + (p - 1) - 1 - 1e-9
+                assert zb_bound([1.0] * p, [1.0] * p, [1.0] * p, m, 0.0, p) >= 3 * m + (p - 1) - 1 - 1e-9
 
 
 def test_zb_leaf_bound_below_predict_on_a_large_cluster():
@@ -176,7 +178,7 @@ def test_zb_leaf_bound_below_predict_on_a_large_cluster():
     predict() and is close to it."""
     model = load_model("llama3-70b", seq_len=4096)
     cluster = cluster_for("dgx-h100-80gb", 64)
-    s = _Search(model, cluster, 512, 4096, "bf16", normalise_fixed({}), 3, None, DEFAULT_RUNTIME)
+    s = BranchAndBound(model, cluster, 512, 4096, "bf16", normalise_fixed({}), 3, None, DEFAULT_RUNTIME)
     n = 0
     for tp, pp, mb in ((8, 8, 1), (4, 16, 1), (8, 16, 2), (2, 32, 1), (8, 32, 1)):
         dp = 512 // (tp * pp)
@@ -206,7 +208,7 @@ def test_bounds_below_predict_with_framework_profile():
     cluster = cluster_for("local-cpu", 1, 4)
     assert cluster.node.framework is not None
     seq = model.seq_len
-    s = _Search(model, cluster, 8, seq, "fp32", normalise_fixed({}), 3, None, EXECUTOR_RUNTIME)
+    s = BranchAndBound(model, cluster, 8, seq, "fp32", normalise_fixed({}), 3, None, EXECUTOR_RUNTIME)
     assert s.costs.rates.framework is cluster.node.framework
     checked = 0
     ratios = []
@@ -240,7 +242,7 @@ def test_bounds_below_predict_with_framework_profile():
     # with a core per rank the framework's per-op costs are in the bound: a pp=1 DP plan's
     # bound is nearly its prediction
     two = cluster_for("local-cpu", 1, 2)
-    s2 = _Search(model, two, 8, seq, "fp32", normalise_fixed({}), 3, None, DEFAULT_RUNTIME)
+    s2 = BranchAndBound(model, two, 8, seq, "fp32", normalise_fixed({}), 3, None, DEFAULT_RUNTIME)
     tight = []
     for mb in (1, 2, 4):
         for rc in ("none", "selective", "full"):

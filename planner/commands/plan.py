@@ -161,7 +161,7 @@ def what_would_fit(model, cluster, args, fixed, runtime, hetero: bool) -> list[s
 def handler(args: argparse.Namespace) -> int:
     from planner.cost.runtime import get_runtime
     from planner.catalog import load_model
-    from planner.search import parse_fix
+    from planner.search.space import parse_fix
 
     if args.top < 1:
         raise InputError("top", "must be >= 1")
@@ -177,7 +177,7 @@ def handler(args: argparse.Namespace) -> int:
     hetero = not cluster.is_homogeneous
     try:
         if hetero:
-            from planner.hetero import search_hetero
+            from planner.search.hetero import search_hetero
 
             result = search_hetero(model, cluster, args.global_batch, args.seq_len, args.precision, fixed,
                                    args.top, bar, runtime, cluster_path=label)

@@ -30,8 +30,9 @@ from planner.errors import require
 from planner.model import ModelSpec
 from planner.partition import StageCut, partition_chain
 from planner.plan import ParallelConfig, Plan
-from planner.search import (RankedPlan, Rejected, RejectionCount, SearchResult, Costs, divisors,
-                            normalise_fixed)
+from planner.search.costs import Costs
+from planner.search.results import RankedPlan, Rejected, RejectionCount, SearchResult
+from planner.search.space import divisors, normalise_fixed
 
 
 @dataclass(frozen=True)

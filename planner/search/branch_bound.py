@@ -1,0 +1,369 @@
+"""Branch and bound over the space (:class:`BranchAndBound`): core nodes pruned by memory and a
+lower bound, leaves priced by :func:`planner.cost.step.predict` best first (the package
+docstring has the bounds)."""
+from __future__ import annotations
+
+import heapq
+import math
+import time
+
+from planner.cost import framework as fw
+from planner.cost.data_parallel import dp_exposed_s
+from planner.cost.memory import (executor_saved_logits_bytes_per_token, executor_untied_head_params,
+                                 logits_bytes_per_token, peak_transients, shard_divisors,
+                                 state_bytes_per_param)
+from planner.cost.optimizer import fused_optimizer_s, optimizer_traffic_s
+from planner.cost.step import predict
+from planner.plan import ParallelConfig
+from planner.executor_rules import ties_embeddings
+from planner.search.costs import (Costs, LayerCost, balanced_layers, core_shape, rank_layers, rank_layers_min,
+                                  zb_bound)
+from planner.search.results import RankedPlan, Rejected, RejectionCount
+from planner.search.space import LeafInfo, ORDERS, candidate_space, layout_strides, least_memory_shardings
+
+
+class BranchAndBound:
+    def __init__(self, model, cluster, gbs, seq, precision, fixed, top_k, progress, runtime):
+        self.model, self.cluster, self.gbs, self.seq, self.prec = model, cluster, gbs, seq, precision
+        self.k = top_k
+        self.progress = progress
+        self.rt = runtime
+        self.node = cluster.node
+        self.world = cluster.world_size
+        self.gpn = self.node.gpus_per_node
+        self.hbm = self.node.device.hbm_bytes
+        self.costs = Costs(model, self.node, self.world, seq, precision, runtime)
+        self.space = candidate_space(model, self.world, gbs, fixed)
+        self.rej: dict[str, RejectionCount] = {}
+        self.total = 0
+        self.evaluated = 0
+        self.bounded = 0
+        self.top: list[RankedPlan] = []
+        self.closest: tuple[float, RankedPlan] | None = None
+        self._leafsets: dict = {}
+        self.n_leaf_per_core = len(self.space.sh) * len(self.space.sched) * len(self.space.orders)
+        self._maxparams: dict = {}
+        self.state_bytes = state_bytes_per_param(precision)
+        frame = self.node.framework  # its measured fragmentation / overhead, as stage_memories()
+        self.frag = self.node.device.fragmentation_fraction if frame is None else frame.fragmentation_fraction
+        self.reserved = self.node.device.reserved_bytes if frame is None else frame.training_overhead_bytes
+
+    def reject(self, rej: Rejected, n: int) -> None:
+        if n <= 0:
+            return
+        rc = self.rej.get(rej.reason)
+        if rc is None:
+            rc = self.rej[rej.reason] = RejectionCount(rej.reason)
+        rc.add(rej, n)
+
+    # --- leaf sets per (pp, dp, m) --------------------------------------------------------------
+    def leafset(self, pp: int, dp: int, m: int):
+        """Valid (sharding, schedule, vpp, order) for a core node; counts the others."""
+        key = (pp, dp, m)
+        hit = self._leafsets.get(key)
+        if hit is None:
+            valid, rejected = [], []
+            L = self.model.n_layers
+            for sh in self.space.sh:
+                for sched, v in self.space.sched:
+                    for order in self.space.orders:
+                        r = None
+                        if dp == 1 and sh != "none":
+                            r = Rejected("redundant", "ZeRO with dp=1")
+                        elif pp == 1 and (sched != "1f1b" or v > 1):
+                            r = Rejected("redundant", "pipeline schedule with pp=1")
+                        elif order != ORDERS[0] and (pp == 1 or dp == 1):
+                            r = Rejected("redundant", "layout order with pp=1 or dp=1")
+                        elif sched == "interleaved" and pp * v > L:
+                            r = Rejected("too_many_stages", "pp*vpp exceeds the layers")
+                        elif sched == "interleaved" and m % pp != 0:
+                            r = Rejected("not_divisible", "interleaving needs micro-batches divisible by pp")
+                        if r is None:
+                            valid.append((sh, sched, v, order))
+                        else:
+                            rejected.append(r)
+            counts: dict[Rejected, int] = {}
+            for r in rejected:
+                counts[r] = counts.get(r, 0) + 1
+            rejected = list(counts.items())
+            info = LeafInfo(vs=tuple(sorted({x[2] for x in valid})),
+                             shs=tuple(least_memory_shardings({x[0] for x in valid})),
+                             o_min=max((shard_divisors(x[0], dp)[2] for x in valid), default=1))
+            self._leafsets[key] = (valid, rejected, info)
+            hit = self._leafsets[key]
+        return hit
+
+    # --- memory ---------------------------------------------------------------------------------
+    def rank_params(self, tp: int, pp: int, layers_r: int, r: int) -> float:
+        c = self.costs
+        p = layers_r * c.layer_params
+        if r == 0:
+            p += c.embedding_params
+        if r == pp - 1:
+            p += c.head_params if (self.model.tied_embeddings and pp > 1) else c.head_params_untied
+        return p / tp
+
+    def memory(self, lc: LayerCost, tp: int, cp: int, pp: int, dp: int, mb: int, m: int, sh: str,
+               sched: str, v: int, vs: tuple[int, ...] = ()) -> tuple[float, int]:
+        """(peak bytes lower bound, its stage) over ranks 0 and pp-1: the arithmetic of
+        planner.cost.memory.stage_memory (exact for non-interleaved schedules; interleaved is
+        charged 1F1B's in-flight count, a lower bound)."""
+        mdl = self.model
+        ends = rank_layers(mdl.n_layers, pp, v) if v else rank_layers_min(mdl.n_layers, pp, vs)
+        w_b, g_b, o_b = self.state_bytes
+        w_div, g_div, o_div = shard_divisors(sh, dp)
+        per_param = w_b / w_div + g_b / g_div + o_b / o_div
+        gathered = 2 * self.costs.layer_params / tp * w_b if w_div > 1 else 0.0
+        executor = self.costs.fw is not None
+        best, stage = 0.0, 0
+        r = 0
+        for n_r in ends:
+            params = self.rank_params(tp, pp, n_r, r)
+            logits = 0.0
+            if r == pp - 1:
+                params += executor_untied_head_params(mdl, tp, pp, executor)
+            if sched == "gpipe":
+                flight = m
+            elif sched == "zb" and executor:  # the executor's ZB holds graphs from F to W
+                flight = fw.zb_in_flight(pp, m)[r]
+            else:
+                flight = min(pp - r, m)
+            saved_loss = 0.0
+            if r == pp - 1:
+                tokens = mb * (self.seq / cp)
+                logits = logits_bytes_per_token(mdl, tp, self.prec, executor) * tokens
+                saved_loss = max(0, flight - 1) * executor_saved_logits_bytes_per_token(mdl, tp, executor) * tokens
+            tensors = params * per_param + flight * n_r * lc.layer_act + saved_loss + sum(
+                peak_transients(logits, gathered, lc.layer_act_full))
+            total = tensors * (1 + self.frag) + self.reserved
+            if total > best:
+                best, stage = total, r
+            r = pp - 1
+        return best, stage
+
+    # --- time bounds ----------------------------------------------------------------------------
+    def max_rank_params(self, tp: int, pp: int, v: int) -> tuple[float, int]:
+        """(largest parameter count of a pipeline rank, that rank) as predict() finds it."""
+        key = (tp, pp, v)
+        hit = self._maxparams.get(key)
+        if hit is None:
+            layers = balanced_layers(self.model.n_layers, pp * v)
+            per = [self.rank_params(tp, pp, sum(layers[k] for k in range(r, pp * v, pp)), r) for r in range(pp)]
+            best = max(per)
+            hit = self._maxparams[key] = (best, per.index(best))
+        return hit
+
+    def optimizer_s(self, tp: int, pp: int, v: int, o_div: int) -> float:
+        most, _ = self.max_rank_params(tp, pp, v)
+        rates = self.costs.rates
+        if rates.framework is not None:  # predict's traffic at its fastest size (per-op costs are >= 0)
+            return optimizer_traffic_s(rates, most / o_div, None)
+        return fused_optimizer_s(rates, most / o_div, pp * v)
+
+    def dp_exposed(self, tp: int, pp: int, dp: int, v: int, sh: str, dp_stride: int,
+                   window_of_rank) -> float:
+        """Exposed data-parallel gradient reduction (non-ZeRO-3) as predict() charges it
+        (:func:`planner.cost.data_parallel.dp_exposed_s`)."""
+        if dp == 1:
+            return 0.0
+        params, r_max = self.max_rank_params(tp, pp, v)
+        c = self.costs
+        g = c.dp_group(dp, dp_stride)
+        tensors = fw.model_param_tensors(self.model, ties_embeddings(self.model, tp, pp))
+        return dp_exposed_s(self.node, c.rt, c.rates, g, precision=self.prec, sharding=sh, tp=tp, pp=pp,
+                            params=params, window_s=window_of_rank(r_max), param_tensors=tensors)
+
+    def leaf_bound(self, lc: LayerCost, tp, cp, pp, dp, m, rc, sh, sched, v, order) -> float:
+        f, bi, w = lc.f, lc.bi, lc.w
+        dp_stride, pp_stride = layout_strides(order, tp, cp, pp, dp)
+        if self.costs.fsdp_blocks(sh, tp, dp):
+            zf, zb = self.costs.z3(lc, tp, dp, dp_stride, rc, sh)
+            f, bi = f + zf, bi + zb
+        p2p = self.costs.p2p(lc.act_bytes, tp, pp, pp_stride)
+        n_vs = pp * v
+        layers = balanced_layers(self.model.n_layers, n_vs)
+        F = [n * f for n in layers]
+        B = [n * bi for n in layers]
+        W = [n * w for n in layers]
+        F[0] += lc.emb_f
+        B[0] += lc.emb_b
+        F[-1] += lc.head_f
+        B[-1] += lc.head_bi
+        W[-1] += lc.head_w
+        if pp > 1:  # the pipelining runtime, as _stage_times adds it
+            F, B, W = fw.pipeline_actions(F, B, W, self.costs.fw, self.costs.rates, sched)
+        best = 0.0
+        pre = 0.0
+        if sched == "zb":
+            best = zb_bound(F, B, W, m, p2p, pp)
+        else:
+            for r in range(pp):
+                busy = m * sum(F[k] + B[k] + W[k] for k in range(r, n_vs, pp))
+                t = pre + busy
+                if t > best:
+                    best = t
+                pre += F[r] + B[r] + W[r] + 2 * p2p
+        o_div = shard_divisors(sh, dp)[2]
+
+        def window(r: int) -> float:
+            return sum(B[k] + W[k] for k in range(r, n_vs, pp))
+
+        return best + self.optimizer_s(tp, pp, v, o_div) + self.dp_exposed(tp, pp, dp, v, sh, dp_stride, window)
+
+    def core_bound(self, lc: LayerCost, tp, cp, pp, dp, m, info) -> float:
+        """Below every leaf_bound of this core node: no ZeRO-3 / p2p / dp terms, the smallest
+        pipeline fill over the node's vpp options, the best optimizer sharding."""
+        f = lc.f
+        per = lc.f + lc.bi + lc.w
+        emb = lc.emb_f + lc.emb_b
+        head = lc.head_f + lc.head_bi + lc.head_w
+        best = math.inf
+        for n0, nl, pre_l in core_shape(self.model.n_layers, pp, info.vs):
+            if pp == 1:
+                t = m * (n0 * per + emb + head)
+            else:
+                t0 = m * (n0 * per + emb)
+                tl = pre_l * f + m * (nl * per + head)
+                t = t0 if t0 > tl else tl
+            if t < best:
+                best = t
+        return best + min(self.optimizer_s(tp, pp, v, info.o_min) for v in info.vs)
+
+    # --- main loop ------------------------------------------------------------------------------
+    def run(self) -> None:
+        mdl, S = self.model, self.space
+        L = mdl.n_layers
+        t_start = time.perf_counter()
+        n_sub_core = len(S.rc) * len(S.sp) * self.n_leaf_per_core
+        heap: list = []
+        seq_counter = 0
+        cores = []
+        for tp in S.tp:
+            for cp in S.cp:
+                if self.world % (tp * cp):
+                    continue
+                for pp in S.pp:
+                    if self.world % (tp * cp * pp):
+                        continue
+                    dp = self.world // (tp * cp * pp)
+                    if S.dp is not None and dp not in S.dp:
+                        continue
+                    n_here = len(S.mb) * n_sub_core
+                    self.total += n_here
+                    r = None
+                    if tp > self.gpn:
+                        r = Rejected("tp_crosses_nodes", f"tp > {self.gpn} GPUs per node")
+                    elif mdl.n_heads % tp or mdl.ffn_hidden_size % tp or not (
+                            mdl.n_kv_heads % tp == 0 or tp % mdl.n_kv_heads == 0):
+                        r = Rejected("not_divisible", "tp does not divide heads / kv heads / ffn")
+                    elif self.seq % cp:
+                        r = Rejected("not_divisible", "cp does not divide the sequence length")
+                    elif pp > L:
+                        r = Rejected("too_many_stages", "pp exceeds the layers")
+                    elif self.gbs % dp:
+                        r = Rejected("not_divisible", "dp does not divide the global batch")
+                    if r is not None:
+                        self.reject(r, n_here)
+                        continue
+                    for mb in S.mb:
+                        if self.gbs % (dp * mb):
+                            self.reject(Rejected("not_divisible", "dp*micro-batch does not divide the global batch"),
+                                        n_sub_core)
+                            continue
+                        m = self.gbs // (dp * mb)
+                        leaves, rejected, info = self.leafset(pp, dp, m)
+                        for sp in S.sp:
+                            n_rc = len(S.rc) * self.n_leaf_per_core
+                            if sp and tp == 1:
+                                self.reject(Rejected("redundant", "sequence parallel with tp=1"), n_rc)
+                                continue
+                            if sp and self.seq % (tp * cp):
+                                self.reject(Rejected("not_divisible", "sequence parallel needs seq divisible by tp*cp"), n_rc)
+                                continue
+                            for rj, n in rejected:
+                                self.reject(rj, n * len(S.rc))
+                            if not leaves:
+                                continue
+                            for rc in S.rc:
+                                cores.append((tp, cp, pp, dp, mb, m, sp, rc, leaves, info))
+        n_cores = len(cores)
+        for i, (tp, cp, pp, dp, mb, m, sp, rc, leaves, info) in enumerate(cores):
+            if self.progress and i % 2048 == 0:
+                self.progress(0.5 * i / max(1, n_cores))
+            lc = self.costs.layer(tp, cp, mb, rc, sp)
+            # memory first: least memory over the node's shardings with 1F1B's in-flight count
+            mem, stage = min(self.memory(lc, tp, cp, pp, dp, mb, m, sh, "1f1b", 0, info.vs) for sh in info.shs)
+            if mem > self.hbm:
+                self.reject(Rejected("out_of_memory", "", mem, stage), len(leaves))
+                self._near_miss(mem, lc, (tp, cp, pp, dp, mb, m, sp, rc, leaves))
+                continue
+            self.bounded += 1
+            lb = self.core_bound(lc, tp, cp, pp, dp, m, info)
+            heap.append((lb, seq_counter, 0, (tp, cp, pp, dp, mb, m, sp, rc, leaves)))
+            seq_counter += 1
+        heapq.heapify(heap)
+        n_heap0 = max(1, len(heap))
+        popped = 0
+        while heap:
+            lb, _, kind, item = heapq.heappop(heap)
+            popped += 1
+            if self.progress and popped % 256 == 0:
+                self.progress(min(0.99, 0.5 + 0.5 * popped / n_heap0))
+            if len(self.top) >= self.k and lb >= self.top[-1].step_time_s:
+                heapq.heappush(heap, (lb, 0, kind, item))
+                break
+            if kind == 0:
+                tp, cp, pp, dp, mb, m, sp, rc, leaves = item
+                lc = self.costs.layer(tp, cp, mb, rc, sp)
+                for sh, sched, v, order in leaves:
+                    mem, stage = self.memory(lc, tp, cp, pp, dp, mb, m, sh, sched, v)
+                    if mem > self.hbm:
+                        self.reject(Rejected("out_of_memory", "", mem, stage), 1)
+                        continue
+                    self.bounded += 1
+                    b = self.leaf_bound(lc, tp, cp, pp, dp, m, rc, sh, sched, v, order)
+                    heapq.heappush(heap, (b, seq_counter, 1, (tp, cp, pp, dp, mb, sp, rc, sh, sched, v, order)))
+                    seq_counter += 1
+            else:
+                self.evaluate(lb, item)
+        # whatever is left cannot beat the K-th best
+        left = 0
+        for lb, _, kind, item in heap:
+            left += len(item[-1]) if kind == 0 else 1
+        self.reject(Rejected("bound", "lower bound above the K-th best"), left)
+        self.elapsed = time.perf_counter() - t_start
+
+    def config(self, item) -> ParallelConfig:
+        tp, cp, pp, dp, mb, sp, rc, sh, sched, v, order = item
+        return ParallelConfig(tp=tp, pp=pp, dp=dp, cp=cp, vpp=v, micro_batch=mb, global_batch=self.gbs,
+                              seq_len=self.seq, recompute=rc, sharding=sh, sequence_parallel=sp,
+                              precision=self.prec, schedule=sched if pp > 1 else "1f1b", order=order)
+
+    def evaluate(self, lb: float, item) -> None:
+        P = self.config(item)
+        pred = predict(self.model, self.cluster, P, self.rt, timeline=False)
+        self.evaluated += 1
+        entry = RankedPlan(P, pred, lb)
+        if not pred.fits:
+            stage = max(pred.per_stage, key=lambda s: s.memory_bytes).stage
+            self.reject(Rejected("out_of_memory", "", pred.peak_memory_bytes, stage), 1)
+            if self.closest is None or pred.peak_memory_bytes < self.closest[0]:
+                self.closest = (pred.peak_memory_bytes, entry)
+            return
+        self.top.append(entry)
+        self.top.sort(key=lambda e: e.step_time_s)
+        if len(self.top) > self.k:
+            self.top.pop()
+
+    def _near_miss(self, mem: float, lc, core) -> None:
+        """Remember the core node needing the least memory (for 'what is closest')."""
+        if self.closest is not None and self.closest[0] <= mem:
+            return
+        tp, cp, pp, dp, mb, m, sp, rc, leaves = core
+        sh = max(leaves, key=lambda x: shard_divisors(x[0], dp)[0] + shard_divisors(x[0], dp)[2])[0]
+        sched = "1f1b" if pp > 1 else "1f1b"
+        order = next((x[3] for x in leaves), ORDERS[0])
+        P = self.config((tp, cp, pp, dp, mb, sp, rc, sh, sched, 1, order))
+        pred = predict(self.model, self.cluster, P, self.rt, timeline=False)
+        self.evaluated += 1
+        self.closest = (min(mem, pred.peak_memory_bytes), RankedPlan(P, pred, math.nan))
