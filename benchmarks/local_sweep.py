@@ -43,6 +43,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from planner.demo import busy_processes, cpu_busy_cores, execute, load_average, predicted_plan  # noqa: E402
+from planner.launch import cli_command  # noqa: E402
 from planner.plan import ParallelConfig  # noqa: E402
 
 TARGETS = {"median_abs_error_pct": 5.0, "max_abs_error_pct": 15.0, "spearman": 0.9,
@@ -119,7 +120,7 @@ def calibrate_pass(repeat: int, profile: str | Path, results: str | Path, quick:
     cmd = ["calibrate", "--repeat", str(repeat), "--out", str(profile), "--save-results", str(results)]
     cmd += ["--quick"] if quick else []
     print(f"calibrating: clusterplan {' '.join(cmd)}", flush=True)
-    proc = subprocess.run([sys.executable, "-m", "planner.cli", *cmd], cwd=ROOT)
+    proc = subprocess.run(cli_command(*cmd), cwd=ROOT)
     if proc.returncode != 0:
         raise SweepError(f"calibrate failed (exit {proc.returncode})")
     return time.perf_counter() - t0

@@ -12,13 +12,13 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 from planner.errors import require
+from planner.launch import cli_command, subprocess_env
 from planner.model import ModelSpec
 from planner.plan import ParallelConfig, Plan
 
@@ -89,10 +89,9 @@ def execute(plan_path: str | os.PathLike, out_dir: str | os.PathLike, *, steps: 
     session, killed with its ranks after ``timeout_s``); returns the run's summary (or None)."""
     from planner import records
 
-    cmd = [sys.executable, "-m", "planner.cli", "run", str(plan_path), "--out", str(out_dir),
-           "--steps", str(steps), "--warmup", str(warmup), "--threads", str(threads)]
-    env = dict(os.environ, PYTHONWARNINGS="ignore")
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    cmd = cli_command("run", str(plan_path), "--out", str(out_dir), "--steps", str(steps), "--warmup", str(warmup),
+                      "--threads", str(threads))
+    env = subprocess_env(PYTHONWARNINGS="ignore")
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     log = open(log_path, "w") if log_path else subprocess.DEVNULL
     try:

@@ -13,10 +13,10 @@ import json
 import shlex
 
 from planner.errors import InputError
+from planner.launch import node_torchrun_command, shell_join
 from planner.plan import DEFAULT_ORDER, ParallelConfig, Plan
 
 FORMATS = ("megatron", "torchtitan", "deepspeed", "torchrun", "slurm")
-RDZV_PORT = 29500
 
 
 def _header(plan: Plan) -> list[str]:
@@ -336,31 +336,20 @@ def to_deepspeed(plan: Plan) -> str:
 
 
 # ----- launching clusterplan's executor -----------------------------------------------------------
-def torchrun_command(plan: Plan, plan_path: str = "PLAN.json", *, master: str = "$MASTER_ADDR",
-                     port: int = RDZV_PORT, rdzv_id: str | None = None) -> str:
-    """The command to run on every node (torchrun's c10d rendezvous joins them)."""
-    parts = ["torchrun", "--nnodes", str(plan.n_nodes), "--nproc-per-node", str(plan.gpus_per_node),
-             "--rdzv-backend", "c10d", "--rdzv-endpoint", f"{master}:{port}",
-             "--rdzv-id", rdzv_id or plan.id, "-m", "executor", plan_path, "--out", f"runs/{plan.id}"]
-    out = []
-    for part in parts:
-        # keep $VARS expandable by the shell; quote everything else that needs it
-        out.append(part if part.startswith("$") or part == shlex.quote(part) else shlex.quote(part))
-    return " ".join(out)
-
-
 def to_torchrun(plan: Plan, plan_path: str = "PLAN.json") -> str:
     lines = [f"# {line}" for line in _header(plan)]
     lines.append(f"# Run on each of the {plan.n_nodes} node(s); MASTER_ADDR = the first node's address.")
     lines.append("export MASTER_ADDR=${MASTER_ADDR:-localhost}")
-    lines.append(torchrun_command(plan, plan_path))
+    lines.append(shell_join(node_torchrun_command(plan.n_nodes, plan.gpus_per_node, plan_path, f"runs/{plan.id}",
+                                                  master="$MASTER_ADDR", rdzv_id=plan.id)))
     return "\n".join(lines) + "\n"
 
 
 def to_slurm(plan: Plan, plan_path: str = "PLAN.json") -> str:
     """An sbatch script: one srun task per node, each running torchrun."""
     run_dir = f"runs/{plan.id}"
-    cmd = torchrun_command(plan, plan_path, master="$MASTER_ADDR", rdzv_id="$SLURM_JOB_ID")
+    cmd = shell_join(node_torchrun_command(plan.n_nodes, plan.gpus_per_node, plan_path, run_dir,
+                                           master="$MASTER_ADDR", rdzv_id="$SLURM_JOB_ID"))
     lines = [
         "#!/bin/bash",
         f"#SBATCH --job-name=clusterplan-{plan.id}",

@@ -18,8 +18,8 @@ LAYERS = (
     ("plan", ("planner.plan", "planner.executor_rules", "planner.partition", "planner.schedule")),
     ("cost", ("planner.cost",)),
     ("search", ("planner.search",)),
-    ("side", ("planner.calibrate", "planner.records", "planner.report", "planner.validation", "planner.export",
-              "planner.demo")),
+    ("side", ("planner.calibrate", "planner.launch", "planner.records", "planner.report", "planner.validation",
+              "planner.export", "planner.demo")),
     ("commands", ("planner.commands", "planner.cli", "planner")),
 )
 EXECUTOR_MAY_IMPORT = ("spec", "plan")

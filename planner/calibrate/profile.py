@@ -19,7 +19,6 @@ import math
 import os
 import statistics
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
@@ -34,7 +33,6 @@ from planner.calibrate.executor_costs import build_framework
 
 SCHEMA = "clusterplan-bench/1"  # executor.bench.SCHEMA (not imported: that package imports torch)
 DEFAULT_PROFILE_PATH = PROFILES_DIR / "local-cpu.yaml"
-REPO_ROOT = Path(__file__).resolve().parent.parent
 CONTENDED_CPU_RATIO = 0.8  # a rank that got less than this share of a core ran on a busy machine
 OVERHEAD_OPS = ("add", "mul", "gelu", "linear", "layernorm")
 

@@ -9,26 +9,17 @@ import os
 import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
 from planner.errors import InputError, require
+from planner.launch import REPO_ROOT, bench_command, subprocess_env
 from planner.io import atomic_write_text, read_json_object
 from planner.profile_yaml import write_profile
-from planner.calibrate.profile import (Calibration, DEFAULT_PROFILE_PATH, REPO_ROOT, build_profile,
+from planner.calibrate.profile import (Calibration, DEFAULT_PROFILE_PATH, build_profile,
                                        load_results)
-
-
-def bench_command(nproc: int, out_json: str | os.PathLike, *, quick: bool, parts: str | None = None) -> list[str]:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
-           "-m", "executor.bench", "--out", str(out_json)]
-    if quick:
-        cmd.append("--quick")
-    if parts:
-        cmd += ["--parts", parts]
-    return cmd
 
 
 def run_benchmarks(nproc: int = 4, *, quick: bool = False, timeout_s: float | None = None,
@@ -40,10 +31,7 @@ def run_benchmarks(nproc: int = 4, *, quick: bool = False, timeout_s: float | No
     timeout_s = timeout_s or (120.0 if quick else 1200.0)
     tmpdir = tempfile.mkdtemp(prefix="clusterplan-bench-")
     out_json = Path(tmpdir) / "results.json"
-    env = dict(os.environ)
-    env["OMP_NUM_THREADS"] = "1"
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
-    env["PYTHONWARNINGS"] = "ignore::FutureWarning"
+    env = subprocess_env(OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore::FutureWarning")
     cmd = bench_command(nproc, out_json, quick=quick)
     tail: list[str] = []
     try:
@@ -63,8 +51,6 @@ def _run_bench(cmd, out_json, env, timeout_s, tail, progress, check: bool = True
     proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, start_new_session=True)
     try:
-        import threading
-
         def pump():
             for line in proc.stdout:
                 line = line.rstrip("\n")

@@ -1,7 +1,6 @@
 """``clusterplan run PLAN.json``: execute a plan with torchrun and record what it measured.
 
-Torch-free: builds the ``torchrun`` command line (``python -m torch.distributed.run ... -m
-executor PLAN.json ...``), refuses a plan this machine cannot run before launching, streams the
+Torch-free: launches the ``torchrun`` command line of :mod:`planner.launch`, refuses a plan this machine cannot run before launching, streams the
 ranks' output, and afterwards makes sure ``summary.json`` says ``failed`` when torchrun failed
 (a rank killed by a signal cannot write it itself). Records schema: executor/README.md.
 
@@ -14,38 +13,16 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-import shlex
 import shutil
 import subprocess
 import sys
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 
 from planner.errors import InputError, require
+from planner.launch import LaunchConfig, local_ranks, shell_join, srun_command, subprocess_env, torchrun_command
 
 MAX_OVERSUBSCRIPTION = 4
-DEFAULT_PORT = 29500
-
-
-@dataclass(frozen=True)
-class LaunchConfig:
-    """How to launch. nnodes/node_rank/rdzv_endpoint: torchrun's multi-node options (nnodes=1 and
-    no endpoint = ``--standalone``). device: auto|cpu|cuda. threads: torch threads per rank."""
-
-    plan_path: str
-    out: str
-    steps: int = 10
-    warmup: int = 3
-    threads: int = 1
-    timeout_s: float = 30.0
-    nnodes: int = 1
-    node_rank: int = 0
-    rdzv_endpoint: str | None = None
-    device: str = "auto"
-    data: str | None = None
-    inject_fault: str | None = None
-    oversubscribe: bool = False
 
 
 def usable_cores() -> int:
@@ -70,12 +47,6 @@ def visible_gpus() -> int:
     return sum(1 for line in out.stdout.splitlines() if line.startswith("GPU "))
 
 
-def local_ranks(world_size: int, nnodes: int) -> int:
-    require(nnodes >= 1, "nnodes", "must be >= 1")
-    require(world_size % nnodes == 0, "nnodes", f"the plan's {world_size} ranks do not split over {nnodes} nodes")
-    return world_size // nnodes
-
-
 def check_machine(world_size: int, cfg: LaunchConfig, gpus: int | None = None, cores: int | None = None) -> str:
     """The device kind to run on ('cpu' or 'cuda'); InputError when this machine cannot run it."""
     n = local_ranks(world_size, cfg.nnodes)
@@ -90,43 +61,6 @@ def check_machine(world_size: int, cfg: LaunchConfig, gpus: int | None = None, c
             f"{n} local ranks x {cfg.threads} threads exceed {MAX_OVERSUBSCRIPTION} x {cores} usable cores "
             f"= {limit} (pass --oversubscribe to run anyway)")
     return kind
-
-
-def executor_args(cfg: LaunchConfig) -> list[str]:
-    args = [cfg.plan_path, "--out", cfg.out, "--steps", str(cfg.steps), "--warmup", str(cfg.warmup),
-            "--threads", str(cfg.threads), "--timeout-s", str(cfg.timeout_s), "--device", cfg.device]
-    if cfg.data:
-        args += ["--data", cfg.data]
-    if cfg.inject_fault:
-        args += ["--inject-fault", cfg.inject_fault]
-    return args
-
-
-def torchrun_command(world_size: int, cfg: LaunchConfig, python: str = sys.executable) -> list[str]:
-    n = local_ranks(world_size, cfg.nnodes)
-    cmd = [python, "-m", "torch.distributed.run"]
-    if cfg.nnodes == 1 and not cfg.rdzv_endpoint:
-        cmd += ["--standalone"]
-    else:
-        require(bool(cfg.rdzv_endpoint), "rdzv-endpoint", "multi-node runs need --rdzv-endpoint HOST:PORT")
-        cmd += ["--nnodes", str(cfg.nnodes), "--node-rank", str(cfg.node_rank),
-                "--rdzv-backend", "c10d", "--rdzv-endpoint", cfg.rdzv_endpoint]
-    cmd += ["--nproc-per-node", str(n), "-m", "executor", *executor_args(cfg)]
-    return cmd
-
-
-def srun_command(world_size: int, cfg: LaunchConfig) -> list[str]:
-    """One torchrun per node under Slurm; the rendezvous host is the first node of the job."""
-    n = local_ranks(world_size, cfg.nnodes)
-    endpoint = cfg.rdzv_endpoint or f"$(scontrol show hostnames $SLURM_JOB_NODELIST | head -n1):{DEFAULT_PORT}"
-    inner = ["python", "-m", "torch.distributed.run", "--nnodes", str(cfg.nnodes), "--nproc-per-node", str(n),
-             "--rdzv-backend", "c10d", "--rdzv-endpoint", endpoint, "-m", "executor", *executor_args(cfg)]
-    return ["srun", f"--nodes={cfg.nnodes}", "--ntasks-per-node=1", f"--cpus-per-task={max(1, n * cfg.threads)}",
-            *inner]
-
-
-def _join(cmd: list[str]) -> str:
-    return " ".join(part if part.startswith("$(") or ":$" in part else shlex.quote(part) for part in cmd)
 
 
 _ROOT = re.compile(r"Root Cause.*?rank\s*:\s*(\d+).*?exitcode\s*:\s*(-?\d+)", re.S)
@@ -215,9 +149,7 @@ def launch(plan_path: str, cfg: LaunchConfig, echo=sys.stderr) -> tuple[int, dic
     plan_copy = plan.save(out / "plan.json")  # the run folder is self-contained: compare and fit read it
     cfg = dataclasses.replace(cfg, plan_path=str(plan_copy))  # the ranks copy its prediction
     cmd = torchrun_command(plan.world_size, cfg)
-    env = dict(os.environ, OMP_NUM_THREADS=str(cfg.threads), PYTHONUNBUFFERED="1")
-    root = str(Path(__file__).resolve().parents[2])  # so `-m executor` resolves from any cwd
-    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env = subprocess_env(OMP_NUM_THREADS=str(cfg.threads), PYTHONUNBUFFERED="1")
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     captured: list[str] = []
 
@@ -276,8 +208,8 @@ def handler(args) -> int:
                        node_rank=args.node_rank, rdzv_endpoint=args.rdzv_endpoint, device=args.device,
                        data=args.data, inject_fault=args.inject_fault, oversubscribe=args.oversubscribe)
     if args.print_command:
-        print("torchrun: " + _join(torchrun_command(plan.world_size, cfg)))
-        print("srun:     " + _join(srun_command(plan.world_size, cfg)))
+        print("torchrun: " + shell_join(torchrun_command(plan.world_size, cfg)))
+        print("srun:     " + shell_join(srun_command(plan.world_size, cfg)))
         return 0
     rc, summary = launch(args.plan, cfg)
     if summary is not None:
