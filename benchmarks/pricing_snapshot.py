@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.local_sweep import SWEEP  # noqa: E402
+from benchmarks.local_sweep_plans import SWEEP  # noqa: E402
 from planner.cost.runtime import get_runtime  # noqa: E402
 from planner.cost.step import cluster_for, predict  # noqa: E402
 from planner.catalog import load_model  # noqa: E402

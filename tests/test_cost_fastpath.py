@@ -7,7 +7,8 @@ from planner.cost.runtime import RUNTIME_PRESETS
 from planner.cost.step import cluster_for, lower_bound_step_time_s, peak_memory, predict
 from planner.catalog import load_model
 from planner.plan import ParallelConfig
-from planner.schedule import closed_form_in_flight, closed_form_makespan, estimate, simulate
+from planner.schedule import simulate
+from planner.schedule_estimate import closed_form_in_flight, closed_form_makespan, estimate
 
 TIMES = [(1.0, 2.0, 0.0), (1.0, 1.0, 0.7), (0.5, 2.0, 3.0), (2.0, 1.0, 0.2), (0.3, 0.9, 0.05)]
 

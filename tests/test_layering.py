@@ -15,7 +15,8 @@ ROOT = Path(__file__).resolve().parent.parent
 LAYERS = (
     ("spec", ("planner.errors", "planner.io", "planner.model", "planner.presets", "planner.hf_config",
               "planner.catalog", "planner.hardware", "planner.profile_yaml", "planner.cluster")),
-    ("plan", ("planner.plan", "planner.executor_rules", "planner.partition", "planner.schedule")),
+    ("plan", ("planner.plan", "planner.executor_rules", "planner.partition", "planner.schedule",
+              "planner.schedule_estimate")),
     ("cost", ("planner.cost",)),
     ("search", ("planner.search",)),
     ("side", ("planner.calibrate", "planner.launch", "planner.records", "planner.report", "planner.validation",

@@ -1,7 +1,8 @@
 import pytest
 
 from planner.errors import InputError
-from planner.schedule import estimate, simulate
+from planner.schedule import simulate
+from planner.schedule_estimate import estimate
 
 
 @pytest.mark.parametrize("sched", ["gpipe", "1f1b"])
@@ -67,7 +68,7 @@ def test_interleaved_needs_multiple_of_pp():
 import random  # noqa: E402
 import time  # noqa: E402
 
-from planner.schedule import ZB_EXACT_LIMIT, _estimate  # noqa: E402
+from planner.schedule_estimate import ZB_EXACT_LIMIT, _estimate  # noqa: E402
 
 
 def reference_zb(p, m, F, B, W, c, cap=None):

@@ -36,7 +36,7 @@ from planner.hardware import ClusterSpec, NodeSpec
 from planner.profile_yaml import load_profile
 from planner.model import ModelSpec
 from planner.plan import DEFAULT_ORDER, ParallelConfig, Plan
-from planner.schedule import PipelineEstimate, closed_form_in_flight, estimate
+from planner.schedule_estimate import PipelineEstimate, closed_form_in_flight, estimate
 
 TIMELINE_TASK_LIMIT = 20000
 BUSY_FIXED_POINT_ITERATIONS = 8
