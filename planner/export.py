@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import shlex
 
-from planner.errors import InputError
+from planner.errors import InputError, require
 from planner.launch import node_torchrun_command, shell_join
 from planner.plan import DEFAULT_ORDER, ParallelConfig, Plan
 
@@ -22,7 +22,7 @@ FORMATS = ("megatron", "torchtitan", "deepspeed", "torchrun", "slurm")
 def _header(plan: Plan) -> list[str]:
     p = plan.parallel
     return [f"clusterplan plan {plan.id}: {plan.model.name} on {plan.n_nodes} x {plan.gpus_per_node} "
-            f"GPUs ({plan.hardware})",
+            f"GPUs ({plan.machine})",
             f"split: {p.megatron_notation()}; global batch {p.global_batch} = micro batch "
             f"{p.micro_batch} x {p.num_micro_batches} micro-batches x dp {p.dp}; seq {p.seq_len}"]
 
@@ -369,7 +369,12 @@ def to_slurm(plan: Plan, plan_path: str = "PLAN.json") -> str:
 
 
 def export_plan(plan: Plan, fmt: str, plan_path: str = "PLAN.json") -> str:
-    """The plan in format ``fmt`` (one of :data:`FORMATS`)."""
+    """The plan in format ``fmt`` (one of :data:`FORMATS`). A plan with a tensor-parallel degree
+    per pipeline stage (``stage_tp``, a mixed cluster) has no export: Megatron-LM, torchtitan and
+    DeepSpeed take one tp for the whole model, and the executor builds one device mesh."""
+    require(not plan.parallel.stage_tp, "stage_tp",
+            f"{fmt} takes one tensor-parallel size for every stage; this plan uses "
+            f"{'/'.join(map(str, plan.parallel.stage_tp))} (plan with --fix tp=N for an exportable one)")
     if fmt == "megatron":
         return to_megatron(plan)
     if fmt == "torchtitan":

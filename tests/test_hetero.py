@@ -43,3 +43,77 @@ def test_plan_file_records_cluster_path(result, tmp_path):
     again = Plan.load(path)
     pred = predict_plan(again)
     assert pred.step_time_s == pytest.approx(plan.prediction["step_time_s"], rel=1e-9)
+
+
+def test_best_first_ranks_what_pricing_every_candidate_ranks():
+    model = load_model("llama3-8b", seq_len=4096)
+    cluster = load_cluster("clusters/mixed-a100-h100.yaml")
+    kw = dict(fixed={"mb": 1}, top_k=6)
+    pruned = search_hetero(model, cluster, 256, **kw)
+    every = search_hetero(model, cluster, 256, prune=False, **kw)
+    assert [r["plan"] for r in pruned.rows()] == [r["plan"] for r in every.rows()]
+    assert [r.step_time_s for r in pruned.ranked] == [r.step_time_s for r in every.ranked]
+    assert pruned.baseline.prediction.step_time_s == every.baseline.prediction.step_time_s
+    assert pruned.evaluated < every.evaluated
+
+
+def test_a_tp_per_node_type_is_a_plan_file(tmp_path):
+    """The per-type-tp winner is a Plan on the cluster file: saved, loaded and predicted the same;
+    its breakdown carries the tensor-parallel communication the assembler prices."""
+    from planner.plan import Plan
+
+    model = load_model("llama3-70b")
+    cluster = load_cluster("clusters/mixed-a100-h100.yaml")
+    res = search_hetero(model, cluster, 512, top_k=3, cluster_path="clusters/mixed-a100-h100.yaml")
+    mixed = [p for p in res.best_plans if p.parallel.stage_tp]
+    assert mixed, "expected a plan with a tp per node type among the top 3"
+    plan = mixed[0]
+    again = Plan.load(plan.save(tmp_path / "p.json"))
+    assert again == plan and again.id == plan.id and again.cluster and not again.hardware
+    pred = predict_plan(again)
+    assert pred.step_time_s == pytest.approx(plan.prediction["step_time_s"], rel=1e-12)
+    assert pred.time.tp_s > 0 and pred.fits
+
+
+def test_a_tp_per_stage_cannot_be_exported_or_run(tmp_path):
+    from planner.errors import InputError
+    from planner.export import FORMATS, export_plan
+    from planner.launch import LaunchConfig
+    from planner.commands.run import launch
+    from planner.plan import ParallelConfig, Plan
+
+    model = load_model("llama3-70b")
+    P = ParallelConfig(tp=8, pp=3, dp=4, global_batch=512, seq_len=8192, stage_tp=(8, 4, 4),
+                       stage_layers=(19, 31, 30), sequence_parallel=True)
+    plan = Plan(model=model, hardware="", cluster="clusters/mixed-a100-h100.yaml", n_nodes=8, gpus_per_node=8,
+                parallel=P)
+    for fmt in FORMATS:
+        with pytest.raises(InputError) as err:
+            export_plan(plan, fmt)
+        assert err.value.field == "stage_tp"
+    path = plan.save(tmp_path / "p.json")
+    with pytest.raises(InputError) as err:
+        launch(str(path), LaunchConfig(plan_path=str(path), out=str(tmp_path / "run"), device="cpu"))
+    assert err.value.field == "stage_tp"
+
+
+def test_sites_keep_each_stage_on_one_node_type_and_memory_matches_predict():
+    from planner.cost.step import peak_memory, plan_sites, predict
+    from planner.errors import InputError
+    from planner.plan import ParallelConfig
+
+    model = load_model("llama3-70b")
+    cluster = load_cluster("clusters/mixed-a100-h100.yaml")
+    P = ParallelConfig(tp=8, pp=3, dp=4, global_batch=512, seq_len=8192, stage_tp=(8, 4, 4),
+                       stage_layers=(19, 31, 30), sequence_parallel=True, sharding="zero2")
+    sites = plan_sites(cluster, P)
+    assert [(s.node.name, s.P.tp, s.ranks) for s in sites] == [("dgx-a100-80gb", 8, (0,)),
+                                                               ("dgx-h100-80gb", 4, (1, 2))]
+    pred = predict(model, cluster, P)
+    mem = peak_memory(model, cluster, P)
+    assert mem.peak_bytes == pred.peak_memory_bytes and mem.fits == pred.fits
+    straddling = ParallelConfig(tp=8, pp=3, dp=4, global_batch=512, seq_len=8192, stage_tp=(4, 8, 4),
+                                stage_layers=(19, 31, 30))
+    with pytest.raises(InputError) as err:
+        predict(model, cluster, straddling)
+    assert err.value.field == "parallel"

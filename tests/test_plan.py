@@ -68,3 +68,37 @@ def test_strided_spread_fast_paths_match_counting():
                 nodes = [(i * stride) // gpn for i in range(size)]
                 expect = (max(nodes.count(n) for n in set(nodes)), len(set(nodes)))
                 assert strided_group_spread(size, stride, gpn) == expect, (size, stride, gpn)
+
+
+def test_stage_tp_is_validated_and_counts_its_gpus():
+    from planner.errors import InputError
+
+    P = ParallelConfig(tp=8, pp=3, dp=4, global_batch=8, stage_tp=(8, 4, 4))
+    assert P.world_size == 4 * 16 and P.megatron_notation().startswith("tp8/4/4 pp3 dp4")
+    assert P.stage_config(1).tp == 4 and P.stage_config(0).tp == 8 and not P.stage_config(1).stage_tp
+    assert ParallelConfig(tp=4, pp=2, dp=1, global_batch=8, stage_tp=(4, 4)).stage_tp == ()  # one tp: none
+    for kw, field in ((dict(tp=8, pp=2, stage_tp=(8, 4, 4)), "stage_tp"), (dict(tp=4, pp=2, stage_tp=(8, 4)), "tp"),
+                      (dict(tp=8, pp=2, stage_tp=(8, 4), order="tp-cp-pp-dp"), "order")):
+        with pytest.raises(InputError) as err:
+            ParallelConfig(global_batch=8, **kw)
+        assert err.value.field == field
+    plain = ParallelConfig(tp=2, pp=2, global_batch=8)
+    assert "stage_tp" not in plain.to_dict()  # plans without it keep their ids
+    assert ParallelConfig.from_dict(P.to_dict()) == P
+
+
+def test_a_plan_names_a_profile_or_a_cluster_file_never_both():
+    from planner.errors import InputError
+
+    model = ModelSpec("m", n_layers=4, hidden_size=64, n_heads=4, n_kv_heads=4, ffn_hidden_size=256,
+                      vocab_size=128, seq_len=64)
+    P = ParallelConfig(dp=8, global_batch=8, seq_len=64)
+    for hardware, cluster in (("dgx-a100-80gb", "clusters/mixed-a100-h100.yaml"), ("", "")):
+        with pytest.raises(InputError) as err:
+            Plan(model=model, hardware=hardware, cluster=cluster, n_nodes=1, gpus_per_node=8, parallel=P)
+        assert err.value.field == "hardware"
+    on_file = Plan(model=model, hardware="", cluster="clusters/mixed-a100-h100.yaml", n_nodes=1, gpus_per_node=8,
+                   parallel=P)
+    assert Plan.from_dict(on_file.to_dict()) == on_file and on_file.machine.endswith(".yaml")
+    assert "cluster" not in Plan(model=model, hardware="dgx-a100-80gb", n_nodes=1, gpus_per_node=8,
+                                 parallel=P).to_dict()

@@ -1,6 +1,8 @@
 """Framework-behaviour settings of the cost model (planner/cost/runtime.py)."""
 import dataclasses
 
+import pytest
+
 from planner.cost.comm import GroupShape, collective_time
 from planner.catalog import load_model
 from planner.cost.runtime import Runtime
@@ -113,3 +115,27 @@ def test_deepspeed_2021_step_time_is_flat_once_communication_bound():
         t[n] = predict(model, cluster_for("dgx-a100-80gb", n // 8), P, rt, timeline=False).step_time_s
     assert t[384] > 1.1 * t[768]
     assert abs(t[1536] / t[768] - 1) < 0.05
+
+
+def test_the_runtime_decides_whether_the_executor_is_modelled():
+    """Only the executor runtime reads a profile's framework: section (and needs one); with no
+    runtime named a calibrated profile is priced as the executor, a GPU profile as the default."""
+    from planner.cost.runtime import DEFAULT_RUNTIME, EXECUTOR_RUNTIME, bind_runtime, get_runtime
+    from planner.errors import InputError
+
+    model = load_model("tiny-gpt")
+    P = ParallelConfig(dp=2, micro_batch=2, global_batch=8, seq_len=model.seq_len, precision="fp32")
+    cpu = cluster_for("local-cpu", 1, 2)
+    assert get_runtime("executor") is EXECUTOR_RUNTIME and get_runtime(None) is None
+    assert bind_runtime(cpu, None)[1] is EXECUTOR_RUNTIME
+    assert bind_runtime(cluster_for("dgx-a100-80gb", 1), None)[1] is DEFAULT_RUNTIME
+    as_executor = predict(model, cpu, P)
+    assert as_executor.runtime.name == "executor"
+    assert predict(model, cpu, P, EXECUTOR_RUNTIME).step_time_s == as_executor.step_time_s
+    fused = predict(model, cpu, P, DEFAULT_RUNTIME)
+    assert fused.runtime.name == "default" and fused.step_time_s != as_executor.step_time_s
+    assert bind_runtime(cpu, DEFAULT_RUNTIME)[0].node.framework is None
+    gpu_plan = ParallelConfig(dp=8, global_batch=8, seq_len=model.seq_len)
+    with pytest.raises(InputError) as err:
+        predict(model, cluster_for("dgx-a100-80gb", 1), gpu_plan, EXECUTOR_RUNTIME)
+    assert err.value.field == "runtime"

@@ -107,7 +107,7 @@ def format_table(plan, pred) -> str:
     comm = t["exposed_comm_s"]
     P = plan.parallel
     lines = [
-        f"plan {plan.id}: {plan.model.name} on {plan.n_nodes} x {plan.hardware} "
+        f"plan {plan.id}: {plan.model.name} on {plan.n_nodes} x {plan.machine} "
         f"({plan.gpus_per_node} per node, {plan.world_size} ranks)",
         f"  {P.megatron_notation()}  gbs {P.global_batch}  seq {P.seq_len}  {P.precision}  "
         f"{pred.num_micro_batches} micro-batches",

@@ -140,6 +140,8 @@ def launch(plan_path: str, cfg: LaunchConfig, echo=sys.stderr) -> tuple[int, dic
             f"need steps >= 1 and 0 <= warmup < steps, got steps={cfg.steps} warmup={cfg.warmup}")
     require(cfg.threads >= 1, "threads", "must be >= 1")
     require(cfg.timeout_s > 0, "timeout-s", "must be > 0")
+    require(not plan.parallel.stage_tp, "stage_tp", "the executor builds one device mesh; a plan with a "
+            f"tp per stage ({'/'.join(map(str, plan.parallel.stage_tp))}) cannot run")
     check_machine(plan.world_size, cfg)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -223,14 +223,15 @@ def _space(model: ModelSpec, runs, global_batch: int, fx: dict, reject) -> tuple
 
 def search_hetero(model: ModelSpec, cluster, global_batch: int, seq_len: int | None = None,
                   precision: str = "bf16", fixed: dict | None = None, top_k: int = 10, progress=None,
-                  runtime: Runtime | None = None, cluster_path: str = "") -> SearchResult:
+                  runtime: Runtime | None = None, cluster_path: str = "", prune: bool = True) -> SearchResult:
     """Rank heterogeneous plans (uneven layers, tp per node type) and the homogeneous-split
     baseline; ``result.gain_text`` says how much the best beats the best homogeneous split.
 
     Best first: every candidate gets :func:`_bound_s`; candidates are priced in the order of
     their bounds (balanced split and chain-DP cut, each through :func:`evaluate`) until the
     bound reaches the K-th best step time (and, for one-tp candidates, the best balanced one's:
-    the baseline), so the top K are those of pricing every candidate."""
+    the baseline), so the top K are those of pricing every candidate (``prune=False`` prices them
+    all: the tests compare the two)."""
     t0 = time.perf_counter()
     cluster, runtime = bind_runtime(as_cluster(cluster), runtime)
     runs = _type_runs(cluster)
@@ -260,8 +261,8 @@ def search_hetero(model: ModelSpec, cluster, global_batch: int, seq_len: int | N
         if progress and n_done % 16 == 0:
             progress(n_done / max(1, len(order)))
         kth = results[top_k - 1][0] if len(results) >= top_k else math.inf
-        need_top = bound < kth
-        need_base = cfg.uniform_tp and (baseline is None or bound < baseline.prediction.step_time_s)
+        need_top = bound < kth or not prune
+        need_base = cfg.uniform_tp and (baseline is None or bound < baseline.prediction.step_time_s or not prune)
         if not need_top and not need_base:
             reject(Rejected("bound", "lower bound above the K-th best"))
             continue
