@@ -25,7 +25,7 @@ from planner.cost import framework as fw
 from planner.cost.block import BlockCost, block_cost, fsdp_edge_s, group_shape, shard_comm_s
 from planner.cost.comm import p2p_time
 from planner.cost.compute import Rates, make_rates
-from planner.cost.data_parallel import dp_exposed_s
+from planner.cost.data_parallel import dp_reduction_s, exposed_s
 from planner.cost.flops import step_flops
 from planner.cost.memory import StageMemory, stage_memories, stage_parameters
 from planner.cost.optimizer import optimizer_s, param_tensors
@@ -243,9 +243,10 @@ def _site_dp_exposed_s(model: ModelSpec, site: Site, runtime: Runtime, rates: Ra
     r_max = next(r for r in site.ranks if stage_params[r] == most)
     window = sum(st.sched_b[k] + (st.sched_w[k] if st.sched_w else 0.0)
                  for k in range(r_max, P.pp * P.vpp, P.pp))
-    return dp_exposed_s(site.node, runtime, rates, group_shape(P, "dp", site.node.gpus_per_node),
-                        precision=P.precision, sharding=P.sharding, tp=P.tp, pp=P.pp, params=most,
-                        window_s=window, param_tensors=param_tensors(model, P, site.ranks))
+    reduction = dp_reduction_s(site.node, rates, group_shape(P, "dp", site.node.gpus_per_node),
+                               precision=P.precision, sharding=P.sharding, tp=P.tp, pp=P.pp, params=most,
+                               param_tensors=param_tensors(model, P, site.ranks))
+    return exposed_s(runtime, reduction, window)
 
 
 def timed_step(model: ModelSpec, cluster: ClusterSpec, sites: tuple[Site, ...], runtimes,

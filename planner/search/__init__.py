@@ -52,7 +52,6 @@ from planner.cost.step import TIMELINE_TASK_LIMIT, predict
 from planner.errors import InputError, require
 from planner.hardware import ClusterSpec
 from planner.model import ModelSpec
-from planner.partition import StageCut, partition_chain
 from planner.plan import PRECISIONS, ParallelConfig
 from planner.search.branch_bound import BranchAndBound
 from planner.search.costs import Costs
@@ -68,6 +67,8 @@ def uneven_split(model: ModelSpec, cluster: ClusterSpec, P: ParallelConfig,
     """The exact chain-DP cut (planner.partition.partition_chain) of ``model``'s layers for
     ``P`` (vpp == 1), with the cost model's per-layer time and memory and the embedding / LM
     head as first / last stage extras; None when it equals the balanced split or fails."""
+    from planner.partition import StageCut, partition_chain  # numpy on first use, not at start-up
+
     if P.pp == 1 or P.vpp != 1:
         return None
     cluster, runtime = bind_runtime(cluster, runtime)

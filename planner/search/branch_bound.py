@@ -8,7 +8,7 @@ import math
 import time
 
 from planner.cost import framework as fw
-from planner.cost.data_parallel import dp_exposed_s
+from planner.cost.data_parallel import dp_reduction_s, exposed_s
 from planner.cost.memory import (executor_saved_logits_bytes_per_token, executor_untied_head_params,
                                  logits_bytes_per_token, peak_transients, shard_divisors,
                                  state_bytes_per_param)
@@ -43,6 +43,7 @@ class BranchAndBound:
         self._leafsets: dict = {}
         self.n_leaf_per_core = len(self.space.sh) * len(self.space.sched) * len(self.space.orders)
         self._maxparams: dict = {}
+        self._reductions: dict = {}
         self.state_bytes = state_bytes_per_param(precision)
         frame = self.node.framework  # its measured fragmentation / overhead, as stage_memories()
         self.frag = self.node.device.fragmentation_fraction if frame is None else frame.fragmentation_fraction
@@ -163,15 +164,21 @@ class BranchAndBound:
     def dp_exposed(self, tp: int, pp: int, dp: int, v: int, sh: str, dp_stride: int,
                    window_of_rank) -> float:
         """Exposed data-parallel gradient reduction (non-ZeRO-3) as predict() charges it
-        (:func:`planner.cost.data_parallel.dp_exposed_s`)."""
+        (:mod:`planner.cost.data_parallel`; the reduction memoised per layout)."""
         if dp == 1:
             return 0.0
         params, r_max = self.max_rank_params(tp, pp, v)
-        c = self.costs
-        g = c.dp_group(dp, dp_stride)
-        tensors = fw.model_param_tensors(self.model, ties_embeddings(self.model, tp, pp))
-        return dp_exposed_s(self.node, c.rt, c.rates, g, precision=self.prec, sharding=sh, tp=tp, pp=pp,
-                            params=params, window_s=window_of_rank(r_max), param_tensors=tensors)
+        key = (tp, pp, dp, v, sh, dp_stride)
+        reduction = self._reductions.get(key)
+        if reduction is None:
+            c = self.costs
+            tensors = fw.model_param_tensors(self.model, ties_embeddings(self.model, tp, pp))
+            reduction = self._reductions[key] = dp_reduction_s(
+                self.node, c.rates, c.dp_group(dp, dp_stride), precision=self.prec, sharding=sh, tp=tp, pp=pp,
+                params=params, param_tensors=tensors)
+        if not any(reduction):
+            return 0.0
+        return exposed_s(self.costs.rt, reduction, window_of_rank(r_max))
 
     def leaf_bound(self, lc: LayerCost, tp, cp, pp, dp, m, rc, sh, sched, v, order) -> float:
         f, bi, w = lc.f, lc.bi, lc.w
