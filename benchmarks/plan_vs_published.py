@@ -22,7 +22,6 @@ sys.path.insert(0, str(ROOT))
 from planner.commands.plan import explain  # noqa: E402
 from planner.cost.runtime import get_runtime  # noqa: E402
 from planner.cost.step import cluster_for, predict  # noqa: E402
-from planner.catalog import load_model  # noqa: E402
 
 from planner.search import search  # noqa: E402
 from planner.search.results import RankedPlan  # noqa: E402
@@ -43,7 +42,7 @@ def main() -> int:
             skipped += 1
             continue
         P = cfg.parallel
-        model = load_model(cfg.preset, P.seq_len)
+        model = cfg.model
         world = P.world_size
         gpn = world // cfg.nodes
         cluster = cluster_for(cfg.profile, cfg.nodes, gpn)

@@ -73,7 +73,7 @@ def snapshot(quick: bool = False) -> dict:
         if cfg.status != "predicted" or quick:
             continue
         P = cfg.parallel
-        model = load_model(cfg.preset, P.seq_len)
+        model = cfg.model
         cluster = cluster_for(cfg.profile, cfg.nodes, P.world_size // cfg.nodes)
         res = search(model, cluster, P.global_batch, P.seq_len, P.precision, top_k=3,
                      runtime=get_runtime(cfg.runtime), hardware=cfg.profile)

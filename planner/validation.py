@@ -1,14 +1,15 @@
 """Predict the published training runs and compare, row by row (``clusterplan validate``).
 
-For every row of ``benchmarks/published_runs.csv`` the configuration is read as published. A row
-is *complete* when the architecture (a preset), tp/pp/dp, micro-batch, global batch, sequence
-length, recomputation and a GPU type with a profile are all stated; only complete rows count
-toward the headline error. Gaps are filled only from a documented default of the source's
+For every row of a CSV in the schema of ``benchmarks/published_runs.csv`` the configuration is
+read as published; the model is built from the row's architecture columns
+(:mod:`planner.row_model`; a preset only where they are missing). A row is *complete* when the
+architecture, tp/pp/dp, micro-batch, global batch, sequence length, recomputation and a GPU type
+with a profile are all stated. Gaps are filled from a documented default of the source's
 framework (Megatron-LM: no interleaving unless ``--num-layers-per-virtual-pipeline-stage`` is
 given, so "not stated" means v=1; "interleaved" with ``layers/pp`` having a single divisor > 1
-fixes v), never from a guess. Rows whose only gap is something the source does not state and
-that has no documented default (micro-batch, recomputation) are predicted under a stated
-assumption and reported apart (status ``assumed``); the others are skipped with the reason.
+fixes v) where one exists; what has none (micro-batch, recomputation) is assumed, and the
+assumption is stated on the row (status ``assumed``). The headline counts every predictable row,
+complete and assumed alike; only rows that cannot be built at all are skipped, with the reason.
 
 One profile per GPU/node type and one framework-behaviour preset per framework
 (:mod:`planner.cost.runtime`); nothing depends on the row.
@@ -24,8 +25,10 @@ import pandas as pd
 from planner.cost.runtime import get_runtime
 from planner.cost.step import Prediction, cluster_for, predict
 from planner.errors import InputError
-from planner.catalog import load_model, preset_for_published_row
+from planner.model import ModelSpec
 from planner.plan import ParallelConfig
+from planner.profile_yaml import load_profile
+from planner.row_model import row_model
 
 ASSUMED_MICRO_BATCH = 1
 
@@ -155,15 +158,14 @@ class RowConfig:
     runtime: str = ""
     parallel: ParallelConfig | None = None
     nodes: int = 0
+    model: ModelSpec | None = None
 
 
 def row_config(row: dict) -> RowConfig:
     """Read one CSV row into a plan, or say why it cannot be predicted."""
     assumptions: list[str] = []
     notes: list[str] = []
-    preset = preset_for_published_row(_str(row, "model"))
-    if preset is None:
-        return RowConfig("skipped", "architecture not given (no preset for this model)")
+    name = _str(row, "model")
     profile = profile_for_gpu(_str(row, "gpu_type"))
     if profile is None:
         return RowConfig("skipped", f"no profile for GPU type {_str(row, 'gpu_type')!r}")
@@ -172,7 +174,13 @@ def row_config(row: dict) -> RowConfig:
         assumptions.append(other_node + f"; predicted on {profile}")
     seq = _int(row, "seq_len")
     if seq is None:
-        return RowConfig("skipped", "sequence length not stated", preset, profile)
+        return RowConfig("skipped", "sequence length not stated", name, profile)
+    built = row_model(row, seq)
+    preset = built.preset or name
+    if built.model is None:
+        return RowConfig("skipped", built.reason, preset, profile)
+    model = built.model
+    assumptions += built.assumptions
     tp, pp, dp = _int(row, "tp"), _int(row, "pp"), _int(row, "dp")
     if None in (tp, pp, dp):
         return RowConfig("skipped", "tp/pp/dp not all stated", preset, profile)
@@ -183,15 +191,6 @@ def row_config(row: dict) -> RowConfig:
     n_gpus = _int(row, "num_gpus")
     if n_gpus is not None and n_gpus != tp * pp * dp * cp:
         return RowConfig("skipped", f"tp*pp*dp*cp != num_gpus {n_gpus}", preset, profile)
-    try:
-        model = load_model(preset, seq_len=seq)
-    except InputError as err:
-        return RowConfig("skipped", f"model: {err}", preset, profile)
-    for col, attr in (("n_layers", "n_layers"), ("hidden_size", "hidden_size"), ("n_heads", "n_heads")):
-        val = _int(row, col)
-        if val is not None and val != getattr(model, attr):
-            return RowConfig("skipped", f"preset {preset} has {attr}={getattr(model, attr)}, row says {val}",
-                             preset, profile)
     mb = _int(row, "micro_batch")
     if mb is None:
         mb = ASSUMED_MICRO_BATCH
@@ -217,7 +216,6 @@ def row_config(row: dict) -> RowConfig:
     sharding = _sharding(_str(row, "zero_or_fsdp"))
     runtime = runtime_for_framework(_str(row, "framework"))
     nodes_gpus = tp * pp * dp * cp
-    from planner.profile_yaml import load_profile
     gpn = load_profile(profile).gpus_per_node
     if nodes_gpus % gpn != 0:
         if nodes_gpus < gpn:
@@ -237,7 +235,7 @@ def row_config(row: dict) -> RowConfig:
         return RowConfig("skipped", f"configuration invalid: {err}", preset, profile)
     status = "assumed" if assumptions else "predicted"
     return RowConfig(status, "; ".join(assumptions + notes), preset, profile, runtime, parallel,
-                     nodes_gpus // gpn_use if gpn_use == gpn else 1)
+                     nodes_gpus // gpn_use if gpn_use == gpn else 1, model)
 
 
 def _published_metric(row: dict) -> tuple[str, float] | None:
@@ -290,7 +288,7 @@ def validate(dataset: str | Path) -> pd.DataFrame:
     out = []
     for row in table.to_dict("records"):
         cfg = row_config(row)
-        rec = {"row_id": int(row["row_id"]), "source": _str(row, "source_table") or _str(row, "source"),
+        rec = {"row_id": int(row["row_id"]), "source": _str(row, "source"), "source_table": _str(row, "source_table"),
                "model": _str(row, "model"), "gpu_type": _str(row, "gpu_type"),
                "num_gpus": _int(row, "num_gpus"), "status": cfg.status, "note": cfg.reason,
                "preset": cfg.preset, "profile": cfg.profile, "runtime": cfg.runtime,
@@ -306,7 +304,7 @@ def validate(dataset: str | Path) -> pd.DataFrame:
                 rec["status"] = "skipped"
                 rec["note"] = "no published figure to compare"
             else:
-                model = load_model(cfg.preset, seq_len=cfg.parallel.seq_len)
+                model = cfg.model
                 cluster = cluster_for(cfg.profile, cfg.nodes,
                                       cfg.parallel.world_size // cfg.nodes)
                 pred = predict(model, cluster, cfg.parallel, get_runtime(cfg.runtime))
@@ -321,10 +319,23 @@ def validate(dataset: str | Path) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-def summary(df: pd.DataFrame, status: str = "predicted") -> dict:
-    sub = df[df["status"] == status]
+def summary(df: pd.DataFrame, status: str | None = None) -> dict:
+    """Mean and worst |error| of the rows with ``status`` (None: every predictable row, complete
+    and assumed alike: the headline)."""
+    sub = df[df["status"] != "skipped"] if status is None else df[df["status"] == status]
     if sub.empty:
         return {"rows": 0, "mean_abs_error": float("nan"), "worst_abs_error": float("nan")}
     return {"rows": int(len(sub)), "mean_abs_error": float(sub["abs_error"].mean()),
             "worst_abs_error": float(sub["abs_error"].max()),
             "worst_row": int(sub.loc[sub["abs_error"].idxmax(), "row_id"])}
+
+
+def per_source(df: pd.DataFrame) -> pd.DataFrame:
+    """Rows, mean and worst |error| and mean signed error per source (predictable rows)."""
+    sub = df[df["status"] != "skipped"]
+    if sub.empty:
+        return pd.DataFrame(columns=["source", "rows", "assumed", "mean_abs_error", "worst_abs_error", "mean_error"])
+    g = sub.groupby("source", sort=False)
+    return pd.DataFrame({"rows": g.size(), "assumed": g["status"].apply(lambda x: int((x == "assumed").sum())),
+                         "mean_abs_error": g["abs_error"].mean(), "worst_abs_error": g["abs_error"].max(),
+                         "mean_error": g["error"].mean()}).reset_index()

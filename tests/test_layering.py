@@ -20,7 +20,7 @@ LAYERS = (
     ("cost", ("planner.cost",)),
     ("search", ("planner.search",)),
     ("side", ("planner.calibrate", "planner.launch", "planner.records", "planner.report", "planner.validation",
-              "planner.export", "planner.demo")),
+              "planner.row_model", "planner.export", "planner.demo")),
     ("commands", ("planner.commands", "planner.cli", "planner")),
 )
 EXECUTOR_MAY_IMPORT = ("spec", "plan")

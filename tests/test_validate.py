@@ -7,7 +7,7 @@ from planner.cli import main
 from planner.validation import summary, validate
 
 SRC = Path(__file__).resolve().parent.parent / "benchmarks" / "published_runs.csv"
-KEEP = {"11", "24", "36", "37", "110", "162", "194", "197"}
+KEEP = {"11", "24", "36", "37", "38", "162", "194", "197"}
 
 
 @pytest.fixture()
@@ -27,7 +27,7 @@ def fixture_csv(tmp_path):
 def test_validate_dataframe(fixture_csv):
     df = validate(fixture_csv)
     status = dict(zip(df["row_id"], df["status"]))
-    assert status[36] == "predicted" and status[37] == "predicted" and status[110] == "predicted"
+    assert status[36] == "predicted" and status[37] == "predicted" and status[38] == "predicted"
     assert status[24] == "assumed"      # micro-batch not stated
     assert status[162] == "assumed"     # node type without a profile
     assert status[194] == "skipped" and status[197] == "skipped"
@@ -37,8 +37,9 @@ def test_validate_dataframe(fixture_csv):
     assert df[df["row_id"] == 11].iloc[0]["metric"] == "hfu_tflops_per_gpu"
     skipped = df[df["status"] == "skipped"]
     assert all(skipped["note"].str.len() > 0)
-    s = summary(df)
-    assert s["rows"] == 4 and s["mean_abs_error"] >= 0
+    s = summary(df)  # the headline: every predictable row, assumed ones included
+    assert s["rows"] == 6 and s["mean_abs_error"] >= 0
+    assert summary(df, "predicted")["rows"] == 4 and summary(df, "assumed")["rows"] == 2
 
 
 def test_validate_command_writes_report(fixture_csv, tmp_path, capsys):
@@ -54,3 +55,25 @@ def test_validate_bad_dataset(tmp_path, capsys):
     assert main(["validate", "--dataset", str(tmp_path / "none.csv")]) == 2
     err = capsys.readouterr().err
     assert "dataset" in err and len(err.strip().splitlines()) == 1
+
+
+def test_rows_are_built_from_their_architecture_columns(tmp_path):
+    """A model with no preset is built from its columns (assumptions stated on the row); a row
+    without the columns and without a preset is skipped with the reason."""
+    with SRC.open() as f:
+        rows = list(csv.DictReader(f))
+    base = next(r for r in rows if r["row_id"] == "38")
+    new = dict(base, row_id="901", model="SomeLab-Llama 175B", framework="Megatron-Core r0.9")
+    new.update(n_layers="96", hidden_size="12288", n_heads="96", n_kv_heads="8", ffn_hidden_size="", vocab_size="128256")
+    bare = dict(base, row_id="902", model="Unknown model", n_layers="", hidden_size="", n_heads="")
+    path = tmp_path / "runs.csv"
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        for r in (base, new, bare):
+            w.writerow(r)
+    df = validate(path).set_index("row_id")
+    assert df.loc[38, "status"] == "predicted"
+    assert df.loc[901, "status"] == "assumed" and df.loc[901, "predicted"] > 0
+    assert "LLaMA-style" in df.loc[901, "note"] and "ffn_hidden_size not stated: 32768" in df.loc[901, "note"]
+    assert df.loc[902, "status"] == "skipped" and "architecture not given" in df.loc[902, "note"]
