@@ -61,17 +61,33 @@ def _other_node_type(gpu_type: str, interconnect: str) -> str:
     return ""
 
 
+FRAMEWORK_RUNTIMES: tuple[tuple[tuple[str, ...], str], ...] = (
+    # (any of these words in the framework cell, lower case) -> runtime preset; first match wins
+    (("megatron-deepspeed",), "megatron-deepspeed"),
+    (("deepspeed zero-3", "deepspeed zero3"), "deepspeed-zero3-2021"),
+    (("megatron-core", "megatron core", "mcore", "nemo", "megatron-bridge", "megatron bridge"), "megatron-core"),
+    (("torchtitan",), "torchtitan"),
+    (("composer", "llm-foundry", "llm foundry"), "composer-fsdp"),
+    (("megatron-lm", "megatron"), "megatron-lm-2021"),
+)
+
+
+def framework_runtime(framework: str) -> tuple[str, str]:
+    """(runtime preset, note) for a ``framework`` cell as people write it ("NeMo 24.07",
+    "Megatron-Bridge", "torchtitan + torch.compile", "Megatron-LM (PTD-P)"). A framework not
+    recognised is priced as the ``default`` current stack, and the note says so."""
+    f = " ".join(framework.lower().replace("_", "-").split())
+    for words, runtime in FRAMEWORK_RUNTIMES:
+        if any(w in f for w in words):
+            return runtime, ""
+    if not f:
+        return "default", "framework not stated: priced as the default current stack"
+    return "default", f"framework {framework!r} not recognised: priced as the default current stack"
+
+
 def runtime_for_framework(framework: str) -> str:
-    f = framework.lower()
-    if "zero-3" in f and "deepspeed" in f:
-        return "deepspeed-zero3-2021"
-    if "megatron-deepspeed" in f:
-        return "megatron-deepspeed"
-    if "megatron-core" in f:
-        return "megatron-core"
-    if "composer" in f or "llm-foundry" in f:
-        return "composer-fsdp"
-    return "megatron-lm-2021"
+    """The runtime preset for a ``framework`` cell (:func:`framework_runtime`)."""
+    return framework_runtime(framework)[0]
 
 
 def _str(row: dict, key: str) -> str:
@@ -108,6 +124,10 @@ def _recompute(text: str) -> str | None:
 
 def _precision(text: str) -> str | None:
     t = text.lower()
+    if "fp8" in t or "float8" in t:
+        return "fp8"
+    if "tf32" in t or t in ("fp32", "float32"):
+        return "tf32" if "tf32" in t else "fp32"
     if "bf16" in t and "fp16" not in t:
         return "bf16"
     if "fp16" in t:
@@ -200,6 +220,9 @@ def row_config(row: dict) -> RowConfig:
         recompute = "none"
         assumptions.append("recomputation not stated: assumed none (Megatron default)")
     precision = _precision(_str(row, "precision"))
+    if precision == "tf32":
+        return RowConfig("skipped", "TF32 matmuls are not modelled (fp32 training on NVIDIA containers)",
+                         preset, profile)
     if precision is None:
         if "bf16" in _str(row, "precision").lower():
             precision = "bf16"
@@ -214,7 +237,9 @@ def row_config(row: dict) -> RowConfig:
         notes.append(vnote)
     sp = _str(row, "sequence_parallel").lower() == "yes"
     sharding = _sharding(_str(row, "zero_or_fsdp"))
-    runtime = runtime_for_framework(_str(row, "framework"))
+    runtime, runtime_note = framework_runtime(_str(row, "framework"))
+    if runtime_note:
+        notes.append(runtime_note)
     nodes_gpus = tp * pp * dp * cp
     gpn = load_profile(profile).gpus_per_node
     if nodes_gpus % gpn != 0:
@@ -307,7 +332,12 @@ def validate(dataset: str | Path) -> pd.DataFrame:
                 model = cfg.model
                 cluster = cluster_for(cfg.profile, cfg.nodes,
                                       cfg.parallel.world_size // cfg.nodes)
-                pred = predict(model, cluster, cfg.parallel, get_runtime(cfg.runtime))
+                try:
+                    pred = predict(model, cluster, cfg.parallel, get_runtime(cfg.runtime))
+                except InputError as err:  # e.g. fp8 on a GPU without it: this row only
+                    rec.update(status="skipped", note=f"cannot be predicted: {err}")
+                    out.append(rec)
+                    continue
                 name, pub = metric
                 val = _predicted_value(name, pred)
                 rec.update(metric=name, published=pub, predicted=val, error=val / pub - 1,

@@ -77,3 +77,33 @@ def test_rows_are_built_from_their_architecture_columns(tmp_path):
     assert df.loc[901, "status"] == "assumed" and df.loc[901, "predicted"] > 0
     assert "LLaMA-style" in df.loc[901, "note"] and "ffn_hidden_size not stated: 32768" in df.loc[901, "note"]
     assert df.loc[902, "status"] == "skipped" and "architecture not given" in df.loc[902, "note"]
+
+
+def test_framework_names_people_write_map_to_runtimes():
+    from planner.validation import framework_runtime, runtime_for_framework
+
+    assert runtime_for_framework("NeMo 24.07") == "megatron-core"
+    assert runtime_for_framework("Megatron-Bridge") == "megatron-core"
+    assert runtime_for_framework("torchtitan + torch.compile") == "torchtitan"
+    assert runtime_for_framework("Megatron-LM (PTD-P)") == "megatron-lm-2021"
+    assert runtime_for_framework("DeepSpeed ZeRO-3 in Megatron") == "deepspeed-zero3-2021"
+    name, note = framework_runtime("JAX/MaxText")
+    assert name == "default" and "not recognised" in note
+
+
+def test_precisions_of_todays_rows(tmp_path):
+    """fp8 rows are priced in fp8 (where the GPU has it, else skipped with the reason, not a
+    traceback); TF32 rows are skipped with the reason."""
+    with SRC.open() as f:
+        rows = list(csv.DictReader(f))
+    base = next(r for r in rows if r["row_id"] == "38")
+    fp8_a100 = dict(base, row_id="903", precision="FP8 (Transformer Engine)")
+    tf32 = dict(base, row_id="904", precision="TF32")
+    path = tmp_path / "runs.csv"
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows([fp8_a100, tf32])
+    df = validate(path).set_index("row_id")
+    assert df.loc[903, "status"] == "skipped" and "precision" in df.loc[903, "note"]
+    assert df.loc[904, "status"] == "skipped" and "TF32" in df.loc[904, "note"]

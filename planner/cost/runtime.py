@@ -153,6 +153,10 @@ RUNTIME_PRESETS: dict[str, Runtime] = {
     # MosaicML llm-foundry / Composer with PyTorch FSDP (2023): triton/flash attention, FSDP
     # prefetch, one flat parameter per block.
     "composer-fsdp": Runtime(name="composer-fsdp", attention="flash", shard_prefetch=True, gather_granularity="per_layer"),
+    # torchtitan (2024-2025): FSDP2 fully_shard per transformer block (one flat gather per block,
+    # prefetched forward and backward), SDPA / flash attention, gradients reduce-scattered inside
+    # the backward (torchtitan docs/fsdp.md; PyTorch FSDP2 RFC #114299)
+    "torchtitan": Runtime(name="torchtitan", attention="flash", shard_prefetch=True, gather_granularity="per_layer"),
     # this project's executor (executor/): torch SDPA, DDP buckets overlapped with backward, FSDP2
     # prefetch; on a CPU host whose ranks take every core nothing overlaps (effective_runtime)
     "executor": EXECUTOR_RUNTIME,
