@@ -35,6 +35,41 @@ def predicted_plan(model: ModelSpec, hardware: str, world: int, parallel: Parall
     return plan.with_prediction(predict_plan(plan).to_dict())
 
 
+def fit_section(run_dirs: list[Path], plan_paths: list[Path], prof_path: Path, out: Path, say) -> list[str]:
+    """``clusterplan fit`` of the profile to the demo's own runs (the table path every fit takes:
+    run folders become rows): what the runs identify, in-sample and leave-one-out error, and
+    ``out/fitted.yaml``. Three runs identify at most two parameters; the section says which."""
+    from planner.calibrate.fit_runs import fit_profile, fitted_profile_yaml, load_measured_runs
+    from planner.errors import InputError
+    from planner.io import atomic_write_text
+    from planner.profile_yaml import load_profile
+
+    say("fitting the profile to these runs (clusterplan fit)")
+    try:
+        runs, _ = load_measured_runs(run_dirs, plan_paths)
+        result = fit_profile(runs, load_profile(str(prof_path)))
+    except InputError as err:
+        say(f"    fit refused: {err}")
+        return ["## Fit to these runs", "", f"Refused: {err}", ""]
+    fitted = out / "fitted.yaml"
+    atomic_write_text(fitted, fitted_profile_yaml(result, base_source=str(prof_path), name="local-cpu-fitted"))
+    d = result.to_dict()
+
+    def pct(x):
+        return "n/a" if x is None else f"{x:.1f}%"
+
+    lines = ["## Fit to these runs", "",
+             f"`clusterplan fit {' '.join(str(r) for r in run_dirs)} --hardware {prof_path} --out {fitted}`", ""]
+    lines += [f"- {k}: {result.initial[k]:.4g} -> {v:.4g}" for k, v in result.params.items()]
+    lines += [f"- {k}: kept ({why})" for k, why in result.fixed.items()]
+    lines += ["", f"Step-time |error| mean: before {pct(d['before']['mean_abs_error_pct'])}, in-sample "
+                  f"{pct(d['in_sample']['mean_abs_error_pct'])}, leave-one-out {pct(d['leave_one_out']['mean_abs_error_pct'])} "
+                  "(each run predicted from a fit to the others).", ""]
+    say(f"    fitted {', '.join(result.params)}; mean |error| in-sample {pct(d['in_sample']['mean_abs_error_pct'])}, "
+        f"leave-one-out {pct(d['leave_one_out']['mean_abs_error_pct'])} -> {fitted}")
+    return lines
+
+
 def busy_processes(exclude_pids: set[int] | None = None) -> list[str]:
     """Command lines of other processes that load the CPU the way our runs do (executor ranks,
     benchmarks, test runs): a run measured next to them is contended. Linux /proc only."""
@@ -186,8 +221,10 @@ def run_demo(out_dir: str | os.PathLike = "runs/demo", *, quick: bool = True,
     for i, p in enumerate(plans, 1):
         say(f"    #{i} {p.parallel.megatron_notation()}  predicted {p.prediction['step_time_s']:.3f} s/step")
     run_dirs: list[Path] = []
+    plan_paths: list[Path] = []
     for i, p in enumerate(plans, 1):
         plan_path = out / "plans" / f"top{i}-{p.id}.json"
+        plan_paths.append(plan_path)
         plan_path.parent.mkdir(parents=True, exist_ok=True)
         p.save(plan_path)
         run_dir = out / f"top{i}-{p.id}"
@@ -214,6 +251,7 @@ def run_demo(out_dir: str | os.PathLike = "runs/demo", *, quick: bool = True,
             f"- total wall time: {time.perf_counter() - t0:.0f} s", "",
             "## Plots", ""]
     text += [f"![{f.stem}](compare/{f.name})" for f in files if f.suffix == ".png"]
+    text += ["", *fit_section(run_dirs, plan_paths, prof_path, out, say)]
     stats = dict(comp.stats)
     if not stats.get("n_ok") and len(df):
         # every run was contended: still say how far off it was, labelled as such

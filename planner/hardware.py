@@ -447,9 +447,24 @@ class NodeSpec:
     collectives: tuple[MeasuredCollective, ...] = ()
     measured_on: str = ""
     framework: FrameworkSpec | None = None
+    memory_sources: tuple[tuple[str, float, float], ...] = ()
+    """Fitted by ``clusterplan fit``: (memory source, factor, offset bytes) with which a reading
+    of that source relates to the cost model's peak: ``reading = factor * peak + offset``."""
 
     def __post_init__(self) -> None:
         require(self.gpus_per_node >= 1, "node.gpus_per_node", "must be >= 1")
+        for source, factor, offset in self.memory_sources:
+            require(math.isfinite(factor) and factor > 0 and math.isfinite(offset), f"memory_sources.{source}",
+                    "factor must be > 0 and offset finite")
+
+    def memory_reading_bytes(self, peak_bytes: float, source: str) -> float:
+        """What ``source`` (allocated | reserved | device_used) would read for a predicted peak."""
+        for name, factor, offset in self.memory_sources:
+            if name == source:
+                return factor * peak_bytes + offset
+        raise InputError("memory_source", f"{self.name} has no fitted memory source {source!r} (fitted: "
+                                          f"{', '.join(n for n, _, _ in self.memory_sources) or 'none'}; "
+                                          "clusterplan fit --runs writes them)")
 
     def with_gpus_per_node(self, gpus_per_node: int) -> "NodeSpec":
         require(gpus_per_node >= 1, "gpus_per_node", "must be >= 1")

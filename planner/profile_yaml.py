@@ -23,7 +23,8 @@ from planner.io import atomic_write_text, resolve_named_yaml
 
 
 # ----- YAML parsing ---------------------------------------------------------------------------
-_TOP_KEYS = {"name", "description", "device", "node", "collectives", "measured_on", "framework"}
+_TOP_KEYS = {"name", "description", "device", "node", "collectives", "measured_on", "framework", "memory_sources"}
+MEMORY_SOURCES = ("allocated", "reserved", "device_used")
 _FRAMEWORK_OPTIONAL = {"concurrent_slowdown", "concurrent_gemm_slowdown", "sp_block_forward_s",
                        "sp_block_backward_s",
                        "tp_linear_forward_s_per_byte", "tp_linear_backward_s_per_byte", "pp_action_s",
@@ -202,6 +203,20 @@ def _parse_rate_table(table: RateTable, data: Any) -> tuple[tuple[str, str, tupl
     return tuple(out)
 
 
+def _parse_memory_sources(data: Any) -> tuple[tuple[str, float, float], ...]:
+    """``memory_sources: {device_used: {factor: 1.05, offset_gib: 1.2}, ...}`` (optional)."""
+    if data is None:
+        return ()
+    out = []
+    for source, entry in _mapping(data, "memory_sources").items():
+        require(source in MEMORY_SOURCES, f"memory_sources.{source}", f"must be one of {', '.join(MEMORY_SOURCES)}")
+        entry = _mapping(entry, f"memory_sources.{source}")
+        reject_unknown_keys(entry, {"factor", "offset_gib"}, f"memory_sources.{source}")
+        out.append((source, _number(entry, "factor", f"memory_sources.{source}"),
+                    _number(entry, "offset_gib", f"memory_sources.{source}") * GIB))
+    return tuple(out)
+
+
 def parse_profile(data: Any, source: str = "profile") -> NodeSpec:
     """Build a :class:`NodeSpec` from a parsed YAML mapping; errors name the field."""
     data = _mapping(data, source)
@@ -223,6 +238,7 @@ def parse_profile(data: Any, source: str = "profile") -> NodeSpec:
         collectives=_parse_collectives(data.get("collectives")),
         measured_on=str(data.get("measured_on", "")),
         framework=_parse_framework(data.get("framework")) if "framework" in data else None,
+        memory_sources=_parse_memory_sources(data.get("memory_sources")),
     )
 
 
@@ -306,6 +322,10 @@ def profile_yaml(node: NodeSpec, *, header: Iterable[str] = (), comments: dict[s
         out.append(f"    bandwidth_gb_s: {_num(link.bandwidth_bytes_per_s / GB)}")
         out.append(f"    latency_us: {_num(link.latency_s / MICRO)}")
         out.append(f"    bus_efficiency: {_num(link.bus_efficiency)}")
+    if node.memory_sources:
+        out.append("memory_sources:  # fitted by clusterplan fit: reading = factor * predicted peak + offset")
+        for source, factor, offset in node.memory_sources:
+            out.append(f"  {source}: {{factor: {_num(factor)}, offset_gib: {_num(offset / GIB)}}}")
     if node.collectives:
         out.append("collectives:  # measured: times_us [[bytes, us], ...] interpolated in log-log; "
                    "beyond it time = latency + S_bus / bus_bandwidth")
@@ -366,6 +386,9 @@ def _check_round_trip(node: NodeSpec, back: NodeSpec) -> None:
             if [(k, d, len(p)) for k, d, p in mine] != [(k, d, len(p)) for k, d, p in theirs]:
                 raise AssertionError(f"profile_yaml: framework.{table.yaml_key} did not round-trip")
             pairs += [(a, b) for (_, _, p), (_, _, q) in zip(mine, theirs) for u, v in zip(p, q) for a, b in zip(u, v)]
+    if [n for n, _, _ in node.memory_sources] != [n for n, _, _ in back.memory_sources]:
+        raise AssertionError("profile_yaml: memory_sources did not round-trip")
+    pairs += [(a, b) for m, n in zip(node.memory_sources, back.memory_sources) for a, b in zip(m[1:], n[1:])]
     if not all(_close(a, b) for a, b in pairs) or len(node.collectives) != len(back.collectives):
         raise AssertionError("profile_yaml: the written profile does not read back to the same numbers")
 

@@ -110,7 +110,7 @@ def test_demo_pipeline_writes_report_and_prints_its_path(tmp_path, capsys, monke
     out = tmp_path / "demo"
     rc = main(["demo", "--out", str(out), "--profile", profile, "--steps", "4", "--warmup", "1"])
     captured = capsys.readouterr()
-    assert rc == 0
+    assert rc == 0, captured.err
     report = Path(captured.out.strip().splitlines()[-1])
     assert report == out / "report.md" and report.exists()
     text = report.read_text()
@@ -122,6 +122,7 @@ def test_demo_pipeline_writes_report_and_prints_its_path(tmp_path, capsys, monke
     fastest = min(range(3), key=lambda i: measured[plans[i].id])
     assert f"search's first plan measured fastest: {fastest == 0}" in text
     assert (out / "compare" / "scatter.png").exists()
+    assert "## Fit to these runs" in text and (out / "fitted.yaml").exists()  # the demo shows the fit step
     progress = captured.err
     assert "1/4" in progress and "3/4" in progress and "4/4" in progress
 

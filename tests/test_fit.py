@@ -1,6 +1,7 @@
 """fit: recovers known parameters from synthetic measurements (predicted with a known profile)."""
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from planner.plan import ParallelConfig, Plan
 
 BENCH = Path(__file__).parent / "fixtures" / "runs" / "bench" / "quick-results.json"
 TRUE = {"compute_scale": 0.8, "kernel_overhead_s": 4e-6, "memory_bound_efficiency": 0.5,
-        "latency_scale": 1.6, "bandwidth_scale": 0.7}
+        "latency_scale": 1.6, "intra_bandwidth_scale": 0.7}
 GPT = ModelSpec(name="tiny-gpt", n_layers=4, hidden_size=256, n_heads=4, n_kv_heads=4, ffn_hidden_size=1024,
                 vocab_size=1024, seq_len=256)
 LLAMA = ModelSpec(name="tiny-llama", n_layers=4, hidden_size=128, n_heads=4, n_kv_heads=2, ffn_hidden_size=384,
@@ -69,6 +70,9 @@ def test_fit_recovers_known_parameters(base, tmp_path):
     for name, value in TRUE.items():
         assert res.params[name] == pytest.approx(value, rel=0.02), name
     assert max(abs(e) for e in res.errors_after_pct) < 0.5
+    # one node: nothing crosses the inter-node tier, so it is not fitted, and the fit says why
+    assert "inter_bandwidth_scale" not in res.params
+    assert "do not depend" in res.fixed["inter_bandwidth_scale"]
 
 
 def test_fit_cli_writes_profile_and_loo(base, tmp_path, capsys):
@@ -107,3 +111,112 @@ def test_fit_skips_failed_and_rejects_bad_params(base, tmp_path, capsys):
                                                     "measured": {"step_time_s": 0.1}}))
     assert main(["fit", str(nodir), "--profile", str(path)]) == 2
     assert set(FIT_PARAMS) >= set(TRUE)
+
+
+# ----- a table of measured runs (any framework) ----------------------------------------------------
+TABLE_COLUMNS = ("name,model,nodes,gpus_per_node,tp,pp,dp,cp,micro_batch,global_batch,seq_len,precision,recompute,"
+                 "sharding,schedule,vpp,stage_layers,measured_step_s,measured_peak_memory_bytes,memory_source").split(",")
+TABLE_PLANS = [
+    dict(model="tiny-gpt", tp=1, pp=1, dp=1, micro_batch=2, global_batch=4, seq_len=256),
+    dict(model="tiny-gpt", tp=1, pp=1, dp=2, micro_batch=2, global_batch=8, seq_len=256),
+    dict(model="tiny-gpt", tp=2, pp=1, dp=1, micro_batch=4, global_batch=4, seq_len=256),
+    dict(model="tiny-gpt", tp=1, pp=2, dp=1, micro_batch=1, global_batch=8, seq_len=256, schedule="1f1b"),
+    dict(model="tiny-llama", tp=1, pp=1, dp=2, micro_batch=8, global_batch=16, seq_len=128),
+    dict(model="tiny-llama", tp=1, pp=1, dp=4, micro_batch=1, global_batch=8, seq_len=128, sharding="fsdp"),
+    dict(model="tiny-llama", tp=1, pp=1, dp=1, micro_batch=1, global_batch=2, seq_len=64),
+    dict(model="tiny-gpt", tp=2, pp=1, dp=2, micro_batch=2, global_batch=8, seq_len=128),
+]
+MEMORY_TRUTH = {"allocated": 0.9, "device_used": 1.25}
+MEMORY_OFFSET = 3.0e8
+
+
+def _table(path: Path, profile: str, true_node, n: int = len(TABLE_PLANS), memory: bool = True) -> Path:
+    """A measured-runs table whose step times and memory readings a known profile predicts."""
+    import csv
+
+    from planner.calibrate.fit_runs import predict_run
+    from planner.calibrate.runs_table import row_run
+
+    rows = []
+    for i, plan in enumerate(TABLE_PLANS[:n]):
+        world = plan["tp"] * plan["pp"] * plan["dp"]
+        row = {c: "" for c in TABLE_COLUMNS}
+        row.update({k: str(v) for k, v in plan.items()}, name=f"r{i}", nodes="1", gpus_per_node=str(world),
+                   precision="fp32", recompute="none", sharding=plan.get("sharding", "none"), measured_step_s="1")
+        pred = predict_run(row_run(row, "t", profile), true_node)
+        row["measured_step_s"] = repr(float(pred.step_time_s))
+        if memory:
+            source = ("allocated", "device_used")[i % 2]
+            row.update(measured_peak_memory_bytes=repr(float(MEMORY_TRUTH[source] * pred.peak_memory_bytes + MEMORY_OFFSET)),
+                       memory_source=source)
+        rows.append(row)
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(TABLE_COLUMNS) + ["framework_note"])
+        w.writeheader()
+        for r in rows:
+            w.writerow({**r, "framework_note": "ignored column"})
+    return path
+
+
+def test_table_fit_recovers_time_and_memory_and_records_its_runs(base, tmp_path, capsys):
+    node, path = base
+    table = _table(tmp_path / "runs.csv", str(path), apply_params(node, TRUE))
+    out = tmp_path / "fitted.yaml"
+    assert main(["fit", "--runs", str(table), "--hardware", str(path), "--out", str(out), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    for name, value in TRUE.items():
+        assert data["params"][name] == pytest.approx(value, rel=0.02), name
+    assert data["leave_one_out"]["max_abs_error_pct"] < 1.0
+    mem = data["memory"]
+    assert mem["factors"]["allocated"] == pytest.approx(0.9, rel=1e-6)
+    assert mem["factors"]["device_used"] == pytest.approx(1.25, rel=1e-6)
+    assert mem["offset_bytes"] == pytest.approx(MEMORY_OFFSET, rel=1e-4)
+    fitted = load_profile(str(out))
+    assert all(f"r{i}" in fitted.measured_on for i in range(len(TABLE_PLANS))) and "runs.csv" in fitted.measured_on
+    assert fitted.memory_reading_bytes(1e9, "device_used") == pytest.approx(1.25e9 + MEMORY_OFFSET, rel=1e-4)
+    # predict takes the fitted profile like any other and reads memory as a source would
+    assert main(["predict", "--model", "tiny-gpt", "--hardware", str(out), "--nodes", "1", "--gpus-per-node", "2",
+                 "--dp", "2", "--micro-batch", "2", "--global-batch", "8", "--precision", "fp32",
+                 "--memory-source", "device_used", "--json"]) == 0
+    pred = json.loads(capsys.readouterr().out)
+    assert pred["memory_reading_bytes"] == pytest.approx(1.25 * pred["peak_memory_bytes"] + MEMORY_OFFSET, rel=1e-6)
+
+
+def test_leave_one_out_error_is_the_refit_without_that_run(base, tmp_path):
+    from planner.calibrate.fit_runs import fit_profile, predict_run
+    from planner.calibrate.runs_table import load_runs_table
+
+    node, path = base
+    runs = load_runs_table(_table(tmp_path / "runs.csv", str(path), apply_params(node, {"compute_scale": 0.6}),
+                                  n=4, memory=False), str(path))
+    noisy = [dataclasses.replace(r, measured_step_time_s=r.measured_step_time_s * f)
+             for r, f in zip(runs, (1.05, 0.97, 1.02, 0.95))]
+    res = fit_profile(noisy, node, params=["compute_scale"])
+    alone = fit_profile(noisy[1:], node, params=["compute_scale"], loo=False)
+    expect = 100 * (predict_run(noisy[0], alone.node).step_time_s / noisy[0].measured_step_time_s - 1)
+    assert res.loo_errors_pct[0] == pytest.approx(expect, rel=1e-6)
+    assert res.uncertainty["compute_scale"] > 0  # 4 runs, 1 parameter: a residual variance to report
+
+
+def test_an_under_determined_fit_is_refused_or_narrowed(base, tmp_path, capsys):
+    node, path = base
+    one = _table(tmp_path / "one.csv", str(path), node, n=1)
+    assert main(["fit", "--runs", str(one), "--hardware", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "runs" in err[0] and "at least 2" in err[0]
+    three = _table(tmp_path / "three.csv", str(path), apply_params(node, TRUE), n=3)
+    assert main(["fit", "--runs", str(three), "--hardware", str(path), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert len(data["params"]) <= 2  # fewer time parameters than timed runs
+    assert any("identify at most 2" in why for why in data["fixed"].values())
+
+
+def test_a_malformed_table_row_is_one_line_naming_row_and_column(base, tmp_path, capsys):
+    node, path = base
+    table = _table(tmp_path / "runs.csv", str(path), node, n=2)
+    lines = table.read_text().splitlines()
+    lines[2] = lines[2].replace(",1,2,", ",1,two,", 1)
+    table.write_text("\n".join(lines) + "\n")
+    assert main(["fit", "--runs", str(table), "--hardware", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "row 2" in err[0] and "column" in err[0]

@@ -44,6 +44,9 @@ def register(subparsers) -> None:
     p.add_argument("--runtime", default=None,
                    help="the stack modelled: a preset of planner.cost.runtime.RUNTIME_PRESETS (default: executor "
                         "on a profile clusterplan calibrate measured, else default)")
+    p.add_argument("--memory-source", choices=["allocated", "reserved", "device_used"], default=None,
+                   help="also print the peak memory as that reading would show it (a profile fitted by "
+                        "clusterplan fit --runs with memory readings of that source)")
     p.add_argument("--out", help="write the plan with this prediction (versioned JSON)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=handler)
@@ -139,14 +142,25 @@ def format_table(plan, pred) -> str:
 def handler(args: argparse.Namespace) -> int:
     from planner.cost.runtime import get_runtime
     from planner.cost.step import predict_plan
+    from planner.profile_yaml import load_profile
 
     plan = plan_from_args(args)
     runtime = get_runtime(args.runtime)
     pred = predict_plan(plan, runtime)
+    reading = None
+    if args.memory_source:
+        if plan.cluster:
+            raise InputError("memory_source", "fitted memory sources belong to a hardware profile, not a cluster file")
+        reading = load_profile(plan.hardware).memory_reading_bytes(pred.peak_memory_bytes, args.memory_source)
     if args.out:
         plan.with_prediction(pred.to_dict()).save(args.out)
     if args.json:
-        print(json.dumps(pred.to_dict(), sort_keys=True))
+        out = pred.to_dict()
+        if reading is not None:
+            out.update(memory_reading_bytes=reading, memory_source=args.memory_source)
+        print(json.dumps(out, sort_keys=True))
     else:
         print(format_table(plan, pred))
+        if reading is not None:
+            print(f"  peak memory as {args.memory_source} reads it: {reading / _GIB:.2f} GiB (fitted relation)")
     return 0
