@@ -28,12 +28,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 
 from planner.errors import InputError, reject_unknown_keys
 from planner.hardware import GB, MICRO, ClusterSpec, LinkSpec, NodeGroup, NodeSpec
 from planner.profile_yaml import load_profile
-from planner.io import resolve_named_yaml
+from planner.io import parse_yaml, read_input_text, resolve_named_yaml
 
 CLUSTERS_DIR = Path(__file__).resolve().parent.parent / "clusters"
 _TOP_KEYS = {"name", "description", "groups", "fabric"}
@@ -228,25 +227,10 @@ def resolve_cluster_path(name_or_path: str | Path) -> Path:
     return resolve_named_yaml(name_or_path, CLUSTERS_DIR, field="cluster", kind="cluster")
 
 
-def is_cluster_file(name_or_path: str | Path) -> bool:
-    """True for a cluster file (a YAML mapping with ``groups``), False for a hardware profile."""
-    path = Path(name_or_path)
-    if path.suffix not in (".yaml", ".yml") or not path.exists():
-        return False
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError:
-        return False
-    return isinstance(data, dict) and "groups" in data
-
-
 def load_cluster(path: str | Path) -> Cluster:
     """Load a cluster file (a path, or a name in ``clusters/``) into a :class:`Cluster`."""
     path = resolve_cluster_path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise InputError("cluster", f"{path} is not valid YAML ({str(err).splitlines()[0]})") from None
+    data = parse_yaml(read_input_text(path, "cluster"), "cluster", str(path))
     return parse_cluster(data, source=str(path), base_dir=path.parent)
 
 

@@ -6,13 +6,21 @@ the offending field's name, so the CLI can print one line and exit with status 2
 from __future__ import annotations
 
 
+MAX_REASON_CHARS = 400
+"""An error is one line: a value echoed from the input (a huge nested YAML, a binary cell) is cut here."""
+
+
+def _bounded(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 15] + " ... (cut)"
+
+
 class InputError(ValueError):
     """Bad input: ``field`` names what was wrong, ``reason`` says why."""
 
     def __init__(self, field: str, reason: str):
-        self.field = field
-        self.reason = reason
-        super().__init__(f"{field}: {reason}")
+        self.field = _bounded(str(field), 200)
+        self.reason = _bounded(" ".join(str(reason).split()), MAX_REASON_CHARS)
+        super().__init__(f"{self.field}: {self.reason}")
 
 
 def require(condition: bool, field: str, reason: str) -> None:

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from planner.errors import InputError
+from planner.io import read_input_text
 from planner.model import ModelSpec, parse_json_config
 
 SUPPORTED_TYPES = ("gpt2", "llama", "mistral", "mixtral", "qwen2", "opt", "gpt_neox", "mpt")
@@ -322,10 +323,6 @@ def read_hf_config(path: str | Path) -> ModelSpec:
     """Read ``path`` (a config.json) into a :class:`ModelSpec`; the name defaults to the
     config's ``_name_or_path``, else its directory's name."""
     path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as err:
-        raise InputError("model", f"cannot read {path}: {err.strerror}") from None
-    data = parse_json_config(text, str(path))
+    data = parse_json_config(read_input_text(path, "model"), str(path))
     name = data.get("_name_or_path") if isinstance(data.get("_name_or_path"), str) else None
     return spec_from_hf_config(data, name or path.parent.name or path.stem)

@@ -1,4 +1,12 @@
-"""File writing conventions: whole files atomically (temp + rename), records append-only JSONL."""
+"""The one input and output layer.
+
+Reading: every file the tool reads goes through :func:`read_input_text` (a regular file, at most
+:data:`MAX_INPUT_BYTES`, UTF-8), JSON through :func:`parse_json` (nesting bounded by Python's
+recursion limit, reported as one line) and YAML through :func:`parse_yaml` (at most
+:data:`MAX_YAML_ALIASES` aliases: no alias bombs). Writing: whole files atomically (temp + rename)
+after :func:`check_output_path`; records append-only JSONL. Every failure is an
+:class:`planner.errors.InputError` naming the field, one line.
+"""
 from __future__ import annotations
 
 import json
@@ -6,6 +14,94 @@ import os
 import tempfile
 from pathlib import Path
 from typing import Any, Iterable
+
+from planner.errors import InputError
+
+MAX_INPUT_BYTES = 64 * 2**20
+"""Largest input file read (profiles, plans, configs and run records are kilobytes to megabytes)."""
+MAX_YAML_ALIASES = 16
+"""YAML aliases allowed in one document (the profiles and cluster files use none)."""
+
+
+def read_input_text(path: str | os.PathLike, field: str, *, missing: str | None = None,
+                    limit: int = MAX_INPUT_BYTES) -> str:
+    """The text of the regular file ``path``: one-line errors for a missing file, a directory, a
+    device or FIFO (``/dev/zero``), a file over ``limit`` bytes, unreadable bytes or non-UTF-8."""
+    path = Path(path)
+    try:
+        if not path.exists():
+            raise InputError(field, missing or f"{path} does not exist")
+        if path.is_dir():
+            raise InputError(field, f"{path} is a directory, not a file")
+        if not path.is_file():
+            raise InputError(field, f"{path} is not a regular file")
+        with path.open("rb") as handle:
+            data = handle.read(limit + 1)
+    except OSError as err:
+        raise InputError(field, f"cannot read {path} ({err.strerror or type(err).__name__})") from None
+    if len(data) > limit:
+        raise InputError(field, f"{path} is larger than {limit // 2**20} MiB")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise InputError(field, f"{path} is not UTF-8 text (byte {err.start})") from None
+
+
+def parse_json(text: str, field: str, source: str) -> Any:
+    """``json.loads`` with one-line errors (syntax, nesting too deep)."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise InputError(field, f"{source} is not valid JSON ({err.msg} at line {err.lineno})") from None
+    except RecursionError:
+        raise InputError(field, f"{source} is nested too deeply") from None
+
+
+def parse_yaml(text: str, field: str, source: str) -> Any:
+    """``yaml.safe_load`` with one-line errors and at most :data:`MAX_YAML_ALIASES` aliases."""
+    import yaml
+
+    try:
+        aliases = sum(1 for token in yaml.scan(text) if isinstance(token, yaml.AliasToken))
+        if aliases > MAX_YAML_ALIASES:
+            raise InputError(field, f"{source} uses {aliases} YAML aliases (at most {MAX_YAML_ALIASES})")
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise InputError(field, f"{source} is not valid YAML ({str(err).splitlines()[0]})") from None
+    except RecursionError:
+        raise InputError(field, f"{source} is nested too deeply") from None
+
+
+def check_output_path(path: str | os.PathLike, field: str = "out") -> Path:
+    """``path`` can be written as a file: not a directory, its folder exists (or can be made) and
+    is writable. Call it before the work whose result goes there."""
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(field, f"{path} is a directory; give a file path")
+    parent = path.parent if str(path.parent) else Path(".")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise InputError(field, f"cannot create {parent} ({err.strerror or type(err).__name__})") from None
+    if not parent.is_dir():
+        raise InputError(field, f"{parent} is not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise InputError(field, f"{parent} is not writable")
+    return path
+
+
+def check_output_dir(path: str | os.PathLike, field: str = "out_dir") -> Path:
+    """``path`` is (or can be made) a writable directory."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise InputError(field, f"{path} exists and is not a directory")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise InputError(field, f"cannot create {path} ({err.strerror or type(err).__name__})") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise InputError(field, f"{path} is not writable")
+    return path
 
 
 def _umask_mode() -> int:
@@ -20,10 +116,13 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically, with the permissions a plain ``open`` would give."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    """Write ``data`` to ``path`` atomically, with the permissions a plain ``open`` would give; a
+    target that cannot be written is an InputError naming ``out`` (nothing half-written stays)."""
+    path = check_output_path(path)
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as err:
+        raise InputError("out", f"cannot write in {path.parent} ({err.strerror or type(err).__name__})") from None
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
@@ -31,11 +130,13 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
             os.fsync(handle.fileno())
         os.chmod(tmp, _umask_mode())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if isinstance(err, OSError):  # a full disk, a folder made read-only meanwhile
+            raise InputError("out", f"cannot write {path} ({err.strerror or type(err).__name__})") from None
         raise
     return path
 
@@ -53,14 +154,16 @@ def append_jsonl(handle, record: dict) -> None:
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
     """Read a JSONL file; a torn last line (a killed writer) is skipped."""
     out = []
-    for line in Path(path).read_text().splitlines():
+    for line in read_input_text(path, "records").splitlines():
         line = line.strip()
         if not line:
             continue
         try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
+            record = json.loads(line)
+        except (json.JSONDecodeError, RecursionError):
             continue
+        if isinstance(record, dict):  # valid JSON that is not a record is skipped like a torn line
+            out.append(record)
     return out
 
 
@@ -72,15 +175,8 @@ def read_json_object(path: str | os.PathLike, field: str, missing: str | None = 
     """Read a file holding one JSON object; bad input raises InputError naming ``field``.
 
     ``missing`` is the message when the file does not exist (default "<path> does not exist")."""
-    from planner.errors import InputError
-
     path = Path(path)
-    if not path.exists():
-        raise InputError(field, missing or f"{path} does not exist")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise InputError(field, f"{path} is not valid JSON ({err.msg} at line {err.lineno})") from None
+    data = parse_json(read_input_text(path, field, missing=missing), field, str(path))
     if not isinstance(data, dict):
         raise InputError(field, f"{path} must hold a JSON object")
     return data
@@ -89,8 +185,6 @@ def read_json_object(path: str | os.PathLike, field: str, missing: str | None = 
 def resolve_named_yaml(name_or_path: str | os.PathLike, folder: Path, *, field: str, kind: str) -> Path:
     """A YAML path as given, or ``folder/<name>.yaml`` for a bare name; InputError naming
     ``field`` (and listing the known names) otherwise. Used for profiles and cluster files."""
-    from planner.errors import InputError
-
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml") or path.exists():
         if not path.exists():

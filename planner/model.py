@@ -9,11 +9,11 @@ presets can be checked against published counts.
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
 from typing import Any
 
 from planner.errors import InputError, require
+from planner.io import parse_json
 
 MLP_KINDS = ("gelu", "swiglu")
 NORM_KINDS = ("layernorm", "rmsnorm")
@@ -259,10 +259,7 @@ class ModelSpec:
 
 def parse_json_config(text: str, source: str) -> dict[str, Any]:
     """Parse a config.json's text; errors name the file as the ``model`` field."""
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise InputError("model", f"{source} is not valid JSON ({err.msg} at line {err.lineno})") from None
+    data = parse_json(text, "model", source)
     if not isinstance(data, dict):
         raise InputError("model", f"{source} must hold a JSON object, got {type(data).__name__}")
     return data

@@ -19,7 +19,7 @@ from planner.errors import InputError, reject_unknown_keys, require
 from planner.hardware import (FRAMEWORK_YAML, DTYPES, GB, GIB, MICRO, PROFILES_DIR, RATE_TABLES, TERA,
                               DeviceSpec, EfficiencyCurve, FrameworkSpec, LinkSpec, MeasuredCollective,
                               NodeSpec, RateTable)
-from planner.io import atomic_write_text, resolve_named_yaml
+from planner.io import atomic_write_text, parse_yaml, read_input_text, resolve_named_yaml
 
 
 # ----- YAML parsing ---------------------------------------------------------------------------
@@ -254,11 +254,7 @@ def resolve_profile_path(name_or_path: str) -> Path:
 def load_profile(name_or_path: str) -> NodeSpec:
     """Load a profile by name (``hardware_profiles/<name>.yaml``) or path."""
     path = resolve_profile_path(name_or_path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise InputError("hardware", f"{path} is not valid YAML ({str(err).splitlines()[0]})") from None
-    return parse_profile(data, source=str(path))
+    return parse_profile(parse_yaml(read_input_text(path, "hardware"), "hardware", str(path)), source=str(path))
 
 
 # ----- NodeSpec -> YAML ----------------------------------------------------------------------

@@ -9,7 +9,8 @@ import time
 from pathlib import Path
 from typing import Any, Iterable
 
-from planner.io import append_jsonl, atomic_write_json, read_jsonl
+from planner.errors import InputError
+from planner.io import append_jsonl, atomic_write_json, parse_json, read_input_text, read_jsonl
 
 SCHEMA_VERSION = 1
 RECORDS = "records.jsonl"
@@ -227,10 +228,15 @@ def write_summary(out_dir: str | os.PathLike, summary: dict) -> Path:
 
 
 def read_summary(out_dir: str | os.PathLike) -> dict | None:
+    """The run folder's summary, or None when it has none, it is unreadable, not a JSON object,
+    or of a schema version this code does not know."""
     path = Path(out_dir) / SUMMARY
     if not path.exists():
         return None
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError:
+        data = parse_json(read_input_text(path, "summary"), "summary", str(path))
+    except InputError:
         return None
+    if not isinstance(data, dict) or data.get("schema_version", SCHEMA_VERSION) != SCHEMA_VERSION:
+        return None
+    return data

@@ -16,6 +16,7 @@ One profile per GPU/node type and one framework-behaviour preset per framework
 """
 from __future__ import annotations
 
+import io
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ import pandas as pd
 from planner.cost.runtime import get_runtime
 from planner.cost.step import Prediction, cluster_for, predict
 from planner.errors import InputError
+from planner.io import read_input_text
 from planner.model import ModelSpec
 from planner.plan import ParallelConfig
 from planner.profile_yaml import load_profile
@@ -98,17 +100,27 @@ def _str(row: dict, key: str) -> str:
 
 
 def _int(row: dict, key: str) -> int | None:
-    v = row.get(key)
-    if v is None or (isinstance(v, float) and math.isnan(v)) or v == "":
+    """The cell as a positive whole number (None when empty); one line naming row and column."""
+    v = _float(row, key)
+    if v is None:
         return None
-    return int(float(v))
+    if v != int(v) or v < 1:
+        raise InputError(f"dataset row {row.get('row_id')}, column {key}", f"must be a positive integer, got {v!r}")
+    return int(v)
 
 
 def _float(row: dict, key: str) -> float | None:
+    """The cell as a finite number (None when empty); one line naming row and column."""
     v = row.get(key)
     if v is None or (isinstance(v, float) and math.isnan(v)) or v == "":
         return None
-    return float(v)
+    try:
+        value = float(v)
+    except (TypeError, ValueError):
+        value = math.nan
+    if not math.isfinite(value):
+        raise InputError(f"dataset row {row.get('row_id')}, column {key}", f"must be a finite number, got {v!r}")
+    return value
 
 
 def _recompute(text: str) -> str | None:
@@ -301,19 +313,23 @@ def _dominant(pred: Prediction) -> str:
 def validate(dataset: str | Path) -> pd.DataFrame:
     """One row per CSV row: status, plan, published and predicted metric, relative error."""
     path = Path(dataset)
-    if not path.exists():
-        raise InputError("dataset", f"{path} does not exist")
+    text = read_input_text(path, "dataset")
     try:
-        table = pd.read_csv(path)
+        table = pd.read_csv(io.StringIO(text))
     except Exception as err:  # pandas raises many types for malformed CSV
         raise InputError("dataset", f"{path} is not a readable CSV ({type(err).__name__})") from None
+    if table.empty:
+        raise InputError("dataset", f"{path} has no rows")
     for col in ("row_id", "model", "gpu_type", "tp", "pp", "dp", "global_batch", "seq_len"):
         if col not in table.columns:
             raise InputError(f"dataset.{col}", "column missing")
     out = []
     for row in table.to_dict("records"):
         cfg = row_config(row)
-        rec = {"row_id": int(row["row_id"]), "source": _str(row, "source"), "source_table": _str(row, "source_table"),
+        row_id = _int(row, "row_id")
+        if row_id is None:
+            raise InputError("dataset, column row_id", "every row needs a row_id")
+        rec = {"row_id": row_id, "source": _str(row, "source"), "source_table": _str(row, "source_table"),
                "model": _str(row, "model"), "gpu_type": _str(row, "gpu_type"),
                "num_gpus": _int(row, "num_gpus"), "status": cfg.status, "note": cfg.reason,
                "preset": cfg.preset, "profile": cfg.profile, "runtime": cfg.runtime,

@@ -22,14 +22,13 @@ from typing import Any
 
 from planner.catalog import load_model
 from planner.errors import InputError
-from planner.io import read_json_object
+from planner.io import read_input_text, read_json_object
 from planner.plan import ParallelConfig, Plan
 
 MEMORY_SOURCES = ("allocated", "reserved", "device_used")
 REQUIRED = ("name", "model", "nodes", "gpus_per_node", "tp", "pp", "dp", "micro_batch", "global_batch", "seq_len",
             "precision", "recompute", "sharding", "measured_step_s")
 OPTIONAL = ("cp", "schedule", "vpp", "stage_layers", "measured_peak_memory_bytes", "memory_source")
-TABLE_BYTES_LIMIT = 16 * 2**20
 
 
 @dataclass(frozen=True)
@@ -136,14 +135,7 @@ def row_run(row: dict, where: str, hardware: str) -> MeasuredRun:
 def load_runs_table(path: str | os.PathLike, hardware: str) -> list[MeasuredRun]:
     """Every row of the table at ``path`` (see the module docstring) on profile ``hardware``."""
     path = Path(path)
-    if not path.is_file():
-        raise InputError("runs", f"{path} is not a file")
-    if path.stat().st_size > TABLE_BYTES_LIMIT:
-        raise InputError("runs", f"{path} is larger than {TABLE_BYTES_LIMIT // 2**20} MiB")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise InputError("runs", f"{path} is not UTF-8 text") from None
+    text = read_input_text(path, "runs")
     reader = csv.DictReader(text.splitlines())
     header = reader.fieldnames or []
     missing = [c for c in REQUIRED if c not in header]
