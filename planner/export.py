@@ -19,10 +19,16 @@ from planner.plan import DEFAULT_ORDER, ParallelConfig, Plan
 FORMATS = ("megatron", "torchtitan", "deepspeed", "torchrun", "slurm")
 
 
+def one_line(text: str) -> str:
+    """``text`` from a file (a model name, a path) made safe for a comment or a quoted value of a
+    script: control characters (a newline would start a new command) become spaces."""
+    return "".join(ch if ch.isprintable() else " " for ch in str(text))
+
+
 def _header(plan: Plan) -> list[str]:
     p = plan.parallel
-    return [f"clusterplan plan {plan.id}: {plan.model.name} on {plan.n_nodes} x {plan.gpus_per_node} "
-            f"GPUs ({plan.machine})",
+    return [f"clusterplan plan {plan.id}: {one_line(plan.model.name)} on {plan.n_nodes} x {plan.gpus_per_node} "
+            f"GPUs ({one_line(plan.machine)})",
             f"split: {p.megatron_notation()}; global batch {p.global_batch} = micro batch "
             f"{p.micro_batch} x {p.num_micro_batches} micro-batches x dp {p.dp}; seq {p.seq_len}"]
 
@@ -243,11 +249,11 @@ def torchtitan_config(plan: Plan) -> tuple[dict[str, dict], list[str]]:
     ac = {"mode": p.recompute}
     if p.recompute == "selective":
         ac["selective_ac_option"] = "op"
-    model_note = (f"[model] name/flavor: pick the torchtitan flavor matching {m.name} "
+    model_note = (f"[model] name/flavor: pick the torchtitan flavor matching {one_line(m.name)} "
                   f"(layers {m.n_layers}, hidden {m.hidden_size}, heads {m.n_heads}/{m.n_kv_heads}, "
                   f"ffn {m.ffn_hidden_size}, vocab {m.vocab_size})")
     notes.append(model_note)
-    config = {"job": {"description": f"clusterplan plan {plan.id}: {m.name} {p.megatron_notation()}"},
+    config = {"job": {"description": f"clusterplan plan {plan.id}: {one_line(m.name)} {p.megatron_notation()}"},
               "training": training, "parallelism": parallelism, "activation_checkpoint": ac}
     return config, notes
 

@@ -19,6 +19,8 @@ GB = 1e9
 GIGA = 1e9
 TERA = 1e12
 MICRO = 1e-6
+MAX_NODES = 1 << 20
+"""Nodes of the largest cluster the tool accepts: more is an input error, not an allocation."""
 
 
 @dataclass(frozen=True)
@@ -486,7 +488,9 @@ class NodeGroup:
     n_nodes: int
 
     def __post_init__(self) -> None:
-        require(self.n_nodes >= 1, "nodes", "must be >= 1")
+        require(isinstance(self.n_nodes, int) and not isinstance(self.n_nodes, bool), "nodes",
+                f"must be an integer, got {self.n_nodes!r}")
+        require(1 <= self.n_nodes <= MAX_NODES, "nodes", f"must be in 1..{MAX_NODES:,} (beyond any real cluster)")
 
 
 @dataclass(frozen=True)

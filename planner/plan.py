@@ -19,10 +19,14 @@ from pathlib import Path
 from typing import Any
 
 from planner.errors import InputError, require
+from planner.hardware import MAX_NODES
 from planner.io import atomic_write_text, read_json_object
 from planner.model import ModelSpec
 
 PLAN_VERSION = 1
+MAX_GLOBAL_BATCH = 1 << 24
+MAX_SEQ_LEN = 1 << 24
+MAX_DEGREE = 1 << 22
 RECOMPUTE = ("none", "selective", "full")
 SHARDING = ("none", "zero1", "zero2", "zero3", "fsdp")
 PRECISIONS = ("fp32", "bf16", "fp16", "fp8")
@@ -71,10 +75,13 @@ class ParallelConfig:
     stage_tp: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
+        limits = {"global_batch": MAX_GLOBAL_BATCH, "micro_batch": MAX_GLOBAL_BATCH, "seq_len": MAX_SEQ_LEN}
         for field in ("tp", "pp", "dp", "cp", "vpp", "micro_batch", "global_batch", "seq_len"):
             value = getattr(self, field)
             require(isinstance(value, int) and not isinstance(value, bool) and value >= 1,
                     field, f"must be a positive integer, got {value!r}")
+            limit = limits.get(field, MAX_DEGREE)
+            require(value <= limit, field, f"{value:,} is beyond any real training run (at most {limit:,})")
         require(self.recompute in RECOMPUTE, "recompute", f"must be one of {RECOMPUTE}, got {self.recompute!r}")
         require(self.sharding in SHARDING, "sharding", f"must be one of {SHARDING}, got {self.sharding!r}")
         require(self.precision in PRECISIONS, "precision", f"must be one of {PRECISIONS}, got {self.precision!r}")
@@ -176,8 +183,10 @@ class ParallelConfig:
         if unknown:
             raise InputError(f"parallel.{unknown[0]}", f"unknown key (allowed: {', '.join(sorted(allowed))})")
         data = dict(data)
-        data["stage_layers"] = tuple(data.get("stage_layers", ()))
-        data["stage_tp"] = tuple(data.get("stage_tp", ()))
+        for key in ("stage_layers", "stage_tp"):
+            value = data.get(key, ())
+            require(isinstance(value, (list, tuple)), f"parallel.{key}", f"must be a list, got {value!r}")
+            data[key] = tuple(value)
         return cls(**data)
 
     def megatron_notation(self) -> str:
@@ -300,6 +309,15 @@ class Plan:
     cluster: str = ""
 
     def __post_init__(self) -> None:
+        require(isinstance(self.model, ModelSpec), "plan.model", "must be a model object")
+        require(isinstance(self.parallel, ParallelConfig), "plan.parallel", "must be a parallel-configuration object")
+        for name in ("n_nodes", "gpus_per_node"):
+            value = getattr(self, name)
+            require(isinstance(value, int) and not isinstance(value, bool), f"plan.{name}",
+                    f"must be an integer, got {value!r}")
+        require(self.n_nodes <= MAX_NODES, "plan.n_nodes", f"must be at most {MAX_NODES:,}")
+        require(self.prediction is None or isinstance(self.prediction, dict), "plan.prediction",
+                "must be an object (or null)")
         require(isinstance(self.hardware, str) and isinstance(self.cluster, str), "hardware",
                 "hardware and cluster must be strings")
         require(bool(self.hardware) != bool(self.cluster), "hardware",
@@ -368,6 +386,8 @@ class Plan:
                 raise InputError(f"plan.{key}", "missing")
         version = data.get("version", PLAN_VERSION)
         require(version == PLAN_VERSION, "plan.version", f"{version} is not supported (this is version {PLAN_VERSION})")
+        for key in ("model", "parallel"):
+            require(isinstance(data[key], dict), f"plan.{key}", f"must be an object, got {type(data[key]).__name__}")
         return cls(
             model=ModelSpec.from_dict(data["model"]),
             hardware=data.get("hardware", ""),

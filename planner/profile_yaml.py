@@ -46,8 +46,8 @@ def _number(data: dict, key: str, where: str, *, optional: bool = False, default
             return default
         raise InputError(f"{where}.{key}", "missing")
     value = data[key]
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise InputError(f"{where}.{key}", f"must be a number, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise InputError(f"{where}.{key}", f"must be a finite number, got {value!r}")
     return float(value)
 
 

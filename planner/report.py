@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,7 +42,10 @@ class Run:
 
     @property
     def plan_id(self) -> str:
-        return str(self.summary.get("plan_id", ""))
+        """The summary's plan id as a safe name: hex digits only (a plan id is a sha256 prefix), so
+        a crafted summary cannot steer a report file name out of its folder."""
+        raw = str(self.summary.get("plan_id", ""))
+        return raw if re.fullmatch(r"[0-9a-f]{1,64}", raw) else ""
 
     @property
     def status(self) -> str:

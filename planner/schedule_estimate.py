@@ -154,6 +154,15 @@ def _estimate(schedule: str, pp: int, num_micro_batches: int, vpp: int,
             return PipelineEstimate(mk, busy, max(0.0, mk - busy[0]),
                                     closed_form_in_flight(schedule, pp, m, vpp), empty, True)
     rec = need_timeline
+    if pp == 1 and m > 3:
+        # one stage: the tasks run back to back, the makespan is their sum (closed form, any m);
+        # the timeline shows the first three micro-batches
+        f, b = sum(stage_fwd_s), sum(stage_bwd_s)
+        w = sum(stage_wgrad_s) if stage_wgrad_s is not None else 0.0
+        mk = m * (f + b + w)
+        tl = (simulate(schedule, pp, 3, vpp, stage_fwd_s, stage_bwd_s, stage_wgrad_s, p2p_s, True) if rec
+              else Timeline((), 0.0, (0.0,), 0.0, (0,), 0))
+        return PipelineEstimate(mk, (mk,), 0.0, closed_form_in_flight(schedule, pp, m, vpp), tl, True)
     if pp == 1 or m <= 3 * pp:
         tl = simulate(schedule, pp, m, vpp, stage_fwd_s, stage_bwd_s, stage_wgrad_s, p2p_s, rec)
         return PipelineEstimate(tl.makespan_s, tl.busy_s, tl.bubble_s, tl.peak_in_flight, tl, True)
