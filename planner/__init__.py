@@ -1,1 +1,34 @@
-"""clusterplan planner: cost model, search and plans. Pure Python; never imports torch."""
+"""clusterplan planner: cost model, search and plans. Pure Python; never imports torch.
+
+The names a notebook needs, loaded on first use (``import planner`` stays fast)::
+
+    import planner
+    model = planner.load_model("llama3-70b")
+    cluster = planner.cluster_for("dgx-h100-80gb", 8)
+    pred = planner.predict(model, cluster, planner.ParallelConfig(tp=8, pp=2, dp=4, global_batch=512, seq_len=8192))
+    best = planner.search(model, cluster, global_batch=512, seq_len=8192).table
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_API = {
+    "load_model": "planner.catalog", "ModelSpec": "planner.model",
+    "load_profile": "planner.profile_yaml", "load_cluster": "planner.cluster",
+    "ParallelConfig": "planner.plan", "Plan": "planner.plan",
+    "predict": "planner.cost.step", "predict_plan": "planner.cost.step", "cluster_for": "planner.cost.step",
+    "get_runtime": "planner.cost.runtime", "search": "planner.search", "search_hetero": "planner.search.hetero",
+    "validate": "planner.validation", "InputError": "planner.errors",
+}
+__all__ = sorted(_API)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _API:
+        return getattr(importlib.import_module(_API[name]), name)
+    raise AttributeError(f"module 'planner' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -13,7 +13,7 @@ import sys
 
 from planner.errors import InputError
 
-VERBS = ("predict", "plan", "run", "calibrate", "compare", "fit", "validate", "export", "demo")
+VERBS = ("predict", "plan", "run", "calibrate", "compare", "fit", "validate", "export", "demo", "list")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -21,8 +21,20 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"clusterplan: error: {message}\n")
 
 
+def version() -> str:
+    """The installed distribution's version (pyproject.toml), without importing anything heavy."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
+
+    try:
+        return dist_version("clusterplan")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="clusterplan", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"clusterplan {version()}")
     sub = parser.add_subparsers(dest="verb", required=True, parser_class=_Parser)
     for verb in VERBS:
         try:

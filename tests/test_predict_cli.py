@@ -98,3 +98,21 @@ def test_every_preset_on_every_profile():
                                                 if cluster.node.device.supports(d)))
             pred = predict(model, cluster, par)
             assert pred.step_time_s > 0 and isinstance(pred.fits, bool), (profile, name)
+
+
+def test_version_list_and_the_package_api(capsys):
+    import planner
+    from planner.cli import main
+
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0 and capsys.readouterr().out.startswith("clusterplan ")
+    for kind, expect in (("presets", "gpt3-175b"), ("profiles", "dgx-h100-80gb"), ("runtimes", "executor"),
+                         ("clusters", "mixed-a100-h100")):
+        assert main(["list", kind]) == 0
+        assert expect in capsys.readouterr().out
+    assert {"predict", "search", "load_model", "ParallelConfig"} <= set(dir(planner))
+    model = planner.load_model("tiny-gpt")
+    table = planner.search(model, planner.cluster_for("local-cpu", 1, 2), global_batch=8, precision="fp32").table
+    assert "parallel" not in table.columns and {"tp", "pp", "dp", "sharding"} <= set(table.columns)
+    assert all(not isinstance(v, (dict, list)) for v in table.iloc[0].tolist())

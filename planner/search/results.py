@@ -126,10 +126,20 @@ class SearchResult:
 
     @property
     def table(self):
-        """The ranked plans as a pandas DataFrame (one row per plan)."""
+        """The ranked plans as a pandas DataFrame, one row per plan and one plain column per
+        setting (the configuration's fields spread out, lists as text)."""
         import pandas as pd
 
-        return pd.DataFrame(self.rows())
+        flat = []
+        for row in self.rows():
+            row = dict(row)
+            settings = row.pop("parallel")
+            row["stage_layers"] = ",".join(map(str, row["stage_layers"]))
+            for key, value in settings.items():
+                if key not in row:
+                    row[key] = ",".join(map(str, value)) if isinstance(value, list) else value
+            flat.append(row)
+        return pd.DataFrame(flat)
 
     def rejection_summary(self) -> str:
         return rejection_summary(self)
