@@ -6,7 +6,8 @@ The names a notebook needs, loaded on first use (``import planner`` stays fast):
     model = planner.load_model("llama3-70b")
     cluster = planner.cluster_for("dgx-h100-80gb", 8)
     pred = planner.predict(model, cluster, planner.ParallelConfig(tp=8, pp=2, dp=4, global_batch=512, seq_len=8192))
-    best = planner.search(model, cluster, global_batch=512, seq_len=8192).table
+    from planner.search import search      # planner.search is the search package
+    best = search(model, cluster, global_batch=512, seq_len=8192).table
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ _API = {
     "load_profile": "planner.profile_yaml", "load_cluster": "planner.cluster",
     "ParallelConfig": "planner.plan", "Plan": "planner.plan",
     "predict": "planner.cost.step", "predict_plan": "planner.cost.step", "cluster_for": "planner.cost.step",
-    "get_runtime": "planner.cost.runtime", "search": "planner.search", "search_hetero": "planner.search.hetero",
+    "get_runtime": "planner.cost.runtime",
     "validate": "planner.validation", "InputError": "planner.errors",
 }
 __all__ = sorted(_API)

@@ -3,6 +3,7 @@ lower bound, leaves priced by :func:`planner.cost.step.predict` best first (the 
 docstring has the bounds)."""
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import math
 import time
@@ -18,7 +19,7 @@ from planner.plan import ParallelConfig
 from planner.executor_rules import ties_embeddings
 from planner.search.costs import (Costs, LayerCost, balanced_layers, core_shape, rank_layers, rank_layers_min,
                                   zb_bound)
-from planner.search.results import RankedPlan, Rejected, RejectionCount
+from planner.search.results import RankedPlan, Rejected, RejectionCount, same_plan_but_storage, twin_note
 from planner.search.space import LeafInfo, ORDERS, candidate_space, layout_strides, least_memory_shardings
 
 
@@ -356,6 +357,12 @@ class BranchAndBound:
             self.reject(Rejected("out_of_memory", "", pred.peak_memory_bytes, stage), 1)
             if self.closest is None or pred.peak_memory_bytes < self.closest[0]:
                 self.closest = (pred.peak_memory_bytes, entry)
+            return
+        twin = next((i for i, e in enumerate(self.top) if same_plan_but_storage(e, entry)), None)
+        if twin is not None:  # ZeRO stage or rank order changes only memory: one row, the leaner
+            kept, other = sorted((self.top[twin], entry), key=lambda e: e.prediction.peak_memory_bytes)
+            self.reject(Rejected("redundant", "same step time as a listed plan, more memory"), 1)
+            self.top[twin] = dataclasses.replace(kept, note=twin_note(kept, other))
             return
         self.top.append(entry)
         self.top.sort(key=lambda e: e.step_time_s)

@@ -31,7 +31,7 @@ from planner.model import ModelSpec
 from planner.partition import StageCut, partition_chain
 from planner.plan import ParallelConfig, Plan
 from planner.search.costs import Costs
-from planner.search.results import RankedPlan, Rejected, RejectionCount, SearchResult
+from planner.search.results import RankedPlan, Rejected, RejectionCount, SearchResult, same_plan_but_storage
 from planner.search.space import divisors, normalise_fixed
 
 
@@ -291,8 +291,16 @@ def search_hetero(model: ModelSpec, cluster, global_batch: int, seq_len: int | N
         if best_here is None:
             reject(Rejected("out_of_memory", "", mem.peak_bytes, mem.rank))
         elif need_top:
-            results.append((best_here.prediction.step_time_s, index, best_here))
-            results.sort(key=lambda x: x[:2])
+            mine = RankedPlan(best_here.parallel, best_here.prediction, math.nan)
+            twin = next((i for i, (_, _, ev) in enumerate(results)
+                         if same_plan_but_storage(RankedPlan(ev.parallel, ev.prediction, math.nan), mine)), None)
+            if twin is None:
+                results.append((best_here.prediction.step_time_s, index, best_here))
+                results.sort(key=lambda x: x[:2])
+            else:  # another ZeRO stage at the same speed: one row, the leaner one
+                reject(Rejected("redundant", "same step time as a listed plan, more memory"))
+                if best_here.prediction.peak_memory_bytes < results[twin][2].prediction.peak_memory_bytes:
+                    results[twin] = (results[twin][0], results[twin][1], best_here)
         else:
             reject(Rejected("bound", "lower bound above the K-th best"))
     types = tuple(n.name for n, _ in runs)

@@ -1,6 +1,7 @@
 """What a search returns: ranked plans, rejections counted by reason (:class:`SearchResult`)."""
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 
@@ -152,6 +153,27 @@ class SearchResult:
                 "bounded": self.bounded, "elapsed_s": self.elapsed_s,
                 "closest": None if self.closest is None else ranked_row(0, self.closest, self.plan_for(self.closest).id)
                 if self.closest.parallel.world_size == self.cluster.world_size else None}
+
+
+TWIN_RTOL = 1e-9
+"""Two plans whose step times agree this closely are the same speed (the cost model is exact
+arithmetic on the same terms; only their memory differs)."""
+
+
+def same_plan_but_storage(a: RankedPlan, b: RankedPlan) -> bool:
+    """``a`` and ``b`` differ only in ZeRO stage or rank order and take the same step time: a
+    user chooses between them by memory, so the ranking lists one."""
+    pa, pb = a.parallel, b.parallel
+    if dataclasses.replace(pa, sharding=pb.sharding, order=pb.order) != pb:
+        return False
+    return math.isclose(a.step_time_s, b.step_time_s, rel_tol=TWIN_RTOL)
+
+
+def twin_note(kept: RankedPlan, other: RankedPlan) -> str:
+    """The kept plan's note naming the same-speed variant that needs more memory."""
+    variant = other.parallel.sharding if other.parallel.sharding != kept.parallel.sharding else other.parallel.order
+    extra = f"same time with {variant} ({other.prediction.peak_memory_bytes / GIB:.1f} GiB)"
+    return f"{kept.note}; {extra}" if kept.note else extra
 
 
 def ranked_row(rank: int, e: RankedPlan, plan_id: str) -> dict:
