@@ -18,7 +18,7 @@ import torch
 from torch.distributed.device_mesh import DeviceMesh
 
 from planner.errors import InputError
-from planner.executor_rules import dp_kind, reshards_after_forward, ties_embeddings
+from planner.executor_rules import dp_kind, reshards_after_forward, ties_embeddings, unsupported
 from planner.plan import Plan
 
 from executor import data, measure
@@ -31,7 +31,6 @@ from executor.parallel import tp as tp_mod
 from executor.parallel import zero as zero_mod
 from executor.recompute import apply_recompute
 
-PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass(frozen=True)
@@ -53,10 +52,10 @@ def tie_embeddings(plan: Plan) -> bool:
 
 def check_supported(plan: Plan) -> None:
     p = plan.parallel
-    if p.cp > 1:
-        raise InputError("cp", "context parallelism is not implemented by the executor (cp must be 1)")
-    if p.precision not in PRECISIONS:
-        raise InputError("precision", f"the executor runs fp32 or bf16, not {p.precision}")
+    why = unsupported(p)
+    if why:
+        field, reason = why.split(": ", 1)
+        raise InputError(field, reason)
     if p.tp > 1:
         tp_mod.check_tp(plan.model.n_heads, plan.model.n_kv_heads, p.tp)
     if p.seq_len > plan.model.seq_len and plan.model.position in ("learned", "rope"):

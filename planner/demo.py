@@ -125,7 +125,7 @@ def execute(plan_path: str | os.PathLike, out_dir: str | os.PathLike, *, steps: 
     from planner import records
 
     cmd = cli_command("run", str(plan_path), "--out", str(out_dir), "--steps", str(steps), "--warmup", str(warmup),
-                      "--threads", str(threads))
+                      "--threads", str(threads), "--overwrite")  # the demo and the sweep own these folders
     env = subprocess_env(PYTHONWARNINGS="ignore")
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     log = open(log_path, "w") if log_path else subprocess.DEVNULL

@@ -7,6 +7,19 @@ from __future__ import annotations
 from planner.model import ModelSpec
 
 DP_KINDS = ("none", "ddp", "zero1", "fsdp")
+PRECISIONS = ("fp32", "bf16")
+"""What the executor trains in: fp32, or bf16 autocast with fp32 master weights."""
+
+
+def unsupported(parallel) -> str:
+    """Why the executor cannot run ``parallel`` (a ParallelConfig), or "" when it can."""
+    if parallel.cp > 1:
+        return "cp: context parallelism is not implemented by the executor (cp must be 1)"
+    if parallel.precision not in PRECISIONS:
+        return f"precision: the executor runs {' or '.join(PRECISIONS)}, not {parallel.precision}"
+    if parallel.stage_tp:
+        return "stage_tp: the executor builds one device mesh; a tp per pipeline stage cannot run"
+    return ""
 
 
 def dp_kind(sharding: str, tp: int, dp: int) -> str:

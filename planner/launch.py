@@ -24,7 +24,7 @@ TORCHRUN = ("-m", "torch.distributed.run")
 class LaunchConfig:
     """How to launch the executor. nnodes/node_rank/rdzv_endpoint: torchrun's multi-node options
     (nnodes=1 and no endpoint = ``--standalone``). device: auto|cpu|cuda. threads: torch threads
-    per rank."""
+    per rank. overwrite: replace a run already in ``out``. force: run a plan predicted not to fit."""
 
     plan_path: str
     out: str
@@ -39,6 +39,8 @@ class LaunchConfig:
     data: str | None = None
     inject_fault: str | None = None
     oversubscribe: bool = False
+    overwrite: bool = False
+    force: bool = False
 
 
 def local_ranks(world_size: int, nnodes: int) -> int:

@@ -108,3 +108,43 @@ def test_a_records_line_that_is_not_an_object_is_skipped(tmp_path):
     path = tmp_path / "records.jsonl"
     path.write_text('{"kind": "step"}\n[1, 2]\n"text"\n{"kind": "end"}\n{"torn": ')
     assert [r["kind"] for r in read_jsonl(path)] == ["step", "end"]
+
+
+def test_run_refuses_before_touching_the_folder(plan, tmp_path, capsys):
+    """Unsupported precision, a missing --data file and a plan predicted not to fit are refused
+    in one line before anything is launched; a folder holding a run needs --overwrite."""
+    data = json.loads(plan.read_text())
+    fp16 = tmp_path / "fp16.json"
+    fp16.write_text(json.dumps({**data, "parallel": {**data["parallel"], "precision": "fp16"}, "prediction": None}))
+    _one_line_exit_2(capsys, ["run", str(fp16), "--out", str(tmp_path / "a")], "precision")
+    _one_line_exit_2(capsys, ["run", str(plan), "--out", str(tmp_path / "b"), "--data", str(tmp_path / "none")],
+                     "data")
+    huge = tmp_path / "huge.json"
+    huge.write_text(json.dumps({**data, "prediction": {**data["prediction"], "fits": False,
+                                                       "peak_memory_bytes": 978 * 2**30}}))
+    assert "not to fit" in _one_line_exit_2(capsys, ["run", str(huge), "--out", str(tmp_path / "c")], "plan")
+    for name in "abc":
+        assert not (tmp_path / name).exists()
+    held = tmp_path / "held"
+    held.mkdir()
+    (held / "records.jsonl").write_text('{"kind": "step"}\n')
+    assert "--overwrite" in _one_line_exit_2(capsys, ["run", str(plan), "--out", str(held)], "out")
+    assert (held / "records.jsonl").read_text() == '{"kind": "step"}\n'  # nothing lost
+
+
+def test_a_live_lock_stops_a_second_run(tmp_path):
+    import os
+
+    from planner.commands.run import run_lock
+    from planner.errors import InputError
+
+    with run_lock(tmp_path):
+        assert (tmp_path / ".lock").read_text() == str(os.getpid())
+        with pytest.raises(InputError) as err:
+            with run_lock(tmp_path):
+                pass
+        assert "in use" in str(err.value)
+    assert not (tmp_path / ".lock").exists()
+    (tmp_path / ".lock").write_text("999999999")  # a dead process's lock is taken over
+    with run_lock(tmp_path):
+        pass

@@ -10,6 +10,7 @@ Local limits (documented refusal rules):
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import re
@@ -20,6 +21,8 @@ import threading
 from pathlib import Path
 
 from planner.errors import InputError, require
+from planner.executor_rules import unsupported
+from planner.io import check_output_dir
 from planner.launch import LaunchConfig, local_ranks, shell_join, srun_command, subprocess_env, torchrun_command
 
 MAX_OVERSUBSCRIPTION = 4
@@ -140,14 +143,59 @@ def launch(plan_path: str, cfg: LaunchConfig, echo=sys.stderr) -> tuple[int, dic
             f"need steps >= 1 and 0 <= warmup < steps, got steps={cfg.steps} warmup={cfg.warmup}")
     require(cfg.threads >= 1, "threads", "must be >= 1")
     require(cfg.timeout_s > 0, "timeout-s", "must be > 0")
-    require(not plan.parallel.stage_tp, "stage_tp", "the executor builds one device mesh; a plan with a "
-            f"tp per stage ({'/'.join(map(str, plan.parallel.stage_tp))}) cannot run")
+    why = unsupported(plan.parallel)
+    if why:
+        field, reason = why.split(": ", 1)
+        raise InputError(field, reason)
+    if cfg.data:
+        require(Path(cfg.data).is_file(), "data", f"{cfg.data} is not a file")
     check_machine(plan.world_size, cfg)
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    for name in ("records.jsonl", "summary.json"):  # a run folder holds one run
-        (out / name).unlink(missing_ok=True)
     plan = with_prediction(plan)
+    fits = (plan.prediction or {}).get("fits")
+    if fits is False and not cfg.force:
+        need, have = plan.prediction.get("peak_memory_bytes", 0.0), plan.prediction.get("hbm_bytes", 0.0)
+        raise InputError("plan", f"predicted not to fit: {need / 2**30:.1f} GiB per rank of {have / 2**30:.1f} GiB "
+                                 "(--force to run it anyway)")
+    out = check_output_dir(cfg.out, "out")
+    if (out / "summary.json").exists() or (out / "records.jsonl").exists():
+        require(cfg.overwrite, "out", f"{out} already holds a run (--overwrite to replace it, or another --out)")
+    with run_lock(out):
+        for name in ("records.jsonl", "summary.json"):  # a run folder holds one run
+            (out / name).unlink(missing_ok=True)
+        return _launch(plan, cfg, out, echo)
+
+
+@contextlib.contextmanager
+def run_lock(out: Path):
+    """``out/.lock`` (O_EXCL, holding this process's id) for the run's duration: a second run into
+    the same folder is refused while the first one's process lives; a lock left by a dead
+    process is taken over."""
+    lock = out / ".lock"
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            break
+        except FileExistsError:
+            try:
+                pid = int(lock.read_text().strip() or 0)
+                os.kill(pid, 0)
+            except (ValueError, ProcessLookupError, FileNotFoundError):
+                lock.unlink(missing_ok=True)  # its process is gone
+                continue
+            except PermissionError:
+                pass
+            raise InputError("out", f"{out} is in use by another clusterplan run (process {pid})") from None
+    else:
+        raise InputError("out", f"cannot lock {out}")
+    try:
+        os.write(fd, str(os.getpid()).encode())
+        os.close(fd)
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def _launch(plan, cfg: LaunchConfig, out: Path, echo) -> tuple[int, dict | None]:
     plan_copy = plan.save(out / "plan.json")  # the run folder is self-contained: compare and fit read it
     cfg = dataclasses.replace(cfg, plan_path=str(plan_copy))  # the ranks copy its prediction
     cmd = torchrun_command(plan.world_size, cfg)
@@ -190,6 +238,8 @@ def register(subparsers) -> None:
     parser.add_argument("--node-rank", type=int, default=0)
     parser.add_argument("--rdzv-endpoint", default=None, help="HOST:PORT for multi-node rendezvous")
     parser.add_argument("--oversubscribe", action="store_true", help="run even with more ranks than the CPU limit")
+    parser.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+    parser.add_argument("--force", action="store_true", help="run a plan the cost model predicts does not fit")
     parser.add_argument("--inject-fault", default=None, help=argparse_suppress())
     parser.add_argument("--print-command", action="store_true", help="print the torchrun and srun lines and exit")
     parser.set_defaults(func=handler)
@@ -208,7 +258,8 @@ def handler(args) -> int:
     cfg = LaunchConfig(plan_path=args.plan, out=args.out or f"runs/{plan.id}", steps=args.steps,
                        warmup=args.warmup, threads=args.threads, timeout_s=args.timeout_s, nnodes=args.nnodes,
                        node_rank=args.node_rank, rdzv_endpoint=args.rdzv_endpoint, device=args.device,
-                       data=args.data, inject_fault=args.inject_fault, oversubscribe=args.oversubscribe)
+                       data=args.data, inject_fault=args.inject_fault, oversubscribe=args.oversubscribe,
+                       overwrite=args.overwrite, force=args.force)
     if args.print_command:
         print("torchrun: " + shell_join(torchrun_command(plan.world_size, cfg)))
         print("srun:     " + shell_join(srun_command(plan.world_size, cfg)))
