@@ -111,10 +111,11 @@ def find_plan(run_dir: str | os.PathLike, summary: dict, extra_plans: Iterable[s
                                 f"the launcher's plan file{', --plan files' if extra_plans else ''})")
 
 
-def load_measured_runs(run_dirs: Iterable[str | os.PathLike],
-                       extra_plans: Iterable[str | os.PathLike] = ()) -> tuple[list[MeasuredRun], list[str]]:
-    """Run folders as rows of the measured-runs table (status ok, a measured step time, a plan),
-    and the skipped ones with the reason."""
+def load_measured_runs(run_dirs: Iterable[str | os.PathLike], extra_plans: Iterable[str | os.PathLike] = (),
+                       statuses: tuple[str, ...] = ("ok",)) -> tuple[list[MeasuredRun], list[str]]:
+    """Run folders as rows of the measured-runs table (a status in ``statuses``, a measured step
+    time, a plan), and the skipped ones with the reason. ``contended`` runs (a rank waited for a
+    CPU) are left out unless asked for: more ranks than cores flag every run of a plan so."""
     runs, skipped = [], []
     extra_plans = list(extra_plans)
     for d in run_dirs:
@@ -122,10 +123,10 @@ def load_measured_runs(run_dirs: Iterable[str | os.PathLike],
             skipped.append(f"{d}: not a run folder (no summary.json)")
             continue
         summary = read_json_object(Path(d) / "summary.json", "run_dir", f"{d} has no summary.json")
-        if summary.get("status") != "ok":
+        if summary.get("status") not in statuses:
             skipped.append(f"{d}: status {summary.get('status')}")
             continue
-        run = run_folder_run(d, find_plan(d, summary, extra_plans))
+        run = run_folder_run(d, find_plan(d, summary, extra_plans), statuses)
         if isinstance(run, str):
             skipped.append(run)
         else:
@@ -213,6 +214,20 @@ def _solve(runs, base, names, runtime):
                         diff_step=1e-4, xtol=1e-10, ftol=1e-12, gtol=1e-12, max_nfev=200 * (len(names) + 1))
     fitted = {n: float(_from_x(n, float(v))) for n, v in zip(names, res.x)}
     return fitted, bool(res.success), str(res.message), res
+
+
+WEAK_RELATIVE_SD = 0.5
+"""A fitted value whose standard deviation exceeds this share of it is not determined by the runs."""
+
+
+def _weakness(name: str, value: float, sd: float | None) -> str:
+    """Why a fitted value is not determined by the runs ("" when it is)."""
+    lo, hi = _BOUNDS[name]
+    if value <= lo * (1 + 1e-6) or value >= hi * (1 - 1e-6):
+        return f"not determined by these runs (the fit ran to its bound, {value:.3g})"
+    if sd is not None and sd > WEAK_RELATIVE_SD * abs(value):
+        return f"not determined by these runs (fitted {value:.3g} +/- {sd:.2g})"
+    return ""
 
 
 def _uncertainty(names, res, n_runs: int) -> dict[str, float | None]:
@@ -340,7 +355,16 @@ def fit_profile(runs: list[MeasuredRun], base: NodeSpec, *, params: Iterable[str
     chosen, fixed = choose_params(runs, base, names, runtime)
     require(bool(chosen), "params", "no parameter can be identified from these runs ("
             + "; ".join(f"{k}: {v}" for k, v in fixed.items()) + ")")
-    fitted, ok, msg, res = _solve(runs, base, chosen, runtime)
+    while True:  # drop what the fit cannot pin down (wide uncertainty or stuck at a bound), refit
+        fitted, ok, msg, res = _solve(runs, base, chosen, runtime)
+        sd = _uncertainty(chosen, res, len(runs))
+        weak = {n: _weakness(n, fitted[n], sd[n]) for n in chosen}
+        weak = {n: w for n, w in weak.items() if w}
+        if not weak or len(chosen) == 1:
+            break
+        worst = max(weak, key=lambda n: (sd[n] or 0.0) / max(abs(fitted[n]), 1e-30))
+        fixed[worst] = weak[worst]
+        chosen = tuple(n for n in chosen if n != worst)
     node = apply_params(base, fitted)
     before = tuple(100.0 * (predict_run(r, base, runtime).step_time_s / r.measured_step_time_s - 1) for r in runs)
     preds = [predict_run(r, node, runtime) for r in runs]

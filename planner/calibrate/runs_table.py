@@ -152,12 +152,12 @@ FOLDER_MEMORY_SOURCES = {"cuda_allocated": "allocated", "cpu_allocated": "alloca
 the allocators' peaks are allocated tensor bytes; the process RSS growth is what the OS sees."""
 
 
-def run_folder_run(run_dir: str | os.PathLike, plan) -> MeasuredRun | str:
+def run_folder_run(run_dir: str | os.PathLike, plan, statuses: tuple[str, ...] = ("ok",)) -> MeasuredRun | str:
     """A run folder of ``clusterplan run`` as a table row, or why it cannot be one."""
     summary = read_json_object(Path(run_dir) / "summary.json", "run_dir", f"{run_dir} has no summary.json")
     measured = summary.get("measured") or {}
     step = measured.get("step_time_s")
-    if summary.get("status") != "ok" or not isinstance(step, (int, float)) or step <= 0:
+    if summary.get("status") not in statuses or not isinstance(step, (int, float)) or step <= 0:
         return f"{run_dir}: status {summary.get('status')}, measured step time {step}"
     memory = measured.get("peak_memory_bytes")
     source = FOLDER_MEMORY_SOURCES.get(measured.get("peak_memory_source") or "", "")
