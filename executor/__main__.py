@@ -95,7 +95,7 @@ def run(args) -> int:
                 summary = records.summarize(records.read_records(out), plan.to_dict(), args.steps, args.warmup,
                                             plan.prediction, status="failed", error=error,
                                             rank=None if peer else rank, oom=oom)
-                records.write_summary(out, summary)
+                records.write_rank_summary(out, summary)
         print(f"executor rank {rank}: {line}", file=sys.stderr)
         if dist.is_initialized():
             try:
@@ -200,7 +200,7 @@ def _steps(args, plan, rank, world, local_rank, writer, fault, device, backend, 
         everything = [r for part in gathered for r in part]
         summary = records.summarize(everything, plan.to_dict(), args.steps, args.warmup,
                                     plan.prediction, contention_factor=args.contention_factor)
-        records.write_summary(args.out, summary)
+        records.write_rank_summary(args.out, summary)
     writer.write("end", status="ok")
     barrier()
     dist.destroy_process_group()

@@ -227,6 +227,17 @@ def write_summary(out_dir: str | os.PathLike, summary: dict) -> Path:
     return atomic_write_json(Path(out_dir) / SUMMARY, summary)
 
 
+def write_rank_summary(out_dir: str | os.PathLike, summary: dict) -> bool:
+    """A rank's summary, unless the launcher already wrote a final one (a run it stopped on a
+    signal): a rank that outlived its launcher never turns "failed" back into "ok". Returns
+    whether it was written."""
+    existing = read_summary(out_dir)
+    if existing is not None and (existing.get("launcher") or {}).get("final"):
+        return False
+    write_summary(out_dir, summary)
+    return True
+
+
 def read_summary(out_dir: str | os.PathLike) -> dict | None:
     """The run folder's summary, or None when it has none, it is unreadable, not a JSON object,
     or of a schema version this code does not know."""

@@ -58,3 +58,52 @@ def test_out_of_memory_reported(tmp_path):
     assert rc == 1
     assert summary["status"] == "failed" and summary["oom"] is True and summary["rank"] == 0
     assert summary["error"].startswith("out of memory")
+
+
+def test_sigterm_to_the_launcher_stops_every_rank(tmp_path):
+    """SIGTERM to `clusterplan run` stops torchrun and both ranks within seconds; the summary says
+    failed with the signal, and no rank outlives the launcher to rewrite it."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    plan = make_plan(tiny_spec("gpt"), dp=2, global_batch=4)
+    path = plan.save(tmp_path / "plan.json")
+    out = tmp_path / "run"
+    root = str(Path(__file__).resolve().parent.parent)
+    proc = subprocess.Popen([sys.executable, "-m", "planner.cli", "run", str(path), "--out", str(out), "--steps",
+                             "400", "--warmup", "1", "--device", "cpu"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env=dict(os.environ, PYTHONPATH=root))
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:  # wait until the ranks are stepping
+        records = out / "records.jsonl"
+        if records.exists() and '"kind": "step"' in records.read_text():
+            break
+        time.sleep(0.2)
+    else:
+        proc.kill()
+        pytest.fail("the run never started stepping")
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=20) == 1
+    time.sleep(1.0)
+
+    def ours():
+        found = []
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                except OSError:
+                    continue
+                if str(out) in cmd and "executor" in cmd:
+                    found.append(cmd)
+        return found
+
+    assert not ours(), "ranks outlived the launcher"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "failed" and "SIGTERM" in summary["error"]
+    assert summary["launcher"]["final"] is True
+    for line in (out / "records.jsonl").read_text().splitlines():
+        json.loads(line)  # every line intact

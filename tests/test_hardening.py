@@ -148,3 +148,14 @@ def test_a_live_lock_stops_a_second_run(tmp_path):
     (tmp_path / ".lock").write_text("999999999")  # a dead process's lock is taken over
     with run_lock(tmp_path):
         pass
+
+
+def test_a_rank_never_rewrites_the_launchers_final_summary(tmp_path):
+    from planner import records
+
+    records.write_summary(tmp_path, {"schema_version": 1, "status": "failed", "launcher": {"final": True}})
+    assert not records.write_rank_summary(tmp_path, {"schema_version": 1, "status": "ok"})
+    assert records.read_summary(tmp_path)["status"] == "failed"
+    other = tmp_path / "other"
+    other.mkdir()
+    assert records.write_rank_summary(other, {"schema_version": 1, "status": "ok"})

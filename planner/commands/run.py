@@ -15,6 +15,7 @@ import dataclasses
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -200,7 +201,9 @@ def _launch(plan, cfg: LaunchConfig, out: Path, echo) -> tuple[int, dict | None]
     cfg = dataclasses.replace(cfg, plan_path=str(plan_copy))  # the ranks copy its prediction
     cmd = torchrun_command(plan.world_size, cfg)
     env = subprocess_env(OMP_NUM_THREADS=str(cfg.threads), PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    # torchrun and its ranks in a process group of their own, so a signal to this launcher stops them all
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                            start_new_session=True)
     captured: list[str] = []
 
     def pump():
@@ -212,15 +215,77 @@ def _launch(plan, cfg: LaunchConfig, out: Path, echo) -> tuple[int, dict | None]
 
     reader = threading.Thread(target=pump, daemon=True)
     reader.start()
-    try:
-        rc = proc.wait()
-    except KeyboardInterrupt:
-        proc.terminate()
+    with stop_group_on_signals(proc) as stopped:
         rc = proc.wait()
     reader.join(timeout=5)
+    if stopped:
+        return 1, stopped_summary(out, plan, cfg, stopped[0], cmd)
     summary = finalize(out, plan, cfg, rc, "".join(captured), cmd)
     status = (summary or {}).get("status")
     return (0 if rc == 0 and status in ("ok", "contended") else 1), summary
+
+
+STOP_GRACE_S = 5.0
+"""After SIGTERM the run's process group gets this long before SIGKILL (torchrun forwards the
+signal to its ranks; a rank stuck in a collective only dies to SIGKILL)."""
+
+
+@contextlib.contextmanager
+def stop_group_on_signals(proc: subprocess.Popen):
+    """While inside: SIGTERM, SIGINT or SIGHUP to this launcher stop torchrun and every rank (the
+    process group ``proc`` leads: SIGTERM, then SIGKILL after :data:`STOP_GRACE_S`). Yields a
+    list that holds the signal's name once one arrived."""
+    stopped: list[str] = []
+    previous = {}
+
+    def stop(signum, _frame):
+        if not stopped:
+            stopped.append(signal.Signals(signum).name)
+        kill_group(proc)
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        try:
+            previous[sig] = signal.signal(sig, stop)
+        except ValueError:  # not the main thread: the caller handles its own signals
+            pass
+    try:
+        yield stopped
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def kill_group(proc: subprocess.Popen) -> None:
+    """SIGTERM to ``proc``'s process group, SIGKILL to what is left after the grace period."""
+    try:
+        pgid = os.getpgid(proc.pid)
+    except ProcessLookupError:
+        return
+    for sig, wait_s in ((signal.SIGTERM, STOP_GRACE_S), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(pgid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=wait_s)
+        except subprocess.TimeoutExpired:
+            continue
+        try:  # torchrun gone: its ranks may linger a moment; the group must be empty
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return
+
+
+def stopped_summary(out: Path, plan, cfg: LaunchConfig, signal_name: str, command: list[str]) -> dict:
+    """The summary of a run this launcher stopped on a signal: failed, the signal named, marked
+    final so no rank may overwrite it (planner.records.write_rank_summary)."""
+    from planner import records
+
+    summary = records.summarize(records.read_records(out), plan.to_dict(), cfg.steps, cfg.warmup, plan.prediction,
+                                status="failed", error=f"stopped by {signal_name} to clusterplan run", rank=None)
+    summary["launcher"] = {"exit_code": None, "command": command, "signal": signal_name, "final": True}
+    records.write_summary(out, summary)
+    return summary
 
 
 def register(subparsers) -> None:
