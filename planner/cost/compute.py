@@ -23,7 +23,7 @@ from functools import lru_cache
 
 from planner.cost.flops import layer_forward_flops
 from planner.cost.runtime import Runtime
-from planner.cost import framework as fw
+from planner.cost.stacks import stack_of
 from planner.hardware import DeviceSpec, FrameworkSpec
 from planner.model import ModelSpec
 
@@ -180,7 +180,6 @@ def layer_times(model: ModelSpec, micro_batch: int, seq_len: int, tp: int, cp: i
     bwd_w = 0.0
 
     # --- projection GEMMs (Megatron column/row parallel: N or K split by tp) ---
-    f = model.expert_ffn if model.is_moe else model.ffn_hidden_size
     for m_, n_, k_ in block_gemm_shapes(model, T, tp):
         tf, tb = _gemm(rates, m_, n_, k_, bpe)
         fwd += tf
@@ -226,53 +225,22 @@ def layer_times(model: ModelSpec, micro_batch: int, seq_len: int, tp: int, cp: i
     fwd += core_f
     bwd_in += core_b
 
-    # --- element-wise ops (memory-bound) ---
-    frame = rates.framework
-    if frame is not None:  # the executor's own eager ops, counted (their per-op costs below)
-        ew_fwd_s, ew_bwd_s = rates.elementwise(fw.block_elementwise_bytes(model, T, rows, tp, bpe), bpe)
-        fwd += ew_fwd_s
-        bwd_in += ew_bwd_s
-    else:  # Megatron's fused kernels (Korthikanti et al. 2022, sec. 4)
-        mask = 1 if model.dropout > 0 else 0
-        ew_bytes = 0.0
-        kernels = 0
-        ew_bytes += 2 * (2 * bpe * rows * h)           # two norms: read x, write y
-        ew_bytes += 2 * ((3 * bpe + mask) * rows * h)  # two fused bias-dropout-add: x, bias/res, out (+mask)
-        kernels += 4
-        if model.mlp == "swiglu":
-            ew_bytes += 3 * bpe * T * f / tp * (model.top_k if model.is_moe else 1)
-        else:
-            ew_bytes += 2 * bpe * T * f / tp * (model.top_k if model.is_moe else 1)
-        kernels += 1
-        if model.position == "rope":
-            ew_bytes += 2 * bpe * T * (q + kv) / tp
-            kernels += 1
-        fwd += rates.memory(ew_bytes, kernels)
-        bwd_in += rates.memory(2 * ew_bytes, kernels)
-
-    if frame is not None:  # the executor's compute runs slower inside its step than in the benches
-        sf, sb = frame.step_scale("forward"), frame.step_scale("backward")
-        fwd, bwd_in, bwd_w, core_f, core_b = fwd * sf, bwd_in * sb, bwd_w * sb, core_f * sf, core_b * sb
+    # --- element-wise ops (memory-bound), the stack's in-step speed and its per-op costs ---
+    stack = stack_of(rates)
+    ew_fwd_s, ew_bwd_s = stack.block_elementwise_s(model, T, rows, tp, bpe, rates)
+    fwd += ew_fwd_s
+    bwd_in += ew_bwd_s
+    fwd, core_f = stack.in_step("forward", fwd, core_f)
+    bwd_in, bwd_w, core_b = stack.in_step("backward", bwd_in, bwd_w, core_b)
     if recompute == "full":
         recompute_s = fwd
     elif recompute == "selective":
         recompute_s = core_f
     else:
         recompute_s = 0.0
-    if frame is not None:
-        # the executor's aten ops of this block (recomputed ones are in the backward count)
-        # and, under TP, the DTensor cost of each sharded linear
-        n_f, n_b = fw.block_ops(model, recompute)
-        fwd += rates.ops(n_f, frame.op_forward_s)
-        bwd_in += rates.ops(n_b, frame.op_backward_s)
-        if tp > 1:
-            lin = fw.linears_per_block(model)
-            tp_f, tp_b = frame.tp_module_s(bpe * T * h)
-            fwd += rates.ops(lin, tp_f)
-            bwd_in += rates.ops(lin, tp_b)
-            if sequence_parallel:
-                fwd += rates.ops(1, frame.sp_block_forward_s)
-                bwd_in += rates.ops(1, frame.sp_block_backward_s)
+    extra_f, extra_b = stack.block_extras_s(model, recompute, tp, sequence_parallel, bpe * T * h, rates)
+    fwd += extra_f
+    bwd_in += extra_b
     return LayerTimes(fwd_s=fwd, bwd_input_s=bwd_in, bwd_weight_s=bwd_w, recompute_s=recompute_s,
                       core_fwd_s=core_f, core_bwd_s=core_b)
 
@@ -288,14 +256,10 @@ def embedding_times(model: ModelSpec, micro_batch: int, seq_len: int, tp: int, c
     pos = 2 if model.position == "learned" else 1
     fwd = rates.memory((pos + 1) * bpe * T * h + (1 if model.dropout > 0 else 0) * T * h, 2)
     bwd = rates.memory(2 * pos * bpe * T * h, 2)
-    frame = rates.framework
-    if frame is not None:
-        fwd, bwd = fwd * frame.step_scale("forward"), bwd * frame.step_scale("backward")
-    if frame is not None and tp > 1:  # the executor's vocabulary-parallel embedding is a TP module
-        tp_f, tp_b = frame.tp_module_s(bpe * T * h)
-        fwd += rates.ops(1, tp_f)
-        bwd += rates.ops(1, tp_b)
-    return fwd, bwd
+    stack = stack_of(rates)
+    (fwd,), (bwd,) = stack.in_step("forward", fwd), stack.in_step("backward", bwd)
+    extra_f, extra_b = stack.embedding_extras_s(tp, bpe * T * h, rates)
+    return fwd + extra_f, bwd + extra_b
 
 
 @lru_cache(maxsize=16384)
@@ -310,29 +274,17 @@ def head_times(model: ModelSpec, micro_batch: int, seq_len: int, tp: int, cp: in
     V = model.vocab_size
     rows = T / tp if sequence_parallel else T
     tf, tb = _gemm(rates, T, V / tp, h, bpe)
-    frame = rates.framework
-    if frame is not None:  # the executor's final norm (eager RMSNorm or fused LayerNorm)
-        norm_fwd_bytes, norm_bwd_bytes = fw.norm_bytes_per_element(model, bpe)
-        norm_f, norm_b = rates.elementwise({fw.norm_kind(model): (
-            norm_fwd_bytes * rows * h, norm_bwd_bytes * rows * h, norm_fwd_bytes * rows * h)}, bpe)
-    else:
-        norm_f = rates.memory(2 * bpe * rows * h)
-        norm_b = 2 * norm_f
+    stack = stack_of(rates)
+    norm_f, norm_b = stack.final_norm_s(model, rows, bpe, rates)
     logits = T * V / tp
     ce_f = rates.memory((bpe + 4 + 4) * logits, 3)   # cast to fp32, exp/sum, loss
     ce_b = rates.memory((4 + bpe) * logits, 1)       # softmax - onehot -> grad in compute dtype
     fwd = tf + norm_f + ce_f
     bwd_in = tb + norm_b + ce_b
-    if frame is not None:
-        sf, sb = frame.step_scale("forward"), frame.step_scale("backward")
-        fwd, bwd_in, tb = fwd * sf, bwd_in * sb, tb * sb
-        n_f, n_b = fw.edge_ops(model)  # embedding + final norm + head + loss, counted here
-        fwd += rates.ops(n_f, frame.op_forward_s)
-        bwd_in += rates.ops(n_b, frame.op_backward_s)
-        if tp > 1:
-            tp_f, tp_b = frame.tp_module_s(bpe * T * h)
-            fwd += rates.ops(1, tp_f)
-            bwd_in += rates.ops(1, tp_b)
+    (fwd,), (bwd_in, tb) = stack.in_step("forward", fwd), stack.in_step("backward", bwd_in, tb)
+    extra_f, extra_b = stack.head_extras_s(model, tp, bpe * T * h, rates)
+    fwd += extra_f
+    bwd_in += extra_b
     return fwd, bwd_in, tb
 
 
