@@ -16,19 +16,14 @@ from dataclasses import dataclass
 
 from planner.cost import framework as fw
 from planner.cost.comm import GroupShape, collective_time, p2p_time
-from planner.cost.compute import (LayerTimes, Rates, activation_bytes_per_element, embedding_times,
-                                  head_times, layer_times)
+from planner.cost.compute import LayerTimes, Rates, embedding_times, head_times, layer_times
+from planner.cost.precision import activation_bytes_per_element, weight_bytes_per_param
 from planner.cost.runtime import Runtime
 from planner.cost.zero3_prefetch import gathered_tensors_per_layer, per_tensor_prefetch_exposed
+from planner.executor_rules import ties_embeddings, uses_fsdp
 from planner.hardware import NodeSpec
 from planner.model import ModelSpec
 from planner.plan import ParallelConfig, group_node_spread
-from planner.executor_rules import ties_embeddings, uses_fsdp
-
-
-def weight_bytes_per_param(precision: str) -> float:
-    """Bytes of one working weight copy (what ZeRO-3 gathers): fp32, else half precision."""
-    return 4.0 if precision == "fp32" else 2.0
 
 
 def group_shape(P: ParallelConfig, axis: str, gpus_per_node: int) -> GroupShape:

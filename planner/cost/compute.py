@@ -22,22 +22,11 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from planner.cost.flops import layer_forward_flops
+from planner.cost.precision import activation_bytes_per_element, compute_dtype
 from planner.cost.runtime import Runtime
 from planner.cost.stacks import stack_of
 from planner.hardware import DeviceSpec, FrameworkSpec
 from planner.model import ModelSpec
-
-
-def compute_dtype(precision: str) -> str:
-    """Peak column used for matmuls: fp32 training uses the plain FP32 rate (PyTorch default
-    ``allow_tf32=False`` for matmuls), mixed precision its half-precision dtype."""
-    return precision
-
-
-def activation_bytes_per_element(precision: str) -> int:
-    """Activations are stored in the compute dtype: 4 bytes for fp32, 2 for bf16/fp16, and 2
-    for fp8 (FP8 training keeps activations in bf16; only GEMM inputs are cast)."""
-    return 4 if precision == "fp32" else 2
 
 
 @dataclass(frozen=True)

@@ -2,17 +2,12 @@
 the backward pass. ZeRO-3 / FSDP reduce block by block instead (:mod:`planner.cost.block`)."""
 from __future__ import annotations
 
-from planner.cost.block import shards_per_block, weight_bytes_per_param
+from planner.cost.block import shards_per_block
 from planner.cost.comm import GroupShape, collective_time
 from planner.cost.compute import Rates
+from planner.cost.precision import grad_bytes_per_param, weight_bytes_per_param
 from planner.cost.runtime import Runtime
 from planner.hardware import NodeSpec
-
-
-def grad_bytes_per_param(precision: str) -> float:
-    """Bytes per gradient element reduced over dp: fp16 / fp8 runs reduce in half precision,
-    fp32 and bf16 (Megatron's fp32 gradient accumulation) in fp32."""
-    return 2.0 if precision in ("fp16", "fp8") else 4.0
 
 
 def dp_reduction_s(node: NodeSpec, rates: Rates, g: GroupShape, *, precision: str, sharding: str, tp: int,

@@ -23,16 +23,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from planner.cost import framework as fw
-from planner.cost.compute import activation_bytes_per_element
-from planner.model import ModelSpec
+from planner.cost.precision import activation_bytes_per_element, state_bytes_per_param
 from planner.executor_rules import ties_embeddings
-
-
-def state_bytes_per_param(precision: str) -> tuple[float, float, float]:
-    """(weights, grads, optimizer) bytes per parameter for Adam."""
-    if precision == "fp32":
-        return 4.0, 4.0, 8.0
-    return 2.0, 2.0, 12.0
+from planner.model import ModelSpec
 
 
 def shard_divisors(sharding: str, dp: int) -> tuple[int, int, int]:

@@ -11,12 +11,12 @@ import time
 from planner.cost import framework as fw
 from planner.cost.data_parallel import dp_reduction_s, exposed_s
 from planner.cost.memory import (executor_saved_logits_bytes_per_token, executor_untied_head_params,
-                                 logits_bytes_per_token, peak_transients, shard_divisors,
-                                 state_bytes_per_param)
+                                 logits_bytes_per_token, peak_transients, shard_divisors)
 from planner.cost.optimizer import fused_optimizer_s, optimizer_traffic_s
+from planner.cost.precision import state_bytes_per_param
 from planner.cost.step import predict
-from planner.plan import ParallelConfig
 from planner.executor_rules import ties_embeddings
+from planner.plan import ParallelConfig
 from planner.search.costs import (Costs, LayerCost, balanced_layers, core_shape, rank_layers, rank_layers_min,
                                   zb_bound)
 from planner.search.results import RankedPlan, Rejected, RejectionCount, same_plan_but_storage, twin_note

@@ -9,8 +9,9 @@ from functools import lru_cache
 
 from planner.cost.block import block_cost, shard_comm_s, shards_per_block
 from planner.cost.comm import GroupShape, p2p_time
-from planner.cost.compute import LayerTimes, activation_bytes_per_element, make_rates
+from planner.cost.compute import LayerTimes, make_rates
 from planner.cost.memory import layer_activation_bytes
+from planner.cost.precision import activation_bytes_per_element
 from planner.cost.runtime import Runtime, effective_runtime
 from planner.hardware import NodeSpec
 from planner.model import ModelSpec

@@ -22,7 +22,8 @@ import time
 from dataclasses import dataclass
 
 from planner.cluster import Cluster, as_cluster
-from planner.cost.memory import shard_divisors, state_bytes_per_param
+from planner.cost.memory import shard_divisors
+from planner.cost.precision import state_bytes_per_param
 from planner.cost.prediction import Prediction
 from planner.cost.runtime import Runtime, bind_runtime
 from planner.cost.step import peak_memory, predict

@@ -1,0 +1,34 @@
+"""Bytes per element and per parameter of each training precision (the facts every cost module
+shares): fp32 training keeps everything in 4 bytes; mixed precision (bf16 / fp16 / fp8) keeps
+activations and the working weights in 2, an fp32 master copy and Adam's moments (ZeRO, Sec. 3)."""
+from __future__ import annotations
+
+
+def compute_dtype(precision: str) -> str:
+    """Peak column used for matmuls: fp32 training uses the plain FP32 rate (PyTorch default
+    ``allow_tf32=False`` for matmuls), mixed precision its half-precision dtype."""
+    return precision
+
+
+def activation_bytes_per_element(precision: str) -> int:
+    """Activations are stored in the compute dtype: 4 bytes for fp32, 2 for bf16/fp16, and 2
+    for fp8 (FP8 training keeps activations in bf16; only GEMM inputs are cast)."""
+    return 4 if precision == "fp32" else 2
+
+
+def weight_bytes_per_param(precision: str) -> float:
+    """Bytes of one working weight copy (what ZeRO-3 gathers): fp32, else half precision."""
+    return 4.0 if precision == "fp32" else 2.0
+
+
+def grad_bytes_per_param(precision: str) -> float:
+    """Bytes per gradient element reduced over dp: fp16 / fp8 runs reduce in half precision,
+    fp32 and bf16 (Megatron's fp32 gradient accumulation) in fp32."""
+    return 2.0 if precision in ("fp16", "fp8") else 4.0
+
+
+def state_bytes_per_param(precision: str) -> tuple[float, float, float]:
+    """(weights, grads, optimizer) bytes per parameter for Adam."""
+    if precision == "fp32":
+        return 4.0, 4.0, 8.0
+    return 2.0, 2.0, 12.0
