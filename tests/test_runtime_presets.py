@@ -46,12 +46,13 @@ def test_less_overlap_is_never_faster():
 # --- DeepSpeed-2021 ZeRO-3 parameter coordinator, simulated module by module ---
 
 def _exposed(model, node, P, rt, lt, g):
-    from planner.cost.compute import make_rates
+    from planner.cost.compute import block_gemm_forward_times, make_rates
     from planner.cost.zero3_prefetch import per_tensor_prefetch_exposed
     rates = make_rates(node.device, P.precision, 8, None)
-    return per_tensor_prefetch_exposed(model, node, rt, lt, rates, g, 0.0, tp=P.tp, cp=P.cp,
-                                       micro_batch=P.micro_batch, seq_len=P.seq_len,
-                                       precision=P.precision, recompute=P.recompute)
+    gemm = block_gemm_forward_times(model, P.micro_batch, P.seq_len, P.tp, P.cp, P.precision, rates)
+    return per_tensor_prefetch_exposed(model, node, rt, lt, gemm, g, 0.0, tp=P.tp, precision=P.precision,
+                                       recompute=P.recompute)
+
 
 def _ds_case(mb=4, dp=384, **overrides):
     from planner.cost.compute import layer_times, make_rates

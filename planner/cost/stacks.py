@@ -13,7 +13,12 @@ runtime. The pricing code calls the stack; it does not ask which one it has.
 from __future__ import annotations
 
 from planner.cost import framework as fw
-from planner.hardware import FrameworkSpec
+from planner.cost.comm import GroupShape, collective_time
+from planner.cost.precision import grad_bytes_per_param, weight_bytes_per_param
+from planner.cost.runtime import Runtime
+from planner.cost.zero3_prefetch import gathered_tensors_per_layer, per_tensor_prefetch_exposed
+from planner.executor_rules import reshards_after_forward, ties_embeddings, uses_fsdp
+from planner.hardware import FrameworkSpec, NodeSpec
 from planner.model import ModelSpec
 
 
@@ -58,6 +63,72 @@ class FusedStack:
 
     def head_extras_s(self, model: ModelSpec, tp: int, tp_bytes: float, rates) -> tuple[float, float]:
         return 0.0, 0.0
+
+    # --- communication the stack adds per block and per step ---
+    def shards_per_block(self, sharding: str, tp: int, dp: int) -> bool:
+        """ZeRO-3 / FSDP gather parameters block by block over dp > 1."""
+        return sharding in ("zero3", "fsdp") and dp > 1
+
+    def tp_comm_s(self, model: ModelSpec, node: NodeSpec, act_bytes: float, g: GroupShape,
+                  sequence_parallel: bool) -> tuple[float, float]:
+        """Megatron (Shoeybi et al. 2019): 2 all-reduces each way per block (SP: all-gather +
+        reduce-scatter each, Korthikanti et al. 2022 Sec. 4.2.2), not overlapped."""
+        if sequence_parallel:
+            one = (collective_time("all_gather", act_bytes, g, node)
+                   + collective_time("reduce_scatter", act_bytes, g, node))
+        else:
+            one = collective_time("all_reduce", act_bytes, g, node)
+        return 2 * one, 2 * one
+
+    def tp_edge_s(self, model: ModelSpec, tokens: float, bpe: int, g: GroupShape,
+                  node: NodeSpec) -> tuple[float, float, float]:
+        """(embedding forward, head forward, head backward) TP communication besides the blocks':
+        none priced (Megatron's vocabulary-parallel edges are small next to the blocks')."""
+        return 0.0, 0.0, 0.0
+
+    def shard_comm_s(self, model: ModelSpec, node: NodeSpec, runtime: Runtime, lt, rates, g: GroupShape, *,
+                     tp: int, precision: str, sharding: str, recompute: str,
+                     gemm_s: tuple[float, ...] = ()) -> tuple[float, float]:
+        """Exposed (forward, backward) ZeRO-3 / FSDP communication of one block: one flat
+        parameter per block or, DeepSpeed 2021, one collective per tensor
+        (:mod:`planner.cost.zero3_prefetch`, which needs the block's GEMM times ``gemm_s``); hidden
+        behind the neighbouring compute where the runtime prefetches."""
+        size = model.layer_params() / tp * weight_bytes_per_param(precision)
+        compute_b = lt.bwd_s + lt.recompute_s
+        n_coll = gathered_tensors_per_layer(model, tp, runtime)
+        copies_s = g.size * node.device.kernel_overhead_s if runtime.list_collective_copies else 0.0
+
+        def coll(op: str) -> float:
+            lat = collective_time(op, 1.0, g, node)
+            return (collective_time(op, size, g, node, runtime.multi_rail) + (n_coll - 1) * lat
+                    + n_coll * copies_s)
+
+        ag = coll("all_gather")
+        gathers_b = 1 + (1 if (runtime.recompute_gathers_again and recompute == "full") else 0)
+        comm_f, comm_b = ag, gathers_b * ag + coll("reduce_scatter")
+        if runtime.shard_prefetch and runtime.gather_granularity == "per_tensor":
+            return per_tensor_prefetch_exposed(model, node, runtime, lt, gemm_s, g, copies_s, tp=tp,
+                                               precision=precision, recompute=recompute)
+        if runtime.shard_prefetch:
+            return max(0.0, comm_f - lt.fwd_s), max(0.0, comm_b - compute_b)
+        eta = runtime.shard_overlap_fraction  # a fraction of the shorter of comm and compute hides
+        return comm_f - eta * min(comm_f, lt.fwd_s), comm_b - eta * min(comm_b, compute_b)
+
+    def fsdp_edge_s(self, model: ModelSpec, node: NodeSpec, rates, g: GroupShape, *, tp: int, pp: int,
+                    precision: str, sharding: str) -> tuple[float, float, float, float]:
+        """Sharding units outside the blocks (none: the embedding and head shard with the first and
+        last block's gathers)."""
+        return 0.0, 0.0, 0.0, 0.0
+
+    def dp_reduction_s(self, node: NodeSpec, rates, g: GroupShape, *, precision: str, sharding: str, tp: int,
+                       pp: int, params: float, param_tensors: int) -> tuple[float, float, float]:
+        """(gradient reduction, ZeRO parameter all-gather, reducer work): all-reduce for DDP;
+        reduce-scatter and all-gather for ZeRO-1/2 (the distributed optimizer)."""
+        grad_bytes = params * grad_bytes_per_param(precision)
+        if sharding == "none":
+            return collective_time("all_reduce", grad_bytes, g, node), 0.0, 0.0
+        return (collective_time("reduce_scatter", grad_bytes, g, node),
+                collective_time("all_gather", params * weight_bytes_per_param(precision), g, node), 0.0)
 
 
 class ExecutorStack:
@@ -123,10 +194,87 @@ class ExecutorStack:
             bwd += rates.ops(1, tp_b)
         return fwd, bwd
 
+    # --- communication the stack adds per block and per step ---
+    def shards_per_block(self, sharding: str, tp: int, dp: int) -> bool:
+        """The executor runs FSDP2 (one unit per block) for zero2/zero3/fsdp and for any sharding
+        under TP (:func:`planner.executor_rules.uses_fsdp`)."""
+        return uses_fsdp(sharding, tp, dp)
+
+    def tp_comm_s(self, model: ModelSpec, node: NodeSpec, act_bytes: float, g: GroupShape,
+                  sequence_parallel: bool) -> tuple[float, float]:
+        """``executor/parallel/tp.py``: 2 forward all-reduces (SP: all-gather + reduce-scatter
+        each); backward one input-gradient all-reduce per column-parallel linear (Q, K, V, up,
+        gate are separate DTensor modules), with SP also the forward reduce-scatters' all-gathers."""
+        ar = collective_time("all_reduce", act_bytes, g, node)
+        if sequence_parallel:
+            ag = collective_time("all_gather", act_bytes, g, node)
+            rs = collective_time("reduce_scatter", act_bytes, g, node)
+            return 2 * (ag + rs), fw.colwise_per_block(model) * ar + 2 * ag
+        return 2 * ar, fw.colwise_per_block(model) * ar
+
+    def tp_edge_s(self, model: ModelSpec, tokens: float, bpe: int, g: GroupShape,
+                  node: NodeSpec) -> tuple[float, float, float]:
+        """The vocabulary-parallel embedding's and loss's all-reduces, the head's input gradient
+        (:func:`planner.cost.framework.tp_edge_comm_s`)."""
+        return fw.tp_edge_comm_s(model, tokens, bpe, g, node)
+
+    def shard_comm_s(self, model: ModelSpec, node: NodeSpec, runtime: Runtime, lt, rates, g: GroupShape, *,
+                     tp: int, precision: str, sharding: str, recompute: str,
+                     gemm_s: tuple[float, ...] = ()) -> tuple[float, float]:
+        """FSDP2, one unit per block: gather (again before backward unless ZeRO-2), reduce-scatter,
+        and each unit's measured per-micro-batch CPU work at ``rates``."""
+        size = model.layer_params() / tp * weight_bytes_per_param(precision)
+        ag = collective_time("all_gather", size, g, node)
+        rs = collective_time("reduce_scatter", size, g, node)
+        unit_f, unit_b = self.frame.fsdp_unit_s(size)
+        comm_f = ag + rates.ops(1, unit_f)
+        comm_b = (ag if reshards_after_forward(sharding) else 0.0) + rs + rates.ops(1, unit_b)
+        if runtime.shard_prefetch:
+            return max(0.0, comm_f - lt.fwd_s), max(0.0, comm_b - (lt.bwd_s + lt.recompute_s))
+        return comm_f, comm_b
+
+    def fsdp_edge_s(self, model: ModelSpec, node: NodeSpec, rates, g: GroupShape, *, tp: int, pp: int,
+                    precision: str, sharding: str) -> tuple[float, float, float, float]:
+        """(embedding forward, backward, head forward, backward) of the FSDP2 units outside the
+        blocks: the root unit (and the untied embedding's) gather before forward (again before
+        backward when resharding), reduce-scatter the gradients, plus each unit's own cost."""
+        if not uses_fsdp(sharding, tp, g.size):
+            return 0.0, 0.0, 0.0, 0.0
+        w_b = weight_bytes_per_param(precision)
+        tied = ties_embeddings(model, tp, pp)
+        reshard = reshards_after_forward(sharding)
+
+        def unit(params: float) -> tuple[float, float]:
+            ag = collective_time("all_gather", params * w_b, g, node)
+            rs = collective_time("reduce_scatter", params * w_b, g, node)
+            unit_f, unit_b = self.frame.fsdp_unit_s(params * w_b)
+            return ag + rates.ops(1, unit_f), (ag if reshard else 0.0) + rs + rates.ops(1, unit_b)
+
+        emb_params = model.embedding_params() / tp
+        head_params = (model.head_params() if not tied else model.hidden_size * (2 if model.bias else 1)) / tp
+        if tied:
+            hf, hb = unit(emb_params + head_params)
+            return 0.0, 0.0, hf, hb
+        ef, eb = unit(emb_params)
+        hf, hb = unit(head_params)
+        return ef, eb, hf, hb
+
+    def dp_reduction_s(self, node: NodeSpec, rates, g: GroupShape, *, precision: str, sharding: str, tp: int,
+                       pp: int, params: float, param_tensors: int) -> tuple[float, float, float]:
+        """DDP's all-reduce (ZeRO-1 too: DDP plus ZeroRedundancyOptimizer's parameter broadcasts)
+        and, without pipelining, DDP's reducer (hooks, buckets) at its calibrated cost."""
+        grad_bytes = params * grad_bytes_per_param(precision)
+        red = collective_time("all_reduce", grad_bytes, g, node)
+        gather = (0.0 if sharding == "none"
+                  else collective_time("all_gather", params * weight_bytes_per_param(precision), g, node))
+        reducer = rates.ops(1, self.frame.ddp_reducer_s(param_tensors, grad_bytes)) if pp == 1 else 0.0
+        return red, gather, reducer
+
 
 FUSED = FusedStack()
 
 
-def stack_of(rates) -> FusedStack | ExecutorStack:
-    """The stack the rates price (module docstring)."""
-    return FUSED if rates.framework is None else ExecutorStack(rates.framework)
+def stack_of(priced) -> FusedStack | ExecutorStack:
+    """The stack that ``priced`` (a node or the rates made from it: both carry ``framework``)
+    is priced with (module docstring)."""
+    return FUSED if priced.framework is None else ExecutorStack(priced.framework)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from planner.cluster import as_cluster, load_cluster
 from planner.cost import framework as fw
-from planner.cost.block import BlockCost, block_cost, fsdp_edge_s, group_shape, shard_comm_s
+from planner.cost.block import BlockCost, block_cost, group_shape, shard_comm_s
 from planner.cost.comm import p2p_time
 from planner.cost.compute import Rates, make_rates
 from planner.cost.data_parallel import dp_reduction_s, exposed_s
@@ -31,6 +31,7 @@ from planner.cost.memory import StageMemory, stage_memories, stage_parameters
 from planner.cost.optimizer import optimizer_s, param_tensors
 from planner.cost.prediction import Prediction, StagePrediction, TimeBreakdown
 from planner.cost.runtime import Runtime, bind_runtime, effective_runtime
+from planner.cost.stacks import stack_of
 from planner.errors import InputError, require
 from planner.hardware import ClusterSpec, NodeSpec
 from planner.profile_yaml import load_profile
@@ -133,8 +134,8 @@ def site_block(model: ModelSpec, site: Site, runtime: Runtime, rates: Rates) -> 
     z3_f, z3_b = shard_comm_s(model, node, runtime, bc.lt, rates, dp_group, tp=P.tp, cp=P.cp,
                               micro_batch=P.micro_batch, seq_len=P.seq_len, precision=P.precision,
                               sharding=P.sharding, recompute=P.recompute)
-    ef, eb, hf, hb = fsdp_edge_s(model, node, rates, dp_group, tp=P.tp, pp=P.pp, precision=P.precision,
-                                 sharding=P.sharding)
+    ef, eb, hf, hb = stack_of(node).fsdp_edge_s(model, node, rates, dp_group, tp=P.tp, pp=P.pp,
+                                                precision=P.precision, sharding=P.sharding)
     return SiteBlock(bc, z3_f, z3_b, bc.emb_f + ef, bc.emb_b + eb, bc.head_f + hf, bc.head_bi + hb, bc.head_bw)
 
 

@@ -4,7 +4,6 @@ per-tensor gather pays latency for."""
 from __future__ import annotations
 
 from planner.cost.comm import GroupShape, collective_time
-from planner.cost.compute import LayerTimes, Rates, block_gemm_forward_times
 from planner.cost.runtime import Runtime
 from planner.hardware import NodeSpec
 from planner.model import ModelSpec
@@ -32,9 +31,8 @@ def block_modules(model: ModelSpec, tp: int, threshold: int) -> list[int]:
 
 
 
-def per_tensor_prefetch_exposed(model: ModelSpec, node: NodeSpec, runtime: Runtime, lt: LayerTimes,
-                                rates: Rates, g: GroupShape, copies_s: float, *, tp: int, cp: int,
-                                micro_batch: int, seq_len: int, precision: str, recompute: str
+def per_tensor_prefetch_exposed(model: ModelSpec, node: NodeSpec, runtime: Runtime, lt, gemm_s: tuple[float, ...],
+                                g: GroupShape, copies_s: float, *, tp: int, precision: str, recompute: str
                                 ) -> tuple[float, float]:
     """Exposed ZeRO-3 time per block (forward, backward) of DeepSpeed's 2021 stage-3 parameter
     coordinator, simulated module by module over the block's trace.
@@ -56,8 +54,10 @@ def per_tensor_prefetch_exposed(model: ModelSpec, node: NodeSpec, runtime: Runti
 
     Compute per module: its projection GEMM (x2 in backward: dgrad and wgrad); the attention
     core runs in the QKV module's forward phase and in the output projection's backward phase;
-    the element-wise remainder is spread evenly over the modules."""
-    gemm = list(block_gemm_forward_times(model, micro_batch, seq_len, tp, cp, precision, rates))
+    the element-wise remainder is spread evenly over the modules. ``lt``: the block's
+    :class:`planner.cost.compute.LayerTimes`; ``gemm_s``: its projection GEMMs' forward times
+    (:func:`planner.cost.compute.block_gemm_forward_times`)."""
+    gemm = list(gemm_s)
     sizes = block_modules(model, tp, runtime.param_persistence_threshold)
     n = len(sizes)
     if not any(sizes):

@@ -106,7 +106,7 @@ class Costs:
 
     def fsdp_blocks(self, sharding: str, tp: int, dp: int) -> bool:
         """Whether predict() charges per-block parameter gathers (:func:`planner.cost.block.shards_per_block`)."""
-        return shards_per_block(self.fw, sharding, tp, dp)
+        return shards_per_block(self.node, sharding, tp, dp)
 
     def p2p(self, act: float, tp: int, pp: int, pp_stride: int) -> float:
         key = (act, tp, pp, pp_stride)
