@@ -309,7 +309,7 @@ def test_executor_ddp_reducer_costs_per_gradient_byte_only_where_ddp_runs():
 
     grads = 4.0 * max(stage_parameters(MODEL, ddp))
     assert extra == pytest.approx(1e-9 * grads, rel=1e-6)
-    from planner.cost.optimizer import param_tensors
+    from planner.cost.framework import param_tensors
 
     per_tensor = predict(MODEL, cl(ddp_param_s=1e-4), ddp).step_time_s - predict(MODEL, cl(), ddp).step_time_s
     assert per_tensor == pytest.approx(1e-4 * param_tensors(MODEL, ddp), rel=1e-6)

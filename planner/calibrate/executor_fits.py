@@ -20,7 +20,8 @@ def reference_prediction(model, node: NodeSpec, parallel, ranks_busy: int | None
     from planner.cost.compute import make_rates
     from planner.cost.block import group_shape
     from planner.cost.memory import stage_parameters
-    from planner.cost.optimizer import optimizer_s, param_tensors
+    from planner.cost.optimizer import optimizer_s
+    from planner.cost.framework import param_tensors
     from planner.cost.runtime import EXECUTOR_RUNTIME, effective_runtime
     from planner.cost.step import plan_sites, stage_times
     from planner.hardware import ClusterSpec

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 from planner.cost.comm import GroupShape, collective_time
 from planner.hardware import NodeSpec
+from planner.executor_rules import ties_embeddings
 from planner.model import ModelSpec
 
 ADAM_OPS_PER_PARAM = 10
@@ -222,6 +223,20 @@ def edge_param_tensors(model: ModelSpec, tied: bool) -> tuple[int, int]:
     norm_tensors = 2 if (model.norm == "layernorm" and model.bias) else 1
     last = norm_tensors + (0 if tied else 1)
     return first, last
+
+
+def param_tensors(model: ModelSpec, P, ranks: tuple[int, ...] | None = None) -> int:
+    """Parameter tensors of the busiest pipeline rank (of ``ranks``, default all) in the executor."""
+    layers = P.layers_per_stage(model.n_layers)
+    n_vs, pp = P.pp * P.vpp, P.pp
+    first, last = edge_param_tensors(model, ties_embeddings(model, P.tp, pp))
+    best = 0
+    for r in (range(pp) if ranks is None else ranks):
+        ks = list(range(r, n_vs, pp))
+        n = sum(layers[k] for k in ks) * block_param_tensors(model)
+        n += (first if 0 in ks else 0) + (last if n_vs - 1 in ks else 0)
+        best = max(best, n)
+    return best
 
 
 def model_param_tensors(model: ModelSpec, tied: bool) -> int:

@@ -21,6 +21,10 @@ from planner.executor_rules import reshards_after_forward, ties_embeddings, uses
 from planner.hardware import FrameworkSpec, NodeSpec
 from planner.model import ModelSpec
 
+OPTIMIZER_BYTES_PER_PARAM = 28.0
+"""Fused Adam's traffic per local parameter: read fp32 master, m, v and the fp32 gradient (16),
+write master, m, v (12); the bf16 weight copy is written from the master in the same pass."""
+
 
 class FusedStack:
     """A fused production stack (see the module docstring)."""
@@ -119,6 +123,15 @@ class FusedStack:
         """Sharding units outside the blocks (none: the embedding and head shard with the first and
         last block's gathers)."""
         return 0.0, 0.0, 0.0, 0.0
+
+    # --- the optimizer step ---
+    def optimizer_s(self, model: ModelSpec, P, rates, local_params: float, ranks) -> float:
+        """A fused (multi-tensor) AdamW: :data:`OPTIMIZER_BYTES_PER_PARAM` per local parameter at
+        the memory-bound rate, two kernels per virtual stage's parameter group."""
+        return rates.memory(local_params * OPTIMIZER_BYTES_PER_PARAM, 2 * max(1, P.pp * P.vpp))
+
+    def optimizer_lower_bound_s(self, rates, local_params: float, n_virtual_stages: int) -> float:
+        return rates.memory(local_params * OPTIMIZER_BYTES_PER_PARAM, 2 * max(1, n_virtual_stages))
 
     def dp_reduction_s(self, node: NodeSpec, rates, g: GroupShape, *, precision: str, sharding: str, tp: int,
                        pp: int, params: float, param_tensors: int) -> tuple[float, float, float]:
@@ -269,6 +282,42 @@ class ExecutorStack:
                   else collective_time("all_gather", params * weight_bytes_per_param(precision), g, node))
         reducer = rates.ops(1, self.frame.ddp_reducer_s(param_tensors, grad_bytes)) if pp == 1 else 0.0
         return red, gather, reducer
+
+    # --- the optimizer step ---
+    def optimizer_traffic_s(self, rates, local_params: float, params_per_tensor: float | None) -> float:
+        """``AdamW(foreach=False)``'s bytes (:data:`planner.cost.framework.ADAMW_BYTES_PER_PARAM`)
+        at the profile's ``adamw`` rate for tensors of ``params_per_tensor`` (None: the fastest
+        measured size, a lower bound), or the fused bytes at the pooled memory-bound rate without
+        one; times the in-step factor."""
+        points = self.frame.elementwise_points("adamw", "fp32")
+        if points is None:
+            traffic_s = rates.memory(local_params * OPTIMIZER_BYTES_PER_PARAM, 0)
+        else:
+            call_bytes = (max(points, key=lambda pt: pt[1])[0] if params_per_tensor is None
+                          else fw.ADAMW_BYTES_PER_PARAM * params_per_tensor)
+            traffic_s = rates.elementwise({"adamw": (fw.ADAMW_BYTES_PER_PARAM * local_params, 0.0, call_bytes)}, 4)[0]
+        return traffic_s * self.frame.step_scale("optimizer")
+
+    def optimizer_s(self, model: ModelSpec, P, rates, local_params: float, ranks) -> float:
+        """Its traffic plus ~10 aten ops per parameter tensor, DTensor parameters under TP / FSDP2,
+        ZeroRedundancyOptimizer's per-parameter bookkeeping (ZeRO-1 steps whole tensors per rank)."""
+        tensors = fw.param_tensors(model, P, ranks)
+        fsdp = uses_fsdp(P.sharding, P.tp, P.dp)
+        zero1 = P.sharding == "zero1" and P.dp > 1 and not fsdp
+        stepped = tensors / P.dp if zero1 else tensors
+        t = self.optimizer_traffic_s(rates, local_params, local_params / max(1, stepped))
+        t += rates.ops(stepped * fw.ADAM_OPS_PER_PARAM, self.frame.op_optimizer_s)
+        if P.tp > 1:
+            t += rates.ops(tensors, self.frame.tp_optimizer_param_s)
+        elif fsdp:
+            t += rates.ops(tensors, self.frame.fsdp_optimizer_param_s)
+        if zero1:
+            t += rates.ops(tensors, self.frame.zero1_param_s)
+        return t
+
+    def optimizer_lower_bound_s(self, rates, local_params: float, n_virtual_stages: int) -> float:
+        """The traffic at the fastest measured tensor size (per-op costs are >= 0)."""
+        return self.optimizer_traffic_s(rates, local_params, None)
 
 
 FUSED = FusedStack()

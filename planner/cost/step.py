@@ -27,16 +27,17 @@ from planner.cost.comm import p2p_time
 from planner.cost.compute import Rates, make_rates
 from planner.cost.data_parallel import dp_reduction_s, exposed_s
 from planner.cost.flops import step_flops
+from planner.cost.framework import param_tensors
 from planner.cost.memory import StageMemory, stage_memories, stage_parameters
-from planner.cost.optimizer import optimizer_s, param_tensors
+from planner.cost.optimizer import optimizer_s
 from planner.cost.prediction import Prediction, StagePrediction, TimeBreakdown
 from planner.cost.runtime import Runtime, bind_runtime, effective_runtime
 from planner.cost.stacks import stack_of
 from planner.errors import InputError, require
 from planner.hardware import ClusterSpec, NodeSpec
-from planner.profile_yaml import load_profile
 from planner.model import ModelSpec
 from planner.plan import DEFAULT_ORDER, ParallelConfig, Plan
+from planner.profile_yaml import load_profile
 from planner.schedule_estimate import PipelineEstimate, closed_form_in_flight, estimate
 
 TIMELINE_TASK_LIMIT = 20000

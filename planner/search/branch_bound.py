@@ -12,7 +12,7 @@ from planner.cost import framework as fw
 from planner.cost.data_parallel import dp_reduction_s, exposed_s
 from planner.cost.memory import (executor_saved_logits_bytes_per_token, executor_untied_head_params,
                                  logits_bytes_per_token, peak_transients, shard_divisors)
-from planner.cost.optimizer import fused_optimizer_s, optimizer_traffic_s
+from planner.cost.optimizer import optimizer_lower_bound_s
 from planner.cost.precision import state_bytes_per_param
 from planner.cost.step import predict
 from planner.executor_rules import ties_embeddings
@@ -157,10 +157,7 @@ class BranchAndBound:
 
     def optimizer_s(self, tp: int, pp: int, v: int, o_div: int) -> float:
         most, _ = self.max_rank_params(tp, pp, v)
-        rates = self.costs.rates
-        if rates.framework is not None:  # predict's traffic at its fastest size (per-op costs are >= 0)
-            return optimizer_traffic_s(rates, most / o_div, None)
-        return fused_optimizer_s(rates, most / o_div, pp * v)
+        return optimizer_lower_bound_s(self.costs.rates, most / o_div, pp * v)
 
     def dp_exposed(self, tp: int, pp: int, dp: int, v: int, sh: str, dp_stride: int,
                    window_of_rank) -> float:
