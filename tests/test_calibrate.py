@@ -9,10 +9,10 @@ import pytest
 import yaml
 
 from planner.calibrate.profile import SCHEMA, build_profile, bus_bytes, fit_alpha_beta, load_results
-from planner.profile_yaml import profile_yaml
 from planner.cli import main
+from planner.cost.stacks import stack_for
 from planner.hardware import GB
-from planner.profile_yaml import load_profile, parse_profile
+from planner.profile_yaml import load_profile, parse_profile, profile_yaml
 
 FIXTURE = Path(__file__).parent / "fixtures" / "runs" / "bench" / "quick-results.json"
 
@@ -274,7 +274,7 @@ def _synthetic_framework(node, planted, wide: bool = False, concurrency: bool = 
     memory = []
     for b in (2, 8):
         cfg = ParallelConfig(micro_batch=b, global_batch=b, seq_len=128, precision="fp32")
-        (_, _, sm), = stage_memories(model, cfg, node.device, [1], "flash", framework=no_mem)
+        (_, _, sm), = stage_memories(model, cfg, node.device, [1], "flash", stack=stack_for(no_mem))
         memory.append({"micro_batch": b, "peak_minus_baseline_bytes":
                        (1 + planted.fragmentation_fraction) * sm.total_bytes + planted.training_overhead_bytes})
     return {"ops": ops, "reference": reference, "memory": memory}

@@ -298,7 +298,8 @@ def test_zero_bubble_first_stage_runs_its_whole_backward_as_w_and_others_pay_the
     assert w == pytest.approx([1.5 * 7 + a, 1.5 * (5 + 0.2 * 11) + a])
     f, b, w = fw.pipeline_actions([10.0, 20.0], [4.0, 6.0], [3.0, 5.0], spec, rates, "1f1b")
     assert b == pytest.approx([6 + a, 9 + a]) and w == pytest.approx([4.5, 7.5])
-    assert fw.pipeline_actions([1.0], [2.0], [3.0], None, rates, "zb") == ([1.0], [2.0], [3.0])
+    from planner.cost.stacks import FUSED
+    assert FUSED.pipeline_actions([1.0], [2.0], [3.0], rates, "zb") == ([1.0], [2.0], [3.0])
 
 
 def test_executor_ddp_reducer_costs_per_gradient_byte_only_where_ddp_runs():

@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import dataclasses
 
+from planner.calibrate.executor_fits import CONCURRENCY_PAIRS, STEP_SHAPES, constant_and_per_byte, fit_concurrency, fit_pipeline, fit_step_slowdowns, measured_step_memory, reference_prediction, two_point_line, wide_config
+from planner.cost.stacks import stack_for
 from planner.errors import require
-from planner.hardware import GB, FrameworkSpec, NodeSpec
 from planner.executor_rules import fsdp_units
-from planner.calibrate.executor_fits import (CONCURRENCY_PAIRS, STEP_SHAPES, constant_and_per_byte,
-                                             fit_concurrency, fit_pipeline, fit_step_slowdowns,
-                                             measured_step_memory, reference_prediction, two_point_line,
-                                             wide_config)
+from planner.hardware import FrameworkSpec, GB, NodeSpec
 
 
 def elementwise_rates(rows: list[dict], per_op_s: dict[str, float]) -> tuple[tuple, list[str]]:
@@ -275,7 +273,7 @@ def build_framework(fw_results: dict, node: NodeSpec) -> tuple[FrameworkSpec, di
         for m in mem:
             cfg = ParallelConfig(micro_batch=m["micro_batch"], global_batch=m["micro_batch"], seq_len=s,
                                  precision="fp32")
-            (_, _, sm), = stage_memories(model, cfg, node.device, [1], "flash", framework=no_mem)
+            (_, _, sm), = stage_memories(model, cfg, node.device, [1], "flash", stack=stack_for(no_mem))
             pts.append((sm.total_bytes, float(measured_step_memory(m))))
         (t1, m1), (t2, m2) = pts[0], pts[-1]
         slope = (m2 - m1) / (t2 - t1) if t2 > t1 else 1.0

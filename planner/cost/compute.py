@@ -24,7 +24,7 @@ from functools import lru_cache
 from planner.cost.flops import layer_forward_flops
 from planner.cost.precision import activation_bytes_per_element, compute_dtype
 from planner.cost.runtime import Runtime
-from planner.cost.stacks import stack_of
+from planner.cost.stacks import stack_for, stack_of
 from planner.hardware import DeviceSpec, FrameworkSpec
 from planner.model import ModelSpec
 
@@ -106,18 +106,17 @@ def make_rates(device: DeviceSpec, precision: str, ranks_per_node: float,
     calibrated ``framework`` (CPU profile) the per-kernel overhead is not added per GEMM /
     element-wise kernel: the executor's counted ops pay the framework's per-op costs instead
     (:mod:`planner.cost.framework`)."""
+    stack = stack_for(framework)
     share = concurrent = gemm_concurrent = 1.0
     if device.host_cores > 0:
         share = min(1.0, device.host_cores / max(1, ranks_per_node))
-        if framework is not None and ranks_per_node > 1:  # ranks running at once share caches
-            concurrent = 1.0 + framework.concurrent_slowdown
-            gemm_concurrent = 1.0 + framework.concurrent_gemm_slowdown
+        concurrent, gemm_concurrent = stack.concurrency(ranks_per_node)  # ranks at once share caches
     peak = device.peak_flops(compute_dtype(precision))
     # FP8 recipes (Transformer Engine) run attention in bf16
     attn_dtype = "bf16" if precision == "fp8" and device.supports("bf16") else compute_dtype(precision)
     return Rates(device=device, peak_flops=peak, attention_peak_flops=device.peak_flops(attn_dtype),
                  mem_bw=device.hbm_bandwidth_bytes_per_s * device.memory_bound_efficiency,
-                 overhead_s=0.0 if framework is not None else device.kernel_overhead_s, share=share,
+                 overhead_s=stack.kernel_overhead_s(device), share=share,
                  dtype=compute_dtype(precision), attention_dtype=attn_dtype, framework=framework,
                  concurrent=concurrent, gemm_concurrent=gemm_concurrent)
 

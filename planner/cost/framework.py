@@ -275,10 +275,8 @@ def pipeline_actions(fwd_s: list[float], bwd_s: list[float], w_s: list[float], f
     needs no gradient, so its B does nothing and its W runs the whole (fused) backward; every
     other stage splits it (``stage_backward_input``, then ``stage_backward_weight`` walking the
     retained graph again), which costs ``zb_split_slowdown`` of the fused backward more, booked
-    on W. Other schedules fold W into B. Without a framework section (GPU profiles) the work is
-    returned unchanged. ``predict`` and the search's bound both use it."""
-    if framework is None:
-        return fwd_s, bwd_s, w_s
+    on W. Other schedules fold W into B. ``predict`` and the search's bound both use it (through
+    :class:`planner.cost.stacks.ExecutorStack`)."""
     scale = 1.0 + framework.pp_compute_slowdown
     action = rates.ops(1, framework.pp_action_s)
     fwd = [scale * f + action for f in fwd_s]
@@ -289,16 +287,6 @@ def pipeline_actions(fwd_s: list[float], bwd_s: list[float], w_s: list[float], f
     wgt = [scale * (bwd_s[0] + w_s[0]) + action] + [scale * (w + split * (b + w)) + action
                                                      for b, w in zip(bwd_s[1:], w_s[1:])]
     return fwd, bwd, wgt
-
-
-def executor_in_flight(framework, schedule: str, pp: int, num_micro_batches: int,
-                       counted: tuple[int, ...]) -> tuple[int, ...]:
-    """The in-flight counts the memory model uses: the executor's zero-bubble graphs
-    (:func:`zb_in_flight`) for a profile with a ``framework:`` section, else ``counted`` (the
-    schedule's own count)."""
-    if framework is not None and schedule == "zb":
-        return zb_in_flight(pp, num_micro_batches)
-    return counted
 
 
 def tp_edge_comm_s(model: ModelSpec, tokens: float, bytes_per_element: float, group: GroupShape,

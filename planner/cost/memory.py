@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 from planner.cost import framework as fw
 from planner.cost.precision import activation_bytes_per_element, state_bytes_per_param
+from planner.cost.stacks import FUSED
 from planner.executor_rules import ties_embeddings
 from planner.model import ModelSpec
 
@@ -233,14 +234,13 @@ def stage_parameters(model: ModelSpec, parallel) -> list[float]:
 
 
 def stage_memories(model: ModelSpec, parallel, device, in_flight, attention: str,
-                   framework=None) -> list:
+                   stack=FUSED) -> list:
     """Per pipeline rank ``(rank, layers, StageMemory)`` given the micro-batches in flight per
     rank (from the schedule).
 
-    framework: a calibrated :class:`planner.hardware.FrameworkSpec` (CPU profile): its
-    measured fragmentation and per-process training overhead replace the device's, and the
-    executor's own structure applies (DTensor SP keeps gathered linear inputs, its loss
-    buffers, a tied head untied under TP)."""
+    stack: :mod:`planner.cost.stacks`: its fragmentation and per-process overhead; under the
+    executor's the executor's own structure applies (DTensor SP keeps gathered linear inputs,
+    its loss buffers, a tied head untied under TP, the zero-bubble gradients held to W)."""
     P = parallel
     tp, pp, n_vs = P.tp, P.pp, P.pp * P.vpp
     b, s = P.micro_batch, P.seq_len
@@ -248,7 +248,7 @@ def stage_memories(model: ModelSpec, parallel, device, in_flight, attention: str
     params_all = stage_parameters(model, P)
     layer_params_rank = model.layer_params() / tp
     last_rank = (n_vs - 1) % pp
-    executor = framework is not None
+    executor = stack.executor
     one_layer = layer_activation_bytes(model, b, s, tp, P.cp, P.sequence_parallel, P.recompute,
                                        P.precision, attention, executor=executor)
     full_layer = (layer_activation_bytes(model, b, s, tp, P.cp, P.sequence_parallel, "none",
@@ -271,8 +271,7 @@ def stage_memories(model: ModelSpec, parallel, device, in_flight, attention: str
         if zb_pending:  # output gradients held from B to W of the micro-batches pending W
             act += zb_pending[r] * tokens * executor_zb_held_grad_bytes_per_token(
                 model, n_layers_r, r == last_rank, tp, P.sequence_parallel, P.precision)
-        reserved = device.reserved_bytes if framework is None else framework.training_overhead_bytes
-        frag = device.fragmentation_fraction if framework is None else framework.fragmentation_fraction
+        reserved, frag = stack.reserved_bytes(device), stack.fragmentation(device)
         mem = stage_memory(params=params_all[r] + (untied_head if r == last_rank else 0.0),
                            layer_params=layer_params_rank, activation_bytes=act,
                            logits_bytes=logits, precision=P.precision, sharding=P.sharding, dp=P.dp,

@@ -203,8 +203,8 @@ def default_runtime(node: NodeSpec) -> Runtime:
 def bind_runtime(cluster: ClusterSpec, runtime: Runtime | None) -> tuple[ClusterSpec, Runtime]:
     """``cluster`` as ``runtime`` sees it, and the runtime (None: :func:`default_runtime` of the
     first node type). Only the executor runtime reads a profile's ``framework:`` section (and
-    needs one); any other runtime gets the nodes without it, so the cost model's executor
-    branches (``node.framework is not None``) mean exactly "the executor runtime"."""
+    needs one); any other runtime gets the nodes without it, so the stack a node is priced with
+    (:func:`planner.cost.stacks.stack_of`: the executor's or a fused one) is the runtime's."""
     if runtime is None:
         runtime = default_runtime(cluster.groups[0].node)
     if runtime.executor:

@@ -124,6 +124,31 @@ class FusedStack:
         last block's gathers)."""
         return 0.0, 0.0, 0.0, 0.0
 
+    # --- the host, the pipelining runtime and memory ---
+    def kernel_overhead_s(self, device) -> float:
+        """Launch and dispatch cost added per kernel (the device's)."""
+        return device.kernel_overhead_s
+
+    def concurrency(self, ranks_per_node: float) -> tuple[float, float]:
+        """(memory-bound, GEMM) slowdown of ranks computing at once on a host: none measured."""
+        return 1.0, 1.0
+
+    def pipeline_actions(self, fwd_s: list, bwd_s: list, w_s: list, rates, schedule: str) -> tuple[list, list, list]:
+        """Per virtual stage (forward, backward-input, weight-gradient) action times: the work."""
+        return fwd_s, bwd_s, w_s
+
+    def in_flight(self, schedule: str, pp: int, num_micro_batches: int, counted: tuple[int, ...]) -> tuple[int, ...]:
+        """Micro-batches whose activations each rank holds at its peak: the schedule's count."""
+        return counted
+
+    def reserved_bytes(self, device) -> float:
+        """Memory a rank holds besides its tensors (CUDA context, workspaces: the device's)."""
+        return device.reserved_bytes
+
+    def fragmentation(self, device) -> float:
+        """The allocator's share on top of the tensors (the device's)."""
+        return device.fragmentation_fraction
+
     # --- the optimizer step ---
     def optimizer_s(self, model: ModelSpec, P, rates, local_params: float, ranks) -> float:
         """A fused (multi-tensor) AdamW: :data:`OPTIMIZER_BYTES_PER_PARAM` per local parameter at
@@ -319,11 +344,44 @@ class ExecutorStack:
         """The traffic at the fastest measured tensor size (per-op costs are >= 0)."""
         return self.optimizer_traffic_s(rates, local_params, None)
 
+    # --- the host, the pipelining runtime and memory ---
+    def kernel_overhead_s(self, device) -> float:
+        """None per kernel: the executor's counted ops pay its measured per-op costs instead."""
+        return 0.0
+
+    def concurrency(self, ranks_per_node: float) -> tuple[float, float]:
+        """The measured slowdown of ranks computing at once (shared caches and memory bandwidth)."""
+        if ranks_per_node > 1:
+            return 1.0 + self.frame.concurrent_slowdown, 1.0 + self.frame.concurrent_gemm_slowdown
+        return 1.0, 1.0
+
+    def pipeline_actions(self, fwd_s: list, bwd_s: list, w_s: list, rates, schedule: str) -> tuple[list, list, list]:
+        """``torch.distributed.pipelining``'s costs per action (:func:`planner.cost.framework.pipeline_actions`)."""
+        return fw.pipeline_actions(fwd_s, bwd_s, w_s, self.frame, rates, schedule)
+
+    def in_flight(self, schedule: str, pp: int, num_micro_batches: int, counted: tuple[int, ...]) -> tuple[int, ...]:
+        """The executor's zero-bubble schedule holds its graphs from F to W
+        (:func:`planner.cost.framework.zb_in_flight`); other schedules the schedule's count."""
+        return fw.zb_in_flight(pp, num_micro_batches) if schedule == "zb" else counted
+
+    def reserved_bytes(self, device) -> float:
+        """The measured per-process training overhead."""
+        return self.frame.training_overhead_bytes
+
+    def fragmentation(self, device) -> float:
+        """The measured allocator fragmentation."""
+        return self.frame.fragmentation_fraction
+
 
 FUSED = FusedStack()
 
 
+def stack_for(frame: FrameworkSpec | None) -> FusedStack | ExecutorStack:
+    """The stack of a node whose (bound) framework section is ``frame`` (module docstring)."""
+    return FUSED if frame is None else ExecutorStack(frame)
+
+
 def stack_of(priced) -> FusedStack | ExecutorStack:
-    """The stack that ``priced`` (a node or the rates made from it: both carry ``framework``)
-    is priced with (module docstring)."""
-    return FUSED if priced.framework is None else ExecutorStack(priced.framework)
+    """The stack that ``priced`` (a node, or the rates made for it: both carry ``framework``)
+    is priced with."""
+    return stack_for(priced.framework)

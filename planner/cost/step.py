@@ -21,7 +21,6 @@ import dataclasses
 from dataclasses import dataclass
 
 from planner.cluster import as_cluster, load_cluster
-from planner.cost import framework as fw
 from planner.cost.block import BlockCost, block_cost, group_shape, shard_comm_s
 from planner.cost.comm import p2p_time
 from planner.cost.compute import Rates, make_rates
@@ -92,8 +91,7 @@ def _validate(model: ModelSpec, cluster: ClusterSpec, P: ParallelConfig) -> tupl
                 f"tp*pp*dp*cp = {P.tp}*{P.pp}*{P.dp}*{P.cp} = {P.world_size} != nodes*gpus_per_node = "
                 f"{cluster.n_nodes}*{node.gpus_per_node} = {cluster.world_size}")
     sites = plan_sites(cluster, P)
-    require(len({s.node.framework is None for s in sites}) == 1 and (
-        len(sites) == 1 or sites[0].node.framework is None), "cluster",
+    require(len(sites) == 1 or not any(stack_of(s.node).executor for s in sites), "cluster",
             "a profile with a calibrated framework section cannot be mixed with other node types")
     for s in sites:
         s.P.validate_for(model)
@@ -203,7 +201,7 @@ def stage_times(model: ModelSpec, cluster: ClusterSpec, sites: tuple[Site, ...],
         bwd_s.append(bi)
         w_s.append(w)
     if pp > 1:  # the executor's pipelining runtime on every F, B (and W) action
-        fwd_s, bwd_s, w_s = fw.pipeline_actions(fwd_s, bwd_s, w_s, sites[0].node.framework, rates[0], P.schedule)
+        fwd_s, bwd_s, w_s = stack_of(sites[0].node).pipeline_actions(fwd_s, bwd_s, w_s, rates[0], P.schedule)
     if P.schedule == "zb":
         sched_b, sched_w = bwd_s, w_s
     else:
@@ -345,12 +343,13 @@ def rank_memories(model: ModelSpec, sites: tuple[Site, ...], runtimes, schedule:
                   in_flight: tuple[int, ...]) -> list[tuple[int, StageMemory, float]]:
     """Per pipeline rank (its layers, its peak memory, its device's memory) with ``in_flight``
     micro-batches' activations held per rank (the schedule's count; the executor's own where
-    its runtime differs, :func:`planner.cost.framework.executor_in_flight`)."""
+    its runtime differs, :meth:`planner.cost.stacks.ExecutorStack.in_flight`)."""
     P = sites[0].P
     per_rank: list = [None] * P.pp
     for s, rt in zip(sites, runtimes):
-        flight = fw.executor_in_flight(s.node.framework, schedule, P.pp, P.num_micro_batches, in_flight)
-        rows = stage_memories(model, s.P, s.node.device, flight, rt.attention, framework=s.node.framework)
+        stack = stack_of(s.node)
+        flight = stack.in_flight(schedule, P.pp, P.num_micro_batches, in_flight)
+        rows = stage_memories(model, s.P, s.node.device, flight, rt.attention, stack=stack)
         for r in s.ranks:
             per_rank[r] = (rows[r][1], rows[r][2], s.node.device.hbm_bytes)
     return per_rank

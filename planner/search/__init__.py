@@ -91,16 +91,14 @@ def uneven_split(model: ModelSpec, cluster: ClusterSpec, P: ParallelConfig,
     flight = [float(m) if P.schedule == "gpipe" else float(min(pp - k, m)) for k in range(pp)]
     mem = [[lp * state + lc.layer_act * flight[k]] * L for k in range(pp)]
     dev = node.device
-    frame = node.framework
-    reserved = dev.reserved_bytes if frame is None else frame.training_overhead_bytes
-    frag = dev.fragmentation_fraction if frame is None else frame.fragmentation_fraction
+    reserved, frag = costs.stack.reserved_bytes(dev), costs.stack.fragmentation(dev)
     limits = [(dev.hbm_bytes - reserved) / (1 + frag)
               - lc.layer_act_full - (2 * lp * wb if w_div > 1 else 0.0)] * pp
     emb_p = model.embedding_params() / P.tp
     head_p = (model.head_params() + (model.vocab_size * model.hidden_size if model.tied_embeddings else 0)) / P.tp
     # conservative: the logits are charged on top of the block working set (predict() takes the
     # larger of the two, planner.cost.memory.peak_transients)
-    logits = (logits_bytes_per_token(model, P.tp, P.precision, frame is not None)
+    logits = (logits_bytes_per_token(model, P.tp, P.precision, costs.stack.executor)
               * P.micro_batch * (P.seq_len / P.cp))
     cut = partition_chain([per_layer] * L, mem, pp, limits,
                           first_extra=(lc.emb_f + lc.emb_b, emb_p * state),

@@ -46,9 +46,9 @@ class BranchAndBound:
         self._maxparams: dict = {}
         self._reductions: dict = {}
         self.state_bytes = state_bytes_per_param(precision)
-        frame = self.node.framework  # its measured fragmentation / overhead, as stage_memories()
-        self.frag = self.node.device.fragmentation_fraction if frame is None else frame.fragmentation_fraction
-        self.reserved = self.node.device.reserved_bytes if frame is None else frame.training_overhead_bytes
+        stack = self.costs.stack  # its fragmentation / overhead, as stage_memories() charges them
+        self.frag = stack.fragmentation(self.node.device)
+        self.reserved = stack.reserved_bytes(self.node.device)
 
     def reject(self, rej: Rejected, n: int) -> None:
         if n <= 0:
@@ -116,7 +116,7 @@ class BranchAndBound:
         w_div, g_div, o_div = shard_divisors(sh, dp)
         per_param = w_b / w_div + g_b / g_div + o_b / o_div
         gathered = 2 * self.costs.layer_params / tp * w_b if w_div > 1 else 0.0
-        executor = self.costs.fw is not None
+        executor = self.costs.stack.executor
         best, stage = 0.0, 0
         r = 0
         for n_r in ends:
@@ -196,7 +196,7 @@ class BranchAndBound:
         B[-1] += lc.head_bi
         W[-1] += lc.head_w
         if pp > 1:  # the pipelining runtime, as _stage_times adds it
-            F, B, W = fw.pipeline_actions(F, B, W, self.costs.fw, self.costs.rates, sched)
+            F, B, W = self.costs.stack.pipeline_actions(F, B, W, self.costs.rates, sched)
         best = 0.0
         pre = 0.0
         if sched == "zb":

@@ -12,6 +12,7 @@ from planner.cost.comm import GroupShape, p2p_time
 from planner.cost.compute import LayerTimes, make_rates
 from planner.cost.memory import layer_activation_bytes
 from planner.cost.precision import activation_bytes_per_element
+from planner.cost.stacks import stack_of
 from planner.cost.runtime import Runtime, effective_runtime
 from planner.hardware import NodeSpec
 from planner.model import ModelSpec
@@ -49,15 +50,14 @@ class Costs:
         # the runtime as predict() applies it on this host (no overlap where gloo shares the cores)
         self.rt = effective_runtime(runtime, node.device, min(node.gpus_per_node, world) if world > 1 else 0)
         self.gpn = node.gpus_per_node
-        # the node's calibrated framework section (CPU profile) as predict() uses it, so the
-        # bounds below charge the same per-op / TP-linear costs the prediction does
-        self.fw = node.framework
+        # the node's stack as predict() prices it, so the bounds charge the same terms
+        self.stack = stack_of(node)
         # an oversubscribed CPU host: predict() gives a busy rank up to a whole core while
         # others wait (its busy-fraction fixed point); a bound may not assume less
         ranks = min(self.gpn, world)
         if node.device.host_cores > 0:
             ranks = min(ranks, node.device.host_cores)
-        self.rates = make_rates(node.device, precision, ranks, self.fw)
+        self.rates = make_rates(node.device, precision, ranks, node.framework)
         self.bpe = activation_bytes_per_element(precision)
         self._layer: dict = {}
         self._z3: dict = {}
@@ -81,7 +81,7 @@ class Costs:
                         recompute=rc, sequence_parallel=sp, precision=self.prec,
                         tp_group=GroupShape(tp, *strided_group_spread(tp, 1, self.gpn)),
                         cp_group=GroupShape(cp, *strided_group_spread(cp, tp, self.gpn)))
-        executor = self.fw is not None
+        executor = self.stack.executor
         la = layer_activation_bytes(m, mb, s, tp, cp, sp, rc, self.prec, self.rt.attention, executor)
         la_full = (layer_activation_bytes(m, mb, s, tp, cp, sp, "none", self.prec, self.rt.attention, executor)
                    if rc == "full" else 0.0)
