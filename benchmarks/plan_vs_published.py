@@ -22,7 +22,6 @@ sys.path.insert(0, str(ROOT))
 from planner.commands.plan import explain  # noqa: E402
 from planner.cost.runtime import get_runtime  # noqa: E402
 from planner.cost.step import cluster_for, predict  # noqa: E402
-
 from planner.search import search  # noqa: E402
 from planner.search.results import RankedPlan  # noqa: E402
 from planner.validation import row_config  # noqa: E402

@@ -25,10 +25,9 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks.local_sweep_plans import SWEEP  # noqa: E402
+from planner.catalog import load_model  # noqa: E402
 from planner.cost.runtime import get_runtime  # noqa: E402
 from planner.cost.step import cluster_for, predict  # noqa: E402
-from planner.catalog import load_model  # noqa: E402
-
 from planner.validation import row_config, validate  # noqa: E402
 
 SEARCHES = (

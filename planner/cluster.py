@@ -30,9 +30,10 @@ from typing import Any
 
 
 from planner.errors import InputError, reject_unknown_keys
-from planner.hardware import GB, MICRO, ClusterSpec, LinkSpec, NodeGroup, NodeSpec
-from planner.profile_yaml import load_profile
+from planner.hardware import ClusterSpec, LinkSpec, NodeGroup, NodeSpec
 from planner.io import parse_yaml, read_input_text, resolve_named_yaml
+from planner.profile_yaml import load_profile
+from planner.units import GB, MICRO
 
 CLUSTERS_DIR = Path(__file__).resolve().parent.parent / "clusters"
 _TOP_KEYS = {"name", "description", "groups", "fabric"}

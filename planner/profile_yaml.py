@@ -16,10 +16,11 @@ from typing import Any, Iterable
 import yaml
 
 from planner.errors import InputError, reject_unknown_keys, require
-from planner.hardware import (FRAMEWORK_YAML, DTYPES, GB, GIB, MICRO, PROFILES_DIR, RATE_TABLES, TERA,
-                              DeviceSpec, EfficiencyCurve, FrameworkSpec, LinkSpec, MeasuredCollective,
-                              NodeSpec, RateTable)
+from planner.framework_spec import FRAMEWORK_YAML, FrameworkSpec, RATE_TABLES, RateTable
+from planner.hardware import (DeviceSpec, DTYPES, EfficiencyCurve, LinkSpec, MeasuredCollective, NodeSpec,
+                              PROFILES_DIR)
 from planner.io import atomic_write_text, parse_yaml, read_input_text, resolve_named_yaml
+from planner.units import GB, GIB, MICRO, TERA
 
 
 # ----- YAML parsing ---------------------------------------------------------------------------

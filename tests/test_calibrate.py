@@ -11,8 +11,8 @@ import yaml
 from planner.calibrate.profile import SCHEMA, build_profile, bus_bytes, fit_alpha_beta, load_results
 from planner.cli import main
 from planner.cost.stacks import stack_for
-from planner.hardware import GB
 from planner.profile_yaml import load_profile, parse_profile, profile_yaml
+from planner.units import GB
 
 FIXTURE = Path(__file__).parent / "fixtures" / "runs" / "bench" / "quick-results.json"
 
@@ -281,7 +281,7 @@ def _synthetic_framework(node, planted, wide: bool = False, concurrency: bool = 
 
 
 def test_framework_section_recovers_planted_costs(results, tmp_path):
-    from planner.hardware import FrameworkSpec
+    from planner.framework_spec import FrameworkSpec
 
     quiet = _quiet(results)
     node = build_profile(quiet).node
@@ -311,7 +311,7 @@ def test_framework_ddp_and_fsdp_split_constant_and_per_byte_with_the_wide_refere
     """DDP and FSDP2 at two widths (same parameter tensors and units, 3.4x the bytes) recover
     both planted terms of each; with the narrow DDP step alone all of its residual is charged
     per byte."""
-    from planner.hardware import FrameworkSpec
+    from planner.framework_spec import FrameworkSpec
 
     quiet = _quiet(results)
     node = build_profile(quiet).node
@@ -335,7 +335,7 @@ def test_framework_fits_both_concurrency_slowdowns_and_keeps_them_out_of_the_wra
     """The plain step alone and on both ranks at once at three shapes recover the planted GEMM
     and non-GEMM slowdowns of ranks at once; the 2-rank wrapper cases, predicted with those
     slowdowns, leave DDP, FSDP2 and TP their planted costs (nothing of the slowdown in them)."""
-    from planner.hardware import FrameworkSpec
+    from planner.framework_spec import FrameworkSpec
 
     quiet = _quiet(results)
     node = build_profile(quiet).node
@@ -368,7 +368,7 @@ def test_framework_recovers_the_planted_in_step_slowdowns(results):
     optimizer) than its benches' rates, with per-op costs on top: the plain one-rank steps at
     the three GPT-style shapes and the Llama-style one give those slowdowns back, per-op costs and wrapper costs untouched; with
     no slowdown planted the fit finds none."""
-    from planner.hardware import FrameworkSpec
+    from planner.framework_spec import FrameworkSpec
 
     quiet = _quiet(results)
     node = build_profile(quiet).node
@@ -398,7 +398,7 @@ def test_concurrency_fit_is_robust_to_one_outlying_pair(results):
 
     import planner.calibrate.executor_fits as cal
     from planner.calibrate.executor_fits import fit_concurrency
-    from planner.hardware import FrameworkSpec
+    from planner.framework_spec import FrameworkSpec
 
     quiet = _quiet(results)
     node = build_profile(quiet).node
@@ -429,7 +429,7 @@ def test_framework_recovers_the_pipelining_runtime_from_the_pp_steps(results, tm
     """1F1B at two shapes separate the per-action constant from the part proportional to the
     action's work; the zero-bubble step then gives the split backward's extra share; all three
     are written to the profile and read back."""
-    from planner.hardware import FrameworkSpec
+    from planner.framework_spec import FrameworkSpec
 
     quiet = _quiet(results)
     node = build_profile(quiet).node
@@ -457,7 +457,7 @@ def test_framework_recovers_the_pipelining_runtime_from_the_pp_steps(results, tm
 
 
 def test_framework_residuals_below_zero_clip_to_zero(results):
-    from planner.hardware import FrameworkSpec
+    from planner.framework_spec import FrameworkSpec
 
     quiet = _quiet(results)
     node = build_profile(quiet).node
@@ -521,7 +521,7 @@ def _elementwise_rows(planted, rate_gb_s):
     """executor.bench.elementwise rows a machine with per-kind rates ``rate_gb_s[kind](call_bytes)``
     (forward, backward GB/s) and ``planted``'s per-op costs would give: bytes / rate + ops x cost."""
     from planner.cost.framework import elementwise_bytes_per_element
-    from planner.hardware import ELEMENTWISE_CLASSES
+    from planner.framework_spec import ELEMENTWISE_CLASSES
 
     rows = []
     for kind in ELEMENTWISE_CLASSES:
@@ -567,7 +567,7 @@ def test_elementwise_rates_are_recovered_per_kind_and_size_and_written(results, 
     import math
 
     from planner.cost.framework import elementwise_bytes_per_element
-    from planner.hardware import FrameworkSpec
+    from planner.framework_spec import FrameworkSpec
 
     quiet = _quiet(results)
     node = build_profile(quiet).node
@@ -619,7 +619,7 @@ def test_elementwise_rates_are_recovered_per_kind_and_size_and_written(results, 
 ])
 def test_malformed_rate_tables_name_the_field(results, key, value, reason):
     from planner.errors import InputError
-    from planner.hardware import FrameworkSpec
+    from planner.framework_spec import FrameworkSpec
 
     quiet = _quiet(results)
     node = build_profile(quiet).node
@@ -658,7 +658,7 @@ def test_attention_rates_are_recovered_per_kind_width_and_length_and_written(res
     sequences faster): calibrate takes the per-op cost off, keeps one point per length under
     ``<kind>_d<width>``, and the profile reads back with them; a width between the measured ones
     takes the nearer one's rates."""
-    from planner.hardware import FrameworkSpec
+    from planner.framework_spec import FrameworkSpec
 
     quiet = _quiet(results)
     node = build_profile(quiet).node

@@ -5,8 +5,9 @@ import yaml
 
 from planner.cluster import Cluster, FabricSpec, load_cluster, parse_cluster
 from planner.errors import InputError
-from planner.hardware import GB, ClusterSpec
+from planner.hardware import ClusterSpec
 from planner.profile_yaml import load_profile
+from planner.units import GB
 
 ROOT = Path(__file__).resolve().parent.parent
 PROFILES = ROOT / "hardware_profiles"

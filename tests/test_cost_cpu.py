@@ -98,7 +98,7 @@ def test_gemm_uses_the_curve_of_its_dtype():
 
 # ----- calibrated framework section: the executor's building blocks --------------------------
 from planner.cost import framework as fw  # noqa: E402
-from planner.hardware import FrameworkSpec  # noqa: E402
+from planner.framework_spec import FrameworkSpec  # noqa: E402
 from planner.executor_rules import fsdp_units, ties_embeddings
 
 ZERO_FW = dict.fromkeys(FrameworkSpec.number_fields(), 0.0)

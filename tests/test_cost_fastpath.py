@@ -3,9 +3,9 @@ import itertools
 
 import pytest
 
+from planner.catalog import load_model
 from planner.cost.runtime import RUNTIME_PRESETS
 from planner.cost.step import cluster_for, lower_bound_step_time_s, peak_memory, predict
-from planner.catalog import load_model
 from planner.plan import ParallelConfig
 from planner.schedule import simulate
 from planner.schedule_estimate import closed_form_in_flight, closed_form_makespan, estimate

@@ -4,8 +4,8 @@ import pytest
 from planner.cost.comm import GroupShape, collective_time, ring_bus_factor
 from planner.cost.flops import megatron_eq3_flops, step_flops
 from planner.cost.memory import korthikanti_layer_bytes, layer_activation_bytes
-from planner.profile_yaml import load_profile
 from planner.model import ModelSpec
+from planner.profile_yaml import load_profile
 
 
 def gpt(l=24, h=2048, a=16, V=51200, s=2048):

@@ -9,7 +9,7 @@ import torch
 from executor.bench import elementwise as ew
 from executor.testing import ByteTally
 from planner.cost import framework as fw
-from planner.hardware import ELEMENTWISE_CLASSES
+from planner.framework_spec import ELEMENTWISE_CLASSES
 
 
 @pytest.mark.parametrize("kind", ELEMENTWISE_CLASSES)

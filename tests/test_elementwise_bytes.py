@@ -8,7 +8,7 @@ import torch
 from executor.model import Block
 from executor.testing import ByteTally
 from planner.cost import framework as fw
-from planner.hardware import ELEMENTWISE_CLASSES
+from planner.framework_spec import ELEMENTWISE_CLASSES
 from planner.presets import PRESETS
 
 @pytest.mark.parametrize("name", ["tiny-gpt", "tiny-llama"])

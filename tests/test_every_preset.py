@@ -4,8 +4,8 @@ import json
 import pytest
 
 from planner.cli import main
-from planner.profile_yaml import available_profiles, load_profile
 from planner.presets import PRESETS
+from planner.profile_yaml import available_profiles, load_profile
 
 
 def _tp_for(model, gpus_per_node):

@@ -10,8 +10,9 @@ import pytest
 import yaml
 
 from planner.errors import InputError
-from planner.hardware import GB, GIB, PROFILES_DIR, TERA
+from planner.hardware import PROFILES_DIR
 from planner.profile_yaml import available_profiles, load_profile, parse_profile
+from planner.units import GB, GIB, TERA
 
 REQUIRED = [
     "dgx2h-v100-32gb", "dgx-a100-40gb", "dgx-a100-80gb", "dgx-h100-80gb", "dgx-h200-141gb",

@@ -1,10 +1,10 @@
 """Heterogeneous clusters: faster devices get more layers; beats the homogeneous split."""
 import pytest
 
+from planner.catalog import load_model
 from planner.cluster import load_cluster
 from planner.cost.step import predict_plan
 from planner.search.hetero import search_hetero
-from planner.catalog import load_model
 
 
 @pytest.fixture(scope="module")

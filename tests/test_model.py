@@ -9,10 +9,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from planner.catalog import available_models, load_model, preset_for_published_row
 from planner.errors import InputError
 from planner.hf_config import spec_from_hf_config
 from planner.model import ModelSpec
-from planner.catalog import available_models, load_model, preset_for_published_row
 from planner.presets import PRESETS, PUBLISHED_MODEL_PRESETS
 
 FIXTURES = Path(__file__).parent / "fixtures" / "hf"

@@ -3,13 +3,13 @@ import dataclasses
 
 import pytest
 
-from planner.cost.comm import GroupShape, collective_time
 from planner.catalog import load_model
+from planner.cost.comm import GroupShape, collective_time
 from planner.cost.runtime import Runtime
 from planner.cost.step import cluster_for, predict
 from planner.cost.zero3_prefetch import block_modules, gathered_tensors_per_layer
-from planner.profile_yaml import load_profile
 from planner.plan import ParallelConfig
+from planner.profile_yaml import load_profile
 
 
 def test_single_rail_is_never_faster_and_is_k_times_the_inter_node_bytes():

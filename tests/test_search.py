@@ -4,10 +4,10 @@ import math
 
 import pytest
 
-from planner.cost.step import cluster_for, predict
-from planner.errors import InputError
 from planner.catalog import load_model
 from planner.cost.runtime import DEFAULT_RUNTIME
+from planner.cost.step import cluster_for, predict
+from planner.errors import InputError
 from planner.plan import ParallelConfig
 from planner.search import brute_force, search
 from planner.search.branch_bound import BranchAndBound

@@ -21,7 +21,7 @@ import torch
 from executor.bench.elementwise import ELEMENTWISE_POOL_BYTES, dtype_runs
 from executor.bench.framework import counted_timing
 from executor.model import attention_core
-from planner.hardware import ATTENTION_CLASSES
+from planner.framework_spec import ATTENTION_CLASSES
 
 Q_DIM = 256
 """Query width (heads x head width) of the tiny presets."""

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from executor.bench.framework import counted_timing
 from executor.model import RMSNorm, apply_rope, rope_tables
-from planner.hardware import ELEMENTWISE_CLASSES
+from planner.framework_spec import ELEMENTWISE_CLASSES
 
 SEQ_LEN, HIDDEN, FFN, HEADS = 256, 256, 1024, 8
 """The tiny presets' sequence, hidden and FFN widths; RoPE over 8 heads of 32."""

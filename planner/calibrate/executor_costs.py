@@ -5,11 +5,16 @@ from __future__ import annotations
 
 import dataclasses
 
-from planner.calibrate.executor_fits import CONCURRENCY_PAIRS, STEP_SHAPES, constant_and_per_byte, fit_concurrency, fit_pipeline, fit_step_slowdowns, measured_step_memory, reference_prediction, two_point_line, wide_config
+from planner.calibrate.executor_fits import (CONCURRENCY_PAIRS, STEP_SHAPES, constant_and_per_byte,
+                                             fit_concurrency, fit_pipeline, fit_step_slowdowns,
+                                             measured_step_memory, reference_prediction, two_point_line,
+                                             wide_config)
 from planner.cost.stacks import stack_for
 from planner.errors import require
 from planner.executor_rules import fsdp_units
-from planner.hardware import FrameworkSpec, GB, NodeSpec
+from planner.framework_spec import FrameworkSpec
+from planner.hardware import NodeSpec
+from planner.units import GB
 
 
 def elementwise_rates(rows: list[dict], per_op_s: dict[str, float]) -> tuple[tuple, list[str]]:

@@ -7,7 +7,8 @@ import dataclasses
 
 import numpy as np
 
-from planner.hardware import FrameworkSpec, NodeSpec
+from planner.framework_spec import FrameworkSpec
+from planner.hardware import NodeSpec
 
 
 def reference_prediction(model, node: NodeSpec, parallel, ranks_busy: int | None = None) -> dict[str, float]:

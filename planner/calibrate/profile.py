@@ -23,12 +23,13 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from planner.calibrate.executor_costs import build_framework
 from planner.errors import InputError, require
-from planner.hardware import (FRAMEWORK_YAML, GB, GIB, MICRO, PROFILES_DIR, DeviceSpec, EfficiencyCurve,
-                              LinkSpec, MeasuredCollective, NodeSpec)
+from planner.framework_spec import FRAMEWORK_YAML
+from planner.hardware import DeviceSpec, EfficiencyCurve, LinkSpec, MeasuredCollective, NodeSpec, PROFILES_DIR
 from planner.io import read_json_object
 from planner.profile_yaml import profile_yaml
-from planner.calibrate.executor_costs import build_framework
+from planner.units import GB, GIB, MICRO
 
 
 SCHEMA = "clusterplan-bench/1"  # executor.bench.SCHEMA (not imported: that package imports torch)

@@ -14,12 +14,11 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from planner.calibrate.profile import Calibration, DEFAULT_PROFILE_PATH, build_profile, load_results
 from planner.errors import InputError, require
-from planner.launch import REPO_ROOT, bench_command, subprocess_env
 from planner.io import atomic_write_text, read_json_object
+from planner.launch import REPO_ROOT, bench_command, subprocess_env
 from planner.profile_yaml import write_profile
-from planner.calibrate.profile import (Calibration, DEFAULT_PROFILE_PATH, build_profile,
-                                       load_results)
 
 
 def run_benchmarks(nproc: int = 4, *, quick: bool = False, timeout_s: float | None = None,

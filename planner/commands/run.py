@@ -24,7 +24,8 @@ from pathlib import Path
 from planner.errors import InputError, require
 from planner.executor_rules import unsupported
 from planner.io import check_output_dir
-from planner.launch import LaunchConfig, local_ranks, shell_join, srun_command, subprocess_env, torchrun_command
+from planner.launch import (LaunchConfig, local_ranks, shell_join, srun_command, subprocess_env,
+                            torchrun_command)
 
 MAX_OVERSUBSCRIPTION = 4
 

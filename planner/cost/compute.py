@@ -25,7 +25,8 @@ from planner.cost.flops import layer_forward_flops
 from planner.cost.precision import activation_bytes_per_element, compute_dtype
 from planner.cost.runtime import Runtime
 from planner.cost.stacks import stack_for, stack_of
-from planner.hardware import DeviceSpec, FrameworkSpec
+from planner.framework_spec import FrameworkSpec
+from planner.hardware import DeviceSpec
 from planner.model import ModelSpec
 
 

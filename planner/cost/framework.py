@@ -41,8 +41,8 @@ Facts of the executor's code (torch 2.13) used here:
 from __future__ import annotations
 
 from planner.cost.comm import GroupShape, collective_time
-from planner.hardware import NodeSpec
 from planner.executor_rules import ties_embeddings
+from planner.hardware import NodeSpec
 from planner.model import ModelSpec
 
 ADAM_OPS_PER_PARAM = 10

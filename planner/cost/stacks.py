@@ -18,7 +18,8 @@ from planner.cost.precision import grad_bytes_per_param, weight_bytes_per_param
 from planner.cost.runtime import Runtime
 from planner.cost.zero3_prefetch import gathered_tensors_per_layer, per_tensor_prefetch_exposed
 from planner.executor_rules import reshards_after_forward, ties_embeddings, uses_fsdp
-from planner.hardware import FrameworkSpec, NodeSpec
+from planner.framework_spec import FrameworkSpec
+from planner.hardware import NodeSpec
 from planner.model import ModelSpec
 
 OPTIMIZER_BYTES_PER_PARAM = 28.0

@@ -46,13 +46,13 @@ import time
 from typing import Callable
 
 from planner.cost.memory import logits_bytes_per_token, shard_divisors
-from planner.cost.runtime import Runtime, bind_runtime
 from planner.cost.prediction import Prediction
+from planner.cost.runtime import Runtime, bind_runtime
 from planner.cost.step import TIMELINE_TASK_LIMIT, predict
 from planner.errors import InputError, require
 from planner.hardware import ClusterSpec
 from planner.model import ModelSpec
-from planner.plan import PRECISIONS, ParallelConfig
+from planner.plan import ParallelConfig, PRECISIONS
 from planner.search.branch_bound import BranchAndBound
 from planner.search.costs import Costs
 from planner.search.results import RankedPlan, SearchResult

@@ -12,8 +12,8 @@ from planner.cost.comm import GroupShape, p2p_time
 from planner.cost.compute import LayerTimes, make_rates
 from planner.cost.memory import layer_activation_bytes
 from planner.cost.precision import activation_bytes_per_element
-from planner.cost.stacks import stack_of
 from planner.cost.runtime import Runtime, effective_runtime
+from planner.cost.stacks import stack_of
 from planner.hardware import NodeSpec
 from planner.model import ModelSpec
 from planner.plan import strided_group_spread
