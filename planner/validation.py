@@ -18,14 +18,16 @@ from __future__ import annotations
 
 import io
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
-from planner.cost.runtime import get_runtime
+from planner.cost.runtime import Runtime, get_runtime
 from planner.cost.step import Prediction, cluster_for, predict
 from planner.errors import InputError
+from planner.hardware import ClusterSpec, NodeSpec
 from planner.io import read_input_text
 from planner.model import ModelSpec
 from planner.plan import ParallelConfig
@@ -310,8 +312,22 @@ def _dominant(pred: Prediction) -> str:
     return f"compute {100 * t.compute_s / pred.step_time_s:.0f}%, largest other: {name} {100 * share:.0f}%"
 
 
-def validate(dataset: str | Path) -> pd.DataFrame:
-    """One row per CSV row: status, plan, published and predicted metric, relative error."""
+def _row_cluster(cfg: RowConfig, nodes: Mapping[str, NodeSpec]) -> ClusterSpec:
+    gpus_per_node = cfg.parallel.world_size // cfg.nodes
+    if cfg.profile not in nodes:
+        return cluster_for(cfg.profile, cfg.nodes, gpus_per_node)
+    node = nodes[cfg.profile]
+    if node.gpus_per_node != gpus_per_node:
+        node = node.with_gpus_per_node(gpus_per_node)
+    return ClusterSpec.homogeneous(node, cfg.nodes)
+
+
+def validate(dataset: str | Path, nodes: Mapping[str, NodeSpec] | None = None,
+             runtimes: Mapping[str, Runtime] | None = None) -> pd.DataFrame:
+    """One row per CSV row: status, plan, published and predicted metric, relative error.
+
+    ``nodes`` / ``runtimes`` map a profile / runtime name to the one used in its place
+    (cross-validation of a fitted value, :mod:`planner.cross_validation`)."""
     path = Path(dataset)
     text = read_input_text(path, "dataset")
     try:
@@ -346,10 +362,10 @@ def validate(dataset: str | Path) -> pd.DataFrame:
                 rec["note"] = "no published figure to compare"
             else:
                 model = cfg.model
-                cluster = cluster_for(cfg.profile, cfg.nodes,
-                                      cfg.parallel.world_size // cfg.nodes)
+                cluster = _row_cluster(cfg, nodes or {})
                 try:
-                    pred = predict(model, cluster, cfg.parallel, get_runtime(cfg.runtime))
+                    runtime = (runtimes or {}).get(cfg.runtime) or get_runtime(cfg.runtime)
+                    pred = predict(model, cluster, cfg.parallel, runtime)
                 except InputError as err:  # e.g. fp8 on a GPU without it: this row only
                     rec.update(status="skipped", note=f"cannot be predicted: {err}")
                     out.append(rec)

@@ -19,6 +19,9 @@ def register(subparsers) -> None:
                               description=__doc__.splitlines()[0])
     p.add_argument("--dataset", required=True, help="CSV of published runs (benchmarks/published_runs.csv)")
     p.add_argument("--out-dir", default="reports", help="where the report files go (default: reports)")
+    p.add_argument("--cross-validate", action="store_true",
+                   help="also refit every value chosen by looking at training runs without each source and "
+                        "predict that source (leave-one-source-out); writes cross-validation.md (~30 s)")
     p.set_defaults(func=handler)
 
 
@@ -180,6 +183,18 @@ def scatter_png(df) -> bytes:
     return buf.getvalue()
 
 
+def _cross_validate(dataset: str, out_dir: Path) -> None:
+    from planner.cross_validation import FITTED_CHOICES, cross_validate, render_markdown
+    from planner.io import atomic_write_text
+
+    results = [cross_validate(dataset, choice) for choice in FITTED_CHOICES]
+    atomic_write_text(out_dir / "cross-validation.md", render_markdown(results, dataset))
+    for r in results:
+        print(f"{r.choice.name}: in-sample mean |error| {100 * r.in_sample.mean():.1f}%, "
+              f"leave-one-source-out {100 * r.cross_validated.mean():.1f}% ({len(r.in_sample)} rows)")
+    print(f"wrote {out_dir}/cross-validation.md")
+
+
 def handler(args: argparse.Namespace) -> int:
     from planner.io import atomic_write_bytes, atomic_write_text
     from planner.validation import summary, validate
@@ -194,6 +209,8 @@ def handler(args: argparse.Namespace) -> int:
     atomic_write_text(out_dir / "published-validation.csv", csv_text)
     atomic_write_bytes(out_dir / "published-validation.png", png)
     atomic_write_text(out_dir / "published-validation.md", md)
+    if args.cross_validate:
+        _cross_validate(args.dataset, out_dir)
     head = summary(df)
     print(f"{head['rows']} predictable rows ({int((df['status'] == 'assumed').sum())} under a stated assumption): "
           f"mean |error| {_fmt(100 * head['mean_abs_error'], '.1f')}%, worst {_fmt(100 * head['worst_abs_error'], '.1f')}%; "
