@@ -31,6 +31,7 @@ import pandas as pd
 from planner.cost.runtime import RUNTIME_PRESETS, Runtime
 from planner.hardware import EfficiencyCurve, NodeSpec
 from planner.profile_yaml import load_profile
+from planner.trust import family_of, step_time_error
 from planner.validation import validate
 
 Overrides = tuple[Mapping[str, NodeSpec], Mapping[str, Runtime]]
@@ -121,6 +122,28 @@ def cross_validate(dataset: str | Path, choice: FittedChoice) -> ChoiceResult:
                       "in_sample": float(errors.loc[members, value_all].mean()),
                       "cross_validated": float(errors.loc[members, value].mean())})
     return ChoiceResult(choice, value_all, errors[value_all], cv, pd.DataFrame(table))
+
+
+def residual_table(dataset: str | Path, results: list[ChoiceResult]) -> pd.DataFrame:
+    """Every predictable row's step-time error with every choice at the value fitted without the
+    row's source (what :mod:`planner.trust` reads)."""
+    sources = results[0].per_source["source"] if results else pd.Series(dtype=str)
+    parts = []
+    for source in sources:
+        nodes, runtimes = {}, {}
+        for r in results:
+            value = r.per_source.set_index("source").loc[source, "value_without"]
+            more_nodes, more_runtimes = r.choice.overrides(value)
+            nodes.update(more_nodes)
+            runtimes.update(more_runtimes)
+        df = validate(dataset, nodes=nodes, runtimes=runtimes)
+        parts.append(df[(df["status"] != "skipped") & (df["source"] == source)])
+    df = pd.concat(parts) if parts else pd.DataFrame(columns=["row_id", "source", "profile", "config",
+                                                              "num_gpus", "metric", "error"])
+    return pd.DataFrame({"row_id": df["row_id"], "source": df["source"], "profile": df["profile"],
+                         "family": [family_of(c) for c in df["config"]], "num_gpus": df["num_gpus"],
+                         "config": df["config"], "metric": df["metric"], "error_cv": df["error"],
+                         "step_time_error_cv": [step_time_error(m, e) for m, e in zip(df["metric"], df["error"])]})
 
 
 def render_markdown(results: list[ChoiceResult], dataset: str) -> str:

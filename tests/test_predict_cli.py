@@ -118,3 +118,13 @@ def test_version_list_and_the_package_api(capsys):
     table = search(model, planner.cluster_for("local-cpu", 1, 2), global_batch=8, precision="fp32").table
     assert "parallel" not in table.columns and {"tp", "pp", "dp", "sharding"} <= set(table.columns)
     assert all(not isinstance(v, (dict, list)) for v in table.iloc[0].tolist())
+
+
+def test_step_time_comes_with_the_nearest_published_runs_range(capsys):
+    rc, out, _ = run(BASE + ["--json"], capsys)
+    d = json.loads(out)["trust"]
+    assert rc == 0 and not d["extrapolation"] and len(d["rows"]) >= 3
+    assert 0 < d["low_s"] <= d["high_s"]
+    rc, out, _ = run(["predict", "--model", "gpt2", "--hardware", "local-cpu", "--nodes", "1",
+                      "--global-batch", "2", "--seq-len", "128"], capsys)
+    assert rc == 0 and "extrapolation" in out

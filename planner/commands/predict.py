@@ -139,7 +139,19 @@ def format_table(plan, pred) -> str:
     return "\n".join(lines)
 
 
+def _trust(plan, pred):
+    """The step time's range from the nearest published runs' cross-validated errors."""
+    from planner.profile_yaml import load_profile
+    from planner.trust import Trust, load_residuals, trust
+
+    if plan.cluster:
+        return Trust(None, None, (), "a mixed cluster: no validated published run", extrapolation=True)
+    return trust(pred.step_time_s, load_profile(plan.hardware).name, plan.parallel, load_residuals())
+
+
 def handler(args: argparse.Namespace) -> int:
+    from planner.trust import describe
+
     from planner.cost.runtime import get_runtime
     from planner.cost.step import predict_plan
     from planner.profile_yaml import load_profile
@@ -154,13 +166,16 @@ def handler(args: argparse.Namespace) -> int:
         reading = load_profile(plan.hardware).memory_reading_bytes(pred.peak_memory_bytes, args.memory_source)
     if args.out:
         plan.with_prediction(pred.to_dict()).save(args.out)
+    confidence = _trust(plan, pred)
     if args.json:
         out = pred.to_dict()
+        out["trust"] = confidence.to_dict()
         if reading is not None:
             out.update(memory_reading_bytes=reading, memory_source=args.memory_source)
         print(json.dumps(out, sort_keys=True))
     else:
         print(format_table(plan, pred))
+        print(f"  step time range      {describe(confidence)}")
         if reading is not None:
             print(f"  peak memory as {args.memory_source} reads it: {reading / _GIB:.2f} GiB (fitted relation)")
     return 0

@@ -1,0 +1,116 @@
+"""How far to trust a step time: the cross-validated errors of the published runs nearest to it.
+
+``clusterplan validate --cross-validate`` writes ``reports/cross-validation.csv``: for every
+predictable published row, the step-time error of its prediction when every value chosen by
+looking at training runs was refitted without the row's source (:mod:`planner.cross_validation`).
+A prediction's interval spans the 10th to 90th percentile of those errors (linear
+interpolation; with few rows, nearly their range) over the rows nearest to it: the same
+hardware profile and parallelism family within a factor of 8 in GPU count; failing three such
+rows, the same profile and family at any scale; failing that, the same profile. Anything wider is
+an extrapolation and is reported as one, with no interval (no validation row covers the regime).
+"""
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+from planner.errors import InputError
+from planner.io import read_input_text
+from planner.plan import ParallelConfig
+
+RESIDUALS_PATH = Path(__file__).resolve().parents[1] / "reports" / "cross-validation.csv"
+MIN_ROWS = 3
+SCALE_FACTOR = 8
+COVERAGE = 0.9
+
+
+def _quantile(sorted_values: list[float], q: float) -> float:
+    pos = q * (len(sorted_values) - 1)
+    i = int(pos)
+    j = min(i + 1, len(sorted_values) - 1)
+    return sorted_values[i] + (pos - i) * (sorted_values[j] - sorted_values[i])
+
+
+def family_of(notation: str) -> str:
+    """Parallelism family of a plan label (:meth:`ParallelConfig.megatron_notation`)."""
+    tokens = notation.split()
+    if "zero3" in tokens or "fsdp" in tokens:
+        return "sharded data parallel"
+    degrees = [t for t in tokens if t[:2] in ("tp", "pp", "cp") and t[2:].replace("/", "").isdigit()]
+    if any(any(int(d) > 1 for d in t[2:].split("/")) for t in degrees):
+        return "model parallel"
+    return "data parallel"
+
+
+def step_time_error(metric: str, error: float) -> float:
+    """predicted / measured - 1 of the step time, from the error of a row's published metric
+    (a rate metric's error e is a step-time error of 1 / (1 + e) - 1)."""
+    return error if metric == "step_time_s" else 1.0 / (1.0 + error) - 1.0
+
+
+@dataclass(frozen=True)
+class Residual:
+    row_id: int
+    profile: str
+    family: str
+    num_gpus: int
+    step_time_error: float
+
+
+@dataclass(frozen=True)
+class Trust:
+    """``low_s`` / ``high_s``: the step time the nearest rows' errors put around the prediction
+    (None when extrapolating); ``basis`` says which rows."""
+
+    low_s: float | None
+    high_s: float | None
+    rows: tuple[int, ...]
+    basis: str
+    extrapolation: bool
+
+    def to_dict(self) -> dict:
+        return {"low_s": self.low_s, "high_s": self.high_s, "rows": list(self.rows), "basis": self.basis,
+                "extrapolation": self.extrapolation}
+
+
+def load_residuals(path: Path = RESIDUALS_PATH) -> tuple[Residual, ...]:
+    if not path.exists():
+        return ()
+    out = []
+    for i, r in enumerate(csv.DictReader(read_input_text(path, "residuals").splitlines()), start=2):
+        try:
+            out.append(Residual(int(r["row_id"]), r["profile"], r["family"], int(r["num_gpus"]),
+                                float(r["step_time_error_cv"])))
+        except (KeyError, ValueError):
+            raise InputError("residuals", f"{path} line {i}: needs row_id, profile, family, num_gpus, "
+                                          "step_time_error_cv") from None
+    return tuple(out)
+
+
+def trust(step_time_s: float, profile: str, parallel: ParallelConfig,
+          residuals: tuple[Residual, ...]) -> Trust:
+    family = family_of(parallel.megatron_notation())
+    n = parallel.world_size
+    same = [r for r in residuals if r.profile == profile]
+    tiers = (([r for r in same if r.family == family and max(r.num_gpus, n) <= SCALE_FACTOR * min(r.num_gpus, n)],
+              f"{profile}, {family}, {max(1, n // SCALE_FACTOR)}-{n * SCALE_FACTOR} GPUs"),
+             ([r for r in same if r.family == family], f"{profile}, {family}, any scale"),
+             (same, f"{profile}, any parallelism"))
+    for rows, basis in tiers:
+        if len(rows) >= MIN_ROWS:
+            errs = sorted(r.step_time_error for r in rows)
+            # measured = predicted / (1 + error): a large error puts the measured time low
+            return Trust(step_time_s / (1 + _quantile(errs, COVERAGE)),
+                         step_time_s / (1 + _quantile(errs, 1 - COVERAGE)),
+                         tuple(r.row_id for r in rows), basis, extrapolation=False)
+    why = f"fewer than {MIN_ROWS} validated published runs on {profile}" if residuals else \
+        f"no residual table ({RESIDUALS_PATH.name}: clusterplan validate --cross-validate writes it)"
+    return Trust(None, None, (), why, extrapolation=True)
+
+
+def describe(t: Trust) -> str:
+    if t.extrapolation:
+        return f"extrapolation: {t.basis}; no interval"
+    return (f"{t.low_s:.4g}-{t.high_s:.4g} s (10th-90th percentile of the cross-validated errors of "
+            f"{len(t.rows)} published runs: {t.basis})")
