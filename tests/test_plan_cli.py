@@ -52,3 +52,19 @@ def test_errors_one_line_exit_2(capsys):
     assert rc == 2 and "nodes" in err
     rc, _, err = run(["plan", "--model", "llama3-8b", "--cluster", "nope.yaml", "--global-batch", "8"], capsys)
     assert rc == 2 and "cluster" in err
+
+
+def test_ranking_says_which_plans_it_cannot_tell_apart(capsys):
+    from planner.commands.plan import ties_text
+    from planner.trust import Trust
+
+    rc, out, _ = run(BASE + ["--top", "3", "--json"], capsys)
+    trust = json.loads(out)["trust"]
+    assert rc == 0 and len(trust) == 3 and all(not t["extrapolation"] for t in trust)
+    best = Trust(9.0, 11.0, (1, 2, 3), "p", False)
+    apart = Trust(12.0, 13.0, (1, 2, 3), "p", False)
+    overlapping = Trust(10.5, 12.0, (1, 2, 3), "p", False)
+    assert "Plans 1, 3 have ranges that overlap" in ties_text([best, apart, overlapping])
+    assert "No other listed plan" in ties_text([best, apart])
+    rc, out, _ = run(BASE[:4] + ["dgx-b200-192gb"] + BASE[5:] + ["--top", "2"], capsys)
+    assert rc == 0 and "extrapolation" in out

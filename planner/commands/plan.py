@@ -102,7 +102,7 @@ def explain(best, runner) -> str:
     pa, pb = best.parallel.megatron_notation(), runner.parallel.megatron_notation()
     wins = [f"{name} ({d * 1e3:.0f} ms less)" for d, name in diffs if d > 0.05 * max(gap, 1e-12)][:3]
     losses = [f"{name} ({-d * 1e3:.0f} ms more)" for d, name in diffs[::-1] if d < -0.05 * max(gap, 1e-12)][:2]
-    text = (f"The best plan ({pa}) is {gap * 1e3:.0f} ms per step ({100 * gap / b.step_time_s:.1f}%) faster "
+    text = (f"The best plan ({pa}) is predicted {gap * 1e3:.0f} ms per step ({100 * gap / b.step_time_s:.1f}%) faster "
             f"than the runner-up ({pb})")
     if wins:
         text += " because it spends less on " + ", ".join(wins)
@@ -110,6 +110,34 @@ def explain(best, runner) -> str:
         text += "; it pays for this with " + ", ".join(losses)
     text += (f". Peak memory {a.peak_memory_bytes / _GIB:.1f} vs {b.peak_memory_bytes / _GIB:.1f} GiB"
              f" of {a.hbm_bytes / _GIB:.0f} GiB.")
+    return text
+
+
+def trust_ranges(result, hetero: bool) -> list:
+    """Each ranked plan's step-time range from the nearest published runs (:mod:`planner.trust`)."""
+    from planner.trust import Trust, load_residuals, trust
+
+    if hetero:
+        return [Trust(None, None, (), "a mixed cluster: no validated published run", True) for _ in result.ranked]
+    residuals = load_residuals()
+    profile = result.cluster.groups[0].node.name
+    return [trust(c.step_time_s, profile, c.parallel, residuals) for c in result.ranked]
+
+
+def ties_text(ranges) -> str:
+    """Which plans the model cannot rank apart: their step-time ranges overlap the best one's."""
+    from planner.trust import describe
+
+    best = ranges[0]
+    if best.extrapolation:
+        return f"How far to trust the ranking: {describe(best)}; the order rests on the cost model alone."
+    tied = [i + 1 for i, t in enumerate(ranges) if not t.extrapolation and t.low_s <= best.high_s]
+    text = f"How far to trust it: plan 1's step time {describe(best)}."
+    if len(tied) > 1:
+        text += (f" Plans {', '.join(map(str, tied))} have ranges that overlap it: ties the model cannot "
+                 "rank apart; choose among them on memory headroom or simplicity.")
+    else:
+        text += " No other listed plan's range overlaps it."
     return text
 
 
@@ -198,8 +226,11 @@ def handler(args: argparse.Namespace) -> int:
         d.mkdir(parents=True, exist_ok=True)
         for i, plan in enumerate(plans):
             plan.save(d / f"rank-{i + 1:02d}-{plan.id}.json")
+    ranges = trust_ranges(result, hetero) if result.fits else []
     if args.json:
-        print(json.dumps(result.to_dict(), sort_keys=True, default=str))
+        out = result.to_dict()
+        out["trust"] = [t.to_dict() for t in ranges]
+        print(json.dumps(out, sort_keys=True, default=str))
         return 0 if result.fits else 1
     world = cluster.world_size
     print(f"{model.name} on {label} ({world} GPUs), global batch {args.global_batch}, "
@@ -213,6 +244,8 @@ def handler(args: argparse.Namespace) -> int:
         if len(result.ranked) > 1:
             print(explain(result.ranked[0], result.ranked[1]))
             print()
+        print(ties_text(ranges))
+        print()
         if getattr(result, "gain_text", ""):
             print(result.gain_text)
             print()
