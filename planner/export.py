@@ -111,6 +111,8 @@ def megatron_args(plan: Plan) -> tuple[list[str], list[str]]:
         add("--untie-embeddings-and-output-weights")
     if not m.bias:
         add("--disable-bias-linear")
+    if m.qkv_bias_only:  # Qwen2: biases on the QKV projection only
+        add("--add-qkv-bias")
     add("--attention-dropout", m.dropout)
     add("--hidden-dropout", m.dropout)
     if m.is_moe:
@@ -154,10 +156,25 @@ def megatron_args(plan: Plan) -> tuple[list[str], list[str]]:
     return args, notes
 
 
+def megatron_env(plan: Plan) -> list[str]:
+    """Environment the launch needs, as ``NAME=value (reason)`` lines. Megatron-LM's
+    ``validate_args`` asserts CUDA_DEVICE_MAX_CONNECTIONS=1 with tensor or context parallelism
+    (one hardware queue keeps TP/CP communication kernels in issue order); with
+    ``--use-torch-fsdp2`` it must not be 1 (FSDP2's all-gathers overlap on side streams)."""
+    p = plan.parallel
+    if p.sharding in ("zero3", "fsdp"):
+        return ["CUDA_DEVICE_MAX_CONNECTIONS unset or > 1 (Megatron-LM refuses 1 with --use-torch-fsdp2)"]
+    if p.tp > 1 or p.cp > 1:
+        return ["CUDA_DEVICE_MAX_CONNECTIONS=1 (Megatron-LM validate_args asserts it for tensor/context "
+                "parallelism)"]
+    return []
+
+
 def to_megatron(plan: Plan) -> str:
     """Megatron-LM arguments, one flag per line, ready to paste after ``pretrain_gpt.py``."""
     args, notes = megatron_args(plan)
     lines = [f"# {line}" for line in _header(plan)]
+    lines += [f"# ENV: {e}" for e in megatron_env(plan)]
     lines += [f"# NOTE: {n}" for n in notes]
     pairs, i = [], 0
     while i < len(args):

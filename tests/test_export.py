@@ -57,7 +57,7 @@ def megatron_parser() -> argparse.ArgumentParser:
     for flag in ["--sequence-parallel", "--group-query-attention", "--swiglu",
                  "--untie-embeddings-and-output-weights", "--disable-bias-linear", "--use-distributed-optimizer",
                  "--use-torch-fsdp2", "--no-gradient-accumulation-fusion", "--overlap-grad-reduce",
-                 "--overlap-param-gather", "--bf16", "--fp16", "--use-tp-pp-dp-mapping"]:
+                 "--overlap-param-gather", "--bf16", "--fp16", "--use-tp-pp-dp-mapping", "--add-qkv-bias"]:
         p.add_argument(flag, action="store_true")
     return p
 
@@ -102,6 +102,18 @@ def test_megatron_stage_layouts():
     assert stages[0].startswith("E") and stages[-1].endswith("L")
     args, notes = megatron_args(PLANS["moe_pp"])
     assert "--num-experts" in args and any("expert parallelism" in n for n in notes)
+
+
+def test_megatron_qkv_bias_and_the_environment_it_asserts():
+    import dataclasses
+
+    qwen = dataclasses.replace(LLAMA, qkv_bias_only=True)
+    ns = parse_megatron(to_megatron(dataclasses.replace(PLANS["tp_pp_zero1_uneven"], model=qwen)))
+    assert ns.disable_bias_linear and ns.add_qkv_bias
+    assert not parse_megatron(to_megatron(PLANS["tp_pp_zero1_uneven"])).add_qkv_bias
+    assert "# ENV: CUDA_DEVICE_MAX_CONNECTIONS=1" in to_megatron(PLANS["tp_pp_zero1_uneven"])
+    assert "unset or > 1" in to_megatron(PLANS["fsdp_cp"])
+    assert "CUDA_DEVICE_MAX_CONNECTIONS" not in to_megatron(PLANS["dp_only"])
 
 
 @pytest.mark.parametrize("key", sorted(PLANS))
