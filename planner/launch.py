@@ -24,7 +24,9 @@ TORCHRUN = ("-m", "torch.distributed.run")
 class LaunchConfig:
     """How to launch the executor. nnodes/node_rank/rdzv_endpoint: torchrun's multi-node options
     (nnodes=1 and no endpoint = ``--standalone``). device: auto|cpu|cuda. threads: torch threads
-    per rank. overwrite: replace a run already in ``out``. force: run a plan predicted not to fit."""
+    per rank. overwrite: replace a run already in ``out``. force: run a plan predicted not to fit.
+    bind: the network interface gloo and NCCL's sockets use on a multi-node run (single-node runs
+    use loopback)."""
 
     plan_path: str
     out: str
@@ -41,6 +43,18 @@ class LaunchConfig:
     oversubscribe: bool = False
     overwrite: bool = False
     force: bool = False
+    bind: str | None = None
+
+
+def socket_env(cfg: LaunchConfig, environ: dict[str, str]) -> dict[str, str]:
+    """GLOO_SOCKET_IFNAME / NCCL_SOCKET_IFNAME for the ranks: ``lo`` on a single node (gloo
+    otherwise binds to the address the hostname resolves to), ``cfg.bind`` on several; a value
+    already in ``environ`` is the user's choice and is kept."""
+    single = cfg.nnodes == 1 and not cfg.rdzv_endpoint
+    iface = "lo" if single else cfg.bind
+    if iface is None:
+        return {}
+    return {k: iface for k in ("GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME") if k not in environ}
 
 
 def local_ranks(world_size: int, nnodes: int) -> int:

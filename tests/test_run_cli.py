@@ -105,3 +105,15 @@ def test_end_to_end(plan_path, tmp_path, capsys):
     assert set(summary["predicted"]) >= {"step_time_s", "peak_memory_bytes"}
     assert summary["env"]["backend"] == "gloo" and summary["env"]["world_size"] == 2
     assert "ok" in capsys.readouterr().out or summary["status"] == "contended"
+
+
+def test_sockets_bind_to_loopback_on_one_node_and_to_the_named_interface_on_several():
+    from planner.launch import socket_env
+
+    one = LaunchConfig(plan_path="p", out="o")
+    assert socket_env(one, {}) == {"GLOO_SOCKET_IFNAME": "lo", "NCCL_SOCKET_IFNAME": "lo"}
+    assert socket_env(one, {"GLOO_SOCKET_IFNAME": "eth1"}) == {"NCCL_SOCKET_IFNAME": "lo"}  # the user's wins
+    several = LaunchConfig(plan_path="p", out="o", nnodes=2, rdzv_endpoint="h:1")
+    assert socket_env(several, {}) == {}
+    named = LaunchConfig(plan_path="p", out="o", nnodes=2, rdzv_endpoint="h:1", bind="veth0")
+    assert socket_env(named, {}) == {"GLOO_SOCKET_IFNAME": "veth0", "NCCL_SOCKET_IFNAME": "veth0"}

@@ -24,7 +24,7 @@ from pathlib import Path
 from planner.errors import InputError, require
 from planner.executor_rules import unsupported
 from planner.io import check_output_dir
-from planner.launch import (LaunchConfig, local_ranks, shell_join, srun_command, subprocess_env,
+from planner.launch import (LaunchConfig, local_ranks, shell_join, socket_env, srun_command, subprocess_env,
                             torchrun_command)
 
 MAX_OVERSUBSCRIPTION = 4
@@ -202,6 +202,7 @@ def _launch(plan, cfg: LaunchConfig, out: Path, echo) -> tuple[int, dict | None]
     cfg = dataclasses.replace(cfg, plan_path=str(plan_copy))  # the ranks copy its prediction
     cmd = torchrun_command(plan.world_size, cfg)
     env = subprocess_env(OMP_NUM_THREADS=str(cfg.threads), PYTHONUNBUFFERED="1")
+    env.update(socket_env(cfg, env))
     # torchrun and its ranks in a process group of their own, so a signal to this launcher stops them all
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
                             start_new_session=True)
@@ -303,6 +304,8 @@ def register(subparsers) -> None:
     parser.add_argument("--nnodes", type=int, default=1)
     parser.add_argument("--node-rank", type=int, default=0)
     parser.add_argument("--rdzv-endpoint", default=None, help="HOST:PORT for multi-node rendezvous")
+    parser.add_argument("--bind", default=None, metavar="IFACE",
+                        help="network interface for gloo/NCCL sockets on a multi-node run (single node: lo)")
     parser.add_argument("--oversubscribe", action="store_true", help="run even with more ranks than the CPU limit")
     parser.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     parser.add_argument("--force", action="store_true", help="run a plan the cost model predicts does not fit")
@@ -325,7 +328,7 @@ def handler(args) -> int:
                        warmup=args.warmup, threads=args.threads, timeout_s=args.timeout_s, nnodes=args.nnodes,
                        node_rank=args.node_rank, rdzv_endpoint=args.rdzv_endpoint, device=args.device,
                        data=args.data, inject_fault=args.inject_fault, oversubscribe=args.oversubscribe,
-                       overwrite=args.overwrite, force=args.force)
+                       overwrite=args.overwrite, force=args.force, bind=args.bind)
     if args.print_command:
         print("torchrun: " + shell_join(torchrun_command(plan.world_size, cfg)))
         print("srun:     " + shell_join(srun_command(plan.world_size, cfg)))
