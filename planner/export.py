@@ -13,7 +13,7 @@ import json
 import shlex
 
 from planner.errors import InputError, require
-from planner.launch import node_torchrun_command, shell_join
+from planner.launch import Shell, node_torchrun_command, shell_join
 from planner.plan import DEFAULT_ORDER, ParallelConfig, Plan
 
 FORMATS = ("megatron", "torchtitan", "deepspeed", "torchrun", "slurm")
@@ -364,7 +364,7 @@ def to_torchrun(plan: Plan, plan_path: str = "PLAN.json") -> str:
     lines.append(f"# Run on each of the {plan.n_nodes} node(s); MASTER_ADDR = the first node's address.")
     lines.append("export MASTER_ADDR=${MASTER_ADDR:-localhost}")
     lines.append(shell_join(node_torchrun_command(plan.n_nodes, plan.gpus_per_node, plan_path, f"runs/{plan.id}",
-                                                  master="$MASTER_ADDR", rdzv_id=plan.id)))
+                                                  master=Shell("$MASTER_ADDR"), rdzv_id=plan.id)))
     return "\n".join(lines) + "\n"
 
 
@@ -372,7 +372,7 @@ def to_slurm(plan: Plan, plan_path: str = "PLAN.json") -> str:
     """An sbatch script: one srun task per node, each running torchrun."""
     run_dir = f"runs/{plan.id}"
     cmd = shell_join(node_torchrun_command(plan.n_nodes, plan.gpus_per_node, plan_path, run_dir,
-                                           master="$MASTER_ADDR", rdzv_id="$SLURM_JOB_ID"))
+                                           master=Shell("$MASTER_ADDR"), rdzv_id=Shell("$SLURM_JOB_ID")))
     lines = [
         "#!/bin/bash",
         f"#SBATCH --job-name=clusterplan-{plan.id}",

@@ -94,7 +94,7 @@ def torchrun_command(world_size: int, cfg: LaunchConfig, python: str = sys.execu
 def srun_command(world_size: int, cfg: LaunchConfig) -> list[str]:
     """One torchrun per node under Slurm; the rendezvous host is the first node of the job."""
     n = local_ranks(world_size, cfg.nnodes)
-    endpoint = cfg.rdzv_endpoint or f"$(scontrol show hostnames $SLURM_JOB_NODELIST | head -n1):{RDZV_PORT}"
+    endpoint = cfg.rdzv_endpoint or Shell(f"$(scontrol show hostnames $SLURM_JOB_NODELIST | head -n1):{RDZV_PORT}")
     inner = ["python", *TORCHRUN, "--nnodes", str(cfg.nnodes), "--nproc-per-node", str(n), *rendezvous_args(endpoint),
              "-m", "executor", *executor_args(cfg)]
     return ["srun", f"--nodes={cfg.nnodes}", "--ntasks-per-node=1", f"--cpus-per-task={max(1, n * cfg.threads)}",
@@ -104,8 +104,10 @@ def srun_command(world_size: int, cfg: LaunchConfig) -> list[str]:
 def node_torchrun_command(nnodes: int, gpus_per_node: int, plan_path: str, out: str, *, master: str,
                           rdzv_id: str, port: int = RDZV_PORT) -> list[str]:
     """The ``torchrun`` line an exported script runs on every node of a cluster."""
+    endpoint = f"{master}:{port}"
     return ["torchrun", "--nnodes", str(nnodes), "--nproc-per-node", str(gpus_per_node),
-            *rendezvous_args(f"{master}:{port}", rdzv_id), "-m", "executor", plan_path, "--out", out]
+            *rendezvous_args(Shell(endpoint) if isinstance(master, Shell) else endpoint, rdzv_id),
+            "-m", "executor", plan_path, "--out", out]
 
 
 def bench_command(nproc: int, out_json: str | os.PathLike, *, quick: bool, parts: str | None = None) -> list[str]:
@@ -132,6 +134,11 @@ def subprocess_env(**extra: str) -> dict[str, str]:
     return env
 
 
+class Shell(str):
+    """A command part this tool wrote as a shell expansion (``$MASTER_ADDR``, ``$(scontrol ...)``):
+    :func:`shell_join` leaves it unquoted. Every other part, whatever it holds, is quoted."""
+
+
 def shell_join(cmd: list[str]) -> str:
-    """``cmd`` as one shell line: every part quoted except ``$VAR`` / ``$(...)`` expansions."""
-    return " ".join(part if part.startswith("$") or ":$" in part else shlex.quote(part) for part in cmd)
+    """``cmd`` as one shell line: every part quoted with ``shlex.quote`` except :class:`Shell` parts."""
+    return " ".join(part if isinstance(part, Shell) else shlex.quote(part) for part in cmd)

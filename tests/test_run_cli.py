@@ -117,3 +117,14 @@ def test_sockets_bind_to_loopback_on_one_node_and_to_the_named_interface_on_seve
     assert socket_env(several, {}) == {}
     named = LaunchConfig(plan_path="p", out="o", nnodes=2, rdzv_endpoint="h:1", bind="veth0")
     assert socket_env(named, {}) == {"GLOO_SOCKET_IFNAME": "veth0", "NCCL_SOCKET_IFNAME": "veth0"}
+
+
+def test_printed_commands_quote_every_value_the_user_gave():
+    from planner.launch import shell_join
+
+    cfg = LaunchConfig(plan_path="/tmp/$(touch x).json", out="o $(id)", nnodes=2, rdzv_endpoint="$(id):1")
+    for cmd in (torchrun_command(4, cfg), srun_command(4, cfg)):
+        line = shell_join(cmd)
+        assert "'$(id):1'" in line and "'/tmp/$(touch x).json'" in line and "'o $(id)'" in line
+    default = shell_join(srun_command(4, LaunchConfig(plan_path="p", out="o", nnodes=2)))
+    assert "--rdzv-endpoint $(scontrol show hostnames $SLURM_JOB_NODELIST | head -n1):29500" in default
