@@ -128,3 +128,16 @@ def test_printed_commands_quote_every_value_the_user_gave():
         assert "'$(id):1'" in line and "'/tmp/$(touch x).json'" in line and "'o $(id)'" in line
     default = shell_join(srun_command(4, LaunchConfig(plan_path="p", out="o", nnodes=2)))
     assert "--rdzv-endpoint $(scontrol show hostnames $SLURM_JOB_NODELIST | head -n1):29500" in default
+
+
+def test_printed_commands_carry_the_socket_interface(capsys, tmp_path, monkeypatch):
+    monkeypatch.delenv("GLOO_SOCKET_IFNAME", raising=False)
+    monkeypatch.delenv("NCCL_SOCKET_IFNAME", raising=False)
+    plan = make_plan(tiny_spec(), dp=2, global_batch=4)
+    path = tmp_path / "plan.json"
+    plan.save(path)
+    assert main(["run", str(path), "--print-command", "--nnodes", "2", "--rdzv-endpoint", "h:1",
+                 "--bind", "veth0"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert all(line.split(":", 1)[1].strip().startswith("env GLOO_SOCKET_IFNAME=veth0 NCCL_SOCKET_IFNAME=veth0 ")
+               for line in out)

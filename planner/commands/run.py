@@ -330,8 +330,10 @@ def handler(args) -> int:
                        data=args.data, inject_fault=args.inject_fault, oversubscribe=args.oversubscribe,
                        overwrite=args.overwrite, force=args.force, bind=args.bind)
     if args.print_command:
-        print("torchrun: " + shell_join(torchrun_command(plan.world_size, cfg)))
-        print("srun:     " + shell_join(srun_command(plan.world_size, cfg)))
+        env = [f"{k}={v}" for k, v in socket_env(cfg, dict(os.environ)).items()]
+        prefix = ["env", *env] if env else []  # srun passes the environment on (--export=ALL)
+        print("torchrun: " + shell_join(prefix + torchrun_command(plan.world_size, cfg)))
+        print("srun:     " + shell_join(prefix + srun_command(plan.world_size, cfg)))
         return 0
     rc, summary = launch(args.plan, cfg)
     if summary is not None:
