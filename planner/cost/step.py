@@ -270,6 +270,18 @@ def timed_step(model: ModelSpec, cluster: ClusterSpec, sites: tuple[Site, ...], 
     return TimedStep(ranks_busy, rates, st, pipe, dp, opt, pipe.makespan_s + dp + opt)
 
 
+def _bind(model: ModelSpec, cluster: ClusterSpec, P: ParallelConfig,
+          runtime: Runtime | None) -> tuple[ClusterSpec, tuple[Site, ...], int, tuple[Runtime, ...]]:
+    """What every pricing entry point starts from: the cluster with its runtime bound
+    (:func:`bind_runtime`), the plan's sites, the ranks sharing one host and each site's runtime."""
+    cluster, runtime = bind_runtime(cluster, runtime)
+    sites = _validate(model, cluster, P)
+    world = cluster.world_size
+    ranks_on_host = min(sites[0].node.gpus_per_node, world)
+    runtimes = tuple(effective_runtime(runtime, s.node.device, ranks_on_host if world > 1 else 0) for s in sites)
+    return cluster, sites, ranks_on_host, runtimes
+
+
 def predict(model: ModelSpec, cluster: ClusterSpec, parallel: ParallelConfig,
             runtime: Runtime | None = None, *, timeline: bool = True) -> Prediction:
     """Predict step time and per-rank memory of ``parallel`` for ``model`` on ``cluster``
@@ -284,13 +296,10 @@ def predict(model: ModelSpec, cluster: ClusterSpec, parallel: ParallelConfig,
     pipeline stages use the schedule's closed form; every other field is the same.
     """
     P = parallel
-    cluster, runtime = bind_runtime(cluster, runtime)
-    sites = _validate(model, cluster, P)
+    cluster, sites, ranks_on_host, runtimes = _bind(model, cluster, P, runtime)
     device = sites[0].node.device
     world = cluster.world_size
     pp, m = P.pp, P.num_micro_batches
-    ranks_on_host = min(sites[0].node.gpus_per_node, world)
-    runtimes = tuple(effective_runtime(runtime, s.node.device, ranks_on_host if world > 1 else 0) for s in sites)
     stage_params = [stage_parameters(model, s.P) for s in sites]
     timed = timed_step(model, cluster, sites, runtimes, stage_params, ranks_on_host, timeline)
     if len(sites) == 1 and device.host_cores > 0 and ranks_on_host > device.host_cores:
@@ -372,11 +381,7 @@ def peak_memory(model: ModelSpec, cluster: ClusterSpec, parallel: ParallelConfig
     counts depend only on the order (:func:`planner.schedule.closed_form_in_flight`); for ZB-H1
     1F1B's count ``p - i``, an upper bound of the simulated one."""
     P = parallel
-    cluster, runtime = bind_runtime(cluster, runtime)
-    sites = _validate(model, cluster, P)
-    world = cluster.world_size
-    ranks = min(sites[0].node.gpus_per_node, world)
-    runtimes = tuple(effective_runtime(runtime, s.node.device, ranks if world > 1 else 0) for s in sites)
+    cluster, sites, ranks, runtimes = _bind(model, cluster, P, runtime)
     sched = P.schedule if P.pp > 1 else ("interleaved" if P.vpp > 1 else "1f1b")
     per_rank = rank_memories(model, sites, runtimes, sched,
                              closed_form_in_flight(sched, P.pp, P.num_micro_batches, P.vpp))
@@ -419,11 +424,7 @@ def lower_bound_step_time_s(model: ModelSpec, cluster: ClusterSpec, parallel: Pa
     pipeline rank must run all its tasks (``m`` micro-batches of each of its chunks) and then
     the optimizer step; the bubble and the exposed DP reduction are >= 0."""
     P = parallel
-    cluster, runtime = bind_runtime(cluster, runtime)
-    sites = _validate(model, cluster, P)
-    world = cluster.world_size
-    ranks = min(sites[0].node.gpus_per_node, world)
-    runtimes = tuple(effective_runtime(runtime, s.node.device, ranks if world > 1 else 0) for s in sites)
+    cluster, sites, ranks, runtimes = _bind(model, cluster, P, runtime)
     rates = tuple(make_rates(s.node.device, P.precision, ranks, s.node.framework) for s in sites)
     st = stage_times(model, cluster, sites, runtimes, rates)
     busy = [0.0] * P.pp
