@@ -154,6 +154,15 @@ def build_framework(fw_results: dict, node: NodeSpec) -> tuple[FrameworkSpec, di
         pred = predicted(case, base)
         return {ph: (refs[case]["median_s"][ph] - pred[ph] - share * plain_res[ph]) / at_once for ph in phases}
 
+    def wide_residual(case: str, tp: int, dp: int, share: float, sharding: str = "none"):
+        """``case`` at the wide shape: its model, reference and per-phase residual beyond the
+        cost model and ``share`` of the plain wide step's residual (not yet over ``at_once``)."""
+        wm = ModelSpec.from_dict(refs[case]["model"])
+        wr = refs[case]["reference"]
+        pred = reference_prediction(wm, dataclasses.replace(node, framework=base).with_gpus_per_node(2),
+                                    wide_config(wr, tp, dp, sharding))
+        return wm, wr, {ph: refs[case]["median_s"][ph] - pred[ph] - share * wide_res[ph] for ph in phases}
+
     tensors = fw.model_param_tensors(model, False)
     ddp_line = None
     if "ddp" in refs:
@@ -167,11 +176,8 @@ def build_framework(fw_results: dict, node: NodeSpec) -> tuple[FrameworkSpec, di
         wide_refs = ("ddp_wide" in refs and "plain_wide" in refs
                      and refs["ddp_wide"]["model"]["n_layers"] == model.n_layers)
         if wide_refs:
-            wm = ModelSpec.from_dict(refs["ddp_wide"]["model"])
-            wr = refs["ddp_wide"]["reference"]
-            wd = reference_prediction(wm, dataclasses.replace(node, framework=base).with_gpus_per_node(2),
-                                       wide_config(wr, 1, 2))
-            w_res = sum(refs["ddp_wide"]["median_s"][ph] - wd[ph] - wide_res[ph] for ph in phases) / at_once
+            wm, wr, wd = wide_residual("ddp_wide", 1, 2, 1.0)
+            w_res = sum(wd.values()) / at_once
             w_grad = 4.0 * max(stage_parameters(wm, wide_config(wr, 1, 2)))
             const, slope = two_point_line(grad_bytes, res, w_grad, w_res)
             base = dataclasses.replace(base, ddp_param_s=const / tensors, ddp_grad_s_per_byte=slope)
@@ -205,12 +211,8 @@ def build_framework(fw_results: dict, node: NodeSpec) -> tuple[FrameworkSpec, di
                      f"{res['optimizer'] * 1e3:.2f} ms over {linears} TP modules, {tensors} parameter tensors")
         if "tp_wide" in refs and "plain_wide" in refs:
             # the same at a wider shape: per TP module, constant + per-byte of its activation
-            wm = ModelSpec.from_dict(refs["tp_wide"]["model"])
-            wr = refs["tp_wide"]["reference"]
-
-            wt = reference_prediction(wm, dataclasses.replace(node, framework=base).with_gpus_per_node(2),
-                                       wide_config(wr, 2, 1))
-            wres = {ph: (refs["tp_wide"]["median_s"][ph] - wt[ph] - 0.5 * wide_res[ph]) / at_once for ph in phases}
+            wm, wr, wt = wide_residual("tp_wide", 2, 1, 0.5)
+            wres = {ph: wt[ph] / at_once for ph in phases}
             w_linears = fw.tp_modules(wm, wm.n_layers)
             x_ref = 4.0 * b * s * model.hidden_size
             x_wide = 4.0 * wr["micro_batch"] * wr["seq_len"] * wm.hidden_size
@@ -243,11 +245,8 @@ def build_framework(fw_results: dict, node: NodeSpec) -> tuple[FrameworkSpec, di
             # the same at the wider shape (same units, more bytes each): per unit, a constant
             # plus a part per byte of its parameters; the residual is units x constant +
             # slope x all parameter bytes, so the line runs through the per-unit means
-            wm = ModelSpec.from_dict(refs["fsdp_wide"]["model"])
-            wr = refs["fsdp_wide"]["reference"]
-            wf = reference_prediction(wm, dataclasses.replace(node, framework=base).with_gpus_per_node(2),
-                                       wide_config(wr, 1, 2, "fsdp"))
-            wres = {ph: (refs["fsdp_wide"]["median_s"][ph] - wf[ph] - wide_res[ph]) / at_once for ph in phases}
+            wm, wr, wf = wide_residual("fsdp_wide", 1, 2, 1.0, "fsdp")
+            wres = {ph: wf[ph] / at_once for ph in phases}
             w_units = fsdp_units(wm.n_layers, True, False)
             x_ref = 4.0 * model.total_params() / units
             x_wide = 4.0 * wm.total_params() / w_units
