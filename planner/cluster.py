@@ -31,7 +31,7 @@ from typing import Any
 
 from planner.errors import InputError, reject_unknown_keys
 from planner.hardware import ClusterSpec, LinkSpec, NodeGroup, NodeSpec
-from planner.io import parse_yaml, read_input_text, resolve_named_yaml
+from planner.io import finite_number, parse_yaml, read_input_text, resolve_named_yaml
 from planner.profile_yaml import load_profile
 from planner.units import GB, MICRO
 
@@ -122,17 +122,6 @@ def _int(data: dict, key: str, where: str, *, minimum: int, default: int | None 
     return value
 
 
-def _number(data: dict, key: str, where: str, default: float | None = None) -> float:
-    if key not in data:
-        if default is not None:
-            return default
-        raise InputError(f"{where}.{key}", "missing")
-    value = data[key]
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise InputError(f"{where}.{key}", f"must be a finite number, got {value!r}")
-    return float(value)
-
-
 def _load_group_profile(value: Any, where: str, base_dir: Path | None) -> NodeSpec:
     if not isinstance(value, str) or not value:
         raise InputError(f"{where}.profile", "missing or not a string (a profile name or path)")
@@ -173,9 +162,9 @@ def _parse_between(data: Any, types: dict[str, NodeSpec]) -> tuple[FabricLink, .
         default_lat = max(a.inter_node.latency_s, b.inter_node.latency_s) / MICRO
         default_eff = min(a.inter_node.bus_efficiency, b.inter_node.bus_efficiency)
         try:
-            link = LinkSpec(bandwidth_bytes_per_s=_number(entry, "bandwidth_gb_s", where) * GB,
-                            latency_s=_number(entry, "latency_us", where, default_lat) * MICRO,
-                            bus_efficiency=_number(entry, "bus_efficiency", where, default_eff))
+            link = LinkSpec(bandwidth_bytes_per_s=finite_number(entry, "bandwidth_gb_s", where) * GB,
+                            latency_s=finite_number(entry, "latency_us", where, default_lat) * MICRO,
+                            bus_efficiency=finite_number(entry, "bus_efficiency", where, default_eff))
         except InputError as err:
             if err.field.startswith(where):
                 raise
@@ -216,7 +205,7 @@ def parse_cluster(data: Any, *, source: str = "cluster", base_dir: Path | None =
     reject_unknown_keys(fabric_data, _FABRIC_KEYS, "fabric")
     fabric = FabricSpec(
         nodes_per_leaf=_int(fabric_data, "nodes_per_leaf", "fabric", minimum=0, default=0),
-        oversubscription=_number(fabric_data, "oversubscription", "fabric", 1.0),
+        oversubscription=finite_number(fabric_data, "oversubscription", "fabric", 1.0),
         between=_parse_between(fabric_data.get("between"), types),
     )
     return Cluster(groups=tuple(groups), name=name, fabric=fabric,

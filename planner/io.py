@@ -10,6 +10,7 @@ after :func:`check_output_path`; records append-only JSONL. Every failure is an
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -195,3 +196,16 @@ def resolve_named_yaml(name_or_path: str | os.PathLike, folder: Path, *, field: 
         known = ", ".join(sorted(p.stem for p in folder.glob("*.yaml")))
         raise InputError(field, f"unknown {kind} {str(name_or_path)!r} (known: {known})")
     return candidate
+
+
+def finite_number(data: dict, key: str, where: str, default: float | None = None) -> float:
+    """``data[key]`` as a float; missing (without a ``default``), a bool, a non-number or
+    not finite is an :class:`InputError` naming ``where.key``."""
+    if key not in data:
+        if default is not None:
+            return default
+        raise InputError(f"{where}.{key}", "missing")
+    value = data[key]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise InputError(f"{where}.{key}", f"must be a finite number, got {value!r}")
+    return float(value)

@@ -19,7 +19,7 @@ from planner.errors import InputError, reject_unknown_keys, require
 from planner.framework_spec import FRAMEWORK_YAML, FrameworkSpec, RATE_TABLES, RateTable
 from planner.hardware import (DeviceSpec, DTYPES, EfficiencyCurve, LinkSpec, MeasuredCollective, NodeSpec,
                               PROFILES_DIR)
-from planner.io import atomic_write_text, parse_yaml, read_input_text, resolve_named_yaml
+from planner.io import atomic_write_text, finite_number, parse_yaml, read_input_text, resolve_named_yaml
 from planner.units import GB, GIB, MICRO, TERA
 
 
@@ -41,17 +41,6 @@ _LINK_KEYS = {"bandwidth_gb_s", "latency_us", "bus_efficiency"}
 _COLLECTIVE_KEYS = {"op", "group_size", "latency_us", "bus_bandwidth_gb_s", "times_us"}
 
 
-def _number(data: dict, key: str, where: str, *, optional: bool = False, default: float = 0.0) -> float:
-    if key not in data:
-        if optional:
-            return default
-        raise InputError(f"{where}.{key}", "missing")
-    value = data[key]
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise InputError(f"{where}.{key}", f"must be a finite number, got {value!r}")
-    return float(value)
-
-
 def _mapping(data: Any, where: str) -> dict:
     if data is None:
         raise InputError(where, "missing")
@@ -65,9 +54,9 @@ def _parse_link(data: Any, where: str) -> LinkSpec:
     reject_unknown_keys(data, _LINK_KEYS, where)
     try:
         return LinkSpec(
-            bandwidth_bytes_per_s=_number(data, "bandwidth_gb_s", where) * GB,
-            latency_s=_number(data, "latency_us", where) * MICRO,
-            bus_efficiency=_number(data, "bus_efficiency", where),
+            bandwidth_bytes_per_s=finite_number(data, "bandwidth_gb_s", where) * GB,
+            latency_s=finite_number(data, "latency_us", where) * MICRO,
+            bus_efficiency=finite_number(data, "bus_efficiency", where),
         )
     except InputError as err:
         if err.field.startswith(where):
@@ -99,7 +88,7 @@ def _parse_device(data: Any) -> DeviceSpec:
     peak_pairs = []
     for dtype in DTYPES:
         if dtype in peaks and peaks[dtype] is not None:
-            peak_pairs.append((dtype, _number(peaks, dtype, f"{where}.peak_tflops") * TERA))
+            peak_pairs.append((dtype, finite_number(peaks, dtype, f"{where}.peak_tflops") * TERA))
     if "matmul_efficiency" not in data:
         raise InputError(f"{where}.matmul_efficiency", "missing")
     curve_data = data["matmul_efficiency"]
@@ -120,14 +109,14 @@ def _parse_device(data: Any) -> DeviceSpec:
     return DeviceSpec(
         name=data["name"],
         peak_flops_per_s=tuple(peak_pairs),
-        hbm_bytes=_number(data, "hbm_gib", where) * GIB,
-        hbm_bandwidth_bytes_per_s=_number(data, "hbm_bandwidth_gb_s", where) * GB,
+        hbm_bytes=finite_number(data, "hbm_gib", where) * GIB,
+        hbm_bandwidth_bytes_per_s=finite_number(data, "hbm_bandwidth_gb_s", where) * GB,
         matmul_efficiency=default_curve,
         matmul_efficiency_by_dtype=by_dtype,
-        memory_bound_efficiency=_number(data, "memory_bound_efficiency", where),
-        kernel_overhead_s=_number(data, "kernel_overhead_us", where) * MICRO,
-        reserved_bytes=_number(data, "reserved_gib", where) * GIB,
-        fragmentation_fraction=_number(data, "fragmentation_fraction", where),
+        memory_bound_efficiency=finite_number(data, "memory_bound_efficiency", where),
+        kernel_overhead_s=finite_number(data, "kernel_overhead_us", where) * MICRO,
+        reserved_bytes=finite_number(data, "reserved_gib", where) * GIB,
+        fragmentation_fraction=finite_number(data, "fragmentation_fraction", where),
         host_cores=host_cores,
     )
 
@@ -164,8 +153,8 @@ def _parse_collectives(data: Any) -> tuple[MeasuredCollective, ...]:
         out.append(MeasuredCollective(
             op=str(entry.get("op")),
             group_size=group,
-            latency_s=_number(entry, "latency_us", where) * MICRO,
-            bus_bandwidth_bytes_per_s=_number(entry, "bus_bandwidth_gb_s", where) * GB,
+            latency_s=finite_number(entry, "latency_us", where) * MICRO,
+            bus_bandwidth_bytes_per_s=finite_number(entry, "bus_bandwidth_gb_s", where) * GB,
             times_s=_parse_times(entry.get("times_us"), f"{where}.times_us"),
         ))
     return tuple(out)
@@ -179,7 +168,7 @@ def _parse_framework(data: Any) -> FrameworkSpec | None:
     where = "framework"
     data = _mapping(data, where)
     reject_unknown_keys(data, {k for k, _ in FRAMEWORK_YAML.values()} | {t.yaml_key for t in RATE_TABLES}, where)
-    values = {field: _number(data, key, where) * factor for field, (key, factor) in FRAMEWORK_YAML.items()
+    values = {field: finite_number(data, key, where) * factor for field, (key, factor) in FRAMEWORK_YAML.items()
               if not (field in _FRAMEWORK_OPTIONAL and key not in data)}
     for table in RATE_TABLES:
         if table.yaml_key in data:
@@ -213,8 +202,8 @@ def _parse_memory_sources(data: Any) -> tuple[tuple[str, float, float], ...]:
         require(source in MEMORY_SOURCES, f"memory_sources.{source}", f"must be one of {', '.join(MEMORY_SOURCES)}")
         entry = _mapping(entry, f"memory_sources.{source}")
         reject_unknown_keys(entry, {"factor", "offset_gib"}, f"memory_sources.{source}")
-        out.append((source, _number(entry, "factor", f"memory_sources.{source}"),
-                    _number(entry, "offset_gib", f"memory_sources.{source}") * GIB))
+        out.append((source, finite_number(entry, "factor", f"memory_sources.{source}"),
+                    finite_number(entry, "offset_gib", f"memory_sources.{source}") * GIB))
     return tuple(out)
 
 
