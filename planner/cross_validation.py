@@ -138,10 +138,10 @@ def residual_table(dataset: str | Path, results: list[ChoiceResult]) -> pd.DataF
             runtimes.update(more_runtimes)
         df = validate(dataset, nodes=nodes, runtimes=runtimes)
         parts.append(df[(df["status"] != "skipped") & (df["source"] == source)])
-    df = pd.concat(parts) if parts else pd.DataFrame(columns=["row_id", "source", "profile", "config",
+    df = pd.concat(parts) if parts else pd.DataFrame(columns=["row_id", "source", "profile", "runtime", "config",
                                                               "num_gpus", "metric", "error"])
     return pd.DataFrame({"row_id": df["row_id"], "source": df["source"], "profile": df["profile"],
-                         "family": [family_of(c) for c in df["config"]], "num_gpus": df["num_gpus"],
+                         "runtime": df["runtime"], "family": [family_of(c) for c in df["config"]], "num_gpus": df["num_gpus"],
                          "config": df["config"], "metric": df["metric"], "error_cv": df["error"],
                          "step_time_error_cv": [step_time_error(m, e) for m, e in zip(df["metric"], df["error"])]})
 

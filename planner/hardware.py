@@ -130,6 +130,9 @@ class DeviceSpec:
     fragmentation_fraction: allocator overhead as a fraction of tensor memory.
     host_cores: CPU profiles only: cores shared by the ranks; a rank runs at
         peak * min(1, host_cores / ranks_on_host). 0 for GPUs (no sharing).
+    sm_count: streaming multiprocessors (compute units) of a GPU; a running collective holds
+        some of them (:func:`planner.cost.comm.comm_sm_fraction`). 0: not stated (CPU profiles),
+        and overlapped communication then takes nothing from the compute.
     """
 
     name: str
@@ -142,6 +145,7 @@ class DeviceSpec:
     reserved_bytes: float
     fragmentation_fraction: float
     host_cores: int = 0
+    sm_count: int = 0
     matmul_efficiency_by_dtype: tuple[tuple[str, EfficiencyCurve], ...] = ()
 
     def __post_init__(self) -> None:
@@ -158,6 +162,7 @@ class DeviceSpec:
         require(self.reserved_bytes >= 0, "device.reserved_gib", "must be >= 0")
         require(0 <= self.fragmentation_fraction < 1, "device.fragmentation_fraction", "must be in [0, 1)")
         require(self.host_cores >= 0, "device.host_cores", "must be >= 0")
+        require(self.sm_count >= 0, "device.sm_count", "must be >= 0")
 
     def peak_flops(self, dtype: str) -> float:
         """Dense peak FLOP/s for ``dtype``; raises InputError if the device lacks it."""

@@ -35,7 +35,7 @@ _FRAMEWORK_OPTIONAL = {"concurrent_slowdown", "concurrent_gemm_slowdown", "sp_bl
                        "step_optimizer_slowdown"}
 _DEVICE_KEYS = {"name", "peak_tflops", "hbm_gib", "hbm_bandwidth_gb_s", "matmul_efficiency",
                 "memory_bound_efficiency", "kernel_overhead_us", "reserved_gib",
-                "fragmentation_fraction", "host_cores"}
+                "fragmentation_fraction", "host_cores", "sm_count"}
 _NODE_KEYS = {"gpus_per_node", "intra_node", "inter_node"}
 _LINK_KEYS = {"bandwidth_gb_s", "latency_us", "bus_efficiency"}
 _COLLECTIVE_KEYS = {"op", "group_size", "latency_us", "bus_bandwidth_gb_s", "times_us"}
@@ -101,9 +101,12 @@ def _parse_device(data: Any) -> DeviceSpec:
         default_curve = by_dtype[0][1]
     else:
         default_curve = _parse_curve(curve_data, f"{where}.matmul_efficiency")
-    host_cores = data.get("host_cores", 0)
-    if isinstance(host_cores, bool) or not isinstance(host_cores, int):
-        raise InputError(f"{where}.host_cores", f"must be an integer, got {host_cores!r}")
+    counts = {}
+    for key in ("host_cores", "sm_count"):
+        value = data.get(key, 0)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise InputError(f"{where}.{key}", f"must be an integer, got {value!r}")
+        counts[key] = value
     if not isinstance(data.get("name"), str):
         raise InputError(f"{where}.name", "missing or not a string")
     return DeviceSpec(
@@ -117,7 +120,8 @@ def _parse_device(data: Any) -> DeviceSpec:
         kernel_overhead_s=finite_number(data, "kernel_overhead_us", where) * MICRO,
         reserved_bytes=finite_number(data, "reserved_gib", where) * GIB,
         fragmentation_fraction=finite_number(data, "fragmentation_fraction", where),
-        host_cores=host_cores,
+        host_cores=counts["host_cores"],
+        sm_count=counts["sm_count"],
     )
 
 
@@ -301,6 +305,8 @@ def profile_yaml(node: NodeSpec, *, header: Iterable[str] = (), comments: dict[s
     out.append(_line(1, "fragmentation_fraction", _num(d.fragmentation_fraction), c))
     if d.host_cores:
         out.append(_line(1, "host_cores", str(int(d.host_cores)), c))
+    if d.sm_count:
+        out.append(_line(1, "sm_count", str(int(d.sm_count)), c))
     out.append("node:")
     out.append(_line(1, "gpus_per_node", str(int(node.gpus_per_node)), c))
     for key, link in (("intra_node", node.intra_node), ("inter_node", node.inter_node)):

@@ -5,9 +5,12 @@ predictable published row, the step-time error of its prediction when every valu
 looking at training runs was refitted without the row's source (:mod:`planner.cross_validation`).
 A prediction's interval spans the 10th to 90th percentile of those errors (linear
 interpolation; with few rows, nearly their range) over the rows nearest to it: the same
-hardware profile and parallelism family within a factor of 8 in GPU count; failing three such
-rows, the same profile and family at any scale; failing that, the same profile. Anything wider is
-an extrapolation and is reported as one, with no interval (no validation row covers the regime).
+hardware profile, runtime (the stack priced: :mod:`planner.cost.runtime`) and parallelism family
+within a factor of 8 in GPU count; failing three such rows, the same profile, runtime and family
+at any scale; failing that, the same profile and runtime. A prediction for a stack no published
+run on its profile was priced with is an extrapolation: it gets the interval of that profile's
+runs of the same family (or of any family) on other stacks, and says so. With fewer than three
+rows on the profile it is an extrapolation with no interval (no validation row covers the regime).
 """
 from __future__ import annotations
 
@@ -53,6 +56,7 @@ def step_time_error(metric: str, error: float) -> float:
 class Residual:
     row_id: int
     profile: str
+    runtime: str
     family: str
     num_gpus: int
     step_time_error: float
@@ -61,7 +65,8 @@ class Residual:
 @dataclass(frozen=True)
 class Trust:
     """``low_s`` / ``high_s``: the step time the nearest rows' errors put around the prediction
-    (None when extrapolating); ``basis`` says which rows."""
+    (None where no rows cover the profile); ``basis`` says which rows; ``extrapolation``: no
+    published run covers the profile, or none the stack."""
 
     low_s: float | None
     high_s: float | None
@@ -80,37 +85,44 @@ def load_residuals(path: Path = RESIDUALS_PATH) -> tuple[Residual, ...]:
     out = []
     for i, r in enumerate(csv.DictReader(read_input_text(path, "residuals").splitlines()), start=2):
         try:
-            out.append(Residual(int(r["row_id"]), r["profile"], r["family"], int(r["num_gpus"]),
+            out.append(Residual(int(r["row_id"]), r["profile"], r["runtime"], r["family"], int(r["num_gpus"]),
                                 float(r["step_time_error_cv"])))
         except (KeyError, ValueError):
-            raise InputError("residuals", f"{path} line {i}: needs row_id, profile, family, num_gpus, "
+            raise InputError("residuals", f"{path} line {i}: needs row_id, profile, runtime, family, num_gpus, "
                                           "step_time_error_cv") from None
     return tuple(out)
 
 
-def trust(step_time_s: float, profile: str, parallel: ParallelConfig,
+def trust(step_time_s: float, profile: str, runtime: str, parallel: ParallelConfig,
           residuals: tuple[Residual, ...]) -> Trust:
+    """The interval of a ``step_time_s`` predicted for ``parallel`` on ``profile`` with the
+    ``runtime`` preset (module docstring)."""
     family = family_of(parallel.megatron_notation())
     n = parallel.world_size
     same = [r for r in residuals if r.profile == profile]
-    tiers = (([r for r in same if r.family == family and max(r.num_gpus, n) <= SCALE_FACTOR * min(r.num_gpus, n)],
-              f"{profile}, {family}, {max(1, n // SCALE_FACTOR)}-{n * SCALE_FACTOR} GPUs"),
-             ([r for r in same if r.family == family], f"{profile}, {family}, any scale"),
-             (same, f"{profile}, any parallelism"))
-    for rows, basis in tiers:
+    stack = [r for r in same if r.runtime == runtime]
+    near = [r for r in stack if r.family == family and max(r.num_gpus, n) <= SCALE_FACTOR * min(r.num_gpus, n)]
+    other = f"no published run on {profile} priced as {runtime}: runs of other stacks"
+    tiers = ((near, f"{profile}, {runtime}, {family}, {max(1, n // SCALE_FACTOR)}-{n * SCALE_FACTOR} GPUs", False),
+             ([r for r in stack if r.family == family], f"{profile}, {runtime}, {family}, any scale", False),
+             (stack, f"{profile}, {runtime}, any parallelism", False),
+             ([r for r in same if r.family == family], f"{other}, {family}", True),
+             (same, f"{other}, any parallelism", True))
+    for rows, basis, extrapolating in tiers:
         if len(rows) >= MIN_ROWS:
             errs = sorted(r.step_time_error for r in rows)
             # measured = predicted / (1 + error): a large error puts the measured time low
             return Trust(step_time_s / (1 + _quantile(errs, COVERAGE)),
                          step_time_s / (1 + _quantile(errs, 1 - COVERAGE)),
-                         tuple(r.row_id for r in rows), basis, extrapolation=False)
+                         tuple(r.row_id for r in rows), basis, extrapolation=extrapolating)
     why = f"fewer than {MIN_ROWS} validated published runs on {profile}" if residuals else \
         f"no residual table ({RESIDUALS_PATH.name}: clusterplan validate --cross-validate writes it)"
     return Trust(None, None, (), why, extrapolation=True)
 
 
 def describe(t: Trust) -> str:
-    if t.extrapolation:
+    if t.low_s is None:
         return f"extrapolation: {t.basis}; no interval"
-    return (f"{t.low_s:.4g}-{t.high_s:.4g} s (10th-90th percentile of the cross-validated errors of "
+    text = (f"{t.low_s:.4g}-{t.high_s:.4g} s (10th-90th percentile of the cross-validated errors of "
             f"{len(t.rows)} published runs: {t.basis})")
+    return f"extrapolation, {text}" if t.extrapolation else text

@@ -249,11 +249,15 @@ def row_config(row: dict) -> RowConfig:
         assumptions.append(vnote + ": assumed v=1 (1F1B)")
     elif vnote:
         notes.append(vnote)
-    sp = _str(row, "sequence_parallel").lower() == "yes"
+    sp_cell = _str(row, "sequence_parallel").lower()
+    sp = sp_cell == "yes"
     sharding = _sharding(_str(row, "zero_or_fsdp"))
     runtime, runtime_note = framework_runtime(_str(row, "framework"))
     if runtime_note:
         notes.append(runtime_note)
+    if tp > 1 and not sp_cell and get_runtime(runtime).tp_comm_overlap:
+        sp = True  # Megatron-Core asserts --sequence-parallel with --tp-comm-overlap
+        notes.append("sequence parallel not stated: on, as the runtime's --tp-comm-overlap requires")
     nodes_gpus = tp * pp * dp * cp
     gpn = load_profile(profile).gpus_per_node
     if nodes_gpus % gpn != 0:

@@ -58,9 +58,12 @@ def test_ranking_says_which_plans_it_cannot_tell_apart(capsys):
     from planner.commands.plan import ties_text
     from planner.trust import Trust
 
-    rc, out, _ = run(BASE + ["--top", "3", "--json"], capsys)
+    rc, out, _ = run(BASE + ["--top", "3", "--json", "--runtime", "megatron-lm-2021"], capsys)
     trust = json.loads(out)["trust"]
     assert rc == 0 and len(trust) == 3 and all(not t["extrapolation"] for t in trust)
+    rc, out, _ = run(BASE + ["--top", "3", "--json"], capsys)  # no published A100 run of the default stack
+    trust = json.loads(out)["trust"]
+    assert rc == 0 and all(t["extrapolation"] and t["low_s"] is not None for t in trust)
     best = Trust(9.0, 11.0, (1, 2, 3), "p", False)
     apart = Trust(12.0, 13.0, (1, 2, 3), "p", False)
     overlapping = Trust(10.5, 12.0, (1, 2, 3), "p", False)

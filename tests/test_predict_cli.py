@@ -121,10 +121,12 @@ def test_version_list_and_the_package_api(capsys):
 
 
 def test_step_time_comes_with_the_nearest_published_runs_range(capsys):
-    rc, out, _ = run(BASE + ["--json"], capsys)
+    rc, out, _ = run(BASE + ["--json", "--runtime", "megatron-lm-2021"], capsys)
     d = json.loads(out)["trust"]
     assert rc == 0 and not d["extrapolation"] and len(d["rows"]) >= 3
     assert 0 < d["low_s"] <= d["high_s"]
+    rc, out, _ = run(BASE, capsys)  # the default stack was never published on A100: other stacks' range
+    assert rc == 0 and "extrapolation, " in out and "priced as default" in out
     rc, out, _ = run(["predict", "--model", "gpt2", "--hardware", "local-cpu", "--nodes", "1",
                       "--global-batch", "2", "--seq-len", "128"], capsys)
     assert rc == 0 and "extrapolation" in out

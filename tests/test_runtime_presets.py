@@ -140,3 +140,32 @@ def test_the_runtime_decides_whether_the_executor_is_modelled():
     with pytest.raises(InputError) as err:
         predict(model, cluster_for("dgx-a100-80gb", 1), gpu_plan, EXECUTOR_RUNTIME)
     assert err.value.field == "runtime"
+
+
+# --- communication overlapped with compute: the SMs a collective holds ---
+
+def test_overlapped_collective_shows_its_excess_or_its_sm_share():
+    from planner.cost.comm import COLLECTIVE_SMS, comm_sm_fraction, overlapped_exposed_s
+    a100 = load_profile("dgx-a100-80gb").device
+    f = comm_sm_fraction(a100)
+    assert f == pytest.approx(COLLECTIVE_SMS / 108)
+    assert overlapped_exposed_s(a100, 1.0, 10.0) == pytest.approx(f * 1.0)   # hidden: its SMs show
+    assert overlapped_exposed_s(a100, 10.0, 1.0) == pytest.approx(9.0)       # longer: the excess
+    assert overlapped_exposed_s(a100, 0.0, 1.0) == 0.0
+    cpu = load_profile("local-cpu").device
+    assert comm_sm_fraction(cpu) == 0.0 and overlapped_exposed_s(cpu, 1.0, 10.0) == 0.0
+
+
+def test_tp_comm_overlap_needs_sequence_parallel_and_hides_most_of_it():
+    model = load_model("gpt3-175b")
+    cluster = cluster_for("dgx-h100-80gb", 1)
+    base = dict(tp=8, micro_batch=1, global_batch=8, seq_len=2048, recompute="selective")
+    exposed = Runtime(name="plain")
+    overlapped = Runtime(name="overlapped", tp_comm_overlap=True)
+    sp = ParallelConfig(sequence_parallel=True, **base)
+    no_sp = ParallelConfig(**base)
+    t_plain = predict(model, cluster, sp, exposed, timeline=False).time.tp_s
+    t_over = predict(model, cluster, sp, overlapped, timeline=False).time.tp_s
+    assert 0.0 < t_over < 0.5 * t_plain
+    assert predict(model, cluster, no_sp, overlapped, timeline=False).time.tp_s == \
+        predict(model, cluster, no_sp, exposed, timeline=False).time.tp_s

@@ -107,3 +107,16 @@ def test_precisions_of_todays_rows(tmp_path):
     df = validate(path).set_index("row_id")
     assert df.loc[903, "status"] == "skipped" and "precision" in df.loc[903, "note"]
     assert df.loc[904, "status"] == "skipped" and "TF32" in df.loc[904, "note"]
+
+
+def test_tp_comm_overlap_runtime_implies_sequence_parallel_where_the_row_is_silent():
+    from planner.validation import row_config
+    row = {"row_id": 1, "model": "GPT-7B", "n_layers": 32, "hidden_size": 4096, "n_heads": 32,
+           "vocab_size": 50304, "seq_len": 2048, "gpu_type": "H100 SXM", "num_gpus": 16, "tp": 2, "pp": 1,
+           "dp": 8, "micro_batch": 1, "global_batch": 64, "activation_recompute": "none",
+           "precision": "bf16", "framework": "Megatron-Core r0.8.0"}
+    cfg = row_config(row)
+    assert cfg.runtime == "megatron-core" and cfg.parallel.sequence_parallel
+    assert "--tp-comm-overlap" in cfg.reason
+    cfg = row_config({**row, "sequence_parallel": "no"})  # stated: kept, so nothing overlaps
+    assert not cfg.parallel.sequence_parallel

@@ -121,7 +121,7 @@ def trust_ranges(result, hetero: bool) -> list:
         return [Trust(None, None, (), "a mixed cluster: no validated published run", True) for _ in result.ranked]
     residuals = load_residuals()
     profile = result.cluster.groups[0].node.name
-    return [trust(c.step_time_s, profile, c.parallel, residuals) for c in result.ranked]
+    return [trust(c.step_time_s, profile, c.prediction.runtime.name, c.parallel, residuals) for c in result.ranked]
 
 
 def ties_text(ranges) -> str:
@@ -129,9 +129,9 @@ def ties_text(ranges) -> str:
     from planner.trust import describe
 
     best = ranges[0]
-    if best.extrapolation:
+    if best.low_s is None:
         return f"How far to trust the ranking: {describe(best)}; the order rests on the cost model alone."
-    tied = [i + 1 for i, t in enumerate(ranges) if not t.extrapolation and t.low_s <= best.high_s]
+    tied = [i + 1 for i, t in enumerate(ranges) if t.low_s is not None and t.low_s <= best.high_s]
     text = f"How far to trust it: plan 1's step time {describe(best)}."
     if len(tied) > 1:
         text += (f" Plans {', '.join(map(str, tied))} have ranges that overlap it: ties the model cannot "

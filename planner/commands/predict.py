@@ -146,7 +146,8 @@ def _trust(plan, pred):
 
     if plan.cluster:
         return Trust(None, None, (), "a mixed cluster: no validated published run", extrapolation=True)
-    return trust(pred.step_time_s, load_profile(plan.hardware).name, plan.parallel, load_residuals())
+    return trust(pred.step_time_s, load_profile(plan.hardware).name, pred.runtime.name, plan.parallel,
+                 load_residuals())
 
 
 def handler(args: argparse.Namespace) -> int:

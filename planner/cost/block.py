@@ -5,17 +5,19 @@ stack adds (its TP, ZeRO-3 / FSDP and edge communication) comes from :mod:`plann
 
 Tensor parallel (Shoeybi et al. 2019; Narayanan et al. SC'21 Sec. 3.3): 2 all-reduces of
 ``b*s*h`` activations per block forward and 2 in backward (with sequence parallel, Korthikanti
-et al. 2022 Sec. 4.2.2: the same bytes as all-gather + reduce-scatter), not overlapped; full
-recomputation repeats the forward ones. Context parallel (ring attention, Liu et al. 2023):
+et al. 2022 Sec. 4.2.2: the same bytes as all-gather + reduce-scatter), not overlapped unless
+the runtime pipelines them with the GEMMs (``Runtime.tp_comm_overlap``); full recomputation
+repeats the forward ones. Context parallel (ring attention, Liu et al. 2023):
 ``cp-1`` K/V exchanges per block forward (K/V and their gradients backward), overlapped with the
 attention core. ZeRO-3 / FSDP: per block parameter all-gathers and gradient reduce-scatters,
-hidden behind the neighbouring compute where the runtime prefetches.
+hidden behind the neighbouring compute where the runtime prefetches. Whatever overlaps still
+holds SMs the compute beside it loses (:func:`planner.cost.comm.overlapped_exposed_s`).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from planner.cost.comm import GroupShape, p2p_time
+from planner.cost.comm import GroupShape, overlapped_exposed_s, p2p_time
 from planner.cost.compute import (LayerTimes, Rates, block_gemm_forward_times, embedding_times, head_times,
                                   layer_times)
 from planner.cost.precision import activation_bytes_per_element
@@ -61,7 +63,9 @@ def cp_comm_s(model: ModelSpec, node: NodeSpec, lt: LayerTimes, g: GroupShape, *
         return 0.0, 0.0
     kv_bytes = 2 * activation_bytes_per_element(precision) * micro_batch * (seq_len / cp) * model.kv_dim / tp
     hop = p2p_time(kv_bytes, g.nodes > 1, node)
-    return max(0.0, (cp - 1) * hop - lt.core_fwd_s), max(0.0, 2 * (cp - 1) * hop - lt.core_bwd_s)
+    dev = node.device
+    return (overlapped_exposed_s(dev, (cp - 1) * hop, lt.core_fwd_s),
+            overlapped_exposed_s(dev, 2 * (cp - 1) * hop, lt.core_bwd_s))
 
 
 @dataclass(frozen=True)
@@ -113,6 +117,10 @@ def block_cost(model: ModelSpec, node: NodeSpec, runtime: Runtime, rates: Rates,
     tp_f = tp_b = 0.0
     if tp > 1:
         tp_f, tp_b = stack.tp_comm_s(model, node, act, tp_group, sp)
+        if runtime.tp_comm_overlap and sp and not runtime.executor:
+            gemm_f = sum(block_gemm_forward_times(model, b, s, tp, cp, precision, rates))
+            tp_f = overlapped_exposed_s(node.device, tp_f, gemm_f)
+            tp_b = overlapped_exposed_s(node.device, tp_b, 2 * gemm_f)  # dgrad + wgrad GEMMs
         e_f, h_f, h_b = stack.tp_edge_s(model, b * s / cp, bpe, tp_group, node)
         emb_f, head_f, head_bi = emb_f + e_f, head_f + h_f, head_bi + h_b
     cp_f, cp_b = cp_comm_s(model, node, lt, cp_group, tp=tp, micro_batch=b, seq_len=s, precision=precision)

@@ -23,7 +23,28 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from planner.errors import require
-from planner.hardware import COLLECTIVE_OPS, NodeSpec
+from planner.hardware import COLLECTIVE_OPS, DeviceSpec, NodeSpec
+
+COLLECTIVE_SMS = 16
+"""SMs a running NCCL collective holds: "If you are on DGX with 8 NICs and a top speed of 190
+GB/s, then it would use 16 SMs", and "NCCL CTAs won't share an SM with compute kernels"
+(S. Jeaugey, NVIDIA/nccl#689). The same count is taken for NVLink-only groups and for RCCL."""
+
+
+def comm_sm_fraction(device: DeviceSpec) -> float:
+    """Share of the device's SMs a collective overlapped with compute takes from it (0 where
+    the profile states no SM count: CPU ranks, where nothing overlaps anyway)."""
+    return min(1.0, COLLECTIVE_SMS / device.sm_count) if device.sm_count else 0.0
+
+
+def overlapped_exposed_s(device: DeviceSpec, comm_s: float, compute_s: float) -> float:
+    """What ``comm_s`` of communication run beside ``compute_s`` of compute adds to the compute:
+    while both run the compute has ``1 - f`` of the SMs (f: :func:`comm_sm_fraction`), so
+    they end at ``max(comm, compute + f * comm)`` and the step sees
+    ``max(comm - compute, f * comm)``."""
+    if comm_s <= 0.0:
+        return 0.0
+    return max(comm_s - compute_s, comm_sm_fraction(device) * comm_s)
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 the backward pass. ZeRO-3 / FSDP reduce block by block instead (:mod:`planner.cost.block`)."""
 from __future__ import annotations
 
-from planner.cost.comm import GroupShape
+from planner.cost.comm import GroupShape, overlapped_exposed_s
 from planner.cost.compute import Rates
 from planner.cost.runtime import Runtime
 from planner.cost.stacks import stack_of
@@ -22,11 +22,15 @@ def dp_reduction_s(node: NodeSpec, rates: Rates, g: GroupShape, *, precision: st
                                 params=params, param_tensors=param_tensors)
 
 
-def exposed_s(runtime: Runtime, reduction: tuple[float, float, float], window_s: float) -> float:
+def exposed_s(runtime: Runtime, reduction: tuple[float, float, float], window_s: float,
+              rates: Rates) -> float:
     """What of :func:`dp_reduction_s` the step shows: overlapped with the backward (DDP buckets,
-    Li et al. VLDB 2020; Megatron-Core ``--overlap-grad-reduce``) only the part longer than
+    Li et al. VLDB 2020; Megatron-Core ``--overlap-grad-reduce``) the part longer than
     ``window_s`` (the rank's last micro-batch's backward); ZeRO's parameter all-gather unless
-    the runtime overlaps it with the next forward."""
+    the runtime overlaps it with the next forward. Overlapped, each still takes its SMs from
+    the compute beside it (:func:`planner.cost.comm.overlapped_exposed_s`)."""
     red, gather, reducer = reduction
-    window = window_s if runtime.overlap_grad_reduce else 0.0
-    return max(0.0, red - window) + (0.0 if runtime.overlap_param_gather else gather) + reducer
+    device = rates.device
+    red_s = overlapped_exposed_s(device, red, window_s) if runtime.overlap_grad_reduce else red
+    gather_s = overlapped_exposed_s(device, gather, float("inf")) if runtime.overlap_param_gather else gather
+    return red_s + gather_s + reducer

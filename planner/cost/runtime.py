@@ -39,6 +39,13 @@ class Runtime:
         micro-batch's backward on the stage is exposed. Otherwise it runs after backward.
     overlap_param_gather: ZeRO-1/2 (distributed optimizer) parameter all-gather overlapped with
         the next forward (Megatron-Core ``--overlap-param-gather``); otherwise exposed.
+    tp_comm_overlap: with sequence parallel, each tensor-parallel all-gather / reduce-scatter is
+        split and pipelined with the projection GEMM that consumes or produces it (Transformer
+        Engine userbuffers, Megatron-Core ``--tp-comm-overlap``, which asserts
+        ``--sequence-parallel``): the forward's collectives run beside the block's forward GEMMs,
+        the backward's beside its dgrad and wgrad GEMMs; only the excess and the SMs they hold
+        show (:func:`planner.cost.comm.overlapped_exposed_s`). Otherwise TP communication is
+        exposed.
     shard_prefetch: ZeRO-3/FSDP parameter all-gathers and gradient reduce-scatters run on a side
         stream overlapped with the neighbouring layer's compute (FSDP forward/backward prefetch,
         DeepSpeed ``overlap_comm``); only the excess over compute is exposed (per block for
@@ -81,6 +88,7 @@ class Runtime:
     attention: str = "flash"
     overlap_grad_reduce: bool = True
     overlap_param_gather: bool = True
+    tp_comm_overlap: bool = False
     shard_prefetch: bool = True
     gather_granularity: str = "per_layer"
     recompute_gathers_again: bool = False
@@ -106,6 +114,7 @@ class Runtime:
     def to_dict(self) -> dict:
         return {"name": self.name, "executor": self.executor, "attention": self.attention, "overlap_grad_reduce": self.overlap_grad_reduce,
                 "overlap_param_gather": self.overlap_param_gather,
+                "tp_comm_overlap": self.tp_comm_overlap,
                 "shard_prefetch": self.shard_prefetch,
                 "gather_granularity": self.gather_granularity,
                 "recompute_gathers_again": self.recompute_gathers_again,
@@ -128,8 +137,13 @@ RUNTIME_PRESETS: dict[str, Runtime] = {
     # (released May 2022), fused scale-mask-softmax; DDP all-reduce after the backward pass.
     "megatron-lm-2021": Runtime(name="megatron-lm-2021", attention="unfused", overlap_grad_reduce=False,
                                 overlap_param_gather=False),
-    # Megatron-Core r0.8 (2024): TE flash attention, --overlap-grad-reduce --overlap-param-gather.
-    "megatron-core": Runtime(name="megatron-core", attention="flash", overlap_grad_reduce=True, overlap_param_gather=True),
+    # Megatron-Core as NVIDIA publishes it (r0.8+, NeMo / Megatron-Bridge): TE flash attention,
+    # --overlap-grad-reduce --overlap-param-gather and --tp-comm-overlap (Megatron-LM README,
+    # "Performance": "We perform fine-grained overlapping of data-parallel (--overlap-grad-reduce
+    # --overlap-param-gather), tensor-parallel (--tp-comm-overlap) and pipeline-parallel
+    # communication").
+    "megatron-core": Runtime(name="megatron-core", attention="flash", overlap_grad_reduce=True,
+                             overlap_param_gather=True, tp_comm_overlap=True),
     # DeepSpeed ZeRO-3 inside Megatron (2021, SC'21 Table 2): per-parameter gathers issued by
     # module hooks (DeepSpeed v0.3.13-v0.5 stage3.py): each sub-module's hook waits for its
     # tensor (torch.cuda.synchronize) and prefetches the next one, so compute overlaps one

@@ -13,7 +13,7 @@ runtime. The pricing code calls the stack; it does not ask which one it has.
 from __future__ import annotations
 
 from planner.cost import framework as fw
-from planner.cost.comm import GroupShape, collective_time
+from planner.cost.comm import GroupShape, collective_time, overlapped_exposed_s
 from planner.cost.precision import grad_bytes_per_param, weight_bytes_per_param
 from planner.cost.runtime import Runtime
 from planner.cost.zero3_prefetch import gathered_tensors_per_layer, per_tensor_prefetch_exposed
@@ -115,7 +115,8 @@ class FusedStack:
             return per_tensor_prefetch_exposed(model, node, runtime, lt, gemm_s, g, copies_s, tp=tp,
                                                precision=precision, recompute=recompute)
         if runtime.shard_prefetch:
-            return max(0.0, comm_f - lt.fwd_s), max(0.0, comm_b - compute_b)
+            dev = node.device
+            return overlapped_exposed_s(dev, comm_f, lt.fwd_s), overlapped_exposed_s(dev, comm_b, compute_b)
         eta = runtime.shard_overlap_fraction  # a fraction of the shorter of comm and compute hides
         return comm_f - eta * min(comm_f, lt.fwd_s), comm_b - eta * min(comm_b, compute_b)
 
@@ -269,7 +270,9 @@ class ExecutorStack:
         comm_f = ag + rates.ops(1, unit_f)
         comm_b = (ag if reshards_after_forward(sharding) else 0.0) + rs + rates.ops(1, unit_b)
         if runtime.shard_prefetch:
-            return max(0.0, comm_f - lt.fwd_s), max(0.0, comm_b - (lt.bwd_s + lt.recompute_s))
+            dev = node.device
+            return (overlapped_exposed_s(dev, comm_f, lt.fwd_s),
+                    overlapped_exposed_s(dev, comm_b, lt.bwd_s + lt.recompute_s))
         return comm_f, comm_b
 
     def fsdp_edge_s(self, model: ModelSpec, node: NodeSpec, rates, g: GroupShape, *, tp: int, pp: int,

@@ -246,7 +246,7 @@ def _site_dp_exposed_s(model: ModelSpec, site: Site, runtime: Runtime, rates: Ra
     reduction = dp_reduction_s(site.node, rates, group_shape(P, "dp", site.node.gpus_per_node),
                                precision=P.precision, sharding=P.sharding, tp=P.tp, pp=P.pp, params=most,
                                param_tensors=param_tensors(model, P, site.ranks))
-    return exposed_s(runtime, reduction, window)
+    return exposed_s(runtime, reduction, window, rates)
 
 
 def timed_step(model: ModelSpec, cluster: ClusterSpec, sites: tuple[Site, ...], runtimes,

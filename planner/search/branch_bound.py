@@ -176,7 +176,7 @@ class BranchAndBound:
                 params=params, param_tensors=tensors)
         if not any(reduction):
             return 0.0
-        return exposed_s(self.costs.rt, reduction, window_of_rank(r_max))
+        return exposed_s(self.costs.rt, reduction, window_of_rank(r_max), self.costs.rates)
 
     def leaf_bound(self, lc: LayerCost, tp, cp, pp, dp, m, rc, sh, sched, v, order) -> float:
         f, bi, w = lc.f, lc.bi, lc.w
