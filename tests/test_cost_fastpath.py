@@ -1,10 +1,11 @@
 """Fast path for the search: closed-form schedules, lower bound, memory without simulation."""
+import dataclasses
 import itertools
 
 import pytest
 
 from planner.catalog import load_model
-from planner.cost.runtime import RUNTIME_PRESETS
+from planner.cost.runtime import RUNTIME_PRESETS, Runtime
 from planner.cost.step import cluster_for, lower_bound_step_time_s, peak_memory, predict
 from planner.plan import ParallelConfig
 from planner.schedule import simulate
@@ -82,7 +83,9 @@ def _plans():
 
 
 def test_fast_predict_same_output_and_bounds():
-    rt = RUNTIME_PRESETS["megatron-lm-2021"]
+    every = Runtime()  # its pricing on every schedule and sharding, whether Megatron runs them or not
+    rt = dataclasses.replace(RUNTIME_PRESETS["megatron-lm-2021"], shardings=every.shardings,
+                             pipeline_shardings=every.pipeline_shardings, schedules=every.schedules)
     for P in _plans():
         full = predict(GPT, A100, P, rt)
         fast = predict(GPT, A100, P, rt, timeline=False)

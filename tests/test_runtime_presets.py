@@ -169,3 +169,37 @@ def test_tp_comm_overlap_needs_sequence_parallel_and_hides_most_of_it():
     assert 0.0 < t_over < 0.5 * t_plain
     assert predict(model, cluster, no_sp, overlapped, timeline=False).time.tp_s == \
         predict(model, cluster, no_sp, exposed, timeline=False).time.tp_s
+
+
+# --- what each framework runs ---
+
+def test_frameworks_refuse_the_plans_they_cannot_run():
+    from planner.cost.runtime import get_runtime
+    from planner.errors import InputError
+    pp_zero3 = ParallelConfig(pp=2, dp=4, micro_batch=1, global_batch=8, sharding="zero3")
+    assert "zero3 with pipeline parallelism" in get_runtime("megatron-core").refusal(pp_zero3)
+    assert "zero3 with pipeline parallelism" in get_runtime("deepspeed-zero3-2021").refusal(pp_zero3)
+    assert get_runtime("torchtitan").refusal(pp_zero3) is None
+    assert get_runtime("default").refusal(pp_zero3) is None
+    assert get_runtime("deepspeed-zero3-2021").refusal(ParallelConfig(dp=8, micro_batch=1, global_batch=8,
+                                                                      sharding="zero3")) is None
+    assert "no pipeline parallelism" in get_runtime("composer-fsdp").refusal(pp_zero3)
+    assert "context parallelism" in get_runtime("megatron-lm-2021").refusal(
+        ParallelConfig(cp=2, dp=4, micro_batch=1, global_batch=8))
+    zb = ParallelConfig(pp=2, dp=4, micro_batch=1, global_batch=8, schedule="zb")
+    assert "no zb schedule" in get_runtime("megatron-core").refusal(zb)
+    with pytest.raises(InputError, match="runtime"):
+        predict(load_model("gpt2"), cluster_for("dgx-a100-80gb", 1), pp_zero3, get_runtime("megatron-core"))
+
+
+def test_search_proposes_only_what_the_runtime_runs():
+    from planner.cost.runtime import get_runtime
+    from planner.search import search
+    model = load_model("llama3-8b")
+    cluster = cluster_for("dgx-h100-80gb", 2)
+    for name in ("megatron-core", "torchtitan", "deepspeed-zero3-2021"):
+        rt = get_runtime(name)
+        result = search(model, cluster, 64, 4096, "bf16", top_k=5, runtime=rt)
+        assert result.ranked and all(rt.refusal(e.parallel) is None for e in result.ranked)
+        if name != "torchtitan":
+            assert "unsupported" in result.rejections

@@ -81,6 +81,10 @@ class Runtime:
     recompute_gathers_again: ZeRO-3 with full recomputation gathers the parameters once more
         for the recomputed forward (DeepSpeed's module hooks fire again; FSDP's backward
         pre-hook gathers once for recompute + backward).
+    shardings / pipeline_shardings: the data-parallel shardings the framework runs, and those it
+        runs together with pipeline parallelism; ``schedules``: its pipeline schedules;
+        ``context_parallel``: whether it has context parallelism. A plan outside them is one the
+        framework cannot run (:meth:`refusal`); the search does not propose it.
     """
 
     name: str = "default"
@@ -99,6 +103,31 @@ class Runtime:
     prefetch_bucket_numel: int = 50_000_000
     max_live_parameters: int = 0
     max_reuse_distance: int = 1_000_000_000
+    shardings: tuple[str, ...] = ("none", "zero1", "zero2", "zero3", "fsdp")
+    pipeline_shardings: tuple[str, ...] = ("none", "zero1", "zero2", "zero3", "fsdp")
+    schedules: tuple[str, ...] = ("gpipe", "1f1b", "interleaved", "zb")
+    context_parallel: bool = True
+
+    def refusal(self, parallel) -> str | None:
+        """Why the framework cannot run ``parallel`` (a :class:`planner.plan.ParallelConfig`),
+        or None."""
+        return self.refusal_of(parallel.sharding, parallel.pp, parallel.dp, parallel.schedule, parallel.cp)
+
+    def refusal_of(self, sharding: str, pp: int, dp: int, schedule: str, cp: int) -> str | None:
+        """:meth:`refusal` of a plan with these axes; ``fsdp`` and ``zero3`` are one sharding here."""
+        allowed = {"zero3" if x == "fsdp" else x for x in (self.pipeline_shardings if pp > 1 else self.shardings)}
+        if dp > 1 and ("zero3" if sharding == "fsdp" else sharding) not in allowed:
+            if pp > 1 and not allowed:
+                return f"the {self.name} runtime has no pipeline parallelism"
+            with_pp = " with pipeline parallelism" if pp > 1 else ""
+            return f"the {self.name} runtime does not run {sharding}{with_pp} (it runs: {', '.join(sorted(allowed))})"
+        if pp > 1 and schedule not in self.schedules:
+            if not self.schedules:
+                return f"the {self.name} runtime has no pipeline parallelism"
+            return f"the {self.name} runtime has no {schedule} schedule (it has: {', '.join(self.schedules)})"
+        if cp > 1 and not self.context_parallel:
+            return f"the {self.name} runtime has no context parallelism"
+        return None
 
     def __post_init__(self) -> None:
         require(0.0 <= self.shard_overlap_fraction <= 1.0, "runtime.shard_overlap_fraction",
@@ -124,26 +153,37 @@ class Runtime:
                 "param_persistence_threshold": self.param_persistence_threshold,
                 "prefetch_bucket_numel": self.prefetch_bucket_numel,
                 "max_live_parameters": self.max_live_parameters,
-                "max_reuse_distance": self.max_reuse_distance}
+                "max_reuse_distance": self.max_reuse_distance,
+                "shardings": list(self.shardings), "pipeline_shardings": list(self.pipeline_shardings),
+                "schedules": list(self.schedules), "context_parallel": self.context_parallel}
 
 
 DEFAULT_RUNTIME = Runtime()
 EXECUTOR_RUNTIME = Runtime(name="executor", executor=True)
+
+_MEGATRON_RULES = dict(shardings=("none", "zero1"), pipeline_shardings=("none", "zero1"),
+                       schedules=("1f1b", "interleaved"))
+# DeepSpeed: any ZeRO stage without pipelining; its PipelineEngine runs 1F1B (TrainSchedule) and
+# asserts "ZeRO-2 and ZeRO-3 are incompatible with pipeline parallelism"; no context parallelism.
+_DEEPSPEED_RULES = dict(pipeline_shardings=("none", "zero1"), schedules=("1f1b",), context_parallel=False)
 
 RUNTIME_PRESETS: dict[str, Runtime] = {
     # current PyTorch / Megatron-Core / torchtitan stacks
     "default": DEFAULT_RUNTIME,
     # Megatron-LM 2021-2022 (Narayanan et al. SC'21; Korthikanti et al. 2022): no flash attention
     # (released May 2022), fused scale-mask-softmax; DDP all-reduce after the backward pass.
+    # Megatron-LM's schedules are 1F1B and interleaved 1F1B (schedules.py), its data parallelism
+    # DDP or, from 2022, the distributed optimizer (ZeRO-1); no context parallelism before
+    # Megatron-Core.
     "megatron-lm-2021": Runtime(name="megatron-lm-2021", attention="unfused", overlap_grad_reduce=False,
-                                overlap_param_gather=False),
+                                overlap_param_gather=False, **_MEGATRON_RULES, context_parallel=False),
     # Megatron-Core as NVIDIA publishes it (r0.8+, NeMo / Megatron-Bridge): TE flash attention,
     # --overlap-grad-reduce --overlap-param-gather and --tp-comm-overlap (Megatron-LM README,
     # "Performance": "We perform fine-grained overlapping of data-parallel (--overlap-grad-reduce
     # --overlap-param-gather), tensor-parallel (--tp-comm-overlap) and pipeline-parallel
     # communication").
     "megatron-core": Runtime(name="megatron-core", attention="flash", overlap_grad_reduce=True,
-                             overlap_param_gather=True, tp_comm_overlap=True),
+                             overlap_param_gather=True, tp_comm_overlap=True, **_MEGATRON_RULES),
     # DeepSpeed ZeRO-3 inside Megatron (2021, SC'21 Table 2): per-parameter gathers issued by
     # module hooks (DeepSpeed v0.3.13-v0.5 stage3.py): each sub-module's hook waits for its
     # tensor (torch.cuda.synchronize) and prefetches the next one, so compute overlaps one
@@ -159,18 +199,25 @@ RUNTIME_PRESETS: dict[str, Runtime] = {
                                     gather_granularity="per_tensor", recompute_gathers_again=True,
                                     param_persistence_threshold=100_000, multi_rail=False,
                                     prefetch_bucket_numel=50_000_000, max_live_parameters=0,
-                                    max_reuse_distance=1_000_000_000),
+                                    max_reuse_distance=1_000_000_000, **_DEEPSPEED_RULES),
     # Megatron-DeepSpeed (BLOOM tr11, 2022): Megatron fused softmax (no flash), DeepSpeed pipeline
     # engine reduces gradients after the last micro-batch, ZeRO-1 BF16 optimizer.
     "megatron-deepspeed": Runtime(name="megatron-deepspeed", attention="unfused", overlap_grad_reduce=False,
-                                  overlap_param_gather=False),
+                                  overlap_param_gather=False, **_DEEPSPEED_RULES),
     # MosaicML llm-foundry / Composer with PyTorch FSDP (2023): triton/flash attention, FSDP
     # prefetch, one flat parameter per block.
-    "composer-fsdp": Runtime(name="composer-fsdp", attention="flash", shard_prefetch=True, gather_granularity="per_layer"),
+    # Composer's FSDP: NO_SHARD, SHARD_GRAD_OP (ZeRO-2), FULL_SHARD; no pipeline or context
+    # parallelism (llm-foundry's configs).
+    "composer-fsdp": Runtime(name="composer-fsdp", attention="flash", shard_prefetch=True, gather_granularity="per_layer",
+                             shardings=("none", "zero2", "zero3", "fsdp"), pipeline_shardings=(),
+                             schedules=(), context_parallel=False),
     # torchtitan (2024-2025): FSDP2 fully_shard per transformer block (one flat gather per block,
     # prefetched forward and backward), SDPA / flash attention, gradients reduce-scattered inside
     # the backward (torchtitan docs/fsdp.md; PyTorch FSDP2 RFC #114299)
-    "torchtitan": Runtime(name="torchtitan", attention="flash", shard_prefetch=True, gather_granularity="per_layer"),
+    # DDP or FSDP2 (reshard_after_forward False is ZeRO-2, True ZeRO-3), no ZeRO-1; schedules
+    # GPipe, 1F1B, Interleaved1F1B, zero-bubble (torchtitan docs, torch.distributed.pipelining).
+    "torchtitan": Runtime(name="torchtitan", attention="flash", shard_prefetch=True, gather_granularity="per_layer",
+                          shardings=("none", "zero2", "zero3", "fsdp"), pipeline_shardings=("none", "zero2", "zero3", "fsdp")),
     # this project's executor (executor/): torch SDPA, DDP buckets overlapped with backward, FSDP2
     # prefetch; on a CPU host whose ranks take every core nothing overlaps (effective_runtime)
     "executor": EXECUTOR_RUNTIME,

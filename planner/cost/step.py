@@ -84,7 +84,9 @@ def plan_sites(cluster: ClusterSpec, P: ParallelConfig) -> tuple[Site, ...]:
     return tuple(Site(node, stage, tuple(ranks)) for node, stage, ranks in by_key.values())
 
 
-def _validate(model: ModelSpec, cluster: ClusterSpec, P: ParallelConfig) -> tuple[Site, ...]:
+def _validate(model: ModelSpec, cluster: ClusterSpec, P: ParallelConfig, runtime: Runtime) -> tuple[Site, ...]:
+    refusal = runtime.refusal(P)
+    require(refusal is None, "runtime", refusal or "")
     if cluster.is_homogeneous and not P.stage_tp:
         node = cluster.node
         require(P.world_size == cluster.world_size, "dp",
@@ -275,7 +277,7 @@ def _bind(model: ModelSpec, cluster: ClusterSpec, P: ParallelConfig,
     """What every pricing entry point starts from: the cluster with its runtime bound
     (:func:`bind_runtime`), the plan's sites, the ranks sharing one host and each site's runtime."""
     cluster, runtime = bind_runtime(cluster, runtime)
-    sites = _validate(model, cluster, P)
+    sites = _validate(model, cluster, P, runtime)
     world = cluster.world_size
     ranks_on_host = min(sites[0].node.gpus_per_node, world)
     runtimes = tuple(effective_runtime(runtime, s.node.device, ranks_on_host if world > 1 else 0) for s in sites)

@@ -221,6 +221,8 @@ def brute_force(model: ModelSpec, cluster: ClusterSpec, global_batch: int, seq_l
                                 for sched, v in S.sched:
                                     if pp == 1 and (sched != "1f1b" or v > 1):
                                         continue
+                                    if runtime.refusal_of(sh, pp, dp, sched, cp):
+                                        continue
                                     for order in S.orders:
                                         if order != ORDERS[0] and (pp == 1 or dp == 1):
                                             continue

@@ -80,6 +80,8 @@ class BranchAndBound:
                             r = Rejected("too_many_stages", "pp*vpp exceeds the layers")
                         elif sched == "interleaved" and m % pp != 0:
                             r = Rejected("not_divisible", "interleaving needs micro-batches divisible by pp")
+                        elif self.rt.refusal_of(sh, pp, dp, sched, 1):
+                            r = Rejected("unsupported", self.rt.refusal_of(sh, pp, dp, sched, 1))
                         if r is None:
                             valid.append((sh, sched, v, order))
                         else:
@@ -263,6 +265,8 @@ class BranchAndBound:
                         r = Rejected("not_divisible", "tp does not divide heads / kv heads / ffn")
                     elif self.seq % cp:
                         r = Rejected("not_divisible", "cp does not divide the sequence length")
+                    elif cp > 1 and not self.rt.context_parallel:
+                        r = Rejected("unsupported", f"the {self.rt.name} runtime has no context parallelism")
                     elif pp > L:
                         r = Rejected("too_many_stages", "pp exceeds the layers")
                     elif self.gbs % dp:

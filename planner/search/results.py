@@ -20,6 +20,7 @@ REASON_TEXT = {
     "too_many_stages": "more stages than layers",
     "tp_crosses_nodes": "tp wider than a node",
     "redundant": "same plan as another candidate",
+    "unsupported": "not run by the runtime",
     "bound": "cannot beat the top K (lower bound)",
 }
 
@@ -29,7 +30,7 @@ class Rejected:
     """Why a candidate (or a whole subtree of candidates) was not ranked.
 
     reason: short code (``out_of_memory``, ``not_divisible``, ``too_many_stages``,
-    ``tp_crosses_nodes``, ``redundant``, ``bound``); detail: for a person; need_bytes / stage:
+    ``tp_crosses_nodes``, ``redundant``, ``unsupported``, ``bound``); detail: for a person; need_bytes / stage:
     out of memory only — the least memory the candidate needs on its fullest stage."""
 
     reason: str
