@@ -33,6 +33,7 @@ from planner.model import ModelSpec
 from planner.plan import ParallelConfig
 from planner.profile_yaml import load_profile
 from planner.row_model import row_model
+from planner.trust import step_time_error
 
 ASSUMED_MICRO_BATCH = 1
 
@@ -307,6 +308,10 @@ def _predicted_value(metric: str, pred: Prediction) -> float:
     }[metric]
 
 
+SHARE_TERMS = ("compute", "recompute", "tp", "cp", "dp", "pp", "bubble", "optimizer")
+"""The terms of :meth:`Prediction.shares`, written per row as ``share_<term>``."""
+
+
 def _dominant(pred: Prediction) -> str:
     t = pred.time
     parts = {"tp comm": t.tp_s, "dp/zero comm": t.dp_s, "pipeline bubble": t.bubble_s,
@@ -357,8 +362,9 @@ def validate(dataset: str | Path, nodes: Mapping[str, NodeSpec] | None = None,
                "metric": "", "published": float("nan"), "predicted": float("nan"),
                "error": float("nan"), "abs_error": float("nan"), "step_time_pred_s": float("nan"),
                "step_time_pub_s": _float(row, "step_time_s") or float("nan"),
-               "mfu_pred_pct": float("nan"), "hfu_pred_pct": float("nan"), "fits": None,
-               "peak_memory_gib": float("nan"), "where_time_goes": ""}
+               "mfu_pred_pct": float("nan"), "hfu_pred_pct": float("nan"), "mfu_published_pct": float("nan"),
+               "fits": None, "peak_memory_gib": float("nan"), "where_time_goes": "",
+               **{f"share_{k}": float("nan") for k in SHARE_TERMS}}
         if cfg.status != "skipped":
             metric = _published_metric(row)
             if metric is None:
@@ -380,7 +386,9 @@ def validate(dataset: str | Path, nodes: Mapping[str, NodeSpec] | None = None,
                            abs_error=abs(val / pub - 1), step_time_pred_s=pred.step_time_s,
                            mfu_pred_pct=100 * pred.mfu, hfu_pred_pct=100 * pred.hfu,
                            fits=pred.fits, peak_memory_gib=pred.peak_memory_bytes / 1024**3,
-                           where_time_goes=_dominant(pred))
+                           where_time_goes=_dominant(pred),
+                           mfu_published_pct=100 * pred.mfu * (1 + step_time_error(name, val / pub - 1)),
+                           **{f"share_{k}": v for k, v in pred.shares().items()})
         out.append(rec)
     return pd.DataFrame(out)
 

@@ -21,7 +21,8 @@ LAYERS = (
     ("cost", ("planner.cost",)),
     ("search", ("planner.search",)),
     ("side", ("planner.calibrate", "planner.launch", "planner.records", "planner.report", "planner.validation",
-              "planner.row_model", "planner.export", "planner.demo")),
+              "planner.row_model", "planner.export", "planner.demo", "planner.trust", "planner.mfu_ceiling",
+              "planner.cross_validation")),
     ("commands", ("planner.commands", "planner.cli", "planner")),
 )
 EXECUTOR_MAY_IMPORT = ("spec", "plan")

@@ -23,6 +23,8 @@ def test_json_shape(capsys):
     assert d["total_candidates"] >= sum(r["count"] for r in d["rejections"].values())
     steps = [r["step_time_s"] for r in d["ranked"]]
     assert steps == sorted(steps)
+    check = d["mfu_check"]  # plan 1 against the best published A100 run (reports/published-validation.csv)
+    assert check is None or (check["excess_points"] > 3 and check["mechanisms"])
 
 
 def test_table_reason_and_files(capsys, tmp_path):

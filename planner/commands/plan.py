@@ -124,6 +124,16 @@ def trust_ranges(result, hetero: bool) -> list:
     return [trust(c.step_time_s, profile, c.prediction.runtime.name, c.parallel, residuals) for c in result.ranked]
 
 
+def mfu_ceiling_check(result, hetero: bool):
+    """Plan 1's MFU against the best published run on its GPU (:mod:`planner.mfu_ceiling`);
+    None within the margin, on a mixed cluster or without published runs there."""
+    from planner.mfu_ceiling import mfu_check
+
+    if hetero or not result.ranked:
+        return None
+    return mfu_check(result.cluster.groups[0].node.name, result.ranked[0].prediction)
+
+
 def ties_text(ranges) -> str:
     """Which plans the model cannot rank apart: their step-time ranges overlap the best one's."""
     from planner.trust import describe
@@ -227,9 +237,11 @@ def handler(args: argparse.Namespace) -> int:
         for i, plan in enumerate(plans):
             plan.save(d / f"rank-{i + 1:02d}-{plan.id}.json")
     ranges = trust_ranges(result, hetero) if result.fits else []
+    ceiling = mfu_ceiling_check(result, hetero) if result.fits else None
     if args.json:
         out = result.to_dict()
         out["trust"] = [t.to_dict() for t in ranges]
+        out["mfu_check"] = ceiling.to_dict() if ceiling else None
         print(json.dumps(out, sort_keys=True, default=str))
         return 0 if result.fits else 1
     world = cluster.world_size
@@ -246,6 +258,11 @@ def handler(args: argparse.Namespace) -> int:
             print()
         print(ties_text(ranges))
         print()
+        if ceiling is not None:
+            from planner.mfu_ceiling import describe
+
+            print(describe(ceiling))
+            print()
         if getattr(result, "gain_text", ""):
             print(result.gain_text)
             print()

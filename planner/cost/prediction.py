@@ -67,6 +67,14 @@ class Prediction:
     num_micro_batches: int = 0
     runtime: Runtime = DEFAULT_RUNTIME
 
+    def shares(self) -> dict[str, float]:
+        """Each term's share of the step: ``compute`` (recomputation included), ``recompute``,
+        exposed ``tp`` / ``cp`` / ``dp`` / ``pp`` communication, ``bubble``, ``optimizer``."""
+        t = self.time
+        terms = {"compute": t.compute_s, "recompute": t.recompute_s, "tp": t.tp_s, "cp": t.cp_s, "dp": t.dp_s,
+                 "pp": t.pp_s, "bubble": t.bubble_s, "optimizer": t.optimizer_s}
+        return {k: v / self.step_time_s for k, v in terms.items()}
+
     def to_dict(self) -> dict:
         return {
             "step_time_s": self.step_time_s,
