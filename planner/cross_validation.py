@@ -1,7 +1,7 @@
 """Leave-one-source-out cross-validation of the choices made by looking at training runs
 (``clusterplan validate --cross-validate``).
 
-Two values in the cost model were chosen against ``benchmarks/published_runs.csv`` rather than
+Three values in the cost model were chosen against ``benchmarks/published_runs.csv`` rather than
 read off a kernel table or a framework's documentation; each is listed in :data:`FITTED_CHOICES`
 with the candidates it was chosen among and the value the cited sources give without any run
 (``documented``):
@@ -9,6 +9,9 @@ with the candidates it was chosen among and the value the cited sources give wit
 - the A100 large-GEMM efficiency (hardware_profiles/dgx-a100-80gb.yaml: the points at 1e10-1e12
   FLOPs lowered from the cited [0.58, 0.74, 0.80] after the Korthikanti et al. 2022 rows to
   0.966/0.946/0.938 of them, "0.94" below), as one scale on those cited points;
+- the H100 large-GEMM efficiency (hardware_profiles/dgx-h100-80gb.yaml: the points at 1e10-1e12
+  FLOPs are the cited [0.48, 0.66, 0.74] times 0.80, fitted on the Megatron-LM README and
+  dgxc-benchmarking H100 rows), as one scale on those cited points;
 - DeepSpeed ``stage3_max_live_parameters`` left unapplied in the ``deepspeed-zero3-2021`` runtime
   (inferred from the SC'21 Table 2 plateau; DeepSpeed's documented default is 1e9).
 
@@ -56,14 +59,23 @@ A100_CITED_LARGE_GEMM = ((1.0e10, 0.58), (1.0e11, 0.74), (1.0e12, 0.80))
 user guide: ~0.75-0.8 of peak for large cuBLAS GEMMs)."""
 
 
-def _a100_gemm(scale: float) -> Overrides:
-    nodes = {}
-    for profile in ("dgx-a100-80gb", "dgx-a100-40gb"):
-        node = load_profile(profile)
-        small = tuple(p for p in node.device.matmul_efficiency.points if p[0] < A100_CITED_LARGE_GEMM[0][0])
-        curve = EfficiencyCurve(small + tuple((f, min(1.0, e * scale)) for f, e in A100_CITED_LARGE_GEMM))
-        nodes[profile] = dataclasses.replace(node, device=dataclasses.replace(node.device, matmul_efficiency=curve))
-    return nodes, {}
+H100_CITED_LARGE_GEMM = ((1.0e10, 0.48), (1.0e11, 0.66), (1.0e12, 0.74))
+"""The H100 profile's large-GEMM points before the fit (cuBLAS bf16 on H100 SXM: ~0.70-0.75 of
+989 TFLOP/s for large GEMMs; hardware_profiles/dgx-h100-80gb.yaml)."""
+
+
+def _gemm_scale(profiles: tuple[str, ...], cited: tuple[tuple[float, float], ...]) -> Callable[[float], Overrides]:
+    """Overrides that scale ``profiles``' GEMM efficiency at the ``cited`` points (the smaller
+    points kept)."""
+    def overrides(scale: float) -> Overrides:
+        nodes = {}
+        for profile in profiles:
+            node = load_profile(profile)
+            small = tuple(p for p in node.device.matmul_efficiency.points if p[0] < cited[0][0])
+            curve = EfficiencyCurve(small + tuple((f, min(1.0, e * scale)) for f, e in cited))
+            nodes[profile] = dataclasses.replace(node, device=dataclasses.replace(node.device, matmul_efficiency=curve))
+        return nodes, {}
+    return overrides
 
 
 def _zero3_live(max_live: float) -> Overrides:
@@ -74,7 +86,10 @@ def _zero3_live(max_live: float) -> Overrides:
 FITTED_CHOICES = (
     FittedChoice("A100 large-GEMM efficiency (scale on the cited 0.58/0.74/0.80)",
                  candidates=tuple(round(0.80 + 0.01 * i, 2) for i in range(31)), documented=1.0,
-                 committed=0.94, overrides=_a100_gemm),
+                 committed=0.94, overrides=_gemm_scale(("dgx-a100-80gb", "dgx-a100-40gb"), A100_CITED_LARGE_GEMM)),
+    FittedChoice("H100 large-GEMM efficiency (scale on the cited 0.48/0.66/0.74)",
+                 candidates=tuple(round(0.70 + 0.02 * i, 2) for i in range(16)), documented=1.0,
+                 committed=0.80, overrides=_gemm_scale(("dgx-h100-80gb",), H100_CITED_LARGE_GEMM)),
     FittedChoice("deepspeed-zero3-2021 stage3_max_live_parameters (0 = not applied)",
                  candidates=(0.0, 1.0e9), documented=1.0e9, committed=0.0, overrides=_zero3_live,
                  label=lambda v: "not applied" if v == 0 else f"{v:.0e}"),

@@ -9,9 +9,11 @@ the assumption is returned with the model:
 
 * ``n_kv_heads`` not stated: multi-head attention (``n_kv_heads = n_heads``, the GPT / Megatron
   default; ``--num-query-groups`` is opt-in).
-* family from the model name: LLaMA-style (SwiGLU, RMSNorm, RoPE, no biases, untied head; Touvron
-  et al. 2023) for LLaMA / Mistral / Mixtral / Qwen / DeepSeek / Nemotron-style names, else GPT
-  (GELU, LayerNorm, learned positions, biases, tied head; Megatron-LM's ``pretrain_gpt.py``).
+* family from the model name: Nemotron-4 (a 2-matrix squared-ReLU MLP, LayerNorm, RoPE, no
+  biases, untied head; Nemotron-4 15B report, arXiv:2402.16819, Sec. 2); LLaMA-style (SwiGLU,
+  RMSNorm, RoPE, no biases, untied head; Touvron et al. 2023) for LLaMA / Mistral / Mixtral / Qwen /
+  DeepSeek / other Nemotron names; else GPT (GELU, LayerNorm, learned positions, biases, tied
+  head; Megatron-LM's ``pretrain_gpt.py``).
 * ``ffn_hidden_size`` not stated: GPT ``4h`` (Megatron's default); LLaMA-style
   ``256 * ceil(8h/3 / 256)`` (Meta's ``multiple_of=256`` rule).
 * dropout 0.1 for Megatron-LM frameworks (``--hidden-dropout`` / ``--attention-dropout``
@@ -28,6 +30,9 @@ from planner.model import ModelSpec
 
 LLAMA_STYLE_NAMES = ("llama", "mistral", "mixtral", "qwen", "deepseek", "nemotron", "yi-", "gemma")
 LLAMA_STYLE = dict(mlp="swiglu", norm="rmsnorm", position="rope", tied_embeddings=False, bias=False)
+NEMOTRON4_NAMES = ("nemotron-4", "nemotron4")
+NEMOTRON4_STYLE = dict(mlp="gelu", activation="squared-relu", norm="layernorm", position="rope",
+                       tied_embeddings=False, bias=False)
 
 
 def _cell_int(row: dict, key: str) -> int | None:
@@ -72,10 +77,14 @@ def row_model(row: dict, seq_len: int) -> RowModel:
     if base is not None:
         family = {}
     else:
-        llama = any(k in name.lower() for k in LLAMA_STYLE_NAMES)
-        family = dict(LLAMA_STYLE) if llama else {}
-        notes.append("architecture family from the name: " + ("LLaMA-style (SwiGLU, RMSNorm, RoPE)" if llama
-                                                               else "GPT (GELU, LayerNorm, learned positions)"))
+        lower = name.lower()
+        if any(k in lower for k in NEMOTRON4_NAMES):
+            family, kind = dict(NEMOTRON4_STYLE), "Nemotron-4 (squared-ReLU MLP, LayerNorm, RoPE)"
+        elif any(k in lower for k in LLAMA_STYLE_NAMES):
+            family, kind = dict(LLAMA_STYLE), "LLaMA-style (SwiGLU, RMSNorm, RoPE)"
+        else:
+            family, kind = {}, "GPT (GELU, LayerNorm, learned positions)"
+        notes.append("architecture family from the name: " + kind)
         if "megatron" in framework:
             family["dropout"] = 0.1
     ffn = _cell_int(row, "ffn_hidden_size")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -173,6 +174,9 @@ def _vpp(text: str, layers_per_stage: float, pp: int) -> tuple[int | None, str]:
         return 1, ("" if pp == 1 or not t else "vpp not stated: Megatron default (no interleaving), v=1")
     if "3 stages" in t:
         return 3, "v=3 as the source's note states"
+    stated = re.search(r"\bv(?:pp?)?\s*=\s*(\d+)", t)
+    if stated:
+        return int(stated.group(1)), ""
     if t.startswith("interleaved"):
         if layers_per_stage != int(layers_per_stage):
             return None, "interleaved, v not stated (uneven layers per stage)"

@@ -40,12 +40,12 @@ class Rates:
 
     device: DeviceSpec
     peak_flops: float
-    attention_peak_flops: float
+    unquantized_peak_flops: float
     mem_bw: float
     overhead_s: float
     share: float
     dtype: str = ""
-    attention_dtype: str = ""
+    unquantized_dtype: str = ""
     framework: FrameworkSpec | None = None
     concurrent: float = 1.0
     gemm_concurrent: float = 1.0
@@ -54,9 +54,11 @@ class Rates:
         """Framework time of ``n_ops`` ops at ``per_op_s`` each (CPU time: scaled by the share)."""
         return n_ops * per_op_s * self.concurrent / self.share
 
-    def gemm(self, flops: float, bytes_moved: float, attention: bool = False) -> float:
-        peak = self.attention_peak_flops if attention else self.peak_flops
-        dtype = self.attention_dtype if attention else self.dtype
+    def gemm(self, flops: float, bytes_moved: float, unquantized: bool = False) -> float:
+        """A GEMM's time; ``unquantized``: one an FP8 recipe leaves in BF16 (the attention core,
+        the output layer), at that dtype's peak."""
+        peak = self.unquantized_peak_flops if unquantized else self.peak_flops
+        dtype = self.unquantized_dtype if unquantized else self.dtype
         # the profile's GEMM efficiency curve of the dtype the GEMM runs in (pooled curve if none)
         eff = self.device.matmul_curve(dtype)(flops) if dtype else self.device.matmul_efficiency(flops)
         t_compute = flops * self.gemm_concurrent / (peak * eff * self.share)
@@ -71,7 +73,7 @@ class Rates:
         if self.framework is None:
             return None
         kind = "gqa" if model.n_kv_heads < model.n_heads else "mha"
-        dtype = "fp32" if self.attention_dtype == "fp32" else "bf16"
+        dtype = "fp32" if self.unquantized_dtype == "fp32" else "bf16"
         rate = self.framework.attention_rate(kind, model.d_head, dtype, seq_len)
         if rate is None:
             return None
@@ -113,12 +115,13 @@ def make_rates(device: DeviceSpec, precision: str, ranks_per_node: float,
         share = min(1.0, device.host_cores / max(1, ranks_per_node))
         concurrent, gemm_concurrent = stack.concurrency(ranks_per_node)  # ranks at once share caches
     peak = device.peak_flops(compute_dtype(precision))
-    # FP8 recipes (Transformer Engine) run attention in bf16
+    # FP8 recipes (Transformer Engine) quantize only TE's linear layers: the attention core and
+    # Megatron-Core's output layer (a tensor_parallel.ColumnParallelLinear, not a TE module) run in BF16
     attn_dtype = "bf16" if precision == "fp8" and device.supports("bf16") else compute_dtype(precision)
-    return Rates(device=device, peak_flops=peak, attention_peak_flops=device.peak_flops(attn_dtype),
+    return Rates(device=device, peak_flops=peak, unquantized_peak_flops=device.peak_flops(attn_dtype),
                  mem_bw=device.hbm_bandwidth_bytes_per_s * device.memory_bound_efficiency,
                  overhead_s=stack.kernel_overhead_s(device), share=share,
-                 dtype=compute_dtype(precision), attention_dtype=attn_dtype, framework=framework,
+                 dtype=compute_dtype(precision), unquantized_dtype=attn_dtype, framework=framework,
                  concurrent=concurrent, gemm_concurrent=gemm_concurrent)
 
 
@@ -144,12 +147,12 @@ class LayerTimes:
         return self.bwd_input_s + self.bwd_weight_s
 
 
-def _gemm(rates: Rates, m: float, n: float, k: float, bpe: int) -> tuple[float, float]:
+def _gemm(rates: Rates, m: float, n: float, k: float, bpe: int, unquantized: bool = False) -> tuple[float, float]:
     """(forward time, one backward GEMM time) of an m x k @ k x n GEMM; the two backward GEMMs
     (dgrad, wgrad) have the same FLOPs and similar traffic."""
     flops = 2.0 * m * n * k
     bytes_moved = bpe * (m * k + k * n + m * n)
-    t = rates.gemm(flops, bytes_moved)
+    t = rates.gemm(flops, bytes_moved, unquantized)
     return t, t
 
 
@@ -186,8 +189,8 @@ def layer_times(model: ModelSpec, micro_batch: int, seq_len: int, tp: int, cp: i
         # fused kernel; reads Q, K, V, writes O (no s x s traffic). Backward recomputes the
         # scores: 5 matmuls vs 2 forward (Dao et al. 2022, Alg. 2/4) -> 2.5x forward FLOPs.
         io = bpe * T * (q + 2 * kv) / tp * (1 + cp - 1) + bpe * T * q / tp
-        core_f = rates.gemm(core_flops, io, attention=True)
-        core_b = rates.gemm(2.5 * core_flops, 2 * io, attention=True)
+        core_f = rates.gemm(core_flops, io, unquantized=True)
+        core_b = rates.gemm(2.5 * core_flops, 2 * io, unquantized=True)
         if rates.device.host_cores > 0:
             # CPU flash kernel (PyTorch _scaled_dot_product_flash_attention_for_cpu): the online
             # softmax (scale, max, exp, sum, rescale) over every score tile runs on the same
@@ -202,8 +205,8 @@ def layer_times(model: ModelSpec, micro_batch: int, seq_len: int, tp: int, cp: i
         # QK^T and AV as batched GEMMs writing / reading the s x s scores, plus fused
         # scale-mask-softmax and (with dropout) a dropout kernel over the scores.
         scores = micro_batch * heads * s_local * seq_len  # elements
-        qk_f = rates.gemm(core_flops / 2, bpe * (scores + 2 * T * q / tp), attention=True)
-        av_f = rates.gemm(core_flops / 2, bpe * (scores + 2 * T * q / tp), attention=True)
+        qk_f = rates.gemm(core_flops / 2, bpe * (scores + 2 * T * q / tp), unquantized=True)
+        av_f = rates.gemm(core_flops / 2, bpe * (scores + 2 * T * q / tp), unquantized=True)
         softmax_f = rates.memory(2 * bpe * scores)
         dropout_f = rates.memory((2 * bpe + 1) * scores) if model.dropout > 0 else 0.0
         core_f = qk_f + av_f + softmax_f + dropout_f
@@ -262,7 +265,7 @@ def head_times(model: ModelSpec, micro_batch: int, seq_len: int, tp: int, cp: in
     h = model.hidden_size
     V = model.vocab_size
     rows = T / tp if sequence_parallel else T
-    tf, tb = _gemm(rates, T, V / tp, h, bpe)
+    tf, tb = _gemm(rates, T, V / tp, h, bpe, unquantized=True)
     stack = stack_of(rates)
     norm_f, norm_b = stack.final_norm_s(model, rows, bpe, rates)
     logits = T * V / tp

@@ -27,6 +27,23 @@ OPTIMIZER_BYTES_PER_PARAM = 28.0
 write master, m, v (12); the bf16 weight copy is written from the master in the same pass."""
 
 
+def fp8_cast_bytes(model: ModelSpec, tokens: float, tp: int, bpe: int) -> tuple[float, float]:
+    """(forward, backward) bytes of a Transformer Engine FP8 recipe's casts in one block: each
+    GEMM operand that is not already FP8 is read in ``bpe`` bytes and written as FP8 plus its FP8
+    transpose (TE ``cast_transpose``: the transpose feeds the wgrad GEMM). Forward: the inputs of
+    the output projection and of the down projection (QKV's and the up projection's come out of
+    TE's fused LayerNorm already in FP8); backward: the output gradient of each of the four
+    linears. Weights are cast once per step (TE caches them across micro-batches)."""
+    h = model.hidden_size
+    f = model.expert_ffn if model.is_moe else model.ffn_hidden_size
+    experts = model.top_k if model.is_moe else 1
+    per_element = bpe + 2
+    fwd = per_element * tokens * (model.q_dim / tp + experts * f / tp)
+    bwd = per_element * (tokens * (model.q_dim + 2 * model.kv_dim) / tp + 2 * tokens * h
+                         + experts * tokens * (model.mlp_matrices - 1) * f / tp)
+    return fwd, bwd
+
+
 class FusedStack:
     """A fused production stack (see the module docstring)."""
 
@@ -47,7 +64,12 @@ class FusedStack:
         if model.position == "rope":
             ew_bytes += 2 * bpe * tokens * (model.q_dim + model.kv_dim) / tp
             kernels += 1
-        return rates.memory(ew_bytes, kernels), rates.memory(2 * ew_bytes, kernels)
+        fwd_s, bwd_s = rates.memory(ew_bytes, kernels), rates.memory(2 * ew_bytes, kernels)
+        if rates.dtype == "fp8":
+            cast_f, cast_b = fp8_cast_bytes(model, tokens, tp, bpe)
+            fwd_s += rates.memory(cast_f, 2)
+            bwd_s += rates.memory(cast_b, 4)
+        return fwd_s, bwd_s
 
     def in_step(self, phase: str, *times: float) -> tuple[float, ...]:
         """Compute times as they run inside a training step (the benches' rates already are)."""
