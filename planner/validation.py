@@ -239,9 +239,6 @@ def row_config(row: dict) -> RowConfig:
         recompute = "none"
         assumptions.append("recomputation not stated: assumed none (Megatron default)")
     precision = _precision(_str(row, "precision"))
-    if precision == "tf32":
-        return RowConfig("skipped", "TF32 matmuls are not modelled (fp32 training on NVIDIA containers)",
-                         preset, profile)
     if precision is None:
         if "bf16" in _str(row, "precision").lower():
             precision = "bf16"

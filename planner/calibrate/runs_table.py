@@ -104,8 +104,6 @@ def row_run(row: dict, where: str, hardware: str) -> MeasuredRun:
     except InputError as err:
         raise InputError(f"{where}, column model", err.reason) from None
     precision = _choice(row, "precision", where, ("fp32", "tf32", "bf16", "fp16", "fp8"))
-    if precision == "tf32":
-        raise InputError(f"{where}, column precision", "tf32 matmuls are not modelled yet (use fp32 or bf16 runs)")
     vpp = _int(row, "vpp", where, default=1)
     schedule = _choice(row, "schedule", where, ("gpipe", "1f1b", "interleaved", "zb"),
                        default="interleaved" if vpp > 1 else "1f1b")

@@ -26,7 +26,7 @@ def register(subparsers) -> None:
     p.add_argument("--cluster", help="cluster file (clusters/NAME.yaml or a path), e.g. mixed node types")
     p.add_argument("--global-batch", type=int, required=True)
     p.add_argument("--seq-len", type=int, help="default: the model's sequence length")
-    p.add_argument("--precision", choices=["fp32", "bf16", "fp16", "fp8"], default=None,
+    p.add_argument("--precision", choices=["fp32", "tf32", "bf16", "fp16", "fp8"], default=None,
                    help="default: bf16 where the device has it, else fp16")
     p.add_argument("--top", type=int, default=10, help="how many plans to rank (default 10)")
     p.add_argument("--fix", action="append", default=[], metavar="KEY=VALUE",

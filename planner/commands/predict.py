@@ -36,7 +36,7 @@ def register(subparsers) -> None:
     p.add_argument("--recompute", choices=["none", "selective", "full"], default="none")
     p.add_argument("--sharding", choices=["none", "zero1", "zero2", "zero3", "fsdp"], default="none")
     p.add_argument("--sequence-parallel", action="store_true")
-    p.add_argument("--precision", choices=["fp32", "bf16", "fp16", "fp8"], default=None,
+    p.add_argument("--precision", choices=["fp32", "tf32", "bf16", "fp16", "fp8"], default=None,
                    help="default: bf16 where the device has it, else fp16")
     p.add_argument("--schedule", choices=["gpipe", "1f1b", "interleaved", "zb"], default=None,
                    help="default: interleaved when --vpp > 1, else 1f1b")

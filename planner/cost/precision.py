@@ -4,21 +4,31 @@ activations and the working weights in 2, an fp32 master copy and Adam's moments
 from __future__ import annotations
 
 
+FULL_PRECISIONS = ("fp32", "tf32")
+"""Trainings that keep every tensor in fp32: plain FP32 matmuls (PyTorch's default
+``allow_tf32=False``), or TF32 tensor-core matmuls on fp32 tensors (NVIDIA's PyTorch containers
+set ``TORCH_ALLOW_TF32_CUBLAS_OVERRIDE=1``; Megatron-LM without ``--bf16`` / ``--fp16``)."""
+
+
 def compute_dtype(precision: str) -> str:
-    """Peak column used for matmuls: fp32 training uses the plain FP32 rate (PyTorch default
-    ``allow_tf32=False`` for matmuls), mixed precision its half-precision dtype."""
+    """Peak column used for matmuls: the precision's own (``tf32``: the TF32 tensor-core rate on
+    fp32 tensors), mixed precision its half-precision dtype."""
     return precision
 
 
+def is_full_precision(precision: str) -> bool:
+    return precision in FULL_PRECISIONS
+
+
 def activation_bytes_per_element(precision: str) -> int:
-    """Activations are stored in the compute dtype: 4 bytes for fp32, 2 for bf16/fp16, and 2
-    for fp8 (FP8 training keeps activations in bf16; only GEMM inputs are cast)."""
-    return 4 if precision == "fp32" else 2
+    """Activations are stored in the compute dtype: 4 bytes for fp32 / tf32, 2 for bf16/fp16,
+    and 2 for fp8 (FP8 training keeps activations in bf16; only GEMM inputs are cast)."""
+    return 4 if is_full_precision(precision) else 2
 
 
 def weight_bytes_per_param(precision: str) -> float:
     """Bytes of one working weight copy (what ZeRO-3 gathers): fp32, else half precision."""
-    return 4.0 if precision == "fp32" else 2.0
+    return 4.0 if is_full_precision(precision) else 2.0
 
 
 def grad_bytes_per_param(precision: str) -> float:
@@ -29,6 +39,6 @@ def grad_bytes_per_param(precision: str) -> float:
 
 def state_bytes_per_param(precision: str) -> tuple[float, float, float]:
     """(weights, grads, optimizer) bytes per parameter for Adam."""
-    if precision == "fp32":
+    if is_full_precision(precision):
         return 4.0, 4.0, 8.0
     return 2.0, 2.0, 12.0

@@ -4,6 +4,7 @@ per-tensor gather pays latency for."""
 from __future__ import annotations
 
 from planner.cost.comm import GroupShape, collective_time
+from planner.cost.precision import weight_bytes_per_param
 from planner.cost.runtime import Runtime
 from planner.hardware import NodeSpec
 from planner.model import ModelSpec
@@ -62,7 +63,7 @@ def per_tensor_prefetch_exposed(model: ModelSpec, node: NodeSpec, runtime: Runti
     n = len(sizes)
     if not any(sizes):
         return 0.0, 0.0
-    bpe_w = 4.0 if precision == "fp32" else 2.0
+    bpe_w = weight_bytes_per_param(precision)
     rest_f = max(0.0, lt.fwd_s - sum(gemm) - lt.core_fwd_s) / n
     rest_b = max(0.0, lt.bwd_s - 2 * sum(gemm) - lt.core_bwd_s) / n
     mp = runtime.multi_rail

@@ -46,6 +46,7 @@ import time
 from typing import Callable
 
 from planner.cost.memory import logits_bytes_per_token, shard_divisors
+from planner.cost.precision import state_bytes_per_param
 from planner.cost.prediction import Prediction
 from planner.cost.runtime import Runtime, bind_runtime
 from planner.cost.step import TIMELINE_TASK_LIMIT, predict
@@ -82,11 +83,9 @@ def uneven_split(model: ModelSpec, cluster: ClusterSpec, P: ParallelConfig,
         f, bi = f + zf, bi + zb
     per_layer = f + bi + lc.w
     pp, m, L = P.pp, P.num_micro_batches, model.n_layers
-    w_b = {"fp32": 16.0}.get(P.precision, 16.0)
     w_div, g_div, o_div = shard_divisors(P.sharding, P.dp)
-    wb, gb, ob = (4.0, 4.0, 8.0) if P.precision == "fp32" else (2.0, 2.0, 12.0)
+    wb, gb, ob = state_bytes_per_param(P.precision)
     state = wb / w_div + gb / g_div + ob / o_div
-    del w_b
     lp = model.layer_params() / P.tp
     flight = [float(m) if P.schedule == "gpipe" else float(min(pp - k, m)) for k in range(pp)]
     mem = [[lp * state + lc.layer_act * flight[k]] * L for k in range(pp)]
