@@ -78,10 +78,7 @@ def main(argv=None) -> int:
              f"Profile `{_relative(resolve_profile_path(a.hardware))}`; {len(fit_runs)} runs of at most {a.fit_max_world} ranks "
              f"fitted, {len(held)} larger runs held out; {len(skipped)} folders skipped (not ok).", "",
              *([a.note, ""] if a.note else []), "## The fit", ""]
-    lines += [f"- {k}: {result.initial[k]:.4g} -> {v:.4g}"
-              + ("" if result.uncertainty.get(k) is None else f" +/- {result.uncertainty[k]:.2g}")
-              for k, v in result.params.items()]
-    lines += [f"- {k}: kept ({why})" for k, why in result.fixed.items()]
+    lines += result.parameter_lines()
     lines += ["", f"Fitted runs, mean |step-time error|: before {_mag(d['before']['mean_abs_error_pct'])}, "
                   f"in-sample {_mag(d['in_sample']['mean_abs_error_pct'])}, leave-one-out "
                   f"{_mag(d['leave_one_out']['mean_abs_error_pct'])}."]

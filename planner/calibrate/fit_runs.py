@@ -326,6 +326,13 @@ class FitResult:
                 "mean_abs_error_pct": statistics.fmean(vals) if vals else None,
                 "max_abs_error_pct": max(vals) if vals else None}
 
+    def parameter_lines(self) -> list[str]:
+        """One Markdown bullet per parameter: fitted (start -> value +/- one sd) or kept (why)."""
+        lines = [f"- {k}: {self.initial[k]:.4g} -> {v:.4g}"
+                 + ("" if self.uncertainty.get(k) is None else f" +/- {self.uncertainty[k]:.2g}")
+                 for k, v in self.params.items()]
+        return lines + [f"- {k}: kept ({why})" for k, why in self.fixed.items()]
+
     def to_dict(self) -> dict:
         mem = None
         if self.memory is not None:
