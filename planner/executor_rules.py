@@ -19,6 +19,8 @@ def unsupported(parallel) -> str:
         return f"precision: the executor runs {' or '.join(PRECISIONS)}, not {parallel.precision}"
     if parallel.stage_tp:
         return "stage_tp: the executor builds one device mesh; a tp per pipeline stage cannot run"
+    if parallel.ep > 1:
+        return "ep: expert parallelism is not implemented by the executor (ep must be 1; it runs every expert on every rank)"
     return ""
 
 

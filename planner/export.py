@@ -120,7 +120,9 @@ def megatron_args(plan: Plan) -> tuple[list[str], list[str]]:
         add("--moe-router-topk", m.top_k)
         if m.expert_ffn_hidden_size:
             add("--moe-ffn-hidden-size", m.expert_ffn_hidden_size)
-        notes.append("MoE: the plan has no expert parallelism (--expert-model-parallel-size 1)")
+        add("--expert-model-parallel-size", p.ep)
+        add("--moe-token-dispatcher-type", "alltoall")  # what the cost model prices
+        add("--moe-grouped-gemm")
     notes.append(f"vocabulary {m.vocab_size}: comes from your tokenizer (NullTokenizer: --vocab-size {m.vocab_size})")
 
     if p.recompute == "full":
@@ -262,7 +264,7 @@ def torchtitan_config(plan: Plan) -> tuple[dict[str, dict], list[str]]:
             notes.append("ZB-H1 with one stage per rank has no torchtitan schedule; InterleavedZeroBubble "
                          "needs several stages per rank (set pipeline_parallel_layers_per_stage smaller)")
     if m.is_moe:
-        notes.append("MoE: the plan has no expert parallelism (expert_parallel_degree = 1)")
+        parallelism["expert_parallel_degree"] = p.ep
     ac = {"mode": p.recompute}
     if p.recompute == "selective":
         ac["selective_ac_option"] = "op"
@@ -338,8 +340,8 @@ def deepspeed_config(plan: Plan) -> dict:
             notes.append("MoE with DeepSpeed pipeline parallelism is not supported by the pipeline "
                          "engine (DeepSpeed-MoE needs pp = 1)")
     elif m.is_moe:
-        notes.append("MoE: build the model with deepspeed.moe.layer.MoE; the plan has no expert "
-                     "parallelism (ep_size = 1)")
+        notes.append(f"MoE: build the model with deepspeed.moe.layer.MoE(num_experts={m.n_experts}, "
+                     f"ep_size={p.ep}, k={m.top_k})")
     if p.tp > 1:
         config["tensor_parallel"] = {"autotp_size": p.tp}
         notes.append("tensor parallel via DeepSpeed AutoTP training (tensor_parallel.autotp_size), or "

@@ -25,7 +25,8 @@ NOTABLE_POINTS = 2.0
 """A term named as a mechanism when its share of the step differs by at least this many points."""
 TERMS = (("recompute", "recomputation"), ("bubble", "pipeline bubble"), ("tp", "exposed TP communication"),
          ("dp", "exposed data-parallel / ZeRO communication"), ("pp", "pipeline send/recv"),
-         ("cp", "exposed context-parallel communication"), ("optimizer", "optimizer step"))
+         ("cp", "exposed context-parallel communication"), ("ep", "expert-parallel all-to-all"),
+         ("optimizer", "optimizer step"))
 
 
 @dataclass(frozen=True)

@@ -208,6 +208,11 @@ class ModelSpec:
             ffn = self.mlp_params()
         return self.attention_params() + ffn + 2 * self.norm_params()
 
+    def expert_params_per_layer(self) -> int:
+        """The routed experts' parameters of one block (0 for a dense model): what expert
+        parallelism spreads over ranks."""
+        return self.n_experts * self.mlp_params(self.expert_ffn) if self.is_moe else 0
+
     def layer_active_params(self) -> int:
         """Parameters one token touches in a block (top_k experts for MoE)."""
         if not self.is_moe:

@@ -55,6 +55,11 @@ class ParallelConfig:
     stage_tp: a tensor-parallel degree per pipeline stage (pp entries; ``tp`` is then the widest),
         for a pipeline over node types of a mixed cluster (Metis, Um et al. ATC'24); empty when
         every stage uses ``tp``. Stage r holds ``dp*cp*stage_tp[r]`` consecutive GPUs.
+    ep: expert parallelism (MoE models): each rank holds ``n_experts/ep`` of every MoE layer's
+        experts, carved out of dp as Megatron-Core does: an expert-parallel group is ``ep``
+        neighbouring dp ranks, and an expert's gradients are reduced over the ``dp/ep`` ranks
+        holding it (the expert-data-parallel group). Experts are split by ``tp`` like the dense
+        MLP (Megatron-Core's default expert tensor parallel size).
     """
 
     tp: int = 1
@@ -73,10 +78,11 @@ class ParallelConfig:
     stage_layers: tuple[int, ...] = ()
     order: str = DEFAULT_ORDER
     stage_tp: tuple[int, ...] = ()
+    ep: int = 1
 
     def __post_init__(self) -> None:
         limits = {"global_batch": MAX_GLOBAL_BATCH, "micro_batch": MAX_GLOBAL_BATCH, "seq_len": MAX_SEQ_LEN}
-        for field in ("tp", "pp", "dp", "cp", "vpp", "micro_batch", "global_batch", "seq_len"):
+        for field in ("tp", "pp", "dp", "cp", "vpp", "micro_batch", "global_batch", "seq_len", "ep"):
             value = getattr(self, field)
             require(isinstance(value, int) and not isinstance(value, bool) and value >= 1,
                     field, f"must be a positive integer, got {value!r}")
@@ -99,6 +105,8 @@ class ParallelConfig:
                 object.__setattr__(self, "stage_tp", ())
         require(sorted(self.order.split("-")) == sorted(AXES), "order",
                 f"must be a permutation of {'-'.join(AXES)}, got {self.order!r}")
+        require(self.dp % self.ep == 0, "ep", f"must divide dp={self.dp} (experts are spread over data-parallel ranks)")
+        require(self.ep == 1 or not self.stage_tp, "ep", "expert parallelism with a tp per stage is not supported")
         require(self.global_batch % (self.dp * self.micro_batch) == 0, "micro_batch",
                 f"dp*micro_batch = {self.dp}*{self.micro_batch} does not divide global_batch={self.global_batch}")
         if self.schedule == "interleaved":
@@ -160,6 +168,13 @@ class ParallelConfig:
         if self.sequence_parallel:
             require(self.seq_len % (self.tp * self.cp) == 0, "sequence_parallel",
                     f"seq_len={self.seq_len} is not divisible by tp*cp={self.tp * self.cp}")
+        if self.ep > 1:
+            require(model.is_moe, "ep", f"expert parallelism needs a mixture-of-experts model ({model.name} is dense)")
+            require(model.n_experts % self.ep == 0, "ep",
+                    f"n_experts={model.n_experts} is not divisible by ep={self.ep}")
+        if model.is_moe:
+            require(model.expert_ffn % self.tp == 0, "tp",
+                    f"expert ffn width {model.expert_ffn} is not divisible by tp={self.tp}")
         stages = self.pp * self.vpp
         require(stages <= model.n_layers, "pp",
                 f"pp*vpp={stages} stages exceed the model's {model.n_layers} layers")
@@ -174,6 +189,8 @@ class ParallelConfig:
             data["stage_tp"] = list(self.stage_tp)
         else:
             del data["stage_tp"]  # plans without it keep the ids they had before the field
+        if self.ep == 1:
+            del data["ep"]  # likewise
         return data
 
     @classmethod
@@ -195,6 +212,8 @@ class ParallelConfig:
         parts = [f"tp{tp}", f"pp{self.pp}", f"dp{self.dp}"]
         if self.cp > 1:
             parts.append(f"cp{self.cp}")
+        if self.ep > 1:
+            parts.append(f"ep{self.ep}")
         if self.vpp > 1:
             parts.append(f"vpp{self.vpp}")
         parts.append(f"mb{self.micro_batch}")
@@ -268,6 +287,15 @@ def group_node_spread(parallel: ParallelConfig, axis: str, gpus_per_node: int) -
     Uses the group holding rank 0 (all groups have the same shape when the node size is a
     multiple or a divisor of the inner axes' product, the usual case); O(size)."""
     return strided_group_spread(getattr(parallel, axis), axis_stride(parallel, axis), gpus_per_node)
+
+
+def expert_group_spreads(parallel: ParallelConfig, gpus_per_node: int) -> tuple[tuple[int, int], tuple[int, int]]:
+    """(ranks per node, nodes) of the expert-parallel group (``ep`` neighbouring dp ranks) and of
+    the expert-data-parallel group (the ``dp/ep`` ranks holding the same experts, ``ep`` dp
+    ranks apart)."""
+    stride = axis_stride(parallel, "dp")
+    return (strided_group_spread(parallel.ep, stride, gpus_per_node),
+            strided_group_spread(parallel.dp // parallel.ep, stride * parallel.ep, gpus_per_node))
 
 
 @lru_cache(maxsize=65536)

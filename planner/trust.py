@@ -7,7 +7,8 @@ A prediction's interval spans the 10th to 90th percentile of those errors (linea
 interpolation; with few rows, nearly their range) over the rows nearest to it: the same
 hardware profile, runtime (the stack priced: :mod:`planner.cost.runtime`) and parallelism family
 within a factor of 8 in GPU count; failing three such rows, the same profile, runtime and family
-at any scale; failing that, the same profile and runtime. A prediction for a stack no published
+at any scale; failing that, the same profile and runtime (an extrapolation when no published run
+has the plan's family at all, e.g. expert parallelism). A prediction for a stack no published
 run on its profile was priced with is an extrapolation: it gets the interval of that profile's
 runs of the same family (or of any family) on other stacks, and says so. With fewer than three
 rows on the profile it is an extrapolation with no interval (no validation row covers the regime).
@@ -38,6 +39,8 @@ def _quantile(sorted_values: list[float], q: float) -> float:
 def family_of(notation: str) -> str:
     """Parallelism family of a plan label (:meth:`ParallelConfig.megatron_notation`)."""
     tokens = notation.split()
+    if any(t.startswith("ep") and t[2:].isdigit() and int(t[2:]) > 1 for t in tokens):
+        return "expert parallel"
     if "zero3" in tokens or "fsdp" in tokens:
         return "sharded data parallel"
     degrees = [t for t in tokens if t[:2] in ("tp", "pp", "cp") and t[2:].replace("/", "").isdigit()]
@@ -105,7 +108,7 @@ def trust(step_time_s: float, profile: str, runtime: str, parallel: ParallelConf
     other = f"no published run on {profile} priced as {runtime}: runs of other stacks"
     tiers = ((near, f"{profile}, {runtime}, {family}, {max(1, n // SCALE_FACTOR)}-{n * SCALE_FACTOR} GPUs", False),
              ([r for r in stack if r.family == family], f"{profile}, {runtime}, {family}, any scale", False),
-             (stack, f"{profile}, {runtime}, any parallelism", False),
+             (stack, f"{profile}, {runtime}, any parallelism", family not in {r.family for r in residuals}),
              ([r for r in same if r.family == family], f"{other}, {family}", True),
              (same, f"{other}, any parallelism", True))
     for rows, basis, extrapolating in tiers:

@@ -309,14 +309,14 @@ def _predicted_value(metric: str, pred: Prediction) -> float:
     }[metric]
 
 
-SHARE_TERMS = ("compute", "recompute", "tp", "cp", "dp", "pp", "bubble", "optimizer")
+SHARE_TERMS = ("compute", "recompute", "tp", "cp", "dp", "pp", "ep", "bubble", "optimizer")
 """The terms of :meth:`Prediction.shares`, written per row as ``share_<term>``."""
 
 
 def _dominant(pred: Prediction) -> str:
     t = pred.time
     parts = {"tp comm": t.tp_s, "dp/zero comm": t.dp_s, "pipeline bubble": t.bubble_s,
-             "pp comm": t.pp_s, "cp comm": t.cp_s, "optimizer": t.optimizer_s}
+             "pp comm": t.pp_s, "cp comm": t.cp_s, "ep all-to-all": t.ep_s, "optimizer": t.optimizer_s}
     name, val = max(parts.items(), key=lambda kv: kv[1])
     share = val / pred.step_time_s
     return f"compute {100 * t.compute_s / pred.step_time_s:.0f}%, largest other: {name} {100 * share:.0f}%"

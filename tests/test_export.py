@@ -46,18 +46,20 @@ def megatron_parser() -> argparse.ArgumentParser:
             "--decoder-last-pipeline-num-layers", "--micro-batch-size", "--global-batch-size", "--seq-length",
             "--max-position-embeddings", "--num-layers", "--hidden-size", "--ffn-hidden-size",
             "--num-attention-heads", "--num-query-groups", "--kv-channels", "--recompute-num-layers",
-            "--num-experts", "--moe-router-topk", "--moe-ffn-hidden-size"]
+            "--num-experts", "--moe-router-topk", "--moe-ffn-hidden-size", "--expert-model-parallel-size"]
     for flag in ints:
         p.add_argument(flag, type=int)
     for flag in ["--attention-dropout", "--hidden-dropout"]:
         p.add_argument(flag, type=float)
     for flag in ["--normalization", "--position-embedding-type", "--recompute-granularity",
-                 "--recompute-method", "--fp8-format", "--pipeline-model-parallel-layout"]:
+                 "--recompute-method", "--fp8-format", "--pipeline-model-parallel-layout",
+                 "--moe-token-dispatcher-type"]:
         p.add_argument(flag)
     for flag in ["--sequence-parallel", "--group-query-attention", "--swiglu",
                  "--untie-embeddings-and-output-weights", "--disable-bias-linear", "--use-distributed-optimizer",
                  "--use-torch-fsdp2", "--no-gradient-accumulation-fusion", "--overlap-grad-reduce",
-                 "--overlap-param-gather", "--bf16", "--fp16", "--use-tp-pp-dp-mapping", "--add-qkv-bias"]:
+                 "--overlap-param-gather", "--bf16", "--fp16", "--use-tp-pp-dp-mapping", "--add-qkv-bias",
+                 "--moe-grouped-gemm"]:
         p.add_argument(flag, action="store_true")
     return p
 
@@ -101,7 +103,7 @@ def test_megatron_stage_layouts():
     assert [s.count("t") for s in stages] == [2, 4, 3, 3]
     assert stages[0].startswith("E") and stages[-1].endswith("L")
     args, notes = megatron_args(PLANS["moe_pp"])
-    assert "--num-experts" in args and any("expert parallelism" in n for n in notes)
+    assert "--num-experts" in args and args[args.index("--expert-model-parallel-size") + 1] == "1"
 
 
 def test_megatron_qkv_bias_and_the_environment_it_asserts():

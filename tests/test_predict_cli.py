@@ -25,7 +25,7 @@ def test_json_keys(capsys):
     assert KEYS <= set(d)
     assert set(d["breakdown"]["time"]) >= {"compute_s", "forward_s", "backward_s", "optimizer_s",
                                            "recompute_s", "exposed_comm_s", "bubble_s"}
-    assert set(d["breakdown"]["time"]["exposed_comm_s"]) == {"tp", "cp", "dp", "pp"}
+    assert set(d["breakdown"]["time"]["exposed_comm_s"]) == {"tp", "cp", "dp", "pp", "ep"}
     assert set(d["breakdown"]["memory"]) == {"weights_bytes", "grads_bytes", "optimizer_bytes",
                                              "activations_bytes", "logits_bytes", "reserved_bytes"}
     assert len(d["per_stage"]) == 8 and sum(s["layers"] for s in d["per_stage"]) == 96

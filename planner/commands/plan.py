@@ -93,6 +93,7 @@ def explain(best, runner) -> str:
         "pipeline bubble": (ta.bubble_s, tb.bubble_s),
         "exposed tensor-parallel communication": (ta.tp_s, tb.tp_s),
         "exposed context-parallel communication": (ta.cp_s, tb.cp_s),
+        "expert-parallel all-to-all": (ta.ep_s, tb.ep_s),
         "exposed data-parallel / ZeRO communication": (ta.dp_s, tb.dp_s),
         "pipeline send/recv": (ta.pp_s, tb.pp_s),
         "optimizer step": (ta.optimizer_s, tb.optimizer_s),

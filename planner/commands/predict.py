@@ -1,7 +1,7 @@
 """``clusterplan predict``: step time and memory of one plan.
 
     clusterplan predict --model MODEL --hardware PROFILE --nodes N [--gpus-per-node G]
-        --tp T --pp P --dp D [--cp C] [--vpp V] [--micro-batch M] --global-batch B [--seq-len S]
+        --tp T --pp P --dp D [--cp C] [--ep E] [--vpp V] [--micro-batch M] --global-batch B [--seq-len S]
         [--recompute none|selective|full] [--sharding none|zero1|zero2|zero3|fsdp]
         [--sequence-parallel] [--precision fp32|bf16|fp16|fp8] [--schedule gpipe|1f1b|interleaved|zb]
         [--stage-layers 4,7,7,6] [--out PLAN.json] [--json]
@@ -29,6 +29,8 @@ def register(subparsers) -> None:
     p.add_argument("--pp", type=int, help="default 1")
     p.add_argument("--dp", type=int, help="default: the GPUs left, nodes*gpus_per_node / (tp*pp*cp)")
     p.add_argument("--cp", type=int, default=1)
+    p.add_argument("--ep", type=int, default=1,
+                   help="expert parallel degree (MoE models): experts over ep of the dp ranks (default 1)")
     p.add_argument("--vpp", type=int, default=1)
     p.add_argument("--micro-batch", type=int, default=1)
     p.add_argument("--global-batch", type=int)
@@ -91,7 +93,7 @@ def plan_from_args(args: argparse.Namespace):
             raise InputError("dp", f"tp*pp*cp = {inner} does not divide the {world} GPUs; give --dp")
         dp = world // inner
     parallel = ParallelConfig(
-        tp=tp, pp=pp, dp=dp, cp=args.cp, vpp=args.vpp,
+        tp=tp, pp=pp, dp=dp, cp=args.cp, ep=args.ep, vpp=args.vpp,
         micro_batch=args.micro_batch, global_batch=args.global_batch,
         seq_len=args.seq_len or model.seq_len, recompute=args.recompute, sharding=args.sharding,
         sequence_parallel=args.sequence_parallel,
@@ -126,7 +128,7 @@ def format_table(plan, pred) -> str:
         f"    forward {t['forward_s']:.4g} s   backward {t['backward_s']:.4g} s   "
         f"recompute {t['recompute_s']:.4g} s   optimizer {t['optimizer_s']:.4g} s",
         f"    exposed comm: tp {comm['tp']:.4g} s  cp {comm['cp']:.4g} s  dp {comm['dp']:.4g} s  "
-        f"pp {comm['pp']:.4g} s   bubble {t['bubble_s']:.4g} s",
+        f"pp {comm['pp']:.4g} s" + (f"  ep {comm['ep']:.4g} s" if P.ep > 1 else "") + f"   bubble {t['bubble_s']:.4g} s",
         "  memory breakdown (peak rank, GiB)",
         "    " + "  ".join(f"{k.replace('_bytes', '')} {v / _GIB:.2f}" for k, v in mem.items()),
         "",

@@ -7,7 +7,8 @@ Tensor parallel (Shoeybi et al. 2019; Narayanan et al. SC'21 Sec. 3.3): 2 all-re
 ``b*s*h`` activations per block forward and 2 in backward (with sequence parallel, Korthikanti
 et al. 2022 Sec. 4.2.2: the same bytes as all-gather + reduce-scatter), not overlapped unless
 the runtime pipelines them with the GEMMs (``Runtime.tp_comm_overlap``); full recomputation
-repeats the forward ones. Context parallel (ring attention, Liu et al. 2023):
+repeats the forward ones. Expert parallel (MoE): the routed tokens' dispatch and combine are
+all-to-alls over the expert-parallel group (:func:`ep_comm_s`). Context parallel (ring attention, Liu et al. 2023):
 ``cp-1`` K/V exchanges per block forward (K/V and their gradients backward), overlapped with the
 attention core. ZeRO-3 / FSDP: per block parameter all-gathers and gradient reduce-scatters,
 hidden behind the neighbouring compute where the runtime prefetches. Whatever overlaps still
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from planner.cost.comm import GroupShape, overlapped_exposed_s, p2p_time
+from planner.cost.comm import GroupShape, collective_time, overlapped_exposed_s, p2p_time
 from planner.cost.compute import (LayerTimes, Rates, block_gemm_forward_times, embedding_times, head_times,
                                   layer_times)
 from planner.cost.precision import activation_bytes_per_element
@@ -68,6 +69,19 @@ def cp_comm_s(model: ModelSpec, node: NodeSpec, lt: LayerTimes, g: GroupShape, *
             overlapped_exposed_s(dev, 2 * (cp - 1) * hop, lt.core_bwd_s))
 
 
+def ep_comm_s(model: ModelSpec, node: NodeSpec, g: GroupShape, *, micro_batch: int, seq_len: int, cp: int,
+              precision: str) -> float:
+    """One all-to-all of a block's routed tokens over the expert-parallel group ``g``: each rank
+    sends its ``tokens * top_k`` hidden vectors to the ranks holding their experts (balanced
+    routing); the dispatch and the combine are one each forward, backward both again
+    (Megatron-Core's all-to-all token dispatcher, not overlapped with compute)."""
+    if g.size == 1 or not model.is_moe:
+        return 0.0
+    tokens = micro_batch * seq_len / cp
+    return collective_time("all_to_all", activation_bytes_per_element(precision) * tokens * model.top_k
+                           * model.hidden_size, g, node)
+
+
 @dataclass(frozen=True)
 class BlockCost:
     """One block and one micro-batch on one rank (seconds), ZeRO-3 / FSDP excluded (it depends
@@ -88,15 +102,19 @@ class BlockCost:
     head_bw: float
     act_bytes: float
     """``b*s/cp*h`` activations: the pipeline send (``/tp`` with Megatron's scatter-gather)."""
+    ep_f: float = 0.0
+    ep_b: float = 0.0
+    ep_rc: float = 0.0
 
     @property
     def fwd_s(self) -> float:
-        return self.lt.fwd_s + self.tp_f + self.cp_f
+        return self.lt.fwd_s + self.tp_f + self.cp_f + self.ep_f
 
     @property
     def bwd_input_s(self) -> float:
-        """Backward input gradient with recomputation and exposed TP / CP communication."""
-        return self.lt.bwd_input_s + self.lt.recompute_s + self.tp_b + self.tp_rc + self.cp_b
+        """Backward input gradient with recomputation and exposed TP / CP / EP communication."""
+        return (self.lt.bwd_input_s + self.lt.recompute_s + self.tp_b + self.tp_rc + self.cp_b
+                + self.ep_b + self.ep_rc)
 
     @property
     def bwd_weight_s(self) -> float:
@@ -105,10 +123,11 @@ class BlockCost:
 
 def block_cost(model: ModelSpec, node: NodeSpec, runtime: Runtime, rates: Rates, *, tp: int, cp: int,
                micro_batch: int, seq_len: int, recompute: str, sequence_parallel: bool, precision: str,
-               tp_group: GroupShape, cp_group: GroupShape) -> BlockCost:
-    """:class:`BlockCost` of one rank with its tp and cp groups laid out as given."""
+               tp_group: GroupShape, cp_group: GroupShape, ep_group: GroupShape | None = None) -> BlockCost:
+    """:class:`BlockCost` of one rank with its tp, cp (and expert-parallel) groups laid out as given."""
     b, s, sp = micro_batch, seq_len, sequence_parallel
-    lt = layer_times(model, b, s, tp, cp, sp, recompute, precision, rates, runtime)
+    ep = ep_group.size if ep_group is not None else 1
+    lt = layer_times(model, b, s, tp, cp, sp, recompute, precision, rates, runtime, ep)
     emb_f, emb_b = embedding_times(model, b, s, tp, cp, sp, precision, rates)
     head_f, head_bi, head_bw = head_times(model, b, s, tp, cp, sp, precision, rates)
     bpe = activation_bytes_per_element(precision)
@@ -118,11 +137,13 @@ def block_cost(model: ModelSpec, node: NodeSpec, runtime: Runtime, rates: Rates,
     if tp > 1:
         tp_f, tp_b = stack.tp_comm_s(model, node, act, tp_group, sp)
         if runtime.tp_comm_overlap and sp and not runtime.executor:
-            gemm_f = sum(block_gemm_forward_times(model, b, s, tp, cp, precision, rates))
+            gemm_f = sum(block_gemm_forward_times(model, b, s, tp, cp, precision, rates, ep))
             tp_f = overlapped_exposed_s(node.device, tp_f, gemm_f)
             tp_b = overlapped_exposed_s(node.device, tp_b, 2 * gemm_f)  # dgrad + wgrad GEMMs
         e_f, h_f, h_b = stack.tp_edge_s(model, b * s / cp, bpe, tp_group, node)
         emb_f, head_f, head_bi = emb_f + e_f, head_f + h_f, head_bi + h_b
     cp_f, cp_b = cp_comm_s(model, node, lt, cp_group, tp=tp, micro_batch=b, seq_len=s, precision=precision)
+    a2a = ep_comm_s(model, node, ep_group, micro_batch=b, seq_len=s, cp=cp, precision=precision) if ep > 1 else 0.0
     return BlockCost(lt, tp_f, tp_b, tp_f if recompute == "full" else 0.0, cp_f, cp_b,
-                     emb_f, emb_b, head_f, head_bi, head_bw, act)
+                     emb_f, emb_b, head_f, head_bi, head_bw, act,
+                     ep_f=2 * a2a, ep_b=2 * a2a, ep_rc=2 * a2a if recompute == "full" else 0.0)

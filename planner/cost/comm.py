@@ -2,7 +2,8 @@
 
 Ring collectives on n ranks and S bytes (Thakur et al. 2005; Patarasuk & Yuan 2009; nccl-tests
 PERFORMANCE.md): all-reduce moves ``2(n-1)/n * S`` bytes per rank, all-gather and reduce-scatter
-``(n-1)/n * S`` (S = the full, gathered tensor), all-to-all ``(n-1)/n * S``; send/recv ``S``.
+``(n-1)/n * S`` (S = the full, gathered tensor), all-to-all ``(n-1)/n * S`` (S = one rank's
+buffer; off-node shares cross the rank's own NIC, the others NVLink, at once); send/recv ``S``.
 nccl-tests call ``S/t`` the algorithm bandwidth and the ring-corrected figure the bus bandwidth.
 
 A group spanning several nodes runs hierarchically (intra-node reduce-scatter, inter-node
@@ -97,6 +98,12 @@ def collective_time(op: str, size_bytes: float, group: GroupShape, node: NodeSpe
         link = inter if group.nodes > 1 else intra
         return link.latency_s + size_bytes / link.effective_bandwidth_bytes_per_s
     k = min(group.ranks_per_node, n)
+    if op == "all_to_all":
+        # each rank sends S/n to every peer at once (NCCL grouped send/recv): the k-1 shares to
+        # its node's peers over NVLink while the n-k others leave through its own NIC
+        local = (k - 1) / n * size_bytes / intra.effective_bandwidth_bytes_per_s
+        remote = (n - k) / n * size_bytes / inter.effective_bandwidth_bytes_per_s
+        return (inter.latency_s if group.nodes > 1 else intra.latency_s) + max(local, remote)
     N = group.nodes
     if N <= 1:
         return (_ring_steps(op, n) * intra.latency_s

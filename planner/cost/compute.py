@@ -159,7 +159,7 @@ def _gemm(rates: Rates, m: float, n: float, k: float, bpe: int, unquantized: boo
 @lru_cache(maxsize=65536)
 def layer_times(model: ModelSpec, micro_batch: int, seq_len: int, tp: int, cp: int,
                 sequence_parallel: bool, recompute: str, precision: str, rates: Rates,
-                runtime: Runtime) -> LayerTimes:
+                runtime: Runtime, ep: int = 1) -> LayerTimes:
     """Per-block compute times (memoised: the search calls this with few distinct keys)."""
     bpe = activation_bytes_per_element(precision)
     h = model.hidden_size
@@ -172,7 +172,7 @@ def layer_times(model: ModelSpec, micro_batch: int, seq_len: int, tp: int, cp: i
     bwd_w = 0.0
 
     # --- projection GEMMs (Megatron column/row parallel: N or K split by tp) ---
-    for m_, n_, k_ in block_gemm_shapes(model, T, tp):
+    for m_, n_, k_ in block_gemm_shapes(model, T, tp, ep):
         tf, tb = _gemm(rates, m_, n_, k_, bpe)
         fwd += tf
         bwd_in += tb
@@ -281,28 +281,30 @@ def head_times(model: ModelSpec, micro_batch: int, seq_len: int, tp: int, cp: in
 
 
 def block_gemm_forward_times(model: ModelSpec, micro_batch: int, seq_len: int, tp: int, cp: int,
-                             precision: str, rates: Rates) -> tuple[float, ...]:
+                             precision: str, rates: Rates, ep: int = 1) -> tuple[float, ...]:
     """Forward time of each projection GEMM of one block, in execution order (QKV, output
     projection, then per expert the up (+gate) and down projections, then the MoE router):
     the same GEMMs :func:`layer_times` sums, one per weight tensor (each backward GEMM, dgrad
     and wgrad, takes the same time)."""
     bpe = activation_bytes_per_element(precision)
     T = micro_batch * seq_len / cp
-    return tuple(_gemm(rates, m_, n_, k_, bpe)[0] for m_, n_, k_ in block_gemm_shapes(model, T, tp))
+    return tuple(_gemm(rates, m_, n_, k_, bpe)[0] for m_, n_, k_ in block_gemm_shapes(model, T, tp, ep))
 
 
-def block_gemm_shapes(model: ModelSpec, tokens: float, tp: int) -> list[tuple[float, float, float]]:
+def block_gemm_shapes(model: ModelSpec, tokens: float, tp: int, ep: int = 1) -> list[tuple[float, float, float]]:
     """(M, N, K) of each projection GEMM of one block on one tp rank, in execution order: QKV
-    and the output projection, then per expert the up (+gate) and down projections and the
-    (replicated) MoE router (Megatron column / row parallel: N or K split by tp)."""
+    and the output projection, then per local expert the up (+gate) and down projections and
+    the (replicated) MoE router (Megatron column / row parallel: N or K split by tp). With
+    expert parallelism a rank runs ``n_experts/ep`` experts on the tokens its ``ep`` group routes
+    to them (balanced routing: ``tokens * top_k * ep / n_experts`` each)."""
     h = model.hidden_size
     T = tokens
     q, kv = model.q_dim, model.kv_dim
     gemms = [(T, (q + 2 * kv) / tp, h), (T, h, q / tp)]
     if model.is_moe:
-        tokens_per_expert = T * model.top_k / model.n_experts
+        tokens_per_expert = T * model.top_k * ep / model.n_experts
         f = model.expert_ffn
-        for _ in range(model.n_experts):
+        for _ in range(model.n_experts // ep):
             gemms.append((tokens_per_expert, (model.mlp_matrices - 1) * f / tp, h))
             gemms.append((tokens_per_expert, h, f / tp))
         gemms.append((T, model.n_experts, h))

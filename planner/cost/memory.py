@@ -185,7 +185,8 @@ class StageMemory:
 
 def stage_memory(*, params: float, layer_params: float, activation_bytes: float, logits_bytes: float,
                  precision: str, sharding: str, dp: int, device_reserved: float,
-                 fragmentation: float, block_working_bytes: float = 0.0) -> StageMemory:
+                 fragmentation: float, block_working_bytes: float = 0.0,
+                 sharded_params: float | None = None) -> StageMemory:
     """Combine states and activations of one rank.
 
     params: parameters this rank holds before ZeRO sharding (its stage's share of layers,
@@ -194,33 +195,47 @@ def stage_memory(*, params: float, layer_params: float, activation_bytes: float,
     activation_bytes: what the in-flight micro-batches keep for backward. block_working_bytes:
     what a block's backward needs on top (its full activations under full recomputation).
     The logits or the block working set, whichever is larger, is in the peak
-    (:func:`peak_transients`); the other is reported as 0.
+    (:func:`peak_transients`); the other is reported as 0. sharded_params: what ZeRO divides over
+    dp (with expert parallelism every expert's state is spread over the ``dp/ep`` ranks holding
+    it, which is all experts over dp: the stage's parameters as if ``ep`` were 1); default
+    ``params``.
     """
     w_b, g_b, o_b = state_bytes_per_param(precision)
     w_div, g_div, o_div = shard_divisors(sharding, dp)
-    weights = params * w_b / w_div
+    shared = params if sharded_params is None else sharded_params
+
+    def held(div: int) -> float:
+        return shared / div if div > 1 else params
+
+    weights = held(w_div) * w_b
     logits_bytes, gathered, block_working_bytes = peak_transients(
         logits_bytes, 2 * layer_params * w_b if w_div > 1 else 0.0, block_working_bytes)
     weights += gathered
     activation_bytes += block_working_bytes
-    grads = params * g_b / g_div
-    optimizer = params * o_b / o_div
+    grads = held(g_div) * g_b
+    optimizer = held(o_div) * o_b
     tensors = weights + grads + optimizer + activation_bytes + logits_bytes
     reserved = device_reserved + fragmentation * tensors
     return StageMemory(weights, grads, optimizer, activation_bytes, logits_bytes, reserved)
 
 
-def stage_parameters(model: ModelSpec, parallel) -> list[float]:
+def rank_layer_params(model: ModelSpec, tp: int, ep: int = 1) -> float:
+    """One block's parameters on a rank: all of it over tp, its routed experts over tp*ep."""
+    return (model.layer_params() - model.expert_params_per_layer() * (1 - 1 / ep)) / tp
+
+
+def stage_parameters(model: ModelSpec, parallel, ep: int | None = None) -> list[float]:
     """Parameters each pipeline rank holds per tp rank, before ZeRO sharding: its chunks'
-    blocks, the embedding on rank 0, the LM head on the last virtual stage's rank (plus the
-    tied embedding's copy there when pp > 1, as Megatron keeps it)."""
+    blocks (their experts over ``ep``, default the plan's), the embedding on rank 0, the LM head
+    on the last virtual stage's rank (plus the tied embedding's copy there when pp > 1, as
+    Megatron keeps it)."""
     P = parallel
     tp, pp, n_vs = P.tp, P.pp, P.pp * P.vpp
     layers = P.layers_per_stage(model.n_layers)
     tied_copy = model.tied_embeddings and pp > 1
     emb = model.embedding_params() / tp
     head = (model.head_params() + (model.vocab_size * model.hidden_size if tied_copy else 0)) / tp
-    per_layer = model.layer_params() / tp
+    per_layer = rank_layer_params(model, tp, P.ep if ep is None else ep)
     last_rank = (n_vs - 1) % pp
     out = []
     for r in range(pp):
@@ -246,7 +261,8 @@ def stage_memories(model: ModelSpec, parallel, device, in_flight, attention: str
     b, s = P.micro_batch, P.seq_len
     layers = P.layers_per_stage(model.n_layers)
     params_all = stage_parameters(model, P)
-    layer_params_rank = model.layer_params() / tp
+    params_sharded = stage_parameters(model, P, ep=1)
+    layer_params_rank = rank_layer_params(model, tp, P.ep)
     last_rank = (n_vs - 1) % pp
     executor = stack.executor
     one_layer = layer_activation_bytes(model, b, s, tp, P.cp, P.sequence_parallel, P.recompute,
@@ -272,7 +288,8 @@ def stage_memories(model: ModelSpec, parallel, device, in_flight, attention: str
             act += zb_pending[r] * tokens * executor_zb_held_grad_bytes_per_token(
                 model, n_layers_r, r == last_rank, tp, P.sequence_parallel, P.precision)
         reserved, frag = stack.reserved_bytes(device), stack.fragmentation(device)
-        mem = stage_memory(params=params_all[r] + (untied_head if r == last_rank else 0.0),
+        extra = untied_head if r == last_rank else 0.0
+        mem = stage_memory(params=params_all[r] + extra, sharded_params=params_sharded[r] + extra,
                            layer_params=layer_params_rank, activation_bytes=act,
                            logits_bytes=logits, precision=P.precision, sharding=P.sharding, dp=P.dp,
                            device_reserved=reserved, fragmentation=frag, block_working_bytes=full_layer)

@@ -11,9 +11,10 @@ from planner.plan import ParallelConfig
 
 def optimizer_s(model: ModelSpec, P: ParallelConfig, rates: Rates, ranks: tuple[int, ...] | None = None) -> float:
     """AdamW over the local shard of the busiest pipeline rank (of ``ranks``, default all)."""
-    params = stage_parameters(model, P)
-    most = max(params) if ranks is None else max(params[r] for r in ranks)
     _, _, o_div = shard_divisors(P.sharding, P.dp)
+    # ZeRO spreads every expert's state over the dp/ep ranks holding it: all experts over dp
+    params = stage_parameters(model, P, ep=1) if o_div > 1 else stage_parameters(model, P)
+    most = max(params) if ranks is None else max(params[r] for r in ranks)
     return stack_of(rates).optimizer_s(model, P, rates, most / o_div, ranks)
 
 

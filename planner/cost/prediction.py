@@ -32,6 +32,7 @@ class TimeBreakdown:
     dp_s: float
     pp_s: float
     bubble_s: float
+    ep_s: float = 0.0
 
     @property
     def compute_s(self) -> float:
@@ -41,7 +42,8 @@ class TimeBreakdown:
         return {"compute_s": self.compute_s, "forward_s": self.forward_s,
                 "backward_s": self.backward_s, "optimizer_s": self.optimizer_s,
                 "recompute_s": self.recompute_s,
-                "exposed_comm_s": {"tp": self.tp_s, "cp": self.cp_s, "dp": self.dp_s, "pp": self.pp_s},
+                "exposed_comm_s": {"tp": self.tp_s, "cp": self.cp_s, "dp": self.dp_s, "pp": self.pp_s,
+                                   "ep": self.ep_s},
                 "bubble_s": self.bubble_s}
 
 
@@ -72,7 +74,7 @@ class Prediction:
         exposed ``tp`` / ``cp`` / ``dp`` / ``pp`` communication, ``bubble``, ``optimizer``."""
         t = self.time
         terms = {"compute": t.compute_s, "recompute": t.recompute_s, "tp": t.tp_s, "cp": t.cp_s, "dp": t.dp_s,
-                 "pp": t.pp_s, "bubble": t.bubble_s, "optimizer": t.optimizer_s}
+                 "pp": t.pp_s, "ep": t.ep_s, "bubble": t.bubble_s, "optimizer": t.optimizer_s}
         return {k: v / self.step_time_s for k, v in terms.items()}
 
     def to_dict(self) -> dict:

@@ -83,8 +83,9 @@ class Runtime:
         pre-hook gathers once for recompute + backward).
     shardings / pipeline_shardings: the data-parallel shardings the framework runs, and those it
         runs together with pipeline parallelism; ``schedules``: its pipeline schedules;
-        ``context_parallel``: whether it has context parallelism. A plan outside them is one the
-        framework cannot run (:meth:`refusal`); the search does not propose it.
+        ``context_parallel`` / ``expert_parallel``: whether it has context / expert parallelism.
+        A plan outside them is one the framework cannot run (:meth:`refusal`); the search does
+        not propose it.
     """
 
     name: str = "default"
@@ -107,13 +108,15 @@ class Runtime:
     pipeline_shardings: tuple[str, ...] = ("none", "zero1", "zero2", "zero3", "fsdp")
     schedules: tuple[str, ...] = ("gpipe", "1f1b", "interleaved", "zb")
     context_parallel: bool = True
+    expert_parallel: bool = True
 
     def refusal(self, parallel) -> str | None:
         """Why the framework cannot run ``parallel`` (a :class:`planner.plan.ParallelConfig`),
         or None."""
-        return self.refusal_of(parallel.sharding, parallel.pp, parallel.dp, parallel.schedule, parallel.cp)
+        return self.refusal_of(parallel.sharding, parallel.pp, parallel.dp, parallel.schedule, parallel.cp,
+                               parallel.ep)
 
-    def refusal_of(self, sharding: str, pp: int, dp: int, schedule: str, cp: int) -> str | None:
+    def refusal_of(self, sharding: str, pp: int, dp: int, schedule: str, cp: int, ep: int = 1) -> str | None:
         """:meth:`refusal` of a plan with these axes; ``fsdp`` and ``zero3`` are one sharding here."""
         allowed = {"zero3" if x == "fsdp" else x for x in (self.pipeline_shardings if pp > 1 else self.shardings)}
         if dp > 1 and ("zero3" if sharding == "fsdp" else sharding) not in allowed:
@@ -127,6 +130,8 @@ class Runtime:
             return f"the {self.name} runtime has no {schedule} schedule (it has: {', '.join(self.schedules)})"
         if cp > 1 and not self.context_parallel:
             return f"the {self.name} runtime has no context parallelism"
+        if ep > 1 and not self.expert_parallel:
+            return f"the {self.name} runtime has no expert parallelism"
         return None
 
     def __post_init__(self) -> None:
@@ -155,17 +160,19 @@ class Runtime:
                 "max_live_parameters": self.max_live_parameters,
                 "max_reuse_distance": self.max_reuse_distance,
                 "shardings": list(self.shardings), "pipeline_shardings": list(self.pipeline_shardings),
-                "schedules": list(self.schedules), "context_parallel": self.context_parallel}
+                "schedules": list(self.schedules), "context_parallel": self.context_parallel,
+                "expert_parallel": self.expert_parallel}
 
 
 DEFAULT_RUNTIME = Runtime()
-EXECUTOR_RUNTIME = Runtime(name="executor", executor=True)
+EXECUTOR_RUNTIME = Runtime(name="executor", executor=True, expert_parallel=False)
 
 _MEGATRON_RULES = dict(shardings=("none", "zero1"), pipeline_shardings=("none", "zero1"),
                        schedules=("1f1b", "interleaved"))
 # DeepSpeed: any ZeRO stage without pipelining; its PipelineEngine runs 1F1B (TrainSchedule) and
 # asserts "ZeRO-2 and ZeRO-3 are incompatible with pipeline parallelism"; no context parallelism.
-_DEEPSPEED_RULES = dict(pipeline_shardings=("none", "zero1"), schedules=("1f1b",), context_parallel=False)
+_DEEPSPEED_RULES = dict(pipeline_shardings=("none", "zero1"), schedules=("1f1b",), context_parallel=False,
+                        expert_parallel=False)
 
 RUNTIME_PRESETS: dict[str, Runtime] = {
     # current PyTorch / Megatron-Core / torchtitan stacks
@@ -173,10 +180,11 @@ RUNTIME_PRESETS: dict[str, Runtime] = {
     # Megatron-LM 2021-2022 (Narayanan et al. SC'21; Korthikanti et al. 2022): no flash attention
     # (released May 2022), fused scale-mask-softmax; DDP all-reduce after the backward pass.
     # Megatron-LM's schedules are 1F1B and interleaved 1F1B (schedules.py), its data parallelism
-    # DDP or, from 2022, the distributed optimizer (ZeRO-1); no context parallelism before
-    # Megatron-Core.
+    # DDP or, from 2022, the distributed optimizer (ZeRO-1); no context or expert parallelism
+    # before Megatron-Core.
     "megatron-lm-2021": Runtime(name="megatron-lm-2021", attention="unfused", overlap_grad_reduce=False,
-                                overlap_param_gather=False, **_MEGATRON_RULES, context_parallel=False),
+                                overlap_param_gather=False, **_MEGATRON_RULES, context_parallel=False,
+                                expert_parallel=False),
     # Megatron-Core as NVIDIA publishes it (r0.8+, NeMo / Megatron-Bridge): TE flash attention,
     # --overlap-grad-reduce --overlap-param-gather and --tp-comm-overlap (Megatron-LM README,
     # "Performance": "We perform fine-grained overlapping of data-parallel (--overlap-grad-reduce
@@ -210,7 +218,7 @@ RUNTIME_PRESETS: dict[str, Runtime] = {
     # parallelism (llm-foundry's configs).
     "composer-fsdp": Runtime(name="composer-fsdp", attention="flash", shard_prefetch=True, gather_granularity="per_layer",
                              shardings=("none", "zero2", "zero3", "fsdp"), pipeline_shardings=(),
-                             schedules=(), context_parallel=False),
+                             schedules=(), context_parallel=False, expert_parallel=False),
     # torchtitan (2024-2025): FSDP2 fully_shard per transformer block (one flat gather per block,
     # prefetched forward and backward), SDPA / flash attention, gradients reduce-scattered inside
     # the backward (torchtitan docs/fsdp.md; PyTorch FSDP2 RFC #114299)

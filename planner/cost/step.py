@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from planner.cluster import as_cluster, load_cluster
 from planner.cost.block import BlockCost, block_cost, group_shape, shard_comm_s
-from planner.cost.comm import p2p_time
+from planner.cost.comm import GroupShape, p2p_time
 from planner.cost.compute import Rates, make_rates
 from planner.cost.data_parallel import dp_reduction_s, exposed_s
 from planner.cost.flops import step_flops
@@ -35,7 +35,7 @@ from planner.cost.stacks import stack_of
 from planner.errors import InputError, require
 from planner.hardware import ClusterSpec, NodeSpec
 from planner.model import ModelSpec
-from planner.plan import DEFAULT_ORDER, ParallelConfig, Plan
+from planner.plan import DEFAULT_ORDER, ParallelConfig, Plan, expert_group_spreads
 from planner.profile_yaml import load_profile
 from planner.schedule_estimate import PipelineEstimate, closed_form_in_flight, estimate
 
@@ -87,6 +87,8 @@ def plan_sites(cluster: ClusterSpec, P: ParallelConfig) -> tuple[Site, ...]:
 def _validate(model: ModelSpec, cluster: ClusterSpec, P: ParallelConfig, runtime: Runtime) -> tuple[Site, ...]:
     refusal = runtime.refusal(P)
     require(refusal is None, "runtime", refusal or "")
+    require(P.ep == 1 or P.sharding not in ("zero3", "fsdp"), "sharding",
+            "ZeRO-3 / FSDP with expert parallelism is not priced (use none, zero1 or zero2 with --ep)")
     if cluster.is_homogeneous and not P.stage_tp:
         node = cluster.node
         require(P.world_size == cluster.world_size, "dp",
@@ -128,9 +130,11 @@ class SiteBlock:
 
 def site_block(model: ModelSpec, site: Site, runtime: Runtime, rates: Rates) -> SiteBlock:
     P, node, gpn = site.P, site.node, site.node.gpus_per_node
+    ep_group = GroupShape(P.ep, *expert_group_spreads(P, gpn)[0]) if P.ep > 1 else None
     bc = block_cost(model, node, runtime, rates, tp=P.tp, cp=P.cp, micro_batch=P.micro_batch,
                     seq_len=P.seq_len, recompute=P.recompute, sequence_parallel=P.sequence_parallel,
-                    precision=P.precision, tp_group=group_shape(P, "tp", gpn), cp_group=group_shape(P, "cp", gpn))
+                    precision=P.precision, tp_group=group_shape(P, "tp", gpn), cp_group=group_shape(P, "cp", gpn),
+                    ep_group=ep_group)
     dp_group = group_shape(P, "dp", gpn)
     z3_f, z3_b = shard_comm_s(model, node, runtime, bc.lt, rates, dp_group, tp=P.tp, cp=P.cp,
                               micro_batch=P.micro_batch, seq_len=P.seq_len, precision=P.precision,
@@ -245,10 +249,26 @@ def _site_dp_exposed_s(model: ModelSpec, site: Site, runtime: Runtime, rates: Ra
     r_max = next(r for r in site.ranks if stage_params[r] == most)
     window = sum(st.sched_b[k] + (st.sched_w[k] if st.sched_w else 0.0)
                  for k in range(r_max, P.pp * P.vpp, P.pp))
-    reduction = dp_reduction_s(site.node, rates, group_shape(P, "dp", site.node.gpus_per_node),
-                               precision=P.precision, sharding=P.sharding, tp=P.tp, pp=P.pp, params=most,
-                               param_tensors=param_tensors(model, P, site.ranks))
+    gpn = site.node.gpus_per_node
+    tensors = param_tensors(model, P, site.ranks)
+    experts = _rank_expert_params(model, P, r_max)
+    reduction = dp_reduction_s(site.node, rates, group_shape(P, "dp", gpn), precision=P.precision,
+                               sharding=P.sharding, tp=P.tp, pp=P.pp, params=most - experts, param_tensors=tensors)
+    if experts:  # an expert's gradients over the dp/ep ranks holding it
+        edp = GroupShape(P.dp // P.ep, *expert_group_spreads(P, gpn)[1])
+        more = dp_reduction_s(site.node, rates, edp, precision=P.precision, sharding=P.sharding, tp=P.tp,
+                              pp=P.pp, params=experts, param_tensors=0)
+        reduction = tuple(a + b for a, b in zip(reduction, more))
     return exposed_s(runtime, reduction, window, rates)
+
+
+def _rank_expert_params(model: ModelSpec, P: ParallelConfig, rank: int) -> float:
+    """Routed-expert parameters pipeline rank ``rank`` holds under expert parallelism (0 without)."""
+    if P.ep == 1 or not model.is_moe:
+        return 0.0
+    layers = P.layers_per_stage(model.n_layers)
+    n_layers = sum(layers[k] for k in range(rank, P.pp * P.vpp, P.pp))
+    return n_layers * model.expert_params_per_layer() / (P.tp * P.ep)
 
 
 def timed_step(model: ModelSpec, cluster: ClusterSpec, sites: tuple[Site, ...], runtimes,
@@ -411,13 +431,15 @@ def _breakdown(model: ModelSpec, P: ParallelConfig, timed: TimedStep) -> TimeBre
     rc_c = m * n_crit * lt.recompute_s
     tp_c = m * n_crit * (bc.tp_f + bc.tp_b + bc.tp_rc)
     cp_c = m * n_crit * (bc.cp_f + bc.cp_b)
+    ep_c = m * n_crit * (bc.ep_f + bc.ep_b + bc.ep_rc)
     z3_c = m * n_crit * (b.z3_f + b.z3_b)
-    scale = pipe.busy_s[crit] / max(1e-30, fwd_c + bwd_c + rc_c + tp_c + cp_c + z3_c)
+    scale = pipe.busy_s[crit] / max(1e-30, fwd_c + bwd_c + rc_c + tp_c + cp_c + ep_c + z3_c)
     idle = max(0.0, pipe.makespan_s - pipe.busy_s[crit])
     pp_c = min(idle, 2 * (n_vs - 1) * st.p2p_s) if pp > 1 else 0.0
     return TimeBreakdown(forward_s=fwd_c * scale, backward_s=bwd_c * scale, recompute_s=rc_c * scale,
                          optimizer_s=timed.optimizer_s, tp_s=tp_c * scale, cp_s=cp_c * scale,
-                         dp_s=z3_c * scale + timed.dp_exposed_s, pp_s=pp_c, bubble_s=idle - pp_c)
+                         dp_s=z3_c * scale + timed.dp_exposed_s, pp_s=pp_c, bubble_s=idle - pp_c,
+                         ep_s=ep_c * scale)
 
 
 def lower_bound_step_time_s(model: ModelSpec, cluster: ClusterSpec, parallel: ParallelConfig,

@@ -42,6 +42,7 @@ or evaluated; :class:`SearchResult` keeps the counts.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import time
 from typing import Callable
 
@@ -220,16 +221,16 @@ def brute_force(model: ModelSpec, cluster: ClusterSpec, global_batch: int, seq_l
                                 for sched, v in S.sched:
                                     if pp == 1 and (sched != "1f1b" or v > 1):
                                         continue
-                                    if runtime.refusal_of(sh, pp, dp, sched, cp):
-                                        continue
-                                    for order in S.orders:
+                                    for order, ep in itertools.product(S.orders, S.ep):
                                         if order != ORDERS[0] and (pp == 1 or dp == 1):
+                                            continue
+                                        if runtime.refusal_of(sh, pp, dp, sched, cp, ep):
                                             continue
                                         try:
                                             P = ParallelConfig(tp=tp, pp=pp, dp=dp, cp=cp, vpp=v, micro_batch=mb,
                                                                global_batch=global_batch, seq_len=seq, recompute=rc,
                                                                sharding=sh, sequence_parallel=sp, precision=precision,
-                                                               schedule=sched, order=order)
+                                                               schedule=sched, order=order, ep=ep)
                                             pred = predict(model, cluster, P, runtime)
                                         except InputError:
                                             continue

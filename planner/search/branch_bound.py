@@ -33,6 +33,7 @@ class BranchAndBound:
         self.world = cluster.world_size
         self.gpn = self.node.gpus_per_node
         self.hbm = self.node.device.hbm_bytes
+        self.ep = 1
         self.costs = Costs(model, self.node, self.world, seq, precision, runtime)
         self.space = candidate_space(model, self.world, gbs, fixed)
         self.rej: dict[str, RejectionCount] = {}
@@ -80,8 +81,10 @@ class BranchAndBound:
                             r = Rejected("too_many_stages", "pp*vpp exceeds the layers")
                         elif sched == "interleaved" and m % pp != 0:
                             r = Rejected("not_divisible", "interleaving needs micro-batches divisible by pp")
-                        elif self.rt.refusal_of(sh, pp, dp, sched, 1):
-                            r = Rejected("unsupported", self.rt.refusal_of(sh, pp, dp, sched, 1))
+                        elif self.rt.refusal_of(sh, pp, dp, sched, 1, self.ep):
+                            r = Rejected("unsupported", self.rt.refusal_of(sh, pp, dp, sched, 1, self.ep))
+                        elif self.ep > 1 and sh in ("zero3", "fsdp"):
+                            r = Rejected("unsupported", "ZeRO-3 / FSDP with expert parallelism is not priced")
                         if r is None:
                             valid.append((sh, sched, v, order))
                         else:
@@ -168,6 +171,7 @@ class BranchAndBound:
         if dp == 1:
             return 0.0
         params, r_max = self.max_rank_params(tp, pp, v)
+        params *= min(1.0, self.costs.dense_share)  # at most the rank's dense part over the whole dp group
         key = (tp, pp, dp, v, sh, dp_stride)
         reduction = self._reductions.get(key)
         if reduction is None:
@@ -238,6 +242,18 @@ class BranchAndBound:
 
     # --- main loop ------------------------------------------------------------------------------
     def run(self) -> None:
+        """One pass per expert-parallel degree (one for a dense model), into the same top K."""
+        progress, n = self.progress, len(self.space.ep)
+        for i, ep in enumerate(self.space.ep):
+            self.ep = ep
+            self.costs = Costs(self.model, self.node, self.world, self.seq, self.prec, self.rt, ep)
+            self._leafsets, self._maxparams, self._reductions = {}, {}, {}
+            if progress:
+                self.progress = lambda x, i=i: progress((i + x) / n)
+            self._run_pass()
+        self.progress = progress
+
+    def _run_pass(self) -> None:
         mdl, S = self.model, self.space
         L = mdl.n_layers
         t_start = time.perf_counter()
@@ -261,8 +277,11 @@ class BranchAndBound:
                     if tp > self.gpn:
                         r = Rejected("tp_crosses_nodes", f"tp > {self.gpn} GPUs per node")
                     elif mdl.n_heads % tp or mdl.ffn_hidden_size % tp or not (
-                            mdl.n_kv_heads % tp == 0 or tp % mdl.n_kv_heads == 0):
+                            mdl.n_kv_heads % tp == 0 or tp % mdl.n_kv_heads == 0) or (
+                            mdl.is_moe and mdl.expert_ffn % tp):
                         r = Rejected("not_divisible", "tp does not divide heads / kv heads / ffn")
+                    elif dp % self.ep:
+                        r = Rejected("not_divisible", "ep does not divide dp")
                     elif self.seq % cp:
                         r = Rejected("not_divisible", "cp does not divide the sequence length")
                     elif cp > 1 and not self.rt.context_parallel:
@@ -346,7 +365,7 @@ class BranchAndBound:
         tp, cp, pp, dp, mb, sp, rc, sh, sched, v, order = item
         return ParallelConfig(tp=tp, pp=pp, dp=dp, cp=cp, vpp=v, micro_batch=mb, global_batch=self.gbs,
                               seq_len=self.seq, recompute=rc, sharding=sh, sequence_parallel=sp,
-                              precision=self.prec, schedule=sched if pp > 1 else "1f1b", order=order)
+                              precision=self.prec, schedule=sched if pp > 1 else "1f1b", order=order, ep=self.ep)
 
     def evaluate(self, lb: float, item) -> None:
         P = self.config(item)

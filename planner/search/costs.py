@@ -10,7 +10,7 @@ from functools import lru_cache
 from planner.cost.block import block_cost, shard_comm_s, shards_per_block
 from planner.cost.comm import GroupShape, p2p_time
 from planner.cost.compute import LayerTimes, make_rates
-from planner.cost.memory import layer_activation_bytes
+from planner.cost.memory import layer_activation_bytes, rank_layer_params
 from planner.cost.precision import activation_bytes_per_element
 from planner.cost.runtime import Runtime, effective_runtime
 from planner.cost.stacks import stack_of
@@ -45,8 +45,8 @@ class Costs:
     """Memoised per-layer costs for one model / node type / runtime."""
 
     def __init__(self, model: ModelSpec, node: NodeSpec, world: int, seq_len: int, precision: str,
-                 runtime: Runtime):
-        self.model, self.node, self.seq, self.prec = model, node, seq_len, precision
+                 runtime: Runtime, ep: int = 1):
+        self.model, self.node, self.seq, self.prec, self.ep = model, node, seq_len, precision, ep
         # the runtime as predict() applies it on this host (no overlap where gloo shares the cores)
         self.rt = effective_runtime(runtime, node.device, min(node.gpus_per_node, world) if world > 1 else 0)
         self.gpn = node.gpus_per_node
@@ -63,7 +63,10 @@ class Costs:
         self._z3: dict = {}
         self._p2p: dict = {}
         m = model
-        self.layer_params = float(m.layer_params())
+        self.layer_params = rank_layer_params(m, 1, ep)  # its experts over ep (a rank's, times tp)
+        # the share of a rank's parameters reduced over the whole dp group (routed experts are
+        # reduced over their dp/ep holders): what the dp bound may charge
+        self.dense_share = (m.layer_params() - m.expert_params_per_layer()) / self.layer_params
         self.embedding_params = float(m.embedding_params())
         self.head_params = float(m.head_params() + m.vocab_size * m.hidden_size)  # + tied copy (pp > 1)
         self.head_params_untied = float(m.head_params())
@@ -77,10 +80,12 @@ class Costs:
         if hit is not None:
             return hit
         m, s = self.model, self.seq
+        ep = self.ep  # the densest expert-parallel group: neighbouring dp ranks (tp-cp-dp-pp)
         bc = block_cost(m, self.node, self.rt, self.rates, tp=tp, cp=cp, micro_batch=mb, seq_len=s,
                         recompute=rc, sequence_parallel=sp, precision=self.prec,
                         tp_group=GroupShape(tp, *strided_group_spread(tp, 1, self.gpn)),
-                        cp_group=GroupShape(cp, *strided_group_spread(cp, tp, self.gpn)))
+                        cp_group=GroupShape(cp, *strided_group_spread(cp, tp, self.gpn)),
+                        ep_group=GroupShape(ep, *strided_group_spread(ep, tp * cp, self.gpn)) if ep > 1 else None)
         executor = self.stack.executor
         la = layer_activation_bytes(m, mb, s, tp, cp, sp, rc, self.prec, self.rt.attention, executor)
         la_full = (layer_activation_bytes(m, mb, s, tp, cp, sp, "none", self.prec, self.rt.attention, executor)

@@ -181,7 +181,7 @@ def ranked_row(rank: int, e: RankedPlan, plan_id: str) -> dict:
     p = e.prediction
     t = p.time
     step = p.step_time_s
-    exposed = t.tp_s + t.cp_s + t.dp_s + t.pp_s
+    exposed = t.tp_s + t.cp_s + t.dp_s + t.pp_s + t.ep_s
     return {
         "rank": rank, "id": plan_id, "plan": e.parallel.megatron_notation(),
         "step_time_s": step, "tokens_per_s_per_gpu": p.tokens_per_s_per_gpu, "mfu": p.mfu,

@@ -25,7 +25,7 @@ PLAIN_SCHEDULES = ("1f1b", "zb", "gpipe")
 MAX_MICRO_BATCH = 64
 
 
-FIX_KEYS = {"tp": "tp", "pp": "pp", "dp": "dp", "cp": "cp", "vpp": "vpp",
+FIX_KEYS = {"tp": "tp", "pp": "pp", "dp": "dp", "cp": "cp", "ep": "ep", "vpp": "vpp",
             "mb": "micro_batch", "micro_batch": "micro_batch", "micro-batch": "micro_batch",
             "recompute": "recompute", "sharding": "sharding", "zero": "sharding",
             "sp": "sequence_parallel", "sequence_parallel": "sequence_parallel",
@@ -62,7 +62,7 @@ def normalise_fixed(fixed: dict) -> dict[str, Any]:
         name = FIX_KEYS.get(str(key))
         if name is None:
             raise InputError("fix", f"unknown key {key!r} (allowed: {', '.join(sorted(set(FIX_KEYS)))})")
-        if name in ("tp", "pp", "dp", "cp", "vpp", "micro_batch"):
+        if name in ("tp", "pp", "dp", "cp", "ep", "vpp", "micro_batch"):
             try:
                 v = int(value)
             except (TypeError, ValueError):
@@ -128,22 +128,28 @@ class Space:
     sh: list[str]
     sched: list[tuple[str, int]]
     orders: list[str]
+    ep: list[int]
 
 
 def candidate_space(model: ModelSpec, world: int, gbs: int, fixed: dict) -> Space:
+    """Every option per axis; ``ep``: the divisors of the expert count up to the world size
+    (1 for a dense model)."""
     divs = divisors(world)
     mb = [d for d in divisors(gbs) if d <= MAX_MICRO_BATCH]
     sched = [(s, 1) for s in PLAIN_SCHEDULES] + [("interleaved", v) for v in VPP_OPTIONS]
     sp = [False, True]
     sh = list(SHARDINGS)
     orders = list(ORDERS)
+    ep = [d for d in divisors(model.n_experts) if d <= world] if model.is_moe else [1]
     sp_ = Space(tp=divs, cp=divs, pp=divs, dp=None, mb=mb, rc=list(RECOMPUTE), sp=sp, sh=sh,
-                 sched=sched, orders=orders)
+                 sched=sched, orders=orders, ep=ep)
     for name, attr in (("tp", "tp"), ("cp", "cp"), ("pp", "pp")):
         if name in fixed:
             setattr(sp_, attr, [fixed[name]])
     if "dp" in fixed:
         sp_.dp = [fixed["dp"]]
+    if "ep" in fixed:
+        sp_.ep = [fixed["ep"]]
     if "micro_batch" in fixed:
         sp_.mb = [fixed["micro_batch"]]
     if "recompute" in fixed:

@@ -1,0 +1,84 @@
+"""Mixture-of-experts plans with expert parallelism: validation, pricing, search."""
+import dataclasses
+
+import pytest
+
+from planner.catalog import load_model
+from planner.cost.comm import GroupShape, collective_time
+from planner.cost.runtime import get_runtime
+from planner.cost.step import cluster_for, predict
+from planner.errors import InputError
+from planner.plan import ParallelConfig, expert_group_spreads
+from planner.profile_yaml import load_profile
+from planner.search import brute_force, search
+
+MIXTRAL = load_model("mixtral-8x7b", seq_len=2048)
+RT = get_runtime("megatron-core")
+
+
+def cfg(**kw):
+    base = dict(tp=2, pp=1, dp=16, micro_batch=1, global_batch=64, seq_len=2048, sequence_parallel=True,
+                sharding="zero1")
+    base.update(kw)
+    return ParallelConfig(**base)
+
+
+def test_expert_parallel_plans_are_validated_in_one_line():
+    with pytest.raises(InputError, match="ep"):
+        cfg(ep=3)  # does not divide dp
+    with pytest.raises(InputError, match="mixture-of-experts"):
+        cfg(ep=2).validate_for(load_model("gpt2"))
+    with pytest.raises(InputError, match="n_experts=8"):
+        cfg(ep=16).validate_for(MIXTRAL)
+    assert cfg(ep=4).megatron_notation().startswith("tp2 pp1 dp16 ep4")
+    assert "ep" not in cfg().to_dict() and cfg(ep=4).to_dict()["ep"] == 4  # dense ids unchanged
+
+
+def test_expert_groups_follow_the_rank_layout():
+    (per_node, nodes), (edp_per_node, edp_nodes) = expert_group_spreads(cfg(ep=4), 8)
+    assert (per_node, nodes) == (4, 1)        # 4 neighbouring dp ranks, tp=2 apart: one node
+    assert (edp_per_node, edp_nodes) == (1, 4)  # the 4 holders of an expert, 8 ranks apart
+
+
+def test_experts_spread_over_ep_cut_memory_and_add_all_to_all():
+    cluster = cluster_for("dgx-h100-80gb", 4)
+    one = predict(MIXTRAL, cluster, cfg(), RT, timeline=False)
+    four = predict(MIXTRAL, cluster, cfg(ep=4), RT, timeline=False)
+    assert four.memory.weights_bytes < 0.5 * one.memory.weights_bytes
+    assert one.time.ep_s == 0.0 and four.time.ep_s > 0.0
+    # the model's FLOPs do not depend on where the experts live
+    assert four.model_tflops_per_gpu * four.step_time_s == pytest.approx(one.model_tflops_per_gpu * one.step_time_s)
+    with pytest.raises(InputError, match="expert parallelism"):
+        predict(MIXTRAL, cluster, cfg(ep=4), get_runtime("megatron-lm-2021"))
+    with pytest.raises(InputError, match="ZeRO-3"):
+        predict(MIXTRAL, cluster, cfg(ep=4, sharding="zero3"), get_runtime("torchtitan"))
+
+
+def test_all_to_all_crossing_nodes_is_paced_by_the_nic():
+    node = load_profile("dgx-h100-80gb")
+    inside = collective_time("all_to_all", 1e9, GroupShape(8, 8, 1), node)
+    across = collective_time("all_to_all", 1e9, GroupShape(16, 8, 2), node)
+    # half of each rank's buffer leaves the node through its own NIC (50 GB/s vs NVLink's 450)
+    assert across > 4 * inside
+    assert across == pytest.approx(node.inter_node.latency_s + 0.5e9 / node.inter_node.effective_bandwidth_bytes_per_s)
+
+
+def test_search_with_ep_equals_brute_force():
+    model = dataclasses.replace(MIXTRAL, n_layers=4)
+    cluster = cluster_for("dgx-h100-80gb", 1, 8)
+    fixed = {"recompute": "selective", "sharding": "zero1", "tp": 2}
+    res = search(model, cluster, 16, fixed=fixed, top_k=3, refine=False, runtime=RT)
+    brute = brute_force(model, cluster, 16, fixed=fixed, runtime=RT)
+    assert res.ranked and any(e.parallel.ep > 1 for e in res.ranked)
+    assert [round(e.step_time_s, 9) for e in res.ranked] == [round(p.step_time_s, 9) for _, p in brute[:3]]
+
+
+def test_exports_carry_the_expert_parallel_degree(tmp_path):
+    from planner.export import megatron_args, to_deepspeed, to_torchtitan
+    from planner.plan import Plan
+
+    plan = Plan(model=MIXTRAL, hardware="dgx-h100-80gb", n_nodes=4, gpus_per_node=8, parallel=cfg(ep=4))
+    args, _ = megatron_args(plan)
+    assert args[args.index("--expert-model-parallel-size") + 1] == "4"
+    assert "expert_parallel_degree = 4" in to_torchtitan(plan)
+    assert "ep_size=4" in to_deepspeed(plan)
