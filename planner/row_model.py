@@ -12,10 +12,12 @@ the assumption is returned with the model:
 * family from the model name: Nemotron-4 (a 2-matrix squared-ReLU MLP, LayerNorm, RoPE, no
   biases, untied head; Nemotron-4 15B report, arXiv:2402.16819, Sec. 2); LLaMA-style (SwiGLU,
   RMSNorm, RoPE, no biases, untied head; Touvron et al. 2023) for LLaMA / Mistral / Mixtral / Qwen /
-  DeepSeek / other Nemotron names; else GPT (GELU, LayerNorm, learned positions, biases, tied
+  DeepSeek / Grok (gated GELU: the same three matrices) / other Nemotron names; else GPT (GELU, LayerNorm, learned positions, biases, tied
   head; Megatron-LM's ``pretrain_gpt.py``).
 * ``ffn_hidden_size`` not stated: GPT ``4h`` (Megatron's default); LLaMA-style
   ``256 * ceil(8h/3 / 256)`` (Meta's ``multiple_of=256`` rule).
+* ``n_experts`` / ``top_k`` (optional columns): routed experts of ``ffn_hidden_size`` each; top-2
+  where ``top_k`` is not stated.
 * dropout 0.1 for Megatron-LM frameworks (``--hidden-dropout`` / ``--attention-dropout``
   defaults), else 0.
 """
@@ -28,7 +30,7 @@ from planner.catalog import load_model, preset_for_published_row
 from planner.errors import InputError
 from planner.model import ModelSpec
 
-LLAMA_STYLE_NAMES = ("llama", "mistral", "mixtral", "qwen", "deepseek", "nemotron", "yi-", "gemma")
+LLAMA_STYLE_NAMES = ("llama", "mistral", "mixtral", "qwen", "deepseek", "nemotron", "yi-", "gemma", "grok")
 LLAMA_STYLE = dict(mlp="swiglu", norm="rmsnorm", position="rope", tied_embeddings=False, bias=False)
 NEMOTRON4_NAMES = ("nemotron-4", "nemotron4")
 NEMOTRON4_STYLE = dict(mlp="gelu", activation="squared-relu", norm="layernorm", position="rope",
@@ -99,6 +101,11 @@ def row_model(row: dict, seq_len: int) -> RowModel:
             if base is None:
                 notes.append(f"ffn_hidden_size not stated: 4h = {ffn} assumed")
     fields = dict(dims, n_kv_heads=kv, ffn_hidden_size=ffn, seq_len=seq_len)
+    experts, top_k = _cell_int(row, "n_experts"), _cell_int(row, "top_k")
+    if experts:  # routed experts of ffn_hidden_size each (Mixtral-style)
+        fields.update(n_experts=experts, top_k=top_k or 2)
+        if not top_k:
+            notes.append("top_k not stated: 2 assumed")
     try:
         if base is not None:
             model = dataclasses.replace(base, **fields)

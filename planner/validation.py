@@ -224,6 +224,7 @@ def row_config(row: dict) -> RowConfig:
     if None in (tp, pp, dp):
         return RowConfig("skipped", "tp/pp/dp not all stated", preset, profile)
     cp = _int(row, "cp") or 1
+    ep = _int(row, "ep") or 1
     gbs = _int(row, "global_batch")
     if gbs is None:
         return RowConfig("skipped", "global batch not stated", preset, profile)
@@ -271,7 +272,7 @@ def row_config(row: dict) -> RowConfig:
     else:
         gpn_use = gpn
     try:
-        parallel = ParallelConfig(tp=tp, pp=pp, dp=dp, cp=cp, vpp=v, micro_batch=mb, global_batch=gbs,
+        parallel = ParallelConfig(tp=tp, pp=pp, dp=dp, cp=cp, ep=ep, vpp=v, micro_batch=mb, global_batch=gbs,
                                   seq_len=seq, recompute=recompute, sharding=sharding,
                                   sequence_parallel=sp, precision=precision,
                                   schedule="interleaved" if v > 1 else "1f1b")

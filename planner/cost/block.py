@@ -69,17 +69,23 @@ def cp_comm_s(model: ModelSpec, node: NodeSpec, lt: LayerTimes, g: GroupShape, *
             overlapped_exposed_s(dev, 2 * (cp - 1) * hop, lt.core_bwd_s))
 
 
-def ep_comm_s(model: ModelSpec, node: NodeSpec, g: GroupShape, *, micro_batch: int, seq_len: int, cp: int,
-              precision: str) -> float:
-    """One all-to-all of a block's routed tokens over the expert-parallel group ``g``: each rank
-    sends its ``tokens * top_k`` hidden vectors to the ranks holding their experts (balanced
-    routing); the dispatch and the combine are one each forward, backward both again
-    (Megatron-Core's all-to-all token dispatcher, not overlapped with compute)."""
+def ep_comm_s(model: ModelSpec, node: NodeSpec, g: GroupShape, tp_group: GroupShape, *, micro_batch: int,
+              seq_len: int, cp: int, sequence_parallel: bool, precision: str) -> float:
+    """One token exchange of a block's routed tokens (the dispatch, or the combine) as
+    Megatron-Core's all-to-all dispatcher runs it: each rank sends its ``tokens * top_k`` hidden
+    vectors to the ranks of the expert-parallel group ``g`` holding their experts (balanced
+    routing); under sequence parallelism a tp rank exchanges its own sequence shard and the
+    routed tokens are then all-gathered over tp for the tp-split experts (reduce-scattered back
+    on the combine). One dispatch and one combine forward, both again backward; not overlapped."""
     if g.size == 1 or not model.is_moe:
         return 0.0
-    tokens = micro_batch * seq_len / cp
-    return collective_time("all_to_all", activation_bytes_per_element(precision) * tokens * model.top_k
-                           * model.hidden_size, g, node)
+    tp = tp_group.size
+    tokens = micro_batch * seq_len / cp / (tp if sequence_parallel else 1)
+    routed_bytes = activation_bytes_per_element(precision) * tokens * model.top_k * model.hidden_size
+    a2a = collective_time("all_to_all", routed_bytes, g, node)
+    if tp > 1 and sequence_parallel:
+        a2a += collective_time("all_gather", routed_bytes * tp, tp_group, node)
+    return a2a
 
 
 @dataclass(frozen=True)
@@ -143,7 +149,8 @@ def block_cost(model: ModelSpec, node: NodeSpec, runtime: Runtime, rates: Rates,
         e_f, h_f, h_b = stack.tp_edge_s(model, b * s / cp, bpe, tp_group, node)
         emb_f, head_f, head_bi = emb_f + e_f, head_f + h_f, head_bi + h_b
     cp_f, cp_b = cp_comm_s(model, node, lt, cp_group, tp=tp, micro_batch=b, seq_len=s, precision=precision)
-    a2a = ep_comm_s(model, node, ep_group, micro_batch=b, seq_len=s, cp=cp, precision=precision) if ep > 1 else 0.0
+    a2a = (ep_comm_s(model, node, ep_group, tp_group, micro_batch=b, seq_len=s, cp=cp, sequence_parallel=sp,
+                     precision=precision) if ep > 1 else 0.0)
     return BlockCost(lt, tp_f, tp_b, tp_f if recompute == "full" else 0.0, cp_f, cp_b,
                      emb_f, emb_b, head_f, head_bi, head_bw, act,
                      ep_f=2 * a2a, ep_b=2 * a2a, ep_rc=2 * a2a if recompute == "full" else 0.0)
