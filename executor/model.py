@@ -147,13 +147,16 @@ class MLP(nn.Module):
 
 class MoE(nn.Module):
     """Top-k routed experts: y = sum_k softmax(router(x))_k · expert_k(x) over the k chosen
-    experts, weights renormalised over the top k (Mixtral). A loop over experts."""
+    experts, weights renormalised over the top k (Mixtral). A loop over experts; with expert
+    parallelism (``ep_group`` set by :func:`executor.parallel.ep.shard_experts`) the tokens go to
+    the rank holding their expert."""
 
     def __init__(self, spec: ModelSpec):
         super().__init__()
         self.top_k = spec.top_k
         self.router = nn.Linear(spec.hidden_size, spec.n_experts, bias=False)
         self.experts = nn.ModuleList(MLP(spec, spec.expert_ffn) for _ in range(spec.n_experts))
+        self.ep_group = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
@@ -161,6 +164,10 @@ class MoE(nn.Module):
         probs = torch.softmax(self.router(flat).float(), dim=-1)
         weights, chosen = probs.topk(self.top_k, dim=-1)
         weights = (weights / weights.sum(-1, keepdim=True)).to(x.dtype)
+        if self.ep_group is not None:
+            from executor.parallel.ep import dispatch_combine
+
+            return dispatch_combine(self, flat, weights, chosen).view(shape)
         out = torch.zeros_like(flat)
         for e, expert in enumerate(self.experts):
             rows, slot = torch.where(chosen == e)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 from torch.distributed.device_mesh import DeviceMesh
+from torch.nn.parallel import DistributedDataParallel
 
 from planner.errors import InputError
 from planner.executor_rules import dp_kind, reshards_after_forward, ties_embeddings, unsupported
@@ -25,6 +26,7 @@ from executor import data, measure
 from executor.mesh import coord_of
 from executor.model import Transformer, build_model, lm_loss
 from executor.parallel import dp as dp_mod
+from executor.parallel import ep as ep_mod
 from executor.parallel import fsdp as fsdp_mod
 from executor.parallel import pp as pp_mod
 from executor.parallel import tp as tp_mod
@@ -74,6 +76,10 @@ class Trainer:
         self.autocast = p.precision == "bf16"
         full = build_model(plan.model, tie_embeddings=tie_embeddings(plan), seed=seed).to(device)
         self.tied = full.tied
+        self.expert_params: list = []
+        if p.ep > 1:  # this rank's share of the experts; their gradients are not DDP's
+            ep_group, ep_rank, self.edp_group = ep_mod.ep_groups(p, rank)
+            self.expert_params = ep_mod.shard_experts(full, ep_rank, p.ep, ep_group)
         if p.pp > 1:
             self.stage_ids = pp_mod.stage_ids(p, self.coord.pp)
             self.modules = [pp_mod.stage_module(full, p, s) for s in self.stage_ids]
@@ -110,6 +116,10 @@ class Trainer:
             return fsdp_mod.apply_fsdp(module, self.mesh["dp"],
                                        reshard_after_forward=reshards_after_forward(p.sharding))
         if kind in ("ddp", "zero1") and p.pp == 1:
+            if self.expert_params:
+                expert = {id(q) for q in self.expert_params}
+                DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
+                    module, [n for n, q in module.named_parameters() if id(q) in expert])
             return dp_mod.apply_ddp(module, self.mesh["dp"], self.device)
         return module
 
@@ -143,6 +153,9 @@ class Trainer:
                     dp_mod.allreduce_grads(self.params, self.mesh["dp"])
         else:
             loss = self._plain_step(x, y, span)
+        if self.expert_params:
+            with span("comm"):
+                ep_mod.reduce_expert_grads(self.expert_params, self.edp_group, self.parallel.dp)
         if tracer is not None:  # gradients are freed by zero_grad: count them now
             self.last_grads_bytes = measure.grads_bytes(self.params)
         with span("optimizer"):

@@ -271,6 +271,18 @@ def axis_groups(parallel: ParallelConfig, axis: str) -> list[list[int]]:
     return list(groups.values())
 
 
+def expert_groups(parallel: ParallelConfig) -> tuple[list[list[int]], list[list[int]]]:
+    """(expert-parallel groups, expert-data-parallel groups) of global ranks: within each dp
+    group, ``ep`` neighbouring dp ranks hold one full set of experts between them; the ranks at
+    the same position of each such block hold the same experts (Megatron-Core's layout)."""
+    ep = parallel.ep
+    ep_groups, edp_groups = [], []
+    for dp_group in axis_groups(parallel, "dp"):  # ordered by dp coordinate
+        ep_groups += [dp_group[i:i + ep] for i in range(0, len(dp_group), ep)]
+        edp_groups += [dp_group[i::ep] for i in range(ep)]
+    return ep_groups, edp_groups
+
+
 def axis_stride(parallel: ParallelConfig, axis: str) -> int:
     """Distance in global rank between neighbours along ``axis``."""
     stride = 1

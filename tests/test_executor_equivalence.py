@@ -28,6 +28,7 @@ CASES_2 = {
     "pp_zb": (LLAMA, dict(pp=2, global_batch=4, schedule="zb")),
     "pp_uneven_cut": (GPT, dict(pp=2, global_batch=4, schedule="1f1b", stage_layers=(3, 1))),
     "moe_tp_sp": (MOE, dict(tp=2, global_batch=2, sequence_parallel=True)),
+    "moe_ep": (MOE, dict(dp=2, ep=2, global_batch=4)),
 }
 CASES_4 = {
     "dp4_zero1": (GPT, dict(dp=4, global_batch=8, sharding="zero1")),
@@ -38,6 +39,8 @@ CASES_4 = {
     "pp_tp": (LLAMA, dict(pp=2, tp=2, global_batch=4, schedule="1f1b")),
     "pp_tp_sp": (GPT, dict(pp=2, tp=2, global_batch=4, schedule="interleaved", vpp=2, sequence_parallel=True)),
     "pp4_zb": (GPT, dict(pp=4, global_batch=4, schedule="zb")),
+    "moe_dp4_ep2": (MOE, dict(dp=4, ep=2, global_batch=8)),
+    "moe_ep4": (MOE, dict(dp=4, ep=4, global_batch=8)),
 }
 
 

@@ -82,3 +82,13 @@ def test_exports_carry_the_expert_parallel_degree(tmp_path):
     assert args[args.index("--expert-model-parallel-size") + 1] == "4"
     assert "expert_parallel_degree = 4" in to_torchtitan(plan)
     assert "ep_size=4" in to_deepspeed(plan)
+
+
+def test_tiny_mixtral_config_counts_what_the_executor_builds():
+    from pathlib import Path
+
+    from executor.model import build_model
+    spec = load_model(str(Path(__file__).parent / "fixtures" / "tiny" / "tiny-mixtral"))
+    model = build_model(spec, tie_embeddings=False, seed=0)
+    assert spec.n_experts == 4 and spec.top_k == 2
+    assert sum(p.numel() for p in model.parameters()) == spec.total_params()

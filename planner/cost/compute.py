@@ -230,7 +230,7 @@ def layer_times(model: ModelSpec, micro_batch: int, seq_len: int, tp: int, cp: i
         recompute_s = core_f
     else:
         recompute_s = 0.0
-    extra_f, extra_b = stack.block_extras_s(model, recompute, tp, sequence_parallel, bpe * T * h, rates)
+    extra_f, extra_b = stack.block_extras_s(model, recompute, tp, sequence_parallel, bpe * T * h, rates, ep)
     fwd += extra_f
     bwd_in += extra_b
     return LayerTimes(fwd_s=fwd, bwd_input_s=bwd_in, bwd_weight_s=bwd_w, recompute_s=recompute_s,

@@ -172,16 +172,25 @@ def _key_parts(model: ModelSpec) -> tuple[str, str, str]:
     return mlp, norm, pos
 
 
-def block_ops(model: ModelSpec, recompute: str) -> tuple[int, int]:
+EP_DISPATCH_OPS = (20, 12)
+"""(forward, backward) ops of one expert-parallel dispatch and combine in ``executor/parallel/ep.py``
+beyond the experts' own: routing bookkeeping (arange, repeat, div, argsort, bincount, gathers,
+index_add, the product with the weights) and its four all-to-all calls (counted from the code)."""
+
+
+def block_ops(model: ModelSpec, recompute: str, ep: int = 1) -> tuple[int, int]:
     """(forward, backward) aten ops of one executor block per micro-batch. MoE blocks: the
-    dense block's count plus one expert MLP's per routed expert (an estimate)."""
+    dense block's count plus one expert MLP's per expert the rank holds (``n_experts / ep``), and
+    the dispatch's bookkeeping under expert parallelism (an estimate)."""
     mlp, norm, pos = _key_parts(model)
     rc = recompute if recompute in ("none", "selective", "full") else "none"
     f, b = BLOCK_OPS[(mlp, norm, pos, bool(model.bias), rc)]
     if model.is_moe:
         mlp_f, mlp_b = (13, 26) if mlp == "swiglu" else (8, 18)
-        f += model.n_experts * mlp_f + 12
-        b += model.n_experts * mlp_b + 12
+        f += model.n_experts // ep * mlp_f + 12
+        b += model.n_experts // ep * mlp_b + 12
+        if ep > 1:
+            f, b = f + EP_DISPATCH_OPS[0], b + EP_DISPATCH_OPS[1]
     return f, b
 
 

@@ -165,7 +165,7 @@ class Runtime:
 
 
 DEFAULT_RUNTIME = Runtime()
-EXECUTOR_RUNTIME = Runtime(name="executor", executor=True, expert_parallel=False)
+EXECUTOR_RUNTIME = Runtime(name="executor", executor=True)
 
 _MEGATRON_RULES = dict(shardings=("none", "zero1"), pipeline_shardings=("none", "zero1"),
                        schedules=("1f1b", "interleaved"))

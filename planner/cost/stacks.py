@@ -76,7 +76,7 @@ class FusedStack:
         return times
 
     def block_extras_s(self, model: ModelSpec, recompute: str, tp: int, sequence_parallel: bool,
-                       tp_bytes: float, rates) -> tuple[float, float]:
+                       tp_bytes: float, rates, ep: int = 1) -> tuple[float, float]:
         """Per-op framework costs of one block (none: fused kernels are priced by their work)."""
         return 0.0, 0.0
 
@@ -214,10 +214,10 @@ class ExecutorStack:
         return tuple(t * scale for t in times)
 
     def block_extras_s(self, model: ModelSpec, recompute: str, tp: int, sequence_parallel: bool,
-                       tp_bytes: float, rates) -> tuple[float, float]:
+                       tp_bytes: float, rates, ep: int = 1) -> tuple[float, float]:
         """The block's counted aten ops (recomputed ones in the backward count) and, under TP, the
         DTensor cost of each sharded linear (and of sequence parallel's redistribution)."""
-        n_f, n_b = fw.block_ops(model, recompute)
+        n_f, n_b = fw.block_ops(model, recompute, ep)
         fwd = rates.ops(n_f, self.frame.op_forward_s)
         bwd = rates.ops(n_b, self.frame.op_backward_s)
         if tp > 1:
