@@ -13,7 +13,7 @@ import sys
 
 from planner.errors import InputError
 
-VERBS = ("predict", "plan", "run", "calibrate", "compare", "fit", "validate", "export", "demo", "list")
+VERBS = ("predict", "plan", "run", "calibrate", "compare", "fit", "validate", "export", "demo", "list", "emulate")
 
 
 class _Parser(argparse.ArgumentParser):

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import shlex
+import signal
+import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +28,7 @@ class LaunchConfig:
     (nnodes=1 and no endpoint = ``--standalone``). device: auto|cpu|cuda. threads: torch threads
     per rank. overwrite: replace a run already in ``out``. force: run a plan predicted not to fit.
     bind: the network interface gloo and NCCL's sockets use on a multi-node run (single-node runs
-    use loopback)."""
+    use loopback). emulated: one agent per node of the emulated cluster (:mod:`planner.emulate`)."""
 
     plan_path: str
     out: str
@@ -44,6 +46,7 @@ class LaunchConfig:
     overwrite: bool = False
     force: bool = False
     bind: str | None = None
+    emulated: bool = False
 
 
 def socket_env(cfg: LaunchConfig, environ: dict[str, str]) -> dict[str, str]:
@@ -142,3 +145,29 @@ class Shell(str):
 def shell_join(cmd: list[str]) -> str:
     """``cmd`` as one shell line: every part quoted with ``shlex.quote`` except :class:`Shell` parts."""
     return " ".join(part if isinstance(part, Shell) else shlex.quote(part) for part in cmd)
+
+
+STOP_GRACE_S = 5.0
+"""After SIGTERM the run's process group gets this long before SIGKILL (torchrun forwards the
+signal to its ranks; a rank stuck in a collective only dies to SIGKILL)."""
+
+
+def kill_group(proc: subprocess.Popen) -> None:
+    """SIGTERM to ``proc``'s process group, SIGKILL to what is left after the grace period."""
+    try:
+        pgid = os.getpgid(proc.pid)
+    except ProcessLookupError:
+        return
+    for sig, wait_s in ((signal.SIGTERM, STOP_GRACE_S), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(pgid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=wait_s)
+        except subprocess.TimeoutExpired:
+            continue
+        try:  # torchrun gone: its ranks may linger a moment; the group must be empty
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return

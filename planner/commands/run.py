@@ -24,8 +24,8 @@ from pathlib import Path
 from planner.errors import InputError, require
 from planner.executor_rules import unsupported
 from planner.io import check_output_dir
-from planner.launch import (LaunchConfig, local_ranks, shell_join, socket_env, srun_command, subprocess_env,
-                            torchrun_command)
+from planner.launch import (LaunchConfig, kill_group, local_ranks, shell_join, socket_env, srun_command,
+                            subprocess_env, torchrun_command)
 
 MAX_OVERSUBSCRIPTION = 4
 
@@ -200,6 +200,15 @@ def run_lock(out: Path):
 def _launch(plan, cfg: LaunchConfig, out: Path, echo) -> tuple[int, dict | None]:
     plan_copy = plan.save(out / "plan.json")  # the run folder is self-contained: compare and fit read it
     cfg = dataclasses.replace(cfg, plan_path=str(plan_copy))  # the ranks copy its prediction
+    if cfg.emulated:
+        from planner.commands.run_emulated import launch_nodes
+        from planner.emulate import current
+
+        rc, output, cmd, signal_name = launch_nodes(plan, cfg, out, echo, current())
+        if signal_name:
+            return 1, stopped_summary(out, plan, cfg, signal_name, cmd)
+        summary = finalize(out, plan, cfg, rc, output, cmd)
+        return (0 if rc == 0 and (summary or {}).get("status") in ("ok", "contended") else 1), summary
     cmd = torchrun_command(plan.world_size, cfg)
     env = subprocess_env(OMP_NUM_THREADS=str(cfg.threads), PYTHONUNBUFFERED="1")
     env.update(socket_env(cfg, env))
@@ -227,15 +236,10 @@ def _launch(plan, cfg: LaunchConfig, out: Path, echo) -> tuple[int, dict | None]
     return (0 if rc == 0 and status in ("ok", "contended") else 1), summary
 
 
-STOP_GRACE_S = 5.0
-"""After SIGTERM the run's process group gets this long before SIGKILL (torchrun forwards the
-signal to its ranks; a rank stuck in a collective only dies to SIGKILL)."""
-
-
 @contextlib.contextmanager
 def stop_group_on_signals(proc: subprocess.Popen):
     """While inside: SIGTERM, SIGINT or SIGHUP to this launcher stop torchrun and every rank (the
-    process group ``proc`` leads: SIGTERM, then SIGKILL after :data:`STOP_GRACE_S`). Yields a
+    process group ``proc`` leads: SIGTERM, then SIGKILL after :data:`planner.launch.STOP_GRACE_S`). Yields a
     list that holds the signal's name once one arrived."""
     stopped: list[str] = []
     previous = {}
@@ -255,27 +259,6 @@ def stop_group_on_signals(proc: subprocess.Popen):
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-
-
-def kill_group(proc: subprocess.Popen) -> None:
-    """SIGTERM to ``proc``'s process group, SIGKILL to what is left after the grace period."""
-    try:
-        pgid = os.getpgid(proc.pid)
-    except ProcessLookupError:
-        return
-    for sig, wait_s in ((signal.SIGTERM, STOP_GRACE_S), (signal.SIGKILL, 5.0)):
-        try:
-            os.killpg(pgid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=wait_s)
-        except subprocess.TimeoutExpired:
-            continue
-        try:  # torchrun gone: its ranks may linger a moment; the group must be empty
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
-            return
 
 
 def stopped_summary(out: Path, plan, cfg: LaunchConfig, signal_name: str, command: list[str]) -> dict:
@@ -304,6 +287,8 @@ def register(subparsers) -> None:
     parser.add_argument("--nnodes", type=int, default=1)
     parser.add_argument("--node-rank", type=int, default=0)
     parser.add_argument("--rdzv-endpoint", default=None, help="HOST:PORT for multi-node rendezvous")
+    parser.add_argument("--emulated", action="store_true",
+                        help="run across the emulated cluster's nodes (clusterplan emulate up)")
     parser.add_argument("--bind", default=None, metavar="IFACE",
                         help="network interface for gloo/NCCL sockets on a multi-node run (single node: lo)")
     parser.add_argument("--oversubscribe", action="store_true", help="run even with more ranks than the CPU limit")
@@ -328,7 +313,7 @@ def handler(args) -> int:
                        warmup=args.warmup, threads=args.threads, timeout_s=args.timeout_s, nnodes=args.nnodes,
                        node_rank=args.node_rank, rdzv_endpoint=args.rdzv_endpoint, device=args.device,
                        data=args.data, inject_fault=args.inject_fault, oversubscribe=args.oversubscribe,
-                       overwrite=args.overwrite, force=args.force, bind=args.bind)
+                       overwrite=args.overwrite, force=args.force, bind=args.bind, emulated=args.emulated)
     if args.print_command:
         env = [f"{k}={v}" for k, v in socket_env(cfg, dict(os.environ)).items()]
         prefix = ["env", *env] if env else []  # srun passes the environment on (--export=ALL)

@@ -14,7 +14,8 @@ intra-node all-gather), so its bandwidth time is
 which ``N-1`` (``2(N-1)``) cross the network at the inter-node per-step latency, the rest at the
 intra-node one.
 
-A profile's measured ``collectives`` entry for (op, group size) replaces the link formula:
+A profile's measured ``collectives`` entry for (op, group size) replaces the link formula for a
+group inside one node (the tables are measured on one host):
 ``time = latency + bus_bytes / bus_bandwidth`` (:meth:`NodeSpec.measured_collective`), or, where
 the entry carries its measured table, the table interpolated in log-log
 (:meth:`planner.hardware.MeasuredCollective.time_s`).
@@ -90,7 +91,8 @@ def collective_time(op: str, size_bytes: float, group: GroupShape, node: NodeSpe
     n = group.size
     if size_bytes <= 0 or (n <= 1 and op != "send_recv"):
         return 0.0
-    measured = node.measured_collective(op, n if op != "send_recv" else 2)
+    # a profile's measured tables were taken on one host: they price groups inside a node
+    measured = node.measured_collective(op, n if op != "send_recv" else 2) if group.nodes <= 1 else None
     if measured is not None:
         return measured.time_s(size_bytes, ring_bus_factor(op, n))
     intra, inter = node.intra_node, node.inter_node

@@ -1,0 +1,97 @@
+"""An emulated two-node cluster (network namespaces, tbf-shaped links): a plan runs across it,
+a failing rank stops every node, ``down`` leaves nothing behind. Skipped where namespaces
+cannot be created (not root, no iproute2, or a sandbox that forbids them)."""
+import json
+import os
+import shutil
+import subprocess
+import time
+
+import pytest
+
+from executor.testing import tiny_spec
+from planner import emulate
+from planner.commands.run import LaunchConfig, launch
+from planner.errors import InputError
+from planner.plan import ParallelConfig, Plan
+from planner.profile_yaml import load_profile, write_profile
+
+pytestmark = pytest.mark.distributed
+TIMEOUT_S = 20.0
+
+
+def _why_not() -> str:
+    if os.geteuid() != 0:
+        return "needs root"
+    if not (shutil.which("ip") and shutil.which("tc")):
+        return "needs iproute2 (ip, tc)"
+    probe = subprocess.run(["ip", "netns", "add", "cpnprobe"], capture_output=True, text=True)
+    if probe.returncode != 0:
+        return f"network namespaces not permitted here: {probe.stderr.strip()[:80]}"
+    subprocess.run(["ip", "netns", "del", "cpnprobe"], capture_output=True)
+    return ""
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    why = _why_not()
+    if why:
+        pytest.skip(why)
+    c = emulate.up(2, 1000)
+    yield c
+    emulate.down()
+
+
+def _plan(tmp_path, c) -> Plan:
+    profile = tmp_path / "emulated.yaml"
+    write_profile(emulate.node_profile(load_profile("local-cpu"), c, 1), profile)
+    parallel = ParallelConfig(dp=2, micro_batch=2, global_batch=4, seq_len=16, precision="fp32")
+    return Plan(model=tiny_spec("gpt"), hardware=str(profile), n_nodes=2, gpus_per_node=1, parallel=parallel)
+
+
+def _launch(tmp_path, plan, fault=None):
+    path = plan.save(tmp_path / "plan.json")
+    cfg = LaunchConfig(plan_path=str(path), out=str(tmp_path / "run"), steps=4, warmup=1, timeout_s=TIMEOUT_S,
+                       device="cpu", inject_fault=fault, emulated=True, oversubscribe=True)
+    start = time.monotonic()
+    rc, summary = launch(str(path), cfg, echo=None)
+    records = [json.loads(line) for line in (tmp_path / "run" / "records.jsonl").read_text().splitlines()]
+    return rc, summary, records, time.monotonic() - start
+
+
+def test_a_plan_runs_across_the_emulated_nodes(tmp_path, cluster):
+    rc, summary, records, _ = _launch(tmp_path, _plan(tmp_path, cluster))
+    assert rc == 0 and summary["status"] == "ok", summary.get("error")
+    envs = {r["rank"]: r for r in records if r["kind"] == "env"}
+    assert sorted(envs) == [0, 1] and all(e["world_size"] == 2 for e in envs.values())
+    assert {r["rank"] for r in records if r["kind"] == "step"} == {0, 1}
+
+
+def test_a_failing_rank_stops_every_node(tmp_path, cluster):
+    rc, summary, records, elapsed = _launch(tmp_path, _plan(tmp_path, cluster), fault="raise:1:2")
+    assert rc == 1 and summary["status"] == "failed" and summary["rank"] == 1
+    assert elapsed < TIMEOUT_S + 60
+    for i in range(cluster.nodes):  # no agent or rank left in any node
+        pids = subprocess.run(["ip", "netns", "pids", cluster.namespace(i)], capture_output=True, text=True).stdout
+        assert not pids.strip(), (cluster.namespace(i), pids)
+
+
+def test_a_plan_for_another_node_count_is_refused(tmp_path, cluster):
+    plan = _plan(tmp_path, cluster)
+    three = Plan(model=plan.model, hardware=plan.hardware, n_nodes=1, gpus_per_node=2, parallel=plan.parallel)
+    with pytest.raises(InputError, match="emulated"):
+        _launch(tmp_path, three)
+
+
+def test_up_checks_its_input_and_down_is_idempotent():
+    with pytest.raises(InputError, match="nodes"):
+        emulate.up(1, 100)
+    with pytest.raises(InputError, match="inter-node-mbit"):
+        emulate.up(2, 0)
+    if _why_not():
+        pytest.skip(_why_not())
+    emulate.down()
+    emulate.down()
+    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert not any(w.startswith(emulate.NAMESPACE_PREFIX) and w[3:].isdigit() for w in listed.split())
+    assert not emulate.STATE_PATH.exists()
