@@ -1,0 +1,155 @@
+"""Placement on an emulated two-node cluster: predicted before each run, then measured (issue 26).
+
+    sudo .venv/bin/python benchmarks/multinode_sweep.py [--mbit 200 1000] [--rounds 3]
+        [--out reports/multinode-validation.md]
+
+For each link rate: ``clusterplan emulate up --nodes 2`` (2 ranks per node, so 4 ranks share
+this machine's cores, which the cost model prices), the node profile ``local-cpu`` with its
+inter-node link at the shaped rate, then every plan of :data:`PLANS` (pairs that differ only in
+which axis crosses the slow link) predicted, written, and run with ``clusterplan run --emulated``
+``--rounds`` times, round after round; each plan keeps its median step time. The report lists
+predicted vs measured per plan, the rank correlation of predicted and measured step times, and
+for each pair whether the plan predicted faster is the one measured faster.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from planner import emulate  # noqa: E402
+from planner.cost.step import predict_plan  # noqa: E402
+from planner.launch import cli_command  # noqa: E402
+from planner.model import ModelSpec  # noqa: E402
+from planner.plan import ParallelConfig, Plan  # noqa: E402
+from planner.profile_yaml import load_profile, write_profile  # noqa: E402
+
+MODEL = ModelSpec(name="gpt-8m", n_layers=4, hidden_size=256, n_heads=4, n_kv_heads=4, ffn_hidden_size=1024,
+                  vocab_size=4096, seq_len=128)
+"""A GPT small enough that four ranks on two cores finish a step in about a second."""
+
+BASE = dict(micro_batch=2, global_batch=8, seq_len=128, precision="fp32")
+# (name, pair, parallel): the two plans of a pair differ in the axis that crosses the nodes
+# (rank order, fastest axis first; 2 ranks per node, so the first axis of size 2 stays inside).
+PLANS = (
+    ("tp-in dp-across", "tp/dp", dict(tp=2, dp=2, order="tp-cp-dp-pp")),
+    ("dp-in tp-across", "tp/dp", dict(tp=2, dp=2, order="dp-cp-tp-pp")),
+    ("dp-in pp-across", "pp/dp", dict(pp=2, dp=2, order="tp-cp-dp-pp")),
+    ("pp-in dp-across", "pp/dp", dict(pp=2, dp=2, order="tp-cp-pp-dp")),
+    ("tp-in pp-across", "tp/pp", dict(tp=2, pp=2, order="tp-cp-dp-pp")),
+    ("pp-in tp-across", "tp/pp", dict(tp=2, pp=2, order="pp-cp-tp-dp")),
+    ("dp4 ddp", "ddp/fsdp", dict(dp=4)),
+    ("dp4 fsdp", "ddp/fsdp", dict(dp=4, sharding="fsdp")),
+    ("dp4 zero1", "zero1/pp4", dict(dp=4, sharding="zero1")),
+    ("pp4", "zero1/pp4", dict(pp=4)),
+)
+
+
+def _spearman(xs: list[float], ys: list[float]) -> float:
+    def ranks(v):
+        order = sorted(range(len(v)), key=lambda i: v[i])
+        r = [0.0] * len(v)
+        for k, i in enumerate(order):
+            r[i] = float(k)
+        return r
+    rx, ry = ranks(xs), ranks(ys)
+    mx, my = statistics.fmean(rx), statistics.fmean(ry)
+    num = sum((a - mx) * (b - my) for a, b in zip(rx, ry))
+    den = (sum((a - mx) ** 2 for a in rx) * sum((b - my) ** 2 for b in ry)) ** 0.5
+    return num / den if den else float("nan")
+
+
+def sweep(mbit: float, rounds: int, work: Path, steps: int, warmup: int) -> list[dict]:
+    cluster = emulate.up(2, mbit)
+    try:
+        profile = work / f"emulated-{mbit:g}.yaml"
+        write_profile(emulate.node_profile(load_profile("local-cpu"), cluster, 2), profile)
+        rows = []
+        for name, pair, extra in PLANS:
+            plan = Plan(model=MODEL, hardware=str(profile), n_nodes=2, gpus_per_node=2,
+                        parallel=ParallelConfig(**BASE, **extra))
+            pred = predict_plan(plan)
+            path = plan.with_prediction(pred.to_dict()).save(work / f"{mbit:g}-{name.replace(' ', '_')}.json")
+            rows.append({"mbit": mbit, "name": name, "pair": pair, "plan": plan.parallel.megatron_notation(),
+                         "order": plan.parallel.order, "predicted_s": pred.step_time_s, "path": path, "runs": []})
+        for r in range(rounds):
+            for row in rows:
+                out = work / f"run-{mbit:g}-{r}-{row['name'].replace(' ', '_')}"
+                cmd = cli_command("run", str(row["path"]), "--emulated", "--out", str(out), "--steps", str(steps),
+                                  "--warmup", str(warmup), "--overwrite", "--oversubscribe")
+                subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+                summary = json.loads((out / "summary.json").read_text()) if (out / "summary.json").exists() else {}
+                step = (summary.get("measured") or {}).get("step_time_s")
+                row["runs"].append(step)
+                print(f"{mbit:g} Mbit/s round {r + 1}: {row['name']}: {summary.get('status')} {step}", flush=True)
+        return rows
+    finally:
+        emulate.down()
+
+
+def report(rows: list[dict], rounds: int, mbits: list[float]) -> str:
+    lines = ["# Placement on an emulated two-node cluster: predicted vs measured", "",
+             f"Regenerate: `sudo .venv/bin/python benchmarks/multinode_sweep.py --mbit {' '.join(f'{m:g}' for m in mbits)} "
+             f"--rounds {rounds}`.", "",
+             f"Two network-namespace nodes x 2 ranks (4 ranks on this machine's cores), each node's link shaped "
+             f"with tc tbf; {MODEL.name} ({MODEL.n_layers} layers, hidden {MODEL.hidden_size}), fp32, global batch "
+             f"{BASE['global_batch']}, micro-batch {BASE['micro_batch']}, seq {BASE['seq_len']}. Each plan predicted "
+             "before it ran (local-cpu profile, inter-node link at the shaped rate), median of the rounds.", ""]
+    for mbit in mbits:
+        sub = [r for r in rows if r["mbit"] == mbit]
+        lines += [f"## {mbit:g} Mbit/s", "", "| plan | rank order | predicted s | measured s (median) | error | runs |",
+                  "|---|---|---|---|---|---|"]
+        measured = []
+        for r in sub:
+            ok = [x for x in r["runs"] if x is not None]
+            r["measured_s"] = statistics.median(ok) if ok else None
+            err = f"{100 * (r['predicted_s'] / r['measured_s'] - 1):+.1f}%" if r["measured_s"] else "n/a"
+            lines.append(f"| {r['name']}: {r['plan']} | {r['order']} | {r['predicted_s']:.3f} | "
+                         f"{r['measured_s'] if r['measured_s'] is None else format(r['measured_s'], '.3f')} | {err} | "
+                         f"{', '.join('failed' if x is None else f'{x:.3f}' for x in r['runs'])} |")
+            if r["measured_s"]:
+                measured.append(r)
+        errs = [abs(r["predicted_s"] / r["measured_s"] - 1) for r in measured]
+        rho = _spearman([r["predicted_s"] for r in measured], [r["measured_s"] for r in measured])
+        lines += ["", f"- Median |error| {100 * statistics.median(errs):.1f}%, worst {100 * max(errs):.1f}% "
+                      f"({len(measured)} plans measured); Spearman rank correlation {rho:.2f}." if errs else "- nothing measured"]
+        for pair in dict.fromkeys(r["pair"] for r in sub):
+            a, b = [r for r in sub if r["pair"] == pair]
+            if a["measured_s"] and b["measured_s"]:
+                pred_fast = a if a["predicted_s"] < b["predicted_s"] else b
+                meas_fast = a if a["measured_s"] < b["measured_s"] else b
+                lines.append(f"- {pair}: predicted faster {pred_fast['name']}, measured faster {meas_fast['name']}"
+                             f" ({'agrees' if pred_fast is meas_fast else 'DISAGREES'}).")
+        lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--mbit", type=float, nargs="+", default=[200.0, 1000.0])
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--work", default="runs/multinode")
+    ap.add_argument("--out", default=str(ROOT / "reports" / "multinode-validation.md"))
+    a = ap.parse_args(argv)
+    work = Path(a.work)
+    work.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for mbit in a.mbit:
+        rows += sweep(mbit, a.rounds, work, a.steps, a.warmup)
+    text = report(rows, a.rounds, a.mbit)
+    Path(a.out).write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
