@@ -140,8 +140,10 @@ def current() -> EmulatedCluster:
 
 
 def node_profile(base, cluster: EmulatedCluster, gpus_per_node: int):
-    """``base`` (a CPU profile) as a node of ``cluster``: its inter-node link the shaped rate."""
+    """``base`` (a CPU profile) as a node of ``cluster`` with ``gpus_per_node`` ranks: each rank's
+    share of the node's shaped link is its inter-node link (a profile's ``inter_node`` is per GPU)."""
     # TCP carries 1448 payload bytes per 1514-byte frame at a 1500-byte MTU (timestamps on)
-    link = dataclasses.replace(base.inter_node, bandwidth_bytes_per_s=cluster.bytes_per_s, bus_efficiency=1448 / 1514)
+    link = dataclasses.replace(base.inter_node, bandwidth_bytes_per_s=cluster.bytes_per_s / gpus_per_node,
+                               bus_efficiency=1448 / 1514)
     return dataclasses.replace(base.with_gpus_per_node(gpus_per_node), inter_node=link,
                                name=f"{base.name}-emulated-{cluster.nodes}x{cluster.mbit:g}mbit")
