@@ -15,7 +15,6 @@ committed profile leaks into the "before" column.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 from pathlib import Path
 
@@ -25,6 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from benchmarks.fit_holdout import _mean_abs  # noqa: E402
 from planner.calibrate.fit_runs import fit_profile, predict_run  # noqa: E402
 from planner.calibrate.runs_table import MeasuredRun  # noqa: E402
 from planner.cost.runtime import get_runtime  # noqa: E402
@@ -63,10 +63,6 @@ def measured_runs(source: str, runtime: str) -> tuple[list[MeasuredRun], str]:
     if len(profiles) != 1:
         raise SystemExit(f"the selected rows span {len(profiles)} profiles ({sorted(profiles)}): select one")
     return runs, profiles.pop()
-
-
-def _mean_abs(values) -> float:
-    return statistics.fmean(abs(v) for v in values)
 
 
 def main(argv=None) -> int:

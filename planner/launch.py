@@ -7,6 +7,7 @@ torchrun: ``python -m torch.distributed.run`` (the ``torchrun`` entry point); on
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import signal
@@ -171,3 +172,29 @@ def kill_group(proc: subprocess.Popen) -> None:
             os.killpg(pgid, 0)
         except ProcessLookupError:
             return
+
+
+@contextlib.contextmanager
+def stop_group_on_signals(*procs: subprocess.Popen):
+    """While inside: SIGTERM, SIGINT or SIGHUP to this launcher stop every process group the
+    ``procs`` lead (torchrun agents and their ranks: SIGTERM, then SIGKILL after
+    :data:`STOP_GRACE_S`). Yields a list that holds the signal's name once one arrived."""
+    stopped: list[str] = []
+    previous = {}
+
+    def stop(signum, _frame):
+        if not stopped:
+            stopped.append(signal.Signals(signum).name)
+        for proc in procs:
+            kill_group(proc)
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        try:
+            previous[sig] = signal.signal(sig, stop)
+        except ValueError:  # not the main thread: the caller handles its own signals
+            pass
+    try:
+        yield stopped
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

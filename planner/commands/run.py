@@ -24,8 +24,8 @@ from pathlib import Path
 from planner.errors import InputError, require
 from planner.executor_rules import unsupported
 from planner.io import check_output_dir
-from planner.launch import (LaunchConfig, kill_group, local_ranks, shell_join, socket_env, srun_command,
-                            subprocess_env, torchrun_command)
+from planner.launch import (LaunchConfig, local_ranks, shell_join, socket_env, srun_command,
+                            stop_group_on_signals, subprocess_env, torchrun_command)
 
 MAX_OVERSUBSCRIPTION = 4
 
@@ -234,31 +234,6 @@ def _launch(plan, cfg: LaunchConfig, out: Path, echo) -> tuple[int, dict | None]
     summary = finalize(out, plan, cfg, rc, "".join(captured), cmd)
     status = (summary or {}).get("status")
     return (0 if rc == 0 and status in ("ok", "contended") else 1), summary
-
-
-@contextlib.contextmanager
-def stop_group_on_signals(proc: subprocess.Popen):
-    """While inside: SIGTERM, SIGINT or SIGHUP to this launcher stop torchrun and every rank (the
-    process group ``proc`` leads: SIGTERM, then SIGKILL after :data:`planner.launch.STOP_GRACE_S`). Yields a
-    list that holds the signal's name once one arrived."""
-    stopped: list[str] = []
-    previous = {}
-
-    def stop(signum, _frame):
-        if not stopped:
-            stopped.append(signal.Signals(signum).name)
-        kill_group(proc)
-
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        try:
-            previous[sig] = signal.signal(sig, stop)
-        except ValueError:  # not the main thread: the caller handles its own signals
-            pass
-    try:
-        yield stopped
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
 
 def stopped_summary(out: Path, plan, cfg: LaunchConfig, signal_name: str, command: list[str]) -> dict:

@@ -6,13 +6,13 @@ agent fails, or this launcher gets a signal, every node's agent and ranks are st
 from __future__ import annotations
 
 import dataclasses
-import signal
 import subprocess
 import threading
 from pathlib import Path
 
 from planner.errors import require
-from planner.launch import RDZV_PORT, LaunchConfig, kill_group, socket_env, subprocess_env, torchrun_command
+from planner.launch import (RDZV_PORT, LaunchConfig, kill_group, socket_env, stop_group_on_signals, subprocess_env,
+                            torchrun_command)
 
 
 def node_commands(plan, cfg: LaunchConfig, cluster) -> list[tuple[list[str], dict[str, str]]]:
@@ -56,21 +56,7 @@ def launch_nodes(plan, cfg: LaunchConfig, out: Path, echo, cluster) -> tuple[int
     readers = [threading.Thread(target=pump, args=(p, i), daemon=True) for i, p in enumerate(procs)]
     for t in readers:
         t.start()
-    stopped: list[str] = []
-    previous = {}
-
-    def stop(signum, _frame):
-        if not stopped:
-            stopped.append(signal.Signals(signum).name)
-        for p in procs:
-            kill_group(p)
-
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        try:
-            previous[sig] = signal.signal(sig, stop)
-        except ValueError:
-            pass
-    try:
+    with stop_group_on_signals(*procs) as stopped:
         rc = 0
         pending = list(procs)
         while pending:
@@ -84,9 +70,6 @@ def launch_nodes(plan, cfg: LaunchConfig, out: Path, echo, cluster) -> tuple[int
                     rc = code
                     for q in pending:
                         kill_group(q)
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
     for t in readers:
         t.join(timeout=5)
     return rc, "".join(captured), commands[0][0], (stopped[0] if stopped else None)

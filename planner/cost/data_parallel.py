@@ -2,7 +2,7 @@
 the backward pass. ZeRO-3 / FSDP reduce block by block instead (:mod:`planner.cost.block`)."""
 from __future__ import annotations
 
-from planner.cost.comm import GroupShape, overlapped_exposed_s
+from planner.cost.comm import GroupShape, comm_sm_fraction, overlapped_exposed_s
 from planner.cost.compute import Rates
 from planner.cost.runtime import Runtime
 from planner.cost.stacks import stack_of
@@ -32,5 +32,6 @@ def exposed_s(runtime: Runtime, reduction: tuple[float, float, float], window_s:
     red, gather, reducer = reduction
     device = rates.device
     red_s = overlapped_exposed_s(device, red, window_s) if runtime.overlap_grad_reduce else red
-    gather_s = overlapped_exposed_s(device, gather, float("inf")) if runtime.overlap_param_gather else gather
+    # the gather runs beside the next forward (longer than it): only its SMs show
+    gather_s = comm_sm_fraction(device) * gather if runtime.overlap_param_gather else gather
     return red_s + gather_s + reducer
