@@ -11,11 +11,13 @@ fixes v) where one exists; what has none (micro-batch, recomputation) is assumed
 assumption is stated on the row (status ``assumed``). The headline counts every predictable row,
 complete and assumed alike; only rows that cannot be built at all are skipped, with the reason.
 
-One profile per GPU/node type and one framework-behaviour preset per framework
-(:mod:`planner.cost.runtime`); nothing depends on the row.
+One profile per GPU type and one framework-behaviour preset per framework
+(:mod:`planner.cost.runtime`); a row on nodes whose network is documented to differ from the
+profile's node type gets that network (:data:`NODE_NETWORKS`). Nothing is tuned per row.
 """
 from __future__ import annotations
 
+import dataclasses
 import io
 import math
 import re
@@ -26,7 +28,7 @@ from pathlib import Path
 import pandas as pd
 
 from planner.cost.runtime import Runtime, get_runtime
-from planner.cost.step import Prediction, cluster_for, predict
+from planner.cost.step import Prediction, predict
 from planner.errors import InputError
 from planner.hardware import ClusterSpec, NodeSpec
 from planner.io import read_input_text
@@ -59,12 +61,23 @@ def profile_for_gpu(gpu_type: str) -> str | None:
     return None
 
 
-def _other_node_type(gpu_type: str, interconnect: str) -> str:
-    """A row whose nodes are not the profile's node type (same GPU, different network)."""
+NODE_NETWORKS: tuple[tuple[tuple[str, ...], float, str], ...] = (
+    # (any of these words in gpu_type or interconnect, lower case) -> the nodes' NIC share per GPU
+    # in GB/s (one direction) and where it is stated; the profile's GPU and NVLink are kept
+    (("jean zay", "omni-path"), 4 * 100 / 8 / 8,
+     "Jean Zay nodes: 8 GPUs, 4 Omni-Path 100 Gb/s links (BLOOM model card, 'Hardware') = 6.25 GB/s "
+     "per GPU; bus efficiency assumed as the profile's InfiniBand"),
+)
+"""Published runs on nodes of a known GPU but another network than the profile's node type."""
+
+
+def node_network(gpu_type: str, interconnect: str) -> tuple[float, str] | None:
+    """(inter-node GB/s per GPU, source) where the row's nodes have a network of their own."""
     text = (gpu_type + " " + interconnect).lower()
-    if "jean zay" in text or "omni-path" in text:
-        return "node type without a profile (Jean Zay: 4x 100 Gb/s Omni-Path per 8 GPUs, vs 8x 200 Gb/s)"
-    return ""
+    for words, gb_s, source in NODE_NETWORKS:
+        if any(w in text for w in words):
+            return gb_s, source
+    return None
 
 
 FRAMEWORK_RUNTIMES: tuple[tuple[tuple[str, ...], str], ...] = (
@@ -198,6 +211,7 @@ class RowConfig:
     parallel: ParallelConfig | None = None
     nodes: int = 0
     model: ModelSpec | None = None
+    inter_node_gb_s: float | None = None  # the row's own NIC share per GPU (:data:`NODE_NETWORKS`)
 
 
 def row_config(row: dict) -> RowConfig:
@@ -208,9 +222,9 @@ def row_config(row: dict) -> RowConfig:
     profile = profile_for_gpu(_str(row, "gpu_type"))
     if profile is None:
         return RowConfig("skipped", f"no profile for GPU type {_str(row, 'gpu_type')!r}")
-    other_node = _other_node_type(_str(row, "gpu_type"), _str(row, "interconnect"))
-    if other_node:
-        assumptions.append(other_node + f"; predicted on {profile}")
+    network = node_network(_str(row, "gpu_type"), _str(row, "interconnect"))
+    if network:
+        assumptions.append(f"{network[1]}; GPU and NVLink as {profile}")
     seq = _int(row, "seq_len")
     if seq is None:
         return RowConfig("skipped", "sequence length not stated", name, profile)
@@ -281,7 +295,8 @@ def row_config(row: dict) -> RowConfig:
         return RowConfig("skipped", f"configuration invalid: {err}", preset, profile)
     status = "assumed" if assumptions else "predicted"
     return RowConfig(status, "; ".join(assumptions + notes), preset, profile, runtime, parallel,
-                     nodes_gpus // gpn_use if gpn_use == gpn else 1, model)
+                     nodes_gpus // gpn_use if gpn_use == gpn else 1, model,
+                     network[0] if network else None)
 
 
 def _published_metric(row: dict) -> tuple[str, float] | None:
@@ -325,11 +340,12 @@ def _dominant(pred: Prediction) -> str:
 
 def _row_cluster(cfg: RowConfig, nodes: Mapping[str, NodeSpec]) -> ClusterSpec:
     gpus_per_node = cfg.parallel.world_size // cfg.nodes
-    if cfg.profile not in nodes:
-        return cluster_for(cfg.profile, cfg.nodes, gpus_per_node)
-    node = nodes[cfg.profile]
+    node = nodes[cfg.profile] if cfg.profile in nodes else load_profile(cfg.profile)
     if node.gpus_per_node != gpus_per_node:
         node = node.with_gpus_per_node(gpus_per_node)
+    if cfg.inter_node_gb_s is not None:
+        link = dataclasses.replace(node.inter_node, bandwidth_bytes_per_s=cfg.inter_node_gb_s * 1e9)
+        node = dataclasses.replace(node, inter_node=link)
     return ClusterSpec.homogeneous(node, cfg.nodes)
 
 

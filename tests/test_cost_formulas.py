@@ -79,3 +79,42 @@ def test_hierarchical_slower_than_intra_and_rail_aware():
     multi = collective_time("all_reduce", S, GroupShape(64, 8, 8), node)
     one_per_node = collective_time("all_reduce", S, GroupShape(8, 1, 8), node)
     assert intra < multi < one_per_node
+
+
+def test_tied_embedding_gradient_sync_between_first_and_last_stage():
+    """pp > 1 with tied embeddings: one FP32 all-reduce of the embedding's gradient (vocab x h
+    / tp) between the two stages holding it, across nodes when the pipeline spans them; nothing
+    without pp, without tying, or in the executor (it unties under pp)."""
+    import dataclasses
+    from planner.cost.data_parallel import tied_embedding_sync_s
+    from planner.plan import ParallelConfig
+    node = load_profile("dgx-a100-80gb")
+    m = gpt(l=24, h=4096, a=32)
+    P = ParallelConfig(tp=4, pp=4, dp=1, micro_batch=1, global_batch=8, seq_len=2048)
+    grad_bytes = 51200 * 4096 / 4 * 4.0
+    assert tied_embedding_sync_s(m, node, P) == pytest.approx(
+        collective_time("all_reduce", grad_bytes, GroupShape(2, 1, 2), node))
+    inside = dataclasses.replace(P, tp=2, pp=4)
+    assert tied_embedding_sync_s(m, node, inside) == pytest.approx(
+        collective_time("all_reduce", grad_bytes * 2, GroupShape(2, 2, 1), node))
+    assert tied_embedding_sync_s(m, node, dataclasses.replace(P, pp=1, dp=4)) == 0.0
+    assert tied_embedding_sync_s(dataclasses.replace(m, tied_embeddings=False), node, P) == 0.0
+    assert tied_embedding_sync_s(m, load_profile("local-cpu"), P) == 0.0
+
+
+def test_deepspeed_pipeline_all_reduces_zero1_gradients_whole():
+    """Megatron-DeepSpeed with pp > 1 all-reduces the FP32 gradients (twice a reduce-scatter's
+    ring traffic) before ZeRO-1's weight all-gather; without pp its ZeRO-1 reduce-scatters."""
+    import dataclasses
+    from planner.cost.runtime import get_runtime
+    from planner.cost.step import cluster_for, predict
+    from planner.plan import ParallelConfig
+    m = gpt(l=24, h=4096, a=32)
+    cluster = cluster_for("dgx-a100-80gb", 8)
+    ds = get_runtime("megatron-deepspeed")
+    plain = dataclasses.replace(ds, pipeline_grad_all_reduce=False)
+    P = ParallelConfig(tp=4, pp=4, dp=4, micro_batch=1, global_batch=64, seq_len=2048, sharding="zero1",
+                       recompute="full")
+    assert predict(m, cluster, P, ds).time.dp_s > predict(m, cluster, P, plain).time.dp_s
+    flat = dataclasses.replace(P, pp=1, dp=16)
+    assert predict(m, cluster, flat, ds).time.dp_s == pytest.approx(predict(m, cluster, flat, plain).time.dp_s)

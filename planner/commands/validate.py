@@ -126,10 +126,13 @@ MISS_NOTES = """Why the misses happen (model limitations, not row quirks):
 - **SC'21 Table 2 PTD-P rows** (20-22) are 9-13% slower than the same configuration measured a
   year later in Korthikanti et al. 2022 (rows 39-40, predicted within 5%); one A100 profile
   cannot match both software versions.
-- **BLOOM-176B** (162-164, reported as assumed) ran on Jean Zay nodes (4x 100 Gb/s Omni-Path per
-  8 GPUs), a node type without a profile; the DGX A100 profile has 4x the network bandwidth, and
-  the DeepSpeed pipeline engine has per-step costs (tied-embedding all-reduce, BF16 optimizer) the
-  model does not include, which dominate at global batch 16 and 192.
+- **BLOOM-176B** (162-164, reported as assumed) ran on Jean Zay nodes: the A100 profile with the
+  nodes' own network (4x 100 Gb/s Omni-Path per 8 GPUs, BLOOM model card), DeepSpeed's pipeline
+  engine all-reducing the FP32 gradients whole after the last micro-batch and the tied
+  embedding's gradient all-reduced between the first and last stage (both from DeepSpeed's
+  source). The rows are still predicted 19-40% too fast, most at global batch 16 and 192 where
+  these per-step costs dominate; Omni-Path's collective efficiency is assumed equal to
+  InfiniBand's, which no published measurement here checks.
 """
 
 

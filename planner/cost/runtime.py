@@ -46,6 +46,11 @@ class Runtime:
         the backward's beside its dgrad and wgrad GEMMs; only the excess and the SMs they hold
         show (:func:`planner.cost.comm.overlapped_exposed_s`). Otherwise TP communication is
         exposed.
+    pipeline_grad_all_reduce: with pipeline parallelism, ZeRO-1 gradients are all-reduced whole
+        (not reduce-scattered) after the last micro-batch, then each rank steps its partition and
+        all-gathers the weights (DeepSpeed ``PipelineEngine._exec_reduce_grads`` ->
+        ``_bf16_reduce_grads``: ``buffered_allreduce_fallback`` over the BF16 optimizer's FP32
+        gradients).
     shard_prefetch: ZeRO-3/FSDP parameter all-gathers and gradient reduce-scatters run on a side
         stream overlapped with the neighbouring layer's compute (FSDP forward/backward prefetch,
         DeepSpeed ``overlap_comm``); only the excess over compute is exposed (per block for
@@ -94,6 +99,7 @@ class Runtime:
     overlap_grad_reduce: bool = True
     overlap_param_gather: bool = True
     tp_comm_overlap: bool = False
+    pipeline_grad_all_reduce: bool = False
     shard_prefetch: bool = True
     gather_granularity: str = "per_layer"
     recompute_gathers_again: bool = False
@@ -149,6 +155,7 @@ class Runtime:
         return {"name": self.name, "executor": self.executor, "attention": self.attention, "overlap_grad_reduce": self.overlap_grad_reduce,
                 "overlap_param_gather": self.overlap_param_gather,
                 "tp_comm_overlap": self.tp_comm_overlap,
+                "pipeline_grad_all_reduce": self.pipeline_grad_all_reduce,
                 "shard_prefetch": self.shard_prefetch,
                 "gather_granularity": self.gather_granularity,
                 "recompute_gathers_again": self.recompute_gathers_again,
@@ -209,9 +216,9 @@ RUNTIME_PRESETS: dict[str, Runtime] = {
                                     prefetch_bucket_numel=50_000_000, max_live_parameters=0,
                                     max_reuse_distance=1_000_000_000, **_DEEPSPEED_RULES),
     # Megatron-DeepSpeed (BLOOM tr11, 2022): Megatron fused softmax (no flash), DeepSpeed pipeline
-    # engine reduces gradients after the last micro-batch, ZeRO-1 BF16 optimizer.
+    # engine all-reduces the FP32 gradients after the last micro-batch, ZeRO-1 BF16 optimizer.
     "megatron-deepspeed": Runtime(name="megatron-deepspeed", attention="unfused", overlap_grad_reduce=False,
-                                  overlap_param_gather=False, **_DEEPSPEED_RULES),
+                                  overlap_param_gather=False, pipeline_grad_all_reduce=True, **_DEEPSPEED_RULES),
     # MosaicML llm-foundry / Composer with PyTorch FSDP (2023): triton/flash attention, FSDP
     # prefetch, one flat parameter per block.
     # Composer's FSDP: NO_SHARD, SHARD_GRAD_OP (ZeRO-2), FULL_SHARD; no pipeline or context

@@ -183,13 +183,14 @@ class FusedStack:
         return rates.memory(local_params * OPTIMIZER_BYTES_PER_PARAM, 2 * max(1, n_virtual_stages))
 
     def dp_reduction_s(self, node: NodeSpec, rates, g: GroupShape, *, precision: str, sharding: str, tp: int,
-                       pp: int, params: float, param_tensors: int) -> tuple[float, float, float]:
+                       pp: int, params: float, param_tensors: int,
+                       grad_all_reduce: bool = False) -> tuple[float, float, float]:
         """(gradient reduction, ZeRO parameter all-gather, reducer work): all-reduce for DDP;
-        reduce-scatter and all-gather for ZeRO-1/2 (the distributed optimizer)."""
+        reduce-scatter (all-reduce with ``grad_all_reduce``) and all-gather for ZeRO-1/2."""
         grad_bytes = params * grad_bytes_per_param(precision)
         if sharding == "none":
             return collective_time("all_reduce", grad_bytes, g, node), 0.0, 0.0
-        return (collective_time("reduce_scatter", grad_bytes, g, node),
+        return (collective_time("all_reduce" if grad_all_reduce else "reduce_scatter", grad_bytes, g, node),
                 collective_time("all_gather", params * weight_bytes_per_param(precision), g, node), 0.0)
 
 
@@ -324,7 +325,8 @@ class ExecutorStack:
         return ef, eb, hf, hb
 
     def dp_reduction_s(self, node: NodeSpec, rates, g: GroupShape, *, precision: str, sharding: str, tp: int,
-                       pp: int, params: float, param_tensors: int) -> tuple[float, float, float]:
+                       pp: int, params: float, param_tensors: int,
+                       grad_all_reduce: bool = False) -> tuple[float, float, float]:
         """DDP's all-reduce (ZeRO-1 too: DDP plus ZeroRedundancyOptimizer's parameter broadcasts)
         and, without pipelining, DDP's reducer (hooks, buckets) at its calibrated cost."""
         grad_bytes = params * grad_bytes_per_param(precision)

@@ -24,7 +24,7 @@ from planner.cluster import as_cluster, load_cluster
 from planner.cost.block import BlockCost, block_cost, group_shape, shard_comm_s
 from planner.cost.comm import GroupShape, p2p_time
 from planner.cost.compute import Rates, make_rates
-from planner.cost.data_parallel import dp_reduction_s, exposed_s
+from planner.cost.data_parallel import dp_reduction_s, exposed_s, tied_embedding_sync_s
 from planner.cost.flops import step_flops
 from planner.cost.framework import param_tensors
 from planner.cost.memory import StageMemory, stage_memories, stage_parameters
@@ -243,7 +243,7 @@ class TimedStep:
 def _site_dp_exposed_s(model: ModelSpec, site: Site, runtime: Runtime, rates: Rates, st: StageTimes,
                        stage_params: list[float]) -> float:
     """The dp reduction of the site's rank holding the most parameters, overlapped with that
-    rank's backward of the last micro-batch."""
+    rank's backward of the last micro-batch, and the tied embedding's gradient sync after it."""
     P = site.P
     most = max(stage_params[r] for r in site.ranks)
     r_max = next(r for r in site.ranks if stage_params[r] == most)
@@ -252,14 +252,16 @@ def _site_dp_exposed_s(model: ModelSpec, site: Site, runtime: Runtime, rates: Ra
     gpn = site.node.gpus_per_node
     tensors = param_tensors(model, P, site.ranks)
     experts = _rank_expert_params(model, P, r_max)
+    all_reduce = runtime.pipeline_grad_all_reduce and P.pp > 1
     reduction = dp_reduction_s(site.node, rates, group_shape(P, "dp", gpn), precision=P.precision,
-                               sharding=P.sharding, tp=P.tp, pp=P.pp, params=most - experts, param_tensors=tensors)
+                               sharding=P.sharding, tp=P.tp, pp=P.pp, params=most - experts, param_tensors=tensors,
+                               grad_all_reduce=all_reduce)
     if experts:  # an expert's gradients over the dp/ep ranks holding it
         edp = GroupShape(P.dp // P.ep, *expert_group_spreads(P, gpn)[1])
         more = dp_reduction_s(site.node, rates, edp, precision=P.precision, sharding=P.sharding, tp=P.tp,
-                              pp=P.pp, params=experts, param_tensors=0)
+                              pp=P.pp, params=experts, param_tensors=0, grad_all_reduce=all_reduce)
         reduction = tuple(a + b for a, b in zip(reduction, more))
-    return exposed_s(runtime, reduction, window, rates)
+    return exposed_s(runtime, reduction, window, rates) + tied_embedding_sync_s(model, site.node, P)
 
 
 def _rank_expert_params(model: ModelSpec, P: ParallelConfig, rank: int) -> float:
