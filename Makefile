@@ -6,7 +6,7 @@ $(VENV_STAMP): pyproject.toml
 	python3 -m venv .venv
 	# torch==2.13.0 first, exactly so: it is the CPU wheel on this machine's disk (no CUDA download).
 	.venv/bin/pip install -q torch==2.13.0
-	.venv/bin/pip install -q -e .
+	.venv/bin/pip install -q -e '.[test]'
 	touch $(VENV_STAMP)
 
 .PHONY: setup demo test validate

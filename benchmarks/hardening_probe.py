@@ -58,6 +58,43 @@ def _files(d: Path) -> dict[str, Path]:
     cells = rows[1].split(",")
     cells[header.index("num_gpus")] = "abc"
     f["tp_nan"].write_text(rows[0] + "\n" + ",".join(cells) + "\n")
+    for key, hardware in (("hw_escape", "../../../../../etc/passwd"), ("hw_zero", "/dev/zero")):
+        f[key] = d / f"{key}.json"
+        f[key].write_text(json.dumps(dict(data, hardware=hardware)))
+    fp8 = dict(data, parallel=dict(data["parallel"], precision="fp8"))
+    f["fp8"] = d / "fp8.json"
+    f["fp8"].write_text(json.dumps(fp8))
+    f["cluster_shadow"] = d / "cluster.yaml"
+    f["cluster_shadow"].write_text("name: x\ngroups:\n  - profile: /etc/shadow\n    nodes: 2\n")
+    f["deep_yaml"] = d / "deep.yaml"
+    f["deep_yaml"].write_text("[" * 100_000 + "]" * 100_000 + "\n")
+    f["huge"] = d / "huge.json"
+    with f["huge"].open("wb") as handle:  # sparse: 65 MiB of nothing
+        handle.truncate(65 * 2**20)
+    f["layers_1e9"] = d / "config.json"
+    f["layers_1e9"].write_text(json.dumps({"model_type": "llama", "num_hidden_layers": 10**9, "hidden_size": 4096,
+                                           "num_attention_heads": 32, "intermediate_size": 11008, "vocab_size": 32000,
+                                           "max_position_embeddings": 4096}))
+    subprocess.run([sys.executable, "-m", "planner.cli", "predict", "--model", "llama3-70b", "--hardware", "local-cpu",
+                    "--nodes", "1", "--gpus-per-node", "2", "--global-batch", "8", "--out", str(d / "big.json")],
+                   cwd=ROOT, check=True, capture_output=True)
+    f["too_big"] = d / "big.json"
+    for key, summary in (("run_v99", {"schema_version": 99}), ("run_binary", None), ("run_escape", "escape")):
+        run = d / key
+        run.mkdir()
+        if summary is None:
+            (run / "summary.json").write_bytes(b"\xff\xfe\x00")
+        elif summary == "escape":
+            text = (ROOT / "tests" / "fixtures").glob("**/summary.json")
+            base = json.loads(next(iter(sorted(text))).read_text())
+            (run / "summary.json").write_text(json.dumps(dict(base, plan_id="x/../../../../tmp/clusterplan-escape")))
+        else:
+            (run / "summary.json").write_text(json.dumps(summary))
+    (d / "run_records").mkdir()
+    (d / "run_records" / "records.jsonl").write_bytes(b'[1, 2]\n"text"\n\xff\xfe\n')
+    f["held"] = d / "held"
+    f["held"].mkdir()
+    (f["held"] / "summary.json").write_text("{}")
     return f
 
 
@@ -93,24 +130,73 @@ def cases(f: dict[str, Path], d: Path) -> list[tuple[str, list[str], tuple[int, 
         ("compare: a directory without records", ["compare", str(d / "nothing")], (2,)),
         ("calibrate: --from-results binary", ["calibrate", "--from-results", str(f["binary"]), "--out",
                                              str(d / "c.yaml")], (2,)),
+        ("predict: plan's hardware ../../etc/passwd", ["predict", str(f["hw_escape"])], (2,)),
+        ("predict: plan's hardware /dev/zero", ["predict", str(f["hw_zero"])], (2,)),
+        ("predict: profile YAML nested 100k deep", ["predict", *TINY[:2], "--hardware", str(f["deep_yaml"]),
+                                                    "--nodes", "1", "--global-batch", "8"], (2,)),
+        ("predict: a 65 MiB plan file", ["predict", str(f["huge"])], (2,)),
+        ("predict: config.json with 10**9 layers", ["predict", "--model", str(f["layers_1e9"]), "--hardware",
+                                                    "local-cpu", "--nodes", "1", "--global-batch", "8"], (2,)),
+        ("predict: --nodes 0", ["predict", *TINY[:4], "--nodes", "0", "--global-batch", "8"], (2,)),
+        ("predict: --global-batch -1", ["predict", *TINY, "--global-batch", "-1"], (2,)),
+        ("predict: --seq-len 0", ["predict", *TINY, "--global-batch", "8", "--seq-len", "0"], (2,)),
+        ("predict: --tp nan", ["predict", *TINY, "--global-batch", "8", "--tp", "nan"], (2,)),
+        ("predict: pp 2 with 8M micro-batches", ["predict", *TINY, "--pp", "2", "--global-batch", str(2**23)], (0,)),
+        ("plan: 2**20 + 1 nodes", ["plan", "--model", "tiny-gpt", "--hardware", "dgx-a100-80gb", "--nodes",
+                                   str(2**20 + 1), "--global-batch", "8"], (2,)),
+        ("plan: 10**6 nodes, global batch 8 (no plan fits)", ["plan", "--model", "tiny-gpt", "--hardware",
+                                                              "dgx-a100-80gb", "--nodes", str(10**6),
+                                                              "--global-batch", "8"], (1,)),
+        ("plan: cluster file naming /etc/shadow", ["plan", "--model", "tiny-gpt", "--cluster", str(f["cluster_shadow"]),
+                                                   "--global-batch", "8"], (2,)),
+        ("export: --out naming a directory", ["export", plan, "--format", "torchrun", "--out", str(d)], (2,)),
+        ("fit: --out naming a directory", ["fit", "--runs", str(f["tp_nan"]), "--hardware", "local-cpu", "--out",
+                                           str(d)], (2,)),
+        ("demo: binary --profile", ["demo", "--profile", str(f["binary"]), "--out", str(d / "demo")], (2,)),
+        ("run: fp8 (the executor runs fp32/bf16)", ["run", str(f["fp8"]), "--out", str(d / "r8")], (2,)),
+        ("run: a plan predicted not to fit", ["run", str(f["too_big"]), "--out", str(d / "rbig")], (2,)),
+        ("run: --data that does not exist", ["run", plan, "--data", str(d / "nope.txt"), "--out", str(d / "rd")], (2,)),
+        ("run: a folder that holds a run", ["run", plan, "--out", str(f["held"])], (2,)),
+        ("run --print-command: $(...) in --out", ["run", plan, "--print-command", "--out", "$(touch /tmp/clusterplan-pwned)"],
+         (0,)),
+        ("compare: summary schema_version 99", ["compare", str(d / "run_v99")], (2,)),
+        ("compare: binary summary.json", ["compare", str(d / "run_binary")], (2,)),
+        ("compare: records lines not objects / bad UTF-8", ["compare", str(d / "run_records")], (2,)),
+        ("compare: plan_id climbing out of --out", ["compare", str(d / "run_escape"), "--out", str(d / "cmp")], (0,)),
     ]
 
 
+_MEASURE = ("import os, resource, subprocess, sys\n"
+            "rc = subprocess.run(sys.argv[1:]).returncode\n"
+            "open(os.environ['PROBE_RSS_FILE'], 'w').write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss))\n"
+            "sys.exit(rc)\n")
+"""Runs one case and writes that child's own peak RSS (KiB) to $PROBE_RSS_FILE."""
+
+
 def run_case(args: list[str], cwd: Path) -> dict:
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    rss_file = cwd / ".probe-rss"
+    rss_file.unlink(missing_ok=True)
+    env = dict(os.environ, PYTHONPATH=str(ROOT), PROBE_RSS_FILE=str(rss_file))
     t0 = time.perf_counter()
     try:
-        proc = subprocess.run([sys.executable, "-m", "planner.cli", *args], cwd=cwd, capture_output=True, text=True,
-                              timeout=60, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+        proc = subprocess.run([sys.executable, "-c", _MEASURE, sys.executable, "-m", "planner.cli", *args], cwd=cwd,
+                              capture_output=True, text=True, timeout=60, env=env)
         rc, err, out = proc.returncode, proc.stderr, proc.stdout
     except subprocess.TimeoutExpired:
         rc, err, out = None, "timed out after 60 s", ""
     wall = time.perf_counter() - t0
-    rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    rss_kib = int(rss_file.read_text()) if rss_file.exists() else 0
     lines = [line for line in err.splitlines() if line.strip()]
-    injected = any(line.lstrip().startswith("touch ") for line in out.splitlines())  # a command line from data
+    # data that reached a position a shell runs: a script line starting with the hidden command, or
+    # the $(touch ...) given as a value outside single quotes
+    injected = (any(line.lstrip().startswith("touch ") for line in out.splitlines())
+                or out.count("$(touch") > out.count("'$(touch"))
     return {"rc": rc, "lines": len(lines), "traceback": "Traceback" in err, "wall_s": wall, "injected": injected,
-            "rss_mib": max(rss, before) / 1024, "first": (lines[0] if lines else out.strip()[:120])[:160]}
+            "rss_mib": rss_kib / 1024, "first": (lines[0] if lines else out.strip()[:120])[:160]}
+
+
+ESCAPES = (Path("/tmp/clusterplan-pwned"),)
+"""Files a case would create outside its scratch folder if data were executed or a path escaped."""
 
 
 def main(argv=None) -> int:
@@ -121,18 +207,22 @@ def main(argv=None) -> int:
         d = Path(tmp)
         f = _files(d)
         rows = []
+        for path in ESCAPES:
+            path.unlink(missing_ok=True)
         for name, args, ok_rc in cases(f, d):
             r = run_case(args, d)
+            escaped = [str(p) for p in ESCAPES if p.exists()] + [str(p) for p in Path("/tmp").glob("clusterplan-escape*")]
             r["ok"] = (r["rc"] in ok_rc and r["lines"] <= 1 and not r["traceback"] and r["wall_s"] < 30
-                       and not r.pop("injected"))
+                       and not r.pop("injected") and not escaped)
             rows.append((name, r))
             print(f"{'ok ' if r['ok'] else 'BAD'} {name}: exit {r['rc']}, {r['lines']} line(s), {r['wall_s']:.1f} s, "
                   f"{r['first']}", flush=True)
     good = sum(1 for _, r in rows if r["ok"])
     lines = ["# Hardening probe", "", "Regenerate: `.venv/bin/python benchmarks/hardening_probe.py` (writes this file).",
              "", f"{good} of {len(rows)} bad inputs end as promised (one line on stderr, the documented exit status, "
-             "no traceback, under 30 s). Peak RSS is the largest child so far (a running maximum).", "",
-             "The export case also fails when a line of the script starts with the command hidden in the model name.",
+             "no traceback, under 30 s, nothing created outside the scratch folder). Peak RSS is each case's own process.", "",
+             "A case also fails when its output puts data where a shell runs it (a script line starting with the "
+             "command hidden in a name, a `$(...)` outside single quotes).",
              "", "Run as root on the development VM: a read-only folder does not stop root, so those cases are not "
              "probed here.", "", "| case | exit | stderr lines | traceback | wall s | peak RSS MiB | first line |", "|---|---|---|---|---|---|---|"]
     for name, r in rows:

@@ -86,17 +86,15 @@ def run(args) -> int:
         try:
             writer.write("error", error=line, error_type=etype, oom=oom, signal=sig, peer_failure=peer,
                          traceback=traceback.format_exc())
-        except OSError:
+        except (InputError, OSError):
             pass
         if sig is None:  # the root cause (rank known) or a peer's failure seen here (rank unknown)
-            existing = records.read_summary(out)
-            if existing is None or existing.get("status") != "failed" or (existing.get("rank") is None and not peer):
-                error = f"{line} (seen by rank {rank}: a peer failed or hung)" if peer else line
-                summary = records.summarize(records.read_records(out), plan.to_dict(), args.steps, args.warmup,
-                                            plan.prediction, status="failed", error=error,
-                                            rank=None if peer else rank, oom=oom)
-                records.write_rank_summary(out, summary)
-        print(f"executor rank {rank}: {line}", file=sys.stderr)
+            try:
+                _failed_summary(out, plan, args, rank, line, oom, peer)
+            except (InputError, OSError):
+                pass  # a full disk or a read-only folder: the launcher writes it in the space it holds
+        seen = " (after a peer's failure)" if peer else ""
+        print(f"executor rank {rank}{seen}: {line}", file=sys.stderr)
         if dist.is_initialized():
             try:
                 dist.destroy_process_group()
@@ -105,6 +103,20 @@ def run(args) -> int:
         return 1
     finally:
         writer.close()
+
+
+def _failed_summary(out: Path, plan, args, rank: int, line: str, oom: bool, peer: bool) -> None:
+    """This rank's failed summary, unless a more telling one is there (a root cause over a
+    peer's failure)."""
+    from planner import records
+
+    existing = records.read_summary(out)
+    if existing is None or existing.get("status") != "failed" or (existing.get("rank") is None and not peer):
+        error = f"{line} (seen by rank {rank}: a peer failed or hung)" if peer else line
+        summary = records.summarize(records.read_records(out), plan.to_dict(), args.steps, args.warmup,
+                                    plan.prediction, status="failed", error=error,
+                                    rank=None if peer else rank, oom=oom)
+        records.write_rank_summary(out, summary)
 
 
 def _train(args, plan, rank, world, local_rank, writer, timeout, fault) -> int:

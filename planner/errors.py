@@ -11,6 +11,9 @@ MAX_REASON_CHARS = 400
 
 
 def _bounded(text: str, limit: int) -> str:
+    """``text`` on one printable line (control characters escaped, as ``repr`` writes them), cut
+    at ``limit`` characters."""
+    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
     return text if len(text) <= limit else text[: limit - 15] + " ... (cut)"
 
 

@@ -22,6 +22,8 @@ MAX_INPUT_BYTES = 64 * 2**20
 """Largest input file read (profiles, plans, configs and run records are kilobytes to megabytes)."""
 MAX_YAML_ALIASES = 16
 """YAML aliases allowed in one document (the profiles and cluster files use none)."""
+MAX_YAML_DEPTH = 64
+"""YAML nesting allowed (a profile is 4 levels deep)."""
 
 
 def read_input_text(path: str | os.PathLike, field: str, *, missing: str | None = None,
@@ -59,13 +61,26 @@ def parse_json(text: str, field: str, source: str) -> Any:
 
 
 def parse_yaml(text: str, field: str, source: str) -> Any:
-    """``yaml.safe_load`` with one-line errors and at most :data:`MAX_YAML_ALIASES` aliases."""
+    """``yaml.safe_load`` with one-line errors, at most :data:`MAX_YAML_ALIASES` aliases and
+    :data:`MAX_YAML_DEPTH` levels of nesting (checked on the token stream, before composing)."""
     import yaml
 
+    opening = (yaml.FlowSequenceStartToken, yaml.FlowMappingStartToken, yaml.BlockSequenceStartToken,
+               yaml.BlockMappingStartToken)
+    closing = (yaml.FlowSequenceEndToken, yaml.FlowMappingEndToken, yaml.BlockEndToken)
     try:
-        aliases = sum(1 for token in yaml.scan(text) if isinstance(token, yaml.AliasToken))
-        if aliases > MAX_YAML_ALIASES:
-            raise InputError(field, f"{source} uses {aliases} YAML aliases (at most {MAX_YAML_ALIASES})")
+        aliases = depth = 0
+        for token in yaml.scan(text):
+            if isinstance(token, yaml.AliasToken):
+                aliases += 1
+                if aliases > MAX_YAML_ALIASES:
+                    raise InputError(field, f"{source} uses more than {MAX_YAML_ALIASES} YAML aliases")
+            elif isinstance(token, opening):
+                depth += 1
+                if depth > MAX_YAML_DEPTH:
+                    raise InputError(field, f"{source} is nested too deeply (more than {MAX_YAML_DEPTH} levels)")
+            elif isinstance(token, closing):
+                depth -= 1
         return yaml.safe_load(text)
     except yaml.YAMLError as err:
         raise InputError(field, f"{source} is not valid YAML ({str(err).splitlines()[0]})") from None
@@ -146,12 +161,6 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
-def append_jsonl(handle, record: dict) -> None:
-    """Append one record to an open text handle and flush (one record per line)."""
-    handle.write(json.dumps(record, sort_keys=True) + "\n")
-    handle.flush()
-
-
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
     """Read a JSONL file; a torn last line (a killed writer) is skipped."""
     out = []
@@ -184,13 +193,16 @@ def read_json_object(path: str | os.PathLike, field: str, missing: str | None = 
 
 
 def resolve_named_yaml(name_or_path: str | os.PathLike, folder: Path, *, field: str, kind: str) -> Path:
-    """A YAML path as given, or ``folder/<name>.yaml`` for a bare name; InputError naming
-    ``field`` (and listing the known names) otherwise. Used for profiles and cluster files."""
+    """A YAML path as given (it must end in ``.yaml`` / ``.yml``: nothing else on the machine is
+    read as a profile), or ``folder/<name>.yaml`` for a bare name; InputError naming ``field``
+    (and listing the known names) otherwise. Used for profiles and cluster files."""
     path = Path(name_or_path)
-    if path.suffix in (".yaml", ".yml") or path.exists():
+    if path.suffix in (".yaml", ".yml"):
         if not path.exists():
             raise InputError(field, f"{kind} file {name_or_path} does not exist")
         return path
+    if path.exists():
+        raise InputError(field, f"{name_or_path} is not a {kind}: give a name or a .yaml file")
     candidate = folder / f"{name_or_path}.yaml"
     if not candidate.exists():
         known = ", ".join(sorted(p.stem for p in folder.glob("*.yaml")))

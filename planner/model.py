@@ -20,6 +20,13 @@ NORM_KINDS = ("layernorm", "rmsnorm")
 POSITION_KINDS = ("learned", "rope", "alibi", "none")
 
 
+MAX_SHAPE = {"n_layers": 1 << 14, "hidden_size": 1 << 20, "n_heads": 1 << 16, "n_kv_heads": 1 << 16,
+             "ffn_hidden_size": 1 << 22, "vocab_size": 1 << 24, "seq_len": 1 << 24}
+"""Bounds far beyond any published model (the largest have ~200 layers, hidden 25,600, a
+256k vocabulary): a shape above them is a typo or an attack, refused in one line."""
+MAX_EXPERTS = 1 << 16
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """A decoder-only transformer.
@@ -103,6 +110,10 @@ class ModelSpec:
             value = getattr(self, field)
             require(isinstance(value, int) and not isinstance(value, bool) and value > 0,
                     field, f"must be a positive integer, got {value!r}")
+            limit = MAX_SHAPE[field]
+            require(value <= limit, field, f"{value:,} is beyond any real model (at most {limit:,})")
+        require(self.n_experts <= MAX_EXPERTS, "n_experts", f"{self.n_experts:,} is beyond any real model "
+                                                           f"(at most {MAX_EXPERTS:,})")
         require(self.mlp in MLP_KINDS, "mlp", f"must be one of {MLP_KINDS}, got {self.mlp!r}")
         require(self.norm in NORM_KINDS, "norm", f"must be one of {NORM_KINDS}, got {self.norm!r}")
         require(self.position in POSITION_KINDS, "position",
@@ -259,6 +270,11 @@ class ModelSpec:
         unknown = sorted(set(data) - allowed)
         if unknown:
             raise InputError(f"model.{unknown[0]}", f"unknown key (allowed: {', '.join(sorted(allowed))})")
+        required = [f.name for f in dataclasses.fields(cls)
+                    if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+        missing = [name for name in required if name not in data]
+        if missing:
+            raise InputError(f"model.{missing[0]}", "missing")
         return cls(**data)
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from planner.errors import InputError
-from planner.io import append_jsonl, atomic_write_json, parse_json, read_input_text, read_jsonl
+from planner.io import atomic_write_json, parse_json, read_input_text, read_jsonl
 
 SCHEMA_VERSION = 1
 RECORDS = "records.jsonl"
@@ -20,8 +20,10 @@ RUN_QUEUE_LIMIT = 0.2
 
 
 class RecordWriter:
-    """Append-only JSONL writer shared by all ranks of a run: the file is opened ``O_APPEND``
-    with a large buffer and flushed after each record, so each line is one ``write()``."""
+    """Append-only JSONL writer shared by all ranks of a run: the file is opened ``O_APPEND`` and
+    each record is one ``write()`` of one line, so lines of different ranks never interleave. A
+    write the file system refuses (a full disk, a folder made read-only) is an InputError naming
+    ``records``; the lines before it stay intact (a torn last line is skipped by readers)."""
 
     def __init__(self, out_dir: str | os.PathLike, plan_id: str, rank: int):
         self.path = Path(out_dir) / RECORDS
@@ -29,17 +31,54 @@ class RecordWriter:
         self.plan_id = plan_id
         self.rank = rank
         self.written: list[dict] = []
-        self._handle = open(self.path, "a", buffering=1 << 20)
+        self._fd: int | None = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
 
     def write(self, kind: str, **fields: Any) -> dict:
         record = {"kind": kind, "schema_version": SCHEMA_VERSION, "plan_id": self.plan_id,
                   "rank": self.rank, "time_unix": time.time(), **fields}
-        append_jsonl(self._handle, record)
+        line = (json.dumps(record, sort_keys=True) + "\n").encode()
+        if self._fd is None:
+            raise InputError("records", f"cannot write {self.path} (an earlier write failed)")
+        try:
+            if os.write(self._fd, line) != len(line):
+                raise OSError(28, "a short write (the disk is full)")
+        except OSError as err:
+            self.close()
+            raise InputError("records", f"cannot write {self.path} ({err.strerror or err})") from None
         self.written.append(record)
         return record
 
     def close(self) -> None:
-        self._handle.close()
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+SUMMARY_RESERVE = ".summary-reserve"
+SUMMARY_RESERVE_BYTES = 1 << 20
+"""Space the launcher holds for the final summary while the ranks run (a summary of a large run
+is tens of KiB): a run that fills the disk still ends with its failed summary written."""
+
+
+def reserve_summary_space(out_dir: str | os.PathLike) -> None:
+    """Hold :data:`SUMMARY_RESERVE_BYTES` in ``out_dir`` (InputError naming ``out`` when there is
+    not even that much room: the run is refused before it starts)."""
+    path = Path(out_dir) / SUMMARY_RESERVE
+    try:
+        with open(path, "wb") as handle:
+            handle.write(b"\0" * SUMMARY_RESERVE_BYTES)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except OSError as err:
+        path.unlink(missing_ok=True)
+        raise InputError("out", f"no room to start a run in {out_dir} ({err.strerror or err})") from None
+
+
+def release_summary_space(out_dir: str | os.PathLike) -> None:
+    (Path(out_dir) / SUMMARY_RESERVE).unlink(missing_ok=True)
 
 
 def read_records(out_dir: str | os.PathLike) -> list[dict]:

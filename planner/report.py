@@ -24,7 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+from planner.errors import InputError
 from planner.io import atomic_write_bytes, atomic_write_text, read_json_object, read_jsonl
+from planner.records import SCHEMA_VERSION
 
 PHASES = ("forward", "backward", "optimizer", "comm_bubble")
 MIN_FIELDS = ("predicted.step_time_s", "measured.step_time_s", "measured.step_time_s_p10",
@@ -62,6 +64,10 @@ class Run:
 def load_run(run_dir: str | os.PathLike) -> Run:
     run_dir = Path(run_dir)
     summary = read_json_object(run_dir / "summary.json", "run_dir", f"{run_dir} has no summary.json")
+    version = summary.get("schema_version", SCHEMA_VERSION)
+    if version != SCHEMA_VERSION:
+        raise InputError("run_dir", f"{run_dir}/summary.json has schema_version {version!r}; this clusterplan "
+                                    f"reads {SCHEMA_VERSION}")
     rec_path = run_dir / "records.jsonl"
     records = tuple(read_jsonl(rec_path)) if rec_path.exists() else ()
     return Run(run_dir=run_dir, summary=summary, records=records)

@@ -70,9 +70,25 @@ def test_profiles_parse_strictly(tmp_path, capsys):
     bomb.write_text("a: &a [x, x, x, x]\n" + "".join(f"b{i}: &b{i} [*a, *a, *a, *a]\n" for i in range(20)))
     assert "aliases" in _one_line_exit_2(capsys, ["predict", "--model", "tiny-gpt", "--hardware", str(bomb),
                                                    "--nodes", "1", "--global-batch", "8"], "hardware")
+    deep = tmp_path / "deep.yaml"
+    deep.write_text("[" * 50_000 + "]" * 50_000 + "\n")  # refused on the token stream, before composing
+    assert "nested too deeply" in _one_line_exit_2(capsys, ["predict", "--model", "tiny-gpt", "--hardware", str(deep),
+                                                             "--nodes", "1", "--global-batch", "8"], "hardware")
+    passwd = tmp_path / "passwd"  # not a .yaml: never read as a profile, from a flag or from a plan
+    passwd.write_text("root:x:0:0:root:/root:/bin/bash\n")
+    line = _one_line_exit_2(capsys, ["predict", "--model", "tiny-gpt", "--hardware", str(passwd), "--nodes", "1",
+                                     "--global-batch", "8"], "hardware")
+    assert "not a profile" in line and "root:x" not in line
 
 
-def test_sizes_beyond_any_real_cluster(capsys):
+def test_sizes_beyond_any_real_cluster(capsys, tmp_path):
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"model_type": "llama", "num_hidden_layers": 10**9, "hidden_size": 4096,
+                                  "num_attention_heads": 32, "intermediate_size": 11008, "vocab_size": 32000,
+                                  "max_position_embeddings": 4096}))
+    assert "beyond any real model" in _one_line_exit_2(capsys, ["predict", "--model", str(config), "--hardware",
+                                                                "local-cpu", "--nodes", "1", "--global-batch", "8"],
+                                                       "n_layers")
     _one_line_exit_2(capsys, ["predict", *TINY, "--global-batch", str(10**18)], "global_batch")
     _one_line_exit_2(capsys, ["plan", "--model", "tiny-gpt", "--hardware", "dgx-a100-80gb", "--nodes", str(10**12),
                               "--global-batch", "8"], "nodes")
@@ -159,3 +175,69 @@ def test_a_rank_never_rewrites_the_launchers_final_summary(tmp_path):
     other = tmp_path / "other"
     other.mkdir()
     assert records.write_rank_summary(other, {"schema_version": 1, "status": "ok"})
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (writes to it fail with ENOSPC)")
+def test_a_records_write_the_disk_refuses_is_one_error_and_the_lines_before_stay(tmp_path):
+    import os
+
+    from planner import records
+    from planner.errors import InputError
+
+    writer = records.RecordWriter(tmp_path, "abc", 0)
+    writer.write("step", step=0)
+    writer.write("step", step=1)
+    os.close(writer._fd)
+    writer._fd = os.open("/dev/full", os.O_WRONLY)  # the disk is now full
+    with pytest.raises(InputError) as err:
+        writer.write("step", step=2)
+    assert err.value.field == "records" and "No space left" in str(err.value)
+    with pytest.raises(InputError):  # nothing more is attempted
+        writer.write("step", step=3)
+    writer.close()
+    assert [r["step"] for r in records.read_records(tmp_path)] == [0, 1]
+
+
+def _mount_tmpfs(path: Path, size_kib: int) -> bool:
+    import subprocess
+
+    path.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_kib}k", "tmpfs", str(path)],
+                          capture_output=True)
+    return done.returncode == 0
+
+
+@pytest.mark.distributed
+def test_a_run_that_fills_the_disk_ends_failed_with_its_summary_and_records(tmp_path):
+    """A folder with room for the plan, the summary's reserve and a few records: the rank whose
+    write fails is named, the launcher writes the failed summary in the space it held, every
+    complete line before stays readable."""
+    import subprocess
+
+    from executor.testing import make_plan, tiny_spec
+    from planner import records
+    from planner.commands.run import LaunchConfig, launch
+
+    disk = tmp_path / "disk"
+    if not _mount_tmpfs(disk, records.SUMMARY_RESERVE_BYTES // 1024 + 16):
+        pytest.skip("cannot mount a tmpfs here (needs root and a mount namespace that allows it)")
+    try:
+        plan = make_plan(tiny_spec("gpt"), dp=2, global_batch=4)
+        path = plan.save(tmp_path / "plan.json")
+        out = disk / "run"
+        cfg = LaunchConfig(plan_path=str(path), out=str(out), steps=400, warmup=1, timeout_s=20.0, device="cpu")
+        rc, summary = launch(str(path), cfg, echo=None)
+        assert rc == 1 and summary["status"] == "failed"
+        assert "records" in summary["error"] and ("No space left" in summary["error"] or "full" in summary["error"])
+        assert records.read_summary(out) == summary
+        assert not (out / records.SUMMARY_RESERVE).exists()
+        assert any(r["kind"] == "step" for r in records.read_records(out))
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+
+
+def test_compare_refuses_a_summary_of_another_schema(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "summary.json").write_text(json.dumps({"schema_version": 99, "status": "ok"}))
+    assert "schema_version 99" in _one_line_exit_2(capsys, ["compare", str(run)], "run_dir")

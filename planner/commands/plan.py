@@ -181,10 +181,11 @@ def what_would_fit(model, cluster, args, fixed, runtime, hetero: bool) -> list[s
         if r.fits:
             out.append(f"without --fix {key}={fixed[key]}: {r.ranked[0].parallel.megatron_notation()} "
                        f"({r.ranked[0].step_time_s:.3f} s/step)")
-    from planner.hardware import ClusterSpec
+    from planner.hardware import MAX_NODES, ClusterSpec
 
     node = cluster.node
-    for factor in (2, 4, 8, 16):
+    factors = [f for f in (2, 4, 8, 16) if cluster.n_nodes * f <= MAX_NODES]
+    for factor in factors:
         bigger = ClusterSpec.homogeneous(node, cluster.n_nodes * factor)
         r = search(model, bigger, args.global_batch, args.seq_len, args.precision, fixed, 1,
                    runtime=runtime, refine=False)
@@ -193,7 +194,8 @@ def what_would_fit(model, cluster, args, fixed, runtime, hetero: bool) -> list[s
                        f"{r.ranked[0].parallel.megatron_notation()} ({r.ranked[0].step_time_s:.3f} s/step)")
             break
     if not out:
-        out.append(f"nothing up to {cluster.n_nodes * 16} nodes with these settings; a device with more memory")
+        most = cluster.n_nodes * max(factors, default=1)
+        out.append(f"nothing up to {most} nodes with these settings; a device with more memory")
     return out
 
 

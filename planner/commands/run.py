@@ -68,6 +68,7 @@ def check_machine(world_size: int, cfg: LaunchConfig, gpus: int | None = None, c
     return kind
 
 
+_RANK_LINE = re.compile(r"^executor rank (\d+): (.+)$", re.M)  # a root cause (a peer's failure says so)
 _ROOT = re.compile(r"Root Cause.*?rank\s*:\s*(\d+).*?exitcode\s*:\s*(-?\d+)", re.S)
 
 
@@ -116,6 +117,10 @@ def finalize(out: str | Path, plan, cfg: LaunchConfig, rc: int, output: str, com
         rank, error = causes[0]["rank"], causes[0]["error"]
     elif rank is None and rank_errors:
         rank, error = rank_errors[0]["rank"], rank_errors[0]["error"]
+    elif not rank_errors and not killed and _RANK_LINE.search(output):
+        # no record written (a full disk): the line the failing rank printed
+        said = _RANK_LINE.search(output)
+        rank, error = int(said.group(1)), said.group(2)
     summary = records.summarize(records.read_records(out), plan.to_dict(), cfg.steps, cfg.warmup,
                                 plan.prediction, status="failed", error=error, rank=rank, oom=oom)
     summary["launcher"] = launcher
@@ -162,7 +167,7 @@ def launch(plan_path: str, cfg: LaunchConfig, echo=sys.stderr) -> tuple[int, dic
     if (out / "summary.json").exists() or (out / "records.jsonl").exists():
         require(cfg.overwrite, "out", f"{out} already holds a run (--overwrite to replace it, or another --out)")
     with run_lock(out):
-        for name in ("records.jsonl", "summary.json"):  # a run folder holds one run
+        for name in ("records.jsonl", "summary.json", RANKS_LOG):  # a run folder holds one run
             (out / name).unlink(missing_ok=True)
         return _launch(plan, cfg, out, echo)
 
@@ -198,17 +203,33 @@ def run_lock(out: Path):
 
 
 def _launch(plan, cfg: LaunchConfig, out: Path, echo) -> tuple[int, dict | None]:
+    from planner import records
+
     plan_copy = plan.save(out / "plan.json")  # the run folder is self-contained: compare and fit read it
     cfg = dataclasses.replace(cfg, plan_path=str(plan_copy))  # the ranks copy its prediction
+    records.reserve_summary_space(out)
+    try:
+        rc, output, cmd, signal_name = _run_ranks(plan, cfg, out, echo)
+    finally:
+        records.release_summary_space(out)  # the room the summary below is written in
+    if signal_name:
+        summary = stopped_summary(out, plan, cfg, signal_name, cmd)
+    else:
+        summary = finalize(out, plan, cfg, rc, output, cmd)
+    _keep_output(out, output)
+    if signal_name:
+        return 1, summary
+    return (0 if rc == 0 and (summary or {}).get("status") in ("ok", "contended") else 1), summary
+
+
+def _run_ranks(plan, cfg: LaunchConfig, out: Path, echo) -> tuple[int, str, list[str], str | None]:
+    """Start the ranks (torchrun here, or one agent per emulated node) and wait for them:
+    (exit status, their output, the command, the signal that stopped them or None)."""
     if cfg.emulated:
         from planner.commands.run_emulated import launch_nodes
         from planner.emulate import current
 
-        rc, output, cmd, signal_name = launch_nodes(plan, cfg, out, echo, current())
-        if signal_name:
-            return 1, stopped_summary(out, plan, cfg, signal_name, cmd)
-        summary = finalize(out, plan, cfg, rc, output, cmd)
-        return (0 if rc == 0 and (summary or {}).get("status") in ("ok", "contended") else 1), summary
+        return launch_nodes(plan, cfg, out, echo, current())
     cmd = torchrun_command(plan.world_size, cfg)
     env = subprocess_env(OMP_NUM_THREADS=str(cfg.threads), PYTHONUNBUFFERED="1")
     env.update(socket_env(cfg, env))
@@ -229,11 +250,19 @@ def _launch(plan, cfg: LaunchConfig, out: Path, echo) -> tuple[int, dict | None]
     with stop_group_on_signals(proc) as stopped:
         rc = proc.wait()
     reader.join(timeout=5)
-    if stopped:
-        return 1, stopped_summary(out, plan, cfg, stopped[0], cmd)
-    summary = finalize(out, plan, cfg, rc, "".join(captured), cmd)
-    status = (summary or {}).get("status")
-    return (0 if rc == 0 and status in ("ok", "contended") else 1), summary
+    return rc, "".join(captured), cmd, (stopped[0] if stopped else None)
+
+
+RANKS_LOG = "ranks.log"
+RANKS_LOG_MAX_BYTES = 1 << 20
+
+
+def _keep_output(out: Path, output: str) -> None:
+    """The ranks' and torchrun's output (its last MiB) in ``out/ranks.log``, where there is room."""
+    try:
+        (out / RANKS_LOG).write_text(output[-RANKS_LOG_MAX_BYTES:])
+    except OSError:
+        pass
 
 
 def stopped_summary(out: Path, plan, cfg: LaunchConfig, signal_name: str, command: list[str]) -> dict:
@@ -271,6 +300,8 @@ def register(subparsers) -> None:
     parser.add_argument("--force", action="store_true", help="run a plan the cost model predicts does not fit")
     parser.add_argument("--inject-fault", default=None, help=argparse_suppress())
     parser.add_argument("--print-command", action="store_true", help="print the torchrun and srun lines and exit")
+    parser.add_argument("--verbose", action="store_true",
+                        help="show the ranks' and torchrun's output as it comes (always kept in OUT/ranks.log)")
     parser.set_defaults(func=handler)
 
 
@@ -295,7 +326,7 @@ def handler(args) -> int:
         print("torchrun: " + shell_join(prefix + torchrun_command(plan.world_size, cfg)))
         print("srun:     " + shell_join(prefix + srun_command(plan.world_size, cfg)))
         return 0
-    rc, summary = launch(args.plan, cfg)
+    rc, summary = launch(args.plan, cfg, echo=sys.stderr if args.verbose else None)
     if summary is not None:
         m = summary.get("measured", {})
         line = f"{summary['status']}: plan {summary['plan_id']} ({summary['parallel']})"
@@ -307,5 +338,6 @@ def handler(args) -> int:
         if summary.get("error"):
             line += f"; error (rank {summary.get('rank')}): {summary['error']}"
         print(line)
-        print(f"records: {Path(cfg.out) / 'records.jsonl'}  summary: {Path(cfg.out) / 'summary.json'}")
+        print(f"records: {Path(cfg.out) / 'records.jsonl'}  summary: {Path(cfg.out) / 'summary.json'}"
+              + (f"  ranks' output: {Path(cfg.out) / RANKS_LOG}" if rc else ""))
     return rc
