@@ -195,6 +195,23 @@ def run_case(args: list[str], cwd: Path) -> dict:
             "rss_mib": rss_kib / 1024, "first": (lines[0] if lines else out.strip()[:120])[:160]}
 
 
+FAULTS = (
+    ("a rank raises / is killed / runs out of memory", "failed summary naming the rank, records intact, exit 1 "
+     "(test_rank_raises, test_rank_killed, test_out_of_memory_reported)"),
+    ("SIGTERM to `clusterplan run`", "torchrun and every rank stopped within seconds, summary failed with the signal, "
+     "marked final so no rank rewrites it (test_sigterm_to_the_launcher_stops_every_rank)"),
+    ("SIGKILL to torchrun", "its ranks (each in a session of its own) stop on PR_SET_PDEATHSIG; the launcher's "
+     "failed summary is final (test_torchrun_killed_takes_its_ranks_with_it)"),
+    ("the disk fills mid-run", "the failing rank's one line in a failed summary, written in the 1 MiB the launcher "
+     "held; every complete record line readable (test_a_run_that_fills_the_disk_ends_failed_with_its_summary_and_"
+     "records, root only: a tmpfs)"),
+    ("two runs into one folder", "the second refused while the first lives (out/.lock; test_a_live_lock_stops_a_"
+     "second_run); a folder holding a run needs --overwrite"),
+    ("the rendezvous store on a shared host", "single-node runs in a network namespace with only loopback where "
+     "user namespaces are allowed (test_a_single_node_run_sees_only_loopback)"),
+)
+"""Faults the tests inject, and what must follow (listed in the report)."""
+
 ESCAPES = (Path("/tmp/clusterplan-pwned"),)
 """Files a case would create outside its scratch folder if data were executed or a path escaped."""
 
@@ -229,6 +246,9 @@ def main(argv=None) -> int:
         first = r["first"].replace("|", "\\|")
         lines.append(f"| {name} | {r['rc']} | {r['lines']} | {'yes' if r['traceback'] else 'no'} | {r['wall_s']:.2f} | "
                      f"{r['rss_mib']:.0f} | {first} |")
+    lines += ["", "## Faults", "", "Checked by tests (`.venv/bin/python -m pytest -q tests/test_executor_faults.py "
+              "tests/test_hardening.py`), each with 2 gloo ranks and a timeout:", ""]
+    lines += [f"- {fault}: {what}" for fault, what in FAULTS]
     Path(a.out).write_text("\n".join(lines) + "\n")
     print(f"{good}/{len(rows)} as promised; wrote {a.out}")
     return 0 if good == len(rows) else 1

@@ -93,7 +93,7 @@ def run(args) -> int:
                 _failed_summary(out, plan, args, rank, line, oom, peer)
             except (InputError, OSError):
                 pass  # a full disk or a read-only folder: the launcher writes it in the space it holds
-        seen = " (after a peer's failure)" if peer else ""
+        seen = " (after a peer's failure)" if peer else (f" (stopped by {sig})" if sig else "")
         print(f"executor rank {rank}{seen}: {line}", file=sys.stderr)
         if dist.is_initialized():
             try:

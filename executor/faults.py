@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -45,10 +46,24 @@ def set_default_timeouts(timeout_s: float) -> timedelta:
 
 
 def install_signal_handlers() -> None:
+    """SIGTERM ends the rank through :class:`Terminated` (recorded, then exit); on Linux the
+    kernel sends it SIGTERM when its launcher (torchrun's agent) dies, even by SIGKILL: torch
+    elastic starts each rank in a session of its own, out of reach of a signal to the
+    launcher's process group (``prctl(PR_SET_PDEATHSIG)``, prctl(2))."""
     def handler(signum, _frame):
         raise Terminated(signum)
 
     signal.signal(signal.SIGTERM, handler)
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        parent = os.getppid()
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+        if os.getppid() != parent:  # the launcher died before the request took effect
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 def is_oom(exc: BaseException) -> bool:

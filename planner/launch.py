@@ -13,6 +13,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -154,24 +155,24 @@ signal to its ranks; a rank stuck in a collective only dies to SIGKILL)."""
 
 
 def kill_group(proc: subprocess.Popen) -> None:
-    """SIGTERM to ``proc``'s process group, SIGKILL to what is left after the grace period."""
-    try:
-        pgid = os.getpgid(proc.pid)
-    except ProcessLookupError:
-        return
+    """SIGTERM to ``proc``'s process group, SIGKILL to what is left after the grace period; returns
+    when the group is empty. ``proc`` was started with ``start_new_session``, so it leads the group
+    and the group id is its pid, which still reaches ranks that outlive it (a torchrun killed with
+    SIGKILL leaves its ranks running)."""
+    pgid = proc.pid
     for sig, wait_s in ((signal.SIGTERM, STOP_GRACE_S), (signal.SIGKILL, 5.0)):
         try:
             os.killpg(pgid, sig)
         except ProcessLookupError:
             return
-        try:
-            proc.wait(timeout=wait_s)
-        except subprocess.TimeoutExpired:
-            continue
-        try:  # torchrun gone: its ranks may linger a moment; the group must be empty
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
-            return
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            proc.poll()  # reap the leader, so an empty group reads as empty
+            try:
+                os.killpg(pgid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.05)
 
 
 @contextlib.contextmanager

@@ -143,9 +143,19 @@ def test_demo_run_failure_is_one_line_nonzero(tmp_path, capsys, monkeypatch, pro
     assert rc == 1 and len(err) == 1 and "boom" in err[0]
 
 
-def test_busy_processes_lists_strings():
-    busy = demo.busy_processes()
-    assert isinstance(busy, list) and all(isinstance(b, str) for b in busy)
+def test_busy_processes_names_a_busy_process_and_not_itself():
+    import subprocess
+    import sys
+
+    marker = "-m executor"  # a command line like an executor rank's (demo.BUSY_MARKERS)
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", marker])
+    try:
+        busy = demo.busy_processes()
+        assert any(b.startswith(f"{child.pid} ") and marker in b for b in busy), busy
+        assert not any(b.startswith(f"{__import__('os').getpid()} ") for b in busy)
+    finally:
+        child.kill()
+        child.wait()
 
 
 @pytest.mark.timeout(120)

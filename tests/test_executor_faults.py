@@ -60,6 +60,73 @@ def test_out_of_memory_reported(tmp_path):
     assert summary["error"].startswith("out of memory")
 
 
+def _ranks_of(out) -> list[str]:
+    from pathlib import Path
+
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if str(out) in cmd and "-m executor" in cmd:
+                found.append(cmd)
+    return found
+
+
+def _wait_stepping(out, proc=None) -> None:
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:  # wait until the ranks are stepping
+        records = out / "records.jsonl"
+        if records.exists() and '"kind": "step"' in records.read_text():
+            return
+        time.sleep(0.2)
+    if proc is not None:
+        proc.kill()
+    pytest.fail("the run never started stepping")
+
+
+def test_torchrun_killed_takes_its_ranks_with_it(tmp_path):
+    """SIGKILL to torchrun (its agent cannot forward anything): the ranks, each in a session of
+    its own, get SIGTERM from the kernel (PR_SET_PDEATHSIG) and stop; the launcher's failed
+    summary is final."""
+    import os
+    import signal
+    import threading
+    from pathlib import Path
+
+    plan = make_plan(tiny_spec("gpt"), dp=2, global_batch=4)
+    path = plan.save(tmp_path / "plan.json")
+    out = tmp_path / "run"
+    cfg = LaunchConfig(plan_path=str(path), out=str(out), steps=400, warmup=1, timeout_s=TIMEOUT_S, device="cpu")
+    result = {}
+    runner = threading.Thread(target=lambda: result.update(zip(("rc", "summary"), launch(str(path), cfg, echo=None))))
+    runner.start()
+
+    _wait_stepping(out)
+    agents = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()
+              and b"torch.distributed.run" in _cmdline(p) and str(out).encode() in _cmdline(p)]
+    assert agents, "no torchrun agent found"
+    for pid in agents:
+        os.kill(pid, signal.SIGKILL)
+    runner.join(timeout=60)
+    assert not runner.is_alive()
+    deadline = time.monotonic() + 10
+    while _ranks_of(out) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _ranks_of(out), "ranks outlived their torchrun"
+    assert result["rc"] == 1 and result["summary"]["status"] == "failed"
+    assert json.loads((out / "summary.json").read_text())["launcher"]["final"] is True
+
+
+def _cmdline(proc_dir) -> bytes:
+    try:
+        return (proc_dir / "cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
 def test_sigterm_to_the_launcher_stops_every_rank(tmp_path):
     """SIGTERM to `clusterplan run` stops torchrun and both ranks within seconds; the summary says
     failed with the signal, and no rank outlives the launcher to rewrite it."""
@@ -76,32 +143,11 @@ def test_sigterm_to_the_launcher_stops_every_rank(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "planner.cli", "run", str(path), "--out", str(out), "--steps",
                              "400", "--warmup", "1", "--device", "cpu"], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, env=dict(os.environ, PYTHONPATH=root))
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:  # wait until the ranks are stepping
-        records = out / "records.jsonl"
-        if records.exists() and '"kind": "step"' in records.read_text():
-            break
-        time.sleep(0.2)
-    else:
-        proc.kill()
-        pytest.fail("the run never started stepping")
+    _wait_stepping(out, proc)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=20) == 1
     time.sleep(1.0)
-
-    def ours():
-        found = []
-        for entry in Path("/proc").iterdir():
-            if entry.name.isdigit():
-                try:
-                    cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-                except OSError:
-                    continue
-                if str(out) in cmd and "executor" in cmd:
-                    found.append(cmd)
-        return found
-
-    assert not ours(), "ranks outlived the launcher"
+    assert not _ranks_of(out), "ranks outlived the launcher"
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "failed" and "SIGTERM" in summary["error"]
     assert summary["launcher"]["final"] is True

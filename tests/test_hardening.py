@@ -241,3 +241,22 @@ def test_compare_refuses_a_summary_of_another_schema(tmp_path, capsys):
     run.mkdir()
     (run / "summary.json").write_text(json.dumps({"schema_version": 99, "status": "ok"}))
     assert "schema_version 99" in _one_line_exit_2(capsys, ["compare", str(run)], "run_dir")
+
+
+def test_a_single_node_run_sees_only_loopback():
+    """Under the launcher's prefix a process has a network namespace with loopback alone (torch's
+    rendezvous store listens on the wildcard address: there it is reachable from this host only)."""
+    import subprocess
+    import sys
+
+    from planner.loopback_only import isolation_prefix
+
+    prefix = isolation_prefix()
+    if not prefix:
+        pytest.skip("user namespaces are not allowed here: runs use the host's network")
+    probe = ("import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen(); "
+             "c = socket.create_connection(s.getsockname(), timeout=5); "
+             "print(sorted(name for _, name in socket.if_nameindex()))")
+    done = subprocess.run([*prefix, sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "['lo']"

@@ -104,7 +104,8 @@ def test_end_to_end(plan_path, tmp_path, capsys):
     assert m["phases"]["forward_s"] > 0 and m["phases"]["backward_s"] > 0 and m["phases"]["optimizer_s"] > 0
     assert set(summary["predicted"]) >= {"step_time_s", "peak_memory_bytes"}
     assert summary["env"]["backend"] == "gloo" and summary["env"]["world_size"] == 2
-    assert "ok" in capsys.readouterr().out or summary["status"] == "contended"
+    assert summary["status"] in ("ok", "contended")
+    assert capsys.readouterr().out.startswith(f"{summary['status']}: plan {summary['plan_id']}")
 
 
 def test_sockets_bind_to_loopback_on_one_node_and_to_the_named_interface_on_several():

@@ -38,7 +38,9 @@ def test_validate_dataframe(fixture_csv):
     skipped = df[df["status"] == "skipped"]
     assert all(skipped["note"].str.len() > 0)
     s = summary(df)  # the headline: every predictable row, assumed ones included
-    assert s["rows"] == 6 and s["mean_abs_error"] >= 0
+    priced = df[df["status"] != "skipped"]
+    assert s["rows"] == 6 and s["mean_abs_error"] == pytest.approx(priced["abs_error"].mean())
+    assert s["mean_abs_error"] > 0.0  # no published row is hit exactly
     assert summary(df, "predicted")["rows"] == 4 and summary(df, "assumed")["rows"] == 2
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from planner.errors import InputError, require
 from planner.executor_rules import unsupported
 from planner.io import check_output_dir
-from planner.launch import (LaunchConfig, local_ranks, shell_join, socket_env, srun_command,
+from planner.launch import (LaunchConfig, kill_group, local_ranks, shell_join, socket_env, srun_command,
                             stop_group_on_signals, subprocess_env, torchrun_command)
 
 MAX_OVERSUBSCRIPTION = 4
@@ -123,7 +123,7 @@ def finalize(out: str | Path, plan, cfg: LaunchConfig, rc: int, output: str, com
         rank, error = int(said.group(1)), said.group(2)
     summary = records.summarize(records.read_records(out), plan.to_dict(), cfg.steps, cfg.warmup,
                                 plan.prediction, status="failed", error=error, rank=rank, oom=oom)
-    summary["launcher"] = launcher
+    summary["launcher"] = dict(launcher, final=True)  # the ranks are gone: none may rewrite it
     records.write_summary(out, summary)
     return summary
 
@@ -231,6 +231,10 @@ def _run_ranks(plan, cfg: LaunchConfig, out: Path, echo) -> tuple[int, str, list
 
         return launch_nodes(plan, cfg, out, echo, current())
     cmd = torchrun_command(plan.world_size, cfg)
+    if cfg.nnodes == 1 and not cfg.rdzv_endpoint:  # nothing outside this host reaches the ranks
+        from planner.loopback_only import isolation_prefix
+
+        cmd = [*isolation_prefix(), *cmd]
     env = subprocess_env(OMP_NUM_THREADS=str(cfg.threads), PYTHONUNBUFFERED="1")
     env.update(socket_env(cfg, env))
     # torchrun and its ranks in a process group of their own, so a signal to this launcher stops them all
@@ -249,6 +253,7 @@ def _run_ranks(plan, cfg: LaunchConfig, out: Path, echo) -> tuple[int, str, list
     reader.start()
     with stop_group_on_signals(proc) as stopped:
         rc = proc.wait()
+    kill_group(proc)  # ranks of a torchrun that died (SIGKILL) would train on, orphaned
     reader.join(timeout=5)
     return rc, "".join(captured), cmd, (stopped[0] if stopped else None)
 

@@ -70,6 +70,8 @@ def launch_nodes(plan, cfg: LaunchConfig, out: Path, echo, cluster) -> tuple[int
                     rc = code
                     for q in pending:
                         kill_group(q)
+    for p in procs:  # what a dead agent left running
+        kill_group(p)
     for t in readers:
         t.join(timeout=5)
     return rc, "".join(captured), commands[0][0], (stopped[0] if stopped else None)
