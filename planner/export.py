@@ -103,10 +103,16 @@ def megatron_args(plan: Plan) -> tuple[list[str], list[str]]:
         add("--normalization", "RMSNorm")
     if m.position == "rope":
         add("--position-embedding-type", "rope")
+        if m.rope_theta:
+            add("--rotary-base", round(m.rope_theta))  # Megatron-LM parses it as an int
+        if m.rotary_fraction != 1.0:
+            add("--rotary-percent", m.rotary_fraction)
     elif m.position == "learned":
         add("--position-embedding-type", "learned_absolute")
     else:
         notes.append(f"position embedding {m.position!r} has no Megatron-LM equivalent here")
+    if m.norm_eps:
+        add("--norm-epsilon", m.norm_eps)
     if not m.tied_embeddings:
         add("--untie-embeddings-and-output-weights")
     if not m.bias:

@@ -111,6 +111,16 @@ class _Config:
         return _Config(value, f"{self.where}.{key}")
 
 
+def _positive(cfg: _Config, key: str, default: float) -> float:
+    """A positive number the config may state; absent, the family's ``transformers`` config
+    default (LlamaConfig, MistralConfig, Qwen2Config: rope_theta 10000, rms_norm_eps 1e-6;
+    MixtralConfig 1e6 and 1e-5; GPTNeoXConfig rotary_pct 0.25, rotary_emb_base 10000)."""
+    value = cfg.number(key, default)
+    if not value > 0:
+        raise InputError(f"{cfg.where}.{key}", f"must be > 0, got {value!r}")
+    return value
+
+
 def _trained_context(cfg: _Config, max_positions: int) -> int:
     """Default seq_len: the context the model was trained with. Llama 3.1-style configs state
     the pre-extension length in ``rope_scaling.original_max_position_embeddings``."""
@@ -155,6 +165,8 @@ def _llama_like(cfg: _Config, name: str, model_type: str) -> ModelSpec:
         n_experts=n_experts, top_k=top_k,
         dropout=cfg.number("attention_dropout", 0.0),
         activation=cfg.str("hidden_act", "silu"),
+        rope_theta=_positive(cfg, "rope_theta", 1e6 if model_type == "mixtral" else 10000.0),
+        norm_eps=_positive(cfg, "rms_norm_eps", 1e-5 if model_type == "mixtral" else 1e-6),
     )
 
 
@@ -176,6 +188,7 @@ def _gpt2(cfg: _Config, name: str, model_type: str) -> ModelSpec:
         bias=True,
         dropout=cfg.number("resid_pdrop", 0.1),
         activation=cfg.str("activation_function", "gelu_new"),
+        norm_eps=_positive(cfg, "layer_norm_epsilon", 1e-5),
     )
 
 
@@ -228,6 +241,9 @@ def _gpt_neox(cfg: _Config, name: str, model_type: str) -> ModelSpec:
         parallel_residual=cfg.bool("use_parallel_residual", True),
         dropout=cfg.number("hidden_dropout", 0.0),
         activation=cfg.str("hidden_act", "gelu"),
+        rope_theta=_positive(cfg, "rotary_emb_base", 10000.0),
+        rotary_fraction=_positive(cfg, "rotary_pct", 0.25),
+        norm_eps=_positive(cfg, "layer_norm_eps", 1e-5),
     )
 
 

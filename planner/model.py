@@ -9,6 +9,7 @@ presets can be checked against published counts.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +26,8 @@ MAX_SHAPE = {"n_layers": 1 << 14, "hidden_size": 1 << 20, "n_heads": 1 << 16, "n
 """Bounds far beyond any published model (the largest have ~200 layers, hidden 25,600, a
 256k vocabulary): a shape above them is a typo or an attack, refused in one line."""
 MAX_EXPERTS = 1 << 16
+EXPORT_ONLY_DEFAULTS = {"rope_theta": 0.0, "rotary_fraction": 1.0, "norm_eps": 0.0}
+"""ModelSpec fields only exports read, at the values that mean "not stated"."""
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,14 @@ class ModelSpec:
         activation: the MLP's pointwise activation as the source names it (``gelu``,
             ``gelu_new``, ``relu``, ``silu``); empty means the ``mlp`` kind's usual one. A
             ``gelu`` spec is any 2-matrix MLP with a pointwise activation (OPT's ReLU included).
+
+    Numerics the cost model does not price, carried so exports configure the same model (left out
+    of :meth:`to_dict`, and so of a plan's id, at their defaults):
+        rope_theta: RoPE base (``rope_theta``; Llama 3 500000, Mixtral / Qwen2 1e6); 0 = not
+            stated (the framework's default, 10000 in Megatron-LM).
+        rotary_fraction: share of each head's dimensions that RoPE rotates (GPT-NeoX
+            ``rotary_pct``: 0.25 for Pythia); 1 = all.
+        norm_eps: the norms' epsilon (``rms_norm_eps`` / ``layer_norm_eps``); 0 = not stated.
     """
 
     name: str
@@ -103,6 +114,9 @@ class ModelSpec:
     qkv_bias_only: bool = False
     parallel_residual: bool = False
     activation: str = ""
+    rope_theta: float = 0.0
+    rotary_fraction: float = 1.0
+    norm_eps: float = 0.0
 
     def __post_init__(self) -> None:
         for field in ("n_layers", "hidden_size", "n_heads", "n_kv_heads", "ffn_hidden_size",
@@ -133,6 +147,13 @@ class ModelSpec:
             value = getattr(self, field)
             require(isinstance(value, int) and not isinstance(value, bool) and value >= 0,
                     field, f"must be an integer >= 0, got {value!r}")
+        for field in ("rope_theta", "norm_eps"):
+            value = getattr(self, field)
+            require(isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+                    and 0.0 <= value < 1e12, field, f"must be a finite number >= 0, got {value!r}")
+        require(isinstance(self.rotary_fraction, (int, float)) and not isinstance(self.rotary_fraction, bool)
+                and 0.0 < self.rotary_fraction <= 1.0, "rotary_fraction",
+                f"must be in (0, 1], got {self.rotary_fraction!r}")
         require(not (self.bias and self.qkv_bias_only), "qkv_bias_only",
                 "needs bias=False (bias=True already puts biases on every linear layer)")
         if self.has_position_table and self.max_positions:
@@ -262,7 +283,11 @@ class ModelSpec:
         return dataclasses.replace(self, seq_len=seq_len)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        data = dataclasses.asdict(self)
+        for key, default in EXPORT_ONLY_DEFAULTS.items():  # a plan's id does not change with them unset
+            if data[key] == default:
+                del data[key]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ModelSpec":

@@ -54,7 +54,7 @@ def _llama3(name: str, layers: int, hidden: int, heads: int, ffn: int) -> ModelS
     return ModelSpec(name=name, n_layers=layers, hidden_size=hidden, n_heads=heads, n_kv_heads=8,
                      ffn_hidden_size=ffn, vocab_size=128256, seq_len=8192, mlp="swiglu",
                      norm="rmsnorm", position="rope", tied_embeddings=False, bias=False,
-                     activation="silu")
+                     activation="silu", rope_theta=500000.0, norm_eps=1e-5)
 
 
 _SPECS: list[ModelSpec] = [
@@ -114,16 +114,16 @@ _SPECS: list[ModelSpec] = [
     ModelSpec(name="mixtral-8x7b", n_layers=32, hidden_size=4096, n_heads=32, n_kv_heads=8,
               ffn_hidden_size=14336, vocab_size=32000, seq_len=32768, mlp="swiglu",
               norm="rmsnorm", position="rope", tied_embeddings=False, bias=False,
-              n_experts=8, top_k=2, activation="silu"),
+              n_experts=8, top_k=2, activation="silu", rope_theta=1e6, norm_eps=1e-5),
     # mistralai/Mistral-7B-v0.1 and Qwen/Qwen2-7B config.json (also in tests/fixtures/hf/)
     ModelSpec(name="mistral-7b", n_layers=32, hidden_size=4096, n_heads=32, n_kv_heads=8,
               ffn_hidden_size=14336, vocab_size=32000, seq_len=32768, mlp="swiglu",
               norm="rmsnorm", position="rope", tied_embeddings=False, bias=False,
-              activation="silu"),
+              activation="silu", rope_theta=10000.0, norm_eps=1e-5),
     ModelSpec(name="qwen2-7b", n_layers=28, hidden_size=3584, n_heads=28, n_kv_heads=4,
               ffn_hidden_size=18944, vocab_size=152064, seq_len=131072, mlp="swiglu",
               norm="rmsnorm", position="rope", tied_embeddings=False, bias=False,
-              qkv_bias_only=True, activation="silu"),
+              qkv_bias_only=True, activation="silu", rope_theta=1e6, norm_eps=1e-6),
     # gpt2 (124M) config.json
     ModelSpec(name="gpt2", n_layers=12, hidden_size=768, n_heads=12, n_kv_heads=12,
               ffn_hidden_size=3072, vocab_size=50257, seq_len=1024, max_positions=1024,

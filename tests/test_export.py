@@ -46,10 +46,11 @@ def megatron_parser() -> argparse.ArgumentParser:
             "--decoder-last-pipeline-num-layers", "--micro-batch-size", "--global-batch-size", "--seq-length",
             "--max-position-embeddings", "--num-layers", "--hidden-size", "--ffn-hidden-size",
             "--num-attention-heads", "--num-query-groups", "--kv-channels", "--recompute-num-layers",
-            "--num-experts", "--moe-router-topk", "--moe-ffn-hidden-size", "--expert-model-parallel-size"]
+            "--num-experts", "--moe-router-topk", "--moe-ffn-hidden-size", "--expert-model-parallel-size",
+            "--rotary-base"]
     for flag in ints:
         p.add_argument(flag, type=int)
-    for flag in ["--attention-dropout", "--hidden-dropout"]:
+    for flag in ["--attention-dropout", "--hidden-dropout", "--rotary-percent", "--norm-epsilon"]:
         p.add_argument(flag, type=float)
     for flag in ["--normalization", "--position-embedding-type", "--recompute-granularity",
                  "--recompute-method", "--fp8-format", "--pipeline-model-parallel-layout",
@@ -116,6 +117,28 @@ def test_megatron_qkv_bias_and_the_environment_it_asserts():
     assert "# ENV: CUDA_DEVICE_MAX_CONNECTIONS=1" in to_megatron(PLANS["tp_pp_zero1_uneven"])
     assert "unset or > 1" in to_megatron(PLANS["fsdp_cp"])
     assert "CUDA_DEVICE_MAX_CONNECTIONS" not in to_megatron(PLANS["dp_only"])
+
+
+def test_megatron_gets_the_models_rotary_base_fraction_and_norm_epsilon():
+    """Llama 3's RoPE base 500000 and eps 1e-5 from its config.json; Pythia rotates a quarter of
+    each head; a spec that states none leaves Megatron's defaults (and keeps its plan id)."""
+    import dataclasses
+    from pathlib import Path
+
+    from planner.hf_config import read_hf_config
+
+    hf = Path(__file__).parent / "fixtures" / "hf"
+    llama3 = read_hf_config(hf / "Meta-Llama-3-8B" / "config.json")
+    assert (llama3.rope_theta, llama3.norm_eps, llama3.rotary_fraction) == (500000.0, 1e-5, 1.0)
+    ns = parse_megatron(to_megatron(dataclasses.replace(PLANS["fsdp_cp"], model=llama3)))
+    assert ns.rotary_base == 500000 and ns.norm_epsilon == 1e-5 and ns.rotary_percent is None
+    pythia = read_hf_config(hf / "pythia-1b" / "config.json")
+    ns = parse_megatron(to_megatron(dataclasses.replace(PLANS["dp_only"], model=pythia)))
+    assert ns.rotary_percent == 0.25 and ns.rotary_base == 10000
+    plain = parse_megatron(to_megatron(PLANS["tp_pp_zero1_uneven"]))
+    assert plain.rotary_base is None and plain.norm_epsilon is None
+    assert "rope_theta" not in LLAMA.to_dict()  # unset: not part of the plan's identity
+    assert ModelSpec.from_dict(llama3.to_dict()) == llama3
 
 
 @pytest.mark.parametrize("key", sorted(PLANS))
