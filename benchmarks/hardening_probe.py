@@ -163,7 +163,20 @@ def cases(f: dict[str, Path], d: Path) -> list[tuple[str, list[str], tuple[int, 
         ("compare: binary summary.json", ["compare", str(d / "run_binary")], (2,)),
         ("compare: records lines not objects / bad UTF-8", ["compare", str(d / "run_records")], (2,)),
         ("compare: plan_id climbing out of --out", ["compare", str(d / "run_escape"), "--out", str(d / "cmp")], (0,)),
-    ]
+    ] + ([] if not (d / "ro").is_mount() else [
+        (f"{verb}: --out on a read-only file system", [verb, *args, "--out" if verb != "validate" else "--out-dir",
+                                                     str(d / "ro" / target)], (2,))
+        for verb, args, target in (
+            ("predict", [plan], "p.json"),
+            ("plan", ["--model", "tiny-gpt", "--hardware", "local-cpu", "--nodes", "1", "--gpus-per-node", "2",
+                      "--global-batch", "8"], "p.json"),
+            ("export", [plan, "--format", "slurm"], "x.sh"),
+            ("validate", ["--dataset", str(ROOT / "benchmarks" / "published_runs.csv")], "v"),
+            ("fit", [str(ROOT / "tests" / "fixtures" / "runs" / "pp2"), "--hardware", "local-cpu"], "f.yaml"),
+            ("calibrate", ["--from-results", str(ROOT / "reports" / "local-cpu-calibration.json")], "c.yaml"),
+            ("compare", [str(ROOT / "tests" / "fixtures" / "runs" / "pp2")], "c"),
+            ("run", [plan], "r"),
+            ("demo", [], "d"))])
 
 
 _MEASURE = ("import os, resource, subprocess, sys\n"
@@ -171,6 +184,13 @@ _MEASURE = ("import os, resource, subprocess, sys\n"
             "open(os.environ['PROBE_RSS_FILE'], 'w').write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss))\n"
             "sys.exit(rc)\n")
 """Runs one case and writes that child's own peak RSS (KiB) to $PROBE_RSS_FILE."""
+
+
+def _mount_read_only(path: Path) -> bool:
+    """A read-only tmpfs at ``path`` (root only; a read-only mount stops root, a chmod does not)."""
+    path.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k,ro", "tmpfs", str(path)], capture_output=True)
+    return done.returncode == 0
 
 
 def run_case(args: list[str], cwd: Path) -> dict:
@@ -223,25 +243,31 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="clusterplan-probe-") as tmp:
         d = Path(tmp)
         f = _files(d)
+        read_only = _mount_read_only(d / "ro")
         rows = []
         for path in ESCAPES:
             path.unlink(missing_ok=True)
-        for name, args, ok_rc in cases(f, d):
-            r = run_case(args, d)
-            escaped = [str(p) for p in ESCAPES if p.exists()] + [str(p) for p in Path("/tmp").glob("clusterplan-escape*")]
-            r["ok"] = (r["rc"] in ok_rc and r["lines"] <= 1 and not r["traceback"] and r["wall_s"] < 30
-                       and not r.pop("injected") and not escaped)
-            rows.append((name, r))
-            print(f"{'ok ' if r['ok'] else 'BAD'} {name}: exit {r['rc']}, {r['lines']} line(s), {r['wall_s']:.1f} s, "
-                  f"{r['first']}", flush=True)
+        try:
+            for name, args, ok_rc in cases(f, d):
+                r = run_case(args, d)
+                escaped = ([str(p) for p in ESCAPES if p.exists()]
+                           + [str(p) for p in Path("/tmp").glob("clusterplan-escape*")])
+                r["ok"] = (r["rc"] in ok_rc and r["lines"] <= 1 and not r["traceback"] and r["wall_s"] < 30
+                           and not r.pop("injected") and not escaped)
+                rows.append((name, r))
+                print(f"{'ok ' if r['ok'] else 'BAD'} {name}: exit {r['rc']}, {r['lines']} line(s), "
+                      f"{r['wall_s']:.1f} s, {r['first']}", flush=True)
+        finally:
+            if read_only:
+                subprocess.run(["umount", str(d / "ro")], capture_output=True)
     good = sum(1 for _, r in rows if r["ok"])
     lines = ["# Hardening probe", "", "Regenerate: `.venv/bin/python benchmarks/hardening_probe.py` (writes this file).",
              "", f"{good} of {len(rows)} bad inputs end as promised (one line on stderr, the documented exit status, "
              "no traceback, under 30 s, nothing created outside the scratch folder). Peak RSS is each case's own process.", "",
              "A case also fails when its output puts data where a shell runs it (a script line starting with the "
              "command hidden in a name, a `$(...)` outside single quotes).",
-             "", "Run as root on the development VM: a read-only folder does not stop root, so those cases are not "
-             "probed here.", "", "| case | exit | stderr lines | traceback | wall s | peak RSS MiB | first line |", "|---|---|---|---|---|---|---|"]
+             "", ("`--out` on a read-only file system: a tmpfs mounted read-only (it stops root too)."
+                  if read_only else "`--out` on a read-only file system: not probed (mounting a tmpfs needs root)."), "", "| case | exit | stderr lines | traceback | wall s | peak RSS MiB | first line |", "|---|---|---|---|---|---|---|"]
     for name, r in rows:
         first = r["first"].replace("|", "\\|")
         lines.append(f"| {name} | {r['rc']} | {r['lines']} | {'yes' if r['traceback'] else 'no'} | {r['wall_s']:.2f} | "

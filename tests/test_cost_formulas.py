@@ -118,3 +118,23 @@ def test_deepspeed_pipeline_all_reduces_zero1_gradients_whole():
     assert predict(m, cluster, P, ds).time.dp_s > predict(m, cluster, P, plain).time.dp_s
     flat = dataclasses.replace(P, pp=1, dp=16)
     assert predict(m, cluster, flat, ds).time.dp_s == pytest.approx(predict(m, cluster, flat, plain).time.dp_s)
+
+
+def test_an_emulated_link_fit_recovers_a_known_link():
+    """calibrate --emulated's fit: latency from the small messages, bandwidth from the large ones,
+    in the forms collective_time prices (2-rank all-reduce across nodes: 2 steps; a send: 1)."""
+    from planner.calibrate.emulated import fit_link
+
+    latency, bandwidth = 150e-6, 100e6
+    results = [{"op": op, "group_size": 2, "bytes": b, "median_s": steps * latency + b / bandwidth}
+               for op, steps in (("all_reduce", 2), ("send_recv", 1)) for b in (4, 4096, 1 << 20, 8 << 20)]
+    fit = fit_link(results, line_bytes_per_s=125e6)
+    assert fit.latency_s == pytest.approx(latency, rel=1e-3)
+    assert fit.bandwidth_bytes_per_s == pytest.approx(bandwidth, rel=1e-3)
+    assert fit.bus_efficiency == pytest.approx(0.8, rel=1e-3)
+    node = load_profile("local-cpu")
+    import dataclasses
+    link = dataclasses.replace(node.inter_node, latency_s=fit.latency_s, bandwidth_bytes_per_s=125e6,
+                               bus_efficiency=fit.bus_efficiency)
+    priced = collective_time("all_reduce", 8 << 20, GroupShape(2, 1, 2), dataclasses.replace(node, inter_node=link))
+    assert priced == pytest.approx(2 * latency + (8 << 20) / bandwidth, rel=1e-3)

@@ -96,3 +96,21 @@ def test_up_checks_its_input_and_down_is_idempotent():
     listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert not any(w.startswith(emulate.NAMESPACE_PREFIX) and w[3:].isdigit() for w in listed.split())
     assert not emulate.STATE_PATH.exists()
+
+
+def test_calibrate_emulated_measures_the_shaped_link(cluster, tmp_path, capsys):
+    """The profile's inter-node link comes from gloo collectives across the shaped path: about the
+    shaped rate (TCP/IP headers take ~4%), a latency of the veth path, provenance recorded."""
+    from planner.cli import main
+
+    cluster = emulate.up(2, cluster.mbit)  # an earlier test may have taken it down
+    out = tmp_path / "measured.yaml"
+    rc = main(["calibrate", "--emulated", "--quick", "--out", str(out)])
+    assert rc == 0, capsys.readouterr().err
+    node = load_profile(str(out))
+    link = node.inter_node
+    assert link.bandwidth_bytes_per_s == pytest.approx(cluster.bytes_per_s)
+    assert 0.7 < link.bus_efficiency <= 1.0
+    assert 0 < link.latency_s < 0.01
+    assert "calibrate --emulated" in node.measured_on
+    assert "fitted" in capsys.readouterr().out

@@ -198,13 +198,32 @@ def test_a_records_write_the_disk_refuses_is_one_error_and_the_lines_before_stay
     assert [r["step"] for r in records.read_records(tmp_path)] == [0, 1]
 
 
-def _mount_tmpfs(path: Path, size_kib: int) -> bool:
+def _mount_tmpfs(path: Path, size_kib: int, read_only: bool = False) -> bool:
     import subprocess
 
     path.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_kib}k", "tmpfs", str(path)],
-                          capture_output=True)
+    options = f"size={size_kib}k" + (",ro" if read_only else "")
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True)
     return done.returncode == 0
+
+
+def test_every_out_on_a_read_only_file_system_is_one_line_before_any_work(tmp_path, capsys, plan):
+    """A read-only mount stops root too (a chmod does not): each verb names ``out`` and exits 2."""
+    import subprocess
+
+    ro = tmp_path / "ro"
+    if not _mount_tmpfs(ro, 64, read_only=True):
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    fixture_run = str(ROOT / "tests" / "fixtures" / "runs" / "pp2")
+    try:
+        for argv in (["predict", str(plan), "--out", str(ro / "p.json")],
+                     ["compare", fixture_run, "--out", str(ro / "c")],
+                     ["fit", fixture_run, "--hardware", "local-cpu", "--out", str(ro / "f.yaml")],
+                     ["demo", "--out", str(ro / "d")],
+                     ["run", str(plan), "--out", str(ro / "r")]):
+            _one_line_exit_2(capsys, argv, "out")
+    finally:
+        subprocess.run(["umount", "-l", str(ro)], capture_output=True)
 
 
 @pytest.mark.distributed

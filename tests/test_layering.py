@@ -22,7 +22,7 @@ LAYERS = (
     ("search", ("planner.search",)),
     ("side", ("planner.calibrate", "planner.launch", "planner.records", "planner.report", "planner.validation",
               "planner.row_model", "planner.export", "planner.demo", "planner.trust", "planner.mfu_ceiling",
-              "planner.cross_validation", "planner.emulate")),
+              "planner.cross_validation", "planner.emulate", "planner.loopback_only")),
     ("commands", ("planner.commands", "planner.cli", "planner")),
 )
 EXECUTOR_MAY_IMPORT = ("spec", "plan")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 
@@ -25,7 +26,47 @@ def register(subparsers) -> None:
                    help="run the whole suite N times and keep the median of each measurement (a machine "
                         "whose speed drifts: its typical state; the header lists every pass)")
     p.add_argument("--json", action="store_true", help="print the calibration summary as JSON")
+    p.add_argument("--emulated", action="store_true",
+                   help="measure the emulated cluster's inter-node link (clusterplan emulate up) into a profile: "
+                        "--base's CPU with that link, --gpus-per-node ranks per node (default 1)")
+    p.add_argument("--base", default="local-cpu", help="with --emulated: the node's CPU profile (default local-cpu)")
     p.set_defaults(func=handler)
+
+
+def emulated_handler(args: argparse.Namespace) -> int:
+    """``calibrate --emulated``: fit the shaped link, write the emulated node's profile."""
+    from planner import emulate
+    from planner.calibrate.emulated import QUICK_SIZES, SIZES, emulated_node, fit_link, measure
+    from planner.errors import require
+    from planner.io import check_output_path
+    from planner.profile_yaml import load_profile, write_profile
+
+    gpn = args.gpus_per_node or 1
+    require(gpn >= 1, "gpus_per_node", f"must be >= 1, got {gpn}")
+    require(args.out is not None, "out", "missing (--emulated writes the emulated node's profile to --out PROFILE.yaml)")
+    check_output_path(args.out)
+    cluster = emulate.current()
+    base = load_profile(args.base)
+    print(f"calibrate: the link between {cluster.namespace(0)} and {cluster.namespace(1)} "
+          f"({cluster.mbit:g} Mbit/s shaped) ...", file=sys.stderr)
+    fit = fit_link(measure(cluster, QUICK_SIZES if args.quick else SIZES), cluster.bytes_per_s)
+    node = emulated_node(base, cluster, gpn, fit)
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    header = [f"{node.name}: {base.name} with the emulated cluster's inter-node link as measured",
+              f"clusterplan calibrate --emulated --base {args.base} --gpus-per-node {gpn} ({when}): gloo all-reduce "
+              f"and ping-pong between two nodes, {len(fit.rows)} sizes",
+              f"latency {fit.latency_s * 1e6:.1f} us per step; {fit.bandwidth_bytes_per_s / 1e6:.1f} MB/s achieved of "
+              f"{fit.line_bytes_per_s / 1e6:.1f} MB/s shaped (bus efficiency {fit.bus_efficiency:.3f})"]
+    provenance = (f"{base.measured_on}; inter_node: calibrate --emulated, {cluster.nodes} nodes at "
+                  f"{cluster.mbit:g} Mbit/s, {when}").lstrip("; ")
+    write_profile(dataclasses.replace(node, measured_on=provenance), args.out, header=header)
+    print(f"wrote {args.out}")
+    print(f"  inter-node: latency {fit.latency_s * 1e6:.1f} us, {fit.bandwidth_bytes_per_s / 1e6:.1f} MB/s of "
+          f"{fit.line_bytes_per_s / 1e6:.1f} (efficiency {fit.bus_efficiency:.3f}); per rank {gpn} share(s) of the line")
+    for op, size, measured, fitted in fit.rows:
+        print(f"  {op:<10} {size:>10} B: measured {measured * 1e3:9.3f} ms, fitted {fitted * 1e3:9.3f} ms "
+              f"({100 * (fitted / measured - 1):+.1f}%)")
+    return 0
 
 
 def handler(args: argparse.Namespace) -> int:
@@ -35,6 +76,8 @@ def handler(args: argparse.Namespace) -> int:
     from planner.calibrate.runner import calibrate
     from planner.errors import require
 
+    if args.emulated:
+        return emulated_handler(args)
     require(args.nproc >= 2, "nproc", f"must be >= 2, got {args.nproc}")
     require(args.repeat >= 1, "repeat", f"must be >= 1, got {args.repeat}")
     if args.gpus_per_node is not None:

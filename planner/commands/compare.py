@@ -18,8 +18,11 @@ def register(subparsers) -> None:
 def handler(args: argparse.Namespace) -> int:
     import json
 
+    from planner.io import check_output_dir
     from planner.report import compare_runs, markdown, write_report
 
+    if args.out:
+        check_output_dir(args.out, "out")  # before any work
     comp = compare_runs(args.run_dirs)
     paths = write_report(comp, args.out) if args.out else []
     if args.json:

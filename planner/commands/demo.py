@@ -32,10 +32,12 @@ def register(subparsers) -> None:
 def handler(args: argparse.Namespace) -> int:
     from planner.demo import DEMO_MODEL, DemoError, run_demo
     from planner.errors import InputError
+    from planner.io import check_output_dir
     from planner.profile_yaml import load_profile
 
     if args.profile is not None:
         load_profile(args.profile)  # bad path: one line, exit 2, before anything runs
+    check_output_dir(args.out, "out")
 
     def progress(line: str) -> None:
         print(line, file=sys.stderr, flush=True)

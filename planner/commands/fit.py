@@ -39,11 +39,13 @@ def handler(args: argparse.Namespace) -> int:
     from planner.calibrate.fit_runs import FIT_PARAMS, fit_profile, fitted_profile_yaml, load_measured_runs
     from planner.calibrate.runs_table import load_runs_table
     from planner.cost.runtime import get_runtime
-    from planner.io import atomic_write_text
+    from planner.io import atomic_write_text, check_output_path
     from planner.profile_yaml import load_profile, resolve_profile_path
 
     if not args.runs and not args.run_dirs:
         raise InputError("runs", "give --runs MEASURED.csv or run folders")
+    if args.out:
+        check_output_path(args.out)  # before any work
     base = load_profile(args.hardware)
     runtime = get_runtime(args.runtime)
     names = [n.strip() for n in (args.params or ",".join(FIT_PARAMS)).split(",") if n.strip()]

@@ -84,8 +84,6 @@ def _exit_text(code: int | None) -> str:
     if code is None:
         return "unknown exit"
     if code < 0:
-        import signal
-
         try:
             return f"killed by {signal.Signals(-code).name}"
         except ValueError:

@@ -11,7 +11,6 @@ import io
 import math
 from pathlib import Path
 
-from planner.errors import InputError
 
 
 def register(subparsers) -> None:
@@ -203,12 +202,10 @@ def _cross_validate(dataset: str, out_dir: Path) -> None:
 
 
 def handler(args: argparse.Namespace) -> int:
-    from planner.io import atomic_write_bytes, atomic_write_text
+    from planner.io import atomic_write_bytes, atomic_write_text, check_output_dir
     from planner.validation import summary, validate
 
-    out_dir = Path(args.out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise InputError("out_dir", f"{out_dir} is not a directory")
+    out_dir = check_output_dir(args.out_dir, "out")  # before any work
     df = validate(args.dataset)
     md = render_markdown(df, args.dataset)
     csv_text = df.to_csv(index=False)
