@@ -228,7 +228,7 @@ def torchtitan_config(plan: Plan) -> tuple[dict[str, dict], list[str]]:
     if p.precision in ("bf16", "fp8"):
         training["mixed_precision_param"] = "bfloat16"
         if p.precision == "fp8":
-            notes.append('fp8: add converters = ["float8"] under [model] (needs torchao)')
+            notes.append("fp8: [model] converters float8 (torchao's Float8Linear; needs torchao)")
     else:
         training["mixed_precision_param"] = "float32"
         if p.precision == "fp16":
@@ -260,12 +260,8 @@ def torchtitan_config(plan: Plan) -> tuple[dict[str, dict], list[str]]:
         stages = p.layers_per_stage(m.n_layers)
         if _uneven(p, m.n_layers) is None:
             parallelism["pipeline_parallel_layers_per_stage"] = stages[0]
-        else:
-            points, acc = [], 0
-            for n in stages[:-1]:
-                acc += n
-                points.append(f"layers.{acc}")
-            parallelism["pipeline_parallel_split_points"] = points
+        else:  # pipeline_parallel_split_points was removed (2025-10): each stage's modules by name
+            parallelism["module_fqns_per_model_part"] = _titan_stage_modules(stages)
         if p.schedule == "zb" and p.vpp == 1:
             notes.append("ZB-H1 with one stage per rank has no torchtitan schedule; InterleavedZeroBubble "
                          "needs several stages per rank (set pipeline_parallel_layers_per_stage smaller)")
@@ -274,13 +270,38 @@ def torchtitan_config(plan: Plan) -> tuple[dict[str, dict], list[str]]:
     ac = {"mode": p.recompute}
     if p.recompute == "selective":
         ac["selective_ac_option"] = "op"
-    model_note = (f"[model] name/flavor: pick the torchtitan flavor matching {one_line(m.name)} "
-                  f"(layers {m.n_layers}, hidden {m.hidden_size}, heads {m.n_heads}/{m.n_kv_heads}, "
-                  f"ffn {m.ffn_hidden_size}, vocab {m.vocab_size})")
-    notes.append(model_note)
-    config = {"job": {"description": f"clusterplan plan {plan.id}: {one_line(m.name)} {p.megatron_notation()}"},
-              "training": training, "parallelism": parallelism, "activation_checkpoint": ac}
+    config = {"job": {"description": f"clusterplan plan {plan.id}: {one_line(m.name)} {p.megatron_notation()}"}}
+    flavor = _TITAN_LLAMA3_FLAVORS.get((m.n_layers, m.hidden_size, m.n_heads, m.n_kv_heads, m.ffn_hidden_size,
+                                        m.vocab_size))
+    if flavor and m.mlp == "swiglu" and not m.tied_embeddings and not m.is_moe:
+        config["model"] = {"name": "llama3", "flavor": flavor}
+        notes.append("[model] hf_assets_path: the folder of the Llama 3 tokenizer")
+    else:
+        notes.append(f"[model] name/flavor: no torchtitan flavor has {one_line(m.name)}'s shape (layers {m.n_layers}, "
+                     f"hidden {m.hidden_size}, heads {m.n_heads}/{m.n_kv_heads}, ffn {m.ffn_hidden_size}, vocab "
+                     f"{m.vocab_size}): add one to the model's flavors and name it here")
+    if p.precision == "fp8":
+        config.setdefault("model", {})["converters"] = ["float8"]
+    config.update(training=training, parallelism=parallelism, activation_checkpoint=ac)
     return config, notes
+
+
+_TITAN_LLAMA3_FLAVORS = {(32, 4096, 32, 8, 14336, 128256): "8B", (80, 8192, 64, 8, 28672, 128256): "70B",
+                         (126, 16384, 128, 8, 53248, 128256): "405B"}
+"""torchtitan's Llama 3 flavors (torchtitan/models/llama3/__init__.py: dim, n_layers, n_heads, n_kv_heads;
+the FFN width from ffn_dim_multiplier 1.3 / 1.3 / 1.2 rounded up to multiple_of 1024 / 4096 / 4096)."""
+
+
+def _titan_stage_modules(stages: tuple[int, ...]) -> list[list[str]]:
+    """torchtitan's ``module_fqns_per_model_part``: each (virtual) stage's module names, the
+    embedding with the first stage, the final norm and output layer with the last."""
+    parts, first = [], 0
+    for n in stages:
+        parts.append([f"layers.{i}" for i in range(first, first + n)])
+        first += n
+    parts[0].insert(0, "tok_embeddings")
+    parts[-1] += ["norm", "output"]
+    return parts
 
 
 def to_torchtitan(plan: Plan) -> str:

@@ -164,10 +164,21 @@ def test_torchtitan_toml(key):
     assert (par["data_parallel_shard_degree"] > 1) == (p.sharding != "none" and p.dp > 1)
 
 
-def test_torchtitan_split_points_and_notes():
+def test_torchtitan_stage_modules_flavor_and_notes():
+    import dataclasses
+
     text = export_plan(PLANS["tp_pp_zero1_uneven"], "torchtitan")
     cfg = tomllib.loads(text)
-    assert cfg["parallelism"]["pipeline_parallel_split_points"] == ["layers.3"]
+    assert "pipeline_parallel_split_points" not in cfg["parallelism"]  # removed from torchtitan (2025-10)
+    assert cfg["parallelism"]["module_fqns_per_model_part"] == [
+        ["tok_embeddings", "layers.0", "layers.1", "layers.2"],
+        ["layers.3", "layers.4", "layers.5", "layers.6", "layers.7", "norm", "output"]]
+    assert "model" not in cfg and "no torchtitan flavor" in text
+    from planner.catalog import load_model
+    llama = dataclasses.replace(PLANS["fsdp_cp"], model=load_model("llama3-70b"))
+    assert tomllib.loads(export_plan(llama, "torchtitan"))["model"] == {"name": "llama3", "flavor": "70B"}
+    fp8 = dataclasses.replace(llama, parallel=dataclasses.replace(llama.parallel, precision="fp8"))
+    assert tomllib.loads(export_plan(fp8, "torchtitan"))["model"]["converters"] == ["float8"]
     inter = tomllib.loads(export_plan(PLANS["interleaved"], "torchtitan"))["parallelism"]
     assert inter["pipeline_parallel_layers_per_stage"] == 3
     assert inter["pipeline_parallel_schedule"] == "Interleaved1F1B"
