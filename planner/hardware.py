@@ -116,6 +116,26 @@ class MeasuredCollective:
 
 
 @dataclass(frozen=True)
+class AttentionKernel:
+    """A fused attention kernel's measured speed on a device, BF16/FP16, by sequence length (the
+    curves' sizes), as a fraction of the device's 16-bit peak: ``forward_causal`` (FLOPs counted
+    as the kernel benchmarks count them, half of the s x s product under a causal mask),
+    ``forward`` and ``backward`` without a mask (backward FLOPs = 2.5 x forward)."""
+
+    name: str
+    forward_causal: EfficiencyCurve
+    forward: EfficiencyCurve
+    backward: EfficiencyCurve
+
+    def causal_rates(self, seq_len: float, peak_flops: float) -> tuple[float, float]:
+        """(forward, backward) FLOP/s of a causal attention of ``seq_len`` on its halved FLOPs;
+        the causal backward at the unmasked backward's rate times the forward's causal/unmasked
+        ratio at that length (the source measures the backward unmasked only)."""
+        fwd = self.forward_causal(seq_len)
+        return fwd * peak_flops, self.backward(seq_len) * fwd / self.forward(seq_len) * peak_flops
+
+
+@dataclass(frozen=True)
 class DeviceSpec:
     """One accelerator (or one CPU rank for the local profile).
 
@@ -133,6 +153,8 @@ class DeviceSpec:
     sm_count: streaming multiprocessors (compute units) of a GPU; a running collective holds
         some of them (:func:`planner.cost.comm.comm_sm_fraction`). 0: not stated (CPU profiles),
         and overlapped communication then takes nothing from the compute.
+    attention_kernels: fused attention kernels measured on this device (:class:`AttentionKernel`);
+        a runtime's kernel found here prices the attention core, else its GEMM efficiency does.
     """
 
     name: str
@@ -147,6 +169,10 @@ class DeviceSpec:
     host_cores: int = 0
     sm_count: int = 0
     matmul_efficiency_by_dtype: tuple[tuple[str, EfficiencyCurve], ...] = ()
+    attention_kernels: tuple[AttentionKernel, ...] = ()
+
+    def attention_kernel(self, name: str) -> AttentionKernel | None:
+        return next((k for k in self.attention_kernels if k.name == name), None)
 
     def __post_init__(self) -> None:
         for dtype, _ in self.matmul_efficiency_by_dtype:

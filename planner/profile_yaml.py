@@ -17,8 +17,8 @@ import yaml
 
 from planner.errors import InputError, reject_unknown_keys, require
 from planner.framework_spec import FRAMEWORK_YAML, FrameworkSpec, RATE_TABLES, RateTable
-from planner.hardware import (DeviceSpec, DTYPES, EfficiencyCurve, LinkSpec, MeasuredCollective, NodeSpec,
-                              PROFILES_DIR)
+from planner.hardware import (AttentionKernel, DeviceSpec, DTYPES, EfficiencyCurve, LinkSpec, MeasuredCollective,
+                              NodeSpec, PROFILES_DIR)
 from planner.io import atomic_write_text, finite_number, parse_yaml, read_input_text, resolve_named_yaml
 from planner.units import GB, GIB, MICRO, TERA
 
@@ -35,7 +35,7 @@ _FRAMEWORK_OPTIONAL = {"concurrent_slowdown", "concurrent_gemm_slowdown", "sp_bl
                        "step_optimizer_slowdown"}
 _DEVICE_KEYS = {"name", "peak_tflops", "hbm_gib", "hbm_bandwidth_gb_s", "matmul_efficiency",
                 "memory_bound_efficiency", "kernel_overhead_us", "reserved_gib",
-                "fragmentation_fraction", "host_cores", "sm_count"}
+                "fragmentation_fraction", "host_cores", "sm_count", "attention_tflops"}
 _NODE_KEYS = {"gpus_per_node", "intra_node", "inter_node"}
 _LINK_KEYS = {"bandwidth_gb_s", "latency_us", "bus_efficiency"}
 _COLLECTIVE_KEYS = {"op", "group_size", "latency_us", "bus_bandwidth_gb_s", "times_us"}
@@ -64,7 +64,9 @@ def _parse_link(data: Any, where: str) -> LinkSpec:
         raise InputError(f"{where}.{err.field}", err.reason) from None
 
 
-def _parse_curve(data: Any, where: str) -> EfficiencyCurve:
+def _parse_curve(data: Any, where: str, limit: float = 1.0) -> EfficiencyCurve:
+    """``[[size, value], ...]`` with values in (0, ``limit``] (efficiencies: 1; rates: the peak),
+    as a curve of ``value / limit`` (a fraction of the peak)."""
     if not isinstance(data, list) or not data:
         raise InputError(where, "must be a non-empty list of [size, efficiency] pairs")
     points = []
@@ -72,11 +74,35 @@ def _parse_curve(data: Any, where: str) -> EfficiencyCurve:
         if (not isinstance(point, list) or len(point) != 2
                 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in point)):
             raise InputError(f"{where}[{i}]", f"must be [size, efficiency], got {point!r}")
-        points.append((float(point[0]), float(point[1])))
+        points.append((float(point[0]), float(point[1]) / limit))
     try:
         return EfficiencyCurve(tuple(points))
     except InputError as err:
-        raise InputError(where, err.reason) from None
+        reason = err.reason if limit == 1.0 else f"values must be in (0, {limit:g}] (the peak) and sizes increasing"
+        raise InputError(where, reason) from None
+
+
+_ATTENTION_SERIES = ("forward_causal", "forward", "backward")
+
+
+def _parse_attention(data: Any, peak_16bit_flops: float | None, where: str) -> tuple[AttentionKernel, ...]:
+    """``attention_tflops: {kernel: {forward_causal|forward|backward: [[seq_len, TFLOP/s], ...]}}``."""
+    if data is None:
+        return ()
+    data = _mapping(data, where)
+    if data and peak_16bit_flops is None:
+        raise InputError(where, "needs a bf16 or fp16 peak (the rates are 16-bit)")
+    kernels = []
+    for name, series in data.items():
+        series = _mapping(series, f"{where}.{name}")
+        reject_unknown_keys(series, set(_ATTENTION_SERIES), f"{where}.{name}")
+        curves = {}
+        for key in _ATTENTION_SERIES:
+            if key not in series:
+                raise InputError(f"{where}.{name}.{key}", "missing")
+            curves[key] = _parse_curve(series[key], f"{where}.{name}.{key}", limit=peak_16bit_flops / TERA)
+        kernels.append(AttentionKernel(str(name), **curves))
+    return tuple(kernels)
 
 
 def _parse_device(data: Any) -> DeviceSpec:
@@ -122,7 +148,13 @@ def _parse_device(data: Any) -> DeviceSpec:
         fragmentation_fraction=finite_number(data, "fragmentation_fraction", where),
         host_cores=counts["host_cores"],
         sm_count=counts["sm_count"],
+        attention_kernels=_parse_attention(data.get("attention_tflops"), _peak_16bit(peak_pairs),
+                                           f"{where}.attention_tflops"),
     )
+
+
+def _peak_16bit(peaks: list[tuple[str, float]]) -> float | None:
+    return next((flops for dtype, flops in peaks if dtype in ("bf16", "fp16")), None)
 
 
 def _parse_times(data: Any, where: str) -> tuple[tuple[float, float], ...]:
@@ -307,6 +339,15 @@ def profile_yaml(node: NodeSpec, *, header: Iterable[str] = (), comments: dict[s
         out.append(_line(1, "host_cores", str(int(d.host_cores)), c))
     if d.sm_count:
         out.append(_line(1, "sm_count", str(int(d.sm_count)), c))
+    if d.attention_kernels:
+        peak_tflops = _peak_16bit(list(d.peak_flops_per_s)) / TERA
+        out.append("  attention_tflops:")
+        for kernel in d.attention_kernels:
+            out.append(f"    {kernel.name}:")
+            for key in _ATTENTION_SERIES:
+                curve = getattr(kernel, key)
+                out.append(f"      {key}: [" + ", ".join(f"[{_num(n)}, {_num(v * peak_tflops)}]"
+                                                  for n, v in curve.points) + "]")
     out.append("node:")
     out.append(_line(1, "gpus_per_node", str(int(node.gpus_per_node)), c))
     for key, link in (("intra_node", node.intra_node), ("inter_node", node.inter_node)):

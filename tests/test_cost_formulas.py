@@ -138,3 +138,36 @@ def test_an_emulated_link_fit_recovers_a_known_link():
                                bus_efficiency=fit.bus_efficiency)
     priced = collective_time("all_reduce", 8 << 20, GroupShape(2, 1, 2), dataclasses.replace(node, inter_node=link))
     assert priced == pytest.approx(2 * latency + (8 << 20) / bandwidth, rel=1e-3)
+
+
+def test_flash_attention_runs_at_the_stacks_measured_kernel_rate():
+    """On H100 the attention core runs at the kernel's measured causal rate (FlashAttention-3
+    paper tables): Transformer Engine's cuDNN kernel for Megatron-Core, FlashAttention-2 for a
+    PyTorch SDPA stack; half the s x s product under the causal mask; a device without tables
+    (A100) keeps the GEMM efficiency."""
+    import dataclasses
+
+    from planner.cost.compute import layer_times, make_rates
+    from planner.cost.flops import layer_forward_flops
+    from planner.cost.runtime import get_runtime
+
+    m = ModelSpec("llama-ish", n_layers=32, hidden_size=4096, n_heads=32, n_kv_heads=8, ffn_hidden_size=14336,
+                  vocab_size=128256, seq_len=8192, mlp="swiglu", norm="rmsnorm", position="rope",
+                  tied_embeddings=False, bias=False)
+    h100 = load_profile("dgx-h100-80gb").device
+    rates = make_rates(h100, "bf16", 1)
+    core = layer_forward_flops(m, 8192, 8192).core
+    for runtime, kernel, fwd_tflops in (("megatron-core", "cudnn", 529), ("torchtitan", "flash2", 333)):
+        lt = layer_times(m, 1, 8192, 1, 1, False, "none", "bf16", rates, get_runtime(runtime))
+        assert lt.core_fwd_s == pytest.approx(core / 2 / (fwd_tflops * 1e12) + rates.overhead_s, rel=1e-9)
+        k = h100.attention_kernel(kernel)
+        bwd = k.backward(8192) * k.forward_causal(8192) / k.forward(8192) * h100.peak_flops("bf16")
+        assert lt.core_bwd_s == pytest.approx(2.5 * core / 2 / bwd + rates.overhead_s, rel=1e-9)
+    a100 = load_profile("dgx-a100-80gb").device
+    plain = layer_times(m, 1, 8192, 1, 1, False, "none", "bf16", make_rates(a100, "bf16", 1),
+                        get_runtime("megatron-core"))
+    untabled = dataclasses.replace(h100, attention_kernels=())
+    slow = layer_times(m, 1, 8192, 1, 1, False, "none", "bf16", make_rates(untabled, "bf16", 1),
+                       get_runtime("megatron-core"))
+    assert plain.core_fwd_s > 0 and slow.core_fwd_s != pytest.approx(
+        layer_times(m, 1, 8192, 1, 1, False, "none", "bf16", rates, get_runtime("megatron-core")).core_fwd_s)

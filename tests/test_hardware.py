@@ -274,3 +274,21 @@ def test_malformed_collective_table_names_the_field(times, field):
     with pytest.raises(InputError) as err:
         parse_profile(_with_table(times))
     assert err.value.field == field
+
+
+def test_attention_kernel_tables_parse_strictly_and_round_trip():
+    from planner.profile_yaml import profile_yaml
+
+    node = load_profile("dgx-h100-80gb")
+    assert {k.name for k in node.device.attention_kernels} == {"flash2", "cudnn", "flash3"}
+    assert parse_profile(yaml.safe_load(profile_yaml(node))).device.attention_kernels == node.device.attention_kernels
+    raw = yaml.safe_load((PROFILES_DIR / "dgx-h100-80gb.yaml").read_text())
+    bad = copy.deepcopy(raw)
+    bad["device"]["attention_tflops"]["cudnn"]["forward"][0][1] = 5000.0  # above the 989 TFLOP/s peak
+    with pytest.raises(InputError) as err:
+        parse_profile(bad)
+    assert "attention_tflops.cudnn.forward" in str(err.value)
+    missing = copy.deepcopy(raw)
+    del missing["device"]["attention_tflops"]["flash2"]["backward"]
+    with pytest.raises(InputError, match="flash2.backward: missing"):
+        parse_profile(missing)

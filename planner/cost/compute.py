@@ -156,6 +156,13 @@ def _gemm(rates: Rates, m: float, n: float, k: float, bpe: int, unquantized: boo
     return t, t
 
 
+def _measured_kernel(rates: Rates, runtime: Runtime):
+    """The runtime's attention kernel as measured on the device (16-bit attention only), or None."""
+    if rates.unquantized_dtype not in ("bf16", "fp16"):
+        return None
+    return rates.device.attention_kernel(runtime.attention_kernel)
+
+
 @lru_cache(maxsize=65536)
 def layer_times(model: ModelSpec, micro_batch: int, seq_len: int, tp: int, cp: int,
                 sequence_parallel: bool, recompute: str, precision: str, rates: Rates,
@@ -185,6 +192,13 @@ def layer_times(model: ModelSpec, micro_batch: int, seq_len: int, tp: int, cp: i
     measured_core = rates.attention_core(model, seq_len, core_flops) if runtime.attention == "flash" else None
     if measured_core is not None:  # the executor's own SDPA call, timed by calibrate
         core_f, core_b = measured_core
+    elif runtime.attention == "flash" and (kernel := _measured_kernel(rates, runtime)) is not None:
+        # the stack's fused kernel at its measured causal rates; a causal mask does half of
+        # the s x s product the FLOP count holds (the benchmarks' convention)
+        fwd_rate, bwd_rate = kernel.causal_rates(seq_len, rates.unquantized_peak_flops)
+        scale = rates.gemm_concurrent / rates.share
+        core_f = core_flops / 2 * scale / fwd_rate + rates.overhead_s
+        core_b = 2.5 * core_flops / 2 * scale / bwd_rate + rates.overhead_s
     elif runtime.attention == "flash":
         # fused kernel; reads Q, K, V, writes O (no s x s traffic). Backward recomputes the
         # scores: 5 matmuls vs 2 forward (Dao et al. 2022, Alg. 2/4) -> 2.5x forward FLOPs.

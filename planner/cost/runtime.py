@@ -34,6 +34,10 @@ class Runtime:
         backward recomputes the scores: 2.5x the forward matmul work) or ``unfused``
         (Megatron-LM 2021: QK^T and AV batched GEMMs with s x s scores written to memory, fused
         scale-mask-softmax, attention dropout as separate kernels).
+    attention_kernel: with ``flash`` attention, the fused kernel the stack calls, priced at its
+        measured rate where the profile has it (:attr:`planner.hardware.DeviceSpec.
+        attention_kernels`): ``flash2`` (FlashAttention-2: PyTorch SDPA's flash backend,
+        flash-attn 2), ``cudnn`` (Transformer Engine's fused attention, cuDNN on Hopper), ``flash3``.
     overlap_grad_reduce: DP gradient reduction overlapped with the backward pass (PyTorch DDP
         buckets, Megatron-Core ``--overlap-grad-reduce``); only the part longer than one
         micro-batch's backward on the stage is exposed. Otherwise it runs after backward.
@@ -96,6 +100,7 @@ class Runtime:
     name: str = "default"
     executor: bool = False
     attention: str = "flash"
+    attention_kernel: str = "flash2"
     overlap_grad_reduce: bool = True
     overlap_param_gather: bool = True
     tp_comm_overlap: bool = False
@@ -152,7 +157,8 @@ class Runtime:
                 f"must be one of {GATHER_GRANULARITY}")
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "executor": self.executor, "attention": self.attention, "overlap_grad_reduce": self.overlap_grad_reduce,
+        return {"name": self.name, "executor": self.executor, "attention": self.attention,
+                "attention_kernel": self.attention_kernel, "overlap_grad_reduce": self.overlap_grad_reduce,
                 "overlap_param_gather": self.overlap_param_gather,
                 "tp_comm_overlap": self.tp_comm_overlap,
                 "pipeline_grad_all_reduce": self.pipeline_grad_all_reduce,
@@ -197,7 +203,8 @@ RUNTIME_PRESETS: dict[str, Runtime] = {
     # "Performance": "We perform fine-grained overlapping of data-parallel (--overlap-grad-reduce
     # --overlap-param-gather), tensor-parallel (--tp-comm-overlap) and pipeline-parallel
     # communication").
-    "megatron-core": Runtime(name="megatron-core", attention="flash", overlap_grad_reduce=True,
+    # Attention: TE's DotProductAttention, which on Hopper picks cuDNN's fused kernel (NVTE_FUSED_ATTN).
+    "megatron-core": Runtime(name="megatron-core", attention="flash", attention_kernel="cudnn", overlap_grad_reduce=True,
                              overlap_param_gather=True, tp_comm_overlap=True, **_MEGATRON_RULES),
     # DeepSpeed ZeRO-3 inside Megatron (2021, SC'21 Table 2): per-parameter gathers issued by
     # module hooks (DeepSpeed v0.3.13-v0.5 stage3.py): each sub-module's hook waits for its
