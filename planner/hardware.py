@@ -134,6 +134,13 @@ class AttentionKernel:
         fwd = self.forward_causal(seq_len)
         return fwd * peak_flops, self.backward(seq_len) * fwd / self.forward(seq_len) * peak_flops
 
+    def scaled(self, scale: float) -> "AttentionKernel":
+        """This kernel at ``scale`` times its measured speed (each point at most the peak)."""
+        def curve(c: EfficiencyCurve) -> EfficiencyCurve:
+            return EfficiencyCurve(tuple((n, min(1.0, v * scale)) for n, v in c.points))
+
+        return AttentionKernel(self.name, curve(self.forward_causal), curve(self.forward), curve(self.backward))
+
 
 @dataclass(frozen=True)
 class DeviceSpec:

@@ -219,3 +219,33 @@ def test_a_malformed_table_row_is_one_line_naming_row_and_column(base, tmp_path,
     assert main(["fit", "--runs", str(table), "--hardware", str(path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "row 2" in err[0] and "column" in err[0]
+
+
+def test_attention_scale_is_recovered_apart_from_the_gemms_on_a_gpu_profile():
+    """Runs whose attention share differs (sequence 2k to 16k) separate the attention kernels'
+    speed from the GEMMs'; on a profile without attention tables the fit leaves it."""
+    import dataclasses
+
+    from planner.calibrate.runs_table import MeasuredRun
+    from planner.cost.runtime import get_runtime
+
+    h100 = load_profile("dgx-h100-80gb")
+    true = apply_params(h100, {"compute_scale": 0.9, "attention_scale": 0.7})
+    runtime = get_runtime("megatron-core")
+    runs = []
+    for seq, tp in ((2048, 1), (4096, 2), (8192, 2), (16384, 4), (8192, 8)):
+        par = ParallelConfig(tp=tp, dp=8 // tp, global_batch=64, seq_len=seq)
+        plan = Plan(model=LLAMA_8B, hardware="dgx-h100-80gb", n_nodes=1, gpus_per_node=8, parallel=par)
+        runs.append(MeasuredRun(f"s{seq}-tp{tp}", plan, predict_step_time(plan, true, runtime)))
+    res = fit_profile(runs, h100, params=["compute_scale", "attention_scale"], loo=False, runtime=runtime)
+    assert res.params["compute_scale"] == pytest.approx(0.9, rel=0.02)
+    assert res.params["attention_scale"] == pytest.approx(0.7, rel=0.02)
+    a100 = load_profile("dgx-a100-80gb")  # no attention tables: the GEMM curve prices attention
+    res = fit_profile([MeasuredRun(r.name, dataclasses.replace(r.plan, hardware="dgx-a100-80gb"), 1.0) for r in runs],
+                      a100, params=["compute_scale", "attention_scale"], loo=False, runtime=runtime)
+    assert "attention_scale" in res.fixed and "do not depend" in res.fixed["attention_scale"]
+
+
+LLAMA_8B = ModelSpec(name="llama-8b-ish", n_layers=4, hidden_size=4096, n_heads=32, n_kv_heads=8,
+                     ffn_hidden_size=14336, vocab_size=128256, seq_len=8192, mlp="swiglu", norm="rmsnorm",
+                     position="rope", tied_embeddings=False, bias=False)

@@ -31,14 +31,17 @@ from planner.profile_yaml import profile_yaml
 
 GIB = 1024.0**3
 FIT_PARAMS = ("compute_scale", "memory_bound_efficiency", "kernel_overhead_s", "intra_bandwidth_scale",
-              "inter_bandwidth_scale", "latency_scale")
+              "inter_bandwidth_scale", "latency_scale", "attention_scale")
 """Physical parameters, in the order they are tried: GEMM and attention rate (a scale of the
 peak), memory-bound efficiency, per-kernel overhead, bandwidth of each link tier (within a node,
-between nodes; a CPU profile's measured collectives are the within-node tier), latency."""
-_LOG_PARAMS = {"compute_scale", "latency_scale", "intra_bandwidth_scale", "inter_bandwidth_scale"}
+between nodes; a CPU profile's measured collectives are the within-node tier), latency, and the
+attention kernels' rate apart from the GEMMs' (a scale of the profile's measured attention tables:
+its fused kernels', or the executor's SDPA's; without tables the GEMM curve prices attention and
+this parameter changes nothing, so the fit leaves it)."""
+_LOG_PARAMS = {"compute_scale", "latency_scale", "intra_bandwidth_scale", "inter_bandwidth_scale", "attention_scale"}
 _BOUNDS = {"compute_scale": (0.2, 5.0), "kernel_overhead_s": (0.0, 1e-3), "memory_bound_efficiency": (0.01, 1.0),
            "latency_scale": (0.05, 20.0), "intra_bandwidth_scale": (0.05, 20.0),
-           "inter_bandwidth_scale": (0.05, 20.0)}
+           "inter_bandwidth_scale": (0.05, 20.0), "attention_scale": (0.2, 5.0)}
 _UNIT = {"kernel_overhead_s": 1e-6}  # optimise the overhead in microseconds (conditioning)
 COLLINEAR_RATIO = 1e-3
 """A parameter joins the fit only if the smallest singular value of the column-normalised
@@ -49,7 +52,8 @@ def base_params(node: NodeSpec) -> dict[str, float]:
     """The parameter values of ``node`` itself (scales 1)."""
     return {"compute_scale": 1.0, "kernel_overhead_s": node.device.kernel_overhead_s,
             "memory_bound_efficiency": node.device.memory_bound_efficiency,
-            "latency_scale": 1.0, "intra_bandwidth_scale": 1.0, "inter_bandwidth_scale": 1.0}
+            "latency_scale": 1.0, "intra_bandwidth_scale": 1.0, "inter_bandwidth_scale": 1.0,
+            "attention_scale": 1.0}
 
 
 def apply_params(node: NodeSpec, params: dict[str, float]) -> NodeSpec:
@@ -64,7 +68,14 @@ def apply_params(node: NodeSpec, params: dict[str, float]) -> NodeSpec:
         peak_flops_per_s=tuple((dt, f * p["compute_scale"]) for dt, f in d.peak_flops_per_s),
         kernel_overhead_s=p["kernel_overhead_s"],
         memory_bound_efficiency=min(1.0, p["memory_bound_efficiency"]),
+        attention_kernels=tuple(k.scaled(p["attention_scale"]) for k in d.attention_kernels),
     )
+    framework = node.framework
+    if framework is not None and framework.attention_rates and p["attention_scale"] != 1.0:
+        a = p["attention_scale"]
+        framework = dataclasses.replace(framework, attention_rates=tuple(
+            (kind, dtype, tuple((n, f * a, b * a) for n, f, b in points))
+            for kind, dtype, points in framework.attention_rates))
     ls = p["latency_scale"]
 
     def link(l: LinkSpec, bs: float) -> LinkSpec:
@@ -81,7 +92,9 @@ def apply_params(node: NodeSpec, params: dict[str, float]) -> NodeSpec:
                                       times_s=table(c))
                   for c in node.collectives)
     return dataclasses.replace(node, device=device, intra_node=link(node.intra_node, bs),
-                               inter_node=link(node.inter_node, p["inter_bandwidth_scale"]), collectives=colls)
+                               inter_node=link(node.inter_node, p["inter_bandwidth_scale"]), collectives=colls,
+                               framework=framework)
+
 
 
 def find_plan(run_dir: str | os.PathLike, summary: dict, extra_plans: Iterable[str | os.PathLike] = ()):
