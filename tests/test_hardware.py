@@ -292,3 +292,32 @@ def test_attention_kernel_tables_parse_strictly_and_round_trip():
     del missing["device"]["attention_tflops"]["flash2"]["backward"]
     with pytest.raises(InputError, match="flash2.backward: missing"):
         parse_profile(missing)
+
+
+def test_a_cpu_profile_used_on_another_host_says_so(tmp_path, capsys):
+    """calibrate records the host's CPU model and cores; predict on another host warns in one line."""
+    import dataclasses
+
+    from planner.calibrate.host import other_host, warn_if_other_host
+    from planner.profile_yaml import write_profile
+
+    node = load_profile("local-cpu")
+    here = dataclasses.replace(node, measured_on="host=a; cpu=Test CPU 9000; cores=2 (affinity 2); torch=x")
+    assert other_host(here, model="Test CPU 9000", cores=2) is None
+    why = other_host(here, model="Other CPU", cores=2)
+    assert "Test CPU 9000 (2 cores)" in why and "Other CPU (2 cores)" in why
+    assert "16 cores" in other_host(here, model="Test CPU 9000", cores=16)
+    assert other_host(load_profile("dgx-h100-80gb"), model="x", cores=1) is None  # GPU profiles: no host
+    assert other_host(dataclasses.replace(here, measured_on=""), model="x", cores=1) is None
+    warn_if_other_host([here], "predict")
+    from planner.calibrate.host import cpu_model
+    import os
+    err = capsys.readouterr().err.strip().splitlines()
+    expected = 0 if (cpu_model(), os.cpu_count()) == ("Test CPU 9000", 2) else 1
+    assert len(err) == expected and (not err or err[0].startswith("clusterplan predict: warning: "))
+    path = tmp_path / "elsewhere.yaml"
+    write_profile(here, path)
+    from planner.cli import main
+    assert main(["predict", "--model", "tiny-gpt", "--hardware", str(path), "--nodes", "1", "--gpus-per-node", "2",
+                 "--global-batch", "8"]) == 0
+    assert "warning: " in capsys.readouterr().err

@@ -200,6 +200,7 @@ def what_would_fit(model, cluster, args, fixed, runtime, hetero: bool) -> list[s
 
 
 def handler(args: argparse.Namespace) -> int:
+    from planner.calibrate.host import warn_if_other_host
     from planner.cost.runtime import get_runtime
     from planner.catalog import load_model
     from planner.search.space import parse_fix
@@ -239,6 +240,7 @@ def handler(args: argparse.Namespace) -> int:
         d.mkdir(parents=True, exist_ok=True)
         for i, plan in enumerate(plans):
             plan.save(d / f"rank-{i + 1:02d}-{plan.id}.json")
+    warn_if_other_host((g.node for g in cluster.groups), "plan")
     ranges = trust_ranges(result, hetero) if result.fits else []
     ceiling = mfu_ceiling_check(result, hetero) if result.fits else None
     if args.json:

@@ -155,6 +155,7 @@ def _trust(plan, pred):
 def handler(args: argparse.Namespace) -> int:
     from planner.trust import describe
 
+    from planner.calibrate.host import warn_if_profile_of_other_host
     from planner.cost.runtime import get_runtime
     from planner.cost.step import predict_plan
     from planner.profile_yaml import load_profile
@@ -181,4 +182,6 @@ def handler(args: argparse.Namespace) -> int:
         print(f"  step time range      {describe(confidence)}")
         if reading is not None:
             print(f"  peak memory as {args.memory_source} reads it: {reading / _GIB:.2f} GiB (fitted relation)")
+    if not plan.cluster:
+        warn_if_profile_of_other_host(plan.hardware, "predict")
     return 0

@@ -315,6 +315,7 @@ def argparse_suppress():
 
 
 def handler(args) -> int:
+    from planner.calibrate.host import warn_if_profile_of_other_host
     from planner.plan import Plan
 
     plan = Plan.load(args.plan)
@@ -343,4 +344,6 @@ def handler(args) -> int:
         print(line)
         print(f"records: {Path(cfg.out) / 'records.jsonl'}  summary: {Path(cfg.out) / 'summary.json'}"
               + (f"  ranks' output: {Path(cfg.out) / RANKS_LOG}" if rc else ""))
+    if not plan.cluster:  # the prediction beside the measurement came from this profile
+        warn_if_profile_of_other_host(plan.hardware, "run")
     return rc
