@@ -5,6 +5,7 @@ from __future__ import annotations
 import bisect
 import dataclasses
 import math
+import platform
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -315,3 +316,15 @@ class ClusterSpec:
     @property
     def world_size(self) -> int:
         return sum(g.n_nodes * g.node.gpus_per_node for g in self.groups)
+
+
+def host_cpu_model() -> str:
+    """This host's CPU model as ``/proc/cpuinfo`` names it (what ``calibrate`` records)."""
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"

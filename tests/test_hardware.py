@@ -310,10 +310,11 @@ def test_a_cpu_profile_used_on_another_host_says_so(tmp_path, capsys):
     assert other_host(load_profile("dgx-h100-80gb"), model="x", cores=1) is None  # GPU profiles: no host
     assert other_host(dataclasses.replace(here, measured_on=""), model="x", cores=1) is None
     warn_if_other_host([here], "predict")
-    from planner.calibrate.host import cpu_model
     import os
+
+    from planner.hardware import host_cpu_model
     err = capsys.readouterr().err.strip().splitlines()
-    expected = 0 if (cpu_model(), os.cpu_count()) == ("Test CPU 9000", 2) else 1
+    expected = 0 if (host_cpu_model(), os.cpu_count()) == ("Test CPU 9000", 2) else 1
     assert len(err) == expected and (not err or err[0].startswith("clusterplan predict: warning: "))
     path = tmp_path / "elsewhere.yaml"
     write_profile(here, path)

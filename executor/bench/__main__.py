@@ -24,18 +24,8 @@ RSS_AFTER_IMPORT = rss_bytes()
 import torch.distributed as dist  # noqa: E402
 
 from executor.bench import SCHEMA  # noqa: E402
+from planner.hardware import host_cpu_model  # noqa: E402
 from executor.bench import attention, collectives, compute, elementwise, framework, timing  # noqa: E402
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _mem_total_bytes() -> int:
@@ -93,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         "reps": reps,
         "env": {
             "hostname": socket.gethostname(),
-            "cpu_model": _cpu_model(),
+            "cpu_model": host_cpu_model(),
             "cpu_count": os.cpu_count(),
             "affinity_cores": len(os.sched_getaffinity(0)),
             "torch_version": torch.__version__,

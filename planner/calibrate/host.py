@@ -4,24 +4,11 @@ its rates describe that one, and the commands that price with it say so in one w
 from __future__ import annotations
 
 import os
-import platform
 import re
 import sys
 from collections.abc import Iterable
 
-from planner.hardware import NodeSpec
-
-
-def cpu_model() -> str:
-    """This host's CPU model as ``/proc/cpuinfo`` names it (what calibrate records)."""
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+from planner.hardware import NodeSpec, host_cpu_model
 
 
 def other_host(node: NodeSpec, model: str | None = None, cores: int | None = None) -> str | None:
@@ -32,7 +19,7 @@ def other_host(node: NodeSpec, model: str | None = None, cores: int | None = Non
     found = re.search(r"cpu=(?P<cpu>[^;]+?); cores=(?P<cores>\d+)", node.measured_on)
     if not found:
         return None
-    model = cpu_model() if model is None else model
+    model = host_cpu_model() if model is None else model
     cores = (os.cpu_count() or 1) if cores is None else cores
     was = (found["cpu"].strip(), int(found["cores"]))
     if was == (model, cores):
