@@ -308,22 +308,34 @@ def plot_scatter(comp: Comparison, path: Path) -> Path:
         meas = sub["measured_step_time_s"].astype(float)
         lo = (meas - sub["measured_step_time_s_p10"].astype(float).fillna(meas)).clip(lower=0)
         hi = (sub["measured_step_time_s_p90"].astype(float).fillna(meas) - meas).clip(lower=0)
-        ax.errorbar(sub["predicted_step_time_s"].astype(float), meas, yerr=[lo, hi], fmt=marker,
-                    capsize=3, label=f"{status} ({len(sub)})")
+        pred = sub["predicted_step_time_s"].astype(float)
+        ax.errorbar(pred, meas, yerr=[lo, hi], fmt=marker, capsize=3, label=f"{status} ({len(sub)})")
+        for x, y, name in zip(pred, meas, sub["parallel"].astype(str)):  # every point says which plan
+            if x > 0 and y > 0:
+                ax.annotate(name, (x, y), xytext=(4, 3), textcoords="offset points", fontsize=6)
     vals = [v for v in list(df["predicted_step_time_s"]) + list(df["measured_step_time_s"])
             if v is not None and not math.isnan(v) and v > 0]
     if vals:
         lo_v, hi_v = min(vals) / 1.2, max(vals) * 1.2
         ax.plot([lo_v, hi_v], [lo_v, hi_v], "k--", lw=1, label="predicted = measured")
-        ax.set_xscale("log")
-        ax.set_yscale("log")
+        if hi_v / lo_v > 20:  # a log scale only where the times span decades
+            from matplotlib.ticker import NullFormatter, ScalarFormatter
+
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            for axis in (ax.xaxis, ax.yaxis):
+                axis.set_major_formatter(ScalarFormatter())
+                axis.set_minor_formatter(NullFormatter())
         ax.set_xlim(lo_v, hi_v)
         ax.set_ylim(lo_v, hi_v)
     ax.set_xlabel("predicted step time (s)")
     ax.set_ylabel("measured step time (s), median and p10–p90")
     st = comp.stats
-    ax.set_title(f"median |err| {_fmt(st['median_abs_error_pct'], 2, 1, '%')}, "
-                 f"Spearman {_fmt(st['spearman'], 2)}")
+    if st["median_abs_error_pct"] is None:
+        ax.set_title("no run finished ok: nothing to compare")
+    else:
+        ax.set_title(f"median |step-time error| {_fmt(st['median_abs_error_pct'], 2, 1, '%')}, "
+                     f"Spearman {_fmt(st['spearman'], 2)}")
     ax.legend(fontsize=8)
     return _savefig(fig, path)
 
@@ -391,7 +403,7 @@ def plot_timeline(run: Run, path: Path) -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    colors = {"forward": "#4c72b0", "backward": "#dd8452", "backward_input": "#dd8452",
+    colors = {"forward": "#4c72b0", "backward": "#dd8452", "backward_input": "#937860",
               "backward_weight": "#e8b07a", "optimizer": "#55a868", "comm": "#c44e52", "recompute": "#8172b3"}
     rows = max([int(t.get("stage", 0)) for t in pred] + [int(e["row"]) for e in meas] + [0]) + 1
     fig, axes = plt.subplots(2, 1, figsize=(10, 1.2 + 0.8 * rows * 2), sharex=True)

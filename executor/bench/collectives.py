@@ -64,13 +64,13 @@ def _op_fn(op: str, size_bytes: int, group, g: int, rank_in_group: int, ranks: l
     raise ValueError(op)
 
 
-def _per_call_times(fn, inner: int, group, reduce_op) -> list[float]:
-    """Time ``inner`` calls, each started right after a barrier, and combine each call's time over
-    the members with ``reduce_op`` (MIN: the last rank to arrive sees the collective's own time,
-    without the barrier-exit skew of the others)."""
+def _per_call_times(fn, inner: int, group, reduce_op, sync_group=None) -> list[float]:
+    """Time ``inner`` calls, each started right after a barrier (of ``sync_group``, default the
+    group itself), and combine each call's time over the members with ``reduce_op`` (MIN: the last
+    rank to arrive sees the collective's own time, without the barrier-exit skew of the others)."""
     times = []
     for _ in range(inner):
-        dist.barrier(group=group)
+        dist.barrier(group=sync_group or group)
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
@@ -80,12 +80,14 @@ def _per_call_times(fn, inner: int, group, reduce_op) -> list[float]:
 
 
 def bench_group(group, ranks: list[int], *, sizes, reps: int, target_s: float = 0.15,
-                max_inner: int = 40) -> list[dict]:
+                max_inner: int = 40, sync_group=None) -> list[dict]:
     """Time every op and size on ``group`` (called by its members only).
 
     Calls are isolated (a barrier before each): gloo is several times slower for 1-256 KB messages
     issued back to back than one at a time, and the executor's collectives are separated by
-    compute. A sample is the median over ``inner`` calls; ``reps`` samples are kept."""
+    compute. A sample is the median over ``inner`` calls; ``reps`` samples are kept.
+    ``sync_group``: several groups timed at once (every rank of ``sync_group`` calls this for its
+    own group): each call starts after a barrier of all of them, and the call counts are rank 0's."""
     g = len(ranks)
     me = ranks.index(dist.get_rank())
     out = []
@@ -101,14 +103,17 @@ def bench_group(group, ranks: list[int], *, sizes, reps: int, target_s: float = 
                 continue
             seen.add(numel)
             fn = _op_fn(op, size, group, g, me, ranks)
-            first = _per_call_times(fn, 2, group, reduce_op)[-1]  # warm-up: connections, first touch
+            first = _per_call_times(fn, 2, group, reduce_op, sync_group)[-1]  # warm-up: connections, first touch
             inner = max(3, min(max_inner, int(target_s / reps / max(first, 1e-7))))
             box = torch.tensor([inner])  # every member must run the same count: take rank 0's
-            dist.broadcast(box, ranks[0], group=group)
+            if sync_group is None:
+                dist.broadcast(box, ranks[0], group=group)
+            else:
+                dist.broadcast(box, 0, group=sync_group)
             inner = int(box.item())
             times = []
             for _ in range(reps):
-                calls = _per_call_times(fn, inner, group, reduce_op)
+                calls = _per_call_times(fn, inner, group, reduce_op, sync_group)
                 times.append(statistics.median(calls) / (2 if ping_pong else 1))
             out.append({"op": op, "group_size": g, "bytes": numel * 4, "times_s": times,
                         "median_s": statistics.median(times), "inner": inner})

@@ -1,7 +1,8 @@
 """The collectives between the nodes of an emulated cluster: ``python -m executor.bench.links
---out RESULTS.json [--sizes BYTES ...]``, one rank per node under torchrun (gloo on the node's
-shaped interface). Every op of :func:`executor.bench.collectives.bench_group` on the world group;
-rank 0 writes the JSON list."""
+--out RESULTS.json [--sizes BYTES ...]`` under torchrun on two nodes with g ranks each (gloo on the
+node's shaped interface). Rank r of node 0 and rank r of node 1 form a pair; the g pairs run every
+op of :func:`executor.bench.collectives.bench_group` at once, so each pair sees its share of the
+link as a training step's concurrent collectives do. Rank 0 writes its pair's JSON list."""
 from __future__ import annotations
 
 import argparse
@@ -23,8 +24,12 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     dist.init_process_group("gloo")
     try:
-        results = bench_group(dist.group.WORLD, list(range(dist.get_world_size())), sizes=a.sizes, reps=a.reps,
-                              target_s=0.3, max_inner=10)
+        g = dist.get_world_size() // 2
+        pairs = [[r, r + g] for r in range(g)]
+        groups = [dist.new_group(pair) for pair in pairs]  # every rank creates every group, in order
+        mine = dist.get_rank() % g
+        results = bench_group(groups[mine], pairs[mine], sizes=a.sizes, reps=a.reps, target_s=0.3, max_inner=10,
+                              sync_group=dist.group.WORLD)  # the pairs' calls start together
         if dist.get_rank() == 0:
             Path(a.out).write_text(json.dumps(results, indent=1) + "\n")
     finally:

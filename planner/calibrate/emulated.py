@@ -1,13 +1,14 @@
 """``clusterplan calibrate --emulated``: the emulated cluster's inter-node link measured, not
 typed (:mod:`planner.emulate`).
 
-Node 0 and node 1 each run one rank (torchrun, c10d rendezvous at node 0's address, gloo on the
-shaped ``eth0``) of ``executor.bench.links``: every collective at every size, as ``calibrate``
-times them on one host. The link's latency and achieved bandwidth are fitted to the all-reduce
+Node 0 and node 1 each run ``gpus_per_node`` ranks (torchrun, c10d rendezvous at node 0's
+address, gloo on the shaped ``eth0``) of ``executor.bench.links``: rank r of each node forms a
+pair, and the pairs time every collective at every size at once, each on its share of the link
+(and of the host's cores), as a step's concurrent collectives run. The link's latency and achieved bandwidth are fitted to the all-reduce
 and ping-pong times in the forms the cost model prices them with (:func:`planner.cost.comm.
 collective_time` for two ranks on two nodes: ``2 latency + S / B``; a send: ``latency + S / B``):
 the latency from the smallest messages, the bandwidth from the largest. The profile is the base CPU profile with that link
-(``bus_efficiency = B / line rate``; each of ``gpus_per_node`` ranks gets its share of the line).
+(``bus_efficiency = B / (line rate / gpus_per_node)``: each rank's share).
 """
 from __future__ import annotations
 
@@ -71,15 +72,16 @@ def fit_link(results: list[dict], line_bytes_per_s: float) -> LinkFit:
     return LinkFit(latency_s, 1.0 / per_byte_s, line_bytes_per_s, fitted)
 
 
-def measure(cluster: EmulatedCluster, sizes, timeout_s: float = 600.0) -> list[dict]:
-    """Run ``executor.bench.links`` on nodes 0 and 1 of ``cluster``; its results."""
+def measure(cluster: EmulatedCluster, sizes, ranks_per_node: int = 1, timeout_s: float = 600.0) -> list[dict]:
+    """Run ``executor.bench.links`` on nodes 0 and 1 of ``cluster`` with ``ranks_per_node`` ranks
+    each (that many pairs share the link at once); one pair's results."""
     with tempfile.TemporaryDirectory(prefix="clusterplan-links-") as tmp:
         out = Path(tmp) / "links.json"
         procs = []
         for i in range(2):
             cmd = cluster.in_node(i, [
                 sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node-rank", str(i),
-                "--nproc-per-node", "1", "--rdzv-backend", "c10d", "--rdzv-endpoint",
+                "--nproc-per-node", str(ranks_per_node), "--rdzv-backend", "c10d", "--rdzv-endpoint",
                 f"{cluster.address(0)}:{RDZV_PORT}", "--rdzv-conf", f"is_host={1 if i == 0 else 0}",
                 "--local-addr", cluster.address(i), "-m", "executor.bench.links", "--out", str(out),
                 "--sizes", *map(str, sizes)])
