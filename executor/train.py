@@ -54,7 +54,7 @@ def tie_embeddings(plan: Plan) -> bool:
 
 def check_supported(plan: Plan) -> None:
     p = plan.parallel
-    why = unsupported(p)
+    why = unsupported(p, plan.model)
     if why:
         field, reason = why.split(": ", 1)
         raise InputError(field, reason)

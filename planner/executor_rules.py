@@ -11,8 +11,11 @@ PRECISIONS = ("fp32", "bf16")
 """What the executor trains in: fp32, or bf16 autocast with fp32 master weights."""
 
 
-def unsupported(parallel) -> str:
-    """Why the executor cannot run ``parallel`` (a ParallelConfig), or "" when it can."""
+def unsupported(parallel, model=None) -> str:
+    """Why the executor cannot run ``parallel`` (a ParallelConfig) of ``model`` (a ModelSpec),
+    or "" when it can."""
+    if model is not None and model.shared_expert_ffn_hidden_size:
+        return "model: the executor's MoE block has routed experts only (no shared expert)"
     if parallel.cp > 1:
         return "cp: context parallelism is not implemented by the executor (cp must be 1)"
     if parallel.precision not in PRECISIONS:

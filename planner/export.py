@@ -126,6 +126,8 @@ def megatron_args(plan: Plan) -> tuple[list[str], list[str]]:
         add("--moe-router-topk", m.top_k)
         if m.expert_ffn_hidden_size:
             add("--moe-ffn-hidden-size", m.expert_ffn_hidden_size)
+        if m.shared_expert_ffn_hidden_size:
+            add("--moe-shared-expert-intermediate-size", m.shared_expert_ffn_hidden_size)
         add("--expert-model-parallel-size", p.ep)
         add("--moe-token-dispatcher-type", "alltoall")  # what the cost model prices
         add("--moe-grouped-gemm")

@@ -10,7 +10,10 @@ modeling code:
 - llama / mistral / mixtral / qwen2: RMSNorm, SwiGLU, RoPE, GQA via ``num_key_value_heads``,
   untied head unless ``tie_word_embeddings``; llama's ``attention_bias``/``mlp_bias``; qwen2 has
   Q/K/V biases but none on the output projection or MLP; mixtral's ``num_local_experts`` and
-  ``num_experts_per_tok`` (router h x E without bias).
+  ``num_experts_per_tok`` (router h x E without bias); qwen2_moe: ``num_experts`` of
+  ``moe_intermediate_size``, top ``num_experts_per_tok``, a shared expert of
+  ``shared_expert_intermediate_size`` with its sigmoid gate (h weights), every block MoE
+  (``mlp_only_layers`` empty, ``decoder_sparse_step`` 1; otherwise refused).
 - opt: ``ffn_dim``; ``word_embed_proj_dim`` != hidden_size adds project_in/out (opt-350m);
   learned positions with an offset of 2; ``do_layer_norm_before`` false drops the final norm;
   ``enable_bias``; ReLU.
@@ -37,7 +40,7 @@ from planner.errors import InputError
 from planner.io import read_input_text
 from planner.model import ModelSpec, parse_json_config
 
-SUPPORTED_TYPES = ("gpt2", "llama", "mistral", "mixtral", "qwen2", "opt", "gpt_neox", "mpt")
+SUPPORTED_TYPES = ("gpt2", "llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "opt", "gpt_neox", "mpt")
 
 # transformers' LlamaConfig / MistralConfig __init__ defaults (architecture keys only).
 _TEXT_CONFIG_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -132,7 +135,7 @@ def _trained_context(cfg: _Config, max_positions: int) -> int:
 def _llama_like(cfg: _Config, name: str, model_type: str) -> ModelSpec:
     hidden = cfg.int("hidden_size")
     heads = cfg.int("num_attention_heads")
-    kv_default = {"llama": heads, "mistral": 8, "mixtral": 8, "qwen2": 32}[model_type]
+    kv_default = {"llama": heads, "mistral": 8, "mixtral": 8, "qwen2": 32, "qwen2_moe": 16}[model_type]
     kv_heads = cfg.int("num_key_value_heads", kv_default)
     max_pos = cfg.int("max_position_embeddings")
     attention_bias = cfg.bool("attention_bias", False)
@@ -141,10 +144,19 @@ def _llama_like(cfg: _Config, name: str, model_type: str) -> ModelSpec:
         raise InputError(f"{cfg.where}.attention_bias",
                          f"attention_bias={attention_bias} with mlp_bias={mlp_bias} is not supported "
                          "(ModelSpec has biases on all linear layers or none)")
-    n_experts = top_k = 0
+    n_experts = top_k = expert_ffn = shared_ffn = 0
     if model_type == "mixtral":
         n_experts = cfg.int("num_local_experts")
         top_k = cfg.int("num_experts_per_tok")
+    if model_type == "qwen2_moe":
+        n_experts = cfg.int("num_experts")
+        top_k = cfg.int("num_experts_per_tok")
+        expert_ffn = cfg.int("moe_intermediate_size")
+        shared_ffn = cfg.int("shared_expert_intermediate_size", 0, minimum=0)
+        dense = cfg.data.get("mlp_only_layers") or []
+        if cfg.int("decoder_sparse_step", 1) != 1 or dense:
+            raise InputError(f"{cfg.where}.mlp_only_layers",
+                             "dense layers among the MoE ones are not modelled (every block must be MoE)")
     head_dim = cfg.int("head_dim", 0, minimum=0)
     if head_dim == hidden // heads and hidden % heads == 0:
         head_dim = 0
@@ -160,9 +172,10 @@ def _llama_like(cfg: _Config, name: str, model_type: str) -> ModelSpec:
         mlp="swiglu", norm="rmsnorm", position="rope",
         tied_embeddings=cfg.bool("tie_word_embeddings", False),
         bias=attention_bias and mlp_bias,
-        qkv_bias_only=model_type == "qwen2",
+        qkv_bias_only=model_type in ("qwen2", "qwen2_moe"),
         head_dim=head_dim,
-        n_experts=n_experts, top_k=top_k,
+        n_experts=n_experts, top_k=top_k, expert_ffn_hidden_size=expert_ffn,
+        shared_expert_ffn_hidden_size=shared_ffn,
         dropout=cfg.number("attention_dropout", 0.0),
         activation=cfg.str("hidden_act", "silu"),
         rope_theta=_positive(cfg, "rope_theta", 1e6 if model_type == "mixtral" else 10000.0),
@@ -297,7 +310,7 @@ def _mpt(cfg: _Config, name: str, model_type: str) -> ModelSpec:
 
 _PARSERS: dict[str, Callable[[_Config, str, str], ModelSpec]] = {
     "gpt2": _gpt2, "llama": _llama_like, "mistral": _llama_like, "mixtral": _llama_like,
-    "qwen2": _llama_like, "opt": _opt, "gpt_neox": _gpt_neox, "mpt": _mpt,
+    "qwen2": _llama_like, "qwen2_moe": _llama_like, "opt": _opt, "gpt_neox": _gpt_neox, "mpt": _mpt,
 }
 
 

@@ -26,8 +26,10 @@ MAX_SHAPE = {"n_layers": 1 << 14, "hidden_size": 1 << 20, "n_heads": 1 << 16, "n
 """Bounds far beyond any published model (the largest have ~200 layers, hidden 25,600, a
 256k vocabulary): a shape above them is a typo or an attack, refused in one line."""
 MAX_EXPERTS = 1 << 16
-EXPORT_ONLY_DEFAULTS = {"rope_theta": 0.0, "rotary_fraction": 1.0, "norm_eps": 0.0}
-"""ModelSpec fields only exports read, at the values that mean "not stated"."""
+OMITTED_AT_DEFAULT = {"rope_theta": 0.0, "rotary_fraction": 1.0, "norm_eps": 0.0,
+                        "shared_expert_ffn_hidden_size": 0}
+"""ModelSpec fields left out of :meth:`ModelSpec.to_dict` (and so of a plan's id) at these
+defaults, which mean "not stated" or "none": fields added after plans were recorded."""
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,10 @@ class ModelSpec:
         n_experts: MoE experts per MoE layer; 0 for a dense model.
         top_k: experts each token is routed to (MoE only).
         expert_ffn_hidden_size: expert MLP width; 0 means ffn_hidden_size.
+        shared_expert_ffn_hidden_size: inner width of the shared expert(s) every token passes
+            beside its routed ones (DeepSeek-MoE: n_shared x the expert width; Qwen2-MoE's
+            ``shared_expert_intermediate_size``, whose output a sigmoid gate of h weights scales);
+            a dense MLP replicated over ep, split by tp. 0: none.
         dropout: dropout probability used in training (Megatron GPTs 0.1; Llama 0). With dropout,
             activation memory includes the 1-byte masks of Korthikanti et al. (2022).
 
@@ -103,6 +109,7 @@ class ModelSpec:
     n_experts: int = 0
     top_k: int = 0
     expert_ffn_hidden_size: int = 0
+    shared_expert_ffn_hidden_size: int = 0
     dropout: float = 0.0
     max_positions: int = 0
     position_offset: int = 0
@@ -143,7 +150,10 @@ class ModelSpec:
         if self.n_experts > 0:
             require(1 <= self.top_k <= self.n_experts, "top_k",
                     f"must be in 1..n_experts={self.n_experts}, got {self.top_k}")
-        for field in ("max_positions", "position_offset", "embed_proj_dim", "expert_ffn_hidden_size"):
+        require(not self.shared_expert_ffn_hidden_size or self.n_experts > 0, "shared_expert_ffn_hidden_size",
+                "needs routed experts (n_experts > 0)")
+        for field in ("max_positions", "position_offset", "embed_proj_dim", "expert_ffn_hidden_size",
+                      "shared_expert_ffn_hidden_size"):
             value = getattr(self, field)
             require(isinstance(value, int) and not isinstance(value, bool) and value >= 0,
                     field, f"must be an integer >= 0, got {value!r}")
@@ -182,6 +192,14 @@ class ModelSpec:
     @property
     def expert_ffn(self) -> int:
         return self.expert_ffn_hidden_size or self.ffn_hidden_size
+
+    @property
+    def token_mlp_width(self) -> int:
+        """Inner MLP width one token passes in a block: its top_k routed experts' and the shared
+        expert's (MoE), or the dense MLP's."""
+        if self.is_moe:
+            return self.top_k * self.expert_ffn + self.shared_expert_ffn_hidden_size
+        return self.ffn_hidden_size
 
     @property
     def embed_dim(self) -> int:
@@ -232,10 +250,17 @@ class ModelSpec:
             return 2 * self.hidden_size
         return self.hidden_size
 
+    def shared_expert_params(self) -> int:
+        """The shared expert(s) of one MoE block and their gate (0 without)."""
+        if not self.shared_expert_ffn_hidden_size:
+            return 0
+        return self.mlp_params(self.shared_expert_ffn_hidden_size) + self.hidden_size
+
     def layer_params(self) -> int:
         """All parameters of one transformer block (all experts of an MoE block)."""
         if self.is_moe:
-            ffn = self.n_experts * self.mlp_params(self.expert_ffn) + self.hidden_size * self.n_experts
+            ffn = (self.n_experts * self.mlp_params(self.expert_ffn) + self.hidden_size * self.n_experts
+                   + self.shared_expert_params())
         else:
             ffn = self.mlp_params()
         return self.attention_params() + ffn + 2 * self.norm_params()
@@ -249,7 +274,8 @@ class ModelSpec:
         """Parameters one token touches in a block (top_k experts for MoE)."""
         if not self.is_moe:
             return self.layer_params()
-        ffn = self.top_k * self.mlp_params(self.expert_ffn) + self.hidden_size * self.n_experts
+        ffn = (self.top_k * self.mlp_params(self.expert_ffn) + self.hidden_size * self.n_experts
+               + self.shared_expert_params())
         return self.attention_params() + ffn + 2 * self.norm_params()
 
     def embedding_params(self) -> int:
@@ -284,7 +310,7 @@ class ModelSpec:
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
-        for key, default in EXPORT_ONLY_DEFAULTS.items():  # a plan's id does not change with them unset
+        for key, default in OMITTED_AT_DEFAULT.items():  # a plan's id does not change with them unset
             if data[key] == default:
                 del data[key]
         return data

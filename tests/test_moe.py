@@ -92,3 +92,40 @@ def test_tiny_mixtral_config_counts_what_the_executor_builds():
     model = build_model(spec, tie_embeddings=False, seed=0)
     assert spec.n_experts == 4 and spec.top_k == 2
     assert sum(p.numel() for p in model.parameters()) == spec.total_params()
+
+
+def test_shared_experts_from_qwen2_moe_are_priced_exported_and_refused_by_the_executor():
+    """Qwen1.5-MoE-A2.7B's config: 60 experts of 1408, top 4, a shared expert of 5632 with its gate
+    gives the model card's 14.3B total and 2.7B activated parameters; every token runs the shared
+    expert's GEMMs (FLOPs, GEMM list), Megatron gets --moe-shared-expert-intermediate-size, the
+    executor (routed experts only) refuses it in one line."""
+    from pathlib import Path
+
+    from planner.cost.compute import block_gemm_shapes
+    from planner.cost.flops import layer_forward_flops
+    from planner.executor_rules import unsupported
+    from planner.export import megatron_args
+    from planner.hf_config import read_hf_config, spec_from_hf_config
+    from planner.plan import Plan
+
+    hf = Path(__file__).parent / "fixtures" / "hf" / "Qwen1.5-MoE-A2.7B" / "config.json"
+    qwen = read_hf_config(hf)
+    assert qwen.total_params() == pytest.approx(14.3e9, rel=0.005)
+    assert qwen.active_params() == pytest.approx(2.7e9, rel=0.01)
+    routed_only = dataclasses.replace(qwen, shared_expert_ffn_hidden_size=0)
+    h, T = qwen.hidden_size, 4096.0
+    extra = layer_forward_flops(qwen, T, 4096).mlp - layer_forward_flops(routed_only, T, 4096).mlp
+    assert extra == pytest.approx(2 * T * 3 * h * 5632)
+    assert len(block_gemm_shapes(qwen, T, 2, 4)) == len(block_gemm_shapes(routed_only, T, 2, 4)) + 2
+    assert (T, h, 5632 / 2) in block_gemm_shapes(qwen, T, 2, 4)
+    P = ParallelConfig(tp=2, dp=4, ep=4, global_batch=32, seq_len=4096)
+    cluster = cluster_for("dgx-h100-80gb", 1)
+    assert predict(qwen, cluster, P).step_time_s > predict(routed_only, cluster, P).step_time_s
+    args, _ = megatron_args(Plan(qwen, "dgx-h100-80gb", 1, 8, P))
+    assert args[args.index("--moe-shared-expert-intermediate-size") + 1] == "5632"
+    assert "shared expert" in unsupported(P, qwen) and unsupported(P, routed_only).startswith("ep:")
+    assert "shared_expert_ffn_hidden_size" not in routed_only.to_dict()  # older plans keep their ids
+    import json
+    data = json.loads(hf.read_text())
+    with pytest.raises(InputError, match="mlp_only_layers"):
+        spec_from_hf_config(dict(data, mlp_only_layers=[0]))

@@ -148,7 +148,7 @@ def launch(plan_path: str, cfg: LaunchConfig, echo=sys.stderr) -> tuple[int, dic
             f"need steps >= 1 and 0 <= warmup < steps, got steps={cfg.steps} warmup={cfg.warmup}")
     require(cfg.threads >= 1, "threads", "must be >= 1")
     require(cfg.timeout_s > 0, "timeout-s", "must be > 0")
-    why = unsupported(plan.parallel)
+    why = unsupported(plan.parallel, plan.model)
     if why:
         field, reason = why.split(": ", 1)
         raise InputError(field, reason)

@@ -322,6 +322,10 @@ def block_gemm_shapes(model: ModelSpec, tokens: float, tp: int, ep: int = 1) -> 
             gemms.append((tokens_per_expert, (model.mlp_matrices - 1) * f / tp, h))
             gemms.append((tokens_per_expert, h, f / tp))
         gemms.append((T, model.n_experts, h))
+        if model.shared_expert_ffn_hidden_size:  # every token, like a dense MLP
+            shared = model.shared_expert_ffn_hidden_size
+            gemms.append((T, (model.mlp_matrices - 1) * shared / tp, h))
+            gemms.append((T, h, shared / tp))
     else:
         f = model.ffn_hidden_size
         gemms.append((T, (model.mlp_matrices - 1) * f / tp, h))

@@ -64,12 +64,8 @@ def layer_forward_flops(model: ModelSpec, tokens: float, attended: float) -> Lay
     qkv = 2.0 * tokens * h * (model.q_dim + 2 * model.kv_dim)
     proj = 2.0 * tokens * model.q_dim * h
     core = 4.0 * tokens * attended * model.q_dim
-    if model.is_moe:
-        mlp = 2.0 * tokens * model.top_k * model.mlp_matrices * h * model.expert_ffn
-        router = 2.0 * tokens * h * model.n_experts
-    else:
-        mlp = 2.0 * tokens * model.mlp_matrices * h * model.ffn_hidden_size
-        router = 0.0
+    router = 2.0 * tokens * h * model.n_experts if model.is_moe else 0.0
+    mlp = 2.0 * tokens * model.mlp_matrices * h * model.token_mlp_width
     return LayerFlops(qkv=qkv, core=core, proj=proj, mlp=mlp, router=router)
 
 

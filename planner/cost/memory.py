@@ -72,14 +72,8 @@ def layer_activation_bytes(model: ModelSpec, micro_batch: int, seq_len: int, tp:
     tokens = micro_batch * s_local
     q, kv = model.q_dim, model.kv_dim
     attn_split = bpe * tokens * (q + kv) + bpe * tokens * kv + bpe * tokens * q
-    if model.is_moe:
-        f = model.expert_ffn
-        mult = model.top_k
-    else:
-        f = model.ffn_hidden_size
-        mult = 1
     mlp_tensors = (4 if executor else 3) if model.mlp == "swiglu" else 2
-    mlp_split = bpe * tokens * f * mlp_tensors * mult
+    mlp_split = bpe * tokens * model.token_mlp_width * mlp_tensors
     split = (attn_split + mlp_split) / tp
     core = 0.0
     if recompute != "selective" and attention == "unfused":

@@ -35,12 +35,11 @@ def fp8_cast_bytes(model: ModelSpec, tokens: float, tp: int, bpe: int) -> tuple[
     TE's fused LayerNorm already in FP8); backward: the output gradient of each of the four
     linears. Weights are cast once per step (TE caches them across micro-batches)."""
     h = model.hidden_size
-    f = model.expert_ffn if model.is_moe else model.ffn_hidden_size
-    experts = model.top_k if model.is_moe else 1
+    width = model.token_mlp_width
     per_element = bpe + 2
-    fwd = per_element * tokens * (model.q_dim / tp + experts * f / tp)
+    fwd = per_element * tokens * (model.q_dim / tp + width / tp)
     bwd = per_element * (tokens * (model.q_dim + 2 * model.kv_dim) / tp + 2 * tokens * h
-                         + experts * tokens * (model.mlp_matrices - 1) * f / tp)
+                         + tokens * (model.mlp_matrices - 1) * width / tp)
     return fwd, bwd
 
 
@@ -54,12 +53,11 @@ class FusedStack:
         """One block's memory-bound work (forward, backward): two norms (read x, write y), two
         fused bias-dropout-adds, the MLP activation (GELU; SwiGLU reads gate and up), RoPE on Q
         and K; backward moves twice the bytes over the same kernels."""
-        h, f = model.hidden_size, (model.expert_ffn if model.is_moe else model.ffn_hidden_size)
+        h = model.hidden_size
         mask = 1 if model.dropout > 0 else 0
         ew_bytes = 2 * (2 * bpe * rows * h) + 2 * ((3 * bpe + mask) * rows * h)
         kernels = 4
-        experts = model.top_k if model.is_moe else 1
-        ew_bytes += (3 if model.mlp == "swiglu" else 2) * bpe * tokens * f / tp * experts
+        ew_bytes += (3 if model.mlp == "swiglu" else 2) * bpe * tokens * model.token_mlp_width / tp
         kernels += 1
         if model.position == "rope":
             ew_bytes += 2 * bpe * tokens * (model.q_dim + model.kv_dim) / tp

@@ -23,6 +23,9 @@ def block_modules(model: ModelSpec, tp: int, threshold: int) -> list[int]:
     mods += experts * [(h * up_out, up_out), ((ffn // tp) * h, h)]
     if model.is_moe:
         mods.append((h * model.n_experts, 0))
+    if model.shared_expert_ffn_hidden_size:
+        shared = model.shared_expert_ffn_hidden_size
+        mods += [(h * ((model.mlp_matrices - 1) * shared // tp), 0), ((shared // tp) * h, h)]
     out = []
     for w, b in mods:
         n = (w if w > threshold else 0) + (b if (model.bias and b > threshold) else 0)
@@ -164,6 +167,9 @@ def param_tensor_sizes(model: ModelSpec, tp: int) -> list[int]:
         sizes += [qkv_out, h] + experts * [up_out, h]
     if model.is_moe:
         sizes.append(h * model.n_experts)
+    if model.shared_expert_ffn_hidden_size:
+        shared = model.shared_expert_ffn_hidden_size
+        sizes += [h * ((model.mlp_matrices - 1) * shared // tp), (shared // tp) * h, h]
     norm_tensors = 2 if model.norm == "layernorm" else 1
     sizes += 2 * norm_tensors * [h]
     return sizes
