@@ -2,8 +2,9 @@
 DeepSpeed JSON config, and the torchrun / Slurm command lines that launch clusterplan's own
 executor on the plan.
 
-Every exporter is a pure function ``Plan -> str``. What a target cannot express (an MoE model for
-the DeepSpeed pipeline engine, ZeRO-2 in Megatron-LM, a schedule the framework lacks...) is said
+Every exporter is a pure function ``Plan -> str``. A plan the target refuses to start (torchtitan's
+DDP beside tp/pp/cp, ZeRO-2/3 in DeepSpeed's pipeline engine) is an InputError naming the target's
+rule; what it runs differently (ZeRO-2 in Megatron-LM, a schedule the framework lacks...) is said
 in a comment in the output (``#`` lines; a ``"_comment"`` list in the JSON) — never dropped
 silently. Batch arithmetic is the plan's: global batch = micro batch x micro-batches x dp.
 """
@@ -13,6 +14,7 @@ import json
 import shlex
 
 from planner.errors import InputError, require
+from planner.executor_rules import unsupported
 from planner.launch import Shell, node_torchrun_command, shell_join
 from planner.plan import DEFAULT_ORDER, ParallelConfig, Plan
 
@@ -237,11 +239,11 @@ def torchtitan_config(plan: Plan) -> tuple[dict[str, dict], list[str]]:
             notes.append("torchtitan has no fp16 mixed precision (bfloat16 or float32 only): float32 written")
 
     if p.sharding == "none":
+        require(p.dp == 1 or (p.tp == 1 and p.pp == 1 and p.cp == 1), "export",
+                "torchtitan runs DDP only as the sole parallelism (apply_ddp: \"DDP has not supported > 1D "
+                "parallelism\"); plan with --fix sharding=fsdp for dp beside tp/pp/cp")
         parallelism["data_parallel_replicate_degree"] = p.dp
         parallelism["data_parallel_shard_degree"] = 1
-        if p.dp > 1 and (p.tp > 1 or p.pp > 1 or p.cp > 1):
-            notes.append("torchtitan's DDP does not compose with tp/pp/cp; consider "
-                         "data_parallel_shard_degree (FSDP) instead")
     else:
         parallelism["data_parallel_replicate_degree"] = 1
         parallelism["data_parallel_shard_degree"] = p.dp
@@ -359,9 +361,10 @@ def deepspeed_config(plan: Plan) -> dict:
             notes.append("uneven stages " + ",".join(map(str, p.layers_per_stage(m.n_layers)))
                          + ": pass PipelineModule(partition_method='type:...') or explicit parts; the JSON "
                          "cannot list layers per stage")
-        if p.sharding in ("zero2", "zero3", "fsdp"):
-            notes.append(f"DeepSpeed's pipeline engine supports ZeRO stage 0 or 1 only; the plan asks "
-                         f"for {p.sharding}")
+        require(p.sharding not in ("zero2", "zero3", "fsdp"), "export",
+                f"DeepSpeed's pipeline engine runs ZeRO stage 0 or 1 only (PipelineEngine asserts "
+                f"\"ZeRO-2 and ZeRO-3 are incompatible with pipeline parallelism\"); the plan has {p.sharding}: "
+                "plan with --fix sharding=zero1")
         if p.vpp > 1 or p.schedule in ("interleaved", "zb", "gpipe"):
             notes.append(f"DeepSpeed's pipeline engine runs its own 1F1B-style schedule; "
                          f"schedule {p.schedule} (vpp {p.vpp}) is not available")
@@ -390,8 +393,21 @@ def to_deepspeed(plan: Plan) -> str:
 
 
 # ----- launching clusterplan's executor -----------------------------------------------------------
-def to_torchrun(plan: Plan, plan_path: str = "PLAN.json") -> str:
+def _executor_lines(plan: Plan) -> list[str]:
+    """The header of a script that launches this project's executor: the plan must be one it runs
+    (InputError naming the rule otherwise); one predicted not to fit says so, as ``run`` would."""
+    why = unsupported(plan.parallel, plan.model)
+    require(not why, "export", f"the executor cannot run this plan ({why})")
     lines = [f"# {line}" for line in _header(plan)]
+    pred = plan.prediction or {}
+    if pred.get("fits") is False:
+        lines.append(f"# WARNING: predicted not to fit ({pred.get('peak_memory_bytes', 0) / 2**30:.1f} GiB per rank of "
+                     f"{pred.get('hbm_bytes', 0) / 2**30:.1f} GiB); clusterplan run refuses it without --force")
+    return lines
+
+
+def to_torchrun(plan: Plan, plan_path: str = "PLAN.json") -> str:
+    lines = _executor_lines(plan)
     lines.append(f"# Run on each of the {plan.n_nodes} node(s); MASTER_ADDR = the first node's address.")
     lines.append("export MASTER_ADDR=${MASTER_ADDR:-localhost}")
     lines.append(shell_join(node_torchrun_command(plan.n_nodes, plan.gpus_per_node, plan_path, f"runs/{plan.id}",
@@ -412,7 +428,7 @@ def to_slurm(plan: Plan, plan_path: str = "PLAN.json") -> str:
         f"#SBATCH --gpus-per-node={plan.gpus_per_node}",
         "#SBATCH --exclusive",
         f"#SBATCH --output=clusterplan-{plan.id}-%j.out",
-        *[f"# {line}" for line in _header(plan)],
+        *_executor_lines(plan),
         "set -euo pipefail",
         f"mkdir -p {run_dir}",
         'MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)',

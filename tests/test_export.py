@@ -8,6 +8,7 @@ import tomllib
 import pytest
 
 from planner.cli import main
+from planner.errors import InputError
 from planner.export import FORMATS, export_plan, megatron_args, to_megatron
 from planner.model import ModelSpec
 from planner.plan import ParallelConfig, Plan
@@ -145,6 +146,10 @@ def test_megatron_gets_the_models_rotary_base_fraction_and_norm_epsilon():
 def test_torchtitan_toml(key):
     plan = PLANS[key]
     p = plan.parallel
+    if p.sharding == "none" and p.dp > 1 and max(p.tp, p.pp, p.cp) > 1:  # torchtitan would not start
+        with pytest.raises(InputError, match="DDP has not supported"):
+            export_plan(plan, "torchtitan")
+        return
     cfg = tomllib.loads(export_plan(plan, "torchtitan"))
     par, tr = cfg["parallelism"], cfg["training"]
     dp = par["data_parallel_shard_degree"] * par["data_parallel_replicate_degree"]
@@ -179,10 +184,12 @@ def test_torchtitan_stage_modules_flavor_and_notes():
     assert tomllib.loads(export_plan(llama, "torchtitan"))["model"] == {"name": "llama3", "flavor": "70B"}
     fp8 = dataclasses.replace(llama, parallel=dataclasses.replace(llama.parallel, precision="fp8"))
     assert tomllib.loads(export_plan(fp8, "torchtitan"))["model"]["converters"] == ["float8"]
-    inter = tomllib.loads(export_plan(PLANS["interleaved"], "torchtitan"))["parallelism"]
+    fsdp = dataclasses.replace(PLANS["interleaved"],
+                               parallel=dataclasses.replace(PLANS["interleaved"].parallel, sharding="fsdp"))
+    inter = tomllib.loads(export_plan(fsdp, "torchtitan"))["parallelism"]
     assert inter["pipeline_parallel_layers_per_stage"] == 3
     assert inter["pipeline_parallel_schedule"] == "Interleaved1F1B"
-    assert "# NOTE: torchtitan has no fp16" in export_plan(PLANS["interleaved"], "torchtitan")
+    assert "# NOTE: torchtitan has no fp16" in export_plan(fsdp, "torchtitan")
 
 
 @pytest.mark.parametrize("key", sorted(PLANS))
@@ -250,3 +257,34 @@ def test_cli_export(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["export", str(path), "--format", "nemo"])
     assert exit_.value.code == 2
+
+
+def test_a_plan_the_target_refuses_is_one_line(tmp_path, capsys):
+    """DeepSpeed's pipeline engine with ZeRO-2/3 and torchtitan's DDP beside tp: the target's rule,
+    exit 2, nothing written."""
+    import dataclasses
+
+    zero2_pp = dataclasses.replace(PLANS["tp_pp_zero1_uneven"], parallel=dataclasses.replace(
+        PLANS["tp_pp_zero1_uneven"].parallel, sharding="zero2"))
+    with pytest.raises(InputError, match="ZeRO stage 0 or 1"):
+        export_plan(zero2_pp, "deepspeed")
+    path = zero2_pp.save(tmp_path / "plan.json")
+    out = tmp_path / "ds.json"
+    assert main(["export", str(path), "--format", "deepspeed", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "PipelineEngine" in err[0] and not out.exists()
+
+
+def test_executor_launch_scripts_refuse_what_the_executor_cannot_run():
+    """torchrun / slurm scripts launch this project's executor: an fp8 plan is refused with its
+    rule; a plan predicted not to fit says so in a comment, as `run` would refuse it."""
+    import dataclasses
+
+    fp8 = dataclasses.replace(PLANS["dp_only"], parallel=dataclasses.replace(PLANS["dp_only"].parallel,
+                                                                             precision="fp8"))
+    for fmt in ("torchrun", "slurm"):
+        with pytest.raises(InputError, match="executor cannot run this plan"):
+            export_plan(fp8, fmt)
+    big = PLANS["dp_only"].with_prediction({"fits": False, "peak_memory_bytes": 100 * 2**30, "hbm_bytes": 80 * 2**30})
+    assert "# WARNING: predicted not to fit (100.0 GiB per rank of 80.0 GiB)" in export_plan(big, "torchrun")
+    assert "WARNING" not in export_plan(PLANS["dp_only"], "slurm")
