@@ -187,6 +187,12 @@ class FrameworkSpec:
         return tuple(f.name for f in dataclasses.fields(FrameworkSpec)
                      if f.name not in ("elementwise_rates", "attention_rates"))
 
+    def with_attention_scaled(self, scale: float) -> "FrameworkSpec":
+        """This spec with every measured attention rate (forward and backward) times ``scale``."""
+        return dataclasses.replace(self, attention_rates=tuple(
+            (kind, dtype, tuple((n, f * scale, b * scale) for n, f, b in points))
+            for kind, dtype, points in self.attention_rates))
+
     def attention_rate(self, kind: str, d_head: float, dtype: str, seq_len: float) -> tuple[float, float] | None:
         """(forward, backward) FLOP/s per counted forward FLOP of the ``kind`` attention core
         (:data:`ATTENTION_CLASSES`) with heads of ``d_head`` on ``dtype`` at ``seq_len``: the

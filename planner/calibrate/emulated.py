@@ -4,10 +4,11 @@ typed (:mod:`planner.emulate`).
 Node 0 and node 1 each run ``gpus_per_node`` ranks (torchrun, c10d rendezvous at node 0's
 address, gloo on the shaped ``eth0``) of ``executor.bench.links``: rank r of each node forms a
 pair, and the pairs time every collective at every size at once, each on its share of the link
-(and of the host's cores), as a step's concurrent collectives run. The link's latency and achieved bandwidth are fitted to the all-reduce
-and ping-pong times in the forms the cost model prices them with (:func:`planner.cost.comm.
-collective_time` for two ranks on two nodes: ``2 latency + S / B``; a send: ``latency + S / B``):
-the latency from the smallest messages, the bandwidth from the largest. The profile is the base CPU profile with that link
+(and of the host's cores), as a step's concurrent collectives run. The link's latency and
+achieved bandwidth are fitted to the all-reduce and ping-pong times in the forms the cost model
+prices them with (:func:`planner.cost.comm.collective_time` for two ranks on two nodes:
+``2 latency + S / B``; a send: ``latency + S / B``): the latency from the smallest messages, the
+bandwidth from the largest. The profile is the base CPU profile with that link
 (``bus_efficiency = B / (line rate / gpus_per_node)``: each rank's share).
 """
 from __future__ import annotations
@@ -55,8 +56,8 @@ between, tbf's bucket (``planner.emulate.BURST_S`` of traffic) lets a message pa
 
 def fit_link(results: list[dict], line_bytes_per_s: float) -> LinkFit:
     """Latency and bandwidth from the two-node ``all_reduce`` and ``send_recv`` medians: the
-    latency per step from the small messages (the least of them: a busy host only adds), then the bandwidth from the large ones (least
-    squares on ``t - steps * latency = S / B``)."""
+    latency per step from the small messages (the least of them: a busy host only adds), then
+    the bandwidth from the large ones (least squares on ``t - steps * latency = S / B``)."""
     rows = [(r["op"], int(r["bytes"]), float(r["median_s"])) for r in results
             if r.get("op") in STEPS and r.get("group_size") == 2 and r.get("median_s", 0) > 0]
     small = [(op, b, t) for op, b, t in rows if b <= SMALL_BYTES]

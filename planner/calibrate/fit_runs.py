@@ -71,11 +71,8 @@ def apply_params(node: NodeSpec, params: dict[str, float]) -> NodeSpec:
         attention_kernels=tuple(k.scaled(p["attention_scale"]) for k in d.attention_kernels),
     )
     framework = node.framework
-    if framework is not None and framework.attention_rates and p["attention_scale"] != 1.0:
-        a = p["attention_scale"]
-        framework = dataclasses.replace(framework, attention_rates=tuple(
-            (kind, dtype, tuple((n, f * a, b * a) for n, f, b in points))
-            for kind, dtype, points in framework.attention_rates))
+    if framework is not None and p["attention_scale"] != 1.0:
+        framework = framework.with_attention_scaled(p["attention_scale"])
     ls = p["latency_scale"]
 
     def link(l: LinkSpec, bs: float) -> LinkSpec:
@@ -94,7 +91,6 @@ def apply_params(node: NodeSpec, params: dict[str, float]) -> NodeSpec:
     return dataclasses.replace(node, device=device, intra_node=link(node.intra_node, bs),
                                inter_node=link(node.inter_node, p["inter_bandwidth_scale"]), collectives=colls,
                                framework=framework)
-
 
 
 def find_plan(run_dir: str | os.PathLike, summary: dict, extra_plans: Iterable[str | os.PathLike] = ()):

@@ -115,9 +115,8 @@ def finalize(out: str | Path, plan, cfg: LaunchConfig, rc: int, output: str, com
         rank, error = causes[0]["rank"], causes[0]["error"]
     elif rank is None and rank_errors:
         rank, error = rank_errors[0]["rank"], rank_errors[0]["error"]
-    elif not rank_errors and not killed and _RANK_LINE.search(output):
+    elif not rank_errors and not killed and (said := _RANK_LINE.search(output)):
         # no record written (a full disk): the line the failing rank printed
-        said = _RANK_LINE.search(output)
         rank, error = int(said.group(1)), said.group(2)
     summary = records.summarize(records.read_records(out), plan.to_dict(), cfg.steps, cfg.warmup,
                                 plan.prediction, status="failed", error=error, rank=rank, oom=oom)
@@ -215,9 +214,8 @@ def _launch(plan, cfg: LaunchConfig, out: Path, echo) -> tuple[int, dict | None]
     else:
         summary = finalize(out, plan, cfg, rc, output, cmd)
     _keep_output(out, output)
-    if signal_name:
-        return 1, summary
-    return (0 if rc == 0 and (summary or {}).get("status") in ("ok", "contended") else 1), summary
+    ok = not signal_name and rc == 0 and (summary or {}).get("status") in ("ok", "contended")
+    return (0 if ok else 1), summary
 
 
 def _run_ranks(plan, cfg: LaunchConfig, out: Path, echo) -> tuple[int, str, list[str], str | None]:

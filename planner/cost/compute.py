@@ -314,20 +314,19 @@ def block_gemm_shapes(model: ModelSpec, tokens: float, tp: int, ep: int = 1) -> 
     h = model.hidden_size
     T = tokens
     q, kv = model.q_dim, model.kv_dim
+
+    def mlp(tokens: float, width: int) -> list[tuple[float, float, float]]:
+        """Up (+gate) and down projections of an MLP of ``width`` on ``tokens``."""
+        return [(tokens, (model.mlp_matrices - 1) * width / tp, h), (tokens, h, width / tp)]
+
     gemms = [(T, (q + 2 * kv) / tp, h), (T, h, q / tp)]
     if model.is_moe:
         tokens_per_expert = T * model.top_k * ep / model.n_experts
-        f = model.expert_ffn
         for _ in range(model.n_experts // ep):
-            gemms.append((tokens_per_expert, (model.mlp_matrices - 1) * f / tp, h))
-            gemms.append((tokens_per_expert, h, f / tp))
+            gemms += mlp(tokens_per_expert, model.expert_ffn)
         gemms.append((T, model.n_experts, h))
         if model.shared_expert_ffn_hidden_size:  # every token, like a dense MLP
-            shared = model.shared_expert_ffn_hidden_size
-            gemms.append((T, (model.mlp_matrices - 1) * shared / tp, h))
-            gemms.append((T, h, shared / tp))
+            gemms += mlp(T, model.shared_expert_ffn_hidden_size)
     else:
-        f = model.ffn_hidden_size
-        gemms.append((T, (model.mlp_matrices - 1) * f / tp, h))
-        gemms.append((T, h, f / tp))
+        gemms += mlp(T, model.ffn_hidden_size)
     return gemms

@@ -5,9 +5,9 @@ from __future__ import annotations
 from planner.cost.block import group_shape
 from planner.cost.comm import GroupShape, collective_time, comm_sm_fraction, overlapped_exposed_s
 from planner.cost.compute import Rates
+from planner.cost.precision import grad_bytes_per_param
 from planner.cost.runtime import Runtime
 from planner.cost.stacks import stack_of
-from planner.cost.precision import grad_bytes_per_param
 from planner.hardware import NodeSpec
 from planner.model import ModelSpec
 from planner.plan import ParallelConfig
