@@ -243,6 +243,9 @@ class NodeSpec:
     memory_sources: tuple[tuple[str, float, float], ...] = ()
     """Fitted by ``clusterplan fit``: (memory source, factor, offset bytes) with which a reading
     of that source relates to the cost model's peak: ``reading = factor * peak + offset``."""
+    inter_node_shared: bool = False
+    """The node's ranks share one inter-node link (an emulated node's veth, a host with one NIC)
+    and ``inter_node`` is each rank's 1/gpus_per_node of it; False: a NIC per rank (DGX rails)."""
 
     def __post_init__(self) -> None:
         require(self.gpus_per_node >= 1, "node.gpus_per_node", "must be >= 1")
@@ -258,6 +261,14 @@ class NodeSpec:
         raise InputError("memory_source", f"{self.name} has no fitted memory source {source!r} (fitted: "
                                           f"{', '.join(n for n, _, _ in self.memory_sources) or 'none'}; "
                                           "clusterplan fit --runs writes them)")
+
+    def inter_node_share(self, senders: float) -> float:
+        """How many times its ``inter_node`` bandwidth a rank gets while ``senders`` of the node's
+        ranks send across nodes at once: 1 with a NIC per rank, ``gpus_per_node / senders`` on
+        a shared link."""
+        if not self.inter_node_shared:
+            return 1.0
+        return self.gpus_per_node / max(1.0, min(float(self.gpus_per_node), senders))
 
     def with_gpus_per_node(self, gpus_per_node: int) -> "NodeSpec":
         require(gpus_per_node >= 1, "gpus_per_node", "must be >= 1")

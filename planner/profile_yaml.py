@@ -36,7 +36,7 @@ _FRAMEWORK_OPTIONAL = {"concurrent_slowdown", "concurrent_gemm_slowdown", "sp_bl
 _DEVICE_KEYS = {"name", "peak_tflops", "hbm_gib", "hbm_bandwidth_gb_s", "matmul_efficiency",
                 "memory_bound_efficiency", "kernel_overhead_us", "reserved_gib",
                 "fragmentation_fraction", "host_cores", "sm_count", "attention_tflops"}
-_NODE_KEYS = {"gpus_per_node", "intra_node", "inter_node"}
+_NODE_KEYS = {"gpus_per_node", "intra_node", "inter_node", "inter_node_shared"}
 _LINK_KEYS = {"bandwidth_gb_s", "latency_us", "bus_efficiency"}
 _COLLECTIVE_KEYS = {"op", "group_size", "latency_us", "bus_bandwidth_gb_s", "times_us"}
 
@@ -254,6 +254,9 @@ def parse_profile(data: Any, source: str = "profile") -> NodeSpec:
     gpus = node.get("gpus_per_node")
     if isinstance(gpus, bool) or not isinstance(gpus, int):
         raise InputError("node.gpus_per_node", f"must be an integer, got {gpus!r}")
+    shared = node.get("inter_node_shared", False)
+    if not isinstance(shared, bool):
+        raise InputError("node.inter_node_shared", f"must be true or false, got {shared!r}")
     return NodeSpec(
         name=data["name"],
         description=str(data.get("description", "")),
@@ -265,6 +268,7 @@ def parse_profile(data: Any, source: str = "profile") -> NodeSpec:
         measured_on=str(data.get("measured_on", "")),
         framework=_parse_framework(data.get("framework")) if "framework" in data else None,
         memory_sources=_parse_memory_sources(data.get("memory_sources")),
+        inter_node_shared=shared,
     )
 
 
@@ -355,6 +359,8 @@ def profile_yaml(node: NodeSpec, *, header: Iterable[str] = (), comments: dict[s
         out.append(f"    bandwidth_gb_s: {_num(link.bandwidth_bytes_per_s / GB)}")
         out.append(f"    latency_us: {_num(link.latency_s / MICRO)}")
         out.append(f"    bus_efficiency: {_num(link.bus_efficiency)}")
+    if node.inter_node_shared:
+        out.append("  inter_node_shared: true  # the node's ranks share one link; inter_node is each rank's share")
     if node.memory_sources:
         out.append("memory_sources:  # fitted by clusterplan fit: reading = factor * predicted peak + offset")
         for source, factor, offset in node.memory_sources:
@@ -419,6 +425,8 @@ def _check_round_trip(node: NodeSpec, back: NodeSpec) -> None:
             if [(k, d, len(p)) for k, d, p in mine] != [(k, d, len(p)) for k, d, p in theirs]:
                 raise AssertionError(f"profile_yaml: framework.{table.yaml_key} did not round-trip")
             pairs += [(a, b) for (_, _, p), (_, _, q) in zip(mine, theirs) for u, v in zip(p, q) for a, b in zip(u, v)]
+    if node.inter_node_shared != back.inter_node_shared:
+        raise AssertionError("profile_yaml: node.inter_node_shared did not round-trip")
     if [n for n, _, _ in node.memory_sources] != [n for n, _, _ in back.memory_sources]:
         raise AssertionError("profile_yaml: memory_sources did not round-trip")
     pairs += [(a, b) for m, n in zip(node.memory_sources, back.memory_sources) for a, b in zip(m[1:], n[1:])]

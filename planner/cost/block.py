@@ -55,6 +55,15 @@ def shard_comm_s(model: ModelSpec, node: NodeSpec, runtime: Runtime, lt: LayerTi
                               recompute=recompute, gemm_s=gemm_s)
 
 
+def pipeline_hop_s(node: NodeSpec, act_bytes: float, tp: int, sequence_parallel: bool, stage_ranks: int,
+                   crosses_nodes: bool) -> float:
+    """One stage-boundary send of one micro-batch's activations ``act_bytes``: the stack's bytes
+    per rank (:meth:`planner.cost.stacks.FusedStack.pipeline_send_bytes`), the stage's
+    ``stage_ranks`` ranks on a node sending at once."""
+    size = stack_of(node).pipeline_send_bytes(act_bytes, tp, sequence_parallel)
+    return p2p_time(size, crosses_nodes, node, min(node.gpus_per_node, stage_ranks))
+
+
 def cp_comm_s(model: ModelSpec, node: NodeSpec, lt: LayerTimes, g: GroupShape, *, tp: int,
               micro_batch: int, seq_len: int, precision: str) -> tuple[float, float]:
     """Exposed (forward, backward) ring-attention K/V exchange of one block: ``cp - 1`` hops

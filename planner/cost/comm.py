@@ -14,6 +14,8 @@ intra-node all-gather), so its bandwidth time is
 which ``N-1`` (``2(N-1)``) cross the network at the inter-node per-step latency, the rest at the
 intra-node one.
 
+CPU ranks (gloo) over several nodes run gloo's own algorithms instead (:mod:`planner.cost.gloo`).
+
 A profile's measured ``collectives`` entry for (op, group size) replaces the link formula for a
 group inside one node (the tables are measured on one host):
 ``time = latency + bus_bytes / bus_bandwidth`` (:meth:`NodeSpec.measured_collective`), or, where
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from planner.cost import gloo
 from planner.errors import require
 from planner.hardware import COLLECTIVE_OPS, DeviceSpec, NodeSpec
 
@@ -96,6 +99,11 @@ def collective_time(op: str, size_bytes: float, group: GroupShape, node: NodeSpe
     if measured is not None:
         return measured.time_s(size_bytes, ring_bus_factor(op, n))
     intra, inter = node.intra_node, node.inter_node
+    if node.device.host_cores > 0 and group.nodes > 1 and op in ("all_reduce", "all_gather", "reduce_scatter"):
+        # CPU ranks talk through gloo: one flat ring, no multi-rail hierarchy (planner.cost.gloo)
+        k = min(group.ranks_per_node, n)
+        share = node.inter_node_share(node.gpus_per_node / k)  # the axis's other groups cross at once
+        return gloo.ring_time(op, size_bytes, n, k, intra, inter, share)
     if op == "send_recv":
         link = inter if group.nodes > 1 else intra
         return link.latency_s + size_bytes / link.effective_bandwidth_bytes_per_s
@@ -120,7 +128,12 @@ def collective_time(op: str, size_bytes: float, group: GroupShape, node: NodeSpe
     return intra_steps * intra.latency_s + inter_steps * inter.latency_s + bw_time
 
 
-def p2p_time(size_bytes: float, crosses_nodes: bool, node: NodeSpec) -> float:
-    """One pipeline send/recv of ``size_bytes`` between neighbouring stages."""
-    return collective_time("send_recv", size_bytes, GroupShape(2, 1 if crosses_nodes else 2,
-                                                               2 if crosses_nodes else 1), node)
+def p2p_time(size_bytes: float, crosses_nodes: bool, node: NodeSpec, senders_per_node: float | None = None) -> float:
+    """One send/recv of ``size_bytes`` between neighbouring ranks; across nodes while
+    ``senders_per_node`` of a node's ranks send across at once (None: all of them), which matters
+    where they share one link (:meth:`NodeSpec.inter_node_share`)."""
+    if not crosses_nodes:
+        return collective_time("send_recv", size_bytes, GroupShape(2, 2, 1), node)
+    link = node.inter_node
+    share = node.inter_node_share(node.gpus_per_node if senders_per_node is None else senders_per_node)
+    return link.latency_s + size_bytes / (link.effective_bandwidth_bytes_per_s * share)

@@ -13,6 +13,7 @@ runtime. The pricing code calls the stack; it does not ask which one it has.
 from __future__ import annotations
 
 from planner.cost import framework as fw
+from planner.cost import gloo
 from planner.cost.comm import GroupShape, collective_time, overlapped_exposed_s
 from planner.cost.precision import grad_bytes_per_param, weight_bytes_per_param
 from planner.cost.runtime import Runtime
@@ -139,6 +140,11 @@ class FusedStack:
             return overlapped_exposed_s(dev, comm_f, lt.fwd_s), overlapped_exposed_s(dev, comm_b, compute_b)
         eta = runtime.shard_overlap_fraction  # a fraction of the shorter of comm and compute hides
         return comm_f - eta * min(comm_f, lt.fwd_s), comm_b - eta * min(comm_b, compute_b)
+
+    def pipeline_send_bytes(self, act_bytes: float, tp: int, sequence_parallel: bool) -> float:
+        """Bytes each rank of a stage sends its neighbour per micro-batch: ``1/tp`` of the
+        activations (Megatron's scatter-gather, SC'21 Sec. 4.1)."""
+        return act_bytes / tp
 
     def fsdp_edge_s(self, model: ModelSpec, node: NodeSpec, rates, g: GroupShape, *, tp: int, pp: int,
                     precision: str, sharding: str) -> tuple[float, float, float, float]:
@@ -296,6 +302,12 @@ class ExecutorStack:
                     overlapped_exposed_s(dev, comm_b, lt.bwd_s + lt.recompute_s))
         return comm_f, comm_b
 
+    def pipeline_send_bytes(self, act_bytes: float, tp: int, sequence_parallel: bool) -> float:
+        """``torch.distributed.pipelining`` sends a stage's local output: the whole activation
+        from every tp rank (replicated after the row-parallel linear), ``1/tp`` of it with
+        sequence parallelism (sharded along the sequence)."""
+        return act_bytes / tp if sequence_parallel else act_bytes
+
     def fsdp_edge_s(self, model: ModelSpec, node: NodeSpec, rates, g: GroupShape, *, tp: int, pp: int,
                     precision: str, sharding: str) -> tuple[float, float, float, float]:
         """(embedding forward, backward, head forward, backward) of the FSDP2 units outside the
@@ -326,11 +338,23 @@ class ExecutorStack:
                        pp: int, params: float, param_tensors: int,
                        grad_all_reduce: bool = False) -> tuple[float, float, float]:
         """DDP's all-reduce (ZeRO-1 too: DDP plus ZeroRedundancyOptimizer's parameter broadcasts)
-        and, without pipelining, DDP's reducer (hooks, buckets) at its calibrated cost."""
+        and, without pipelining, DDP's reducer (hooks, buckets) at its calibrated cost.
+
+        The broadcasts (one per parameter tensor, each from its owner) move the bytes of an
+        all-gather in all: inside one node they are priced by the measured all-gather; over
+        several gloo nodes by gloo's broadcast tree (:func:`planner.cost.gloo.broadcast_all_s`),
+        whose messages cross the node links more often than a ring's."""
         grad_bytes = params * grad_bytes_per_param(precision)
         red = collective_time("all_reduce", grad_bytes, g, node)
-        gather = (0.0 if sharding == "none"
-                  else collective_time("all_gather", params * weight_bytes_per_param(precision), g, node))
+        weight_bytes = params * weight_bytes_per_param(precision)
+        if sharding == "none":
+            gather = 0.0
+        elif g.nodes > 1 and node.device.host_cores > 0:
+            k = min(g.ranks_per_node, g.size)
+            gather = gloo.broadcast_all_s(weight_bytes, param_tensors, g.size, k, node.intra_node, node.inter_node,
+                                          node.inter_node_share(node.gpus_per_node / k))
+        else:
+            gather = collective_time("all_gather", weight_bytes, g, node)
         reducer = rates.ops(1, self.frame.ddp_reducer_s(param_tensors, grad_bytes)) if pp == 1 else 0.0
         return red, gather, reducer
 

@@ -21,8 +21,8 @@ import dataclasses
 from dataclasses import dataclass
 
 from planner.cluster import as_cluster, load_cluster
-from planner.cost.block import BlockCost, block_cost, group_shape, shard_comm_s
-from planner.cost.comm import GroupShape, p2p_time
+from planner.cost.block import BlockCost, block_cost, group_shape, pipeline_hop_s, shard_comm_s
+from planner.cost.comm import GroupShape
 from planner.cost.compute import Rates, make_rates
 from planner.cost.data_parallel import dp_reduction_s, exposed_s, tied_embedding_sync_s
 from planner.cost.flops import step_flops
@@ -166,24 +166,28 @@ def _rank_sites(sites: tuple[Site, ...], pp: int) -> tuple[int, ...]:
 
 
 def _p2p_s(cluster: ClusterSpec, sites: tuple[Site, ...], site_of: tuple[int, ...], act_bytes: float) -> float:
-    """The slowest stage-boundary send of one micro-batch's activations (``/tp`` each with
-    Megatron's scatter-gather, SC'21 Sec. 4.1); between node types over the fabric's link
+    """The slowest stage-boundary send of one micro-batch's activations
+    (:func:`planner.cost.block.pipeline_hop_s`); between node types over the fabric's link
     (:meth:`planner.cluster.FabricSpec.link_between`)."""
     P0 = sites[0].P
     if P0.pp == 1:
         return 0.0
+
+    def hop(s: Site, node, crosses: bool, tp: int) -> float:
+        return pipeline_hop_s(node, act_bytes, tp, s.P.sequence_parallel, s.P.tp * s.P.cp * s.P.dp, crosses)
+
     if len(sites) == 1:
         s = sites[0]
-        return p2p_time(act_bytes / s.P.tp, group_shape(s.P, "pp", s.node.gpus_per_node).nodes > 1, s.node)
+        return hop(s, s.node, group_shape(s.P, "pp", s.node.gpus_per_node).nodes > 1, s.P.tp)
     fabric = as_cluster(cluster).fabric
     worst = 0.0
     for r in range(P0.pp - 1 + (1 if P0.vpp > 1 else 0)):
         a, b = sites[site_of[r]], sites[site_of[(r + 1) % P0.pp]]
-        size = act_bytes / min(a.P.tp, b.P.tp)
+        tp = min(a.P.tp, b.P.tp)
         if a.node.name == b.node.name:
-            t = p2p_time(size, group_shape(a.P, "pp", a.node.gpus_per_node).nodes > 1, a.node)
+            t = hop(a, a.node, group_shape(a.P, "pp", a.node.gpus_per_node).nodes > 1, tp)
         else:
-            t = p2p_time(size, True, dataclasses.replace(a.node, inter_node=fabric.link_between(a.node, b.node)))
+            t = hop(a, dataclasses.replace(a.node, inter_node=fabric.link_between(a.node, b.node)), True, tp)
         worst = max(worst, t)
     return worst
 

@@ -7,8 +7,8 @@ import math
 from dataclasses import dataclass
 from functools import lru_cache
 
-from planner.cost.block import block_cost, shard_comm_s, shards_per_block
-from planner.cost.comm import GroupShape, p2p_time
+from planner.cost.block import block_cost, pipeline_hop_s, shard_comm_s, shards_per_block
+from planner.cost.comm import GroupShape
 from planner.cost.compute import LayerTimes, make_rates
 from planner.cost.memory import layer_activation_bytes, rank_layer_params
 from planner.cost.precision import activation_bytes_per_element
@@ -47,6 +47,7 @@ class Costs:
     def __init__(self, model: ModelSpec, node: NodeSpec, world: int, seq_len: int, precision: str,
                  runtime: Runtime, ep: int = 1):
         self.model, self.node, self.seq, self.prec, self.ep = model, node, seq_len, precision, ep
+        self.world = world
         # the runtime as predict() applies it on this host (no overlap where gloo shares the cores)
         self.rt = effective_runtime(runtime, node.device, min(node.gpus_per_node, world) if world > 1 else 0)
         self.gpn = node.gpus_per_node
@@ -114,13 +115,15 @@ class Costs:
         return shards_per_block(self.node, sharding, tp, dp)
 
     def p2p(self, act: float, tp: int, pp: int, pp_stride: int) -> float:
+        """A lower bound of the stage-boundary send predict() charges
+        (:func:`planner.cost.block.pipeline_hop_s`): as with sequence parallelism, the fewer bytes."""
         key = (act, tp, pp, pp_stride)
         hit = self._p2p.get(key)
         if hit is None:
             hit = 0.0
             if pp > 1:
                 _, nodes = strided_group_spread(pp, pp_stride, self.gpn)
-                hit = p2p_time(act / tp, nodes > 1, self.node)
+                hit = pipeline_hop_s(self.node, act, tp, tp > 1, self.world // pp, nodes > 1)
             self._p2p[key] = hit
         return hit
 

@@ -1,0 +1,74 @@
+"""CPU ranks over several nodes are priced by gloo's own algorithms (planner.cost.gloo) and by
+how the node's ranks share its link: hand-computed cases."""
+import dataclasses
+
+import pytest
+
+from planner import emulate
+from planner.cost import gloo
+from planner.cost.block import pipeline_hop_s
+from planner.cost.comm import GroupShape, collective_time, p2p_time
+from planner.hardware import LinkSpec
+from planner.io import parse_yaml
+from planner.profile_yaml import load_profile, parse_profile, profile_yaml
+
+NODE_BYTES_PER_S = 25e6  # 200 Mbit/s
+
+
+@pytest.fixture(scope="module")
+def node():
+    """Two ranks per node sharing one 200 Mbit/s link (no latency, efficiency 1, fast loopback)."""
+    base = emulate.node_profile(load_profile("local-cpu"), emulate.EmulatedCluster(2, 200), 2)
+    inter = LinkSpec(bandwidth_bytes_per_s=NODE_BYTES_PER_S / 2, latency_s=0.0, bus_efficiency=1.0)
+    intra = LinkSpec(bandwidth_bytes_per_s=1e12, latency_s=0.0, bus_efficiency=1.0)
+    return dataclasses.replace(base, inter_node=inter, intra_node=intra)
+
+
+def test_a_flat_ring_over_two_shared_links_moves_its_whole_traffic_over_each(node):
+    s = 8e6
+    # 4 ranks, 2 per node: the ring's one edge leaving each node carries 2(n-1)/n * S at the whole link
+    t = collective_time("all_reduce", s, GroupShape(4, 2, 2), node)
+    assert t == pytest.approx(1.5 * s / NODE_BYTES_PER_S)
+    # two 2-rank groups (one rank per node) cross at once: each gets half the link
+    t2 = collective_time("all_reduce", s, GroupShape(2, 1, 2), node)
+    assert t2 == pytest.approx(1.0 * s / (NODE_BYTES_PER_S / 2))
+
+
+def test_gloo_reduce_scatter_costs_an_all_reduce(node):
+    g = GroupShape(4, 2, 2)
+    assert collective_time("reduce_scatter", 4e6, g, node) == pytest.approx(collective_time("all_reduce", 4e6, g, node))
+    assert collective_time("all_gather", 4e6, g, node) == pytest.approx(0.5 * collective_time("all_reduce", 4e6, g, node))
+
+
+def test_broadcast_tree_sends_two_messages_over_the_link_per_root():
+    link = LinkSpec(bandwidth_bytes_per_s=NODE_BYTES_PER_S / 2, latency_s=0.0, bus_efficiency=1.0)
+    fast = LinkSpec(bandwidth_bytes_per_s=1e12, latency_s=0.0, bus_efficiency=1.0)
+    # root 0 of {0,1 | 2,3}: 0->1 inside, then 0->2 and 1->3 both leave node 0
+    assert gloo._tree_messages(4, 2, 0) == (2, 1, 2)
+    s = 8e6
+    t = gloo.broadcast_all_s(s, 4, n=4, k=2, intra=fast, inter=link, share=2.0)
+    assert t == pytest.approx(2 * s / NODE_BYTES_PER_S, rel=1e-6)
+
+
+def test_one_sender_per_node_gets_the_whole_shared_link(node):
+    s = 1e6
+    assert p2p_time(s, True, node, senders_per_node=1) == pytest.approx(s / NODE_BYTES_PER_S)
+    assert p2p_time(s, True, node) == pytest.approx(2 * s / NODE_BYTES_PER_S)
+    per_nic = dataclasses.replace(node, inter_node_shared=False)
+    assert p2p_time(s, True, per_nic, senders_per_node=1) == pytest.approx(2 * s / NODE_BYTES_PER_S)
+
+
+def test_the_executor_sends_whole_activations_between_tp_stages_without_sp(node):
+    act = 1e6
+    full = pipeline_hop_s(node, act, 2, False, 2, True)
+    sharded = pipeline_hop_s(node, act, 2, True, 2, True)
+    assert full == pytest.approx(2 * sharded)
+    gpu = load_profile("dgx-h100-80gb")  # Megatron's scatter-gather: 1/tp either way
+    assert pipeline_hop_s(gpu, act, 8, False, 8, True) == pytest.approx(pipeline_hop_s(gpu, act, 8, True, 8, True))
+
+
+def test_the_shared_link_flag_round_trips_through_the_profile_file(node):
+    def again(n):
+        return parse_profile(parse_yaml(profile_yaml(n), "profile", "test"))
+    assert again(node).inter_node_shared is True
+    assert again(load_profile("dgx-h100-80gb")).inter_node_shared is False
