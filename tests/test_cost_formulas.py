@@ -171,3 +171,15 @@ def test_flash_attention_runs_at_the_stacks_measured_kernel_rate():
                        get_runtime("megatron-core"))
     assert plain.core_fwd_s > 0 and slow.core_fwd_s != pytest.approx(
         layer_times(m, 1, 8192, 1, 1, False, "none", "bf16", rates, get_runtime("megatron-core")).core_fwd_s)
+
+
+def test_nccl_rings_over_nodes_stream_at_the_nodes_nic_bandwidth():
+    """A multi-node ring all-reduce on DGX A100 (8 HDR NICs) reaches ~k NICs of bus bandwidth
+    whatever the node count (NVIDIA/nccl#689: "a top speed of 190 GB/s"), not a hierarchical sum."""
+    node = load_profile("dgx-a100-80gb")
+    nic = 8 * node.inter_node.effective_bandwidth_bytes_per_s
+    size = 2.0 ** 30
+    for nodes in (2, 4):
+        n = 8 * nodes
+        busbw = 2 * (n - 1) / n * size / collective_time("all_reduce", size, GroupShape(n, 8, nodes), node)
+        assert 0.95 * nic < busbw <= nic

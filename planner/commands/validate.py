@@ -129,8 +129,8 @@ MISS_NOTES = """Why the misses happen (model limitations, not row quirks):
   nodes' own network (4x 100 Gb/s Omni-Path per 8 GPUs, BLOOM model card), DeepSpeed's pipeline
   engine all-reducing the FP32 gradients whole after the last micro-batch and the tied
   embedding's gradient all-reduced between the first and last stage (both from DeepSpeed's
-  source). The rows are still predicted 14-35% too fast, most at global batch 16 and 192 where
-  these per-step costs dominate; Omni-Path's collective efficiency is assumed equal to
+  source). The rows are still predicted too fast (their errors are in the tables above), most at
+  global batch 16 and 192 where these per-step costs dominate; Omni-Path's collective efficiency is assumed equal to
   InfiniBand's, which no published measurement here checks.
 """
 

@@ -1,4 +1,4 @@
-"""Collective communication times: ring alpha-beta, hierarchical over intra- and inter-node links.
+"""Collective communication times: ring alpha-beta over intra- and inter-node links.
 
 Ring collectives on n ranks and S bytes (Thakur et al. 2005; Patarasuk & Yuan 2009; nccl-tests
 PERFORMANCE.md): all-reduce moves ``2(n-1)/n * S`` bytes per rank, all-gather and reduce-scatter
@@ -6,10 +6,12 @@ PERFORMANCE.md): all-reduce moves ``2(n-1)/n * S`` bytes per rank, all-gather an
 buffer; off-node shares cross the rank's own NIC, the others NVLink, at once); send/recv ``S``.
 nccl-tests call ``S/t`` the algorithm bandwidth and the ring-corrected figure the bus bandwidth.
 
-A group spanning several nodes runs hierarchically (intra-node reduce-scatter, inter-node
-collective on each GPU's 1/k slice over its own NIC -- the multi-rail ring NCCL builds -- then
-intra-node all-gather), so its bandwidth time is
-``intra(S) + inter(S/k)`` with k ranks of the group per node. Latency follows NCCL's ring model
+A group spanning several nodes runs NCCL's rings, one channel per NIC (multi-rail): each ring
+leaves a node once, so a rank's ring traffic ``f * S`` goes ``1/k`` over the NICs and
+``(k-1)/k`` over NVLink at once, with k ranks of the group per node; the slower of the two
+bounds it: ``f * S * max((k-1)/k / intra, 1/(k * inter))``. Without rails (a runtime's
+``multi_rail=False``) the intra-node part and then every rank's inter-node share cross in turn:
+``intra(S) + inter(S)``. Latency follows NCCL's ring model
 (src/graph/tuning.cc): ``n-1`` steps for all-gather/reduce-scatter (``2(n-1)`` for all-reduce), of
 which ``N-1`` (``2(N-1)``) cross the network at the inter-node per-step latency, the rest at the
 intra-node one.
@@ -100,7 +102,7 @@ def collective_time(op: str, size_bytes: float, group: GroupShape, node: NodeSpe
         return measured.time_s(size_bytes, ring_bus_factor(op, n))
     intra, inter = node.intra_node, node.inter_node
     if node.device.host_cores > 0 and group.nodes > 1 and op in ("all_reduce", "all_gather", "reduce_scatter"):
-        # CPU ranks talk through gloo: one flat ring, no multi-rail hierarchy (planner.cost.gloo)
+        # CPU ranks talk through gloo: one flat ring, no rails (planner.cost.gloo)
         k = min(group.ranks_per_node, n)
         share = node.inter_node_share(node.gpus_per_node / k)  # the axis's other groups cross at once
         return gloo.ring_time(op, size_bytes, n, k, intra, inter, share)
@@ -118,14 +120,22 @@ def collective_time(op: str, size_bytes: float, group: GroupShape, node: NodeSpe
     if N <= 1:
         return (_ring_steps(op, n) * intra.latency_s
                 + ring_bus_factor(op, n) * size_bytes / intra.effective_bandwidth_bytes_per_s)
-    # hierarchical: intra-node part on S, inter-node part on S/k per NIC
     inter_steps = 2 * (N - 1) if op == "all_reduce" else (N - 1)
     intra_steps = max(0, _ring_steps(op, n) - inter_steps)
-    intra_factor = ring_bus_factor(op, k)  # all-reduce: RS + AG inside the node = 2(k-1)/k
-    inter_factor = ring_bus_factor(op, N)
-    bw_time = (intra_factor * size_bytes / intra.effective_bandwidth_bytes_per_s
-               + inter_factor * (size_bytes / (k if multi_rail else 1)) / inter.effective_bandwidth_bytes_per_s)
-    return intra_steps * intra.latency_s + inter_steps * inter.latency_s + bw_time
+    latency = intra_steps * intra.latency_s + inter_steps * inter.latency_s
+    if multi_rail:
+        # NCCL's rings, one channel per NIC: each ring leaves a node once, through its own NIC,
+        # so a NIC carries 1/k of every rank's ring traffic and NVLink the other (k-1)/k; both
+        # stream at once and the slower bounds the ring (busbw = k NICs: "a top speed of 190
+        # GB/s" with 8 HDR NICs per DGX A100, NVIDIA/nccl#689; nccl-tests#119: 4 HDR NICs per
+        # 8 A100 reach 85-96 of 100 GB/s)
+        per_byte = max((k - 1) / k / intra.effective_bandwidth_bytes_per_s,
+                       1.0 / (k * inter.effective_bandwidth_bytes_per_s))
+        return latency + ring_bus_factor(op, n) * size_bytes * per_byte
+    # hierarchical without rails: intra-node part on S, then every rank's inter-node share over its own NIC
+    bw_time = (ring_bus_factor(op, k) * size_bytes / intra.effective_bandwidth_bytes_per_s
+               + ring_bus_factor(op, N) * size_bytes / inter.effective_bandwidth_bytes_per_s)
+    return latency + bw_time
 
 
 def p2p_time(size_bytes: float, crosses_nodes: bool, node: NodeSpec, senders_per_node: float | None = None) -> float:

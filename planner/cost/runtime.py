@@ -68,7 +68,7 @@ class Runtime:
         collectives on a side stream, but its 2021 ``_allgather_param`` calls
         ``torch.cuda.synchronize()`` before each gather, so only part of it hides).
     multi_rail: a group spanning nodes splits its inter-node traffic over the node's NICs
-        (NCCL's hierarchical multi-rail rings: each NIC carries 1/k of the data). False: every
+        (NCCL's multi-rail rings: each NIC carries 1/k of the data). False: every
         rank's full share crosses its own NIC (a flat ring in rank order, as DeepSpeed-2021
         ZeRO-3's per-parameter list all-gathers over the whole data-parallel group run).
     list_collective_copies: the ZeRO-3 collectives go through torch.distributed's list-based
