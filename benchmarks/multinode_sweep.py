@@ -66,22 +66,45 @@ def _spearman(xs: list[float], ys: list[float]) -> float:
     return num / den if den else float("nan")
 
 
+def _run_dir(work: Path, mbit: float, r: int, name: str) -> Path:
+    return work / f"run-{mbit:g}-{r}-{name.replace(' ', '_')}"
+
+
+def predicted_rows(cluster: emulate.EmulatedCluster, work: Path) -> list[dict]:
+    """Every plan of :data:`PLANS` on ``cluster``'s nodes, predicted and written to ``work``."""
+    mbit = cluster.mbit
+    profile = work / f"emulated-{mbit:g}.yaml"
+    write_profile(emulate.node_profile(load_profile("local-cpu"), cluster, 2), profile)
+    rows = []
+    for name, pair, extra in PLANS:
+        plan = Plan(model=MODEL, hardware=str(profile), n_nodes=2, gpus_per_node=2,
+                    parallel=ParallelConfig(**BASE, **extra))
+        pred = predict_plan(plan)
+        path = plan.with_prediction(pred.to_dict()).save(work / f"{mbit:g}-{name.replace(' ', '_')}.json")
+        rows.append({"mbit": mbit, "name": name, "pair": pair, "plan": plan.parallel.megatron_notation(),
+                     "order": plan.parallel.order, "predicted_s": pred.step_time_s, "path": path, "runs": []})
+    return rows
+
+
+def repredicted(mbit: float, rounds: int, work: Path) -> list[dict]:
+    """The plans predicted by today's cost model against the runs an earlier sweep left in
+    ``work`` (nothing runs; the measurements do not depend on the model)."""
+    rows = predicted_rows(emulate.EmulatedCluster(2, mbit), work)
+    for row in rows:
+        for r in range(rounds):
+            path = _run_dir(work, mbit, r, row["name"]) / "summary.json"
+            summary = json.loads(path.read_text()) if path.exists() else {}
+            row["runs"].append((summary.get("measured") or {}).get("step_time_s"))
+    return rows
+
+
 def sweep(mbit: float, rounds: int, work: Path, steps: int, warmup: int) -> list[dict]:
     cluster = emulate.up(2, mbit)
     try:
-        profile = work / f"emulated-{mbit:g}.yaml"
-        write_profile(emulate.node_profile(load_profile("local-cpu"), cluster, 2), profile)
-        rows = []
-        for name, pair, extra in PLANS:
-            plan = Plan(model=MODEL, hardware=str(profile), n_nodes=2, gpus_per_node=2,
-                        parallel=ParallelConfig(**BASE, **extra))
-            pred = predict_plan(plan)
-            path = plan.with_prediction(pred.to_dict()).save(work / f"{mbit:g}-{name.replace(' ', '_')}.json")
-            rows.append({"mbit": mbit, "name": name, "pair": pair, "plan": plan.parallel.megatron_notation(),
-                         "order": plan.parallel.order, "predicted_s": pred.step_time_s, "path": path, "runs": []})
+        rows = predicted_rows(cluster, work)
         for r in range(rounds):
             for row in rows:
-                out = work / f"run-{mbit:g}-{r}-{row['name'].replace(' ', '_')}"
+                out = _run_dir(work, mbit, r, row["name"])
                 cmd = cli_command("run", str(row["path"]), "--emulated", "--out", str(out), "--steps", str(steps),
                                   "--warmup", str(warmup), "--overwrite", "--oversubscribe")
                 subprocess.run(cmd, capture_output=True, text=True, timeout=900)
@@ -94,14 +117,20 @@ def sweep(mbit: float, rounds: int, work: Path, steps: int, warmup: int) -> list
         emulate.down()
 
 
-def report(rows: list[dict], rounds: int, mbits: list[float]) -> str:
+def report(rows: list[dict], rounds: int, mbits: list[float], repredict: bool = False) -> str:
+    args = f"--mbit {' '.join(f'{m:g}' for m in mbits)} --rounds {rounds}"
     lines = ["# Placement on an emulated two-node cluster: predicted vs measured", "",
-             f"Regenerate: `sudo .venv/bin/python benchmarks/multinode_sweep.py --mbit {' '.join(f'{m:g}' for m in mbits)} "
-             f"--rounds {rounds}`.", "",
-             f"Two network-namespace nodes x 2 ranks (4 ranks on this machine's cores), each node's link shaped "
-             f"with tc tbf; {MODEL.name} ({MODEL.n_layers} layers, hidden {MODEL.hidden_size}), fp32, global batch "
-             f"{BASE['global_batch']}, micro-batch {BASE['micro_batch']}, seq {BASE['seq_len']}. Each plan predicted "
-             "before it ran (local-cpu profile, inter-node link at the shaped rate), median of the rounds.", ""]
+             f"Regenerate: `sudo .venv/bin/python benchmarks/multinode_sweep.py {args}`.", ""]
+    if repredict:
+        lines = ["# Placement on an emulated two-node cluster: today's model against the last sweep's runs", "",
+                 f"Regenerate: `.venv/bin/python benchmarks/multinode_sweep.py {args} --repredict` after the sweep "
+                 "(`reports/multinode-validation.md`, whose predictions were made before each run); the measured "
+                 "times are that sweep's, the predictions today's.", ""]
+    lines += [f"Two network-namespace nodes x 2 ranks (4 ranks on this machine's cores), each node's link shaped "
+              f"with tc tbf; {MODEL.name} ({MODEL.n_layers} layers, hidden {MODEL.hidden_size}), fp32, global batch "
+              f"{BASE['global_batch']}, micro-batch {BASE['micro_batch']}, seq {BASE['seq_len']}. Each plan predicted "
+              "(local-cpu profile, inter-node link at the shaped rate, each node half the host's cores), median of "
+              "the rounds.", ""]
     for mbit in mbits:
         sub = [r for r in rows if r["mbit"] == mbit]
         lines += [f"## {mbit:g} Mbit/s", "", "| plan | rank order | predicted s | measured s (median) | error | runs |",
@@ -138,14 +167,18 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--work", default="runs/multinode")
-    ap.add_argument("--out", default=str(ROOT / "reports" / "multinode-validation.md"))
+    ap.add_argument("--out", default=None, help="default: reports/multinode-validation.md, with --repredict "
+                                                 "reports/multinode-repredicted.md")
+    ap.add_argument("--repredict", action="store_true",
+                    help="run nothing: predict the plans with today's model against the runs left in --work")
     a = ap.parse_args(argv)
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
     rows = []
     for mbit in a.mbit:
-        rows += sweep(mbit, a.rounds, work, a.steps, a.warmup)
-    text = report(rows, a.rounds, a.mbit)
+        rows += repredicted(mbit, a.rounds, work) if a.repredict else sweep(mbit, a.rounds, work, a.steps, a.warmup)
+    text = report(rows, a.rounds, a.mbit, a.repredict)
+    a.out = a.out or str(ROOT / "reports" / ("multinode-repredicted.md" if a.repredict else "multinode-validation.md"))
     Path(a.out).write_text(text)
     print(text)
     return 0

@@ -150,5 +150,8 @@ def node_profile(base, cluster: EmulatedCluster, gpus_per_node: int):
     # TCP carries 1448 payload bytes per 1514-byte frame at a 1500-byte MTU (timestamps on)
     link = dataclasses.replace(base.inter_node, bandwidth_bytes_per_s=cluster.bytes_per_s / gpus_per_node,
                                bus_efficiency=1448 / 1514)
-    return dataclasses.replace(base.with_gpus_per_node(gpus_per_node), inter_node=link, inter_node_shared=True,
+    # every emulated node runs on this one host: each has its share of the host's cores
+    device = dataclasses.replace(base.device, host_cores=base.device.host_cores / cluster.nodes)
+    return dataclasses.replace(base.with_gpus_per_node(gpus_per_node), device=device, inter_node=link,
+                               inter_node_shared=True,
                                name=f"{base.name}-emulated-{cluster.nodes}x{cluster.mbit:g}mbit")

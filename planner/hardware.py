@@ -157,7 +157,8 @@ class DeviceSpec:
     reserved_bytes: memory the framework holds outside tensors (CUDA context, NCCL buffers).
     fragmentation_fraction: allocator overhead as a fraction of tensor memory.
     host_cores: CPU profiles only: cores shared by the ranks; a rank runs at
-        peak * min(1, host_cores / ranks_on_host). 0 for GPUs (no sharing).
+        peak * min(1, host_cores / ranks_on_host). 0 for GPUs (no sharing). A fraction where
+        emulated nodes share one host's cores (:func:`planner.emulate.node_profile`).
     sm_count: streaming multiprocessors (compute units) of a GPU; a running collective holds
         some of them (:func:`planner.cost.comm.comm_sm_fraction`). 0: not stated (CPU profiles),
         and overlapped communication then takes nothing from the compute.
@@ -174,7 +175,7 @@ class DeviceSpec:
     kernel_overhead_s: float
     reserved_bytes: float
     fragmentation_fraction: float
-    host_cores: int = 0
+    host_cores: float = 0
     sm_count: int = 0
     matmul_efficiency_by_dtype: tuple[tuple[str, EfficiencyCurve], ...] = ()
     attention_kernels: tuple[AttentionKernel, ...] = ()

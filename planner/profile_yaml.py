@@ -131,7 +131,8 @@ def _parse_device(data: Any) -> DeviceSpec:
     for key in ("host_cores", "sm_count"):
         value = data.get(key, 0)
         if isinstance(value, bool) or not isinstance(value, int):
-            raise InputError(f"{where}.{key}", f"must be an integer, got {value!r}")
+            if key == "sm_count" or not isinstance(value, float) or not math.isfinite(value):
+                raise InputError(f"{where}.{key}", f"must be an integer, got {value!r}")
         counts[key] = value
     if not isinstance(data.get("name"), str):
         raise InputError(f"{where}.name", "missing or not a string")
@@ -340,7 +341,7 @@ def profile_yaml(node: NodeSpec, *, header: Iterable[str] = (), comments: dict[s
     out.append(_line(1, "reserved_gib", _num(d.reserved_bytes / GIB), c))
     out.append(_line(1, "fragmentation_fraction", _num(d.fragmentation_fraction), c))
     if d.host_cores:
-        out.append(_line(1, "host_cores", str(int(d.host_cores)), c))
+        out.append(_line(1, "host_cores", _num(d.host_cores), c))
     if d.sm_count:
         out.append(_line(1, "sm_count", str(int(d.sm_count)), c))
     if d.attention_kernels:

@@ -72,3 +72,39 @@ def test_the_shared_link_flag_round_trips_through_the_profile_file(node):
         return parse_profile(parse_yaml(profile_yaml(n), "profile", "test"))
     assert again(node).inter_node_shared is True
     assert again(load_profile("dgx-h100-80gb")).inter_node_shared is False
+
+
+def test_emulated_nodes_share_the_hosts_cores(node):
+    base = load_profile("local-cpu")
+    assert node.device.host_cores == pytest.approx(base.device.host_cores / 2)
+
+
+def test_the_root_unit_of_a_model_the_executor_unties_holds_its_lm_head(node):
+    from planner.cost.compute import make_rates
+    from planner.cost.stacks import stack_of
+    from planner.model import ModelSpec
+    model = ModelSpec(name="t", n_layers=2, hidden_size=256, n_heads=4, n_kv_heads=4, ffn_hidden_size=1024,
+                      vocab_size=4096, seq_len=128, tied_embeddings=True)
+    g = GroupShape(2, 1, 2)
+    rates = make_rates(node.device, "fp32", 2, node.framework)
+    _, _, head_f, _ = stack_of(node).fsdp_edge_s(model, node, rates, g, tp=2, pp=1, precision="fp32", sharding="none")
+    assert head_f >= collective_time("all_gather", model.vocab_size * model.hidden_size / 2 * 4, g, node)
+
+
+def test_collectives_across_nodes_count_as_waiting_not_computing(node, tmp_path):
+    from planner.cost.compute import make_rates
+    from planner.cost.step import _bind, _link_wait_s, cluster_for, stage_times
+    from planner.model import ModelSpec
+    from planner.plan import ParallelConfig
+    model = ModelSpec(name="t", n_layers=2, hidden_size=256, n_heads=4, n_kv_heads=4, ffn_hidden_size=1024,
+                      vocab_size=4096, seq_len=128)
+    path = tmp_path / "node.yaml"
+    path.write_text(profile_yaml(node))
+    waits = {}
+    for order in ("tp-cp-dp-pp", "pp-cp-tp-dp"):  # tp inside a node (pp across), then tp across the nodes
+        P = ParallelConfig(tp=2, pp=2, micro_batch=2, global_batch=8, seq_len=128, precision="fp32", order=order)
+        cluster, sites, ranks, runtimes = _bind(model, cluster_for(str(path), 2, 2), P, None)
+        rates = tuple(make_rates(s.node.device, P.precision, ranks, s.node.framework) for s in sites)
+        st = stage_times(model, cluster, sites, runtimes, rates)
+        waits[order] = _link_wait_s(model, P, st, 2)
+    assert waits["pp-cp-tp-dp"] > 0 and waits["tp-cp-dp-pp"] == 0.0

@@ -326,7 +326,10 @@ class ExecutorStack:
             return ag + rates.ops(1, unit_f), (ag if reshard else 0.0) + rs + rates.ops(1, unit_b)
 
         emb_params = model.embedding_params() / tp
-        head_params = (model.head_params() if not tied else model.hidden_size * (2 if model.bias else 1)) / tp
+        # a tied model the executor unties (tp or pp > 1) gets its own LM head weight in the root unit
+        untied_head = model.vocab_size * model.embed_dim if model.tied_embeddings and not tied else 0
+        head_params = (model.head_params() + untied_head if not tied
+                       else model.hidden_size * (2 if model.bias else 1)) / tp
         if tied:
             hf, hb = unit(emb_params + head_params)
             return 0.0, 0.0, hf, hb

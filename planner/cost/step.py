@@ -235,13 +235,34 @@ class TimedStep:
     dp_exposed_s: float
     optimizer_s: float
     step_s: float
+    link_wait_s: float = 0.0
 
     @property
     def busy_fraction(self) -> float:
         """Mean over the pipeline ranks of the time they compute (stage work and the
-        optimizer) per step; the rest they wait for a peer or a collective."""
-        busy = sum(self.pipe.busy_s) / len(self.pipe.busy_s) + self.optimizer_s
-        return min(1.0, busy / self.step_s)
+        optimizer) per step; the rest they wait for a peer or a collective, including the
+        collectives inside their stage work whose group spans nodes (``link_wait_s``)."""
+        busy = sum(self.pipe.busy_s) / len(self.pipe.busy_s) - self.link_wait_s + self.optimizer_s
+        return min(1.0, max(0.0, busy) / self.step_s)
+
+
+def _link_wait_s(model: ModelSpec, P: ParallelConfig, st: StageTimes, gpus_per_node: int) -> float:
+    """Mean over the pipeline ranks of the time their stage work spends in tp / cp / ep / sharded-dp
+    collectives whose group spans nodes: waits on the link, on which a CPU rank sleeps."""
+    crosses = {axis: getattr(P, axis) > 1 and group_shape(P, axis, gpus_per_node).nodes > 1
+               for axis in ("tp", "cp", "dp")}
+    crosses["ep"] = P.ep > 1 and expert_group_spreads(P, gpus_per_node)[0][1] > 1
+    if not any(crosses.values()):
+        return 0.0
+    layers = P.layers_per_stage(model.n_layers)
+    total = 0.0
+    for r in range(P.pp):
+        b = st.blocks[st.site_of_rank[r]]
+        bc = b.block
+        per_block = ((bc.tp_f + bc.tp_b + bc.tp_rc) * crosses["tp"] + (bc.cp_f + bc.cp_b) * crosses["cp"]
+                     + (bc.ep_f + bc.ep_b + bc.ep_rc) * crosses["ep"] + (b.z3_f + b.z3_b) * crosses["dp"])
+        total += P.num_micro_batches * per_block * sum(layers[k] for k in range(r, P.pp * P.vpp, P.pp))
+    return total / P.pp
 
 
 def _site_dp_exposed_s(model: ModelSpec, site: Site, runtime: Runtime, rates: Rates, st: StageTimes,
@@ -295,7 +316,8 @@ def timed_step(model: ModelSpec, cluster: ClusterSpec, sites: tuple[Site, ...], 
                     list(st.sched_w) if st.sched_w else None, st.p2p_s, need_timeline=timeline)
     dp = max(_site_dp_exposed_s(model, s, rt, r, st, sp) for s, rt, r, sp in zip(sites, runtimes, rates, stage_params))
     opt = max(optimizer_s(model, s.P, r, s.ranks) for s, r in zip(sites, rates))
-    return TimedStep(ranks_busy, rates, st, pipe, dp, opt, pipe.makespan_s + dp + opt)
+    wait = _link_wait_s(model, P, st, sites[0].node.gpus_per_node) if len(sites) == 1 else 0.0
+    return TimedStep(ranks_busy, rates, st, pipe, dp, opt, pipe.makespan_s + dp + opt, wait)
 
 
 def _bind(model: ModelSpec, cluster: ClusterSpec, P: ParallelConfig,
