@@ -4,8 +4,8 @@
         [--out reports/multinode-validation.md]
 
 For each link rate: ``clusterplan emulate up --nodes 2`` (2 ranks per node, so 4 ranks share
-this machine's cores, which the cost model prices), the node profile ``local-cpu`` with its
-inter-node link at the shaped rate, then every plan of :data:`PLANS` (pairs that differ only in
+this machine's cores, which the cost model prices), ``clusterplan calibrate --emulated``: the node
+profile ``local-cpu`` with its inter-node link measured, then every plan of :data:`PLANS` (pairs that differ only in
 which axis crosses the slow link) predicted, written, and run with ``clusterplan run --emulated``
 ``--rounds`` times, round after round; each plan keeps its median step time. The report lists
 predicted vs measured per plan, the rank correlation of predicted and measured step times, and
@@ -29,7 +29,6 @@ from planner.cost.step import predict_plan  # noqa: E402
 from planner.launch import cli_command  # noqa: E402
 from planner.model import ModelSpec  # noqa: E402
 from planner.plan import ParallelConfig, Plan  # noqa: E402
-from planner.profile_yaml import load_profile, write_profile  # noqa: E402
 
 MODEL = ModelSpec(name="gpt-8m", n_layers=4, hidden_size=256, n_heads=4, n_kv_heads=4, ffn_hidden_size=1024,
                   vocab_size=4096, seq_len=128)
@@ -70,11 +69,28 @@ def _run_dir(work: Path, mbit: float, r: int, name: str) -> Path:
     return work / f"run-{mbit:g}-{r}-{name.replace(' ', '_')}"
 
 
-def predicted_rows(cluster: emulate.EmulatedCluster, work: Path) -> list[dict]:
-    """Every plan of :data:`PLANS` on ``cluster``'s nodes, predicted and written to ``work``."""
-    mbit = cluster.mbit
-    profile = work / f"emulated-{mbit:g}.yaml"
-    write_profile(emulate.node_profile(load_profile("local-cpu"), cluster, 2), profile)
+def _profile_path(work: Path, mbit: float) -> Path:
+    return work / f"emulated-{mbit:g}.yaml"
+
+
+def calibrate_link(mbit: float, work: Path) -> Path:
+    """``clusterplan calibrate --emulated`` on the cluster that is up: the node profile whose
+    inter-node link is measured (latency, bandwidth of 2 rank pairs at once), not typed."""
+    path = _profile_path(work, mbit)
+    done = subprocess.run(cli_command("calibrate", "--emulated", "--gpus-per-node", "2", "--out", str(path)),
+                          capture_output=True, text=True, timeout=900)
+    if done.returncode != 0:
+        raise SystemExit(f"calibrate --emulated at {mbit:g} Mbit/s failed: {done.stdout[-400:]}{done.stderr[-400:]}")
+    print(next((line for line in done.stdout.splitlines() if "inter-node:" in line), "").strip(), flush=True)
+    return path
+
+
+def predicted_rows(mbit: float, work: Path) -> list[dict]:
+    """Every plan of :data:`PLANS` on the measured node profile in ``work``, predicted and written
+    to ``work``."""
+    profile = _profile_path(work, mbit)
+    if not profile.exists():
+        raise SystemExit(f"{profile}: no measured node profile (the sweep writes it with calibrate --emulated)")
     rows = []
     for name, pair, extra in PLANS:
         plan = Plan(model=MODEL, hardware=str(profile), n_nodes=2, gpus_per_node=2,
@@ -89,7 +105,7 @@ def predicted_rows(cluster: emulate.EmulatedCluster, work: Path) -> list[dict]:
 def repredicted(mbit: float, rounds: int, work: Path) -> list[dict]:
     """The plans predicted by today's cost model against the runs an earlier sweep left in
     ``work`` (nothing runs; the measurements do not depend on the model)."""
-    rows = predicted_rows(emulate.EmulatedCluster(2, mbit), work)
+    rows = predicted_rows(mbit, work)
     for row in rows:
         for r in range(rounds):
             path = _run_dir(work, mbit, r, row["name"]) / "summary.json"
@@ -99,9 +115,10 @@ def repredicted(mbit: float, rounds: int, work: Path) -> list[dict]:
 
 
 def sweep(mbit: float, rounds: int, work: Path, steps: int, warmup: int) -> list[dict]:
-    cluster = emulate.up(2, mbit)
+    emulate.up(2, mbit)
     try:
-        rows = predicted_rows(cluster, work)
+        calibrate_link(mbit, work)
+        rows = predicted_rows(mbit, work)
         for r in range(rounds):
             for row in rows:
                 out = _run_dir(work, mbit, r, row["name"])
@@ -129,8 +146,8 @@ def report(rows: list[dict], rounds: int, mbits: list[float], repredict: bool = 
     lines += [f"Two network-namespace nodes x 2 ranks (4 ranks on this machine's cores), each node's link shaped "
               f"with tc tbf; {MODEL.name} ({MODEL.n_layers} layers, hidden {MODEL.hidden_size}), fp32, global batch "
               f"{BASE['global_batch']}, micro-batch {BASE['micro_batch']}, seq {BASE['seq_len']}. Each plan predicted "
-              "(local-cpu profile, inter-node link at the shaped rate, each node half the host's cores), median of "
-              "the rounds.", ""]
+              "(local-cpu profile, inter-node link measured by `clusterplan calibrate --emulated`, each node half "
+              "the host's cores), median of the rounds.", ""]
     for mbit in mbits:
         sub = [r for r in rows if r["mbit"] == mbit]
         lines += [f"## {mbit:g} Mbit/s", "", "| plan | rank order | predicted s | measured s (median) | error | runs |",
