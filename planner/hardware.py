@@ -247,6 +247,10 @@ class NodeSpec:
     inter_node_shared: bool = False
     """The node's ranks share one inter-node link (an emulated node's veth, a host with one NIC)
     and ``inter_node`` is each rank's 1/gpus_per_node of it; False: a NIC per rank (DGX rails)."""
+    link_cpu_s_per_byte: tuple[float, float] = (0.0, 0.0)
+    """CPU ranks: host CPU seconds one byte costs (inter-node, intra-node), both TCP stacks and
+    the path between included (measured by ``clusterplan calibrate --emulated``,
+    :mod:`planner.calibrate.link_cpu`); 0 where not measured."""
 
     def __post_init__(self) -> None:
         require(self.gpus_per_node >= 1, "node.gpus_per_node", "must be >= 1")

@@ -36,7 +36,8 @@ _FRAMEWORK_OPTIONAL = {"concurrent_slowdown", "concurrent_gemm_slowdown", "sp_bl
 _DEVICE_KEYS = {"name", "peak_tflops", "hbm_gib", "hbm_bandwidth_gb_s", "matmul_efficiency",
                 "memory_bound_efficiency", "kernel_overhead_us", "reserved_gib",
                 "fragmentation_fraction", "host_cores", "sm_count", "attention_tflops"}
-_NODE_KEYS = {"gpus_per_node", "intra_node", "inter_node", "inter_node_shared"}
+_NODE_KEYS = {"gpus_per_node", "intra_node", "inter_node", "inter_node_shared", "inter_node_cpu_ns_per_byte",
+              "intra_node_cpu_ns_per_byte"}
 _LINK_KEYS = {"bandwidth_gb_s", "latency_us", "bus_efficiency"}
 _COLLECTIVE_KEYS = {"op", "group_size", "latency_us", "bus_bandwidth_gb_s", "times_us"}
 
@@ -258,6 +259,10 @@ def parse_profile(data: Any, source: str = "profile") -> NodeSpec:
     shared = node.get("inter_node_shared", False)
     if not isinstance(shared, bool):
         raise InputError("node.inter_node_shared", f"must be true or false, got {shared!r}")
+    link_cpu = tuple(finite_number(node, key, "node", default=0.0) * 1e-9
+                     for key in ("inter_node_cpu_ns_per_byte", "intra_node_cpu_ns_per_byte"))
+    if min(link_cpu) < 0:
+        raise InputError("node.inter_node_cpu_ns_per_byte", "must be >= 0")
     return NodeSpec(
         name=data["name"],
         description=str(data.get("description", "")),
@@ -270,6 +275,7 @@ def parse_profile(data: Any, source: str = "profile") -> NodeSpec:
         framework=_parse_framework(data.get("framework")) if "framework" in data else None,
         memory_sources=_parse_memory_sources(data.get("memory_sources")),
         inter_node_shared=shared,
+        link_cpu_s_per_byte=link_cpu,
     )
 
 
@@ -362,6 +368,9 @@ def profile_yaml(node: NodeSpec, *, header: Iterable[str] = (), comments: dict[s
         out.append(f"    bus_efficiency: {_num(link.bus_efficiency)}")
     if node.inter_node_shared:
         out.append("  inter_node_shared: true  # the node's ranks share one link; inter_node is each rank's share")
+    if any(node.link_cpu_s_per_byte):
+        for key, value in zip(("inter_node_cpu_ns_per_byte", "intra_node_cpu_ns_per_byte"), node.link_cpu_s_per_byte):
+            out.append(f"  {key}: {_num(value * 1e9)}  # host CPU per byte over TCP (calibrate --emulated)")
     if node.memory_sources:
         out.append("memory_sources:  # fitted by clusterplan fit: reading = factor * predicted peak + offset")
         for source, factor, offset in node.memory_sources:
@@ -426,6 +435,7 @@ def _check_round_trip(node: NodeSpec, back: NodeSpec) -> None:
             if [(k, d, len(p)) for k, d, p in mine] != [(k, d, len(p)) for k, d, p in theirs]:
                 raise AssertionError(f"profile_yaml: framework.{table.yaml_key} did not round-trip")
             pairs += [(a, b) for (_, _, p), (_, _, q) in zip(mine, theirs) for u, v in zip(p, q) for a, b in zip(u, v)]
+    pairs += list(zip(node.link_cpu_s_per_byte, back.link_cpu_s_per_byte))
     if node.inter_node_shared != back.inter_node_shared:
         raise AssertionError("profile_yaml: node.inter_node_shared did not round-trip")
     if [n for n, _, _ in node.memory_sources] != [n for n, _, _ in back.memory_sources]:

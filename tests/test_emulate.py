@@ -113,4 +113,6 @@ def test_calibrate_emulated_measures_the_shaped_link(cluster, tmp_path, capsys):
     assert 0.7 < link.bus_efficiency <= 1.0
     assert 0 < link.latency_s < 0.01
     assert "calibrate --emulated" in node.measured_on
+    across, inside = node.link_cpu_s_per_byte  # TCP through veth, bridge and tbf costs host CPU
+    assert 0 < across < 1e-6 and 0 < inside < 1e-6
     assert "fitted" in capsys.readouterr().out

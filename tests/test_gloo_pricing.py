@@ -108,3 +108,18 @@ def test_collectives_across_nodes_count_as_waiting_not_computing(node, tmp_path)
         st = stage_times(model, cluster, sites, runtimes, rates)
         waits[order] = _link_wait_s(model, P, st, 2)
     assert waits["pp-cp-tp-dp"] > 0 and waits["tp-cp-dp-pp"] == 0.0
+
+
+def test_a_ring_whose_edges_move_more_bytes_than_the_cores_can_runs_at_the_cores_pace(node):
+    s = 8e6
+    g = GroupShape(4, 2, 2)
+    link_s = collective_time("all_reduce", s, g, node)
+    costly = dataclasses.replace(node, link_cpu_s_per_byte=(100e-9, 1e-9))
+    cores = costly.device.host_cores
+    # per node each step: one edge leaving it and one inside it, one ring of the axis per node
+    cpu_s = 6 * s / 4 * (100e-9 + 1e-9) / cores
+    assert cpu_s > link_s
+    assert collective_time("all_reduce", s, g, costly) == pytest.approx(cpu_s)
+    assert cpu_s > 0 and collective_time("all_reduce", s, g, dataclasses.replace(node, link_cpu_s_per_byte=(0.0, 0.0))) == link_s
+    back = parse_profile(parse_yaml(profile_yaml(costly), "profile", "test"))
+    assert back.link_cpu_s_per_byte == pytest.approx((100e-9, 1e-9))

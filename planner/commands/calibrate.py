@@ -37,6 +37,7 @@ def emulated_handler(args: argparse.Namespace) -> int:
     """``calibrate --emulated``: fit the shaped link, write the emulated node's profile."""
     from planner import emulate
     from planner.calibrate.emulated import QUICK_SIZES, SIZES, emulated_node, fit_link, measure
+    from planner.calibrate.link_cpu import link_cpu_costs
     from planner.errors import require
     from planner.io import check_output_path
     from planner.profile_yaml import load_profile, write_profile
@@ -50,20 +51,24 @@ def emulated_handler(args: argparse.Namespace) -> int:
     print(f"calibrate: the link between {cluster.namespace(0)} and {cluster.namespace(1)} "
           f"({cluster.mbit:g} Mbit/s shaped) ...", file=sys.stderr)
     fit = fit_link(measure(cluster, QUICK_SIZES if args.quick else SIZES, gpn), cluster.bytes_per_s / gpn)
-    node = emulated_node(base, cluster, gpn, fit)
+    link_cpu = link_cpu_costs(cluster, seconds=0.5 if args.quick else 1.5)
+    node = dataclasses.replace(emulated_node(base, cluster, gpn, fit), link_cpu_s_per_byte=link_cpu)
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     header = [f"{node.name}: {base.name} with the emulated cluster's inter-node link as measured",
               f"clusterplan calibrate --emulated --base {args.base} --gpus-per-node {gpn} ({when}): gloo all-reduce "
               f"and ping-pong between two nodes, {gpn} pair(s) at once, {len(fit.rows)} sizes",
               f"latency {fit.latency_s * 1e6:.1f} us per step; {fit.bandwidth_bytes_per_s / 1e6:.1f} MB/s achieved of "
-              f"{fit.line_bytes_per_s / 1e6:.1f} MB/s, a rank's share of the shaped link (bus efficiency {fit.bus_efficiency:.3f})"]
+              f"{fit.line_bytes_per_s / 1e6:.1f} MB/s, a rank's share of the shaped link (bus efficiency {fit.bus_efficiency:.3f})",
+              f"host CPU per byte over TCP: {link_cpu[0] * 1e9:.2f} ns between nodes, {link_cpu[1] * 1e9:.2f} ns inside "
+              "one (planner/calibrate/link_cpu.py)"]
     provenance = (f"{base.measured_on}; inter_node: calibrate --emulated, {cluster.nodes} nodes at "
                   f"{cluster.mbit:g} Mbit/s, {when}").lstrip("; ")
     write_profile(dataclasses.replace(node, measured_on=provenance), args.out, header=header)
     print(f"wrote {args.out}")
     print(f"  inter-node: latency {fit.latency_s * 1e6:.1f} us, {fit.bandwidth_bytes_per_s / 1e6:.1f} MB/s of "
           f"{fit.line_bytes_per_s / 1e6:.1f}, a rank's share of the line with {gpn} per node (efficiency "
-          f"{fit.bus_efficiency:.3f})")
+          f"{fit.bus_efficiency:.3f}); host CPU {link_cpu[0] * 1e9:.2f} ns per byte across, "
+          f"{link_cpu[1] * 1e9:.2f} inside a node")
     for op, size, measured, fitted in fit.rows:
         print(f"  {op:<10} {size:>10} B: measured {measured * 1e3:9.3f} ms, fitted {fitted * 1e3:9.3f} ms "
               f"({100 * (fitted / measured - 1):+.1f}%)")

@@ -29,17 +29,27 @@ def _step_s(link: LinkSpec, chunk_bytes: float, share: float) -> float:
 
 
 def ring_time(op: str, size_bytes: float, n: int, k: int, intra: LinkSpec, inter: LinkSpec,
-              share: float = 1.0) -> float:
+              share: float = 1.0, cpu_s_per_byte: tuple[float, float] = (0.0, 0.0), groups: float = 1.0,
+              node_cores: float = 0.0) -> float:
     """One gloo ``op`` of ``size_bytes`` (the full tensor) over ``n`` ranks, ``k`` of them on
     each of ``n/k`` nodes (``n > k``: the ring crosses nodes); an edge between nodes runs at
-    ``share`` times the per-rank ``inter`` bandwidth (:meth:`NodeSpec.inter_node_share`)."""
+    ``share`` times the per-rank ``inter`` bandwidth (:meth:`NodeSpec.inter_node_share`).
+
+    With the host CPU a byte costs (``cpu_s_per_byte``: between nodes, inside one) the ring is
+    also bounded by a node's ``node_cores``: each step its ``groups`` rings (the axis's groups,
+    running at once) move a chunk over one edge leaving it and ``k-1`` edges inside it."""
     if op == "reduce_scatter":
         op = "all_reduce"
     steps = 2 * (n - 1) if op == "all_reduce" else n - 1
     chunk = size_bytes / n
     between = _step_s(inter, chunk, share)
     within = _step_s(intra, chunk, 1.0) if k > 1 else 0.0
-    return steps * max(between, within)
+    link_s = steps * max(between, within)
+    across, inside = cpu_s_per_byte
+    if node_cores <= 0 or not (across or inside):
+        return link_s
+    cpu_s = steps * chunk * groups * (across + (k - 1) * inside) / node_cores
+    return max(link_s, cpu_s)
 
 
 @lru_cache(maxsize=4096)
