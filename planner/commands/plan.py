@@ -41,7 +41,7 @@ def register(subparsers) -> None:
 
 
 class _Bar:
-    """A progress bar on stderr, shown only once a search has run for a second."""
+    """A progress bar on a terminal's stderr, shown only once a search has run for a second."""
 
     def __init__(self, enabled: bool):
         self.enabled = enabled
@@ -215,7 +215,7 @@ def handler(args: argparse.Namespace) -> int:
     cluster, label = _cluster_from_args(args)
     if args.precision is None:
         args.precision = cluster.groups[0].node.device.default_precision()
-    bar = _Bar(enabled=not args.json or sys.stderr.isatty())
+    bar = _Bar(enabled=sys.stderr.isatty())  # a terminal's: a log gets no carriage-return frames
     hetero = not cluster.is_homogeneous
     try:
         if hetero:
