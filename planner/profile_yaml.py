@@ -133,7 +133,8 @@ def _parse_device(data: Any) -> DeviceSpec:
         value = data.get(key, 0)
         if isinstance(value, bool) or not isinstance(value, int):
             if key == "sm_count" or not isinstance(value, float) or not math.isfinite(value):
-                raise InputError(f"{where}.{key}", f"must be an integer, got {value!r}")
+                kind = "an integer" if key == "sm_count" else "a finite number of cores"
+                raise InputError(f"{where}.{key}", f"must be {kind}, got {value!r}")
         counts[key] = value
     if not isinstance(data.get("name"), str):
         raise InputError(f"{where}.name", "missing or not a string")
