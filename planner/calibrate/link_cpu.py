@@ -4,8 +4,9 @@
 A sender streams a fixed number of bytes to a receiver over one TCP connection in 1 MiB writes;
 the host's busy CPU time over the transfer (``/proc/stat``, all CPUs: everything but idle and
 iowait), less the busy rate of an equal quiet interval just before, divided by the bytes, is the
-cost per byte. Measured on this VM (2 cores): 9.0 ns per byte across at 1000 Mbit/s (1.07 cores
-busy for 119 MB/s), 5.3 ns at 200 Mbit/s. Every emulated node runs on this one host, so a
+cost per byte. Measured on this VM (2 cores): 5.2, 17 and 9.0 ns per byte across at 200, 500 and
+1000 Mbit/s (1.07 cores busy for 119 MB/s at 1000; not monotonic in the rate: it follows how tbf
+paces TCP), 0.4-0.7 ns over loopback. Every emulated node runs on this one host, so a
 collective whose edges move more bytes per second than the cores can process runs at the cores'
 pace, not the link's (:func:`planner.cost.gloo.ring_time`).
 """
