@@ -50,6 +50,10 @@ def _files(d: Path) -> dict[str, Path]:
     prof = (ROOT / "hardware_profiles" / "dgx-a100-80gb.yaml").read_text()
     f["inf_profile"] = d / "inf.yaml"
     f["inf_profile"].write_text(prof.replace("bf16: 312", "bf16: .inf"))
+    f["link_cpu_profile"] = d / "linkcpu.yaml"
+    f["link_cpu_profile"].write_text(prof.replace("node:\n", "node:\n  inter_node_cpu_ns_per_byte: -3\n", 1))
+    f["shared_profile"] = d / "shared.yaml"
+    f["shared_profile"].write_text(prof.replace("node:\n", "node:\n  inter_node_shared: 3\n", 1))
     f["header_only"] = d / "header.csv"
     f["header_only"].write_text((ROOT / "benchmarks" / "published_runs.csv").read_text().splitlines()[0] + "\n")
     rows = (ROOT / "benchmarks" / "published_runs.csv").read_text().splitlines()
@@ -109,6 +113,11 @@ def cases(f: dict[str, Path], d: Path) -> list[tuple[str, list[str], tuple[int, 
         ("predict: parallel null", ["predict", str(f["parallel_null"])], (2,)),
         ("predict: profile with bf16 .inf", ["predict", *TINY[:2], "--hardware", str(f["inf_profile"]), "--nodes", "1",
                                              "--global-batch", "8"], (2,)),
+        ("predict: profile with a negative CPU cost per byte", ["predict", *TINY[:2], "--hardware",
+                                                                str(f["link_cpu_profile"]), "--nodes", "1",
+                                                                "--global-batch", "8"], (2,)),
+        ("predict: profile with inter_node_shared 3", ["predict", *TINY[:2], "--hardware", str(f["shared_profile"]),
+                                                       "--nodes", "1", "--global-batch", "8"], (2,)),
         ("predict: YAML alias bomb as profile", ["predict", *TINY[:2], "--hardware", str(f["bomb"]), "--nodes", "1",
                                                  "--global-batch", "8"], (2,)),
         ("predict: /dev/zero as the profile", ["predict", *TINY[:2], "--hardware", "/dev/zero", "--nodes", "1",

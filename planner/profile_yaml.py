@@ -260,10 +260,12 @@ def parse_profile(data: Any, source: str = "profile") -> NodeSpec:
     shared = node.get("inter_node_shared", False)
     if not isinstance(shared, bool):
         raise InputError("node.inter_node_shared", f"must be true or false, got {shared!r}")
-    link_cpu = tuple(finite_number(node, key, "node", default=0.0) * 1e-9
-                     for key in ("inter_node_cpu_ns_per_byte", "intra_node_cpu_ns_per_byte"))
-    if min(link_cpu) < 0:
-        raise InputError("node.inter_node_cpu_ns_per_byte", "must be >= 0")
+    link_cpu = []
+    for key in ("inter_node_cpu_ns_per_byte", "intra_node_cpu_ns_per_byte"):
+        ns = finite_number(node, key, "node", default=0.0)
+        if ns < 0:
+            raise InputError(f"node.{key}", f"must be >= 0, got {ns!r}")
+        link_cpu.append(ns * 1e-9)
     return NodeSpec(
         name=data["name"],
         description=str(data.get("description", "")),
@@ -276,7 +278,7 @@ def parse_profile(data: Any, source: str = "profile") -> NodeSpec:
         framework=_parse_framework(data.get("framework")) if "framework" in data else None,
         memory_sources=_parse_memory_sources(data.get("memory_sources")),
         inter_node_shared=shared,
-        link_cpu_s_per_byte=link_cpu,
+        link_cpu_s_per_byte=tuple(link_cpu),
     )
 
 
