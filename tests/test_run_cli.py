@@ -142,3 +142,26 @@ def test_printed_commands_carry_the_socket_interface(capsys, tmp_path, monkeypat
     out = capsys.readouterr().out.splitlines()
     assert all(line.split(":", 1)[1].strip().startswith("env GLOO_SOCKET_IFNAME=veth0 NCCL_SOCKET_IFNAME=veth0 ")
                for line in out)
+
+
+def test_run_shows_rank_0s_steps_on_a_terminal_only(tmp_path):
+    import io
+    import json
+    import threading
+
+    from planner.commands.run import watch_steps
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    path = tmp_path / "records.jsonl"
+    lines = [json.dumps({"kind": "step", "rank": r, "step": s}) for s in range(3) for r in (0, 1)]
+    path.write_text("\n".join(lines) + '\n{"kind": "step", "rank": 0, "st')  # a line still being written
+    stop = threading.Event()
+    stop.set()
+    shown = Terminal()
+    assert watch_steps(path, 6, stop, 0.01, shown) == 3
+    assert "3/6" in shown.getvalue()
+    piped = io.StringIO()
+    assert watch_steps(path, 6, stop, 0.01, piped) == 3 and piped.getvalue() == ""

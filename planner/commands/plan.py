@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
-import time
 
 from planner.errors import InputError
+from planner.progress import Progress
 
 _GIB = 1024**3
 
@@ -38,28 +37,6 @@ def register(subparsers) -> None:
     p.add_argument("--out-dir", help="write the top K plans as DIR/rank-01-<id>.json ...")
     p.add_argument("--json", action="store_true", help="print the ranked list as JSON")
     p.set_defaults(func=handler)
-
-
-class _Bar:
-    """A progress bar on a terminal's stderr, shown only once a search has run for a second."""
-
-    def __init__(self, enabled: bool):
-        self.enabled = enabled
-        self.t0 = time.perf_counter()
-        self.shown = False
-
-    def __call__(self, fraction: float) -> None:
-        if not self.enabled or time.perf_counter() - self.t0 < 1.0:
-            return
-        self.shown = True
-        n = int(30 * min(1.0, fraction))
-        sys.stderr.write(f"\rsearching [{'#' * n}{'.' * (30 - n)}] {100 * fraction:3.0f}%")
-        sys.stderr.flush()
-
-    def close(self) -> None:
-        if self.shown:
-            sys.stderr.write("\r" + " " * 50 + "\r")
-            sys.stderr.flush()
 
 
 def _cluster_from_args(args):
@@ -215,7 +192,7 @@ def handler(args: argparse.Namespace) -> int:
     cluster, label = _cluster_from_args(args)
     if args.precision is None:
         args.precision = cluster.groups[0].node.device.default_precision()
-    bar = _Bar(enabled=sys.stderr.isatty())  # a terminal's: a log gets no carriage-return frames
+    bar = Progress("searching")
     hetero = not cluster.is_homogeneous
     try:
         if hetero:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import os
 import re
 import shutil
@@ -205,9 +206,16 @@ def _launch(plan, cfg: LaunchConfig, out: Path, echo) -> tuple[int, dict | None]
     plan_copy = plan.save(out / "plan.json")  # the run folder is self-contained: compare and fit read it
     cfg = dataclasses.replace(cfg, plan_path=str(plan_copy))  # the ranks copy its prediction
     records.reserve_summary_space(out)
+    stop_watch = threading.Event()
+    watcher = threading.Thread(target=watch_steps, args=(out / "records.jsonl", cfg.steps, stop_watch), daemon=True)
+    if echo is None:  # --verbose shows the ranks' own lines instead
+        watcher.start()
     try:
         rc, output, cmd, signal_name = _run_ranks(plan, cfg, out, echo)
     finally:
+        stop_watch.set()
+        if watcher.is_alive():
+            watcher.join(timeout=2)
         records.release_summary_space(out)  # the room the summary below is written in
     if signal_name:
         summary = stopped_summary(out, plan, cfg, signal_name, cmd)
@@ -216,6 +224,36 @@ def _launch(plan, cfg: LaunchConfig, out: Path, echo) -> tuple[int, dict | None]
     _keep_output(out, output)
     ok = not signal_name and rc == 0 and (summary or {}).get("status") in ("ok", "contended")
     return (0 if ok else 1), summary
+
+
+def _is_rank0_step(line: bytes) -> bool:
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return False
+    return isinstance(record, dict) and record.get("kind") == "step" and record.get("rank") == 0
+
+
+def watch_steps(path: Path, total: int, stop: threading.Event, poll_s: float = 0.5, stream=None) -> int:
+    """Until ``stop``: rank 0's finished steps (its ``step`` records in ``path``) as a progress bar
+    on a terminal (:class:`planner.progress.Progress`); returns the last count."""
+    from planner.progress import Progress
+
+    bar = Progress("steps", delay_s=0.0, stream=stream)
+    done, offset, partial = 0, 0, b""
+    while True:
+        finished = stop.wait(poll_s)
+        with contextlib.suppress(OSError):
+            with open(path, "rb") as f:
+                f.seek(offset)
+                chunk = f.read()
+            offset += len(chunk)
+            *lines, partial = (partial + chunk).split(b"\n")
+            done += sum(1 for line in lines if _is_rank0_step(line))
+        bar(done / max(1, total), f"{done}/{total}")
+        if finished:
+            bar.close()
+            return done
 
 
 def _run_ranks(plan, cfg: LaunchConfig, out: Path, echo) -> tuple[int, str, list[str], str | None]:
