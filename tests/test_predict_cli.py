@@ -111,7 +111,8 @@ def test_version_list_and_the_package_api(capsys):
                          ("clusters", "mixed-a100-h100")):
         assert main(["list", kind]) == 0
         assert expect in capsys.readouterr().out
-    assert {"predict", "load_model", "ParallelConfig", "cluster_for"} <= set(dir(planner))
+    assert {"predict", "load_model", "load_hardware", "ParallelConfig", "cluster_for"} <= set(dir(planner))
+    assert planner.load_hardware("dgx-h100-80gb") == planner.load_profile("dgx-h100-80gb")
     from planner.search import search
 
     model = planner.load_model("tiny-gpt")

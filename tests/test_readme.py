@@ -76,3 +76,15 @@ def test_the_planning_commands_run_as_written(tmp_path):
             assert done.returncode == 0 and not errors, f"{' '.join(argv)}: {done.stderr.strip()[:300]}"
             ran += 1
     assert ran >= 8
+
+
+def test_the_python_blocks_run_as_written(tmp_path):
+    """Every ```python block of the README, run in a fresh interpreter from a scratch folder."""
+    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+    assert blocks, "the README shows the Python API"
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    for block in blocks:
+        done = subprocess.run([sys.executable, "-c", block], cwd=tmp_path, env=env, capture_output=True, text=True,
+                              timeout=120)
+        assert done.returncode == 0, done.stderr[-500:]
+        assert done.stdout.strip(), "the block prints what it computed"
