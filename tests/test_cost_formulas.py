@@ -183,3 +183,17 @@ def test_nccl_rings_over_nodes_stream_at_the_nodes_nic_bandwidth():
         n = 8 * nodes
         busbw = 2 * (n - 1) / n * size / collective_time("all_reduce", size, GroupShape(n, 8, nodes), node)
         assert 0.95 * nic < busbw <= nic
+
+
+def test_a_small_all_reduce_over_many_nodes_takes_nccls_tree_not_the_rings_latency():
+    node = load_profile("dgx-a100-80gb")
+    g = GroupShape(1024, 8, 128)
+    small = collective_time("all_reduce", 1e6, g, node)
+    ring_latency = 2 * 127 * node.inter_node.latency_s + (2 * 1023 - 2 * 127) * node.intra_node.latency_s
+    assert small < 0.1 * ring_latency  # log2(128) tree levels up and down, not 2(n-1) ring steps
+    big = 2.0 ** 30  # large messages stay on the ring (the tree has 0.92 of its bandwidth)
+    intra, inter = node.intra_node, node.inter_node
+    ring = (2 * inter.latency_s + 28 * intra.latency_s
+            + 2 * 15 / 16 * big * max(7 / 8 / intra.effective_bandwidth_bytes_per_s,
+                                      1 / (8 * inter.effective_bandwidth_bytes_per_s)))
+    assert collective_time("all_reduce", big, GroupShape(16, 8, 2), node) == pytest.approx(ring)

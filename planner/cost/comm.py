@@ -14,7 +14,8 @@ bounds it: ``f * S * max((k-1)/k / intra, 1/(k * inter))``. Without rails (a run
 ``intra(S) + inter(S)``. Latency follows NCCL's ring model
 (src/graph/tuning.cc): ``n-1`` steps for all-gather/reduce-scatter (``2(n-1)`` for all-reduce), of
 which ``N-1`` (``2(N-1)``) cross the network at the inter-node per-step latency, the rest at the
-intra-node one.
+intra-node one. An all-reduce over nodes takes NCCL's double binary tree instead where that is
+faster: ``2 (log2 N inter + (k-1) intra)`` latency at 0.92 of the ring's bus bandwidth.
 
 CPU ranks (gloo) over several nodes run gloo's own algorithms instead (:mod:`planner.cost.gloo`).
 
@@ -26,6 +27,7 @@ the entry carries its measured table, the table interpolated in log-log
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from planner.cost import gloo
@@ -132,7 +134,14 @@ def collective_time(op: str, size_bytes: float, group: GroupShape, node: NodeSpe
         # 8 A100 reach 85-96 of 100 GB/s)
         per_byte = max((k - 1) / k / intra.effective_bandwidth_bytes_per_s,
                        1.0 / (k * inter.effective_bandwidth_bytes_per_s))
-        return latency + ring_bus_factor(op, n) * size_bytes * per_byte
+        ring = latency + ring_bus_factor(op, n) * size_bytes * per_byte
+        if op != "all_reduce":
+            return ring
+        # NCCL's double binary tree where it is faster (small messages at many nodes): a chain
+        # through the node's k ranks and a tree over the nodes, up and down; NCCL's tuning model
+        # gives it 0.92 of the ring's bus bandwidth (src/graph/tuning.cc)
+        tree_latency = 2 * (math.ceil(math.log2(N)) * inter.latency_s + (k - 1) * intra.latency_s)
+        return min(ring, tree_latency + ring_bus_factor(op, n) * size_bytes * per_byte / 0.92)
     # hierarchical without rails: intra-node part on S, then every rank's inter-node share over its own NIC
     bw_time = (ring_bus_factor(op, k) * size_bytes / intra.effective_bandwidth_bytes_per_s
                + ring_bus_factor(op, N) * size_bytes / inter.effective_bandwidth_bytes_per_s)
