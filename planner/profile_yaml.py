@@ -20,7 +20,7 @@ from planner.framework_spec import FRAMEWORK_YAML, FrameworkSpec, RATE_TABLES, R
 from planner.hardware import (AttentionKernel, DeviceSpec, DTYPES, EfficiencyCurve, LinkSpec, MeasuredCollective,
                               NodeSpec, PROFILES_DIR)
 from planner.io import atomic_write_text, finite_number, parse_yaml, read_input_text, resolve_named_yaml
-from planner.units import GB, GIB, MICRO, TERA
+from planner.units import GB, GIB, MICRO, NANO, TERA
 
 
 # ----- YAML parsing ---------------------------------------------------------------------------
@@ -265,7 +265,7 @@ def parse_profile(data: Any, source: str = "profile") -> NodeSpec:
         ns = finite_number(node, key, "node", default=0.0)
         if ns < 0:
             raise InputError(f"node.{key}", f"must be >= 0, got {ns!r}")
-        link_cpu.append(ns * 1e-9)
+        link_cpu.append(ns * NANO)
     return NodeSpec(
         name=data["name"],
         description=str(data.get("description", "")),
@@ -373,7 +373,7 @@ def profile_yaml(node: NodeSpec, *, header: Iterable[str] = (), comments: dict[s
         out.append("  inter_node_shared: true  # the node's ranks share one link; inter_node is each rank's share")
     if any(node.link_cpu_s_per_byte):
         for key, value in zip(("inter_node_cpu_ns_per_byte", "intra_node_cpu_ns_per_byte"), node.link_cpu_s_per_byte):
-            out.append(f"  {key}: {_num(value * 1e9)}  # host CPU per byte over TCP (calibrate --emulated)")
+            out.append(f"  {key}: {_num(value / NANO)}  # host CPU per byte over TCP (calibrate --emulated)")
     if node.memory_sources:
         out.append("memory_sources:  # fitted by clusterplan fit: reading = factor * predicted peak + offset")
         for source, factor, offset in node.memory_sources:

@@ -6,3 +6,4 @@ GB = 1e9
 GIGA = 1e9
 TERA = 1e12
 MICRO = 1e-6
+NANO = 1e-9

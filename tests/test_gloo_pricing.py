@@ -40,13 +40,11 @@ def test_gloo_reduce_scatter_costs_an_all_reduce(node):
     assert collective_time("all_gather", 4e6, g, node) == pytest.approx(0.5 * collective_time("all_reduce", 4e6, g, node))
 
 
-def test_broadcast_tree_sends_two_messages_over_the_link_per_root():
-    link = LinkSpec(bandwidth_bytes_per_s=NODE_BYTES_PER_S / 2, latency_s=0.0, bus_efficiency=1.0)
-    fast = LinkSpec(bandwidth_bytes_per_s=1e12, latency_s=0.0, bus_efficiency=1.0)
+def test_broadcast_tree_sends_two_messages_over_the_link_per_root(node):
     # root 0 of {0,1 | 2,3}: 0->1 inside, then 0->2 and 1->3 both leave node 0
     assert gloo._tree_messages(4, 2, 0) == (2, 1, 2)
     s = 8e6
-    t = gloo.broadcast_all_s(s, 4, n=4, k=2, intra=fast, inter=link, share=2.0)
+    t = gloo.broadcast_all_s(s, 4, GroupShape(4, 2, 2), node)  # one group per node: the whole link
     assert t == pytest.approx(2 * s / NODE_BYTES_PER_S, rel=1e-6)
 
 

@@ -41,6 +41,7 @@ def emulated_handler(args: argparse.Namespace) -> int:
     from planner.errors import require
     from planner.io import check_output_path
     from planner.profile_yaml import load_profile, write_profile
+    from planner.units import NANO
 
     gpn = args.gpus_per_node or 1
     require(gpn >= 1, "gpus_per_node", f"must be >= 1, got {gpn}")
@@ -59,7 +60,7 @@ def emulated_handler(args: argparse.Namespace) -> int:
               f"and ping-pong between two nodes, {gpn} pair(s) at once, {len(fit.rows)} sizes",
               f"latency {fit.latency_s * 1e6:.1f} us per step; {fit.bandwidth_bytes_per_s / 1e6:.1f} MB/s achieved of "
               f"{fit.line_bytes_per_s / 1e6:.1f} MB/s, a rank's share of the shaped link (bus efficiency {fit.bus_efficiency:.3f})",
-              f"host CPU per byte over TCP: {link_cpu[0] * 1e9:.2f} ns between nodes, {link_cpu[1] * 1e9:.2f} ns inside "
+              f"host CPU per byte over TCP: {link_cpu[0] / NANO:.2f} ns between nodes, {link_cpu[1] / NANO:.2f} ns inside "
               "one (planner/calibrate/link_cpu.py)"]
     provenance = (f"{base.measured_on}; inter_node: calibrate --emulated, {cluster.nodes} nodes at "
                   f"{cluster.mbit:g} Mbit/s, {when}").lstrip("; ")
@@ -67,8 +68,8 @@ def emulated_handler(args: argparse.Namespace) -> int:
     print(f"wrote {args.out}")
     print(f"  inter-node: latency {fit.latency_s * 1e6:.1f} us, {fit.bandwidth_bytes_per_s / 1e6:.1f} MB/s of "
           f"{fit.line_bytes_per_s / 1e6:.1f}, a rank's share of the line with {gpn} per node (efficiency "
-          f"{fit.bus_efficiency:.3f}); host CPU {link_cpu[0] * 1e9:.2f} ns per byte across, "
-          f"{link_cpu[1] * 1e9:.2f} inside a node")
+          f"{fit.bus_efficiency:.3f}); host CPU {link_cpu[0] / NANO:.2f} ns per byte across, "
+          f"{link_cpu[1] / NANO:.2f} inside a node")
     for op, size, measured, fitted in fit.rows:
         print(f"  {op:<10} {size:>10} B: measured {measured * 1e3:9.3f} ms, fitted {fitted * 1e3:9.3f} ms "
               f"({100 * (fitted / measured - 1):+.1f}%)")

@@ -104,11 +104,7 @@ def collective_time(op: str, size_bytes: float, group: GroupShape, node: NodeSpe
         return measured.time_s(size_bytes, ring_bus_factor(op, n))
     intra, inter = node.intra_node, node.inter_node
     if node.device.host_cores > 0 and group.nodes > 1 and op in ("all_reduce", "all_gather", "reduce_scatter"):
-        # CPU ranks talk through gloo: one flat ring, no rails (planner.cost.gloo)
-        k = min(group.ranks_per_node, n)
-        groups = node.gpus_per_node / k  # the axis's groups on a node, crossing at once
-        return gloo.ring_time(op, size_bytes, n, k, intra, inter, node.inter_node_share(groups),
-                              node.link_cpu_s_per_byte, groups, node.device.host_cores)
+        return gloo.ring_time(op, size_bytes, group, node)  # CPU ranks: gloo's one flat ring, no rails
     if op == "send_recv":
         link = inter if group.nodes > 1 else intra
         return link.latency_s + size_bytes / link.effective_bandwidth_bytes_per_s

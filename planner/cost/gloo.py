@@ -21,31 +21,40 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from planner.hardware import LinkSpec
+from planner.hardware import LinkSpec, NodeSpec
 
 
 def _step_s(link: LinkSpec, chunk_bytes: float, share: float) -> float:
     return link.latency_s + chunk_bytes / (link.effective_bandwidth_bytes_per_s * share)
 
 
-def ring_time(op: str, size_bytes: float, n: int, k: int, intra: LinkSpec, inter: LinkSpec,
-              share: float = 1.0, cpu_s_per_byte: tuple[float, float] = (0.0, 0.0), groups: float = 1.0,
-              node_cores: float = 0.0) -> float:
-    """One gloo ``op`` of ``size_bytes`` (the full tensor) over ``n`` ranks, ``k`` of them on
-    each of ``n/k`` nodes (``n > k``: the ring crosses nodes); an edge between nodes runs at
-    ``share`` times the per-rank ``inter`` bandwidth (:meth:`NodeSpec.inter_node_share`).
+def _layout(group, node: NodeSpec) -> tuple[int, int, float, float]:
+    """(ranks n, ranks per node k, the axis's groups on a node crossing at once, the share of the
+    per-rank ``inter_node`` bandwidth each of them gets: :meth:`NodeSpec.inter_node_share`) of a
+    :class:`planner.cost.comm.GroupShape` spanning nodes."""
+    n = group.size
+    k = min(group.ranks_per_node, n)
+    groups = node.gpus_per_node / k
+    return n, k, groups, node.inter_node_share(groups)
 
-    With the host CPU a byte costs (``cpu_s_per_byte``: between nodes, inside one) the ring is
-    also bounded by a node's ``node_cores``: each step its ``groups`` rings (the axis's groups,
-    running at once) move a chunk over one edge leaving it and ``k-1`` edges inside it."""
+
+def ring_time(op: str, size_bytes: float, group, node: NodeSpec) -> float:
+    """One gloo ``op`` of ``size_bytes`` (the full tensor) over ``group`` (spanning nodes); an
+    edge between nodes runs at its share of the node's link.
+
+    With the host CPU a byte costs (``NodeSpec.link_cpu_s_per_byte``: between nodes, inside one)
+    the ring is also bounded by a node's cores: each step its rings (the axis's groups, running at
+    once) move a chunk over one edge leaving it and ``k-1`` edges inside it."""
+    n, k, groups, share = _layout(group, node)
     if op == "reduce_scatter":
         op = "all_reduce"
     steps = 2 * (n - 1) if op == "all_reduce" else n - 1
     chunk = size_bytes / n
-    between = _step_s(inter, chunk, share)
-    within = _step_s(intra, chunk, 1.0) if k > 1 else 0.0
+    between = _step_s(node.inter_node, chunk, share)
+    within = _step_s(node.intra_node, chunk, 1.0) if k > 1 else 0.0
     link_s = steps * max(between, within)
-    across, inside = cpu_s_per_byte
+    across, inside = node.link_cpu_s_per_byte
+    node_cores = node.device.host_cores
     if node_cores <= 0 or not (across or inside):
         return link_s
     cpu_s = steps * chunk * groups * (across + (k - 1) * inside) / node_cores
@@ -72,15 +81,16 @@ def _tree_messages(n: int, k: int, root: int) -> tuple[int, int, int]:
     return max(leaving.values(), default=0), max(sent.values(), default=0), rounds
 
 
-def broadcast_all_s(size_bytes: float, calls: int, n: int, k: int, intra: LinkSpec, inter: LinkSpec,
-                    share: float = 1.0) -> float:
-    """Every rank broadcasting its ``1/n`` share of ``size_bytes`` to the others, in ``calls``
-    broadcasts of equal size (ZeroRedundancyOptimizer's parameter sync: each owner broadcasts its
-    parameters one tensor at a time). The roots take turns evenly; each broadcast's time is its
-    busiest node link (at ``share`` times the per-rank ``inter`` bandwidth) or rank, inside a
-    node, plus one latency per round."""
+def broadcast_all_s(size_bytes: float, calls: int, group, node: NodeSpec) -> float:
+    """Every rank of ``group`` (spanning nodes) broadcasting its ``1/n`` share of ``size_bytes``
+    to the others, in ``calls`` broadcasts of equal size (ZeroRedundancyOptimizer's parameter
+    sync: each owner broadcasts its parameters one tensor at a time). The roots take turns
+    evenly; each broadcast's time is its busiest node link (at its share of the link) or rank,
+    inside a node, plus one latency per round."""
+    n, k, _, share = _layout(group, node)
     if n <= 1 or size_bytes <= 0:
         return 0.0
+    intra, inter = node.intra_node, node.inter_node
     message = size_bytes / max(1, calls)
     roots = range(min(n, k)) if n % k == 0 else range(n)  # periodic in the root by whole nodes
     total = 0.0

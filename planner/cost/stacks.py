@@ -353,9 +353,7 @@ class ExecutorStack:
         if sharding == "none":
             gather = 0.0
         elif g.nodes > 1 and node.device.host_cores > 0:
-            k = min(g.ranks_per_node, g.size)
-            gather = gloo.broadcast_all_s(weight_bytes, param_tensors, g.size, k, node.intra_node, node.inter_node,
-                                          node.inter_node_share(node.gpus_per_node / k))
+            gather = gloo.broadcast_all_s(weight_bytes, param_tensors, g, node)
         else:
             gather = collective_time("all_gather", weight_bytes, g, node)
         reducer = rates.ops(1, self.frame.ddp_reducer_s(param_tensors, grad_bytes)) if pp == 1 else 0.0
