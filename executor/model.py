@@ -208,7 +208,9 @@ class Transformer(nn.Module):
         super().__init__()
         self.spec = spec
         self.embed = Embedding(spec)
-        self.layers = nn.ModuleDict({str(i): Block(spec) for i in range(spec.n_layers)})
+        dense = spec.dense_block()  # the leading dense_layers blocks of an MoE model
+        self.layers = nn.ModuleDict({str(i): Block(dense if i < spec.dense_layers else spec)
+                                     for i in range(spec.n_layers)})
         self.final_norm = make_norm(spec)
         self.lm_head = nn.Linear(spec.hidden_size, spec.vocab_size, bias=False)
         self.tied = bool(tie_embeddings)

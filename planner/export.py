@@ -126,6 +126,8 @@ def megatron_args(plan: Plan) -> tuple[list[str], list[str]]:
     if m.is_moe:
         add("--num-experts", m.n_experts)
         add("--moe-router-topk", m.top_k)
+        if m.dense_layers:  # 0 = dense block, 1 = MoE block, per layer
+            add("--moe-layer-freq", f"([0]*{m.dense_layers}+[1]*{m.n_layers - m.dense_layers})")
         if m.expert_ffn_hidden_size:
             add("--moe-ffn-hidden-size", m.expert_ffn_hidden_size)
         if m.shared_expert_ffn_hidden_size:

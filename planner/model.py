@@ -27,7 +27,7 @@ MAX_SHAPE = {"n_layers": 1 << 14, "hidden_size": 1 << 20, "n_heads": 1 << 16, "n
 256k vocabulary): a shape above them is a typo or an attack, refused in one line."""
 MAX_EXPERTS = 1 << 16
 OMITTED_AT_DEFAULT = {"rope_theta": 0.0, "rotary_fraction": 1.0, "norm_eps": 0.0,
-                        "shared_expert_ffn_hidden_size": 0}
+                        "shared_expert_ffn_hidden_size": 0, "dense_layers": 0}
 """ModelSpec fields left out of :meth:`ModelSpec.to_dict` (and so of a plan's id) at these
 defaults, which mean "not stated" or "none": fields added after plans were recorded."""
 
@@ -58,6 +58,10 @@ class ModelSpec:
             beside its routed ones (DeepSeek-MoE: n_shared x the expert width; Qwen2-MoE's
             ``shared_expert_intermediate_size``, whose output a sigmoid gate of h weights scales);
             a dense MLP replicated over ep, split by tp. 0: none.
+        dense_layers: MoE models whose first blocks are dense: the first ``dense_layers`` blocks
+            have one MLP of ``ffn_hidden_size`` and no router (DeepSeek-V2/V3
+            ``first_k_dense_replace``; Megatron-Core ``--moe-layer-freq "([0]*k+[1]*(L-k))"``);
+            every block after them is an MoE block. 0: every block is MoE.
         dropout: dropout probability used in training (Megatron GPTs 0.1; Llama 0). With dropout,
             activation memory includes the 1-byte masks of Korthikanti et al. (2022).
 
@@ -110,6 +114,7 @@ class ModelSpec:
     top_k: int = 0
     expert_ffn_hidden_size: int = 0
     shared_expert_ffn_hidden_size: int = 0
+    dense_layers: int = 0
     dropout: float = 0.0
     max_positions: int = 0
     position_offset: int = 0
@@ -153,7 +158,7 @@ class ModelSpec:
         require(not self.shared_expert_ffn_hidden_size or self.n_experts > 0, "shared_expert_ffn_hidden_size",
                 "needs routed experts (n_experts > 0)")
         for field in ("max_positions", "position_offset", "embed_proj_dim", "expert_ffn_hidden_size",
-                      "shared_expert_ffn_hidden_size"):
+                      "shared_expert_ffn_hidden_size", "dense_layers"):
             value = getattr(self, field)
             require(isinstance(value, int) and not isinstance(value, bool) and value >= 0,
                     field, f"must be an integer >= 0, got {value!r}")
@@ -164,6 +169,10 @@ class ModelSpec:
         require(isinstance(self.rotary_fraction, (int, float)) and not isinstance(self.rotary_fraction, bool)
                 and 0.0 < self.rotary_fraction <= 1.0, "rotary_fraction",
                 f"must be in (0, 1], got {self.rotary_fraction!r}")
+        if self.dense_layers:
+            require(self.n_experts > 0, "dense_layers", "needs routed experts (n_experts > 0)")
+            require(self.dense_layers < self.n_layers, "dense_layers",
+                    f"{self.dense_layers} leaves no MoE block among the model's {self.n_layers} layers")
         require(not (self.bias and self.qkv_bias_only), "qkv_bias_only",
                 "needs bias=False (bias=True already puts biases on every linear layer)")
         if self.has_position_table and self.max_positions:
@@ -188,6 +197,30 @@ class ModelSpec:
     @property
     def is_moe(self) -> bool:
         return self.n_experts > 0
+
+    @property
+    def moe_layers(self) -> int:
+        """Blocks with routed experts (0 for a dense model)."""
+        return self.n_layers - self.dense_layers if self.is_moe else 0
+
+    def dense_block(self) -> "ModelSpec":
+        """The model every one of whose blocks is this model's dense block (its leading
+        ``dense_layers``): what prices, sizes and builds those blocks."""
+        if not self.is_moe:
+            return self
+        return dataclasses.replace(self, n_experts=0, top_k=0, expert_ffn_hidden_size=0,
+                                   shared_expert_ffn_hidden_size=0, dense_layers=0)
+
+    def block_kinds(self, layers_per_stage) -> list[tuple[int, int]]:
+        """(dense, MoE) blocks of each stage, given its layers in model order (a dense model's
+        blocks all count as dense)."""
+        out, first = [], 0
+        dense_end = self.dense_layers if self.is_moe else self.n_layers
+        for n in layers_per_stage:
+            dense = max(0, min(dense_end, first + n) - first)
+            out.append((dense, n - dense))
+            first += n
+        return out
 
     @property
     def expert_ffn(self) -> int:
@@ -257,7 +290,8 @@ class ModelSpec:
         return self.mlp_params(self.shared_expert_ffn_hidden_size) + self.hidden_size
 
     def layer_params(self) -> int:
-        """All parameters of one transformer block (all experts of an MoE block)."""
+        """All parameters of one transformer block (all experts of an MoE block; the MoE blocks
+        of a model with ``dense_layers``)."""
         if self.is_moe:
             ffn = (self.n_experts * self.mlp_params(self.expert_ffn) + self.hidden_size * self.n_experts
                    + self.shared_expert_params())
@@ -293,15 +327,18 @@ class ModelSpec:
         head = 0 if self.tied_embeddings else self.vocab_size * self.embed_dim
         return norm + project_out + head
 
+    def _dense_blocks_params(self) -> int:
+        return self.dense_layers * self.dense_block().layer_params() if self.dense_layers else 0
+
     def total_params(self) -> int:
-        return self.embedding_params() + self.n_layers * self.layer_params() + self.head_params()
+        return self.embedding_params() + self.non_embedding_params() + self.head_params()
 
     def active_params(self) -> int:
-        return (self.embedding_params() + self.n_layers * self.layer_active_params()
-                + self.head_params())
+        blocks = (self.n_layers - self.dense_layers) * self.layer_active_params() + self._dense_blocks_params()
+        return self.embedding_params() + blocks + self.head_params()
 
     def non_embedding_params(self) -> int:
-        return self.n_layers * self.layer_params()
+        return (self.n_layers - self.dense_layers) * self.layer_params() + self._dense_blocks_params()
 
     def with_seq_len(self, seq_len: int) -> "ModelSpec":
         """The same model at ``seq_len``. A learned table with ``max_positions`` set keeps its

@@ -87,10 +87,11 @@ def recompute_forward_flops(layer: LayerFlops, recompute: str) -> float:
 def step_flops(model: ModelSpec, global_batch: int, seq_len: int, recompute: str) -> tuple[float, float]:
     """(model FLOPs, hardware FLOPs) of one optimizer step over ``global_batch`` sequences."""
     tokens = float(global_batch) * seq_len
-    layer = layer_forward_flops(model, tokens, seq_len)
+    (dense, moe), = model.block_kinds([model.n_layers])
+    kinds = [(n, layer_forward_flops(m, tokens, seq_len)) for n, m in ((moe, model), (dense, model.dense_block())) if n]
     head = head_forward_flops(model, tokens)
-    model_flops = 3.0 * (model.n_layers * layer.total + head)
-    hardware_flops = model_flops + model.n_layers * recompute_forward_flops(layer, recompute)
+    model_flops = 3.0 * (sum(n * layer.total for n, layer in kinds) + head)
+    hardware_flops = model_flops + sum(n * recompute_forward_flops(layer, recompute) for n, layer in kinds)
     return model_flops, hardware_flops
 
 

@@ -236,13 +236,14 @@ def edge_param_tensors(model: ModelSpec, tied: bool) -> tuple[int, int]:
 
 def param_tensors(model: ModelSpec, P, ranks: tuple[int, ...] | None = None) -> int:
     """Parameter tensors of the busiest pipeline rank (of ``ranks``, default all) in the executor."""
-    layers = P.layers_per_stage(model.n_layers)
+    kinds = model.block_kinds(P.layers_per_stage(model.n_layers))
     n_vs, pp = P.pp * P.vpp, P.pp
     first, last = edge_param_tensors(model, ties_embeddings(model, P.tp, pp))
+    per_dense, per_other = block_param_tensors(model.dense_block()), block_param_tensors(model)
     best = 0
     for r in (range(pp) if ranks is None else ranks):
         ks = list(range(r, n_vs, pp))
-        n = sum(layers[k] for k in ks) * block_param_tensors(model)
+        n = sum(kinds[k][0] * per_dense + kinds[k][1] * per_other for k in ks)
         n += (first if 0 in ks else 0) + (last if n_vs - 1 in ks else 0)
         best = max(best, n)
     return best
@@ -250,7 +251,9 @@ def param_tensors(model: ModelSpec, P, ranks: tuple[int, ...] | None = None) -> 
 
 def model_param_tensors(model: ModelSpec, tied: bool) -> int:
     """Parameter tensors of the whole executor model (every block and both edges)."""
-    return model.n_layers * block_param_tensors(model) + sum(edge_param_tensors(model, tied))
+    (dense, other), = model.block_kinds([model.n_layers])
+    return (dense * block_param_tensors(model.dense_block()) + other * block_param_tensors(model)
+            + sum(edge_param_tensors(model, tied)))
 
 
 def zb_in_flight(pp: int, num_micro_batches: int) -> tuple[int, ...]:

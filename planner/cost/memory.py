@@ -225,15 +225,16 @@ def stage_parameters(model: ModelSpec, parallel, ep: int | None = None) -> list[
     Megatron keeps it)."""
     P = parallel
     tp, pp, n_vs = P.tp, P.pp, P.pp * P.vpp
-    layers = P.layers_per_stage(model.n_layers)
+    kinds = model.block_kinds(P.layers_per_stage(model.n_layers))
     tied_copy = model.tied_embeddings and pp > 1
     emb = model.embedding_params() / tp
     head = (model.head_params() + (model.vocab_size * model.hidden_size if tied_copy else 0)) / tp
     per_layer = rank_layer_params(model, tp, P.ep if ep is None else ep)
+    per_dense = rank_layer_params(model.dense_block(), tp)
     last_rank = (n_vs - 1) % pp
     out = []
     for r in range(pp):
-        params = sum(layers[k] for k in range(r, n_vs, pp)) * per_layer
+        params = sum(kinds[k][0] * per_dense + kinds[k][1] * per_layer for k in range(r, n_vs, pp))
         if r == 0:
             params += emb
         if r == last_rank:
@@ -253,17 +254,21 @@ def stage_memories(model: ModelSpec, parallel, device, in_flight, attention: str
     P = parallel
     tp, pp, n_vs = P.tp, P.pp, P.pp * P.vpp
     b, s = P.micro_batch, P.seq_len
-    layers = P.layers_per_stage(model.n_layers)
+    kinds = model.block_kinds(P.layers_per_stage(model.n_layers))
     params_all = stage_parameters(model, P)
     params_sharded = stage_parameters(model, P, ep=1)
-    layer_params_rank = rank_layer_params(model, tp, P.ep)
+    dense = model.dense_block()
+    # a block's gathered working copy and its activations: the larger kind where blocks differ
+    layer_params_rank = max(rank_layer_params(model, tp, P.ep), rank_layer_params(dense, tp))
     last_rank = (n_vs - 1) % pp
     executor = stack.executor
-    one_layer = layer_activation_bytes(model, b, s, tp, P.cp, P.sequence_parallel, P.recompute,
-                                       P.precision, attention, executor=executor)
-    full_layer = (layer_activation_bytes(model, b, s, tp, P.cp, P.sequence_parallel, "none",
-                                         P.precision, attention, executor=executor)
-                  if P.recompute == "full" else 0.0)
+
+    def activations(m: ModelSpec, recompute: str) -> float:
+        return layer_activation_bytes(m, b, s, tp, P.cp, P.sequence_parallel, recompute, P.precision, attention,
+                                      executor=executor)
+
+    one_layer, one_dense = activations(model, P.recompute), activations(dense, P.recompute)
+    full_layer = max(activations(model, "none"), activations(dense, "none")) if P.recompute == "full" else 0.0
     tokens = b * (s / P.cp)
     logits_per_token = logits_bytes_per_token(model, tp, P.precision, executor)
     untied_head = executor_untied_head_params(model, tp, pp, executor)
@@ -272,8 +277,8 @@ def stage_memories(model: ModelSpec, parallel, device, in_flight, attention: str
     out = []
     for r in range(pp):
         chunks = list(range(r, n_vs, pp))
-        n_layers_r = sum(layers[k] for k in chunks)
-        act = in_flight[r] * (sum(layers[k] * one_layer for k in chunks) / len(chunks))
+        n_layers_r = sum(sum(kinds[k]) for k in chunks)
+        act = in_flight[r] * (sum(kinds[k][0] * one_dense + kinds[k][1] * one_layer for k in chunks) / len(chunks))
         logits = logits_per_token * tokens if r == last_rank else 0.0
         if r == last_rank:  # the loss state of the other micro-batches in flight (executor)
             others_in_flight = max(0.0, in_flight[r] / len(chunks) - 1.0)

@@ -155,6 +155,19 @@ class StageTimes:
     schedule: str
     blocks: tuple[SiteBlock, ...]
     site_of_rank: tuple[int, ...]
+    dense_blocks: tuple[SiteBlock, ...]
+    """Each site's dense block (a model's leading ``dense_layers``; ``blocks`` where it has none)."""
+    kinds: tuple[tuple[int, int], ...]
+    """(dense, other) blocks of each virtual stage (:meth:`planner.model.ModelSpec.block_kinds`)."""
+
+    def rank_blocks_sum(self, rank: int, per_block) -> float:
+        """``per_block(SiteBlock)`` summed over the blocks of pipeline rank ``rank``'s chunks."""
+        pp = len(self.site_of_rank)
+        site = self.site_of_rank[rank]
+        b, d = self.blocks[site], self.dense_blocks[site]
+        n_dense = sum(self.kinds[k][0] for k in range(rank, len(self.kinds), pp))
+        n_other = sum(self.kinds[k][1] for k in range(rank, len(self.kinds), pp))
+        return n_other * per_block(b) + (n_dense * per_block(d) if n_dense else 0.0)
 
 
 def _rank_sites(sites: tuple[Site, ...], pp: int) -> tuple[int, ...]:
@@ -197,12 +210,20 @@ def stage_times(model: ModelSpec, cluster: ClusterSpec, sites: tuple[Site, ...],
     P = sites[0].P
     pp, v = P.pp, P.vpp
     blocks = tuple(site_block(model, s, rt, r) for s, rt, r in zip(sites, runtimes, rates))
+    kinds = tuple(model.block_kinds(P.layers_per_stage(model.n_layers)))
+    if model.dense_layers:
+        dense = model.dense_block()
+        dense_blocks = tuple(site_block(dense, s, rt, r) for s, rt, r in zip(sites, runtimes, rates))
+    else:
+        dense_blocks, kinds = blocks, tuple((0, nd + nm) for nd, nm in kinds)
     site_of = _rank_sites(sites, pp)
     n_vs = pp * v
     fwd_s, bwd_s, w_s = [], [], []
-    for k, n in enumerate(P.layers_per_stage(model.n_layers)):
-        b = blocks[site_of[k % pp]]
+    for k, (nd, n) in enumerate(kinds):
+        b, d = blocks[site_of[k % pp]], dense_blocks[site_of[k % pp]]
         f, bi, w = n * b.layer_f, n * b.layer_b, n * b.block.bwd_weight_s
+        if nd:
+            f, bi, w = f + nd * d.layer_f, bi + nd * d.layer_b, w + nd * d.block.bwd_weight_s
         if k == 0:
             f, bi = f + b.emb_f, bi + b.emb_b
         if k == n_vs - 1:
@@ -220,7 +241,7 @@ def stage_times(model: ModelSpec, cluster: ClusterSpec, sites: tuple[Site, ...],
     sched = P.schedule if pp > 1 else ("interleaved" if v > 1 else "1f1b")
     p2p = _p2p_s(cluster, sites, site_of, blocks[0].block.act_bytes)
     return StageTimes(tuple(fwd_s), tuple(sched_b), tuple(sched_w) if sched_w else None, p2p, sched,
-                      blocks, site_of)
+                      blocks, site_of, dense_blocks, kinds)
 
 
 @dataclass(frozen=True)
@@ -254,14 +275,12 @@ def _link_wait_s(model: ModelSpec, P: ParallelConfig, st: StageTimes, gpus_per_n
     crosses["ep"] = P.ep > 1 and expert_group_spreads(P, gpus_per_node)[0][1] > 1
     if not any(crosses.values()):
         return 0.0
-    layers = P.layers_per_stage(model.n_layers)
-    total = 0.0
-    for r in range(P.pp):
-        b = st.blocks[st.site_of_rank[r]]
+    def per_block(b: SiteBlock) -> float:
         bc = b.block
-        per_block = ((bc.tp_f + bc.tp_b + bc.tp_rc) * crosses["tp"] + (bc.cp_f + bc.cp_b) * crosses["cp"]
-                     + (bc.ep_f + bc.ep_b + bc.ep_rc) * crosses["ep"] + (b.z3_f + b.z3_b) * crosses["dp"])
-        total += P.num_micro_batches * per_block * sum(layers[k] for k in range(r, P.pp * P.vpp, P.pp))
+        return ((bc.tp_f + bc.tp_b + bc.tp_rc) * crosses["tp"] + (bc.cp_f + bc.cp_b) * crosses["cp"]
+                + (bc.ep_f + bc.ep_b + bc.ep_rc) * crosses["ep"] + (b.z3_f + b.z3_b) * crosses["dp"])
+
+    total = sum(P.num_micro_batches * st.rank_blocks_sum(r, per_block) for r in range(P.pp))
     return total / P.pp
 
 
@@ -293,8 +312,8 @@ def _rank_expert_params(model: ModelSpec, P: ParallelConfig, rank: int) -> float
     """Routed-expert parameters pipeline rank ``rank`` holds under expert parallelism (0 without)."""
     if P.ep == 1 or not model.is_moe:
         return 0.0
-    layers = P.layers_per_stage(model.n_layers)
-    n_layers = sum(layers[k] for k in range(rank, P.pp * P.vpp, P.pp))
+    kinds = model.block_kinds(P.layers_per_stage(model.n_layers))
+    n_layers = sum(kinds[k][1] for k in range(rank, P.pp * P.vpp, P.pp))
     return n_layers * model.expert_params_per_layer() / (P.tp * P.ep)
 
 
@@ -448,19 +467,20 @@ def _breakdown(model: ModelSpec, P: ParallelConfig, timed: TimedStep) -> TimeBre
     n_vs = pp * P.vpp
     crit = max(range(pp), key=lambda r: pipe.busy_s[r])
     b = st.blocks[st.site_of_rank[crit]]
-    lt, bc = b.block.lt, b.block
-    layers = P.layers_per_stage(model.n_layers)
     chunks = range(crit, n_vs, pp)
-    n_crit = sum(layers[k] for k in chunks)
     has_emb, has_head = 0 in chunks, (n_vs - 1) in chunks
-    fwd_c = m * (n_crit * lt.fwd_s + (b.emb_f if has_emb else 0.0) + (b.head_f if has_head else 0.0))
-    bwd_c = m * (n_crit * lt.bwd_s + (b.emb_b if has_emb else 0.0)
-                 + ((b.head_bi + b.head_bw) if has_head else 0.0))
-    rc_c = m * n_crit * lt.recompute_s
-    tp_c = m * n_crit * (bc.tp_f + bc.tp_b + bc.tp_rc)
-    cp_c = m * n_crit * (bc.cp_f + bc.cp_b)
-    ep_c = m * n_crit * (bc.ep_f + bc.ep_b + bc.ep_rc)
-    z3_c = m * n_crit * (b.z3_f + b.z3_b)
+
+    def blocks(per_block) -> float:
+        return m * st.rank_blocks_sum(crit, per_block)
+
+    fwd_c = blocks(lambda x: x.block.lt.fwd_s) + m * ((b.emb_f if has_emb else 0.0) + (b.head_f if has_head else 0.0))
+    bwd_c = blocks(lambda x: x.block.lt.bwd_s) + m * ((b.emb_b if has_emb else 0.0)
+                                                      + ((b.head_bi + b.head_bw) if has_head else 0.0))
+    rc_c = blocks(lambda x: x.block.lt.recompute_s)
+    tp_c = blocks(lambda x: x.block.tp_f + x.block.tp_b + x.block.tp_rc)
+    cp_c = blocks(lambda x: x.block.cp_f + x.block.cp_b)
+    ep_c = blocks(lambda x: x.block.ep_f + x.block.ep_b + x.block.ep_rc)
+    z3_c = blocks(lambda x: x.z3_f + x.z3_b)
     scale = pipe.busy_s[crit] / max(1e-30, fwd_c + bwd_c + rc_c + tp_c + cp_c + ep_c + z3_c)
     idle = max(0.0, pipe.makespan_s - pipe.busy_s[crit])
     pp_c = min(idle, 2 * (n_vs - 1) * st.p2p_s) if pp > 1 else 0.0

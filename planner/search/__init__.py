@@ -46,7 +46,7 @@ import itertools
 import time
 from typing import Callable
 
-from planner.cost.memory import logits_bytes_per_token, shard_divisors
+from planner.cost.memory import logits_bytes_per_token, rank_layer_params, shard_divisors
 from planner.cost.precision import state_bytes_per_param
 from planner.cost.prediction import Prediction
 from planner.cost.runtime import Runtime, bind_runtime
@@ -56,7 +56,7 @@ from planner.hardware import ClusterSpec
 from planner.model import ModelSpec
 from planner.plan import ParallelConfig, PRECISIONS
 from planner.search.branch_bound import BranchAndBound
-from planner.search.costs import Costs
+from planner.search.costs import Costs, LayerCost
 from planner.search.results import RankedPlan, SearchResult
 from planner.search.space import ORDERS, candidate_space, layout_strides, normalise_fixed
 
@@ -75,32 +75,40 @@ def uneven_split(model: ModelSpec, cluster: ClusterSpec, P: ParallelConfig,
         return None
     cluster, runtime = bind_runtime(cluster, runtime)
     node = cluster.node
-    costs = Costs(model, node, cluster.world_size, P.seq_len, P.precision, runtime)
+    costs = Costs(model, node, cluster.world_size, P.seq_len, P.precision, runtime, P.ep)
     lc = costs.layer(P.tp, P.cp, P.micro_batch, P.recompute, P.sequence_parallel)
-    f, bi = lc.f, lc.bi
-    if costs.fsdp_blocks(P.sharding, P.tp, P.dp):
-        dp_stride, _ = layout_strides(P.order if P.order in ORDERS else ORDERS[0], P.tp, P.cp, P.pp, P.dp)
-        zf, zb = costs.z3(lc, P.tp, P.dp, dp_stride, P.recompute, P.sharding)
-        f, bi = f + zf, bi + zb
-    per_layer = f + bi + lc.w
+    dp_stride, _ = layout_strides(P.order if P.order in ORDERS else ORDERS[0], P.tp, P.cp, P.pp, P.dp)
     pp, m, L = P.pp, P.num_micro_batches, model.n_layers
     w_div, g_div, o_div = shard_divisors(P.sharding, P.dp)
     wb, gb, ob = state_bytes_per_param(P.precision)
     state = wb / w_div + gb / g_div + ob / o_div
-    lp = model.layer_params() / P.tp
     flight = [float(m) if P.schedule == "gpipe" else float(min(pp - k, m)) for k in range(pp)]
-    mem = [[lp * state + lc.layer_act * flight[k]] * L for k in range(pp)]
+
+    def layer_terms(kind: ModelSpec, c: LayerCost) -> tuple[float, float, list[float]]:
+        """(time, parameters per tp rank, memory per pipeline rank) of one block of ``kind``."""
+        f, bi = c.f, c.bi
+        if costs.fsdp_blocks(P.sharding, P.tp, P.dp):
+            zf, zb = costs.z3(c, P.tp, P.dp, dp_stride, P.recompute, P.sharding, block=kind)
+            f, bi = f + zf, bi + zb
+        params = rank_layer_params(kind, P.tp, P.ep)
+        return f + bi + c.w, params, [params * state + c.layer_act * flight[k] for k in range(pp)]
+
+    kinds = lc.kinds or ((model, lc),)
+    terms = [layer_terms(kind, c) for kind, c in kinds]  # the model's (MoE) block, then its dense block
+    per_block = [terms[-1] if i < model.dense_layers else terms[0] for i in range(L)]
+    mem = [[t[2][k] for t in per_block] for k in range(pp)]
+    lp = max(t[1] for t in terms)
     dev = node.device
     reserved, frag = costs.stack.reserved_bytes(dev), costs.stack.fragmentation(dev)
-    limits = [(dev.hbm_bytes - reserved) / (1 + frag)
-              - lc.layer_act_full - (2 * lp * wb if w_div > 1 else 0.0)] * pp
+    act_full = max(c.layer_act_full for _, c in kinds)
+    limits = [(dev.hbm_bytes - reserved) / (1 + frag) - act_full - (2 * lp * wb if w_div > 1 else 0.0)] * pp
     emb_p = model.embedding_params() / P.tp
     head_p = (model.head_params() + (model.vocab_size * model.hidden_size if model.tied_embeddings else 0)) / P.tp
     # conservative: the logits are charged on top of the block working set (predict() takes the
     # larger of the two, planner.cost.memory.peak_transients)
     logits = (logits_bytes_per_token(model, P.tp, P.precision, costs.stack.executor)
               * P.micro_batch * (P.seq_len / P.cp))
-    cut = partition_chain([per_layer] * L, mem, pp, limits,
+    cut = partition_chain([t[0] for t in per_block], mem, pp, limits,
                           first_extra=(lc.emb_f + lc.emb_b, emb_p * state),
                           last_extra=(lc.head_f + lc.head_bi + lc.head_w, head_p * state + logits))
     if not isinstance(cut, StageCut):

@@ -3,6 +3,7 @@
 its bounds use (layers per rank, the ZB-H1 makespan bound)."""
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from functools import lru_cache
@@ -39,6 +40,22 @@ class LayerCost:
     act_bytes: float      # b*s/cp*h*bpe: the pipeline send
     layer_act: float      # activation bytes kept per layer per micro-batch
     layer_act_full: float  # full recompute: one block's activations live in its backward
+    kinds: tuple[tuple[ModelSpec, "LayerCost"], ...] = ()
+    """A model with dense leading blocks: each kind's own cost (this one is their field-wise
+    minimum, so every bound built from it stays below predict())."""
+
+
+def _lower(costs: list) -> object:
+    """The field-wise minimum of dataclasses of one type (numbers; other fields from the first)."""
+    first = costs[0]
+    values = {}
+    for f in dataclasses.fields(first):
+        v = getattr(first, f.name)
+        if isinstance(v, float):
+            values[f.name] = min(getattr(c, f.name) for c in costs)
+        elif dataclasses.is_dataclass(v):
+            values[f.name] = _lower([getattr(c, f.name) for c in costs])
+    return dataclasses.replace(first, **values)
 
 
 class Costs:
@@ -64,10 +81,13 @@ class Costs:
         self._z3: dict = {}
         self._p2p: dict = {}
         m = model
-        self.layer_params = rank_layer_params(m, 1, ep)  # its experts over ep (a rank's, times tp)
+        # a model with dense leading blocks is bounded by the cheaper kind of block per term
+        self.block_models = (m, m.dense_block()) if m.dense_layers else (m,)
+        moe_params = rank_layer_params(m, 1, ep)  # its experts over ep (a rank's, times tp)
+        self.layer_params = min([moe_params] + [rank_layer_params(d, 1) for d in self.block_models[1:]])
         # the share of a rank's parameters reduced over the whole dp group (routed experts are
         # reduced over their dp/ep holders): what the dp bound may charge
-        self.dense_share = (m.layer_params() - m.expert_params_per_layer()) / self.layer_params
+        self.dense_share = (m.layer_params() - m.expert_params_per_layer()) / moe_params
         self.embedding_params = float(m.embedding_params())
         self.head_params = float(m.head_params() + m.vocab_size * m.hidden_size)  # + tied copy (pp > 1)
         self.head_params_untied = float(m.head_params())
@@ -80,7 +100,15 @@ class Costs:
         hit = self._layer.get(key)
         if hit is not None:
             return hit
-        m, s = self.model, self.seq
+        if len(self.block_models) > 1:
+            kinds = tuple((m, self._block(m, tp, cp, mb, rc, sp)) for m in self.block_models)
+            cost = self._layer[key] = dataclasses.replace(_lower([lc for _, lc in kinds]), kinds=kinds)
+            return cost
+        cost = self._layer[key] = self._block(self.model, tp, cp, mb, rc, sp)
+        return cost
+
+    def _block(self, m: ModelSpec, tp: int, cp: int, mb: int, rc: str, sp: bool) -> LayerCost:
+        s = self.seq
         ep = self.ep  # the densest expert-parallel group: neighbouring dp ranks (tp-cp-dp-pp)
         bc = block_cost(m, self.node, self.rt, self.rates, tp=tp, cp=cp, micro_batch=mb, seq_len=s,
                         recompute=rc, sequence_parallel=sp, precision=self.prec,
@@ -94,20 +122,21 @@ class Costs:
         cost = LayerCost(f=bc.fwd_s, bi=bc.bwd_input_s, w=bc.bwd_weight_s, lt=bc.lt, cp=cp, mb=mb,
                          emb_f=bc.emb_f, emb_b=bc.emb_b, head_f=bc.head_f, head_bi=bc.head_bi,
                          head_w=bc.head_bw, act_bytes=bc.act_bytes, layer_act=la, layer_act_full=la_full)
-        self._layer[key] = cost
         return cost
 
     def z3(self, lc: LayerCost, tp: int, dp: int, dp_stride: int, rc: str,
-           sharding: str = "zero3") -> tuple[float, float]:
+           sharding: str = "zero3", block: ModelSpec | None = None) -> tuple[float, float]:
         """Exposed ZeRO-3 / FSDP (forward, backward) per layer over a dp group ``dp_stride``
-        ranks apart (:func:`planner.cost.block.shard_comm_s`, as predict() charges it)."""
+        ranks apart (:func:`planner.cost.block.shard_comm_s`, as predict() charges it); of the
+        ``block`` kind (default the model's) whose cost ``lc`` is, or the least of ``lc.kinds``."""
         key = (id(lc), tp, dp, dp_stride, rc, sharding)
         hit = self._z3.get(key)
         if hit is None:
             g = GroupShape(dp, *strided_group_spread(dp, dp_stride, self.gpn))
-            hit = self._z3[key] = shard_comm_s(self.model, self.node, self.rt, lc.lt, self.rates, g, tp=tp,
-                                               cp=lc.cp, micro_batch=lc.mb, seq_len=self.seq,
-                                               precision=self.prec, sharding=sharding, recompute=rc)
+            each = [shard_comm_s(m, self.node, self.rt, k.lt, self.rates, g, tp=tp, cp=k.cp, micro_batch=k.mb,
+                                 seq_len=self.seq, precision=self.prec, sharding=sharding, recompute=rc)
+                    for m, k in (lc.kinds or ((block or self.model, lc),))]
+            hit = self._z3[key] = (min(f for f, _ in each), min(b for _, b in each))
         return hit
 
     def fsdp_blocks(self, sharding: str, tp: int, dp: int) -> bool:
