@@ -16,10 +16,19 @@ def available_models() -> list[str]:
     return sorted(PRESETS)
 
 
+def _spelling(name: str) -> str:
+    return "".join(c for c in name.lower() if c.isalnum())
+
+
 def preset_for_published_row(row_model_name: str) -> str | None:
     """The preset for a ``model`` value of ``benchmarks/published_runs.csv``, or None when the
-    row gives no architecture (e.g. the Megatron v1.0 scaling models)."""
-    return PUBLISHED_MODEL_PRESETS.get(row_model_name)
+    row gives no architecture (e.g. the Megatron v1.0 scaling models): the dataset's own names,
+    else a preset whose name is spelled the same up to case and punctuation ("Mixtral 8x7B" is
+    ``mixtral-8x7b``, "DeepSeek-V3" ``deepseek-v3``)."""
+    if row_model_name in PUBLISHED_MODEL_PRESETS:
+        return PUBLISHED_MODEL_PRESETS[row_model_name]
+    wanted = _spelling(row_model_name)
+    return next((name for name in PRESETS if _spelling(name) == wanted), None) if wanted else None
 
 
 def _looks_like_path(name_or_path: str) -> bool:

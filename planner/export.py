@@ -97,7 +97,15 @@ def megatron_args(plan: Plan) -> tuple[list[str], list[str]]:
     if m.n_kv_heads != m.n_heads:
         add("--group-query-attention")
         add("--num-query-groups", m.n_kv_heads)
-    if m.head_dim and m.head_dim != m.hidden_size // m.n_heads:
+    if m.is_mla:  # Megatron-Core MLATransformerConfig
+        add("--multi-latent-attention")
+        if m.q_lora_rank:
+            add("--q-lora-rank", m.q_lora_rank)
+        add("--kv-lora-rank", m.kv_lora_rank)
+        add("--qk-head-dim", m.d_head)
+        add("--qk-pos-emb-head-dim", m.qk_rope_head_dim)
+        add("--v-head-dim", m.v_head_dim or m.d_head)
+    elif m.head_dim and m.head_dim != m.hidden_size // m.n_heads:
         add("--kv-channels", m.head_dim)
     if m.mlp == "swiglu":
         add("--swiglu")
@@ -132,6 +140,8 @@ def megatron_args(plan: Plan) -> tuple[list[str], list[str]]:
             add("--moe-ffn-hidden-size", m.expert_ffn_hidden_size)
         if m.shared_expert_ffn_hidden_size:
             add("--moe-shared-expert-intermediate-size", m.shared_expert_ffn_hidden_size)
+            if m.shared_expert_gate:  # Qwen2-MoE's sigmoid gate on the shared expert's output
+                add("--moe-shared-expert-gate")
         add("--expert-model-parallel-size", p.ep)
         add("--moe-token-dispatcher-type", "alltoall")  # what the cost model prices
         add("--moe-grouped-gemm")

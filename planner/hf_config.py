@@ -1,6 +1,7 @@
 """Hugging Face ``config.json`` -> :class:`ModelSpec`, without downloading anything.
 
-Supported ``model_type`` values: gpt2, llama, mistral, mixtral, qwen2, opt, gpt_neox, mpt; a
+Supported ``model_type`` values: gpt2, llama, mistral, mixtral, qwen2, qwen2_moe, deepseek_v2,
+deepseek_v3, opt, gpt_neox, mpt; a
 composite config (llava-style: a vision model plus a language model) is read through its
 ``text_config``. Each family's keys and quirks follow its ``transformers`` configuration and
 modeling code:
@@ -14,6 +15,14 @@ modeling code:
   ``moe_intermediate_size``, top ``num_experts_per_tok``, a shared expert of
   ``shared_expert_intermediate_size`` with its sigmoid gate (h weights), every block MoE
   (``mlp_only_layers`` empty, ``decoder_sparse_step`` 1; otherwise refused).
+- deepseek_v2 / deepseek_v3: multi-head latent attention (``q_lora_rank`` null = one query
+  projection, ``kv_lora_rank``, ``qk_nope_head_dim``, ``qk_rope_head_dim``, ``v_head_dim``; no
+  biases), ``n_routed_experts`` of ``moe_intermediate_size`` top ``num_experts_per_tok``,
+  ``n_shared_experts`` of the same width, the first ``first_k_dense_replace`` blocks dense of
+  ``intermediate_size`` (``moe_layer_freq`` other than 1 is refused); transformers'
+  ``DeepseekV3MoE``. Not counted: V3's per-expert routing bias (``e_score_correction_bias``,
+  256 numbers per block) and the multi-token-prediction module (``num_nextn_predict_layers``),
+  which the published 671B excludes too.
 - opt: ``ffn_dim``; ``word_embed_proj_dim`` != hidden_size adds project_in/out (opt-350m);
   learned positions with an offset of 2; ``do_layer_norm_before`` false drops the final norm;
   ``enable_bias``; ReLU.
@@ -40,7 +49,8 @@ from planner.errors import InputError
 from planner.io import read_input_text
 from planner.model import ModelSpec, parse_json_config
 
-SUPPORTED_TYPES = ("gpt2", "llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "opt", "gpt_neox", "mpt")
+SUPPORTED_TYPES = ("gpt2", "llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "deepseek_v2", "deepseek_v3", "opt",
+                   "gpt_neox", "mpt")
 
 # transformers' LlamaConfig / MistralConfig __init__ defaults (architecture keys only).
 _TEXT_CONFIG_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -183,6 +193,42 @@ def _llama_like(cfg: _Config, name: str, model_type: str) -> ModelSpec:
     )
 
 
+def _deepseek(cfg: _Config, name: str, model_type: str) -> ModelSpec:
+    if cfg.bool("attention_bias", False):
+        raise InputError(f"{cfg.where}.attention_bias", "multi-head latent attention with biases is not modelled")
+    if cfg.int("moe_layer_freq", 1) != 1:
+        raise InputError(f"{cfg.where}.moe_layer_freq", "only every block after the dense ones being MoE is modelled")
+    heads = cfg.int("num_attention_heads")
+    expert_ffn = cfg.int("moe_intermediate_size")
+    return ModelSpec(
+        name=name,
+        n_layers=cfg.int("num_hidden_layers"),
+        hidden_size=cfg.int("hidden_size"),
+        n_heads=heads,
+        n_kv_heads=heads,
+        ffn_hidden_size=cfg.int("intermediate_size"),
+        vocab_size=cfg.int("vocab_size"),
+        seq_len=_trained_context(cfg, cfg.int("max_position_embeddings")),
+        mlp="swiglu", norm="rmsnorm", position="rope",
+        tied_embeddings=cfg.bool("tie_word_embeddings", False),
+        bias=False,
+        head_dim=cfg.int("qk_nope_head_dim"),
+        kv_lora_rank=cfg.int("kv_lora_rank"),
+        q_lora_rank=cfg.int("q_lora_rank", 0, minimum=0),
+        qk_rope_head_dim=cfg.int("qk_rope_head_dim"),
+        v_head_dim=cfg.int("v_head_dim"),
+        n_experts=cfg.int("n_routed_experts"), top_k=cfg.int("num_experts_per_tok"),
+        expert_ffn_hidden_size=expert_ffn,
+        shared_expert_ffn_hidden_size=cfg.int("n_shared_experts", 0, minimum=0) * expert_ffn,
+        shared_expert_gate=False,
+        dense_layers=cfg.int("first_k_dense_replace", 0, minimum=0),
+        dropout=cfg.number("attention_dropout", 0.0),
+        activation=cfg.str("hidden_act", "silu"),
+        rope_theta=_positive(cfg, "rope_theta", 10000.0),
+        norm_eps=_positive(cfg, "rms_norm_eps", 1e-6),
+    )
+
+
 def _gpt2(cfg: _Config, name: str, model_type: str) -> ModelSpec:
     hidden = cfg.int("n_embd")
     n_pos = cfg.int("n_positions")
@@ -310,7 +356,7 @@ def _mpt(cfg: _Config, name: str, model_type: str) -> ModelSpec:
 
 _PARSERS: dict[str, Callable[[_Config, str, str], ModelSpec]] = {
     "gpt2": _gpt2, "llama": _llama_like, "mistral": _llama_like, "mixtral": _llama_like,
-    "qwen2": _llama_like, "qwen2_moe": _llama_like, "opt": _opt, "gpt_neox": _gpt_neox, "mpt": _mpt,
+    "qwen2": _llama_like, "qwen2_moe": _llama_like, "deepseek_v2": _deepseek, "deepseek_v3": _deepseek, "opt": _opt, "gpt_neox": _gpt_neox, "mpt": _mpt,
 }
 
 

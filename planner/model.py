@@ -27,7 +27,8 @@ MAX_SHAPE = {"n_layers": 1 << 14, "hidden_size": 1 << 20, "n_heads": 1 << 16, "n
 256k vocabulary): a shape above them is a typo or an attack, refused in one line."""
 MAX_EXPERTS = 1 << 16
 OMITTED_AT_DEFAULT = {"rope_theta": 0.0, "rotary_fraction": 1.0, "norm_eps": 0.0,
-                        "shared_expert_ffn_hidden_size": 0, "dense_layers": 0}
+                        "shared_expert_ffn_hidden_size": 0, "dense_layers": 0, "q_lora_rank": 0,
+                        "kv_lora_rank": 0, "qk_rope_head_dim": 0, "v_head_dim": 0, "shared_expert_gate": True}
 """ModelSpec fields left out of :meth:`ModelSpec.to_dict` (and so of a plan's id) at these
 defaults, which mean "not stated" or "none": fields added after plans were recorded."""
 
@@ -58,10 +59,20 @@ class ModelSpec:
             beside its routed ones (DeepSeek-MoE: n_shared x the expert width; Qwen2-MoE's
             ``shared_expert_intermediate_size``, whose output a sigmoid gate of h weights scales);
             a dense MLP replicated over ep, split by tp. 0: none.
+        shared_expert_gate: the shared expert's output is scaled by a gate of h weights
+            (Qwen2-MoE); DeepSeek's shared experts have none.
         dense_layers: MoE models whose first blocks are dense: the first ``dense_layers`` blocks
             have one MLP of ``ffn_hidden_size`` and no router (DeepSeek-V2/V3
             ``first_k_dense_replace``; Megatron-Core ``--moe-layer-freq "([0]*k+[1]*(L-k))"``);
             every block after them is an MoE block. 0: every block is MoE.
+        kv_lora_rank: multi-head latent attention (MLA; DeepSeek-V2, arXiv:2405.04434, Sec. 2.1):
+            keys and values are up-projected per head from a shared latent of this width (plus
+            ``qk_rope_head_dim`` decoupled RoPE key dims), ``head_dim`` being the non-rotary
+            query/key width per head. 0: standard multi-head / grouped-query attention.
+        q_lora_rank: MLA's query latent width (queries down- then up-projected); 0: one query
+            projection.
+        qk_rope_head_dim: MLA's decoupled rotary query/key width per head.
+        v_head_dim: MLA's value width per head; 0 means ``head_dim``.
         dropout: dropout probability used in training (Megatron GPTs 0.1; Llama 0). With dropout,
             activation memory includes the 1-byte masks of Korthikanti et al. (2022).
 
@@ -114,7 +125,12 @@ class ModelSpec:
     top_k: int = 0
     expert_ffn_hidden_size: int = 0
     shared_expert_ffn_hidden_size: int = 0
+    shared_expert_gate: bool = True
     dense_layers: int = 0
+    kv_lora_rank: int = 0
+    q_lora_rank: int = 0
+    qk_rope_head_dim: int = 0
+    v_head_dim: int = 0
     dropout: float = 0.0
     max_positions: int = 0
     position_offset: int = 0
@@ -158,7 +174,8 @@ class ModelSpec:
         require(not self.shared_expert_ffn_hidden_size or self.n_experts > 0, "shared_expert_ffn_hidden_size",
                 "needs routed experts (n_experts > 0)")
         for field in ("max_positions", "position_offset", "embed_proj_dim", "expert_ffn_hidden_size",
-                      "shared_expert_ffn_hidden_size", "dense_layers"):
+                      "shared_expert_ffn_hidden_size", "dense_layers", "kv_lora_rank", "q_lora_rank",
+                      "qk_rope_head_dim", "v_head_dim"):
             value = getattr(self, field)
             require(isinstance(value, int) and not isinstance(value, bool) and value >= 0,
                     field, f"must be an integer >= 0, got {value!r}")
@@ -169,10 +186,19 @@ class ModelSpec:
         require(isinstance(self.rotary_fraction, (int, float)) and not isinstance(self.rotary_fraction, bool)
                 and 0.0 < self.rotary_fraction <= 1.0, "rotary_fraction",
                 f"must be in (0, 1], got {self.rotary_fraction!r}")
+        if not self.is_mla:
+            for field in ("q_lora_rank", "qk_rope_head_dim", "v_head_dim"):
+                require(getattr(self, field) == 0, field, "is a multi-head latent attention width: needs kv_lora_rank > 0")
+        else:
+            require(self.n_kv_heads == self.n_heads, "n_kv_heads",
+                    "multi-head latent attention up-projects keys and values for every head (n_kv_heads = n_heads)")
+            require(not self.bias and not self.qkv_bias_only, "bias", "multi-head latent attention has no biases here")
         if self.dense_layers:
             require(self.n_experts > 0, "dense_layers", "needs routed experts (n_experts > 0)")
             require(self.dense_layers < self.n_layers, "dense_layers",
                     f"{self.dense_layers} leaves no MoE block among the model's {self.n_layers} layers")
+        require(isinstance(self.shared_expert_gate, bool), "shared_expert_gate",
+                f"must be true or false, got {self.shared_expert_gate!r}")
         require(not (self.bias and self.qkv_bias_only), "qkv_bias_only",
                 "needs bias=False (bias=True already puts biases on every linear layer)")
         if self.has_position_table and self.max_positions:
@@ -186,13 +212,58 @@ class ModelSpec:
         return self.head_dim or self.hidden_size // self.n_heads
 
     @property
+    def is_mla(self) -> bool:
+        return self.kv_lora_rank > 0
+
+    @property
+    def qk_head_dim(self) -> int:
+        """Query / key width per head (MLA: the non-rotary and the decoupled rotary parts)."""
+        return self.d_head + self.qk_rope_head_dim
+
+    @property
     def kv_dim(self) -> int:
-        """Width of K (and of V): n_kv_heads * d_head."""
-        return self.n_kv_heads * self.d_head
+        """Width of K: n_kv_heads * d_head (MLA: every head's up-projected key)."""
+        return self.n_kv_heads * self.qk_head_dim
+
+    @property
+    def v_dim(self) -> int:
+        """Width of V, and of the attention output the output projection reads."""
+        return self.n_kv_heads * (self.v_head_dim or self.d_head)
 
     @property
     def q_dim(self) -> int:
-        return self.n_heads * self.d_head
+        """Width of Q."""
+        return self.n_heads * self.qk_head_dim
+
+    @property
+    def attn_out_dim(self) -> int:
+        """Width of the attention output (n_heads value heads): the output projection's input."""
+        return self.n_heads * (self.v_head_dim or self.d_head)
+
+    @property
+    def rotary_dim(self) -> int:
+        """Q and K columns RoPE rotates on one token (MLA: each query head's and the shared key's
+        decoupled rotary part)."""
+        if self.is_mla:
+            return (self.n_heads + 1) * self.qk_rope_head_dim
+        return self.q_dim + self.kv_dim
+
+    def attention_projections(self) -> list[tuple[int, int, str]]:
+        """(in, out, tensor-parallel split) of each attention weight matrix in execution order,
+        the output projection last; split ``column`` (out over tp), ``row`` (in over tp) or
+        ``none`` (every tp rank holds it). Standard: fused QKV (column) and output (row).
+        MLA as Megatron-Core builds it (``MLASelfAttention``): query down (none) and up
+        (column) projections, or one query projection without ``q_lora_rank``; the KV down
+        projection to the latent plus the rotary key (none); the KV up projection to every
+        head's non-rotary key and value (column); output (row)."""
+        h = self.hidden_size
+        if not self.is_mla:
+            return [(h, self.q_dim + self.kv_dim + self.v_dim, "column"), (self.attn_out_dim, h, "row")]
+        q = ([(h, self.q_lora_rank, "none"), (self.q_lora_rank, self.q_dim, "column")] if self.q_lora_rank
+             else [(h, self.q_dim, "column")])
+        kv_up = self.n_heads * (self.d_head + (self.v_head_dim or self.d_head))
+        return q + [(h, self.kv_lora_rank + self.qk_rope_head_dim, "none"), (self.kv_lora_rank, kv_up, "column"),
+                    (self.attn_out_dim, h, "row")]
 
     @property
     def is_moe(self) -> bool:
@@ -208,8 +279,12 @@ class ModelSpec:
         ``dense_layers``): what prices, sizes and builds those blocks."""
         if not self.is_moe:
             return self
-        return dataclasses.replace(self, n_experts=0, top_k=0, expert_ffn_hidden_size=0,
-                                   shared_expert_ffn_hidden_size=0, dense_layers=0)
+        dense = self.__dict__.get("_dense_block")  # built once: the search asks often
+        if dense is None:
+            dense = dataclasses.replace(self, n_experts=0, top_k=0, expert_ffn_hidden_size=0,
+                                        shared_expert_ffn_hidden_size=0, shared_expert_gate=True, dense_layers=0)
+            object.__setattr__(self, "_dense_block", dense)
+        return dense
 
     def block_kinds(self, layers_per_stage) -> list[tuple[int, int]]:
         """(dense, MoE) blocks of each stage, given its layers in model order (a dense model's
@@ -258,16 +333,18 @@ class ModelSpec:
 
     # ----- parameter counts -----------------------------------------------------------------
     def attention_params(self) -> int:
-        """Q, K, V and output projections (+ biases)."""
+        """Q, K, V and output projections (+ biases; + MLA's RMSNorms of its latents)."""
         h = self.hidden_size
-        weights = h * self.q_dim + 2 * h * self.kv_dim + self.q_dim * h
+        weights = sum(i * o for i, o, _ in self.attention_projections())
+        qkv = self.q_dim + self.kv_dim + self.v_dim
         if self.bias:
-            biases = self.q_dim + 2 * self.kv_dim + h
+            biases = qkv + h
         elif self.qkv_bias_only:
-            biases = self.q_dim + 2 * self.kv_dim
+            biases = qkv
         else:
             biases = 0
-        return weights + biases
+        latent_norms = self.q_lora_rank + self.kv_lora_rank
+        return weights + biases + latent_norms
 
     def mlp_params(self, ffn: int | None = None) -> int:
         """One dense MLP of inner width ``ffn`` (default ffn_hidden_size), with biases if any."""
@@ -287,7 +364,7 @@ class ModelSpec:
         """The shared expert(s) of one MoE block and their gate (0 without)."""
         if not self.shared_expert_ffn_hidden_size:
             return 0
-        return self.mlp_params(self.shared_expert_ffn_hidden_size) + self.hidden_size
+        return self.mlp_params(self.shared_expert_ffn_hidden_size) + (self.hidden_size if self.shared_expert_gate else 0)
 
     def layer_params(self) -> int:
         """All parameters of one transformer block (all experts of an MoE block; the MoE blocks

@@ -115,6 +115,31 @@ _SPECS: list[ModelSpec] = [
               ffn_hidden_size=14336, vocab_size=32000, seq_len=32768, mlp="swiglu",
               norm="rmsnorm", position="rope", tied_embeddings=False, bias=False,
               n_experts=8, top_k=2, activation="silu", rope_theta=1e6, norm_eps=1e-5),
+    # mistralai/Mixtral-8x22B-v0.1 config.json: 56 layers, h 6144, 48 heads, 8 KV heads, 8 experts
+    # of 16384, top-2, vocabulary 32768, 64k context (Mistral AI: 141B total, 39B active).
+    ModelSpec(name="mixtral-8x22b", n_layers=56, hidden_size=6144, n_heads=48, n_kv_heads=8,
+              ffn_hidden_size=16384, vocab_size=32768, seq_len=65536, mlp="swiglu",
+              norm="rmsnorm", position="rope", tied_embeddings=False, bias=False,
+              n_experts=8, top_k=2, activation="silu", rope_theta=1e6, norm_eps=1e-5),
+    # deepseek-ai/DeepSeek-V3 config.json (tests/fixtures/hf/DeepSeek-V3; DeepSeek-V3 report,
+    # arXiv:2412.19437, Sec. 4.2): 61 blocks, the first 3 dense (FFN 18432), then 256 routed experts
+    # of 2048 top-8 plus one shared; MLA with q / kv latents 1536 / 512, heads of 128 + 64 rotary,
+    # values 128; trained at 4096 tokens. 671B total, 37B activated (the MTP module excluded).
+    ModelSpec(name="deepseek-v3", n_layers=61, hidden_size=7168, n_heads=128, n_kv_heads=128,
+              ffn_hidden_size=18432, vocab_size=129280, seq_len=4096, mlp="swiglu", norm="rmsnorm",
+              position="rope", tied_embeddings=False, bias=False, head_dim=128, kv_lora_rank=512,
+              q_lora_rank=1536, qk_rope_head_dim=64, v_head_dim=128, n_experts=256, top_k=8,
+              expert_ffn_hidden_size=2048, shared_expert_ffn_hidden_size=2048, shared_expert_gate=False,
+              dense_layers=3, activation="silu", rope_theta=10000.0, norm_eps=1e-6),
+    # deepseek-ai/DeepSeek-V2-Lite config.json (tests/fixtures/hf/DeepSeek-V2-Lite): 27 blocks, the
+    # first dense (10944), 64 experts of 1408 top-6 plus 2 shared; MLA without a query latent.
+    # 15.7B total, 2.4B activated (DeepSeek-V2 paper, arXiv:2405.04434, App. B).
+    ModelSpec(name="deepseek-v2-lite", n_layers=27, hidden_size=2048, n_heads=16, n_kv_heads=16,
+              ffn_hidden_size=10944, vocab_size=102400, seq_len=4096, mlp="swiglu", norm="rmsnorm",
+              position="rope", tied_embeddings=False, bias=False, head_dim=128, kv_lora_rank=512,
+              qk_rope_head_dim=64, v_head_dim=128, n_experts=64, top_k=6, expert_ffn_hidden_size=1408,
+              shared_expert_ffn_hidden_size=2816, shared_expert_gate=False, dense_layers=1,
+              activation="silu", rope_theta=10000.0, norm_eps=1e-6),
     # mistralai/Mistral-7B-v0.1 and Qwen/Qwen2-7B config.json (also in tests/fixtures/hf/)
     ModelSpec(name="mistral-7b", n_layers=32, hidden_size=4096, n_heads=32, n_kv_heads=8,
               ffn_hidden_size=14336, vocab_size=32000, seq_len=32768, mlp="swiglu",

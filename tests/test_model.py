@@ -109,7 +109,8 @@ def test_every_fixture_directory_is_tested():
     dirs = {p.name for p in FIXTURES.iterdir() if p.is_dir()}
     assert dirs == {"gpt2", "opt-350m", "pythia-1b", "gpt-neox-20b", "Meta-Llama-3-8B",
                     "Mistral-7B-v0.1", "Mixtral-8x7B-v0.1", "Qwen2-7B", "llava-1.5-7b-hf", "mpt-7b",
-                    "Qwen1.5-MoE-A2.7B"}  # the model card's 14.3B / 2.7B: tests/test_moe.py
+                    "Qwen1.5-MoE-A2.7B",  # the model card's 14.3B / 2.7B: tests/test_moe.py
+                    "DeepSeek-V3", "DeepSeek-V2-Lite"}  # 671B / 15.7B: tests/test_deepseek.py
 
 
 @pytest.mark.parametrize("fixture, preset", [

@@ -71,7 +71,8 @@ def cp_comm_s(model: ModelSpec, node: NodeSpec, lt: LayerTimes, g: GroupShape, *
     cp = g.size
     if cp == 1:
         return 0.0, 0.0
-    kv_bytes = 2 * activation_bytes_per_element(precision) * micro_batch * (seq_len / cp) * model.kv_dim / tp
+    kv_bytes = (activation_bytes_per_element(precision) * micro_batch * (seq_len / cp)
+                * (model.kv_dim + model.v_dim) / tp)
     hop = p2p_time(kv_bytes, g.nodes > 1, node)
     dev = node.device
     return (overlapped_exposed_s(dev, (cp - 1) * hop, lt.core_fwd_s),

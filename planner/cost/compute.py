@@ -18,6 +18,7 @@ calibration's reference shapes.
 """
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -179,11 +180,11 @@ def layer_times(model: ModelSpec, micro_batch: int, seq_len: int, tp: int, cp: i
     bwd_w = 0.0
 
     # --- projection GEMMs (Megatron column/row parallel: N or K split by tp) ---
-    for m_, n_, k_ in block_gemm_shapes(model, T, tp, ep):
+    for (m_, n_, k_), count in Counter(block_gemm_shapes(model, T, tp, ep)).items():  # experts: one shape
         tf, tb = _gemm(rates, m_, n_, k_, bpe)
-        fwd += tf
-        bwd_in += tb
-        bwd_w += tb
+        fwd += count * tf
+        bwd_in += count * tb
+        bwd_w += count * tb
 
     # --- attention core ---
     heads = model.n_heads / tp
@@ -313,17 +314,16 @@ def block_gemm_shapes(model: ModelSpec, tokens: float, tp: int, ep: int = 1) -> 
     to them (balanced routing: ``tokens * top_k * ep / n_experts`` each)."""
     h = model.hidden_size
     T = tokens
-    q, kv = model.q_dim, model.kv_dim
 
     def mlp(tokens: float, width: int) -> list[tuple[float, float, float]]:
         """Up (+gate) and down projections of an MLP of ``width`` on ``tokens``."""
         return [(tokens, (model.mlp_matrices - 1) * width / tp, h), (tokens, h, width / tp)]
 
-    gemms = [(T, (q + 2 * kv) / tp, h), (T, h, q / tp)]
+    split = {"column": lambda i, o: (T, o / tp, i), "row": lambda i, o: (T, o, i / tp), "none": lambda i, o: (T, o, i)}
+    gemms = [split[kind](i, o) for i, o, kind in model.attention_projections()]
     if model.is_moe:
         tokens_per_expert = T * model.top_k * ep / model.n_experts
-        for _ in range(model.n_experts // ep):
-            gemms += mlp(tokens_per_expert, model.expert_ffn)
+        gemms += (model.n_experts // ep) * mlp(tokens_per_expert, model.expert_ffn)
         gemms.append((T, model.n_experts, h))
         if model.shared_expert_ffn_hidden_size:  # every token, like a dense MLP
             gemms += mlp(T, model.shared_expert_ffn_hidden_size)

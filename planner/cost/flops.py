@@ -61,9 +61,10 @@ def layer_forward_flops(model: ModelSpec, tokens: float, attended: float) -> Lay
     Per Narayanan et al. SC'21 Sec. 3 / appendix: ``24*B*s*h^2 + 4*B*s^2*h`` for a GPT layer.
     """
     h = model.hidden_size
-    qkv = 2.0 * tokens * h * (model.q_dim + 2 * model.kv_dim)
-    proj = 2.0 * tokens * model.q_dim * h
-    core = 4.0 * tokens * attended * model.q_dim
+    *qkv_weights, (out_in, out_out, _) = model.attention_projections()
+    qkv = 2.0 * tokens * sum(i * o for i, o, _ in qkv_weights)
+    proj = 2.0 * tokens * out_in * out_out
+    core = 2.0 * tokens * attended * (model.q_dim + model.attn_out_dim)  # Q K^T, then A V
     router = 2.0 * tokens * h * model.n_experts if model.is_moe else 0.0
     mlp = 2.0 * tokens * model.mlp_matrices * h * model.token_mlp_width
     return LayerFlops(qkv=qkv, core=core, proj=proj, mlp=mlp, router=router)

@@ -70,8 +70,9 @@ def layer_activation_bytes(model: ModelSpec, micro_batch: int, seq_len: int, tp:
     norm_inputs = 2 * (2 if executor and model.norm == "rmsnorm" else 1)
     replicated = (norm_inputs * bpe + 2 * mask) * sbh / rep_div + (bpe + bpe) * sbh / linear_inputs_div
     tokens = micro_batch * s_local
-    q, kv = model.q_dim, model.kv_dim
-    attn_split = bpe * tokens * (q + kv) + bpe * tokens * kv + bpe * tokens * q
+    attn_split = bpe * tokens * (model.q_dim + model.kv_dim + model.v_dim + model.attn_out_dim)
+    if model.is_mla:  # each latent's norm input and up-projection input, on every tp rank
+        replicated += 2 * bpe * tokens * (model.q_lora_rank + model.kv_lora_rank)
     mlp_tensors = (4 if executor else 3) if model.mlp == "swiglu" else 2
     mlp_split = bpe * tokens * model.token_mlp_width * mlp_tensors
     split = (attn_split + mlp_split) / tp

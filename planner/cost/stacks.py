@@ -38,8 +38,8 @@ def fp8_cast_bytes(model: ModelSpec, tokens: float, tp: int, bpe: int) -> tuple[
     h = model.hidden_size
     width = model.token_mlp_width
     per_element = bpe + 2
-    fwd = per_element * tokens * (model.q_dim / tp + width / tp)
-    bwd = per_element * (tokens * (model.q_dim + 2 * model.kv_dim) / tp + 2 * tokens * h
+    fwd = per_element * tokens * (model.attn_out_dim / tp + width / tp)
+    bwd = per_element * (tokens * (model.q_dim + model.kv_dim + model.v_dim) / tp + 2 * tokens * h
                          + tokens * (model.mlp_matrices - 1) * width / tp)
     return fwd, bwd
 
@@ -61,7 +61,7 @@ class FusedStack:
         ew_bytes += (3 if model.mlp == "swiglu" else 2) * bpe * tokens * model.token_mlp_width / tp
         kernels += 1
         if model.position == "rope":
-            ew_bytes += 2 * bpe * tokens * (model.q_dim + model.kv_dim) / tp
+            ew_bytes += 2 * bpe * tokens * model.rotary_dim / tp
             kernels += 1
         fwd_s, bwd_s = rates.memory(ew_bytes, kernels), rates.memory(2 * ew_bytes, kernels)
         if rates.dtype == "fp8":

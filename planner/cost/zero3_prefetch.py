@@ -10,16 +10,29 @@ from planner.hardware import NodeSpec
 from planner.model import ModelSpec
 
 
+def _attention_tensors(model: ModelSpec, tp: int) -> list[tuple[int, int, int]]:
+    """(weight, bias, latent norm) elements of each attention projection on one tp rank
+    (:meth:`planner.model.ModelSpec.attention_projections`; MLA's down projections end in the
+    latents' RMSNorms)."""
+    latent_norms = [model.q_lora_rank] if model.q_lora_rank else []
+    latent_norms.append(model.kv_lora_rank)  # the down projections' norms, in order
+    out = []
+    for i, o, split in model.attention_projections():
+        local = i * o // tp if split != "none" else i * o
+        bias = o // tp if split == "column" else o
+        out.append((local, bias, latent_norms.pop(0) if split == "none" else 0))
+    return out
+
+
 def block_modules(model: ModelSpec, tp: int, threshold: int) -> list[int]:
     """Gathered elements of each weight-bearing module of one block in execution order (QKV,
     output projection, per expert up (+gate) and down, MoE router): the weight plus its bias
     when that is above DeepSpeed's persistence threshold (smaller tensors stay resident)."""
     h = model.hidden_size
-    qkv_out = (model.q_dim + 2 * model.kv_dim) // tp
     experts = model.n_experts if model.is_moe else 1
     ffn = model.expert_ffn if model.is_moe else model.ffn_hidden_size
     up_out = (model.mlp_matrices - 1) * ffn // tp
-    mods = [(h * qkv_out, qkv_out), ((model.q_dim // tp) * h, h)]
+    mods = [(w, b) for w, b, _ in _attention_tensors(model, tp)]
     mods += experts * [(h * up_out, up_out), ((ffn // tp) * h, h)]
     if model.is_moe:
         mods.append((h * model.n_experts, 0))
@@ -157,19 +170,19 @@ def param_tensor_sizes(model: ModelSpec, tp: int) -> list[int]:
     """Elements of each parameter tensor of one block on one tp rank (fused QKV as Megatron
     stores it): what per-tensor ZeRO-3 gathers one by one."""
     h = model.hidden_size
-    qkv_out = (model.q_dim + 2 * model.kv_dim) // tp
     experts = model.n_experts if model.is_moe else 1
     ffn = model.expert_ffn if model.is_moe else model.ffn_hidden_size
     up_out = (model.mlp_matrices - 1) * ffn // tp
-    sizes = [h * qkv_out, (model.q_dim // tp) * h]
+    attention = _attention_tensors(model, tp)
+    sizes = [w for w, _, _ in attention] + [n for _, _, n in attention if n]
     sizes += experts * [h * up_out, (ffn // tp) * h]
     if model.bias:
-        sizes += [qkv_out, h] + experts * [up_out, h]
+        sizes += [b for _, b, _ in attention] + experts * [up_out, h]
     if model.is_moe:
         sizes.append(h * model.n_experts)
     if model.shared_expert_ffn_hidden_size:
         shared = model.shared_expert_ffn_hidden_size
-        sizes += [h * ((model.mlp_matrices - 1) * shared // tp), (shared // tp) * h, h]
+        sizes += [h * ((model.mlp_matrices - 1) * shared // tp), (shared // tp) * h] + ([h] if model.shared_expert_gate else [])
     norm_tensors = 2 if model.norm == "layernorm" else 1
     sizes += 2 * norm_tensors * [h]
     return sizes

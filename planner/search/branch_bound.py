@@ -46,6 +46,7 @@ class BranchAndBound:
         self.n_leaf_per_core = len(self.space.sh) * len(self.space.sched) * len(self.space.orders)
         self._maxparams: dict = {}
         self._reductions: dict = {}
+        self._kinds: dict = {}  # (dense, MoE) blocks per stage of the balanced split, by stage count
         self.state_bytes = state_bytes_per_param(precision)
         stack = self.costs.stack  # its fragmentation / overhead, as stage_memories() charges them
         self.frag = stack.fragmentation(self.node.device)
@@ -103,7 +104,7 @@ class BranchAndBound:
     # --- memory ---------------------------------------------------------------------------------
     def rank_params(self, tp: int, pp: int, layers_r: int, r: int) -> float:
         c = self.costs
-        p = layers_r * c.layer_params
+        p = c.block_params(layers_r)
         if r == 0:
             p += c.embedding_params
         if r == pp - 1:
@@ -120,7 +121,8 @@ class BranchAndBound:
         w_b, g_b, o_b = self.state_bytes
         w_div, g_div, o_div = shard_divisors(sh, dp)
         per_param = w_b / w_div + g_b / g_div + o_b / o_div
-        gathered = 2 * self.costs.layer_params / tp * w_b if w_div > 1 else 0.0
+        gathered = 2 * self.costs.block_params(1) / tp * w_b if w_div > 1 else 0.0
+        layer_act_full = lc.blocks(1, lambda c: c.layer_act_full)
         executor = self.costs.stack.executor
         best, stage = 0.0, 0
         r = 0
@@ -140,8 +142,8 @@ class BranchAndBound:
                 tokens = mb * (self.seq / cp)
                 logits = logits_bytes_per_token(mdl, tp, self.prec, executor) * tokens
                 saved_loss = max(0, flight - 1) * executor_saved_logits_bytes_per_token(mdl, tp, executor) * tokens
-            tensors = params * per_param + flight * n_r * lc.layer_act + saved_loss + sum(
-                peak_transients(logits, gathered, lc.layer_act_full))
+            tensors = params * per_param + flight * lc.blocks(n_r, lambda c: c.layer_act) + saved_loss + sum(
+                peak_transients(logits, gathered, layer_act_full))
             total = tensors * (1 + self.frag) + self.reserved
             if total > best:
                 best, stage = total, r
@@ -185,17 +187,15 @@ class BranchAndBound:
         return exposed_s(self.costs.rt, reduction, window_of_rank(r_max), self.costs.rates)
 
     def leaf_bound(self, lc: LayerCost, tp, cp, pp, dp, m, rc, sh, sched, v, order) -> float:
-        f, bi, w = lc.f, lc.bi, lc.w
         dp_stride, pp_stride = layout_strides(order, tp, cp, pp, dp)
         if self.costs.fsdp_blocks(sh, tp, dp):
-            zf, zb = self.costs.z3(lc, tp, dp, dp_stride, rc, sh)
-            f, bi = f + zf, bi + zb
+            lc = self._with_z3(lc, tp, dp, dp_stride, rc, sh)
         p2p = self.costs.p2p(lc.act_bytes, tp, pp, pp_stride)
         n_vs = pp * v
-        layers = balanced_layers(self.model.n_layers, n_vs)
-        F = [n * f for n in layers]
-        B = [n * bi for n in layers]
-        W = [n * w for n in layers]
+        kinds = self._kinds.get(n_vs)
+        if kinds is None:
+            kinds = self._kinds[n_vs] = self.model.block_kinds(balanced_layers(self.model.n_layers, n_vs))
+        F, B, W = lc.stage_blocks(kinds)
         F[0] += lc.emb_f
         B[0] += lc.emb_b
         F[-1] += lc.head_f
@@ -221,20 +221,31 @@ class BranchAndBound:
 
         return best + self.optimizer_s(tp, pp, v, o_div) + self.dp_exposed(tp, pp, dp, v, sh, dp_stride, window)
 
+    def _with_z3(self, lc: LayerCost, tp, dp, dp_stride, rc, sh) -> LayerCost:
+        """``lc`` (and its dense block's cost) with the exposed ZeRO-3 / FSDP gathers added."""
+        zf, zb = self.costs.z3(lc, tp, dp, dp_stride, rc, sh)
+        dense = lc.dense
+        if dense is not None:
+            dzf, dzb = self.costs.z3(dense, tp, dp, dp_stride, rc, sh, block=self.model.dense_block())
+            dense = dataclasses.replace(dense, f=dense.f + dzf, bi=dense.bi + dzb)
+        return dataclasses.replace(lc, f=lc.f + zf, bi=lc.bi + zb, dense=dense)
+
     def core_bound(self, lc: LayerCost, tp, cp, pp, dp, m, info) -> float:
         """Below every leaf_bound of this core node: no ZeRO-3 / p2p / dp terms, the smallest
         pipeline fill over the node's vpp options, the best optimizer sharding."""
-        f = lc.f
-        per = lc.f + lc.bi + lc.w
         emb = lc.emb_f + lc.emb_b
         head = lc.head_f + lc.head_bi + lc.head_w
+
+        def per(c: LayerCost) -> float:
+            return c.f + c.bi + c.w
+
         best = math.inf
         for n0, nl, pre_l in core_shape(self.model.n_layers, pp, info.vs):
             if pp == 1:
-                t = m * (n0 * per + emb + head)
+                t = m * (lc.blocks(n0, per) + emb + head)
             else:
-                t0 = m * (n0 * per + emb)
-                tl = pre_l * f + m * (nl * per + head)
+                t0 = m * (lc.blocks(n0, per) + emb)
+                tl = lc.blocks(pre_l, lambda c: c.f) + m * (lc.blocks(nl, per) + head)
                 t = t0 if t0 > tl else tl
             if t < best:
                 best = t
@@ -244,9 +255,10 @@ class BranchAndBound:
     def run(self) -> None:
         """One pass per expert-parallel degree (one for a dense model), into the same top K."""
         progress, n = self.progress, len(self.space.ep)
+        dense_costs: dict = {}
         for i, ep in enumerate(self.space.ep):
             self.ep = ep
-            self.costs = Costs(self.model, self.node, self.world, self.seq, self.prec, self.rt, ep)
+            self.costs = Costs(self.model, self.node, self.world, self.seq, self.prec, self.rt, ep, dense_costs)
             self._leafsets, self._maxparams, self._reductions = {}, {}, {}
             if progress:
                 self.progress = lambda x, i=i: progress((i + x) / n)

@@ -40,29 +40,36 @@ class LayerCost:
     act_bytes: float      # b*s/cp*h*bpe: the pipeline send
     layer_act: float      # activation bytes kept per layer per micro-batch
     layer_act_full: float  # full recompute: one block's activations live in its backward
-    kinds: tuple[tuple[ModelSpec, "LayerCost"], ...] = ()
-    """A model with dense leading blocks: each kind's own cost (this one is their field-wise
-    minimum, so every bound built from it stays below predict())."""
+    dense: "LayerCost | None" = None
+    """A model with dense leading blocks: the dense block's cost (this one is the MoE block's)."""
+    dense_layers: int = 0
 
+    def blocks(self, n: int, value) -> float:
+        """A lower bound of ``value(cost)`` summed over ``n`` of the model's blocks, wherever
+        they lie: at most ``dense_layers`` of them are dense."""
+        if self.dense is None:
+            return n * value(self)
+        d = min(n, self.dense_layers)
+        return (n - d) * value(self) + d * min(value(self), value(self.dense))
 
-def _lower(costs: list) -> object:
-    """The field-wise minimum of dataclasses of one type (numbers; other fields from the first)."""
-    first = costs[0]
-    values = {}
-    for f in dataclasses.fields(first):
-        v = getattr(first, f.name)
-        if isinstance(v, float):
-            values[f.name] = min(getattr(c, f.name) for c in costs)
-        elif dataclasses.is_dataclass(v):
-            values[f.name] = _lower([getattr(c, f.name) for c in costs])
-    return dataclasses.replace(first, **values)
+    def stage_blocks(self, kinds: list[tuple[int, int]]) -> tuple[list[float], list[float], list[float]]:
+        """Forward, backward-input and weight-gradient times summed over each stage's (dense,
+        MoE) blocks."""
+        f, bi, w = self.f, self.bi, self.w
+        if self.dense is None:
+            return [(d + n) * f for d, n in kinds], [(d + n) * bi for d, n in kinds], [(d + n) * w for d, n in kinds]
+        df, dbi, dw = self.dense.f, self.dense.bi, self.dense.w
+        return ([d * df + n * f for d, n in kinds], [d * dbi + n * bi for d, n in kinds],
+                [d * dw + n * w for d, n in kinds])
 
 
 class Costs:
     """Memoised per-layer costs for one model / node type / runtime."""
 
     def __init__(self, model: ModelSpec, node: NodeSpec, world: int, seq_len: int, precision: str,
-                 runtime: Runtime, ep: int = 1):
+                 runtime: Runtime, ep: int = 1, dense_costs: dict | None = None):
+        """dense_costs: a memo of the dense blocks' costs to share between the Costs of one model
+        at several ep (a dense block does not depend on ep)."""
         self.model, self.node, self.seq, self.prec, self.ep = model, node, seq_len, precision, ep
         self.world = world
         # the runtime as predict() applies it on this host (no overlap where gloo shares the cores)
@@ -78,16 +85,15 @@ class Costs:
         self.rates = make_rates(node.device, precision, ranks, node.framework)
         self.bpe = activation_bytes_per_element(precision)
         self._layer: dict = {}
+        self._dense: dict = {} if dense_costs is None else dense_costs
         self._z3: dict = {}
         self._p2p: dict = {}
         m = model
-        # a model with dense leading blocks is bounded by the cheaper kind of block per term
-        self.block_models = (m, m.dense_block()) if m.dense_layers else (m,)
-        moe_params = rank_layer_params(m, 1, ep)  # its experts over ep (a rank's, times tp)
-        self.layer_params = min([moe_params] + [rank_layer_params(d, 1) for d in self.block_models[1:]])
+        self.layer_params = rank_layer_params(m, 1, ep)  # its experts over ep (a rank's, times tp)
+        self.dense_layer_params = rank_layer_params(m.dense_block(), 1)  # the leading dense blocks'
         # the share of a rank's parameters reduced over the whole dp group (routed experts are
         # reduced over their dp/ep holders): what the dp bound may charge
-        self.dense_share = (m.layer_params() - m.expert_params_per_layer()) / moe_params
+        self.dense_share = (m.layer_params() - m.expert_params_per_layer()) / self.layer_params
         self.embedding_params = float(m.embedding_params())
         self.head_params = float(m.head_params() + m.vocab_size * m.hidden_size)  # + tied copy (pp > 1)
         self.head_params_untied = float(m.head_params())
@@ -100,12 +106,20 @@ class Costs:
         hit = self._layer.get(key)
         if hit is not None:
             return hit
-        if len(self.block_models) > 1:
-            kinds = tuple((m, self._block(m, tp, cp, mb, rc, sp)) for m in self.block_models)
-            cost = self._layer[key] = dataclasses.replace(_lower([lc for _, lc in kinds]), kinds=kinds)
-            return cost
-        cost = self._layer[key] = self._block(self.model, tp, cp, mb, rc, sp)
+        cost = self._block(self.model, tp, cp, mb, rc, sp)
+        if self.model.dense_layers:
+            dense = self._dense.get(key)
+            if dense is None:
+                dense = self._dense[key] = self._block(self.model.dense_block(), tp, cp, mb, rc, sp)
+            cost = dataclasses.replace(cost, dense=dense, dense_layers=self.model.dense_layers)
+        self._layer[key] = cost
         return cost
+
+    def block_params(self, n: int) -> float:
+        """A lower bound of the parameters (times tp) of ``n`` blocks: at most the model's
+        ``dense_layers`` of them dense."""
+        d = min(n, self.model.dense_layers)
+        return (n - d) * self.layer_params + d * min(self.layer_params, self.dense_layer_params)
 
     def _block(self, m: ModelSpec, tp: int, cp: int, mb: int, rc: str, sp: bool) -> LayerCost:
         s = self.seq
@@ -127,16 +141,15 @@ class Costs:
     def z3(self, lc: LayerCost, tp: int, dp: int, dp_stride: int, rc: str,
            sharding: str = "zero3", block: ModelSpec | None = None) -> tuple[float, float]:
         """Exposed ZeRO-3 / FSDP (forward, backward) per layer over a dp group ``dp_stride``
-        ranks apart (:func:`planner.cost.block.shard_comm_s`, as predict() charges it); of the
-        ``block`` kind (default the model's) whose cost ``lc`` is, or the least of ``lc.kinds``."""
+        ranks apart (:func:`planner.cost.block.shard_comm_s`, as predict() charges it), of the
+        ``block`` kind (default the model's) whose cost ``lc`` is."""
         key = (id(lc), tp, dp, dp_stride, rc, sharding)
         hit = self._z3.get(key)
         if hit is None:
             g = GroupShape(dp, *strided_group_spread(dp, dp_stride, self.gpn))
-            each = [shard_comm_s(m, self.node, self.rt, k.lt, self.rates, g, tp=tp, cp=k.cp, micro_batch=k.mb,
-                                 seq_len=self.seq, precision=self.prec, sharding=sharding, recompute=rc)
-                    for m, k in (lc.kinds or ((block or self.model, lc),))]
-            hit = self._z3[key] = (min(f for f, _ in each), min(b for _, b in each))
+            hit = self._z3[key] = shard_comm_s(block or self.model, self.node, self.rt, lc.lt, self.rates, g, tp=tp,
+                                               cp=lc.cp, micro_batch=lc.mb, seq_len=self.seq, precision=self.prec,
+                                               sharding=sharding, recompute=rc)
         return hit
 
     def fsdp_blocks(self, sharding: str, tp: int, dp: int) -> bool:
