@@ -2,8 +2,9 @@
 
     .venv/bin/python benchmarks/search_speed.py [--runs 3] [--out reports/search-speed.md]
 
-One warm-up run, then the median of ``--runs`` runs (min and max recorded) for the two targets
-(GPT-3 175B on 1024 dgx-a100-80gb GPUs, Llama-3 405B on 16384 dgx-h100-80gb GPUs) and for both
+One warm-up run, then the median of ``--runs`` runs (min and max recorded) for the three targets
+(GPT-3 175B on 1024 dgx-a100-80gb GPUs, Llama-3 405B on 16384 dgx-h100-80gb GPUs, DeepSeek-V3 on
+2048 dgx-h100-80gb GPUs at DeepSeek's global batch of 15360 x 4096 tokens) and for the first two
 models on 64..16384 GPUs (growth with cluster size). Wall time and the child's CPU time are both
 recorded: on a shared 2-core machine wall time includes waiting for a core.
 """
@@ -27,6 +28,8 @@ TARGETS = [
                                       "--global-batch", "1536", "--seq-len", "2048"], 1.0),
     ("Llama-3 405B, 16384 x H100 80GB", ["--model", "llama3-405b", "--hardware", "dgx-h100-80gb", "--nodes", "2048",
                                          "--global-batch", "2048", "--seq-len", "8192"], 5.0),
+    ("DeepSeek-V3 671B, 2048 x H100 80GB", ["--model", "deepseek-v3", "--hardware", "dgx-h100-80gb", "--nodes", "256",
+                                            "--global-batch", "15360", "--seq-len", "4096"], 5.0),
 ]
 SCALING = [8, 32, 128, 512, 2048]  # nodes of 8 GPUs: 64 .. 16384
 

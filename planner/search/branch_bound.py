@@ -17,7 +17,7 @@ from planner.cost.precision import state_bytes_per_param
 from planner.cost.step import predict
 from planner.executor_rules import ties_embeddings
 from planner.plan import ParallelConfig
-from planner.search.costs import (Costs, LayerCost, balanced_layers, core_shape, rank_layers, rank_layers_min,
+from planner.search.costs import (Costs, LayerActivations, LayerCost, balanced_layers, core_shape, rank_layers, rank_layers_min,
                                   zb_bound)
 from planner.search.results import RankedPlan, Rejected, RejectionCount, same_plan_but_storage, twin_note
 from planner.search.space import LeafInfo, ORDERS, candidate_space, layout_strides, least_memory_shardings
@@ -111,7 +111,7 @@ class BranchAndBound:
             p += c.head_params if (self.model.tied_embeddings and pp > 1) else c.head_params_untied
         return p / tp
 
-    def memory(self, lc: LayerCost, tp: int, cp: int, pp: int, dp: int, mb: int, m: int, sh: str,
+    def memory(self, lc: LayerActivations | LayerCost, tp: int, cp: int, pp: int, dp: int, mb: int, m: int, sh: str,
                sched: str, v: int, vs: tuple[int, ...] = ()) -> tuple[float, int]:
         """(peak bytes lower bound, its stage) over ranks 0 and pp-1: the arithmetic of
         planner.cost.memory.stage_memory (exact for non-interleaved schedules; interleaved is
@@ -330,15 +330,15 @@ class BranchAndBound:
         for i, (tp, cp, pp, dp, mb, m, sp, rc, leaves, info) in enumerate(cores):
             if self.progress and i % 2048 == 0:
                 self.progress(0.5 * i / max(1, n_cores))
-            lc = self.costs.layer(tp, cp, mb, rc, sp)
+            acts = self.costs.activations(tp, cp, mb, rc, sp)
             # memory first: least memory over the node's shardings with 1F1B's in-flight count
-            mem, stage = min(self.memory(lc, tp, cp, pp, dp, mb, m, sh, "1f1b", 0, info.vs) for sh in info.shs)
+            mem, stage = min(self.memory(acts, tp, cp, pp, dp, mb, m, sh, "1f1b", 0, info.vs) for sh in info.shs)
             if mem > self.hbm:
                 self.reject(Rejected("out_of_memory", "", mem, stage), len(leaves))
-                self._near_miss(mem, lc, (tp, cp, pp, dp, mb, m, sp, rc, leaves))
+                self._near_miss(mem, (tp, cp, pp, dp, mb, m, sp, rc, leaves))
                 continue
             self.bounded += 1
-            lb = self.core_bound(lc, tp, cp, pp, dp, m, info)
+            lb = self.core_bound(self.costs.layer(tp, cp, mb, rc, sp), tp, cp, pp, dp, m, info)
             heap.append((lb, seq_counter, 0, (tp, cp, pp, dp, mb, m, sp, rc, leaves)))
             seq_counter += 1
         heapq.heapify(heap)
@@ -401,7 +401,7 @@ class BranchAndBound:
         if len(self.top) > self.k:
             self.top.pop()
 
-    def _near_miss(self, mem: float, lc, core) -> None:
+    def _near_miss(self, mem: float, core) -> None:
         """Remember the core node needing the least memory (for 'what is closest')."""
         if self.closest is not None and self.closest[0] <= mem:
             return

@@ -20,8 +20,33 @@ from planner.model import ModelSpec
 from planner.plan import strided_group_spread
 
 
+class _Blocks:
+    """Sums over a model's blocks of a per-block cost (the model's block, or its ``dense`` one)."""
+
+    dense = None
+    dense_layers = 0
+
+    def blocks(self, n: int, value) -> float:
+        """A lower bound of ``value(cost)`` summed over ``n`` of the model's blocks, wherever
+        they lie: at most ``dense_layers`` of them are dense."""
+        if self.dense is None:
+            return n * value(self)
+        d = min(n, self.dense_layers)
+        return (n - d) * value(self) + d * min(value(self), value(self.dense))
+
+
 @dataclass(frozen=True)
-class LayerCost:
+class LayerActivations(_Blocks):
+    """One block's activation bytes per micro-batch (what the memory bound needs first)."""
+
+    layer_act: float      # activation bytes kept per layer per micro-batch
+    layer_act_full: float  # full recompute: one block's activations live in its backward
+    dense: "LayerActivations | None" = None
+    dense_layers: int = 0
+
+
+@dataclass(frozen=True)
+class LayerCost(_Blocks):
     """One block and one micro-batch on one rank (:class:`planner.cost.block.BlockCost`, seconds):
     f forward, bi backward input-grad (+ recompute, + exposed TP/CP), w weight-grad; lt its
     compute; emb/head extras; the activation bytes the memory bound needs."""
@@ -43,14 +68,6 @@ class LayerCost:
     dense: "LayerCost | None" = None
     """A model with dense leading blocks: the dense block's cost (this one is the MoE block's)."""
     dense_layers: int = 0
-
-    def blocks(self, n: int, value) -> float:
-        """A lower bound of ``value(cost)`` summed over ``n`` of the model's blocks, wherever
-        they lie: at most ``dense_layers`` of them are dense."""
-        if self.dense is None:
-            return n * value(self)
-        d = min(n, self.dense_layers)
-        return (n - d) * value(self) + d * min(value(self), value(self.dense))
 
     def stage_blocks(self, kinds: list[tuple[int, int]]) -> tuple[list[float], list[float], list[float]]:
         """Forward, backward-input and weight-gradient times summed over each stage's (dense,
@@ -85,6 +102,7 @@ class Costs:
         self.rates = make_rates(node.device, precision, ranks, node.framework)
         self.bpe = activation_bytes_per_element(precision)
         self._layer: dict = {}
+        self._acts: dict = {}
         self._dense: dict = {} if dense_costs is None else dense_costs
         self._z3: dict = {}
         self._p2p: dict = {}
@@ -115,6 +133,26 @@ class Costs:
         self._layer[key] = cost
         return cost
 
+    def activations(self, tp: int, cp: int, mb: int, rc: str, sp: bool) -> LayerActivations:
+        """The activation terms of :meth:`layer` alone (no timing): what the memory bound reads."""
+        key = (tp, cp, mb, rc, sp)
+        hit = self._layer.get(key) or self._acts.get(key)
+        if hit is not None:
+            return hit
+        acts = self._block_activations(self.model, tp, cp, mb, rc, sp)
+        if self.model.dense_layers:
+            dense = self._block_activations(self.model.dense_block(), tp, cp, mb, rc, sp)
+            acts = dataclasses.replace(acts, dense=dense, dense_layers=self.model.dense_layers)
+        self._acts[key] = acts
+        return acts
+
+    def _block_activations(self, m: ModelSpec, tp: int, cp: int, mb: int, rc: str, sp: bool) -> LayerActivations:
+        executor, attention, s = self.stack.executor, self.rt.attention, self.seq
+        kept = layer_activation_bytes(m, mb, s, tp, cp, sp, rc, self.prec, attention, executor)
+        full = (layer_activation_bytes(m, mb, s, tp, cp, sp, "none", self.prec, attention, executor)
+                if rc == "full" else 0.0)
+        return LayerActivations(kept, full)
+
     def block_params(self, n: int) -> float:
         """A lower bound of the parameters (times tp) of ``n`` blocks: at most the model's
         ``dense_layers`` of them dense."""
@@ -129,14 +167,11 @@ class Costs:
                         tp_group=GroupShape(tp, *strided_group_spread(tp, 1, self.gpn)),
                         cp_group=GroupShape(cp, *strided_group_spread(cp, tp, self.gpn)),
                         ep_group=GroupShape(ep, *strided_group_spread(ep, tp * cp, self.gpn)) if ep > 1 else None)
-        executor = self.stack.executor
-        la = layer_activation_bytes(m, mb, s, tp, cp, sp, rc, self.prec, self.rt.attention, executor)
-        la_full = (layer_activation_bytes(m, mb, s, tp, cp, sp, "none", self.prec, self.rt.attention, executor)
-                   if rc == "full" else 0.0)
-        cost = LayerCost(f=bc.fwd_s, bi=bc.bwd_input_s, w=bc.bwd_weight_s, lt=bc.lt, cp=cp, mb=mb,
+        acts = self._block_activations(m, tp, cp, mb, rc, sp)
+        return LayerCost(f=bc.fwd_s, bi=bc.bwd_input_s, w=bc.bwd_weight_s, lt=bc.lt, cp=cp, mb=mb,
                          emb_f=bc.emb_f, emb_b=bc.emb_b, head_f=bc.head_f, head_bi=bc.head_bi,
-                         head_w=bc.head_bw, act_bytes=bc.act_bytes, layer_act=la, layer_act_full=la_full)
-        return cost
+                         head_w=bc.head_bw, act_bytes=bc.act_bytes, layer_act=acts.layer_act,
+                         layer_act_full=acts.layer_act_full)
 
     def z3(self, lc: LayerCost, tp: int, dp: int, dp_stride: int, rc: str,
            sharding: str = "zero3", block: ModelSpec | None = None) -> tuple[float, float]:
