@@ -187,7 +187,9 @@ def _vpp(text: str, layers_per_stage: float, pp: int) -> tuple[int | None, str]:
         return 1, ("" if pp == 1 or not t else "vpp not stated: Megatron default (no interleaving), v=1")
     if "3 stages" in t:
         return 3, "v=3 as the source's note states"
-    stated = re.search(r"\bv(?:pp?)?\s*=\s*(\d+)", t)
+    if re.fullmatch(r"\d+(\.0*)?", t):  # a bare number is the virtual pipeline size (Megatron's VP column)
+        return int(float(t)), ""
+    stated = re.search(r"\bv(?:pp?)?\s*[=:]?\s*(\d+)", t)
     if stated:
         return int(stated.group(1)), ""
     if t.startswith("interleaved"):

@@ -140,3 +140,24 @@ def test_a_row_on_nodes_with_their_own_network_is_priced_on_that_network():
     dgx = row_config(rows["11"])
     assert dgx.inter_node_gb_s is None
     assert _row_cluster(dgx, {}).groups[0].node.inter_node.bandwidth_bytes_per_s == pytest.approx(25e9)
+
+
+def test_a_moe_row_with_a_bare_vp_column_and_a_preset_spelled_its_own_way(tmp_path):
+    """Row 232 (Megatron-Core MoE README, Mixtral 8x7B): the VP column's bare "8" is the virtual
+    pipeline size, and "Mixtral 8x7B" finds the mixtral-8x7b preset; a DeepSeek-V3 row without a
+    preset's name in the dataset's own list finds deepseek-v3 (MLA, dense leading blocks)."""
+    with SRC.open() as f:
+        rows = list(csv.DictReader(f))
+    mixtral = next(r for r in rows if r["row_id"] == "232")
+    deepseek = dict(mixtral, row_id="903", model="DeepSeek-V3", n_layers="61", hidden_size="7168", n_heads="128",
+                    n_kv_heads="128", ffn_hidden_size="18432", vocab_size="129280", n_experts="256", top_k="8",
+                    num_gpus="256", tp="1", pp="8", dp="32", ep="32", vpp_interleave="", global_batch="256",
+                    activation_recompute="full")
+    path = tmp_path / "runs.csv"
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows([mixtral, deepseek])
+    df = validate(path).set_index("row_id")
+    assert df.loc[232, "preset"] == "mixtral-8x7b" and "vpp8" in df.loc[232, "config"]
+    assert df.loc[903, "preset"] == "deepseek-v3" and df.loc[903, "predicted"] > 0
