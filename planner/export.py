@@ -390,9 +390,14 @@ def deepspeed_config(plan: Plan) -> dict:
         config["tensor_parallel"] = {"autotp_size": p.tp}
         notes.append("tensor parallel via DeepSpeed AutoTP training (tensor_parallel.autotp_size), or "
                      "Megatron-DeepSpeed's --tensor-model-parallel-size with your mpu")
-    if p.cp > 1:
-        notes.append(f"context parallel {p.cp}: DeepSpeed has Ulysses sequence parallelism instead "
-                     "(a different scheme); not written")
+    if p.cp > 1:  # DeepSpeed's data-parallel size is then dp * cp: the same global batch in fewer steps each
+        require(p.num_micro_batches % p.cp == 0, "export",
+                f"DeepSpeed has no context parallelism: its cp={p.cp} ranks become data-parallel, which needs the "
+                f"{p.num_micro_batches} micro-batches divisible by cp (plan with --fix cp=1)")
+        config["gradient_accumulation_steps"] = p.num_micro_batches // p.cp
+        notes.append(f"context parallel {p.cp}: DeepSpeed has Ulysses sequence parallelism instead (a different "
+                     f"scheme); not written: the cp ranks are data-parallel ranks here (world / (tp x pp) = "
+                     f"{p.dp * p.cp}), each with whole sequences and {p.num_micro_batches // p.cp} micro-batches")
     if notes:
         config["_comment"] = [*_header(plan), *notes]
     else:
