@@ -77,9 +77,8 @@ class Trainer:
         full = build_model(plan.model, tie_embeddings=tie_embeddings(plan), seed=seed).to(device)
         self.tied = full.tied
         self.expert_params: list = []
-        if p.ep > 1:  # this rank's share of the experts; their gradients are not DDP's
+        if p.ep > 1:
             ep_group, ep_rank, self.edp_group = ep_mod.ep_groups(p, rank)
-            self.expert_params = ep_mod.shard_experts(full, ep_rank, p.ep, ep_group)
         if p.pp > 1:
             self.stage_ids = pp_mod.stage_ids(p, self.coord.pp)
             self.modules = [pp_mod.stage_module(full, p, s) for s in self.stage_ids]
@@ -87,6 +86,8 @@ class Trainer:
         else:
             self.stage_ids = []
             self.modules = [full]
+        if p.ep > 1:  # this rank's share of its stages' experts; their gradients are not DDP's
+            self.expert_params = [q for m in self.modules for q in ep_mod.shard_experts(m, ep_rank, p.ep, ep_group)]
         self.wrapped = [self._wrap(m) for m in self.modules]
         self.params = [q for m in self.modules for q in m.parameters()]
         self.optimizer = self._optimizer(optim)
@@ -150,7 +151,8 @@ class Trainer:
             loss = self._pipeline_step(x, y, tracer)
             if self.dp_kind in ("ddp", "zero1"):
                 with span("comm"):
-                    dp_mod.allreduce_grads(self.params, self.mesh["dp"])
+                    experts = {id(q) for q in self.expert_params}  # reduced over their holders below
+                    dp_mod.allreduce_grads([q for q in self.params if id(q) not in experts], self.mesh["dp"])
         else:
             loss = self._plain_step(x, y, span)
         if self.expert_params:

@@ -24,9 +24,9 @@ def unsupported(parallel, model=None) -> str:
         return f"precision: the executor runs {' or '.join(PRECISIONS)}, not {parallel.precision}"
     if parallel.stage_tp:
         return "stage_tp: the executor builds one device mesh; a tp per pipeline stage cannot run"
-    if parallel.ep > 1 and (parallel.tp > 1 or parallel.pp > 1 or parallel.sharding != "none"):
-        return ("ep: the executor runs expert parallelism with data parallelism only (tp = pp = 1, "
-                "sharding none)")
+    if parallel.ep > 1 and (parallel.tp > 1 or parallel.sharding != "none"):
+        return ("ep: the executor runs expert parallelism with data and pipeline parallelism only (tp = 1, "
+                "sharding none: ZeRO would mix the ranks' different experts)")
     return ""
 
 

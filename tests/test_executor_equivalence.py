@@ -1,5 +1,7 @@
 """Parameters after a few steps of each parallel layout equal a single-process reference on the
 same global batch (fp32, to 1e-6). One spawned gloo job per world size runs all its cases."""
+import dataclasses
+
 import pytest
 
 from executor.testing import make_plan, spawn, tiny_spec
@@ -14,6 +16,7 @@ OPTIM = {"eps": 1e-5}
 GPT = tiny_spec("gpt")
 LLAMA = tiny_spec("llama", kv_heads=2)
 MOE = tiny_spec("llama", experts=4, top_k=2)
+MOE_DENSE_FIRST = dataclasses.replace(MOE, dense_layers=1)  # DeepSeek-style: the first block dense
 
 CASES_2 = {
     "dp": (GPT, dict(dp=2, global_batch=4)),
@@ -29,6 +32,7 @@ CASES_2 = {
     "pp_uneven_cut": (GPT, dict(pp=2, global_batch=4, schedule="1f1b", stage_layers=(3, 1))),
     "moe_tp_sp": (MOE, dict(tp=2, global_batch=2, sequence_parallel=True)),
     "moe_ep": (MOE, dict(dp=2, ep=2, global_batch=4)),
+    "moe_dense_first_ep": (MOE_DENSE_FIRST, dict(dp=2, ep=2, global_batch=4)),
 }
 CASES_4 = {
     "dp4_zero1": (GPT, dict(dp=4, global_batch=8, sharding="zero1")),
@@ -41,6 +45,9 @@ CASES_4 = {
     "pp4_zb": (GPT, dict(pp=4, global_batch=4, schedule="zb")),
     "moe_dp4_ep2": (MOE, dict(dp=4, ep=2, global_batch=8)),
     "moe_ep4": (MOE, dict(dp=4, ep=4, global_batch=8)),
+    "moe_pp_ep": (MOE, dict(dp=2, pp=2, ep=2, global_batch=8, schedule="1f1b")),
+    "moe_pp_ep_interleaved": (MOE, dict(dp=2, pp=2, vpp=2, ep=2, global_batch=8, schedule="interleaved")),
+    "moe_pp_ep_zb": (MOE, dict(dp=2, pp=2, ep=2, global_batch=8, schedule="zb")),
 }
 
 

@@ -1,7 +1,8 @@
 """Collective benchmarks on the process groups the executor uses (gloo on CPU).
 
 For each op, group size g and message size S (bytes of the full tensor: the all-reduce buffer,
-the all-gather output, the reduce-scatter input, the point-to-point message), every member times
+the all-gather output, the reduce-scatter input, the point-to-point message, the buffer each rank
+sends in an all-to-all: S/g to every member, as an expert-parallel dispatch), every member times
 ``inner`` back-to-back calls after a barrier; a sample is the slowest member's mean (a collective
 ends when its last rank does), and ``reps`` samples are kept. ``send_recv`` at g = 2 is a
 ping-pong (one-way time = round trip / 2); at g > 2 every member sends S to its successor and
@@ -16,7 +17,8 @@ import warnings
 import torch
 import torch.distributed as dist
 
-OPS = ("all_reduce", "all_gather", "reduce_scatter", "send_recv")
+OPS = ("all_reduce", "all_gather", "reduce_scatter", "send_recv", "all_to_all")
+_SPLIT_OPS = ("all_gather", "reduce_scatter", "all_to_all")  # the tensor divides into g equal parts
 FULL_SIZES = tuple(4 ** i for i in range(1, 14))            # 4 B .. 64 MiB
 QUICK_SIZES = (4, 4096, 262144, 4 * 1024 ** 2)
 """``--quick``: up to 4 MiB (a 16 MiB all_gather on 4 ranks sharing 2 cores took ~3 s of the
@@ -29,7 +31,7 @@ warnings.filterwarnings("ignore", category=FutureWarning, module="torch.distribu
 
 def _op_fn(op: str, size_bytes: int, group, g: int, rank_in_group: int, ranks: list[int]):
     numel = max(1, size_bytes // 4)
-    numel = max(g, numel - numel % g) if op in ("all_gather", "reduce_scatter") else numel
+    numel = max(g, numel - numel % g) if op in _SPLIT_OPS else numel
     if op == "all_reduce":
         buf = torch.ones(numel)
         return lambda: dist.all_reduce(buf, group=group)
@@ -41,6 +43,10 @@ def _op_fn(op: str, size_bytes: int, group, g: int, rank_in_group: int, ranks: l
         full = torch.ones(numel)
         shard = torch.empty(numel // g)
         return lambda: dist.reduce_scatter_tensor(shard, full, group=group)
+    if op == "all_to_all":
+        send = torch.ones(numel)
+        recv = torch.empty(numel)
+        return lambda: dist.all_to_all_single(recv, send, group=group)
     if op == "send_recv":
         send = torch.ones(numel)
         recv = torch.empty(numel)
@@ -97,7 +103,7 @@ def bench_group(group, ranks: list[int], *, sizes, reps: int, target_s: float = 
         seen = set()
         for size in sizes:
             numel = max(1, size // 4)
-            if op in ("all_gather", "reduce_scatter"):
+            if op in _SPLIT_OPS:
                 numel = max(g, numel - numel % g)
             if numel in seen:  # rounded up to one element per rank: already timed
                 continue
