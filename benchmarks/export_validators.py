@@ -71,6 +71,9 @@ CASES: dict[str, Plan] = {
     "MLA, dense leading blocks, shared experts (DeepSeek-V3)": _plan(
         "deepseek-v3", "dgx-h100-80gb", 256, 4096, tp=1, pp=16, dp=128, ep=64, global_batch=15360,
         sharding="zero1", recompute="full"),
+    "qk norm, heads wider than hidden / heads, 128 experts (Qwen3-30B-A3B)": _plan(
+        "qwen3-30b-a3b", "dgx-h100-80gb", 4, 4096, tp=2, pp=2, dp=8, ep=8, global_batch=256,
+        sequence_parallel=True, sharding="zero1"),
     "bias, learned positions, tied head, dropout (GPT-2)": _plan(
         "gpt2", "dgx-a100-80gb", 1, 1024, tp=2, pp=1, dp=4, global_batch=32),
 }

@@ -107,6 +107,8 @@ def megatron_args(plan: Plan) -> tuple[list[str], list[str]]:
         add("--v-head-dim", m.v_head_dim or m.d_head)
     elif m.head_dim and m.head_dim != m.hidden_size // m.n_heads:
         add("--kv-channels", m.head_dim)
+    if m.qk_norm:
+        add("--qk-layernorm")
     if m.mlp == "swiglu":
         add("--swiglu")
     if m.norm == "rmsnorm":

@@ -1,7 +1,7 @@
 """Hugging Face ``config.json`` -> :class:`ModelSpec`, without downloading anything.
 
-Supported ``model_type`` values: gpt2, llama, mistral, mixtral, qwen2, qwen2_moe, deepseek_v2,
-deepseek_v3, opt, gpt_neox, mpt; a
+Supported ``model_type`` values: gpt2, llama, mistral, mixtral, qwen2, qwen2_moe, qwen3, qwen3_moe,
+phi3, deepseek_v2, deepseek_v3, opt, gpt_neox, mpt; a
 composite config (llava-style: a vision model plus a language model) is read through its
 ``text_config``. Each family's keys and quirks follow its ``transformers`` configuration and
 modeling code:
@@ -14,7 +14,10 @@ modeling code:
   ``num_experts_per_tok`` (router h x E without bias); qwen2_moe: ``num_experts`` of
   ``moe_intermediate_size``, top ``num_experts_per_tok``, a shared expert of
   ``shared_expert_intermediate_size`` with its sigmoid gate (h weights), every block MoE
-  (``mlp_only_layers`` empty, ``decoder_sparse_step`` 1; otherwise refused).
+  (``mlp_only_layers`` empty, ``decoder_sparse_step`` 1; otherwise refused); qwen3 / qwen3_moe:
+  no biases, an RMSNorm on each query and key head (``q_norm``/``k_norm``, head_dim weights each),
+  ``head_dim`` stated apart from hidden / heads, qwen3_moe's experts as qwen2_moe's without a
+  shared expert; phi3: Llama's layout with fused QKV and gate-up projections (same counts).
 - deepseek_v2 / deepseek_v3: multi-head latent attention (``q_lora_rank`` null = one query
   projection, ``kv_lora_rank``, ``qk_nope_head_dim``, ``qk_rope_head_dim``, ``v_head_dim``; no
   biases), ``n_routed_experts`` of ``moe_intermediate_size`` top ``num_experts_per_tok``,
@@ -49,8 +52,8 @@ from planner.errors import InputError
 from planner.io import read_input_text
 from planner.model import ModelSpec, parse_json_config
 
-SUPPORTED_TYPES = ("gpt2", "llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "deepseek_v2", "deepseek_v3", "opt",
-                   "gpt_neox", "mpt")
+SUPPORTED_TYPES = ("gpt2", "llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "phi3",
+                   "deepseek_v2", "deepseek_v3", "opt", "gpt_neox", "mpt")
 
 # transformers' LlamaConfig / MistralConfig __init__ defaults (architecture keys only).
 _TEXT_CONFIG_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -145,7 +148,8 @@ def _trained_context(cfg: _Config, max_positions: int) -> int:
 def _llama_like(cfg: _Config, name: str, model_type: str) -> ModelSpec:
     hidden = cfg.int("hidden_size")
     heads = cfg.int("num_attention_heads")
-    kv_default = {"llama": heads, "mistral": 8, "mixtral": 8, "qwen2": 32, "qwen2_moe": 16}[model_type]
+    kv_default = {"llama": heads, "mistral": 8, "mixtral": 8, "qwen2": 32, "qwen2_moe": 16, "qwen3": 8,
+                  "qwen3_moe": 4, "phi3": heads}[model_type]
     kv_heads = cfg.int("num_key_value_heads", kv_default)
     max_pos = cfg.int("max_position_embeddings")
     attention_bias = cfg.bool("attention_bias", False)
@@ -158,11 +162,12 @@ def _llama_like(cfg: _Config, name: str, model_type: str) -> ModelSpec:
     if model_type == "mixtral":
         n_experts = cfg.int("num_local_experts")
         top_k = cfg.int("num_experts_per_tok")
-    if model_type == "qwen2_moe":
+    if model_type in ("qwen2_moe", "qwen3_moe"):
         n_experts = cfg.int("num_experts")
         top_k = cfg.int("num_experts_per_tok")
         expert_ffn = cfg.int("moe_intermediate_size")
-        shared_ffn = cfg.int("shared_expert_intermediate_size", 0, minimum=0)
+        if model_type == "qwen2_moe":
+            shared_ffn = cfg.int("shared_expert_intermediate_size", 0, minimum=0)
         dense = cfg.data.get("mlp_only_layers") or []
         if cfg.int("decoder_sparse_step", 1) != 1 or dense:
             raise InputError(f"{cfg.where}.mlp_only_layers",
@@ -184,6 +189,7 @@ def _llama_like(cfg: _Config, name: str, model_type: str) -> ModelSpec:
         bias=attention_bias and mlp_bias,
         qkv_bias_only=model_type in ("qwen2", "qwen2_moe"),
         head_dim=head_dim,
+        qk_norm=model_type in ("qwen3", "qwen3_moe"),
         n_experts=n_experts, top_k=top_k, expert_ffn_hidden_size=expert_ffn,
         shared_expert_ffn_hidden_size=shared_ffn,
         dropout=cfg.number("attention_dropout", 0.0),
@@ -356,7 +362,8 @@ def _mpt(cfg: _Config, name: str, model_type: str) -> ModelSpec:
 
 _PARSERS: dict[str, Callable[[_Config, str, str], ModelSpec]] = {
     "gpt2": _gpt2, "llama": _llama_like, "mistral": _llama_like, "mixtral": _llama_like,
-    "qwen2": _llama_like, "qwen2_moe": _llama_like, "deepseek_v2": _deepseek, "deepseek_v3": _deepseek, "opt": _opt, "gpt_neox": _gpt_neox, "mpt": _mpt,
+    "qwen2": _llama_like, "qwen2_moe": _llama_like, "qwen3": _llama_like, "qwen3_moe": _llama_like,
+    "phi3": _llama_like, "deepseek_v2": _deepseek, "deepseek_v3": _deepseek, "opt": _opt, "gpt_neox": _gpt_neox, "mpt": _mpt,
 }
 
 

@@ -28,7 +28,8 @@ MAX_SHAPE = {"n_layers": 1 << 14, "hidden_size": 1 << 20, "n_heads": 1 << 16, "n
 MAX_EXPERTS = 1 << 16
 OMITTED_AT_DEFAULT = {"rope_theta": 0.0, "rotary_fraction": 1.0, "norm_eps": 0.0,
                         "shared_expert_ffn_hidden_size": 0, "dense_layers": 0, "q_lora_rank": 0,
-                        "kv_lora_rank": 0, "qk_rope_head_dim": 0, "v_head_dim": 0, "shared_expert_gate": True}
+                        "kv_lora_rank": 0, "qk_rope_head_dim": 0, "v_head_dim": 0, "shared_expert_gate": True,
+                        "qk_norm": False}
 """ModelSpec fields left out of :meth:`ModelSpec.to_dict` (and so of a plan's id) at these
 defaults, which mean "not stated" or "none": fields added after plans were recorded."""
 
@@ -92,6 +93,8 @@ class ModelSpec:
         norm_bias: LayerNorms carry a bias (MPT with no_bias: weight only). Ignored for RMSNorm.
         qkv_bias_only: Q, K and V projections carry biases, the output projection and the MLP do
             not (Qwen2). Only meaningful with ``bias`` false.
+        qk_norm: an RMSNorm over each query and key head before RoPE (Qwen3, OLMo-2, Gemma 3):
+            2 x head_dim weights per block (its element-wise work is not priced).
         parallel_residual: attention and MLP read the same input and are summed (GPT-J / NeoX
             ``use_parallel_residual``); same parameters and FLOPs, different dependency graph.
         activation: the MLP's pointwise activation as the source names it (``gelu``,
@@ -141,6 +144,7 @@ class ModelSpec:
     norm_bias: bool = True
     qkv_bias_only: bool = False
     parallel_residual: bool = False
+    qk_norm: bool = False
     activation: str = ""
     rope_theta: float = 0.0
     rotary_fraction: float = 1.0
@@ -197,8 +201,8 @@ class ModelSpec:
             require(self.n_experts > 0, "dense_layers", "needs routed experts (n_experts > 0)")
             require(self.dense_layers < self.n_layers, "dense_layers",
                     f"{self.dense_layers} leaves no MoE block among the model's {self.n_layers} layers")
-        require(isinstance(self.shared_expert_gate, bool), "shared_expert_gate",
-                f"must be true or false, got {self.shared_expert_gate!r}")
+        for field in ("shared_expert_gate", "qk_norm"):
+            require(isinstance(getattr(self, field), bool), field, f"must be true or false, got {getattr(self, field)!r}")
         require(not (self.bias and self.qkv_bias_only), "qkv_bias_only",
                 "needs bias=False (bias=True already puts biases on every linear layer)")
         if self.has_position_table and self.max_positions:
@@ -344,7 +348,8 @@ class ModelSpec:
         else:
             biases = 0
         latent_norms = self.q_lora_rank + self.kv_lora_rank
-        return weights + biases + latent_norms
+        head_norms = 2 * self.d_head if self.qk_norm else 0
+        return weights + biases + latent_norms + head_norms
 
     def mlp_params(self, ffn: int | None = None) -> int:
         """One dense MLP of inner width ``ffn`` (default ffn_hidden_size), with biases if any."""

@@ -140,6 +140,20 @@ _SPECS: list[ModelSpec] = [
               qk_rope_head_dim=64, v_head_dim=128, n_experts=64, top_k=6, expert_ffn_hidden_size=1408,
               shared_expert_ffn_hidden_size=2816, shared_expert_gate=False, dense_layers=1,
               activation="silu", rope_theta=10000.0, norm_eps=1e-6),
+    # Qwen/Qwen3-30B-A3B config.json (tests/fixtures/hf/Qwen3-30B-A3B): 48 blocks of 128 experts of 768,
+    # top-8, heads of 128 (not hidden / heads), RMSNorm on each query and key head; 30.5B, 3.3B active.
+    ModelSpec(name="qwen3-30b-a3b", n_layers=48, hidden_size=2048, n_heads=32, n_kv_heads=4,
+              ffn_hidden_size=6144, vocab_size=151936, seq_len=40960, mlp="swiglu", norm="rmsnorm",
+              position="rope", tied_embeddings=False, bias=False, head_dim=128, qk_norm=True,
+              n_experts=128, top_k=8, expert_ffn_hidden_size=768, activation="silu", rope_theta=1e6,
+              norm_eps=1e-6),
+    # Qwen/Qwen3-235B-A22B config.json: 94 blocks of 128 experts of 1536, top-8, 64 query / 4 KV heads
+    # of 128; 235B total, 22B activated (Qwen3 technical report, arXiv:2505.09388, Table 2).
+    ModelSpec(name="qwen3-235b-a22b", n_layers=94, hidden_size=4096, n_heads=64, n_kv_heads=4,
+              ffn_hidden_size=12288, vocab_size=151936, seq_len=40960, mlp="swiglu", norm="rmsnorm",
+              position="rope", tied_embeddings=False, bias=False, head_dim=128, qk_norm=True,
+              n_experts=128, top_k=8, expert_ffn_hidden_size=1536, activation="silu", rope_theta=1e6,
+              norm_eps=1e-6),
     # mistralai/Mistral-7B-v0.1 and Qwen/Qwen2-7B config.json (also in tests/fixtures/hf/)
     ModelSpec(name="mistral-7b", n_layers=32, hidden_size=4096, n_heads=32, n_kv_heads=8,
               ffn_hidden_size=14336, vocab_size=32000, seq_len=32768, mlp="swiglu",

@@ -99,6 +99,8 @@ def test_mcore_sizes_need_untied_heads():
     ("Qwen2-7B", 7_615_616_512),
     ("llava-1.5-7b-hf", 6_738_939_904),  # Vicuna-7B v1.5 with the 32064-token llava vocabulary
     ("mpt-7b", 6_657_675_264),           # 6.65B of blocks + embedding, + the 2048 x 4096 wpe table
+    ("Qwen3-30B-A3B", 30_532_122_624),   # the model card's 30.5B (3.3B activated): q/k head norms included
+    ("Phi-3-mini-4k-instruct", 3_821_079_552),
 ])
 def test_fixture_parses_to_published_count(fixture, params):
     spec = load_model(str(FIXTURES / fixture))
@@ -110,13 +112,14 @@ def test_every_fixture_directory_is_tested():
     assert dirs == {"gpt2", "opt-350m", "pythia-1b", "gpt-neox-20b", "Meta-Llama-3-8B",
                     "Mistral-7B-v0.1", "Mixtral-8x7B-v0.1", "Qwen2-7B", "llava-1.5-7b-hf", "mpt-7b",
                     "Qwen1.5-MoE-A2.7B",  # the model card's 14.3B / 2.7B: tests/test_moe.py
-                    "DeepSeek-V3", "DeepSeek-V2-Lite"}  # 671B / 15.7B: tests/test_deepseek.py
+                    "DeepSeek-V3", "DeepSeek-V2-Lite",  # 671B / 15.7B: tests/test_deepseek.py
+                    "Qwen3-30B-A3B", "Phi-3-mini-4k-instruct"}
 
 
 @pytest.mark.parametrize("fixture, preset", [
     ("Meta-Llama-3-8B", "llama3-8b"), ("Mixtral-8x7B-v0.1", "mixtral-8x7b"),
     ("Mistral-7B-v0.1", "mistral-7b"), ("Qwen2-7B", "qwen2-7b"), ("gpt2", "gpt2"),
-    ("opt-350m", "opt-350m"),
+    ("opt-350m", "opt-350m"), ("Qwen3-30B-A3B", "qwen3-30b-a3b"),
 ])
 def test_fixture_equals_preset(fixture, preset):
     parsed = load_model(str(FIXTURES / fixture / "config.json"))
