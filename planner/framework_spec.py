@@ -48,6 +48,7 @@ FRAMEWORK_YAML: dict[str, tuple[str, float]] = {
     "training_overhead_bytes": ("training_overhead_mib", float(2**20)),
     "concurrent_slowdown": ("concurrent_slowdown", 1.0),
     "concurrent_gemm_slowdown": ("concurrent_gemm_slowdown", 1.0),
+    "oversubscribed_slowdown": ("oversubscribed_slowdown", 1.0),
     "step_forward_slowdown": ("step_forward_slowdown", 1.0),
     "step_backward_slowdown": ("step_backward_slowdown", 1.0),
     "step_optimizer_slowdown": ("step_optimizer_slowdown", 1.0),
@@ -129,6 +130,13 @@ class FrameworkSpec:
         one host share its last-level cache and, on a VM, possibly the physical cores under
         the virtual ones); fitted together with ``concurrent_slowdown`` from the alone / at
         once steps at several shapes, whose GEMM shares differ; optional (0).
+    oversubscribed_slowdown: how much longer the step takes when more ranks compute at once than
+        the host has cores, beyond the fair share of a core (``cores / ranks``) and the two
+        slowdowns above, minus one: the plain step on 2 x cores ranks at once (the bench's own
+        ranks) against it alone, over ranks / cores times the 2-rank at-once ratio (context
+        switches; each rank's working set evicted by the others'). Applies in proportion to the
+        busy ranks beyond the cores, in full at twice the cores (where it was measured);
+        optional (0).
     step_forward_slowdown / step_backward_slowdown / step_optimizer_slowdown: how much longer
         the compute of a training step's forward, backward and optimizer step (GEMMs, attention,
         element-wise and optimizer traffic; not the per-op costs) takes in the executor's own
@@ -175,6 +183,7 @@ class FrameworkSpec:
     fsdp_unit_forward_s_per_byte: float = 0.0
     fsdp_unit_backward_s_per_byte: float = 0.0
     concurrent_gemm_slowdown: float = 0.0
+    oversubscribed_slowdown: float = 0.0
     step_forward_slowdown: float = 0.0
     step_backward_slowdown: float = 0.0
     step_optimizer_slowdown: float = 0.0

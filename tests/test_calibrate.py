@@ -693,3 +693,32 @@ def test_attention_rates_are_recovered_per_kind_width_and_length_and_written(res
     assert back.attention_rate("gqa", 64, "fp32", 300) == pytest.approx(got.attention_rate("gqa", 64, "fp32", 300),
                                                                          rel=1e-5)
 
+
+
+def test_oversubscription_is_what_more_ranks_than_cores_cost_beyond_a_fair_share(results):
+    """The plain step on 4 ranks at once on 2 cores against alone, over the fair x2 and the
+    2-rank at-once ratio, recovers a planted 10%; the cost model then slows ranks beyond the
+    cores in proportion (half at 3 busy ranks, all of it from 4), not at or below the cores."""
+    import dataclasses as dc
+
+    from planner.calibrate.executor_fits import fit_oversubscription
+    from planner.cost.compute import make_rates
+    from planner.framework_spec import FrameworkSpec
+
+    step = {"forward": 0.06, "backward": 0.12, "optimizer": 0.01}
+
+    def scaled(x):
+        return {"median_s": {k: x * v for k, v in step.items()}}
+
+    refs = {"plain_alone_interleaved": scaled(1.0), "plain_concurrent": scaled(1.02)}
+    over = {"ranks": 4, "alone": scaled(1.0), "together": scaled(2 * 1.02 * 1.10)}
+    zero = dict.fromkeys(FrameworkSpec.number_fields(), 0.0)
+    base = FrameworkSpec(**{**zero, "concurrent_slowdown": 0.02, "concurrent_gemm_slowdown": 0.02})
+    fitted, lines = fit_oversubscription(over, refs, 2, base)
+    assert fitted.oversubscribed_slowdown == pytest.approx(0.10, abs=1e-9) and "oversubscribing" in lines[0]
+    assert fit_oversubscription(dict(over, ranks=2), refs, 2, base)[0] is base  # not oversubscribed: nothing
+    node = build_profile(_quiet(results)).node
+    device = dc.replace(node.device, host_cores=2)
+    conc = {k: make_rates(device, "fp32", k, fitted).gemm_concurrent for k in (2, 3, 4, 8)}
+    assert conc[2] == pytest.approx(1.02)
+    assert conc[3] == pytest.approx(1.02 * 1.05) and conc[4] == conc[8] == pytest.approx(1.02 * 1.10)

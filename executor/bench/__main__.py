@@ -175,6 +175,12 @@ def main(argv: list[str] | None = None) -> int:
                      + ", ".join(f"{m['flops_per_s'] / 1e9:.0f} GF/s ({m['cpu_ratio']:.2f} core)" for m in best["per_rank"])
                      + ("" if best["clean"] else " (contended)"))
         result["contention"] = rows
+        if world > cores:  # the bench's own ranks oversubscribe the host: the training step's cost of it
+            if rank == 0:
+                _log(f"oversubscription: the plain step alone and on {world} ranks at once ({cores} cores)")
+            over = framework.oversubscription_bench(quick=args.quick)
+            if rank == 0:
+                result["oversubscription"] = over
 
     if rank == 0:
         result["bench_wall_s"] = time.perf_counter() - t_start

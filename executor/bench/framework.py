@@ -387,6 +387,26 @@ def reference_bench(*, quick: bool) -> list[dict]:
     return out
 
 
+def oversubscription_bench(*, quick: bool) -> dict:
+    """The plain step at :data:`CONCURRENCY_REFERENCE` on rank 0 alone and on every rank at
+    once (:func:`_time_concurrency`), run when the bench has more ranks than the host has cores:
+    what oversubscribing the host costs beyond sharing its cores fairly (context switches, each
+    rank's working set evicted by the others')."""
+    from executor.model import build_model
+
+    gen = torch.Generator().manual_seed(7 + dist.get_rank())
+    spec, x, y = _shape_inputs(CONCURRENCY_REFERENCE, gen)
+
+    def build():
+        model = build_model(spec)
+        return model, torch.optim.AdamW(model.parameters(), foreach=False)
+
+    steps, warmup, blocks = (3, 1, 1) if quick else (6, 1, 3)
+    alone, together = _time_concurrency(build, x, y, steps=steps, warmup=warmup, blocks=blocks)
+    return {"ranks": dist.get_world_size(), "model": spec.to_dict(), "reference": dict(CONCURRENCY_REFERENCE),
+            "alone": alone, "together": together}
+
+
 def memory_bench(*, timeout_s: float = 120.0) -> list[dict]:
     """RSS high-water minus baseline of real training steps, each batch size in a fresh process
     (all at once: what they measure is bytes, not time)."""

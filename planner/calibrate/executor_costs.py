@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 
 from planner.calibrate.executor_fits import (CONCURRENCY_PAIRS, STEP_SHAPES, constant_and_per_byte,
-                                             fit_concurrency, fit_pipeline, fit_step_slowdowns,
+                                             fit_concurrency, fit_oversubscription, fit_pipeline, fit_step_slowdowns,
                                              measured_step_memory, reference_prediction, two_point_line,
                                              wide_config)
 from planner.cost.stacks import stack_for
@@ -78,8 +78,10 @@ def attention_rates(rows: list[dict], per_op_s: dict[str, float]) -> tuple[tuple
     return tuple((kind, dtype, tuple(pts)) for (kind, dtype), pts in by_kind.items()), lines
 
 
-def build_framework(fw_results: dict, node: NodeSpec) -> tuple[FrameworkSpec, dict[str, str], list[str]]:
-    """The profile's ``framework:`` section from ``executor.bench.framework`` results.
+def build_framework(fw_results: dict, node: NodeSpec,
+                    oversubscription: dict | None = None) -> tuple[FrameworkSpec, dict[str, str], list[str]]:
+    """The profile's ``framework:`` section from ``executor.bench.framework`` results (and the
+    main bench's ``oversubscription`` measurement, when its ranks outnumbered the cores).
 
     Per-op costs: phase time / dispatched aten ops at a degenerate shape (pooled over the GPT
     and Llama blocks). Wrapper costs: at the reference shape, the measured phase minus the cost
@@ -136,6 +138,9 @@ def build_framework(fw_results: dict, node: NodeSpec) -> tuple[FrameworkSpec, di
     conc_lines: list[str] = []
     if pairs:
         base, conc_lines = fit_concurrency(pairs, node, base)
+    if oversubscription:
+        base, over_lines = fit_oversubscription(oversubscription, refs, node.device.host_cores, base)
+        conc_lines += over_lines
     p_plain = predicted("plain", base)
     plain_res = {ph: plain["median_s"][ph] - p_plain[ph] for ph in phases}
     wide_res = None  # the same at the wide shape, for its TP, DDP and FSDP2 cases
@@ -320,6 +325,8 @@ def build_framework(fw_results: dict, node: NodeSpec) -> tuple[FrameworkSpec, di
                                                  "minus one: fitted with concurrent_gemm_slowdown to the plain step alone / at "
                                                  "once at up to three shapes (shared caches, memory bandwidth; header)")
     comments["framework.concurrent_gemm_slowdown"] = "the same for the GEMMs' arithmetic (header)"
+    comments["framework.oversubscribed_slowdown"] = ("the plain step on more ranks than cores at once over alone, "
+                                                     "beyond the fair share and the 2-rank slowdowns, minus one (header)")
     comments["framework.step_forward_slowdown"] = ("the plain one-rank step's compute over the benches' rates, "
                                                    "minus one, per phase: forward, backward, optimizer (header)")
     return spec, comments, lines

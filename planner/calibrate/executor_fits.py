@@ -191,6 +191,33 @@ def fit_step_slowdowns(alone: list[dict], node: NodeSpec,
     return fitted, lines
 
 
+OVERSUBSCRIPTION_PAIR = ("plain_alone_interleaved", "plain_concurrent")
+"""The framework bench's alone / at-once pair at the oversubscription bench's shape."""
+
+
+def fit_oversubscription(over: dict, refs: dict, host_cores: float, base: FrameworkSpec) -> tuple[FrameworkSpec, list[str]]:
+    """``base`` with ``oversubscribed_slowdown``: the plain step on ``over["ranks"]`` ranks at once
+    over alone (the bench's own ranks, more than the host's cores), divided by the fair share
+    ranks / cores and by the same shape's 2-rank at-once ratio (the framework bench's pair,
+    what ``concurrent_*_slowdown`` already charge), minus one; clipped to [0, 2]."""
+    phases = ("forward", "backward", "optimizer")
+    alone, together = (refs.get(c) for c in OVERSUBSCRIPTION_PAIR)
+    k = over["ranks"]
+    if alone is None or together is None or not host_cores or k <= host_cores:
+        return base, []
+
+    def ratio(a: dict, t: dict) -> float:
+        return sum(t["median_s"][ph] for ph in phases) / sum(a["median_s"][ph] for ph in phases)
+
+    r_k, r_2 = ratio(over["alone"], over["together"]), ratio(alone, together)
+    fair = k / host_cores
+    value = min(2.0, max(0.0, r_k / (fair * r_2) - 1.0))
+    line = (f"plain step on {k} ranks at once over alone on {host_cores:g} cores: x{r_k:.3f}, against a fair "
+            f"share x{fair:.2f} times the 2-rank at-once x{r_2:.3f}: oversubscribing the host "
+            f"{100 * value:.1f}% slower (oversubscribed_slowdown)")
+    return dataclasses.replace(base, oversubscribed_slowdown=value), [line]
+
+
 def fit_concurrency(pairs: list[tuple[str, dict, dict]], node: NodeSpec,
                      base: FrameworkSpec) -> tuple[FrameworkSpec, list[str]]:
     """``base`` with ``concurrent_gemm_slowdown`` and ``concurrent_slowdown`` fitted so that the

@@ -379,7 +379,7 @@ def build_profile(results: dict, *, name: str = "local-cpu", gpus_per_node: int 
           f"worst fit error {d['worst_fit_error'] * 100:.0f}%" for (op, g), d in sorted(coll_detail.items())],
     ]
     if results.get("framework"):
-        spec, fcomments, flines = build_framework(results["framework"], node)
+        spec, fcomments, flines = build_framework(results["framework"], node, results.get("oversubscription"))
         node = dataclasses.replace(node, framework=spec)
         comments.update(fcomments)
         header += ["", "Framework (the executor's building blocks, executor/bench/framework.py, 2 ranks):",

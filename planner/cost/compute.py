@@ -114,7 +114,7 @@ def make_rates(device: DeviceSpec, precision: str, ranks_per_node: float,
     share = concurrent = gemm_concurrent = 1.0
     if device.host_cores > 0:
         share = min(1.0, device.host_cores / max(1, ranks_per_node))
-        concurrent, gemm_concurrent = stack.concurrency(ranks_per_node)  # ranks at once share caches
+        concurrent, gemm_concurrent = stack.concurrency(ranks_per_node, device.host_cores)  # ranks share caches
     peak = device.peak_flops(compute_dtype(precision))
     # FP8 recipes (Transformer Engine) quantize only TE's linear layers: the attention core and
     # Megatron-Core's output layer (a tensor_parallel.ColumnParallelLinear, not a TE module) run in BF16

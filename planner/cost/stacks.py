@@ -157,7 +157,7 @@ class FusedStack:
         """Launch and dispatch cost added per kernel (the device's)."""
         return device.kernel_overhead_s
 
-    def concurrency(self, ranks_per_node: float) -> tuple[float, float]:
+    def concurrency(self, ranks_per_node: float, host_cores: float) -> tuple[float, float]:
         """(memory-bound, GEMM) slowdown of ranks computing at once on a host: none measured."""
         return 1.0, 1.0
 
@@ -400,11 +400,17 @@ class ExecutorStack:
         """None per kernel: the executor's counted ops pay its measured per-op costs instead."""
         return 0.0
 
-    def concurrency(self, ranks_per_node: float) -> tuple[float, float]:
-        """The measured slowdown of ranks computing at once (shared caches and memory bandwidth)."""
-        if ranks_per_node > 1:
-            return 1.0 + self.frame.concurrent_slowdown, 1.0 + self.frame.concurrent_gemm_slowdown
-        return 1.0, 1.0
+    def concurrency(self, ranks_per_node: float, host_cores: float) -> tuple[float, float]:
+        """The measured slowdown of ranks computing at once (shared caches and memory bandwidth),
+        and beyond the host's cores the measured cost of oversubscribing it, in proportion to the
+        busy ranks past the cores (in full from twice the cores, where it was measured)."""
+        if ranks_per_node <= 1:
+            return 1.0, 1.0
+        f = self.frame
+        over = 1.0
+        if host_cores > 0 and ranks_per_node > host_cores:
+            over += f.oversubscribed_slowdown * min(1.0, (ranks_per_node - host_cores) / host_cores)
+        return (1.0 + f.concurrent_slowdown) * over, (1.0 + f.concurrent_gemm_slowdown) * over
 
     def pipeline_actions(self, fwd_s: list, bwd_s: list, w_s: list, rates, schedule: str) -> tuple[list, list, list]:
         """``torch.distributed.pipelining``'s costs per action (:func:`planner.cost.framework.pipeline_actions`)."""
