@@ -74,6 +74,9 @@ CASES: dict[str, Plan] = {
     "qk norm, heads wider than hidden / heads, 128 experts (Qwen3-30B-A3B)": _plan(
         "qwen3-30b-a3b", "dgx-h100-80gb", 4, 4096, tp=2, pp=2, dp=8, ep=8, global_batch=256,
         sequence_parallel=True, sharding="zero1"),
+    "sliding window, every second block global (Mistral 7B)": Plan(
+        dataclasses.replace(load_model("mistral-7b", seq_len=8192), global_attention_every=2), "dgx-h100-80gb", 1, 8,
+        ParallelConfig(tp=2, pp=1, dp=4, global_batch=32, seq_len=8192, sequence_parallel=True, sharding="zero1")),
     "bias, learned positions, tied head, dropout (GPT-2)": _plan(
         "gpt2", "dgx-a100-80gb", 1, 1024, tp=2, pp=1, dp=4, global_batch=32),
 }

@@ -16,6 +16,8 @@ def unsupported(parallel, model=None) -> str:
     or "" when it can."""
     if model is not None and model.shared_expert_ffn_hidden_size:
         return "model: the executor's MoE block has routed experts only (no shared expert)"
+    if model is not None and model.sliding_window:
+        return "model: the executor's attention is full causal (no sliding window)"
     if model is not None and model.qk_norm:
         return "model: the executor's attention has no per-head query / key norm (qk_norm)"
     if model is not None and model.is_mla:

@@ -109,6 +109,10 @@ def megatron_args(plan: Plan) -> tuple[list[str], list[str]]:
         add("--kv-channels", m.head_dim)
     if m.qk_norm:
         add("--qk-layernorm")
+    if m.sliding_window:  # Megatron-Core / TE window: (tokens before, tokens after)
+        add("--window-size", f"({m.sliding_window - 1},0)")
+        if m.global_attention_every:
+            add("--window-attn-skip-freq", m.global_attention_every)
     if m.mlp == "swiglu":
         add("--swiglu")
     if m.norm == "rmsnorm":

@@ -17,7 +17,9 @@ modeling code:
   (``mlp_only_layers`` empty, ``decoder_sparse_step`` 1; otherwise refused); qwen3 / qwen3_moe:
   no biases, an RMSNorm on each query and key head (``q_norm``/``k_norm``, head_dim weights each),
   ``head_dim`` stated apart from hidden / heads, qwen3_moe's experts as qwen2_moe's without a
-  shared expert; phi3: Llama's layout with fused QKV and gate-up projections (same counts).
+  shared expert; phi3: Llama's layout with fused QKV and gate-up projections (same counts);
+  mistral / mixtral / phi3: ``sliding_window`` (every block; null = full attention); qwen's
+  ``use_sliding_window`` is refused.
 - deepseek_v2 / deepseek_v3: multi-head latent attention (``q_lora_rank`` null = one query
   projection, ``kv_lora_rank``, ``qk_nope_head_dim``, ``qk_rope_head_dim``, ``v_head_dim``; no
   biases), ``n_routed_experts`` of ``moe_intermediate_size`` top ``num_experts_per_tok``,
@@ -175,6 +177,10 @@ def _llama_like(cfg: _Config, name: str, model_type: str) -> ModelSpec:
     head_dim = cfg.int("head_dim", 0, minimum=0)
     if head_dim == hidden // heads and hidden % heads == 0:
         head_dim = 0
+    window = cfg.int("sliding_window", 0, minimum=0) if model_type in ("mistral", "mixtral", "phi3") else 0
+    if model_type.startswith("qwen") and cfg.bool("use_sliding_window", False):
+        raise InputError(f"{cfg.where}.use_sliding_window",
+                         "windowed layers chosen by max_window_layers are not modelled (full attention only)")
     return ModelSpec(
         name=name,
         n_layers=cfg.int("num_hidden_layers"),
@@ -190,6 +196,7 @@ def _llama_like(cfg: _Config, name: str, model_type: str) -> ModelSpec:
         qkv_bias_only=model_type in ("qwen2", "qwen2_moe"),
         head_dim=head_dim,
         qk_norm=model_type in ("qwen3", "qwen3_moe"),
+        sliding_window=window,
         n_experts=n_experts, top_k=top_k, expert_ffn_hidden_size=expert_ffn,
         shared_expert_ffn_hidden_size=shared_ffn,
         dropout=cfg.number("attention_dropout", 0.0),

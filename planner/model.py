@@ -29,7 +29,7 @@ MAX_EXPERTS = 1 << 16
 OMITTED_AT_DEFAULT = {"rope_theta": 0.0, "rotary_fraction": 1.0, "norm_eps": 0.0,
                         "shared_expert_ffn_hidden_size": 0, "dense_layers": 0, "q_lora_rank": 0,
                         "kv_lora_rank": 0, "qk_rope_head_dim": 0, "v_head_dim": 0, "shared_expert_gate": True,
-                        "qk_norm": False}
+                        "qk_norm": False, "sliding_window": 0, "global_attention_every": 0}
 """ModelSpec fields left out of :meth:`ModelSpec.to_dict` (and so of a plan's id) at these
 defaults, which mean "not stated" or "none": fields added after plans were recorded."""
 
@@ -93,6 +93,12 @@ class ModelSpec:
         norm_bias: LayerNorms carry a bias (MPT with no_bias: weight only). Ignored for RMSNorm.
         qkv_bias_only: Q, K and V projections carry biases, the output projection and the MLP do
             not (Qwen2). Only meaningful with ``bias`` false.
+        sliding_window: each query attends to at most this many preceding tokens (itself
+            included) in the windowed blocks (Mistral-7B-v0.1 4096, Phi-3 2047, Gemma 2, gpt-oss); 0:
+            full causal attention.
+        global_attention_every: with ``sliding_window``, every n-th block attends to the whole
+            sequence (Megatron ``--window-attn-skip-freq``: Gemma 2 and gpt-oss 2); 0: every block
+            is windowed.
         qk_norm: an RMSNorm over each query and key head before RoPE (Qwen3, OLMo-2, Gemma 3):
             2 x head_dim weights per block (its element-wise work is not priced).
         parallel_residual: attention and MLP read the same input and are summed (GPT-J / NeoX
@@ -145,6 +151,8 @@ class ModelSpec:
     qkv_bias_only: bool = False
     parallel_residual: bool = False
     qk_norm: bool = False
+    sliding_window: int = 0
+    global_attention_every: int = 0
     activation: str = ""
     rope_theta: float = 0.0
     rotary_fraction: float = 1.0
@@ -179,7 +187,7 @@ class ModelSpec:
                 "needs routed experts (n_experts > 0)")
         for field in ("max_positions", "position_offset", "embed_proj_dim", "expert_ffn_hidden_size",
                       "shared_expert_ffn_hidden_size", "dense_layers", "kv_lora_rank", "q_lora_rank",
-                      "qk_rope_head_dim", "v_head_dim"):
+                      "qk_rope_head_dim", "v_head_dim", "sliding_window", "global_attention_every"):
             value = getattr(self, field)
             require(isinstance(value, int) and not isinstance(value, bool) and value >= 0,
                     field, f"must be an integer >= 0, got {value!r}")
@@ -190,6 +198,8 @@ class ModelSpec:
         require(isinstance(self.rotary_fraction, (int, float)) and not isinstance(self.rotary_fraction, bool)
                 and 0.0 < self.rotary_fraction <= 1.0, "rotary_fraction",
                 f"must be in (0, 1], got {self.rotary_fraction!r}")
+        require(not self.global_attention_every or self.sliding_window, "global_attention_every",
+                "needs a sliding_window (the other blocks' window)")
         if not self.is_mla:
             for field in ("q_lora_rank", "qk_rope_head_dim", "v_head_dim"):
                 require(getattr(self, field) == 0, field, "is a multi-head latent attention width: needs kv_lora_rank > 0")
@@ -251,6 +261,17 @@ class ModelSpec:
         if self.is_mla:
             return (self.n_heads + 1) * self.qk_rope_head_dim
         return self.q_dim + self.kv_dim
+
+    def causal_pairs_fraction(self, seq_len: int) -> float:
+        """Share of the s x s query-key pairs a causal block computes, averaged over the blocks:
+        1/2 with full causal attention (the fused kernels' benchmark convention); a window w < s
+        keeps sum_i min(i, w) ~ s w - w^2 / 2 of them."""
+        w = self.sliding_window
+        if not w or w >= seq_len:
+            return 0.5
+        windowed = (seq_len * w - w * w / 2) / (seq_len * seq_len)
+        share = 1.0 - 1.0 / self.global_attention_every if self.global_attention_every else 1.0
+        return share * windowed + (1.0 - share) * 0.5
 
     def attention_projections(self) -> list[tuple[int, int, str]]:
         """(in, out, tensor-parallel split) of each attention weight matrix in execution order,

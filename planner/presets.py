@@ -158,7 +158,7 @@ _SPECS: list[ModelSpec] = [
     ModelSpec(name="mistral-7b", n_layers=32, hidden_size=4096, n_heads=32, n_kv_heads=8,
               ffn_hidden_size=14336, vocab_size=32000, seq_len=32768, mlp="swiglu",
               norm="rmsnorm", position="rope", tied_embeddings=False, bias=False,
-              activation="silu", rope_theta=10000.0, norm_eps=1e-5),
+              activation="silu", rope_theta=10000.0, norm_eps=1e-5, sliding_window=4096),
     ModelSpec(name="qwen2-7b", n_layers=28, hidden_size=3584, n_heads=28, n_kv_heads=4,
               ffn_hidden_size=18944, vocab_size=152064, seq_len=131072, mlp="swiglu",
               norm="rmsnorm", position="rope", tied_embeddings=False, bias=False,

@@ -196,16 +196,19 @@ def layer_times(model: ModelSpec, micro_batch: int, seq_len: int, tp: int, cp: i
     elif runtime.attention == "flash" and (kernel := _measured_kernel(rates, runtime)) is not None:
         # the stack's fused kernel at its measured causal rates; a causal mask does half of
         # the s x s product the FLOP count holds (the benchmarks' convention)
+        # (a sliding window keeps fewer pairs: ModelSpec.causal_pairs_fraction)
         fwd_rate, bwd_rate = kernel.causal_rates(seq_len, rates.unquantized_peak_flops)
         scale = rates.gemm_concurrent / rates.share
-        core_f = core_flops / 2 * scale / fwd_rate + rates.overhead_s
-        core_b = 2.5 * core_flops / 2 * scale / bwd_rate + rates.overhead_s
+        computed = core_flops * model.causal_pairs_fraction(seq_len)
+        core_f = computed * scale / fwd_rate + rates.overhead_s
+        core_b = 2.5 * computed * scale / bwd_rate + rates.overhead_s
     elif runtime.attention == "flash":
         # fused kernel; reads Q, K, V, writes O (no s x s traffic). Backward recomputes the
         # scores: 5 matmuls vs 2 forward (Dao et al. 2022, Alg. 2/4) -> 2.5x forward FLOPs.
-        io = bpe * T * (q + 2 * kv) / tp * (1 + cp - 1) + bpe * T * q / tp
-        core_f = rates.gemm(core_flops, io, unquantized=True)
-        core_b = rates.gemm(2.5 * core_flops, 2 * io, unquantized=True)
+        io = bpe * T * (q + kv + model.v_dim) / tp * (1 + cp - 1) + bpe * T * model.attn_out_dim / tp
+        windowed = core_flops * 2 * model.causal_pairs_fraction(seq_len)  # a window's share of the full product
+        core_f = rates.gemm(windowed, io, unquantized=True)
+        core_b = rates.gemm(2.5 * windowed, 2 * io, unquantized=True)
         if rates.device.host_cores > 0:
             # CPU flash kernel (PyTorch _scaled_dot_product_flash_attention_for_cpu): the online
             # softmax (scale, max, exp, sum, rescale) over every score tile runs on the same
