@@ -77,6 +77,9 @@ CASES: dict[str, Plan] = {
     "sliding window, every second block global (Mistral 7B)": Plan(
         dataclasses.replace(load_model("mistral-7b", seq_len=8192), global_attention_every=2), "dgx-h100-80gb", 1, 8,
         ParallelConfig(tp=2, pp=1, dp=4, global_batch=32, seq_len=8192, sequence_parallel=True, sharding="zero1")),
+    "four norms per block, heads of 256, alternating window, tied (Gemma 2 9B)": Plan(
+        load_model(str(ROOT / "tests" / "fixtures" / "hf" / "gemma-2-9b"), seq_len=8192), "dgx-h100-80gb", 2, 8,
+        ParallelConfig(tp=4, pp=2, dp=2, global_batch=32, seq_len=8192, sequence_parallel=True, sharding="zero1")),
     "bias, learned positions, tied head, dropout (GPT-2)": _plan(
         "gpt2", "dgx-a100-80gb", 1, 1024, tp=2, pp=1, dp=4, global_batch=32),
 }

@@ -16,6 +16,8 @@ def unsupported(parallel, model=None) -> str:
     or "" when it can."""
     if model is not None and model.shared_expert_ffn_hidden_size:
         return "model: the executor's MoE block has routed experts only (no shared expert)"
+    if model is not None and model.norms_per_block != 2:
+        return f"model: the executor's blocks have 2 norms, not {model.norms_per_block}"
     if model is not None and model.sliding_window:
         return "model: the executor's attention is full causal (no sliding window)"
     if model is not None and model.qk_norm:

@@ -109,6 +109,9 @@ def megatron_args(plan: Plan) -> tuple[list[str], list[str]]:
         add("--kv-channels", m.head_dim)
     if m.qk_norm:
         add("--qk-layernorm")
+    if m.norms_per_block != 2:
+        notes.append(f"{m.norms_per_block} norms per block (Gemma 2's after each sublayer too): Megatron-LM "
+                     "has no flag for the extra ones; not written")
     if m.sliding_window:  # Megatron-Core / TE window: (tokens before, tokens after)
         add("--window-size", f"({m.sliding_window - 1},0)")
         if m.global_attention_every:

@@ -1,7 +1,7 @@
 """Hugging Face ``config.json`` -> :class:`ModelSpec`, without downloading anything.
 
 Supported ``model_type`` values: gpt2, llama, mistral, mixtral, qwen2, qwen2_moe, qwen3, qwen3_moe,
-phi3, deepseek_v2, deepseek_v3, opt, gpt_neox, mpt; a
+phi3, gemma2, deepseek_v2, deepseek_v3, opt, gpt_neox, mpt; a
 composite config (llava-style: a vision model plus a language model) is read through its
 ``text_config``. Each family's keys and quirks follow its ``transformers`` configuration and
 modeling code:
@@ -20,6 +20,10 @@ modeling code:
   shared expert; phi3: Llama's layout with fused QKV and gate-up projections (same counts);
   mistral / mixtral / phi3: ``sliding_window`` (every block; null = full attention); qwen's
   ``use_sliding_window`` is refused.
+- gemma2: four RMSNorms per block (before and after attention and the MLP), GeGLU (three
+  matrices, ``gelu_pytorch_tanh``), heads of ``head_dim``, the embedding tied to the head (Gemma2Config
+  default), every second block attending within ``sliding_window`` (the others globally); the
+  logit soft-capping and ``query_pre_attn_scalar`` change no parameter or FLOP.
 - deepseek_v2 / deepseek_v3: multi-head latent attention (``q_lora_rank`` null = one query
   projection, ``kv_lora_rank``, ``qk_nope_head_dim``, ``qk_rope_head_dim``, ``v_head_dim``; no
   biases), ``n_routed_experts`` of ``moe_intermediate_size`` top ``num_experts_per_tok``,
@@ -55,7 +59,7 @@ from planner.io import read_input_text
 from planner.model import ModelSpec, parse_json_config
 
 SUPPORTED_TYPES = ("gpt2", "llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "phi3",
-                   "deepseek_v2", "deepseek_v3", "opt", "gpt_neox", "mpt")
+                   "gemma2", "deepseek_v2", "deepseek_v3", "opt", "gpt_neox", "mpt")
 
 # transformers' LlamaConfig / MistralConfig __init__ defaults (architecture keys only).
 _TEXT_CONFIG_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -203,6 +207,33 @@ def _llama_like(cfg: _Config, name: str, model_type: str) -> ModelSpec:
         activation=cfg.str("hidden_act", "silu"),
         rope_theta=_positive(cfg, "rope_theta", 1e6 if model_type == "mixtral" else 10000.0),
         norm_eps=_positive(cfg, "rms_norm_eps", 1e-5 if model_type == "mixtral" else 1e-6),
+    )
+
+
+def _gemma2(cfg: _Config, name: str, model_type: str) -> ModelSpec:
+    if cfg.bool("attention_bias", False):
+        raise InputError(f"{cfg.where}.attention_bias", "Gemma 2 with attention biases is not modelled")
+    window = cfg.int("sliding_window", 0, minimum=0)
+    return ModelSpec(
+        name=name,
+        n_layers=cfg.int("num_hidden_layers"),
+        hidden_size=cfg.int("hidden_size"),
+        n_heads=cfg.int("num_attention_heads"),
+        n_kv_heads=cfg.int("num_key_value_heads"),
+        ffn_hidden_size=cfg.int("intermediate_size"),
+        vocab_size=cfg.int("vocab_size"),
+        seq_len=cfg.int("max_position_embeddings"),
+        mlp="swiglu", norm="rmsnorm", position="rope",  # GeGLU: SwiGLU's three matrices
+        tied_embeddings=cfg.bool("tie_word_embeddings", True),
+        bias=False,
+        head_dim=cfg.int("head_dim"),
+        norms_per_block=4,
+        sliding_window=window,
+        global_attention_every=2 if window else 0,
+        dropout=cfg.number("attention_dropout", 0.0),
+        activation=cfg.str("hidden_activation", "gelu_pytorch_tanh"),
+        rope_theta=_positive(cfg, "rope_theta", 10000.0),
+        norm_eps=_positive(cfg, "rms_norm_eps", 1e-6),
     )
 
 
@@ -370,7 +401,7 @@ def _mpt(cfg: _Config, name: str, model_type: str) -> ModelSpec:
 _PARSERS: dict[str, Callable[[_Config, str, str], ModelSpec]] = {
     "gpt2": _gpt2, "llama": _llama_like, "mistral": _llama_like, "mixtral": _llama_like,
     "qwen2": _llama_like, "qwen2_moe": _llama_like, "qwen3": _llama_like, "qwen3_moe": _llama_like,
-    "phi3": _llama_like, "deepseek_v2": _deepseek, "deepseek_v3": _deepseek, "opt": _opt, "gpt_neox": _gpt_neox, "mpt": _mpt,
+    "phi3": _llama_like, "gemma2": _gemma2, "deepseek_v2": _deepseek, "deepseek_v3": _deepseek, "opt": _opt, "gpt_neox": _gpt_neox, "mpt": _mpt,
 }
 
 

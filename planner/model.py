@@ -29,7 +29,7 @@ MAX_EXPERTS = 1 << 16
 OMITTED_AT_DEFAULT = {"rope_theta": 0.0, "rotary_fraction": 1.0, "norm_eps": 0.0,
                         "shared_expert_ffn_hidden_size": 0, "dense_layers": 0, "q_lora_rank": 0,
                         "kv_lora_rank": 0, "qk_rope_head_dim": 0, "v_head_dim": 0, "shared_expert_gate": True,
-                        "qk_norm": False, "sliding_window": 0, "global_attention_every": 0}
+                        "qk_norm": False, "sliding_window": 0, "global_attention_every": 0, "norms_per_block": 2}
 """ModelSpec fields left out of :meth:`ModelSpec.to_dict` (and so of a plan's id) at these
 defaults, which mean "not stated" or "none": fields added after plans were recorded."""
 
@@ -99,6 +99,8 @@ class ModelSpec:
         global_attention_every: with ``sliding_window``, every n-th block attends to the whole
             sequence (Megatron ``--window-attn-skip-freq``: Gemma 2 and gpt-oss 2); 0: every block
             is windowed.
+        norms_per_block: norms in one block: 2 (before attention and before the MLP), 4 with
+            Gemma 2's norms after each sublayer too.
         qk_norm: an RMSNorm over each query and key head before RoPE (Qwen3, OLMo-2, Gemma 3):
             2 x head_dim weights per block (its element-wise work is not priced).
         parallel_residual: attention and MLP read the same input and are summed (GPT-J / NeoX
@@ -153,6 +155,7 @@ class ModelSpec:
     qk_norm: bool = False
     sliding_window: int = 0
     global_attention_every: int = 0
+    norms_per_block: int = 2
     activation: str = ""
     rope_theta: float = 0.0
     rotary_fraction: float = 1.0
@@ -187,7 +190,8 @@ class ModelSpec:
                 "needs routed experts (n_experts > 0)")
         for field in ("max_positions", "position_offset", "embed_proj_dim", "expert_ffn_hidden_size",
                       "shared_expert_ffn_hidden_size", "dense_layers", "kv_lora_rank", "q_lora_rank",
-                      "qk_rope_head_dim", "v_head_dim", "sliding_window", "global_attention_every"):
+                      "qk_rope_head_dim", "v_head_dim", "sliding_window", "global_attention_every",
+                      "norms_per_block"):
             value = getattr(self, field)
             require(isinstance(value, int) and not isinstance(value, bool) and value >= 0,
                     field, f"must be an integer >= 0, got {value!r}")
@@ -400,7 +404,7 @@ class ModelSpec:
                    + self.shared_expert_params())
         else:
             ffn = self.mlp_params()
-        return self.attention_params() + ffn + 2 * self.norm_params()
+        return self.attention_params() + ffn + self.norms_per_block * self.norm_params()
 
     def expert_params_per_layer(self) -> int:
         """The routed experts' parameters of one block (0 for a dense model): what expert
@@ -413,7 +417,7 @@ class ModelSpec:
             return self.layer_params()
         ffn = (self.top_k * self.mlp_params(self.expert_ffn) + self.hidden_size * self.n_experts
                + self.shared_expert_params())
-        return self.attention_params() + ffn + 2 * self.norm_params()
+        return self.attention_params() + ffn + self.norms_per_block * self.norm_params()
 
     def embedding_params(self) -> int:
         """Token embedding (+ learned positions, + OPT's project_in, + BLOOM's embedding norm)."""

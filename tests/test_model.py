@@ -101,6 +101,7 @@ def test_mcore_sizes_need_untied_heads():
     ("mpt-7b", 6_657_675_264),           # 6.65B of blocks + embedding, + the 2048 x 4096 wpe table
     ("Qwen3-30B-A3B", 30_532_122_624),   # the model card's 30.5B (3.3B activated): q/k head norms included
     ("Phi-3-mini-4k-instruct", 3_821_079_552),
+    ("gemma-2-9b", 9_241_705_984),       # four norms per block, heads of 256, tied embedding
 ])
 def test_fixture_parses_to_published_count(fixture, params):
     spec = load_model(str(FIXTURES / fixture))
@@ -113,7 +114,7 @@ def test_every_fixture_directory_is_tested():
                     "Mistral-7B-v0.1", "Mixtral-8x7B-v0.1", "Qwen2-7B", "llava-1.5-7b-hf", "mpt-7b",
                     "Qwen1.5-MoE-A2.7B",  # the model card's 14.3B / 2.7B: tests/test_moe.py
                     "DeepSeek-V3", "DeepSeek-V2-Lite",  # 671B / 15.7B: tests/test_deepseek.py
-                    "Qwen3-30B-A3B", "Phi-3-mini-4k-instruct"}
+                    "Qwen3-30B-A3B", "Phi-3-mini-4k-instruct", "gemma-2-9b"}
 
 
 @pytest.mark.parametrize("fixture, preset", [

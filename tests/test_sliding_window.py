@@ -58,3 +58,16 @@ def test_configs_exports_and_the_executor():
     assert args[args.index("--window-size") + 1] == "(4095,0)"
     assert args[args.index("--window-attn-skip-freq") + 1] == "2"
     assert "sliding window" in unsupported(P, MISTRAL)
+
+
+def test_gemma2_alternates_windowed_and_global_blocks_with_four_norms():
+    from planner.export import megatron_args
+
+    gemma = read_hf_config(HF / "gemma-2-9b" / "config.json")
+    assert (gemma.sliding_window, gemma.global_attention_every, gemma.norms_per_block) == (4096, 2, 4)
+    assert gemma.layer_params() - dataclasses.replace(gemma, norms_per_block=2).layer_params() == 2 * 3584
+    assert gemma.causal_pairs_fraction(8192) == pytest.approx(((8192 * 4096 - 4096 ** 2 / 2) / 8192 ** 2 + 0.5) / 2)
+    P = ParallelConfig(tp=2, dp=4, global_batch=32, seq_len=8192, sequence_parallel=True)
+    args, notes = megatron_args(Plan(gemma, "dgx-h100-80gb", 1, 8, P))
+    assert args[args.index("--window-attn-skip-freq") + 1] == "2" and any("4 norms per block" in n for n in notes)
+    assert "2 norms" in unsupported(P, gemma)

@@ -67,7 +67,7 @@ def layer_activation_bytes(model: ModelSpec, micro_batch: int, seq_len: int, tp:
         return bpe * sbh / rep_div
     mask = 1 if model.dropout > 0 else 0
     linear_inputs_div = 1 if executor else rep_div
-    norm_inputs = 2 * (2 if executor and model.norm == "rmsnorm" else 1)
+    norm_inputs = model.norms_per_block * (2 if executor and model.norm == "rmsnorm" else 1)
     replicated = (norm_inputs * bpe + 2 * mask) * sbh / rep_div + (bpe + bpe) * sbh / linear_inputs_div
     tokens = micro_batch * s_local
     attn_split = bpe * tokens * (model.q_dim + model.kv_dim + model.v_dim + model.attn_out_dim)

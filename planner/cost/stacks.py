@@ -51,13 +51,14 @@ class FusedStack:
 
     def block_elementwise_s(self, model: ModelSpec, tokens: float, rows: float, tp: int, bpe: int,
                             rates) -> tuple[float, float]:
-        """One block's memory-bound work (forward, backward): two norms (read x, write y), two
-        fused bias-dropout-adds, the MLP activation (GELU; SwiGLU reads gate and up), RoPE on Q
-        and K; backward moves twice the bytes over the same kernels."""
+        """One block's memory-bound work (forward, backward): its norms (two, or Gemma 2's four:
+        read x, write y), two fused bias-dropout-adds, the MLP activation (GELU; SwiGLU reads
+        gate and up), RoPE on Q and K; backward moves twice the bytes over the same kernels."""
         h = model.hidden_size
         mask = 1 if model.dropout > 0 else 0
-        ew_bytes = 2 * (2 * bpe * rows * h) + 2 * ((3 * bpe + mask) * rows * h)
-        kernels = 4
+        norms = model.norms_per_block
+        ew_bytes = norms * (2 * bpe * rows * h) + 2 * ((3 * bpe + mask) * rows * h)
+        kernels = norms + 2
         ew_bytes += (3 if model.mlp == "swiglu" else 2) * bpe * tokens * model.token_mlp_width / tp
         kernels += 1
         if model.position == "rope":

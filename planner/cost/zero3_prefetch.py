@@ -184,7 +184,7 @@ def param_tensor_sizes(model: ModelSpec, tp: int) -> list[int]:
         shared = model.shared_expert_ffn_hidden_size
         sizes += [h * ((model.mlp_matrices - 1) * shared // tp), (shared // tp) * h] + ([h] if model.shared_expert_gate else [])
     norm_tensors = 2 if model.norm == "layernorm" else 1
-    sizes += 2 * norm_tensors * [h]
+    sizes += model.norms_per_block * norm_tensors * [h]
     return sizes
 
 
