@@ -29,7 +29,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from planner.catalog import load_model  # noqa: E402
-from planner.export import deepspeed_config, megatron_args  # noqa: E402
+from planner.export import deepspeed_config, megatron_args, megatron_env  # noqa: E402
 from planner.plan import ParallelConfig, Plan  # noqa: E402
 
 MEGATRON_RELEASE = "v0.15.3 (commit 309ffca6a40553362d44fd17efc56b772fa1aa44, 2026-02-06)"
@@ -94,9 +94,15 @@ def megatron_cli(plan: Plan) -> list[str]:
             "--vocab-size", str(plan.model.vocab_size)]
 
 
+def _importable(megatron: Path) -> None:
+    """Put the Megatron-LM checkout on the import path (once)."""
+    if str(megatron) not in sys.path:
+        sys.path.insert(0, str(megatron))
+
+
 def megatron_parser_spec(megatron: Path) -> dict:
     """The release's training parser as data: ``megatron.training.arguments.add_megatron_arguments``."""
-    sys.path.insert(0, str(megatron))
+    _importable(megatron)
     from megatron.training.arguments import add_megatron_arguments
 
     parser = add_megatron_arguments(argparse.ArgumentParser(allow_abbrev=False))
@@ -148,7 +154,7 @@ def parser_from_spec(spec: dict) -> argparse.ArgumentParser:
 def megatron_validate(megatron: Path, plan: Plan) -> str:
     """"" when the release's ``parse_args`` + ``validate_args`` accept the plan's command line,
     else the assertion or parser error."""
-    sys.path.insert(0, str(megatron))
+    _importable(megatron)
     import torch
 
     from megatron.training import arguments
@@ -156,7 +162,6 @@ def megatron_validate(megatron: Path, plan: Plan) -> str:
     arguments.get_device_arch_version = lambda: arch
     torch.cuda.get_device_capability = lambda *a, **k: (arch, 0)
     os.environ.update(WORLD_SIZE=str(plan.n_nodes * plan.gpus_per_node), RANK="0", LOCAL_RANK="0")
-    from planner.export import megatron_env
     for line in megatron_env(plan):  # the environment the export tells the user to set
         if line.startswith("CUDA_DEVICE_MAX_CONNECTIONS=1"):
             os.environ["CUDA_DEVICE_MAX_CONNECTIONS"] = "1"

@@ -104,7 +104,7 @@ def megatron_args(plan: Plan) -> tuple[list[str], list[str]]:
         add("--kv-lora-rank", m.kv_lora_rank)
         add("--qk-head-dim", m.d_head)
         add("--qk-pos-emb-head-dim", m.qk_rope_head_dim)
-        add("--v-head-dim", m.v_head_dim or m.d_head)
+        add("--v-head-dim", m.value_head_dim)
     elif m.head_dim and m.head_dim != m.hidden_size // m.n_heads:
         add("--kv-channels", m.head_dim)
     if m.qk_norm:

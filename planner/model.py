@@ -239,14 +239,19 @@ class ModelSpec:
         return self.d_head + self.qk_rope_head_dim
 
     @property
+    def value_head_dim(self) -> int:
+        """Width of one value head (MLA's ``v_head_dim``; else the head width)."""
+        return self.v_head_dim or self.d_head
+
+    @property
     def kv_dim(self) -> int:
         """Width of K: n_kv_heads * d_head (MLA: every head's up-projected key)."""
         return self.n_kv_heads * self.qk_head_dim
 
     @property
     def v_dim(self) -> int:
-        """Width of V, and of the attention output the output projection reads."""
-        return self.n_kv_heads * (self.v_head_dim or self.d_head)
+        """Width of V (n_kv_heads value heads)."""
+        return self.n_kv_heads * self.value_head_dim
 
     @property
     def q_dim(self) -> int:
@@ -256,7 +261,7 @@ class ModelSpec:
     @property
     def attn_out_dim(self) -> int:
         """Width of the attention output (n_heads value heads): the output projection's input."""
-        return self.n_heads * (self.v_head_dim or self.d_head)
+        return self.n_heads * self.value_head_dim
 
     @property
     def rotary_dim(self) -> int:
@@ -290,7 +295,7 @@ class ModelSpec:
             return [(h, self.q_dim + self.kv_dim + self.v_dim, "column"), (self.attn_out_dim, h, "row")]
         q = ([(h, self.q_lora_rank, "none"), (self.q_lora_rank, self.q_dim, "column")] if self.q_lora_rank
              else [(h, self.q_dim, "column")])
-        kv_up = self.n_heads * (self.d_head + (self.v_head_dim or self.d_head))
+        kv_up = self.n_heads * (self.d_head + self.value_head_dim)
         return q + [(h, self.kv_lora_rank + self.qk_rope_head_dim, "none"), (self.kv_lora_rank, kv_up, "column"),
                     (self.attn_out_dim, h, "row")]
 

@@ -88,7 +88,7 @@ def recompute_forward_flops(layer: LayerFlops, recompute: str) -> float:
 def step_flops(model: ModelSpec, global_batch: int, seq_len: int, recompute: str) -> tuple[float, float]:
     """(model FLOPs, hardware FLOPs) of one optimizer step over ``global_batch`` sequences."""
     tokens = float(global_batch) * seq_len
-    (dense, moe), = model.block_kinds([model.n_layers])
+    moe, dense = model.moe_layers, model.n_layers - model.moe_layers
     kinds = [(n, layer_forward_flops(m, tokens, seq_len)) for n, m in ((moe, model), (dense, model.dense_block())) if n]
     head = head_forward_flops(model, tokens)
     model_flops = 3.0 * (sum(n * layer.total for n, layer in kinds) + head)

@@ -251,8 +251,8 @@ def param_tensors(model: ModelSpec, P, ranks: tuple[int, ...] | None = None) -> 
 
 def model_param_tensors(model: ModelSpec, tied: bool) -> int:
     """Parameter tensors of the whole executor model (every block and both edges)."""
-    (dense, other), = model.block_kinds([model.n_layers])
-    return (dense * block_param_tensors(model.dense_block()) + other * block_param_tensors(model)
+    other = model.moe_layers
+    return ((model.n_layers - other) * block_param_tensors(model.dense_block()) + other * block_param_tensors(model)
             + sum(edge_param_tensors(model, tied)))
 
 

@@ -385,7 +385,7 @@ def predict(model: ModelSpec, cluster: ClusterSpec, parallel: ParallelConfig,
     peak_rank = max(range(pp), key=lambda r: per_rank[r][1].total_bytes / per_rank[r][2])
     peak_mem, hbm = per_rank[peak_rank][1], per_rank[peak_rank][2]
 
-    time = _breakdown(model, P, timed)
+    time = _breakdown(P, timed)
     model_flops, hw_flops = step_flops(model, P.global_batch, P.seq_len, P.recompute)
     if len(sites) == 1:
         peak = timed.rates[0].peak_flops
@@ -459,7 +459,7 @@ def peak_memory(model: ModelSpec, cluster: ClusterSpec, parallel: ParallelConfig
                       all(mem.total_bytes <= cap for _, mem, cap in per_rank))
 
 
-def _breakdown(model: ModelSpec, P: ParallelConfig, timed: TimedStep) -> TimeBreakdown:
+def _breakdown(P: ParallelConfig, timed: TimedStep) -> TimeBreakdown:
     """Where the critical pipeline rank's time goes (its share of the makespan split over its
     work in proportion), plus the bubble, the exposed dp reduction and the optimizer."""
     st, pipe = timed.st, timed.pipe
