@@ -20,6 +20,13 @@ from planner.model import ModelSpec
 from planner.plan import strided_group_spread
 
 
+def blocks_lower_bound(n: int, value: float, dense_value: float, dense_layers: int) -> float:
+    """A lower bound of a per-block ``value`` summed over ``n`` of a model's blocks, wherever they
+    lie: at most ``dense_layers`` of them are dense (``dense_value`` each)."""
+    d = min(n, dense_layers)
+    return (n - d) * value + d * min(value, dense_value)
+
+
 class _Blocks:
     """Sums over a model's blocks of a per-block cost (the model's block, or its ``dense`` one)."""
 
@@ -31,8 +38,7 @@ class _Blocks:
         they lie: at most ``dense_layers`` of them are dense."""
         if self.dense is None:
             return n * value(self)
-        d = min(n, self.dense_layers)
-        return (n - d) * value(self) + d * min(value(self), value(self.dense))
+        return blocks_lower_bound(n, value(self), value(self.dense), self.dense_layers)
 
 
 @dataclass(frozen=True)
@@ -156,8 +162,7 @@ class Costs:
     def block_params(self, n: int) -> float:
         """A lower bound of the parameters (times tp) of ``n`` blocks: at most the model's
         ``dense_layers`` of them dense."""
-        d = min(n, self.model.dense_layers)
-        return (n - d) * self.layer_params + d * min(self.layer_params, self.dense_layer_params)
+        return blocks_lower_bound(n, self.layer_params, self.dense_layer_params, self.model.dense_layers)
 
     def _block(self, m: ModelSpec, tp: int, cp: int, mb: int, rc: str, sp: bool) -> LayerCost:
         s = self.seq
