@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
+import functools
 import math
 import platform
 from dataclasses import dataclass
@@ -38,14 +39,17 @@ class EfficiencyCurve:
         require(all(0 < p[1] <= 1.0 for p in self.points), "efficiency_curve",
                 "efficiencies must be in (0, 1]")
 
+    @functools.cached_property
+    def _sizes(self) -> list[float]:
+        return [p[0] for p in self.points]
+
     def __call__(self, size: float) -> float:
         pts = self.points
         if size <= pts[0][0]:
             return pts[0][1]
         if size >= pts[-1][0]:
             return pts[-1][1]
-        sizes = [p[0] for p in pts]
-        i = bisect.bisect_right(sizes, size)
+        i = bisect.bisect_right(self._sizes, size)
         (x0, y0), (x1, y1) = pts[i - 1], pts[i]
         t = (math.log10(size) - math.log10(x0)) / (math.log10(x1) - math.log10(x0))
         return y0 + t * (y1 - y0)

@@ -67,6 +67,7 @@ def test_interleaved_needs_multiple_of_pp():
 # ----- ZB-H1: the fast event simulation against an independent reference -----------------------
 import random  # noqa: E402
 import time  # noqa: E402
+from fractions import Fraction  # noqa: E402
 
 from planner.schedule_estimate import ZB_EXACT_LIMIT, _estimate  # noqa: E402
 
@@ -76,12 +77,16 @@ def reference_zb(p, m, F, B, W, c, cap=None):
     rank's decision time (its free time, or later when nothing is ready: the earliest known
     readiness of its next B / F) and lets the earliest rank (lowest on ties) choose, in
     priority, a forced W (more than ``cap`` pending), a ready B, a ready F (fewer than p - r in
-    flight), a pending W. O(p) per task, no heap, no wake-ups."""
+    flight), a pending W. O(p) per task, no heap, no wake-ups. Runs in exact fractions (the
+    inputs' decimal values), so a dependency ready exactly at t is ready."""
+    F, B, W, c = ([Fraction(repr(x)) for x in xs] for xs in (F, B, W, [c]))
+    c = c[0]
     cap = p if cap is None else cap
-    hop = c if p > 1 else 0.0
+    zero = Fraction(0)
+    hop = c if p > 1 else zero
     inf = float("inf")
     nf, nb, nw = [0] * p, [0] * p, [0] * p
-    free, busy, peak = [0.0] * p, [0.0] * p, [0] * p
+    free, busy, peak = [zero] * p, [zero] * p, [0] * p
     f_end, b_end = {}, {}
     tasks = []
     while any(x < m for x in nw):
@@ -93,7 +98,7 @@ def reference_zb(p, m, F, B, W, c, cap=None):
             if nb[r] < nf[r]:
                 rb = f_end[r, nb[r]] if r == p - 1 else (b_end[r + 1, nb[r]] + hop if (r + 1, nb[r]) in b_end else inf)
             if nf[r] < m and nf[r] - nb[r] < p - r:
-                rf = 0.0 if r == 0 else (f_end[r - 1, nf[r]] + hop if (r - 1, nf[r]) in f_end else inf)
+                rf = zero if r == 0 else (f_end[r - 1, nf[r]] + hop if (r - 1, nf[r]) in f_end else inf)
             rw = -inf if nb[r] > nw[r] else inf
             d = max(free[r], min(rb, rf, rw))
             if best is None or d < best[0]:
@@ -122,8 +127,8 @@ def reference_zb(p, m, F, B, W, c, cap=None):
             nw[r] += 1
         free[r] = t + dur
         busy[r] += dur
-        tasks.append((r, j, kind, t, t + dur))
-    return max(free), busy, peak, tasks
+        tasks.append((r, j, kind, float(t), float(t + dur)))
+    return float(max(free)), [float(x) for x in busy], peak, tasks
 
 
 def _zb_cases(p, rng):

@@ -20,7 +20,18 @@ from planner.plan import ParallelConfig
 from planner.search.costs import (Costs, LayerActivations, LayerCost, balanced_layers, core_shape, rank_layers, rank_layers_min,
                                   zb_bound)
 from planner.search.results import RankedPlan, Rejected, RejectionCount, same_plan_but_storage, twin_note
-from planner.search.space import LeafInfo, ORDERS, candidate_space, layout_strides, least_memory_shardings
+from planner.search.space import ORDERS, candidate_space, layout_strides, leaf_set
+
+
+@dataclasses.dataclass
+class _EpPricing:
+    """One expert-parallel degree's costs and the search's memos under it."""
+
+    ep: int
+    costs: Costs
+    maxparams: dict = dataclasses.field(default_factory=dict)
+    rankparams: dict = dataclasses.field(default_factory=dict)
+    reductions: dict = dataclasses.field(default_factory=dict)
 
 
 class BranchAndBound:
@@ -42,9 +53,11 @@ class BranchAndBound:
         self.bounded = 0
         self.top: list[RankedPlan] = []
         self.closest: tuple[float, RankedPlan] | None = None
+        self._seq = 0  # heap tie-break: first pushed, first popped
         self._leafsets: dict = {}
         self.n_leaf_per_core = len(self.space.sh) * len(self.space.sched) * len(self.space.orders)
         self._maxparams: dict = {}
+        self._rankparams: dict = {}
         self._reductions: dict = {}
         self._kinds: dict = {}  # (dense, MoE) blocks per stage of the balanced split, by stage count
         self.state_bytes = state_bytes_per_param(precision)
@@ -62,54 +75,28 @@ class BranchAndBound:
 
     # --- leaf sets per (pp, dp, m) --------------------------------------------------------------
     def leafset(self, pp: int, dp: int, m: int):
-        """Valid (sharding, schedule, vpp, order) for a core node; counts the others."""
-        key = (pp, dp, m)
+        """Valid (sharding, schedule, vpp, order) for a core node, the others counted by reason
+        (memoised: they depend on the expert-parallel degree only through ep > 1)."""
+        key = (pp, dp, m, self.ep > 1)
         hit = self._leafsets.get(key)
         if hit is None:
-            valid, rejected = [], []
-            L = self.model.n_layers
-            for sh in self.space.sh:
-                for sched, v in self.space.sched:
-                    for order in self.space.orders:
-                        r = None
-                        if dp == 1 and sh != "none":
-                            r = Rejected("redundant", "ZeRO with dp=1")
-                        elif pp == 1 and (sched != "1f1b" or v > 1):
-                            r = Rejected("redundant", "pipeline schedule with pp=1")
-                        elif order != ORDERS[0] and (pp == 1 or dp == 1):
-                            r = Rejected("redundant", "layout order with pp=1 or dp=1")
-                        elif sched == "interleaved" and pp * v > L:
-                            r = Rejected("too_many_stages", "pp*vpp exceeds the layers")
-                        elif sched == "interleaved" and m % pp != 0:
-                            r = Rejected("not_divisible", "interleaving needs micro-batches divisible by pp")
-                        elif self.rt.refusal_of(sh, pp, dp, sched, 1, self.ep):
-                            r = Rejected("unsupported", self.rt.refusal_of(sh, pp, dp, sched, 1, self.ep))
-                        elif self.ep > 1 and sh in ("zero3", "fsdp"):
-                            r = Rejected("unsupported", "ZeRO-3 / FSDP with expert parallelism is not priced")
-                        if r is None:
-                            valid.append((sh, sched, v, order))
-                        else:
-                            rejected.append(r)
-            counts: dict[Rejected, int] = {}
-            for r in rejected:
-                counts[r] = counts.get(r, 0) + 1
-            rejected = list(counts.items())
-            info = LeafInfo(vs=tuple(sorted({x[2] for x in valid})),
-                             shs=tuple(least_memory_shardings({x[0] for x in valid})),
-                             o_min=max((shard_divisors(x[0], dp)[2] for x in valid), default=1))
-            self._leafsets[key] = (valid, rejected, info)
-            hit = self._leafsets[key]
+            hit = self._leafsets[key] = leaf_set(self.space, self.model.n_layers, self.rt, self.ep, pp, dp, m)
         return hit
 
     # --- memory ---------------------------------------------------------------------------------
     def rank_params(self, tp: int, pp: int, layers_r: int, r: int) -> float:
-        c = self.costs
-        p = c.block_params(layers_r)
-        if r == 0:
-            p += c.embedding_params
-        if r == pp - 1:
-            p += c.head_params if (self.model.tied_embeddings and pp > 1) else c.head_params_untied
-        return p / tp
+        """Parameters held by pipeline rank ``r`` of ``pp`` with ``layers_r`` blocks, per tp rank."""
+        key = (tp, pp, layers_r, r == 0, r == pp - 1)
+        hit = self._rankparams.get(key)
+        if hit is None:
+            c = self.costs
+            p = c.block_params(layers_r)
+            if r == 0:
+                p += c.embedding_params
+            if r == pp - 1:
+                p += c.head_params if (self.model.tied_embeddings and pp > 1) else c.head_params_untied
+            hit = self._rankparams[key] = p / tp
+        return hit
 
     def memory(self, lc: LayerActivations | LayerCost, tp: int, cp: int, pp: int, dp: int, mb: int, m: int, sh: str,
                sched: str, v: int, vs: tuple[int, ...] = ()) -> tuple[float, int]:
@@ -186,11 +173,31 @@ class BranchAndBound:
             return 0.0
         return exposed_s(self.costs.rt, reduction, window_of_rank(r_max), self.costs.rates)
 
-    def leaf_bound(self, lc: LayerCost, tp, cp, pp, dp, m, rc, sh, sched, v, order) -> float:
+    def leaf_bound(self, lc: LayerCost, tp, cp, pp, dp, m, rc, sh, sched, v, order, memo: dict | None = None) -> float:
+        """Below predict()'s step time of this leaf; ``memo`` (one per core node) keeps the
+        pipeline part, which leaves differing only in a sharding without per-block gathers share."""
         dp_stride, pp_stride = layout_strides(order, tp, cp, pp, dp)
-        if self.costs.fsdp_blocks(sh, tp, dp):
+        z3 = self.costs.fsdp_blocks(sh, tp, dp)
+        if z3:
             lc = self._with_z3(lc, tp, dp, dp_stride, rc, sh)
         p2p = self.costs.p2p(lc.act_bytes, tp, pp, pp_stride)
+        key = None if z3 or memo is None else (sched, v, p2p)
+        hit = memo.get(key) if key is not None else None
+        if hit is None:
+            hit = self._pipeline_bound(lc, pp, m, sched, v, p2p)
+            if key is not None:
+                memo[key] = hit
+        best, B, W = hit
+        n_vs = pp * v
+        o_div = shard_divisors(sh, dp)[2]
+
+        def window(r: int) -> float:
+            return sum(B[k] + W[k] for k in range(r, n_vs, pp))
+
+        return best + self.optimizer_s(tp, pp, v, o_div) + self.dp_exposed(tp, pp, dp, v, sh, dp_stride, window)
+
+    def _pipeline_bound(self, lc: LayerCost, pp, m, sched, v, p2p) -> tuple[float, list[float], list[float]]:
+        """(lower bound of the pipeline's makespan, per-stage B, per-stage W) of the balanced split."""
         n_vs = pp * v
         kinds = self._kinds.get(n_vs)
         if kinds is None:
@@ -203,23 +210,17 @@ class BranchAndBound:
         W[-1] += lc.head_w
         if pp > 1:  # the pipelining runtime, as _stage_times adds it
             F, B, W = self.costs.stack.pipeline_actions(F, B, W, self.costs.rates, sched)
+        if sched == "zb":
+            return zb_bound(F, B, W, m, p2p, pp), B, W
         best = 0.0
         pre = 0.0
-        if sched == "zb":
-            best = zb_bound(F, B, W, m, p2p, pp)
-        else:
-            for r in range(pp):
-                busy = m * sum(F[k] + B[k] + W[k] for k in range(r, n_vs, pp))
-                t = pre + busy
-                if t > best:
-                    best = t
-                pre += F[r] + B[r] + W[r] + 2 * p2p
-        o_div = shard_divisors(sh, dp)[2]
-
-        def window(r: int) -> float:
-            return sum(B[k] + W[k] for k in range(r, n_vs, pp))
-
-        return best + self.optimizer_s(tp, pp, v, o_div) + self.dp_exposed(tp, pp, dp, v, sh, dp_stride, window)
+        for r in range(pp):
+            busy = m * sum(F[k] + B[k] + W[k] for k in range(r, n_vs, pp))
+            t = pre + busy
+            if t > best:
+                best = t
+            pre += F[r] + B[r] + W[r] + 2 * p2p
+        return best, B, W
 
     def _with_z3(self, lc: LayerCost, tp, dp, dp_stride, rc, sh) -> LayerCost:
         """``lc`` (and its dense block's cost) with the exposed ZeRO-3 / FSDP gathers added."""
@@ -253,25 +254,37 @@ class BranchAndBound:
 
     # --- main loop ------------------------------------------------------------------------------
     def run(self) -> None:
-        """One pass per expert-parallel degree (one for a dense model), into the same top K."""
+        """Every expert-parallel degree's core nodes in one best-first heap (one for a dense
+        model): the K-th best found under any degree prunes the nodes of all of them, so a
+        leaf is priced only when its bound is below the K-th best of the whole space so far."""
+        t_start = time.perf_counter()
         progress, n = self.progress, len(self.space.ep)
         dense_costs: dict = {}
+        degrees: list[_EpPricing] = []
+        heap: list = []
         for i, ep in enumerate(self.space.ep):
-            self.ep = ep
-            self.costs = Costs(self.model, self.node, self.world, self.seq, self.prec, self.rt, ep, dense_costs)
-            self._leafsets, self._maxparams, self._reductions = {}, {}, {}
+            degrees.append(_EpPricing(ep, Costs(self.model, self.node, self.world, self.seq, self.prec, self.rt, ep,
+                                            dense_costs)))
+            self._enter(degrees[i])
             if progress:
-                self.progress = lambda x, i=i: progress((i + x) / n)
-            self._run_pass()
+                self.progress = lambda x, i=i: progress(0.5 * (i + x) / n)
+            heap.extend(self._core_nodes(i))
         self.progress = progress
+        self._best_first(heap, degrees)
+        self.elapsed = time.perf_counter() - t_start
 
-    def _run_pass(self) -> None:
+    def _enter(self, p: _EpPricing) -> None:
+        """Price with expert-parallel degree ``p.ep`` (its costs and memos)."""
+        self.ep, self.costs = p.ep, p.costs
+        self._maxparams, self._rankparams, self._reductions = p.maxparams, p.rankparams, p.reductions
+
+    def _core_nodes(self, degree: int) -> list:
+        """Heap entries (bound, tie-break, 0, degree index, core node) of the current degree's core nodes
+        that fit in memory; every other candidate counted with its reason."""
         mdl, S = self.model, self.space
         L = mdl.n_layers
-        t_start = time.perf_counter()
         n_sub_core = len(S.rc) * len(S.sp) * self.n_leaf_per_core
-        heap: list = []
-        seq_counter = 0
+        entries: list = []
         cores = []
         for tp in S.tp:
             for cp in S.cp:
@@ -329,7 +342,7 @@ class BranchAndBound:
         n_cores = len(cores)
         for i, (tp, cp, pp, dp, mb, m, sp, rc, leaves, info) in enumerate(cores):
             if self.progress and i % 2048 == 0:
-                self.progress(0.5 * i / max(1, n_cores))
+                self.progress(i / max(1, n_cores))
             acts = self.costs.activations(tp, cp, mb, rc, sp)
             # memory first: least memory over the node's shardings with 1F1B's in-flight count
             mem, stage = min(self.memory(acts, tp, cp, pp, dp, mb, m, sh, "1f1b", 0, info.vs) for sh in info.shs)
@@ -339,39 +352,50 @@ class BranchAndBound:
                 continue
             self.bounded += 1
             lb = self.core_bound(self.costs.layer(tp, cp, mb, rc, sp), tp, cp, pp, dp, m, info)
-            heap.append((lb, seq_counter, 0, (tp, cp, pp, dp, mb, m, sp, rc, leaves)))
-            seq_counter += 1
+            entries.append((lb, self._seq, 0, degree, (tp, cp, pp, dp, mb, m, sp, rc, leaves)))
+            self._seq += 1
+        return entries
+
+    def _best_first(self, heap: list, degrees: list[_EpPricing]) -> None:
+        """Pop the least bound: a core node yields its leaves' bounds, a leaf is priced; stop at
+        the first bound at or above the K-th best."""
         heapq.heapify(heap)
         n_heap0 = max(1, len(heap))
         popped = 0
         while heap:
-            lb, _, kind, item = heapq.heappop(heap)
+            lb, _, kind, i, item = heapq.heappop(heap)
             popped += 1
             if self.progress and popped % 256 == 0:
                 self.progress(min(0.99, 0.5 + 0.5 * popped / n_heap0))
             if len(self.top) >= self.k and lb >= self.top[-1].step_time_s:
-                heapq.heappush(heap, (lb, 0, kind, item))
+                heapq.heappush(heap, (lb, 0, kind, i, item))
                 break
+            if degrees[i].costs is not self.costs:
+                self._enter(degrees[i])
             if kind == 0:
                 tp, cp, pp, dp, mb, m, sp, rc, leaves = item
                 lc = self.costs.layer(tp, cp, mb, rc, sp)
+                mems: dict = {}  # the layout order changes no memory
+                pipes: dict = {}
                 for sh, sched, v, order in leaves:
-                    mem, stage = self.memory(lc, tp, cp, pp, dp, mb, m, sh, sched, v)
+                    hit = mems.get((sh, sched, v))
+                    if hit is None:
+                        hit = mems[sh, sched, v] = self.memory(lc, tp, cp, pp, dp, mb, m, sh, sched, v)
+                    mem, stage = hit
                     if mem > self.hbm:
                         self.reject(Rejected("out_of_memory", "", mem, stage), 1)
                         continue
                     self.bounded += 1
-                    b = self.leaf_bound(lc, tp, cp, pp, dp, m, rc, sh, sched, v, order)
-                    heapq.heappush(heap, (b, seq_counter, 1, (tp, cp, pp, dp, mb, sp, rc, sh, sched, v, order)))
-                    seq_counter += 1
+                    b = self.leaf_bound(lc, tp, cp, pp, dp, m, rc, sh, sched, v, order, pipes)
+                    heapq.heappush(heap, (b, self._seq, 1, i, (tp, cp, pp, dp, mb, sp, rc, sh, sched, v, order)))
+                    self._seq += 1
             else:
                 self.evaluate(lb, item)
         # whatever is left cannot beat the K-th best
         left = 0
-        for lb, _, kind, item in heap:
+        for lb, _, kind, i, item in heap:
             left += len(item[-1]) if kind == 0 else 1
         self.reject(Rejected("bound", "lower bound above the K-th best"), left)
-        self.elapsed = time.perf_counter() - t_start
 
     def config(self, item) -> ParallelConfig:
         tp, cp, pp, dp, mb, sp, rc, sh, sched, v, order = item

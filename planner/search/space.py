@@ -5,9 +5,12 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from planner.cost.memory import shard_divisors
+from planner.cost.runtime import Runtime
 from planner.errors import InputError, require
 from planner.model import ModelSpec
 from planner.plan import RECOMPUTE
+from planner.search.results import Rejected
 
 
 ORDERS = ("tp-cp-dp-pp", "tp-cp-pp-dp")
@@ -169,3 +172,39 @@ def candidate_space(model: ModelSpec, world: int, gbs: int, fixed: dict) -> Spac
     if "order" in fixed:
         sp_.orders = [fixed["order"]]
     return sp_
+
+
+def leaf_set(space: Space, n_layers: int, runtime: Runtime, ep: int, pp: int, dp: int, m: int
+             ) -> tuple[list[tuple[str, str, int, str]], list[tuple[Rejected, int]], LeafInfo]:
+    """(valid (sharding, schedule, vpp, order) of a core node with ``pp`` stages, ``dp`` replicas
+    and ``m`` micro-batches; the others as (reason, count); what the valid ones span)."""
+    valid, rejected = [], []
+    for sh in space.sh:
+        for sched, v in space.sched:
+            for order in space.orders:
+                r = None
+                if dp == 1 and sh != "none":
+                    r = Rejected("redundant", "ZeRO with dp=1")
+                elif pp == 1 and (sched != "1f1b" or v > 1):
+                    r = Rejected("redundant", "pipeline schedule with pp=1")
+                elif order != ORDERS[0] and (pp == 1 or dp == 1):
+                    r = Rejected("redundant", "layout order with pp=1 or dp=1")
+                elif sched == "interleaved" and pp * v > n_layers:
+                    r = Rejected("too_many_stages", "pp*vpp exceeds the layers")
+                elif sched == "interleaved" and m % pp != 0:
+                    r = Rejected("not_divisible", "interleaving needs micro-batches divisible by pp")
+                elif runtime.refusal_of(sh, pp, dp, sched, 1, ep):
+                    r = Rejected("unsupported", runtime.refusal_of(sh, pp, dp, sched, 1, ep))
+                elif ep > 1 and sh in ("zero3", "fsdp"):
+                    r = Rejected("unsupported", "ZeRO-3 / FSDP with expert parallelism is not priced")
+                if r is None:
+                    valid.append((sh, sched, v, order))
+                else:
+                    rejected.append(r)
+    counts: dict[Rejected, int] = {}
+    for r in rejected:
+        counts[r] = counts.get(r, 0) + 1
+    info = LeafInfo(vs=tuple(sorted({x[2] for x in valid})),
+                    shs=tuple(least_memory_shardings({x[0] for x in valid})),
+                    o_min=max((shard_divisors(x[0], dp)[2] for x in valid), default=1))
+    return valid, list(counts.items()), info
