@@ -7,6 +7,9 @@ $(VENV_STAMP): pyproject.toml
 	# torch==2.13.0 first, exactly so: it is the CPU wheel on this machine's disk (no CUDA download).
 	.venv/bin/pip install -q torch==2.13.0
 	.venv/bin/pip install -q -e '.[test]'
+	# torchtitan's config parser for the export check, without its training stack (datasets,
+	# tokenizers, and Triton through its MoE kernels: over 1 GB); the check imports torchtitan/config only
+	.venv/bin/pip install -q --no-deps torchtitan==0.2.2
 	touch $(VENV_STAMP)
 
 .PHONY: setup demo test validate

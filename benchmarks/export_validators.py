@@ -10,7 +10,8 @@ architecture ``validate_args`` reads is the plan's GPU's, since this machine has
 ``reports/export-validation.md``; and it records the release's parser (every option's flags,
 action, nargs, type and choices) as :data:`MEGATRON_SPEC`, from which ``tests/test_export_validators.py``
 rebuilds the parser in CI (:func:`parser_from_spec`). DeepSpeed's config is checked by its own
-``DeepSpeedConfig`` (pip ``deepspeed``, a test extra): :func:`deepspeed_check`.
+``DeepSpeedConfig`` (pip ``deepspeed``, a test extra): :func:`deepspeed_check`; torchtitan's TOML by
+the release's ``ConfigManager`` and ``ParallelDims`` (:func:`torchtitan_check`).
 
 The checkout needs ``six`` and ``regex`` importable (the parser's tokenizer imports); nothing
 else of Megatron-LM's requirements.
@@ -29,7 +30,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from planner.catalog import load_model  # noqa: E402
-from planner.export import deepspeed_config, megatron_args, megatron_env  # noqa: E402
+from planner.export import TORCHTITAN_RELEASE, deepspeed_config, megatron_args, megatron_env  # noqa: E402
 from planner.plan import ParallelConfig, Plan  # noqa: E402
 
 MEGATRON_RELEASE = "v0.15.3 (commit 309ffca6a40553362d44fd17efc56b772fa1aa44, 2026-02-06)"
@@ -224,7 +225,6 @@ def deepspeed_checks() -> dict[str, str]:
 
     import deepspeed.comm as ds_dist
 
-    from planner.errors import InputError
     # its CPU all-reduce kernel (a JIT C++ build) is not needed to read a config
     importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
     if not ds_dist.is_initialized():
@@ -233,13 +233,95 @@ def deepspeed_checks() -> dict[str, str]:
             port = s.getsockname()[1]
         ds_dist.init_distributed(dist_backend="gloo", auto_mpi_discovery=False, verbose=False,
                                  init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    return each_case(deepspeed_check)
+
+
+def each_case(check) -> dict[str, str]:
+    """``check(plan)`` of every case; a plan the export refuses gives its one line."""
+    from planner.errors import InputError
     out = {}
     for name, plan in CASES.items():
         try:
-            out[name] = deepspeed_check(plan)
+            out[name] = check(plan)
         except InputError as err:
             out[name] = f"export refused: {err}"
     return out
+
+
+# ----- torchtitan -------------------------------------------------------------------------------
+def torchtitan_config_manager():
+    """torchtitan's own ``ConfigManager`` (``torchtitan/config``) of the installed release, imported
+    without the package initializer, which pulls the MoE Triton kernels (a 1 GB wheel) the config
+    parser does not use; needs ``pip install --no-deps torchtitan==0.2.2`` and ``tyro``."""
+    import importlib.util
+    import types
+
+    if "torchtitan.config.manager" not in sys.modules:
+        spec = importlib.util.find_spec("torchtitan")
+        if spec is None:
+            raise ModuleNotFoundError("torchtitan is not installed (pip install --no-deps torchtitan==0.2.2)")
+        package = types.ModuleType("torchtitan")
+        package.__path__ = list(spec.submodule_search_locations)
+        sys.modules.setdefault("torchtitan", package)
+    from importlib.metadata import version
+
+    from torchtitan.config.manager import ConfigManager
+    from torchtitan.distributed.parallel_dims import ParallelDims
+    if version("torchtitan") != TORCHTITAN_RELEASE:
+        raise RuntimeError(f"torchtitan {version('torchtitan')} installed, the export targets {TORCHTITAN_RELEASE}")
+    return ConfigManager, ParallelDims
+
+
+def torchtitan_check(plan: Plan) -> str:
+    """"" when torchtitan's ``ConfigManager`` parses the plan's TOML (field names and types as the
+    release's JobConfig declares them), its ``ParallelDims`` accepts the degrees for the plan's
+    world size (as ``train.py`` builds it), and what they read back is the plan: degrees, global
+    batch, micro-batches per step, layers per stage; the error otherwise."""
+    import tempfile
+
+    from planner.export import to_torchtitan
+    ConfigManager, ParallelDims = torchtitan_config_manager()
+    p = plan.parallel
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "plan.toml"
+        path.write_text(to_torchtitan(plan))
+        try:
+            cfg = ConfigManager().parse_args(["--job.config_file", str(path)])
+            par = cfg.parallelism
+            ParallelDims(dp_shard=par.data_parallel_shard_degree, dp_replicate=par.data_parallel_replicate_degree,
+                         cp=par.context_parallel_degree, tp=par.tensor_parallel_degree,
+                         pp=par.pipeline_parallel_degree, ep=par.expert_parallel_degree,
+                         etp=par.expert_tensor_parallel_degree, world_size=p.world_size)
+        except (Exception, SystemExit) as err:  # noqa: BLE001 - whatever torchtitan raises is the finding
+            return f"{type(err).__name__}: {err}"
+    dp = par.data_parallel_shard_degree * par.data_parallel_replicate_degree
+    tr = cfg.training
+    steps = tr.global_batch_size // (tr.local_batch_size * dp)  # gradient accumulation
+    per_step = tr.local_batch_size // par.pipeline_parallel_microbatch_size if p.pp > 1 else 1
+    got = (par.tensor_parallel_degree, par.pipeline_parallel_degree, dp, par.context_parallel_degree,
+           par.expert_parallel_degree, tr.global_batch_size, steps * per_step, tr.seq_len)
+    want = (p.tp, p.pp, p.dp, p.cp, p.ep, p.global_batch, p.num_micro_batches, p.seq_len)
+    if got != want:
+        return f"torchtitan read (tp, pp, dp, cp, ep, global batch, micro-batches, seq) {got}, the plan has {want}"
+    if p.pp > 1:
+        # torchtitan builds one stage per module list and places them round-robin ("loop" style)
+        # over the pp ranks; a single-stage schedule class takes exactly one per rank
+        from torch.distributed.pipelining.schedules import PipelineScheduleSingle, get_schedule_class
+        parts = par.module_fqns_per_model_part
+        if parts is None:
+            return "no module_fqns_per_model_part: torchtitan would split the layers its own way"
+        single = issubclass(get_schedule_class(par.pipeline_parallel_schedule), PipelineScheduleSingle)
+        if len(parts) % p.pp or (single and len(parts) != p.pp):
+            return f"{len(parts)} model parts for pp={p.pp} under {par.pipeline_parallel_schedule}"
+        layers = [sum(name.startswith("layers.") for name in part) for part in parts]
+        if layers != list(p.layers_per_stage(plan.model.n_layers)):
+            return f"torchtitan's stages hold {layers} layers, the plan's {p.layers_per_stage(plan.model.n_layers)}"
+    return ""
+
+
+def torchtitan_checks() -> dict[str, str]:
+    """:func:`torchtitan_check` of every case."""
+    return each_case(torchtitan_check)
 
 
 def main() -> int:
@@ -251,10 +333,15 @@ def main() -> int:
     spec = megatron_parser_spec(a.megatron)
     a.spec_out.write_text(json.dumps(spec, indent=1) + "\n")
     rows = []
+    titan = torchtitan_checks()
+
+    def cell(verdict: str) -> str:
+        return "accepted" if not verdict else "REFUSED: " + verdict.replace("|", "/")
+
     for name, plan in CASES.items():
         verdict = megatron_validate(a.megatron, plan)
-        rows.append(f"| {name} | {plan.parallel.megatron_notation()} | {plan.hardware} | "
-                    f"{'accepted' if not verdict else 'REFUSED: ' + verdict.replace('|', '/')} |")
+        rows.append(f"| {name} | {plan.parallel.megatron_notation()} | {plan.hardware} | {cell(verdict)} | "
+                    f"{cell(titan[name])} |")
         print(rows[-1], flush=True)
     text = "\n".join([
         "# Exports checked by the targets' own code", "",
@@ -262,9 +349,13 @@ def main() -> int:
         f"checkout at {MEGATRON_RELEASE}; writes this file and `{a.spec_out.relative_to(ROOT)}`).", "",
         "Megatron-LM: each case's `clusterplan export --format megatron` arguments (plus --train-iters, --lr, "
         "--mock-data, NullTokenizer) through the release's `parse_args` and `validate_args`, with the "
-        "plan's GPU architecture and the environment the export's header asks for. DeepSpeed's "
-        "`DeepSpeedConfig` and the recorded Megatron parser run in CI (`tests/test_export_validators.py`).", "",
-        "| case | plan | hardware | Megatron-LM parse_args + validate_args |", "|---|---|---|---|", *rows, ""])
+        "plan's GPU architecture and the environment the export's header asks for. torchtitan "
+        f"{TORCHTITAN_RELEASE} (its last TOML release): each case's `--format torchtitan` TOML through the "
+        "release's `ConfigManager` and `ParallelDims` at the plan's world size, the degrees, batch, "
+        "micro-batches and stages read back and compared with the plan. DeepSpeed's `DeepSpeedConfig`, "
+        "torchtitan's check and the recorded Megatron parser run in CI (`tests/test_export_validators.py`).", "",
+        "| case | plan | hardware | Megatron-LM parse_args + validate_args | torchtitan ConfigManager + ParallelDims |",
+        "|---|---|---|---|---|", *rows, ""])
     a.out.write_text(text)
     print(f"wrote {a.out} and {a.spec_out}")
     return 0

@@ -187,7 +187,11 @@ def test_torchtitan_stage_modules_flavor_and_notes():
     fsdp = dataclasses.replace(PLANS["interleaved"],
                                parallel=dataclasses.replace(PLANS["interleaved"].parallel, sharding="fsdp"))
     inter = tomllib.loads(export_plan(fsdp, "torchtitan"))["parallelism"]
-    assert inter["pipeline_parallel_layers_per_stage"] == 3
+    # the plan's virtual stages by name: layers_per_stage would count the embedding and the output as layers
+    assert "pipeline_parallel_layers_per_stage" not in inter
+    parts = inter["module_fqns_per_model_part"]
+    p = fsdp.parallel
+    assert len(parts) == p.pp * p.vpp and all(sum(n.startswith("layers.") for n in part) == 3 for part in parts)
     assert inter["pipeline_parallel_schedule"] == "Interleaved1F1B"
     assert "# NOTE: torchtitan has no fp16" in export_plan(fsdp, "torchtitan")
 

@@ -1,6 +1,7 @@
 """Exports fed to the targets' own checks for a matrix of plans (benchmarks/export_validators.py):
-DeepSpeed's ``DeepSpeedConfig`` (pip deepspeed, a test extra) and Megatron-LM v0.15.3's training
-parser as recorded from that release (its training arguments are in no installable package; the
+DeepSpeed's ``DeepSpeedConfig`` (pip deepspeed, a test extra), torchtitan 0.2.2's own config parser
+and parallel-dims check (installed by ``make setup``: ``pip install --no-deps torchtitan==0.2.2``) and
+Megatron-LM v0.15.3's training parser as recorded from that release (its training arguments are in no installable package; the
 release's own ``parse_args`` + ``validate_args`` verdicts are in reports/export-validation.md)."""
 import argparse
 import importlib
@@ -66,3 +67,23 @@ print("VERDICTS " + json.dumps(verdicts))
     broken = verdicts.pop("(broken batch)")
     assert "train_batch_size is not equal" in broken
     assert verdicts and all(v == "" for v in verdicts.values()), {k: v for k, v in verdicts.items() if v}
+
+
+def test_torchtitan_release_parses_every_case_and_refuses_a_bad_config(tmp_path):
+    """torchtitan 0.2.2's ``ConfigManager`` and ``ParallelDims`` accept every case's TOML and read
+    back the plan's degrees, batch, micro-batches and stages; an unknown key, a value outside a
+    field's choices (on the command line: the release does not type-check TOML values) and degrees
+    that do not multiply to the world size are refused."""
+    ev = _validators()
+    verdicts = ev.torchtitan_checks()
+    assert all(v == "" or v.startswith("export refused") for v in verdicts.values()), verdicts
+    assert sum(v == "" for v in verdicts.values()) >= len(verdicts) - 1
+    ConfigManager, ParallelDims = ev.torchtitan_config_manager()
+    path = tmp_path / "bad.toml"
+    path.write_text("[parallelism]\nno_such_key = 1\n")
+    with pytest.raises(ValueError, match="no_such_key"):
+        ConfigManager().parse_args(["--job.config_file", str(path)])
+    with pytest.raises(SystemExit):
+        ConfigManager().parse_args(["--parallelism.fsdp_reshard_after_forward", "sometimes"])
+    with pytest.raises(AssertionError):
+        ParallelDims(dp_shard=2, dp_replicate=1, cp=1, tp=2, pp=2, ep=1, etp=1, world_size=16)
