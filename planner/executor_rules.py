@@ -24,6 +24,8 @@ def unsupported(parallel, model=None) -> str:
         return "model: the executor's attention has no per-head query / key norm (qk_norm)"
     if model is not None and model.is_mla:
         return "model: the executor's attention is multi-head / grouped-query, not multi-head latent attention"
+    if model is not None and model.moe_capacity_factor:
+        return "model: the executor's MoE is dropless (no expert capacity factor)"
     if parallel.cp > 1:
         return "cp: context parallelism is not implemented by the executor (cp must be 1)"
     if parallel.precision not in PRECISIONS:

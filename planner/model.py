@@ -26,10 +26,13 @@ MAX_SHAPE = {"n_layers": 1 << 14, "hidden_size": 1 << 20, "n_heads": 1 << 16, "n
 """Bounds far beyond any published model (the largest have ~200 layers, hidden 25,600, a
 256k vocabulary): a shape above them is a typo or an attack, refused in one line."""
 MAX_EXPERTS = 1 << 16
+MAX_CAPACITY_FACTOR = 64.0
+"""Megatron's recipes use 1.0-2.0; beyond this every expert could take all the tokens anyway."""
 OMITTED_AT_DEFAULT = {"rope_theta": 0.0, "rotary_fraction": 1.0, "norm_eps": 0.0,
                         "shared_expert_ffn_hidden_size": 0, "dense_layers": 0, "q_lora_rank": 0,
                         "kv_lora_rank": 0, "qk_rope_head_dim": 0, "v_head_dim": 0, "shared_expert_gate": True,
-                        "qk_norm": False, "sliding_window": 0, "global_attention_every": 0, "norms_per_block": 2}
+                        "qk_norm": False, "sliding_window": 0, "global_attention_every": 0, "norms_per_block": 2,
+                      "moe_capacity_factor": 0.0, "moe_pad_to_capacity": False}
 """ModelSpec fields left out of :meth:`ModelSpec.to_dict` (and so of a plan's id) at these
 defaults, which mean "not stated" or "none": fields added after plans were recorded."""
 
@@ -66,6 +69,13 @@ class ModelSpec:
             have one MLP of ``ffn_hidden_size`` and no router (DeepSeek-V2/V3
             ``first_k_dense_replace``; Megatron-Core ``--moe-layer-freq "([0]*k+[1]*(L-k))"``);
             every block after them is an MoE block. 0: every block is MoE.
+        moe_capacity_factor: each expert takes at most this times its balanced share of the routed
+            tokens, the rest are dropped (Megatron-Core ``moe_expert_capacity_factor``, a
+            TransformerConfig field like the expert count); 0: dropless. Without padding an expert
+            is priced at its balanced share (the load dropping bounds is not known).
+        moe_pad_to_capacity: every expert's input is padded to its capacity (Megatron-Core
+            ``moe_pad_expert_input_to_capacity``): expert GEMMs, routed activations and the token
+            exchange are ``moe_capacity_factor`` times the balanced ones.
         kv_lora_rank: multi-head latent attention (MLA; DeepSeek-V2, arXiv:2405.04434, Sec. 2.1):
             keys and values are up-projected per head from a shared latent of this width (plus
             ``qk_rope_head_dim`` decoupled RoPE key dims), ``head_dim`` being the non-rotary
@@ -138,6 +148,8 @@ class ModelSpec:
     shared_expert_ffn_hidden_size: int = 0
     shared_expert_gate: bool = True
     dense_layers: int = 0
+    moe_capacity_factor: float = 0.0
+    moe_pad_to_capacity: bool = False
     kv_lora_rank: int = 0
     q_lora_rank: int = 0
     qk_rope_head_dim: int = 0
@@ -188,6 +200,12 @@ class ModelSpec:
                     f"must be in 1..n_experts={self.n_experts}, got {self.top_k}")
         require(not self.shared_expert_ffn_hidden_size or self.n_experts > 0, "shared_expert_ffn_hidden_size",
                 "needs routed experts (n_experts > 0)")
+        cf = self.moe_capacity_factor
+        require(isinstance(cf, (int, float)) and not isinstance(cf, bool) and math.isfinite(cf)
+                and 0 <= cf <= MAX_CAPACITY_FACTOR, "moe_capacity_factor",
+                f"must be 0 (dropless) or a number up to {MAX_CAPACITY_FACTOR}, got {cf!r}")
+        require(not cf or self.n_experts > 0, "moe_capacity_factor", "needs routed experts (n_experts > 0)")
+        require(not self.moe_pad_to_capacity or cf > 0, "moe_pad_to_capacity", "needs a moe_capacity_factor")
         for field in ("max_positions", "position_offset", "embed_proj_dim", "expert_ffn_hidden_size",
                       "shared_expert_ffn_hidden_size", "dense_layers", "kv_lora_rank", "q_lora_rank",
                       "qk_rope_head_dim", "v_head_dim", "sliding_window", "global_attention_every",
@@ -304,6 +322,12 @@ class ModelSpec:
         return self.n_experts > 0
 
     @property
+    def expert_token_load(self) -> float:
+        """Routed tokens an expert processes per its balanced share: the capacity factor when its
+        input is padded to capacity, else 1 (see ``moe_capacity_factor``)."""
+        return self.moe_capacity_factor if self.moe_pad_to_capacity else 1.0
+
+    @property
     def moe_layers(self) -> int:
         """Blocks with routed experts (0 for a dense model)."""
         return self.n_layers - self.dense_layers if self.is_moe else 0
@@ -316,7 +340,8 @@ class ModelSpec:
         dense = self.__dict__.get("_dense_block")  # built once: the search asks often
         if dense is None:
             dense = dataclasses.replace(self, n_experts=0, top_k=0, expert_ffn_hidden_size=0,
-                                        shared_expert_ffn_hidden_size=0, shared_expert_gate=True, dense_layers=0)
+                                        shared_expert_ffn_hidden_size=0, shared_expert_gate=True, dense_layers=0,
+                                        moe_capacity_factor=0.0, moe_pad_to_capacity=False)
             object.__setattr__(self, "_dense_block", dense)
         return dense
 

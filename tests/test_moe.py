@@ -129,3 +129,51 @@ def test_shared_experts_from_qwen2_moe_are_priced_exported_and_refused_by_the_ex
     data = json.loads(hf.read_text())
     with pytest.raises(InputError, match="mlp_only_layers"):
         spec_from_hf_config(dict(data, mlp_only_layers=[0]))
+
+
+def test_expert_capacity_padded_prices_the_padding_dropping_alone_the_balanced_share():
+    """Megatron-Core's ``moe_expert_capacity_factor`` with ``moe_pad_expert_input_to_capacity``:
+    every expert GEMM, the routed activations and the token exchange grow by the factor; a
+    capacity without padding only drops tokens, priced as the balanced share (as dropless)."""
+    from planner.cost.block import ep_comm_s
+    from planner.cost.compute import block_gemm_shapes
+    from planner.cost.memory import layer_activation_bytes
+    from planner.executor_rules import unsupported
+    from planner.export import megatron_args
+
+    padded = dataclasses.replace(MIXTRAL, moe_capacity_factor=1.25, moe_pad_to_capacity=True)
+    dropping = dataclasses.replace(MIXTRAL, moe_capacity_factor=1.25)
+    base_shapes, pad_shapes = block_gemm_shapes(MIXTRAL, 2048, 2, 4), block_gemm_shapes(padded, 2048, 2, 4)
+    attention = len(MIXTRAL.attention_projections())
+    expert_gemms = 2 * (MIXTRAL.n_experts // 4)
+    for (m0, n0, k0), (m1, n1, k1) in zip(base_shapes[attention:attention + expert_gemms],
+                                          pad_shapes[attention:attention + expert_gemms]):
+        assert (m1, n1, k1) == pytest.approx((1.25 * m0, n0, k0))
+    assert base_shapes[:attention] == pad_shapes[:attention]
+    node = load_profile("dgx-h100-80gb")
+    kw = dict(micro_batch=1, seq_len=2048, cp=1, sequence_parallel=False, precision="bf16")
+    g, tp1 = GroupShape(8, 8, 1), GroupShape(1, 1, 1)
+    assert ep_comm_s(padded, node, g, tp1, **kw) > ep_comm_s(MIXTRAL, node, g, tp1, **kw)
+    act = dict(micro_batch=1, seq_len=2048, tp=2, cp=1, sequence_parallel=True, recompute="none", precision="bf16")
+    assert layer_activation_bytes(padded, **act) > layer_activation_bytes(MIXTRAL, **act)
+    cluster = cluster_for("dgx-h100-80gb", 4)
+    P = cfg(ep=4)
+    base = predict(MIXTRAL, cluster, P, RT).step_time_s
+    assert predict(padded, cluster, P, RT).step_time_s > 1.05 * base
+    assert predict(dropping, cluster, P, RT).step_time_s == base
+    args, _ = megatron_args(_plan(padded, P))
+    assert args[args.index("--moe-expert-capacity-factor") + 1] == "1.25"
+    assert "--moe-pad-expert-input-to-capacity" in args
+    assert "moe_capacity_factor" not in MIXTRAL.to_dict() and padded.to_dict()["moe_capacity_factor"] == 1.25
+    assert "dropless" in unsupported(P, padded)
+    with pytest.raises(InputError, match="moe_pad_to_capacity"):
+        dataclasses.replace(MIXTRAL, moe_pad_to_capacity=True)
+    with pytest.raises(InputError, match="moe_capacity_factor"):
+        dataclasses.replace(load_model("gpt2"), moe_capacity_factor=1.0)
+    with pytest.raises(InputError, match="moe_capacity_factor"):
+        dataclasses.replace(MIXTRAL, moe_capacity_factor=float("inf"))
+
+
+def _plan(model, P):
+    from planner.plan import Plan
+    return Plan(model, "dgx-h100-80gb", P.world_size // 8, 8, P)

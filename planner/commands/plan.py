@@ -10,6 +10,7 @@ import argparse
 import json
 
 from planner.errors import InputError
+from planner.commands.predict import add_moe_routing_args, with_moe_routing
 from planner.progress import Progress
 
 _GIB = 1024**3
@@ -28,6 +29,7 @@ def register(subparsers) -> None:
     p.add_argument("--precision", choices=["fp32", "tf32", "bf16", "fp16", "fp8"], default=None,
                    help="default: bf16 where the device has it, else fp16")
     p.add_argument("--top", type=int, default=10, help="how many plans to rank (default 10)")
+    add_moe_routing_args(p)
     p.add_argument("--fix", action="append", default=[], metavar="KEY=VALUE",
                    help="hold an option fixed: tp pp dp cp vpp mb recompute sharding sp schedule order")
     p.add_argument("--runtime", default=None,
@@ -187,7 +189,7 @@ def handler(args: argparse.Namespace) -> int:
     if args.global_batch < 1:
         raise InputError("global_batch", "must be >= 1")
     fixed = parse_fix(args.fix)
-    model = load_model(args.model, args.seq_len)
+    model = with_moe_routing(load_model(args.model, args.seq_len), args)
     runtime = get_runtime(args.runtime)
     cluster, label = _cluster_from_args(args)
     if args.precision is None:

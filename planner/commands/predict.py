@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 
 from planner.errors import InputError
@@ -43,6 +44,7 @@ def register(subparsers) -> None:
     p.add_argument("--schedule", choices=["gpipe", "1f1b", "interleaved", "zb"], default=None,
                    help="default: interleaved when --vpp > 1, else 1f1b")
     p.add_argument("--stage-layers", help="transformer layers per (virtual) stage, e.g. 4,7,7,6")
+    add_moe_routing_args(p)
     p.add_argument("--runtime", default=None,
                    help="the stack modelled: a preset of planner.cost.runtime.RUNTIME_PRESETS (default: executor "
                         "on a profile clusterplan calibrate measured, else default)")
@@ -64,6 +66,23 @@ def _parse_stage_layers(text: str | None) -> tuple[int, ...]:
     return values
 
 
+def add_moe_routing_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--moe-capacity-factor", type=float, default=None,
+                   help="MoE: each expert takes at most this times its balanced share of the tokens "
+                        "(Megatron --moe-expert-capacity-factor); default dropless")
+    p.add_argument("--moe-pad-to-capacity", action="store_true",
+                   help="MoE: pad every expert's input to its capacity (Megatron --moe-pad-expert-input-to-capacity)")
+
+
+def with_moe_routing(model, args: argparse.Namespace):
+    """``model`` with the command line's expert capacity, if it gives one."""
+    if args.moe_capacity_factor is None and not args.moe_pad_to_capacity:
+        return model
+    factor = model.moe_capacity_factor if args.moe_capacity_factor is None else args.moe_capacity_factor
+    return dataclasses.replace(model, moe_capacity_factor=factor,
+                               moe_pad_to_capacity=args.moe_pad_to_capacity or model.moe_pad_to_capacity)
+
+
 def plan_from_args(args: argparse.Namespace):
     """Build a :class:`planner.plan.Plan` from the flag form (or load the file form)."""
     from planner.profile_yaml import load_profile
@@ -79,7 +98,7 @@ def plan_from_args(args: argparse.Namespace):
     for name in ("model", "hardware", "nodes", "global_batch"):
         if getattr(args, name) is None:
             raise InputError(name, f"missing (--{name.replace('_', '-')} is required without a PLAN.json)")
-    model = load_model(args.model, args.seq_len)
+    model = with_moe_routing(load_model(args.model, args.seq_len), args)
     node = load_profile(args.hardware)
     gpus_per_node = args.gpus_per_node if args.gpus_per_node is not None else node.gpus_per_node
     if gpus_per_node < 1:

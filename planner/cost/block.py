@@ -91,7 +91,8 @@ def ep_comm_s(model: ModelSpec, node: NodeSpec, g: GroupShape, tp_group: GroupSh
         return 0.0
     tp = tp_group.size
     tokens = micro_batch * seq_len / cp / (tp if sequence_parallel else 1)
-    routed_bytes = activation_bytes_per_element(precision) * tokens * model.top_k * model.hidden_size
+    routed_bytes = (activation_bytes_per_element(precision) * tokens * model.top_k * model.hidden_size
+                    * model.expert_token_load)  # padded to capacity: the padding is sent too
     a2a = collective_time("all_to_all", routed_bytes, g, node)
     if tp > 1 and sequence_parallel:
         a2a += collective_time("all_gather", routed_bytes * tp, tp_group, node)

@@ -314,7 +314,8 @@ def block_gemm_shapes(model: ModelSpec, tokens: float, tp: int, ep: int = 1) -> 
     and the output projection, then per local expert the up (+gate) and down projections and
     the (replicated) MoE router (Megatron column / row parallel: N or K split by tp). With
     expert parallelism a rank runs ``n_experts/ep`` experts on the tokens its ``ep`` group routes
-    to them (balanced routing: ``tokens * top_k * ep / n_experts`` each)."""
+    to them (balanced routing: ``tokens * top_k * ep / n_experts`` each; padded to capacity,
+    :attr:`planner.model.ModelSpec.expert_token_load` times that)."""
     h = model.hidden_size
     T = tokens
 
@@ -325,7 +326,7 @@ def block_gemm_shapes(model: ModelSpec, tokens: float, tp: int, ep: int = 1) -> 
     split = {"column": lambda i, o: (T, o / tp, i), "row": lambda i, o: (T, o, i / tp), "none": lambda i, o: (T, o, i)}
     gemms = [split[kind](i, o) for i, o, kind in model.attention_projections()]
     if model.is_moe:
-        tokens_per_expert = T * model.top_k * ep / model.n_experts
+        tokens_per_expert = T * model.top_k * ep / model.n_experts * model.expert_token_load
         gemms += (model.n_experts // ep) * mlp(tokens_per_expert, model.expert_ffn)
         gemms.append((T, model.n_experts, h))
         if model.shared_expert_ffn_hidden_size:  # every token, like a dense MLP

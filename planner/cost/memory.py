@@ -74,7 +74,10 @@ def layer_activation_bytes(model: ModelSpec, micro_batch: int, seq_len: int, tp:
     if model.is_mla:  # each latent's norm input and up-projection input, on every tp rank
         replicated += 2 * bpe * tokens * (model.q_lora_rank + model.kv_lora_rank)
     mlp_tensors = (4 if executor else 3) if model.mlp == "swiglu" else 2
-    mlp_split = bpe * tokens * model.token_mlp_width * mlp_tensors
+    width = model.token_mlp_width
+    if model.is_moe:  # experts padded to capacity hold the padding's activations too
+        width += (model.expert_token_load - 1) * model.top_k * model.expert_ffn
+    mlp_split = bpe * tokens * width * mlp_tensors
     split = (attn_split + mlp_split) / tp
     core = 0.0
     if recompute != "selective" and attention == "unfused":

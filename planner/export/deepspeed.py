@@ -59,8 +59,12 @@ def deepspeed_config(plan: Plan) -> dict:
             notes.append("MoE with DeepSpeed pipeline parallelism is not supported by the pipeline "
                          "engine (DeepSpeed-MoE needs pp = 1)")
     elif m.is_moe:
+        routing = (f"capacity_factor={m.moe_capacity_factor}, drop_tokens=True" if m.moe_capacity_factor
+                   else "drop_tokens=False")  # its dispatch pads every expert to capacity when dropping
         notes.append(f"MoE: build the model with deepspeed.moe.layer.MoE(num_experts={m.n_experts}, "
-                     f"ep_size={p.ep}, k={m.top_k})")
+                     f"ep_size={p.ep}, k={m.top_k}, {routing})")
+        if m.moe_capacity_factor and not m.moe_pad_to_capacity:
+            notes.append("DeepSpeed-MoE pads every expert's input to its capacity; the plan priced no padding")
     if p.tp > 1:
         config["tensor_parallel"] = {"autotp_size": p.tp}
         notes.append("tensor parallel via DeepSpeed AutoTP training (tensor_parallel.autotp_size), or "

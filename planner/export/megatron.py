@@ -118,6 +118,10 @@ def megatron_args(plan: Plan) -> tuple[list[str], list[str]]:
                 add("--moe-shared-expert-gate")
         add("--expert-model-parallel-size", p.ep)
         add("--moe-token-dispatcher-type", "alltoall")  # what the cost model prices
+        if m.moe_capacity_factor:
+            add("--moe-expert-capacity-factor", m.moe_capacity_factor)
+            if m.moe_pad_to_capacity:
+                add("--moe-pad-expert-input-to-capacity")
         add("--moe-grouped-gemm")
     notes.append(f"vocabulary {m.vocab_size}: comes from your tokenizer (NullTokenizer: --vocab-size {m.vocab_size})")
 

@@ -81,6 +81,9 @@ def torchtitan_config(plan: Plan) -> tuple[dict[str, dict], list[str]]:
         parallelism["expert_parallel_degree"] = p.ep
         # the plan's experts are split over tp like its other layers (torchtitan's default etp is 1)
         parallelism["expert_tensor_parallel_degree"] = p.tp if p.ep > 1 else 1
+        if m.moe_capacity_factor:
+            notes.append(f"torchtitan's MoE is dropless: the plan's expert capacity factor {m.moe_capacity_factor} "
+                         "has no torchtitan setting")
     ac = {"mode": p.recompute}
     if p.recompute == "selective":
         ac["selective_ac_option"] = "op"
