@@ -69,6 +69,9 @@ CASES: dict[str, Plan] = {
     "MoE with tp and sp (Mixtral 8x7B)": _plan(
         "mixtral-8x7b", "dgx-h100-80gb", 4, 4096, tp=2, pp=2, dp=8, ep=4, global_batch=128,
         sequence_parallel=True, sharding="zero1"),
+    "MoE parallel folding, experts unsplit below tp (Mixtral 8x7B, etp 1)": _plan(
+        "mixtral-8x7b", "dgx-h100-80gb", 4, 4096, tp=2, pp=2, dp=8, ep=8, etp=1, global_batch=128,
+        sequence_parallel=True, sharding="zero1"),
     "MLA, dense leading blocks, shared experts (DeepSeek-V3)": _plan(
         "deepseek-v3", "dgx-h100-80gb", 256, 4096, tp=1, pp=16, dp=128, ep=64, global_batch=15360,
         sharding="zero1", recompute="full"),

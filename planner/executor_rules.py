@@ -24,6 +24,8 @@ def unsupported(parallel, model=None) -> str:
         return "model: the executor's attention has no per-head query / key norm (qk_norm)"
     if model is not None and model.is_mla:
         return "model: the executor's attention is multi-head / grouped-query, not multi-head latent attention"
+    if parallel.expert_tp != parallel.tp:
+        return "etp: the executor splits experts over tp like the other layers (etp must equal tp)"
     if model is not None and model.moe_capacity_factor:
         return "model: the executor's MoE is dropless (no expert capacity factor)"
     if parallel.cp > 1:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+from collections import Counter
 import json
 from dataclasses import dataclass
 from functools import lru_cache
@@ -60,6 +61,11 @@ class ParallelConfig:
         neighbouring dp ranks, and an expert's gradients are reduced over the ``dp/ep`` ranks
         holding it (the expert-data-parallel group). Experts are split by ``tp`` like the dense
         MLP (Megatron-Core's default expert tensor parallel size).
+    etp: expert tensor parallelism below ``tp`` (Megatron-Core ``--expert-tensor-parallel-size``,
+        "MoE parallel folding", Liu et al. 2025, arXiv:2504.14960): the routed experts are split
+        over ``etp`` ranks instead of ``tp``, and a stage's ``tp*dp`` ranks are regrouped for the
+        MoE layers as etp (fastest) x ep x expert-dp, Megatron-Core's expert rank order
+        ``tp-ep-dp-pp``; each rank dispatches its own sequence shard. 0: ``tp`` (the default).
     """
 
     tp: int = 1
@@ -79,6 +85,7 @@ class ParallelConfig:
     order: str = DEFAULT_ORDER
     stage_tp: tuple[int, ...] = ()
     ep: int = 1
+    etp: int = 0
 
     def __post_init__(self) -> None:
         limits = {"global_batch": MAX_GLOBAL_BATCH, "micro_batch": MAX_GLOBAL_BATCH, "seq_len": MAX_SEQ_LEN}
@@ -105,7 +112,18 @@ class ParallelConfig:
                 object.__setattr__(self, "stage_tp", ())
         require(sorted(self.order.split("-")) == sorted(AXES), "order",
                 f"must be a permutation of {'-'.join(AXES)}, got {self.order!r}")
-        require(self.dp % self.ep == 0, "ep", f"must divide dp={self.dp} (experts are spread over data-parallel ranks)")
+        require(isinstance(self.etp, int) and not isinstance(self.etp, bool) and 0 <= self.etp <= MAX_DEGREE,
+                "etp", f"must be 0 (= tp) or a positive integer, got {self.etp!r}")
+        if self.etp and self.etp != self.tp:
+            require(self.tp % self.etp == 0, "etp", f"must divide tp={self.tp}")
+            require(self.cp == 1, "etp", "expert tensor parallelism below tp with context parallelism is not priced")
+            require(not self.stage_tp, "etp", "expert tensor parallelism with a tp per stage is not supported")
+            require(self.dp * self.tp // self.etp % self.ep == 0, "ep",
+                    f"must divide dp*tp/etp = {self.dp * self.tp // self.etp} (experts are spread over a stage's "
+                    "data- and tensor-parallel ranks)")
+        else:
+            require(self.dp % self.ep == 0, "ep",
+                    f"must divide dp={self.dp} (experts are spread over data-parallel ranks)")
         require(self.ep == 1 or not self.stage_tp, "ep", "expert parallelism with a tp per stage is not supported")
         require(self.global_batch % (self.dp * self.micro_batch) == 0, "micro_batch",
                 f"dp*micro_batch = {self.dp}*{self.micro_batch} does not divide global_batch={self.global_batch}")
@@ -122,6 +140,17 @@ class ParallelConfig:
             require(self.num_micro_batches % self.pp == 0, "micro_batch",
                     f"interleaved schedule needs the number of micro-batches ({self.num_micro_batches}) "
                     f"to be a multiple of pp={self.pp}")
+
+    @property
+    def expert_tp(self) -> int:
+        """The routed experts' tensor-parallel degree (``etp``, else ``tp``)."""
+        return self.etp or self.tp
+
+    @property
+    def expert_dp(self) -> int:
+        """Ranks holding the same experts (the expert-data-parallel group): ``tp*dp / (ep*etp)``
+        (``dp/ep`` when the experts follow tp)."""
+        return self.dp * self.tp // (self.expert_tp * self.ep)
 
     @property
     def world_size(self) -> int:
@@ -173,8 +202,13 @@ class ParallelConfig:
             require(model.n_experts % self.ep == 0, "ep",
                     f"n_experts={model.n_experts} is not divisible by ep={self.ep}")
         if model.is_moe:
-            require(model.expert_ffn % self.tp == 0, "tp",
-                    f"expert ffn width {model.expert_ffn} is not divisible by tp={self.tp}")
+            require(model.expert_ffn % self.expert_tp == 0, "etp" if self.etp else "tp",
+                    f"expert ffn width {model.expert_ffn} is not divisible by {self.expert_tp}")
+        if self.expert_tp != self.tp:
+            require(model.is_moe, "etp", f"expert tensor parallelism needs a mixture-of-experts model ({model.name})")
+            require(self.sequence_parallel, "sequence_parallel",
+                    "Megatron-Core's MoE layers with tp > 1 need sequence parallelism (each rank dispatches its "
+                    "own sequence shard)")
         stages = self.pp * self.vpp
         require(stages <= model.n_layers, "pp",
                 f"pp*vpp={stages} stages exceed the model's {model.n_layers} layers")
@@ -191,6 +225,8 @@ class ParallelConfig:
             del data["stage_tp"]  # plans without it keep the ids they had before the field
         if self.ep == 1:
             del data["ep"]  # likewise
+        if not self.etp:
+            del data["etp"]  # likewise
         return data
 
     @classmethod
@@ -214,6 +250,8 @@ class ParallelConfig:
             parts.append(f"cp{self.cp}")
         if self.ep > 1:
             parts.append(f"ep{self.ep}")
+        if self.expert_tp != self.tp:
+            parts.append(f"etp{self.etp}")
         if self.vpp > 1:
             parts.append(f"vpp{self.vpp}")
         parts.append(f"mb{self.micro_batch}")
@@ -277,6 +315,16 @@ def expert_groups(parallel: ParallelConfig) -> tuple[list[list[int]], list[list[
     the same position of each such block hold the same experts (Megatron-Core's layout)."""
     ep = parallel.ep
     ep_groups, edp_groups = [], []
+    if parallel.expert_tp != parallel.tp:  # folded: a stage's tp x dp ranks as etp x ep x expert-dp
+        etp, edp = parallel.expert_tp, parallel.expert_dp
+        stages: dict[int, dict[int, int]] = {}
+        for c in rank_layout(parallel):  # cp == 1: position t + tp*d in Megatron's expert order
+            stages.setdefault(c.pp, {})[c.tp + parallel.tp * c.dp] = c.rank
+        for at in stages.values():
+            for a in range(etp):
+                ep_groups += [[at[a + etp * (j + ep * k)] for j in range(ep)] for k in range(edp)]
+                edp_groups += [[at[a + etp * (j + ep * k)] for k in range(edp)] for j in range(ep)]
+        return ep_groups, edp_groups
     for dp_group in axis_groups(parallel, "dp"):  # ordered by dp coordinate
         ep_groups += [dp_group[i:i + ep] for i in range(0, len(dp_group), ep)]
         edp_groups += [dp_group[i::ep] for i in range(ep)]
@@ -305,6 +353,14 @@ def expert_group_spreads(parallel: ParallelConfig, gpus_per_node: int) -> tuple[
     """(ranks per node, nodes) of the expert-parallel group (``ep`` neighbouring dp ranks) and of
     the expert-data-parallel group (the ``dp/ep`` ranks holding the same experts, ``ep`` dp
     ranks apart)."""
+    if parallel.expert_tp != parallel.tp:  # the groups of rank 0, from their members (see expert_groups)
+        tp, etp, ep = parallel.tp, parallel.expert_tp, parallel.ep
+        s_tp, s_dp = axis_stride(parallel, "tp"), axis_stride(parallel, "dp")
+
+        def spread(positions) -> tuple[int, int]:
+            per_node = Counter((i % tp * s_tp + i // tp * s_dp) // gpus_per_node for i in positions)
+            return max(per_node.values()), len(per_node)
+        return (spread(etp * j for j in range(ep)), spread(etp * ep * k for k in range(parallel.expert_dp)))
     stride = axis_stride(parallel, "dp")
     return (strided_group_spread(parallel.ep, stride, gpus_per_node),
             strided_group_spread(parallel.dp // parallel.ep, stride * parallel.ep, gpus_per_node))

@@ -177,3 +177,51 @@ def test_expert_capacity_padded_prices_the_padding_dropping_alone_the_balanced_s
 def _plan(model, P):
     from planner.plan import Plan
     return Plan(model, "dgx-h100-80gb", P.world_size // 8, 8, P)
+
+
+def test_expert_tensor_parallel_below_tp_folds_the_stage_into_expert_groups():
+    """Megatron-Core MoE parallel folding: with etp < tp a stage's tp x dp ranks regroup as etp x
+    ep x expert-dp (etp fastest); experts are split by etp, see their etp group's tokens, and are
+    reduced over the expert-dp ranks; only the attention keeps its tp collectives."""
+    from planner.cost.compute import block_gemm_shapes
+    from planner.cost.memory import rank_layer_params
+    from planner.executor_rules import unsupported
+    from planner.export import megatron_args, torchtitan_config
+    from planner.plan import expert_groups
+
+    with pytest.raises(InputError, match="etp"):
+        cfg(etp=3)  # does not divide tp=2
+    with pytest.raises(InputError, match="etp"):
+        cfg(etp=1, cp=2, dp=8)
+    with pytest.raises(InputError, match="sequence_parallel"):
+        cfg(ep=8, etp=1, sequence_parallel=False).validate_for(MIXTRAL)
+    with pytest.raises(InputError, match="etp"):
+        cfg(etp=1).validate_for(load_model("gpt2"))
+    folded = cfg(dp=4, ep=8, etp=1, global_batch=16)  # ep 8 > dp 4: carved out of tp x dp
+    folded.validate_for(MIXTRAL)
+    with pytest.raises(InputError, match="ep"):
+        cfg(dp=4, ep=8, global_batch=16)  # without folding ep must divide dp
+    assert folded.expert_dp == 1 and "etp1" in folded.megatron_notation()
+    assert folded.to_dict()["etp"] == 1 and "etp" not in cfg().to_dict()
+    ep_groups, edp_groups = expert_groups(folded)
+    assert ep_groups == [list(range(8))] and edp_groups == [[r] for r in range(8)]
+    shapes = block_gemm_shapes(MIXTRAL, 2048, 2, 8, 1)
+    attention = len(MIXTRAL.attention_projections())
+    (m_up, n_up, _), (_, _, k_down) = shapes[attention], shapes[attention + 1]
+    # one expert per rank, unsplit, on the tokens the 8 ranks route to it (each its own half sequence)
+    assert (n_up, k_down) == (2 * MIXTRAL.expert_ffn, MIXTRAL.expert_ffn)
+    assert m_up == pytest.approx(2048 / 2 * MIXTRAL.top_k * 8 / MIXTRAL.n_experts)
+    experts = MIXTRAL.expert_params_per_layer()
+    assert rank_layer_params(MIXTRAL, 2, 8, 1) - rank_layer_params(MIXTRAL, 2, 8) == pytest.approx(experts / 16)
+    cluster = cluster_for("dgx-h100-80gb", 4)
+    P_tp, P_folded = cfg(ep=8, recompute="full"), cfg(ep=8, etp=1, recompute="full")
+    at_tp, below = predict(MIXTRAL, cluster, P_tp, RT), predict(MIXTRAL, cluster, P_folded, RT)
+    assert below.step_time_s != at_tp.step_time_s and below.peak_memory_bytes > at_tp.peak_memory_bytes
+    assert "etp" in unsupported(P_folded, MIXTRAL)
+    args, _ = megatron_args(_plan(MIXTRAL, P_folded))
+    assert args[args.index("--expert-tensor-parallel-size") + 1] == "1"
+    assert "--expert-tensor-parallel-size" not in megatron_args(_plan(MIXTRAL, P_tp))[0]
+    titan, _ = torchtitan_config(_plan(MIXTRAL, dataclasses.replace(P_folded, sharding="fsdp")))
+    assert titan["parallelism"]["expert_tensor_parallel_degree"] == 1
+    with pytest.raises(InputError, match="torchtitan"):
+        torchtitan_config(_plan(MIXTRAL, cfg(etp=1, sharding="fsdp")))  # ep 1: torchtitan would split by tp

@@ -32,6 +32,8 @@ def register(subparsers) -> None:
     p.add_argument("--cp", type=int, default=1)
     p.add_argument("--ep", type=int, default=1,
                    help="expert parallel degree (MoE models): experts over ep of the dp ranks (default 1)")
+    p.add_argument("--etp", type=int, default=0,
+                   help="MoE: the experts' tensor-parallel degree (Megatron --expert-tensor-parallel-size); default tp")
     p.add_argument("--vpp", type=int, default=1)
     p.add_argument("--micro-batch", type=int, default=1)
     p.add_argument("--global-batch", type=int)
@@ -112,7 +114,7 @@ def plan_from_args(args: argparse.Namespace):
             raise InputError("dp", f"tp*pp*cp = {inner} does not divide the {world} GPUs; give --dp")
         dp = world // inner
     parallel = ParallelConfig(
-        tp=tp, pp=pp, dp=dp, cp=args.cp, ep=args.ep, vpp=args.vpp,
+        tp=tp, pp=pp, dp=dp, cp=args.cp, ep=args.ep, etp=args.etp, vpp=args.vpp,
         micro_batch=args.micro_batch, global_batch=args.global_batch,
         seq_len=args.seq_len or model.seq_len, recompute=args.recompute, sharding=args.sharding,
         sequence_parallel=args.sequence_parallel,

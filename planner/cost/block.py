@@ -80,22 +80,30 @@ def cp_comm_s(model: ModelSpec, node: NodeSpec, lt: LayerTimes, g: GroupShape, *
 
 
 def ep_comm_s(model: ModelSpec, node: NodeSpec, g: GroupShape, tp_group: GroupShape, *, micro_batch: int,
-              seq_len: int, cp: int, sequence_parallel: bool, precision: str) -> float:
+              seq_len: int, cp: int, sequence_parallel: bool, precision: str, expert_tp: int = 0) -> float:
     """One token exchange of a block's routed tokens (the dispatch, or the combine) as
     Megatron-Core's all-to-all dispatcher runs it: each rank sends its ``tokens * top_k`` hidden
     vectors to the ranks of the expert-parallel group ``g`` holding their experts (balanced
     routing); under sequence parallelism a tp rank exchanges its own sequence shard and the
-    routed tokens are then all-gathered over tp for the tp-split experts (reduce-scattered back
-    on the combine). One dispatch and one combine forward, both again backward; not overlapped."""
+    routed tokens are then all-gathered over the experts' tensor-parallel group (``expert_tp``
+    ranks, default tp: the first of the tp group under Megatron's folded order) and
+    reduce-scattered back on the combine. One dispatch and one combine forward, both again
+    backward; not overlapped."""
     if g.size == 1 or not model.is_moe:
         return 0.0
     tp = tp_group.size
+    etp = expert_tp or tp
+    if etp != tp:
+        per_node = min(etp, tp_group.ranks_per_node)
+        etp_group = GroupShape(etp, per_node, -(-etp // per_node))
+    else:
+        etp_group = tp_group
     tokens = micro_batch * seq_len / cp / (tp if sequence_parallel else 1)
     routed_bytes = (activation_bytes_per_element(precision) * tokens * model.top_k * model.hidden_size
                     * model.expert_token_load)  # padded to capacity: the padding is sent too
     a2a = collective_time("all_to_all", routed_bytes, g, node)
-    if tp > 1 and sequence_parallel:
-        a2a += collective_time("all_gather", routed_bytes * tp, tp_group, node)
+    if etp > 1 and sequence_parallel:
+        a2a += collective_time("all_gather", routed_bytes * etp, etp_group, node)
     return a2a
 
 
@@ -140,11 +148,14 @@ class BlockCost:
 
 def block_cost(model: ModelSpec, node: NodeSpec, runtime: Runtime, rates: Rates, *, tp: int, cp: int,
                micro_batch: int, seq_len: int, recompute: str, sequence_parallel: bool, precision: str,
-               tp_group: GroupShape, cp_group: GroupShape, ep_group: GroupShape | None = None) -> BlockCost:
-    """:class:`BlockCost` of one rank with its tp, cp (and expert-parallel) groups laid out as given."""
+               tp_group: GroupShape, cp_group: GroupShape, ep_group: GroupShape | None = None,
+               expert_tp: int = 0) -> BlockCost:
+    """:class:`BlockCost` of one rank with its tp, cp (and expert-parallel) groups laid out as
+    given; ``expert_tp``: the routed experts' tensor-parallel degree (0: tp)."""
     b, s, sp = micro_batch, seq_len, sequence_parallel
     ep = ep_group.size if ep_group is not None else 1
-    lt = layer_times(model, b, s, tp, cp, sp, recompute, precision, rates, runtime, ep)
+    etp = 0 if expert_tp in (0, tp) else expert_tp
+    lt = layer_times(model, b, s, tp, cp, sp, recompute, precision, rates, runtime, ep, etp)
     emb_f, emb_b = embedding_times(model, b, s, tp, cp, sp, precision, rates)
     head_f, head_bi, head_bw = head_times(model, b, s, tp, cp, sp, precision, rates)
     bpe = activation_bytes_per_element(precision)
@@ -153,15 +164,17 @@ def block_cost(model: ModelSpec, node: NodeSpec, runtime: Runtime, rates: Rates,
     tp_f = tp_b = 0.0
     if tp > 1:
         tp_f, tp_b = stack.tp_comm_s(model, node, act, tp_group, sp)
+        if etp and model.is_moe:  # the experts below tp: only the attention's tp collectives remain
+            tp_f, tp_b = tp_f / 2, tp_b / 2
         if runtime.tp_comm_overlap and sp and not runtime.executor:
-            gemm_f = sum(block_gemm_forward_times(model, b, s, tp, cp, precision, rates, ep))
+            gemm_f = sum(block_gemm_forward_times(model, b, s, tp, cp, precision, rates, ep, etp))
             tp_f = overlapped_exposed_s(node.device, tp_f, gemm_f)
             tp_b = overlapped_exposed_s(node.device, tp_b, 2 * gemm_f)  # dgrad + wgrad GEMMs
         e_f, h_f, h_b = stack.tp_edge_s(model, b * s / cp, bpe, tp_group, node)
         emb_f, head_f, head_bi = emb_f + e_f, head_f + h_f, head_bi + h_b
     cp_f, cp_b = cp_comm_s(model, node, lt, cp_group, tp=tp, micro_batch=b, seq_len=s, precision=precision)
     a2a = (ep_comm_s(model, node, ep_group, tp_group, micro_batch=b, seq_len=s, cp=cp, sequence_parallel=sp,
-                     precision=precision) if ep > 1 else 0.0)
+                     precision=precision, expert_tp=etp) if ep > 1 else 0.0)
     return BlockCost(lt, tp_f, tp_b, tp_f if recompute == "full" else 0.0, cp_f, cp_b,
                      emb_f, emb_b, head_f, head_bi, head_bw, act,
                      ep_f=2 * a2a, ep_b=2 * a2a, ep_rc=2 * a2a if recompute == "full" else 0.0)

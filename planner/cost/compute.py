@@ -167,8 +167,9 @@ def _measured_kernel(rates: Rates, runtime: Runtime):
 @lru_cache(maxsize=65536)
 def layer_times(model: ModelSpec, micro_batch: int, seq_len: int, tp: int, cp: int,
                 sequence_parallel: bool, recompute: str, precision: str, rates: Rates,
-                runtime: Runtime, ep: int = 1) -> LayerTimes:
-    """Per-block compute times (memoised: the search calls this with few distinct keys)."""
+                runtime: Runtime, ep: int = 1, etp: int = 0) -> LayerTimes:
+    """Per-block compute times (memoised: the search calls this with few distinct keys); ``etp``:
+    the experts' tensor-parallel degree (0: ``tp``)."""
     bpe = activation_bytes_per_element(precision)
     h = model.hidden_size
     s_local = seq_len / cp
@@ -180,7 +181,7 @@ def layer_times(model: ModelSpec, micro_batch: int, seq_len: int, tp: int, cp: i
     bwd_w = 0.0
 
     # --- projection GEMMs (Megatron column/row parallel: N or K split by tp) ---
-    for (m_, n_, k_), count in Counter(block_gemm_shapes(model, T, tp, ep)).items():  # experts: one shape
+    for (m_, n_, k_), count in Counter(block_gemm_shapes(model, T, tp, ep, etp)).items():  # experts: one shape
         tf, tb = _gemm(rates, m_, n_, k_, bpe)
         fwd += count * tf
         bwd_in += count * tb
@@ -299,35 +300,39 @@ def head_times(model: ModelSpec, micro_batch: int, seq_len: int, tp: int, cp: in
 
 
 def block_gemm_forward_times(model: ModelSpec, micro_batch: int, seq_len: int, tp: int, cp: int,
-                             precision: str, rates: Rates, ep: int = 1) -> tuple[float, ...]:
+                             precision: str, rates: Rates, ep: int = 1, etp: int = 0) -> tuple[float, ...]:
     """Forward time of each projection GEMM of one block, in execution order (QKV, output
     projection, then per expert the up (+gate) and down projections, then the MoE router):
     the same GEMMs :func:`layer_times` sums, one per weight tensor (each backward GEMM, dgrad
     and wgrad, takes the same time)."""
     bpe = activation_bytes_per_element(precision)
     T = micro_batch * seq_len / cp
-    return tuple(_gemm(rates, m_, n_, k_, bpe)[0] for m_, n_, k_ in block_gemm_shapes(model, T, tp, ep))
+    return tuple(_gemm(rates, m_, n_, k_, bpe)[0] for m_, n_, k_ in block_gemm_shapes(model, T, tp, ep, etp))
 
 
-def block_gemm_shapes(model: ModelSpec, tokens: float, tp: int, ep: int = 1) -> list[tuple[float, float, float]]:
+def block_gemm_shapes(model: ModelSpec, tokens: float, tp: int, ep: int = 1,
+                      etp: int = 0) -> list[tuple[float, float, float]]:
     """(M, N, K) of each projection GEMM of one block on one tp rank, in execution order: QKV
     and the output projection, then per local expert the up (+gate) and down projections and
     the (replicated) MoE router (Megatron column / row parallel: N or K split by tp). With
     expert parallelism a rank runs ``n_experts/ep`` experts on the tokens its ``ep`` group routes
     to them (balanced routing: ``tokens * top_k * ep / n_experts`` each; padded to capacity,
-    :attr:`planner.model.ModelSpec.expert_token_load` times that)."""
+    :attr:`planner.model.ModelSpec.expert_token_load` times that). With expert tensor parallelism
+    ``etp`` below tp the experts are split by etp and see the tokens of their etp group only
+    (``tokens * etp / tp`` of the tp group's, each rank dispatching its own sequence shard)."""
     h = model.hidden_size
     T = tokens
 
-    def mlp(tokens: float, width: int) -> list[tuple[float, float, float]]:
-        """Up (+gate) and down projections of an MLP of ``width`` on ``tokens``."""
-        return [(tokens, (model.mlp_matrices - 1) * width / tp, h), (tokens, h, width / tp)]
+    def mlp(tokens: float, width: int, split: int = tp) -> list[tuple[float, float, float]]:
+        """Up (+gate) and down projections of an MLP of ``width`` split ``split`` ways on ``tokens``."""
+        return [(tokens, (model.mlp_matrices - 1) * width / split, h), (tokens, h, width / split)]
 
     split = {"column": lambda i, o: (T, o / tp, i), "row": lambda i, o: (T, o, i / tp), "none": lambda i, o: (T, o, i)}
     gemms = [split[kind](i, o) for i, o, kind in model.attention_projections()]
     if model.is_moe:
-        tokens_per_expert = T * model.top_k * ep / model.n_experts * model.expert_token_load
-        gemms += (model.n_experts // ep) * mlp(tokens_per_expert, model.expert_ffn)
+        e_tp = etp or tp
+        tokens_per_expert = T * e_tp / tp * model.top_k * ep / model.n_experts * model.expert_token_load
+        gemms += (model.n_experts // ep) * mlp(tokens_per_expert, model.expert_ffn, e_tp)
         gemms.append((T, model.n_experts, h))
         if model.shared_expert_ffn_hidden_size:  # every token, like a dense MLP
             gemms += mlp(T, model.shared_expert_ffn_hidden_size)

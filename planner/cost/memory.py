@@ -217,9 +217,11 @@ def stage_memory(*, params: float, layer_params: float, activation_bytes: float,
     return StageMemory(weights, grads, optimizer, activation_bytes, logits_bytes, reserved)
 
 
-def rank_layer_params(model: ModelSpec, tp: int, ep: int = 1) -> float:
-    """One block's parameters on a rank: all of it over tp, its routed experts over tp*ep."""
-    return (model.layer_params() - model.expert_params_per_layer() * (1 - 1 / ep)) / tp
+def rank_layer_params(model: ModelSpec, tp: int, ep: int = 1, etp: int = 0) -> float:
+    """One block's parameters on a rank: all of it over tp, its routed experts over etp*ep
+    (``etp`` 0: tp)."""
+    experts = model.expert_params_per_layer()
+    return (model.layer_params() - experts) / tp + experts / ((etp or tp) * ep)
 
 
 def stage_parameters(model: ModelSpec, parallel, ep: int | None = None) -> list[float]:
@@ -233,7 +235,7 @@ def stage_parameters(model: ModelSpec, parallel, ep: int | None = None) -> list[
     tied_copy = model.tied_embeddings and pp > 1
     emb = model.embedding_params() / tp
     head = (model.head_params() + (model.vocab_size * model.hidden_size if tied_copy else 0)) / tp
-    per_layer = rank_layer_params(model, tp, P.ep if ep is None else ep)
+    per_layer = rank_layer_params(model, tp, P.ep, P.etp) if ep is None else rank_layer_params(model, tp, ep)
     per_dense = rank_layer_params(model.dense_block(), tp)
     last_rank = (n_vs - 1) % pp
     out = []
@@ -263,7 +265,7 @@ def stage_memories(model: ModelSpec, parallel, device, in_flight, attention: str
     params_sharded = stage_parameters(model, P, ep=1)
     dense = model.dense_block()
     # a block's gathered working copy and its activations: the larger kind where blocks differ
-    layer_params_rank = max(rank_layer_params(model, tp, P.ep), rank_layer_params(dense, tp))
+    layer_params_rank = max(rank_layer_params(model, tp, P.ep, P.etp), rank_layer_params(dense, tp))
     last_rank = (n_vs - 1) % pp
     executor = stack.executor
 

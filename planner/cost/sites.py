@@ -59,8 +59,8 @@ def validated_sites(model: ModelSpec, cluster: ClusterSpec, P: ParallelConfig, r
     """The sites of ``P`` on ``cluster`` after every check a plan must pass before it is priced."""
     refusal = runtime.refusal(P)
     require(refusal is None, "runtime", refusal or "")
-    require(P.ep == 1 or P.sharding not in ("zero3", "fsdp"), "sharding",
-            "ZeRO-3 / FSDP with expert parallelism is not priced (use none, zero1 or zero2 with --ep)")
+    require((P.ep == 1 and P.expert_tp == P.tp) or P.sharding not in ("zero3", "fsdp"), "sharding",
+            "ZeRO-3 / FSDP with expert parallelism is not priced (use none, zero1 or zero2 with --ep / --etp)")
     if cluster.is_homogeneous and not P.stage_tp:
         node = cluster.node
         require(P.world_size == cluster.world_size, "dp",
@@ -106,7 +106,7 @@ def site_block(model: ModelSpec, site: Site, runtime: Runtime, rates: Rates) -> 
     bc = block_cost(model, node, runtime, rates, tp=P.tp, cp=P.cp, micro_batch=P.micro_batch,
                     seq_len=P.seq_len, recompute=P.recompute, sequence_parallel=P.sequence_parallel,
                     precision=P.precision, tp_group=group_shape(P, "tp", gpn), cp_group=group_shape(P, "cp", gpn),
-                    ep_group=ep_group)
+                    ep_group=ep_group, expert_tp=P.expert_tp)
     dp_group = group_shape(P, "dp", gpn)
     z3_f, z3_b = shard_comm_s(model, node, runtime, bc.lt, rates, dp_group, tp=P.tp, cp=P.cp,
                               micro_batch=P.micro_batch, seq_len=P.seq_len, precision=P.precision,

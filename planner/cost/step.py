@@ -201,8 +201,8 @@ def _site_dp_exposed_s(model: ModelSpec, site: Site, runtime: Runtime, rates: Ra
     reduction = dp_reduction_s(site.node, rates, group_shape(P, "dp", gpn), precision=P.precision,
                                sharding=P.sharding, tp=P.tp, pp=P.pp, params=most - experts, param_tensors=tensors,
                                grad_all_reduce=all_reduce)
-    if experts:  # an expert's gradients over the dp/ep ranks holding it
-        edp = GroupShape(P.dp // P.ep, *expert_group_spreads(P, gpn)[1])
+    if experts:  # an expert's gradients over the ranks holding it
+        edp = GroupShape(P.expert_dp, *expert_group_spreads(P, gpn)[1])
         more = dp_reduction_s(site.node, rates, edp, precision=P.precision, sharding=P.sharding, tp=P.tp,
                               pp=P.pp, params=experts, param_tensors=0, grad_all_reduce=all_reduce)
         reduction = tuple(a + b for a, b in zip(reduction, more))
@@ -210,12 +210,13 @@ def _site_dp_exposed_s(model: ModelSpec, site: Site, runtime: Runtime, rates: Ra
 
 
 def _rank_expert_params(model: ModelSpec, P: ParallelConfig, rank: int) -> float:
-    """Routed-expert parameters pipeline rank ``rank`` holds under expert parallelism (0 without)."""
-    if P.ep == 1 or not model.is_moe:
+    """Routed-expert parameters pipeline rank ``rank`` holds where they are reduced apart from the
+    dense ones (expert parallelism, or experts split below tp; 0 otherwise)."""
+    if (P.ep == 1 and P.expert_tp == P.tp) or not model.is_moe:
         return 0.0
     kinds = model.block_kinds(P.layers_per_stage(model.n_layers))
     n_layers = sum(kinds[k][1] for k in range(rank, P.pp * P.vpp, P.pp))
-    return n_layers * model.expert_params_per_layer() / (P.tp * P.ep)
+    return n_layers * model.expert_params_per_layer() / (P.expert_tp * P.ep)
 
 
 def timed_step(model: ModelSpec, cluster: ClusterSpec, sites: tuple[Site, ...], runtimes,

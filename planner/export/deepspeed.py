@@ -61,8 +61,12 @@ def deepspeed_config(plan: Plan) -> dict:
     elif m.is_moe:
         routing = (f"capacity_factor={m.moe_capacity_factor}, drop_tokens=True" if m.moe_capacity_factor
                    else "drop_tokens=False")  # its dispatch pads every expert to capacity when dropping
+        # DeepSpeed-MoE's experts follow tp with enable_expert_tensor_parallelism, else stay whole (etp 1)
+        split = f", enable_expert_tensor_parallelism={p.expert_tp == p.tp > 1}"
         notes.append(f"MoE: build the model with deepspeed.moe.layer.MoE(num_experts={m.n_experts}, "
-                     f"ep_size={p.ep}, k={m.top_k}, {routing})")
+                     f"ep_size={p.ep}, k={m.top_k}, {routing}{split})")
+        if p.expert_tp not in (1, p.tp):
+            notes.append(f"DeepSpeed-MoE splits experts over all of tp or none, not etp={p.expert_tp}")
         if m.moe_capacity_factor and not m.moe_pad_to_capacity:
             notes.append("DeepSpeed-MoE pads every expert's input to its capacity; the plan priced no padding")
     if p.tp > 1:

@@ -117,6 +117,8 @@ def megatron_args(plan: Plan) -> tuple[list[str], list[str]]:
             if m.shared_expert_gate:  # Qwen2-MoE's sigmoid gate on the shared expert's output
                 add("--moe-shared-expert-gate")
         add("--expert-model-parallel-size", p.ep)
+        if p.expert_tp != p.tp:
+            add("--expert-tensor-parallel-size", p.expert_tp)
         add("--moe-token-dispatcher-type", "alltoall")  # what the cost model prices
         if m.moe_capacity_factor:
             add("--moe-expert-capacity-factor", m.moe_capacity_factor)

@@ -79,8 +79,11 @@ def torchtitan_config(plan: Plan) -> tuple[dict[str, dict], list[str]]:
                          "needs several stages per rank (set pipeline_parallel_layers_per_stage smaller)")
     if m.is_moe:
         parallelism["expert_parallel_degree"] = p.ep
-        # the plan's experts are split over tp like its other layers (torchtitan's default etp is 1)
-        parallelism["expert_tensor_parallel_degree"] = p.tp if p.ep > 1 else 1
+        # torchtitan's default etp is 1; it runs etp = tp or 1, and splits experts below tp only under ep
+        require(p.expert_tp in (1, p.tp) and (p.ep > 1 or p.expert_tp == p.tp), "export",
+                f"torchtitan runs expert tensor parallelism equal to tp or 1 under ep > 1 only (ParallelDims), "
+                f"not etp={p.expert_tp} with tp={p.tp}, ep={p.ep}")
+        parallelism["expert_tensor_parallel_degree"] = p.expert_tp if p.ep > 1 else 1
         if m.moe_capacity_factor:
             notes.append(f"torchtitan's MoE is dropless: the plan's expert capacity factor {m.moe_capacity_factor} "
                          "has no torchtitan setting")
