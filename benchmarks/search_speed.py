@@ -75,7 +75,7 @@ def main() -> int:
              "wall min-max is the spread; CPU is the child's user+system time (what a quiet machine's wall "
              "time approaches). `search` is the search alone inside the process. Candidates is the full "
              "space (every tp/cp/pp/dp x micro-batch x recompute x sharding x sp x schedule/vpp x layout "
-             "order); every one is rejected with a counted reason, pruned by the lower bound, or evaluated.",
+             "order, and for an MoE model x ep x experts split by tp or whole); every one is rejected with a counted reason, pruned by the lower bound, or evaluated.",
              "", "| case | target | wall median (min-max) | CPU | search | candidates | lower bounds | cost-model calls | candidates/s | best |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for name, args, target in TARGETS:

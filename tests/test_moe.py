@@ -225,3 +225,17 @@ def test_expert_tensor_parallel_below_tp_folds_the_stage_into_expert_groups():
     assert titan["parallelism"]["expert_tensor_parallel_degree"] == 1
     with pytest.raises(InputError, match="torchtitan"):
         torchtitan_config(_plan(MIXTRAL, cfg(etp=1, sharding="fsdp")))  # ep 1: torchtitan would split by tp
+
+
+def test_search_over_expert_layouts_with_etp_equals_brute_force():
+    """The search tries experts split by tp and whole (etp 1, ep carved out of tp x dp): its top 5
+    equal brute force's, and a folded plan with ep above dp is among them."""
+    model = dataclasses.replace(MIXTRAL, n_layers=4)
+    cluster = cluster_for("dgx-h100-80gb", 1, 8)
+    fixed = {"recompute": "selective", "sharding": "zero1"}
+    res = search(model, cluster, 16, fixed=fixed, top_k=5, refine=False, runtime=RT)
+    brute = brute_force(model, cluster, 16, fixed=fixed, runtime=RT)
+    assert [round(e.step_time_s, 9) for e in res.ranked] == [round(p.step_time_s, 9) for _, p in brute[:5]]
+    assert any(e.parallel.etp == 1 and e.parallel.ep > e.parallel.dp for e in res.ranked)
+    only_split = search(model, cluster, 16, fixed={**fixed, "etp": 0}, top_k=5, refine=False, runtime=RT)
+    assert all(e.parallel.etp == 0 for e in only_split.ranked)

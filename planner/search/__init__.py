@@ -90,7 +90,7 @@ def uneven_split(model: ModelSpec, cluster: ClusterSpec, P: ParallelConfig,
         if costs.fsdp_blocks(P.sharding, P.tp, P.dp):
             zf, zb = costs.z3(c, P.tp, P.dp, dp_stride, P.recompute, P.sharding, block=kind)
             f, bi = f + zf, bi + zb
-        params = rank_layer_params(kind, P.tp, P.ep)
+        params = rank_layer_params(kind, P.tp, P.ep, P.etp)
         return f + bi + c.w, params, [params * state + c.layer_act * flight[k] for k in range(pp)]
 
     kinds = ((model, lc),) + (((model.dense_block(), lc.dense),) if lc.dense else ())
@@ -229,8 +229,10 @@ def brute_force(model: ModelSpec, cluster: ClusterSpec, global_batch: int, seq_l
                                 for sched, v in S.sched:
                                     if pp == 1 and (sched != "1f1b" or v > 1):
                                         continue
-                                    for order, ep in itertools.product(S.orders, S.ep):
+                                    for order, ep, etp in itertools.product(S.orders, S.ep, S.etp):
                                         if order != ORDERS[0] and (pp == 1 or dp == 1):
+                                            continue
+                                        if etp and tp == 1:  # the same plan as etp 0
                                             continue
                                         if runtime.refusal_of(sh, pp, dp, sched, cp, ep):
                                             continue
@@ -238,7 +240,7 @@ def brute_force(model: ModelSpec, cluster: ClusterSpec, global_batch: int, seq_l
                                             P = ParallelConfig(tp=tp, pp=pp, dp=dp, cp=cp, vpp=v, micro_batch=mb,
                                                                global_batch=global_batch, seq_len=seq, recompute=rc,
                                                                sharding=sh, sequence_parallel=sp, precision=precision,
-                                                               schedule=sched, order=order, ep=ep)
+                                                               schedule=sched, order=order, ep=ep, etp=etp)
                                             pred = predict(model, cluster, P, runtime)
                                         except InputError:
                                             continue

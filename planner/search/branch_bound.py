@@ -25,9 +25,11 @@ from planner.search.space import ORDERS, candidate_space, layout_strides, leaf_s
 
 @dataclasses.dataclass
 class _EpPricing:
-    """One expert-parallel degree's costs and the search's memos under it."""
+    """One expert layout's costs (expert-parallel degree, experts split by tp or whole: ``etp``
+    0 or 1) and the search's memos under it."""
 
     ep: int
+    etp: int
     costs: Costs
     maxparams: dict = dataclasses.field(default_factory=dict)
     rankparams: dict = dataclasses.field(default_factory=dict)
@@ -44,7 +46,7 @@ class BranchAndBound:
         self.world = cluster.world_size
         self.gpn = self.node.gpus_per_node
         self.hbm = self.node.device.hbm_bytes
-        self.ep = 1
+        self.ep, self.etp = 1, 0
         self.costs = Costs(model, self.node, self.world, seq, precision, runtime)
         self.space = candidate_space(model, self.world, gbs, fixed)
         self.rej: dict[str, RejectionCount] = {}
@@ -77,10 +79,11 @@ class BranchAndBound:
     def leafset(self, pp: int, dp: int, m: int):
         """Valid (sharding, schedule, vpp, order) for a core node, the others counted by reason
         (memoised: they depend on the expert-parallel degree only through ep > 1)."""
-        key = (pp, dp, m, self.ep > 1)
+        key = (pp, dp, m, self.ep > 1 or bool(self.etp))
         hit = self._leafsets.get(key)
         if hit is None:
-            hit = self._leafsets[key] = leaf_set(self.space, self.model.n_layers, self.rt, self.ep, pp, dp, m)
+            hit = self._leafsets[key] = leaf_set(self.space, self.model.n_layers, self.rt, self.ep, pp, dp, m,
+                                                 bool(self.etp))
         return hit
 
     # --- memory ---------------------------------------------------------------------------------
@@ -258,13 +261,14 @@ class BranchAndBound:
         model): the K-th best found under any degree prunes the nodes of all of them, so a
         leaf is priced only when its bound is below the K-th best of the whole space so far."""
         t_start = time.perf_counter()
-        progress, n = self.progress, len(self.space.ep)
+        layouts = [(ep, etp) for ep in self.space.ep for etp in self.space.etp]
+        progress, n = self.progress, len(layouts)
         dense_costs: dict = {}
         degrees: list[_EpPricing] = []
         heap: list = []
-        for i, ep in enumerate(self.space.ep):
-            degrees.append(_EpPricing(ep, Costs(self.model, self.node, self.world, self.seq, self.prec, self.rt, ep,
-                                            dense_costs)))
+        for i, (ep, etp) in enumerate(layouts):
+            degrees.append(_EpPricing(ep, etp, Costs(self.model, self.node, self.world, self.seq, self.prec, self.rt,
+                                                     ep, dense_costs, etp)))
             self._enter(degrees[i])
             if progress:
                 self.progress = lambda x, i=i: progress(0.5 * (i + x) / n)
@@ -275,7 +279,7 @@ class BranchAndBound:
 
     def _enter(self, p: _EpPricing) -> None:
         """Price with expert-parallel degree ``p.ep`` (its costs and memos)."""
-        self.ep, self.costs = p.ep, p.costs
+        self.ep, self.etp, self.costs = p.ep, p.etp, p.costs
         self._maxparams, self._rankparams, self._reductions = p.maxparams, p.rankparams, p.reductions
 
     def _core_nodes(self, degree: int) -> list:
@@ -305,8 +309,11 @@ class BranchAndBound:
                             mdl.n_kv_heads % tp == 0 or tp % mdl.n_kv_heads == 0) or (
                             mdl.is_moe and mdl.expert_ffn % tp):
                         r = Rejected("not_divisible", "tp does not divide heads / kv heads / ffn")
-                    elif dp % self.ep:
-                        r = Rejected("not_divisible", "ep does not divide dp")
+                    elif self.etp and (tp == 1 or cp > 1):
+                        r = (Rejected("redundant", "experts whole below tp with tp=1") if tp == 1 else
+                             Rejected("unsupported", "experts whole below tp with context parallelism is not priced"))
+                    elif (dp * tp if self.etp else dp) % self.ep:
+                        r = Rejected("not_divisible", "ep does not divide dp (dp*tp with experts whole)")
                     elif self.seq % cp:
                         r = Rejected("not_divisible", "cp does not divide the sequence length")
                     elif cp > 1 and not self.rt.context_parallel:
@@ -329,6 +336,10 @@ class BranchAndBound:
                             n_rc = len(S.rc) * self.n_leaf_per_core
                             if sp and tp == 1:
                                 self.reject(Rejected("redundant", "sequence parallel with tp=1"), n_rc)
+                                continue
+                            if self.etp and not sp:
+                                self.reject(Rejected("unsupported", "experts whole below tp need sequence parallelism"),
+                                            n_rc)
                                 continue
                             if sp and self.seq % (tp * cp):
                                 self.reject(Rejected("not_divisible", "sequence parallel needs seq divisible by tp*cp"), n_rc)
@@ -401,7 +412,8 @@ class BranchAndBound:
         tp, cp, pp, dp, mb, sp, rc, sh, sched, v, order = item
         return ParallelConfig(tp=tp, pp=pp, dp=dp, cp=cp, vpp=v, micro_batch=mb, global_batch=self.gbs,
                               seq_len=self.seq, recompute=rc, sharding=sh, sequence_parallel=sp,
-                              precision=self.prec, schedule=sched if pp > 1 else "1f1b", order=order, ep=self.ep)
+                              precision=self.prec, schedule=sched if pp > 1 else "1f1b", order=order, ep=self.ep,
+                              etp=self.etp)
 
     def evaluate(self, lb: float, item) -> None:
         P = self.config(item)

@@ -90,10 +90,11 @@ class Costs:
     """Memoised per-layer costs for one model / node type / runtime."""
 
     def __init__(self, model: ModelSpec, node: NodeSpec, world: int, seq_len: int, precision: str,
-                 runtime: Runtime, ep: int = 1, dense_costs: dict | None = None):
+                 runtime: Runtime, ep: int = 1, dense_costs: dict | None = None, etp: int = 0):
         """dense_costs: a memo of the dense blocks' costs to share between the Costs of one model
-        at several ep (a dense block does not depend on ep)."""
-        self.model, self.node, self.seq, self.prec, self.ep = model, node, seq_len, precision, ep
+        at several ep (a dense block does not depend on ep); ``etp`` 1: the experts whole below tp
+        (0: split by tp)."""
+        self.model, self.node, self.seq, self.prec, self.ep, self.etp = model, node, seq_len, precision, ep, etp
         self.world = world
         # the runtime as predict() applies it on this host (no overlap where gloo shares the cores)
         self.rt = effective_runtime(runtime, node.device, min(node.gpus_per_node, world) if world > 1 else 0)
@@ -113,7 +114,8 @@ class Costs:
         self._z3: dict = {}
         self._p2p: dict = {}
         m = model
-        self.layer_params = rank_layer_params(m, 1, ep)  # its experts over ep (a rank's, times tp)
+        # its experts over ep (a rank's, times tp; with etp 1 a lower bound: the experts are not over tp)
+        self.layer_params = rank_layer_params(m, 1, ep)
         self.dense_layer_params = rank_layer_params(m.dense_block(), 1)  # the leading dense blocks'
         # the share of a rank's parameters reduced over the whole dp group (routed experts are
         # reduced over their dp/ep holders): what the dp bound may charge
@@ -166,12 +168,16 @@ class Costs:
 
     def _block(self, m: ModelSpec, tp: int, cp: int, mb: int, rc: str, sp: bool) -> LayerCost:
         s = self.seq
-        ep = self.ep  # the densest expert-parallel group: neighbouring dp ranks (tp-cp-dp-pp)
+        # the densest expert-parallel group: neighbouring dp ranks (tp-cp-dp-pp); folded (etp 1),
+        # neighbouring ranks
+        ep = self.ep
+        ep_stride = 1 if self.etp else tp * cp
         bc = block_cost(m, self.node, self.rt, self.rates, tp=tp, cp=cp, micro_batch=mb, seq_len=s,
                         recompute=rc, sequence_parallel=sp, precision=self.prec,
                         tp_group=GroupShape(tp, *strided_group_spread(tp, 1, self.gpn)),
                         cp_group=GroupShape(cp, *strided_group_spread(cp, tp, self.gpn)),
-                        ep_group=GroupShape(ep, *strided_group_spread(ep, tp * cp, self.gpn)) if ep > 1 else None)
+                        ep_group=GroupShape(ep, *strided_group_spread(ep, ep_stride, self.gpn)) if ep > 1 else None,
+                        expert_tp=self.etp)
         acts = self._block_activations(m, tp, cp, mb, rc, sp)
         return LayerCost(f=bc.fwd_s, bi=bc.bwd_input_s, w=bc.bwd_weight_s, lt=bc.lt, cp=cp, mb=mb,
                          emb_f=bc.emb_f, emb_b=bc.emb_b, head_f=bc.head_f, head_bi=bc.head_bi,

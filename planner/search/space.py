@@ -28,7 +28,7 @@ PLAIN_SCHEDULES = ("1f1b", "zb", "gpipe")
 MAX_MICRO_BATCH = 64
 
 
-FIX_KEYS = {"tp": "tp", "pp": "pp", "dp": "dp", "cp": "cp", "ep": "ep", "vpp": "vpp",
+FIX_KEYS = {"tp": "tp", "pp": "pp", "dp": "dp", "cp": "cp", "ep": "ep", "etp": "etp", "vpp": "vpp",
             "mb": "micro_batch", "micro_batch": "micro_batch", "micro-batch": "micro_batch",
             "recompute": "recompute", "sharding": "sharding", "zero": "sharding",
             "sp": "sequence_parallel", "sequence_parallel": "sequence_parallel",
@@ -73,6 +73,10 @@ def normalise_fixed(fixed: dict) -> dict[str, Any]:
             if isinstance(value, bool) or v < 1 or (isinstance(value, float) and v != value):
                 raise InputError("fix", f"{key}={value!r}: must be a positive integer")
             out[name] = v
+        elif name == "etp":
+            require(str(value) in ("0", "1"), "fix", f"etp={value!r}: the search tries 1 (experts whole below tp) "
+                                                     "or 0 (experts split by tp)")
+            out[name] = int(value)
         elif name == "recompute":
             require(value in RECOMPUTE, "fix", f"recompute={value!r}: must be one of {', '.join(RECOMPUTE)}")
             out[name] = value
@@ -132,11 +136,13 @@ class Space:
     sched: list[tuple[str, int]]
     orders: list[str]
     ep: list[int]
+    etp: list[int]
 
 
 def candidate_space(model: ModelSpec, world: int, gbs: int, fixed: dict) -> Space:
     """Every option per axis; ``ep``: the divisors of the expert count up to the world size
-    (1 for a dense model)."""
+    (1 for a dense model); ``etp``: 0 (experts split by tp) and, for an MoE model, 1 (experts
+    whole, Megatron-Core's MoE parallel folding)."""
     divs = divisors(world)
     mb = [d for d in divisors(gbs) if d <= MAX_MICRO_BATCH]
     sched = [(s, 1) for s in PLAIN_SCHEDULES] + [("interleaved", v) for v in VPP_OPTIONS]
@@ -145,7 +151,7 @@ def candidate_space(model: ModelSpec, world: int, gbs: int, fixed: dict) -> Spac
     orders = list(ORDERS)
     ep = [d for d in divisors(model.n_experts) if d <= world] if model.is_moe else [1]
     sp_ = Space(tp=divs, cp=divs, pp=divs, dp=None, mb=mb, rc=list(RECOMPUTE), sp=sp, sh=sh,
-                 sched=sched, orders=orders, ep=ep)
+                 sched=sched, orders=orders, ep=ep, etp=[0, 1] if model.is_moe else [0])
     for name, attr in (("tp", "tp"), ("cp", "cp"), ("pp", "pp")):
         if name in fixed:
             setattr(sp_, attr, [fixed[name]])
@@ -153,6 +159,8 @@ def candidate_space(model: ModelSpec, world: int, gbs: int, fixed: dict) -> Spac
         sp_.dp = [fixed["dp"]]
     if "ep" in fixed:
         sp_.ep = [fixed["ep"]]
+    if "etp" in fixed:
+        sp_.etp = [fixed["etp"]]
     if "micro_batch" in fixed:
         sp_.mb = [fixed["micro_batch"]]
     if "recompute" in fixed:
@@ -174,10 +182,11 @@ def candidate_space(model: ModelSpec, world: int, gbs: int, fixed: dict) -> Spac
     return sp_
 
 
-def leaf_set(space: Space, n_layers: int, runtime: Runtime, ep: int, pp: int, dp: int, m: int
-             ) -> tuple[list[tuple[str, str, int, str]], list[tuple[Rejected, int]], LeafInfo]:
+def leaf_set(space: Space, n_layers: int, runtime: Runtime, ep: int, pp: int, dp: int, m: int,
+             experts_apart: bool = False) -> tuple[list[tuple[str, str, int, str]], list[tuple[Rejected, int]], LeafInfo]:
     """(valid (sharding, schedule, vpp, order) of a core node with ``pp`` stages, ``dp`` replicas
-    and ``m`` micro-batches; the others as (reason, count); what the valid ones span)."""
+    and ``m`` micro-batches; the others as (reason, count); what the valid ones span).
+    ``experts_apart``: the experts are laid out apart from the dense layers (ep > 1 or etp)."""
     valid, rejected = [], []
     for sh in space.sh:
         for sched, v in space.sched:
@@ -195,7 +204,7 @@ def leaf_set(space: Space, n_layers: int, runtime: Runtime, ep: int, pp: int, dp
                     r = Rejected("not_divisible", "interleaving needs micro-batches divisible by pp")
                 elif runtime.refusal_of(sh, pp, dp, sched, 1, ep):
                     r = Rejected("unsupported", runtime.refusal_of(sh, pp, dp, sched, 1, ep))
-                elif ep > 1 and sh in ("zero3", "fsdp"):
+                elif (ep > 1 or experts_apart) and sh in ("zero3", "fsdp"):
                     r = Rejected("unsupported", "ZeRO-3 / FSDP with expert parallelism is not priced")
                 if r is None:
                     valid.append((sh, sched, v, order))
