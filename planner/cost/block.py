@@ -79,7 +79,7 @@ def cp_comm_s(model: ModelSpec, node: NodeSpec, lt: LayerTimes, g: GroupShape, *
             overlapped_exposed_s(dev, 2 * (cp - 1) * hop, lt.core_bwd_s))
 
 
-def ep_comm_s(model: ModelSpec, node: NodeSpec, g: GroupShape, tp_group: GroupShape, *, micro_batch: int,
+def ep_comm_s(model: ModelSpec, node: NodeSpec, g: GroupShape | None, tp_group: GroupShape, *, micro_batch: int,
               seq_len: int, cp: int, sequence_parallel: bool, precision: str, expert_tp: int = 0) -> float:
     """One token exchange of a block's routed tokens (the dispatch, or the combine) as
     Megatron-Core's all-to-all dispatcher runs it: each rank sends its ``tokens * top_k`` hidden
@@ -87,9 +87,10 @@ def ep_comm_s(model: ModelSpec, node: NodeSpec, g: GroupShape, tp_group: GroupSh
     routing); under sequence parallelism a tp rank exchanges its own sequence shard and the
     routed tokens are then all-gathered over the experts' tensor-parallel group (``expert_tp``
     ranks, default tp: the first of the tp group under Megatron's folded order) and
-    reduce-scattered back on the combine. One dispatch and one combine forward, both again
-    backward; not overlapped."""
-    if g.size == 1 or not model.is_moe:
+    reduce-scattered back on the combine (also without expert parallelism: ``g`` None or of one
+    rank; Megatron-Core v0.15 ``MoEAlltoAllTokenDispatcher``). One dispatch and one combine
+    forward, both again backward; not overlapped."""
+    if not model.is_moe:
         return 0.0
     tp = tp_group.size
     etp = expert_tp or tp
@@ -101,7 +102,7 @@ def ep_comm_s(model: ModelSpec, node: NodeSpec, g: GroupShape, tp_group: GroupSh
     tokens = micro_batch * seq_len / cp / (tp if sequence_parallel else 1)
     routed_bytes = (activation_bytes_per_element(precision) * tokens * model.top_k * model.hidden_size
                     * model.expert_token_load)  # padded to capacity: the padding is sent too
-    a2a = collective_time("all_to_all", routed_bytes, g, node)
+    a2a = collective_time("all_to_all", routed_bytes, g, node) if g is not None and g.size > 1 else 0.0
     if etp > 1 and sequence_parallel:
         a2a += collective_time("all_gather", routed_bytes * etp, etp_group, node)
     return a2a
@@ -161,10 +162,15 @@ def block_cost(model: ModelSpec, node: NodeSpec, runtime: Runtime, rates: Rates,
     bpe = activation_bytes_per_element(precision)
     act = bpe * b * (s / cp) * model.hidden_size
     stack = stack_of(node)
+    # Megatron-Core's MoE layer under sequence parallelism: the dispatcher all-gathers the routed
+    # tokens over the experts' tp group (ep_comm_s), the MLP's own gather / scatter pair is gone;
+    # a shared expert keeps it (a dense MLP beside the routed ones)
+    dispatcher_tp = (model.is_moe and sp and tp > 1 and not stack.executor
+                     and not model.shared_expert_ffn_hidden_size)
     tp_f = tp_b = 0.0
     if tp > 1:
         tp_f, tp_b = stack.tp_comm_s(model, node, act, tp_group, sp)
-        if etp and model.is_moe:  # the experts below tp: only the attention's tp collectives remain
+        if dispatcher_tp or (etp and model.is_moe):  # only the attention's tp collectives remain
             tp_f, tp_b = tp_f / 2, tp_b / 2
         if runtime.tp_comm_overlap and sp and not runtime.executor:
             gemm_f = sum(block_gemm_forward_times(model, b, s, tp, cp, precision, rates, ep, etp))
@@ -174,7 +180,7 @@ def block_cost(model: ModelSpec, node: NodeSpec, runtime: Runtime, rates: Rates,
         emb_f, head_f, head_bi = emb_f + e_f, head_f + h_f, head_bi + h_b
     cp_f, cp_b = cp_comm_s(model, node, lt, cp_group, tp=tp, micro_batch=b, seq_len=s, precision=precision)
     a2a = (ep_comm_s(model, node, ep_group, tp_group, micro_batch=b, seq_len=s, cp=cp, sequence_parallel=sp,
-                     precision=precision, expert_tp=etp) if ep > 1 else 0.0)
+                     precision=precision, expert_tp=etp) if ep > 1 or dispatcher_tp else 0.0)
     return BlockCost(lt, tp_f, tp_b, tp_f if recompute == "full" else 0.0, cp_f, cp_b,
                      emb_f, emb_b, head_f, head_bi, head_bw, act,
                      ep_f=2 * a2a, ep_b=2 * a2a, ep_rc=2 * a2a if recompute == "full" else 0.0)
