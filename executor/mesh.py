@@ -3,12 +3,13 @@ from __future__ import annotations
 
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 
-from planner.plan import ParallelConfig, mesh_dims, rank_layout, RankCoord
+from planner.plan import ParallelConfig
+from planner.layout import RankCoord, mesh_dims, rank_layout
 
 
 def build_mesh(parallel: ParallelConfig, device_type: str) -> DeviceMesh:
-    """``init_device_mesh`` over (names, shape) = :func:`planner.plan.mesh_dims` (slowest axis
-    first), so global rank r sits at :func:`planner.plan.rank_layout` ``[r]``."""
+    """``init_device_mesh`` over (names, shape) = :func:`planner.layout.mesh_dims` (slowest axis
+    first), so global rank r sits at :func:`planner.layout.rank_layout` ``[r]``."""
     names, shape = mesh_dims(parallel)
     return init_device_mesh(device_type, shape, mesh_dim_names=names)
 

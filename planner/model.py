@@ -9,30 +9,18 @@ presets can be checked against published counts.
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 from typing import Any
 
-from planner.errors import InputError, require
+from planner.errors import InputError
 from planner.io import parse_json
+from planner.model_checks import check_model_spec
 
-MLP_KINDS = ("gelu", "swiglu")
-NORM_KINDS = ("layernorm", "rmsnorm")
-POSITION_KINDS = ("learned", "rope", "alibi", "none")
-
-
-MAX_SHAPE = {"n_layers": 1 << 14, "hidden_size": 1 << 20, "n_heads": 1 << 16, "n_kv_heads": 1 << 16,
-             "ffn_hidden_size": 1 << 22, "vocab_size": 1 << 24, "seq_len": 1 << 24}
-"""Bounds far beyond any published model (the largest have ~200 layers, hidden 25,600, a
-256k vocabulary): a shape above them is a typo or an attack, refused in one line."""
-MAX_EXPERTS = 1 << 16
-MAX_CAPACITY_FACTOR = 64.0
-"""Megatron's recipes use 1.0-2.0; beyond this every expert could take all the tokens anyway."""
 OMITTED_AT_DEFAULT = {"rope_theta": 0.0, "rotary_fraction": 1.0, "norm_eps": 0.0,
                         "shared_expert_ffn_hidden_size": 0, "dense_layers": 0, "q_lora_rank": 0,
                         "kv_lora_rank": 0, "qk_rope_head_dim": 0, "v_head_dim": 0, "shared_expert_gate": True,
                         "qk_norm": False, "sliding_window": 0, "global_attention_every": 0, "norms_per_block": 2,
-                      "moe_capacity_factor": 0.0, "moe_pad_to_capacity": False}
+                        "moe_capacity_factor": 0.0, "moe_pad_to_capacity": False}
 """ModelSpec fields left out of :meth:`ModelSpec.to_dict` (and so of a plan's id) at these
 defaults, which mean "not stated" or "none": fields added after plans were recorded."""
 
@@ -174,72 +162,7 @@ class ModelSpec:
     norm_eps: float = 0.0
 
     def __post_init__(self) -> None:
-        for field in ("n_layers", "hidden_size", "n_heads", "n_kv_heads", "ffn_hidden_size",
-                      "vocab_size", "seq_len"):
-            value = getattr(self, field)
-            require(isinstance(value, int) and not isinstance(value, bool) and value > 0,
-                    field, f"must be a positive integer, got {value!r}")
-            limit = MAX_SHAPE[field]
-            require(value <= limit, field, f"{value:,} is beyond any real model (at most {limit:,})")
-        require(self.n_experts <= MAX_EXPERTS, "n_experts", f"{self.n_experts:,} is beyond any real model "
-                                                           f"(at most {MAX_EXPERTS:,})")
-        require(self.mlp in MLP_KINDS, "mlp", f"must be one of {MLP_KINDS}, got {self.mlp!r}")
-        require(self.norm in NORM_KINDS, "norm", f"must be one of {NORM_KINDS}, got {self.norm!r}")
-        require(self.position in POSITION_KINDS, "position",
-                f"must be one of {POSITION_KINDS}, got {self.position!r}")
-        require(self.n_heads % self.n_kv_heads == 0, "n_kv_heads",
-                f"{self.n_kv_heads} does not divide n_heads={self.n_heads}")
-        require(self.head_dim >= 0, "head_dim", "must be >= 0")
-        if self.head_dim == 0:
-            require(self.hidden_size % self.n_heads == 0, "n_heads",
-                    f"{self.n_heads} does not divide hidden_size={self.hidden_size}")
-        require(0.0 <= self.dropout < 1.0, "dropout", f"must be in [0, 1), got {self.dropout!r}")
-        require(self.n_experts >= 0, "n_experts", "must be >= 0")
-        if self.n_experts > 0:
-            require(1 <= self.top_k <= self.n_experts, "top_k",
-                    f"must be in 1..n_experts={self.n_experts}, got {self.top_k}")
-        require(not self.shared_expert_ffn_hidden_size or self.n_experts > 0, "shared_expert_ffn_hidden_size",
-                "needs routed experts (n_experts > 0)")
-        cf = self.moe_capacity_factor
-        require(isinstance(cf, (int, float)) and not isinstance(cf, bool) and math.isfinite(cf)
-                and 0 <= cf <= MAX_CAPACITY_FACTOR, "moe_capacity_factor",
-                f"must be 0 (dropless) or a number up to {MAX_CAPACITY_FACTOR}, got {cf!r}")
-        require(not cf or self.n_experts > 0, "moe_capacity_factor", "needs routed experts (n_experts > 0)")
-        require(not self.moe_pad_to_capacity or cf > 0, "moe_pad_to_capacity", "needs a moe_capacity_factor")
-        for field in ("max_positions", "position_offset", "embed_proj_dim", "expert_ffn_hidden_size",
-                      "shared_expert_ffn_hidden_size", "dense_layers", "kv_lora_rank", "q_lora_rank",
-                      "qk_rope_head_dim", "v_head_dim", "sliding_window", "global_attention_every",
-                      "norms_per_block"):
-            value = getattr(self, field)
-            require(isinstance(value, int) and not isinstance(value, bool) and value >= 0,
-                    field, f"must be an integer >= 0, got {value!r}")
-        for field in ("rope_theta", "norm_eps"):
-            value = getattr(self, field)
-            require(isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-                    and 0.0 <= value < 1e12, field, f"must be a finite number >= 0, got {value!r}")
-        require(isinstance(self.rotary_fraction, (int, float)) and not isinstance(self.rotary_fraction, bool)
-                and 0.0 < self.rotary_fraction <= 1.0, "rotary_fraction",
-                f"must be in (0, 1], got {self.rotary_fraction!r}")
-        require(not self.global_attention_every or self.sliding_window, "global_attention_every",
-                "needs a sliding_window (the other blocks' window)")
-        if not self.is_mla:
-            for field in ("q_lora_rank", "qk_rope_head_dim", "v_head_dim"):
-                require(getattr(self, field) == 0, field, "is a multi-head latent attention width: needs kv_lora_rank > 0")
-        else:
-            require(self.n_kv_heads == self.n_heads, "n_kv_heads",
-                    "multi-head latent attention up-projects keys and values for every head (n_kv_heads = n_heads)")
-            require(not self.bias and not self.qkv_bias_only, "bias", "multi-head latent attention has no biases here")
-        if self.dense_layers:
-            require(self.n_experts > 0, "dense_layers", "needs routed experts (n_experts > 0)")
-            require(self.dense_layers < self.n_layers, "dense_layers",
-                    f"{self.dense_layers} leaves no MoE block among the model's {self.n_layers} layers")
-        for field in ("shared_expert_gate", "qk_norm"):
-            require(isinstance(getattr(self, field), bool), field, f"must be true or false, got {getattr(self, field)!r}")
-        require(not (self.bias and self.qkv_bias_only), "qkv_bias_only",
-                "needs bias=False (bias=True already puts biases on every linear layer)")
-        if self.has_position_table and self.max_positions:
-            require(self.seq_len <= self.max_positions, "seq_len",
-                    f"{self.seq_len} exceeds the model's {self.max_positions} learned positions")
+        check_model_spec(self)
 
     # ----- derived shapes -------------------------------------------------------------------
     @property

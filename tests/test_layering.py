@@ -13,10 +13,10 @@ ROOT = Path(__file__).resolve().parent.parent
 # lower layers never import higher ones; "side" (calibration, records, reports, exports,
 # validation, the demo) imports downward only and nothing below it imports it
 LAYERS = (
-    ("spec", ("planner.errors", "planner.io", "planner.model", "planner.presets", "planner.hf_config",
-              "planner.catalog", "planner.units", "planner.framework_spec", "planner.hardware", "planner.profile_yaml",
-              "planner.cluster")),
-    ("plan", ("planner.plan", "planner.executor_rules", "planner.partition", "planner.schedule",
+    ("spec", ("planner.errors", "planner.io", "planner.model", "planner.model_checks", "planner.presets",
+              "planner.hf_config", "planner.catalog", "planner.units", "planner.framework_spec", "planner.hardware",
+              "planner.profile_yaml", "planner.cluster")),
+    ("plan", ("planner.plan", "planner.layout", "planner.executor_rules", "planner.partition", "planner.schedule",
               "planner.schedule_zb", "planner.schedule_estimate")),
     ("cost", ("planner.cost",)),
     ("search", ("planner.search",)),

@@ -8,7 +8,8 @@ from planner.cost.comm import GroupShape, collective_time
 from planner.cost.runtime import get_runtime
 from planner.cost.step import cluster_for, predict
 from planner.errors import InputError
-from planner.plan import ParallelConfig, expert_group_spreads
+from planner.plan import ParallelConfig
+from planner.layout import expert_group_spreads
 from planner.profile_yaml import load_profile
 from planner.search import brute_force, search
 
@@ -188,7 +189,7 @@ def test_expert_tensor_parallel_below_tp_folds_the_stage_into_expert_groups():
     from planner.cost.memory import rank_layer_params
     from planner.executor_rules import unsupported
     from planner.export import megatron_args, torchtitan_config
-    from planner.plan import expert_groups
+    from planner.layout import expert_groups
 
     with pytest.raises(InputError, match="etp"):
         cfg(etp=3)  # does not divide tp=2

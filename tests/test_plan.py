@@ -4,7 +4,8 @@ import pytest
 
 from planner.errors import InputError
 from planner.model import ModelSpec
-from planner.plan import ParallelConfig, Plan, axis_groups, group_node_spread, mesh_dims, rank_layout
+from planner.plan import ParallelConfig, Plan
+from planner.layout import axis_groups, group_node_spread, mesh_dims, rank_layout
 
 TINY = ModelSpec("tiny", n_layers=4, hidden_size=64, n_heads=4, n_kv_heads=4,
                  ffn_hidden_size=256, vocab_size=128, seq_len=32)
@@ -60,7 +61,7 @@ def test_world_size_mismatch():
 
 
 def test_strided_spread_fast_paths_match_counting():
-    from planner.plan import strided_group_spread
+    from planner.layout import strided_group_spread
     for size in (1, 2, 3, 4, 8, 16):
         for stride in (1, 2, 3, 4, 8, 16):
             for gpn in (1, 2, 4, 8):

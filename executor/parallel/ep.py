@@ -1,7 +1,7 @@
 """Expert parallelism: each rank of an expert-parallel group holds ``n_experts/ep`` of every MoE
 layer's experts; routed tokens go to the rank holding their expert and come back by all-to-all
 (GShard, Lepikhin et al. 2021; Megatron-Core's all-to-all token dispatcher). The groups are the
-planner's (:func:`planner.plan.expert_groups`): ``ep`` neighbouring dp ranks share one set of
+planner's (:func:`planner.layout.expert_groups`): ``ep`` neighbouring dp ranks share one set of
 experts, and an expert's gradients are summed over the ranks holding it (the expert-data-parallel
 group) and averaged over dp like every other gradient."""
 from __future__ import annotations
@@ -11,7 +11,8 @@ import torch.distributed as dist
 from torch.distributed._functional_collectives import all_to_all_single_autograd, wait_tensor
 from torch import nn
 
-from planner.plan import ParallelConfig, expert_groups
+from planner.plan import ParallelConfig
+from planner.layout import expert_groups
 
 
 def ep_groups(parallel: ParallelConfig, rank: int):

@@ -26,11 +26,12 @@ from planner.cost.runtime import Runtime
 from planner.cost.stacks import stack_of
 from planner.hardware import NodeSpec
 from planner.model import ModelSpec
-from planner.plan import ParallelConfig, group_node_spread
+from planner.plan import ParallelConfig
+from planner.layout import group_node_spread
 
 
 def group_shape(P: ParallelConfig, axis: str, gpus_per_node: int) -> GroupShape:
-    """The ``axis`` group of ``P`` under its rank layout (:func:`planner.plan.group_node_spread`)."""
+    """The ``axis`` group of ``P`` under its rank layout (:func:`planner.layout.group_node_spread`)."""
     per_node, nodes = group_node_spread(P, axis, gpus_per_node)
     return GroupShape(getattr(P, axis), per_node, nodes)
 

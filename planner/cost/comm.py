@@ -59,7 +59,7 @@ def overlapped_exposed_s(device: DeviceSpec, comm_s: float, compute_s: float) ->
 @dataclass(frozen=True)
 class GroupShape:
     """Where a communication group lands: ``size`` ranks, at most ``ranks_per_node`` of them
-    on one node, spread over ``nodes`` nodes (from :func:`planner.plan.group_node_spread`)."""
+    on one node, spread over ``nodes`` nodes (from :func:`planner.layout.group_node_spread`)."""
 
     size: int
     ranks_per_node: int

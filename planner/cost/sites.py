@@ -13,7 +13,8 @@ from planner.cost.stacks import stack_of
 from planner.errors import require
 from planner.hardware import ClusterSpec, NodeSpec
 from planner.model import ModelSpec
-from planner.plan import DEFAULT_ORDER, ParallelConfig, expert_group_spreads
+from planner.plan import DEFAULT_ORDER, ParallelConfig
+from planner.layout import expert_group_spreads
 
 
 @dataclass(frozen=True)

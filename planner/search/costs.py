@@ -17,7 +17,7 @@ from planner.cost.runtime import Runtime, effective_runtime
 from planner.cost.stacks import stack_of
 from planner.hardware import NodeSpec
 from planner.model import ModelSpec
-from planner.plan import strided_group_spread
+from planner.layout import strided_group_spread
 
 
 def blocks_lower_bound(n: int, value: float, dense_value: float, dense_layers: int) -> float:
