@@ -14,8 +14,8 @@ ROOT = Path(__file__).resolve().parent.parent
 # validation, the demo) imports downward only and nothing below it imports it
 LAYERS = (
     ("spec", ("planner.errors", "planner.io", "planner.model", "planner.model_checks", "planner.presets",
-              "planner.hf_config", "planner.catalog", "planner.units", "planner.framework_spec", "planner.hardware",
-              "planner.profile_yaml", "planner.cluster")),
+              "planner.hf_config", "planner.hf_families", "planner.catalog", "planner.units",
+              "planner.framework_spec", "planner.hardware", "planner.profile_yaml", "planner.cluster")),
     ("plan", ("planner.plan", "planner.layout", "planner.executor_rules", "planner.partition", "planner.schedule",
               "planner.schedule_zb", "planner.schedule_estimate")),
     ("cost", ("planner.cost",)),

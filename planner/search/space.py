@@ -160,6 +160,7 @@ def candidate_space(model: ModelSpec, world: int, gbs: int, fixed: dict) -> Spac
     if "ep" in fixed:
         sp_.ep = [fixed["ep"]]
     if "etp" in fixed:
+        require(model.is_moe or not fixed["etp"], "fix", f"etp=1 needs a mixture-of-experts model ({model.name})")
         sp_.etp = [fixed["etp"]]
     if "micro_batch" in fixed:
         sp_.mb = [fixed["micro_batch"]]
