@@ -261,3 +261,12 @@ def test_the_moe_layers_tp_communication_is_the_dispatchers():
     shared = block_cost(dataclasses.replace(MIXTRAL, shared_expert_ffn_hidden_size=4096), node, rt, rates, **kw)
     assert moe.tp_f == pytest.approx(dense.tp_f / 2) and shared.tp_f == pytest.approx(dense.tp_f)
     assert moe.ep_f > 0  # the dispatcher's gather over tp, without expert parallelism
+
+
+def test_a_runtime_without_expert_parallelism_gets_no_ep_plans_under_either_expert_layout():
+    """The leaf sets are memoised per (ep > 1, etp): the whole-expert layout at ep 1 must not lend
+    its leaves to ep > 1, which such a runtime refuses."""
+    model = dataclasses.replace(MIXTRAL, n_layers=4)
+    res = search(model, cluster_for("dgx-h100-80gb", 1, 8), 16, fixed={"recompute": "selective"}, top_k=5,
+                 refine=False, runtime=get_runtime("megatron-lm-2021"))
+    assert res.ranked and all(e.parallel.ep == 1 for e in res.ranked)

@@ -78,8 +78,8 @@ class BranchAndBound:
     # --- leaf sets per (pp, dp, m) --------------------------------------------------------------
     def leafset(self, pp: int, dp: int, m: int):
         """Valid (sharding, schedule, vpp, order) for a core node, the others counted by reason
-        (memoised: they depend on the expert-parallel degree only through ep > 1)."""
-        key = (pp, dp, m, self.ep > 1 or bool(self.etp))
+        (memoised: they depend on the expert layout only through ep > 1 and etp)."""
+        key = (pp, dp, m, self.ep > 1, self.etp)
         hit = self._leafsets.get(key)
         if hit is None:
             hit = self._leafsets[key] = leaf_set(self.space, self.model.n_layers, self.rt, self.ep, pp, dp, m,
