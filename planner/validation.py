@@ -287,9 +287,14 @@ def row_config(row: dict) -> RowConfig:
                              preset, profile)
     else:
         gpn_use = gpn
+    etp = _int(row, "etp") or 0
+    if not etp and ep > 1 and tp > 1 and dp % ep and (dp * tp) % ep == 0:
+        etp = 1  # ep above dp fits only with the experts whole below tp (Megatron-Core's MoE parallel folding)
+        sp = True
+        assumptions.append(f"ep {ep} > dp {dp}: experts whole below tp assumed (expert tensor parallel size 1)")
     try:
-        parallel = ParallelConfig(tp=tp, pp=pp, dp=dp, cp=cp, ep=ep, vpp=v, micro_batch=mb, global_batch=gbs,
-                                  seq_len=seq, recompute=recompute, sharding=sharding,
+        parallel = ParallelConfig(tp=tp, pp=pp, dp=dp, cp=cp, ep=ep, etp=etp, vpp=v, micro_batch=mb,
+                                  global_batch=gbs, seq_len=seq, recompute=recompute, sharding=sharding,
                                   sequence_parallel=sp, precision=precision,
                                   schedule="interleaved" if v > 1 else "1f1b")
         parallel.validate_for(model)

@@ -161,3 +161,16 @@ def test_a_moe_row_with_a_bare_vp_column_and_a_preset_spelled_its_own_way(tmp_pa
     df = validate(path).set_index("row_id")
     assert df.loc[232, "preset"] == "mixtral-8x7b" and "vpp8" in df.loc[232, "config"]
     assert df.loc[903, "preset"] == "deepseek-v3" and df.loc[903, "predicted"] > 0
+
+
+def test_an_ep_above_dp_row_is_read_with_the_experts_whole_below_tp():
+    """Row 234 (Megatron-Bridge, Qwen3 235B-A22B, tp2 dp16 ep32): ep above dp fits only with the
+    experts whole below tp, which the row is priced with and says so; ep that fits neither way is
+    skipped with the reason."""
+    from planner.validation import row_config
+    with SRC.open() as f:
+        rows = {r["row_id"]: r for r in csv.DictReader(f)}
+    qwen = row_config(rows["234"])
+    assert qwen.status == "assumed" and qwen.parallel.etp == 1 and qwen.parallel.ep == 32
+    assert "experts whole below tp" in qwen.reason
+    assert row_config(dict(rows["234"], ep="64")).status == "skipped"  # 64 divides neither dp 16 nor dp*tp 32
