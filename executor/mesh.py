@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 
-from planner.plan import ParallelConfig
 from planner.layout import RankCoord, mesh_dims, rank_layout
+from planner.plan import ParallelConfig
 
 
 def build_mesh(parallel: ParallelConfig, device_type: str) -> DeviceMesh:

@@ -8,8 +8,8 @@ from planner.cost.comm import GroupShape, collective_time
 from planner.cost.runtime import get_runtime
 from planner.cost.step import cluster_for, predict
 from planner.errors import InputError
-from planner.plan import ParallelConfig
 from planner.layout import expert_group_spreads
+from planner.plan import ParallelConfig
 from planner.profile_yaml import load_profile
 from planner.search import brute_force, search
 

@@ -3,9 +3,9 @@ import json
 import pytest
 
 from planner.errors import InputError
+from planner.layout import axis_groups, group_node_spread, mesh_dims, rank_layout
 from planner.model import ModelSpec
 from planner.plan import ParallelConfig, Plan
-from planner.layout import axis_groups, group_node_spread, mesh_dims, rank_layout
 
 TINY = ModelSpec("tiny", n_layers=4, hidden_size=64, n_heads=4, n_kv_heads=4,
                  ffn_hidden_size=256, vocab_size=128, seq_len=32)

@@ -11,8 +11,8 @@ import torch.distributed as dist
 from torch.distributed._functional_collectives import all_to_all_single_autograd, wait_tensor
 from torch import nn
 
-from planner.plan import ParallelConfig
 from planner.layout import expert_groups
+from planner.plan import ParallelConfig
 
 
 def ep_groups(parallel: ParallelConfig, rank: int):

@@ -25,9 +25,9 @@ from planner.cost.precision import activation_bytes_per_element
 from planner.cost.runtime import Runtime
 from planner.cost.stacks import stack_of
 from planner.hardware import NodeSpec
+from planner.layout import group_node_spread
 from planner.model import ModelSpec
 from planner.plan import ParallelConfig
-from planner.layout import group_node_spread
 
 
 def group_shape(P: ParallelConfig, axis: str, gpus_per_node: int) -> GroupShape:

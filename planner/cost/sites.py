@@ -12,9 +12,9 @@ from planner.cost.runtime import Runtime
 from planner.cost.stacks import stack_of
 from planner.errors import require
 from planner.hardware import ClusterSpec, NodeSpec
+from planner.layout import expert_group_spreads
 from planner.model import ModelSpec
 from planner.plan import DEFAULT_ORDER, ParallelConfig
-from planner.layout import expert_group_spreads
 
 
 @dataclass(frozen=True)

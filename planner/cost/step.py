@@ -34,9 +34,9 @@ from planner.cost.sites import Site, SiteBlock, plan_sites, site_block, validate
 from planner.cost.stacks import stack_of
 from planner.errors import InputError
 from planner.hardware import ClusterSpec
+from planner.layout import expert_group_spreads
 from planner.model import ModelSpec
 from planner.plan import ParallelConfig, Plan
-from planner.layout import expert_group_spreads
 from planner.profile_yaml import load_profile
 from planner.schedule_estimate import PipelineEstimate, closed_form_in_flight, estimate
 

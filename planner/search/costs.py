@@ -16,8 +16,8 @@ from planner.cost.precision import activation_bytes_per_element
 from planner.cost.runtime import Runtime, effective_runtime
 from planner.cost.stacks import stack_of
 from planner.hardware import NodeSpec
-from planner.model import ModelSpec
 from planner.layout import strided_group_spread
+from planner.model import ModelSpec
 
 
 def blocks_lower_bound(n: int, value: float, dense_value: float, dense_layers: int) -> float:
