@@ -171,7 +171,7 @@ def block_cost(model: ModelSpec, node: NodeSpec, runtime: Runtime, rates: Rates,
     tp_f = tp_b = 0.0
     if tp > 1:
         tp_f, tp_b = stack.tp_comm_s(model, node, act, tp_group, sp)
-        if dispatcher_tp or (etp and model.is_moe):  # only the attention's tp collectives remain
+        if dispatcher_tp:  # only the attention's tp collectives remain
             tp_f, tp_b = tp_f / 2, tp_b / 2
         if runtime.tp_comm_overlap and sp and not runtime.executor:
             gemm_f = sum(block_gemm_forward_times(model, b, s, tp, cp, precision, rates, ep, etp))
