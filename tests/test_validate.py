@@ -164,13 +164,14 @@ def test_a_moe_row_with_a_bare_vp_column_and_a_preset_spelled_its_own_way(tmp_pa
 
 
 def test_an_ep_above_dp_row_is_read_with_the_experts_whole_below_tp():
-    """Row 234 (Megatron-Bridge, Qwen3 235B-A22B, tp2 dp16 ep32): ep above dp fits only with the
-    experts whole below tp, which the row is priced with and says so; ep that fits neither way is
-    skipped with the reason."""
+    """Row 232 (Mixtral 8x7B on 64 H100) rewritten as tp2 pp4 dp8 ep16 would not fit 8 experts, and
+    as tp2 pp4 dp4 ep8: ep above dp fits only with the experts whole below tp, which the row is
+    priced with and says so; ep that fits neither way is skipped with the reason."""
     from planner.validation import row_config
     with SRC.open() as f:
         rows = {r["row_id"]: r for r in csv.DictReader(f)}
-    qwen = row_config(rows["234"])
-    assert qwen.status == "assumed" and qwen.parallel.etp == 1 and qwen.parallel.ep == 32
-    assert "experts whole below tp" in qwen.reason
-    assert row_config(dict(rows["234"], ep="64")).status == "skipped"  # 64 divides neither dp 16 nor dp*tp 32
+    folded = dict(rows["232"], tp="2", pp="4", dp="4", num_gpus="32", ep="8", sequence_parallel="yes")
+    mixtral = row_config(folded)
+    assert mixtral.status == "assumed" and mixtral.parallel.etp == 1 and mixtral.parallel.ep == 8
+    assert "experts whole below tp" in mixtral.reason
+    assert row_config(dict(folded, dp="2", num_gpus="16")).status == "skipped"  # 8 divides neither dp 2 nor dp*tp 4
