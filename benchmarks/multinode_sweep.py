@@ -1,11 +1,13 @@
 """Placement on an emulated two-node cluster: predicted before each run, then measured (issue 26).
 
     sudo .venv/bin/python benchmarks/multinode_sweep.py [--mbit 200 1000] [--rounds 3]
-        [--out reports/multinode-validation.md]
+        [--base PROFILE] [--out reports/multinode-validation.md]
 
 For each link rate: ``clusterplan emulate up --nodes 2`` (2 ranks per node, so 4 ranks share
 this machine's cores, which the cost model prices), ``clusterplan calibrate --emulated``: the node
-profile ``local-cpu`` with its inter-node link measured, then every plan of :data:`PLANS` (pairs that differ only in
+profile ``--base`` (the host's CPU as ``clusterplan calibrate`` measured it: calibrate this host
+first, a profile measured on another host predicts another CPU) with its inter-node link
+measured, then every plan of :data:`PLANS` (pairs that differ only in
 which axis crosses the slow link) predicted, written, and run with ``clusterplan run --emulated``
 ``--rounds`` times, round after round; each plan keeps its median step time. The report lists
 predicted vs measured per plan, the rank correlation of predicted and measured step times, and
@@ -73,11 +75,12 @@ def _profile_path(work: Path, mbit: float) -> Path:
     return work / f"emulated-{mbit:g}.yaml"
 
 
-def calibrate_link(mbit: float, work: Path) -> Path:
-    """``clusterplan calibrate --emulated`` on the cluster that is up: the node profile whose
-    inter-node link is measured (latency, bandwidth of 2 rank pairs at once), not typed."""
+def calibrate_link(mbit: float, work: Path, base: str) -> Path:
+    """``clusterplan calibrate --emulated`` on the cluster that is up: the node profile ``base``
+    whose inter-node link is measured (latency, bandwidth of 2 rank pairs at once), not typed."""
     path = _profile_path(work, mbit)
-    done = subprocess.run(cli_command("calibrate", "--emulated", "--gpus-per-node", "2", "--out", str(path)),
+    done = subprocess.run(cli_command("calibrate", "--emulated", "--gpus-per-node", "2", "--base", base,
+                                      "--out", str(path)),
                           capture_output=True, text=True, timeout=900)
     if done.returncode != 0:
         raise SystemExit(f"calibrate --emulated at {mbit:g} Mbit/s failed: {done.stdout[-400:]}{done.stderr[-400:]}")
@@ -114,10 +117,10 @@ def repredicted(mbit: float, rounds: int, work: Path) -> list[dict]:
     return rows
 
 
-def sweep(mbit: float, rounds: int, work: Path, steps: int, warmup: int) -> list[dict]:
+def sweep(mbit: float, rounds: int, work: Path, steps: int, warmup: int, base: str) -> list[dict]:
     emulate.up(2, mbit)
     try:
-        calibrate_link(mbit, work)
+        calibrate_link(mbit, work, base)
         rows = predicted_rows(mbit, work)
         for r in range(rounds):
             for row in rows:
@@ -134,10 +137,12 @@ def sweep(mbit: float, rounds: int, work: Path, steps: int, warmup: int) -> list
         emulate.down()
 
 
-def report(rows: list[dict], rounds: int, mbits: list[float], repredict: bool = False) -> str:
-    args = f"--mbit {' '.join(f'{m:g}' for m in mbits)} --rounds {rounds}"
+def report(rows: list[dict], rounds: int, mbits: list[float], base: str, repredict: bool = False) -> str:
+    args = f"--mbit {' '.join(f'{m:g}' for m in mbits)} --rounds {rounds} --base {base}"
     lines = ["# Placement on an emulated two-node cluster: predicted vs measured", "",
-             f"Regenerate: `sudo .venv/bin/python benchmarks/multinode_sweep.py {args}`.", ""]
+             f"Regenerate: `sudo .venv/bin/python benchmarks/multinode_sweep.py {args}`"
+             + ("" if base == "local-cpu" else f" after `clusterplan calibrate --out {base}` on the same host "
+                "(its header: what it measured)") + ".", ""]
     if repredict:
         lines = ["# Placement on an emulated two-node cluster: today's model against the last sweep's runs", "",
                  f"Regenerate: `.venv/bin/python benchmarks/multinode_sweep.py {args} --repredict` after the sweep "
@@ -146,7 +151,7 @@ def report(rows: list[dict], rounds: int, mbits: list[float], repredict: bool = 
     lines += [f"Two network-namespace nodes x 2 ranks (4 ranks on this machine's cores), each node's link shaped "
               f"with tc tbf; {MODEL.name} ({MODEL.n_layers} layers, hidden {MODEL.hidden_size}), fp32, global batch "
               f"{BASE['global_batch']}, micro-batch {BASE['micro_batch']}, seq {BASE['seq_len']}. Each plan predicted "
-              "(local-cpu profile, inter-node link measured by `clusterplan calibrate --emulated`, each node half "
+              f"(node profile `{base}`, inter-node link measured by `clusterplan calibrate --emulated`, each node half "
               "the host's cores), median of the rounds.", ""]
     for mbit in mbits:
         sub = [r for r in rows if r["mbit"] == mbit]
@@ -184,6 +189,8 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--work", default="runs/multinode")
+    ap.add_argument("--base", default="local-cpu",
+                    help="the node's CPU profile (default local-cpu; `clusterplan calibrate --out P` on this host first)")
     ap.add_argument("--out", default=None, help="default: reports/multinode-validation.md, with --repredict "
                                                  "reports/multinode-repredicted.md")
     ap.add_argument("--repredict", action="store_true",
@@ -193,8 +200,8 @@ def main(argv=None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     rows = []
     for mbit in a.mbit:
-        rows += repredicted(mbit, a.rounds, work) if a.repredict else sweep(mbit, a.rounds, work, a.steps, a.warmup)
-    text = report(rows, a.rounds, a.mbit, a.repredict)
+        rows += repredicted(mbit, a.rounds, work) if a.repredict else sweep(mbit, a.rounds, work, a.steps, a.warmup, a.base)
+    text = report(rows, a.rounds, a.mbit, a.base, a.repredict)
     a.out = a.out or str(ROOT / "reports" / ("multinode-repredicted.md" if a.repredict else "multinode-validation.md"))
     Path(a.out).write_text(text)
     print(text)
