@@ -65,12 +65,14 @@ def main(argv=None) -> int:
     rows = []
     for r in held:
         before, after = predict_run(r, base), predict_run(r, result.node)
-        mem_after = None
+        mem_before = mem_after = None
+        if r.measured_memory_bytes is not None:  # before: the cost model's peak as it is
+            mem_before = 100 * (before.peak_memory_bytes / r.measured_memory_bytes - 1)
         if r.measured_memory_bytes is not None and r.memory_source in {s for s, _, _ in result.node.memory_sources}:
             mem_after = 100 * (result.node.memory_reading_bytes(after.peak_memory_bytes, r.memory_source)
                                / r.measured_memory_bytes - 1)
         rows.append((r, 100 * (before.step_time_s / r.measured_step_time_s - 1),
-                     100 * (after.step_time_s / r.measured_step_time_s - 1), mem_after))
+                     100 * (after.step_time_s / r.measured_step_time_s - 1), mem_before, mem_after))
     d = result.to_dict()
     lines = ["# Fit on the small runs, predict the larger ones", "",
              f"Regenerate: `.venv/bin/python benchmarks/fit_holdout.py {' '.join(a.folders)} --hardware {a.hardware} "
@@ -89,14 +91,15 @@ def main(argv=None) -> int:
                      f"|error| {_mag(m['in_sample']['mean_abs_error_pct'])}, leave-one-out "
                      f"{_mag(m['leave_one_out']['mean_abs_error_pct'])}.")
     lines += ["", "## Held-out runs (never seen by the fit)", "",
-              "| run | ranks | plan | measured s | error before fit | error after fit | memory error after fit |",
-              "|---|---|---|---|---|---|---|"]
-    for r, b, af, mem in rows:
+              "| run | ranks | plan | measured s | error before fit | error after fit | memory error before fit "
+              "| memory error after fit |",
+              "|---|---|---|---|---|---|---|---|"]
+    for r, b, af, mb, ma in rows:
         lines.append(f"| {Path(r.name).name} | {r.plan.world_size} | {r.plan.parallel.megatron_notation()} | "
-                     f"{r.measured_step_time_s:.3f} | {_pct(b)} | {_pct(af)} | {_pct(mem)} |")
-    lines += ["", f"Held-out mean |step-time error|: before {_mag(_mean_abs(b for _, b, _, _ in rows))}, after "
-                  f"{_mag(_mean_abs(af for _, _, af, _ in rows))}; memory after "
-                  f"{_mag(_mean_abs(m for _, _, _, m in rows))}.", ""]
+                     f"{r.measured_step_time_s:.3f} | {_pct(b)} | {_pct(af)} | {_pct(mb)} | {_pct(ma)} |")
+    lines += ["", f"Held-out mean |step-time error|: before {_mag(_mean_abs(row[1] for row in rows))}, after "
+                  f"{_mag(_mean_abs(row[2] for row in rows))}; memory before "
+                  f"{_mag(_mean_abs(row[3] for row in rows))}, after {_mag(_mean_abs(row[4] for row in rows))}.", ""]
     Path(a.out).write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

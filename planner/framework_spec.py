@@ -64,6 +64,11 @@ FRAMEWORK_YAML: dict[str, tuple[str, float]] = {
     "fsdp_unit_forward_s_per_byte": ("fsdp_unit_forward_us_per_mib", MICRO / 2**20),
     "fsdp_unit_backward_s_per_byte": ("fsdp_unit_backward_us_per_mib", MICRO / 2**20),
 }
+PER_OP_COST_FIELDS = ("op_forward_s", "op_backward_s", "op_optimizer_s")
+"""The CPU cost of one aten op under autograd (dispatch, autograd bookkeeping), per phase: what
+a faster or slower host's Python and dispatcher scale together. The wrappers' costs (TP, SP,
+FSDP, ZeRO, DDP) are residuals of reference steps that include waits on their collectives, so
+they are not scaled with it; the pipeline's per-action cost is its own fit parameter."""
 
 
 @dataclass(frozen=True)
@@ -195,6 +200,11 @@ class FrameworkSpec:
         """The fields that hold one number (all but the rate tables)."""
         return tuple(f.name for f in dataclasses.fields(FrameworkSpec)
                      if f.name not in ("elementwise_rates", "attention_rates"))
+
+    def with_op_costs_scaled(self, scale: float) -> "FrameworkSpec":
+        """This spec with the per-op CPU costs (:data:`PER_OP_COST_FIELDS`) times ``scale``: the
+        host's dispatcher and Python speed relative to the calibration."""
+        return dataclasses.replace(self, **{f: getattr(self, f) * scale for f in PER_OP_COST_FIELDS})
 
     def with_attention_scaled(self, scale: float) -> "FrameworkSpec":
         """This spec with every measured attention rate (forward and backward) times ``scale``."""

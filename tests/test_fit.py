@@ -74,6 +74,24 @@ def test_fit_recovers_known_parameters(base, tmp_path):
     assert "do not depend" in res.fixed["inter_bandwidth_scale"]
 
 
+def test_fit_recovers_the_executor_framework_costs(tmp_path):
+    """On a profile with the executor's measured framework costs: the per-op costs (one scale for
+    the host's dispatcher) and the pipeline's cost per schedule action are recovered beside the
+    compute rate; both are left alone on a profile without them."""
+    node = load_profile("local-cpu")
+    true = {"compute_scale": 0.9, "op_overhead_scale": 1.6, "pp_action_s": 2e-3}
+    dirs = _write_runs(tmp_path, apply_params(node, true))
+    runs, _ = load_measured_runs(dirs)
+    res = fit_profile(runs, node, params=list(true), loo=False)
+    for name, value in true.items():
+        assert res.params[name] == pytest.approx(value, rel=0.02), name
+    assert res.node.framework.op_forward_s == pytest.approx(1.6 * node.framework.op_forward_s, rel=0.02)
+    assert res.node.framework.pp_action_s == pytest.approx(2e-3, rel=0.02)
+    gpu_res = fit_profile(runs, load_profile("dgx-a100-80gb"), params=["compute_scale", "op_overhead_scale"],
+                          loo=False)
+    assert "do not depend" in gpu_res.fixed["op_overhead_scale"]
+
+
 def test_fit_cli_writes_profile_and_loo(base, tmp_path, capsys):
     node, path = base
     true = {"compute_scale": 0.7, "kernel_overhead_s": 3e-6}
@@ -249,3 +267,39 @@ def test_attention_scale_is_recovered_apart_from_the_gemms_on_a_gpu_profile():
 LLAMA_8B = ModelSpec(name="llama-8b-ish", n_layers=4, hidden_size=4096, n_heads=32, n_kv_heads=8,
                      ffn_hidden_size=14336, vocab_size=128256, seq_len=8192, mlp="swiglu", norm="rmsnorm",
                      position="rope", tied_embeddings=False, bias=False)
+
+
+def test_the_memory_offset_is_kept_only_where_it_lowers_the_leave_one_out_error():
+    """Readings proportional to the prediction with a few percent of scatter: the offset is the
+    candidate with the lower leave-one-out error, and the note says which and why."""
+    from planner.calibrate.fit_runs import _memory_candidate, _mean_abs, fit_memory
+    from planner.calibrate.runs_table import MeasuredRun
+
+    predicted = [1e8, 2e8, 3e8, 4e8, 6e8]
+    for scatter in ((1.02, 0.97, 1.03, 0.98, 1.01), (1.0, 1.0, 1.0, 1.0, 1.0)):
+        readings = [0.9 * p * f + 5e7 * (scatter[0] == 1.0) for p, f in zip(predicted, scatter)]
+        runs = [MeasuredRun(f"r{i}", None, 1.0, m, "allocated") for i, m in enumerate(readings)]
+        fit = fit_memory(runs, predicted)
+        rows = [(p, m, "allocated") for p, m in zip(predicted, readings)]
+        without = _mean_abs(_memory_candidate(rows, ["allocated"], False)[2])
+        with_ = _mean_abs(_memory_candidate(rows, ["allocated"], True)[2])
+        assert (fit.offset_bytes != 0.0) == (with_ < without), fit.note
+        assert ("offset fitted" in fit.note) == (with_ < without)
+    assert fit.offset_bytes == pytest.approx(5e7, rel=1e-6)  # the exact case: the offset is real and kept
+
+
+def test_collective_tables_of_groups_wider_than_the_fitted_runs_keep_their_values(base, tmp_path):
+    """Runs of at most 2 ranks fit the 2-rank collectives' latency; the 4-rank tables, which no
+    fitted run exercised, stay as calibrated."""
+    node, _ = base
+    assert {c.group_size for c in node.collectives} >= {2, 4}
+    dirs = _write_runs(tmp_path, apply_params(node, {"latency_scale": 1.8}))
+    runs, _ = load_measured_runs(dirs)
+    narrow = [r for r in runs if r.plan.world_size <= 2]
+    res = fit_profile(narrow, node, params=["latency_scale"], loo=False)
+    assert res.params["latency_scale"] == pytest.approx(1.8, rel=0.02)
+    fitted = {(c.op, c.group_size): c for c in res.node.collectives}
+    for c in node.collectives:
+        f = fitted[(c.op, c.group_size)]
+        expect = c.latency_s * (1.8 if c.group_size <= 2 else 1.0)
+        assert f.latency_s == pytest.approx(expect, rel=0.02), (c.op, c.group_size)

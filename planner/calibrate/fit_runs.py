@@ -5,11 +5,14 @@ Time: bounded least squares on the relative step-time errors (scipy.optimize.lea
 'trf') over the parameters the runs can identify: a parameter is fitted only if the step times
 depend on it, it is not collinear with the ones already chosen (the design's rank, from the
 Jacobian at the profile's values), and fewer time parameters than timed runs remain; the others
-stay at the profile's values and the fit says why. Uncertainty: the linearised covariance
-``s^2 (J^T J)^-1`` at the solution, ``s^2`` the residual variance with n - p degrees of freedom.
-Memory: ``reading = factor[source] * predicted peak + offset`` by linear least squares over the
-memory readings, with fewer memory parameters than readings (else the offset is fixed at 0, or
-the memory fit is refused). Leave-one-out errors for both.
+stay at the profile's values and the fit says why. Measured collective tables of groups wider
+than every fitted run keep their calibrated values (the runs did not exercise them).
+Uncertainty: the linearised covariance ``s^2 (J^T J)^-1`` at the solution, ``s^2`` the residual
+variance with n - p degrees of freedom.
+Memory: ``reading = factor[source] * predicted peak + offset`` by linear least squares on the
+readings' relative errors, with fewer memory parameters than readings (else the offset is fixed
+at 0, or the memory fit is refused) and the offset only where it lowers the leave-one-out error.
+Leave-one-out errors for both.
 """
 from __future__ import annotations
 
@@ -30,19 +33,24 @@ from planner.io import read_json_object
 from planner.profile_yaml import profile_yaml
 
 GIB = 1024.0**3
-FIT_PARAMS = ("compute_scale", "memory_bound_efficiency", "kernel_overhead_s", "intra_bandwidth_scale",
-              "inter_bandwidth_scale", "latency_scale", "attention_scale")
+FIT_PARAMS = ("compute_scale", "op_overhead_scale", "memory_bound_efficiency", "kernel_overhead_s",
+              "pp_action_s", "intra_bandwidth_scale", "inter_bandwidth_scale", "latency_scale", "attention_scale")
 """Physical parameters, in the order they are tried: GEMM and attention rate (a scale of the
-peak), memory-bound efficiency, per-kernel overhead, bandwidth of each link tier (within a node,
-between nodes; a CPU profile's measured collectives are the within-node tier), latency, and the
-attention kernels' rate apart from the GEMMs' (a scale of the profile's measured attention tables:
-its fused kernels', or the executor's SDPA's; without tables the GEMM curve prices attention and
-this parameter changes nothing, so the fit leaves it)."""
-_LOG_PARAMS = {"compute_scale", "latency_scale", "intra_bandwidth_scale", "inter_bandwidth_scale", "attention_scale"}
-_BOUNDS = {"compute_scale": (0.2, 5.0), "kernel_overhead_s": (0.0, 1e-3), "memory_bound_efficiency": (0.01, 1.0),
+peak), the framework's per-op CPU costs (a scale of the calibrated ones,
+``FrameworkSpec.with_op_costs_scaled``; a profile without an executor framework has none, so the
+fit leaves it), memory-bound efficiency, per-kernel overhead, the pipeline's cost per schedule
+action (the framework's ``pp_action_s``), bandwidth of each link tier (within a node, between
+nodes; a CPU profile's measured collectives are the within-node tier), latency, and the attention
+kernels' rate apart from the GEMMs' (a scale of the profile's measured attention tables: its fused
+kernels', or the executor's SDPA's; without tables the GEMM curve prices attention and this
+parameter changes nothing, so the fit leaves it)."""
+_LOG_PARAMS = {"compute_scale", "op_overhead_scale", "latency_scale", "intra_bandwidth_scale",
+               "inter_bandwidth_scale", "attention_scale"}
+_BOUNDS = {"compute_scale": (0.2, 5.0), "op_overhead_scale": (0.2, 5.0), "kernel_overhead_s": (0.0, 1e-3),
+           "memory_bound_efficiency": (0.01, 1.0), "pp_action_s": (0.0, 0.05),
            "latency_scale": (0.05, 20.0), "intra_bandwidth_scale": (0.05, 20.0),
            "inter_bandwidth_scale": (0.05, 20.0), "attention_scale": (0.2, 5.0)}
-_UNIT = {"kernel_overhead_s": 1e-6}  # optimise the overhead in microseconds (conditioning)
+_UNIT = {"kernel_overhead_s": 1e-6, "pp_action_s": 1e-4}  # optimise small times in us / 100 us (conditioning)
 COLLINEAR_RATIO = 1e-3
 """A parameter joins the fit only if the smallest singular value of the column-normalised
 Jacobian with it stays above this fraction of the largest (Golub & Van Loan, numerical rank)."""
@@ -53,7 +61,8 @@ def base_params(node: NodeSpec) -> dict[str, float]:
     return {"compute_scale": 1.0, "kernel_overhead_s": node.device.kernel_overhead_s,
             "memory_bound_efficiency": node.device.memory_bound_efficiency,
             "latency_scale": 1.0, "intra_bandwidth_scale": 1.0, "inter_bandwidth_scale": 1.0,
-            "attention_scale": 1.0}
+            "attention_scale": 1.0, "op_overhead_scale": 1.0,
+            "pp_action_s": node.framework.pp_action_s if node.framework is not None else 0.0}
 
 
 def apply_params(node: NodeSpec, params: dict[str, float]) -> NodeSpec:
@@ -73,6 +82,10 @@ def apply_params(node: NodeSpec, params: dict[str, float]) -> NodeSpec:
     framework = node.framework
     if framework is not None and p["attention_scale"] != 1.0:
         framework = framework.with_attention_scaled(p["attention_scale"])
+    if framework is not None and p["op_overhead_scale"] != 1.0:
+        framework = framework.with_op_costs_scaled(p["op_overhead_scale"])
+    if framework is not None and p["pp_action_s"] != framework.pp_action_s:
+        framework = dataclasses.replace(framework, pp_action_s=max(0.0, p["pp_action_s"]))
     ls = p["latency_scale"]
 
     def link(l: LinkSpec, bs: float) -> LinkSpec:
@@ -274,22 +287,14 @@ def _memory_design(rows, sources, with_offset: bool) -> np.ndarray:
     return np.array(cols).T
 
 
-def fit_memory(runs: list[MeasuredRun], predicted_peaks: list[float]) -> MemoryFit | None:
-    """The memory relation from the runs with a reading (None when no run has one)."""
-    rows = [(p, r.measured_memory_bytes, r.memory_source) for r, p in zip(runs, predicted_peaks)
-            if r.measured_memory_bytes is not None]
-    if not rows:
-        return None
-    sources = sorted({s for _, _, s in rows})
-    if len(rows) <= len(sources):
-        return MemoryFit({}, 0.0, (), (), f"refused: {len(rows)} reading(s) for {len(sources)} source(s); "
-                                            "a fit needs more readings than memory parameters")
-    with_offset = len(rows) > len(sources) + 1
-    note = "" if with_offset else f"offset fixed at 0: {len(rows)} readings, {len(sources)} source(s)"
+def _memory_candidate(rows, sources, with_offset: bool):
+    """One memory relation fitted to ``rows`` on relative errors (each reading weighs the same
+    whatever its size): coefficients, in-sample and leave-one-out errors (percent)."""
 
     def solve(sub):
         A = _memory_design(sub, sources, with_offset)
-        coef, *_ = np.linalg.lstsq(A, np.array([m for _, m, _ in sub]), rcond=None)
+        measured = np.array([m for _, m, _ in sub])
+        coef, *_ = np.linalg.lstsq(A / measured[:, None], np.ones(len(sub)), rcond=None)
         return coef
 
     def predict_reading(coef, row):
@@ -304,8 +309,40 @@ def fit_memory(runs: list[MeasuredRun], predicted_peaks: list[float]) -> MemoryF
             loo.append(None)  # this reading is the only one of its source: nothing to predict it from
             continue
         loo.append(100.0 * (predict_reading(solve(rest), row) / row[1] - 1))
+    return coef, errors, tuple(loo)
+
+
+def _mean_abs(values) -> float:
+    vals = [abs(v) for v in values if v is not None]
+    return statistics.fmean(vals) if vals else math.inf
+
+
+def fit_memory(runs: list[MeasuredRun], predicted_peaks: list[float]) -> MemoryFit | None:
+    """The memory relation from the runs with a reading (None when no run has one): a factor per
+    source, and a shared offset only where the readings can spare it (more readings than
+    parameters) and it lowers the leave-one-out error (cross-validated model choice: an offset
+    fitted to a few small runs can extrapolate worse than none)."""
+    rows = [(p, r.measured_memory_bytes, r.memory_source) for r, p in zip(runs, predicted_peaks)
+            if r.measured_memory_bytes is not None]
+    if not rows:
+        return None
+    sources = sorted({s for _, _, s in rows})
+    if len(rows) <= len(sources):
+        return MemoryFit({}, 0.0, (), (), f"refused: {len(rows)} reading(s) for {len(sources)} source(s); "
+                                            "a fit needs more readings than memory parameters")
+    coef, errors, loo = _memory_candidate(rows, sources, with_offset=False)
+    note = f"offset fixed at 0: {len(rows)} readings, {len(sources)} source(s)"
+    offset = 0.0
+    if len(rows) > len(sources) + 1:
+        coef_o, errors_o, loo_o = _memory_candidate(rows, sources, with_offset=True)
+        without, with_ = _mean_abs(loo), _mean_abs(loo_o)
+        if with_ < without:
+            coef, errors, loo, offset = coef_o, errors_o, loo_o, float(coef_o[-1])
+            note = f"offset fitted (leave-one-out {with_:.1f}% with it, {without:.1f}% without)"
+        else:
+            note = f"offset fixed at 0 (leave-one-out {without:.1f}% without it, {with_:.1f}% with)"
     factors = {s: float(c) for s, c in zip(sources, coef)}
-    return MemoryFit(factors, float(coef[-1]) if with_offset else 0.0, errors, tuple(loo), note)
+    return MemoryFit(factors, offset, errors, loo, note)
 
 
 @dataclass(frozen=True)
@@ -368,6 +405,11 @@ def fit_profile(runs: list[MeasuredRun], base: NodeSpec, *, params: Iterable[str
         require(n in FIT_PARAMS, "params", f"unknown parameter {n!r} (allowed: {', '.join(FIT_PARAMS)})")
     require(len(names) >= 1, "params", "name at least one parameter")
     require(len(runs) >= 2, "runs", f"{len(runs)} usable run(s): a fit needs at least 2 (fewer parameters than runs)")
+    # measured collective tables of groups wider than any fitted run say nothing the runs saw:
+    # they keep their calibrated values (a latency fitted on 2-rank groups is not a 4-rank one's)
+    widest = max(r.plan.world_size for r in runs)
+    unseen = tuple(c for c in base.collectives if c.group_size > widest)
+    base = dataclasses.replace(base, collectives=tuple(c for c in base.collectives if c.group_size <= widest))
     chosen, fixed = choose_params(runs, base, names, runtime)
     require(bool(chosen), "params", "no parameter can be identified from these runs ("
             + "; ".join(f"{k}: {v}" for k, v in fixed.items()) + ")")
@@ -398,6 +440,7 @@ def fit_profile(runs: list[MeasuredRun], base: NodeSpec, *, params: Iterable[str
     if memory is not None and memory.factors:
         node = dataclasses.replace(node, memory_sources=tuple(
             (s, f, memory.offset_bytes) for s, f in memory.factors.items()))
+    node = dataclasses.replace(node, collectives=node.collectives + unseen)
     initial = {n: base_params(base)[n] for n in chosen}
     return FitResult(params=fitted, initial=initial, uncertainty=_uncertainty(chosen, res, len(runs)), fixed=fixed,
                      node=node, run_names=tuple(r.name for r in runs), errors_before_pct=before,
