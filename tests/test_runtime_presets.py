@@ -203,3 +203,29 @@ def test_search_proposes_only_what_the_runtime_runs():
         assert result.ranked and all(rt.refusal(e.parallel) is None for e in result.ranked)
         if name != "torchtitan":
             assert "unsupported" in result.rejections
+
+
+def test_torchtitan_selective_recomputes_every_second_matmul_and_keeps_what_it_saves():
+    """torchtitan's op-level selective AC (9dec370 _save_list): of Llama's wq, wk, wv, wo, w1, w3,
+    w2 the key, output and w3 projections are recomputed; a block keeps its input and the saved
+    matmul and attention outputs. Megatron's selective rule recomputes the attention core only."""
+    from planner.cost.flops import op_sac_recomputed_gemms, step_flops
+    from planner.cost.memory import layer_activation_bytes
+    model = load_model("llama3-8b")
+    h, f, kv = model.hidden_size, model.ffn_hidden_size, model.kv_dim
+    assert op_sac_recomputed_gemms(model, 10, 1) == [(10, kv, h), (10, h, h), (10, f, h)]
+    mf, hf = step_flops(model, 4, 8192, "selective", "every_second_mm")
+    assert hf - mf == pytest.approx(model.n_layers * 2 * 4 * 8192 * (kv * h + h * h + f * h))
+    tokens = 2 * 8192
+    saved = layer_activation_bytes(model, 2, 8192, 1, 1, False, "selective", "bf16", "flash",
+                                   selective="every_second_mm")
+    assert saved == pytest.approx(2 * tokens * (h + h + kv + f + h + h))  # input; q, v, w1, w2; attention out
+    assert saved < layer_activation_bytes(model, 2, 8192, 1, 1, False, "selective", "bf16", "flash")
+    from planner.cost.runtime import get_runtime
+    par = ParallelConfig(dp=8, micro_batch=2, global_batch=16, seq_len=8192, recompute="selective",
+                         sharding="fsdp", precision="bf16")
+    cluster = cluster_for("dgx-h100-80gb", 1)
+    titan = predict(model, cluster, par, get_runtime("torchtitan"), timeline=False)
+    default = predict(model, cluster, par, get_runtime("default"), timeline=False)
+    assert titan.time.recompute_s > default.time.recompute_s
+    assert titan.memory.activations_bytes < default.memory.activations_bytes

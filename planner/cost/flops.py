@@ -75,6 +75,24 @@ def head_forward_flops(model: ModelSpec, tokens: float) -> float:
     return 2.0 * tokens * model.hidden_size * model.vocab_size
 
 
+def op_sac_gemms(model: ModelSpec, tokens: float, tp: int) -> list[tuple[float, float, float]]:
+    """(M, N, K) of each ``aten.mm`` of a dense block on one tp rank in torchtitan's forward order:
+    the query, key, value and output projections (separate matmuls), then the MLP's w1, w3
+    (gated) and w2, or its two matmuls (torchtitan/models/llama/model.py)."""
+    h, T, f = model.hidden_size, tokens, model.ffn_hidden_size
+    gemms = [(T, model.q_dim / tp, h), (T, model.kv_dim / tp, h), (T, model.v_dim / tp, h),
+             (T, h, model.attn_out_dim / tp)]
+    up = [(T, f / tp, h)] * (model.mlp_matrices - 1)
+    return gemms + up + [(T, h, f / tp)]
+
+
+def op_sac_recomputed_gemms(model: ModelSpec, tokens: float, tp: int) -> list[tuple[float, float, float]]:
+    """The matmuls torchtitan's ``op`` selective AC recomputes: every second one of the block in
+    forward order (its policy counts ``aten.mm`` calls and saves the odd ones; for Llama: the key,
+    output and w3 projections)."""
+    return op_sac_gemms(model, tokens, tp)[1::2]
+
+
 def recompute_forward_flops(layer: LayerFlops, recompute: str) -> float:
     """Forward FLOPs recomputed during backward (Korthikanti et al. 2022, Sec. 5):
     full = the whole block, selective = the attention core (QK^T, softmax, AV)."""
@@ -85,10 +103,17 @@ def recompute_forward_flops(layer: LayerFlops, recompute: str) -> float:
     return 0.0
 
 
-def step_flops(model: ModelSpec, global_batch: int, seq_len: int, recompute: str) -> tuple[float, float]:
-    """(model FLOPs, hardware FLOPs) of one optimizer step over ``global_batch`` sequences."""
+def step_flops(model: ModelSpec, global_batch: int, seq_len: int, recompute: str,
+               selective: str = "attention_core") -> tuple[float, float]:
+    """(model FLOPs, hardware FLOPs) of one optimizer step over ``global_batch`` sequences;
+    ``selective``: the runtime's selective recomputation (``every_second_mm``: torchtitan's,
+    :func:`op_sac_recomputed_gemms`, on dense standard-attention blocks)."""
     tokens = float(global_batch) * seq_len
     moe, dense = model.moe_layers, model.n_layers - model.moe_layers
+    if recompute == "selective" and selective == "every_second_mm" and not model.is_moe and not model.is_mla:
+        model_flops, _ = step_flops(model, global_batch, seq_len, "none")
+        redone = sum(2.0 * m * n * k for m, n, k in op_sac_recomputed_gemms(model, tokens, 1))
+        return model_flops, model_flops + model.n_layers * redone
     kinds = [(n, layer_forward_flops(m, tokens, seq_len)) for n, m in ((moe, model), (dense, model.dense_block())) if n]
     head = head_forward_flops(model, tokens)
     model_flops = 3.0 * (sum(n * layer.total for n, layer in kinds) + head)

@@ -23,6 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from planner.cost import framework as fw
+from planner.cost.flops import op_sac_gemms
 from planner.cost.precision import activation_bytes_per_element, state_bytes_per_param
 from planner.cost.stacks import FUSED
 from planner.executor_rules import ties_embeddings
@@ -42,7 +43,8 @@ def shard_divisors(sharding: str, dp: int) -> tuple[int, int, int]:
 
 def layer_activation_bytes(model: ModelSpec, micro_batch: int, seq_len: int, tp: int, cp: int,
                            sequence_parallel: bool, recompute: str, precision: str,
-                           attention: str = "unfused", executor: bool = False) -> float:
+                           attention: str = "unfused", executor: bool = False,
+                           selective: str = "attention_core") -> float:
     """Activation bytes one block keeps for its backward, per micro-batch and rank.
 
     Korthikanti et al. 2022 Sec. 4.1 itemised (bpe = bytes per element, 2 for fp16/bf16):
@@ -57,6 +59,10 @@ def layer_activation_bytes(model: ModelSpec, micro_batch: int, seq_len: int, tp:
     again in backward, Korthikanti Sec. 4.2.2); the unfused RMSNorm also keeps its normalised
     output before the weight (one more sbh per norm); SwiGLU keeps the SiLU output besides
     the gate, up and product tensors (4 f instead of 3 f).
+
+    selective ``every_second_mm`` (torchtitan's ``op`` policy, :class:`planner.cost.runtime.Runtime`):
+    the block's input, the outputs of the matmuls it saves (every odd one in forward order) and
+    the attention kernel's output; element-wise intermediates are recomputed, not kept.
     """
     bpe = activation_bytes_per_element(precision)
     h = model.hidden_size
@@ -65,6 +71,10 @@ def layer_activation_bytes(model: ModelSpec, micro_batch: int, seq_len: int, tp:
     rep_div = tp if sequence_parallel else 1
     if recompute == "full":
         return bpe * sbh / rep_div
+    if recompute == "selective" and selective == "every_second_mm" and not model.is_moe and not model.is_mla:
+        tokens = micro_batch * s_local
+        saved_mm = sum(n for _, n, _ in op_sac_gemms(model, tokens, tp)[0::2])
+        return bpe * (sbh / rep_div + tokens * (saved_mm + model.attn_out_dim / tp))
     mask = 1 if model.dropout > 0 else 0
     linear_inputs_div = 1 if executor else rep_div
     norm_inputs = model.norms_per_block * (2 if executor and model.norm == "rmsnorm" else 1)
@@ -97,13 +107,15 @@ def korthikanti_layer_bytes(s: int, b: int, h: int, a: int, t: int = 1, sp: bool
     return s * b * h * (10 + 24.0 / t + attn / t)
 
 
-def logits_bytes_per_token(model: ModelSpec, tp: int, precision: str, executor: bool) -> float:
+def logits_bytes_per_token(model: ModelSpec, tp: int, precision: str, fp32_loss: bool) -> float:
     """Bytes the loss needs per token on the last stage. Megatron's fused vocab-parallel cross
-    entropy: the fp32 logits and their gradient in the compute dtype. The executor: with
-    F.cross_entropy the fp32 log-softmax output plus two fp32 buffers of the same size in its
-    backward (the NLL gradient, then the input gradient); with ``loss_parallel`` (TP) one more
-    (its fused backward's zero-initialised gradient besides the exp and the result)."""
-    if executor:
+    entropy: the fp32 logits and their gradient in the compute dtype. ``fp32_loss`` (the
+    executor; torchtitan, :attr:`planner.cost.runtime.Runtime.fp32_cross_entropy`):
+    F.cross_entropy on fp32 logits keeps the fp32 log-softmax output plus two fp32 buffers of the
+    same size in its backward (the NLL gradient, then the input gradient); with
+    ``loss_parallel`` (TP) one more (its fused backward's zero-initialised gradient besides the
+    exp and the result)."""
+    if fp32_loss:
         per_vocab = (4 if tp > 1 else 3) * 4.0
     else:
         per_vocab = 4.0 + activation_bytes_per_element(precision)
@@ -250,7 +262,7 @@ def stage_parameters(model: ModelSpec, parallel, ep: int | None = None) -> list[
 
 
 def stage_memories(model: ModelSpec, parallel, device, in_flight, attention: str,
-                   stack=FUSED) -> list:
+                   stack=FUSED, selective: str = "attention_core", fp32_loss: bool = False) -> list:
     """Per pipeline rank ``(rank, layers, StageMemory)`` given the micro-batches in flight per
     rank (from the schedule).
 
@@ -271,12 +283,12 @@ def stage_memories(model: ModelSpec, parallel, device, in_flight, attention: str
 
     def activations(m: ModelSpec, recompute: str) -> float:
         return layer_activation_bytes(m, b, s, tp, P.cp, P.sequence_parallel, recompute, P.precision, attention,
-                                      executor=executor)
+                                      executor=executor, selective=selective)
 
     one_layer, one_dense = activations(model, P.recompute), activations(dense, P.recompute)
     full_layer = max(activations(model, "none"), activations(dense, "none")) if P.recompute == "full" else 0.0
     tokens = b * (s / P.cp)
-    logits_per_token = logits_bytes_per_token(model, tp, P.precision, executor)
+    logits_per_token = logits_bytes_per_token(model, tp, P.precision, executor or fp32_loss)
     untied_head = executor_untied_head_params(model, tp, pp, executor)
     zb_pending = (fw.zb_pending_weight_passes(pp, P.num_micro_batches)
                   if executor and pp > 1 and P.schedule == "zb" else None)

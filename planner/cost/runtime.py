@@ -18,6 +18,7 @@ from planner.errors import InputError, require
 from planner.hardware import ClusterSpec, NodeSpec
 
 ATTENTION_KINDS = ("flash", "unfused")
+SELECTIVE_RECOMPUTE = ("attention_core", "every_second_mm")
 GATHER_GRANULARITY = ("per_layer", "per_tensor")
 
 
@@ -90,6 +91,17 @@ class Runtime:
     recompute_gathers_again: ZeRO-3 with full recomputation gathers the parameters once more
         for the recomputed forward (DeepSpeed's module hooks fire again; FSDP's backward
         pre-hook gathers once for recompute + backward).
+    selective_recompute: what ``--recompute selective`` recomputes in this stack:
+        ``attention_core`` (Megatron-LM / Megatron-Core, Korthikanti et al. 2022 Sec. 5: the
+        attention core only) or ``every_second_mm`` (torchtitan's selective AC, option ``op``:
+        torchtitan/parallelisms/parallelize_llama.py ``_save_list`` at 9dec370, 2024-12: the
+        outputs of the matmuls and of the SDPA kernel are saved except every second ``aten.mm``
+        of a block in forward order, and every element-wise op is recomputed;
+        :func:`planner.cost.compute.op_sac_recomputed_gemms`).
+    fp32_cross_entropy: the loss is ``F.cross_entropy`` on an fp32 copy of the logits (torchtitan
+        train.py ``loss_fn`` at 9dec370), holding what this project's executor's loss holds
+        (:func:`planner.cost.memory.logits_bytes_per_token`); False: Megatron's fused
+        vocab-parallel cross entropy (fp32 logits and their gradient in the compute dtype).
     shardings / pipeline_shardings: the data-parallel shardings the framework runs, and those it
         runs together with pipeline parallelism; ``schedules``: its pipeline schedules;
         ``context_parallel`` / ``expert_parallel``: whether it has context / expert parallelism.
@@ -115,6 +127,8 @@ class Runtime:
     prefetch_bucket_numel: int = 50_000_000
     max_live_parameters: int = 0
     max_reuse_distance: int = 1_000_000_000
+    selective_recompute: str = "attention_core"
+    fp32_cross_entropy: bool = False
     shardings: tuple[str, ...] = ("none", "zero1", "zero2", "zero3", "fsdp")
     pipeline_shardings: tuple[str, ...] = ("none", "zero1", "zero2", "zero3", "fsdp")
     schedules: tuple[str, ...] = ("gpipe", "1f1b", "interleaved", "zb")
@@ -155,6 +169,8 @@ class Runtime:
                 "prefetch bucket, live-parameter limit and reuse distance must be >= 0")
         require(self.gather_granularity in GATHER_GRANULARITY, "runtime.gather_granularity",
                 f"must be one of {GATHER_GRANULARITY}")
+        require(self.selective_recompute in SELECTIVE_RECOMPUTE, "runtime.selective_recompute",
+                f"must be one of {SELECTIVE_RECOMPUTE}")
 
     def to_dict(self) -> dict:
         return {"name": self.name, "executor": self.executor, "attention": self.attention,
@@ -172,6 +188,8 @@ class Runtime:
                 "prefetch_bucket_numel": self.prefetch_bucket_numel,
                 "max_live_parameters": self.max_live_parameters,
                 "max_reuse_distance": self.max_reuse_distance,
+                "selective_recompute": self.selective_recompute,
+                "fp32_cross_entropy": self.fp32_cross_entropy,
                 "shardings": list(self.shardings), "pipeline_shardings": list(self.pipeline_shardings),
                 "schedules": list(self.schedules), "context_parallel": self.context_parallel,
                 "expert_parallel": self.expert_parallel}
@@ -238,8 +256,10 @@ RUNTIME_PRESETS: dict[str, Runtime] = {
     # the backward (torchtitan docs/fsdp.md; PyTorch FSDP2 RFC #114299)
     # DDP or FSDP2 (reshard_after_forward False is ZeRO-2, True ZeRO-3), no ZeRO-1; schedules
     # GPipe, 1F1B, Interleaved1F1B, zero-bubble (torchtitan docs, torch.distributed.pipelining).
+    # Selective AC is its "op" policy (every second matmul of a block recomputed).
     "torchtitan": Runtime(name="torchtitan", attention="flash", shard_prefetch=True, gather_granularity="per_layer",
-                          shardings=("none", "zero2", "zero3", "fsdp"), pipeline_shardings=("none", "zero2", "zero3", "fsdp")),
+                          shardings=("none", "zero2", "zero3", "fsdp"), pipeline_shardings=("none", "zero2", "zero3", "fsdp"),
+                          selective_recompute="every_second_mm", fp32_cross_entropy=True),
     # this project's executor (executor/): torch SDPA, DDP buckets overlapped with backward, FSDP2
     # prefetch; on a CPU host whose ranks take every core nothing overlaps (effective_runtime)
     "executor": EXECUTOR_RUNTIME,

@@ -289,7 +289,8 @@ def predict(model: ModelSpec, cluster: ClusterSpec, parallel: ParallelConfig,
     peak_mem, hbm = per_rank[peak_rank][1], per_rank[peak_rank][2]
 
     time = _breakdown(P, timed)
-    model_flops, hw_flops = step_flops(model, P.global_batch, P.seq_len, P.recompute)
+    model_flops, hw_flops = step_flops(model, P.global_batch, P.seq_len, P.recompute,
+                                       runtimes[0].selective_recompute)
     if len(sites) == 1:
         peak = timed.rates[0].peak_flops
     else:
@@ -330,7 +331,8 @@ def rank_memories(model: ModelSpec, sites: tuple[Site, ...], runtimes, schedule:
     for s, rt in zip(sites, runtimes):
         stack = stack_of(s.node)
         flight = stack.in_flight(schedule, P.pp, P.num_micro_batches, in_flight)
-        rows = stage_memories(model, s.P, s.node.device, flight, rt.attention, stack=stack)
+        rows = stage_memories(model, s.P, s.node.device, flight, rt.attention, stack=stack,
+                              selective=rt.selective_recompute, fp32_loss=rt.fp32_cross_entropy)
         for r in s.ranks:
             per_rank[r] = (rows[r][1], rows[r][2], s.node.device.hbm_bytes)
     return per_rank

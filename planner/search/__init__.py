@@ -106,7 +106,7 @@ def uneven_split(model: ModelSpec, cluster: ClusterSpec, P: ParallelConfig,
     head_p = (model.head_params() + (model.vocab_size * model.hidden_size if model.tied_embeddings else 0)) / P.tp
     # conservative: the logits are charged on top of the block working set (predict() takes the
     # larger of the two, planner.cost.memory.peak_transients)
-    logits = (logits_bytes_per_token(model, P.tp, P.precision, costs.stack.executor)
+    logits = (logits_bytes_per_token(model, P.tp, P.precision, costs.stack.executor or costs.rt.fp32_cross_entropy)
               * P.micro_batch * (P.seq_len / P.cp))
     cut = partition_chain([t[0] for t in per_block], mem, pp, limits,
                           first_extra=(lc.emb_f + lc.emb_b, emb_p * state),

@@ -130,7 +130,7 @@ class BranchAndBound:
             saved_loss = 0.0
             if r == pp - 1:
                 tokens = mb * (self.seq / cp)
-                logits = logits_bytes_per_token(mdl, tp, self.prec, executor) * tokens
+                logits = logits_bytes_per_token(mdl, tp, self.prec, executor or self.costs.rt.fp32_cross_entropy) * tokens
                 saved_loss = max(0, flight - 1) * executor_saved_logits_bytes_per_token(mdl, tp, executor) * tokens
             tensors = params * per_param + flight * lc.blocks(n_r, lambda c: c.layer_act) + saved_loss + sum(
                 peak_transients(logits, gathered, layer_act_full))

@@ -156,7 +156,8 @@ class Costs:
 
     def _block_activations(self, m: ModelSpec, tp: int, cp: int, mb: int, rc: str, sp: bool) -> LayerActivations:
         executor, attention, s = self.stack.executor, self.rt.attention, self.seq
-        kept = layer_activation_bytes(m, mb, s, tp, cp, sp, rc, self.prec, attention, executor)
+        kept = layer_activation_bytes(m, mb, s, tp, cp, sp, rc, self.prec, attention, executor,
+                                      self.rt.selective_recompute)
         full = (layer_activation_bytes(m, mb, s, tp, cp, sp, "none", self.prec, attention, executor)
                 if rc == "full" else 0.0)
         return LayerActivations(kept, full)
