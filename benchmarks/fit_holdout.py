@@ -6,11 +6,16 @@ fit never saw are the measure.
     .venv/bin/python benchmarks/fit_holdout.py runs/holdout --hardware local-cpu --fit-max-world 2 \\
         --out reports/fit-holdout.md
 
+    # a public table in the measured-runs schema: torchtitan's 2024-12 H100 runs, fit on 8 GPUs
+    .venv/bin/python benchmarks/fit_holdout.py --runs benchmarks/torchtitan_h100_runs.csv \\
+        --hardware dgx-h100-80gb --runtime torchtitan --fit-max-world 8 --out reports/fit-torchtitan-holdout.md
+
 Every run folder under the given folders (``summary.json`` with status ok, or contended: on this
 2-core machine every 4-rank plan is flagged so by its own oversubscription) is a row of the
 measured-runs table (``planner.calibrate.runs_table``). Runs of at most ``--fit-max-world`` ranks
 are fitted with ``clusterplan fit``'s code path (what they identify, leave-one-out); the others
-are predicted with the profile before and after the fit.
+are predicted with the profile before and after the fit. ``--runs CSV``: the rows of a measured-runs
+table instead (``clusterplan fit --runs``'s schema), priced with ``--runtime``.
 """
 from __future__ import annotations
 
@@ -24,6 +29,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from planner.calibrate.fit_runs import fit_profile, load_measured_runs, predict_run  # noqa: E402
+from planner.calibrate.runs_table import load_runs_table  # noqa: E402
+from planner.cost.runtime import get_runtime  # noqa: E402
 from planner.profile_yaml import load_profile, resolve_profile_path  # noqa: E402
 
 
@@ -49,22 +56,28 @@ def _mean_abs(values) -> float | None:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("folders", nargs="+", help="folders holding run folders (searched recursively)")
+    ap.add_argument("folders", nargs="*", help="folders holding run folders (searched recursively)")
+    ap.add_argument("--runs", default=None, metavar="CSV", help="a measured-runs table instead of run folders")
+    ap.add_argument("--runtime", default=None, help="the stack the runs used (a planner.cost.runtime preset)")
     ap.add_argument("--hardware", required=True)
     ap.add_argument("--fit-max-world", type=int, default=2)
     ap.add_argument("--out", default=str(ROOT / "reports" / "fit-holdout.md"))
     ap.add_argument("--note", default="", help="where and when the runs were measured (goes into the report)")
     a = ap.parse_args(argv)
-    dirs = sorted({p.parent for f in a.folders for p in Path(f).rglob("summary.json")})
-    # runs of more ranks than cores are flagged contended by their own oversubscription: kept
-    runs, skipped = load_measured_runs(dirs, statuses=("ok", "contended"))
+    runtime = get_runtime(a.runtime)
+    if a.runs:
+        runs, skipped = load_runs_table(a.runs, a.hardware), []
+    else:
+        dirs = sorted({p.parent for f in a.folders for p in Path(f).rglob("summary.json")})
+        # runs of more ranks than cores are flagged contended by their own oversubscription: kept
+        runs, skipped = load_measured_runs(dirs, statuses=("ok", "contended"))
     fit_runs = [r for r in runs if r.plan.world_size <= a.fit_max_world]
     held = [r for r in runs if r.plan.world_size > a.fit_max_world]
     base = load_profile(a.hardware)
-    result = fit_profile(fit_runs, base)
+    result = fit_profile(fit_runs, base, runtime=runtime)
     rows = []
     for r in held:
-        before, after = predict_run(r, base), predict_run(r, result.node)
+        before, after = predict_run(r, base, runtime), predict_run(r, result.node, runtime)
         mem_before = mem_after = None
         if r.measured_memory_bytes is not None:  # before: the cost model's peak as it is
             mem_before = 100 * (before.peak_memory_bytes / r.measured_memory_bytes - 1)
@@ -74,9 +87,12 @@ def main(argv=None) -> int:
         rows.append((r, 100 * (before.step_time_s / r.measured_step_time_s - 1),
                      100 * (after.step_time_s / r.measured_step_time_s - 1), mem_before, mem_after))
     d = result.to_dict()
+    source = f"--runs {a.runs}" if a.runs else " ".join(a.folders)
+    stack = f" --runtime {a.runtime}" if a.runtime else ""
     lines = ["# Fit on the small runs, predict the larger ones", "",
-             f"Regenerate: `.venv/bin/python benchmarks/fit_holdout.py {' '.join(a.folders)} --hardware {a.hardware} "
-             f"--fit-max-world {a.fit_max_world}` (the runs: the command in the script's docstring).", "",
+             f"Regenerate: `.venv/bin/python benchmarks/fit_holdout.py {source} --hardware {a.hardware}{stack} "
+             f"--fit-max-world {a.fit_max_world}`" + ("." if a.runs else " (the runs: the command in the script's "
+                                                       "docstring)."), "",
              f"Profile `{_relative(resolve_profile_path(a.hardware))}`; {len(fit_runs)} runs of at most {a.fit_max_world} ranks "
              f"fitted, {len(held)} larger runs held out; {len(skipped)} folders skipped (not ok).", "",
              *([a.note, ""] if a.note else []), "## The fit", ""]

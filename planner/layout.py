@@ -118,6 +118,35 @@ def expert_group_spreads(parallel: ParallelConfig, gpus_per_node: int) -> tuple[
 
 
 @lru_cache(maxsize=65536)
+def data_parallel_spread(parallel: ParallelConfig, gpus_per_node: int) -> tuple[int, int]:
+    """(most ranks on a node, nodes spanned) of the ranks that hold the same parameters: the
+    dp x cp group, over which gradients are reduced and ZeRO / FSDP state is sharded
+    (Megatron-Core's data-parallel group with context parallelism; torchtitan's ``dp_shard_cp``
+    mesh): context-parallel ranks see other tokens of the same sequences, not other weights."""
+    return union_group_spread(((parallel.cp, axis_stride(parallel, "cp")), (parallel.dp, axis_stride(parallel, "dp"))),
+                              gpus_per_node)
+
+
+def union_group_spread(axes, gpus_per_node: int) -> tuple[int, int]:
+    """(most ranks on a node, nodes spanned) of the group spanned by several strided axes
+    ``((size, stride), ...)`` from rank 0: one strided run where the outer axis continues the
+    inner one, else counted."""
+    axes = sorted(((n, s) for n, s in axes if n > 1), key=lambda a: a[1])
+    if not axes:
+        return 1, 1
+    if len(axes) == 1:
+        return strided_group_spread(axes[0][0], axes[0][1], gpus_per_node)
+    (n1, s1), (n2, s2) = axes
+    if s2 == n1 * s1:
+        return strided_group_spread(n1 * n2, s1, gpus_per_node)
+    per_node: dict[int, int] = {}
+    for j in range(n2):
+        for i in range(n1):
+            node = (i * s1 + j * s2) // gpus_per_node
+            per_node[node] = per_node.get(node, 0) + 1
+    return max(per_node.values()), len(per_node)
+
+
 def strided_group_spread(size: int, stride: int, gpus_per_node: int) -> tuple[int, int]:
     """(most ranks on a node, nodes spanned) of ``size`` ranks ``stride`` apart from rank 0;
     arithmetic when stride and node size divide each other, else counted (the search's hot path)."""

@@ -146,6 +146,12 @@ class ParallelConfig:
         return self.dp * self.tp // (self.expert_tp * self.ep)
 
     @property
+    def data_parallel_ranks(self) -> int:
+        """Ranks holding the same parameters: dp x cp (gradients reduced and ZeRO / FSDP state
+        sharded over them; :func:`planner.layout.data_parallel_spread`)."""
+        return self.dp * self.cp
+
+    @property
     def world_size(self) -> int:
         if self.stage_tp:
             return sum(self.stage_tp) * self.dp * self.cp

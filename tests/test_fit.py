@@ -303,3 +303,17 @@ def test_collective_tables_of_groups_wider_than_the_fitted_runs_keep_their_value
         f = fitted[(c.op, c.group_size)]
         expect = c.latency_s * (1.8 if c.group_size <= 2 else 1.0)
         assert f.latency_s == pytest.approx(expect, rel=0.02), (c.op, c.group_size)
+
+
+def test_a_memory_offset_that_would_leave_the_factor_implausible_is_not_kept():
+    """Readings that barely vary (runs sized to fill the memory) fit best as a constant: the
+    factor that comes with it is outside the plausible range, so the offset stays at 0."""
+    from planner.calibrate.fit_runs import MEMORY_FACTOR_RANGE, fit_memory
+    from planner.calibrate.runs_table import MeasuredRun
+
+    predicted = [40e9, 60e9, 75e9, 90e9, 120e9]
+    readings = [80e9, 81e9, 79e9, 82e9, 80.5e9]
+    runs = [MeasuredRun(f"r{i}", None, 1.0, m, "reserved") for i, m in enumerate(readings)]
+    fit = fit_memory(runs, predicted)
+    assert fit.offset_bytes == 0.0 and "outside" in fit.note
+    assert not MEMORY_FACTOR_RANGE[0] <= 0.05 <= MEMORY_FACTOR_RANGE[1]

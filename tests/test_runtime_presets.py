@@ -229,3 +229,19 @@ def test_torchtitan_selective_recomputes_every_second_matmul_and_keeps_what_it_s
     default = predict(model, cluster, par, get_runtime("default"), timeline=False)
     assert titan.time.recompute_s > default.time.recompute_s
     assert titan.memory.activations_bytes < default.memory.activations_bytes
+
+
+def test_context_parallel_ranks_share_the_data_parallel_sharding_and_reduction():
+    """cp ranks hold the same weights: ZeRO state is sharded and gradients reduced over dp x cp
+    (Megatron-Core's data-parallel group with context parallelism, torchtitan's dp_shard_cp)."""
+    from planner.cost.block import data_parallel_group
+    from planner.layout import union_group_spread
+    model = load_model("llama3-8b", seq_len=8192)
+    cluster = cluster_for("dgx-h100-80gb", 2)
+    base = dict(tp=2, micro_batch=1, global_batch=16, seq_len=8192, sharding="zero1", sequence_parallel=True)
+    with_cp = predict(model, cluster, ParallelConfig(dp=4, cp=2, **base), timeline=False)
+    without = predict(model, cluster, ParallelConfig(dp=8, cp=1, **base), timeline=False)
+    assert with_cp.memory.optimizer_bytes == pytest.approx(without.memory.optimizer_bytes)
+    g = data_parallel_group(ParallelConfig(dp=4, cp=2, **base), 8)
+    assert (g.size, g.ranks_per_node, g.nodes) == (8, 4, 2)  # tp-cp-dp-pp: 4 of the 8 on each node
+    assert union_group_spread(((2, 2), (4, 16)), 8) == (2, 4)  # dp not next to cp: counted

@@ -312,6 +312,13 @@ def _memory_candidate(rows, sources, with_offset: bool):
     return coef, errors, tuple(loo)
 
 
+MEMORY_FACTOR_RANGE = (0.5, 2.0)
+"""A reading's plausible ratio to the predicted tensors: allocator cache, fragmentation and the
+CUDA context add to them, never twice over, and a reading is never half of what is live. A fit
+whose factor leaves this range (readings that barely vary, as runs sized to fill the memory
+give) is explaining them with the offset alone, and is not kept."""
+
+
 def _mean_abs(values) -> float:
     vals = [abs(v) for v in values if v is not None]
     return statistics.fmean(vals) if vals else math.inf
@@ -336,7 +343,12 @@ def fit_memory(runs: list[MeasuredRun], predicted_peaks: list[float]) -> MemoryF
     if len(rows) > len(sources) + 1:
         coef_o, errors_o, loo_o = _memory_candidate(rows, sources, with_offset=True)
         without, with_ = _mean_abs(loo), _mean_abs(loo_o)
-        if with_ < without:
+        lo, hi = MEMORY_FACTOR_RANGE
+        implausible = [float(c) for c in coef_o[:-1] if not lo <= c <= hi]
+        if implausible:
+            note = (f"offset fixed at 0: with it a factor would be {implausible[0]:.3g}, outside "
+                    f"[{lo:g}, {hi:g}] (the readings barely vary with the prediction)")
+        elif with_ < without:
             coef, errors, loo, offset = coef_o, errors_o, loo_o, float(coef_o[-1])
             note = f"offset fitted (leave-one-out {with_:.1f}% with it, {without:.1f}% without)"
         else:

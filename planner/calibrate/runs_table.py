@@ -6,7 +6,7 @@ config.json), ``nodes, gpus_per_node, tp, pp, dp, cp`` (cp may be empty = 1), ``
 global_batch, seq_len, precision`` (fp32|tf32|bf16|fp16|fp8), ``recompute`` (none|selective|full),
 ``sharding`` (none|zero1|zero2|zero3|fsdp), ``schedule`` (empty, gpipe, 1f1b, interleaved, zb),
 ``vpp`` (empty = 1), ``stage_layers`` (empty, or layers per stage joined by ``|``),
-``measured_step_s``, ``measured_peak_memory_bytes`` (may be empty), ``memory_source``
+``sequence_parallel`` (optional: yes | no, empty = no), ``measured_step_s``, ``measured_peak_memory_bytes`` (may be empty), ``memory_source``
 (allocated | reserved | device_used: what ``torch.cuda.max_memory_allocated``, ``max_memory_reserved``
 or ``nvidia-smi`` report; needed with a memory reading). A malformed row is one
 :class:`planner.errors.InputError` naming the row and the column.
@@ -28,7 +28,8 @@ from planner.plan import ParallelConfig, Plan
 MEMORY_SOURCES = ("allocated", "reserved", "device_used")
 REQUIRED = ("name", "model", "nodes", "gpus_per_node", "tp", "pp", "dp", "micro_batch", "global_batch", "seq_len",
             "precision", "recompute", "sharding", "measured_step_s")
-OPTIONAL = ("cp", "schedule", "vpp", "stage_layers", "measured_peak_memory_bytes", "memory_source")
+OPTIONAL = ("cp", "schedule", "vpp", "stage_layers", "sequence_parallel", "measured_peak_memory_bytes",
+            "memory_source")
 
 
 @dataclass(frozen=True)
@@ -121,7 +122,8 @@ def row_run(row: dict, where: str, hardware: str) -> MeasuredRun:
             global_batch=_int(row, "global_batch", where), seq_len=seq,
             recompute=_choice(row, "recompute", where, ("none", "selective", "full")),
             sharding=_choice(row, "sharding", where, ("none", "zero1", "zero2", "zero3", "fsdp")),
-            precision=precision, schedule=schedule, stage_layers=stage_layers)
+            precision=precision, schedule=schedule, stage_layers=stage_layers,
+            sequence_parallel=_choice(row, "sequence_parallel", where, ("yes", "no"), default="no") == "yes")
         plan = Plan(model=model, hardware=hardware, n_nodes=_int(row, "nodes", where),
                     gpus_per_node=_int(row, "gpus_per_node", where), parallel=parallel)
     except InputError as err:

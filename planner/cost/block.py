@@ -25,7 +25,7 @@ from planner.cost.precision import activation_bytes_per_element
 from planner.cost.runtime import Runtime
 from planner.cost.stacks import stack_of
 from planner.hardware import NodeSpec
-from planner.layout import group_node_spread
+from planner.layout import data_parallel_spread, group_node_spread
 from planner.model import ModelSpec
 from planner.plan import ParallelConfig
 
@@ -34,6 +34,11 @@ def group_shape(P: ParallelConfig, axis: str, gpus_per_node: int) -> GroupShape:
     """The ``axis`` group of ``P`` under its rank layout (:func:`planner.layout.group_node_spread`)."""
     per_node, nodes = group_node_spread(P, axis, gpus_per_node)
     return GroupShape(getattr(P, axis), per_node, nodes)
+
+
+def data_parallel_group(P: ParallelConfig, gpus_per_node: int) -> GroupShape:
+    """The dp x cp group of ``P`` (:func:`planner.layout.data_parallel_spread`)."""
+    return GroupShape(P.data_parallel_ranks, *data_parallel_spread(P, gpus_per_node))
 
 
 def shards_per_block(node: NodeSpec, sharding: str, tp: int, dp: int) -> bool:

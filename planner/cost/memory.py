@@ -308,7 +308,7 @@ def stage_memories(model: ModelSpec, parallel, device, in_flight, attention: str
         extra = untied_head if r == last_rank else 0.0
         mem = stage_memory(params=params_all[r] + extra, sharded_params=params_sharded[r] + extra,
                            layer_params=layer_params_rank, activation_bytes=act,
-                           logits_bytes=logits, precision=P.precision, sharding=P.sharding, dp=P.dp,
+                           logits_bytes=logits, precision=P.precision, sharding=P.sharding, dp=P.data_parallel_ranks,
                            device_reserved=reserved, fragmentation=frag, block_working_bytes=full_layer)
         out.append((r, n_layers_r, mem))
     return out

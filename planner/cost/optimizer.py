@@ -11,7 +11,7 @@ from planner.plan import ParallelConfig
 
 def optimizer_s(model: ModelSpec, P: ParallelConfig, rates: Rates, ranks: tuple[int, ...] | None = None) -> float:
     """AdamW over the local shard of the busiest pipeline rank (of ``ranks``, default all)."""
-    _, _, o_div = shard_divisors(P.sharding, P.dp)
+    _, _, o_div = shard_divisors(P.sharding, P.data_parallel_ranks)
     # ZeRO spreads every expert's state over the dp/ep ranks holding it: all experts over dp
     params = stage_parameters(model, P, ep=1) if o_div > 1 else stage_parameters(model, P)
     most = max(params) if ranks is None else max(params[r] for r in ranks)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from planner.cost.block import BlockCost, block_cost, group_shape, shard_comm_s
+from planner.cost.block import BlockCost, block_cost, data_parallel_group, group_shape, shard_comm_s
 from planner.cost.comm import GroupShape
 from planner.cost.compute import Rates
 from planner.cost.runtime import Runtime
@@ -108,7 +108,7 @@ def site_block(model: ModelSpec, site: Site, runtime: Runtime, rates: Rates) -> 
                     seq_len=P.seq_len, recompute=P.recompute, sequence_parallel=P.sequence_parallel,
                     precision=P.precision, tp_group=group_shape(P, "tp", gpn), cp_group=group_shape(P, "cp", gpn),
                     ep_group=ep_group, expert_tp=P.expert_tp)
-    dp_group = group_shape(P, "dp", gpn)
+    dp_group = data_parallel_group(P, gpn)
     z3_f, z3_b = shard_comm_s(model, node, runtime, bc.lt, rates, dp_group, tp=P.tp, cp=P.cp,
                               micro_batch=P.micro_batch, seq_len=P.seq_len, precision=P.precision,
                               sharding=P.sharding, recompute=P.recompute)

@@ -20,7 +20,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from planner.cluster import as_cluster, load_cluster
-from planner.cost.block import group_shape, pipeline_hop_s
+from planner.cost.block import data_parallel_group, group_shape, pipeline_hop_s
 from planner.cost.comm import GroupShape
 from planner.cost.compute import Rates, make_rates
 from planner.cost.data_parallel import dp_reduction_s, exposed_s, tied_embedding_sync_s
@@ -199,7 +199,7 @@ def _site_dp_exposed_s(model: ModelSpec, site: Site, runtime: Runtime, rates: Ra
     tensors = param_tensors(model, P, site.ranks)
     experts = _rank_expert_params(model, P, r_max)
     all_reduce = runtime.pipeline_grad_all_reduce and P.pp > 1
-    reduction = dp_reduction_s(site.node, rates, group_shape(P, "dp", gpn), precision=P.precision,
+    reduction = dp_reduction_s(site.node, rates, data_parallel_group(P, gpn), precision=P.precision,
                                sharding=P.sharding, tp=P.tp, pp=P.pp, params=most - experts, param_tensors=tensors,
                                grad_all_reduce=all_reduce)
     if experts:  # an expert's gradients over the ranks holding it

@@ -109,7 +109,7 @@ class BranchAndBound:
         mdl = self.model
         ends = rank_layers(mdl.n_layers, pp, v) if v else rank_layers_min(mdl.n_layers, pp, vs)
         w_b, g_b, o_b = self.state_bytes
-        w_div, g_div, o_div = shard_divisors(sh, dp)
+        w_div, g_div, o_div = shard_divisors(sh, dp * cp)
         per_param = w_b / w_div + g_b / g_div + o_b / o_div
         gathered = 2 * self.costs.block_params(1) / tp * w_b if w_div > 1 else 0.0
         layer_act_full = lc.blocks(1, lambda c: c.layer_act_full)
@@ -157,20 +157,20 @@ class BranchAndBound:
         return optimizer_lower_bound_s(self.costs.rates, most / o_div, pp * v)
 
     def dp_exposed(self, tp: int, pp: int, dp: int, v: int, sh: str, dp_stride: int,
-                   window_of_rank) -> float:
-        """Exposed data-parallel gradient reduction (non-ZeRO-3) as predict() charges it
-        (:mod:`planner.cost.data_parallel`; the reduction memoised per layout)."""
-        if dp == 1:
+                   window_of_rank, cp: int = 1) -> float:
+        """Exposed data-parallel gradient reduction (non-ZeRO-3) over the dp x cp group as
+        predict() charges it (:mod:`planner.cost.data_parallel`; the reduction memoised per layout)."""
+        if dp * cp == 1:
             return 0.0
         params, r_max = self.max_rank_params(tp, pp, v)
         params *= min(1.0, self.costs.dense_share)  # at most the rank's dense part over the whole dp group
-        key = (tp, pp, dp, v, sh, dp_stride)
+        key = (tp, pp, dp, v, sh, dp_stride, cp)
         reduction = self._reductions.get(key)
         if reduction is None:
             c = self.costs
             tensors = fw.model_param_tensors(self.model, ties_embeddings(self.model, tp, pp))
             reduction = self._reductions[key] = dp_reduction_s(
-                self.node, c.rates, c.dp_group(dp, dp_stride), precision=self.prec, sharding=sh, tp=tp, pp=pp,
+                self.node, c.rates, c.dp_group(dp, dp_stride, cp, tp), precision=self.prec, sharding=sh, tp=tp, pp=pp,
                 params=params, param_tensors=tensors)
         if not any(reduction):
             return 0.0
@@ -180,9 +180,9 @@ class BranchAndBound:
         """Below predict()'s step time of this leaf; ``memo`` (one per core node) keeps the
         pipeline part, which leaves differing only in a sharding without per-block gathers share."""
         dp_stride, pp_stride = layout_strides(order, tp, cp, pp, dp)
-        z3 = self.costs.fsdp_blocks(sh, tp, dp)
+        z3 = self.costs.fsdp_blocks(sh, tp, dp * cp)
         if z3:
-            lc = self._with_z3(lc, tp, dp, dp_stride, rc, sh)
+            lc = self._with_z3(lc, tp, dp, dp_stride, rc, sh, cp)
         p2p = self.costs.p2p(lc.act_bytes, tp, pp, pp_stride)
         key = None if z3 or memo is None else (sched, v, p2p)
         hit = memo.get(key) if key is not None else None
@@ -192,12 +192,12 @@ class BranchAndBound:
                 memo[key] = hit
         best, B, W = hit
         n_vs = pp * v
-        o_div = shard_divisors(sh, dp)[2]
+        o_div = shard_divisors(sh, dp * cp)[2]
 
         def window(r: int) -> float:
             return sum(B[k] + W[k] for k in range(r, n_vs, pp))
 
-        return best + self.optimizer_s(tp, pp, v, o_div) + self.dp_exposed(tp, pp, dp, v, sh, dp_stride, window)
+        return best + self.optimizer_s(tp, pp, v, o_div) + self.dp_exposed(tp, pp, dp, v, sh, dp_stride, window, cp)
 
     def _pipeline_bound(self, lc: LayerCost, pp, m, sched, v, p2p) -> tuple[float, list[float], list[float]]:
         """(lower bound of the pipeline's makespan, per-stage B, per-stage W) of the balanced split."""
@@ -225,12 +225,12 @@ class BranchAndBound:
             pre += F[r] + B[r] + W[r] + 2 * p2p
         return best, B, W
 
-    def _with_z3(self, lc: LayerCost, tp, dp, dp_stride, rc, sh) -> LayerCost:
+    def _with_z3(self, lc: LayerCost, tp, dp, dp_stride, rc, sh, cp: int = 1) -> LayerCost:
         """``lc`` (and its dense block's cost) with the exposed ZeRO-3 / FSDP gathers added."""
-        zf, zb = self.costs.z3(lc, tp, dp, dp_stride, rc, sh)
+        zf, zb = self.costs.z3(lc, tp, dp, dp_stride, rc, sh, cp=cp)
         dense = lc.dense
         if dense is not None:
-            dzf, dzb = self.costs.z3(dense, tp, dp, dp_stride, rc, sh, block=self.model.dense_block())
+            dzf, dzb = self.costs.z3(dense, tp, dp, dp_stride, rc, sh, block=self.model.dense_block(), cp=cp)
             dense = dataclasses.replace(dense, f=dense.f + dzf, bi=dense.bi + dzb)
         return dataclasses.replace(lc, f=lc.f + zf, bi=lc.bi + zb, dense=dense)
 
@@ -253,7 +253,8 @@ class BranchAndBound:
                 t = t0 if t0 > tl else tl
             if t < best:
                 best = t
-        return best + min(self.optimizer_s(tp, pp, v, info.o_min) for v in info.vs)
+        o_min = info.o_min * cp if info.o_min > 1 else 1  # a sharded optimizer spans dp x cp
+        return best + min(self.optimizer_s(tp, pp, v, o_min) for v in info.vs)
 
     # --- main loop ------------------------------------------------------------------------------
     def run(self) -> None:
@@ -442,7 +443,7 @@ class BranchAndBound:
         if self.closest is not None and self.closest[0] <= mem:
             return
         tp, cp, pp, dp, mb, m, sp, rc, leaves = core
-        sh = max(leaves, key=lambda x: shard_divisors(x[0], dp)[0] + shard_divisors(x[0], dp)[2])[0]
+        sh = max(leaves, key=lambda x: sum(shard_divisors(x[0], dp * cp)[::2]))[0]
         sched = "1f1b" if pp > 1 else "1f1b"
         order = next((x[3] for x in leaves), ORDERS[0])
         P = self.config((tp, cp, pp, dp, mb, sp, rc, sh, sched, 1, order))

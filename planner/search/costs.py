@@ -16,7 +16,7 @@ from planner.cost.precision import activation_bytes_per_element
 from planner.cost.runtime import Runtime, effective_runtime
 from planner.cost.stacks import stack_of
 from planner.hardware import NodeSpec
-from planner.layout import strided_group_spread
+from planner.layout import strided_group_spread, union_group_spread
 from planner.model import ModelSpec
 
 
@@ -124,8 +124,10 @@ class Costs:
         self.head_params = float(m.head_params() + m.vocab_size * m.hidden_size)  # + tied copy (pp > 1)
         self.head_params_untied = float(m.head_params())
 
-    def dp_group(self, dp: int, stride: int) -> GroupShape:
-        return GroupShape(dp, *strided_group_spread(dp, stride, self.gpn))
+    def dp_group(self, dp: int, stride: int, cp: int = 1, cp_stride: int = 1) -> GroupShape:
+        """The dp x cp group (:func:`planner.layout.data_parallel_spread`): dp ranks ``stride``
+        apart, each with its cp ranks ``cp_stride`` apart."""
+        return GroupShape(dp * cp, *union_group_spread(((cp, cp_stride), (dp, stride)), self.gpn))
 
     def layer(self, tp: int, cp: int, mb: int, rc: str, sp: bool) -> LayerCost:
         key = (tp, cp, mb, rc, sp)
@@ -186,14 +188,14 @@ class Costs:
                          layer_act_full=acts.layer_act_full)
 
     def z3(self, lc: LayerCost, tp: int, dp: int, dp_stride: int, rc: str,
-           sharding: str = "zero3", block: ModelSpec | None = None) -> tuple[float, float]:
-        """Exposed ZeRO-3 / FSDP (forward, backward) per layer over a dp group ``dp_stride``
-        ranks apart (:func:`planner.cost.block.shard_comm_s`, as predict() charges it), of the
-        ``block`` kind (default the model's) whose cost ``lc`` is."""
-        key = (id(lc), tp, dp, dp_stride, rc, sharding)
+           sharding: str = "zero3", block: ModelSpec | None = None, cp: int = 1) -> tuple[float, float]:
+        """Exposed ZeRO-3 / FSDP (forward, backward) per layer over the dp x cp group, dp ranks
+        ``dp_stride`` apart and cp ranks next to tp (:func:`planner.cost.block.shard_comm_s`, as
+        predict() charges it), of the ``block`` kind (default the model's) whose cost ``lc`` is."""
+        key = (id(lc), tp, dp, dp_stride, rc, sharding, cp)
         hit = self._z3.get(key)
         if hit is None:
-            g = GroupShape(dp, *strided_group_spread(dp, dp_stride, self.gpn))
+            g = self.dp_group(dp, dp_stride, cp, tp)
             hit = self._z3[key] = shard_comm_s(block or self.model, self.node, self.rt, lc.lt, self.rates, g, tp=tp,
                                                cp=lc.cp, micro_batch=lc.mb, seq_len=self.seq, precision=self.prec,
                                                sharding=sharding, recompute=rc)

@@ -115,7 +115,7 @@ def _cut(model, cluster, cfg, seq, precision, gbs, runtime, costs) -> tuple[int,
     m = gbs // (cfg.dp * cfg.micro_batch)
     L = model.n_layers
     w_b, g_b, o_b = state_bytes_per_param(precision)
-    w_div, g_div, o_div = shard_divisors(cfg.sharding, cfg.dp)
+    w_div, g_div, o_div = shard_divisors(cfg.sharding, cfg.dp)  # cp is 1 on mixed clusters
     state = w_b / w_div + g_b / g_div + o_b / o_div
     times, mems, limits = [], [], []
     first = last = None
