@@ -245,3 +245,21 @@ def test_context_parallel_ranks_share_the_data_parallel_sharding_and_reduction()
     g = data_parallel_group(ParallelConfig(dp=4, cp=2, **base), 8)
     assert (g.size, g.ranks_per_node, g.nodes) == (8, 4, 2)  # tp-cp-dp-pp: 4 of the 8 on each node
     assert union_group_spread(((2, 2), (4, 16)), 8) == (2, 4)  # dp not next to cp: counted
+
+
+def test_torchtitan_keeps_fsdp_units_unsharded_under_pipeline_parallelism():
+    """reshard_after_forward=False with pp (torchtitan 9dec370): ZeRO-1's state and traffic; without
+    pp FSDP stays FSDP."""
+    from planner.cost.runtime import get_runtime
+    titan = get_runtime("torchtitan")
+    assert titan.priced_sharding("fsdp", 2) == "zero1" and titan.priced_sharding("fsdp", 1) == "fsdp"
+    assert get_runtime("default").priced_sharding("fsdp", 2) == "fsdp"
+    model = load_model("llama3-8b", seq_len=2048)
+    cluster = cluster_for("dgx-h100-80gb", 1)
+    par = ParallelConfig(pp=2, dp=4, micro_batch=1, global_batch=16, seq_len=2048, sharding="fsdp")
+    as_titan = predict(model, cluster, par, titan, timeline=False)
+    as_zero1 = predict(model, cluster, dataclasses.replace(par, sharding="zero1"), get_runtime("default"),
+                       timeline=False)
+    assert as_titan.memory.weights_bytes == pytest.approx(as_zero1.memory.weights_bytes)
+    assert as_titan.memory.weights_bytes > predict(model, cluster, par, get_runtime("default"),
+                                                   timeline=False).memory.weights_bytes

@@ -102,6 +102,12 @@ class Runtime:
         train.py ``loss_fn`` at 9dec370), holding what this project's executor's loss holds
         (:func:`planner.cost.memory.logits_bytes_per_token`); False: Megatron's fused
         vocab-parallel cross entropy (fp32 logits and their gradient in the compute dtype).
+    fsdp_unsharded_with_pp: with pipeline parallelism an FSDP unit keeps its parameters unsharded
+        through the step (torchtitan: ``reshard_after_forward=False`` when pp is enabled,
+        parallelize_llama.py at 9dec370) and the pipeline keeps its gradients unsharded until the
+        last micro-batch (torch.distributed.pipelining's ``backward_maybe_with_nosync``): ZeRO-1's
+        state (bf16 weights and gradients whole, fp32 master and Adam state sharded) and traffic
+        (one gather and one reduce-scatter per step). :meth:`priced_sharding`.
     shardings / pipeline_shardings: the data-parallel shardings the framework runs, and those it
         runs together with pipeline parallelism; ``schedules``: its pipeline schedules;
         ``context_parallel`` / ``expert_parallel``: whether it has context / expert parallelism.
@@ -129,11 +135,18 @@ class Runtime:
     max_reuse_distance: int = 1_000_000_000
     selective_recompute: str = "attention_core"
     fp32_cross_entropy: bool = False
+    fsdp_unsharded_with_pp: bool = False
     shardings: tuple[str, ...] = ("none", "zero1", "zero2", "zero3", "fsdp")
     pipeline_shardings: tuple[str, ...] = ("none", "zero1", "zero2", "zero3", "fsdp")
     schedules: tuple[str, ...] = ("gpipe", "1f1b", "interleaved", "zb")
     context_parallel: bool = True
     expert_parallel: bool = True
+
+    def priced_sharding(self, sharding: str, pp: int) -> str:
+        """The sharding as this stack runs it (:attr:`fsdp_unsharded_with_pp`)."""
+        if self.fsdp_unsharded_with_pp and pp > 1 and sharding in ("zero3", "fsdp"):
+            return "zero1"
+        return sharding
 
     def refusal(self, parallel) -> str | None:
         """Why the framework cannot run ``parallel`` (a :class:`planner.plan.ParallelConfig`),
@@ -190,6 +203,7 @@ class Runtime:
                 "max_reuse_distance": self.max_reuse_distance,
                 "selective_recompute": self.selective_recompute,
                 "fp32_cross_entropy": self.fp32_cross_entropy,
+                "fsdp_unsharded_with_pp": self.fsdp_unsharded_with_pp,
                 "shardings": list(self.shardings), "pipeline_shardings": list(self.pipeline_shardings),
                 "schedules": list(self.schedules), "context_parallel": self.context_parallel,
                 "expert_parallel": self.expert_parallel}
@@ -259,7 +273,8 @@ RUNTIME_PRESETS: dict[str, Runtime] = {
     # Selective AC is its "op" policy (every second matmul of a block recomputed).
     "torchtitan": Runtime(name="torchtitan", attention="flash", shard_prefetch=True, gather_granularity="per_layer",
                           shardings=("none", "zero2", "zero3", "fsdp"), pipeline_shardings=("none", "zero2", "zero3", "fsdp"),
-                          selective_recompute="every_second_mm", fp32_cross_entropy=True),
+                          selective_recompute="every_second_mm", fp32_cross_entropy=True,
+                          fsdp_unsharded_with_pp=True),
     # this project's executor (executor/): torch SDPA, DDP buckets overlapped with backward, FSDP2
     # prefetch; on a CPU host whose ranks take every core nothing overlaps (effective_runtime)
     "executor": EXECUTOR_RUNTIME,

@@ -242,12 +242,19 @@ def timed_step(model: ModelSpec, cluster: ClusterSpec, sites: tuple[Site, ...], 
     return TimedStep(ranks_busy, rates, st, pipe, dp, opt, pipe.makespan_s + dp + opt, wait)
 
 
+def priced_parallel(P: ParallelConfig, runtime: Runtime) -> ParallelConfig:
+    """``P`` with its sharding as the runtime runs it (:meth:`Runtime.priced_sharding`)."""
+    sharding = runtime.priced_sharding(P.sharding, P.pp)
+    return P if sharding == P.sharding else dataclasses.replace(P, sharding=sharding)
+
+
 def _bind(model: ModelSpec, cluster: ClusterSpec, P: ParallelConfig,
           runtime: Runtime | None) -> tuple[ClusterSpec, tuple[Site, ...], int, tuple[Runtime, ...]]:
     """What every pricing entry point starts from: the cluster with its runtime bound
     (:func:`bind_runtime`), the plan's sites, the ranks sharing one host and each site's runtime."""
     cluster, runtime = bind_runtime(cluster, runtime)
     sites = validated_sites(model, cluster, P, runtime)
+    sites = tuple(dataclasses.replace(s, P=priced_parallel(s.P, runtime)) for s in sites)
     world = cluster.world_size
     ranks_on_host = min(sites[0].node.gpus_per_node, world)
     runtimes = tuple(effective_runtime(runtime, s.node.device, ranks_on_host if world > 1 else 0) for s in sites)
@@ -267,8 +274,8 @@ def predict(model: ModelSpec, cluster: ClusterSpec, parallel: ParallelConfig,
     timeline=False (the search's fast path) leaves ``Prediction.timeline`` empty and lets equal
     pipeline stages use the schedule's closed form; every other field is the same.
     """
-    P = parallel
-    cluster, sites, ranks_on_host, runtimes = _bind(model, cluster, P, runtime)
+    cluster, sites, ranks_on_host, runtimes = _bind(model, cluster, parallel, runtime)
+    P = priced_parallel(parallel, runtimes[0])
     device = sites[0].node.device
     world = cluster.world_size
     pp, m = P.pp, P.num_micro_batches

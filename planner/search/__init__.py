@@ -79,7 +79,8 @@ def uneven_split(model: ModelSpec, cluster: ClusterSpec, P: ParallelConfig,
     lc = costs.layer(P.tp, P.cp, P.micro_batch, P.recompute, P.sequence_parallel)
     dp_stride, _ = layout_strides(P.order if P.order in ORDERS else ORDERS[0], P.tp, P.cp, P.pp, P.dp)
     pp, m, L = P.pp, P.num_micro_batches, model.n_layers
-    w_div, g_div, o_div = shard_divisors(P.sharding, P.data_parallel_ranks)
+    sharding = runtime.priced_sharding(P.sharding, P.pp)
+    w_div, g_div, o_div = shard_divisors(sharding, P.data_parallel_ranks)
     wb, gb, ob = state_bytes_per_param(P.precision)
     state = wb / w_div + gb / g_div + ob / o_div
     flight = [float(m) if P.schedule == "gpipe" else float(min(pp - k, m)) for k in range(pp)]
@@ -87,8 +88,8 @@ def uneven_split(model: ModelSpec, cluster: ClusterSpec, P: ParallelConfig,
     def layer_terms(kind: ModelSpec, c: LayerCost) -> tuple[float, float, list[float]]:
         """(time, parameters per tp rank, memory per pipeline rank) of one block of ``kind``."""
         f, bi = c.f, c.bi
-        if costs.fsdp_blocks(P.sharding, P.tp, P.data_parallel_ranks):
-            zf, zb = costs.z3(c, P.tp, P.dp, dp_stride, P.recompute, P.sharding, block=kind, cp=P.cp)
+        if costs.fsdp_blocks(sharding, P.tp, P.data_parallel_ranks):
+            zf, zb = costs.z3(c, P.tp, P.dp, dp_stride, P.recompute, sharding, block=kind, cp=P.cp)
             f, bi = f + zf, bi + zb
         params = rank_layer_params(kind, P.tp, P.ep, P.etp)
         return f + bi + c.w, params, [params * state + c.layer_act * flight[k] for k in range(pp)]

@@ -107,6 +107,7 @@ class BranchAndBound:
         planner.cost.memory.stage_memory (exact for non-interleaved schedules; interleaved is
         charged 1F1B's in-flight count, a lower bound)."""
         mdl = self.model
+        sh = self.costs.rt.priced_sharding(sh, pp)
         ends = rank_layers(mdl.n_layers, pp, v) if v else rank_layers_min(mdl.n_layers, pp, vs)
         w_b, g_b, o_b = self.state_bytes
         w_div, g_div, o_div = shard_divisors(sh, dp * cp)
@@ -180,6 +181,7 @@ class BranchAndBound:
         """Below predict()'s step time of this leaf; ``memo`` (one per core node) keeps the
         pipeline part, which leaves differing only in a sharding without per-block gathers share."""
         dp_stride, pp_stride = layout_strides(order, tp, cp, pp, dp)
+        sh = self.costs.rt.priced_sharding(sh, pp)
         z3 = self.costs.fsdp_blocks(sh, tp, dp * cp)
         if z3:
             lc = self._with_z3(lc, tp, dp, dp_stride, rc, sh, cp)
