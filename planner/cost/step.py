@@ -254,7 +254,8 @@ def _bind(model: ModelSpec, cluster: ClusterSpec, P: ParallelConfig,
     (:func:`bind_runtime`), the plan's sites, the ranks sharing one host and each site's runtime."""
     cluster, runtime = bind_runtime(cluster, runtime)
     sites = validated_sites(model, cluster, P, runtime)
-    sites = tuple(dataclasses.replace(s, P=priced_parallel(s.P, runtime)) for s in sites)
+    if runtime.priced_sharding(P.sharding, P.pp) != P.sharding:
+        sites = tuple(dataclasses.replace(s, P=priced_parallel(s.P, runtime)) for s in sites)
     world = cluster.world_size
     ranks_on_host = min(sites[0].node.gpus_per_node, world)
     runtimes = tuple(effective_runtime(runtime, s.node.device, ranks_on_host if world > 1 else 0) for s in sites)
