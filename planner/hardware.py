@@ -139,6 +139,21 @@ class AttentionKernel:
         fwd = self.forward_causal(seq_len)
         return fwd * peak_flops, self.backward(seq_len) * fwd / self.forward(seq_len) * peak_flops
 
+    def ring_rates(self, seq_len: float, cp: int, peak_flops: float) -> tuple[float, float]:
+        """(forward, backward) FLOP/s of a causal attention of ``seq_len`` split over ``cp`` ranks
+        as Megatron-Core / Transformer Engine run it (``AttnFuncWithCPAndKVP2P``: a ring of cp
+        kernel calls per rank on blocks ``seq_len / cp`` long, each sequence cut into 2 cp
+        chunks so that every rank does the same work): the block with its own keys is causal,
+        1/cp of its work; the other cp - 1 are unmasked. Each at the measured rate of its length;
+        cp = 1 is :meth:`causal_rates`."""
+        if cp <= 1:
+            return self.causal_rates(seq_len, peak_flops)
+        block = seq_len / cp
+        causal_f, causal_b = self.causal_rates(block, peak_flops)
+        full_f, full_b = self.forward(block) * peak_flops, self.backward(block) * peak_flops
+        own = 1.0 / cp
+        return 1.0 / (own / causal_f + (1 - own) / full_f), 1.0 / (own / causal_b + (1 - own) / full_b)
+
     def scaled(self, scale: float) -> "AttentionKernel":
         """This kernel at ``scale`` times its measured speed (each point at most the peak)."""
         def curve(c: EfficiencyCurve) -> EfficiencyCurve:

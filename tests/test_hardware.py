@@ -322,3 +322,17 @@ def test_a_cpu_profile_used_on_another_host_says_so(tmp_path, capsys):
     assert main(["predict", "--model", "tiny-gpt", "--hardware", str(path), "--nodes", "1", "--gpus-per-node", "2",
                  "--global-batch", "8"]) == 0
     assert "warning: " in capsys.readouterr().err
+
+
+def test_context_parallel_attention_runs_at_the_rates_of_its_ring_blocks():
+    """Over cp ranks the kernel runs on blocks seq/cp long, one causal and cp-1 unmasked: cp=1 is
+    the causal rate at the whole length; short blocks run slower than the whole sequence would."""
+    from planner.profile_yaml import load_profile
+    kernel = load_profile("dgx-h100-80gb").device.attention_kernel("cudnn")
+    peak = 989.4e12
+    assert kernel.ring_rates(8192, 1, peak) == kernel.causal_rates(8192, peak)
+    fwd8, bwd8 = kernel.ring_rates(8192, 8, peak)
+    own_f = kernel.causal_rates(1024, peak)[0]
+    full_f = kernel.forward(1024) * peak
+    assert fwd8 == pytest.approx(1 / (0.125 / own_f + 0.875 / full_f))
+    assert fwd8 < kernel.forward(8192) * peak and bwd8 < kernel.backward(8192) * peak

@@ -195,10 +195,11 @@ def layer_times(model: ModelSpec, micro_batch: int, seq_len: int, tp: int, cp: i
     if measured_core is not None:  # the executor's own SDPA call, timed by calibrate
         core_f, core_b = measured_core
     elif runtime.attention == "flash" and (kernel := _measured_kernel(rates, runtime)) is not None:
-        # the stack's fused kernel at its measured causal rates; a causal mask does half of
+        # the stack's fused kernel at its measured causal rates (over cp ranks: the ring's blocks,
+        # AttentionKernel.ring_rates); a causal mask does half of
         # the s x s product the FLOP count holds (the benchmarks' convention)
         # (a sliding window keeps fewer pairs: ModelSpec.causal_pairs_fraction)
-        fwd_rate, bwd_rate = kernel.causal_rates(seq_len, rates.unquantized_peak_flops)
+        fwd_rate, bwd_rate = kernel.ring_rates(seq_len, cp, rates.unquantized_peak_flops)
         scale = rates.gemm_concurrent / rates.share
         computed = core_flops * model.causal_pairs_fraction(seq_len)
         core_f = computed * scale / fwd_rate + rates.overhead_s
