@@ -233,6 +233,18 @@ class DeviceSpec:
                 return curve
         return self.matmul_efficiency
 
+    def gemm_efficiency(self, dtype: str, flops: float) -> float:
+        """Fraction of ``dtype``'s peak a GEMM of ``flops`` reaches on its dtype's curve
+        (:meth:`matmul_curve`). An FP8 GEMM without a curve of its own takes the time of a 16-bit
+        GEMM of half its FLOPs: twice the arithmetic rate, the same fixed costs (prologue,
+        epilogue, wave tails). Checked on a public table that measured both (tile-ai/tilelang
+        benchmark/matmul and matmul_fp8 READMEs, H800 SXM, M = N = 8192, K 256-16384: FP8 at K
+        against FP16 at K/2 within about 10%)."""
+        own = any(name == dtype for name, _ in self.matmul_efficiency_by_dtype)
+        if dtype == "fp8" and not own:
+            return self.matmul_curve(dtype)(flops / 2)
+        return self.matmul_curve(dtype)(flops)
+
     def default_precision(self) -> str:
         """The training dtype a user gets without asking: bf16, else fp16 (V100), else fp32 (CPU)."""
         for dtype in ("bf16", "fp16", "fp32"):

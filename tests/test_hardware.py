@@ -336,3 +336,18 @@ def test_context_parallel_attention_runs_at_the_rates_of_its_ring_blocks():
     full_f = kernel.forward(1024) * peak
     assert fwd8 == pytest.approx(1 / (0.125 / own_f + 0.875 / full_f))
     assert fwd8 < kernel.forward(8192) * peak and bwd8 < kernel.backward(8192) * peak
+
+
+def test_an_fp8_gemm_takes_the_time_of_a_bf16_gemm_of_half_its_flops():
+    """Twice the arithmetic rate, the same fixed costs: on the shared curve an FP8 GEMM of F FLOPs
+    at the FP8 peak takes as long as a BF16 GEMM of F/2 at the BF16 peak; a dtype's own curve wins."""
+    import dataclasses
+    from planner.hardware import EfficiencyCurve
+    from planner.profile_yaml import load_profile
+    dev = load_profile("dgx-h100-80gb").device
+    for flops in (1e9, 1e10, 1e11, 1e12):
+        t_fp8 = flops / (dev.peak_flops("fp8") * dev.gemm_efficiency("fp8", flops))
+        t_bf16 = flops / 2 / (dev.peak_flops("bf16") * dev.gemm_efficiency("bf16", flops / 2))
+        assert t_fp8 == pytest.approx(t_bf16, rel=1e-3)  # the FP8 peak is twice the BF16 one to 4 digits
+    own = dataclasses.replace(dev, matmul_efficiency_by_dtype=(("fp8", EfficiencyCurve(((1e9, 0.3), (1e12, 0.6)))),))
+    assert own.gemm_efficiency("fp8", 1e12) == pytest.approx(0.6)

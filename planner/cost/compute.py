@@ -61,7 +61,7 @@ class Rates:
         peak = self.unquantized_peak_flops if unquantized else self.peak_flops
         dtype = self.unquantized_dtype if unquantized else self.dtype
         # the profile's GEMM efficiency curve of the dtype the GEMM runs in (pooled curve if none)
-        eff = self.device.matmul_curve(dtype)(flops) if dtype else self.device.matmul_efficiency(flops)
+        eff = self.device.gemm_efficiency(dtype, flops) if dtype else self.device.matmul_efficiency(flops)
         t_compute = flops * self.gemm_concurrent / (peak * eff * self.share)
         t_memory = bytes_moved * self.concurrent / (self.mem_bw * self.share)
         return (t_compute if t_compute > t_memory else t_memory) + self.overhead_s
