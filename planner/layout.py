@@ -127,7 +127,8 @@ def data_parallel_spread(parallel: ParallelConfig, gpus_per_node: int) -> tuple[
                               gpus_per_node)
 
 
-def union_group_spread(axes, gpus_per_node: int) -> tuple[int, int]:
+@lru_cache(maxsize=65536)
+def union_group_spread(axes: tuple[tuple[int, int], ...], gpus_per_node: int) -> tuple[int, int]:
     """(most ranks on a node, nodes spanned) of the group spanned by several strided axes
     ``((size, stride), ...)`` from rank 0: one strided run where the outer axis continues the
     inner one, else counted."""
