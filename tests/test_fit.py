@@ -272,7 +272,7 @@ LLAMA_8B = ModelSpec(name="llama-8b-ish", n_layers=4, hidden_size=4096, n_heads=
 def test_the_memory_offset_is_kept_only_where_it_lowers_the_leave_one_out_error():
     """Readings proportional to the prediction with a few percent of scatter: the offset is the
     candidate with the lower leave-one-out error, and the note says which and why."""
-    from planner.calibrate.fit_runs import _memory_candidate, _mean_abs, fit_memory
+    from planner.calibrate.fit_memory import _mean_abs, _memory_candidate, fit_memory
     from planner.calibrate.runs_table import MeasuredRun
 
     predicted = [1e8, 2e8, 3e8, 4e8, 6e8]
@@ -308,7 +308,7 @@ def test_collective_tables_of_groups_wider_than_the_fitted_runs_keep_their_value
 def test_a_memory_offset_that_would_leave_the_factor_implausible_is_not_kept():
     """Readings that barely vary (runs sized to fill the memory) fit best as a constant: the
     factor that comes with it is outside the plausible range, so the offset stays at 0."""
-    from planner.calibrate.fit_runs import MEMORY_FACTOR_RANGE, fit_memory
+    from planner.calibrate.fit_memory import MEMORY_FACTOR_RANGE, fit_memory
     from planner.calibrate.runs_table import MeasuredRun
 
     predicted = [40e9, 60e9, 75e9, 90e9, 120e9]
