@@ -317,3 +317,18 @@ def test_a_memory_offset_that_would_leave_the_factor_implausible_is_not_kept():
     fit = fit_memory(runs, predicted)
     assert fit.offset_bytes == 0.0 and "outside" in fit.note
     assert not MEMORY_FACTOR_RANGE[0] <= 0.05 <= MEMORY_FACTOR_RANGE[1]
+
+
+def test_the_table_reads_sequence_parallelism_and_names_a_bad_cell():
+    from planner.calibrate.runs_table import row_run
+    from planner.errors import InputError
+
+    row = {c: "" for c in TABLE_COLUMNS}
+    row.update(name="sp", model="tiny-gpt", nodes="1", gpus_per_node="2", tp="2", pp="1", dp="1", micro_batch="2",
+               global_batch="4", seq_len="256", precision="fp32", recompute="none", sharding="none",
+               measured_step_s="1.0")
+    assert not row_run(row, "t row 1", "local-cpu").plan.parallel.sequence_parallel  # empty: off
+    assert row_run(dict(row, sequence_parallel="yes"), "t row 1", "local-cpu").plan.parallel.sequence_parallel
+    with pytest.raises(InputError) as err:
+        row_run(dict(row, sequence_parallel="maybe"), "t row 1", "local-cpu")
+    assert "sequence_parallel" in str(err.value) and "t row 1" in str(err.value)
