@@ -137,8 +137,9 @@ def sweep(mbit: float, rounds: int, work: Path, steps: int, warmup: int, base: s
         emulate.down()
 
 
-def report(rows: list[dict], rounds: int, mbits: list[float], base: str, repredict: bool = False) -> str:
-    args = f"--mbit {' '.join(f'{m:g}' for m in mbits)} --rounds {rounds} --base {base}"
+def report(rows: list[dict], rounds: int, mbits: list[float], base: str, work: str, repredict: bool = False) -> str:
+    args = (f"--mbit {' '.join(f'{m:g}' for m in mbits)} --rounds {rounds} --base {base}"
+            + ("" if work == "runs/multinode" else f" --work {work}"))
     lines = ["# Placement on an emulated two-node cluster: predicted vs measured", "",
              f"Regenerate: `sudo .venv/bin/python benchmarks/multinode_sweep.py {args}`"
              + ("" if base == "local-cpu" else f" after `clusterplan calibrate --out {base}` on the same host "
@@ -201,7 +202,7 @@ def main(argv=None) -> int:
     rows = []
     for mbit in a.mbit:
         rows += repredicted(mbit, a.rounds, work) if a.repredict else sweep(mbit, a.rounds, work, a.steps, a.warmup, a.base)
-    text = report(rows, a.rounds, a.mbit, a.base, a.repredict)
+    text = report(rows, a.rounds, a.mbit, a.base, a.work, a.repredict)
     a.out = a.out or str(ROOT / "reports" / ("multinode-repredicted.md" if a.repredict else "multinode-validation.md"))
     Path(a.out).write_text(text)
     print(text)

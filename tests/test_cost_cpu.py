@@ -457,3 +457,22 @@ def test_in_step_slowdowns_scale_each_phase_compute_not_the_per_op_costs():
     for i, scale in enumerate((1.3, 1.2, 1.5)):
         assert bare_slow[i] == pytest.approx(scale * bare[i], rel=1e-9)
         assert with_ops_slow[i] - bare_slow[i] == pytest.approx(with_ops[i] - bare[i], rel=1e-9)
+
+
+def test_a_lockstep_wait_frees_no_core_for_the_compute():
+    """4 data-parallel ranks on 2 cores compute at the same time and wait out their gradient
+    reduction at the same time: a slower reduction leaves their forward as slow as before (only
+    the pipeline's idle time frees cores for a peer)."""
+    from planner.calibrate.fit_runs import apply_params
+    from planner.cost.runtime import get_runtime
+
+    node = load_profile("local-cpu").with_gpus_per_node(4)
+    model = ModelSpec(name="g", n_layers=4, hidden_size=256, n_heads=4, n_kv_heads=4, ffn_hidden_size=1024,
+                      vocab_size=4096, seq_len=128)
+    par = ParallelConfig(dp=4, micro_batch=2, global_batch=8, seq_len=128, precision="fp32")
+    executor = get_runtime("executor")
+    fast = predict(model, ClusterSpec.homogeneous(node, 1), par, executor, timeline=False)
+    slow_node = apply_params(node, {"intra_bandwidth_scale": 0.05, "latency_scale": 20.0})
+    slow = predict(model, ClusterSpec.homogeneous(slow_node, 1), par, executor, timeline=False)
+    assert slow.time.dp_s > 2 * fast.time.dp_s
+    assert slow.time.forward_s == pytest.approx(fast.time.forward_s, rel=1e-6)

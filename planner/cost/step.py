@@ -162,11 +162,15 @@ class TimedStep:
 
     @property
     def busy_fraction(self) -> float:
-        """Mean over the pipeline ranks of the time they compute (stage work and the
-        optimizer) per step; the rest they wait for a peer or a collective, including the
-        collectives inside their stage work whose group spans nodes (``link_wait_s``)."""
+        """The share of a rank's time out of lockstep waits that it computes (stage work and the
+        optimizer): what it leaves of the host's cores to the others. The exposed data-parallel
+        reduction and the collectives of its stage work whose group spans nodes
+        (``link_wait_s``) are waited by the ranks of a stage at once (SPMD ranks reach them
+        together), so they free no core for a peer's compute and leave the share's base; the
+        pipeline's bubbles and sends do free cores (stages alternate)."""
         busy = sum(self.pipe.busy_s) / len(self.pipe.busy_s) - self.link_wait_s + self.optimizer_s
-        return min(1.0, max(0.0, busy) / self.step_s)
+        unlocked = self.step_s - self.dp_exposed_s - self.link_wait_s
+        return min(1.0, max(0.0, busy) / max(unlocked, 1e-30))
 
 
 def _link_wait_s(model: ModelSpec, P: ParallelConfig, st: StageTimes, gpus_per_node: int) -> float:
