@@ -148,6 +148,7 @@ def union_group_spread(axes: tuple[tuple[int, int], ...], gpus_per_node: int) ->
     return max(per_node.values()), len(per_node)
 
 
+@lru_cache(maxsize=65536)
 def strided_group_spread(size: int, stride: int, gpus_per_node: int) -> tuple[int, int]:
     """(most ranks on a node, nodes spanned) of ``size`` ranks ``stride`` apart from rank 0;
     arithmetic when stride and node size divide each other, else counted (the search's hot path)."""
