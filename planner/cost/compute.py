@@ -22,7 +22,7 @@ from collections import Counter
 from dataclasses import dataclass
 from functools import lru_cache
 
-from planner.cost.flops import layer_forward_flops, op_sac_recomputed_gemms
+from planner.cost.flops import layer_forward_flops, op_sac_applies, op_sac_recomputed_gemms
 from planner.cost.precision import activation_bytes_per_element, compute_dtype
 from planner.cost.runtime import Runtime
 from planner.cost.stacks import stack_for, stack_of
@@ -246,7 +246,7 @@ def layer_times(model: ModelSpec, micro_batch: int, seq_len: int, tp: int, cp: i
     bwd_in, bwd_w, core_b = stack.in_step("backward", bwd_in, bwd_w, core_b)
     if recompute == "full":
         recompute_s = fwd
-    elif recompute == "selective" and op_sac_applies(model, runtime):
+    elif recompute == "selective" and op_sac_applies(model, runtime.selective_recompute):
         recompute_s = ew_fwd_s + sum(_gemm(rates, m_, n_, k_, bpe)[0] for m_, n_, k_ in op_sac_recomputed_gemms(model, T, tp))
     elif recompute == "selective":
         recompute_s = core_f
@@ -257,12 +257,6 @@ def layer_times(model: ModelSpec, micro_batch: int, seq_len: int, tp: int, cp: i
     bwd_in += extra_b
     return LayerTimes(fwd_s=fwd, bwd_input_s=bwd_in, bwd_weight_s=bwd_w, recompute_s=recompute_s,
                       core_fwd_s=core_f, core_bwd_s=core_b)
-
-
-def op_sac_applies(model: ModelSpec, runtime: Runtime) -> bool:
-    """Whether the runtime's selective recomputation is torchtitan's per-op policy on this block
-    (dense blocks with standard attention; MoE and MLA blocks keep the attention-core rule)."""
-    return runtime.selective_recompute == "every_second_mm" and not model.is_moe and not model.is_mla
 
 
 @lru_cache(maxsize=16384)

@@ -75,6 +75,13 @@ def head_forward_flops(model: ModelSpec, tokens: float) -> float:
     return 2.0 * tokens * model.hidden_size * model.vocab_size
 
 
+def op_sac_applies(model: ModelSpec, selective: str) -> bool:
+    """Whether a runtime's selective recomputation ``selective`` is torchtitan's per-op policy on
+    this model's blocks (dense blocks with standard attention; MoE and MLA blocks keep the
+    attention-core rule)."""
+    return selective == "every_second_mm" and not model.is_moe and not model.is_mla
+
+
 def op_sac_gemms(model: ModelSpec, tokens: float, tp: int) -> list[tuple[float, float, float]]:
     """(M, N, K) of each ``aten.mm`` of a dense block on one tp rank in torchtitan's forward order:
     the query, key, value and output projections (separate matmuls), then the MLP's w1, w3
@@ -110,7 +117,7 @@ def step_flops(model: ModelSpec, global_batch: int, seq_len: int, recompute: str
     :func:`op_sac_recomputed_gemms`, on dense standard-attention blocks)."""
     tokens = float(global_batch) * seq_len
     moe, dense = model.moe_layers, model.n_layers - model.moe_layers
-    if recompute == "selective" and selective == "every_second_mm" and not model.is_moe and not model.is_mla:
+    if recompute == "selective" and op_sac_applies(model, selective):
         model_flops, _ = step_flops(model, global_batch, seq_len, "none")
         redone = sum(2.0 * m * n * k for m, n, k in op_sac_recomputed_gemms(model, tokens, 1))
         return model_flops, model_flops + model.n_layers * redone

@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from planner.cost import framework as fw
-from planner.cost.flops import op_sac_gemms
+from planner.cost.flops import op_sac_applies, op_sac_gemms
 from planner.cost.precision import activation_bytes_per_element, state_bytes_per_param
 from planner.cost.stacks import FUSED
 from planner.executor_rules import ties_embeddings
@@ -71,7 +71,7 @@ def layer_activation_bytes(model: ModelSpec, micro_batch: int, seq_len: int, tp:
     rep_div = tp if sequence_parallel else 1
     if recompute == "full":
         return bpe * sbh / rep_div
-    if recompute == "selective" and selective == "every_second_mm" and not model.is_moe and not model.is_mla:
+    if recompute == "selective" and op_sac_applies(model, selective):
         tokens = micro_batch * s_local
         saved_mm = sum(n for _, n, _ in op_sac_gemms(model, tokens, tp)[0::2])
         return bpe * (sbh / rep_div + tokens * (saved_mm + model.attn_out_dim / tp))

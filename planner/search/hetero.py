@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass
 
 from planner.cluster import Cluster, as_cluster
-from planner.cost.memory import shard_divisors
+from planner.cost.memory import logits_bytes_per_token, shard_divisors
 from planner.cost.precision import state_bytes_per_param
 from planner.cost.prediction import Prediction
 from planner.cost.runtime import Runtime, bind_runtime
@@ -115,7 +115,8 @@ def _cut(model, cluster, cfg, seq, precision, gbs, runtime, costs) -> tuple[int,
     m = gbs // (cfg.dp * cfg.micro_batch)
     L = model.n_layers
     w_b, g_b, o_b = state_bytes_per_param(precision)
-    w_div, g_div, o_div = shard_divisors(cfg.sharding, cfg.dp)  # cp is 1 on mixed clusters
+    sharding = runtime.priced_sharding(cfg.sharding, pp)
+    w_div, g_div, o_div = shard_divisors(sharding, cfg.dp)  # cp is 1 on mixed clusters
     state = w_b / w_div + g_b / g_div + o_b / o_div
     times, mems, limits = [], [], []
     first = last = None
@@ -135,7 +136,8 @@ def _cut(model, cluster, cfg, seq, precision, gbs, runtime, costs) -> tuple[int,
             first = (lc.emb_f + lc.emb_b, c.embedding_params / tp * state)
         if k == pp - 1:
             head_p = c.head_params if (model.tied_embeddings and pp > 1) else c.head_params_untied
-            logits = (4 + c.bpe) * cfg.micro_batch * seq * model.vocab_size / tp
+            fp32_loss = c.stack.executor or c.rt.fp32_cross_entropy
+            logits = logits_bytes_per_token(model, tp, precision, fp32_loss) * cfg.micro_batch * seq
             last = (lc.head_f + lc.head_bi + lc.head_w, head_p / tp * state + logits)
     cut = partition_chain(times, mems, pp, limits, first_extra=first, last_extra=last)
     return tuple(cut.layers_per_stage) if isinstance(cut, StageCut) else None
