@@ -332,3 +332,7 @@ def test_the_table_reads_sequence_parallelism_and_names_a_bad_cell():
     with pytest.raises(InputError) as err:
         row_run(dict(row, sequence_parallel="maybe"), "t row 1", "local-cpu")
     assert "sequence_parallel" in str(err.value) and "t row 1" in str(err.value)
+    assert str(err.value).count("column") == 1  # named once, not wrapped again
+    with pytest.raises(InputError) as err:
+        row_run(dict(row, recompute="sometimes"), "t row 1", "local-cpu")
+    assert str(err.value).count("column") == 1 and "recompute" in str(err.value)

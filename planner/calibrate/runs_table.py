@@ -127,6 +127,8 @@ def row_run(row: dict, where: str, hardware: str) -> MeasuredRun:
         plan = Plan(model=model, hardware=hardware, n_nodes=_int(row, "nodes", where),
                     gpus_per_node=_int(row, "gpus_per_node", where), parallel=parallel)
     except InputError as err:
+        if err.field.startswith(where):  # a cell's own check, already naming its row and column
+            raise
         column = err.field.split(".")[-1]
         raise InputError(f"{where}, column {column}", err.reason) from None
     return MeasuredRun(name, plan, _positive(row, "measured_step_s", where), memory, source)
