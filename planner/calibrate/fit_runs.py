@@ -33,7 +33,6 @@ from planner.hardware import ClusterSpec, LinkSpec, NodeSpec
 from planner.io import read_json_object
 from planner.profile_yaml import profile_yaml
 
-GIB = 1024.0**3
 FIT_PARAMS = ("compute_scale", "op_overhead_scale", "memory_bound_efficiency", "kernel_overhead_s",
               "pp_action_s", "intra_bandwidth_scale", "inter_bandwidth_scale", "latency_scale", "attention_scale")
 """Physical parameters, in the order they are tried: GEMM and attention rate (a scale of the
