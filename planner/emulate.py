@@ -56,9 +56,22 @@ class EmulatedCluster:
     def bytes_per_s(self) -> float:
         return self.mbit * 1e6 / 8
 
+    def node_cpus(self, i: int, host_cpus: list[int] | None = None) -> list[int]:
+        """The host CPUs node ``i`` runs on: ``host_cpus`` (default: this process's affinity) in
+        ``nodes`` contiguous parts, so the nodes compute on cores of their own as real nodes do
+        (the node profile gives each its share, :func:`node_profile`); with fewer CPUs than
+        nodes, CPU ``i mod n``."""
+        cpus = sorted(os.sched_getaffinity(0) if host_cpus is None else host_cpus)
+        if len(cpus) < self.nodes:
+            return [cpus[i % len(cpus)]]
+        per, extra = divmod(len(cpus), self.nodes)
+        start = i * per + min(i, extra)
+        return cpus[start:start + per + (1 if i < extra else 0)]
+
     def in_node(self, i: int, cmd: list[str]) -> list[str]:
-        """``cmd`` run inside node ``i``."""
-        return ["ip", "netns", "exec", self.namespace(i), *cmd]
+        """``cmd`` run inside node ``i``: in its namespace, on its CPUs (``taskset``)."""
+        cpus = ",".join(str(c) for c in self.node_cpus(i))
+        return ["ip", "netns", "exec", self.namespace(i), "taskset", "-c", cpus, *cmd]
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self) | {"addresses": [self.address(i) for i in range(self.nodes)],
@@ -67,8 +80,9 @@ class EmulatedCluster:
 
 def _require_tools() -> None:
     require(os.geteuid() == 0, "emulate", "needs root (network namespaces and tc); run it as root")
-    for tool in ("ip", "tc"):
-        require(shutil.which(tool) is not None, "emulate", f"needs the {tool!r} command (iproute2)")
+    for tool in ("ip", "tc", "taskset"):
+        require(shutil.which(tool) is not None, "emulate",
+                f"needs the {tool!r} command ({'util-linux' if tool == 'taskset' else 'iproute2'})")
 
 
 def _run(cmd: list[str], check: bool = True) -> subprocess.CompletedProcess:

@@ -152,7 +152,8 @@ def schedule_order(schedule: str, pp: int, num_micro_batches: int, vpp: int = 1
 
 
 @lru_cache(maxsize=4096)
-def _orders_cached(schedule: str, pp: int, m: int, vpp: int) -> tuple[tuple[tuple[str, int, int], ...], ...]:
+def task_orders(schedule: str, pp: int, m: int, vpp: int) -> tuple[tuple[tuple[str, int, int], ...], ...]:
+    """:func:`schedule_order` as tuples, cached."""
     return tuple(tuple(o) for o in schedule_order(schedule, pp, m, vpp))
 
 
@@ -199,7 +200,7 @@ def simulate(schedule: str, pp: int, num_micro_batches: int, vpp: int,
         return Timeline(tasks=tuple(tasks), makespan_s=makespan, busy_s=tuple(busy),
                         bubble_s=max(0.0, makespan - max(busy)), peak_in_flight=tuple(peak),
                         num_micro_batches=m)
-    orders = _orders_cached(schedule, pp, m, vpp)
+    orders = task_orders(schedule, pp, m, vpp)
 
     f_end = [[-1.0] * m for _ in range(stages)]
     b_end = [[-1.0] * m for _ in range(stages)]

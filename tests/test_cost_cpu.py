@@ -337,27 +337,36 @@ def test_executor_fsdp_unit_cost_grows_with_each_units_parameter_bytes():
 
 def test_oversubscribed_host_gives_busy_ranks_the_cores_waiting_ranks_leave():
     """4 ranks on 2 cores: a pipeline rank waiting for its peer sleeps, so the busy ranks get
-    more than half a core. The step lies between all four computing at once and each busy rank
-    on a whole core, at the fixed point busy ranks = max(cores, ranks x busy fraction)."""
+    more than half a core; the step lies between all four computing at once and each busy rank
+    on a whole core. 1F1B runs its task order on shared cores (:mod:`planner.schedule_shared`);
+    ZB-H1 (a greedy schedule) at the fixed point busy ranks = max(cores, ranks x busy fraction)."""
     from planner.cost.memory import stage_parameters
     from planner.cost.runtime import DEFAULT_RUNTIME
     from planner.cost.step import plan_sites, timed_step
 
     node = _fw_node(4, op_forward_s=3e-6, op_backward_s=3e-6, op_optimizer_s=3e-6)
     assert node.device.host_cores == 2
-    cfg = _cfg(pp=4, micro_batch=1, global_batch=8)
-    got = predict(MODEL, ClusterSpec.homogeneous(node, 1), cfg).step_time_s
     runtime = effective_runtime(DEFAULT_RUNTIME, node.device, 4)
-    params = stage_parameters(MODEL, cfg)
+    cluster = ClusterSpec.homogeneous(node, 1)
+    for schedule in ("1f1b", "zb"):
+        cfg = _cfg(pp=4, micro_batch=1, global_batch=8, schedule=schedule)
+        got = predict(MODEL, cluster, cfg)
+        params = stage_parameters(MODEL, cfg)
 
-    def at(busy):
-        cluster = ClusterSpec.homogeneous(node, 1)
-        return timed_step(MODEL, cluster, plan_sites(cluster, cfg), (runtime,), [params], busy, True)
+        def at(busy, ranks_on_host=0):
+            return timed_step(MODEL, cluster, plan_sites(cluster, cfg), (runtime,), [params], busy, True, ranks_on_host)
 
-    assert at(2.0).step_s < got < at(4.0).step_s
-    fixed = [t for t in (at(b / 100) for b in range(200, 401)) if abs(t.step_s - got) < 2e-3 * got]
-    assert fixed and any(abs(max(2.0, 4 * t.busy_fraction) - t.ranks_busy) < 0.02 for t in fixed)
-    # a core per rank: nothing to iterate, the prediction is the plain one
+        assert at(2.0).step_s < got.step_time_s < at(4.0).step_s
+        if schedule == "1f1b":  # the shared schedule: no task faster than on a whole core
+            whole = at(2.0).pipe.timeline.tasks
+            shortest = {(t.stage, t.kind): t.end_s - t.start_s for t in whole}
+            assert all(t.end_s - t.start_s >= shortest[t.stage, t.kind] * (1 - 1e-9) for t in got.timeline)
+            assert at(2.0, 4).pipe.makespan_s > at(2.0).pipe.makespan_s  # sharing costs time
+        else:
+            fixed = [t for t in (at(b / 100) for b in range(200, 401))
+                     if abs(t.step_s - got.step_time_s) < 2e-3 * got.step_time_s]
+            assert fixed and any(abs(max(2.0, 4 * t.busy_fraction) - t.ranks_busy) < 0.02 for t in fixed)
+    # a core per rank: nothing to share, the prediction is the plain one
     two = _fw_node(2, op_forward_s=3e-6, op_backward_s=3e-6, op_optimizer_s=3e-6)
     p2 = _cfg(pp=2, micro_batch=1, global_batch=8)
     assert predict(MODEL, ClusterSpec.homogeneous(two, 1), p2).step_time_s == pytest.approx(

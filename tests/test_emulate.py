@@ -116,3 +116,14 @@ def test_calibrate_emulated_measures_the_shaped_link(cluster, tmp_path, capsys):
     across, inside = node.link_cpu_s_per_byte  # TCP through veth, bridge and tbf costs host CPU
     assert 0 < across < 1e-6 and 0 < inside < 1e-6
     assert "fitted" in capsys.readouterr().out
+
+
+def test_each_node_runs_on_cores_of_its_own():
+    """Nodes split the host's CPUs in contiguous parts (as real nodes own theirs); with fewer CPUs
+    than nodes they take turns; every command inside a node is pinned to its part."""
+    c = emulate.EmulatedCluster(2, 1000)
+    assert [c.node_cpus(i, [0, 1, 2, 3]) for i in range(2)] == [[0, 1], [2, 3]]
+    assert [emulate.EmulatedCluster(3, 1000).node_cpus(i, [4, 5, 6, 7]) for i in range(3)] == [[4, 5], [6], [7]]
+    assert [emulate.EmulatedCluster(4, 1000).node_cpus(i, [0, 1]) for i in range(4)] == [[0], [1], [0], [1]]
+    cmd = c.in_node(1, ["python", "-V"])
+    assert cmd[:4] == ["ip", "netns", "exec", "cpn1"] and cmd[4:6] == ["taskset", "-c"] and cmd[-2:] == ["python", "-V"]

@@ -91,7 +91,8 @@ def test_the_root_unit_of_a_model_the_executor_unties_holds_its_lm_head(node):
 
 def test_collectives_across_nodes_count_as_waiting_not_computing(node, tmp_path):
     from planner.cost.compute import make_rates
-    from planner.cost.step import _bind, _link_wait_s, cluster_for, stage_times
+    from planner.cost.shared_host import link_wait_s
+    from planner.cost.step import _bind, cluster_for, stage_times
     from planner.model import ModelSpec
     from planner.plan import ParallelConfig
     model = ModelSpec(name="t", n_layers=2, hidden_size=256, n_heads=4, n_kv_heads=4, ffn_hidden_size=1024,
@@ -104,7 +105,7 @@ def test_collectives_across_nodes_count_as_waiting_not_computing(node, tmp_path)
         cluster, sites, ranks, runtimes = _bind(model, cluster_for(str(path), 2, 2), P, None)
         rates = tuple(make_rates(s.node.device, P.precision, ranks, s.node.framework) for s in sites)
         st = stage_times(model, cluster, sites, runtimes, rates)
-        waits[order] = _link_wait_s(model, P, st, 2)
+        waits[order] = link_wait_s(P, st, 2)
     assert waits["pp-cp-tp-dp"] > 0 and waits["tp-cp-dp-pp"] == 0.0
 
 

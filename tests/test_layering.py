@@ -17,7 +17,7 @@ LAYERS = (
               "planner.hf_config", "planner.hf_families", "planner.catalog", "planner.units",
               "planner.framework_spec", "planner.hardware", "planner.profile_yaml", "planner.cluster")),
     ("plan", ("planner.plan", "planner.layout", "planner.executor_rules", "planner.partition", "planner.schedule",
-              "planner.schedule_zb", "planner.schedule_estimate")),
+              "planner.schedule_zb", "planner.schedule_estimate", "planner.schedule_shared")),
     ("cost", ("planner.cost",)),
     ("search", ("planner.search",)),
     ("side", ("planner.calibrate", "planner.launch", "planner.records", "planner.report", "planner.validation",

@@ -210,3 +210,45 @@ def test_zb_simulation_is_fast_at_pp64():
     assert p * m <= ZB_EXACT_LIMIT
     assert tl.makespan_s >= m * (f[0] + 2.0 + 0.9)
     assert took < 2.0, f"{took:.2f} s for {3 * p * m} tasks (measured ~0.06 s)"
+
+
+# --- a schedule on shared cores (planner.schedule_shared) ---
+
+from planner.schedule_shared import Host, TaskCost, simulate_shared  # noqa: E402
+
+
+@pytest.mark.parametrize("schedule,pp,m,vpp", [("gpipe", 3, 4, 1), ("1f1b", 4, 8, 1), ("interleaved", 2, 4, 2)])
+def test_a_core_per_rank_runs_the_plain_schedule(schedule, pp, m, vpp):
+    fwd, bwd = [1.0 + 0.1 * k for k in range(pp * vpp)], [2.0 + 0.3 * k for k in range(pp * vpp)]
+    plain = simulate(schedule, pp, m, vpp, fwd, bwd, None, 0.2)
+    shared = simulate_shared(schedule, pp, m, vpp, [TaskCost(f) for f in fwd], [TaskCost(b) for b in bwd], 0.2,
+                             (Host(pp, (1,) * pp),))
+    assert shared.makespan_s == pytest.approx(plain.makespan_s, rel=1e-12)
+    assert shared.busy_s == pytest.approx(plain.busy_s, rel=1e-12)
+    assert shared.peak_in_flight == plain.peak_in_flight
+
+
+def test_ranks_computing_at_once_share_the_cores():
+    """GPipe, 2 ranks on one core, F = B = 1 s, 2 micro-batches: rank 0's F1 and rank 1's F0 run
+    together at half speed (t 1-3), so do rank 1's B1 and rank 0's B0 (t 5-7): the makespan is the
+    whole work, 8 s, on the one core; each rank is awake 6 s."""
+    t = simulate_shared("gpipe", 2, 2, 1, [TaskCost(1.0)] * 2, [TaskCost(1.0)] * 2, 0.0, (Host(1, (1, 1)),))
+    assert t.makespan_s == pytest.approx(8.0)
+    assert t.busy_s == pytest.approx((6.0, 6.0))
+    spans = {(x.stage, x.kind, x.micro_batch): (x.start_s, x.end_s) for x in t.tasks}
+    assert spans[0, "F", 1] == pytest.approx((1.0, 3.0)) and spans[1, "F", 0] == pytest.approx((1.0, 3.0))
+
+
+def test_a_sleeping_rank_leaves_its_core_and_hosts_are_apart():
+    """1F1B, 2 ranks on one core, work 1 s per task; rank 0 then sleeps 1 s per task (a wait on
+    another node). Its sleeps leave the core to rank 1 (B0 at t 4-5 and B1 at t 7-8 alone), the
+    shared spans run at half speed: 10 s. Held instead of slept, rank 1 computes beside it: 11 s.
+    On two hosts of one core each nobody shares: the plain schedule."""
+    def run(kind: str, hosts) -> float:
+        tasks = [TaskCost(1.0, **{kind: 1.0}), TaskCost(1.0)]
+        return simulate_shared("1f1b", 2, 2, 1, tasks, tasks, 0.0, hosts).makespan_s
+
+    assert run("sleep_s", (Host(1, (1, 1)),)) == pytest.approx(10.0)
+    assert run("busy_s", (Host(1, (1, 1)),)) == pytest.approx(11.0)
+    plain = simulate("1f1b", 2, 2, 1, [2.0, 1.0], [2.0, 1.0]).makespan_s
+    assert run("sleep_s", (Host(1, (1, 0)), Host(1, (0, 1)))) == pytest.approx(plain)

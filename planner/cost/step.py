@@ -30,6 +30,7 @@ from planner.cost.memory import StageMemory, stage_memories, stage_parameters
 from planner.cost.optimizer import optimizer_s
 from planner.cost.prediction import Prediction, StagePrediction, TimeBreakdown
 from planner.cost.runtime import Runtime, bind_runtime, effective_runtime
+from planner.cost.shared_host import link_wait_s, shared_pipeline, shares_cores
 from planner.cost.sites import Site, SiteBlock, plan_sites, site_block, validated_sites
 from planner.cost.stacks import stack_of
 from planner.errors import InputError
@@ -173,23 +174,6 @@ class TimedStep:
         return min(1.0, max(0.0, busy) / max(unlocked, 1e-30))
 
 
-def _link_wait_s(model: ModelSpec, P: ParallelConfig, st: StageTimes, gpus_per_node: int) -> float:
-    """Mean over the pipeline ranks of the time their stage work spends in tp / cp / ep / sharded-dp
-    collectives whose group spans nodes: waits on the link, on which a CPU rank sleeps."""
-    crosses = {axis: getattr(P, axis) > 1 and group_shape(P, axis, gpus_per_node).nodes > 1
-               for axis in ("tp", "cp", "dp")}
-    crosses["ep"] = P.ep > 1 and expert_group_spreads(P, gpus_per_node)[0][1] > 1
-    if not any(crosses.values()):
-        return 0.0
-    def per_block(b: SiteBlock) -> float:
-        bc = b.block
-        return ((bc.tp_f + bc.tp_b + bc.tp_rc) * crosses["tp"] + (bc.cp_f + bc.cp_b) * crosses["cp"]
-                + (bc.ep_f + bc.ep_b + bc.ep_rc) * crosses["ep"] + (b.z3_f + b.z3_b) * crosses["dp"])
-
-    total = sum(P.num_micro_batches * st.rank_blocks_sum(r, per_block) for r in range(P.pp))
-    return total / P.pp
-
-
 def _site_dp_exposed_s(model: ModelSpec, site: Site, runtime: Runtime, rates: Rates, st: StageTimes,
                        stage_params: list[float]) -> float:
     """The dp reduction of the site's rank holding the most parameters, overlapped with that
@@ -225,7 +209,7 @@ def _rank_expert_params(model: ModelSpec, P: ParallelConfig, rank: int) -> float
 
 
 def timed_step(model: ModelSpec, cluster: ClusterSpec, sites: tuple[Site, ...], runtimes,
-               stage_params: list, ranks_busy: float, timeline: bool) -> TimedStep:
+               stage_params: list, ranks_busy: float, timeline: bool, ranks_on_host: int = 0) -> TimedStep:
     """Stage times, the pipeline schedule, exposed DP reduction, optimizer and step time with
     ``ranks_busy`` ranks sharing the host's cores.
 
@@ -234,15 +218,25 @@ def timed_step(model: ModelSpec, cluster: ClusterSpec, sites: tuple[Site, ...], 
     ranks, each busy rank gets min(1, host_cores / (ranks x u)) of a core (egalitarian
     processor sharing: the runnable jobs share the servers equally; Kleinrock, "Time-shared
     systems: a theoretical treatment", J. ACM 14(2), 1967; :func:`predict` iterates u to its
-    fixed point). The measured waits are taken to use no CPU (a blocked gloo receive sleeps)."""
+    fixed point). The measured waits are taken to use no CPU (a blocked gloo receive sleeps).
+    A pipeline of ``ranks_on_host`` ranks on such a host runs its schedule on shared cores
+    (:func:`planner.cost.shared_host.shared_pipeline`); ``ranks_busy`` then only sets the
+    measured slowdown of ranks computing at once."""
     P = sites[0].P
     rates = tuple(make_rates(s.node.device, P.precision, ranks_busy, s.node.framework) for s in sites)
     st = stage_times(model, cluster, sites, runtimes, rates)
-    pipe = estimate(st.schedule, P.pp, P.num_micro_batches, P.vpp, list(st.fwd_s), list(st.sched_b),
-                    list(st.sched_w) if st.sched_w else None, st.p2p_s, need_timeline=timeline)
+    device, gpn = sites[0].node.device, sites[0].node.gpus_per_node
+    shared = shares_cores(P, st.schedule, device, ranks_on_host, len(sites))
+    if shared:
+        def at_share(share: float) -> StageTimes:
+            return stage_times(model, cluster, sites, runtimes, tuple(dataclasses.replace(r, share=share) for r in rates))
+        pipe = shared_pipeline(P, st, at_share, gpn, device.host_cores, timeline)
+    else:
+        pipe = estimate(st.schedule, P.pp, P.num_micro_batches, P.vpp, list(st.fwd_s), list(st.sched_b),
+                        list(st.sched_w) if st.sched_w else None, st.p2p_s, need_timeline=timeline)
     dp = max(_site_dp_exposed_s(model, s, rt, r, st, sp) for s, rt, r, sp in zip(sites, runtimes, rates, stage_params))
     opt = max(optimizer_s(model, s.P, r, s.ranks) for s, r in zip(sites, rates))
-    wait = _link_wait_s(model, P, st, sites[0].node.gpus_per_node) if len(sites) == 1 else 0.0
+    wait = link_wait_s(P, st, gpn) if len(sites) == 1 and not shared else 0.0  # shared: busy_s is awake time
     return TimedStep(ranks_busy, rates, st, pipe, dp, opt, pipe.makespan_s + dp + opt, wait)
 
 
@@ -285,7 +279,7 @@ def predict(model: ModelSpec, cluster: ClusterSpec, parallel: ParallelConfig,
     world = cluster.world_size
     pp, m = P.pp, P.num_micro_batches
     stage_params = [stage_parameters(model, s.P) for s in sites]
-    timed = timed_step(model, cluster, sites, runtimes, stage_params, ranks_on_host, timeline)
+    timed = timed_step(model, cluster, sites, runtimes, stage_params, ranks_on_host, timeline, ranks_on_host)
     if len(sites) == 1 and device.host_cores > 0 and ranks_on_host > device.host_cores:
         # oversubscribed CPU host: a rank waiting in a receive or a collective sleeps, so the
         # busy ones get more than host_cores / ranks of a core; iterate on the busy fraction
@@ -293,7 +287,7 @@ def predict(model: ModelSpec, cluster: ClusterSpec, parallel: ParallelConfig,
             busy = max(device.host_cores, ranks_on_host * timed.busy_fraction)
             if abs(busy - timed.ranks_busy) <= 1e-3 * busy:
                 break
-            timed = timed_step(model, cluster, sites, runtimes, stage_params, busy, timeline)
+            timed = timed_step(model, cluster, sites, runtimes, stage_params, busy, timeline, ranks_on_host)
     st, pipe = timed.st, timed.pipe
 
     per_rank = rank_memories(model, sites, runtimes, st.schedule, pipe.peak_in_flight)

@@ -1,0 +1,111 @@
+"""Waits on other nodes, and pipelines on CPU hosts with more ranks than cores.
+
+A CPU rank blocked on the link sleeps: :func:`link_wait_s` is the part of a step's stage work
+spent in collectives whose group spans nodes. On an oversubscribed host a pipeline's tasks run
+at the share of a core the ranks computing beside them leave: :func:`shared_pipeline` prices the
+schedule with :func:`planner.schedule_shared.simulate_shared`, each task split into its CPU work
+(what a whole core would take), host-side communication and sleep.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+from planner.cost.block import group_shape
+from planner.layout import expert_group_spreads, rank_layout
+from planner.plan import ParallelConfig
+from planner.schedule_estimate import PipelineEstimate
+from planner.schedule_shared import Host, TaskCost, simulate_shared
+
+SHARED_TASK_LIMIT = 4096
+"""Pipelines with more tasks (pp x vpp x micro-batches x 2) keep the busy-fraction estimate:
+the event simulation is exact but not closed-form, and CPU plans are small."""
+
+
+def _crossing_axes(P: ParallelConfig, gpus_per_node: int) -> dict[str, bool]:
+    crosses = {axis: getattr(P, axis) > 1 and group_shape(P, axis, gpus_per_node).nodes > 1
+               for axis in ("tp", "cp", "dp")}
+    crosses["ep"] = P.ep > 1 and expert_group_spreads(P, gpus_per_node)[0][1] > 1
+    return crosses
+
+
+def _waits(P: ParallelConfig, gpus_per_node: int):
+    """(forward, backward) per-block link waits as functions of a SiteBlock, or None."""
+    x = _crossing_axes(P, gpus_per_node)
+    if not any(x.values()):
+        return None
+
+    def fwd(b) -> float:
+        bc = b.block
+        return bc.tp_f * x["tp"] + bc.cp_f * x["cp"] + bc.ep_f * x["ep"] + b.z3_f * x["dp"]
+
+    def bwd(b) -> float:
+        bc = b.block
+        return ((bc.tp_b + bc.tp_rc) * x["tp"] + bc.cp_b * x["cp"] + (bc.ep_b + bc.ep_rc) * x["ep"]
+                + b.z3_b * x["dp"])
+    return fwd, bwd
+
+
+def link_wait_s(P: ParallelConfig, st, gpus_per_node: int) -> float:
+    """Mean over the pipeline ranks of the time their stage work spends in tp / cp / ep / sharded-dp
+    collectives whose group spans nodes: waits on the link, on which a CPU rank sleeps."""
+    waits = _waits(P, gpus_per_node)
+    if waits is None:
+        return 0.0
+    fwd, bwd = waits
+    total = sum(P.num_micro_batches * st.rank_blocks_sum(r, lambda b: fwd(b) + bwd(b)) for r in range(P.pp))
+    return total / P.pp
+
+
+def _stage_waits(P: ParallelConfig, st, gpus_per_node: int) -> tuple[list[float], list[float]]:
+    """Per virtual stage, one micro-batch's forward and backward link waits."""
+    n_vs = len(st.kinds)
+    waits = _waits(P, gpus_per_node)
+    if waits is None:
+        return [0.0] * n_vs, [0.0] * n_vs
+    out_f, out_b = [], []
+    for k, (nd, n) in enumerate(st.kinds):
+        site = st.site_of_rank[k % P.pp]
+        b, d = st.blocks[site], st.dense_blocks[site]
+        out_f.append(n * waits[0](b) + nd * waits[0](d))
+        out_b.append(n * waits[1](b) + nd * waits[1](d))
+    return out_f, out_b
+
+
+def shares_cores(P: ParallelConfig, schedule: str, device, ranks_on_host: int, n_sites: int) -> bool:
+    """Whether :func:`shared_pipeline` prices this plan: one site on an oversubscribed CPU host,
+    a pipeline of a fixed task order, small enough to simulate."""
+    return (n_sites == 1 and device.host_cores > 0 and ranks_on_host > device.host_cores and P.pp > 1
+            and schedule in ("gpipe", "1f1b", "interleaved")
+            and 2 * P.pp * P.vpp * P.num_micro_batches <= SHARED_TASK_LIMIT)
+
+
+def hosts(P: ParallelConfig, gpus_per_node: int, cores: float) -> tuple[Host, ...]:
+    """Every node's cores and its processes per pipeline rank (:func:`planner.layout.rank_layout`)."""
+    per_node: dict[int, list[int]] = {}
+    for c in rank_layout(P):
+        per_node.setdefault(c.rank // gpus_per_node, [0] * P.pp)[c.pp] += 1
+    return tuple(Host(cores, tuple(v)) for _, v in sorted(per_node.items()))
+
+
+def shared_pipeline(P: ParallelConfig, st, stage_times_at_share, gpus_per_node: int, cores: float,
+                    timeline: bool) -> PipelineEstimate:
+    """The schedule of ``st`` on shared cores. ``stage_times_at_share(s)``: the stage times with
+    every rank at share ``s`` of a core; compute scales as 1/s, communication does not, so two
+    shares separate a task's CPU work from its fixed part, and the link waits split the fixed
+    part into sleep and host-side communication."""
+    whole, half = stage_times_at_share(1.0), stage_times_at_share(0.5)
+    sleep_f, sleep_b = _stage_waits(P, st, gpus_per_node)
+
+    def costs(full: tuple, halved: tuple, sleep: list[float]) -> list[TaskCost]:
+        out = []
+        for a, b, z in zip(full, halved, sleep):
+            work = max(0.0, b - a)
+            fixed = max(0.0, a - work)
+            out.append(TaskCost(work, max(0.0, fixed - z), min(z, fixed)))
+        return out
+
+    tl = simulate_shared(st.schedule, P.pp, P.num_micro_batches, P.vpp, costs(whole.fwd_s, half.fwd_s, sleep_f),
+                         costs(whole.sched_b, half.sched_b, sleep_b), st.p2p_s, hosts(P, gpus_per_node, cores),
+                         record=timeline)
+    kept = tl if timeline else dataclasses.replace(tl, tasks=(), num_micro_batches=0)
+    return PipelineEstimate(tl.makespan_s, tl.busy_s, tl.bubble_s, tl.peak_in_flight, kept, True)
