@@ -3,7 +3,6 @@ machine checks its runner and its report share."""
 from __future__ import annotations
 
 import json
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,25 +77,9 @@ QUIET_CORES = 0.3  # others' CPU use (cores) below which the machine counts as q
 
 
 def externally_contended(summary: dict | None) -> bool:
-    """``contended`` by someone else. The executor flags a run when a rank waited for a CPU more
-    than 20% of the step (planner.records.RUN_QUEUE_LIMIT); with more ranks than cores that wait
-    is the plan's own oversubscription (1 - cores/ranks of the time), so only the excess counts."""
-    from planner.records import RUN_QUEUE_LIMIT
-
-    if not summary or summary.get("status") != "contended":
-        return False
-    m = summary.get("measured") or {}
-    waits = list((m.get("run_queue_fraction") or {}).values())
-    world = (summary.get("env") or {}).get("world_size") or 1
-    cores = os.cpu_count() or 1
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:
-        pass
-    own = 1.0 - min(1.0, cores / world)
-    if not waits:
-        return True
-    return max(waits) - own > RUN_QUEUE_LIMIT
+    """``contended`` by someone else: the executor flags a run when a rank waited for a CPU more
+    than 20% of the step beyond the plan's own oversubscription (planner.records.summarize)."""
+    return bool(summary) and summary.get("status") == "contended"
 
 
 def calibrated_speed_flops(results_path: Path) -> float | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import statistics
 import sys
 import time
@@ -14,8 +15,7 @@ if str(ROOT) not in sys.path:
 
 from planner.demo import load_average  # noqa: E402
 from planner.plan import ParallelConfig  # noqa: E402
-from benchmarks.local_sweep_plans import (G, L, QUIET_CORES, calibrated_speed_flops,  # noqa: E402
-                                          externally_contended)
+from benchmarks.local_sweep_plans import G, L, QUIET_CORES, calibrated_speed_flops  # noqa: E402
 
 
 OP_CLASSES = (("gemm", ("aten::mm", "aten::addmm", "aten::bmm")),
@@ -256,11 +256,11 @@ def write_reports(comp, names: dict, results: dict, search: dict | None, report:
 
     df = comp.runs.copy()
     df["name"] = [names.get(d, d) for d in df["run_dir"]]
-    # a run flagged contended only by its own oversubscription (4 ranks on 2 cores) counts as ok
-    own = [d for d in df["run_dir"] if d in names and results[names[d]][1] is not None
-           and results[names[d]][1].get("status") == "contended" and not externally_contended(results[names[d]][1])]
-    df.loc[df["run_dir"].isin(own), "status"] = "ok"
-    df["oversubscribed"] = df["run_dir"].isin(own)
+    # more ranks than cores (4 on 2): waiting for a core is the plan's own; the executor flags only the excess
+    cores = len(os.sched_getaffinity(0))
+    df["oversubscribed"] = [d in names and results[names[d]][1] is not None
+                            and ((results[names[d]][1].get("env") or {}).get("world_size") or 1) > cores
+                            for d in df["run_dir"]]
     df["attempts"] = [results[names[d]][2] if d in names else 1 for d in df["run_dir"]]
 
     def others(d):

@@ -137,8 +137,10 @@ def summarize(records: Iterable[dict], plan: dict, steps: int, warmup: int,
               contention_factor: float = CONTENTION_FACTOR) -> dict:
     """The summary of a run from its records (any subset: a failed run summarises what it has).
 
-    ``plan`` is ``Plan.to_dict()``. ``status`` None means: ok, or contended if a rank's median
-    cpu_ratio is below ``contention_factor`` × :func:`expected_cpu_ratio` (CPU runs only)."""
+    ``plan`` is ``Plan.to_dict()``. ``status`` None means: ok, or contended (CPU runs only) if a
+    rank waited for a core more than :data:`RUN_QUEUE_LIMIT` of the step beyond the plan's own
+    oversubscription (1 - cores / ranks on the host), or, without run-queue readings, if a rank's
+    median cpu_ratio is below ``contention_factor`` × :func:`expected_cpu_ratio`."""
     records = [r for r in records if r.get("plan_id") == plan["id"]]
     parallel = plan["parallel"]
     envs = {r["rank"]: r for r in records if r["kind"] == "env"}
@@ -210,7 +212,9 @@ def summarize(records: Iterable[dict], plan: dict, steps: int, warmup: int,
             ratios[str(rk)] = percentile(vals, 50)
     measured["cpu_ratio"] = ratios
     cores = cores or _cores()
-    expected = expected_cpu_ratio(parallel, world, threads, cores)
+    # the ranks on this host's cores: an emulated node's agent runs on the node's own CPUs
+    ranks_here = max(1, world // max(1, int(plan.get("n_nodes") or 1)))
+    expected = expected_cpu_ratio(parallel, ranks_here, threads, cores)
     measured["cpu_ratio_expected"] = expected
     waits: dict[str, float] = {}
     for rk in sorted({r["rank"] for r in step_recs}):
@@ -223,8 +227,9 @@ def summarize(records: Iterable[dict], plan: dict, steps: int, warmup: int,
     if status is None:
         status = "ok"
         on_cpu = not str(device).startswith("cuda")
-        if on_cpu and waits:
-            if max(waits.values()) > RUN_QUEUE_LIMIT:
+        if on_cpu and waits:  # beyond the plan's own oversubscription (more ranks than cores)
+            own = 1.0 - min(1.0, cores / (ranks_here * threads))
+            if max(waits.values()) - own > RUN_QUEUE_LIMIT:
                 status = "contended"
         elif on_cpu and ratios and min(ratios.values()) < contention_factor * expected:
             status = "contended"

@@ -50,6 +50,20 @@ def test_contended_flag():
     assert expected_cpu_ratio({"pp": 1}, 4, 1, 2) == 0.5
 
 
+@pytest.mark.parametrize("cores,n_nodes,wait,status", [
+    (2, 1, 0.15, "ok"), (2, 1, 0.3, "contended"),   # a core per rank: any wait is someone else's
+    (1, 1, 0.6, "ok"), (1, 1, 0.8, "contended"),    # 2 ranks on 1 core wait half the step by design
+    (1, 2, 0.15, "ok"), (1, 2, 0.3, "contended"),   # 2 nodes of one rank on a core each (emulated)
+])
+def test_only_waits_beyond_the_plans_own_oversubscription_flag_a_run(cores, n_nodes, wait, status):
+    plan = dict(_plan(), n_nodes=n_nodes)
+    recs = _records(plan, [1.0, 1.0, 1.0])
+    for r in recs:
+        if r["kind"] == "step":
+            r["run_queue_wait_s"] = wait * r["wall_s"]
+    assert summarize(recs, plan, 3, 1, None, cores=cores)["status"] == status
+
+
 def test_failed_summary_of_partial_records():
     plan = _plan()
     recs = _records(plan, [1.0, 1.0])[:-1]
