@@ -17,9 +17,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import platform
 import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -137,13 +140,23 @@ def sweep(mbit: float, rounds: int, work: Path, steps: int, warmup: int, base: s
         emulate.down()
 
 
-def report(rows: list[dict], rounds: int, mbits: list[float], base: str, work: str, repredict: bool = False) -> str:
+def _host_cpu() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else ():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown CPU"
+
+
+def report(rows: list[dict], rounds: int, mbits: list[float], base: str, work: str, repredict: bool = False,
+           when: str = "") -> str:
     args = (f"--mbit {' '.join(f'{m:g}' for m in mbits)} --rounds {rounds} --base {base}"
             + ("" if work == "runs/multinode" else f" --work {work}"))
     lines = ["# Placement on an emulated two-node cluster: predicted vs measured", "",
              f"Regenerate: `sudo .venv/bin/python benchmarks/multinode_sweep.py {args}`"
              + ("" if base == "local-cpu" else f" after `clusterplan calibrate --out {base}` on the same host "
                 "(its header: what it measured)") + ".", ""]
+    if when:
+        lines += [f"Measured {when} on {os.cpu_count()} cores of {_host_cpu()}.", ""]
     if repredict:
         lines = ["# Placement on an emulated two-node cluster: today's model against the last sweep's runs", "",
                  f"Regenerate: `.venv/bin/python benchmarks/multinode_sweep.py {args} --repredict` after the sweep "
@@ -152,8 +165,8 @@ def report(rows: list[dict], rounds: int, mbits: list[float], base: str, work: s
     lines += [f"Two network-namespace nodes x 2 ranks (4 ranks on this machine's cores), each node's link shaped "
               f"with tc tbf; {MODEL.name} ({MODEL.n_layers} layers, hidden {MODEL.hidden_size}), fp32, global batch "
               f"{BASE['global_batch']}, micro-batch {BASE['micro_batch']}, seq {BASE['seq_len']}. Each plan predicted "
-              f"(node profile `{base}`, inter-node link measured by `clusterplan calibrate --emulated`, each node half "
-              "the host's cores), median of the rounds.", ""]
+              f"(node profile `{base}`, inter-node link measured by `clusterplan calibrate --emulated`, each node on "
+              "half the host's cores, its own (taskset), as a real node's are), median of the rounds.", ""]
     for mbit in mbits:
         sub = [r for r in rows if r["mbit"] == mbit]
         lines += [f"## {mbit:g} Mbit/s", "", "| plan | rank order | predicted s | measured s (median) | error | runs |",
@@ -200,9 +213,11 @@ def main(argv=None) -> int:
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
     rows = []
+    start = time.strftime("%Y-%m-%d %H:%M", time.gmtime())
     for mbit in a.mbit:
         rows += repredicted(mbit, a.rounds, work) if a.repredict else sweep(mbit, a.rounds, work, a.steps, a.warmup, a.base)
-    text = report(rows, a.rounds, a.mbit, a.base, a.work, a.repredict)
+    when = "" if a.repredict else f"{start}-{time.strftime('%H:%M', time.gmtime())} UTC"
+    text = report(rows, a.rounds, a.mbit, a.base, a.work, a.repredict, when)
     a.out = a.out or str(ROOT / "reports" / ("multinode-repredicted.md" if a.repredict else "multinode-validation.md"))
     Path(a.out).write_text(text)
     print(text)
