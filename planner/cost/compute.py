@@ -169,9 +169,34 @@ def layer_times(model: ModelSpec, micro_batch: int, seq_len: int, tp: int, cp: i
                 sequence_parallel: bool, recompute: str, precision: str, rates: Rates,
                 runtime: Runtime, ep: int = 1, etp: int = 0) -> LayerTimes:
     """Per-block compute times (memoised: the search calls this with few distinct keys); ``etp``:
-    the experts' tensor-parallel degree (0: ``tp``)."""
+    the experts' tensor-parallel degree (0: ``tp``). What ``recompute`` adds to the block's
+    passes (:func:`_block_passes`, shared by every recompute choice)."""
     bpe = activation_bytes_per_element(precision)
-    h = model.hidden_size
+    fwd, bwd_in, bwd_w, core_f, core_b, ew_fwd_s = _block_passes(model, micro_batch, seq_len, tp, cp, sequence_parallel,
+                                                                 precision, rates, runtime, ep, etp)
+    T = micro_batch * seq_len / cp
+    if recompute == "full":
+        recompute_s = fwd
+    elif recompute == "selective" and op_sac_applies(model, runtime.selective_recompute):
+        recompute_s = ew_fwd_s + sum(_gemm(rates, m_, n_, k_, bpe)[0] for m_, n_, k_ in op_sac_recomputed_gemms(model, T, tp))
+    elif recompute == "selective":
+        recompute_s = core_f
+    else:
+        recompute_s = 0.0
+    extra_f, extra_b = stack_of(rates).block_extras_s(model, recompute, tp, sequence_parallel,
+                                                      bpe * T * model.hidden_size, rates, ep)
+    return LayerTimes(fwd_s=fwd + extra_f, bwd_input_s=bwd_in + extra_b, bwd_weight_s=bwd_w, recompute_s=recompute_s,
+                      core_fwd_s=core_f, core_bwd_s=core_b)
+
+
+@lru_cache(maxsize=65536)
+def _block_passes(model: ModelSpec, micro_batch: int, seq_len: int, tp: int, cp: int, sequence_parallel: bool,
+                  precision: str, rates: Rates, runtime: Runtime, ep: int,
+                  etp: int) -> tuple[float, float, float, float, float, float]:
+    """(forward, backward input, backward weight, attention core forward, its backward, element-wise
+    forward) of one block without recomputation: the GEMMs, the attention core and the
+    element-wise ops at the stack's in-step speed."""
+    bpe = activation_bytes_per_element(precision)
     s_local = seq_len / cp
     T = micro_batch * s_local                 # tokens this rank computes
     rows = T / tp if sequence_parallel else T  # tokens of the replicated element-wise ops
@@ -244,19 +269,7 @@ def layer_times(model: ModelSpec, micro_batch: int, seq_len: int, tp: int, cp: i
     bwd_in += ew_bwd_s
     fwd, core_f = stack.in_step("forward", fwd, core_f)
     bwd_in, bwd_w, core_b = stack.in_step("backward", bwd_in, bwd_w, core_b)
-    if recompute == "full":
-        recompute_s = fwd
-    elif recompute == "selective" and op_sac_applies(model, runtime.selective_recompute):
-        recompute_s = ew_fwd_s + sum(_gemm(rates, m_, n_, k_, bpe)[0] for m_, n_, k_ in op_sac_recomputed_gemms(model, T, tp))
-    elif recompute == "selective":
-        recompute_s = core_f
-    else:
-        recompute_s = 0.0
-    extra_f, extra_b = stack.block_extras_s(model, recompute, tp, sequence_parallel, bpe * T * h, rates, ep)
-    fwd += extra_f
-    bwd_in += extra_b
-    return LayerTimes(fwd_s=fwd, bwd_input_s=bwd_in, bwd_weight_s=bwd_w, recompute_s=recompute_s,
-                      core_fwd_s=core_f, core_bwd_s=core_b)
+    return fwd, bwd_in, bwd_w, core_f, core_b, ew_fwd_s
 
 
 @lru_cache(maxsize=16384)
