@@ -93,11 +93,13 @@ FRAMEWORK_RUNTIMES: tuple[tuple[tuple[str, ...], str], ...] = (
 
 def framework_runtime(framework: str) -> tuple[str, str]:
     """(runtime preset, note) for a ``framework`` cell as people write it ("NeMo 24.07",
-    "Megatron-Bridge", "torchtitan + torch.compile", "Megatron-LM (PTD-P)"). A framework not
+    "Megatron-Bridge", "torchtitan + torch.compile", "torchtitan (eager)", "Megatron-LM (PTD-P)"). A framework not
     recognised is priced as the ``default`` current stack, and the note says so."""
     f = " ".join(framework.lower().replace("_", "-").split())
     for words, runtime in FRAMEWORK_RUNTIMES:
         if any(w in f for w in words):
+            if runtime == "torchtitan" and "eager" in f:
+                return "torchtitan-eager", ""
             return runtime, ""
     if not f:
         return "default", "framework not stated: priced as the default current stack"

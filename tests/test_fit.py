@@ -336,3 +336,25 @@ def test_the_table_reads_sequence_parallelism_and_names_a_bad_cell():
     with pytest.raises(InputError) as err:
         row_run(dict(row, recompute="sometimes"), "t row 1", "local-cpu")
     assert str(err.value).count("column") == 1 and "recompute" in str(err.value)
+
+
+def test_a_row_names_its_own_runtime_and_a_bad_one_is_named():
+    from planner.calibrate.fit_runs import predict_run
+    from planner.calibrate.runs_table import row_run
+    from planner.cost.runtime import get_runtime
+    from planner.errors import InputError
+
+    row = {c: "" for c in TABLE_COLUMNS}
+    row.update(name="t", model="llama3-8b", nodes="1", gpus_per_node="8", tp="1", pp="1", dp="8", micro_batch="2",
+               global_batch="16", seq_len="8192", precision="bf16", recompute="selective", sharding="fsdp",
+               measured_step_s="2.8")
+    node = load_profile("dgx-h100-80gb")
+    compiled = row_run(row, "t row 1", "dgx-h100-80gb")
+    eager = row_run(dict(row, runtime="torchtitan-eager"), "t row 1", "dgx-h100-80gb")
+    assert compiled.runtime == "" and eager.runtime == "torchtitan-eager"
+    fused_s = predict_run(compiled, node, get_runtime("torchtitan")).step_time_s
+    eager_s = predict_run(eager, node, get_runtime("torchtitan")).step_time_s  # the row's own runtime wins
+    assert eager_s > fused_s
+    with pytest.raises(InputError) as err:
+        row_run(dict(row, runtime="jax"), "t row 1", "dgx-h100-80gb")
+    assert "t row 1, column runtime" in str(err.value) and str(err.value).count("column") == 1

@@ -87,6 +87,7 @@ def test_framework_names_people_write_map_to_runtimes():
     assert runtime_for_framework("NeMo 24.07") == "megatron-core"
     assert runtime_for_framework("Megatron-Bridge") == "megatron-core"
     assert runtime_for_framework("torchtitan + torch.compile") == "torchtitan"
+    assert runtime_for_framework("torchtitan (eager)") == "torchtitan-eager"
     assert runtime_for_framework("Megatron-LM (PTD-P)") == "megatron-lm-2021"
     assert runtime_for_framework("DeepSpeed ZeRO-3 in Megatron") == "deepspeed-zero3-2021"
     name, note = framework_runtime("JAX/MaxText")

@@ -157,12 +157,15 @@ def load_measured_runs(run_dirs: Iterable[str | os.PathLike], extra_plans: Itera
 
 
 def predict_run(run: MeasuredRun, node: NodeSpec, runtime=None):
-    """The cost model's prediction of ``run``'s plan on ``node`` (its node count and size)."""
+    """The cost model's prediction of ``run``'s plan on ``node`` (its node count and size), under
+    the run's own runtime where its row names one, else ``runtime``."""
+    from planner.cost.runtime import get_runtime
     from planner.cost.step import predict
 
     plan = run.plan
     cluster = ClusterSpec.homogeneous(node.with_gpus_per_node(plan.gpus_per_node), plan.n_nodes)
-    return predict(plan.model, cluster, plan.parallel, runtime, timeline=False)
+    return predict(plan.model, cluster, plan.parallel, get_runtime(run.runtime) if run.runtime else runtime,
+                   timeline=False)
 
 
 def predict_step_time(plan, node: NodeSpec, runtime=None) -> float:

@@ -6,7 +6,9 @@ config.json), ``nodes, gpus_per_node, tp, pp, dp, cp`` (cp may be empty = 1), ``
 global_batch, seq_len, precision`` (fp32|tf32|bf16|fp16|fp8), ``recompute`` (none|selective|full),
 ``sharding`` (none|zero1|zero2|zero3|fsdp), ``schedule`` (empty, gpipe, 1f1b, interleaved, zb),
 ``vpp`` (empty = 1), ``stage_layers`` (empty, or layers per stage joined by ``|``),
-``sequence_parallel`` (optional: yes | no, empty = no), ``measured_step_s``, ``measured_peak_memory_bytes`` (may be empty), ``memory_source``
+``sequence_parallel`` (optional: yes | no, empty = no), ``runtime`` (optional: a runtime preset
+for this row, e.g. ``torchtitan-eager`` beside ``torchtitan`` runs; empty = ``fit --runtime``),
+``measured_step_s``, ``measured_peak_memory_bytes`` (may be empty), ``memory_source``
 (allocated | reserved | device_used: what ``torch.cuda.max_memory_allocated``, ``max_memory_reserved``
 or ``nvidia-smi`` report; needed with a memory reading). A malformed row is one
 :class:`planner.errors.InputError` naming the row and the column.
@@ -21,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from planner.catalog import load_model
+from planner.cost.runtime import RUNTIME_PRESETS
 from planner.errors import InputError
 from planner.io import read_input_text, read_json_object
 from planner.plan import ParallelConfig, Plan
@@ -28,7 +31,7 @@ from planner.plan import ParallelConfig, Plan
 MEMORY_SOURCES = ("allocated", "reserved", "device_used")
 REQUIRED = ("name", "model", "nodes", "gpus_per_node", "tp", "pp", "dp", "micro_batch", "global_batch", "seq_len",
             "precision", "recompute", "sharding", "measured_step_s")
-OPTIONAL = ("cp", "schedule", "vpp", "stage_layers", "sequence_parallel", "measured_peak_memory_bytes",
+OPTIONAL = ("cp", "schedule", "vpp", "stage_layers", "sequence_parallel", "runtime", "measured_peak_memory_bytes",
             "memory_source")
 
 
@@ -42,6 +45,8 @@ class MeasuredRun:
     measured_step_time_s: float
     measured_memory_bytes: float | None = None
     memory_source: str = ""
+    runtime: str = ""
+    """A runtime preset of its own (:data:`planner.cost.runtime.RUNTIME_PRESETS`), or the fit's."""
 
 
 def _cell(row: dict, col: str, where: str) -> str:
@@ -131,7 +136,8 @@ def row_run(row: dict, where: str, hardware: str) -> MeasuredRun:
             raise
         column = err.field.split(".")[-1]
         raise InputError(f"{where}, column {column}", err.reason) from None
-    return MeasuredRun(name, plan, _positive(row, "measured_step_s", where), memory, source)
+    runtime = _choice(row, "runtime", where, tuple(RUNTIME_PRESETS), default="")
+    return MeasuredRun(name, plan, _positive(row, "measured_step_s", where), memory, source, runtime)
 
 
 def load_runs_table(path: str | os.PathLike, hardware: str) -> list[MeasuredRun]:

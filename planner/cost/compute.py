@@ -264,7 +264,7 @@ def _block_passes(model: ModelSpec, micro_batch: int, seq_len: int, tp: int, cp:
 
     # --- element-wise ops (memory-bound), the stack's in-step speed and its per-op costs ---
     stack = stack_of(rates)
-    ew_fwd_s, ew_bwd_s = stack.block_elementwise_s(model, T, rows, tp, bpe, rates)
+    ew_fwd_s, ew_bwd_s = stack.block_elementwise_s(model, T, rows, tp, bpe, rates, runtime.eager_elementwise)
     fwd += ew_fwd_s
     bwd_in += ew_bwd_s
     fwd, core_f = stack.in_step("forward", fwd, core_f)

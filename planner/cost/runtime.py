@@ -102,6 +102,10 @@ class Runtime:
         train.py ``loss_fn`` at 9dec370), holding what this project's executor's loss holds
         (:func:`planner.cost.memory.logits_bytes_per_token`); False: Megatron's fused
         vocab-parallel cross entropy (fp32 logits and their gradient in the compute dtype).
+    eager_elementwise: the model's element-wise ops run as PyTorch eager kernels, one per op of
+        its Python code (torchtitan without ``--training.compile``, its default at 9dec370:
+        :mod:`planner.cost.eager_ops`); otherwise fused as torch.compile or hand-written kernels
+        fuse them.
     fsdp_unsharded_with_pp: with pipeline parallelism an FSDP unit keeps its parameters unsharded
         through the step (torchtitan: ``reshard_after_forward=False`` when pp is enabled,
         parallelize_llama.py at 9dec370) and the pipeline keeps its gradients unsharded until the
@@ -135,6 +139,7 @@ class Runtime:
     max_reuse_distance: int = 1_000_000_000
     selective_recompute: str = "attention_core"
     fp32_cross_entropy: bool = False
+    eager_elementwise: bool = False
     fsdp_unsharded_with_pp: bool = False
     shardings: tuple[str, ...] = ("none", "zero1", "zero2", "zero3", "fsdp")
     pipeline_shardings: tuple[str, ...] = ("none", "zero1", "zero2", "zero3", "fsdp")
@@ -219,6 +224,10 @@ _MEGATRON_RULES = dict(shardings=("none", "zero1"), pipeline_shardings=("none", 
 _DEEPSPEED_RULES = dict(pipeline_shardings=("none", "zero1"), schedules=("1f1b",), context_parallel=False,
                         expert_parallel=False)
 
+_TORCHTITAN = Runtime(name="torchtitan", attention="flash", shard_prefetch=True, gather_granularity="per_layer",
+                      shardings=("none", "zero2", "zero3", "fsdp"), pipeline_shardings=("none", "zero2", "zero3", "fsdp"),
+                      selective_recompute="every_second_mm", fp32_cross_entropy=True, fsdp_unsharded_with_pp=True)
+
 RUNTIME_PRESETS: dict[str, Runtime] = {
     # current PyTorch / Megatron-Core / torchtitan stacks
     "default": DEFAULT_RUNTIME,
@@ -270,11 +279,11 @@ RUNTIME_PRESETS: dict[str, Runtime] = {
     # the backward (torchtitan docs/fsdp.md; PyTorch FSDP2 RFC #114299)
     # DDP or FSDP2 (reshard_after_forward False is ZeRO-2, True ZeRO-3), no ZeRO-1; schedules
     # GPipe, 1F1B, Interleaved1F1B, zero-bubble (torchtitan docs, torch.distributed.pipelining).
-    # Selective AC is its "op" policy (every second matmul of a block recomputed).
-    "torchtitan": Runtime(name="torchtitan", attention="flash", shard_prefetch=True, gather_granularity="per_layer",
-                          shardings=("none", "zero2", "zero3", "fsdp"), pipeline_shardings=("none", "zero2", "zero3", "fsdp"),
-                          selective_recompute="every_second_mm", fp32_cross_entropy=True,
-                          fsdp_unsharded_with_pp=True),
+    # Selective AC is its "op" policy (every second matmul of a block recomputed). "torchtitan":
+    # with torch.compile (each block compiled: its element-wise ops fused); "torchtitan-eager":
+    # without (training.compile = false, the default of its train configs at 9dec370).
+    "torchtitan": _TORCHTITAN,
+    "torchtitan-eager": dataclasses.replace(_TORCHTITAN, name="torchtitan-eager", eager_elementwise=True),
     # this project's executor (executor/): torch SDPA, DDP buckets overlapped with backward, FSDP2
     # prefetch; on a CPU host whose ranks take every core nothing overlaps (effective_runtime)
     "executor": EXECUTOR_RUNTIME,

@@ -15,6 +15,7 @@ from __future__ import annotations
 from planner.cost import framework as fw
 from planner.cost import gloo
 from planner.cost.comm import GroupShape, collective_time, overlapped_exposed_s
+from planner.cost.eager_ops import eager_block_bytes
 from planner.cost.precision import grad_bytes_per_param, weight_bytes_per_param
 from planner.cost.runtime import Runtime
 from planner.cost.zero3_prefetch import gathered_tensors_per_layer, per_tensor_prefetch_exposed
@@ -50,20 +51,25 @@ class FusedStack:
     executor = False
 
     def block_elementwise_s(self, model: ModelSpec, tokens: float, rows: float, tp: int, bpe: int,
-                            rates) -> tuple[float, float]:
+                            rates, eager: bool = False) -> tuple[float, float]:
         """One block's memory-bound work (forward, backward): its norms (two, or Gemma 2's four:
         read x, write y), two fused bias-dropout-adds, the MLP activation (GELU; SwiGLU reads
-        gate and up), RoPE on Q and K; backward moves twice the bytes over the same kernels."""
+        gate and up), RoPE on Q and K; backward moves twice the bytes over the same kernels.
+        ``eager``: the same ops as PyTorch eager runs them, kernel by kernel
+        (:func:`planner.cost.eager_ops.eager_block_bytes`)."""
         h = model.hidden_size
-        mask = 1 if model.dropout > 0 else 0
-        norms = model.norms_per_block
-        ew_bytes = norms * (2 * bpe * rows * h) + 2 * ((3 * bpe + mask) * rows * h)
-        kernels = norms + 2
-        ew_bytes += (3 if model.mlp == "swiglu" else 2) * bpe * tokens * model.token_mlp_width / tp
-        kernels += 1
-        if model.position == "rope":
-            ew_bytes += 2 * bpe * tokens * model.rotary_dim / tp
+        if eager:
+            ew_bytes, kernels = eager_block_bytes(model, tokens, rows, tp, bpe)
+        else:
+            mask = 1 if model.dropout > 0 else 0
+            norms = model.norms_per_block
+            ew_bytes = norms * (2 * bpe * rows * h) + 2 * ((3 * bpe + mask) * rows * h)
+            kernels = norms + 2
+            ew_bytes += (3 if model.mlp == "swiglu" else 2) * bpe * tokens * model.token_mlp_width / tp
             kernels += 1
+            if model.position == "rope":
+                ew_bytes += 2 * bpe * tokens * model.rotary_dim / tp
+                kernels += 1
         fwd_s, bwd_s = rates.memory(ew_bytes, kernels), rates.memory(2 * ew_bytes, kernels)
         if rates.dtype == "fp8":
             cast_f, cast_b = fp8_cast_bytes(model, tokens, tp, bpe)
@@ -208,9 +214,9 @@ class ExecutorStack:
         self.frame = frame
 
     def block_elementwise_s(self, model: ModelSpec, tokens: float, rows: float, tp: int, bpe: int,
-                            rates) -> tuple[float, float]:
+                            rates, eager: bool = True) -> tuple[float, float]:
         """The executor's own eager ops, counted (:func:`planner.cost.framework.block_elementwise_bytes`),
-        each kind at its calibrated rate."""
+        each kind at its calibrated rate (always eager)."""
         return rates.elementwise(fw.block_elementwise_bytes(model, tokens, rows, tp, bpe), bpe)
 
     def in_step(self, phase: str, *times: float) -> tuple[float, ...]:
