@@ -33,10 +33,14 @@ class TaskCost:
 
 @dataclass(frozen=True)
 class Host:
-    """One host's cores and, per pipeline rank, how many of that rank's processes run on it."""
+    """One host's cores and, per pipeline rank, how many of that rank's processes run on it.
+    ``link_senders``: how many of its processes the tasks' sleeps were priced as crossing its
+    one link at once; a sleep then runs ``link_senders / processes sleeping`` times as fast
+    (the link shared equally by those on it, as the cores are). 0: sleeps are fixed."""
 
     cores: float
     ranks: tuple[int, ...]
+    link_senders: float = 0.0
 
 
 def simulate_shared(schedule: str, pp: int, num_micro_batches: int, vpp: int, fwd: list[TaskCost],
@@ -121,13 +125,13 @@ def simulate_shared(schedule: str, pp: int, num_micro_batches: int, vpp: int, fw
         dt = next_ready - t
         for r in running:
             kind, left = phases[r][0]
-            dt = min(dt, left / rate[r] if kind == "work" else left)
+            dt = min(dt, left / rate[r] if kind != "busy" else left)
         t += dt
         for r in running:
             phase = phases[r][0]
             if phase[0] != "sleep":
                 busy[r] += dt
-            phase[1] -= dt * rate[r] if phase[0] == "work" else dt
+            phase[1] -= dt * rate[r] if phase[0] != "busy" else dt
             if phase[1] <= _DONE:
                 phases[r].pop(0)
                 if not phases[r]:
@@ -139,11 +143,16 @@ def simulate_shared(schedule: str, pp: int, num_micro_batches: int, vpp: int, fw
 
 
 def _rates(running: list[int], phases, hosts: tuple[Host, ...], pp: int) -> dict[int, float]:
-    """Each running rank's share of a core: on each of its hosts the cores over the processes
-    holding one there (not sleeping), the smallest over its hosts."""
-    holding = [phases[r] is not None and phases[r][0][0] != "sleep" for r in range(pp)]
+    """Each running rank's rate: working, its share of a core (on each of its hosts the cores
+    over the processes holding one there, not sleeping); sleeping, its speed on the link
+    (:attr:`Host.link_senders` over the processes sleeping there); the smallest over its hosts."""
+    sleeping = [phases[r] is not None and phases[r][0][0] == "sleep" for r in range(pp)]
+    holding = [phases[r] is not None and not sleeping[r] for r in range(pp)]
     share_on = [min(1.0, h.cores / max(1, sum(n for n, held in zip(h.ranks, holding) if held))) for h in hosts]
-    return {r: min(share_on[i] for i, h in enumerate(hosts) if h.ranks[r]) for r in running}
+    link_on = [h.link_senders / max(1, sum(n for n, z in zip(h.ranks, sleeping) if z)) if h.link_senders else 1.0
+               for h in hosts]
+    return {r: min((link_on if sleeping[r] else share_on)[i] for i, h in enumerate(hosts) if h.ranks[r])
+            for r in running}
 
 
 def require_fixed_order(schedule: str) -> None:

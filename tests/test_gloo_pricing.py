@@ -122,3 +122,42 @@ def test_a_ring_whose_edges_move_more_bytes_than_the_cores_can_runs_at_the_cores
     assert cpu_s > 0 and collective_time("all_reduce", s, g, dataclasses.replace(node, link_cpu_s_per_byte=(0.0, 0.0))) == link_s
     back = parse_profile(parse_yaml(profile_yaml(costly), "profile", "test"))
     assert back.link_cpu_s_per_byte == pytest.approx((100e-9, 1e-9))
+
+
+def test_pipeline_sends_cost_the_host_cpu_of_the_bytes_they_move(node):
+    """pp=4 over 2 nodes of 2 ranks: the boundary between stages 1 and 2 crosses the link; every
+    task pays half the host CPU per byte of what it receives and half of what it sends, at the
+    rate across for a crossing boundary, inside otherwise; the shared schedule takes longer."""
+    from planner.cost.shared_host import _send_cpu_s
+    from planner.cost.step import predict
+    from planner.hardware import ClusterSpec
+    from planner.plan import ParallelConfig
+    from planner.presets import PRESETS
+
+    P = ParallelConfig(pp=4, micro_batch=2, global_batch=8, seq_len=128, precision="fp32")
+    across, inside = 10e-9, 1e-9
+    cpu_node = dataclasses.replace(node, link_cpu_s_per_byte=(across, inside))
+    size = 1e6
+    got = _send_cpu_s(P, cpu_node, size)
+    assert got == pytest.approx([size * inside / 2, size * (across + inside) / 2,
+                                 size * (inside + across) / 2, size * inside / 2])
+    assert _send_cpu_s(P, dataclasses.replace(node, link_cpu_s_per_byte=(0.0, 0.0)), size) == [0.0] * 4
+    model = PRESETS["tiny-gpt"]
+    free = predict(model, ClusterSpec.homogeneous(dataclasses.replace(node, link_cpu_s_per_byte=(0.0, 0.0)), 2), P)
+    paid = predict(model, ClusterSpec.homogeneous(cpu_node, 2), P)
+    assert paid.step_time_s > free.step_time_s
+
+
+@pytest.mark.parametrize("cpu_ns, senders", [(0.0, 2.0), (10.0, 2.0), (100.0, 0.0)])
+def test_sleeps_share_the_link_only_where_the_link_bounds_them(node, cpu_ns, senders):
+    """pp inside a node, tp across: the two stages' tp groups were priced on the node's link at
+    once (2 senders, 12.5 MB/s each: 80 ns a byte); where the host CPU of their bytes is slower
+    than that (2 x 100 ns on one core), the wait keeps its price."""
+    from planner.cost.shared_host import _link_senders
+    from planner.plan import ParallelConfig
+
+    P = ParallelConfig(tp=2, pp=2, micro_batch=2, global_batch=8, seq_len=128, precision="fp32", order="pp-cp-tp-dp")
+    one_core = dataclasses.replace(node, link_cpu_s_per_byte=(cpu_ns * 1e-9, 0.0),
+                                   device=dataclasses.replace(node.device, host_cores=1.0))
+    assert _link_senders(P, one_core) == senders
+    assert _link_senders(P, dataclasses.replace(one_core, inter_node_shared=False)) == 0.0

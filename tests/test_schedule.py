@@ -252,3 +252,18 @@ def test_a_sleeping_rank_leaves_its_core_and_hosts_are_apart():
     assert run("busy_s", (Host(1, (1, 1)),)) == pytest.approx(11.0)
     plain = simulate("1f1b", 2, 2, 1, [2.0, 1.0], [2.0, 1.0]).makespan_s
     assert run("sleep_s", (Host(1, (1, 0)), Host(1, (0, 1)))) == pytest.approx(plain)
+
+
+def test_ranks_sleeping_on_one_link_share_it_and_one_alone_has_it_whole():
+    """GPipe, 2 ranks on 2 cores of one host whose waits were priced with both on the link
+    (link_senders 2), each task 1 s of work then 2 s of sleep. Rank 1's F0 waits for rank 0's,
+    so their sleeps never meet in the fill: alone on the link each takes 1 s. Priced as fixed
+    (link_senders 0) every sleep takes its 2 s."""
+    tasks = [TaskCost(1.0, sleep_s=2.0)] * 2
+    fixed = simulate_shared("gpipe", 2, 1, 1, tasks, tasks, 0.0, (Host(2, (1, 1)),))
+    shared = simulate_shared("gpipe", 2, 1, 1, tasks, tasks, 0.0, (Host(2, (1, 1), link_senders=2),))
+    assert fixed.makespan_s == pytest.approx(12.0)  # 4 tasks of 3 s one after the other
+    assert shared.makespan_s == pytest.approx(8.0)  # 4 tasks of 1 s work + 1 s alone on the link
+    both = simulate_shared("gpipe", 2, 1, 1, tasks, tasks, 0.0, (Host(2, (1, 0), link_senders=2),
+                                                                Host(2, (0, 1), link_senders=2)))
+    assert both.makespan_s == pytest.approx(8.0)  # apart: each alone on its host's link

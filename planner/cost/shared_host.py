@@ -11,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 
 from planner.cost.block import group_shape
+from planner.cost.stacks import stack_of
+from planner.hardware import NodeSpec
 from planner.layout import expert_group_spreads, rank_layout
 from planner.plan import ParallelConfig
 from planner.schedule_estimate import PipelineEstimate
@@ -79,33 +81,81 @@ def shares_cores(P: ParallelConfig, schedule: str, device, ranks_on_host: int, n
             and 2 * P.pp * P.vpp * P.num_micro_batches <= SHARED_TASK_LIMIT)
 
 
-def hosts(P: ParallelConfig, gpus_per_node: int, cores: float) -> tuple[Host, ...]:
-    """Every node's cores and its processes per pipeline rank (:func:`planner.layout.rank_layout`)."""
+def _link_senders(P: ParallelConfig, node: NodeSpec) -> float:
+    """How many of a node's ranks the link waits were priced as sending across at once (the
+    groups of a crossing axis on one node, :func:`planner.cost.gloo.ring_time`; the fewest over
+    the crossing axes), or 0 (each wait as priced) where the node's ranks do not share one link,
+    expert groups cross, or the host CPU a byte costs bounds the transfer rather than the link:
+    those bytes then hold the node's cores, which a sleeping rank is taken to leave to the others,
+    so a shorter wait would count the same cores twice."""
+    x = _crossing_axes(P, node.gpus_per_node)
+    if not node.inter_node_shared or x["ep"] or not any(x.values()):
+        return 0.0
+    senders = min(node.gpus_per_node / group_shape(P, a, node.gpus_per_node).ranks_per_node
+                  for a in ("tp", "cp", "dp") if x[a])
+    link_s_per_byte = 1.0 / (node.inter_node.effective_bandwidth_bytes_per_s * node.inter_node_share(senders))
+    cpu_s_per_byte = senders * node.link_cpu_s_per_byte[0] / max(node.device.host_cores, 1e-9)
+    return senders if link_s_per_byte > cpu_s_per_byte else 0.0
+
+
+def hosts(P: ParallelConfig, node: NodeSpec) -> tuple[Host, ...]:
+    """Every node's cores, its processes per pipeline rank (:func:`planner.layout.rank_layout`)
+    and the senders its link waits were priced for."""
     per_node: dict[int, list[int]] = {}
     for c in rank_layout(P):
-        per_node.setdefault(c.rank // gpus_per_node, [0] * P.pp)[c.pp] += 1
-    return tuple(Host(cores, tuple(v)) for _, v in sorted(per_node.items()))
+        per_node.setdefault(c.rank // node.gpus_per_node, [0] * P.pp)[c.pp] += 1
+    senders = _link_senders(P, node)
+    return tuple(Host(node.device.host_cores, tuple(v), senders) for _, v in sorted(per_node.items()))
 
 
-def shared_pipeline(P: ParallelConfig, st, stage_times_at_share, gpus_per_node: int, cores: float,
-                    timeline: bool) -> PipelineEstimate:
-    """The schedule of ``st`` on shared cores. ``stage_times_at_share(s)``: the stage times with
-    every rank at share ``s`` of a core; compute scales as 1/s, communication does not, so two
-    shares separate a task's CPU work from its fixed part, and the link waits split the fixed
-    part into sleep and host-side communication."""
+def _send_cpu_s(P: ParallelConfig, node: NodeSpec, act_bytes: float) -> list[float]:
+    """Per virtual stage, the host CPU its ranks' stage-boundary sends and receives of one
+    micro-batch cost on their node: half of what a byte moved costs the host
+    (``NodeSpec.link_cpu_s_per_byte``, measured over both ends of a TCP transfer) for each byte
+    sent or received, at the rate across nodes where the neighbour is on another node."""
+    across, inside = node.link_cpu_s_per_byte
+    n_vs = P.pp * P.vpp
+    if not (across or inside) or n_vs == 1:
+        return [0.0] * n_vs
+    size = stack_of(node).pipeline_send_bytes(act_bytes, P.tp, P.sequence_parallel)
+    gpn = node.gpus_per_node
+    layout = rank_layout(P)
+    node_of = {(c.pp, c.tp, c.cp, c.dp): c.rank // gpn for c in layout}
+
+    def crosses(r: int, s: int) -> bool:
+        return any(node_of[(r, c.tp, c.cp, c.dp)] != node_of[(s, c.tp, c.cp, c.dp)] for c in layout if c.pp == r)
+
+    per_byte = [(across if crosses(r, (r + 1) % P.pp) else inside) / 2 for r in range(P.pp)]
+    out = []
+    for k in range(n_vs):
+        r = k % P.pp
+        down = per_byte[r] if k < n_vs - 1 else 0.0          # to virtual stage k + 1
+        up = per_byte[(r - 1) % P.pp] if k > 0 else 0.0       # from virtual stage k - 1
+        out.append(size * (down + up))
+    return out
+
+
+def shared_pipeline(P: ParallelConfig, st, stage_times_at_share, node: NodeSpec, timeline: bool) -> PipelineEstimate:
+    """The schedule of ``st`` on ``node``'s shared cores. ``stage_times_at_share(s)``: the stage
+    times with every rank at share ``s`` of a core; compute scales as 1/s, communication does
+    not, so two shares separate a task's CPU work from its fixed part, and the link waits split
+    the fixed part into sleep and host-side communication. Each task also does the CPU work of
+    its sends and receives (:func:`_send_cpu_s`: a forward receives and sends one activation, a
+    backward one gradient)."""
+    gpus_per_node = node.gpus_per_node
     whole, half = stage_times_at_share(1.0), stage_times_at_share(0.5)
     sleep_f, sleep_b = _stage_waits(P, st, gpus_per_node)
+    send_cpu = _send_cpu_s(P, node, st.blocks[0].block.act_bytes)
 
     def costs(full: tuple, halved: tuple, sleep: list[float]) -> list[TaskCost]:
         out = []
-        for a, b, z in zip(full, halved, sleep):
+        for a, b, z, c in zip(full, halved, sleep, send_cpu):
             work = max(0.0, b - a)
             fixed = max(0.0, a - work)
-            out.append(TaskCost(work, max(0.0, fixed - z), min(z, fixed)))
+            out.append(TaskCost(work + c, max(0.0, fixed - z), min(z, fixed)))
         return out
 
     tl = simulate_shared(st.schedule, P.pp, P.num_micro_batches, P.vpp, costs(whole.fwd_s, half.fwd_s, sleep_f),
-                         costs(whole.sched_b, half.sched_b, sleep_b), st.p2p_s, hosts(P, gpus_per_node, cores),
-                         record=timeline)
+                         costs(whole.sched_b, half.sched_b, sleep_b), st.p2p_s, hosts(P, node), record=timeline)
     kept = tl if timeline else dataclasses.replace(tl, tasks=(), num_micro_batches=0)
     return PipelineEstimate(tl.makespan_s, tl.busy_s, tl.bubble_s, tl.peak_in_flight, kept, True)

@@ -230,7 +230,7 @@ def timed_step(model: ModelSpec, cluster: ClusterSpec, sites: tuple[Site, ...], 
     if shared:
         def at_share(share: float) -> StageTimes:
             return stage_times(model, cluster, sites, runtimes, tuple(dataclasses.replace(r, share=share) for r in rates))
-        pipe = shared_pipeline(P, st, at_share, gpn, device.host_cores, timeline)
+        pipe = shared_pipeline(P, st, at_share, sites[0].node, timeline)
     else:
         pipe = estimate(st.schedule, P.pp, P.num_micro_batches, P.vpp, list(st.fwd_s), list(st.sched_b),
                         list(st.sched_w) if st.sched_w else None, st.p2p_s, need_timeline=timeline)
