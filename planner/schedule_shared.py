@@ -36,11 +36,13 @@ class Host:
     """One host's cores and, per pipeline rank, how many of that rank's processes run on it.
     ``link_senders``: how many of its processes the tasks' sleeps were priced as crossing its
     one link at once; a sleep then runs ``link_senders / processes sleeping`` times as fast
-    (the link shared equally by those on it, as the cores are). 0: sleeps are fixed."""
+    (the link shared equally by those on it, as the cores are), at most ``link_alone`` times.
+    0: sleeps are fixed."""
 
     cores: float
     ranks: tuple[int, ...]
     link_senders: float = 0.0
+    link_alone: float = float("inf")
 
 
 def simulate_shared(schedule: str, pp: int, num_micro_batches: int, vpp: int, fwd: list[TaskCost],
@@ -149,8 +151,8 @@ def _rates(running: list[int], phases, hosts: tuple[Host, ...], pp: int) -> dict
     sleeping = [phases[r] is not None and phases[r][0][0] == "sleep" for r in range(pp)]
     holding = [phases[r] is not None and not sleeping[r] for r in range(pp)]
     share_on = [min(1.0, h.cores / max(1, sum(n for n, held in zip(h.ranks, holding) if held))) for h in hosts]
-    link_on = [h.link_senders / max(1, sum(n for n, z in zip(h.ranks, sleeping) if z)) if h.link_senders else 1.0
-               for h in hosts]
+    link_on = [min(h.link_alone, h.link_senders / max(1, sum(n for n, z in zip(h.ranks, sleeping) if z)))
+               if h.link_senders else 1.0 for h in hosts]
     return {r: min((link_on if sleeping[r] else share_on)[i] for i, h in enumerate(hosts) if h.ranks[r])
             for r in running}
 

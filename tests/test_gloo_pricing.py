@@ -148,16 +148,19 @@ def test_pipeline_sends_cost_the_host_cpu_of_the_bytes_they_move(node):
     assert paid.step_time_s > free.step_time_s
 
 
-@pytest.mark.parametrize("cpu_ns, senders", [(0.0, 2.0), (10.0, 2.0), (100.0, 0.0)])
-def test_sleeps_share_the_link_only_where_the_link_bounds_them(node, cpu_ns, senders):
+@pytest.mark.parametrize("cpu_ns, alone", [(0.0, 2.0), (20.0, 2.0), (30.0, 80 / 60), (100.0, 1.0)])
+def test_a_wait_alone_on_the_link_is_faster_as_far_as_its_host_cpu_allows(node, cpu_ns, alone):
     """pp inside a node, tp across: the two stages' tp groups were priced on the node's link at
-    once (2 senders, 12.5 MB/s each: 80 ns a byte); where the host CPU of their bytes is slower
-    than that (2 x 100 ns on one core), the wait keeps its price."""
-    from planner.cost.shared_host import _link_senders
+    once (2 senders, 12.5 MB/s each: 80 ns a byte, or 2 x the CPU per byte on one core where that
+    is slower). Alone a group has the whole link (40 ns a byte) but its bytes' CPU at half the core
+    the other stage leaves it (2 x the CPU per byte): at most 2x faster, not at all where the CPU
+    bounds the transfer."""
+    from planner.cost.shared_host import _link_sharing
     from planner.plan import ParallelConfig
 
     P = ParallelConfig(tp=2, pp=2, micro_batch=2, global_batch=8, seq_len=128, precision="fp32", order="pp-cp-tp-dp")
     one_core = dataclasses.replace(node, link_cpu_s_per_byte=(cpu_ns * 1e-9, 0.0),
                                    device=dataclasses.replace(node.device, host_cores=1.0))
-    assert _link_senders(P, one_core) == senders
-    assert _link_senders(P, dataclasses.replace(one_core, inter_node_shared=False)) == 0.0
+    senders, got = _link_sharing(P, one_core)
+    assert senders == 2.0 and got == pytest.approx(alone)
+    assert _link_sharing(P, dataclasses.replace(one_core, inter_node_shared=False)) == (0.0, 1.0)

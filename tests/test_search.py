@@ -257,8 +257,10 @@ def test_bounds_below_predict_with_framework_profile():
                             checked += 1
     assert checked > 60
     # 4 ranks on the 2 calibrated cores: predict() lets a busy rank take up to a core while
-    # others wait (its busy-fraction fixed point), so the bound assumes whole cores
-    assert min(ratios) > 0.5, ratios
+    # others wait (its busy-fraction fixed point), so the bound assumes whole cores: at worst half
+    # of predict(), less the measured cost of oversubscribing the host that the bound leaves out
+    over = cluster.node.framework.oversubscribed_slowdown
+    assert min(ratios) > 0.5 / (1 + over), (ratios, over)
     # with a core per rank the framework's per-op costs are in the bound: a pp=1 DP plan's
     # bound is nearly its prediction
     two = cluster_for("local-cpu", 1, 2)

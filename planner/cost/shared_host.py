@@ -81,21 +81,22 @@ def shares_cores(P: ParallelConfig, schedule: str, device, ranks_on_host: int, n
             and 2 * P.pp * P.vpp * P.num_micro_batches <= SHARED_TASK_LIMIT)
 
 
-def _link_senders(P: ParallelConfig, node: NodeSpec) -> float:
-    """How many of a node's ranks the link waits were priced as sending across at once (the
-    groups of a crossing axis on one node, :func:`planner.cost.gloo.ring_time`; the fewest over
-    the crossing axes), or 0 (each wait as priced) where the node's ranks do not share one link,
-    expert groups cross, or the host CPU a byte costs bounds the transfer rather than the link:
-    those bytes then hold the node's cores, which a sleeping rank is taken to leave to the others,
-    so a shorter wait would count the same cores twice."""
+def _link_sharing(P: ParallelConfig, node: NodeSpec) -> tuple[float, float]:
+    """(senders, alone): how many of a node's ranks its link waits were priced as sending across
+    at once (the groups of a crossing axis on one node, :func:`planner.cost.gloo.ring_time`; the
+    fewest over the crossing axes), and how many times faster one of them runs alone on the link.
+    Alone it still needs the host CPU of its bytes, at the share of the node's cores its other
+    processes leave it: a transfer the CPU bounds gains nothing. (0, 1) where the node's ranks do
+    not share one link or expert groups cross: every wait as priced."""
     x = _crossing_axes(P, node.gpus_per_node)
     if not node.inter_node_shared or x["ep"] or not any(x.values()):
-        return 0.0
-    senders = min(node.gpus_per_node / group_shape(P, a, node.gpus_per_node).ranks_per_node
-                  for a in ("tp", "cp", "dp") if x[a])
-    link_s_per_byte = 1.0 / (node.inter_node.effective_bandwidth_bytes_per_s * node.inter_node_share(senders))
-    cpu_s_per_byte = senders * node.link_cpu_s_per_byte[0] / max(node.device.host_cores, 1e-9)
-    return senders if link_s_per_byte > cpu_s_per_byte else 0.0
+        return 0.0, 1.0
+    gpn, cores = node.gpus_per_node, max(node.device.host_cores, 1e-9)
+    senders = min(gpn / group_shape(P, a, gpn).ranks_per_node for a in ("tp", "cp", "dp") if x[a])
+    bandwidth, across = node.inter_node.effective_bandwidth_bytes_per_s, node.link_cpu_s_per_byte[0]
+    priced = max(1.0 / (bandwidth * node.inter_node_share(senders)), senders * across / cores)  # s per byte
+    alone = max(1.0 / (bandwidth * node.inter_node_share(1)), across * gpn / cores)
+    return senders, max(1.0, priced / alone)
 
 
 def hosts(P: ParallelConfig, node: NodeSpec) -> tuple[Host, ...]:
@@ -104,8 +105,8 @@ def hosts(P: ParallelConfig, node: NodeSpec) -> tuple[Host, ...]:
     per_node: dict[int, list[int]] = {}
     for c in rank_layout(P):
         per_node.setdefault(c.rank // node.gpus_per_node, [0] * P.pp)[c.pp] += 1
-    senders = _link_senders(P, node)
-    return tuple(Host(node.device.host_cores, tuple(v), senders) for _, v in sorted(per_node.items()))
+    senders, alone = _link_sharing(P, node)
+    return tuple(Host(node.device.host_cores, tuple(v), senders, alone) for _, v in sorted(per_node.items()))
 
 
 def _send_cpu_s(P: ParallelConfig, node: NodeSpec, act_bytes: float) -> list[float]:
