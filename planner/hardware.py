@@ -199,6 +199,19 @@ class DeviceSpec:
     matmul_efficiency_by_dtype: tuple[tuple[str, EfficiencyCurve], ...] = ()
     attention_kernels: tuple[AttentionKernel, ...] = ()
 
+    def __hash__(self) -> int:
+        """The fields' hash, kept once computed: the cost model's memoised functions take the
+        device (inside their rates) as a key, and its curves make it slow to hash each time."""
+        cached = self.__dict__.get("_hash")
+        if cached is None:
+            cached = hash(tuple(getattr(self, f.name) for f in dataclasses.fields(self)))
+            object.__setattr__(self, "_hash", cached)
+        return cached
+
+    def __getstate__(self) -> dict:
+        """Pickled without the kept hash (strings hash differently in another process)."""
+        return {k: v for k, v in self.__dict__.items() if k != "_hash"}
+
     def attention_kernel(self, name: str) -> AttentionKernel | None:
         return next((k for k in self.attention_kernels if k.name == name), None)
 

@@ -351,3 +351,17 @@ def test_an_fp8_gemm_takes_the_time_of_a_bf16_gemm_of_half_its_flops():
         assert t_fp8 == pytest.approx(t_bf16, rel=1e-3)  # the FP8 peak is twice the BF16 one to 4 digits
     own = dataclasses.replace(dev, matmul_efficiency_by_dtype=(("fp8", EfficiencyCurve(((1e9, 0.3), (1e12, 0.6)))),))
     assert own.gemm_efficiency("fp8", 1e12) == pytest.approx(0.6)
+
+
+def test_a_device_keeps_its_hash_equal_to_an_equal_devices_and_pickles_without_it():
+    import dataclasses
+    import pickle
+
+    from planner.profile_yaml import load_profile
+
+    device = load_profile("dgx-h100-80gb").device
+    twin = dataclasses.replace(device)
+    assert twin == device and hash(twin) == hash(device) == hash(device)
+    assert "_hash" not in pickle.loads(pickle.dumps(device)).__dict__
+    other = dataclasses.replace(device, host_cores=3)
+    assert other != device and hash(other) != hash(device)
