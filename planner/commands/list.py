@@ -33,7 +33,8 @@ def names(kind: str) -> list[tuple[str, str]]:
         from planner.cost.runtime import RUNTIME_PRESETS
 
         return [(n, f"attention {r.attention}, overlap grad reduce {r.overlap_grad_reduce}, ZeRO-3 gathers "
-                    f"{r.gather_granularity}" + ("; this project's executor" if r.executor else ""))
+                    f"{r.gather_granularity}" + ("; element-wise ops eager, one kernel each" if r.eager_elementwise else "")
+                    + ("; this project's executor" if r.executor else ""))
                 for n, r in sorted(RUNTIME_PRESETS.items())]
     from planner.cluster import CLUSTERS_DIR
 
