@@ -106,16 +106,17 @@ class BranchAndBound:
         """(peak bytes lower bound, its stage) over ranks 0 and pp-1: the arithmetic of
         planner.cost.memory.stage_memory (exact for non-interleaved schedules; interleaved is
         charged 1F1B's in-flight count, a lower bound)."""
+        return self.least_memory(lc, tp, cp, pp, dp, mb, m, (sh,), sched, v, vs)
+
+    def least_memory(self, lc: LayerActivations | LayerCost, tp: int, cp: int, pp: int, dp: int, mb: int, m: int,
+                     shardings: tuple[str, ...], sched: str, v: int, vs: tuple[int, ...] = ()) -> tuple[float, int]:
+        """The least :meth:`memory` over ``shardings``: the terms no sharding changes counted once."""
         mdl = self.model
-        sh = self.costs.rt.priced_sharding(sh, pp)
         ends = rank_layers(mdl.n_layers, pp, v) if v else rank_layers_min(mdl.n_layers, pp, vs)
         w_b, g_b, o_b = self.state_bytes
-        w_div, g_div, o_div = shard_divisors(sh, dp * cp)
-        per_param = w_b / w_div + g_b / g_div + o_b / o_div
-        gathered = 2 * self.costs.block_params(1) / tp * w_b if w_div > 1 else 0.0
         layer_act_full = lc.blocks(1, lambda c: c.layer_act_full)
         executor = self.costs.stack.executor
-        best, stage = 0.0, 0
+        ranks = []  # (rank, parameters, bytes no sharding changes, logits)
         r = 0
         for n_r in ends:
             params = self.rank_params(tp, pp, n_r, r)
@@ -133,13 +134,22 @@ class BranchAndBound:
                 tokens = mb * (self.seq / cp)
                 logits = logits_bytes_per_token(mdl, tp, self.prec, executor or self.costs.rt.fp32_cross_entropy) * tokens
                 saved_loss = max(0, flight - 1) * executor_saved_logits_bytes_per_token(mdl, tp, executor) * tokens
-            tensors = params * per_param + flight * lc.blocks(n_r, lambda c: c.layer_act) + saved_loss + sum(
-                peak_transients(logits, gathered, layer_act_full))
-            total = tensors * (1 + self.frag) + self.reserved
-            if total > best:
-                best, stage = total, r
+            ranks.append((r, params, flight * lc.blocks(n_r, lambda c: c.layer_act) + saved_loss, logits))
             r = pp - 1
-        return best, stage
+        least = None
+        for sh in shardings:
+            w_div, g_div, o_div = shard_divisors(self.costs.rt.priced_sharding(sh, pp), dp * cp)
+            per_param = w_b / w_div + g_b / g_div + o_b / o_div
+            gathered = 2 * self.costs.block_params(1) / tp * w_b if w_div > 1 else 0.0
+            best, stage = 0.0, 0
+            for r, params, fixed, logits in ranks:
+                tensors = params * per_param + fixed + sum(peak_transients(logits, gathered, layer_act_full))
+                total = tensors * (1 + self.frag) + self.reserved
+                if total > best:
+                    best, stage = total, r
+            if least is None or (best, stage) < least:
+                least = (best, stage)
+        return least
 
     # --- time bounds ----------------------------------------------------------------------------
     def max_rank_params(self, tp: int, pp: int, v: int) -> tuple[float, int]:
@@ -359,7 +369,7 @@ class BranchAndBound:
                 self.progress(i / max(1, n_cores))
             acts = self.costs.activations(tp, cp, mb, rc, sp)
             # memory first: least memory over the node's shardings with 1F1B's in-flight count
-            mem, stage = min(self.memory(acts, tp, cp, pp, dp, mb, m, sh, "1f1b", 0, info.vs) for sh in info.shs)
+            mem, stage = self.least_memory(acts, tp, cp, pp, dp, mb, m, info.shs, "1f1b", 0, info.vs)
             if mem > self.hbm:
                 self.reject(Rejected("out_of_memory", "", mem, stage), len(leaves))
                 self._near_miss(mem, (tp, cp, pp, dp, mb, m, sp, rc, leaves))
