@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -31,6 +30,7 @@ if str(ROOT) not in sys.path:
 
 from planner import emulate  # noqa: E402
 from planner.cost.step import predict_plan  # noqa: E402
+from planner.hardware import host_cpu_model  # noqa: E402
 from planner.launch import cli_command  # noqa: E402
 from planner.model import ModelSpec  # noqa: E402
 from planner.plan import ParallelConfig, Plan  # noqa: E402
@@ -140,13 +140,6 @@ def sweep(mbit: float, rounds: int, work: Path, steps: int, warmup: int, base: s
         emulate.down()
 
 
-def _host_cpu() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else ():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown CPU"
-
-
 def report(rows: list[dict], rounds: int, mbits: list[float], base: str, work: str, repredict: bool = False,
            when: str = "") -> str:
     args = (f"--mbit {' '.join(f'{m:g}' for m in mbits)} --rounds {rounds} --base {base}"
@@ -156,7 +149,7 @@ def report(rows: list[dict], rounds: int, mbits: list[float], base: str, work: s
              + ("" if base == "local-cpu" else f" after `clusterplan calibrate --out {base}` on the same host "
                 "(its header: what it measured)") + ".", ""]
     if when:
-        lines += [f"Measured {when} on {os.cpu_count()} cores of {_host_cpu()}.", ""]
+        lines += [f"Measured {when} on {os.cpu_count()} cores of {host_cpu_model()}.", ""]
     if repredict:
         lines = ["# Placement on an emulated two-node cluster: today's model against the last sweep's runs", "",
                  f"Regenerate: `.venv/bin/python benchmarks/multinode_sweep.py {args} --repredict` after the sweep "

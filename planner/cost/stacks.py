@@ -57,10 +57,10 @@ class FusedStack:
         gate and up), RoPE on Q and K; backward moves twice the bytes over the same kernels.
         ``eager``: the same ops as PyTorch eager runs them, kernel by kernel
         (:func:`planner.cost.eager_ops.eager_block_bytes`)."""
-        h = model.hidden_size
         if eager:
             ew_bytes, kernels = eager_block_bytes(model, tokens, rows, tp, bpe)
         else:
+            h = model.hidden_size
             mask = 1 if model.dropout > 0 else 0
             norms = model.norms_per_block
             ew_bytes = norms * (2 * bpe * rows * h) + 2 * ((3 * bpe + mask) * rows * h)
