@@ -12,13 +12,22 @@ $(VENV_STAMP): pyproject.toml
 	.venv/bin/pip install -q --no-deps torchtitan==0.2.2
 	touch $(VENV_STAMP)
 
+# A headless browser for the HTML report's rendering test (tests/test_report_html.py): Debian's
+# chromium, installed where this runs as root with apt; elsewhere that one test skips, saying why.
+BROWSER_STAMP := .venv/.browser
+$(BROWSER_STAMP): $(VENV_STAMP)
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+		&& apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+		chromium >/dev/null; } || echo "no chromium: tests/test_report_html.py skips its browser check"
+	touch $(BROWSER_STAMP)
+
 .PHONY: setup demo test validate
-setup: $(VENV_STAMP)
+setup: $(VENV_STAMP) $(BROWSER_STAMP)
 
 demo: $(VENV_STAMP)
 	.venv/bin/clusterplan demo
 
-test: $(VENV_STAMP)
+test: $(VENV_STAMP) $(BROWSER_STAMP)
 	$(PY) -m pytest -q
 
 validate: $(VENV_STAMP)

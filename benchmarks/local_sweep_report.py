@@ -252,7 +252,7 @@ def write_reports(comp, names: dict, results: dict, search: dict | None, report:
                   busy_before: list[str], profiles: list[dict] = (), round_times: dict | None = None,
                   profiles_start: list[dict] = (), round_errors: dict | None = None) -> None:
     from planner.io import atomic_write_text
-    from planner.report import plot_breakdown, plot_scatter
+    from planner.report_plots import plot_breakdown, plot_scatter
 
     df = comp.runs.copy()
     df["name"] = [names.get(d, d) for d in df["run_dir"]]

@@ -36,10 +36,11 @@ def _looks_like_path(name_or_path: str) -> bool:
             or name_or_path.startswith("."))
 
 
-def load_model(name_or_path: str, seq_len: int | None = None) -> ModelSpec:
+def load_model(name_or_path: str, seq_len: int | None = None, notes: list[str] | None = None) -> ModelSpec:
     """A :class:`ModelSpec` from a preset name or a Hugging Face ``config.json`` (a file, or a
     directory holding one). ``seq_len`` overrides the default sequence length (the preset's
-    training length; for a config, the trained context it states). Bad input raises
+    training length; for a config, the trained context it states, else at most
+    :data:`planner.hf_families.DEFAULT_TRAINING_SEQ_LEN`, said in a line appended to ``notes``). Bad input raises
     :class:`InputError` naming the field: ``model`` for an unknown name or unreadable file,
     ``config.<key>`` for a missing or malformed key, ``seq_len`` for a bad length."""
     if seq_len is not None and (isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len <= 0):
@@ -55,7 +56,7 @@ def load_model(name_or_path: str, seq_len: int | None = None) -> ModelSpec:
             if not path.is_file():
                 raise InputError("model", f"directory {name_or_path} has no config.json")
         if path.is_file():
-            spec = read_hf_config(path)
+            spec = read_hf_config(path, notes if seq_len is None else None)
         elif _looks_like_path(name_or_path):
             raise InputError("model", f"config file {name_or_path} does not exist")
         else:

@@ -188,7 +188,8 @@ def run_demo(out_dir: str | os.PathLike = "runs/demo", *, quick: bool = True,
     ``out_dir/report.md`` with plots. Returns where everything went."""
     from planner.calibrate.runner import calibrate
     from planner.catalog import load_model
-    from planner.report import aggregate, compare_runs, markdown, write_report
+    from planner.report import aggregate, compare_runs, markdown
+    from planner.report_files import write_report
     from planner.io import atomic_write_text
 
     require(steps > warmup >= 0, "steps", f"need steps > warmup >= 0, got steps={steps} warmup={warmup}")

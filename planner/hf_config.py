@@ -1,9 +1,9 @@
 """Hugging Face ``config.json`` -> :class:`ModelSpec`, without downloading anything.
 
 Supported ``model_type`` values: gpt2, llama, mistral, mixtral, qwen2, qwen2_moe, qwen3, qwen3_moe,
-phi3, gemma2, deepseek_v2, deepseek_v3, opt, gpt_neox, mpt; a
-composite config (llava-style: a vision model plus a language model) is read through its
-``text_config``. Each family's keys and quirks follow its ``transformers`` configuration and
+phi3, gemma2, gemma3_text, deepseek_v2, deepseek_v3, opt, gpt_neox, mpt, falcon; a
+composite config (llava-style or Gemma 3's: a vision model plus a language model) is read
+through its ``text_config``. Each family's keys and quirks follow its ``transformers`` configuration and
 modeling code:
 
 - gpt2: ``n_embd``/``n_layer``/``n_head``, ``n_inner`` null -> 4*n_embd, ``n_positions`` learned
@@ -20,10 +20,10 @@ modeling code:
   shared expert; phi3: Llama's layout with fused QKV and gate-up projections (same counts);
   mistral / mixtral / phi3: ``sliding_window`` (every block; null = full attention); qwen's
   ``use_sliding_window`` is refused.
-- gemma2: four RMSNorms per block (before and after attention and the MLP), GeGLU (three
-  matrices, ``gelu_pytorch_tanh``), heads of ``head_dim``, the embedding tied to the head (Gemma2Config
-  default), every second block attending within ``sliding_window`` (the others globally); the
-  logit soft-capping and ``query_pre_attn_scalar`` change no parameter or FLOP.
+- gemma2 / gemma3_text: :mod:`planner.hf_gemma` (four norms per block, GeGLU, windowed blocks
+  among global ones; Gemma 3's q/k head norms and 5:1 pattern).
+- falcon: :func:`planner.hf_families.falcon` (multi-query or grouped KV heads, one or two
+  LayerNorms per parallel block, ALiBi or RoPE).
 - deepseek_v2 / deepseek_v3: multi-head latent attention (``q_lora_rank`` null = one query
   projection, ``kv_lora_rank``, ``qk_nope_head_dim``, ``qk_rope_head_dim``, ``v_head_dim``; no
   biases), ``n_routed_experts`` of ``moe_intermediate_size`` top ``num_experts_per_tok``,
@@ -46,8 +46,13 @@ modeling code:
 A top-level config must state the architecture keys (a missing one is an InputError naming it).
 Inside a nested ``text_config`` transformers fills absent keys with the sub-config class's
 defaults, and published llava configs rely on that (llava-1.5's text_config gives only
-vocab_size and max_position_embeddings); those defaults are reproduced for llama and mistral
-text configs only, from transformers' ``LlamaConfig`` and ``MistralConfig``.
+vocab_size and max_position_embeddings); those defaults are reproduced for llama, mistral and
+gemma3_text text configs only, from transformers' ``LlamaConfig``, ``MistralConfig`` and
+``Gemma3TextConfig``.
+
+The default sequence length is a training length: the one a config states
+(``rope_scaling.original_max_position_embeddings``), else its longest context up to
+:data:`planner.hf_families.DEFAULT_TRAINING_SEQ_LEN`, said in a note where that is shorter.
 """
 from __future__ import annotations
 
@@ -55,12 +60,13 @@ from pathlib import Path
 from typing import Any, Callable
 
 from planner.errors import InputError
-from planner.hf_families import ConfigReader, deepseek, gemma2, gpt2, gpt_neox, llama_like, mpt, opt
+from planner.hf_families import ConfigReader, deepseek, falcon, gpt2, gpt_neox, llama_like, mpt, opt, seq_len_note
+from planner.hf_gemma import GEMMA3_TEXT_DEFAULTS, gemma2, gemma3
 from planner.io import read_input_text
 from planner.model import ModelSpec, parse_json_config
 
 SUPPORTED_TYPES = ("gpt2", "llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "phi3",
-                   "gemma2", "deepseek_v2", "deepseek_v3", "opt", "gpt_neox", "mpt")
+                   "gemma2", "gemma3_text", "deepseek_v2", "deepseek_v3", "opt", "gpt_neox", "mpt", "falcon")
 
 # transformers' LlamaConfig / MistralConfig __init__ defaults (architecture keys only).
 _TEXT_CONFIG_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -71,19 +77,29 @@ _TEXT_CONFIG_DEFAULTS: dict[str, dict[str, Any]] = {
     "mistral": {"vocab_size": 32000, "hidden_size": 4096, "intermediate_size": 14336,
                 "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8,
                 "max_position_embeddings": 4096 * 32, "tie_word_embeddings": False},
+    "gemma3_text": GEMMA3_TEXT_DEFAULTS,
 }
 
 
 _PARSERS: dict[str, Callable[[ConfigReader, str, str], ModelSpec]] = {
     "gpt2": gpt2, "llama": llama_like, "mistral": llama_like, "mixtral": llama_like,
     "qwen2": llama_like, "qwen2_moe": llama_like, "qwen3": llama_like, "qwen3_moe": llama_like,
-    "phi3": llama_like, "gemma2": gemma2, "deepseek_v2": deepseek, "deepseek_v3": deepseek, "opt": opt,
-    "gpt_neox": gpt_neox, "mpt": mpt,
+    "phi3": llama_like, "gemma2": gemma2, "gemma3_text": gemma3, "deepseek_v2": deepseek, "deepseek_v3": deepseek,
+    "opt": opt, "gpt_neox": gpt_neox, "mpt": mpt, "falcon": falcon,
 }
+
+_LENGTH_KEY = {"gpt2": "n_positions", "mpt": "max_seq_len"}
+"""The key holding a family's longest context (default: ``max_position_embeddings``)."""
 
 
 def spec_from_hf_config(data: dict[str, Any], name: str | None = None) -> ModelSpec:
     """A :class:`ModelSpec` from a parsed config.json mapping (nested ``text_config`` allowed)."""
+    return spec_and_note(data, name)[0]
+
+
+def spec_and_note(data: dict[str, Any], name: str | None = None) -> tuple[ModelSpec, str]:
+    """:func:`spec_from_hf_config` and the line stating a default training length the config
+    does not give ("" where it does: :func:`planner.hf_families.seq_len_note`)."""
     if not isinstance(data, dict):
         raise InputError("config", f"must be a JSON object, got {type(data).__name__}")
     where, cfg_data, defaults = "config", data, None
@@ -108,18 +124,23 @@ def spec_from_hf_config(data: dict[str, Any], name: str | None = None) -> ModelS
     label = name or data.get("_name_or_path") or top_type or model_type
     cfg = ConfigReader(cfg_data, where, defaults)
     try:
-        return _PARSERS[model_type](cfg, str(label), model_type)
+        spec = _PARSERS[model_type](cfg, str(label), model_type)
     except InputError as err:
         if err.field.startswith("config"):
             raise
         # a ModelSpec invariant (e.g. heads not dividing hidden): say it came from this config
         raise InputError(f"{where}:{err.field}", err.reason) from None
+    return spec, seq_len_note(cfg, _LENGTH_KEY.get(model_type, "max_position_embeddings"), spec.seq_len)
 
 
-def read_hf_config(path: str | Path) -> ModelSpec:
+def read_hf_config(path: str | Path, notes: list[str] | None = None) -> ModelSpec:
     """Read ``path`` (a config.json) into a :class:`ModelSpec`; the name defaults to the
-    config's ``_name_or_path``, else its directory's name."""
+    config's ``_name_or_path``, else its directory's name. ``notes`` gets the line stating a
+    default training length the config does not give."""
     path = Path(path)
     data = parse_json_config(read_input_text(path, "model"), str(path))
     name = data.get("_name_or_path") if isinstance(data.get("_name_or_path"), str) else None
-    return spec_from_hf_config(data, name or path.parent.name or path.stem)
+    spec, note = spec_and_note(data, name or path.parent.name or path.stem)
+    if note and notes is not None:
+        notes.append(note)
+    return spec

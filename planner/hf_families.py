@@ -78,12 +78,30 @@ def positive(cfg: ConfigReader, key: str, default: float) -> float:
     return value
 
 
+DEFAULT_TRAINING_SEQ_LEN = 8192
+"""The training length a config gets where it states only the context it can take: torchtitan's
+Llama 3 training configs' ``seq_len`` (8192); Mistral 7B's paper trained at 8192 (its config's
+max_position_embeddings says 32768)."""
+
+
 def trained_context(cfg: ConfigReader, max_positions: int) -> int:
     """Default seq_len: the context the model was trained with. Llama 3.1-style configs state
-    the pre-extension length in ``rope_scaling.original_max_position_embeddings``."""
+    the pre-extension length in ``rope_scaling.original_max_position_embeddings``; otherwise
+    ``max_position_embeddings`` is a limit, not a training length, and the default is at most
+    :data:`DEFAULT_TRAINING_SEQ_LEN` (:func:`seq_len_note` says so)."""
     scaling = cfg.mapping("rope_scaling")
     original = scaling.int("original_max_position_embeddings", None)
-    return original if original else max_positions
+    return original if original else min(max_positions, DEFAULT_TRAINING_SEQ_LEN)
+
+
+def seq_len_note(cfg: ConfigReader, key: str, seq_len: int) -> str:
+    """The line that states a default training length below the config's ``key`` limit ("" where
+    the config gives the length itself)."""
+    limit = cfg.int(key, None)
+    if not limit or limit <= seq_len or cfg.mapping("rope_scaling").int("original_max_position_embeddings", None):
+        return ""
+    return (f"seq_len {seq_len} by default: the config's {key} {limit} is the longest context, not a training "
+            f"length (--seq-len sets one)")
 
 
 def llama_like(cfg: ConfigReader, name: str, model_type: str) -> ModelSpec:
@@ -142,33 +160,6 @@ def llama_like(cfg: ConfigReader, name: str, model_type: str) -> ModelSpec:
         activation=cfg.str("hidden_act", "silu"),
         rope_theta=positive(cfg, "rope_theta", 1e6 if model_type == "mixtral" else 10000.0),
         norm_eps=positive(cfg, "rms_norm_eps", 1e-5 if model_type == "mixtral" else 1e-6),
-    )
-
-
-def gemma2(cfg: ConfigReader, name: str, model_type: str) -> ModelSpec:
-    if cfg.bool("attention_bias", False):
-        raise InputError(f"{cfg.where}.attention_bias", "Gemma 2 with attention biases is not modelled")
-    window = cfg.int("sliding_window", 0, minimum=0)
-    return ModelSpec(
-        name=name,
-        n_layers=cfg.int("num_hidden_layers"),
-        hidden_size=cfg.int("hidden_size"),
-        n_heads=cfg.int("num_attention_heads"),
-        n_kv_heads=cfg.int("num_key_value_heads"),
-        ffn_hidden_size=cfg.int("intermediate_size"),
-        vocab_size=cfg.int("vocab_size"),
-        seq_len=cfg.int("max_position_embeddings"),
-        mlp="swiglu", norm="rmsnorm", position="rope",  # GeGLU: SwiGLU's three matrices
-        tied_embeddings=cfg.bool("tie_word_embeddings", True),
-        bias=False,
-        head_dim=cfg.int("head_dim"),
-        norms_per_block=4,
-        sliding_window=window,
-        global_attention_every=2 if window else 0,
-        dropout=cfg.number("attention_dropout", 0.0),
-        activation=cfg.str("hidden_activation", "gelu_pytorch_tanh"),
-        rope_theta=positive(cfg, "rope_theta", 10000.0),
-        norm_eps=positive(cfg, "rms_norm_eps", 1e-6),
     )
 
 
@@ -272,7 +263,7 @@ def gpt_neox(cfg: ConfigReader, name: str, model_type: str) -> ModelSpec:
         n_kv_heads=heads,
         ffn_hidden_size=cfg.int("intermediate_size"),
         vocab_size=cfg.int("vocab_size"),
-        seq_len=max_pos,
+        seq_len=trained_context(cfg, max_pos),
         mlp="gelu", norm="layernorm", position="rope",
         tied_embeddings=cfg.bool("tie_word_embeddings", False),
         bias=cfg.bool("attention_bias", True),
@@ -320,7 +311,7 @@ def mpt(cfg: ConfigReader, name: str, model_type: str) -> ModelSpec:
         n_kv_heads=kv_heads,
         ffn_hidden_size=ffn,
         vocab_size=cfg.int("vocab_size"),
-        seq_len=max_seq,
+        seq_len=trained_context(cfg, max_seq),
         max_positions=max_seq if learned else 0,
         mlp="gelu", norm="layernorm",
         position="alibi" if alibi else "rope" if rope else "learned",
@@ -330,4 +321,42 @@ def mpt(cfg: ConfigReader, name: str, model_type: str) -> ModelSpec:
         norm_bias=not no_bias,
         dropout=cfg.number("resid_pdrop", 0.0),
         activation="gelu",
+    )
+
+
+def falcon(cfg: ConfigReader, name: str, model_type: str) -> ModelSpec:
+    """transformers' ``FalconConfig`` and ``FalconDecoderLayer``: fused QKV of
+    ``num_kv_heads`` heads (``new_decoder_architecture``), one (``multi_query``) or every head;
+    LayerNorms with biases (two where attention is sequential or the new architecture's
+    ``num_ln_in_parallel_attn`` is 2, its default; one shared by the parallel branches
+    otherwise); ``bias`` on every linear layer; GELU MLP of ``ffn_hidden_size`` (4h); tied head;
+    ALiBi or RoPE."""
+    hidden = cfg.int("hidden_size")
+    heads = cfg.int("num_attention_heads")
+    new_arch = cfg.bool("new_decoder_architecture", False)
+    parallel = cfg.bool("parallel_attn", True)
+    if new_arch:
+        kv_heads = cfg.int("num_kv_heads", heads)
+    else:
+        kv_heads = 1 if cfg.bool("multi_query", True) else heads
+    lns = cfg.int("num_ln_in_parallel_attn", 2 if new_arch else 1)
+    alibi = cfg.bool("alibi", False)
+    return ModelSpec(
+        name=name,
+        n_layers=cfg.int("num_hidden_layers"),
+        hidden_size=hidden,
+        n_heads=heads,
+        n_kv_heads=kv_heads,
+        ffn_hidden_size=cfg.int("ffn_hidden_size", 4 * hidden),
+        vocab_size=cfg.int("vocab_size"),
+        seq_len=trained_context(cfg, cfg.int("max_position_embeddings", 2048)),
+        mlp="gelu", norm="layernorm", position="alibi" if alibi else "rope",
+        tied_embeddings=cfg.bool("tie_word_embeddings", True),
+        bias=cfg.bool("bias", False),
+        norms_per_block=2 if (not parallel or lns == 2) else 1,
+        parallel_residual=parallel or new_arch,
+        dropout=cfg.number("hidden_dropout", 0.0),
+        activation=cfg.str("activation", "gelu"),
+        rope_theta=0.0 if alibi else positive(cfg, "rope_theta", 10000.0),
+        norm_eps=positive(cfg, "layer_norm_epsilon", 1e-5),
     )

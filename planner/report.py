@@ -2,7 +2,8 @@
 
 A run directory holds ``summary.json`` and ``records.jsonl`` (schema: ``executor/README.md``).
 :func:`compare_runs` returns a :class:`Comparison` whose ``runs`` is a pandas DataFrame (one row
-per joined run); :func:`write_report` writes ``compare.md``, ``compare.csv`` and PNG plots.
+per joined run); :mod:`planner.report_files` writes ``compare.md``, ``compare.csv``, the PNG plots
+(:mod:`planner.report_plots`) and ``compare.html`` (:mod:`planner.report_html`).
 
 Error convention: ``error_pct = 100 * (predicted - measured) / measured`` (positive: the model
 predicts slower / more memory than measured). Rank agreement: Spearman's rho of predicted and
@@ -25,7 +26,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from planner.errors import InputError
-from planner.io import atomic_write_bytes, atomic_write_text, read_json_object, read_jsonl
+from planner.io import read_json_object, read_jsonl
 from planner.records import SCHEMA_VERSION
 
 PHASES = ("forward", "backward", "optimizer", "comm_bubble")
@@ -226,13 +227,13 @@ def aggregate(df) -> dict[str, float | int | None]:
 
 
 # ----- report files --------------------------------------------------------------------------
-def _fmt(x, digits=3, scale=1.0, suffix="") -> str:
+def fmt(x, digits=3, scale=1.0, suffix="") -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "–"
     return f"{x * scale:.{digits}g}{suffix}"
 
 
-def _fmt_pct(x) -> str:
+def fmt_pct(x) -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "–"
     return f"{x:+.1f}%"
@@ -243,28 +244,28 @@ def markdown(comp: Comparison, *, title: str = "Predicted vs measured") -> str:
     lines = [f"# {title}", "",
              "error = (predicted − measured) / measured. Statistics over runs with status `ok` "
              f"({st['n_ok']} of {st['n_runs']} joined; {len(comp.failed)} failed).", "",
-             f"- median |step-time error|: {_fmt(st['median_abs_error_pct'], 3, 1, '%')}",
-             f"- max |step-time error|: {_fmt(st['max_abs_error_pct'], 3, 1, '%')}",
-             f"- median |peak-memory error|: {_fmt(st['median_abs_memory_error_pct'], 3, 1, '%')}",
-             f"- Spearman ρ (predicted vs measured tokens/s): {_fmt(st['spearman'], 3)}", "",
+             f"- median |step-time error|: {fmt(st['median_abs_error_pct'], 3, 1, '%')}",
+             f"- max |step-time error|: {fmt(st['max_abs_error_pct'], 3, 1, '%')}",
+             f"- median |peak-memory error|: {fmt(st['median_abs_memory_error_pct'], 3, 1, '%')}",
+             f"- Spearman ρ (predicted vs measured tokens/s): {fmt(st['spearman'], 3)}", "",
              "| plan | parallel | status | pred step (s) | meas step (s) [p10–p90] | error | pred tok/s | "
              "meas tok/s | pred mem (MiB) | meas mem (MiB) | mem error |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in df.to_dict(orient="records"):
         lines.append(
-            f"| `{r['plan_id']}` | {r['parallel']} | {r['status']} | {_fmt(r['predicted_step_time_s'], 4)} | "
-            f"{_fmt(r['measured_step_time_s'], 4)} [{_fmt(r['measured_step_time_s_p10'], 3)}–"
-            f"{_fmt(r['measured_step_time_s_p90'], 3)}] | {_fmt_pct(r['error_pct'])} | "
-            f"{_fmt(r['predicted_tokens_per_s'], 4)} | {_fmt(r['measured_tokens_per_s'], 4)} | "
-            f"{_fmt(r['predicted_peak_memory_bytes'], 4, 2**-20)} | {_fmt(r['measured_peak_memory_bytes'], 4, 2**-20)} | "
-            f"{_fmt_pct(r['memory_error_pct'])} |")
+            f"| `{r['plan_id']}` | {r['parallel']} | {r['status']} | {fmt(r['predicted_step_time_s'], 4)} | "
+            f"{fmt(r['measured_step_time_s'], 4)} [{fmt(r['measured_step_time_s_p10'], 3)}–"
+            f"{fmt(r['measured_step_time_s_p90'], 3)}] | {fmt_pct(r['error_pct'])} | "
+            f"{fmt(r['predicted_tokens_per_s'], 4)} | {fmt(r['measured_tokens_per_s'], 4)} | "
+            f"{fmt(r['predicted_peak_memory_bytes'], 4, 2**-20)} | {fmt(r['measured_peak_memory_bytes'], 4, 2**-20)} | "
+            f"{fmt_pct(r['memory_error_pct'])} |")
     lines += ["", "## Phases (seconds per step, one rank)", "",
               "comm+bubble: measured = step wall − forward − backward − optimizer (pipeline waits and "
               "bubble); predicted = exposed communication + bubble. Backward includes recomputation.", "",
               "| plan | " + " | ".join(f"{p} pred / meas" for p in PHASES) + " |",
               "|---|" + "---|" * len(PHASES)]
     for r in df.to_dict(orient="records"):
-        cells = [f"{_fmt(r[f'predicted_{p}_s'], 3)} / {_fmt(r[f'measured_{p}_s'], 3)} ({_fmt_pct(r[f'{p}_error_pct'])})"
+        cells = [f"{fmt(r[f'predicted_{p}_s'], 3)} / {fmt(r[f'measured_{p}_s'], 3)} ({fmt_pct(r[f'{p}_error_pct'])})"
                  for p in PHASES]
         lines.append(f"| `{r['plan_id']}` | " + " | ".join(cells) + " |")
     if comp.failed:
@@ -281,100 +282,7 @@ def markdown(comp: Comparison, *, title: str = "Predicted vs measured") -> str:
     return "\n".join(lines) + "\n"
 
 
-def _savefig(fig, path: Path) -> Path:
-    import io
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
-    return atomic_write_bytes(path, buf.getvalue())
-
-
-def plot_scatter(comp: Comparison, path: Path) -> Path:
-    """Predicted vs measured step time, measured p10–p90 as error bars, y = x line."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    df = comp.runs
-    fig, ax = plt.subplots(figsize=(5.5, 5))
-    for status, marker in (("ok", "o"), ("contended", "x")):
-        sub = df[df["status"] == status]
-        if not len(sub):
-            continue
-        meas = sub["measured_step_time_s"].astype(float)
-        lo = (meas - sub["measured_step_time_s_p10"].astype(float).fillna(meas)).clip(lower=0)
-        hi = (sub["measured_step_time_s_p90"].astype(float).fillna(meas) - meas).clip(lower=0)
-        pred = sub["predicted_step_time_s"].astype(float)
-        ax.errorbar(pred, meas, yerr=[lo, hi], fmt=marker, capsize=3, label=f"{status} ({len(sub)})")
-        for x, y, name in zip(pred, meas, sub["parallel"].astype(str)):  # every point says which plan
-            if x > 0 and y > 0:
-                ax.annotate(name, (x, y), xytext=(4, 3), textcoords="offset points", fontsize=6)
-    vals = [v for v in list(df["predicted_step_time_s"]) + list(df["measured_step_time_s"])
-            if v is not None and not math.isnan(v) and v > 0]
-    if vals:
-        lo_v, hi_v = min(vals) / 1.2, max(vals) * 1.2
-        ax.plot([lo_v, hi_v], [lo_v, hi_v], "k--", lw=1, label="predicted = measured")
-        if hi_v / lo_v > 20:  # a log scale only where the times span decades
-            from matplotlib.ticker import NullFormatter, ScalarFormatter
-
-            ax.set_xscale("log")
-            ax.set_yscale("log")
-            for axis in (ax.xaxis, ax.yaxis):
-                axis.set_major_formatter(ScalarFormatter())
-                axis.set_minor_formatter(NullFormatter())
-        ax.set_xlim(lo_v, hi_v)
-        ax.set_ylim(lo_v, hi_v)
-    ax.set_xlabel("predicted step time (s)")
-    ax.set_ylabel("measured step time (s), median and p10–p90")
-    st = comp.stats
-    if st["median_abs_error_pct"] is None:
-        ax.set_title("no run finished ok: nothing to compare")
-    else:
-        ax.set_title(f"median |step-time error| {_fmt(st['median_abs_error_pct'], 2, 1, '%')}, "
-                     f"Spearman {_fmt(st['spearman'], 2)}")
-    ax.legend(fontsize=8)
-    return _savefig(fig, path)
-
-
-def plot_breakdown(comp: Comparison, path: Path) -> Path:
-    """Per plan, the predicted phases stacked beside the measured ones."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    df = comp.runs
-    n = max(1, len(df))
-    fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * n + 2), 4.2))
-    colors = dict(zip(PHASES, ("#4c72b0", "#dd8452", "#55a868", "#c44e52")))
-    width = 0.38
-    for i, r in enumerate(df.to_dict(orient="records")):
-        for side, dx, hatch in (("predicted", -width / 2, ""), ("measured", width / 2, "//")):
-            bottom = 0.0
-            for p in PHASES:
-                v = r.get(f"{side}_{p}_s")
-                if v is None or (isinstance(v, float) and math.isnan(v)):
-                    continue
-                ax.bar(i + dx, v, width, bottom=bottom, color=colors[p], hatch=hatch, edgecolor="white",
-                       label=p if i == 0 and side == "predicted" else None)
-                bottom += v
-            total = r.get(f"{side}_step_time_s")
-            if total is not None and not math.isnan(total):
-                ax.plot([i + dx - width / 2, i + dx + width / 2], [total, total], "k-", lw=1.5)
-    ax.set_xticks(range(len(df)))
-    ax.set_xticklabels([f"{r['plan_id'][:8]}\n{r['parallel']}" for r in df.to_dict(orient="records")],
-                       fontsize=7, rotation=20)
-    ax.set_ylabel("seconds per step")
-    ax.set_title("per plan: predicted (left) beside measured (hatched); black line = step time", fontsize=9)
-    ax.legend(fontsize=8)
-    return _savefig(fig, path)
-
-
-def _measured_events(run: Run) -> list[dict]:
+def measured_events(run: Run) -> list[dict]:
     """Trace events with the rank's pipeline coordinate (from its env record)."""
     pp_of = {r["rank"]: (r.get("coord") or {}).get("pp", 0) for r in run.records_of("env")}
     dp_of = {r["rank"]: (r.get("coord") or {}) for r in run.records_of("env")}
@@ -388,70 +296,11 @@ def _measured_events(run: Run) -> list[dict]:
     return out
 
 
-_KIND_NAMES = {"F": "forward", "B": "backward", "W": "backward_weight", "BI": "backward_input",
+KIND_NAMES = {"F": "forward", "B": "backward", "W": "backward_weight", "BI": "backward_input",
                "R": "recompute", "O": "optimizer", "C": "comm"}  # planner.schedule task kinds
 
 
-def plot_timeline(run: Run, path: Path) -> Path | None:
-    """Predicted pipeline schedule (top) above the measured one (bottom), one row per stage rank."""
-    pred = run.prediction.get("timeline") or []
-    meas = _measured_events(run)
-    if not pred and not meas:
-        return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    colors = {"forward": "#4c72b0", "backward": "#dd8452", "backward_input": "#937860",
-              "backward_weight": "#e8b07a", "optimizer": "#55a868", "comm": "#c44e52", "recompute": "#8172b3"}
-    rows = max([int(t.get("stage", 0)) for t in pred] + [int(e["row"]) for e in meas] + [0]) + 1
-    fig, axes = plt.subplots(2, 1, figsize=(10, 1.2 + 0.8 * rows * 2), sharex=True)
-    for ax, items, label, key in ((axes[0], pred, "predicted", "kind"), (axes[1], meas, "measured", "phase")):
-        for t in items:
-            row = int(t.get("stage", 0)) if key == "kind" else int(t["row"])
-            kind = _KIND_NAMES.get(str(t.get(key)), str(t.get(key)))
-            start, end = float(t["start_s"]), float(t["end_s"])
-            ax.barh(row, end - start, left=start, color=colors.get(kind, "#999999"), edgecolor="white", height=0.8)
-            mb = t.get("micro_batch")
-            if mb is not None and end - start > 0:
-                ax.text((start + end) / 2, row, str(mb), ha="center", va="center", fontsize=6, color="white")
-        ax.set_yticks(range(rows))
-        ax.set_yticklabels([f"stage {i}" for i in range(rows)])
-        ax.invert_yaxis()
-        ax.set_title(f"{label} ({run.plan_id} {run.summary.get('parallel', '')})", fontsize=9)
-    axes[1].set_xlabel("seconds from the step's start")
-    handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in colors.values()]
-    axes[0].legend(handles, list(colors), fontsize=7, ncol=len(colors), loc="lower center",
-                   bbox_to_anchor=(0.5, 1.15), frameon=False)
-    return _savefig(fig, path)
-
-
-def write_report(comp: Comparison, out_dir: str | os.PathLike) -> list[Path]:
-    """compare.md, compare.csv, scatter.png, breakdown.png and timeline_<plan>.png for each
-    pipelined run; every file written atomically. Returns the paths."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = [atomic_write_text(out_dir / "compare.csv", comp.runs.to_csv(index=False))]
-    pngs = []
-    if len(comp.runs):
-        pngs.append(plot_scatter(comp, out_dir / "scatter.png"))
-        pngs.append(plot_breakdown(comp, out_dir / "breakdown.png"))
-    ok_dirs = set(comp.runs["run_dir"]) if len(comp.runs) else set()
-    for run in comp.loaded:
-        pipelined = _pp_of(run) > 1
-        if str(run.run_dir) in ok_dirs and pipelined:
-            p = plot_timeline(run, out_dir / f"timeline_{run.plan_id or run.run_dir.name}.png")
-            if p:
-                pngs.append(p)
-    md = markdown(comp)
-    if pngs:
-        md += "\n## Plots\n\n" + "\n".join(f"![{p.stem}]({p.name})" for p in pngs) + "\n"
-    paths.insert(0, atomic_write_text(out_dir / "compare.md", md))
-    return paths + pngs
-
-
-def _pp_of(run: Run) -> int:
+def pipeline_stages(run: Run) -> int:
     """Pipeline stages of a run: from the prediction's timeline, else the env records."""
     stages = {int(t.get("stage", 0)) for t in run.prediction.get("timeline") or []}
     if stages:

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from planner.cli import main
-from planner.report import compare_runs, error_pct, write_report
+from planner.report import compare_runs, error_pct
+from planner.report_files import write_report
 
 RUNS = Path(__file__).parent / "fixtures" / "runs"
 OK = ["dp2", "pp2", "tp2", "dp2-fsdp"]
@@ -67,7 +68,7 @@ def test_phases_from_trace(comp):
 def test_report_files(comp, tmp_path):
     paths = write_report(comp, tmp_path)
     names = sorted(p.name for p in paths)
-    assert {"compare.md", "compare.csv", "scatter.png", "breakdown.png"} <= set(names)
+    assert {"compare.md", "compare.csv", "compare.html", "scatter.png", "breakdown.png"} <= set(names)
     timelines = [n for n in names if n.startswith("timeline_")]
     plan_id = json.loads((RUNS / "pp2" / "summary.json").read_text())["plan_id"]
     assert timelines == [f"timeline_{plan_id}.png"]  # only the pipelined run

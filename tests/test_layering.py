@@ -14,13 +14,14 @@ ROOT = Path(__file__).resolve().parent.parent
 # validation, the demo) imports downward only and nothing below it imports it
 LAYERS = (
     ("spec", ("planner.errors", "planner.io", "planner.model", "planner.model_checks", "planner.presets",
-              "planner.hf_config", "planner.hf_families", "planner.catalog", "planner.units",
+              "planner.hf_config", "planner.hf_families", "planner.hf_gemma", "planner.catalog", "planner.units",
               "planner.framework_spec", "planner.hardware", "planner.profile_yaml", "planner.cluster")),
     ("plan", ("planner.plan", "planner.layout", "planner.executor_rules", "planner.partition", "planner.schedule",
               "planner.schedule_zb", "planner.schedule_estimate", "planner.schedule_shared")),
     ("cost", ("planner.cost",)),
     ("search", ("planner.search",)),
-    ("side", ("planner.calibrate", "planner.launch", "planner.records", "planner.report", "planner.validation",
+    ("side", ("planner.calibrate", "planner.launch", "planner.records", "planner.report", "planner.report_plots",
+              "planner.report_html", "planner.report_files", "planner.validation",
               "planner.row_model", "planner.export", "planner.demo", "planner.trust", "planner.mfu_ceiling",
               "planner.cross_validation", "planner.emulate", "planner.loopback_only")),
     ("commands", ("planner.commands", "planner.cli", "planner")),

@@ -102,6 +102,8 @@ def test_mcore_sizes_need_untied_heads():
     ("Qwen3-30B-A3B", 30_532_122_624),   # the model card's 30.5B (3.3B activated): q/k head norms included
     ("Phi-3-mini-4k-instruct", 3_821_079_552),
     ("gemma-2-9b", 9_241_705_984),       # four norms per block, heads of 256, tied embedding
+    ("gemma-3-1b-pt", 999_885_952),      # Gemma 2's block with q/k head norms, one KV head
+    ("falcon-7b", 6_921_720_704),        # multi-query, one LayerNorm per parallel block, tied
 ])
 def test_fixture_parses_to_published_count(fixture, params):
     spec = load_model(str(FIXTURES / fixture))
@@ -114,7 +116,8 @@ def test_every_fixture_directory_is_tested():
                     "Mistral-7B-v0.1", "Mixtral-8x7B-v0.1", "Qwen2-7B", "llava-1.5-7b-hf", "mpt-7b",
                     "Qwen1.5-MoE-A2.7B",  # the model card's 14.3B / 2.7B: tests/test_moe.py
                     "DeepSeek-V3", "DeepSeek-V2-Lite",  # 671B / 15.7B: tests/test_deepseek.py
-                    "Qwen3-30B-A3B", "Phi-3-mini-4k-instruct", "gemma-2-9b"}
+                    "Qwen3-30B-A3B", "Phi-3-mini-4k-instruct", "gemma-2-9b", "gemma-3-1b-pt", "falcon-7b",
+                    "gemma-3-4b-pt"}  # its text_config: test_gemma3_text_config_takes_transformers_defaults
 
 
 @pytest.mark.parametrize("fixture, preset", [
@@ -160,6 +163,52 @@ def test_llama31_trained_context_from_rope_scaling():
                rope_scaling={"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                              "original_max_position_embeddings": 8192, "rope_type": "llama3"})
     assert spec_from_hf_config(cfg).seq_len == 8192
+
+
+def test_training_length_default_is_stated_where_the_config_gives_none():
+    notes: list[str] = []
+    qwen = load_model(str(FIXTURES / "Qwen2-7B"), notes=notes)
+    assert qwen.seq_len == 8192  # max_position_embeddings 131072 is a limit, not a training length
+    assert len(notes) == 1 and "131072" in notes[0] and "--seq-len" in notes[0]
+    notes.clear()
+    assert load_model(str(FIXTURES / "Meta-Llama-3-8B"), notes=notes).seq_len == 8192 and notes == []
+    assert load_model(str(FIXTURES / "Qwen2-7B"), seq_len=32768, notes=notes).seq_len == 32768 and notes == []
+
+
+def test_gemma3_text_config_takes_transformers_defaults():
+    """gemma-3-4b's text_config states hidden, FFN, layers and window only (Gemma3TextConfig's
+    defaults give heads 8, KV heads 4, head_dim 256, vocabulary 262208, the 5:1 pattern)."""
+    m = load_model(str(FIXTURES / "gemma-3-4b-pt"))
+    assert (m.n_layers, m.hidden_size, m.n_heads, m.n_kv_heads, m.d_head, m.vocab_size) == (34, 2560, 8, 4, 256, 262208)
+    assert (m.sliding_window, m.global_attention_every, m.qk_norm, m.norms_per_block) == (1024, 6, True, 4)
+    assert m.tied_embeddings and m.rope_theta == 1e6
+    # the text tower: embedding + 34 blocks of (attention, GeGLU, 4 norms, q/k head norms) + final norm
+    block = 2560 * 2048 * 2 + 2560 * 1024 * 2 + 3 * 2560 * 10240 + 4 * 2560 + 2 * 256
+    assert m.total_params() == 262208 * 2560 + 34 * block + 2560
+
+
+def test_gemma3_layer_types_must_be_periodic():
+    cfg = _fixture("gemma-3-1b-pt")
+    cfg.pop("sliding_window_pattern")
+    cfg["layer_types"] = ["full_attention" if (i + 1) % 6 == 0 else "sliding_attention" for i in range(26)]
+    assert spec_from_hf_config(cfg).global_attention_every == 6
+    cfg["layer_types"][0] = "full_attention"
+    with pytest.raises(InputError) as err:
+        spec_from_hf_config(cfg)
+    assert err.value.field == "config.layer_types"
+
+
+def test_falcon_architectures():
+    f7 = load_model(str(FIXTURES / "falcon-7b"))
+    assert (f7.n_kv_heads, f7.norms_per_block, f7.parallel_residual, f7.tied_embeddings, f7.bias) == (1, 1, True, True, False)
+    cfg = _fixture("falcon-7b")  # Falcon-40B's layout: new decoder architecture, 8 KV heads, two LayerNorms
+    cfg.update(new_decoder_architecture=True, num_kv_heads=8, hidden_size=8192, num_attention_heads=128,
+               num_hidden_layers=60)
+    f40 = spec_from_hf_config(cfg)
+    assert (f40.n_kv_heads, f40.norms_per_block) == (8, 2)
+    cfg.update(new_decoder_architecture=False, multi_query=False, parallel_attn=False, alibi=True, bias=True)
+    rw = spec_from_hf_config(cfg)  # falcon-rw: sequential blocks, ALiBi, biases, every head its own K/V
+    assert (rw.n_kv_heads, rw.norms_per_block, rw.parallel_residual, rw.position, rw.bias) == (128, 2, False, "alibi", True)
 
 
 def test_seq_len_override():

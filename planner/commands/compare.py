@@ -19,7 +19,8 @@ def handler(args: argparse.Namespace) -> int:
     import json
 
     from planner.io import check_output_dir
-    from planner.report import compare_runs, markdown, write_report
+    from planner.report import compare_runs, markdown
+    from planner.report_files import write_report
 
     if args.out:
         check_output_dir(args.out, "out")  # before any work

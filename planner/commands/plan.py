@@ -10,7 +10,7 @@ import argparse
 import json
 
 from planner.errors import InputError
-from planner.commands.predict import add_moe_routing_args, with_moe_routing
+from planner.commands.predict import add_moe_routing_args, model_from_args
 from planner.progress import Progress
 
 _GIB = 1024**3
@@ -181,7 +181,6 @@ def what_would_fit(model, cluster, args, fixed, runtime, hetero: bool) -> list[s
 def handler(args: argparse.Namespace) -> int:
     from planner.calibrate.host import warn_if_other_host
     from planner.cost.runtime import get_runtime
-    from planner.catalog import load_model
     from planner.search.space import parse_fix
 
     if args.top < 1:
@@ -189,7 +188,7 @@ def handler(args: argparse.Namespace) -> int:
     if args.global_batch < 1:
         raise InputError("global_batch", "must be >= 1")
     fixed = parse_fix(args.fix)
-    model = with_moe_routing(load_model(args.model, args.seq_len), args)
+    model = model_from_args(args)
     runtime = get_runtime(args.runtime)
     cluster, label = _cluster_from_args(args)
     if args.precision is None:

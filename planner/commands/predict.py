@@ -85,10 +85,23 @@ def with_moe_routing(model, args: argparse.Namespace):
                                moe_pad_to_capacity=args.moe_pad_to_capacity or model.moe_pad_to_capacity)
 
 
+def model_from_args(args: argparse.Namespace):
+    """``--model`` at ``--seq-len`` with ``--moe-*`` routing; a default training length the
+    config does not state is said in one note line on stderr."""
+    import sys
+
+    from planner.catalog import load_model
+
+    notes: list[str] = []
+    model = with_moe_routing(load_model(args.model, args.seq_len, notes), args)
+    for line in notes:
+        print(f"clusterplan {args.verb}: note: {line}", file=sys.stderr)
+    return model
+
+
 def plan_from_args(args: argparse.Namespace):
     """Build a :class:`planner.plan.Plan` from the flag form (or load the file form)."""
     from planner.profile_yaml import load_profile
-    from planner.catalog import load_model
     from planner.plan import ParallelConfig, Plan
 
     if args.plan:
@@ -100,7 +113,7 @@ def plan_from_args(args: argparse.Namespace):
     for name in ("model", "hardware", "nodes", "global_batch"):
         if getattr(args, name) is None:
             raise InputError(name, f"missing (--{name.replace('_', '-')} is required without a PLAN.json)")
-    model = with_moe_routing(load_model(args.model, args.seq_len), args)
+    model = model_from_args(args)
     node = load_profile(args.hardware)
     gpus_per_node = args.gpus_per_node if args.gpus_per_node is not None else node.gpus_per_node
     if gpus_per_node < 1:

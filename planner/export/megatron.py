@@ -75,8 +75,12 @@ def megatron_args(plan: Plan) -> tuple[list[str], list[str]]:
     if m.qk_norm:
         add("--qk-layernorm")
     if m.norms_per_block != 2:
-        notes.append(f"{m.norms_per_block} norms per block (Gemma 2's after each sublayer too): Megatron-LM "
-                     "has no flag for the extra ones; not written")
+        kind = ("Gemma's after each sublayer too" if m.norms_per_block > 2
+                else "one shared by the parallel attention and MLP, Falcon-7B's")
+        notes.append(f"{m.norms_per_block} norms per block ({kind}): Megatron-LM has no flag for it; not written")
+    if m.parallel_residual:
+        notes.append("attention and MLP in parallel on one input (GPT-NeoX / Falcon): Megatron-LM's GPT blocks "
+                     "are sequential; same parameters and FLOPs, not written")
     if m.sliding_window:  # Megatron-Core / TE window: (tokens before, tokens after)
         add("--window-size", f"({m.sliding_window - 1},0)")
         if m.global_attention_every:
