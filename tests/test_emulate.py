@@ -127,3 +127,23 @@ def test_each_node_runs_on_cores_of_its_own():
     assert [emulate.EmulatedCluster(4, 1000).node_cpus(i, [0, 1]) for i in range(4)] == [[0], [1], [0], [1]]
     cmd = c.in_node(1, ["python", "-V"])
     assert cmd[:4] == ["ip", "netns", "exec", "cpn1"] and cmd[4:6] == ["taskset", "-c"] and cmd[-2:] == ["python", "-V"]
+
+
+def test_each_agent_is_bound_to_its_node():
+    """No root needed: node i's agent runs in namespace cpn<i> on its cores, meets the others at
+    node 0's address, publishes its own address, and its gloo / NCCL sockets use the shaped eth0."""
+    from planner.commands.run_emulated import node_commands
+    from planner.launch import RDZV_PORT
+
+    c = emulate.EmulatedCluster(2, 1000)
+    plan = Plan(model=tiny_spec("gpt"), hardware="local-cpu", n_nodes=2, gpus_per_node=1,
+                parallel=ParallelConfig(dp=2, micro_batch=2, global_batch=4, seq_len=16, precision="fp32"))
+    cfg = LaunchConfig(plan_path="plan.json", out="run", steps=2, warmup=1, device="cpu", emulated=True)
+    commands = node_commands(plan, cfg, c)
+    assert len(commands) == 2
+    for i, (cmd, env) in enumerate(commands):
+        assert cmd[:4] == ["ip", "netns", "exec", c.namespace(i)] and cmd[4:6] == ["taskset", "-c"]
+        assert cmd[cmd.index("--rdzv-endpoint") + 1] == f"{c.address(0)}:{RDZV_PORT}"
+        assert cmd[cmd.index("--local-addr") + 1] == c.address(i)
+        assert cmd[cmd.index("--rdzv-conf") + 1] == f"is_host={1 if i == 0 else 0}"
+        assert env["GLOO_SOCKET_IFNAME"] == emulate.IFACE and env["NCCL_SOCKET_IFNAME"] == emulate.IFACE
