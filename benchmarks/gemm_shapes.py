@@ -3,9 +3,11 @@ GEMM efficiency by shape, not by FLOP count alone).
 
 For each projection GEMM of one block (``planner.cost.compute.block_gemm_shapes``) and the LM head,
 at ``--micro-batch x --seq-len`` tokens: its forward (M x K @ K x N), input-gradient (M x N @ N x K)
-and weight-gradient (K x M @ M x N) GEMMs, each timed single-threaded in fp32 (median of 7 calls
-after 3 warm-ups), beside the efficiency ``DeviceSpec.gemm_efficiency`` gives its FLOP count. The
-cost model prices all three at the forward's efficiency. Writes a Markdown table.
+and weight-gradient (N x M @ M x K, PyTorch's ``grad_output^T @ input``) GEMMs, each timed
+single-threaded in fp32 (median of 7 calls after 3 warm-ups), beside the profile's curve
+efficiency at its FLOP count and the efficiency the cost model prices it at
+(``DeviceSpec.gemm_efficiency`` with its shape: the same unless the profile has a
+``matmul_shapes`` table, which a full ``clusterplan calibrate`` measures). Writes a Markdown table.
 
     .venv/bin/python benchmarks/gemm_shapes.py --model gpt2 --profile local-cpu --out reports/gemm-shapes.md
 """
@@ -61,22 +63,26 @@ def main(argv=None) -> int:
     rows, per_block, head = [], [0.0, 0.0], [0.0, 0.0]
     for name, (m, n, k) in gemms:
         m, n, k = int(m), int(n), int(k)
-        curve = device.gemm_efficiency("fp32", 2.0 * m * n * k)
-        for part, (mm, nn, kk) in (("forward", (m, n, k)), ("input grad", (m, k, n)), ("weight grad", (k, n, m))):
+        flops = 2.0 * m * n * k
+        curve = device.gemm_efficiency("fp32", flops)
+        for part, (mm, nn, kk) in (("forward", (m, n, k)), ("input grad", (m, k, n)), ("weight grad", (n, k, m))):
             measured_s = time_gemm_s(mm, nn, kk)
-            priced_s = 2.0 * mm * nn * kk / (peak * curve)
-            rows.append((name, part, mm, nn, kk, measured_s, 2.0 * mm * nn * kk / measured_s / peak, curve, priced_s))
+            priced = device.gemm_efficiency("fp32", flops, (mm, nn, kk))
+            rows.append((name, part, mm, nn, kk, measured_s, flops / measured_s / peak, curve, priced,
+                         flops / (peak * priced)))
             bucket = head if name == "LM head" else per_block
             bucket[0] += measured_s
-            bucket[1] += priced_s
+            bucket[1] += rows[-1][-1]
     lines = [f"# {model.name}'s GEMMs on this CPU against `{a.profile}`'s efficiency curve", "",
              f"Regenerate: `.venv/bin/python benchmarks/gemm_shapes.py --model {a.model} --profile {a.profile} "
              f"--micro-batch {a.micro_batch} --seq-len {a.seq_len} --out ...` ({host_cpu_model()}, one thread, fp32, "
              f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}); {T} tokens per micro-batch.", "",
-             "| GEMM | pass | M | N | K | measured ms | measured eff. | curve eff. (by FLOPs) | priced ms |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for name, part, m, n, k, t, eff, curve, priced in rows:
-        lines.append(f"| {name} | {part} | {m} | {n} | {k} | {1e3 * t:.2f} | {eff:.2f} | {curve:.2f} | {1e3 * priced:.2f} |")
+             "| GEMM | pass | M | N | K | measured ms | measured eff. | curve eff. (by FLOPs) | priced eff. (by shape) "
+             "| priced ms |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, part, m, n, k, t, eff, curve, priced_eff, priced in rows:
+        lines.append(f"| {name} | {part} | {m} | {n} | {k} | {1e3 * t:.2f} | {eff:.2f} | {curve:.2f} | {priced_eff:.2f} "
+                     f"| {1e3 * priced:.2f} |")
     lines += ["", f"- One block's GEMMs: measured {1e3 * per_block[0]:.1f} ms, priced {1e3 * per_block[1]:.1f} ms "
                   f"({100 * (per_block[1] / per_block[0] - 1):+.1f}%).",
               f"- The LM head's: measured {1e3 * head[0]:.1f} ms, priced {1e3 * head[1]:.1f} ms "

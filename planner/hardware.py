@@ -12,6 +12,7 @@ from pathlib import Path
 
 from planner.errors import InputError, require
 from planner.framework_spec import FrameworkSpec, loglog_interpolate
+from planner.gemm_shapes import ShapeTable
 
 PROFILES_DIR = Path(__file__).resolve().parent.parent / "hardware_profiles"
 DTYPES = ("fp32", "tf32", "bf16", "fp16", "fp8")
@@ -198,6 +199,7 @@ class DeviceSpec:
     sm_count: int = 0
     matmul_efficiency_by_dtype: tuple[tuple[str, EfficiencyCurve], ...] = ()
     attention_kernels: tuple[AttentionKernel, ...] = ()
+    matmul_shapes_by_dtype: tuple[tuple[str, ShapeTable], ...] = ()
 
     def __hash__(self) -> int:
         """The fields' hash, kept once computed: the cost model's memoised functions take the
@@ -218,6 +220,8 @@ class DeviceSpec:
     def __post_init__(self) -> None:
         for dtype, _ in self.matmul_efficiency_by_dtype:
             require(dtype in DTYPES, f"device.matmul_efficiency.{dtype}", f"unknown dtype (allowed: {DTYPES})")
+        for dtype, _ in self.matmul_shapes_by_dtype:
+            require(dtype in DTYPES, f"device.matmul_shapes.{dtype}", f"unknown dtype (allowed: {DTYPES})")
         require(len(self.peak_flops_per_s) > 0, "device.peak_tflops", "needs at least one dtype")
         for dtype, flops in self.peak_flops_per_s:
             require(dtype in DTYPES, f"device.peak_tflops.{dtype}", f"unknown dtype (allowed: {DTYPES})")
@@ -246,9 +250,11 @@ class DeviceSpec:
                 return curve
         return self.matmul_efficiency
 
-    def gemm_efficiency(self, dtype: str, flops: float) -> float:
+    def gemm_efficiency(self, dtype: str, flops: float, shape: tuple[float, float, float] | None = None) -> float:
         """Fraction of ``dtype``'s peak a GEMM of ``flops`` reaches on its dtype's curve
-        (:meth:`matmul_curve`). An FP8 GEMM without a curve of its own takes the time of a 16-bit
+        (:meth:`matmul_curve`), times how much faster or slower its ``shape`` (M, N, K) ran
+        than the curve where the profile measured GEMMs of that dtype by shape
+        (:class:`planner.gemm_shapes.ShapeTable`). An FP8 GEMM without a curve of its own takes the time of a 16-bit
         GEMM of half its FLOPs: twice the arithmetic rate, the same fixed costs (prologue,
         epilogue, wave tails). Checked on a public table that measured both (tile-ai/tilelang
         benchmark/matmul and matmul_fp8 READMEs, H800 SXM, M = N = 8192, K 256-16384: FP8 at K
@@ -256,7 +262,13 @@ class DeviceSpec:
         own = any(name == dtype for name, _ in self.matmul_efficiency_by_dtype)
         if dtype == "fp8" and not own:
             return self.matmul_curve(dtype)(flops / 2)
-        return self.matmul_curve(dtype)(flops)
+        curve = self.matmul_curve(dtype)
+        eff = curve(flops)
+        if shape is not None:
+            table = next((t for name, t in self.matmul_shapes_by_dtype if name == dtype), None)
+            if table is not None:
+                eff = min(1.0, eff * table.ratio(curve, *shape))
+        return eff
 
     def default_precision(self) -> str:
         """The training dtype a user gets without asking: bf16, else fp16 (V100), else fp32 (CPU)."""

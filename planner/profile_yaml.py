@@ -17,6 +17,7 @@ import yaml
 
 from planner.errors import InputError, reject_unknown_keys, require
 from planner.framework_spec import FRAMEWORK_YAML, FrameworkSpec, RATE_TABLES, RateTable
+from planner.gemm_shapes import ShapeTable
 from planner.hardware import (AttentionKernel, DeviceSpec, DTYPES, EfficiencyCurve, LinkSpec, MeasuredCollective,
                               NodeSpec, PROFILES_DIR)
 from planner.io import atomic_write_text, finite_number, parse_yaml, read_input_text, resolve_named_yaml
@@ -33,7 +34,7 @@ _FRAMEWORK_OPTIONAL = {"concurrent_slowdown", "concurrent_gemm_slowdown", "overs
                        "ddp_grad_s_per_byte", "ddp_param_s", "fsdp_unit_forward_s_per_byte",
                        "fsdp_unit_backward_s_per_byte", "step_forward_slowdown", "step_backward_slowdown",
                        "step_optimizer_slowdown"}
-_DEVICE_KEYS = {"name", "peak_tflops", "hbm_gib", "hbm_bandwidth_gb_s", "matmul_efficiency",
+_DEVICE_KEYS = {"name", "peak_tflops", "hbm_gib", "hbm_bandwidth_gb_s", "matmul_efficiency", "matmul_shapes",
                 "memory_bound_efficiency", "kernel_overhead_us", "reserved_gib",
                 "fragmentation_fraction", "host_cores", "sm_count", "attention_tflops"}
 _NODE_KEYS = {"gpus_per_node", "intra_node", "inter_node", "inter_node_shared", "inter_node_cpu_ns_per_byte",
@@ -81,6 +82,29 @@ def _parse_curve(data: Any, where: str, limit: float = 1.0) -> EfficiencyCurve:
     except InputError as err:
         reason = err.reason if limit == 1.0 else f"values must be in (0, {limit:g}] (the peak) and sizes increasing"
         raise InputError(where, reason) from None
+
+
+def _parse_shapes(data: Any, where: str) -> tuple[tuple[str, ShapeTable], ...]:
+    """``matmul_shapes: {dtype: [[m, n, k, efficiency], ...]}`` (optional)."""
+    if data is None:
+        return ()
+    data = _mapping(data, where)
+    reject_unknown_keys(data, set(DTYPES), where)
+    out = []
+    for dtype, rows in data.items():
+        if not isinstance(rows, list) or not rows:
+            raise InputError(f"{where}.{dtype}", "must be a non-empty list of [m, n, k, efficiency] rows")
+        points = []
+        for i, row in enumerate(rows):
+            if (not isinstance(row, list) or len(row) != 4
+                    or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in row)):
+                raise InputError(f"{where}.{dtype}[{i}]", f"must be [m, n, k, efficiency], got {row!r}")
+            points.append(tuple(float(v) for v in row))
+        try:
+            out.append((dtype, ShapeTable(tuple(points))))
+        except InputError as err:
+            raise InputError(f"{where}.{dtype}", err.reason) from None
+    return tuple(out)
 
 
 _ATTENTION_SERIES = ("forward_causal", "forward", "backward")
@@ -153,6 +177,7 @@ def _parse_device(data: Any) -> DeviceSpec:
         sm_count=counts["sm_count"],
         attention_kernels=_parse_attention(data.get("attention_tflops"), _peak_16bit(peak_pairs),
                                            f"{where}.attention_tflops"),
+        matmul_shapes_by_dtype=_parse_shapes(data.get("matmul_shapes"), f"{where}.matmul_shapes"),
     )
 
 
@@ -345,6 +370,11 @@ def profile_yaml(node: NodeSpec, *, header: Iterable[str] = (), comments: dict[s
             out.append(f"    {dtype}: {points(curve)}")
     else:
         out.append(f"  matmul_efficiency: {points(d.matmul_efficiency)}")
+    if d.matmul_shapes_by_dtype:
+        out.append("  matmul_shapes:  # measured GEMMs: [M, N, K, fraction of peak] (planner/gemm_shapes.py)")
+        for dtype, table in d.matmul_shapes_by_dtype:
+            out.append(f"    {dtype}: [" + ", ".join(f"[{m:g}, {n:g}, {k:g}, {_num(e)}]" for m, n, k, e in table.points)
+                       + "]")
     out.append(_line(1, "memory_bound_efficiency", _num(d.memory_bound_efficiency), c))
     out.append(_line(1, "kernel_overhead_us", _num(d.kernel_overhead_s / MICRO), c))
     out.append(_line(1, "reserved_gib", _num(d.reserved_bytes / GIB), c))
@@ -438,6 +468,10 @@ def _check_round_trip(node: NodeSpec, back: NodeSpec) -> None:
             if [(k, d, len(p)) for k, d, p in mine] != [(k, d, len(p)) for k, d, p in theirs]:
                 raise AssertionError(f"profile_yaml: framework.{table.yaml_key} did not round-trip")
             pairs += [(a, b) for (_, _, p), (_, _, q) in zip(mine, theirs) for u, v in zip(p, q) for a, b in zip(u, v)]
+    if [n for n, _ in d.matmul_shapes_by_dtype] != [n for n, _ in e.matmul_shapes_by_dtype]:
+        raise AssertionError("profile_yaml: device.matmul_shapes did not round-trip")
+    pairs += [(a, b) for (_, t), (_, u) in zip(d.matmul_shapes_by_dtype, e.matmul_shapes_by_dtype)
+              for p, q in zip(t.points, u.points) for a, b in zip(p, q)]
     pairs += list(zip(node.link_cpu_s_per_byte, back.link_cpu_s_per_byte))
     if node.inter_node_shared != back.inter_node_shared:
         raise AssertionError("profile_yaml: node.inter_node_shared did not round-trip")

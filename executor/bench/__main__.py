@@ -100,7 +100,8 @@ def main(argv: list[str] | None = None) -> int:
         if rank == 0:
             allocator = compute.allocator_bench()  # first, before benchmarks leave freed heap behind
             _log("matmul")
-            result["matmul"] = compute.matmul_bench(quick=args.quick, reps=reps)
+            kinds = ("proj", "mlp_up", "mlp_down") + (() if args.quick else ("lm_head",))
+            result["matmul"] = compute.matmul_bench(quick=args.quick, reps=reps, kinds=kinds)
             _log("memory-bound ops")
             result["memory_bound"] = compute.memory_bound_bench(quick=args.quick, reps=reps)
             _log("per-op overhead")

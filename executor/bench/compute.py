@@ -22,6 +22,11 @@ FULL_HIDDEN = (64, 128, 256, 512, 1024)
 FULL_TOKENS = (64, 256, 1024, 4096)
 QUICK_HIDDEN = (64, 256, 1024)
 QUICK_TOKENS = (64, 1024)
+HEAD_VOCABS = (32768, 131072)
+"""LM-head GEMMs (h x V, V far wider than h: a shape the block's layers never have), timed in a
+full calibration up to :data:`HEAD_MAX_FLOPS`: their skinny shapes run well below a square GEMM
+of the same FLOPs (``benchmarks/gemm_shapes.py``)."""
+HEAD_MAX_FLOPS = 2e10
 MB = 1 << 20
 
 
@@ -39,6 +44,9 @@ def _matmul_shapes(hidden, tokens, kinds) -> list[tuple[int, int, str, int, int]
     """(tokens, hidden, kind, in, out) of every timed linear layer, ascending in FLOPs."""
     shapes = [(t, h, kind, fi * h, fo * h) for h in hidden for t in tokens
               for kind, (fi, fo) in LINEAR_KINDS.items() if kind in kinds]
+    if "lm_head" in kinds:
+        shapes += [(t, h, "lm_head", h, v) for h in hidden for t in tokens for v in HEAD_VOCABS
+                   if 2.0 * t * h * v <= HEAD_MAX_FLOPS]
     return sorted(shapes, key=lambda sh: (sh[0] * sh[3] * sh[4], sh[1], sh[0]))
 
 
@@ -47,7 +55,8 @@ def matmul_bench(*, quick: bool, reps: int, dtypes=("fp32", "bf16"), kinds=("pro
                  budget_s: float | None = None) -> list[dict]:
     """GEMM throughput of the linear layers of a transformer step.
 
-    For each token count t, width h and layer kind (in, out): forward ``F.linear`` (t x in x out),
+    For each token count t, width h and layer kind (in, out; ``lm_head``: h x V for each of
+    :data:`HEAD_VOCABS`): forward ``F.linear`` (t x in x out),
     input gradient ``g @ W`` (t x out x in) and weight gradient ``g^T @ x`` (out x t x in), the three
     GEMMs of one linear layer's training step; ``--quick`` times the forward GEMM only. Per dtype
     the shapes run in ascending FLOPs within ``budget_s`` (default :data:`MATMUL_BUDGET_S`): a

@@ -26,6 +26,7 @@ import numpy as np
 from planner.calibrate.executor_costs import build_framework
 from planner.errors import InputError, require
 from planner.framework_spec import FRAMEWORK_YAML
+from planner.gemm_shapes import ShapeTable
 from planner.hardware import DeviceSpec, EfficiencyCurve, LinkSpec, MeasuredCollective, NodeSpec, PROFILES_DIR
 from planner.io import read_json_object
 from planner.profile_yaml import profile_yaml
@@ -138,6 +139,18 @@ def _curves_by_dtype(detail: dict) -> tuple[tuple[str, EfficiencyCurve], ...]:
                  for dt in order)
 
 
+def _shape_tables(rows: list[dict], peaks: dict[str, float]) -> tuple[tuple[str, ShapeTable], ...]:
+    """Per dtype, every measured GEMM shape (M, N, K) with its median fraction of the dtype's
+    peak (:class:`planner.gemm_shapes.ShapeTable`), fp32 first."""
+    by_shape: dict[str, dict[tuple[float, float, float], list[float]]] = {}
+    for r in rows:
+        shape = (float(r["m"]), float(r["n"]), float(r["k"]))
+        by_shape.setdefault(r["dtype"], {}).setdefault(shape, []).append(min(1.0, r["flops_per_s"] / peaks[r["dtype"]]))
+    order = sorted(by_shape, key=lambda dt: (dt != "fp32", dt))
+    return tuple((dt, ShapeTable(tuple((*shape, float(max(1e-3, statistics.median(v))))
+                                       for shape, v in sorted(by_shape[dt].items())))) for dt in order)
+
+
 def _table(entries: list[dict]) -> tuple[tuple[float, float], ...]:
     """(bytes, median seconds) per measured size, ascending; a repeated size keeps its median."""
     by_size: dict[float, list[float]] = {}
@@ -243,7 +256,7 @@ def build_profile(results: dict, *, name: str = "local-cpu", gpus_per_node: int 
         peaks[dtype] = max(r["flops_per_s"] for r in mm if r["dtype"] == dtype)
     low = [r for r in mm if r["cpu_ratio"] < CONTENDED_CPU_RATIO]
     clean_mm = [r for r in mm if r["cpu_ratio"] >= CONTENDED_CPU_RATIO]
-    curve, curve_detail = _efficiency_curve(clean_mm or mm, peaks)
+    curve, curve_detail = _efficiency_curve([r for r in clean_mm or mm if r.get("kind") != "lm_head"], peaks)
     if low:
         warnings.append(f"{len(low)} of {len(mm)} GEMM measurements got < {CONTENDED_CPU_RATIO} of a core"
                         + (" (left out of the efficiency curve)" if clean_mm else ""))
@@ -303,6 +316,7 @@ def build_profile(results: dict, *, name: str = "local-cpu", gpus_per_node: int 
         hbm_bandwidth_bytes_per_s=bw_peak,
         matmul_efficiency=curve,
         matmul_efficiency_by_dtype=_curves_by_dtype(curve_detail),
+        matmul_shapes_by_dtype=_shape_tables(clean_mm or mm, peaks),
         memory_bound_efficiency=mb_eff,
         kernel_overhead_s=kernel_overhead,
         reserved_bytes=float(reserved),

@@ -55,13 +55,15 @@ class Rates:
         """Framework time of ``n_ops`` ops at ``per_op_s`` each (CPU time: scaled by the share)."""
         return n_ops * per_op_s * self.concurrent / self.share
 
-    def gemm(self, flops: float, bytes_moved: float, unquantized: bool = False) -> float:
+    def gemm(self, flops: float, bytes_moved: float, unquantized: bool = False,
+             shape: tuple[float, float, float] | None = None) -> float:
         """A GEMM's time; ``unquantized``: one an FP8 recipe leaves in BF16 (the attention core,
-        the output layer), at that dtype's peak."""
+        the output layer), at that dtype's peak; ``shape``: its (M, N, K), where the profile
+        measured GEMMs by shape (:meth:`planner.hardware.DeviceSpec.gemm_efficiency`)."""
         peak = self.unquantized_peak_flops if unquantized else self.peak_flops
         dtype = self.unquantized_dtype if unquantized else self.dtype
         # the profile's GEMM efficiency curve of the dtype the GEMM runs in (pooled curve if none)
-        eff = self.device.gemm_efficiency(dtype, flops) if dtype else self.device.matmul_efficiency(flops)
+        eff = self.device.gemm_efficiency(dtype, flops, shape) if dtype else self.device.matmul_efficiency(flops)
         t_compute = flops * self.gemm_concurrent / (peak * eff * self.share)
         t_memory = bytes_moved * self.concurrent / (self.mem_bw * self.share)
         return (t_compute if t_compute > t_memory else t_memory) + self.overhead_s
@@ -148,13 +150,16 @@ class LayerTimes:
         return self.bwd_input_s + self.bwd_weight_s
 
 
-def _gemm(rates: Rates, m: float, n: float, k: float, bpe: int, unquantized: bool = False) -> tuple[float, float]:
-    """(forward time, one backward GEMM time) of an m x k @ k x n GEMM; the two backward GEMMs
-    (dgrad, wgrad) have the same FLOPs and similar traffic."""
+def _gemm(rates: Rates, m: float, n: float, k: float, bpe: int,
+          unquantized: bool = False) -> tuple[float, float, float]:
+    """(forward, input gradient, weight gradient) times of a linear layer whose forward is an
+    m x k @ k x n GEMM: the input gradient m x n @ n x k, the weight gradient n x m @ m x k
+    (PyTorch's ``grad_output^T @ input``); the same FLOPs and traffic, each at its own shape's
+    efficiency where the profile measured GEMMs by shape (M, N, K)."""
     flops = 2.0 * m * n * k
     bytes_moved = bpe * (m * k + k * n + m * n)
-    t = rates.gemm(flops, bytes_moved, unquantized)
-    return t, t
+    return tuple(rates.gemm(flops, bytes_moved, unquantized, shape)  # type: ignore[return-value]
+                 for shape in ((m, n, k), (m, k, n), (n, k, m)))
 
 
 def _measured_kernel(rates: Rates, runtime: Runtime):
@@ -207,10 +212,10 @@ def _block_passes(model: ModelSpec, micro_batch: int, seq_len: int, tp: int, cp:
 
     # --- projection GEMMs (Megatron column/row parallel: N or K split by tp) ---
     for (m_, n_, k_), count in Counter(block_gemm_shapes(model, T, tp, ep, etp)).items():  # experts: one shape
-        tf, tb = _gemm(rates, m_, n_, k_, bpe)
+        tf, t_in, t_w = _gemm(rates, m_, n_, k_, bpe)
         fwd += count * tf
-        bwd_in += count * tb
-        bwd_w += count * tb
+        bwd_in += count * t_in
+        bwd_w += count * t_w
 
     # --- attention core ---
     heads = model.n_heads / tp
@@ -300,7 +305,7 @@ def head_times(model: ModelSpec, micro_batch: int, seq_len: int, tp: int, cp: in
     h = model.hidden_size
     V = model.vocab_size
     rows = T / tp if sequence_parallel else T
-    tf, tb = _gemm(rates, T, V / tp, h, bpe, unquantized=True)
+    tf, tb, tw = _gemm(rates, T, V / tp, h, bpe, unquantized=True)
     stack = stack_of(rates)
     norm_f, norm_b = stack.final_norm_s(model, rows, bpe, rates)
     logits = T * V / tp
@@ -308,19 +313,18 @@ def head_times(model: ModelSpec, micro_batch: int, seq_len: int, tp: int, cp: in
     ce_b = rates.memory((4 + bpe) * logits, 1)       # softmax - onehot -> grad in compute dtype
     fwd = tf + norm_f + ce_f
     bwd_in = tb + norm_b + ce_b
-    (fwd,), (bwd_in, tb) = stack.in_step("forward", fwd), stack.in_step("backward", bwd_in, tb)
+    (fwd,), (bwd_in, tw) = stack.in_step("forward", fwd), stack.in_step("backward", bwd_in, tw)
     extra_f, extra_b = stack.head_extras_s(model, tp, bpe * T * h, rates)
     fwd += extra_f
     bwd_in += extra_b
-    return fwd, bwd_in, tb
+    return fwd, bwd_in, tw
 
 
 def block_gemm_forward_times(model: ModelSpec, micro_batch: int, seq_len: int, tp: int, cp: int,
                              precision: str, rates: Rates, ep: int = 1, etp: int = 0) -> tuple[float, ...]:
     """Forward time of each projection GEMM of one block, in execution order (QKV, output
     projection, then per expert the up (+gate) and down projections, then the MoE router):
-    the same GEMMs :func:`layer_times` sums, one per weight tensor (each backward GEMM, dgrad
-    and wgrad, takes the same time)."""
+    the same GEMMs :func:`layer_times` sums, one per weight tensor."""
     bpe = activation_bytes_per_element(precision)
     T = micro_batch * seq_len / cp
     return tuple(_gemm(rates, m_, n_, k_, bpe)[0] for m_, n_, k_ in block_gemm_shapes(model, T, tp, ep, etp))
