@@ -95,7 +95,7 @@ def median_results(passes: list[Any]) -> Any:
 
 
 def _matmul_key(row: dict) -> tuple:
-    return row["dtype"], row["kind"], row["op"], row["tokens"], row["hidden"]
+    return row["dtype"], row["kind"], row["op"], row["tokens"], row["hidden"], row.get("n")  # n: an LM head's width
 
 
 def common_matmul_shapes(passes: list[dict]) -> list[dict]:
