@@ -158,6 +158,9 @@ def _gemm(rates: Rates, m: float, n: float, k: float, bpe: int,
     efficiency where the profile measured GEMMs by shape (M, N, K)."""
     flops = 2.0 * m * n * k
     bytes_moved = bpe * (m * k + k * n + m * n)
+    if not rates.device.matmul_shapes_by_dtype:  # by FLOPs alone: the three take one time
+        t = rates.gemm(flops, bytes_moved, unquantized)
+        return t, t, t
     return tuple(rates.gemm(flops, bytes_moved, unquantized, shape)  # type: ignore[return-value]
                  for shape in ((m, n, k), (m, k, n), (n, k, m)))
 
