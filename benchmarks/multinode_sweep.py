@@ -30,6 +30,7 @@ if str(ROOT) not in sys.path:
 
 from planner import emulate  # noqa: E402
 from planner.cost.step import predict_plan  # noqa: E402
+from planner.executor_rules import dp_kind  # noqa: E402
 from planner.hardware import host_cpu_model  # noqa: E402
 from planner.launch import cli_command  # noqa: E402
 from planner.model import ModelSpec  # noqa: E402
@@ -70,6 +71,29 @@ def _spearman(xs: list[float], ys: list[float]) -> float:
     return num / den if den else float("nan")
 
 
+def predicted_phases(parallel: ParallelConfig, prediction: dict) -> tuple[float, float]:
+    """(in-stage, between-stage) predicted seconds, split where the executor's spans split the step:
+    between-stage, the bubble, the exposed pipeline sends and the gradient all-reduce the executor
+    runs after a pipeline's backward (``dp_kind`` ddp or zero1 with pp > 1); in-stage, the rest
+    (compute, the optimizer and the collectives the executor runs inside forward and backward:
+    tp, cp, ep, dp through DDP's hooks or FSDP)."""
+    t, p = prediction["breakdown"]["time"], parallel
+    dp_between = p.pp > 1 and dp_kind(p.sharding, p.tp, p.dp) in ("ddp", "zero1")
+    between = t["bubble_s"] + t["exposed_comm_s"]["pp"] + (t["exposed_comm_s"]["dp"] if dp_between else 0.0)
+    return prediction["step_time_s"] - between, between
+
+
+def measured_phases(summary: dict) -> tuple[float, float] | None:
+    """(in-stage, between-stage) measured seconds: the busiest rank's forward + backward +
+    optimizer spans (medians over the steps), and the step time less that."""
+    m = summary.get("measured") or {}
+    per_rank, step = m.get("phases_per_rank"), m.get("step_time_s")
+    if not per_rank or not step:
+        return None
+    busy = max(sum(ph.get(k) or 0.0 for k in ("forward", "backward", "optimizer")) for ph in per_rank.values())
+    return busy, step - busy
+
+
 def _run_dir(work: Path, mbit: float, r: int, name: str) -> Path:
     return work / f"run-{mbit:g}-{r}-{name.replace(' ', '_')}"
 
@@ -104,7 +128,8 @@ def predicted_rows(mbit: float, work: Path) -> list[dict]:
         pred = predict_plan(plan)
         path = plan.with_prediction(pred.to_dict()).save(work / f"{mbit:g}-{name.replace(' ', '_')}.json")
         rows.append({"mbit": mbit, "name": name, "pair": pair, "plan": plan.parallel.megatron_notation(),
-                     "order": plan.parallel.order, "predicted_s": pred.step_time_s, "path": path, "runs": []})
+                     "order": plan.parallel.order, "predicted_s": pred.step_time_s, "path": path, "runs": [],
+                     "predicted_phases": predicted_phases(plan.parallel, pred.to_dict()), "phases": []})
     return rows
 
 
@@ -117,6 +142,7 @@ def repredicted(mbit: float, rounds: int, work: Path) -> list[dict]:
             path = _run_dir(work, mbit, r, row["name"]) / "summary.json"
             summary = json.loads(path.read_text()) if path.exists() else {}
             row["runs"].append((summary.get("measured") or {}).get("step_time_s"))
+            row["phases"].append(measured_phases(summary))
     return rows
 
 
@@ -134,6 +160,7 @@ def sweep(mbit: float, rounds: int, work: Path, steps: int, warmup: int, base: s
                 summary = json.loads((out / "summary.json").read_text()) if (out / "summary.json").exists() else {}
                 step = (summary.get("measured") or {}).get("step_time_s")
                 row["runs"].append(step)
+                row["phases"].append(measured_phases(summary))
                 print(f"{mbit:g} Mbit/s round {r + 1}: {row['name']}: {summary.get('status')} {step}", flush=True)
         return rows
     finally:
@@ -185,8 +212,33 @@ def report(rows: list[dict], rounds: int, mbits: list[float], base: str, work: s
                 meas_fast = a if a["measured_s"] < b["measured_s"] else b
                 lines.append(f"- {pair}: predicted faster {pred_fast['name']}, measured faster {meas_fast['name']}"
                              f" ({'agrees' if pred_fast is meas_fast else 'DISAGREES'}).")
-        lines.append("")
+        lines += ["", *phase_table(sub), ""]
     return "\n".join(lines) + "\n"
+
+
+def _err(pred: float, meas: float) -> str:
+    return f"{100 * (pred / meas - 1):+.1f}%" if meas > 0 else "n/a"
+
+
+def phase_table(rows: list[dict]) -> list[str]:
+    """Per plan, the step split where the executor's spans split it (:func:`predicted_phases`),
+    predicted vs measured (medians over the rounds)."""
+    lines = ["Per phase (s): in-stage = the busiest rank's forward, backward and optimizer spans, with the "
+             "collectives run inside them (tp; dp through DDP's hooks or FSDP); between = the rest of the step "
+             "(pipeline sends and waits, the bubble, the gradient all-reduce after a pipeline's backward).", "",
+             "| plan | in-stage predicted | in-stage measured | error | between predicted | between measured | error |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        ok = [ph for ph in r["phases"] if ph is not None]
+        pin, pbetween = r["predicted_phases"]
+        if not ok:
+            lines.append(f"| {r['name']} | {pin:.3f} | n/a | n/a | {pbetween:.3f} | n/a | n/a |")
+            continue
+        min_, mbetween = statistics.median(a for a, _ in ok), statistics.median(b for _, b in ok)
+        between_err = _err(pbetween, mbetween) if mbetween > 0.05 * (min_ + mbetween) else "(small)"
+        lines.append(f"| {r['name']} | {pin:.3f} | {min_:.3f} | {_err(pin, min_)} | {pbetween:.3f} | {mbetween:.3f} "
+                     f"| {between_err} |")
+    return lines
 
 
 def main(argv=None) -> int:

@@ -89,19 +89,28 @@ class MeasuredCollective:
     (gloo and NCCL switch algorithms with the size, so a single alpha-beta line misses mid
     sizes; ASTRA-sim and Calculon likewise read collective efficiency off measured tables);
     below the smallest size it is the smallest size's time (latency-bound), above the largest
-    the line continues from the largest point with the bus bandwidth."""
+    the line continues from the largest point with the bus bandwidth.
+
+    ranks_per_node: 0 for a group inside one node (the host's calibration); k >= 1 for a group
+    spanning nodes with k of its ranks on each, measured while the node's other groups of that
+    shape ran the same op at once, as an axis's groups do in a step (``calibrate --emulated``)."""
 
     op: str
     group_size: int
     latency_s: float
     bus_bandwidth_bytes_per_s: float
     times_s: tuple[tuple[float, float], ...] = ()
+    ranks_per_node: int = 0
 
     def __post_init__(self) -> None:
         require(self.op in COLLECTIVE_OPS, "collectives.op", f"must be one of {COLLECTIVE_OPS}")
         require(self.group_size >= 2, "collectives.group_size", "must be >= 2")
         require(self.latency_s >= 0, "collectives.latency_us", "must be >= 0")
         require(self.bus_bandwidth_bytes_per_s > 0, "collectives.bus_bandwidth_gb_s", "must be > 0")
+        k = self.ranks_per_node
+        require(k >= 0 and (k == 0 or (self.group_size > k and self.group_size % k == 0)),
+                "collectives.ranks_per_node", "must be 0 (inside one node) or a divisor k < group_size "
+                f"(k ranks on each node the group spans), got {k} for group_size {self.group_size}")
         sizes = [b for b, _ in self.times_s]
         require(all(b > 0 and t > 0 for b, t in self.times_s), "collectives.times_us",
                 "sizes and times must be > 0")
@@ -332,13 +341,24 @@ class NodeSpec:
         return self.gpus_per_node / max(1.0, min(float(self.gpus_per_node), senders))
 
     def with_gpus_per_node(self, gpus_per_node: int) -> "NodeSpec":
+        """This node with ``gpus_per_node`` ranks; its tables of groups spanning nodes were measured
+        with the node's own rank count running at once, so another count drops them."""
         require(gpus_per_node >= 1, "gpus_per_node", "must be >= 1")
-        return dataclasses.replace(self, gpus_per_node=gpus_per_node)
+        if gpus_per_node == self.gpus_per_node:
+            return self
+        kept = tuple(c for c in self.collectives if not c.ranks_per_node)
+        return dataclasses.replace(self, gpus_per_node=gpus_per_node, collectives=kept)
 
-    def measured_collective(self, op: str, group_size: int) -> MeasuredCollective | None:
-        """The measured entry for ``op`` at ``group_size`` (nearest measured size at or below,
-        else the smallest above), or None when the profile has none for ``op``."""
-        entries = sorted((c for c in self.collectives if c.op == op), key=lambda c: c.group_size)
+    def measured_collective(self, op: str, group_size: int, ranks_per_node: int = 0) -> MeasuredCollective | None:
+        """The measured entry for ``op`` at ``group_size``: inside one node (``ranks_per_node``
+        0) the nearest measured size at or below, else the smallest above; for a group spanning
+        nodes with ``ranks_per_node`` ranks on each, only an entry measured on that very layout.
+        None when the profile has none."""
+        if ranks_per_node:
+            return next((c for c in self.collectives if c.op == op and c.group_size == group_size
+                         and c.ranks_per_node == ranks_per_node), None)
+        entries = sorted((c for c in self.collectives if c.op == op and not c.ranks_per_node),
+                         key=lambda c: c.group_size)
         if not entries:
             return None
         below = [c for c in entries if c.group_size <= group_size]

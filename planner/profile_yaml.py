@@ -40,7 +40,7 @@ _DEVICE_KEYS = {"name", "peak_tflops", "hbm_gib", "hbm_bandwidth_gb_s", "matmul_
 _NODE_KEYS = {"gpus_per_node", "intra_node", "inter_node", "inter_node_shared", "inter_node_cpu_ns_per_byte",
               "intra_node_cpu_ns_per_byte"}
 _LINK_KEYS = {"bandwidth_gb_s", "latency_us", "bus_efficiency"}
-_COLLECTIVE_KEYS = {"op", "group_size", "latency_us", "bus_bandwidth_gb_s", "times_us"}
+_COLLECTIVE_KEYS = {"op", "group_size", "ranks_per_node", "latency_us", "bus_bandwidth_gb_s", "times_us"}
 
 
 def _mapping(data: Any, where: str) -> dict:
@@ -211,15 +211,17 @@ def _parse_collectives(data: Any) -> tuple[MeasuredCollective, ...]:
         where = f"collectives[{i}]"
         entry = _mapping(entry, where)
         reject_unknown_keys(entry, _COLLECTIVE_KEYS, where)
-        group = entry.get("group_size")
-        if isinstance(group, bool) or not isinstance(group, int):
-            raise InputError(f"{where}.group_size", f"must be an integer, got {group!r}")
+        group, spread = entry.get("group_size"), entry.get("ranks_per_node", 0)
+        for key, value in (("group_size", group), ("ranks_per_node", spread)):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise InputError(f"{where}.{key}", f"must be an integer, got {value!r}")
         out.append(MeasuredCollective(
             op=str(entry.get("op")),
             group_size=group,
             latency_s=finite_number(entry, "latency_us", where) * MICRO,
             bus_bandwidth_bytes_per_s=finite_number(entry, "bus_bandwidth_gb_s", where) * GB,
             times_s=_parse_times(entry.get("times_us"), f"{where}.times_us"),
+            ranks_per_node=spread,
         ))
     return tuple(out)
 
@@ -410,12 +412,13 @@ def profile_yaml(node: NodeSpec, *, header: Iterable[str] = (), comments: dict[s
             out.append(f"  {source}: {{factor: {_num(factor)}, offset_gib: {_num(offset / GIB)}}}")
     if node.collectives:
         out.append("collectives:  # measured: times_us [[bytes, us], ...] interpolated in log-log; "
-                   "beyond it time = latency + S_bus / bus_bandwidth")
+                   "beyond it time = latency + S_bus / bus_bandwidth; ranks_per_node: measured across nodes")
         for m in node.collectives:
             table = ""
             if m.times_s:
                 table = ", times_us: [" + ", ".join(f"[{int(b)}, {_num(t / MICRO)}]" for b, t in m.times_s) + "]"
-            out.append(f"  - {{op: {m.op}, group_size: {m.group_size}, latency_us: {_num(m.latency_s / MICRO)}, "
+            spread = f", ranks_per_node: {m.ranks_per_node}" if m.ranks_per_node else ""
+            out.append(f"  - {{op: {m.op}, group_size: {m.group_size}{spread}, latency_us: {_num(m.latency_s / MICRO)}, "
                        f"bus_bandwidth_gb_s: {_num(m.bus_bandwidth_bytes_per_s / GB)}{table}}}")
     if node.framework is not None:
         out.append(_line(0, "framework", "", c).replace(": ", ":", 1) if "framework" in c else "framework:")
@@ -478,7 +481,10 @@ def _check_round_trip(node: NodeSpec, back: NodeSpec) -> None:
     if [n for n, _, _ in node.memory_sources] != [n for n, _, _ in back.memory_sources]:
         raise AssertionError("profile_yaml: memory_sources did not round-trip")
     pairs += [(a, b) for m, n in zip(node.memory_sources, back.memory_sources) for a, b in zip(m[1:], n[1:])]
-    if not all(_close(a, b) for a, b in pairs) or len(node.collectives) != len(back.collectives):
+    layouts = [(c.op, c.group_size, c.ranks_per_node) for c in node.collectives]
+    if layouts != [(c.op, c.group_size, c.ranks_per_node) for c in back.collectives]:
+        raise AssertionError("profile_yaml: collectives did not round-trip")
+    if not all(_close(a, b) for a, b in pairs):
         raise AssertionError("profile_yaml: the written profile does not read back to the same numbers")
 
 

@@ -113,6 +113,8 @@ def test_calibrate_emulated_measures_the_shaped_link(cluster, tmp_path, capsys):
     assert 0.7 < link.bus_efficiency <= 1.0
     assert 0 < link.latency_s < 0.01
     assert "calibrate --emulated" in node.measured_on
+    across_nodes = {(c.op, c.group_size) for c in node.collectives if c.ranks_per_node == 1}
+    assert {("all_reduce", 2), ("all_gather", 2), ("reduce_scatter", 2)} <= across_nodes  # measured, one per node
     across, inside = node.link_cpu_s_per_byte  # TCP through veth, bridge and tbf costs host CPU
     assert 0 < across < 1e-6 and 0 < inside < 1e-6
     assert "fitted" in capsys.readouterr().out

@@ -164,3 +164,51 @@ def test_a_wait_alone_on_the_link_is_faster_as_far_as_its_host_cpu_allows(node, 
     senders, got = _link_sharing(P, one_core)
     assert senders == 2.0 and got == pytest.approx(alone)
     assert _link_sharing(P, dataclasses.replace(one_core, inter_node_shared=False)) == (0.0, 1.0)
+
+
+def _spanning_rows(op: str, n: int, k: int, per_byte_s: float) -> list[dict]:
+    """A measured table across nodes: 1 ms latency plus ``per_byte_s`` per byte of S."""
+    return [{"op": op, "group_size": n, "ranks_per_node": k, "bytes": b, "median_s": 1e-3 + b * per_byte_s}
+            for b in (4, 4096, 1 << 20, 4 << 20)]
+
+
+def test_a_table_measured_across_nodes_prices_only_the_layout_it_was_measured_on(node):
+    from planner.calibrate.emulated import LinkFit, emulated_node
+
+    rows = _spanning_rows("all_reduce", 4, 2, 1e-6)
+    fit = LinkFit(latency_s=0.0, bandwidth_bytes_per_s=NODE_BYTES_PER_S / 2, line_bytes_per_s=NODE_BYTES_PER_S / 2,
+                  rows=())
+    measured = dataclasses.replace(emulated_node(node, emulate.EmulatedCluster(2, 200), 2, fit, rows),
+                                   inter_node=node.inter_node, intra_node=node.intra_node)
+    s = 2 ** 21  # between two measured sizes: interpolated in log-log
+    lo, hi = 1e-3 + (1 << 20) * 1e-6, 1e-3 + (4 << 20) * 1e-6
+    assert collective_time("all_reduce", s, GroupShape(4, 2, 2), measured) == pytest.approx((lo * hi) ** 0.5)
+    # another layout, another op: the link formula, as without the table
+    for op, g in (("all_reduce", GroupShape(2, 1, 2)), ("all_gather", GroupShape(4, 2, 2))):
+        assert collective_time(op, s, g, measured) == pytest.approx(collective_time(op, s, g, node))
+    # a table measured inside one node never prices a group spanning nodes
+    assert measured.measured_collective("all_reduce", 4) is not None
+    assert measured.measured_collective("all_reduce", 4).ranks_per_node == 0
+    # it was measured with the node's two ranks at once: another rank count drops it
+    assert measured.with_gpus_per_node(1).measured_collective("all_reduce", 4, 2) is None
+
+
+def test_tables_across_nodes_round_trip_and_are_checked():
+    from planner.calibrate.profile import fit_collectives
+    from planner.errors import InputError
+    from planner.hardware import MeasuredCollective
+
+    base = load_profile("local-cpu")
+    spanning, _ = fit_collectives(_spanning_rows("all_gather", 4, 2, 2e-6) + _spanning_rows("all_reduce", 2, 1, 1e-6))
+    assert {(c.op, c.group_size, c.ranks_per_node) for c in spanning} == {("all_gather", 4, 2), ("all_reduce", 2, 1)}
+    node = dataclasses.replace(base, gpus_per_node=2, collectives=base.collectives + tuple(spanning))
+    back = parse_profile(parse_yaml(profile_yaml(node), "profile", "test"))
+    assert [(c.op, c.group_size, c.ranks_per_node) for c in back.collectives] == \
+        [(c.op, c.group_size, c.ranks_per_node) for c in node.collectives]
+    assert [t for _, t in back.collectives[-1].times_s] == pytest.approx([t for _, t in node.collectives[-1].times_s], rel=1e-5)
+    with pytest.raises(InputError, match="ranks_per_node"):
+        MeasuredCollective("all_reduce", 4, 1e-4, 1e9, ranks_per_node=3)
+    data = parse_yaml(profile_yaml(node), "profile", "test")
+    data["collectives"][-1]["ranks_per_node"] = "two"
+    with pytest.raises(InputError, match=r"collectives\[\d+\]\.ranks_per_node"):
+        parse_profile(data)

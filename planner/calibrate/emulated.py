@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from planner.calibrate.profile import fit_collectives
 from planner.emulate import EmulatedCluster, node_profile
 from planner.errors import InputError, require
 from planner.hardware import NodeSpec
@@ -59,7 +60,8 @@ def fit_link(results: list[dict], line_bytes_per_s: float) -> LinkFit:
     latency per step from the small messages (the least of them: a busy host only adds), then
     the bandwidth from the large ones (least squares on ``t - steps * latency = S / B``)."""
     rows = [(r["op"], int(r["bytes"]), float(r["median_s"])) for r in results
-            if r.get("op") in STEPS and r.get("group_size") == 2 and r.get("median_s", 0) > 0]
+            if r.get("op") in STEPS and r.get("group_size") == 2 and r.get("ranks_per_node", 1) == 1
+            and r.get("median_s", 0) > 0]
     small = [(op, b, t) for op, b, t in rows if b <= SMALL_BYTES]
     large = [(op, b, t) for op, b, t in rows if b >= LARGE_BYTES]
     require(bool(small) and bool(large), "emulated",
@@ -75,7 +77,8 @@ def fit_link(results: list[dict], line_bytes_per_s: float) -> LinkFit:
 
 def measure(cluster: EmulatedCluster, sizes, ranks_per_node: int = 1, timeout_s: float = 600.0) -> list[dict]:
     """Run ``executor.bench.links`` on nodes 0 and 1 of ``cluster`` with ``ranks_per_node`` ranks
-    each (that many pairs share the link at once); one pair's results."""
+    each: every op and size on each layout of groups spanning the two nodes, the layout's groups
+    at once (:func:`executor.bench.links.spanning_groups`); rank 0's rows."""
     with tempfile.TemporaryDirectory(prefix="clusterplan-links-") as tmp:
         out = Path(tmp) / "links.json"
         procs = []
@@ -103,9 +106,14 @@ def measure(cluster: EmulatedCluster, sizes, ranks_per_node: int = 1, timeout_s:
         return json.loads(out.read_text())
 
 
-def emulated_node(base: NodeSpec, cluster: EmulatedCluster, gpus_per_node: int, fit: LinkFit) -> NodeSpec:
-    """``base`` as a node of ``cluster`` whose inter-node link is ``fit`` (each rank's share)."""
+def emulated_node(base: NodeSpec, cluster: EmulatedCluster, gpus_per_node: int, fit: LinkFit,
+                  results: list[dict] = ()) -> NodeSpec:
+    """``base`` as a node of ``cluster`` whose inter-node link is ``fit`` (each rank's share),
+    with the measured tables of its groups spanning nodes (``results``: :func:`measure`'s rows)
+    next to the base's tables of groups inside a node."""
     node = node_profile(base, cluster, gpus_per_node)
     efficiency = min(1.0, fit.bus_efficiency)
     link = dataclasses.replace(node.inter_node, latency_s=fit.latency_s, bus_efficiency=efficiency)
-    return dataclasses.replace(node, inter_node=link)
+    spanning, _ = fit_collectives([r for r in results if r.get("median_s", 0) > 0]) if results else ([], {})
+    inside = tuple(c for c in node.collectives if not c.ranks_per_node)
+    return dataclasses.replace(node, inter_node=link, collectives=inside + tuple(spanning))

@@ -29,7 +29,7 @@ import numpy as np
 from planner.calibrate.fit_memory import MemoryFit, fit_memory
 from planner.calibrate.runs_table import MeasuredRun, run_folder_run
 from planner.errors import InputError, require
-from planner.hardware import ClusterSpec, LinkSpec, NodeSpec
+from planner.hardware import ClusterSpec, LinkSpec, MeasuredCollective, NodeSpec
 from planner.io import read_json_object
 from planner.profile_yaml import profile_yaml
 
@@ -93,14 +93,14 @@ def apply_params(node: NodeSpec, params: dict[str, float]) -> NodeSpec:
 
     bs = p["intra_bandwidth_scale"]
 
-    def table(c) -> tuple[tuple[float, float], ...]:
-        # each measured time: its latency part scaled by ls, the rest by 1/bs
-        return tuple((b, ls * min(t, c.latency_s) + max(0.0, t - c.latency_s) / bs) for b, t in c.times_s)
+    def scaled(c: MeasuredCollective) -> MeasuredCollective:
+        # each measured time: its latency part scaled by ls, the rest by 1/scale of its link
+        scale = p["inter_bandwidth_scale"] if c.ranks_per_node else bs
+        table = tuple((b, ls * min(t, c.latency_s) + max(0.0, t - c.latency_s) / scale) for b, t in c.times_s)
+        return dataclasses.replace(c, latency_s=c.latency_s * ls, times_s=table,
+                                   bus_bandwidth_bytes_per_s=c.bus_bandwidth_bytes_per_s * scale)
 
-    colls = tuple(dataclasses.replace(c, latency_s=c.latency_s * ls,
-                                      bus_bandwidth_bytes_per_s=c.bus_bandwidth_bytes_per_s * bs,
-                                      times_s=table(c))
-                  for c in node.collectives)
+    colls = tuple(scaled(c) for c in node.collectives)
     return dataclasses.replace(node, device=device, intra_node=link(node.intra_node, bs),
                                inter_node=link(node.inter_node, p["inter_bandwidth_scale"]), collectives=colls,
                                framework=framework)

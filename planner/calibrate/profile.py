@@ -159,12 +159,14 @@ def _table(entries: list[dict]) -> tuple[tuple[float, float], ...]:
     return tuple((b, float(statistics.median(v))) for b, v in sorted(by_size.items()))
 
 
-def _fit_collectives(rows: list[dict]) -> tuple[list[MeasuredCollective], dict]:
-    groups: dict[tuple[str, int], list[dict]] = {}
+def fit_collectives(rows: list[dict]) -> tuple[list[MeasuredCollective], dict]:
+    """One measured table per (op, group size, ranks per node: 0 inside one node, the rows'
+    ``ranks_per_node`` across nodes), its latency and bus bandwidth fitted for beyond its sizes."""
+    groups: dict[tuple[str, int, int], list[dict]] = {}
     for row in rows:
-        groups.setdefault((row["op"], int(row["group_size"])), []).append(row)
+        groups.setdefault((row["op"], int(row["group_size"]), int(row.get("ranks_per_node", 0))), []).append(row)
     out, detail = [], {}
-    for (op, g), entries in sorted(groups.items()):
+    for (op, g, k), entries in sorted(groups.items()):
         entries.sort(key=lambda r: r["bytes"])
         sbus = [bus_bytes(op, g, r["bytes"]) for r in entries]
         times = [r["median_s"] for r in entries]
@@ -172,10 +174,10 @@ def _fit_collectives(rows: list[dict]) -> tuple[list[MeasuredCollective], dict]:
         model = [latency + s / bw for s in sbus]
         worst = max(abs(m - t) / t for m, t in zip(model, times))
         out.append(MeasuredCollective(op=op, group_size=g, latency_s=latency, bus_bandwidth_bytes_per_s=bw,
-                                      times_s=_table(entries)))
+                                      times_s=_table(entries), ranks_per_node=k))
         small = entries[0]
         large = entries[-1]
-        detail[(op, g)] = {
+        detail[(op, g) if not k else (op, g, k)] = {
             "worst_fit_error": worst,
             "small": (small["bytes"], small["median_s"]),
             "large": (large["bytes"], large["median_s"], bus_bytes(op, g, large["bytes"]) / large["median_s"]),
@@ -294,7 +296,7 @@ def build_profile(results: dict, *, name: str = "local-cpu", gpus_per_node: int 
 
     # collectives and links
     coll_rows = results.get("collectives") or []
-    collectives, coll_detail = _fit_collectives(coll_rows) if coll_rows else ([], {})
+    collectives, coll_detail = fit_collectives(coll_rows) if coll_rows else ([], {})
     p2p = next((c for c in collectives if c.op == "send_recv" and c.group_size == 2), None)
     if p2p is None:
         require(False, "results.collectives", "needs send_recv on 2 ranks (run with --nproc >= 2)")

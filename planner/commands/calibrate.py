@@ -51,9 +51,11 @@ def emulated_handler(args: argparse.Namespace) -> int:
     base = load_profile(args.base)
     print(f"calibrate: the link between {cluster.namespace(0)} and {cluster.namespace(1)} "
           f"({cluster.mbit:g} Mbit/s shaped) ...", file=sys.stderr)
-    fit = fit_link(measure(cluster, QUICK_SIZES if args.quick else SIZES, gpn), cluster.bytes_per_s / gpn)
+    results = measure(cluster, QUICK_SIZES if args.quick else SIZES, gpn)
+    fit = fit_link(results, cluster.bytes_per_s / gpn)
     link_cpu = link_cpu_costs(cluster, seconds=0.5 if args.quick else 1.5)
-    node = dataclasses.replace(emulated_node(base, cluster, gpn, fit), link_cpu_s_per_byte=link_cpu)
+    node = dataclasses.replace(emulated_node(base, cluster, gpn, fit, results), link_cpu_s_per_byte=link_cpu)
+    layouts = sorted({(c.group_size, c.ranks_per_node) for c in node.collectives if c.ranks_per_node})
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     header = [f"{node.name}: {base.name} with the emulated cluster's inter-node link as measured",
               f"clusterplan calibrate --emulated --base {args.base} --gpus-per-node {gpn} ({when}): gloo all-reduce "
@@ -61,7 +63,9 @@ def emulated_handler(args: argparse.Namespace) -> int:
               f"latency {fit.latency_s * 1e6:.1f} us per step; {fit.bandwidth_bytes_per_s / 1e6:.1f} MB/s achieved of "
               f"{fit.line_bytes_per_s / 1e6:.1f} MB/s, a rank's share of the shaped link (bus efficiency {fit.bus_efficiency:.3f})",
               f"host CPU per byte over TCP: {link_cpu[0] / NANO:.2f} ns between nodes, {link_cpu[1] / NANO:.2f} ns inside "
-              "one (planner/calibrate/link_cpu.py)"]
+              "one (planner/calibrate/link_cpu.py)",
+              "collectives measured across the nodes (ranks_per_node): groups of "
+              + ", ".join(f"{n} ({k} per node, {gpn // k} at once)" for n, k in layouts)]
     provenance = (f"{base.measured_on}; inter_node: calibrate --emulated, {cluster.nodes} nodes at "
                   f"{cluster.mbit:g} Mbit/s, {when}").lstrip("; ")
     write_profile(dataclasses.replace(node, measured_on=provenance), args.out, header=header)

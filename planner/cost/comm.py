@@ -20,7 +20,9 @@ faster: ``2 (log2 N inter + (k-1) intra)`` latency at 0.92 of the ring's bus ban
 CPU ranks (gloo) over several nodes run gloo's own algorithms instead (:mod:`planner.cost.gloo`).
 
 A profile's measured ``collectives`` entry for (op, group size) replaces the link formula for a
-group inside one node (the tables are measured on one host):
+group inside one node (the host's tables), and an entry measured across nodes
+(``ranks_per_node`` k, ``calibrate --emulated``) for a group of that size with k ranks on each
+of its nodes:
 ``time = latency + bus_bytes / bus_bandwidth`` (:meth:`NodeSpec.measured_collective`), or, where
 the entry carries its measured table, the table interpolated in log-log
 (:meth:`planner.hardware.MeasuredCollective.time_s`).
@@ -98,8 +100,11 @@ def collective_time(op: str, size_bytes: float, group: GroupShape, node: NodeSpe
     n = group.size
     if size_bytes <= 0 or (n <= 1 and op != "send_recv"):
         return 0.0
-    # a profile's measured tables were taken on one host: they price groups inside a node
-    measured = node.measured_collective(op, n if op != "send_recv" else 2) if group.nodes <= 1 else None
+    if group.nodes <= 1:  # the host's tables price groups inside a node
+        measured = node.measured_collective(op, n if op != "send_recv" else 2)
+    else:  # tables measured across nodes price only the layout they were measured on
+        spread = group.size == group.ranks_per_node * group.nodes
+        measured = node.measured_collective(op, n, group.ranks_per_node) if spread else None
     if measured is not None:
         return measured.time_s(size_bytes, ring_bus_factor(op, n))
     intra, inter = node.intra_node, node.inter_node
