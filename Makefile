@@ -12,6 +12,14 @@ $(VENV_STAMP): pyproject.toml
 	.venv/bin/pip install -q --no-deps torchtitan==0.2.2
 	touch $(VENV_STAMP)
 
+# torchtitan 0.3.0 (Python dataclass configs) for the torchtitan-py export check, in a folder of
+# its own beside 0.2.2 (benchmarks/torchtitan_py_check.py puts it first on its path), with the
+# spmd_types its ParallelDims imports
+TITAN_PY_STAMP := .venv/torchtitan-0.3.0/.installed
+$(TITAN_PY_STAMP): $(VENV_STAMP)
+	.venv/bin/pip install -q --no-deps --target .venv/torchtitan-0.3.0 torchtitan==0.3.0 spmd_types==0.2.3
+	touch $(TITAN_PY_STAMP)
+
 # A headless browser for the HTML report's rendering test (tests/test_report_html.py): Debian's
 # chromium, installed where this runs as root with apt; elsewhere that one test skips, saying why.
 BROWSER_STAMP := .venv/.browser
@@ -22,12 +30,12 @@ $(BROWSER_STAMP): $(VENV_STAMP)
 	touch $(BROWSER_STAMP)
 
 .PHONY: setup demo test validate
-setup: $(VENV_STAMP) $(BROWSER_STAMP)
+setup: $(VENV_STAMP) $(BROWSER_STAMP) $(TITAN_PY_STAMP)
 
 demo: $(VENV_STAMP)
 	.venv/bin/clusterplan demo
 
-test: $(VENV_STAMP) $(BROWSER_STAMP)
+test: $(VENV_STAMP) $(BROWSER_STAMP) $(TITAN_PY_STAMP)
 	$(PY) -m pytest -q
 
 validate: $(VENV_STAMP)

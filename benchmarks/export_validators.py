@@ -297,8 +297,15 @@ def torchtitan_check(plan: Plan) -> str:
                          etp=par.expert_tensor_parallel_degree, world_size=p.world_size)
         except (Exception, SystemExit) as err:  # noqa: BLE001 - whatever torchtitan raises is the finding
             return f"{type(err).__name__}: {err}"
+    return titan_read_back(plan, par, cfg.training)
+
+
+def titan_read_back(plan: Plan, par, tr) -> str:
+    """"" when torchtitan's parallelism and training configs ``par`` and ``tr`` (0.2.2's or
+    0.3.0's: the same fields) are the plan: degrees, global batch, micro-batches per step, layers
+    per stage; the difference otherwise."""
+    p = plan.parallel
     dp = par.data_parallel_shard_degree * par.data_parallel_replicate_degree
-    tr = cfg.training
     steps = tr.global_batch_size // (tr.local_batch_size * dp)  # gradient accumulation
     per_step = tr.local_batch_size // par.pipeline_parallel_microbatch_size if p.pp > 1 else 1
     got = (par.tensor_parallel_degree, par.pipeline_parallel_degree, dp, par.context_parallel_degree,

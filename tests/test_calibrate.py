@@ -11,7 +11,8 @@ import yaml
 from planner.calibrate.profile import SCHEMA, build_profile, bus_bytes, fit_alpha_beta, load_results
 from planner.cli import main
 from planner.cost.stacks import stack_for
-from planner.profile_yaml import load_profile, parse_profile, profile_yaml
+from planner.profile_yaml import load_profile, parse_profile
+from planner.profile_write import profile_yaml
 from planner.units import GB
 
 FIXTURE = Path(__file__).parent / "fixtures" / "runs" / "bench" / "quick-results.json"

@@ -14,7 +14,8 @@ from planner import emulate
 from planner.commands.run import LaunchConfig, launch
 from planner.errors import InputError
 from planner.plan import ParallelConfig, Plan
-from planner.profile_yaml import load_profile, write_profile
+from planner.profile_yaml import load_profile
+from planner.profile_write import write_profile
 
 pytestmark = pytest.mark.distributed
 TIMEOUT_S = 20.0

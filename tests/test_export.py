@@ -251,6 +251,10 @@ def test_cli_export(tmp_path, capsys):
     path = plan.save(tmp_path / "plan.json")
     for fmt in FORMATS:
         out = tmp_path / f"out.{fmt}"
+        if fmt == "torchtitan-py":  # torchtitan's Python configs name a registered model; GPT is none
+            assert main(["export", str(path), "--format", fmt, "--out", str(out)]) == 2
+            assert "registered model" in capsys.readouterr().err and not out.exists()
+            continue
         assert main(["export", str(path), "--format", fmt, "--out", str(out)]) == 0
         assert out.read_text() == export_plan(plan, fmt, plan_path=str(path))
     assert main(["export", str(path), "--format", "deepspeed"]) == 0
@@ -292,3 +296,27 @@ def test_executor_launch_scripts_refuse_what_the_executor_cannot_run():
     big = PLANS["dp_only"].with_prediction({"fits": False, "peak_memory_bytes": 100 * 2**30, "hbm_bytes": 80 * 2**30})
     assert "# WARNING: predicted not to fit (100.0 GiB per rank of 80.0 GiB)" in export_plan(big, "torchrun")
     assert "WARNING" not in export_plan(PLANS["dp_only"], "slurm")
+
+
+def test_torchtitan_python_config_sets_what_the_plan_decides():
+    """torchtitan 0.3.0's form: a module whose function starts from the model's registry config
+    and replaces training, parallelism and activation checkpointing with the plan's."""
+    import ast
+
+    from planner.catalog import load_model
+    from planner.export import to_torchtitan_py
+
+    plan = Plan(load_model("llama3-8b"), "dgx-h100-80gb", 2, 8, ParallelConfig(
+        tp=2, pp=2, dp=4, micro_batch=1, global_batch=64, seq_len=4096, sharding="fsdp", schedule="1f1b",
+        recompute="full", precision="fp8", sequence_parallel=False))
+    text = to_torchtitan_py(plan)
+    tree = ast.parse(text)
+    assert [f.name for f in tree.body if isinstance(f, ast.FunctionDef)] == ["clusterplan_job"]
+    assert "from torchtitan.models.llama3.config_registry import llama3_8b" in text
+    assert "config = llama3_8b()" in text and "FullAC.Config()" in text
+    assert "model_registry('8B', converters=[Float8LinearConverter.Config(" in text
+    for field in ("tensor_parallel_degree=2,", "pipeline_parallel_degree=2,", "data_parallel_shard_degree=4,",
+                  "enable_sequence_parallel=False,", "pipeline_parallel_microbatch_size=1,"):
+        assert field in text, field
+    assert "config.training.global_batch_size = 64" in text and "config.training.seq_len = 4096" in text
+    assert "enable_async_tensor_parallel" not in text  # gone in 0.3.0

@@ -13,7 +13,8 @@ from planner.calibrate.profile import build_profile, load_results
 from planner.cli import main
 from planner.model import ModelSpec
 from planner.plan import ParallelConfig, Plan
-from planner.profile_yaml import load_profile, profile_yaml
+from planner.profile_yaml import load_profile
+from planner.profile_write import profile_yaml
 
 BENCH = Path(__file__).parent / "fixtures" / "runs" / "bench" / "quick-results.json"
 TRUE = {"compute_scale": 0.8, "kernel_overhead_s": 4e-6, "memory_bound_efficiency": 0.5,

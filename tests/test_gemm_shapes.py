@@ -13,7 +13,8 @@ from planner.errors import InputError
 from planner.gemm_shapes import CURVE_DISTANCE, ShapeTable
 from planner.hardware import EfficiencyCurve
 from planner.presets import PRESETS
-from planner.profile_yaml import load_profile, profile_yaml, write_profile
+from planner.profile_yaml import load_profile
+from planner.profile_write import profile_yaml, write_profile
 
 CURVE = EfficiencyCurve(((1e6, 0.5), (1e9, 0.9)))
 HEAD = (128.0, 50257.0, 768.0)

@@ -10,7 +10,8 @@ from planner.cost.block import pipeline_hop_s
 from planner.cost.comm import GroupShape, collective_time, p2p_time
 from planner.hardware import LinkSpec
 from planner.io import parse_yaml
-from planner.profile_yaml import load_profile, parse_profile, profile_yaml
+from planner.profile_yaml import load_profile, parse_profile
+from planner.profile_write import profile_yaml
 
 NODE_BYTES_PER_S = 25e6  # 200 Mbit/s
 

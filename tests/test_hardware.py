@@ -277,7 +277,7 @@ def test_malformed_collective_table_names_the_field(times, field):
 
 
 def test_attention_kernel_tables_parse_strictly_and_round_trip():
-    from planner.profile_yaml import profile_yaml
+    from planner.profile_write import profile_yaml
 
     node = load_profile("dgx-h100-80gb")
     assert {k.name for k in node.device.attention_kernels} == {"flash2", "cudnn", "flash3"}
@@ -299,7 +299,7 @@ def test_a_cpu_profile_used_on_another_host_says_so(tmp_path, capsys):
     import dataclasses
 
     from planner.calibrate.host import other_host, warn_if_other_host
-    from planner.profile_yaml import write_profile
+    from planner.profile_write import write_profile
 
     node = load_profile("local-cpu")
     here = dataclasses.replace(node, measured_on="host=a; cpu=Test CPU 9000; cores=2 (affinity 2); torch=x")

@@ -31,7 +31,7 @@ from planner.calibrate.runs_table import MeasuredRun, run_folder_run
 from planner.errors import InputError, require
 from planner.hardware import ClusterSpec, LinkSpec, MeasuredCollective, NodeSpec
 from planner.io import read_json_object
-from planner.profile_yaml import profile_yaml
+from planner.profile_write import profile_yaml
 
 FIT_PARAMS = ("compute_scale", "op_overhead_scale", "memory_bound_efficiency", "kernel_overhead_s",
               "pp_action_s", "intra_bandwidth_scale", "inter_bandwidth_scale", "latency_scale", "attention_scale")

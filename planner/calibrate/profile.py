@@ -29,7 +29,7 @@ from planner.framework_spec import FRAMEWORK_YAML
 from planner.gemm_shapes import ShapeTable
 from planner.hardware import DeviceSpec, EfficiencyCurve, LinkSpec, MeasuredCollective, NodeSpec, PROFILES_DIR
 from planner.io import read_json_object
-from planner.profile_yaml import profile_yaml
+from planner.profile_write import profile_yaml
 from planner.units import GB, GIB, MICRO
 
 

@@ -18,7 +18,7 @@ from planner.calibrate.profile import Calibration, DEFAULT_PROFILE_PATH, build_p
 from planner.errors import InputError, require
 from planner.io import atomic_write_text, read_json_object
 from planner.launch import REPO_ROOT, bench_command, subprocess_env
-from planner.profile_yaml import write_profile
+from planner.profile_write import write_profile
 
 
 def run_benchmarks(nproc: int = 4, *, quick: bool = False, timeout_s: float | None = None,

@@ -40,7 +40,8 @@ def emulated_handler(args: argparse.Namespace) -> int:
     from planner.calibrate.link_cpu import link_cpu_costs
     from planner.errors import require
     from planner.io import check_output_path
-    from planner.profile_yaml import load_profile, write_profile
+    from planner.profile_yaml import load_profile
+    from planner.profile_write import write_profile
     from planner.units import NANO
 
     gpn = args.gpus_per_node or 1

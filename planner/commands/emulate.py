@@ -39,7 +39,8 @@ def handler(args: argparse.Namespace) -> int:
     print(f"up: {c.nodes} nodes ({', '.join(f'{c.namespace(i)} {c.address(i)}' for i in range(c.nodes))}), "
           f"each link {c.mbit:g} Mbit/s both ways; clusterplan run PLAN --emulated runs a plan across them")
     if args.out:
-        from planner.profile_yaml import load_profile, write_profile
+        from planner.profile_yaml import load_profile
+        from planner.profile_write import write_profile
 
         node = emulate.node_profile(load_profile(args.base), c, args.gpus_per_node)
         write_profile(node, args.out, header=[f"clusterplan emulate up --nodes {c.nodes} --inter-node-mbit {c.mbit:g}: "

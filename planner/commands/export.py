@@ -1,4 +1,4 @@
-"""``clusterplan export PLAN.json --format megatron|torchtitan|deepspeed|torchrun|slurm [--out FILE]``."""
+"""``clusterplan export PLAN.json --format megatron|torchtitan|torchtitan-py|deepspeed|torchrun|slurm [--out FILE]``."""
 from __future__ import annotations
 
 import argparse
@@ -9,7 +9,7 @@ from planner.export import FORMATS  # light: json, shlex and planner.plan only
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
-        "export", help="write a plan as Megatron-LM args, torchtitan TOML, DeepSpeed JSON or a launch command",
+        "export", help="write a plan as Megatron-LM args, torchtitan TOML or Python config, DeepSpeed JSON or a launch command",
         description="Write a plan as another framework's configuration, or as the torchrun / Slurm "
                     "command that launches clusterplan's executor on it. What a target cannot "
                     "express is said in a comment in the output.")

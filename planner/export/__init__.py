@@ -1,5 +1,5 @@
-"""A plan as other frameworks' configuration: Megatron-LM arguments, a torchtitan TOML, a
-DeepSpeed JSON config, and the torchrun / Slurm command lines that launch clusterplan's own
+"""A plan as other frameworks' configuration: Megatron-LM arguments, a torchtitan TOML (0.2.2) or
+Python config (0.3.0), a DeepSpeed JSON config, and the torchrun / Slurm command lines that launch clusterplan's own
 executor on the plan.
 
 Every exporter is a pure function ``Plan -> str``. A plan the target refuses to start (torchtitan's
@@ -16,12 +16,14 @@ from planner.export.deepspeed import deepspeed_config, to_deepspeed
 from planner.export.launchers import to_slurm, to_torchrun
 from planner.export.megatron import megatron_args, megatron_env, to_megatron
 from planner.export.torchtitan import TORCHTITAN_RELEASE, to_torchtitan, torchtitan_config
+from planner.export.torchtitan_py import TORCHTITAN_PY_RELEASE, to_torchtitan_py, torchtitan_py_config
 from planner.plan import Plan
 
-__all__ = ["FORMATS", "TORCHTITAN_RELEASE", "deepspeed_config", "export_plan", "megatron_args", "megatron_env",
-           "one_line", "to_deepspeed", "to_megatron", "to_slurm", "to_torchrun", "to_torchtitan", "torchtitan_config"]
+__all__ = ["FORMATS", "TORCHTITAN_PY_RELEASE", "TORCHTITAN_RELEASE", "deepspeed_config", "export_plan", "megatron_args",
+           "megatron_env", "one_line", "to_deepspeed", "to_megatron", "to_slurm", "to_torchrun", "to_torchtitan",
+           "to_torchtitan_py", "torchtitan_config", "torchtitan_py_config"]
 
-FORMATS = ("megatron", "torchtitan", "deepspeed", "torchrun", "slurm")
+FORMATS = ("megatron", "torchtitan", "torchtitan-py", "deepspeed", "torchrun", "slurm")
 
 
 def export_plan(plan: Plan, fmt: str, plan_path: str = "PLAN.json") -> str:
@@ -35,6 +37,8 @@ def export_plan(plan: Plan, fmt: str, plan_path: str = "PLAN.json") -> str:
         return to_megatron(plan)
     if fmt == "torchtitan":
         return to_torchtitan(plan)
+    if fmt == "torchtitan-py":
+        return to_torchtitan_py(plan)
     if fmt == "deepspeed":
         return to_deepspeed(plan)
     if fmt == "torchrun":

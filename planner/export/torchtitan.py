@@ -91,9 +91,8 @@ def torchtitan_config(plan: Plan) -> tuple[dict[str, dict], list[str]]:
     if p.recompute == "selective":
         ac["selective_ac_option"] = "op"
     config = {"job": {"description": f"clusterplan plan {plan.id}: {one_line(m.name)} {p.megatron_notation()}"}}
-    flavor = _TITAN_LLAMA3_FLAVORS.get((m.n_layers, m.hidden_size, m.n_heads, m.n_kv_heads, m.ffn_hidden_size,
-                                        m.vocab_size))
-    if flavor and m.mlp == "swiglu" and not m.tied_embeddings and not m.is_moe:
+    flavor = llama3_flavor(m)
+    if flavor:
         config["model"] = {"name": "llama3", "flavor": flavor}
         notes.append("[model] hf_assets_path: the folder of the Llama 3 tokenizer")
     else:
@@ -110,6 +109,14 @@ _TITAN_LLAMA3_FLAVORS = {(32, 4096, 32, 8, 14336, 128256): "8B", (80, 8192, 64, 
                          (126, 16384, 128, 8, 53248, 128256): "405B"}
 """torchtitan's Llama 3 flavors (torchtitan/models/llama3/__init__.py: dim, n_layers, n_heads, n_kv_heads;
 the FFN width from ffn_dim_multiplier 1.3 / 1.3 / 1.2 rounded up to multiple_of 1024 / 4096 / 4096)."""
+
+
+def llama3_flavor(model) -> str | None:
+    """torchtitan's Llama 3 flavor of this shape, or None."""
+    if model.mlp != "swiglu" or model.tied_embeddings or model.is_moe:
+        return None
+    return _TITAN_LLAMA3_FLAVORS.get((model.n_layers, model.hidden_size, model.n_heads, model.n_kv_heads,
+                                      model.ffn_hidden_size, model.vocab_size))
 
 
 def _titan_stage_modules(stages: tuple[int, ...]) -> list[list[str]]:
