@@ -87,9 +87,12 @@ def main(argv=None) -> int:
              f"GPUs fitted, {len(held)} larger runs held out. Each row's assumptions (recomputation, sharding) are "
              "those `clusterplan validate` states on it.", "", "## The fit", ""]
     lines += result.parameter_lines()
-    lines += ["", f"Fitted runs ({len(fit_runs)}), mean |step-time error|: before {d['before']['mean_abs_error_pct']:.1f}%, "
-                  f"in-sample {d['in_sample']['mean_abs_error_pct']:.1f}%, leave-one-out "
-                  f"{d['leave_one_out']['mean_abs_error_pct']:.1f}%.", "",
+    def pct(key: str) -> str:  # None where too few runs leave one out with enough to fit
+        value = d[key]["mean_abs_error_pct"]
+        return "n/a (too few runs)" if value is None else f"{value:.1f}%"
+
+    lines += ["", f"Fitted runs ({len(fit_runs)}), mean |step-time error|: before {pct('before')}, "
+                  f"in-sample {pct('in_sample')}, leave-one-out {pct('leave_one_out')}.", "",
               "## Held-out runs (never seen by the fit)", "",
               "| run | GPUs | plan | measured s | error before fit | error after fit |", "|---|---|---|---|---|---|"]
     before, after = [], []

@@ -248,7 +248,8 @@ WEAK_RELATIVE_SD = 0.5
 def _weakness(name: str, value: float, sd: float | None) -> str:
     """Why a fitted value is not determined by the runs ("" when it is)."""
     lo, hi = _BOUNDS[name]
-    if value <= lo * (1 + 1e-6) or value >= hi * (1 - 1e-6):
+    edge = 1e-6 * (hi - lo)  # a bound of 0 is reached only to within the solver's step
+    if value <= lo + edge or value >= hi - edge:
         return f"not determined by these runs (the fit ran to its bound, {value:.3g})"
     if sd is not None and sd > WEAK_RELATIVE_SD * abs(value):
         return f"not determined by these runs (fitted {value:.3g} +/- {sd:.2g})"
