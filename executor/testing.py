@@ -147,3 +147,15 @@ class ByteTally(TorchDispatchMode):
         tensors = [t for t in tree_flatten((args, kwargs, out))[0] if isinstance(t, torch.Tensor)]
         self.bytes += sum(t.numel() * t.element_size() for t in tensors)
         return out
+
+
+def ep_dispatch_job(rank: int, payload: dict) -> dict:
+    """The dispatch benchmark's rows and, with its pass-through experts and weights summing to
+    one, the largest |combine(dispatch(x)) - x| of one call (0 when every token comes back)."""
+    from executor.bench import ep_dispatch
+
+    rows = ep_dispatch.ep_dispatch_bench(reps=payload["reps"], warmup=1)
+    weights, chosen = ep_dispatch._routing(64)
+    x = torch.randn(64, ep_dispatch.HIDDEN, generator=torch.Generator().manual_seed(rank))
+    out = ep_dispatch.dispatch_combine(ep_dispatch._layer(dist.new_group([0, 1]), rank), x, weights, chosen)
+    return {"rows": rows, "max_error": float((out - x).abs().max())}

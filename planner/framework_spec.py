@@ -63,6 +63,10 @@ FRAMEWORK_YAML: dict[str, tuple[str, float]] = {
     "ddp_param_s": ("ddp_param_us", MICRO),
     "fsdp_unit_forward_s_per_byte": ("fsdp_unit_forward_us_per_mib", MICRO / 2**20),
     "fsdp_unit_backward_s_per_byte": ("fsdp_unit_backward_us_per_mib", MICRO / 2**20),
+    "ep_dispatch_forward_s": ("ep_dispatch_forward_us", MICRO),
+    "ep_dispatch_backward_s": ("ep_dispatch_backward_us", MICRO),
+    "ep_dispatch_forward_s_per_byte": ("ep_dispatch_forward_us_per_mib", MICRO / 2**20),
+    "ep_dispatch_backward_s_per_byte": ("ep_dispatch_backward_us_per_mib", MICRO / 2**20),
 }
 PER_OP_COST_FIELDS = ("op_forward_s", "op_backward_s", "op_optimizer_s")
 """The CPU cost of one aten op under autograd (dispatch, autograd bookkeeping), per phase: what
@@ -85,6 +89,12 @@ class FrameworkSpec:
         (ColwiseParallel / RowwiseParallel) per micro-batch, beyond its local GEMM and the
         profile's collective times (``from_local`` / ``redistribute`` dispatch, functional
         collectives and their waits on gloo); the constant part.
+    ep_dispatch_forward_s / ep_dispatch_backward_s (and ``_per_byte``): the executor's
+        expert-parallel dispatch and combine (``executor.parallel.ep.dispatch_combine``) per MoE
+        layer and micro-batch beyond its token all-to-alls as the profile prices them: routing
+        bookkeeping, the counts and expert-id all-to-alls, the functional collectives' waits, the
+        index ops; measured on two ranks at two sizes (``executor/bench/ep_dispatch.py``);
+        optional (0: priced as counted ops, ``planner.cost.framework.EP_DISPATCH_OPS``).
     tp_linear_forward_s_per_byte / tp_linear_backward_s_per_byte: the part that grows with the
         module's activation (tokens x hidden x bytes per element), from the TP reference at two
         widths; optional (0). :meth:`tp_module_s` adds both.
@@ -192,6 +202,10 @@ class FrameworkSpec:
     step_forward_slowdown: float = 0.0
     step_backward_slowdown: float = 0.0
     step_optimizer_slowdown: float = 0.0
+    ep_dispatch_forward_s: float = 0.0
+    ep_dispatch_backward_s: float = 0.0
+    ep_dispatch_forward_s_per_byte: float = 0.0
+    ep_dispatch_backward_s_per_byte: float = 0.0
     elementwise_rates: tuple[tuple[str, str, tuple[tuple[float, float, float], ...]], ...] = ()
     attention_rates: tuple[tuple[str, str, tuple[tuple[float, float, float], ...]], ...] = ()
 
@@ -253,6 +267,17 @@ class FrameworkSpec:
     def ddp_reducer_s(self, param_tensors: int, grad_bytes: float) -> float:
         """DDP's reducer beyond its all-reduce, per step: hooks per tensor plus per-byte work."""
         return self.ddp_param_s * param_tensors + self.ddp_grad_s_per_byte * grad_bytes
+
+    @property
+    def ep_dispatch_measured(self) -> bool:
+        """Whether the profile measured the expert-parallel dispatch (else it is priced by ops)."""
+        return self.ep_dispatch_forward_s > 0 or self.ep_dispatch_backward_s > 0
+
+    def ep_dispatch_s(self, routed_bytes: float) -> tuple[float, float]:
+        """(forward, backward) cost of one MoE layer's expert-parallel dispatch and combine per
+        micro-batch beyond its two token all-to-alls each way, ``routed_bytes`` sent by the rank."""
+        return (self.ep_dispatch_forward_s + self.ep_dispatch_forward_s_per_byte * routed_bytes,
+                self.ep_dispatch_backward_s + self.ep_dispatch_backward_s_per_byte * routed_bytes)
 
     def tp_module_s(self, activation_bytes: float) -> tuple[float, float]:
         """(forward, backward) DTensor cost of one TP module per micro-batch whose activation

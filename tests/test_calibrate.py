@@ -723,3 +723,37 @@ def test_oversubscription_is_what_more_ranks_than_cores_cost_beyond_a_fair_share
     conc = {k: make_rates(device, "fp32", k, fitted).gemm_concurrent for k in (2, 3, 4, 8)}
     assert conc[2] == pytest.approx(1.02)
     assert conc[3] == pytest.approx(1.02 * 1.05) and conc[4] == conc[8] == pytest.approx(1.02 * 1.10)
+
+
+def test_ep_dispatch_costs_recover_a_planted_line_beyond_the_priced_all_to_alls(results):
+    """Dispatch rows a machine with a planted constant + per-byte cost would give (its two token
+    all-to-alls each way priced by the profile's table on top) give back that line, and the cost
+    model then prices an ep=2 MoE block with it instead of the counted-op estimate."""
+    import dataclasses as dc
+
+    from planner.calibrate.executor_fits import ep_dispatch_costs
+    from planner.cost.comm import GroupShape, collective_time
+    from planner.cost.framework import EP_DISPATCH_OPS, block_ops
+    from planner.model import ModelSpec
+
+    node = load_profile("local-cpu")
+    rows = []
+    for routed in (2 ** 18, 2 ** 21):
+        a2a = 2 * collective_time("all_to_all", routed, GroupShape(2, 2, 1), node)
+        rows.append({"routed_bytes": routed, "forward_s": a2a + 1e-3 + 3e-9 * routed,
+                     "backward_s": a2a + 4e-4 + 1e-9 * routed})
+    values: dict = {}
+    assert "beyond the token all-to-alls" in ep_dispatch_costs(rows, node, values)[0]
+    assert values["ep_dispatch_forward_s"] == pytest.approx(1e-3) and values["ep_dispatch_backward_s"] == pytest.approx(4e-4)
+    assert values["ep_dispatch_forward_s_per_byte"] == pytest.approx(3e-9)
+    assert ep_dispatch_costs(rows[:1], node, {}) == []  # one size: no line, the op estimate stays
+
+    moe = ModelSpec(name="m", n_layers=2, hidden_size=128, n_heads=4, n_kv_heads=4, ffn_hidden_size=256,
+                    vocab_size=512, seq_len=128, mlp="swiglu", norm="rmsnorm", position="rope", n_experts=4, top_k=2)
+    frame = dc.replace(node.framework, **values)
+    assert frame.ep_dispatch_measured and not dc.replace(frame, ep_dispatch_forward_s=0.0,
+                                                         ep_dispatch_backward_s=0.0).ep_dispatch_measured
+    f_est, b_est = block_ops(moe, "none", 2)
+    f_meas, b_meas = block_ops(moe, "none", 2, dispatch_measured=True)
+    assert (f_est - f_meas, b_est - b_meas) == EP_DISPATCH_OPS
+    assert frame.ep_dispatch_s(2 ** 20) == pytest.approx((1e-3 + 3e-9 * 2 ** 20, 4e-4 + 1e-9 * 2 ** 20))

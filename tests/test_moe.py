@@ -270,3 +270,18 @@ def test_a_runtime_without_expert_parallelism_gets_no_ep_plans_under_either_expe
     res = search(model, cluster_for("dgx-h100-80gb", 1, 8), 16, fixed={"recompute": "selective"}, top_k=5,
                  refine=False, runtime=get_runtime("megatron-lm-2021"))
     assert res.ranked and all(e.parallel.ep == 1 for e in res.ranked)
+
+
+@pytest.mark.distributed
+def test_the_dispatch_benchmark_times_a_dispatch_that_returns_every_token(tmp_path):
+    """Two gloo ranks: the dispatch + combine with pass-through experts gives each token back, and
+    the benchmark reports both sizes with times that grow with the routed bytes."""
+    from executor.testing import spawn
+
+    results = spawn("executor.testing.ep_dispatch_job", 2, tmp_path, {"reps": 3}, timeout_s=120.0)
+    for r in results:
+        assert r["max_error"] < 1e-6
+    rows = results[0]["rows"]
+    assert [row["tokens"] for row in rows] == [256, 2048]
+    assert all(row["forward_s"] > 0 and row["backward_s"] > 0 for row in rows)
+    assert rows[1]["routed_bytes"] == 8 * rows[0]["routed_bytes"]

@@ -25,7 +25,7 @@ import torch.distributed as dist  # noqa: E402
 
 from executor.bench import SCHEMA  # noqa: E402
 from planner.hardware import host_cpu_model  # noqa: E402
-from executor.bench import attention, collectives, compute, elementwise, framework, timing  # noqa: E402
+from executor.bench import attention, collectives, compute, elementwise, ep_dispatch, framework, timing  # noqa: E402
 
 
 def _mem_total_bytes() -> int:
@@ -127,10 +127,15 @@ def main(argv: list[str] | None = None) -> int:
         if rank == 0:
             _log("framework: reference steps (plain, tp, ddp, zero1, fsdp)")
         ref = framework.reference_bench(quick=args.quick)
+        dispatch = []
+        if world >= 2:
+            if rank == 0:
+                _log("framework: the expert-parallel dispatch (2 ranks)")
+            dispatch = ep_dispatch.ep_dispatch_bench(reps=5 if args.quick else 15)
         if rank == 0:
             _log("framework: memory of training steps (fresh processes)")
             result["framework"] = {"ops": ops, "elementwise": ew, "attention": attn, "reference": ref,
-                                   "memory": framework.memory_bench()}
+                                   "ep_dispatch": dispatch, "memory": framework.memory_bench()}
         dist.barrier()
 
     if "collectives" in parts and world >= 2:

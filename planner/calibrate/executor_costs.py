@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 
 from planner.calibrate.executor_fits import (CONCURRENCY_PAIRS, STEP_SHAPES, constant_and_per_byte,
-                                             fit_concurrency, fit_oversubscription, fit_pipeline, fit_step_slowdowns,
+                                             ep_dispatch_costs, fit_concurrency, fit_oversubscription, fit_pipeline, fit_step_slowdowns,
                                              measured_step_memory, reference_prediction, two_point_line,
                                              wide_config)
 from planner.cost.stacks import stack_for
@@ -274,6 +274,10 @@ def build_framework(fw_results: dict, node: NodeSpec,
         lines += fit_pipeline(refs, node, values)
     else:
         defaults.append("pp")
+    dispatch = ep_dispatch_costs(fw_results.get("ep_dispatch") or [], node, values)
+    lines += dispatch
+    if not dispatch:
+        defaults.append("ep dispatch")
     # memory: fit RSS growth = (1 + frag) * tensors + overhead on the two batch sizes
     mem = sorted(fw_results.get("memory") or [], key=lambda m: m["micro_batch"])
     if len(mem) >= 2:
@@ -317,6 +321,8 @@ def build_framework(fw_results: dict, node: NodeSpec,
     comments["framework.fsdp_unit_forward_us"] = "FSDP2 dp=2 reference residual / fully_shard units (header)"
     comments["framework.fsdp_unit_forward_us_per_mib"] = ("growth of that per MiB of the unit's parameters, from "
                                                           "the FSDP2 reference at two widths (header)")
+    comments["framework.ep_dispatch_forward_us"] = ("ep=2 dispatch + combine per MoE layer and micro-batch beyond "
+                                                    "its token all-to-alls, at two routed sizes (header)")
     comments["framework.zero1_param_us"] = "ZeRO-1 dp=2 reference step residual / parameter tensors (header)"
     comments["framework.fragmentation_fraction"] = ("slope - 1 of measured training-step memory vs the cost model's "
                                                     "tensor bytes at two batch sizes (header)")

@@ -178,10 +178,11 @@ beyond the experts' own: routing bookkeeping (arange, repeat, div, argsort, binc
 index_add, the product with the weights) and its four all-to-all calls (counted from the code)."""
 
 
-def block_ops(model: ModelSpec, recompute: str, ep: int = 1) -> tuple[int, int]:
+def block_ops(model: ModelSpec, recompute: str, ep: int = 1, dispatch_measured: bool = False) -> tuple[int, int]:
     """(forward, backward) aten ops of one executor block per micro-batch. MoE blocks: the
     dense block's count plus one expert MLP's per expert the rank holds (``n_experts / ep``), and
-    the dispatch's bookkeeping under expert parallelism (an estimate)."""
+    under expert parallelism the dispatch's bookkeeping (an estimate), unless the profile measured
+    the dispatch (``dispatch_measured``: :meth:`FrameworkSpec.ep_dispatch_s` prices it)."""
     mlp, norm, pos = _key_parts(model)
     rc = recompute if recompute in ("none", "selective", "full") else "none"
     f, b = BLOCK_OPS[(mlp, norm, pos, bool(model.bias), rc)]
@@ -189,7 +190,7 @@ def block_ops(model: ModelSpec, recompute: str, ep: int = 1) -> tuple[int, int]:
         mlp_f, mlp_b = (13, 26) if mlp == "swiglu" else (8, 18)
         f += model.n_experts // ep * mlp_f + 12
         b += model.n_experts // ep * mlp_b + 12
-        if ep > 1:
+        if ep > 1 and not dispatch_measured:
             f, b = f + EP_DISPATCH_OPS[0], b + EP_DISPATCH_OPS[1]
     return f, b
 
