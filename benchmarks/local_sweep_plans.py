@@ -38,6 +38,8 @@ def _p(name, model, **kw) -> SweepPlan:
 
 
 G, L = "tiny-gpt", "tiny-llama"
+M = str(ROOT / "tests" / "fixtures" / "tiny" / "tiny-mixtral")
+"""Mixtral's config shrunk for CPU runs of expert parallelism (4 experts, top-2, hidden 64)."""
 SWEEP: tuple[SweepPlan, ...] = (
     # world size 1
     _p("g-w1-mb4", G, micro_batch=4, global_batch=8),
@@ -70,6 +72,11 @@ SWEEP: tuple[SweepPlan, ...] = (
     _p("l-dp4-fsdp", L, dp=4, micro_batch=2, global_batch=8, sharding="fsdp"),
     _p("l-pp4-1f1b", L, pp=4, micro_batch=1, global_batch=8, schedule="1f1b"),
     _p("l-tp2-pp2", L, tp=2, pp=2, micro_batch=2, global_batch=8, schedule="1f1b"),
+    # mixtures of experts: experts replicated (ep 1) vs spread (ep 2, 4) over the dp ranks
+    _p("m-dp2", M, dp=2, micro_batch=2, global_batch=8),
+    _p("m-dp2-ep2", M, dp=2, ep=2, micro_batch=2, global_batch=8),
+    _p("m-dp4-ep2", M, dp=4, ep=2, micro_batch=2, global_batch=8),
+    _p("m-dp4-ep4", M, dp=4, ep=4, micro_batch=2, global_batch=8),
 )
 
 

@@ -305,6 +305,10 @@ def write_reports(comp, names: dict, results: dict, search: dict | None, report:
         cmd += " --quick-calibration"
     if each_round:
         cmd += " --calibrate-each-round"
+    for flag in ("only", "no_search", "no_op_profile"):  # a part of the sweep: the same part again
+        value = getattr(args, flag, None)
+        if value:
+            cmd += f" --{flag.replace('_', '-')}" + ("" if value is True else f" {value}")
     profile_note = profile_source(args)
     L_ = ["# Local validation: predicted vs measured on this machine", "",
           f"Regenerate: `{cmd}` (≈{t_total / 60:.0f} min; runs under `{args.out_dir}/`, git-ignored).", "",
