@@ -67,6 +67,10 @@ FRAMEWORK_YAML: dict[str, tuple[str, float]] = {
     "ep_dispatch_backward_s": ("ep_dispatch_backward_us", MICRO),
     "ep_dispatch_forward_s_per_byte": ("ep_dispatch_forward_us_per_mib", MICRO / 2**20),
     "ep_dispatch_backward_s_per_byte": ("ep_dispatch_backward_us_per_mib", MICRO / 2**20),
+    "moe_block_forward_s": ("moe_block_forward_us", MICRO),
+    "moe_block_backward_s": ("moe_block_backward_us", MICRO),
+    "moe_expert_forward_s": ("moe_expert_forward_us", MICRO),
+    "moe_expert_backward_s": ("moe_expert_backward_us", MICRO),
 }
 PER_OP_COST_FIELDS = ("op_forward_s", "op_backward_s", "op_optimizer_s")
 """The CPU cost of one aten op under autograd (dispatch, autograd bookkeeping), per phase: what
@@ -95,6 +99,11 @@ class FrameworkSpec:
         bookkeeping, the counts and expert-id all-to-alls, the functional collectives' waits, the
         index ops; measured on two ranks at two sizes (``executor/bench/ep_dispatch.py``);
         optional (0: priced as counted ops, ``planner.cost.framework.EP_DISPATCH_OPS``).
+    moe_block_forward_s / moe_block_backward_s, moe_expert_forward_s / moe_expert_backward_s: an
+        executor MoE block's cost beyond what the cost model prices (its GEMMs, element-wise work
+        and counted ops: the routing's index ops, the experts' small GEMMs), a constant per block
+        and a part per expert the rank holds; one rank, every expert local, 4 and 8 experts at
+        hidden 128 (``executor/bench/ep_dispatch.py``); optional (0).
     tp_linear_forward_s_per_byte / tp_linear_backward_s_per_byte: the part that grows with the
         module's activation (tokens x hidden x bytes per element), from the TP reference at two
         widths; optional (0). :meth:`tp_module_s` adds both.
@@ -206,6 +215,10 @@ class FrameworkSpec:
     ep_dispatch_backward_s: float = 0.0
     ep_dispatch_forward_s_per_byte: float = 0.0
     ep_dispatch_backward_s_per_byte: float = 0.0
+    moe_block_forward_s: float = 0.0
+    moe_block_backward_s: float = 0.0
+    moe_expert_forward_s: float = 0.0
+    moe_expert_backward_s: float = 0.0
     elementwise_rates: tuple[tuple[str, str, tuple[tuple[float, float, float], ...]], ...] = ()
     attention_rates: tuple[tuple[str, str, tuple[tuple[float, float, float], ...]], ...] = ()
 
@@ -278,6 +291,12 @@ class FrameworkSpec:
         micro-batch beyond its two token all-to-alls each way, ``routed_bytes`` sent by the rank."""
         return (self.ep_dispatch_forward_s + self.ep_dispatch_forward_s_per_byte * routed_bytes,
                 self.ep_dispatch_backward_s + self.ep_dispatch_backward_s_per_byte * routed_bytes)
+
+    def moe_block_s(self, local_experts: int) -> tuple[float, float]:
+        """(forward, backward) cost of one MoE block per micro-batch beyond its GEMMs, element-wise
+        work and counted ops, with ``local_experts`` experts on the rank."""
+        return (self.moe_block_forward_s + self.moe_expert_forward_s * local_experts,
+                self.moe_block_backward_s + self.moe_expert_backward_s * local_experts)
 
     def tp_module_s(self, activation_bytes: float) -> tuple[float, float]:
         """(forward, backward) DTensor cost of one TP module per micro-batch whose activation

@@ -757,3 +757,44 @@ def test_ep_dispatch_costs_recover_a_planted_line_beyond_the_priced_all_to_alls(
     f_meas, b_meas = block_ops(moe, "none", 2, dispatch_measured=True)
     assert (f_est - f_meas, b_est - b_meas) == EP_DISPATCH_OPS
     assert frame.ep_dispatch_s(2 ** 20) == pytest.approx((1e-3 + 3e-9 * 2 ** 20, 4e-4 + 1e-9 * 2 ** 20))
+
+
+def test_moe_block_costs_recover_a_planted_per_expert_cost():
+    """MoE block rows a machine with a planted per-block and per-expert cost would give (the cost
+    model's price of each block on top) give back both, and the cost model then adds them to an
+    executor MoE block with as many experts as the rank holds."""
+    import dataclasses as dc
+
+    from planner.calibrate.executor_fits import moe_block_costs
+    from planner.cost.compute import layer_times, make_rates
+    from planner.cost.runtime import EXECUTOR_RUNTIME
+    from planner.model import ModelSpec
+
+    node = load_profile("local-cpu")
+    frame = dc.replace(node.framework, moe_block_forward_s=0.0, moe_block_backward_s=0.0, moe_expert_forward_s=0.0,
+                       moe_expert_backward_s=0.0)
+    base = ModelSpec(name="m", n_layers=1, hidden_size=128, n_heads=4, n_kv_heads=2, ffn_hidden_size=384,
+                     vocab_size=512, seq_len=128, mlp="swiglu", norm="rmsnorm", position="rope", bias=False,
+                     top_k=2, expert_ffn_hidden_size=256)
+    rates = make_rates(node.device, "fp32", 1, frame)
+    rows = []
+    for e in (4, 8):
+        m = dc.replace(base, n_experts=e)
+        lt = layer_times(m, 2, 128, 1, 1, False, "none", "fp32", rates, EXECUTOR_RUNTIME)
+        rows.append({"model": m.to_dict(), "micro_batch": 2, "seq_len": 128, "experts": e,
+                     "forward_s": lt.fwd_s + 3e-4 + 1e-4 * e, "backward_s": lt.bwd_input_s + lt.bwd_weight_s + 2e-4 * e})
+    values: dict = {}
+    assert "per expert" in moe_block_costs(rows, node, frame, values)[0]
+    assert values["moe_block_forward_s"] == pytest.approx(3e-4) and values["moe_expert_forward_s"] == pytest.approx(1e-4)
+    assert values["moe_block_backward_s"] == pytest.approx(0.0, abs=1e-9)
+    assert values["moe_expert_backward_s"] == pytest.approx(2e-4)
+    assert moe_block_costs(rows[:1], node, frame, {}) == []
+    # the cost model adds them, per expert the rank holds (ep 2: half of them)
+    planted = dc.replace(frame, **values)
+    m8 = dc.replace(base, n_experts=8)
+    for ep in (1, 2):
+        before = layer_times(m8, 2, 128, 1, 1, False, "none", "fp32", make_rates(node.device, "fp32", 1, frame),
+                             EXECUTOR_RUNTIME, ep)
+        after = layer_times(m8, 2, 128, 1, 1, False, "none", "fp32", make_rates(node.device, "fp32", 1, planted),
+                            EXECUTOR_RUNTIME, ep)
+        assert after.fwd_s - before.fwd_s == pytest.approx(3e-4 + 1e-4 * (8 // ep), rel=1e-6)

@@ -133,9 +133,11 @@ def main(argv: list[str] | None = None) -> int:
                 _log("framework: the expert-parallel dispatch (2 ranks)")
             dispatch = ep_dispatch.ep_dispatch_bench(reps=5 if args.quick else 15)
         if rank == 0:
+            _log("framework: an MoE block (every expert local)")
+            moe = ep_dispatch.moe_block_bench(reps=5 if args.quick else 20)
             _log("framework: memory of training steps (fresh processes)")
             result["framework"] = {"ops": ops, "elementwise": ew, "attention": attn, "reference": ref,
-                                   "ep_dispatch": dispatch, "memory": framework.memory_bench()}
+                                   "ep_dispatch": dispatch, "moe_block": moe, "memory": framework.memory_bench()}
         dist.barrier()
 
     if "collectives" in parts and world >= 2:

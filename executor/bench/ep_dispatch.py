@@ -1,11 +1,15 @@
-"""The executor's expert-parallel dispatch and combine (:func:`executor.parallel.ep.dispatch_combine`)
-timed on its own, per MoE layer and micro-batch: ranks 0 and 1 hold 2 of 4 experts each, experts
-that return their input (no expert FLOPs: the cost model prices those as GEMMs), each token routed
-to two experts on different ranks in turn so both ranks send and receive as much (no rank waits on
-a busier one). Forward: the routing bookkeeping, the four all-to-alls (counts, expert ids, tokens
-out and back), each local expert's row selection and the weighted combine; backward: the two
-autograd all-to-alls and the index ops' gradients. Two sizes, so the profile keeps a constant and
-a per-byte part (:func:`planner.calibrate.executor_costs.ep_dispatch_costs`)."""
+"""The executor's MoE costs its counted ops miss, per MoE block and micro-batch.
+
+:func:`moe_block_bench`: one executor MoE block with every expert local, at two expert counts
+(:func:`planner.calibrate.executor_fits.moe_block_costs` keeps what the cost model's price of it
+misses, per block and per expert). :func:`ep_dispatch_bench`: the expert-parallel dispatch and
+combine (:func:`executor.parallel.ep.dispatch_combine`) on its own: ranks 0 and 1 hold 2 of 4
+experts each, experts that return their input (no expert FLOPs), each token routed to two experts
+so that both ranks send and receive as much (no rank waits on a busier one); forward: the routing
+bookkeeping, the four all-to-alls (counts, expert ids, tokens out and back), each local expert's
+row selection and the weighted combine; backward: the two autograd all-to-alls and the index ops'
+gradients; at two routed sizes (:func:`planner.calibrate.executor_fits.ep_dispatch_costs` keeps a
+constant and a per-byte part beyond the token all-to-alls)."""
 from __future__ import annotations
 
 import statistics
@@ -39,6 +43,25 @@ def _routing(tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.full((tokens, TOP_K), 1.0 / TOP_K), chosen
 
 
+def _forward_backward_s(fn, make_input, *, reps: int, warmup: int, before=None) -> tuple[float, float]:
+    """Median seconds of ``fn(x)`` and of the backward of its sum, on a fresh input each call
+    (``before()`` first: a barrier where ranks time together), after ``warmup`` calls."""
+    fwd, bwd = [], []
+    for i in range(warmup + reps):
+        x = make_input().requires_grad_(True)
+        if before is not None:
+            before()
+        t0 = time.perf_counter()
+        out = fn(x)
+        t1 = time.perf_counter()
+        out.sum().backward()
+        t2 = time.perf_counter()
+        if i >= warmup:
+            fwd.append(t1 - t0)
+            bwd.append(t2 - t1)
+    return statistics.median(fwd), statistics.median(bwd)
+
+
 def ep_dispatch_bench(*, reps: int, warmup: int = 3) -> list[dict]:
     """Rows {tokens, routed_bytes, forward_s, backward_s} (medians over ``reps`` calls, the slower
     of the two ranks) on ranks 0 and 1; every rank must call it (it creates their group)."""
@@ -51,20 +74,46 @@ def ep_dispatch_bench(*, reps: int, warmup: int = 3) -> list[dict]:
     rows = []
     for tokens in TOKENS:
         weights, chosen = _routing(tokens)
-        fwd, bwd = [], []
-        for i in range(warmup + reps):
-            flat = torch.randn(tokens, HIDDEN, generator=gen).requires_grad_(True)
-            dist.barrier(group=group)
-            t0 = time.perf_counter()
-            out = dispatch_combine(layer, flat, weights, chosen)
-            t1 = time.perf_counter()
-            out.sum().backward()
-            t2 = time.perf_counter()
-            if i >= warmup:
-                fwd.append(t1 - t0)
-                bwd.append(t2 - t1)
-        slowest = torch.tensor([statistics.median(fwd), statistics.median(bwd)], dtype=torch.float64)
+        medians = _forward_backward_s(lambda x: dispatch_combine(layer, x, weights, chosen),
+                                      lambda: torch.randn(tokens, HIDDEN, generator=gen), reps=reps, warmup=warmup,
+                                      before=lambda: dist.barrier(group=group))
+        slowest = torch.tensor(medians, dtype=torch.float64)
         dist.all_reduce(slowest, op=dist.ReduceOp.MAX, group=group)
         rows.append({"tokens": tokens, "hidden": HIDDEN, "top_k": TOP_K, "routed_bytes": tokens * TOP_K * HIDDEN * 4,
                      "forward_s": float(slowest[0]), "backward_s": float(slowest[1])})
+    return rows
+
+
+MOE_EXPERTS = (4, 8)
+"""Expert counts of the MoE block bench: a constant and a part per expert the rank holds."""
+
+
+def moe_spec(experts: int):
+    """The MoE block of the bench: the Llama-style reference block (hidden 128) with ``experts``
+    routed SwiGLU experts of width 256, top-2."""
+    import dataclasses
+
+    from executor.bench.framework import reference_spec
+
+    return dataclasses.replace(reference_spec("llama", hidden=HIDDEN, layers=1), n_experts=experts, top_k=TOP_K,
+                               expert_ffn_hidden_size=2 * HIDDEN)
+
+
+def moe_block_bench(*, reps: int, warmup: int = 3, tokens: int = 256) -> list[dict]:
+    """Rows {model, micro_batch, seq_len, experts, forward_s, backward_s}: one executor MoE block
+    (``executor.model.Block``: attention, router, every expert local) forward and backward on
+    ``tokens`` tokens (micro-batch 2), medians over ``reps`` calls; the cost model's price of the
+    same block is subtracted by :func:`planner.calibrate.executor_fits.moe_block_costs`."""
+    from executor.model import Block
+
+    gen = torch.Generator().manual_seed(11)
+    rows = []
+    for experts in MOE_EXPERTS:
+        spec = moe_spec(experts)
+        torch.manual_seed(0)
+        block = Block(spec)
+        fwd, bwd = _forward_backward_s(block, lambda: torch.randn(2, tokens // 2, HIDDEN, generator=gen),
+                                       reps=reps, warmup=warmup)
+        rows.append({"model": spec.to_dict(), "micro_batch": 2, "seq_len": tokens // 2, "experts": experts,
+                     "forward_s": fwd, "backward_s": bwd})
     return rows

@@ -6,9 +6,9 @@ from __future__ import annotations
 import dataclasses
 
 from planner.calibrate.executor_fits import (CONCURRENCY_PAIRS, STEP_SHAPES, constant_and_per_byte,
-                                             ep_dispatch_costs, fit_concurrency, fit_oversubscription, fit_pipeline, fit_step_slowdowns,
-                                             measured_step_memory, reference_prediction, two_point_line,
-                                             wide_config)
+                                             ep_dispatch_costs, fit_concurrency, fit_oversubscription, fit_pipeline,
+                                             fit_step_slowdowns, measured_step_memory, moe_block_costs,
+                                             reference_prediction, two_point_line, wide_config)
 from planner.cost.stacks import stack_for
 from planner.errors import require
 from planner.executor_rules import fsdp_units
@@ -274,6 +274,10 @@ def build_framework(fw_results: dict, node: NodeSpec,
         lines += fit_pipeline(refs, node, values)
     else:
         defaults.append("pp")
+    moe = moe_block_costs(fw_results.get("moe_block") or [], node, FrameworkSpec(**values), values)
+    lines += moe
+    if not moe:
+        defaults.append("moe block")
     dispatch = ep_dispatch_costs(fw_results.get("ep_dispatch") or [], node, values)
     lines += dispatch
     if not dispatch:
@@ -321,6 +325,9 @@ def build_framework(fw_results: dict, node: NodeSpec,
     comments["framework.fsdp_unit_forward_us"] = "FSDP2 dp=2 reference residual / fully_shard units (header)"
     comments["framework.fsdp_unit_forward_us_per_mib"] = ("growth of that per MiB of the unit's parameters, from "
                                                           "the FSDP2 reference at two widths (header)")
+    comments["framework.moe_block_forward_us"] = ("an executor MoE block beyond its priced work, one rank, every "
+                                                  "expert local, 4 and 8 experts: per block (header)")
+    comments["framework.moe_expert_forward_us"] = "the same per expert the rank holds"
     comments["framework.ep_dispatch_forward_us"] = ("ep=2 dispatch + combine per MoE layer and micro-batch beyond "
                                                     "its token all-to-alls, at two routed sizes (header)")
     comments["framework.zero1_param_us"] = "ZeRO-1 dp=2 reference step residual / parameter tensors (header)"

@@ -286,3 +286,35 @@ def ep_dispatch_costs(rows: list[dict], node: NodeSpec, values: dict) -> list[st
                          f"{r['backward_s'] * 1e3:.2f} ms" for r in (rows[0], rows[-1]))
     return [f"ep=2 dispatch + combine per MoE layer and micro-batch ({measured}); beyond the token "
             f"all-to-alls: {fit}"]
+
+
+def moe_block_costs(rows: list[dict], node: NodeSpec, framework: FrameworkSpec, values: dict) -> list[str]:
+    """Set ``values[moe_block_*]`` and ``values[moe_expert_*]`` from ``executor.bench.ep_dispatch``'s
+    MoE block rows (one rank, every expert local, two expert counts): each phase's time less the
+    cost model's price of the same block (:func:`planner.cost.compute.layer_times`: its GEMMs,
+    element-wise work and counted ops with the per-op costs of ``framework``), as a constant per
+    MoE block and a part per expert the rank holds; returns the fit in words ([] without rows)."""
+    from planner.cost.compute import layer_times, make_rates
+    from planner.cost.runtime import EXECUTOR_RUNTIME
+    from planner.model import ModelSpec
+
+    rows = sorted((r for r in rows if r.get("forward_s") and r.get("backward_s")), key=lambda r: r["experts"])
+    if len(rows) < 2 or rows[0]["experts"] == rows[-1]["experts"]:
+        return []
+    rates = make_rates(node.device, "fp32", 1, framework)
+    points = []
+    for r in (rows[0], rows[-1]):
+        lt = layer_times(ModelSpec.from_dict(r["model"]), r["micro_batch"], r["seq_len"], 1, 1, False, "none",
+                         "fp32", rates, EXECUTOR_RUNTIME)
+        priced = {"forward": lt.fwd_s, "backward": lt.bwd_input_s + lt.bwd_weight_s}
+        points.append((float(r["experts"]), {ph: r[f"{ph}_s"] - priced[ph] for ph in priced}, priced))
+    words = []
+    for ph in ("forward", "backward"):
+        (e1, r1, _), (e2, r2, _) = points
+        values[f"moe_block_{ph}_s"], values[f"moe_expert_{ph}_s"] = two_point_line(e1, r1[ph], e2, r2[ph])
+        words.append(f"{1e6 * values[f'moe_block_{ph}_s']:.0f} us + {1e6 * values[f'moe_expert_{ph}_s']:.0f} us "
+                     f"per expert {ph}")
+    measured = "; ".join(f"{r['experts']} experts: fwd/bwd {r['forward_s'] * 1e3:.2f}/{r['backward_s'] * 1e3:.2f} ms "
+                         f"(priced {p['forward'] * 1e3:.2f}/{p['backward'] * 1e3:.2f})"
+                         for r, (_, _, p) in zip((rows[0], rows[-1]), points))
+    return [f"MoE block, every expert local ({measured}); beyond the cost model: {', '.join(words)}"]

@@ -228,13 +228,17 @@ class ExecutorStack:
     def block_extras_s(self, model: ModelSpec, recompute: str, tp: int, sequence_parallel: bool,
                        tp_bytes: float, rates, ep: int = 1) -> tuple[float, float]:
         """The block's counted aten ops (recomputed ones in the backward count), under TP the
-        DTensor cost of each sharded linear (and of sequence parallel's redistribution), and under
-        expert parallelism the measured dispatch beyond its token all-to-alls (re-run in backward
-        under full recomputation)."""
+        DTensor cost of each sharded linear (and of sequence parallel's redistribution), a MoE
+        block's measured cost beyond its priced work, and under expert parallelism the measured
+        dispatch beyond its token all-to-alls (both re-run in backward under full recomputation)."""
         measured = model.is_moe and ep > 1 and self.frame.ep_dispatch_measured
         n_f, n_b = fw.block_ops(model, recompute, ep, dispatch_measured=measured)
         fwd = rates.ops(n_f, self.frame.op_forward_s)
         bwd = rates.ops(n_b, self.frame.op_backward_s)
+        if model.is_moe:
+            m_f, m_b = self.frame.moe_block_s(model.n_experts // ep)
+            fwd += rates.ops(1, m_f)
+            bwd += rates.ops(1, m_b + (m_f if recompute == "full" else 0.0))
         if measured:
             routed = tp_bytes * model.top_k * model.expert_token_load  # the rank's tokens, top_k copies each
             d_f, d_b = self.frame.ep_dispatch_s(routed)
