@@ -65,8 +65,8 @@ FRAMEWORK_YAML: dict[str, tuple[str, float]] = {
     "fsdp_unit_backward_s_per_byte": ("fsdp_unit_backward_us_per_mib", MICRO / 2**20),
     "ep_dispatch_forward_s": ("ep_dispatch_forward_us", MICRO),
     "ep_dispatch_backward_s": ("ep_dispatch_backward_us", MICRO),
-    "ep_dispatch_forward_s_per_byte": ("ep_dispatch_forward_us_per_mib", MICRO / 2**20),
-    "ep_dispatch_backward_s_per_byte": ("ep_dispatch_backward_us_per_mib", MICRO / 2**20),
+    "ep_dispatch_forward_s_per_token": ("ep_dispatch_forward_us_per_ktoken", MICRO / 1000),
+    "ep_dispatch_backward_s_per_token": ("ep_dispatch_backward_us_per_ktoken", MICRO / 1000),
     "moe_block_forward_s": ("moe_block_forward_us", MICRO),
     "moe_block_backward_s": ("moe_block_backward_us", MICRO),
     "moe_expert_forward_s": ("moe_expert_forward_us", MICRO),
@@ -93,12 +93,14 @@ class FrameworkSpec:
         (ColwiseParallel / RowwiseParallel) per micro-batch, beyond its local GEMM and the
         profile's collective times (``from_local`` / ``redistribute`` dispatch, functional
         collectives and their waits on gloo); the constant part.
-    ep_dispatch_forward_s / ep_dispatch_backward_s (and ``_per_byte``): the executor's
+    ep_dispatch_forward_s / ep_dispatch_backward_s (and ``_per_token``): the executor's
         expert-parallel dispatch and combine (``executor.parallel.ep.dispatch_combine``) per MoE
         layer and micro-batch beyond its token all-to-alls as the profile prices them: routing
         bookkeeping, the counts and expert-id all-to-alls, the functional collectives' waits, the
-        index ops; measured on two ranks at two sizes (``executor/bench/ep_dispatch.py``);
-        optional (0: priced as counted ops, ``planner.cost.framework.EP_DISPATCH_OPS``).
+        index ops; measured on two ranks at two token counts (``executor/bench/ep_dispatch.py``),
+        a constant and a part per routed token copy: at half the width and the same tokens it costs
+        as much (hidden 64 vs 128 at 256 tokens: 2.8 vs 2.6 ms forward on the calibration host),
+        so it follows the tokens, not the bytes; optional (0: priced as counted ops, ``planner.cost.framework.EP_DISPATCH_OPS``).
     moe_block_forward_s / moe_block_backward_s, moe_expert_forward_s / moe_expert_backward_s: an
         executor MoE block's cost beyond what the cost model prices (its GEMMs, element-wise work
         and counted ops: the routing's index ops, the experts' small GEMMs), a constant per block
@@ -213,8 +215,8 @@ class FrameworkSpec:
     step_optimizer_slowdown: float = 0.0
     ep_dispatch_forward_s: float = 0.0
     ep_dispatch_backward_s: float = 0.0
-    ep_dispatch_forward_s_per_byte: float = 0.0
-    ep_dispatch_backward_s_per_byte: float = 0.0
+    ep_dispatch_forward_s_per_token: float = 0.0
+    ep_dispatch_backward_s_per_token: float = 0.0
     moe_block_forward_s: float = 0.0
     moe_block_backward_s: float = 0.0
     moe_expert_forward_s: float = 0.0
@@ -286,11 +288,12 @@ class FrameworkSpec:
         """Whether the profile measured the expert-parallel dispatch (else it is priced by ops)."""
         return self.ep_dispatch_forward_s > 0 or self.ep_dispatch_backward_s > 0
 
-    def ep_dispatch_s(self, routed_bytes: float) -> tuple[float, float]:
+    def ep_dispatch_s(self, routed_tokens: float) -> tuple[float, float]:
         """(forward, backward) cost of one MoE layer's expert-parallel dispatch and combine per
-        micro-batch beyond its two token all-to-alls each way, ``routed_bytes`` sent by the rank."""
-        return (self.ep_dispatch_forward_s + self.ep_dispatch_forward_s_per_byte * routed_bytes,
-                self.ep_dispatch_backward_s + self.ep_dispatch_backward_s_per_byte * routed_bytes)
+        micro-batch beyond its two token all-to-alls each way, ``routed_tokens`` (token copies,
+        tokens x top_k) sent by the rank."""
+        return (self.ep_dispatch_forward_s + self.ep_dispatch_forward_s_per_token * routed_tokens,
+                self.ep_dispatch_backward_s + self.ep_dispatch_backward_s_per_token * routed_tokens)
 
     def moe_block_s(self, local_experts: int) -> tuple[float, float]:
         """(forward, backward) cost of one MoE block per micro-batch beyond its GEMMs, element-wise

@@ -25,8 +25,8 @@ from planner.units import GB, GIB, MICRO, NANO, TERA
 # ----- YAML parsing ---------------------------------------------------------------------------
 _TOP_KEYS = {"name", "description", "device", "node", "collectives", "measured_on", "framework", "memory_sources"}
 MEMORY_SOURCES = ("allocated", "reserved", "device_used")
-_FRAMEWORK_OPTIONAL = {"ep_dispatch_forward_s", "ep_dispatch_backward_s", "ep_dispatch_forward_s_per_byte",
-                       "ep_dispatch_backward_s_per_byte", "moe_block_forward_s", "moe_block_backward_s",
+_FRAMEWORK_OPTIONAL = {"ep_dispatch_forward_s", "ep_dispatch_backward_s", "ep_dispatch_forward_s_per_token",
+                       "ep_dispatch_backward_s_per_token", "moe_block_forward_s", "moe_block_backward_s",
                        "moe_expert_forward_s", "moe_expert_backward_s", "concurrent_slowdown", "concurrent_gemm_slowdown", "oversubscribed_slowdown", "sp_block_forward_s",
                        "sp_block_backward_s",
                        "tp_linear_forward_s_per_byte", "tp_linear_backward_s_per_byte", "pp_action_s",

@@ -726,7 +726,7 @@ def test_oversubscription_is_what_more_ranks_than_cores_cost_beyond_a_fair_share
 
 
 def test_ep_dispatch_costs_recover_a_planted_line_beyond_the_priced_all_to_alls(results):
-    """Dispatch rows a machine with a planted constant + per-byte cost would give (its two token
+    """Dispatch rows a machine with a planted constant + per-token cost would give (its two token
     all-to-alls each way priced by the profile's table on top) give back that line, and the cost
     model then prices an ep=2 MoE block with it instead of the counted-op estimate."""
     import dataclasses as dc
@@ -738,14 +738,15 @@ def test_ep_dispatch_costs_recover_a_planted_line_beyond_the_priced_all_to_alls(
 
     node = load_profile("local-cpu")
     rows = []
-    for routed in (2 ** 18, 2 ** 21):
-        a2a = 2 * collective_time("all_to_all", routed, GroupShape(2, 2, 1), node)
-        rows.append({"routed_bytes": routed, "forward_s": a2a + 1e-3 + 3e-9 * routed,
-                     "backward_s": a2a + 4e-4 + 1e-9 * routed})
+    for tokens in (256, 2048):
+        routed_bytes = tokens * 2 * 128 * 4
+        a2a = 2 * collective_time("all_to_all", routed_bytes, GroupShape(2, 2, 1), node)
+        rows.append({"tokens": tokens, "top_k": 2, "routed_bytes": routed_bytes,
+                     "forward_s": a2a + 1e-3 + 2e-6 * 2 * tokens, "backward_s": a2a + 4e-4 + 1e-6 * 2 * tokens})
     values: dict = {}
     assert "beyond the token all-to-alls" in ep_dispatch_costs(rows, node, values)[0]
     assert values["ep_dispatch_forward_s"] == pytest.approx(1e-3) and values["ep_dispatch_backward_s"] == pytest.approx(4e-4)
-    assert values["ep_dispatch_forward_s_per_byte"] == pytest.approx(3e-9)
+    assert values["ep_dispatch_forward_s_per_token"] == pytest.approx(2e-6)
     assert ep_dispatch_costs(rows[:1], node, {}) == []  # one size: no line, the op estimate stays
 
     moe = ModelSpec(name="m", n_layers=2, hidden_size=128, n_heads=4, n_kv_heads=4, ffn_hidden_size=256,
@@ -756,7 +757,7 @@ def test_ep_dispatch_costs_recover_a_planted_line_beyond_the_priced_all_to_alls(
     f_est, b_est = block_ops(moe, "none", 2)
     f_meas, b_meas = block_ops(moe, "none", 2, dispatch_measured=True)
     assert (f_est - f_meas, b_est - b_meas) == EP_DISPATCH_OPS
-    assert frame.ep_dispatch_s(2 ** 20) == pytest.approx((1e-3 + 3e-9 * 2 ** 20, 4e-4 + 1e-9 * 2 ** 20))
+    assert frame.ep_dispatch_s(1000) == pytest.approx((1e-3 + 2e-6 * 1000, 4e-4 + 1e-6 * 1000))
 
 
 def test_moe_block_costs_recover_a_planted_per_expert_cost():

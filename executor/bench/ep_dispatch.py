@@ -8,8 +8,8 @@ experts each, experts that return their input (no expert FLOPs), each token rout
 so that both ranks send and receive as much (no rank waits on a busier one); forward: the routing
 bookkeeping, the four all-to-alls (counts, expert ids, tokens out and back), each local expert's
 row selection and the weighted combine; backward: the two autograd all-to-alls and the index ops'
-gradients; at two routed sizes (:func:`planner.calibrate.executor_fits.ep_dispatch_costs` keeps a
-constant and a per-byte part beyond the token all-to-alls)."""
+gradients; at two token counts (:func:`planner.calibrate.executor_fits.ep_dispatch_costs` keeps a
+constant and a part per routed token copy beyond the token all-to-alls)."""
 from __future__ import annotations
 
 import statistics

@@ -329,7 +329,7 @@ def build_framework(fw_results: dict, node: NodeSpec,
                                                   "expert local, 4 and 8 experts: per block (header)")
     comments["framework.moe_expert_forward_us"] = "the same per expert the rank holds"
     comments["framework.ep_dispatch_forward_us"] = ("ep=2 dispatch + combine per MoE layer and micro-batch beyond "
-                                                    "its token all-to-alls, at two routed sizes (header)")
+                                                    "its token all-to-alls, at two token counts (header)")
     comments["framework.zero1_param_us"] = "ZeRO-1 dp=2 reference step residual / parameter tensors (header)"
     comments["framework.fragmentation_fraction"] = ("slope - 1 of measured training-step memory vs the cost model's "
                                                     "tensor bytes at two batch sizes (header)")

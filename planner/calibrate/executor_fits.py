@@ -268,21 +268,27 @@ def fit_concurrency(pairs: list[tuple[str, dict, dict]], node: NodeSpec,
 
 
 def ep_dispatch_costs(rows: list[dict], node: NodeSpec, values: dict) -> list[str]:
-    """Set ``values[ep_dispatch_*]`` from ``executor.bench.ep_dispatch`` rows (two routed sizes,
+    """Set ``values[ep_dispatch_*]`` from ``executor.bench.ep_dispatch`` rows (two token counts,
     two ranks): each phase's time less its two token all-to-alls as the profile prices them
     (:func:`planner.cost.comm.collective_time`, ``all_to_all`` over 2 ranks on one node), as a
-    constant and a per-byte part of the routed bytes; returns the fit in words ([] without rows)."""
+    constant and a part per routed token copy; returns the fit in words ([] without rows)."""
     from planner.cost.comm import GroupShape, collective_time
 
-    rows = sorted((r for r in rows if r.get("forward_s") and r.get("backward_s")), key=lambda r: r["routed_bytes"])
+    rows = sorted((r for r in rows if r.get("forward_s") and r.get("backward_s")), key=lambda r: r["tokens"])
     if len(rows) < 2:
         return []
     points = []
     for r in (rows[0], rows[-1]):
         a2a = 2 * collective_time("all_to_all", r["routed_bytes"], GroupShape(2, 2, 1), node)
-        points.append((float(r["routed_bytes"]), {ph: r[f"{ph}_s"] - a2a for ph in ("forward", "backward")}, 1))
-    fit = constant_and_per_byte(values, "ep_dispatch", points[0], points[1])
-    measured = "; ".join(f"{r['routed_bytes'] / 2**20:.2f} MiB routed: fwd/bwd {r['forward_s'] * 1e3:.2f}/"
+        points.append((float(r["tokens"] * r["top_k"]), {ph: r[f"{ph}_s"] - a2a for ph in ("forward", "backward")}))
+    words = []
+    for ph in ("forward", "backward"):
+        (x1, r1), (x2, r2) = points
+        values[f"ep_dispatch_{ph}_s"], values[f"ep_dispatch_{ph}_s_per_token"] = two_point_line(x1, r1[ph], x2, r2[ph])
+        words.append(f"{1e6 * values[f'ep_dispatch_{ph}_s']:.0f} us + "
+                     f"{1e9 * values[f'ep_dispatch_{ph}_s_per_token']:.0f} us per 1000 routed tokens {ph}")
+    fit = ", ".join(words)
+    measured = "; ".join(f"{r['tokens'] * r['top_k']} routed tokens: fwd/bwd {r['forward_s'] * 1e3:.2f}/"
                          f"{r['backward_s'] * 1e3:.2f} ms" for r in (rows[0], rows[-1]))
     return [f"ep=2 dispatch + combine per MoE layer and micro-batch ({measured}); beyond the token "
             f"all-to-alls: {fit}"]

@@ -192,7 +192,7 @@ def layer_times(model: ModelSpec, micro_batch: int, seq_len: int, tp: int, cp: i
     else:
         recompute_s = 0.0
     extra_f, extra_b = stack_of(rates).block_extras_s(model, recompute, tp, sequence_parallel,
-                                                      bpe * T * model.hidden_size, rates, ep)
+                                                      bpe * T * model.hidden_size, rates, ep, T)
     return LayerTimes(fwd_s=fwd + extra_f, bwd_input_s=bwd_in + extra_b, bwd_weight_s=bwd_w, recompute_s=recompute_s,
                       core_fwd_s=core_f, core_bwd_s=core_b)
 

@@ -82,7 +82,7 @@ class FusedStack:
         return times
 
     def block_extras_s(self, model: ModelSpec, recompute: str, tp: int, sequence_parallel: bool,
-                       tp_bytes: float, rates, ep: int = 1) -> tuple[float, float]:
+                       tp_bytes: float, rates, ep: int = 1, tokens: float = 0.0) -> tuple[float, float]:
         """Per-op framework costs of one block (none: fused kernels are priced by their work)."""
         return 0.0, 0.0
 
@@ -226,7 +226,7 @@ class ExecutorStack:
         return tuple(t * scale for t in times)
 
     def block_extras_s(self, model: ModelSpec, recompute: str, tp: int, sequence_parallel: bool,
-                       tp_bytes: float, rates, ep: int = 1) -> tuple[float, float]:
+                       tp_bytes: float, rates, ep: int = 1, tokens: float = 0.0) -> tuple[float, float]:
         """The block's counted aten ops (recomputed ones in the backward count), under TP the
         DTensor cost of each sharded linear (and of sequence parallel's redistribution), a MoE
         block's measured cost beyond its priced work, and under expert parallelism the measured
@@ -240,7 +240,7 @@ class ExecutorStack:
             fwd += rates.ops(1, m_f)
             bwd += rates.ops(1, m_b + (m_f if recompute == "full" else 0.0))
         if measured:
-            routed = tp_bytes * model.top_k * model.expert_token_load  # the rank's tokens, top_k copies each
+            routed = tokens * model.top_k * model.expert_token_load  # the rank's tokens, top_k copies each
             d_f, d_b = self.frame.ep_dispatch_s(routed)
             fwd += rates.ops(1, d_f)
             bwd += rates.ops(1, d_b + (d_f if recompute == "full" else 0.0))
