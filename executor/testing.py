@@ -153,9 +153,10 @@ def ep_dispatch_job(rank: int, payload: dict) -> dict:
     """The dispatch benchmark's rows and, with its pass-through experts and weights summing to
     one, the largest |combine(dispatch(x)) - x| of one call (0 when every token comes back)."""
     from executor.bench import ep_dispatch
+    from executor.parallel.ep import dispatch_combine
 
     rows = ep_dispatch.ep_dispatch_bench(reps=payload["reps"], warmup=1)
-    weights, chosen = ep_dispatch._routing(64)
+    weights, chosen = ep_dispatch.balanced_routing(64)
     x = torch.randn(64, ep_dispatch.HIDDEN, generator=torch.Generator().manual_seed(rank))
-    out = ep_dispatch.dispatch_combine(ep_dispatch._layer(dist.new_group([0, 1]), rank), x, weights, chosen)
+    out = dispatch_combine(ep_dispatch.pass_through_layer(dist.new_group([0, 1]), rank), x, weights, chosen)
     return {"rows": rows, "max_error": float((out - x).abs().max())}

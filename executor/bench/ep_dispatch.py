@@ -29,12 +29,13 @@ TOKENS = (256, 2048)
 EXPERTS, TOP_K = 4, 2
 
 
-def _layer(group, rank: int):
+def pass_through_layer(group, rank: int):
+    """This rank's half of the 4 experts as pass-through modules, in the form dispatch_combine reads."""
     experts = nn.ModuleDict({str(2 * rank + i): nn.Identity() for i in range(EXPERTS // 2)})
     return types.SimpleNamespace(ep_group=group, ep_size=2, experts=experts, experts_per_rank=EXPERTS // 2)
 
 
-def _routing(tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+def balanced_routing(tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(weights, chosen): token t to experts t and t+1 (mod 4), equal weights: every token's
     two copies go one to each rank on half the tokens and both to one rank on the others, in
     turn, so each rank sends as much to either."""
@@ -69,11 +70,11 @@ def ep_dispatch_bench(*, reps: int, warmup: int = 3) -> list[dict]:
     rank = dist.get_rank()
     if rank > 1:
         return []
-    layer = _layer(group, rank)
+    layer = pass_through_layer(group, rank)
     gen = torch.Generator().manual_seed(rank)
     rows = []
     for tokens in TOKENS:
-        weights, chosen = _routing(tokens)
+        weights, chosen = balanced_routing(tokens)
         medians = _forward_backward_s(lambda x: dispatch_combine(layer, x, weights, chosen),
                                       lambda: torch.randn(tokens, HIDDEN, generator=gen), reps=reps, warmup=warmup,
                                       before=lambda: dist.barrier(group=group))

@@ -235,15 +235,12 @@ class ExecutorStack:
         n_f, n_b = fw.block_ops(model, recompute, ep, dispatch_measured=measured)
         fwd = rates.ops(n_f, self.frame.op_forward_s)
         bwd = rates.ops(n_b, self.frame.op_backward_s)
-        if model.is_moe:
-            m_f, m_b = self.frame.moe_block_s(model.n_experts // ep)
+        measured_s = [self.frame.moe_block_s(model.n_experts // ep)] if model.is_moe else []
+        if measured:  # the rank's tokens, top_k copies each
+            measured_s.append(self.frame.ep_dispatch_s(tokens * model.top_k * model.expert_token_load))
+        for m_f, m_b in measured_s:
             fwd += rates.ops(1, m_f)
             bwd += rates.ops(1, m_b + (m_f if recompute == "full" else 0.0))
-        if measured:
-            routed = tokens * model.top_k * model.expert_token_load  # the rank's tokens, top_k copies each
-            d_f, d_b = self.frame.ep_dispatch_s(routed)
-            fwd += rates.ops(1, d_f)
-            bwd += rates.ops(1, d_b + (d_f if recompute == "full" else 0.0))
         if tp > 1:
             lin = fw.linears_per_block(model)
             tp_f, tp_b = self.frame.tp_module_s(tp_bytes)
