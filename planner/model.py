@@ -20,7 +20,7 @@ OMITTED_AT_DEFAULT = {"rope_theta": 0.0, "rotary_fraction": 1.0, "norm_eps": 0.0
                         "shared_expert_ffn_hidden_size": 0, "dense_layers": 0, "q_lora_rank": 0,
                         "kv_lora_rank": 0, "qk_rope_head_dim": 0, "v_head_dim": 0, "shared_expert_gate": True,
                         "qk_norm": False, "sliding_window": 0, "global_attention_every": 0, "norms_per_block": 2,
-                        "moe_capacity_factor": 0.0, "moe_pad_to_capacity": False}
+                        "moe_capacity_factor": 0.0, "moe_pad_to_capacity": False, "moe_load_imbalance": 0.0}
 """ModelSpec fields left out of :meth:`ModelSpec.to_dict` (and so of a plan's id) at these
 defaults, which mean "not stated" or "none": fields added after plans were recorded."""
 
@@ -64,6 +64,9 @@ class ModelSpec:
         moe_pad_to_capacity: every expert's input is padded to its capacity (Megatron-Core
             ``moe_pad_expert_input_to_capacity``): expert GEMMs, routed activations and the token
             exchange are ``moe_capacity_factor`` times the balanced ones.
+        moe_load_imbalance: routed token copies the busiest expert-parallel rank receives over
+            the mean, as measured on the user's router (e.g. Megatron-Core's per-expert token
+            counts); 0: a uniform router's expectation (:mod:`planner.cost.routing`).
         kv_lora_rank: multi-head latent attention (MLA; DeepSeek-V2, arXiv:2405.04434, Sec. 2.1):
             keys and values are up-projected per head from a shared latent of this width (plus
             ``qk_rope_head_dim`` decoupled RoPE key dims), ``head_dim`` being the non-rotary
@@ -138,6 +141,7 @@ class ModelSpec:
     dense_layers: int = 0
     moe_capacity_factor: float = 0.0
     moe_pad_to_capacity: bool = False
+    moe_load_imbalance: float = 0.0
     kv_lora_rank: int = 0
     q_lora_rank: int = 0
     qk_rope_head_dim: int = 0
@@ -264,7 +268,8 @@ class ModelSpec:
         if dense is None:
             dense = dataclasses.replace(self, n_experts=0, top_k=0, expert_ffn_hidden_size=0,
                                         shared_expert_ffn_hidden_size=0, shared_expert_gate=True, dense_layers=0,
-                                        moe_capacity_factor=0.0, moe_pad_to_capacity=False)
+                                        moe_capacity_factor=0.0, moe_pad_to_capacity=False,
+                                        moe_load_imbalance=0.0)
             object.__setattr__(self, "_dense_block", dense)
         return dense
 

@@ -55,6 +55,11 @@ def check_model_spec(spec) -> None:
             f"must be 0 (dropless) or a number up to {MAX_CAPACITY_FACTOR}, got {cf!r}")
     require(not cf or spec.n_experts > 0, "moe_capacity_factor", "needs routed experts (n_experts > 0)")
     require(not spec.moe_pad_to_capacity or cf > 0, "moe_pad_to_capacity", "needs a moe_capacity_factor")
+    load = spec.moe_load_imbalance
+    require(isinstance(load, (int, float)) and not isinstance(load, bool) and math.isfinite(load)
+            and (load == 0 or 1 <= load <= MAX_CAPACITY_FACTOR), "moe_load_imbalance",
+            f"must be 0 (a uniform router) or a number from 1 to {MAX_CAPACITY_FACTOR}, got {load!r}")
+    require(not load or spec.n_experts > 0, "moe_load_imbalance", "needs routed experts (n_experts > 0)")
     for field in ("max_positions", "position_offset", "embed_proj_dim", "expert_ffn_hidden_size",
                   "shared_expert_ffn_hidden_size", "dense_layers", "kv_lora_rank", "q_lora_rank",
                   "qk_rope_head_dim", "v_head_dim", "sliding_window", "global_attention_every",

@@ -140,6 +140,7 @@ def test_expert_capacity_padded_prices_the_padding_dropping_alone_the_balanced_s
     from planner.cost.block import ep_comm_s
     from planner.cost.compute import block_gemm_shapes
     from planner.cost.memory import layer_activation_bytes
+    from planner.cost.routing import busiest_rank_load
     from planner.executor_rules import unsupported
     from planner.export import megatron_args
 
@@ -148,9 +149,12 @@ def test_expert_capacity_padded_prices_the_padding_dropping_alone_the_balanced_s
     base_shapes, pad_shapes = block_gemm_shapes(MIXTRAL, 2048, 2, 4), block_gemm_shapes(padded, 2048, 2, 4)
     attention = len(MIXTRAL.attention_projections())
     expert_gemms = 2 * (MIXTRAL.n_experts // 4)
+    balanced = 2048 * MIXTRAL.top_k * 4 / MIXTRAL.n_experts  # tokens per expert, 4 experts per rank
+    uniform = busiest_rank_load(MIXTRAL, 2048 * MIXTRAL.top_k, 4)
     for (m0, n0, k0), (m1, n1, k1) in zip(base_shapes[attention:attention + expert_gemms],
                                           pad_shapes[attention:attention + expert_gemms]):
-        assert (m1, n1, k1) == pytest.approx((1.25 * m0, n0, k0))
+        assert (m0, n0, k0) == pytest.approx((uniform * balanced, n1, k1))
+        assert m1 == pytest.approx(1.25 * balanced)
     assert base_shapes[:attention] == pad_shapes[:attention]
     node = load_profile("dgx-h100-80gb")
     kw = dict(micro_batch=1, seq_len=2048, cp=1, sequence_parallel=False, precision="bf16")
@@ -187,6 +191,7 @@ def test_expert_tensor_parallel_below_tp_folds_the_stage_into_expert_groups():
     reduced over the expert-dp ranks; only the attention keeps its tp collectives."""
     from planner.cost.compute import block_gemm_shapes
     from planner.cost.memory import rank_layer_params
+    from planner.cost.routing import busiest_rank_load
     from planner.executor_rules import unsupported
     from planner.export import megatron_args, torchtitan_config
     from planner.layout import expert_groups
@@ -212,7 +217,8 @@ def test_expert_tensor_parallel_below_tp_folds_the_stage_into_expert_groups():
     (m_up, n_up, _), (_, _, k_down) = shapes[attention], shapes[attention + 1]
     # one expert per rank, unsplit, on the tokens the 8 ranks route to it (each its own half sequence)
     assert (n_up, k_down) == (2 * MIXTRAL.expert_ffn, MIXTRAL.expert_ffn)
-    assert m_up == pytest.approx(2048 / 2 * MIXTRAL.top_k * 8 / MIXTRAL.n_experts)
+    routed = 2048 / 2 * MIXTRAL.top_k  # token copies per rank, its busiest of 8 as routing.py prices it
+    assert m_up == pytest.approx(routed * 8 / MIXTRAL.n_experts * busiest_rank_load(MIXTRAL, routed, 8))
     experts = MIXTRAL.expert_params_per_layer()
     assert rank_layer_params(MIXTRAL, 2, 8, 1) - rank_layer_params(MIXTRAL, 2, 8) == pytest.approx(experts / 16)
     cluster = cluster_for("dgx-h100-80gb", 4)
@@ -285,3 +291,56 @@ def test_the_dispatch_benchmark_times_a_dispatch_that_returns_every_token(tmp_pa
     assert [row["tokens"] for row in rows] == [256, 2048]
     assert all(row["forward_s"] > 0 and row["backward_s"] > 0 for row in rows)
     assert rows[1]["routed_bytes"] == 8 * rows[0]["routed_bytes"]
+
+
+def test_busiest_rank_load_is_a_uniform_routers_expectation_or_the_measured_one():
+    """The busiest of ep ranks under uniform routing: mean + E[max of ep normals] * sd of a
+    binomial (Gumbel's tabulated 0.5642, 1.0294, 1.4236 for 2, 4, 8); a measured imbalance
+    replaces it, a capacity factor caps it, padding fixes it; one rank holds every expert: 1."""
+    from planner.cost.block import ep_comm_s
+    from planner.cost.routing import busiest_rank_load, expected_max_standard_normal
+
+    assert [round(expected_max_standard_normal(n), 4) for n in (1, 2, 4, 8)] == [0.0, 0.5642, 1.0294, 1.4236]
+    assert busiest_rank_load(MIXTRAL, 8192, 8) == pytest.approx(1 + 1.4236 * (0.875 / 8192) ** 0.5, rel=1e-4)
+    assert busiest_rank_load(MIXTRAL, 8192, 1) == 1.0
+    assert busiest_rank_load(load_model("gpt2"), 8192, 8) == 1.0
+    measured = dataclasses.replace(MIXTRAL, moe_load_imbalance=1.4)
+    assert busiest_rank_load(measured, 8192, 8) == 1.4
+    assert busiest_rank_load(dataclasses.replace(measured, moe_capacity_factor=1.2), 8192, 8) == 1.2
+    padded = dataclasses.replace(measured, moe_capacity_factor=1.25, moe_pad_to_capacity=True)
+    assert busiest_rank_load(padded, 8192, 8) == 1.25
+    assert measured.to_dict()["moe_load_imbalance"] == 1.4 and "moe_load_imbalance" not in MIXTRAL.to_dict()
+    node = load_profile("dgx-h100-80gb")
+    kw = dict(micro_batch=1, seq_len=2048, cp=1, sequence_parallel=False, precision="bf16")
+    g, tp1 = GroupShape(8, 8, 1), GroupShape(1, 1, 1)
+    uniform = busiest_rank_load(MIXTRAL, 2048 * MIXTRAL.top_k, 8)
+    assert ep_comm_s(measured, node, g, tp1, **kw) == pytest.approx(ep_comm_s(MIXTRAL, node, g, tp1, **kw)
+                                                                     * 1.4 / uniform, rel=0.02)
+    cluster = cluster_for("dgx-h100-80gb", 4)
+    P = cfg(ep=4)
+    assert predict(measured, cluster, P, RT).step_time_s > predict(MIXTRAL, cluster, P, RT).step_time_s
+    for bad in (0.5, float("nan"), True):
+        with pytest.raises(InputError, match="moe_load_imbalance"):
+            dataclasses.replace(MIXTRAL, moe_load_imbalance=bad)
+    with pytest.raises(InputError, match="moe_load_imbalance"):
+        dataclasses.replace(load_model("gpt2"), moe_load_imbalance=1.2)
+
+
+def test_load_imbalance_on_the_command_line(capsys):
+    """``predict --moe-load-imbalance`` prices a measured router's busiest rank; a value below 1
+    is one line naming the field, exit 2."""
+    import json
+
+    from planner.cli import main
+
+    argv = ["predict", "--model", "mixtral-8x7b", "--hardware", "dgx-h100-80gb", "--nodes", "4", "--tp", "1",
+            "--pp", "1", "--dp", "32", "--ep", "8", "--micro-batch", "1", "--global-batch", "64",
+            "--seq-len", "2048", "--json"]
+    assert main(argv) == 0
+    uniform = json.loads(capsys.readouterr().out)
+    assert main([*argv, "--moe-load-imbalance", "1.5"]) == 0
+    measured = json.loads(capsys.readouterr().out)
+    assert measured["step_time_s"] > uniform["step_time_s"]
+    assert main([*argv, "--moe-load-imbalance", "0.5"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "moe_load_imbalance" in err[0]

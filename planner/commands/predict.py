@@ -74,14 +74,18 @@ def add_moe_routing_args(p: argparse.ArgumentParser) -> None:
                         "(Megatron --moe-expert-capacity-factor); default dropless")
     p.add_argument("--moe-pad-to-capacity", action="store_true",
                    help="MoE: pad every expert's input to its capacity (Megatron --moe-pad-expert-input-to-capacity)")
+    p.add_argument("--moe-load-imbalance", type=float, default=None,
+                   help="MoE: routed tokens the busiest expert-parallel rank receives over the mean, as measured "
+                        "on your router; default: a uniform router's expectation (planner/cost/routing.py)")
 
 
 def with_moe_routing(model, args: argparse.Namespace):
-    """``model`` with the command line's expert capacity, if it gives one."""
-    if args.moe_capacity_factor is None and not args.moe_pad_to_capacity:
+    """``model`` with the command line's expert capacity and load imbalance, where it gives them."""
+    if args.moe_capacity_factor is None and not args.moe_pad_to_capacity and args.moe_load_imbalance is None:
         return model
     factor = model.moe_capacity_factor if args.moe_capacity_factor is None else args.moe_capacity_factor
-    return dataclasses.replace(model, moe_capacity_factor=factor,
+    load = model.moe_load_imbalance if args.moe_load_imbalance is None else args.moe_load_imbalance
+    return dataclasses.replace(model, moe_capacity_factor=factor, moe_load_imbalance=load,
                                moe_pad_to_capacity=args.moe_pad_to_capacity or model.moe_pad_to_capacity)
 
 

@@ -22,6 +22,7 @@ from planner.cost.comm import GroupShape, collective_time, overlapped_exposed_s,
 from planner.cost.compute import (LayerTimes, Rates, block_gemm_forward_times, embedding_times, head_times,
                                   layer_times)
 from planner.cost.precision import activation_bytes_per_element
+from planner.cost.routing import busiest_rank_load
 from planner.cost.runtime import Runtime
 from planner.cost.stacks import stack_of
 from planner.hardware import NodeSpec
@@ -89,8 +90,8 @@ def ep_comm_s(model: ModelSpec, node: NodeSpec, g: GroupShape | None, tp_group: 
               seq_len: int, cp: int, sequence_parallel: bool, precision: str, expert_tp: int = 0) -> float:
     """One token exchange of a block's routed tokens (the dispatch, or the combine) as
     Megatron-Core's all-to-all dispatcher runs it: each rank sends its ``tokens * top_k`` hidden
-    vectors to the ranks of the expert-parallel group ``g`` holding their experts (balanced
-    routing); under sequence parallelism a tp rank exchanges its own sequence shard and the
+    vectors to the ranks of the expert-parallel group ``g`` holding their experts, and the
+    exchange lasts as long as the busiest rank's (:func:`planner.cost.routing.busiest_rank_load`); under sequence parallelism a tp rank exchanges its own sequence shard and the
     routed tokens are then all-gathered over the experts' tensor-parallel group (``expert_tp``
     ranks, default tp: the first of the tp group under Megatron's folded order) and
     reduce-scattered back on the combine (also without expert parallelism: ``g`` None or of one
@@ -106,9 +107,11 @@ def ep_comm_s(model: ModelSpec, node: NodeSpec, g: GroupShape | None, tp_group: 
     else:
         etp_group = tp_group
     tokens = micro_batch * seq_len / cp / (tp if sequence_parallel else 1)
+    ep = g.size if g is not None else 1
+    # the exchange waits for the busiest rank's share (padded to capacity: the padding is sent too)
     routed_bytes = (activation_bytes_per_element(precision) * tokens * model.top_k * model.hidden_size
-                    * model.expert_token_load)  # padded to capacity: the padding is sent too
-    a2a = collective_time("all_to_all", routed_bytes, g, node) if g is not None and g.size > 1 else 0.0
+                    * busiest_rank_load(model, tokens * model.top_k, ep))
+    a2a = collective_time("all_to_all", routed_bytes, g, node) if ep > 1 else 0.0
     if etp > 1 and sequence_parallel:
         a2a += collective_time("all_gather", routed_bytes * etp, etp_group, node)
     return a2a

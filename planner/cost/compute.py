@@ -24,6 +24,7 @@ from functools import lru_cache
 
 from planner.cost.flops import layer_forward_flops, op_sac_applies, op_sac_recomputed_gemms
 from planner.cost.precision import activation_bytes_per_element, compute_dtype
+from planner.cost.routing import busiest_rank_load
 from planner.cost.runtime import Runtime
 from planner.cost.stacks import stack_for, stack_of
 from planner.framework_spec import FrameworkSpec
@@ -339,8 +340,8 @@ def block_gemm_shapes(model: ModelSpec, tokens: float, tp: int, ep: int = 1,
     and the output projection, then per local expert the up (+gate) and down projections and
     the (replicated) MoE router (Megatron column / row parallel: N or K split by tp). With
     expert parallelism a rank runs ``n_experts/ep`` experts on the tokens its ``ep`` group routes
-    to them (balanced routing: ``tokens * top_k * ep / n_experts`` each; padded to capacity,
-    :attr:`planner.model.ModelSpec.expert_token_load` times that). With expert tensor parallelism
+    to them (``tokens * top_k * ep / n_experts`` each, times the busiest rank's load:
+    :func:`planner.cost.routing.busiest_rank_load`). With expert tensor parallelism
     ``etp`` below tp the experts are split by etp and see the tokens of their etp group only
     (``tokens * etp / tp`` of the tp group's, each rank dispatching its own sequence shard)."""
     h = model.hidden_size
@@ -354,7 +355,8 @@ def block_gemm_shapes(model: ModelSpec, tokens: float, tp: int, ep: int = 1,
     gemms = [split[kind](i, o) for i, o, kind in model.attention_projections()]
     if model.is_moe:
         e_tp = etp or tp
-        tokens_per_expert = T * e_tp / tp * model.top_k * ep / model.n_experts * model.expert_token_load
+        routed = T * e_tp / tp * model.top_k
+        tokens_per_expert = routed * ep / model.n_experts * busiest_rank_load(model, routed, ep)
         gemms += (model.n_experts // ep) * mlp(tokens_per_expert, model.expert_ffn, e_tp)
         gemms.append((T, model.n_experts, h))
         if model.shared_expert_ffn_hidden_size:  # every token, like a dense MLP

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from planner.cost import framework as fw
 from planner.cost.flops import op_sac_applies, op_sac_gemms
 from planner.cost.precision import activation_bytes_per_element, state_bytes_per_param
+from planner.cost.routing import busiest_rank_load
 from planner.cost.stacks import FUSED
 from planner.executor_rules import ties_embeddings
 from planner.model import ModelSpec
@@ -44,8 +45,10 @@ def shard_divisors(sharding: str, dp: int) -> tuple[int, int, int]:
 def layer_activation_bytes(model: ModelSpec, micro_batch: int, seq_len: int, tp: int, cp: int,
                            sequence_parallel: bool, recompute: str, precision: str,
                            attention: str = "unfused", executor: bool = False,
-                           selective: str = "attention_core") -> float:
-    """Activation bytes one block keeps for its backward, per micro-batch and rank.
+                           selective: str = "attention_core", ep: int = 1) -> float:
+    """Activation bytes one block keeps for its backward, per micro-batch and rank (under
+    expert parallelism ``ep`` the busiest rank's routed tokens:
+    :func:`planner.cost.routing.busiest_rank_load`).
 
     Korthikanti et al. 2022 Sec. 4.1 itemised (bpe = bytes per element, 2 for fp16/bf16):
     replicated over tp (``/t`` with SP): norm inputs 2x bpe*sbh, QKV input bpe*sbh, fc1 input
@@ -85,8 +88,8 @@ def layer_activation_bytes(model: ModelSpec, micro_batch: int, seq_len: int, tp:
         replicated += 2 * bpe * tokens * (model.q_lora_rank + model.kv_lora_rank)
     mlp_tensors = (4 if executor else 3) if model.mlp == "swiglu" else 2
     width = model.token_mlp_width
-    if model.is_moe:  # experts padded to capacity hold the padding's activations too
-        width += (model.expert_token_load - 1) * model.top_k * model.expert_ffn
+    if model.is_moe:  # the busiest rank's share of the routed tokens (padded to capacity: the padding too)
+        width += (busiest_rank_load(model, tokens * model.top_k, ep) - 1) * model.top_k * model.expert_ffn
     mlp_split = bpe * tokens * width * mlp_tensors
     split = (attn_split + mlp_split) / tp
     core = 0.0
@@ -283,7 +286,7 @@ def stage_memories(model: ModelSpec, parallel, device, in_flight, attention: str
 
     def activations(m: ModelSpec, recompute: str) -> float:
         return layer_activation_bytes(m, b, s, tp, P.cp, P.sequence_parallel, recompute, P.precision, attention,
-                                      executor=executor, selective=selective)
+                                      executor=executor, selective=selective, ep=P.ep)
 
     one_layer, one_dense = activations(model, P.recompute), activations(dense, P.recompute)
     full_layer = max(activations(model, "none"), activations(dense, "none")) if P.recompute == "full" else 0.0

@@ -17,6 +17,7 @@ from planner.cost import gloo
 from planner.cost.comm import GroupShape, collective_time, overlapped_exposed_s
 from planner.cost.eager_ops import eager_block_bytes
 from planner.cost.precision import grad_bytes_per_param, weight_bytes_per_param
+from planner.cost.routing import busiest_rank_load
 from planner.cost.runtime import Runtime
 from planner.cost.zero3_prefetch import gathered_tensors_per_layer, per_tensor_prefetch_exposed
 from planner.executor_rules import reshards_after_forward, ties_embeddings, uses_fsdp
@@ -237,7 +238,8 @@ class ExecutorStack:
         bwd = rates.ops(n_b, self.frame.op_backward_s)
         measured_s = [self.frame.moe_block_s(model.n_experts // ep)] if model.is_moe else []
         if measured:  # the rank's tokens, top_k copies each
-            measured_s.append(self.frame.ep_dispatch_s(tokens * model.top_k * model.expert_token_load))
+            routed = tokens * model.top_k
+            measured_s.append(self.frame.ep_dispatch_s(routed * busiest_rank_load(model, routed, ep)))
         for m_f, m_b in measured_s:
             fwd += rates.ops(1, m_f)
             bwd += rates.ops(1, m_b + (m_f if recompute == "full" else 0.0))
