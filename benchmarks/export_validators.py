@@ -78,6 +78,9 @@ CASES: dict[str, Plan] = {
     "qk norm, heads wider than hidden / heads, 128 experts (Qwen3-30B-A3B)": _plan(
         "qwen3-30b-a3b", "dgx-h100-80gb", 4, 4096, tp=2, pp=2, dp=8, ep=8, global_batch=256,
         sequence_parallel=True, sharding="zero1"),
+    "MoE, experts whole under ep (Qwen3-30B-A3B, etp 1)": _plan(
+        "qwen3-30b-a3b", "dgx-h100-80gb", 2, 4096, tp=2, pp=1, dp=8, ep=8, etp=1, global_batch=64,
+        sequence_parallel=True, sharding="zero1"),
     "sliding window, every second block global (Mistral 7B)": Plan(
         dataclasses.replace(load_model("mistral-7b", seq_len=8192), global_attention_every=2), "dgx-h100-80gb", 1, 8,
         ParallelConfig(tp=2, pp=1, dp=4, global_batch=32, seq_len=8192, sequence_parallel=True, sharding="zero1")),
@@ -334,6 +337,18 @@ def torchtitan_checks() -> dict[str, str]:
     return each_case(torchtitan_check)
 
 
+def torchtitan_py_checks() -> dict[str, str]:
+    """``benchmarks/torchtitan_py_check.py``'s verdicts (torchtitan 0.3.0 first on its own path, so
+    in a process of its own)."""
+    import subprocess
+
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "torchtitan_py_check.py")],
+                          capture_output=True, text=True, timeout=600, cwd=ROOT)
+    if proc.returncode != 0:
+        raise SystemExit(f"torchtitan_py_check.py failed: {proc.stderr.strip()[-500:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--megatron", required=True, type=Path, help="a Megatron-LM checkout at the pinned release")
@@ -343,7 +358,7 @@ def main() -> int:
     spec = megatron_parser_spec(a.megatron)
     a.spec_out.write_text(json.dumps(spec, indent=1) + "\n")
     rows = []
-    titan = torchtitan_checks()
+    titan, titan_py = torchtitan_checks(), torchtitan_py_checks()
 
     def cell(verdict: str) -> str:
         return "accepted" if not verdict else "REFUSED: " + verdict.replace("|", "/")
@@ -351,7 +366,7 @@ def main() -> int:
     for name, plan in CASES.items():
         verdict = megatron_validate(a.megatron, plan)
         rows.append(f"| {name} | {plan.parallel.megatron_notation()} | {plan.hardware} | {cell(verdict)} | "
-                    f"{cell(titan[name])} |")
+                    f"{cell(titan[name])} | {cell(titan_py[name])} |")
         print(rows[-1], flush=True)
     text = "\n".join([
         "# Exports checked by the targets' own code", "",
@@ -362,10 +377,14 @@ def main() -> int:
         "plan's GPU architecture and the environment the export's header asks for. torchtitan "
         f"{TORCHTITAN_RELEASE} (its last TOML release): each case's `--format torchtitan` TOML through the "
         "release's `ConfigManager` and `ParallelDims` at the plan's world size, the degrees, batch, "
-        "micro-batches and stages read back and compared with the plan. DeepSpeed's `DeepSpeedConfig`, "
-        "torchtitan's check and the recorded Megatron parser run in CI (`tests/test_export_validators.py`).", "",
-        "| case | plan | hardware | Megatron-LM parse_args + validate_args | torchtitan ConfigManager + ParallelDims |",
-        "|---|---|---|---|---|", *rows, ""])
+        "micro-batches and stages read back and compared with the plan. torchtitan 0.3.0 (Python configs): "
+        "each case's `--format torchtitan-py` module run against the release's `TrainingConfig`, "
+        "`ParallelismConfig` and `ParallelDims` (`benchmarks/torchtitan_py_check.py`; the registry function "
+        "it starts from is a stand-in holding those classes). DeepSpeed's `DeepSpeedConfig`, "
+        "both torchtitan checks and the recorded Megatron parser run in CI (`tests/test_export_validators.py`).", "",
+        "| case | plan | hardware | Megatron-LM parse_args + validate_args | torchtitan ConfigManager + ParallelDims "
+        "| torchtitan 0.3.0 Python config |",
+        "|---|---|---|---|---|---|", *rows, ""])
     a.out.write_text(text)
     print(f"wrote {a.out} and {a.spec_out}")
     return 0

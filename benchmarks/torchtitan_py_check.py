@@ -5,7 +5,7 @@ case -> "" (accepted and read back as the plan) or the finding.
 torchtitan 0.3.0 sits beside the 0.2.2 the TOML check uses, in its own folder
 (:data:`TORCHTITAN_PY_DIR`, ``make setup``: ``pip install --no-deps --target`` with ``spmd_types``,
 which its ``ParallelDims`` imports), first on ``sys.path`` of this process only. Its model
-registry imports Triton (its MoE kernels), so the registry function the export starts from is a
+registries import Triton (their MoE kernels), so the registry function the export starts from is a
 stand-in holding torchtitan's own ``TrainingConfig``, ``ParallelismConfig`` and ``CompileConfig``:
 the check is on what the export sets (slotted dataclasses refuse an unknown field; ``ParallelismConfig``
 validates itself on construction), on ``ParallelDims`` at the plan's world size, and on what they
@@ -24,12 +24,12 @@ TORCHTITAN_PY_DIR = ROOT / ".venv" / "torchtitan-0.3.0"
 
 
 def _stand_ins() -> None:
-    """The modules the exported config imports that need torchtitan's training stack: the Llama 3
-    registry (each function a fresh job config of torchtitan's own sections) and the float8
-    converter (its arguments kept)."""
+    """The modules the exported config imports that need torchtitan's training stack: each
+    model's registry (each function a fresh job config of torchtitan's own sections) and
+    ``model_registry``, and the float8 converter (their arguments kept)."""
     from torchtitan.config import CompileConfig, ParallelismConfig, TrainingConfig
 
-    from planner.export.torchtitan_py import REGISTRY
+    from planner.export.torchtitan_py import DEEPSEEK_V3, QWEN3, REGISTRY
 
     @dataclass(slots=True)
     class Job:  # the fields of Trainer.Config the export reads or sets
@@ -39,15 +39,18 @@ def _stand_ins() -> None:
         activation_checkpoint: object = None
         model_spec: object = None
 
-    registry = types.ModuleType("torchtitan.models.llama3.config_registry")
-    for name in REGISTRY.values():
-        setattr(registry, name, Job)
-    llama3 = types.ModuleType("torchtitan.models.llama3")
-    llama3.model_registry = lambda flavor, converters=None: ("llama3", flavor, converters)
+    functions = {"llama3": REGISTRY.values(), "qwen3": [f for _, f in QWEN3.values()],
+                 "deepseek_v3": [f for _, f in DEEPSEEK_V3.values()]}
+    for package, names in functions.items():
+        registry = types.ModuleType(f"torchtitan.models.{package}.config_registry")
+        for name in names:
+            setattr(registry, name, Job)
+        models = types.ModuleType(f"torchtitan.models.{package}")
+        models.model_registry = lambda flavor, converters=None, package=package: (package, flavor, converters)
+        sys.modules.update({models.__name__: models, registry.__name__: registry})
     quantization = types.ModuleType("torchtitan.components.quantization")
     quantization.Float8LinearConverter = types.SimpleNamespace(Config=lambda **kw: ("float8", kw))
-    sys.modules.update({"torchtitan.models.llama3": llama3, "torchtitan.models.llama3.config_registry": registry,
-                        "torchtitan.components.quantization": quantization})
+    sys.modules["torchtitan.components.quantization"] = quantization
 
 
 def check(plan) -> str:

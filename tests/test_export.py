@@ -281,6 +281,9 @@ def test_a_plan_the_target_refuses_is_one_line(tmp_path, capsys):
     assert main(["export", str(path), "--format", "deepspeed", "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "PipelineEngine" in err[0] and not out.exists()
+    fsdp_pp = dataclasses.replace(zero2_pp, parallel=dataclasses.replace(zero2_pp.parallel, sharding="fsdp"))
+    with pytest.raises(InputError, match="not supported with pipeline parallelism"):
+        export_plan(fsdp_pp, "megatron")
 
 
 def test_executor_launch_scripts_refuse_what_the_executor_cannot_run():

@@ -91,8 +91,9 @@ def test_torchtitan_release_parses_every_case_and_refuses_a_bad_config(tmp_path)
 
 def test_torchtitan_python_configs_run_against_the_release_classes():
     """torchtitan 0.3.0 (its Python config form; ``make setup`` installs it beside 0.2.2): every
-    Llama 3 case's module runs against the release's ``TrainingConfig``, ``ParallelismConfig`` and
-    ``ParallelDims`` and reads back as the plan; the others are refused in one line; an unknown
+    Llama 3, DeepSeek-V3 and Qwen3 (whole experts under ep) case's module runs against the release's
+    ``TrainingConfig``, ``ParallelismConfig`` and ``ParallelDims`` and reads back as the plan; the
+    others are refused in one line naming the rule; an unknown
     field and degrees that do not multiply to the world size are caught, so the check can fail."""
     code = """
 import json, sys
@@ -115,5 +116,8 @@ print("VERDICTS " + json.dumps(verdicts))
     assert "AttributeError" in verdicts.pop("(unknown field)")
     assert verdicts.pop("(wrong world)") != ""
     accepted = [name for name, v in verdicts.items() if v == ""]
-    assert len(accepted) == 6 and all("Llama 3" in name for name in accepted), verdicts
-    assert all(v.startswith("export refused") and "registered model" in v for v in verdicts.values() if v)
+    assert sum("Llama 3" in name for name in accepted) == 6, verdicts
+    assert any("DeepSeek-V3" in name for name in accepted) and any("Qwen3" in name for name in accepted), verdicts
+    refused = [v for v in verdicts.values() if v]
+    assert all(v.startswith("export refused") for v in refused), verdicts
+    assert any("registered model" in v for v in refused) and any("experts by tp under ep" in v for v in refused)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import shlex
 
+from planner.errors import require
 from planner.export.common import header, uneven_stages
 from planner.plan import DEFAULT_ORDER, Plan
 
@@ -145,6 +146,10 @@ def megatron_args(plan: Plan) -> tuple[list[str], list[str]]:
         notes.append("Megatron-LM has no ZeRO-2: the distributed optimizer shards optimizer state "
                      "(ZeRO-1) and reduce-scatters gradients; gradient buffers stay whole")
     elif p.sharding in ("zero3", "fsdp"):
+        for degree, name in ((p.pp, "pipeline"), (p.ep, "expert")):  # megatron/training/arguments.py validate_args
+            require(degree == 1, "export", f"Megatron-LM refuses {name} parallelism with --use-torch-fsdp2 "
+                    f"(validate_args: \"--use-torch-fsdp2 is not supported with {name} parallelism\"): plan "
+                    "--fix sharding=zero1 (the distributed optimizer) for this target")
         add("--use-torch-fsdp2")
         add("--no-gradient-accumulation-fusion")
         notes.append("ZeRO-3/FSDP maps to Megatron's --use-torch-fsdp2 (PyTorch FSDP2)")
