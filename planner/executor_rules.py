@@ -22,6 +22,8 @@ def unsupported(parallel, model=None) -> str:
         return "model: the executor's attention is full causal (no sliding window)"
     if model is not None and model.qk_norm:
         return "model: the executor's attention has no per-head query / key norm (qk_norm)"
+    if model is not None and model.cross_attention_layers:
+        return "model: the executor's blocks attend to the sequence only (no cross-attention to encoder states)"
     if model is not None and model.is_mla:
         return "model: the executor's attention is multi-head / grouped-query, not multi-head latent attention"
     if parallel.expert_tp != parallel.tp:

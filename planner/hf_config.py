@@ -2,8 +2,8 @@
 
 Supported ``model_type`` values: gpt2, llama, mistral, mixtral, qwen2, qwen2_moe, qwen3, qwen3_moe,
 phi3, gemma2, gemma3_text, deepseek_v2, deepseek_v3, opt, gpt_neox, mpt, falcon; a
-composite config (llava-style or Gemma 3's: a vision model plus a language model) is read
-through its ``text_config``. Each family's keys and quirks follow its ``transformers`` configuration and
+composite config (llava-style, Gemma 3's or Llama 3.2 Vision's mllama: a vision model plus a
+language model) is read through its ``text_config``. Each family's keys and quirks follow its ``transformers`` configuration and
 modeling code:
 
 - gpt2: ``n_embd``/``n_layer``/``n_head``, ``n_inner`` null -> 4*n_embd, ``n_positions`` learned
@@ -22,6 +22,8 @@ modeling code:
   ``use_sliding_window`` is refused.
 - gemma2 / gemma3_text: :mod:`planner.hf_gemma` (four norms per block, GeGLU, windowed blocks
   among global ones; Gemma 3's q/k head norms and 5:1 pattern).
+- mllama_text_model: :mod:`planner.hf_mllama` (Llama with cross-attention blocks to the image
+  encoder's states, sized from the composite config's ``vision_config``).
 - falcon: :func:`planner.hf_families.falcon` (multi-query or grouped KV heads, one or two
   LayerNorms per parallel block, ALiBi or RoPE).
 - deepseek_v2 / deepseek_v3: multi-head latent attention (``q_lora_rank`` null = one query
@@ -46,9 +48,9 @@ modeling code:
 A top-level config must state the architecture keys (a missing one is an InputError naming it).
 Inside a nested ``text_config`` transformers fills absent keys with the sub-config class's
 defaults, and published llava configs rely on that (llava-1.5's text_config gives only
-vocab_size and max_position_embeddings); those defaults are reproduced for llama, mistral and
-gemma3_text text configs only, from transformers' ``LlamaConfig``, ``MistralConfig`` and
-``Gemma3TextConfig``.
+vocab_size and max_position_embeddings); those defaults are reproduced for llama, mistral,
+gemma3_text and mllama_text_model text configs only, from transformers' ``LlamaConfig``,
+``MistralConfig``, ``Gemma3TextConfig`` and ``MllamaTextConfig``.
 
 The default sequence length is a training length: the one a config states
 (``rope_scaling.original_max_position_embeddings``), else its longest context up to
@@ -62,11 +64,13 @@ from typing import Any, Callable
 from planner.errors import InputError
 from planner.hf_families import ConfigReader, deepseek, falcon, gpt2, gpt_neox, llama_like, mpt, opt, seq_len_note
 from planner.hf_gemma import GEMMA3_TEXT_DEFAULTS, gemma2, gemma3
+from planner.hf_mllama import MLLAMA_TEXT_DEFAULTS, mllama_text
 from planner.io import read_input_text
 from planner.model import ModelSpec, parse_json_config
 
 SUPPORTED_TYPES = ("gpt2", "llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "phi3",
-                   "gemma2", "gemma3_text", "deepseek_v2", "deepseek_v3", "opt", "gpt_neox", "mpt", "falcon")
+                   "gemma2", "gemma3_text", "deepseek_v2", "deepseek_v3", "opt", "gpt_neox", "mpt", "falcon",
+                   "mllama_text_model")
 
 # transformers' LlamaConfig / MistralConfig __init__ defaults (architecture keys only).
 _TEXT_CONFIG_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -78,6 +82,7 @@ _TEXT_CONFIG_DEFAULTS: dict[str, dict[str, Any]] = {
                 "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8,
                 "max_position_embeddings": 4096 * 32, "tie_word_embeddings": False},
     "gemma3_text": GEMMA3_TEXT_DEFAULTS,
+    "mllama_text_model": MLLAMA_TEXT_DEFAULTS,
 }
 
 
@@ -118,13 +123,16 @@ def spec_and_note(data: dict[str, Any], name: str | None = None) -> tuple[ModelS
         model_type = top_type
         if model_type is None:
             raise InputError("config.model_type", f"missing (supported: {', '.join(SUPPORTED_TYPES)})")
-    if model_type not in _PARSERS:
+    if model_type not in SUPPORTED_TYPES:
         raise InputError(f"{where}.model_type",
                          f"unsupported model type {model_type!r} (supported: {', '.join(SUPPORTED_TYPES)})")
     label = name or data.get("_name_or_path") or top_type or model_type
     cfg = ConfigReader(cfg_data, where, defaults)
     try:
-        spec = _PARSERS[model_type](cfg, str(label), model_type)
+        if model_type == "mllama_text_model":  # its cross-attention length is the vision encoder's
+            spec = mllama_text(cfg, str(label), data.get("vision_config"))
+        else:
+            spec = _PARSERS[model_type](cfg, str(label), model_type)
     except InputError as err:
         if err.field.startswith("config"):
             raise

@@ -20,7 +20,8 @@ OMITTED_AT_DEFAULT = {"rope_theta": 0.0, "rotary_fraction": 1.0, "norm_eps": 0.0
                         "shared_expert_ffn_hidden_size": 0, "dense_layers": 0, "q_lora_rank": 0,
                         "kv_lora_rank": 0, "qk_rope_head_dim": 0, "v_head_dim": 0, "shared_expert_gate": True,
                         "qk_norm": False, "sliding_window": 0, "global_attention_every": 0, "norms_per_block": 2,
-                        "moe_capacity_factor": 0.0, "moe_pad_to_capacity": False, "moe_load_imbalance": 0.0}
+                        "moe_capacity_factor": 0.0, "moe_pad_to_capacity": False, "moe_load_imbalance": 0.0,
+                        "cross_attention_layers": (), "cross_attention_tokens": 0, "embedding_extra_rows": 0}
 """ModelSpec fields left out of :meth:`ModelSpec.to_dict` (and so of a plan's id) at these
 defaults, which mean "not stated" or "none": fields added after plans were recorded."""
 
@@ -75,6 +76,15 @@ class ModelSpec:
             projection.
         qk_rope_head_dim: MLA's decoupled rotary query/key width per head.
         v_head_dim: MLA's value width per head; 0 means ``head_dim``.
+        cross_attention_layers: indices of the blocks that attend to ``cross_attention_tokens``
+            encoder states (an image encoder's) instead of the sequence: Llama 3.2 Vision
+            (transformers' ``MllamaCrossAttentionDecoderLayer``): queries from the sequence, keys
+            and values projected from the encoder states, no causal mask, an RMSNorm on each query
+            and key head and two scalar tanh gates (attention and MLP); same MLP. ():
+            none. A spec listing every block is one cross-attention block (:meth:`cross_block`).
+        cross_attention_tokens: encoder states each sample's cross-attention blocks attend to
+            (mllama: ``max_num_tiles * ((image_size // patch_size)^2 + 1)``, 6404 for four 560-px
+            tiles of 14-px patches); the encoder itself is not priced.
         dropout: dropout probability used in training (Megatron GPTs 0.1; Llama 0). With dropout,
             activation memory includes the 1-byte masks of Korthikanti et al. (2022).
 
@@ -89,6 +99,8 @@ class ModelSpec:
         embed_proj_dim: token-embedding width when it differs from hidden_size (OPT-350m's
             ``word_embed_proj_dim`` 512): embedding and LM head are V x e, plus ``project_in`` and
             ``project_out`` e x h matrices without bias. 0 means hidden_size.
+        embedding_extra_rows: token-embedding rows beyond ``vocab_size`` that the LM head does not
+            have (mllama's ``vocab_size + 8``: its image tokens).
         embed_norm: a norm right after the token embedding (BLOOM's word_embeddings_layernorm).
         final_norm: a norm before the LM head (OPT-350m has none: do_layer_norm_before false).
         norm_bias: LayerNorms carry a bias (MPT with no_bias: weight only). Ignored for RMSNorm.
@@ -146,11 +158,14 @@ class ModelSpec:
     q_lora_rank: int = 0
     qk_rope_head_dim: int = 0
     v_head_dim: int = 0
+    cross_attention_layers: tuple[int, ...] = ()
+    cross_attention_tokens: int = 0
     dropout: float = 0.0
     max_positions: int = 0
     position_offset: int = 0
     position_table: bool = False
     embed_proj_dim: int = 0
+    embedding_extra_rows: int = 0
     embed_norm: bool = False
     final_norm: bool = True
     norm_bias: bool = True
@@ -219,7 +234,9 @@ class ModelSpec:
     def causal_pairs_fraction(self, seq_len: int) -> float:
         """Share of the s x s query-key pairs a causal block computes, averaged over the blocks:
         1/2 with full causal attention (the fused kernels' benchmark convention); a window w < s
-        keeps sum_i min(i, w) ~ s w - w^2 / 2 of them."""
+        keeps sum_i min(i, w) ~ s w - w^2 / 2 of them; a cross-attention block has no mask: all."""
+        if self.is_cross_block:
+            return 1.0
         w = self.sliding_window
         if not w or w >= seq_len:
             return 0.5
@@ -236,6 +253,8 @@ class ModelSpec:
         projection to the latent plus the rotary key (none); the KV up projection to every
         head's non-rotary key and value (column); output (row)."""
         h = self.hidden_size
+        if self.is_cross_block:  # queries from the sequence, keys and values from the encoder states
+            return [(h, self.q_dim, "column"), (h, self.kv_dim + self.v_dim, "column"), (self.attn_out_dim, h, "row")]
         if not self.is_mla:
             return [(h, self.q_dim + self.kv_dim + self.v_dim, "column"), (self.attn_out_dim, h, "row")]
         q = ([(h, self.q_lora_rank, "none"), (self.q_lora_rank, self.q_dim, "column")] if self.q_lora_rank
@@ -273,14 +292,49 @@ class ModelSpec:
             object.__setattr__(self, "_dense_block", dense)
         return dense
 
+    @property
+    def is_cross_block(self) -> bool:
+        """Every block of this spec is a cross-attention block (:meth:`cross_block`)."""
+        return len(self.cross_attention_layers) == self.n_layers
+
+    def cross_block(self) -> "ModelSpec":
+        """The model every one of whose blocks is this model's cross-attention block: what
+        prices and sizes those blocks (queries and keys normalised per head)."""
+        block = self.__dict__.get("_cross_block")
+        if block is None:
+            block = dataclasses.replace(self, cross_attention_layers=tuple(range(self.n_layers)), qk_norm=True)
+            object.__setattr__(self, "_cross_block", block)
+        return block
+
+    @property
+    def alt_layers(self) -> int:
+        """Blocks of the model's second kind (:meth:`alt_block`): an MoE model's leading dense
+        blocks, or the cross-attention blocks; 0 where every block is alike."""
+        if self.cross_attention_layers and not self.is_cross_block:
+            return len(self.cross_attention_layers)
+        return self.dense_layers if self.is_moe else 0
+
+    def alt_block(self) -> "ModelSpec":
+        """The model every one of whose blocks is this model's second kind of block (itself where
+        it has one kind)."""
+        if self.cross_attention_layers and not self.is_cross_block:
+            return self.cross_block()
+        return self.dense_block()
+
+    def is_alt_layer(self, index: int) -> bool:
+        """Block ``index`` (from 0) is of the second kind (:attr:`alt_layers`)."""
+        if self.cross_attention_layers and not self.is_cross_block:
+            return index in self.cross_attention_layers
+        return self.is_moe and index < self.dense_layers
+
     def block_kinds(self, layers_per_stage) -> list[tuple[int, int]]:
-        """(dense, MoE) blocks of each stage, given its layers in model order (a dense model's
-        blocks all count as dense)."""
+        """(second kind, first kind) blocks of each stage, given its layers in model order:
+        (dense, MoE) for an MoE model with leading dense blocks, (cross-attention,
+        self-attention) for one with cross-attention blocks, (0, n) where all blocks are alike."""
         out, first = [], 0
-        dense_end = self.dense_layers if self.is_moe else self.n_layers
         for n in layers_per_stage:
-            dense = max(0, min(dense_end, first + n) - first)
-            out.append((dense, n - dense))
+            alt = sum(1 for i in range(first, first + n) if self.is_alt_layer(i)) if self.alt_layers else 0
+            out.append((alt, n - alt))
             first += n
         return out
 
@@ -362,7 +416,8 @@ class ModelSpec:
                    + self.shared_expert_params())
         else:
             ffn = self.mlp_params()
-        return self.attention_params() + ffn + self.norms_per_block * self.norm_params()
+        gates = 2 if self.is_cross_block else 0  # mllama's cross_attn_attn_gate and cross_attn_mlp_gate
+        return self.attention_params() + ffn + self.norms_per_block * self.norm_params() + gates
 
     def expert_params_per_layer(self) -> int:
         """The routed experts' parameters of one block (0 for a dense model): what expert
@@ -372,14 +427,14 @@ class ModelSpec:
     def layer_active_params(self) -> int:
         """Parameters one token touches in a block (top_k experts for MoE)."""
         if not self.is_moe:
-            return self.layer_params()
+            return self.layer_params()  # (a cross-attention model is not MoE: model_checks)
         ffn = (self.top_k * self.mlp_params(self.expert_ffn) + self.hidden_size * self.n_experts
                + self.shared_expert_params())
         return self.attention_params() + ffn + self.norms_per_block * self.norm_params()
 
     def embedding_params(self) -> int:
         """Token embedding (+ learned positions, + OPT's project_in, + BLOOM's embedding norm)."""
-        tokens = self.vocab_size * self.embed_dim
+        tokens = (self.vocab_size + self.embedding_extra_rows) * self.embed_dim
         positions = self.position_rows * self.hidden_size
         project_in = self.embed_dim * self.hidden_size if self.embed_proj_dim else 0
         norm = self.norm_params() if self.embed_norm else 0
@@ -392,18 +447,21 @@ class ModelSpec:
         head = 0 if self.tied_embeddings else self.vocab_size * self.embed_dim
         return norm + project_out + head
 
-    def _dense_blocks_params(self) -> int:
-        return self.dense_layers * self.dense_block().layer_params() if self.dense_layers else 0
+    def _alt_blocks_params(self, active: bool = False) -> int:
+        if not self.alt_layers:
+            return 0
+        block = self.alt_block()
+        return self.alt_layers * (block.layer_active_params() if active else block.layer_params())
 
     def total_params(self) -> int:
         return self.embedding_params() + self.non_embedding_params() + self.head_params()
 
     def active_params(self) -> int:
-        blocks = (self.n_layers - self.dense_layers) * self.layer_active_params() + self._dense_blocks_params()
+        blocks = (self.n_layers - self.alt_layers) * self.layer_active_params() + self._alt_blocks_params(active=True)
         return self.embedding_params() + blocks + self.head_params()
 
     def non_embedding_params(self) -> int:
-        return (self.n_layers - self.dense_layers) * self.layer_params() + self._dense_blocks_params()
+        return (self.n_layers - self.alt_layers) * self.layer_params() + self._alt_blocks_params()
 
     def with_seq_len(self, seq_len: int) -> "ModelSpec":
         """The same model at ``seq_len``. A learned table with ``max_positions`` set keeps its
@@ -428,6 +486,8 @@ class ModelSpec:
         missing = [name for name in required if name not in data]
         if missing:
             raise InputError(f"model.{missing[0]}", "missing")
+        if isinstance(data.get("cross_attention_layers"), list):  # JSON has no tuples
+            data = dict(data, cross_attention_layers=tuple(data["cross_attention_layers"]))
         return cls(**data)
 
 

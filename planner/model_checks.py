@@ -63,7 +63,7 @@ def check_model_spec(spec) -> None:
     for field in ("max_positions", "position_offset", "embed_proj_dim", "expert_ffn_hidden_size",
                   "shared_expert_ffn_hidden_size", "dense_layers", "kv_lora_rank", "q_lora_rank",
                   "qk_rope_head_dim", "v_head_dim", "sliding_window", "global_attention_every",
-                  "norms_per_block"):
+                  "norms_per_block", "cross_attention_tokens", "embedding_extra_rows"):
         value = getattr(spec, field)
         require(isinstance(value, int) and not isinstance(value, bool) and value >= 0,
                 field, f"must be an integer >= 0, got {value!r}")
@@ -87,6 +87,7 @@ def check_model_spec(spec) -> None:
         require(spec.n_experts > 0, "dense_layers", "needs routed experts (n_experts > 0)")
         require(spec.dense_layers < spec.n_layers, "dense_layers",
                 f"{spec.dense_layers} leaves no MoE block among the model's {spec.n_layers} layers")
+    _check_cross_attention(spec)
     for field in ("shared_expert_gate", "qk_norm"):
         require(isinstance(getattr(spec, field), bool), field, f"must be true or false, got {getattr(spec, field)!r}")
     require(not (spec.bias and spec.qkv_bias_only), "qkv_bias_only",
@@ -94,3 +95,21 @@ def check_model_spec(spec) -> None:
     if spec.has_position_table and spec.max_positions:
         require(spec.seq_len <= spec.max_positions, "seq_len",
                 f"{spec.seq_len} exceeds the model's {spec.max_positions} learned positions")
+
+
+def _check_cross_attention(spec) -> None:
+    """Cross-attention blocks: distinct block indices in order, encoder tokens to attend to, and
+    no routed experts or latent attention beside them (no model has both)."""
+    layers = spec.cross_attention_layers
+    require(isinstance(layers, tuple) and all(isinstance(i, int) and not isinstance(i, bool) for i in layers),
+            "cross_attention_layers", f"must be a list of block indices, got {layers!r}")
+    if not layers:
+        require(spec.cross_attention_tokens == 0, "cross_attention_tokens", "needs cross_attention_layers")
+        return
+    require(list(layers) == sorted(set(layers)) and 0 <= layers[0] and layers[-1] < spec.n_layers,
+            "cross_attention_layers", f"must be distinct increasing block indices below n_layers={spec.n_layers}, "
+            f"got {list(layers)}")
+    require(spec.cross_attention_tokens > 0, "cross_attention_tokens",
+            "must be > 0: the encoder states the cross-attention blocks attend to")
+    require(not spec.is_moe and not spec.is_mla and not spec.sliding_window, "cross_attention_layers",
+            "cross-attention blocks beside experts, latent attention or a sliding window are not modelled")

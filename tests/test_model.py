@@ -117,7 +117,8 @@ def test_every_fixture_directory_is_tested():
                     "Qwen1.5-MoE-A2.7B",  # the model card's 14.3B / 2.7B: tests/test_moe.py
                     "DeepSeek-V3", "DeepSeek-V2-Lite",  # 671B / 15.7B: tests/test_deepseek.py
                     "Qwen3-30B-A3B", "Phi-3-mini-4k-instruct", "gemma-2-9b", "gemma-3-1b-pt", "falcon-7b",
-                    "gemma-3-4b-pt"}  # its text_config: test_gemma3_text_config_takes_transformers_defaults
+                    "gemma-3-4b-pt",  # its text_config: test_gemma3_text_config_takes_transformers_defaults
+                    "Llama-3.2-11B-Vision"}  # tests/test_mllama.py
 
 
 @pytest.mark.parametrize("fixture, preset", [

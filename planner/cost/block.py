@@ -76,7 +76,7 @@ def cp_comm_s(model: ModelSpec, node: NodeSpec, lt: LayerTimes, g: GroupShape, *
     """Exposed (forward, backward) ring-attention K/V exchange of one block: ``cp - 1`` hops
     forward, twice that backward (K/V and their gradients), overlapped with the attention core."""
     cp = g.size
-    if cp == 1:
+    if cp == 1 or model.is_cross_block:  # a cross-attention block's keys are the encoder's, on every rank
         return 0.0, 0.0
     kv_bytes = (activation_bytes_per_element(precision) * micro_batch * (seq_len / cp)
                 * (model.kv_dim + model.v_dim) / tp)

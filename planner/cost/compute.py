@@ -215,17 +215,19 @@ def _block_passes(model: ModelSpec, micro_batch: int, seq_len: int, tp: int, cp:
     bwd_w = 0.0
 
     # --- projection GEMMs (Megatron column/row parallel: N or K split by tp) ---
-    for (m_, n_, k_), count in Counter(block_gemm_shapes(model, T, tp, ep, etp)).items():  # experts: one shape
+    encoder_rows = micro_batch * model.cross_attention_tokens  # a cross-attention block's keys and values
+    shapes = block_gemm_shapes(model, T, tp, ep, etp, encoder_rows)
+    for (m_, n_, k_), count in Counter(shapes).items():  # experts: one shape
         tf, t_in, t_w = _gemm(rates, m_, n_, k_, bpe)
         fwd += count * tf
         bwd_in += count * t_in
         bwd_w += count * t_w
 
-    # --- attention core ---
+    # --- attention core (a cross-attention block: every query to all encoder states, no ring over cp) ---
     heads = model.n_heads / tp
-    d = model.d_head
+    attended, ring = (model.cross_attention_tokens, 1) if model.is_cross_block else (seq_len, cp)
     core_flops = layer_forward_flops(model, T, seq_len).core / tp
-    measured_core = rates.attention_core(model, seq_len, core_flops) if runtime.attention == "flash" else None
+    measured_core = rates.attention_core(model, attended, core_flops) if runtime.attention == "flash" else None
     if measured_core is not None:  # the executor's own SDPA call, timed by calibrate
         core_f, core_b = measured_core
     elif runtime.attention == "flash" and (kernel := _measured_kernel(rates, runtime)) is not None:
@@ -233,7 +235,7 @@ def _block_passes(model: ModelSpec, micro_batch: int, seq_len: int, tp: int, cp:
         # AttentionKernel.ring_rates); a causal mask does half of
         # the s x s product the FLOP count holds (the benchmarks' convention)
         # (a sliding window keeps fewer pairs: ModelSpec.causal_pairs_fraction)
-        fwd_rate, bwd_rate = kernel.ring_rates(seq_len, cp, rates.unquantized_peak_flops)
+        fwd_rate, bwd_rate = kernel.ring_rates(attended, ring, rates.unquantized_peak_flops)
         scale = rates.gemm_concurrent / rates.share
         computed = core_flops * model.causal_pairs_fraction(seq_len)
         core_f = computed * scale / fwd_rate + rates.overhead_s
@@ -241,8 +243,10 @@ def _block_passes(model: ModelSpec, micro_batch: int, seq_len: int, tp: int, cp:
     elif runtime.attention == "flash":
         # fused kernel; reads Q, K, V, writes O (no s x s traffic). Backward recomputes the
         # scores: 5 matmuls vs 2 forward (Dao et al. 2022, Alg. 2/4) -> 2.5x forward FLOPs.
-        io = bpe * T * (q + kv + model.v_dim) / tp * (1 + cp - 1) + bpe * T * model.attn_out_dim / tp
-        windowed = core_flops * 2 * model.causal_pairs_fraction(seq_len)  # a window's share of the full product
+        read = T * q + encoder_rows * (kv + model.v_dim) if model.is_cross_block else T * (q + kv + model.v_dim) * cp
+        io = bpe * read / tp + bpe * T * model.attn_out_dim / tp
+        # a window's share of the full product (causal: the whole one, as these kernels compute it)
+        windowed = core_flops * (1.0 if model.is_cross_block else 2 * model.causal_pairs_fraction(seq_len))
         core_f = rates.gemm(windowed, io, unquantized=True)
         core_b = rates.gemm(2.5 * windowed, 2 * io, unquantized=True)
         if rates.device.host_cores > 0:
@@ -251,14 +255,14 @@ def _block_passes(model: ModelSpec, micro_batch: int, seq_len: int, tp: int, cp:
             # vector units as the tile GEMMs instead of hiding under tensor-core math: one
             # element-wise pass over the b*heads*s_local*s scores (read + write, fp32
             # accumulators) forward, again in the backward's recomputation (x2.5 like the GEMMs).
-            scores = micro_batch * heads * s_local * seq_len
+            scores = micro_batch * heads * s_local * attended
             softmax = rates.memory(2 * 4 * scores, 0)
             core_f += softmax
             core_b += 2.5 * softmax
     else:
         # QK^T and AV as batched GEMMs writing / reading the s x s scores, plus fused
         # scale-mask-softmax and (with dropout) a dropout kernel over the scores.
-        scores = micro_batch * heads * s_local * seq_len  # elements
+        scores = micro_batch * heads * s_local * attended  # elements
         qk_f = rates.gemm(core_flops / 2, bpe * (scores + 2 * T * q / tp), unquantized=True)
         av_f = rates.gemm(core_flops / 2, bpe * (scores + 2 * T * q / tp), unquantized=True)
         softmax_f = rates.memory(2 * bpe * scores)
@@ -267,7 +271,6 @@ def _block_passes(model: ModelSpec, micro_batch: int, seq_len: int, tp: int, cp:
         softmax_b = rates.memory(3 * bpe * scores)
         dropout_b = rates.memory((2 * bpe + 1) * scores) if model.dropout > 0 else 0.0
         core_b = 2 * qk_f + 2 * av_f + softmax_b + dropout_b
-    del d
     fwd += core_f
     bwd_in += core_b
 
@@ -331,11 +334,12 @@ def block_gemm_forward_times(model: ModelSpec, micro_batch: int, seq_len: int, t
     the same GEMMs :func:`layer_times` sums, one per weight tensor."""
     bpe = activation_bytes_per_element(precision)
     T = micro_batch * seq_len / cp
-    return tuple(_gemm(rates, m_, n_, k_, bpe)[0] for m_, n_, k_ in block_gemm_shapes(model, T, tp, ep, etp))
+    shapes = block_gemm_shapes(model, T, tp, ep, etp, micro_batch * model.cross_attention_tokens)
+    return tuple(_gemm(rates, m_, n_, k_, bpe)[0] for m_, n_, k_ in shapes)
 
 
 def block_gemm_shapes(model: ModelSpec, tokens: float, tp: int, ep: int = 1,
-                      etp: int = 0) -> list[tuple[float, float, float]]:
+                      etp: int = 0, encoder_rows: float = 0.0) -> list[tuple[float, float, float]]:
     """(M, N, K) of each projection GEMM of one block on one tp rank, in execution order: QKV
     and the output projection, then per local expert the up (+gate) and down projections and
     the (replicated) MoE router (Megatron column / row parallel: N or K split by tp). With
@@ -343,7 +347,8 @@ def block_gemm_shapes(model: ModelSpec, tokens: float, tp: int, ep: int = 1,
     to them (``tokens * top_k * ep / n_experts`` each, times the busiest rank's load:
     :func:`planner.cost.routing.busiest_rank_load`). With expert tensor parallelism
     ``etp`` below tp the experts are split by etp and see the tokens of their etp group only
-    (``tokens * etp / tp`` of the tp group's, each rank dispatching its own sequence shard)."""
+    (``tokens * etp / tp`` of the tp group's, each rank dispatching its own sequence shard). A
+    cross-attention block's key/value projection runs on the ``encoder_rows`` encoder states."""
     h = model.hidden_size
     T = tokens
 
@@ -353,6 +358,8 @@ def block_gemm_shapes(model: ModelSpec, tokens: float, tp: int, ep: int = 1,
 
     split = {"column": lambda i, o: (T, o / tp, i), "row": lambda i, o: (T, o, i / tp), "none": lambda i, o: (T, o, i)}
     gemms = [split[kind](i, o) for i, o, kind in model.attention_projections()]
+    if model.is_cross_block:
+        gemms[1] = (encoder_rows, *gemms[1][1:])
     if model.is_moe:
         e_tp = etp or tp
         routed = T * e_tp / tp * model.top_k

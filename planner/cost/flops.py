@@ -59,10 +59,16 @@ def layer_forward_flops(model: ModelSpec, tokens: float, attended: float) -> Lay
     ``attended`` keys (= seq_len for a full sequence, no causal discount, as Megatron counts).
 
     Per Narayanan et al. SC'21 Sec. 3 / appendix: ``24*B*s*h^2 + 4*B*s^2*h`` for a GPT layer.
+    A cross-attention block projects keys and values from ``tokens / attended *
+    cross_attention_tokens`` encoder states and attends to those (no mask: all of them).
     """
     h = model.hidden_size
     *qkv_weights, (out_in, out_out, _) = model.attention_projections()
-    qkv = 2.0 * tokens * sum(i * o for i, o, _ in qkv_weights)
+    rows = [tokens] * len(qkv_weights)
+    if model.is_cross_block:
+        rows[1] = tokens / attended * model.cross_attention_tokens  # K/V from the encoder states
+        attended = model.cross_attention_tokens
+    qkv = 2.0 * sum(r * i * o for r, (i, o, _) in zip(rows, qkv_weights))
     proj = 2.0 * tokens * out_in * out_out
     core = 2.0 * tokens * attended * (model.q_dim + model.attn_out_dim)  # Q K^T, then A V
     router = 2.0 * tokens * h * model.n_experts if model.is_moe else 0.0
@@ -77,9 +83,10 @@ def head_forward_flops(model: ModelSpec, tokens: float) -> float:
 
 def op_sac_applies(model: ModelSpec, selective: str) -> bool:
     """Whether a runtime's selective recomputation ``selective`` is torchtitan's per-op policy on
-    this model's blocks (dense blocks with standard attention; MoE and MLA blocks keep the
-    attention-core rule)."""
-    return selective == "every_second_mm" and not model.is_moe and not model.is_mla
+    this model's blocks (dense blocks with standard attention; MoE, MLA and cross-attention models
+    keep the attention-core rule)."""
+    return (selective == "every_second_mm" and not model.is_moe and not model.is_mla
+            and not model.cross_attention_layers)
 
 
 def op_sac_gemms(model: ModelSpec, tokens: float, tp: int) -> list[tuple[float, float, float]]:
@@ -116,12 +123,13 @@ def step_flops(model: ModelSpec, global_batch: int, seq_len: int, recompute: str
     ``selective``: the runtime's selective recomputation (``every_second_mm``: torchtitan's,
     :func:`op_sac_recomputed_gemms`, on dense standard-attention blocks)."""
     tokens = float(global_batch) * seq_len
-    moe, dense = model.moe_layers, model.n_layers - model.moe_layers
+    alt = model.alt_layers
     if recompute == "selective" and op_sac_applies(model, selective):
         model_flops, _ = step_flops(model, global_batch, seq_len, "none")
         redone = sum(2.0 * m * n * k for m, n, k in op_sac_recomputed_gemms(model, tokens, 1))
         return model_flops, model_flops + model.n_layers * redone
-    kinds = [(n, layer_forward_flops(m, tokens, seq_len)) for n, m in ((moe, model), (dense, model.dense_block())) if n]
+    kinds = [(n, layer_forward_flops(m, tokens, seq_len))
+             for n, m in ((model.n_layers - alt, model), (alt, model.alt_block())) if n]
     head = head_forward_flops(model, tokens)
     model_flops = 3.0 * (sum(n * layer.total for n, layer in kinds) + head)
     hardware_flops = model_flops + sum(n * recompute_forward_flops(layer, recompute) for n, layer in kinds)

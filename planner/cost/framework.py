@@ -240,7 +240,7 @@ def param_tensors(model: ModelSpec, P, ranks: tuple[int, ...] | None = None) -> 
     kinds = model.block_kinds(P.layers_per_stage(model.n_layers))
     n_vs, pp = P.pp * P.vpp, P.pp
     first, last = edge_param_tensors(model, ties_embeddings(model, P.tp, pp))
-    per_dense, per_other = block_param_tensors(model.dense_block()), block_param_tensors(model)
+    per_dense, per_other = block_param_tensors(model.alt_block()), block_param_tensors(model)
     best = 0
     for r in (range(pp) if ranks is None else ranks):
         ks = list(range(r, n_vs, pp))
@@ -252,8 +252,8 @@ def param_tensors(model: ModelSpec, P, ranks: tuple[int, ...] | None = None) -> 
 
 def model_param_tensors(model: ModelSpec, tied: bool) -> int:
     """Parameter tensors of the whole executor model (every block and both edges)."""
-    other = model.moe_layers
-    return ((model.n_layers - other) * block_param_tensors(model.dense_block()) + other * block_param_tensors(model)
+    alt = model.alt_layers
+    return (alt * block_param_tensors(model.alt_block()) + (model.n_layers - alt) * block_param_tensors(model)
             + sum(edge_param_tensors(model, tied)))
 
 

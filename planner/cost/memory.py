@@ -48,7 +48,8 @@ def layer_activation_bytes(model: ModelSpec, micro_batch: int, seq_len: int, tp:
                            selective: str = "attention_core", ep: int = 1) -> float:
     """Activation bytes one block keeps for its backward, per micro-batch and rank (under
     expert parallelism ``ep`` the busiest rank's routed tokens:
-    :func:`planner.cost.routing.busiest_rank_load`).
+    :func:`planner.cost.routing.busiest_rank_load`; a cross-attention block keeps the keys and
+    values of its encoder states, which are held once for all such blocks and not counted).
 
     Korthikanti et al. 2022 Sec. 4.1 itemised (bpe = bytes per element, 2 for fp16/bf16):
     replicated over tp (``/t`` with SP): norm inputs 2x bpe*sbh, QKV input bpe*sbh, fc1 input
@@ -84,6 +85,11 @@ def layer_activation_bytes(model: ModelSpec, micro_batch: int, seq_len: int, tp:
     replicated = (norm_inputs * bpe + 2 * mask) * sbh / rep_div + (bpe + bpe) * sbh / linear_inputs_div
     tokens = micro_batch * s_local
     attn_split = bpe * tokens * (model.q_dim + model.kv_dim + model.v_dim + model.attn_out_dim)
+    attended = seq_len
+    if model.is_cross_block:  # keys and values of the encoder states, every query attending to all
+        encoder = micro_batch * model.cross_attention_tokens
+        attn_split += bpe * (encoder - tokens) * (model.kv_dim + model.v_dim)
+        attended = model.cross_attention_tokens
     if model.is_mla:  # each latent's norm input and up-projection input, on every tp rank
         replicated += 2 * bpe * tokens * (model.q_lora_rank + model.kv_lora_rank)
     mlp_tensors = (4 if executor else 3) if model.mlp == "swiglu" else 2
@@ -94,7 +100,7 @@ def layer_activation_bytes(model: ModelSpec, micro_batch: int, seq_len: int, tp:
     split = (attn_split + mlp_split) / tp
     core = 0.0
     if recompute != "selective" and attention == "unfused":
-        scores = micro_batch * model.n_heads * s_local * seq_len / tp
+        scores = micro_batch * model.n_heads * s_local * attended / tp
         core = (bpe + (1 + bpe if model.dropout > 0 else 0)) * scores
     return replicated + split + core
 
@@ -251,7 +257,7 @@ def stage_parameters(model: ModelSpec, parallel, ep: int | None = None) -> list[
     emb = model.embedding_params() / tp
     head = (model.head_params() + (model.vocab_size * model.hidden_size if tied_copy else 0)) / tp
     per_layer = rank_layer_params(model, tp, P.ep, P.etp) if ep is None else rank_layer_params(model, tp, ep)
-    per_dense = rank_layer_params(model.dense_block(), tp)
+    per_dense = rank_layer_params(model.alt_block(), tp)
     last_rank = (n_vs - 1) % pp
     out = []
     for r in range(pp):
@@ -278,7 +284,7 @@ def stage_memories(model: ModelSpec, parallel, device, in_flight, attention: str
     kinds = model.block_kinds(P.layers_per_stage(model.n_layers))
     params_all = stage_parameters(model, P)
     params_sharded = stage_parameters(model, P, ep=1)
-    dense = model.dense_block()
+    dense = model.alt_block()
     # a block's gathered working copy and its activations: the larger kind where blocks differ
     layer_params_rank = max(rank_layer_params(model, tp, P.ep, P.etp), rank_layer_params(dense, tp))
     last_rank = (n_vs - 1) % pp

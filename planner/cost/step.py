@@ -59,9 +59,10 @@ class StageTimes:
     blocks: tuple[SiteBlock, ...]
     site_of_rank: tuple[int, ...]
     dense_blocks: tuple[SiteBlock, ...]
-    """Each site's dense block (a model's leading ``dense_layers``; ``blocks`` where it has none)."""
+    """Each site's block of the model's second kind (:meth:`planner.model.ModelSpec.alt_block`: an MoE
+    model's leading dense blocks, or its cross-attention blocks; ``blocks`` where it has none)."""
     kinds: tuple[tuple[int, int], ...]
-    """(dense, other) blocks of each virtual stage (:meth:`planner.model.ModelSpec.block_kinds`)."""
+    """(second kind, first kind) blocks of each virtual stage (:meth:`planner.model.ModelSpec.block_kinds`)."""
 
     def rank_blocks_sum(self, rank: int, per_block) -> float:
         """``per_block(SiteBlock)`` summed over the blocks of pipeline rank ``rank``'s chunks."""
@@ -114,8 +115,8 @@ def stage_times(model: ModelSpec, cluster: ClusterSpec, sites: tuple[Site, ...],
     pp, v = P.pp, P.vpp
     blocks = tuple(site_block(model, s, rt, r) for s, rt, r in zip(sites, runtimes, rates))
     kinds = tuple(model.block_kinds(P.layers_per_stage(model.n_layers)))
-    if model.dense_layers:
-        dense = model.dense_block()
+    if model.alt_layers:
+        dense = model.alt_block()
         dense_blocks = tuple(site_block(dense, s, rt, r) for s, rt, r in zip(sites, runtimes, rates))
     else:
         dense_blocks, kinds = blocks, tuple((0, nd + nm) for nd, nm in kinds)

@@ -4,13 +4,17 @@ from __future__ import annotations
 import shlex
 
 from planner.errors import require
-from planner.export.common import header, uneven_stages
+from planner.export.common import header, one_line, uneven_stages
 from planner.plan import DEFAULT_ORDER, Plan
 
 
 def megatron_args(plan: Plan) -> tuple[list[str], list[str]]:
     """(arguments, notes) for Megatron-LM's ``pretrain_gpt.py`` (Megatron-Core argument names)."""
     m, p = plan.model, plan.parallel
+    require(not m.cross_attention_layers, "export",
+            "Megatron-LM's pretrain_gpt.py builds decoder blocks without cross-attention to an image encoder "
+            f"({one_line(m.name)} has {len(m.cross_attention_layers)}): train it with its own recipe "
+            "(NeMo's mllama); --format deepspeed writes its ZeRO config")
     args: list[str] = []
     notes: list[str] = []
 

@@ -28,6 +28,9 @@ def torchtitan_config(plan: Plan) -> tuple[dict[str, dict], list[str]]:
     """({section: {key: value}}, notes) with torchtitan's JobConfig names
     (torchtitan/config/job_config.py: [training], [parallelism], [activation_checkpoint])."""
     m, p = plan.model, plan.parallel
+    require(not m.cross_attention_layers, "export",
+            f"torchtitan has no model with cross-attention to an image encoder ({one_line(m.name)}): "
+            "its registry's decoders attend to the sequence only")
     notes: list[str] = []
     local_batch = p.global_batch // p.dp  # per dp rank per step (all micro-batches)
     training = {"seq_len": p.seq_len, "global_batch_size": p.global_batch}

@@ -79,6 +79,7 @@ def torchtitan_py_config(plan: Plan) -> tuple[RegistryEntry, dict[str, dict], li
     less what 0.3.0 dropped (``enable_async_tensor_parallel``: a ``tp_gemm_backend`` of the model
     now; ``expert_tensor_parallel_degree``: experts are whole under ep), with
     ``enable_sequence_parallel``, which 0.3.0 added."""
+    sections, notes = torchtitan_config(plan)  # what no torchtitan runs is refused there first
     entry = registry_entry(plan.model)
     require(entry is not None, "export",
             f"torchtitan {TORCHTITAN_PY_RELEASE}'s configs start from a registered model and "
@@ -90,7 +91,6 @@ def torchtitan_py_config(plan: Plan) -> tuple[RegistryEntry, dict[str, dict], li
             "fp8 for a MoE model in torchtitan 0.3.0 needs the experts' grouped-GEMM converter "
             "(Float8GroupedExpertsConverter, registered for DeepSeek-V3 671B's own float8 config only): "
             "plan bf16, or start from deepseek_v3_671b_float8 by hand")
-    sections, notes = torchtitan_config(plan)
     p = plan.parallel
     if plan.model.is_moe and p.ep > 1:
         require(p.expert_tp == 1, "export",

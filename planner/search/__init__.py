@@ -94,9 +94,9 @@ def uneven_split(model: ModelSpec, cluster: ClusterSpec, P: ParallelConfig,
         params = rank_layer_params(kind, P.tp, P.ep, P.etp)
         return f + bi + c.w, params, [params * state + c.layer_act * flight[k] for k in range(pp)]
 
-    kinds = ((model, lc),) + (((model.dense_block(), lc.dense),) if lc.dense else ())
-    terms = [layer_terms(kind, c) for kind, c in kinds]  # the model's (MoE) block, then its dense block
-    per_block = [terms[-1] if i < model.dense_layers else terms[0] for i in range(L)]
+    kinds = ((model, lc),) + (((model.alt_block(), lc.dense),) if lc.dense else ())
+    terms = [layer_terms(kind, c) for kind, c in kinds]  # the model's block, then its second kind (alt_block)
+    per_block = [terms[-1] if model.is_alt_layer(i) else terms[0] for i in range(L)]
     mem = [[t[2][k] for t in per_block] for k in range(pp)]
     lp = max(t[1] for t in terms)
     dev = node.device

@@ -242,7 +242,7 @@ class BranchAndBound:
         zf, zb = self.costs.z3(lc, tp, dp, dp_stride, rc, sh, cp=cp)
         dense = lc.dense
         if dense is not None:
-            dzf, dzb = self.costs.z3(dense, tp, dp, dp_stride, rc, sh, block=self.model.dense_block(), cp=cp)
+            dzf, dzb = self.costs.z3(dense, tp, dp, dp_stride, rc, sh, block=self.model.alt_block(), cp=cp)
             dense = dataclasses.replace(dense, f=dense.f + dzf, bi=dense.bi + dzb)
         return dataclasses.replace(lc, f=lc.f + zf, bi=lc.bi + zb, dense=dense)
 

@@ -28,7 +28,8 @@ def blocks_lower_bound(n: int, value: float, dense_value: float, dense_layers: i
 
 
 class _Blocks:
-    """Sums over a model's blocks of a per-block cost (the model's block, or its ``dense`` one)."""
+    """Sums over a model's blocks of a per-block cost (the model's block, or its second kind,
+    ``dense``: :meth:`planner.model.ModelSpec.alt_block`)."""
 
     dense = None
     dense_layers = 0
@@ -72,7 +73,8 @@ class LayerCost(_Blocks):
     layer_act: float      # activation bytes kept per layer per micro-batch
     layer_act_full: float  # full recompute: one block's activations live in its backward
     dense: "LayerCost | None" = None
-    """A model with dense leading blocks: the dense block's cost (this one is the MoE block's)."""
+    """A model with a second kind of block (:meth:`planner.model.ModelSpec.alt_block`: leading dense
+    blocks of an MoE model, cross-attention blocks): that block's cost (this one is the other's)."""
     dense_layers: int = 0
 
     def stage_blocks(self, kinds: list[tuple[int, int]]) -> tuple[list[float], list[float], list[float]]:
@@ -116,7 +118,7 @@ class Costs:
         m = model
         # its experts over ep (a rank's, times tp; with etp 1 a lower bound: the experts are not over tp)
         self.layer_params = rank_layer_params(m, 1, ep)
-        self.dense_layer_params = rank_layer_params(m.dense_block(), 1)  # the leading dense blocks'
+        self.dense_layer_params = rank_layer_params(m.alt_block(), 1)  # the second kind's (alt_block)
         # the share of a rank's parameters reduced over the whole dp group (routed experts are
         # reduced over their dp/ep holders): what the dp bound may charge
         self.dense_share = (m.layer_params() - m.expert_params_per_layer()) / self.layer_params
@@ -135,11 +137,11 @@ class Costs:
         if hit is not None:
             return hit
         cost = self._block(self.model, tp, cp, mb, rc, sp)
-        if self.model.dense_layers:
+        if self.model.alt_layers:
             dense = self._dense.get(key)
             if dense is None:
-                dense = self._dense[key] = self._block(self.model.dense_block(), tp, cp, mb, rc, sp)
-            cost = dataclasses.replace(cost, dense=dense, dense_layers=self.model.dense_layers)
+                dense = self._dense[key] = self._block(self.model.alt_block(), tp, cp, mb, rc, sp)
+            cost = dataclasses.replace(cost, dense=dense, dense_layers=self.model.alt_layers)
         self._layer[key] = cost
         return cost
 
@@ -150,9 +152,9 @@ class Costs:
         if hit is not None:
             return hit
         acts = self._block_activations(self.model, tp, cp, mb, rc, sp)
-        if self.model.dense_layers:
-            dense = self._block_activations(self.model.dense_block(), tp, cp, mb, rc, sp)
-            acts = dataclasses.replace(acts, dense=dense, dense_layers=self.model.dense_layers)
+        if self.model.alt_layers:
+            dense = self._block_activations(self.model.alt_block(), tp, cp, mb, rc, sp)
+            acts = dataclasses.replace(acts, dense=dense, dense_layers=self.model.alt_layers)
         self._acts[key] = acts
         return acts
 
@@ -167,7 +169,7 @@ class Costs:
     def block_params(self, n: int) -> float:
         """A lower bound of the parameters (times tp) of ``n`` blocks: at most the model's
         ``dense_layers`` of them dense."""
-        return blocks_lower_bound(n, self.layer_params, self.dense_layer_params, self.model.dense_layers)
+        return blocks_lower_bound(n, self.layer_params, self.dense_layer_params, self.model.alt_layers)
 
     def _block(self, m: ModelSpec, tp: int, cp: int, mb: int, rc: str, sp: bool) -> LayerCost:
         s = self.seq
