@@ -7,7 +7,7 @@ The names a notebook needs, loaded on first use (``import planner`` stays fast):
     node = planner.load_hardware("dgx-h100-80gb")  # a hardware profile (also planner.load_profile)
     cluster = planner.cluster_for("dgx-h100-80gb", 8)
     pred = planner.predict(model, cluster, planner.ParallelConfig(tp=8, pp=2, dp=4, global_batch=512, seq_len=8192))
-    from planner.search import search      # planner.search is the search package
+    from planner import search             # the search package, callable as planner.search.search
     best = search(model, cluster, global_batch=512, seq_len=8192).table
 """
 from __future__ import annotations

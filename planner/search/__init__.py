@@ -43,7 +43,9 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import sys
 import time
+import types
 from typing import Callable
 
 from planner.cost.memory import logits_bytes_per_token, rank_layer_params, shard_divisors
@@ -252,3 +254,14 @@ def brute_force(model: ModelSpec, cluster: ClusterSpec, global_batch: int, seq_l
 
 
 __all__ = ["search", "brute_force", "uneven_split", "refine_uneven"]
+
+
+class _CallablePackage(types.ModuleType):
+    """This package, callable as :func:`search`: ``from planner import search`` (the package, as
+    Python resolves a subpackage's name) then ``search(model, cluster, ...)``."""
+
+    def __call__(self, *args, **kwargs) -> SearchResult:
+        return search(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallablePackage
