@@ -265,6 +265,30 @@ def test_attention_scale_is_recovered_apart_from_the_gemms_on_a_gpu_profile():
     assert "attention_scale" in res.fixed and "do not depend" in res.fixed["attention_scale"]
 
 
+
+def test_fp8_gemm_scale_is_recovered_from_fp8_runs_and_left_without_them():
+    """bf16 and fp8 runs of one cluster separate the FP8 GEMMs' rate from the 16-bit ones';
+    runs without fp8 do not depend on it, so the fit keeps it and says so."""
+    from planner.calibrate.runs_table import MeasuredRun
+    from planner.cost.runtime import get_runtime
+
+    h100 = load_profile("dgx-h100-80gb")
+    true = apply_params(h100, {"compute_scale": 0.9, "fp8_compute_scale": 0.8})
+    assert true.device.peak_flops("fp8") == pytest.approx(0.72 * h100.device.peak_flops("fp8"))
+    assert true.device.peak_flops("bf16") == pytest.approx(0.9 * h100.device.peak_flops("bf16"))
+    runtime = get_runtime("megatron-core")
+    runs = []
+    for precision, tp in (("bf16", 1), ("bf16", 2), ("fp8", 1), ("fp8", 4)):
+        par = ParallelConfig(tp=tp, dp=8 // tp, global_batch=64, seq_len=4096, precision=precision)
+        plan = Plan(model=LLAMA_8B, hardware="dgx-h100-80gb", n_nodes=1, gpus_per_node=8, parallel=par)
+        runs.append(MeasuredRun(f"{precision}-tp{tp}", plan, predict_step_time(plan, true, runtime)))
+    res = fit_profile(runs, h100, params=["compute_scale", "fp8_compute_scale"], loo=False, runtime=runtime)
+    assert res.params["compute_scale"] == pytest.approx(0.9, rel=0.02)
+    assert res.params["fp8_compute_scale"] == pytest.approx(0.8, rel=0.02)
+    res = fit_profile(runs[:2], h100, params=["compute_scale", "fp8_compute_scale"], loo=False, runtime=runtime)
+    assert "fp8_compute_scale" in res.fixed and "do not depend" in res.fixed["fp8_compute_scale"]
+
+
 LLAMA_8B = ModelSpec(name="llama-8b-ish", n_layers=4, hidden_size=4096, n_heads=32, n_kv_heads=8,
                      ffn_hidden_size=14336, vocab_size=128256, seq_len=8192, mlp="swiglu", norm="rmsnorm",
                      position="rope", tied_embeddings=False, bias=False)

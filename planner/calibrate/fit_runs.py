@@ -33,10 +33,11 @@ from planner.hardware import ClusterSpec, LinkSpec, MeasuredCollective, NodeSpec
 from planner.io import read_json_object
 from planner.profile_write import profile_yaml
 
-FIT_PARAMS = ("compute_scale", "op_overhead_scale", "memory_bound_efficiency", "kernel_overhead_s",
+FIT_PARAMS = ("compute_scale", "fp8_compute_scale", "op_overhead_scale", "memory_bound_efficiency", "kernel_overhead_s",
               "pp_action_s", "intra_bandwidth_scale", "inter_bandwidth_scale", "latency_scale", "attention_scale")
 """Physical parameters, in the order they are tried: GEMM and attention rate (a scale of the
-peak), the framework's per-op CPU costs (a scale of the calibrated ones,
+peak), FP8 GEMMs' rate apart (a further scale of the fp8 peak: FP8 GEMMs are kernels of their
+own, which runs in fp8 identify and others leave), the framework's per-op CPU costs (a scale of the calibrated ones,
 ``FrameworkSpec.with_op_costs_scaled``; a profile without an executor framework has none, so the
 fit leaves it), memory-bound efficiency, per-kernel overhead, the pipeline's cost per schedule
 action (the framework's ``pp_action_s``), bandwidth of each link tier (within a node, between
@@ -44,9 +45,9 @@ nodes; a CPU profile's measured collectives are the within-node tier), latency, 
 kernels' rate apart from the GEMMs' (a scale of the profile's measured attention tables: its fused
 kernels', or the executor's SDPA's; without tables the GEMM curve prices attention and this
 parameter changes nothing, so the fit leaves it)."""
-_LOG_PARAMS = {"compute_scale", "op_overhead_scale", "latency_scale", "intra_bandwidth_scale",
+_LOG_PARAMS = {"compute_scale", "fp8_compute_scale", "op_overhead_scale", "latency_scale", "intra_bandwidth_scale",
                "inter_bandwidth_scale", "attention_scale"}
-_BOUNDS = {"compute_scale": (0.2, 5.0), "op_overhead_scale": (0.2, 5.0), "kernel_overhead_s": (0.0, 1e-3),
+_BOUNDS = {"compute_scale": (0.2, 5.0), "fp8_compute_scale": (0.2, 5.0), "op_overhead_scale": (0.2, 5.0), "kernel_overhead_s": (0.0, 1e-3),
            "memory_bound_efficiency": (0.01, 1.0), "pp_action_s": (0.0, 0.05),
            "latency_scale": (0.05, 20.0), "intra_bandwidth_scale": (0.05, 20.0),
            "inter_bandwidth_scale": (0.05, 20.0), "attention_scale": (0.2, 5.0)}
@@ -58,7 +59,7 @@ Jacobian with it stays above this fraction of the largest (Golub & Van Loan, num
 
 def base_params(node: NodeSpec) -> dict[str, float]:
     """The parameter values of ``node`` itself (scales 1)."""
-    return {"compute_scale": 1.0, "kernel_overhead_s": node.device.kernel_overhead_s,
+    return {"compute_scale": 1.0, "fp8_compute_scale": 1.0, "kernel_overhead_s": node.device.kernel_overhead_s,
             "memory_bound_efficiency": node.device.memory_bound_efficiency,
             "latency_scale": 1.0, "intra_bandwidth_scale": 1.0, "inter_bandwidth_scale": 1.0,
             "attention_scale": 1.0, "op_overhead_scale": 1.0,
@@ -74,7 +75,8 @@ def apply_params(node: NodeSpec, params: dict[str, float]) -> NodeSpec:
     d = node.device
     device = dataclasses.replace(
         d,
-        peak_flops_per_s=tuple((dt, f * p["compute_scale"]) for dt, f in d.peak_flops_per_s),
+        peak_flops_per_s=tuple((dt, f * p["compute_scale"] * (p["fp8_compute_scale"] if dt == "fp8" else 1.0))
+                               for dt, f in d.peak_flops_per_s),
         kernel_overhead_s=p["kernel_overhead_s"],
         memory_bound_efficiency=min(1.0, p["memory_bound_efficiency"]),
         attention_kernels=tuple(k.scaled(p["attention_scale"]) for k in d.attention_kernels),

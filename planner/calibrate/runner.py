@@ -165,11 +165,3 @@ def calibrate(nproc: int = 4, *, quick: bool = False, out: str | os.PathLike | N
     if out is not None:
         write_profile(cal.node, out, header=cal.header, comments=cal.comments)
     return cal
-
-
-# Physical parameters, each applied to a NodeSpec by :func:`apply_params`:
-#   compute_scale          x peak FLOP/s of every dtype (= a uniform matmul-efficiency scale)
-#   kernel_overhead_s      per-op framework overhead (seconds)
-#   memory_bound_efficiency  fraction of the memory bandwidth elementwise ops reach
-#   latency_scale          x every collective / link latency
-#   bandwidth_scale        x every collective bus bandwidth / link bandwidth

@@ -23,7 +23,7 @@ def register(subparsers) -> None:
     p.add_argument("--out", default=None, metavar="FITTED.yaml", help="write the fitted profile (same schema)")
     p.add_argument("--params", default=None,
                    help="comma-separated parameters to try (default all, in this order: compute_scale, "
-                        "op_overhead_scale, memory_bound_efficiency, kernel_overhead_s, pp_action_s, "
+                        "fp8_compute_scale, op_overhead_scale, memory_bound_efficiency, kernel_overhead_s, pp_action_s, "
                         "intra_bandwidth_scale, inter_bandwidth_scale, latency_scale, attention_scale); those the "
                         "runs cannot identify stay at the profile's values")
     p.add_argument("--plan", action="append", default=[], metavar="PLAN.json",
