@@ -13,9 +13,9 @@ ROOT = Path(__file__).resolve().parent.parent
 # lower layers never import higher ones; "side" (calibration, records, reports, exports,
 # validation, the demo) imports downward only and nothing below it imports it
 LAYERS = (
-    ("spec", ("planner.errors", "planner.io", "planner.model", "planner.model_checks", "planner.presets",
-              "planner.hf_config", "planner.hf_families", "planner.hf_gemma", "planner.hf_mllama", "planner.catalog",
-              "planner.units",
+    ("spec", ("planner.errors", "planner.io", "planner.model", "planner.model_checks", "planner.model_params",
+              "planner.presets", "planner.hf_config", "planner.hf_families", "planner.hf_gemma", "planner.hf_mllama",
+              "planner.catalog", "planner.units",
               "planner.framework_spec", "planner.gemm_shapes", "planner.hardware", "planner.profile_yaml", "planner.profile_write", "planner.cluster")),
     ("plan", ("planner.plan", "planner.layout", "planner.executor_rules", "planner.partition", "planner.schedule",
               "planner.schedule_zb", "planner.schedule_estimate", "planner.schedule_shared")),

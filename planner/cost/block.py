@@ -96,7 +96,11 @@ def ep_comm_s(model: ModelSpec, node: NodeSpec, g: GroupShape | None, tp_group: 
     ranks, default tp: the first of the tp group under Megatron's folded order) and
     reduce-scattered back on the combine (also without expert parallelism: ``g`` None or of one
     rank; Megatron-Core v0.15 ``MoEAlltoAllTokenDispatcher``). One dispatch and one combine
-    forward, both again backward; not overlapped."""
+    forward, both again backward; not overlapped, as every runtime preset here runs them:
+    Megatron-Core overlaps them only when asked (``--moe-shared-expert-overlap`` hides them behind
+    the shared expert, ``--overlap-moe-expert-parallel-comm`` behind another micro-batch's
+    compute), torchtitan 0.3.0's default ``standard`` MoE backend does not, DeepSeek-V3's DualPipe
+    does (arXiv:2412.19437 Sec. 3.2.1; no preset or schedule here)."""
     if not model.is_moe:
         return 0.0
     tp = tp_group.size
