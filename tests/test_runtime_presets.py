@@ -248,8 +248,8 @@ def test_context_parallel_ranks_share_the_data_parallel_sharding_and_reduction()
 
 
 def test_torchtitan_keeps_fsdp_units_unsharded_under_pipeline_parallelism():
-    """reshard_after_forward=False with pp (torchtitan 9dec370): ZeRO-1's state and traffic; without
-    pp FSDP stays FSDP."""
+    """reshard_after_forward=False with pp (torchtitan 9dec370): ZeRO-1's state and traffic, the
+    gradients accumulated in fp32 (FSDP2's reduce dtype); without pp FSDP stays FSDP."""
     from planner.cost.runtime import get_runtime
     titan = get_runtime("torchtitan")
     assert titan.priced_sharding("fsdp", 2) == "zero1" and titan.priced_sharding("fsdp", 1) == "fsdp"
@@ -263,3 +263,9 @@ def test_torchtitan_keeps_fsdp_units_unsharded_under_pipeline_parallelism():
     assert as_titan.memory.weights_bytes == pytest.approx(as_zero1.memory.weights_bytes)
     assert as_titan.memory.weights_bytes > predict(model, cluster, par, get_runtime("default"),
                                                    timeline=False).memory.weights_bytes
+    # the whole gradients accumulate over the micro-batches in FSDP2's fp32 reduce dtype
+    assert as_titan.memory.grads_bytes == pytest.approx(2 * as_zero1.memory.grads_bytes)
+    one = dataclasses.replace(par, global_batch=4)  # one micro-batch per step: nothing accumulates
+    assert predict(model, cluster, one, titan, timeline=False).memory.grads_bytes == pytest.approx(
+        predict(model, cluster, dataclasses.replace(one, sharding="zero1"), get_runtime("default"),
+                timeline=False).memory.grads_bytes)

@@ -205,7 +205,7 @@ class StageMemory:
 def stage_memory(*, params: float, layer_params: float, activation_bytes: float, logits_bytes: float,
                  precision: str, sharding: str, dp: int, device_reserved: float,
                  fragmentation: float, block_working_bytes: float = 0.0,
-                 sharded_params: float | None = None) -> StageMemory:
+                 sharded_params: float | None = None, grad_bytes: float | None = None) -> StageMemory:
     """Combine states and activations of one rank.
 
     params: parameters this rank holds before ZeRO sharding (its stage's share of layers,
@@ -217,9 +217,11 @@ def stage_memory(*, params: float, layer_params: float, activation_bytes: float,
     (:func:`peak_transients`); the other is reported as 0. sharded_params: what ZeRO divides over
     dp (with expert parallelism every expert's state is spread over the ``dp/ep`` ranks holding
     it, which is all experts over dp: the stage's parameters as if ``ep`` were 1); default
-    ``params``.
+    ``params``. grad_bytes: bytes per gradient where the stack holds them otherwise than the
+    precision does (:meth:`planner.cost.runtime.Runtime.accumulated_grad_bytes`).
     """
     w_b, g_b, o_b = state_bytes_per_param(precision)
+    g_b = g_b if grad_bytes is None else grad_bytes
     w_div, g_div, o_div = shard_divisors(sharding, dp)
     shared = params if sharded_params is None else sharded_params
 
@@ -271,7 +273,8 @@ def stage_parameters(model: ModelSpec, parallel, ep: int | None = None) -> list[
 
 
 def stage_memories(model: ModelSpec, parallel, device, in_flight, attention: str,
-                   stack=FUSED, selective: str = "attention_core", fp32_loss: bool = False) -> list:
+                   stack=FUSED, selective: str = "attention_core", fp32_loss: bool = False,
+                   grad_bytes: float | None = None) -> list:
     """Per pipeline rank ``(rank, layers, StageMemory)`` given the micro-batches in flight per
     rank (from the schedule).
 
@@ -318,6 +321,7 @@ def stage_memories(model: ModelSpec, parallel, device, in_flight, attention: str
         mem = stage_memory(params=params_all[r] + extra, sharded_params=params_sharded[r] + extra,
                            layer_params=layer_params_rank, activation_bytes=act,
                            logits_bytes=logits, precision=P.precision, sharding=P.sharding, dp=P.data_parallel_ranks,
-                           device_reserved=reserved, fragmentation=frag, block_working_bytes=full_layer)
+                           device_reserved=reserved, fragmentation=frag, block_working_bytes=full_layer,
+                           grad_bytes=grad_bytes)
         out.append((r, n_layers_r, mem))
     return out

@@ -111,7 +111,9 @@ class Runtime:
         parallelize_llama.py at 9dec370) and the pipeline keeps its gradients unsharded until the
         last micro-batch (torch.distributed.pipelining's ``backward_maybe_with_nosync``): ZeRO-1's
         state (bf16 weights and gradients whole, fp32 master and Adam state sharded) and traffic
-        (one gather and one reduce-scatter per step). :meth:`priced_sharding`.
+        (one gather and one reduce-scatter per step). :meth:`priced_sharding`. Accumulated over
+        micro-batches those whole gradients are held in FSDP2's reduce dtype
+        (:meth:`accumulated_grad_bytes`).
     shardings / pipeline_shardings: the data-parallel shardings the framework runs, and those it
         runs together with pipeline parallelism; ``schedules``: its pipeline schedules;
         ``context_parallel`` / ``expert_parallel``: whether it has context / expert parallelism.
@@ -152,6 +154,18 @@ class Runtime:
         if self.fsdp_unsharded_with_pp and pp > 1 and sharding in ("zero3", "fsdp"):
             return "zero1"
         return sharding
+
+    def accumulated_grad_bytes(self, parallel) -> float | None:
+        """Bytes per parameter of the whole gradients an FSDP unit accumulates over the
+        micro-batches of a pipelined step (:attr:`fsdp_unsharded_with_pp`; ``parallel`` already
+        priced, so its FSDP reads as zero1): FSDP2 keeps them in its reduce dtype between
+        micro-batches (``FSDPParam.to_accumulated_grad_if_needed`` in
+        torch/distributed/fsdp/_fully_shard/_fsdp_param.py), fp32 for a half-precision run
+        (torchtitan's ``mixed_precision_reduce`` default). None: the precision's own."""
+        if (self.fsdp_unsharded_with_pp and parallel.pp > 1 and parallel.sharding == "zero1"
+                and parallel.num_micro_batches > 1 and parallel.precision in ("bf16", "fp16", "fp8")):
+            return 4.0
+        return None
 
     def refusal(self, parallel) -> str | None:
         """Why the framework cannot run ``parallel`` (a :class:`planner.plan.ParallelConfig`),

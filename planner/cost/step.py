@@ -339,7 +339,8 @@ def rank_memories(model: ModelSpec, sites: tuple[Site, ...], runtimes, schedule:
         stack = stack_of(s.node)
         flight = stack.in_flight(schedule, P.pp, P.num_micro_batches, in_flight)
         rows = stage_memories(model, s.P, s.node.device, flight, rt.attention, stack=stack,
-                              selective=rt.selective_recompute, fp32_loss=rt.fp32_cross_entropy)
+                              selective=rt.selective_recompute, fp32_loss=rt.fp32_cross_entropy,
+                              grad_bytes=rt.accumulated_grad_bytes(s.P))
         for r in s.ranks:
             per_rank[r] = (rows[r][1], rows[r][2], s.node.device.hbm_bytes)
     return per_rank
