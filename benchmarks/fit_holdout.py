@@ -54,6 +54,9 @@ def _mean_abs(values) -> float | None:
     return statistics.fmean(vals) if vals else None
 
 
+DEFAULT_OUT = ROOT / "reports" / "fit-holdout.md"
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("folders", nargs="*", help="folders holding run folders (searched recursively)")
@@ -61,7 +64,7 @@ def main(argv=None) -> int:
     ap.add_argument("--runtime", default=None, help="the stack the runs used (a planner.cost.runtime preset)")
     ap.add_argument("--hardware", required=True)
     ap.add_argument("--fit-max-world", type=int, default=2)
-    ap.add_argument("--out", default=str(ROOT / "reports" / "fit-holdout.md"))
+    ap.add_argument("--out", default=str(DEFAULT_OUT))
     ap.add_argument("--note", default="", help="where and when the runs were measured (goes into the report)")
     a = ap.parse_args(argv)
     runtime = get_runtime(a.runtime)
@@ -91,8 +94,9 @@ def main(argv=None) -> int:
     stack = f" --runtime {a.runtime}" if a.runtime else ""
     lines = ["# Fit on the small runs, predict the larger ones", "",
              f"Regenerate: `.venv/bin/python benchmarks/fit_holdout.py {source} --hardware {a.hardware}{stack} "
-             f"--fit-max-world {a.fit_max_world}`" + ("." if a.runs else " (the runs: the command in the script's "
-                                                       "docstring)."), "",
+             f"--fit-max-world {a.fit_max_world}" + (" --out " + a.out if a.out != str(DEFAULT_OUT) else "")
+             + (' --note "<the paragraph below>"' if a.note else "") + "`"
+             + ("." if a.runs else " (the runs: the command in the script's docstring)."), "",
              f"Profile `{_relative(resolve_profile_path(a.hardware))}`; {len(fit_runs)} runs of at most {a.fit_max_world} ranks "
              f"fitted, {len(held)} larger runs held out; {len(skipped)} folders skipped (not ok).", "",
              *([a.note, ""] if a.note else []), "## The fit", ""]
@@ -115,7 +119,12 @@ def main(argv=None) -> int:
                      f"{r.measured_step_time_s:.3f} | {_pct(b)} | {_pct(af)} | {_pct(mb)} | {_pct(ma)} |")
     lines += ["", f"Held-out mean |step-time error|: before {_mag(_mean_abs(row[1] for row in rows))}, after "
                   f"{_mag(_mean_abs(row[2] for row in rows))}; memory before "
-                  f"{_mag(_mean_abs(row[3] for row in rows))}, after {_mag(_mean_abs(row[4] for row in rows))}.", ""]
+                  f"{_mag(_mean_abs(row[3] for row in rows))}, after {_mag(_mean_abs(row[4] for row in rows))}."]
+    mid = [row for row in rows if 4 <= row[0].plan.n_nodes <= 32]
+    if mid and len(mid) < len(rows):
+        lines.append(f"Of these, the {len(mid)} on 4-32 nodes: step time after {_mag(_mean_abs(row[2] for row in mid))}, "
+                     f"memory after {_mag(_mean_abs(row[4] for row in mid))}.")
+    lines.append("")
     Path(a.out).write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
