@@ -39,19 +39,12 @@ def _moe(model: str):
     return spec, net, net.layers[str(layer)].mlp
 
 
-def _fwd_bwd(fn, x, reps: int, before=lambda: None) -> tuple[float, float]:
-    fwd, bwd = [], []
-    for i in range(WARMUP + reps):
-        before()
-        t0 = time.perf_counter()
-        y = fn(x)
-        t1 = time.perf_counter()
-        y.sum().backward()
-        t2 = time.perf_counter()
-        if i >= WARMUP:
-            fwd.append(t1 - t0)
-            bwd.append(t2 - t1)
-    return statistics.median(fwd) * 1e3, statistics.median(bwd) * 1e3
+def _fwd_bwd(fn, x, reps: int, before=None) -> tuple[float, float]:
+    """Median forward and backward milliseconds of ``fn(x)`` (the executor's bench timer)."""
+    from executor.bench.ep_dispatch import forward_backward_s
+
+    fwd_s, bwd_s = forward_backward_s(fn, lambda: x, reps=reps, warmup=WARMUP, before=before)
+    return fwd_s * 1e3, bwd_s * 1e3
 
 
 def local(model: str, reps: int) -> None:

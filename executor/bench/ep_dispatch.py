@@ -44,7 +44,7 @@ def balanced_routing(tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.full((tokens, TOP_K), 1.0 / TOP_K), chosen
 
 
-def _forward_backward_s(fn, make_input, *, reps: int, warmup: int, before=None) -> tuple[float, float]:
+def forward_backward_s(fn, make_input, *, reps: int, warmup: int, before=None) -> tuple[float, float]:
     """Median seconds of ``fn(x)`` and of the backward of its sum, on a fresh input each call
     (``before()`` first: a barrier where ranks time together), after ``warmup`` calls."""
     fwd, bwd = [], []
@@ -75,7 +75,7 @@ def ep_dispatch_bench(*, reps: int, warmup: int = 3) -> list[dict]:
     rows = []
     for tokens in TOKENS:
         weights, chosen = balanced_routing(tokens)
-        medians = _forward_backward_s(lambda x: dispatch_combine(layer, x, weights, chosen),
+        medians = forward_backward_s(lambda x: dispatch_combine(layer, x, weights, chosen),
                                       lambda: torch.randn(tokens, HIDDEN, generator=gen), reps=reps, warmup=warmup,
                                       before=lambda: dist.barrier(group=group))
         slowest = torch.tensor(medians, dtype=torch.float64)
@@ -113,7 +113,7 @@ def moe_block_bench(*, reps: int, warmup: int = 3, tokens: int = 256) -> list[di
         spec = moe_spec(experts)
         torch.manual_seed(0)
         block = Block(spec)
-        fwd, bwd = _forward_backward_s(block, lambda: torch.randn(2, tokens // 2, HIDDEN, generator=gen),
+        fwd, bwd = forward_backward_s(block, lambda: torch.randn(2, tokens // 2, HIDDEN, generator=gen),
                                        reps=reps, warmup=warmup)
         rows.append({"model": spec.to_dict(), "micro_batch": 2, "seq_len": tokens // 2, "experts": experts,
                      "forward_s": fwd, "backward_s": bwd})
