@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.fit_holdout import _mean_abs  # noqa: E402
+from benchmarks.fit_holdout import _mean_abs, _relative  # noqa: E402
 from planner.calibrate.fit_runs import fit_profile, predict_run  # noqa: E402
 from planner.calibrate.runs_table import MeasuredRun  # noqa: E402
 from planner.cost.runtime import get_runtime  # noqa: E402
@@ -65,12 +65,6 @@ def measured_runs(source: str, runtime: str) -> tuple[list[MeasuredRun], str]:
     return runs, profiles.pop()
 
 
-def _shown(path: Path) -> str:
-    """``path`` relative to the repository where it lies inside it."""
-    path = path.resolve()
-    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--source", default="NVIDIA dgxc-benchmarking")
@@ -89,7 +83,7 @@ def main(argv=None) -> int:
     lines = ["# Fit on a public cluster's small runs, predict its large ones", "",
              f"Regenerate: `.venv/bin/python benchmarks/fit_published_holdout.py --source \"{a.source}\" "
              f"--runtime {a.runtime} --fit-max-gpus {a.fit_max_gpus}"
-             + ("" if Path(a.out).resolve() == default_out else f" --out {_shown(Path(a.out))}")
+             + ("" if Path(a.out).resolve() == default_out else f" --out {_relative(Path(a.out))}")
              + "`.", "",
              f"Rows of `benchmarks/published_runs.csv` from \"{a.source}\" priced as `{a.runtime}` on `{profile}` "
              f"(its documented GEMM efficiency, no fitted scale): {len(fit_runs)} runs on at most {a.fit_max_gpus} "
