@@ -308,23 +308,28 @@ class ModelSpec(ParameterCounts):
         return block
 
     @property
+    def _mixes_cross_attention(self) -> bool:
+        """Some blocks, not all, are cross-attention blocks: those are its second kind."""
+        return bool(self.cross_attention_layers) and not self.is_cross_block
+
+    @property
     def alt_layers(self) -> int:
         """Blocks of the model's second kind (:meth:`alt_block`): an MoE model's leading dense
         blocks, or the cross-attention blocks; 0 where every block is alike."""
-        if self.cross_attention_layers and not self.is_cross_block:
+        if self._mixes_cross_attention:
             return len(self.cross_attention_layers)
         return self.dense_layers if self.is_moe else 0
 
     def alt_block(self) -> "ModelSpec":
         """The model every one of whose blocks is this model's second kind of block (itself where
         it has one kind)."""
-        if self.cross_attention_layers and not self.is_cross_block:
+        if self._mixes_cross_attention:
             return self.cross_block()
         return self.dense_block()
 
     def is_alt_layer(self, index: int) -> bool:
         """Block ``index`` (from 0) is of the second kind (:attr:`alt_layers`)."""
-        if self.cross_attention_layers and not self.is_cross_block:
+        if self._mixes_cross_attention:
             return index in self.cross_attention_layers
         return self.is_moe and index < self.dense_layers
 
