@@ -61,23 +61,37 @@ def profile_for_gpu(gpu_type: str) -> str | None:
     return None
 
 
-NODE_NETWORKS: tuple[tuple[tuple[str, ...], float, str], ...] = (
-    # (any of these words in gpu_type or interconnect, lower case) -> the nodes' NIC share per GPU
-    # in GB/s (one direction) and where it is stated; the profile's GPU and NVLink are kept
-    (("jean zay", "omni-path"), 4 * 100 / 8 / 8,
-     "Jean Zay nodes: 8 GPUs, 4 Omni-Path 100 Gb/s links (BLOOM model card, 'Hardware') = 6.25 GB/s "
-     "per GPU; bus efficiency assumed as the profile's InfiniBand"),
+@dataclass(frozen=True)
+class NodeNetwork:
+    """A published cluster's own inter-node network: each rank's flow across nodes at
+    ``gb_s_per_gpu`` (one direction) times ``bus_efficiency``, and where that is stated."""
+
+    words: tuple[str, ...]   # any of these in the row's gpu_type or interconnect, lower case
+    gb_s_per_gpu: float
+    bus_efficiency: float
+    source: str
+
+
+JEAN_ZAY_BUSBW_GB_S = 4e9 * 2 * 31 / 32 / 1.5292 / 1e9
+"""NCCL all-reduce bus bandwidth measured across 4 of Jean Zay's A100 nodes (32 ranks, 4 GB fp32,
+median of 160 rank-trials: 1.5292 s; NCCL 2.10.3 over the hfi1 verbs of Omni-Path, "Channel
+00/02"): BigScience, ``experiments/bandwidth/all_reduce_bench-a100-n4.txt`` (2022-01), the
+cluster BLOOM-176B trained on with the same NCCL (PyTorch 1.11)."""
+
+NODE_NETWORKS: tuple[NodeNetwork, ...] = (
+    NodeNetwork(("jean zay", "omni-path"), JEAN_ZAY_BUSBW_GB_S / 2, 1.0,
+                f"Jean Zay nodes (8 A100, 4 Omni-Path 100 Gb/s links): NCCL's measured all-reduce bus "
+                f"bandwidth across them, {JEAN_ZAY_BUSBW_GB_S:.2f} GB/s on its 2 channels (BigScience "
+                f"experiments/bandwidth, 2022-01), = {JEAN_ZAY_BUSBW_GB_S / 2:.2f} GB/s per rank's flow, a fifth "
+                f"of a link's line rate; concurrent groups assumed not to contend"),
 )
 """Published runs on nodes of a known GPU but another network than the profile's node type."""
 
 
-def node_network(gpu_type: str, interconnect: str) -> tuple[float, str] | None:
-    """(inter-node GB/s per GPU, source) where the row's nodes have a network of their own."""
+def node_network(gpu_type: str, interconnect: str) -> NodeNetwork | None:
+    """The row's nodes' own network, where they have one."""
     text = (gpu_type + " " + interconnect).lower()
-    for words, gb_s, source in NODE_NETWORKS:
-        if any(w in text for w in words):
-            return gb_s, source
-    return None
+    return next((n for n in NODE_NETWORKS if any(w in text for w in n.words)), None)
 
 
 FRAMEWORK_RUNTIMES: tuple[tuple[tuple[str, ...], str], ...] = (
@@ -215,7 +229,7 @@ class RowConfig:
     parallel: ParallelConfig | None = None
     nodes: int = 0
     model: ModelSpec | None = None
-    inter_node_gb_s: float | None = None  # the row's own NIC share per GPU (:data:`NODE_NETWORKS`)
+    network: NodeNetwork | None = None  # the row's nodes' own network (:data:`NODE_NETWORKS`)
 
 
 def row_config(row: dict) -> RowConfig:
@@ -228,7 +242,7 @@ def row_config(row: dict) -> RowConfig:
         return RowConfig("skipped", f"no profile for GPU type {_str(row, 'gpu_type')!r}")
     network = node_network(_str(row, "gpu_type"), _str(row, "interconnect"))
     if network:
-        assumptions.append(f"{network[1]}; GPU and NVLink as {profile}")
+        assumptions.append(f"{network.source}; GPU and NVLink as {profile}")
     seq = _int(row, "seq_len")
     if seq is None:
         return RowConfig("skipped", "sequence length not stated", name, profile)
@@ -305,7 +319,7 @@ def row_config(row: dict) -> RowConfig:
     status = "assumed" if assumptions else "predicted"
     return RowConfig(status, "; ".join(assumptions + notes), preset, profile, runtime, parallel,
                      nodes_gpus // gpn_use if gpn_use == gpn else 1, model,
-                     network[0] if network else None)
+                     network)
 
 
 def _published_metric(row: dict) -> tuple[str, float] | None:
@@ -352,8 +366,9 @@ def _row_cluster(cfg: RowConfig, nodes: Mapping[str, NodeSpec]) -> ClusterSpec:
     node = nodes[cfg.profile] if cfg.profile in nodes else load_profile(cfg.profile)
     if node.gpus_per_node != gpus_per_node:
         node = node.with_gpus_per_node(gpus_per_node)
-    if cfg.inter_node_gb_s is not None:
-        link = dataclasses.replace(node.inter_node, bandwidth_bytes_per_s=cfg.inter_node_gb_s * 1e9)
+    if cfg.network is not None:
+        link = dataclasses.replace(node.inter_node, bandwidth_bytes_per_s=cfg.network.gb_s_per_gpu * 1e9,
+                                   bus_efficiency=cfg.network.bus_efficiency)
         node = dataclasses.replace(node, inter_node=link)
     return ClusterSpec.homogeneous(node, cfg.nodes)
 

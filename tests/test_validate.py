@@ -29,7 +29,7 @@ def test_validate_dataframe(fixture_csv):
     status = dict(zip(df["row_id"], df["status"]))
     assert status[36] == "predicted" and status[37] == "predicted" and status[38] == "predicted"
     assert status[24] == "assumed"      # micro-batch not stated
-    assert status[162] == "assumed"     # Omni-Path efficiency assumed as InfiniBand's
+    assert status[162] == "assumed"     # Jean Zay: concurrent groups assumed not to contend
     assert status[194] == "skipped" and status[197] == "skipped"
     row37 = df[df["row_id"] == 37].iloc[0]
     assert row37["metric"] == "mfu_pct" and "vpp3" in row37["config"]
@@ -128,18 +128,21 @@ def test_tp_comm_overlap_runtime_implies_sequence_parallel_where_the_row_is_sile
 
 
 def test_a_row_on_nodes_with_their_own_network_is_priced_on_that_network():
-    """BLOOM's Jean Zay nodes (4x 100 Gb/s Omni-Path per 8 A100) are the A100 profile with a
-    6.25 GB/s NIC share per GPU, stated on the row; a DGX row keeps the profile's 25 GB/s."""
-    from planner.validation import _row_cluster, row_config
+    """BLOOM's Jean Zay nodes (4x 100 Gb/s Omni-Path per 8 A100) are the A100 profile with NCCL's
+    measured bus bandwidth there (5.07 GB/s over 2 channels: 2.53 GB/s per flow, efficiency 1),
+    stated on the row; a DGX row keeps the profile's 25 GB/s."""
+    from planner.validation import JEAN_ZAY_BUSBW_GB_S, _row_cluster, row_config
+    assert JEAN_ZAY_BUSBW_GB_S == pytest.approx(5.068, abs=1e-3)  # = the file's busbw, 40.543 Gbps
     with SRC.open() as f:
         rows = {r["row_id"]: r for r in csv.DictReader(f)}
     bloom = row_config(rows["162"])
-    assert bloom.inter_node_gb_s == pytest.approx(6.25)
-    assert "Omni-Path" in bloom.reason
+    assert bloom.network.gb_s_per_gpu == pytest.approx(2.534, abs=1e-3)
+    assert "Omni-Path" in bloom.reason and "measured" in bloom.reason
     link = _row_cluster(bloom, {}).groups[0].node.inter_node
-    assert link.bandwidth_bytes_per_s == pytest.approx(6.25e9)
+    assert link.bandwidth_bytes_per_s == pytest.approx(2.534e9, rel=1e-3)
+    assert link.effective_bandwidth_bytes_per_s == pytest.approx(link.bandwidth_bytes_per_s)
     dgx = row_config(rows["11"])
-    assert dgx.inter_node_gb_s is None
+    assert dgx.network is None
     assert _row_cluster(dgx, {}).groups[0].node.inter_node.bandwidth_bytes_per_s == pytest.approx(25e9)
 
 

@@ -126,12 +126,13 @@ MISS_NOTES = """Why the misses happen (model limitations, not row quirks):
   year later in Korthikanti et al. 2022 (rows 39-40, predicted within 5%); one A100 profile
   cannot match both software versions.
 - **BLOOM-176B** (162-164, reported as assumed) ran on Jean Zay nodes: the A100 profile with the
-  nodes' own network (4x 100 Gb/s Omni-Path per 8 GPUs, BLOOM model card), DeepSpeed's pipeline
-  engine all-reducing the FP32 gradients whole after the last micro-batch and the tied
-  embedding's gradient all-reduced between the first and last stage (both from DeepSpeed's
-  source). The rows are still predicted too fast (their errors are in the tables above), most at
-  global batch 16 and 192 where these per-step costs dominate; Omni-Path's collective efficiency is assumed equal to
-  InfiniBand's, which no published measurement here checks.
+  nodes' own network as NCCL measured it there before the run (BigScience
+  experiments/bandwidth, 2022-01: an all-reduce over 4 nodes at 5.07 GB/s bus bandwidth on 2
+  channels, a fifth of Omni-Path's line rate), DeepSpeed's pipeline engine all-reducing the FP32
+  gradients whole after the last micro-batch and the tied embedding's gradient all-reduced
+  between the first and last stage (both from DeepSpeed's source). Assumed: each rank's flow
+  gets one channel's measured rate while the node's four dp groups reduce at once (the links'
+  line rate would allow it; nothing published checks it).
 """
 
 
