@@ -365,3 +365,18 @@ def test_a_device_keeps_its_hash_equal_to_an_equal_devices_and_pickles_without_i
     assert "_hash" not in pickle.loads(pickle.dumps(device)).__dict__
     other = dataclasses.replace(device, host_cores=3)
     assert other != device and hash(other) != hash(device)
+
+
+@pytest.mark.parametrize("profiles", [("dgx-a100-40gb", "dgx-a100-80gb"), ("dgx-h100-80gb", "dgx-h200-141gb")])
+def test_one_die_one_gemm_curve(profiles):
+    """Profiles of one GPU die at the same clocks and power run a GEMM alike: they carry the same
+    (cross-validated) efficiency curve, so a fitted scale cannot reach one and miss the other."""
+    from planner.cross_validation import FITTED_CHOICES
+    curves = {load_profile(p).device.matmul_efficiency.points for p in profiles}
+    assert len(curves) == 1
+    scaled = [c for c in FITTED_CHOICES if set(profiles) <= set(c.overrides(c.committed)[0])]
+    assert len(scaled) == 1
+    committed = curves.pop()
+    for node in scaled[0].overrides(scaled[0].committed)[0].values():  # the profile is its committed value
+        flat = [x for point in node.device.matmul_efficiency.points for x in point]
+        assert flat == pytest.approx([x for point in committed for x in point])
