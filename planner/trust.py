@@ -11,17 +11,21 @@ at any scale; failing that, the same profile and runtime (an extrapolation when 
 has the plan's family at all, e.g. expert parallelism). A prediction for a stack no published
 run on its profile was priced with is an extrapolation: it gets the interval of that profile's
 runs of the same family (or of any family) on other stacks, and says so. With fewer than three
-rows on the profile it is an extrapolation with no interval (no validation row covers the regime).
+rows on the profile, the runs on a profile of the same die (the same peak rates and GEMM curve: A100
+40/80 GB, H100/H200; :func:`same_die_profiles`) give it, flagged as an extrapolation; failing those
+too, it is an extrapolation with no interval (no validation row covers the regime).
 """
 from __future__ import annotations
 
 import csv
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 from planner.errors import InputError
 from planner.io import read_input_text
 from planner.plan import ParallelConfig
+from planner.profile_yaml import available_profiles, load_profile
 
 RESIDUALS_PATH = Path(__file__).resolve().parents[1] / "reports" / "cross-validation.csv"
 MIN_ROWS = 3
@@ -96,12 +100,25 @@ def load_residuals(path: Path = RESIDUALS_PATH) -> tuple[Residual, ...]:
     return tuple(out)
 
 
-def trust(step_time_s: float, profile: str, runtime: str, parallel: ParallelConfig,
-          residuals: tuple[Residual, ...]) -> Trust:
-    """The interval of a ``step_time_s`` predicted for ``parallel`` on ``profile`` with the
-    ``runtime`` preset (module docstring)."""
-    family = family_of(parallel.megatron_notation())
-    n = parallel.world_size
+@lru_cache(maxsize=None)
+def same_die_profiles(profile: str) -> tuple[str, ...]:
+    """The other shipped GPU profiles whose device computes as ``profile``'s does: the same peak
+    rate per dtype and the same GEMM curve (another memory size or node of one die); () for a
+    profile that cannot be loaded."""
+    def compute(name: str):
+        d = load_profile(name).device
+        return d.peak_flops_per_s, d.matmul_efficiency.points, d.matmul_efficiency_by_dtype
+
+    try:
+        own = compute(profile)
+    except InputError:
+        return ()
+    return tuple(p for p in available_profiles() if p != profile and compute(p) == own)
+
+
+def _nearest(step_time_s: float, profile: str, runtime: str, family: str, n: int,
+             residuals: tuple[Residual, ...]) -> Trust | None:
+    """The interval from the first tier (module docstring) with enough rows on ``profile``."""
     same = [r for r in residuals if r.profile == profile]
     stack = [r for r in same if r.runtime == runtime]
     near = [r for r in stack if r.family == family and max(r.num_gpus, n) <= SCALE_FACTOR * min(r.num_gpus, n)]
@@ -118,6 +135,25 @@ def trust(step_time_s: float, profile: str, runtime: str, parallel: ParallelConf
             return Trust(step_time_s / (1 + _quantile(errs, COVERAGE)),
                          step_time_s / (1 + _quantile(errs, 1 - COVERAGE)),
                          tuple(r.row_id for r in rows), basis, extrapolation=extrapolating)
+    return None
+
+
+def trust(step_time_s: float, profile: str, runtime: str, parallel: ParallelConfig,
+          residuals: tuple[Residual, ...], kin: tuple[str, ...] | None = None) -> Trust:
+    """The interval of a ``step_time_s`` predicted for ``parallel`` on ``profile`` with the
+    ``runtime`` preset (module docstring); ``kin``: the profiles of the same die (None:
+    :func:`same_die_profiles`)."""
+    family = family_of(parallel.megatron_notation())
+    n = parallel.world_size
+    found = _nearest(step_time_s, profile, runtime, family, n, residuals)
+    if found is not None:
+        return found
+    for sibling in same_die_profiles(profile) if kin is None else kin:
+        found = _nearest(step_time_s, sibling, runtime, family, n, residuals)
+        if found is not None:
+            return Trust(found.low_s, found.high_s, found.rows,
+                         f"no published run on {profile}: runs on {sibling}, the same die ({found.basis})",
+                         extrapolation=True)
     why = f"fewer than {MIN_ROWS} validated published runs on {profile}" if residuals else \
         f"no residual table ({RESIDUALS_PATH.name}: clusterplan validate --cross-validate writes it)"
     return Trust(None, None, (), why, extrapolation=True)

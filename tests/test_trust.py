@@ -57,3 +57,16 @@ def test_another_stack_on_the_profile_gives_an_interval_flagged_as_extrapolation
     t = trust(1.0, "p", "new", cfg(), own + other)
     assert t.extrapolation and t.low_s is not None and "priced as new" in t.basis
     assert describe(t).startswith("extrapolation, ")
+
+
+def test_a_profile_without_rows_borrows_those_of_its_die_as_an_extrapolation():
+    from planner.trust import same_die_profiles
+    assert same_die_profiles("dgx-h200-141gb") == ("dgx-h100-80gb",)
+    assert same_die_profiles("dgx-a100-80gb") == ("dgx-a100-40gb",)
+    assert same_die_profiles("dgx-b200-192gb") == ()
+    assert same_die_profiles("no-such-profile") == ()
+    h100 = rows([0.1, 0.1, 0.1], profile="dgx-h100-80gb")
+    t = trust(1.0, "dgx-h200-141gb", "rt", cfg(), h100)
+    assert t.extrapolation and t.low_s == pytest.approx(1 / 1.1) and "the same die" in t.basis
+    assert trust(1.0, "dgx-b200-192gb", "rt", cfg(), h100).low_s is None
+    assert trust(1.0, "dgx-h200-141gb", "rt", cfg(), h100, kin=()).low_s is None
