@@ -32,9 +32,12 @@ def weight_bytes_per_param(precision: str) -> float:
 
 
 def grad_bytes_per_param(precision: str) -> float:
-    """Bytes per gradient element reduced over dp: fp16 / fp8 runs reduce in half precision,
-    fp32 and bf16 (Megatron's fp32 gradient accumulation) in fp32."""
-    return 2.0 if precision in ("fp16", "fp8") else 4.0
+    """Bytes per gradient element reduced over dp: fp16 runs reduce in half precision; fp32, bf16
+    and fp8 in fp32. Megatron-LM forces fp32 gradient accumulation and reduction with ``--bf16``
+    (``arguments.py``: "bfloat16 requires gradient accumulation and all-reduce to be done in
+    fp32"); an FP8 run is a bf16 run whose linears compute in FP8 (NeMo's ``bf16_with_fp8_mixed``
+    is ``bf16_mixed`` with ``grad_reduce_in_fp32=True`` plus ``fp8='hybrid'``)."""
+    return 2.0 if precision == "fp16" else 4.0
 
 
 def state_bytes_per_param(precision: str) -> tuple[float, float, float]:
