@@ -114,6 +114,10 @@ class Runtime:
         (one gather and one reduce-scatter per step). :meth:`priced_sharding`. Accumulated over
         micro-batches those whole gradients are held in FSDP2's reduce dtype
         (:meth:`accumulated_grad_bytes`).
+    shard_grads_reduced_fp32: ZeRO-3 / FSDP reduce-scatters a half-precision run's gradients in
+        fp32, twice the bytes of the gather (torchtitan: FSDP2's ``MixedPrecisionPolicy``
+        ``reduce_dtype`` from ``training.mixed_precision_reduce``, whose only value is
+        "float32": torchtitan/config/configs.py); otherwise in the weights' dtype.
     shardings / pipeline_shardings: the data-parallel shardings the framework runs, and those it
         runs together with pipeline parallelism; ``schedules``: its pipeline schedules;
         ``context_parallel`` / ``expert_parallel``: whether it has context / expert parallelism.
@@ -143,6 +147,7 @@ class Runtime:
     fp32_cross_entropy: bool = False
     eager_elementwise: bool = False
     fsdp_unsharded_with_pp: bool = False
+    shard_grads_reduced_fp32: bool = False
     shardings: tuple[str, ...] = ("none", "zero1", "zero2", "zero3", "fsdp")
     pipeline_shardings: tuple[str, ...] = ("none", "zero1", "zero2", "zero3", "fsdp")
     schedules: tuple[str, ...] = ("gpipe", "1f1b", "interleaved", "zb")
@@ -240,7 +245,8 @@ _DEEPSPEED_RULES = dict(pipeline_shardings=("none", "zero1"), schedules=("1f1b",
 
 _TORCHTITAN = Runtime(name="torchtitan", attention="flash", shard_prefetch=True, gather_granularity="per_layer",
                       shardings=("none", "zero2", "zero3", "fsdp"), pipeline_shardings=("none", "zero2", "zero3", "fsdp"),
-                      selective_recompute="every_second_mm", fp32_cross_entropy=True, fsdp_unsharded_with_pp=True)
+                      selective_recompute="every_second_mm", fp32_cross_entropy=True, fsdp_unsharded_with_pp=True,
+                      shard_grads_reduced_fp32=True)
 
 RUNTIME_PRESETS: dict[str, Runtime] = {
     # current PyTorch / Megatron-Core / torchtitan stacks

@@ -127,19 +127,21 @@ class FusedStack:
         parameter per block or, DeepSpeed 2021, one collective per tensor
         (:mod:`planner.cost.zero3_prefetch`, which needs the block's GEMM times ``gemm_s``); hidden
         behind the neighbouring compute where the runtime prefetches."""
-        size = model.layer_params() / tp * weight_bytes_per_param(precision)
+        params = model.layer_params() / tp
+        w_b = weight_bytes_per_param(precision)
+        grad_b = max(w_b, 4.0) if runtime.shard_grads_reduced_fp32 else w_b
         compute_b = lt.bwd_s + lt.recompute_s
         n_coll = gathered_tensors_per_layer(model, tp, runtime)
         copies_s = g.size * node.device.kernel_overhead_s if runtime.list_collective_copies else 0.0
 
-        def coll(op: str) -> float:
+        def coll(op: str, size: float) -> float:
             lat = collective_time(op, 1.0, g, node)
             return (collective_time(op, size, g, node, runtime.multi_rail) + (n_coll - 1) * lat
                     + n_coll * copies_s)
 
-        ag = coll("all_gather")
+        ag = coll("all_gather", params * w_b)
         gathers_b = 1 + (1 if (runtime.recompute_gathers_again and recompute == "full") else 0)
-        comm_f, comm_b = ag, gathers_b * ag + coll("reduce_scatter")
+        comm_f, comm_b = ag, gathers_b * ag + coll("reduce_scatter", params * grad_b)
         if runtime.shard_prefetch and runtime.gather_granularity == "per_tensor":
             return per_tensor_prefetch_exposed(model, node, runtime, lt, gemm_s, g, copies_s, tp=tp,
                                                precision=precision, recompute=recompute)
