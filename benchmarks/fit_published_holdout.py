@@ -15,6 +15,7 @@ committed profile leaks into the "before" column.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -45,9 +46,11 @@ def documented_node(profile: str):
     return node
 
 
-def measured_runs(source: str, runtime: str) -> tuple[list[MeasuredRun], str]:
+def measured_runs(source: str, runtime: str) -> tuple[list[MeasuredRun], str, float | None]:
+    """The source's step-time rows priced as ``runtime``, their profile and the gradient bytes
+    their configuration states (``grad_reduce_dtype``; one value for all, or None)."""
     table = pd.read_csv(DATASET)
-    runs, profiles = [], set()
+    runs, profiles, grad_bytes = [], set(), set()
     for row in table.to_dict("records"):
         if source not in str(row.get("source", "")) or pd.isna(row.get("step_time_s")):
             continue
@@ -60,9 +63,12 @@ def measured_runs(source: str, runtime: str) -> tuple[list[MeasuredRun], str]:
         runs.append(MeasuredRun(f"row {int(row['row_id'])} {row['model']} {cfg.parallel.precision}", plan,
                                 float(row["step_time_s"])))
         profiles.add(cfg.profile)
+        grad_bytes.add(cfg.main_grad_bytes)
     if len(profiles) != 1:
         raise SystemExit(f"the selected rows span {len(profiles)} profiles ({sorted(profiles)}): select one")
-    return runs, profiles.pop()
+    if len(grad_bytes) != 1:
+        raise SystemExit(f"the selected rows state {len(grad_bytes)} gradient dtypes: select rows of one")
+    return runs, profiles.pop(), grad_bytes.pop()
 
 
 def main(argv=None) -> int:
@@ -73,10 +79,12 @@ def main(argv=None) -> int:
     default_out = ROOT / "reports" / "fit-published-holdout.md"
     ap.add_argument("--out", default=str(default_out))
     a = ap.parse_args(argv)
-    runs, profile = measured_runs(a.source, a.runtime)
+    runs, profile, grad_bytes = measured_runs(a.source, a.runtime)
     fit_runs = [r for r in runs if r.plan.world_size <= a.fit_max_gpus]
     held = [r for r in runs if r.plan.world_size > a.fit_max_gpus]
     runtime = get_runtime(a.runtime)
+    if grad_bytes is not None:
+        runtime = dataclasses.replace(runtime, main_grad_bytes=grad_bytes)
     base = documented_node(profile)
     result = fit_profile(fit_runs, base, runtime=runtime)
     d = result.to_dict()
@@ -88,7 +96,9 @@ def main(argv=None) -> int:
              f"Rows of `benchmarks/published_runs.csv` from \"{a.source}\" priced as `{a.runtime}` on `{profile}` "
              f"(its documented GEMM efficiency, no fitted scale): {len(fit_runs)} runs on at most {a.fit_max_gpus} "
              f"GPUs fitted, {len(held)} larger runs held out. Each row's assumptions (recomputation, sharding) are "
-             "those `clusterplan validate` states on it.", "", "## The fit", ""]
+             "those `clusterplan validate` states on it"
+             + ("" if grad_bytes is None else f", and their configurations' gradient dtype ({grad_bytes:g} bytes)")
+             + ".", "", "## The fit", ""]
     lines += result.parameter_lines()
     def pct(key: str) -> str:  # None where too few runs leave one out with enough to fit
         value = d[key]["mean_abs_error_pct"]

@@ -230,6 +230,13 @@ class RowConfig:
     nodes: int = 0
     model: ModelSpec | None = None
     network: NodeNetwork | None = None  # the row's nodes' own network (:data:`NODE_NETWORKS`)
+    main_grad_bytes: float | None = None  # the source's gradient dtype (:data:`GRAD_REDUCE_BYTES`)
+
+
+GRAD_REDUCE_BYTES = {"bf16": 2.0, "fp32": 4.0}
+"""Optional column ``grad_reduce_dtype``: the dtype the source's configuration accumulates and
+reduces gradients in, where it sets one (NeMo 1 YAML ``optim.grad_sync_dtype``), bytes per
+element; it replaces the runtime's own (:attr:`planner.cost.runtime.Runtime.main_grad_bytes`)."""
 
 
 def row_config(row: dict) -> RowConfig:
@@ -287,6 +294,12 @@ def row_config(row: dict) -> RowConfig:
     sp_cell = _str(row, "sequence_parallel").lower()
     sp = sp_cell == "yes"
     sharding = _sharding(_str(row, "zero_or_fsdp"))
+    grad_dtype = _str(row, "grad_reduce_dtype").lower()
+    if grad_dtype and grad_dtype not in GRAD_REDUCE_BYTES:
+        return RowConfig("skipped", f"grad_reduce_dtype {grad_dtype!r} is not one of {', '.join(GRAD_REDUCE_BYTES)}",
+                         preset, profile)
+    if grad_dtype:
+        notes.append(f"gradients accumulated and reduced in {grad_dtype} (the source's configuration)")
     runtime, runtime_note = framework_runtime(_str(row, "framework"))
     if runtime_note:
         notes.append(runtime_note)
@@ -319,7 +332,7 @@ def row_config(row: dict) -> RowConfig:
     status = "assumed" if assumptions else "predicted"
     return RowConfig(status, "; ".join(assumptions + notes), preset, profile, runtime, parallel,
                      nodes_gpus // gpn_use if gpn_use == gpn else 1, model,
-                     network)
+                     network, GRAD_REDUCE_BYTES.get(grad_dtype))
 
 
 def _published_metric(row: dict) -> tuple[str, float] | None:
@@ -417,6 +430,8 @@ def validate(dataset: str | Path, nodes: Mapping[str, NodeSpec] | None = None,
                 cluster = _row_cluster(cfg, nodes or {})
                 try:
                     runtime = (runtimes or {}).get(cfg.runtime) or get_runtime(cfg.runtime)
+                    if cfg.main_grad_bytes is not None:
+                        runtime = dataclasses.replace(runtime, main_grad_bytes=cfg.main_grad_bytes)
                     pred = predict(model, cluster, cfg.parallel, runtime)
                 except InputError as err:  # e.g. fp8 on a GPU without it: this row only
                     rec.update(status="skipped", note=f"cannot be predicted: {err}")

@@ -179,3 +179,44 @@ def test_an_ep_above_dp_row_is_read_with_the_experts_whole_below_tp():
     assert mixtral.status == "assumed" and mixtral.parallel.etp == 1 and mixtral.parallel.ep == 8
     assert "experts whole below tp" in mixtral.reason
     assert row_config(dict(folded, dp="2", num_gpus="16")).status == "skipped"  # 8 divides neither dp 2 nor dp*tp 4
+
+
+def test_a_rows_stated_gradient_dtype_replaces_the_runtimes():
+    """NeMo 1 configs sync gradients in bf16 (``grad_sync_dtype: bf16``), Megatron-Core with
+    --bf16 in fp32: the row's ``grad_reduce_dtype`` sets the bytes reduced and held; a value
+    that is not a dtype skips the row with the reason."""
+    import dataclasses
+
+    from planner.cost.runtime import get_runtime
+    from planner.validation import row_config
+    with SRC.open() as f:
+        rows = {r["row_id"]: r for r in csv.DictReader(f)}
+    nemo = row_config(rows["221"])
+    assert nemo.main_grad_bytes == 2.0 and "reduced in bf16" in nemo.reason
+    assert row_config(rows["27"]).main_grad_bytes is None  # Megatron-Core README: the runtime's fp32
+    core = get_runtime("megatron-core")
+    assert core.grad_bytes("bf16") == 4.0 and core.grad_bytes("fp8") == 4.0 and core.grad_bytes("fp16") == 2.0
+    assert dataclasses.replace(core, main_grad_bytes=2.0).grad_bytes("bf16") == 2.0
+    assert core.accumulated_grad_bytes(nemo.parallel) == 4.0
+    assert get_runtime("default").accumulated_grad_bytes(nemo.parallel) is None
+    bad = row_config({**rows["221"], "grad_reduce_dtype": "int8"})
+    assert bad.status == "skipped" and "grad_reduce_dtype" in bad.reason
+
+
+def test_the_stated_gradient_dtype_is_what_the_step_reduces():
+    """The same dgxc row with its bf16 gradients priced as stated and as fp32: the data-parallel
+    term is larger with fp32, nothing else moves."""
+    import dataclasses
+
+    from planner.cost.runtime import get_runtime
+    from planner.cost.step import predict
+    from planner.validation import _row_cluster, row_config
+    with SRC.open() as f:
+        row = next(r for r in csv.DictReader(f) if r["row_id"] == "223")
+    cfg = row_config(row)
+    core = get_runtime(cfg.runtime)
+    half = predict(cfg.model, _row_cluster(cfg, {}), cfg.parallel, dataclasses.replace(core, main_grad_bytes=2.0))
+    full = predict(cfg.model, _row_cluster(cfg, {}), cfg.parallel, core)
+    assert full.time.dp_s > half.time.dp_s
+    assert full.time.compute_s == pytest.approx(half.time.compute_s)
+    assert full.memory.grads_bytes == pytest.approx(2 * half.memory.grads_bytes)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from planner.cost.precision import grad_bytes_per_param
 from planner.errors import InputError, require
 from planner.hardware import ClusterSpec, NodeSpec
 
@@ -114,6 +115,14 @@ class Runtime:
         (one gather and one reduce-scatter per step). :meth:`priced_sharding`. Accumulated over
         micro-batches those whole gradients are held in FSDP2's reduce dtype
         (:meth:`accumulated_grad_bytes`).
+    main_grad_bytes: bytes per parameter of the gradient buffer a bf16 (or FP8) run accumulates
+        over the rank's parameters and reduces over dp (:meth:`grad_bytes`): 4 where it is fp32
+        (Megatron-LM: ``--bf16`` forces ``accumulate_allreduce_grads_in_fp32``, the DDP
+        ``main_grad`` buffer, arguments.py; NeMo 2 and Megatron-Bridge's ``bf16_mixed``:
+        ``grad_reduce_in_fp32=True``; DeepSpeed's ``BF16_Optimizer`` ``fp32_groups_gradients``),
+        2 where it is bf16 (NeMo 1 configs: Apex ``distributed_fused_adam`` or
+        ``mcore_distributed_optim`` with ``grad_sync_dtype: bf16``). None: the precision's own
+        (:func:`planner.cost.precision.grad_bytes_per_param` reduced, 2 bytes held).
     shard_grads_reduced_fp32: ZeRO-3 / FSDP reduce-scatters a half-precision run's gradients in
         fp32, twice the bytes of the gather (torchtitan: FSDP2's ``MixedPrecisionPolicy``
         ``reduce_dtype`` from ``training.mixed_precision_reduce``, whose only value is
@@ -147,6 +156,7 @@ class Runtime:
     fp32_cross_entropy: bool = False
     eager_elementwise: bool = False
     fsdp_unsharded_with_pp: bool = False
+    main_grad_bytes: float | None = None
     shard_grads_reduced_fp32: bool = False
     shardings: tuple[str, ...] = ("none", "zero1", "zero2", "zero3", "fsdp")
     pipeline_shardings: tuple[str, ...] = ("none", "zero1", "zero2", "zero3", "fsdp")
@@ -166,11 +176,21 @@ class Runtime:
         priced, so its FSDP reads as zero1): FSDP2 keeps them in its reduce dtype between
         micro-batches (``FSDPParam.to_accumulated_grad_if_needed`` in
         torch/distributed/fsdp/_fully_shard/_fsdp_param.py), fp32 for a half-precision run
-        (torchtitan's ``mixed_precision_reduce`` default). None: the precision's own."""
+        (torchtitan's ``mixed_precision_reduce`` default); the runtime's gradient buffer
+        (:attr:`main_grad_bytes`). None: the precision's own."""
         if (self.fsdp_unsharded_with_pp and parallel.pp > 1 and parallel.sharding == "zero1"
                 and parallel.num_micro_batches > 1 and parallel.precision in ("bf16", "fp16", "fp8")):
             return 4.0
+        if self.main_grad_bytes is not None and parallel.precision in ("bf16", "fp8"):
+            return self.main_grad_bytes
         return None
+
+    def grad_bytes(self, precision: str) -> float:
+        """Bytes per gradient element reduced over dp: the runtime's gradient buffer for a bf16
+        or FP8 run (:attr:`main_grad_bytes`), else the precision's own."""
+        if self.main_grad_bytes is not None and precision in ("bf16", "fp8"):
+            return self.main_grad_bytes
+        return grad_bytes_per_param(precision)
 
     def refusal(self, parallel) -> str | None:
         """Why the framework cannot run ``parallel`` (a :class:`planner.plan.ParallelConfig`),
@@ -257,8 +277,8 @@ RUNTIME_PRESETS: dict[str, Runtime] = {
     # DDP or, from 2022, the distributed optimizer (ZeRO-1); no context or expert parallelism
     # before Megatron-Core.
     "megatron-lm-2021": Runtime(name="megatron-lm-2021", attention="unfused", overlap_grad_reduce=False,
-                                overlap_param_gather=False, **_MEGATRON_RULES, context_parallel=False,
-                                expert_parallel=False),
+                                overlap_param_gather=False, main_grad_bytes=4.0, **_MEGATRON_RULES,
+                                context_parallel=False, expert_parallel=False),
     # Megatron-Core as NVIDIA publishes it (r0.8+, NeMo / Megatron-Bridge): TE flash attention,
     # --overlap-grad-reduce --overlap-param-gather and --tp-comm-overlap (Megatron-LM README,
     # "Performance": "We perform fine-grained overlapping of data-parallel (--overlap-grad-reduce
@@ -266,7 +286,8 @@ RUNTIME_PRESETS: dict[str, Runtime] = {
     # communication").
     # Attention: TE's DotProductAttention, which on Hopper picks cuDNN's fused kernel (NVTE_FUSED_ATTN).
     "megatron-core": Runtime(name="megatron-core", attention="flash", attention_kernel="cudnn", overlap_grad_reduce=True,
-                             overlap_param_gather=True, tp_comm_overlap=True, **_MEGATRON_RULES),
+                             overlap_param_gather=True, tp_comm_overlap=True, main_grad_bytes=4.0,
+                             **_MEGATRON_RULES),
     # DeepSpeed ZeRO-3 inside Megatron (2021, SC'21 Table 2): per-parameter gathers issued by
     # module hooks (DeepSpeed v0.3.13-v0.5 stage3.py): each sub-module's hook waits for its
     # tensor (torch.cuda.synchronize) and prefetches the next one, so compute overlaps one
@@ -286,7 +307,8 @@ RUNTIME_PRESETS: dict[str, Runtime] = {
     # Megatron-DeepSpeed (BLOOM tr11, 2022): Megatron fused softmax (no flash), DeepSpeed pipeline
     # engine all-reduces the FP32 gradients after the last micro-batch, ZeRO-1 BF16 optimizer.
     "megatron-deepspeed": Runtime(name="megatron-deepspeed", attention="unfused", overlap_grad_reduce=False,
-                                  overlap_param_gather=False, pipeline_grad_all_reduce=True, **_DEEPSPEED_RULES),
+                                  overlap_param_gather=False, pipeline_grad_all_reduce=True,
+                                  main_grad_bytes=4.0, **_DEEPSPEED_RULES),
     # MosaicML llm-foundry / Composer with PyTorch FSDP (2023): triton/flash attention, FSDP
     # prefetch, one flat parameter per block.
     # Composer's FSDP: NO_SHARD, SHARD_GRAD_OP (ZeRO-2), FULL_SHARD; no pipeline or context

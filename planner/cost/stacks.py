@@ -16,7 +16,7 @@ from planner.cost import framework as fw
 from planner.cost import gloo
 from planner.cost.comm import GroupShape, collective_time, overlapped_exposed_s
 from planner.cost.eager_ops import eager_block_bytes
-from planner.cost.precision import grad_bytes_per_param, weight_bytes_per_param
+from planner.cost.precision import weight_bytes_per_param
 from planner.cost.routing import busiest_rank_load
 from planner.cost.runtime import Runtime
 from planner.cost.zero3_prefetch import gathered_tensors_per_layer, per_tensor_prefetch_exposed
@@ -197,14 +197,14 @@ class FusedStack:
         return rates.memory(local_params * OPTIMIZER_BYTES_PER_PARAM, 2 * max(1, n_virtual_stages))
 
     def dp_reduction_s(self, node: NodeSpec, rates, g: GroupShape, *, precision: str, sharding: str, tp: int,
-                       pp: int, params: float, param_tensors: int,
+                       pp: int, params: float, param_tensors: int, grad_bytes: float,
                        grad_all_reduce: bool = False) -> tuple[float, float, float]:
         """(gradient reduction, ZeRO parameter all-gather, reducer work): all-reduce for DDP;
         reduce-scatter (all-reduce with ``grad_all_reduce``) and all-gather for ZeRO-1/2."""
-        grad_bytes = params * grad_bytes_per_param(precision)
+        grads = params * grad_bytes
         if sharding == "none":
-            return collective_time("all_reduce", grad_bytes, g, node), 0.0, 0.0
-        return (collective_time("all_reduce" if grad_all_reduce else "reduce_scatter", grad_bytes, g, node),
+            return collective_time("all_reduce", grads, g, node), 0.0, 0.0
+        return (collective_time("all_reduce" if grad_all_reduce else "reduce_scatter", grads, g, node),
                 collective_time("all_gather", params * weight_bytes_per_param(precision), g, node), 0.0)
 
 
@@ -358,7 +358,7 @@ class ExecutorStack:
         return ef, eb, hf, hb
 
     def dp_reduction_s(self, node: NodeSpec, rates, g: GroupShape, *, precision: str, sharding: str, tp: int,
-                       pp: int, params: float, param_tensors: int,
+                       pp: int, params: float, param_tensors: int, grad_bytes: float,
                        grad_all_reduce: bool = False) -> tuple[float, float, float]:
         """DDP's all-reduce (ZeRO-1 too: DDP plus ZeroRedundancyOptimizer's parameter broadcasts)
         and, without pipelining, DDP's reducer (hooks, buckets) at its calibrated cost.
@@ -367,8 +367,8 @@ class ExecutorStack:
         all-gather in all: inside one node they are priced by the measured all-gather; over
         several gloo nodes by gloo's broadcast tree (:func:`planner.cost.gloo.broadcast_all_s`),
         whose messages cross the node links more often than a ring's."""
-        grad_bytes = params * grad_bytes_per_param(precision)
-        red = collective_time("all_reduce", grad_bytes, g, node)
+        grads = params * grad_bytes
+        red = collective_time("all_reduce", grads, g, node)
         weight_bytes = params * weight_bytes_per_param(precision)
         if sharding == "none":
             gather = 0.0
@@ -376,7 +376,7 @@ class ExecutorStack:
             gather = gloo.broadcast_all_s(weight_bytes, param_tensors, g, node)
         else:
             gather = collective_time("all_gather", weight_bytes, g, node)
-        reducer = rates.ops(1, self.frame.ddp_reducer_s(param_tensors, grad_bytes)) if pp == 1 else 0.0
+        reducer = rates.ops(1, self.frame.ddp_reducer_s(param_tensors, grads)) if pp == 1 else 0.0
         return red, gather, reducer
 
     # --- the optimizer step ---

@@ -188,15 +188,17 @@ def _site_dp_exposed_s(model: ModelSpec, site: Site, runtime: Runtime, rates: Ra
     tensors = param_tensors(model, P, site.ranks)
     experts = _rank_expert_params(model, P, r_max)
     all_reduce = runtime.pipeline_grad_all_reduce and P.pp > 1
+    grad_b = runtime.grad_bytes(P.precision)
     reduction = dp_reduction_s(site.node, rates, data_parallel_group(P, gpn), precision=P.precision,
                                sharding=P.sharding, tp=P.tp, pp=P.pp, params=most - experts, param_tensors=tensors,
-                               grad_all_reduce=all_reduce)
+                               grad_bytes=grad_b, grad_all_reduce=all_reduce)
     if experts:  # an expert's gradients over the ranks holding it
         edp = GroupShape(P.expert_dp, *expert_group_spreads(P, gpn)[1])
         more = dp_reduction_s(site.node, rates, edp, precision=P.precision, sharding=P.sharding, tp=P.tp,
-                              pp=P.pp, params=experts, param_tensors=0, grad_all_reduce=all_reduce)
+                              pp=P.pp, params=experts, param_tensors=0, grad_bytes=grad_b,
+                              grad_all_reduce=all_reduce)
         reduction = tuple(a + b for a, b in zip(reduction, more))
-    return exposed_s(runtime, reduction, window, rates) + tied_embedding_sync_s(model, site.node, P)
+    return exposed_s(runtime, reduction, window, rates) + tied_embedding_sync_s(model, site.node, P, grad_b)
 
 
 def _rank_expert_params(model: ModelSpec, P: ParallelConfig, rank: int) -> float:

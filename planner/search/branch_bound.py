@@ -182,7 +182,7 @@ class BranchAndBound:
             tensors = fw.model_param_tensors(self.model, ties_embeddings(self.model, tp, pp))
             reduction = self._reductions[key] = dp_reduction_s(
                 self.node, c.rates, c.dp_group(dp, dp_stride, cp, tp), precision=self.prec, sharding=sh, tp=tp, pp=pp,
-                params=params, param_tensors=tensors)
+                params=params, param_tensors=tensors, grad_bytes=c.rt.grad_bytes(self.prec))
         if not any(reduction):
             return 0.0
         return exposed_s(self.costs.rt, reduction, window_of_rank(r_max), self.costs.rates)
