@@ -367,7 +367,7 @@ def test_a_device_keeps_its_hash_equal_to_an_equal_devices_and_pickles_without_i
     assert other != device and hash(other) != hash(device)
 
 
-@pytest.mark.parametrize("profiles", [("dgx-a100-40gb", "dgx-a100-80gb"), ("dgx-h100-80gb", "dgx-h200-141gb")])
+@pytest.mark.parametrize("profiles", [("dgx-a100-40gb", "dgx-a100-80gb"), ("dgx-h100-80gb", "dgx-h200-141gb", "gh200-96gb-quad")])
 def test_one_die_one_gemm_curve(profiles):
     """Profiles of one GPU die at the same clocks and power run a GEMM alike: they carry the same
     (cross-validated) efficiency curve, so a fitted scale cannot reach one and miss the other."""

@@ -61,7 +61,7 @@ def test_another_stack_on_the_profile_gives_an_interval_flagged_as_extrapolation
 
 def test_a_profile_without_rows_borrows_those_of_its_die_as_an_extrapolation():
     from planner.trust import same_die_profiles
-    assert same_die_profiles("dgx-h200-141gb") == ("dgx-h100-80gb",)
+    assert same_die_profiles("dgx-h200-141gb") == ("dgx-h100-80gb", "gh200-96gb-quad")
     assert same_die_profiles("dgx-a100-80gb") == ("dgx-a100-40gb",)
     assert same_die_profiles("dgx-b200-192gb") == ()
     assert same_die_profiles("no-such-profile") == ()
