@@ -4,7 +4,7 @@
         [--runtime megatron-core] [--fit-max-gpus 128] [--out reports/fit-published-holdout.md]
 
 The rows of ``benchmarks/published_runs.csv`` whose source contains ``--source``, whose runtime
-(``planner.validation.row_config``) is ``--runtime`` and whose metric is a step time become
+(``planner.row_config.row_config``) is ``--runtime`` and whose metric is a step time become
 measured runs (``planner.calibrate.runs_table.MeasuredRun``). Those on at most ``--fit-max-gpus``
 GPUs are fitted with ``clusterplan fit``'s code path (:func:`planner.calibrate.fit_runs.fit_profile`);
 the others are predicted before and after the fit. The base profile is the row's profile with
@@ -32,7 +32,7 @@ from planner.cost.runtime import get_runtime  # noqa: E402
 from planner.cross_validation import FITTED_CHOICES  # noqa: E402
 from planner.plan import Plan  # noqa: E402
 from planner.profile_yaml import load_profile  # noqa: E402
-from planner.validation import row_config  # noqa: E402
+from planner.row_config import row_config  # noqa: E402
 
 DATASET = ROOT / "benchmarks" / "published_runs.csv"
 

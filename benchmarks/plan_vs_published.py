@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/plan_vs_published.py [--csv benchmarks/published_runs.csv]
         [--out reports/plan-vs-published.md] [--top 3]
 
-Rows are read with planner.validation.row_config (the same parsing as ``clusterplan validate``);
+Rows are read with planner.row_config.row_config (the same parsing as ``clusterplan validate``);
 only rows whose configuration is complete (status ``predicted``: nothing assumed) are planned.
 Both columns are cost-model predictions with the row's framework runtime
 (planner.cost.runtime presets), so the difference is the planner's choice, not model error.
@@ -24,7 +24,7 @@ from planner.cost.runtime import get_runtime  # noqa: E402
 from planner.cost.step import cluster_for, predict  # noqa: E402
 from planner.search import search  # noqa: E402
 from planner.search.results import RankedPlan  # noqa: E402
-from planner.validation import row_config  # noqa: E402
+from planner.row_config import row_config  # noqa: E402
 
 
 def main() -> int:
@@ -70,7 +70,7 @@ def main() -> int:
         print(f"row {rec['row']}: {rec['published']} -> {rec['best']} ({100 * rec['gain']:+.1f}%)", flush=True)
     lines = ["# Planner vs published configurations", "",
              "Regenerate: `.venv/bin/python benchmarks/plan_vs_published.py` (writes this file).", "",
-             f"Rows of `benchmarks/published_runs.csv` with a complete configuration (planner.validation.row_config "
+             f"Rows of `benchmarks/published_runs.csv` with a complete configuration (planner.row_config.row_config "
              f"status `predicted`): {len(rows)}; {skipped} rows skipped (something assumed or missing). "
              "Both throughput columns are this cost model's predictions with the row's framework runtime, so "
              "a difference is the planner's choice under the model, not a measured speed-up; where the cost "

@@ -28,7 +28,8 @@ from benchmarks.local_sweep_plans import SWEEP  # noqa: E402
 from planner.catalog import load_model  # noqa: E402
 from planner.cost.runtime import get_runtime  # noqa: E402
 from planner.cost.step import cluster_for, predict  # noqa: E402
-from planner.validation import row_config, validate  # noqa: E402
+from planner.row_config import row_config  # noqa: E402
+from planner.validation import validate  # noqa: E402
 
 SEARCHES = (
     ("gpt3-175b", "dgx-a100-80gb", 128, 1536, 2048),

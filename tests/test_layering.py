@@ -22,7 +22,7 @@ LAYERS = (
     ("cost", ("planner.cost",)),
     ("search", ("planner.search",)),
     ("side", ("planner.calibrate", "planner.launch", "planner.records", "planner.report", "planner.report_plots",
-              "planner.report_html", "planner.report_files", "planner.validation",
+              "planner.report_html", "planner.report_files", "planner.validation", "planner.row_config",
               "planner.row_model", "planner.export", "planner.demo", "planner.trust", "planner.mfu_ceiling",
               "planner.cross_validation", "planner.emulate", "planner.loopback_only")),
     ("commands", ("planner.commands", "planner.cli", "planner")),

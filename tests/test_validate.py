@@ -115,7 +115,7 @@ def test_precisions_of_todays_rows(tmp_path):
 
 
 def test_tp_comm_overlap_runtime_implies_sequence_parallel_where_the_row_is_silent():
-    from planner.validation import row_config
+    from planner.row_config import row_config
     row = {"row_id": 1, "model": "GPT-7B", "n_layers": 32, "hidden_size": 4096, "n_heads": 32,
            "vocab_size": 50304, "seq_len": 2048, "gpu_type": "H100 SXM", "num_gpus": 16, "tp": 2, "pp": 1,
            "dp": 8, "micro_batch": 1, "global_batch": 64, "activation_recompute": "none",
@@ -131,19 +131,19 @@ def test_a_row_on_nodes_with_their_own_network_is_priced_on_that_network():
     """BLOOM's Jean Zay nodes (4x 100 Gb/s Omni-Path per 8 A100) are the A100 profile with NCCL's
     measured bus bandwidth there (5.07 GB/s over 2 channels: 2.53 GB/s per flow, efficiency 1),
     stated on the row; a DGX row keeps the profile's 25 GB/s."""
-    from planner.validation import JEAN_ZAY_BUSBW_GB_S, _row_cluster, row_config
+    from planner.row_config import JEAN_ZAY_BUSBW_GB_S, row_cluster, row_config
     assert JEAN_ZAY_BUSBW_GB_S == pytest.approx(5.068, abs=1e-3)  # = the file's busbw, 40.543 Gbps
     with SRC.open() as f:
         rows = {r["row_id"]: r for r in csv.DictReader(f)}
     bloom = row_config(rows["162"])
     assert bloom.network.gb_s_per_gpu == pytest.approx(2.534, abs=1e-3)
     assert "Omni-Path" in bloom.reason and "measured" in bloom.reason
-    link = _row_cluster(bloom, {}).groups[0].node.inter_node
+    link = row_cluster(bloom, {}).groups[0].node.inter_node
     assert link.bandwidth_bytes_per_s == pytest.approx(2.534e9, rel=1e-3)
     assert link.effective_bandwidth_bytes_per_s == pytest.approx(link.bandwidth_bytes_per_s)
     dgx = row_config(rows["11"])
     assert dgx.network is None
-    assert _row_cluster(dgx, {}).groups[0].node.inter_node.bandwidth_bytes_per_s == pytest.approx(25e9)
+    assert row_cluster(dgx, {}).groups[0].node.inter_node.bandwidth_bytes_per_s == pytest.approx(25e9)
 
 
 def test_a_moe_row_with_a_bare_vp_column_and_a_preset_spelled_its_own_way(tmp_path):
@@ -171,7 +171,7 @@ def test_an_ep_above_dp_row_is_read_with_the_experts_whole_below_tp():
     """Row 232 (Mixtral 8x7B on 64 H100) rewritten as tp2 pp4 dp8 ep16 would not fit 8 experts, and
     as tp2 pp4 dp4 ep8: ep above dp fits only with the experts whole below tp, which the row is
     priced with and says so; ep that fits neither way is skipped with the reason."""
-    from planner.validation import row_config
+    from planner.row_config import row_config
     with SRC.open() as f:
         rows = {r["row_id"]: r for r in csv.DictReader(f)}
     folded = dict(rows["232"], tp="2", pp="4", dp="4", num_gpus="32", ep="8", sequence_parallel="yes")
@@ -188,7 +188,7 @@ def test_a_rows_stated_gradient_dtype_replaces_the_runtimes():
     import dataclasses
 
     from planner.cost.runtime import get_runtime
-    from planner.validation import row_config
+    from planner.row_config import row_config
     with SRC.open() as f:
         rows = {r["row_id"]: r for r in csv.DictReader(f)}
     nemo = row_config(rows["221"])
@@ -210,13 +210,13 @@ def test_the_stated_gradient_dtype_is_what_the_step_reduces():
 
     from planner.cost.runtime import get_runtime
     from planner.cost.step import predict
-    from planner.validation import _row_cluster, row_config
+    from planner.row_config import row_cluster, row_config
     with SRC.open() as f:
         row = next(r for r in csv.DictReader(f) if r["row_id"] == "223")
     cfg = row_config(row)
     core = get_runtime(cfg.runtime)
-    half = predict(cfg.model, _row_cluster(cfg, {}), cfg.parallel, dataclasses.replace(core, main_grad_bytes=2.0))
-    full = predict(cfg.model, _row_cluster(cfg, {}), cfg.parallel, core)
+    half = predict(cfg.model, row_cluster(cfg, {}), cfg.parallel, dataclasses.replace(core, main_grad_bytes=2.0))
+    full = predict(cfg.model, row_cluster(cfg, {}), cfg.parallel, core)
     assert full.time.dp_s > half.time.dp_s
     assert full.time.compute_s == pytest.approx(half.time.compute_s)
     assert full.memory.grads_bytes == pytest.approx(2 * half.memory.grads_bytes)
