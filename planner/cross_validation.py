@@ -12,7 +12,8 @@ with the candidates it was chosen among and the value the cited sources give wit
 - the H100 large-GEMM efficiency (hardware_profiles/dgx-h100-80gb.yaml: the points at 1e10-1e12
   FLOPs are the cited [0.48, 0.66, 0.74] times 0.76, fitted on the Megatron-LM README and
   dgxc-benchmarking H100 rows), as one scale on those cited points; the H200 and GH200 profiles
-  (the same GH100 die) carry the same curve and are scaled with it;
+  (the same GH100 die) carry the same curve and are scaled with it, and the B200 profile's own
+  cited points take the same scale (an assumption: no B200 run is in the dataset);
 - DeepSpeed ``stage3_max_live_parameters`` left unapplied in the ``deepspeed-zero3-2021`` runtime
   (inferred from the SC'21 Table 2 plateau; DeepSpeed's documented default is 1e9).
 
@@ -65,12 +66,17 @@ H100_CITED_LARGE_GEMM = ((1.0e10, 0.48), (1.0e11, 0.66), (1.0e12, 0.74))
 989 TFLOP/s for large GEMMs; hardware_profiles/dgx-h100-80gb.yaml)."""
 
 
-def _gemm_scale(profiles: tuple[str, ...], cited: tuple[tuple[float, float], ...]) -> Callable[[float], Overrides]:
-    """Overrides that scale ``profiles``' GEMM efficiency at the ``cited`` points (the smaller
+B200_CITED_LARGE_GEMM = ((1.0e10, 0.38), (1.0e11, 0.60), (1.0e12, 0.70))
+"""The B200 profile's large-GEMM points before the scale (dense BF16 GEMMs reach ~0.7 of the
+2250 TFLOP/s HGX rate at large sizes; hardware_profiles/dgx-b200-192gb.yaml)."""
+
+
+def _gemm_scale(cited_by_profile: Mapping[str, tuple[tuple[float, float], ...]]) -> Callable[[float], Overrides]:
+    """Overrides that scale each profile's GEMM efficiency at its ``cited`` points (the smaller
     points kept)."""
     def overrides(scale: float) -> Overrides:
         nodes = {}
-        for profile in profiles:
+        for profile, cited in cited_by_profile.items():
             node = load_profile(profile)
             small = tuple(p for p in node.device.matmul_efficiency.points if p[0] < cited[0][0])
             curve = EfficiencyCurve(small + tuple((f, min(1.0, e * scale)) for f, e in cited))
@@ -87,10 +93,12 @@ def _zero3_live(max_live: float) -> Overrides:
 FITTED_CHOICES = (
     FittedChoice("A100 large-GEMM efficiency (scale on the cited 0.58/0.74/0.80)",
                  candidates=tuple(round(0.80 + 0.01 * i, 2) for i in range(31)), documented=1.0,
-                 committed=0.89, overrides=_gemm_scale(("dgx-a100-80gb", "dgx-a100-40gb"), A100_CITED_LARGE_GEMM)),
+                 committed=0.89, overrides=_gemm_scale(dict.fromkeys(("dgx-a100-80gb", "dgx-a100-40gb"), A100_CITED_LARGE_GEMM))),
     FittedChoice("H100 large-GEMM efficiency (scale on the cited 0.48/0.66/0.74)",
                  candidates=tuple(round(0.70 + 0.02 * i, 2) for i in range(16)), documented=1.0,
-                 committed=0.76, overrides=_gemm_scale(("dgx-h100-80gb", "dgx-h200-141gb", "gh200-96gb-quad"), H100_CITED_LARGE_GEMM)),
+                 committed=0.76, overrides=_gemm_scale({**dict.fromkeys(("dgx-h100-80gb", "dgx-h200-141gb", "gh200-96gb-quad"),
+                                                            H100_CITED_LARGE_GEMM),
+                                              "dgx-b200-192gb": B200_CITED_LARGE_GEMM})),
     FittedChoice("deepspeed-zero3-2021 stage3_max_live_parameters (0 = not applied)",
                  candidates=(0.0, 1.0e9), documented=1.0e9, committed=0.0, overrides=_zero3_live,
                  label=lambda v: "not applied" if v == 0 else f"{v:.0e}"),

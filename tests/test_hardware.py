@@ -376,7 +376,21 @@ def test_one_die_one_gemm_curve(profiles):
     assert len(curves) == 1
     scaled = [c for c in FITTED_CHOICES if set(profiles) <= set(c.overrides(c.committed)[0])]
     assert len(scaled) == 1
-    committed = curves.pop()
-    for node in scaled[0].overrides(scaled[0].committed)[0].values():  # the profile is its committed value
-        flat = [x for point in node.device.matmul_efficiency.points for x in point]
-        assert flat == pytest.approx([x for point in committed for x in point])
+    _assert_committed(scaled[0], profiles)
+
+
+def _assert_committed(choice, profiles):
+    """Each profile's curve is what the fitted choice gives at its committed value."""
+    nodes = choice.overrides(choice.committed)[0]
+    for p in profiles:
+        flat = [x for point in nodes[p].device.matmul_efficiency.points for x in point]
+        assert flat == pytest.approx([x for point in load_profile(p).device.matmul_efficiency.points for x in point])
+
+
+def test_the_b200_curve_takes_the_h100_scale():
+    """B200's cited large-GEMM points carry the H100's fitted scale (stated in its profile)."""
+    from planner.cross_validation import B200_CITED_LARGE_GEMM, FITTED_CHOICES
+    h100 = next(c for c in FITTED_CHOICES if "dgx-h100-80gb" in c.overrides(c.committed)[0])
+    _assert_committed(h100, ("dgx-b200-192gb",))
+    points = dict(load_profile("dgx-b200-192gb").device.matmul_efficiency.points)
+    assert all(points[f] == pytest.approx(e * h100.committed) for f, e in B200_CITED_LARGE_GEMM)
