@@ -12,8 +12,9 @@ with the candidates it was chosen among and the value the cited sources give wit
 - the H100 large-GEMM efficiency (hardware_profiles/dgx-h100-80gb.yaml: the points at 1e10-1e12
   FLOPs are the cited [0.48, 0.66, 0.74] times 0.76, fitted on the Megatron-LM README and
   dgxc-benchmarking H100 rows), as one scale on those cited points; the H200 and GH200 profiles
-  (the same GH100 die) carry the same curve and are scaled with it, and the B200 profile's own
-  cited points take the same scale (an assumption: no B200 run is in the dataset);
+  (the same GH100 die) carry the same curve and are scaled with it, and the B200 profile's curve
+  is the H100's times the two chips' measured GEMM ratio (OpenXLA's matmul table), scaled with it
+  (an assumption: no B200 run is in the dataset);
 - DeepSpeed ``stage3_max_live_parameters`` left unapplied in the ``deepspeed-zero3-2021`` runtime
   (inferred from the SC'21 Table 2 plateau; DeepSpeed's documented default is 1e9).
 
@@ -66,9 +67,15 @@ H100_CITED_LARGE_GEMM = ((1.0e10, 0.48), (1.0e11, 0.66), (1.0e12, 0.74))
 989 TFLOP/s for large GEMMs; hardware_profiles/dgx-h100-80gb.yaml)."""
 
 
-B200_CITED_LARGE_GEMM = ((1.0e10, 0.38), (1.0e11, 0.60), (1.0e12, 0.70))
-"""The B200 profile's large-GEMM points before the scale (dense BF16 GEMMs reach ~0.7 of the
-2250 TFLOP/s HGX rate at large sizes; hardware_profiles/dgx-b200-192gb.yaml)."""
+B200_OVER_H100_BF16_GEMM = (1416867213789406 / 2250e12) / (783328793548203 / 989.4e12)
+"""B200's BF16 GEMM fraction of peak over H100's, one harness on both: OpenXLA's measured matmul
+table (``xla/backends/gpu/cost_model/matmul_interpolator_data.h``, ``kDefaultMatmulPTable``),
+b=1, m=n=k=4096: sm_100 1416.9 TFLOP/s of 2250, sm_90 783.3 of 989.4 (0.795)."""
+
+B200_CITED_LARGE_GEMM = tuple((f, e * B200_OVER_H100_BF16_GEMM) for f, e in H100_CITED_LARGE_GEMM)
+"""The B200 profile's large-GEMM points before the scale: the H100's cited points times
+:data:`B200_OVER_H100_BF16_GEMM`, so B200 runs a GEMM as H100's fitted curve does, sped up as the
+two chips' kernels measured in one table are."""
 
 
 def _gemm_scale(cited_by_profile: Mapping[str, tuple[tuple[float, float], ...]]) -> Callable[[float], Overrides]:
