@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from pathlib import Path
 
 import pytest
@@ -150,6 +151,11 @@ def test_busy_processes_names_a_busy_process_and_not_itself():
     marker = "-m executor"  # a command line like an executor rank's (demo.BUSY_MARKERS)
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", marker])
     try:
+        cmdline = Path(f"/proc/{child.pid}/cmdline")
+        for _ in range(500):  # until the child has exec'd (before, /proc shows the forked parent)
+            if marker.encode() in cmdline.read_bytes():
+                break
+            time.sleep(0.01)
         busy = demo.busy_processes()
         assert any(b.startswith(f"{child.pid} ") and marker in b for b in busy), busy
         assert not any(b.startswith(f"{__import__('os').getpid()} ") for b in busy)
