@@ -1,7 +1,7 @@
 """The executor's measured costs: a calibrated profile's ``framework:`` section
 (:class:`FrameworkSpec`), the kinds of element-wise and attention work it rates apart, and how
 each field is spelt in YAML. Written by ``clusterplan calibrate`` (:mod:`planner.calibrate`), read
-by :mod:`planner.profile_yaml`, priced by :class:`planner.cost.stacks.ExecutorStack`."""
+by :mod:`planner.profile_yaml`, priced by :class:`planner.cost.executor_stack.ExecutorStack`."""
 from __future__ import annotations
 
 import bisect

@@ -289,7 +289,7 @@ def pipeline_actions(fwd_s: list[float], bwd_s: list[float], w_s: list[float], f
     other stage splits it (``stage_backward_input``, then ``stage_backward_weight`` walking the
     retained graph again), which costs ``zb_split_slowdown`` of the fused backward more, booked
     on W. Other schedules fold W into B. ``predict`` and the search's bound both use it (through
-    :class:`planner.cost.stacks.ExecutorStack`)."""
+    :class:`planner.cost.executor_stack.ExecutorStack`)."""
     scale = 1.0 + framework.pp_compute_slowdown
     action = rates.ops(1, framework.pp_action_s)
     fwd = [scale * f + action for f in fwd_s]

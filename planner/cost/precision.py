@@ -45,3 +45,8 @@ def state_bytes_per_param(precision: str) -> tuple[float, float, float]:
     if is_full_precision(precision):
         return 4.0, 4.0, 8.0
     return 2.0, 2.0, 12.0
+
+
+OPTIMIZER_BYTES_PER_PARAM = 28.0
+"""Fused Adam's traffic per local parameter: read fp32 master, m, v and the fp32 gradient (16),
+write master, m, v (12); the bf16 weight copy is written from the master in the same pass."""

@@ -334,7 +334,7 @@ def rank_memories(model: ModelSpec, sites: tuple[Site, ...], runtimes, schedule:
                   in_flight: tuple[int, ...]) -> list[tuple[int, StageMemory, float]]:
     """Per pipeline rank (its layers, its peak memory, its device's memory) with ``in_flight``
     micro-batches' activations held per rank (the schedule's count; the executor's own where
-    its runtime differs, :meth:`planner.cost.stacks.ExecutorStack.in_flight`)."""
+    its runtime differs, :meth:`planner.cost.executor_stack.ExecutorStack.in_flight`)."""
     P = sites[0].P
     per_rank: list = [None] * P.pp
     for s, rt in zip(sites, runtimes):
