@@ -10,8 +10,8 @@ with the candidates it was chosen among and the value the cited sources give wit
   FLOPs are the cited [0.58, 0.74, 0.80] times 0.89, fitted on every published A100 row), as one
   scale on those cited points;
 - the H100 large-GEMM efficiency (hardware_profiles/dgx-h100-80gb.yaml: the points at 1e10-1e12
-  FLOPs are the cited [0.48, 0.66, 0.74] times 0.76, fitted on the Megatron-LM README and
-  dgxc-benchmarking H100 rows), as one scale on those cited points; the H200 and GH200 profiles
+  FLOPs are the cited [0.48, 0.66, 0.74] times 0.76, fitted on the Megatron-LM README,
+  dgxc-benchmarking and MLPerf Training H100 rows), as one scale on those cited points; the H200 and GH200 profiles
   (the same GH100 die) carry the same curve and are scaled with it, and the B200 profile's curve
   is the H100's times the two chips' measured GEMM ratio (OpenXLA's matmul table), scaled with it
   (an assumption: no B200 run is in the dataset);
