@@ -6,9 +6,11 @@ Each ``result_N.txt`` of an MLPerf Training submission (e.g. mlcommons/training_
 ``NVIDIA/results/eos_n64_ngc24.04_nemo/gpt3/result_0.txt``) logs ``block_start`` / ``block_stop``
 around every training block and evaluates between blocks. A block trains ``epoch_count`` tokens
 (GPT-3: the block's metadata), so its steps are ``epoch_count / (global_batch_size x
-max_sequence_length)`` and its step time its duration over them. Printed per file: the global
-batch, the blocks and the median step time of the blocks after the first (which holds the
-warm-up); benchmarks/published_runs.csv rows 240-244 take the median over a submission's runs.
+max_sequence_length)`` and its step time its duration over them. Logs from v5.0 on log each
+step's time instead (``tracked_stats`` ``train_step_time``). Printed per file: the global batch and
+the median step time, leaving out the first block (or the first tenth of the logged steps), which
+holds the warm-up; benchmarks/published_runs.csv rows 240-250 take the median over a submission's
+runs.
 """
 from __future__ import annotations
 
@@ -42,14 +44,29 @@ def block_step_times_s(events: list[dict]) -> tuple[int, list[float]]:
     return gbs, times
 
 
+def logged_step_times_s(events: list[dict]) -> list[float]:
+    """Each ``train_step_time`` the log tracks, in order (v5.0 and later)."""
+    return [e["value"]["train_step_time"] for e in events
+            if e["key"] == "tracked_stats" and isinstance(e.get("value"), dict) and "train_step_time" in e["value"]]
+
+
+def steady_step_s(events: list[dict]) -> tuple[int, float]:
+    """(global batch, median steady-state step time) of one run's log."""
+    values = {e["key"]: e["value"] for e in events if e.get("event_type") == "POINT_IN_TIME"}
+    logged = logged_step_times_s(events)
+    if logged:
+        return values["global_batch_size"], statistics.median(logged[len(logged) // 10:])
+    gbs, times = block_step_times_s(events)
+    return gbs, statistics.median(times[1:] or times)
+
+
 def main(argv: list[str]) -> int:
     if not argv:
         print(__doc__.strip().splitlines()[2], file=sys.stderr)
         return 2
     for name in argv:
-        gbs, times = block_step_times_s(mllog_events(Path(name).read_text()))
-        steady = times[1:] or times
-        print(f"{name}: global batch {gbs}, {len(times)} blocks, median step {statistics.median(steady):.4f} s")
+        gbs, step_s = steady_step_s(mllog_events(Path(name).read_text()))
+        print(f"{name}: global batch {gbs}, median step {step_s:.4f} s")
     return 0
 
 

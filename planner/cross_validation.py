@@ -12,9 +12,11 @@ with the candidates it was chosen among and the value the cited sources give wit
 - the H100 large-GEMM efficiency (hardware_profiles/dgx-h100-80gb.yaml: the points at 1e10-1e12
   FLOPs are the cited [0.48, 0.66, 0.74] times 0.76, fitted on the Megatron-LM README,
   dgxc-benchmarking and MLPerf Training H100 rows), as one scale on those cited points; the H200 and GH200 profiles
-  (the same GH100 die) carry the same curve and are scaled with it, and the B200 profile's curve
-  is the H100's times the two chips' measured GEMM ratio (OpenXLA's matmul table), scaled with it
-  (an assumption: no B200 run is in the dataset);
+  (the same GH100 die) carry the same curve and are scaled with it;
+- the B200 large-GEMM efficiency (hardware_profiles/dgx-b200-192gb.yaml: the H100's cited points
+  times 0.795, the two chips' measured BF16 GEMM ratio in OpenXLA's matmul table, times 0.80,
+  fitted on the B200 rows: MLPerf Training v4.1's GPT-3 preview and v5.1's Llama 3.1 8B runs of
+  three submitters), as one scale on those points;
 - DeepSpeed ``stage3_max_live_parameters`` left unapplied in the ``deepspeed-zero3-2021`` runtime
   (inferred from the SC'21 Table 2 plateau; DeepSpeed's documented default is 1e9).
 
@@ -103,9 +105,11 @@ FITTED_CHOICES = (
                  committed=0.89, overrides=_gemm_scale(dict.fromkeys(("dgx-a100-80gb", "dgx-a100-40gb"), A100_CITED_LARGE_GEMM))),
     FittedChoice("H100 large-GEMM efficiency (scale on the cited 0.48/0.66/0.74)",
                  candidates=tuple(round(0.70 + 0.02 * i, 2) for i in range(16)), documented=1.0,
-                 committed=0.76, overrides=_gemm_scale({**dict.fromkeys(("dgx-h100-80gb", "dgx-h200-141gb", "gh200-96gb-quad"),
-                                                            H100_CITED_LARGE_GEMM),
-                                              "dgx-b200-192gb": B200_CITED_LARGE_GEMM})),
+                 committed=0.76, overrides=_gemm_scale(dict.fromkeys(("dgx-h100-80gb", "dgx-h200-141gb", "gh200-96gb-quad"),
+                                                                     H100_CITED_LARGE_GEMM))),
+    FittedChoice("B200 large-GEMM efficiency (scale on the H100's cited points x 0.795)",
+                 candidates=tuple(round(0.66 + 0.02 * i, 2) for i in range(21)), documented=1.0,
+                 committed=0.80, overrides=_gemm_scale({"dgx-b200-192gb": B200_CITED_LARGE_GEMM})),
     FittedChoice("deepspeed-zero3-2021 stage3_max_live_parameters (0 = not applied)",
                  candidates=(0.0, 1.0e9), documented=1.0e9, committed=0.0, overrides=_zero3_live,
                  label=lambda v: "not applied" if v == 0 else f"{v:.0e}"),

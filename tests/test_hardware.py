@@ -390,10 +390,11 @@ def _assert_committed(choice, profiles):
 
 def test_the_b200_curve_is_the_h100s_times_their_measured_gemm_ratio():
     """B200's large-GEMM points: the H100's cited points times the two chips' measured ratio
-    (0.795), with the H100's fitted scale (stated in its profile)."""
+    (0.795), times B200's own fitted scale (its committed value in the profile)."""
     from planner.cross_validation import B200_CITED_LARGE_GEMM, B200_OVER_H100_BF16_GEMM, FITTED_CHOICES
     assert B200_OVER_H100_BF16_GEMM == pytest.approx(0.795, abs=1e-3)
-    h100 = next(c for c in FITTED_CHOICES if "dgx-h100-80gb" in c.overrides(c.committed)[0])
-    _assert_committed(h100, ("dgx-b200-192gb",))
+    b200 = next(c for c in FITTED_CHOICES if "dgx-b200-192gb" in c.overrides(c.committed)[0])
+    assert not any("dgx-b200-192gb" in c.overrides(c.committed)[0] for c in FITTED_CHOICES if c is not b200)
+    _assert_committed(b200, ("dgx-b200-192gb",))
     points = dict(load_profile("dgx-b200-192gb").device.matmul_efficiency.points)
-    assert all(points[f] == pytest.approx(e * h100.committed, abs=1e-4) for f, e in B200_CITED_LARGE_GEMM)
+    assert all(points[f] == pytest.approx(e * b200.committed, abs=1e-4) for f, e in B200_CITED_LARGE_GEMM)

@@ -22,3 +22,12 @@ def test_block_duration_over_its_steps():
     gbs, times = block_step_times_s(mllog_events(text))
     assert gbs == 16
     assert times == [2.0, 1.0]
+
+
+def test_logged_step_times_leave_out_the_first_tenth():
+    from benchmarks.mlperf_step_times import steady_step_s
+    steps = [_line("tracked_stats", i, {"train_step_time": 9.0 if i == 0 else 1.0 + 0.01 * (i % 3)}, step=i)
+             for i in range(20)]
+    text = "\n".join([_line("global_batch_size", 0, 32), _line("max_sequence_length", 0, 8192), *steps])
+    gbs, step_s = steady_step_s(mllog_events(text))
+    assert gbs == 32 and step_s == 1.01  # the 9 s warm-up step is in the first tenth

@@ -125,13 +125,11 @@ MISS_NOTES = """Why the misses happen (model limitations, not row quirks):
 - **SC'21 Table 2 PTD-P rows** (20-22) are 9-13% slower than the same configuration measured a
   year later in Korthikanti et al. 2022 (rows 39-40, predicted within 5%); one A100 profile
   cannot match both software versions.
-- **B200** (row 247, MLPerf Training v4.1's 64-GPU preview, FP8): the one B200 run, 20% faster
-  than predicted. The B200 curve is the H100's fitted one times the two chips' measured BF16 GEMM
-  ratio (OpenXLA's matmul table), set before this row was added: the H100's training-step scale
-  carried over to B200 by assumption. Against H100 runs of the same round (rows 245-246, +6.8, +4.5%)
-  the model puts B200 at 1.8x an H100 per GPU where the runs show 2.0x: B200 (1000 W) loses less
-  to its bench rate than the 700 W H100. One row cannot fix a B200 scale that leave-one-source-out
-  could check, so it is reported, not fitted.
+- **B200** (rows 247-250): the curve is the H100's cited points times the two chips' measured
+  BF16 GEMM ratio (OpenXLA's matmul table) times a B200 scale fitted on these four sources. The
+  Llama 3.1 8B runs of three submitters (MLPerf v5.1) agree within 1%; MLPerf v4.1's GPT-3 preview
+  (row 247) runs 15% faster than the same curve predicts, against +5-7% for the H100 runs of that
+  round (rows 245-246): a pre-release B200 run on another model, the rest not explained here.
 - **BLOOM-176B** (162-164, reported as assumed) ran on Jean Zay nodes: the A100 profile with the
   nodes' own network as NCCL measured it there before the run (BigScience
   experiments/bandwidth, 2022-01: an all-reduce over 4 nodes at 5.07 GB/s bus bandwidth on 2
