@@ -1,7 +1,7 @@
 """Leave-one-source-out cross-validation of the choices made by looking at training runs
 (``clusterplan validate --cross-validate``).
 
-Three values in the cost model were chosen against ``benchmarks/published_runs.csv`` rather than
+Four values in the cost model were chosen against ``benchmarks/published_runs.csv`` rather than
 read off a kernel table or a framework's documentation; each is listed in :data:`FITTED_CHOICES`
 with the candidates it was chosen among and the value the cited sources give without any run
 (``documented``):
@@ -11,8 +11,8 @@ with the candidates it was chosen among and the value the cited sources give wit
   scale on those cited points;
 - the H100 large-GEMM efficiency (hardware_profiles/dgx-h100-80gb.yaml: the points at 1e10-1e12
   FLOPs are the cited [0.48, 0.66, 0.74] times 0.76, fitted on the Megatron-LM README,
-  dgxc-benchmarking and MLPerf Training H100 rows), as one scale on those cited points; the H200 and GH200 profiles
-  (the same GH100 die) carry the same curve and are scaled with it;
+  dgxc-benchmarking and MLPerf Training H100 rows), as one scale on those cited points; the H200
+  and GH200 profiles (the same GH100 die) carry the same curve and are scaled with it;
 - the B200 large-GEMM efficiency (hardware_profiles/dgx-b200-192gb.yaml: the H100's cited points
   times 0.795, the two chips' measured BF16 GEMM ratio in OpenXLA's matmul table, times 0.80,
   fitted on the B200 rows: MLPerf Training v4.1's GPT-3 preview and v5.1's Llama 3.1 8B runs of
