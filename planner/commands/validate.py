@@ -128,7 +128,7 @@ MISS_NOTES = """Why the misses happen (model limitations, not row quirks):
 - **B200** (rows 247-250): the curve is the H100's cited points times the two chips' measured
   BF16 GEMM ratio (OpenXLA's matmul table) times a B200 scale fitted on these four sources. The
   Llama 3.1 8B runs of three submitters (MLPerf v5.1) agree within 1%; MLPerf v4.1's GPT-3 preview
-  (row 247) runs 15% faster than the same curve predicts, against +5-7% for the H100 runs of that
+  (row 247) runs 15% faster than the same curve predicts, against 4.5-6.8% for the H100 runs of that
   round (rows 245-246): a pre-release B200 run on another model, the rest not explained here.
 - **BLOOM-176B** (162-164, reported as assumed) ran on Jean Zay nodes: the A100 profile with the
   nodes' own network as NCCL measured it there before the run (BigScience
