@@ -15,7 +15,6 @@ committed profile leaks into the "before" column.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 from pathlib import Path
 
@@ -28,7 +27,7 @@ if str(ROOT) not in sys.path:
 from benchmarks.fit_holdout import _mean_abs, _relative  # noqa: E402
 from planner.calibrate.fit_runs import fit_profile, predict_run  # noqa: E402
 from planner.calibrate.runs_table import MeasuredRun  # noqa: E402
-from planner.cost.runtime import get_runtime  # noqa: E402
+from planner.cost.runtime import Runtime  # noqa: E402
 from planner.cross_validation import FITTED_CHOICES  # noqa: E402
 from planner.plan import Plan  # noqa: E402
 from planner.profile_yaml import load_profile  # noqa: E402
@@ -46,11 +45,11 @@ def documented_node(profile: str):
     return node
 
 
-def measured_runs(source: str, runtime: str) -> tuple[list[MeasuredRun], str, float | None]:
-    """The source's step-time rows priced as ``runtime``, their profile and the gradient bytes
-    their configuration states (``grad_reduce_dtype``; one value for all, or None)."""
+def measured_runs(source: str, runtime: str) -> tuple[list[MeasuredRun], str, Runtime]:
+    """The source's step-time rows priced as the ``runtime`` preset, their profile and the runtime
+    as the rows price it (with the gradient dtype they state: one for all)."""
     table = pd.read_csv(DATASET)
-    runs, profiles, grad_bytes = [], set(), set()
+    runs, profiles, priced = [], set(), set()
     for row in table.to_dict("records"):
         if source not in str(row.get("source", "")) or pd.isna(row.get("step_time_s")):
             continue
@@ -63,12 +62,12 @@ def measured_runs(source: str, runtime: str) -> tuple[list[MeasuredRun], str, fl
         runs.append(MeasuredRun(f"row {int(row['row_id'])} {row['model']} {cfg.parallel.precision}", plan,
                                 float(row["step_time_s"])))
         profiles.add(cfg.profile)
-        grad_bytes.add(cfg.main_grad_bytes)
+        priced.add(cfg.priced_runtime())
     if len(profiles) != 1:
         raise SystemExit(f"the selected rows span {len(profiles)} profiles ({sorted(profiles)}): select one")
-    if len(grad_bytes) != 1:
-        raise SystemExit(f"the selected rows state {len(grad_bytes)} gradient dtypes: select rows of one")
-    return runs, profiles.pop(), grad_bytes.pop()
+    if len(priced) != 1:
+        raise SystemExit(f"the selected rows state {len(priced)} gradient dtypes: select rows of one")
+    return runs, profiles.pop(), priced.pop()
 
 
 def main(argv=None) -> int:
@@ -79,12 +78,9 @@ def main(argv=None) -> int:
     default_out = ROOT / "reports" / "fit-published-holdout.md"
     ap.add_argument("--out", default=str(default_out))
     a = ap.parse_args(argv)
-    runs, profile, grad_bytes = measured_runs(a.source, a.runtime)
+    runs, profile, runtime = measured_runs(a.source, a.runtime)
     fit_runs = [r for r in runs if r.plan.world_size <= a.fit_max_gpus]
     held = [r for r in runs if r.plan.world_size > a.fit_max_gpus]
-    runtime = get_runtime(a.runtime)
-    if grad_bytes is not None:
-        runtime = dataclasses.replace(runtime, main_grad_bytes=grad_bytes)
     base = documented_node(profile)
     result = fit_profile(fit_runs, base, runtime=runtime)
     d = result.to_dict()
@@ -97,7 +93,8 @@ def main(argv=None) -> int:
              f"(its documented GEMM efficiency, no fitted scale): {len(fit_runs)} runs on at most {a.fit_max_gpus} "
              f"GPUs fitted, {len(held)} larger runs held out. Each row's assumptions (recomputation, sharding) are "
              "those `clusterplan validate` states on it"
-             + ("" if grad_bytes is None else f", and their configurations' gradient dtype ({grad_bytes:g} bytes)")
+             + ("" if runtime.main_grad_bytes is None
+                else f", and their configurations' gradient dtype ({runtime.main_grad_bytes:g} bytes)")
              + ".", "", "## The fit", ""]
     lines += result.parameter_lines()
     def pct(key: str) -> str:  # None where too few runs leave one out with enough to fit

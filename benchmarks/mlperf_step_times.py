@@ -31,9 +31,14 @@ def mllog_events(text: str) -> list[dict]:
     return out
 
 
+def point_values(events: list[dict]) -> dict:
+    """The log's POINT_IN_TIME values by key (global_batch_size, max_sequence_length, ...)."""
+    return {e["key"]: e["value"] for e in events if e.get("event_type") == "POINT_IN_TIME"}
+
+
 def block_step_times_s(events: list[dict]) -> tuple[int, list[float]]:
     """(global batch, step time of each training block in order)."""
-    values = {e["key"]: e["value"] for e in events if e.get("event_type") == "POINT_IN_TIME"}
+    values = point_values(events)
     gbs, seq = values["global_batch_size"], values["max_sequence_length"]
     starts = [e for e in events if e["key"] == "block_start"]
     stops = [e for e in events if e["key"] == "block_stop"]
@@ -52,10 +57,9 @@ def logged_step_times_s(events: list[dict]) -> list[float]:
 
 def steady_step_s(events: list[dict]) -> tuple[int, float]:
     """(global batch, median steady-state step time) of one run's log."""
-    values = {e["key"]: e["value"] for e in events if e.get("event_type") == "POINT_IN_TIME"}
     logged = logged_step_times_s(events)
     if logged:
-        return values["global_batch_size"], statistics.median(logged[len(logged) // 10:])
+        return point_values(events)["global_batch_size"], statistics.median(logged[len(logged) // 10:])
     gbs, times = block_step_times_s(events)
     return gbs, statistics.median(times[1:] or times)
 

@@ -20,7 +20,6 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from planner.commands.plan import explain  # noqa: E402
-from planner.cost.runtime import get_runtime  # noqa: E402
 from planner.cost.step import cluster_for, predict  # noqa: E402
 from planner.search import search  # noqa: E402
 from planner.search.results import RankedPlan  # noqa: E402
@@ -45,7 +44,7 @@ def main() -> int:
         world = P.world_size
         gpn = world // cfg.nodes
         cluster = cluster_for(cfg.profile, cfg.nodes, gpn)
-        runtime = get_runtime(cfg.runtime)
+        runtime = cfg.priced_runtime()
         pub = predict(model, cluster, P, runtime)
         res = search(model, cluster, P.global_batch, P.seq_len, P.precision, top_k=a.top, runtime=runtime,
                      hardware=cfg.profile)

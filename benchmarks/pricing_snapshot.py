@@ -26,7 +26,6 @@ if str(ROOT) not in sys.path:
 
 from benchmarks.local_sweep_plans import SWEEP  # noqa: E402
 from planner.catalog import load_model  # noqa: E402
-from planner.cost.runtime import get_runtime  # noqa: E402
 from planner.cost.step import cluster_for, predict  # noqa: E402
 from planner.row_config import row_config  # noqa: E402
 from planner.validation import validate  # noqa: E402
@@ -76,7 +75,7 @@ def snapshot(quick: bool = False) -> dict:
         model = cfg.model
         cluster = cluster_for(cfg.profile, cfg.nodes, P.world_size // cfg.nodes)
         res = search(model, cluster, P.global_batch, P.seq_len, P.precision, top_k=3,
-                     runtime=get_runtime(cfg.runtime), hardware=cfg.profile)
+                     runtime=cfg.priced_runtime(), hardware=cfg.profile)
         out["plan_vs_published"][str(row["row_id"])] = _ranked(res)
     out["local_sweep"] = {}
     for e in SWEEP:

@@ -24,7 +24,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from planner.cost.runtime import get_runtime
+from planner.cost.runtime import Runtime, get_runtime
 from planner.errors import InputError
 from planner.hardware import ClusterSpec, NodeSpec
 from planner.model import ModelSpec
@@ -225,6 +225,14 @@ class RowConfig:
     model: ModelSpec | None = None
     network: NodeNetwork | None = None  # the row's nodes' own network (:data:`NODE_NETWORKS`)
     main_grad_bytes: float | None = None  # the source's gradient dtype (:data:`GRAD_REDUCE_BYTES`)
+
+    def priced_runtime(self, base: Runtime | None = None) -> Runtime:
+        """The runtime the row is priced with: ``base`` (default: the row's preset) with the
+        gradient dtype the source states."""
+        runtime = base or get_runtime(self.runtime)
+        if self.main_grad_bytes is None:
+            return runtime
+        return dataclasses.replace(runtime, main_grad_bytes=self.main_grad_bytes)
 
 
 GRAD_REDUCE_BYTES = {"bf16": 2.0, "fp32": 4.0}

@@ -8,14 +8,13 @@ are skipped, with the reason.
 """
 from __future__ import annotations
 
-import dataclasses
 import io
 from collections.abc import Mapping
 from pathlib import Path
 
 import pandas as pd
 
-from planner.cost.runtime import Runtime, get_runtime
+from planner.cost.runtime import Runtime
 from planner.cost.step import Prediction, predict
 from planner.errors import InputError
 from planner.hardware import NodeSpec
@@ -107,10 +106,7 @@ def validate(dataset: str | Path, nodes: Mapping[str, NodeSpec] | None = None,
                 model = cfg.model
                 cluster = row_cluster(cfg, nodes or {})
                 try:
-                    runtime = (runtimes or {}).get(cfg.runtime) or get_runtime(cfg.runtime)
-                    if cfg.main_grad_bytes is not None:
-                        runtime = dataclasses.replace(runtime, main_grad_bytes=cfg.main_grad_bytes)
-                    pred = predict(model, cluster, cfg.parallel, runtime)
+                    pred = predict(model, cluster, cfg.parallel, cfg.priced_runtime((runtimes or {}).get(cfg.runtime)))
                 except InputError as err:  # e.g. fp8 on a GPU without it: this row only
                     rec.update(status="skipped", note=f"cannot be predicted: {err}")
                     out.append(rec)

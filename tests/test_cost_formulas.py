@@ -92,14 +92,14 @@ def test_tied_embedding_gradient_sync_between_first_and_last_stage():
     m = gpt(l=24, h=4096, a=32)
     P = ParallelConfig(tp=4, pp=4, dp=1, micro_batch=1, global_batch=8, seq_len=2048)
     grad_bytes = 51200 * 4096 / 4 * 4.0
-    assert tied_embedding_sync_s(m, node, P) == pytest.approx(
+    assert tied_embedding_sync_s(m, node, P, 4.0) == pytest.approx(
         collective_time("all_reduce", grad_bytes, GroupShape(2, 1, 2), node))
     inside = dataclasses.replace(P, tp=2, pp=4)
-    assert tied_embedding_sync_s(m, node, inside) == pytest.approx(
+    assert tied_embedding_sync_s(m, node, inside, 4.0) == pytest.approx(
         collective_time("all_reduce", grad_bytes * 2, GroupShape(2, 2, 1), node))
-    assert tied_embedding_sync_s(m, node, dataclasses.replace(P, pp=1, dp=4)) == 0.0
-    assert tied_embedding_sync_s(dataclasses.replace(m, tied_embeddings=False), node, P) == 0.0
-    assert tied_embedding_sync_s(m, load_profile("local-cpu"), P) == 0.0
+    assert tied_embedding_sync_s(m, node, dataclasses.replace(P, pp=1, dp=4), 4.0) == 0.0
+    assert tied_embedding_sync_s(dataclasses.replace(m, tied_embeddings=False), node, P, 4.0) == 0.0
+    assert tied_embedding_sync_s(m, load_profile("local-cpu"), P, 4.0) == 0.0
 
 
 def test_deepspeed_pipeline_all_reduces_zero1_gradients_whole():

@@ -5,7 +5,6 @@ from __future__ import annotations
 from planner.cost.block import group_shape
 from planner.cost.comm import GroupShape, collective_time, comm_sm_fraction, overlapped_exposed_s
 from planner.cost.compute import Rates
-from planner.cost.precision import grad_bytes_per_param
 from planner.cost.runtime import Runtime
 from planner.cost.stacks import stack_of
 from planner.hardware import NodeSpec
@@ -30,19 +29,17 @@ def dp_reduction_s(node: NodeSpec, rates: Rates, g: GroupShape, *, precision: st
                                 grad_all_reduce=grad_all_reduce)
 
 
-def tied_embedding_sync_s(model: ModelSpec, node: NodeSpec, P: ParallelConfig,
-                          grad_bytes: float | None = None) -> float:
+def tied_embedding_sync_s(model: ModelSpec, node: NodeSpec, P: ParallelConfig, grad_bytes: float) -> float:
     """The all-reduce of the tied word embedding's gradient between the first and the last
     pipeline stage, each holding a copy, after the data-parallel reduction and before the
     optimizer step (Megatron-LM ``finalize_model_grads`` -> ``_allreduce_word_embedding_grads``,
     FP32 main grads; DeepSpeed ``PipelineEngine._exec_reduce_tied_grads``, the BF16 optimizer's
-    FP32 grads; ``grad_bytes`` per element, None: the precision's own). Nothing overlaps it. Zero
-    without pipelining, without tied embeddings, or in this project's executor (it unties them
-    under pp)."""
+    FP32 grads; ``grad_bytes`` per element: :meth:`planner.cost.runtime.Runtime.grad_bytes`).
+    Nothing overlaps it. Zero without pipelining, without tied embeddings, or in this project's
+    executor (it unties them under pp)."""
     if P.pp == 1 or not model.tied_embeddings or stack_of(node).executor:
         return 0.0
-    per_element = grad_bytes_per_param(P.precision) if grad_bytes is None else grad_bytes
-    total_bytes = model.vocab_size * model.embed_dim / P.tp * per_element
+    total_bytes = model.vocab_size * model.embed_dim / P.tp * grad_bytes
     across = group_shape(P, "pp", node.gpus_per_node).nodes > 1
     pair = GroupShape(2, 1, 2) if across else GroupShape(2, 2, 1)
     return collective_time("all_reduce", total_bytes, pair, node)
