@@ -181,16 +181,17 @@ class Runtime:
         if (self.fsdp_unsharded_with_pp and parallel.pp > 1 and parallel.sharding == "zero1"
                 and parallel.num_micro_batches > 1 and parallel.precision in ("bf16", "fp16", "fp8")):
             return 4.0
-        if self.main_grad_bytes is not None and parallel.precision in ("bf16", "fp8"):
-            return self.main_grad_bytes
-        return None
+        return self._grad_buffer_bytes(parallel.precision)
 
     def grad_bytes(self, precision: str) -> float:
         """Bytes per gradient element reduced over dp: the runtime's gradient buffer for a bf16
         or FP8 run (:attr:`main_grad_bytes`), else the precision's own."""
-        if self.main_grad_bytes is not None and precision in ("bf16", "fp8"):
-            return self.main_grad_bytes
-        return grad_bytes_per_param(precision)
+        own = self._grad_buffer_bytes(precision)
+        return grad_bytes_per_param(precision) if own is None else own
+
+    def _grad_buffer_bytes(self, precision: str) -> float | None:
+        """:attr:`main_grad_bytes` where it applies (a bf16 or FP8 run), else None."""
+        return self.main_grad_bytes if precision in ("bf16", "fp8") else None
 
     def refusal(self, parallel) -> str | None:
         """Why the framework cannot run ``parallel`` (a :class:`planner.plan.ParallelConfig`),
