@@ -42,12 +42,12 @@ def profile_for_gpu(gpu_type: str) -> str | None:
         return "dgx-a100-40gb" if "40GB" in g else "dgx-a100-80gb"
     if "H100" in g:
         return "dgx-h100-80gb"
+    if "GH200" in g:  # before H200, which it contains
+        return "gh200-96gb-quad"
     if "H200" in g:
         return "dgx-h200-141gb"
     if "B200" in g:
         return "dgx-b200-192gb"
-    if "GH200" in g:
-        return "gh200-96gb-quad"
     if "MI300X" in g:
         return "mi300x-192gb-8x"
     if "V100" in g:

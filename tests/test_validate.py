@@ -220,3 +220,12 @@ def test_the_stated_gradient_dtype_is_what_the_step_reduces():
     assert full.time.dp_s > half.time.dp_s
     assert full.time.compute_s == pytest.approx(half.time.compute_s)
     assert full.memory.grads_bytes == pytest.approx(2 * half.memory.grads_bytes)
+
+
+def test_gpu_types_map_to_their_own_profiles():
+    from planner.row_config import profile_for_gpu
+    assert profile_for_gpu("GH200 96GB (Alps)") == "gh200-96gb-quad"
+    assert profile_for_gpu("H200 SXM 141GB") == "dgx-h200-141gb"
+    assert profile_for_gpu("B200 (DGX B200)") == "dgx-b200-192gb"
+    assert profile_for_gpu("A100 SXM4 40GB") == "dgx-a100-40gb"
+    assert profile_for_gpu("TPU v5e") is None
